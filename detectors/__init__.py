@@ -1,0 +1,48 @@
+"""Near-duplicate detectors behind one protocol, looked up by name.
+
+``list_detectors()`` names what is available; ``get_detector("phash")`` imports and builds one. Nothing is
+imported or loaded until a detector is asked for. A spec is ``NAME`` or ``NAME:ARG`` (for example a path to
+a user's own weights, for detectors that take one).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import Detector, DetectorBase
+
+# name -> ("module:factory", one-line description). Factories take the spec's argument (or None) and
+# keyword options such as device.
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "phash": ("overlap_audit.detectors.phash:make_phash64",
+              "DCT perceptual hash, 64 bits (8x8 low frequencies of a 32x32 image); no torch needed"),
+    "phash256": ("overlap_audit.detectors.phash:make_phash256",
+                 "DCT perceptual hash, 256 bits (16x16 low frequencies of a 64x64 image); no torch needed"),
+}
+
+__all__ = ["Detector", "DetectorBase", "get_detector", "list_detectors", "parse_detector_spec"]
+
+
+def list_detectors() -> dict[str, str]:
+    """Return the registered detector names with a one-line description of each."""
+    return {name: desc for name, (_, desc) in _REGISTRY.items()}
+
+
+def parse_detector_spec(spec: str) -> tuple[str, str | None]:
+    """Split ``NAME[:ARG]`` into its name and argument."""
+    name, sep, arg = spec.partition(":")
+    return name.strip().lower(), (arg if sep else None)
+
+
+def get_detector(spec: str, **options) -> Detector:
+    """Import and build the detector a spec names; raises DetectorError for an unknown name."""
+    from ..errors import DetectorError
+
+    name, arg = parse_detector_spec(spec)
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY))
+        raise DetectorError(f"unknown detector {spec!r}; available: {known}")
+    target, _ = _REGISTRY[name]
+    module_name, factory_name = target.split(":")
+    factory = getattr(importlib.import_module(module_name), factory_name)
+    return factory(arg, spec=spec, **options)

@@ -1,0 +1,80 @@
+"""The detector protocol: what every near-duplicate detector provides."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from ..types import DetectorInfo, Metric
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """A near-duplicate detector.
+
+    ``preprocess`` runs per image in decoding worker processes (so it must be picklable and cheap to ship);
+    ``embed`` runs once per batch in the main process and returns float32 [N, D] L2-normalised vectors
+    (metric "cosine") or uint8 [N, D/8] packed bits (metric "hamming"). Detectors know nothing of
+    thresholds or search beyond documenting their default threshold.
+    """
+
+    name: str
+    version: str
+    dim: int
+    metric: Metric
+    default_threshold: float
+
+    @property
+    def info(self) -> DetectorInfo: ...
+
+    def preprocess(self, image: Image.Image) -> np.ndarray: ...
+
+    def embed(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def low_information(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
+
+
+class DetectorBase:
+    """Shared behaviour: identity, batch helpers and the similarity of the detector's metric."""
+
+    name: str = ""
+    version: str = ""
+    dim: int = 0
+    metric: Metric = "cosine"
+    default_threshold: float = 1.0
+    spec: str = ""
+
+    @property
+    def info(self) -> DetectorInfo:
+        return DetectorInfo(spec=self.spec or self.name, name=self.name, version=self.version, dim=self.dim,
+                            metric=self.metric, default_threshold=self.default_threshold)
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+    def low_information(self, batch: np.ndarray) -> np.ndarray:
+        """Mark near-uniform inputs that carry too little signal to match anything (none by default)."""
+        return np.zeros(len(batch), dtype=bool)
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        """Embed RGB PIL images directly (in this process); a convenience for notebooks and tests."""
+        if not images:
+            width = self.dim // 8 if self.metric == "hamming" else self.dim
+            return np.zeros((0, width), dtype=np.uint8 if self.metric == "hamming" else np.float32)
+        return self.embed(np.stack([self.preprocess(im) for im in images]))
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Pairwise similarity [len(a), len(b)]: cosine, or 1 - Hamming distance / bits."""
+        if self.metric == "hamming":
+            bits_a = np.unpackbits(a, axis=1).astype(np.int32)
+            bits_b = np.unpackbits(b, axis=1).astype(np.int32)
+            agree = bits_a @ bits_b.T + (1 - bits_a) @ (1 - bits_b).T
+            return (agree / self.dim).astype(np.float32)
+        return (a @ b.T).astype(np.float32)

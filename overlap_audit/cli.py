@@ -1,0 +1,138 @@
+"""The command line: each command parses its options, calls one library function and prints."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="overlap-audit")
+def main() -> None:
+    """How much of a reported accuracy comes from test examples already in the pretraining data."""
+
+
+_device = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                       help="Where FAISS (and torch detectors) run.")
+_workers = click.option("--workers", type=click.IntRange(min=0), default=None,
+                        help="Decoding worker processes (default: one per CPU, at most 8; 0 = in this process).")
+_batch = click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+                      help="Images per detector batch.")
+_max_pixels = click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+                           help="Images larger than this are skipped as decompression bombs (default: PIL's, 89.5M).")
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Index directory to write.")
+@click.option("--detector", default="phash", show_default=True, help="Detector name (see `overlap-audit detectors`).")
+@_batch
+@_workers
+@_device
+@click.option("--resume", is_flag=True, help="Finish an interrupted run in --out, keeping its finished shards.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Items per embedding shard (the unit of resumption).")
+@_max_pixels
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def index(sources, out_dir, detector, batch_size, workers, device, resume, shard_size, max_pixels, quiet) -> None:
+    """Embed the corpus SOURCES (image folders, Parquet, WebDataset shards) and build the FAISS index."""
+    from .errors import OverlapAuditError
+    from .imaging import DEFAULT_MAX_PIXELS
+    from .index import build_index
+
+    try:
+        m = build_index(list(sources), out_dir, detector=detector, batch_size=batch_size, workers=workers,
+                        device=device, resume=resume, shard_size=shard_size,
+                        max_pixels=max_pixels or DEFAULT_MAX_PIXELS, progress=not quiet)
+    except OverlapAuditError as exc:
+        _fail(exc)
+    click.echo(f"indexed {m.n_indexed} of {m.n_given} items with {m.detector.spec} into {out_dir} "
+               f"({m.index_type}); {m.n_skipped} skipped, {m.n_low_information} low-information not indexed")
+    for s in m.skipped[:20]:
+        click.echo(f"  skipped {s.source}:{s.id}: {s.reason}")
+    if m.n_skipped > 20:
+        click.echo(f"  ... and {m.n_skipped - 20} more (listed in {out_dir}/manifest.json)")
+
+
+@main.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--eval", "evals", multiple=True, required=True, metavar="NAME=SOURCE",
+              help="An evaluation set (repeatable). A folder's first-level sub-folders are its classes.")
+@click.option("--predictions", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Parquet or CSV: dataset, id, and correct (0/1) or prediction + label.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report directory.")
+@click.option("--threshold", type=float, default=None, help="Similarity threshold for every dataset "
+              "(default: the detector's).")
+@click.option("--thresholds", type=click.Path(exists=True, dir_okay=False), default=None,
+              help='JSON file {"NAME": threshold} (overrides --threshold per dataset).')
+@click.option("--k", type=click.IntRange(min=1), default=5, show_default=True, help="Neighbours kept per example.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+              show_default=True, help="Family-wise significance level (Bonferroni across datasets).")
+@click.option("--ci-level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.995,
+              show_default=True, help="Confidence level of the Clopper–Pearson intervals.")
+@click.option("--detector", default=None, help="Must match the index's detector (default: the index's own).")
+@_batch
+@_workers
+@_device
+@_max_pixels
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alpha, ci_level, detector,
+           batch_size, workers, device, max_pixels, quiet) -> None:
+    """Split each evaluation set into Overlap / Clean against INDEX_DIR and report the statistics."""
+    from .api import run_report
+    from .errors import OverlapAuditError
+    from .imaging import DEFAULT_MAX_PIXELS
+    from .report import format_table
+    from .sources import parse_eval_spec
+
+    try:
+        parsed = [parse_eval_spec(e) for e in evals]
+        rep = run_report(index_dir, parsed, predictions, out_dir, threshold=threshold, thresholds=thresholds,
+                         k=k, alpha=alpha, ci_level=ci_level, detector=detector, batch_size=batch_size,
+                         workers=workers, device=device, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                         progress=not quiet)
+    except OverlapAuditError as exc:
+        _fail(exc)
+    click.echo(format_table(rep))
+    for d in rep.datasets:
+        for s in d.skipped:
+            click.echo(f"skipped {d.name}:{s.id}: {s.reason}")
+    click.echo(f"\nreport written to {out_dir}/ (report.json, report.md, splits.parquet)")
+
+
+@main.command()
+def detectors() -> None:
+    """List the available detectors."""
+    from .detectors import list_detectors
+
+    for name, desc in list_detectors().items():
+        click.echo(f"{name:10s} {desc}")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(out_dir, seed) -> None:
+    """Build a small corpus and evaluation set with planted duplicates, then index and report."""
+    from .demo import run_demo
+    from .errors import OverlapAuditError
+    from .report import format_table
+
+    try:
+        rep = run_demo(out_dir, seed=seed)
+    except OverlapAuditError as exc:
+        _fail(exc)
+    click.echo(format_table(rep))
+    click.echo(f"\ndemo files in {out_dir}/; report in {out_dir}/report/")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

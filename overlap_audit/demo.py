@@ -1,0 +1,145 @@
+"""A small, self-contained audit built from photos that ship inside pip packages.
+
+scikit-image bundles about twenty photos and scikit-learn two. The demo cuts each photo into a grid of
+tiles: alternate tiles form the "pretraining corpus", the others the clean part of two evaluation sets
+(class = the photo the tile came from). Into the first evaluation set it plants augmented copies of
+corpus tiles (resized, JPEG-recompressed, slightly cropped, brightened) — the overlap the audit must find.
+Per-example "predictions" are simulated: a model that is right more often on examples it has seen
+(``p_seen``) than on new ones (``p_new``), so the report shows a real, known inflation.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+from .errors import OverlapAuditError
+
+# Photos bundled as files inside scikit-image (no download) and scikit-learn. Left out on purpose:
+# motorcycle_right (a stereo twin of motorcycle_left), the chessboards (their tiles are truly identical
+# to each other), tiny or binary images.
+SKIMAGE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png",
+                  "clock_motion.png", "coffee.png", "coins.png", "color.png", "grass.png", "gravel.png",
+                  "hubble_deep_field.jpg", "ihc.png", "logo.png", "microaneurysms.png", "moon.png",
+                  "motorcycle_left.png", "page.png", "phantom.png", "retina.jpg", "rocket.jpg", "text.png")
+SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
+
+AUGMENTATIONS = ("resize", "jpeg", "crop", "brighten", "resize+jpeg")
+
+
+def bundled_photos() -> dict[str, Image.Image]:
+    """The photos shipped in scikit-image and scikit-learn, as RGB images keyed by name."""
+    out = {}
+    try:
+        sk = resources.files("skimage.data")
+        sl = resources.files("sklearn.datasets.images")
+    except ModuleNotFoundError as exc:
+        raise OverlapAuditError(f"the demo needs scikit-image and scikit-learn ({exc}); "
+                                "install them with `pip install overlap-audit[demo]`") from None
+    for pkg, names in ((sk, SKIMAGE_PHOTOS), (sl, SKLEARN_PHOTOS)):
+        for name in names:
+            with (pkg / name).open("rb") as fh:
+                out[Path(name).stem] = Image.open(io.BytesIO(fh.read())).convert("RGB")
+    return out
+
+
+def tiles(image: Image.Image, grid: int = 4, size: int = 128) -> list[Image.Image]:
+    """Cut an image into grid×grid tiles, each resized to size×size."""
+    w, h = image.size
+    out = []
+    for r in range(grid):
+        for c in range(grid):
+            box = (c * w // grid, r * h // grid, (c + 1) * w // grid, (r + 1) * h // grid)
+            out.append(image.crop(box).resize((size, size), Image.Resampling.BICUBIC))
+    return out
+
+
+def augment(image: Image.Image, kind: str, rng: np.random.Generator | None = None) -> Image.Image:
+    """A near-duplicate of ``image``: resized, JPEG-recompressed, slightly cropped, brightened, or both."""
+    rng = rng or np.random.default_rng(0)
+    w, h = image.size
+    if kind == "resize":
+        scale = rng.uniform(0.6, 0.9)
+        return image.resize((max(8, int(w * scale)), max(8, int(h * scale))), Image.Resampling.BILINEAR)
+    if kind == "jpeg":
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=int(rng.integers(50, 80)))
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    if kind == "crop":
+        m = max(1, int(round(min(w, h) * rng.uniform(0.01, 0.025))))
+        return image.crop((m, m, w - m, h - m))
+    if kind == "brighten":
+        return ImageEnhance.Brightness(image).enhance(float(rng.uniform(1.05, 1.15)))
+    if kind == "resize+jpeg":
+        return augment(augment(image, "resize", rng), "jpeg", rng)
+    raise ValueError(f"unknown augmentation {kind!r}; one of {', '.join(AUGMENTATIONS)}")
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """Paths of a generated demo."""
+
+    corpus: Path
+    evals: dict[str, Path]
+    predictions: Path
+    planted: dict[str, set[str]]  # eval set -> ids of planted duplicates
+
+
+def make_demo_data(out_dir: str | os.PathLike, *, seed: int = 0, grid: int = 4, planted_per_set: int = 40,
+                   p_seen: float = 0.9, p_new: float = 0.6) -> DemoData:
+    """Write the demo corpus folder, two evaluation folders and a predictions CSV under ``out_dir``."""
+    rng = np.random.default_rng(seed)
+    out = Path(out_dir)
+    corpus_dir = out / "corpus"
+    eval_dirs = {"planted": out / "eval-planted", "clean": out / "eval-clean"}
+    for d in (corpus_dir, *eval_dirs.values()):
+        d.mkdir(parents=True, exist_ok=True)
+    corpus_tiles: list[tuple[str, str, Image.Image]] = []
+    clean_tiles: list[tuple[str, str, Image.Image]] = []
+    for name, photo in bundled_photos().items():
+        for t, tile in enumerate(tiles(photo, grid)):
+            # checkerboard: corpus tiles and clean evaluation tiles never show the same region
+            (corpus_tiles if (t // grid + t % grid) % 2 == 0 else clean_tiles).append((name, f"{name}-{t:02d}", tile))
+    for _, tid, tile in corpus_tiles:
+        tile.save(corpus_dir / f"{tid}.png")
+
+    rows = ["dataset,id,correct"]
+    planted: dict[str, set[str]] = {"planted": set(), "clean": set()}
+    order = rng.permutation(len(clean_tiles))
+    halves = {"planted": order[: len(order) // 2], "clean": order[len(order) // 2:]}
+    for set_name, idx in halves.items():
+        for i in idx:
+            cls, tid, tile = clean_tiles[i]
+            (eval_dirs[set_name] / cls).mkdir(exist_ok=True)
+            ident = f"{cls}/{tid}.png"
+            tile.save(eval_dirs[set_name] / ident)
+            rows.append(f"{set_name},{ident},{int(rng.random() < p_new)}")
+    picks = rng.choice(len(corpus_tiles), size=min(planted_per_set, len(corpus_tiles)), replace=False)
+    for j, i in enumerate(picks):
+        cls, tid, tile = corpus_tiles[i]
+        kind = AUGMENTATIONS[j % len(AUGMENTATIONS)]
+        (eval_dirs["planted"] / cls).mkdir(exist_ok=True)
+        ident = f"{cls}/copy-{tid}-{kind}.jpg"
+        augment(tile, kind, rng).save(eval_dirs["planted"] / ident, quality=95)
+        planted["planted"].add(ident)
+        rows.append(f"planted,{ident},{int(rng.random() < p_seen)}")
+    predictions = out / "predictions.csv"
+    predictions.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return DemoData(corpus_dir, eval_dirs, predictions, planted)
+
+
+def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, workers: int | None = None):
+    """Generate the demo data, index the corpus and write the report under ``out_dir``/report."""
+    from .api import build_index, run_report
+
+    data = make_demo_data(out_dir, seed=seed)
+    index_dir = Path(out_dir) / "index"
+    build_index([str(data.corpus)], index_dir, resume=True, workers=workers)
+    return run_report(index_dir, [(n, str(p)) for n, p in data.evals.items()], data.predictions,
+                      Path(out_dir) / "report", workers=workers)

@@ -1,0 +1,193 @@
+"""The only place that loops over images: decoding in worker processes, batching, embedding.
+
+Decoding (bytes -> RGB -> ``detector.preprocess``) runs in a pool of worker processes with a bounded number
+of chunks in flight, so memory stays flat however large the source; ``detector.embed`` runs once per batch
+in this process. Every item comes out either embedded or as a ``Skipped`` with its reason.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .detectors import Detector
+from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from .sources import Source
+from .types import Embeddings, RawItem, Skipped
+
+_WORKER_STATE: dict = {}
+
+
+def default_workers() -> int:
+    """Worker processes for decoding: one per CPU this process may use, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def _init_worker(detector: Detector, max_pixels: int) -> None:
+    _WORKER_STATE["detector"] = detector
+    _WORKER_STATE["max_pixels"] = max_pixels
+
+
+def _decode_one(item: RawItem, detector: Detector, max_pixels: int) -> tuple[np.ndarray | None, str | None]:
+    if item.skip_reason is not None:
+        return None, item.skip_reason
+    try:
+        image = decode_image(item.data, item.path, max_pixels=max_pixels)
+    except ImageRejected as exc:
+        return None, str(exc)
+    try:
+        return detector.preprocess(image), None
+    except Exception as exc:  # noqa: BLE001 - one bad image must not end a corpus run
+        return None, f"detector preprocessing failed: {type(exc).__name__}: {exc}"
+
+
+def _decode_chunk(items: list[RawItem]) -> list[tuple[np.ndarray | None, str | None]]:
+    detector = _WORKER_STATE["detector"]
+    max_pixels = _WORKER_STATE["max_pixels"]
+    return [_decode_one(item, detector, max_pixels) for item in items]
+
+
+def _chunks(items: Iterable[RawItem], size: int) -> Iterator[list[RawItem]]:
+    chunk: list[RawItem] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class Decoder:
+    """Decodes chunks of RawItems in worker processes (or in this process with ``workers=0``), in order."""
+
+    def __init__(self, detector: Detector, *, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 chunk_size: int = 32):
+        self.detector = detector
+        self.workers = default_workers() if workers is None else int(workers)
+        self.max_pixels = max_pixels
+        self.chunk_size = chunk_size
+        self._pool = None
+
+    def __enter__(self) -> "Decoder":
+        if self.workers > 0:
+            # spawn, not fork: the parent may hold FAISS/OpenMP or torch threads that fork would copy mid-lock.
+            ctx = mp.get_context("spawn")
+            self._pool = ctx.Pool(self.workers, initializer=_init_worker,
+                                  initargs=(self.detector, self.max_pixels))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            if exc[0] is None:
+                self._pool.close()
+            else:
+                self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def decode(self, items: Iterable[RawItem]) -> Iterator[tuple[RawItem, np.ndarray | None, str | None]]:
+        """Yield (item, preprocessed array or None, skip reason or None) in input order."""
+        if self._pool is None:
+            for item in items:
+                array, reason = _decode_one(item, self.detector, self.max_pixels)
+                yield item, array, reason
+            return
+        in_flight: deque = deque()
+        max_in_flight = 2 * self.workers + 2  # bounded read-ahead: memory does not grow with the source
+        for chunk in _chunks(items, self.chunk_size):
+            in_flight.append((chunk, self._pool.apply_async(_decode_chunk, (chunk,))))
+            while len(in_flight) >= max_in_flight:
+                yield from self._collect(in_flight.popleft())
+        while in_flight:
+            yield from self._collect(in_flight.popleft())
+
+    @staticmethod
+    def _collect(entry) -> Iterator[tuple[RawItem, np.ndarray | None, str | None]]:
+        chunk, result = entry
+        for item, (array, reason) in zip(chunk, result.get()):
+            yield item, array, reason
+
+
+@dataclass
+class EmbeddedItems:
+    """A run of items in input order: the embedded ones row-aligned with ``vectors``, and the skipped ones."""
+
+    items: list[RawItem] = field(default_factory=list)
+    vectors: list[np.ndarray | None] = field(default_factory=list)  # per item; None where skipped
+    low_information: list[bool] = field(default_factory=list)
+    reasons: list[str | None] = field(default_factory=list)
+
+
+def embed_decoded(decoded: Iterable[tuple[RawItem, np.ndarray | None, str | None]], detector: Detector,
+                  *, batch_size: int = 256) -> EmbeddedItems:
+    """Embed already-decoded items in batches; keeps every item, embedded or skipped, in input order."""
+    out = EmbeddedItems()
+    pending: list[int] = []
+    pending_arrays: list[np.ndarray] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        batch = np.stack(pending_arrays)
+        vectors = detector.embed(batch)
+        low = detector.low_information(batch)
+        for j, idx in enumerate(pending):
+            out.vectors[idx] = vectors[j]
+            out.low_information[idx] = bool(low[j])
+        pending.clear()
+        pending_arrays.clear()
+
+    for item, array, reason in decoded:
+        out.items.append(item)
+        out.vectors.append(None)
+        out.low_information.append(False)
+        out.reasons.append(reason)
+        if array is not None:
+            pending.append(len(out.items) - 1)
+            pending_arrays.append(array)
+            if len(pending) >= batch_size:
+                flush()
+    flush()
+    return out
+
+
+def embed_source(source: Source, detector: Detector, *, batch_size: int = 256, workers: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False) -> Embeddings:
+    """Embed a whole source in memory (evaluation sets are small); skipped items are listed, not dropped."""
+    items: Iterable[RawItem] = source.iter_items()
+    with Decoder(detector, workers=workers, max_pixels=max_pixels) as decoder:
+        decoded = decoder.decode(items)
+        if progress:
+            from tqdm import tqdm
+
+            decoded = tqdm(decoded, desc=f"embed {source.name}", unit="img", leave=False)
+        result = embed_decoded(decoded, detector, batch_size=batch_size)
+    return to_embeddings(result, detector)
+
+
+def to_embeddings(result: EmbeddedItems, detector: Detector) -> Embeddings:
+    """Collect the embedded items of an EmbeddedItems into an Embeddings value."""
+    keep = [i for i, v in enumerate(result.vectors) if v is not None]
+    if keep:
+        vectors = np.stack([result.vectors[i] for i in keep])
+    else:
+        width = detector.dim // 8 if detector.metric == "hamming" else detector.dim
+        vectors = np.zeros((0, width), dtype=np.uint8 if detector.metric == "hamming" else np.float32)
+    return Embeddings(
+        ids=[result.items[i].id for i in keep],
+        vectors=vectors,
+        low_information=np.array([result.low_information[i] for i in keep], dtype=bool),
+        labels=[result.items[i].label for i in keep],
+        captions=[result.items[i].caption for i in keep],
+        skipped=[Skipped(it.source, it.id, r) for it, r in zip(result.items, result.reasons) if r is not None],
+    )

@@ -1,0 +1,56 @@
+"""Errors a user can cause. Library code raises these; only the CLI turns them into exit codes."""
+
+from __future__ import annotations
+
+
+class OverlapAuditError(Exception):
+    """Base of every error overlap-audit raises on purpose."""
+
+
+class SourceError(OverlapAuditError):
+    """A source path or its layout cannot be read (missing path, no image column, ...)."""
+
+
+class DuplicateIdError(SourceError):
+    """The same id occurs more than once within one source."""
+
+    def __init__(self, source: str, ids: list[str]):
+        self.source = source
+        self.ids = list(ids)
+        shown = ", ".join(repr(i) for i in self.ids[:10])
+        more = f" (and {len(self.ids) - 10} more)" if len(self.ids) > 10 else ""
+        super().__init__(
+            f"duplicate ids in source {source!r}: {shown}{more}. Every id within one source must be unique."
+        )
+
+
+class DetectorError(OverlapAuditError):
+    """A detector name or spec is unknown, or a detector cannot be loaded."""
+
+
+class IndexDirError(OverlapAuditError):
+    """An index directory is missing, incomplete, or inconsistent."""
+
+
+class IndexMismatchError(IndexDirError):
+    """An index was built by another detector, detector version or dimension than the one asked for."""
+
+
+class ResumeError(IndexDirError):
+    """An index directory cannot be resumed (different settings) or would be overwritten."""
+
+
+class PredictionsError(OverlapAuditError):
+    """A predictions file is malformed or does not match the evaluation sets one to one."""
+
+
+class ThresholdError(OverlapAuditError):
+    """A threshold or thresholds file is invalid."""
+
+
+class ReportError(OverlapAuditError):
+    """A report file cannot be read back."""
+
+
+class DeviceError(OverlapAuditError):
+    """A device was asked for that this machine or this FAISS build does not have."""

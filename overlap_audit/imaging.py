@@ -1,0 +1,94 @@
+"""Decoding untrusted image bytes into RGB, with every failure turned into a reason string."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# PIL's own default (about 89.5 megapixels): above it an image is treated as a decompression bomb.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+class ImageRejected(Exception):
+    """An image cannot be used; the message is the reason recorded for it."""
+
+
+def _composite_on_white(img: Image.Image) -> Image.Image:
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
+    arr = np.asarray(img)
+    if img.mode == "F":
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+    else:
+        # 16-bit (I;16*) or 32-bit integer images: integer data, 16 significant bits assumed.
+        arr = arr.astype(np.float64)
+        scaled = arr / 257.0 if arr.max(initial=0) <= 65535 else arr / arr.max() * 255.0
+    gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Return ``img`` as 8-bit RGB: transparency composited on white; palette, CMYK, 16-bit, grey converted."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "P":
+        if "transparency" in img.info:
+            return _composite_on_white(img)
+        return img.convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return _composite_on_white(img)
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        return _high_bit_depth_to_rgb(img)
+    # L, 1, CMYK, YCbCr, LAB, HSV: PIL converts these directly.
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes | None = None, path: str | None = None,
+                 *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode image bytes (or a file) into an RGB image, or raise ImageRejected with the reason."""
+    if data is None and path is None:
+        raise ImageRejected("no image data")
+    try:
+        if data is None:
+            with open(path, "rb") as fh:  # type: ignore[arg-type]
+                data = fh.read()
+    except OSError as exc:
+        raise ImageRejected(f"unreadable file: {exc.strerror or exc}") from None
+    if len(data) == 0:
+        raise ImageRejected("zero-byte file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageRejected(
+                    f"decompression bomb: {width}x{height} = {width * height:,} pixels exceeds the limit of "
+                    f"{max_pixels:,}"
+                )
+            if width == 0 or height == 0:
+                raise ImageRejected(f"empty image ({width}x{height})")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(f"decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image (format not recognised)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # PIL raises OSError for truncated data ("image file is truncated"), SyntaxError/ValueError for
+        # malformed headers.
+        raise ImageRejected(f"corrupt or truncated image: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a decoder bug on hostile input must not end the run
+        raise ImageRejected(f"image decoder failed: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,108 @@
+"""Per-example correctness of the audited model, read from Parquet or CSV and matched to the splits.
+
+Columns: ``dataset``, ``id`` and either ``correct`` (0/1 or true/false) or both ``prediction`` and
+``label`` (correct = prediction == label, compared as text). Every evaluated example needs exactly one
+row: missing, extra and duplicated ids are errors that name a few of them. Rows for examples that were
+skipped (unreadable images) are accepted and left out, as the report says.
+"""
+
+from __future__ import annotations
+
+import os
+import numpy as np
+
+from .errors import PredictionsError
+from .types import Predictions, Split
+
+_TRUE = {"1", "true", "t", "yes", "y", "1.0"}
+_FALSE = {"0", "false", "f", "no", "n", "0.0"}
+
+
+def _few(values, n: int = 5) -> str:
+    values = list(values)
+    shown = ", ".join(repr(v) for v in values[:n])
+    return shown + (f" (and {len(values) - n} more)" if len(values) > n else "")
+
+
+def _read_table(path: str):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if not os.path.exists(path):
+        raise PredictionsError(f"predictions file {path} does not exist")
+    try:
+        if path.endswith(".parquet"):
+            return pq.read_table(path)
+        text_cols = {c: pa.string() for c in ("dataset", "id", "label", "prediction", "correct")}
+        return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=text_cols))
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise PredictionsError(f"cannot read predictions file {path}: {exc}") from None
+
+
+def _as_bool(value, row: int, path: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, float) and value in (0.0, 1.0):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise PredictionsError(f"{path}: row {row + 1}: 'correct' must be 0/1 or true/false, got {value!r}")
+
+
+def read_predictions(path: str | os.PathLike) -> Predictions:
+    """Read a predictions file; duplicated (dataset, id) rows are an error."""
+    path = str(path)
+    table = _read_table(path)
+    names = table.column_names
+    for col in ("dataset", "id"):
+        if col not in names:
+            raise PredictionsError(f"{path}: missing column {col!r} (it has {', '.join(names)})")
+    if "correct" not in names and not {"prediction", "label"} <= set(names):
+        raise PredictionsError(f"{path}: needs a 'correct' column, or both 'prediction' and 'label' "
+                               f"(it has {', '.join(names)})")
+    datasets = [None if v is None else str(v) for v in table["dataset"].to_pylist()]
+    ids = [None if v is None else str(v) for v in table["id"].to_pylist()]
+    if "correct" in names:
+        correct = [_as_bool(v, i, path) for i, v in enumerate(table["correct"].to_pylist())]
+    else:
+        preds, labels = table["prediction"].to_pylist(), table["label"].to_pylist()
+        correct = [p is not None and l is not None and str(p) == str(l) for p, l in zip(preds, labels)]
+    out: dict[str, dict[str, bool]] = {}
+    dups = []
+    for row, (ds, ident, ok) in enumerate(zip(datasets, ids, correct)):
+        if ds is None or ident is None:
+            raise PredictionsError(f"{path}: row {row + 1} has an empty dataset or id")
+        per = out.setdefault(ds, {})
+        if ident in per:
+            dups.append(f"{ds}/{ident}")
+        per[ident] = ok
+    if dups:
+        raise PredictionsError(f"{path}: duplicated predictions for {_few(sorted(set(dups)))}")
+    return Predictions(correct=out, source=path)
+
+
+def match_predictions(predictions: Predictions, splits: dict[str, Split],
+                      skipped_ids: dict[str, set[str]]) -> dict[str, np.ndarray]:
+    """Correctness of each split's examples, row-aligned; raises on missing or extra ids."""
+    extra_sets = sorted(set(predictions.correct) - set(splits))
+    if extra_sets:
+        raise PredictionsError(f"{predictions.source}: predictions for datasets that are not evaluated: "
+                               f"{_few(extra_sets)} (evaluated: {', '.join(splits)})")
+    out = {}
+    problems = []
+    for name, sp in splits.items():
+        given = predictions.correct.get(name, {})
+        missing = [i for i in sp.ids if i not in given]
+        known = set(sp.ids) | skipped_ids.get(name, set())
+        extra = [i for i in given if i not in known]
+        if missing:
+            problems.append(f"{len(missing)} example(s) of {name!r} have no prediction: {_few(missing)}")
+        if extra:
+            problems.append(f"{len(extra)} prediction(s) for {name!r} name ids that are not in it: {_few(extra)}")
+        out[name] = np.array([given.get(i, False) for i in sp.ids], dtype=bool)
+    if problems:
+        raise PredictionsError(f"{predictions.source}: " + "; ".join(problems))
+    return out

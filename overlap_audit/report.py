@@ -1,0 +1,245 @@
+"""The report: report.json (everything, machine-readable), report.md (the Figure-17 table), splits.parquet."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ReportError
+from .io import atomic_write, atomic_write_json, atomic_write_text
+from .stats import OverlapStats
+from .types import DetectorInfo, Skipped, Split
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+SPLITS = "splits.parquet"
+
+
+@dataclass(frozen=True)
+class DatasetReport:
+    """One evaluation set's line of the report."""
+
+    name: str
+    threshold: float
+    stats: OverlapStats
+    p_value_adjusted: float | None
+    significant: bool | None
+    n_low_information: int
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "threshold": self.threshold,
+            **self.stats.to_dict(),
+            "p_value_adjusted": self.p_value_adjusted,
+            "significant": self.significant,
+            "n_low_information": self.n_low_information,
+            "n_skipped": len(self.skipped),
+            "skipped": [s.to_dict() for s in self.skipped],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetReport":
+        return cls(
+            name=d["name"],
+            threshold=float(d["threshold"]),
+            stats=OverlapStats.from_dict(d),
+            p_value_adjusted=d["p_value_adjusted"],
+            significant=d["significant"],
+            n_low_information=int(d["n_low_information"]),
+            skipped=[Skipped.from_dict(s) for s in d["skipped"]],
+        )
+
+
+@dataclass(frozen=True)
+class Report:
+    """A whole report: what was compared with what, and one DatasetReport per evaluation set."""
+
+    detector: DetectorInfo
+    index: dict
+    datasets: list[DatasetReport]
+    k: int
+    alpha: float
+    ci_level: float
+    correction: str
+    predictions: str
+    package_version: str
+    created: str
+
+    @property
+    def threshold(self) -> dict[str, float]:
+        return {d.name: d.threshold for d in self.datasets}
+
+    def dataset(self, name: str) -> DatasetReport:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        return {
+            "package_version": self.package_version,
+            "created": self.created,
+            "detector": self.detector.to_dict(),
+            "index": self.index,
+            "predictions": self.predictions,
+            "threshold": self.threshold,
+            "k": self.k,
+            "alpha": self.alpha,
+            "ci_level": self.ci_level,
+            "correction": {"method": self.correction,
+                           "m": sum(d.stats.p_value is not None for d in self.datasets)},
+            "datasets": [d.to_dict() for d in self.datasets],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Report":
+        return cls(
+            detector=DetectorInfo.from_dict(d["detector"]),
+            index=d["index"],
+            datasets=[DatasetReport.from_dict(x) for x in d["datasets"]],
+            k=int(d["k"]),
+            alpha=float(d["alpha"]),
+            ci_level=float(d["ci_level"]),
+            correction=d["correction"]["method"],
+            predictions=d["predictions"],
+            package_version=d["package_version"],
+            created=d["created"],
+        )
+
+
+def load_report(path: str | os.PathLike) -> Report:
+    """Read report.json (or the directory holding it) back into a Report."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / REPORT_JSON
+    try:
+        return Report.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise ReportError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReportError(f"{path} is not an overlap-audit report: {exc}") from None
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f}"
+
+
+def _signed_pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:+.1f}"
+
+
+def _interval(ci: tuple[float, float] | None, signed: bool = False) -> str:
+    if ci is None:
+        return "–"
+    f = _signed_pct if signed else _pct
+    return f"[{f(ci[0])}, {f(ci[1])}]"
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "–"
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def format_table(report: Report) -> str:
+    """The Figure-17 table as Markdown (accuracies and intervals in %)."""
+    level = f"{100 * report.ci_level:g}%"
+    head = ("| Dataset | n | Overlap % | All | Clean | Overlap | All − Clean | p-value | sig. "
+            f"| {level} CI Overlap | {level} CI Clean | {level} CI All − Clean |")
+    rows = [head, "|" + "---|" * 12]
+    for d in report.datasets:
+        s = d.stats
+        sig = "–" if d.significant is None else ("yes" if d.significant else "no")
+        rows.append(
+            f"| {d.name} | {s.n_all} | {_pct(s.overlap_rate)} | {_pct(s.acc_all)} | {_pct(s.acc_clean)} "
+            f"| {_pct(s.acc_overlap)} | {_signed_pct(s.delta)} | {_p(s.p_value)} | {sig} "
+            f"| {_interval(s.ci_overlap)} | {_interval(s.ci_clean)} | {_interval(s.ci_delta, signed=True)} |"
+        )
+    return "\n".join(rows)
+
+
+def format_markdown(report: Report) -> str:
+    """The whole report.md."""
+    det = report.detector
+    lines = [
+        "# Data overlap report",
+        "",
+        f"Detector `{det.spec}` (version {det.version}, {det.dim}-d, {det.metric}); index `{report.index.get('path')}` "
+        f"with {report.index.get('n_indexed')} corpus items; k = {report.k}.",
+        f"p-value: one-sided binomial test, H0 Overlap accuracy = Clean accuracy (alternative: greater). "
+        f"Significance after {report.correction.capitalize()} correction at alpha = {report.alpha:g} across "
+        f"{sum(d.stats.p_value is not None for d in report.datasets)} dataset(s). Intervals: Clopper–Pearson at "
+        f"{100 * report.ci_level:g}%. Accuracies in %.",
+        "",
+        format_table(report),
+        "",
+        "| Dataset | threshold | low-information (never Overlap) | skipped |",
+        "|---|---|---|---|",
+    ]
+    for d in report.datasets:
+        lines.append(f"| {d.name} | {d.threshold:.4f} | {d.n_low_information} | {len(d.skipped)} |")
+    skipped = [(d.name, s) for d in report.datasets for s in d.skipped]
+    if skipped:
+        lines += ["", "## Skipped evaluation items", ""]
+        for name, s in skipped[:200]:
+            lines.append(f"- {name}: `{s.id}`: {s.reason}")
+        if len(skipped) > 200:
+            lines.append(f"- … and {len(skipped) - 200} more (all listed in report.json)")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- files
+
+
+def write_splits(path: str | os.PathLike, splits: dict[str, Split], correct: dict[str, np.ndarray]) -> None:
+    """One row per evaluated example: its neighbours, similarity, Overlap flag and correctness."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols: dict[str, list] = {k: [] for k in ("dataset", "id", "label", "neighbor_ids", "neighbor_similarities",
+                                             "similarity", "overlap", "low_information", "correct")}
+    for name, sp in splits.items():
+        sims = sp.neighbors.similarities
+        for i, ident in enumerate(sp.ids):
+            row_sims = [None if np.isnan(x) else float(x) for x in sims[i]]
+            cols["dataset"].append(name)
+            cols["id"].append(ident)
+            cols["label"].append(sp.labels[i])
+            cols["neighbor_ids"].append(list(sp.neighbors.ids[i]))
+            cols["neighbor_similarities"].append(row_sims)
+            cols["similarity"].append(row_sims[0] if row_sims else None)
+            cols["overlap"].append(bool(sp.overlap[i]))
+            cols["low_information"].append(bool(sp.low_information[i]))
+            cols["correct"].append(bool(correct[name][i]))
+    table = pa.table({
+        "dataset": pa.array(cols["dataset"], pa.string()),
+        "id": pa.array(cols["id"], pa.string()),
+        "label": pa.array(cols["label"], pa.string()),
+        "neighbor_ids": pa.array(cols["neighbor_ids"], pa.list_(pa.string())),
+        "neighbor_similarities": pa.array(cols["neighbor_similarities"], pa.list_(pa.float32())),
+        "similarity": pa.array(cols["similarity"], pa.float32()),
+        "overlap": pa.array(cols["overlap"], pa.bool_()),
+        "low_information": pa.array(cols["low_information"], pa.bool_()),
+        "correct": pa.array(cols["correct"], pa.bool_()),
+    })
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def write_report(out_dir: str | os.PathLike, report: Report, splits: dict[str, Split],
+                 correct: dict[str, np.ndarray]) -> Path:
+    """Write report.json, report.md and splits.parquet into ``out_dir``; returns the directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_splits(out / SPLITS, splits, correct)
+    atomic_write_text(out / REPORT_MD, format_markdown(report))
+    atomic_write_json(out / REPORT_JSON, report.to_dict())
+    return out

@@ -1,0 +1,340 @@
+"""Sources: image folders, img2dataset-style Parquet, and WebDataset tar shards, streamed as RawItems.
+
+A source spec is a path, optionally prefixed with its kind (``folder:``, ``parquet:``, ``wds:``). Without a
+prefix the kind is inferred: a ``.parquet`` file or a directory of them is Parquet; a ``.tar`` (``.tar.gz``,
+``.tgz``) file, a directory of them, a glob or a brace pattern (``shards-{000..009}.tar``) is WebDataset;
+any other directory is an image folder. Nothing is decoded here: items carry bytes or a path, and decoding
+happens in worker processes (``overlap_audit.embed``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DuplicateIdError, SourceError
+from .types import RawItem
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+WDS_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+PARQUET_IMAGE_COLUMNS = ("jpg", "png", "webp", "image")
+PARQUET_ID_COLUMNS = ("key", "id")
+PARQUET_CAPTION_COLUMNS = ("caption", "txt")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+# Files in an image folder that are read as part of an image's record rather than listed as skipped.
+SIDECAR_SUFFIXES = (".txt", ".json", ".cls")
+IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed source spec. ``name`` is what records and reports call it."""
+
+    kind: str  # "folder" | "parquet" | "wds"
+    paths: tuple[str, ...]
+    name: str
+    spec: str
+    labels_from_folders: bool = False
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "spec": self.spec, "name": self.name, "paths": list(self.paths)}
+
+    def iter_items(self) -> Iterator[RawItem]:
+        """Stream the source's items in a deterministic order; raises DuplicateIdError on a repeated id."""
+        if self.kind == "folder":
+            items = _iter_folder(self)
+        elif self.kind == "parquet":
+            _check_parquet_ids(self)
+            items = _iter_parquet(self)
+        else:
+            items = _iter_wds(self)
+        seen: set[str] = set()
+        for item in items:
+            if item.id in seen:
+                raise DuplicateIdError(self.name, [item.id])
+            seen.add(item.id)
+            yield item
+
+
+def _expand_braces(pattern: str) -> list[str]:
+    match = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
+    if not match:
+        return [pattern]
+    lo, hi = match.group(1), match.group(2)
+    width = len(lo)
+    out = []
+    for n in range(int(lo), int(hi) + 1):
+        out.extend(_expand_braces(pattern[: match.start()] + str(n).zfill(width) + pattern[match.end():]))
+    return out
+
+
+def _is_tar(path: str) -> bool:
+    return path.lower().endswith(TAR_SUFFIXES)
+
+
+def open_source(spec: str, *, name: str | None = None, labels_from_folders: bool = False) -> Source:
+    """Parse a source spec into a Source, checking that its files exist."""
+    kind = None
+    path = spec
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in ("folder", "parquet", "wds"):
+        kind, path = prefix, rest
+    path = os.path.expanduser(path)
+    default_name = Path(path.rstrip("/")).name or path
+
+    if any(ch in path for ch in "*?[") or re.search(r"\{\d+\.\.\d+\}", path):
+        paths = sorted({p for pat in _expand_braces(path) for p in (glob.glob(pat) if any(c in pat for c in "*?[") else [pat])})
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            raise SourceError(f"source {spec!r}: {len(missing)} shard(s) do not exist, e.g. {missing[0]!r}")
+        if not paths:
+            raise SourceError(f"source {spec!r}: the pattern matches no file")
+        if kind is None:
+            kind = "parquet" if all(p.endswith(".parquet") for p in paths) else "wds"
+        return Source(kind, tuple(paths), name or default_name, spec, labels_from_folders)
+
+    if not os.path.exists(path):
+        raise SourceError(f"source {spec!r}: no such file or directory")
+    if os.path.isfile(path):
+        if kind is None:
+            if path.endswith(".parquet"):
+                kind = "parquet"
+            elif _is_tar(path):
+                kind = "wds"
+            else:
+                raise SourceError(
+                    f"source {spec!r} is a file that is neither .parquet nor .tar; give a folder of images, "
+                    "Parquet files or WebDataset shards"
+                )
+        if kind == "folder":
+            raise SourceError(f"source {spec!r}: 'folder:' needs a directory")
+        return Source(kind, (path,), name or default_name, spec, labels_from_folders)
+
+    entries = sorted(os.listdir(path))
+    tars = [os.path.join(path, e) for e in entries if _is_tar(e)]
+    parquets = [os.path.join(path, e) for e in entries if e.endswith(".parquet")]
+    if kind is None:
+        # img2dataset's webdataset output holds .tar shards plus metadata-only .parquet files: tars win.
+        kind = "wds" if tars else ("parquet" if parquets else "folder")
+    if kind == "wds":
+        if not tars:
+            raise SourceError(f"source {spec!r}: no .tar shards in this directory")
+        return Source(kind, tuple(tars), name or default_name, spec, labels_from_folders)
+    if kind == "parquet":
+        if not parquets:
+            raise SourceError(f"source {spec!r}: no .parquet files in this directory")
+        return Source(kind, tuple(parquets), name or default_name, spec, labels_from_folders)
+    return Source("folder", (path,), name or default_name, spec, labels_from_folders)
+
+
+# ---------------------------------------------------------------- folders
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def _iter_folder(src: Source) -> Iterator[RawItem]:
+    root = src.paths[0]
+    files: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for fn in sorted(filenames):
+            files.append(os.path.relpath(os.path.join(dirpath, fn), root))
+    files.sort()
+    image_stems = {os.path.splitext(f)[0] for f in files if f.lower().endswith(IMAGE_EXTENSIONS)}
+    for rel in files:
+        rel_id = rel.replace(os.sep, "/")
+        full = os.path.join(root, rel)
+        stem, ext = os.path.splitext(rel)
+        base = os.path.basename(rel)
+        if base in IGNORED_NAMES:
+            continue
+        label = None
+        if src.labels_from_folders:
+            parts = rel_id.split("/")
+            label = parts[0] if len(parts) > 1 else None
+        if ext.lower() in IMAGE_EXTENSIONS:
+            txt = os.path.join(root, stem + ".txt")
+            caption = _read_text(txt) if os.path.exists(txt) else None
+            yield RawItem(src.name, rel_id, path=full, caption=caption, label=label)
+        elif ext.lower() in SIDECAR_SUFFIXES and stem in image_stems:
+            continue  # read together with its image
+        else:
+            yield RawItem(src.name, rel_id, label=label,
+                          skip_reason=f"not an image file (extension {ext or 'none'!r} is not one of "
+                                      f"{', '.join(IMAGE_EXTENSIONS)})")
+
+
+# ---------------------------------------------------------------- parquet
+
+
+def _parquet_columns(path: str) -> dict[str, str | None]:
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.ParquetFile(path).schema_arrow.names
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise SourceError(f"cannot read Parquet file {path!r}: {exc}") from None
+    image = next((c for c in PARQUET_IMAGE_COLUMNS if c in names), None)
+    ident = next((c for c in PARQUET_ID_COLUMNS if c in names), None)
+    if image is None:
+        raise SourceError(
+            f"Parquet file {path!r} has no image column (looked for {', '.join(PARQUET_IMAGE_COLUMNS)}; "
+            f"it has {', '.join(names)}). img2dataset writes image bytes only with output_format=parquet."
+        )
+    if ident is None:
+        raise SourceError(
+            f"Parquet file {path!r} has no id column (looked for {', '.join(PARQUET_ID_COLUMNS)}; "
+            f"it has {', '.join(names)})"
+        )
+    return {
+        "image": image,
+        "id": ident,
+        "caption": next((c for c in PARQUET_CAPTION_COLUMNS if c in names), None),
+        "label": "label" if "label" in names else None,
+        "status": "status" if "status" in names else None,
+        "error": "error_message" if "error_message" in names else None,
+    }
+
+
+def _check_parquet_ids(src: Source) -> None:
+    import pyarrow.parquet as pq
+
+    seen: set[str] = set()
+    dups: list[str] = []
+    for path in src.paths:
+        cols = _parquet_columns(path)
+        for value in pq.read_table(path, columns=[cols["id"]]).column(0).to_pylist():
+            key = str(value)
+            if key in seen:
+                dups.append(key)
+            seen.add(key)
+    if dups:
+        raise DuplicateIdError(src.name, sorted(set(dups)))
+
+
+def _image_bytes(value) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):  # Hugging Face datasets' Image feature: {"bytes": ..., "path": ...}
+        value = value.get("bytes")
+    if isinstance(value, str):
+        return None
+    return bytes(value) if value is not None else None
+
+
+def _iter_parquet(src: Source) -> Iterator[RawItem]:
+    import pyarrow.parquet as pq
+
+    for path in src.paths:
+        cols = _parquet_columns(path)
+        wanted = [c for c in cols.values() if c]
+        pf = pq.ParquetFile(path)
+        for batch in pf.iter_batches(batch_size=256, columns=wanted):
+            data = batch.to_pydict()
+            for i in range(batch.num_rows):
+                ident = data[cols["id"]][i]
+                if ident is None:
+                    raise SourceError(f"Parquet file {path!r}: row with a null {cols['id']!r}")
+                ident = str(ident)
+                caption = data[cols["caption"]][i] if cols["caption"] else None
+                label = data[cols["label"]][i] if cols["label"] else None
+                label = None if label is None else str(label)
+                raw = data[cols["image"]][i]
+                image = _image_bytes(raw)
+                reason = None
+                if image is None:
+                    status = data[cols["status"]][i] if cols["status"] else None
+                    error = data[cols["error"]][i] if cols["error"] else None
+                    reason = "no image data in column " + repr(cols["image"])
+                    if status and status != "success":
+                        reason += f" (img2dataset status {status!r}{': ' + error if error else ''})"
+                yield RawItem(src.name, ident, data=image, caption=caption, label=label, skip_reason=reason)
+
+
+# ---------------------------------------------------------------- webdataset
+
+
+def _wds_split(name: str) -> tuple[str, str]:
+    """Split a member name into (key, extension) by WebDataset's rule: the first dot of the basename."""
+    directory, base = os.path.split(name)
+    if "." not in base:
+        return name, ""
+    stem, ext = base.split(".", 1)
+    return (os.path.join(directory, stem) if directory else stem), ext.lower()
+
+
+def _wds_item(src: Source, key: str, parts: dict[str, bytes]) -> RawItem:
+    caption = label = None
+    if "txt" in parts:
+        caption = parts["txt"].decode("utf-8", errors="replace").strip()
+    if "json" in parts:
+        try:
+            meta = json.loads(parts["json"].decode("utf-8", errors="replace"))
+        except ValueError:
+            meta = {}
+        if isinstance(meta, dict):
+            if caption is None and isinstance(meta.get("caption"), str):
+                caption = meta["caption"]
+            if meta.get("label") is not None:
+                label = str(meta["label"])
+    if "cls" in parts:
+        label = parts["cls"].decode("utf-8", errors="replace").strip()
+    image_ext = next((e for e in WDS_IMAGE_EXTENSIONS if e in parts), None)
+    if image_ext is None:
+        found = ", ".join(sorted(parts)) or "nothing"
+        return RawItem(src.name, key, caption=caption, label=label,
+                       skip_reason=f"no image in the sample (found {found})")
+    return RawItem(src.name, key, data=parts[image_ext], caption=caption, label=label)
+
+
+def _iter_wds(src: Source) -> Iterator[RawItem]:
+    for shard in src.paths:
+        shard_name = os.path.basename(shard)
+        key: str | None = None
+        parts: dict[str, bytes] = {}
+        try:
+            # "r|*" reads the shard as a stream (no seeking, no extraction to disk), compressed or not.
+            with open(shard, "rb") as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    mkey, ext = _wds_split(member.name)
+                    if key is not None and mkey != key:
+                        yield _wds_item(src, key, parts)
+                        parts = {}
+                    key = mkey
+                    fh_member = tar.extractfile(member)
+                    parts[ext] = fh_member.read() if fh_member is not None else b""
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            if key is not None:
+                yield RawItem(src.name, key, skip_reason=f"WebDataset shard {shard_name!r} ends inside this "
+                                                         f"sample: {exc}")
+                parts = {}
+            yield RawItem(src.name, f"{shard_name}#unreadable-after-{key or 'start'}",
+                          skip_reason=f"WebDataset shard {shard_name!r} is corrupt or truncated: {exc}; "
+                                      "the rest of this shard was not read")
+            key = None
+            continue
+        if key is not None:
+            yield _wds_item(src, key, parts)
+
+
+def parse_eval_spec(spec: str) -> tuple[str, str]:
+    """Split ``NAME=SOURCE`` into its parts."""
+    name, sep, source = spec.partition("=")
+    if not sep or not name or not source:
+        raise SourceError(f"--eval {spec!r}: expected NAME=SOURCE, e.g. cifar10=/data/cifar10/test")
+    return name.strip(), source.strip()

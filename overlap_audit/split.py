@@ -1,0 +1,68 @@
+"""Thresholds and the Overlap / Clean split.
+
+An evaluation example is in Overlap when the similarity of its nearest corpus item is at or above its
+dataset's threshold, and it is not a low-information image (blank, near-uniform: such images match
+each other whatever they show, the CLIP paper's Kinetics-700 black frames). Everything else is Clean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+
+import numpy as np
+
+from .errors import ThresholdError
+from .types import Embeddings, Neighbors, Split
+
+
+def load_thresholds(path: str | os.PathLike) -> dict[str, float]:
+    """Read a JSON thresholds file ``{"NAME": t, ...}``."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise ThresholdError(f"cannot read thresholds file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ThresholdError(f"thresholds file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ThresholdError(f'thresholds file {path} must hold one object {{"NAME": threshold, ...}}')
+    out = {}
+    for name, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ThresholdError(f"thresholds file {path}: the threshold of {name!r} is not a number ({value!r})")
+        out[str(name)] = float(value)
+    return out
+
+
+def resolve_thresholds(datasets: Iterable[str], default: float, *, threshold: float | None = None,
+                       per_dataset: dict[str, float] | None = None) -> dict[str, float]:
+    """The threshold of each dataset: the per-dataset file first, then ``threshold``, then the default."""
+    datasets = list(datasets)
+    per_dataset = per_dataset or {}
+    unknown = sorted(set(per_dataset) - set(datasets))
+    if unknown:
+        raise ThresholdError(f"the thresholds file names datasets that are not evaluated: {', '.join(unknown)} "
+                             f"(evaluated: {', '.join(datasets)})")
+    base = default if threshold is None else float(threshold)
+    out = {name: per_dataset.get(name, base) for name in datasets}
+    for name, t in out.items():
+        if not math.isfinite(t):
+            raise ThresholdError(f"threshold of {name!r} is not finite")
+    return out
+
+
+def split(dataset: str, embeddings: Embeddings, neighbors: Neighbors, threshold: float) -> Split:
+    """Split one embedded evaluation set into Overlap / Clean at ``threshold``."""
+    if len(neighbors.query_ids) != len(embeddings):
+        raise ValueError("neighbors and embeddings are not row-aligned")
+    top = neighbors.similarities[:, 0] if neighbors.k else np.full(len(embeddings), np.nan, np.float32)
+    low = np.asarray(embeddings.low_information, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        overlap = np.nan_to_num(top, nan=-np.inf) >= threshold
+    overlap &= ~low
+    return Split(dataset=dataset, threshold=float(threshold), ids=list(embeddings.ids),
+                 labels=list(embeddings.labels) or [None] * len(embeddings), neighbors=neighbors,
+                 overlap=overlap, low_information=low)

@@ -1,0 +1,142 @@
+"""Typed values passed between the stages of the pipeline.
+
+sources -> RawItem -> (decode, detector.preprocess) -> detector.embed -> Embeddings -> index search ->
+Neighbors -> split -> Split (+ Predictions) -> stats -> DatasetReport / Report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Metric = Literal["cosine", "hamming"]
+
+
+@dataclass(frozen=True)
+class RawItem:
+    """One undecoded record of a source: its id and where its image bytes are.
+
+    Exactly one of ``data`` (bytes) and ``path`` (a file to read) is set, unless ``skip_reason``
+    already says why the item cannot be used (e.g. a failed download recorded by img2dataset).
+    """
+
+    source: str
+    id: str
+    data: bytes | None = None
+    path: str | None = None
+    caption: str | None = None
+    label: str | None = None
+    skip_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An item that was given but could not be used, and why."""
+
+    source: str
+    id: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "id": self.id, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Skipped":
+        return cls(source=d["source"], id=d["id"], reason=d["reason"])
+
+
+@dataclass(frozen=True)
+class DetectorInfo:
+    """What identifies a detector's embeddings: two indexes are comparable only if these agree."""
+
+    spec: str
+    name: str
+    version: str
+    dim: int
+    metric: Metric
+    default_threshold: float
+
+    def to_dict(self) -> dict:
+        return {
+            "spec": self.spec,
+            "name": self.name,
+            "version": self.version,
+            "dim": self.dim,
+            "metric": self.metric,
+            "default_threshold": self.default_threshold,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DetectorInfo":
+        return cls(
+            spec=d["spec"],
+            name=d["name"],
+            version=d["version"],
+            dim=int(d["dim"]),
+            metric=d["metric"],
+            default_threshold=float(d["default_threshold"]),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Embeddings:
+    """Embedded items of one source or set, row-aligned.
+
+    ``vectors`` is float32 [N, D] (L2-normalised) for metric "cosine", or uint8 [N, D/8] packed bits for
+    metric "hamming". ``low_information`` marks near-uniform images that must not count as matches.
+    """
+
+    ids: list[str]
+    vectors: np.ndarray
+    low_information: np.ndarray
+    labels: list[str | None] = field(default_factory=list)
+    captions: list[str | None] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True, eq=False)
+class Neighbors:
+    """The k nearest corpus items of each query, most similar first.
+
+    ``ids`` is an object array [N, k] of corpus ids (None where the corpus has fewer than k items);
+    ``similarities`` is float32 [N, k] in the detector's similarity (cosine, or 1 - Hamming/bits),
+    NaN where there is no neighbour.
+    """
+
+    query_ids: list[str]
+    ids: np.ndarray
+    similarities: np.ndarray
+
+    @property
+    def k(self) -> int:
+        return int(self.similarities.shape[1])
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One evaluation set split into Overlap / Clean at a threshold."""
+
+    dataset: str
+    threshold: float
+    ids: list[str]
+    labels: list[str | None]
+    neighbors: Neighbors
+    overlap: np.ndarray  # bool [N]
+    low_information: np.ndarray  # bool [N]; never Overlap
+
+    @property
+    def top_similarity(self) -> np.ndarray:
+        return self.neighbors.similarities[:, 0] if self.neighbors.k else np.zeros(len(self.ids), np.float32)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per-example correctness of the audited model: ``correct[dataset][id] -> bool``."""
+
+    correct: dict[str, dict[str, bool]]
+    source: str = ""
