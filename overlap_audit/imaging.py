@@ -65,9 +65,12 @@ def decode_image(data: bytes | None = None, path: str | None = None,
         raise ImageRejected(f"unreadable file: {exc.strerror or exc}") from None
     if len(data) == 0:
         raise ImageRejected("zero-byte file")
+    pil_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
+            if pil_limit is not None and max_pixels > pil_limit:
+                Image.MAX_IMAGE_PIXELS = max_pixels  # PIL would refuse what the caller allowed
             img = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > max_pixels:
@@ -92,3 +95,5 @@ def decode_image(data: bytes | None = None, path: str | None = None,
         raise ImageRejected(f"corrupt or truncated image: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a decoder bug on hostile input must not end the run
         raise ImageRejected(f"image decoder failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit

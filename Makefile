@@ -1,0 +1,30 @@
+# overlap-audit: `make demo` runs the whole audit on a small bundled example; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+DEMO_DIR ?= demo-out
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(BIN)/overlap-audit demo $(DEMO_DIR)
+
+bench: install
+	$(BIN)/python benchmarks/bench_phash.py
+	$(BIN)/python benchmarks/bench_search.py
+	$(BIN)/python benchmarks/phash_quality.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,150 @@
+"""The CLI end to end: click's CliRunner for the paths, and real subprocesses for the installed command."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from overlap_audit.cli import main
+from overlap_audit.report import load_report
+
+from .conftest import write_predictions
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory, corpus_dir):
+    out = tmp_path_factory.mktemp("cli") / "index"
+    result = CliRunner().invoke(main, ["index", str(corpus_dir), "--out", str(out), "--workers", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "indexed 120 of 124 items" in result.output and "broken/bomb.png" in result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def predictions(tmp_path_factory, eval_set):
+    root, planted, clean = eval_set
+    # the audited "model" is right on every planted (seen) example and on half of the new ones
+    ids = planted + clean
+    correct = [1] * len(planted) + [i % 2 for i in range(len(clean))]
+    return write_predictions(tmp_path_factory.mktemp("preds") / "preds.csv", "val", ids, correct)
+
+
+def test_report_finds_planted_duplicates_and_only_them(tmp_path, index_dir, eval_set, predictions):
+    root, planted, clean = eval_set
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", str(index_dir), "--eval", f"val={root}", "--predictions",
+                                       str(predictions), "--out", str(out), "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "| val | 50 |" in result.output  # the printed table
+    rows = pq.read_table(out / "splits.parquet").to_pylist()
+    overlap = {r["id"] for r in rows if r["overlap"]}
+    assert overlap <= set(planted)  # no unrelated image is called a duplicate
+    assert len(overlap) >= 0.9 * len(planted)  # phash misses some crops of fine textures (BENCHMARKS.md)
+    by_id = {r["id"]: r for r in rows}
+    for rel in planted:  # even below the threshold, each copy's nearest corpus item is its original
+        assert by_id[rel]["neighbor_ids"][0] == rel.split("/")[1].rsplit("-", 1)[0] + ".png"
+    first = planted[0]  # seen/<tile>-resize.png is a copy of corpus tile <tile>.png
+    assert by_id[first]["neighbor_ids"][0] == first.split("/")[1].rsplit("-", 1)[0] + ".png"
+    assert len(by_id[first]["neighbor_ids"]) == 5 and by_id[first]["label"] == "seen"
+    data = json.loads((out / "report.json").read_text())
+    (ds,) = data["datasets"]
+    assert ds["n_all"] == 50 and ds["n_overlap"] == len(overlap) and ds["acc_overlap"] == 1.0
+    assert ds["significant"] is True and data["detector"]["name"] == "phash" and data["threshold"] == {"val": 0.875}
+    assert "| val |" in (out / "report.md").read_text()
+
+
+def test_report_json_round_trips(tmp_path, index_dir, eval_set, predictions):
+    root, _, _ = eval_set
+    out = tmp_path / "r"
+    thresholds = tmp_path / "t.json"
+    thresholds.write_text('{"val": 0.9}')
+    result = CliRunner().invoke(main, ["report", str(index_dir), "--eval", f"val={root}", "--predictions",
+                                       str(predictions), "--out", str(out), "--thresholds", str(thresholds),
+                                       "--k", "3", "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    rep = load_report(out)
+    assert rep.threshold == {"val": 0.9} and rep.k == 3
+    assert rep.to_dict() == json.loads((out / "report.json").read_text())
+    assert type(rep).from_dict(rep.to_dict()) == rep
+
+
+def test_report_refuses_another_detector(tmp_path, index_dir, eval_set, predictions):
+    root, _, _ = eval_set
+    result = CliRunner().invoke(main, ["report", str(index_dir), "--eval", f"val={root}", "--predictions",
+                                       str(predictions), "--out", str(tmp_path / "r"), "--detector", "phash256"])
+    assert result.exit_code == 2
+    assert "built with detector 'phash'" in result.output and "phash256" in result.output
+
+
+def test_report_refuses_an_index_of_another_detector_version(tmp_path, index_dir, eval_set, predictions):
+    copy = tmp_path / "index"
+    shutil.copytree(index_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["detector"]["version"] = "0"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    root, _, _ = eval_set
+    result = CliRunner().invoke(main, ["report", str(copy), "--eval", f"val={root}", "--predictions",
+                                       str(predictions), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "detector version '0' (installed: '1')" in result.output
+
+
+def test_missing_predictions_are_named(tmp_path, index_dir, eval_set):
+    root, planted, clean = eval_set
+    preds = write_predictions(tmp_path / "p.csv", "val", planted + clean[:-2], [1] * (len(planted) + len(clean) - 2))
+    result = CliRunner().invoke(main, ["report", str(index_dir), "--eval", f"val={root}", "--predictions",
+                                       str(preds), "--out", str(tmp_path / "r"), "--workers", "0", "--quiet"])
+    assert result.exit_code == 2
+    assert "2 example(s) of 'val' have no prediction" in result.output and clean[-1] in result.output
+
+
+def test_skipped_eval_items_are_reported(tmp_path, index_dir, eval_set, predictions, photos):
+    root, planted, clean = eval_set
+    ev = tmp_path / "ev"
+    shutil.copytree(root, ev)
+    (ev / "new" / "broken.png").write_bytes(b"")
+    out = tmp_path / "r"
+    result = CliRunner().invoke(main, ["report", str(index_dir), "--eval", f"val={ev}", "--predictions",
+                                       str(predictions), "--out", str(out), "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "skipped val:new/broken.png: zero-byte file" in result.output
+    ds = json.loads((out / "report.json").read_text())["datasets"][0]
+    assert ds["n_skipped"] == 1 and ds["skipped"][0]["id"] == "new/broken.png"
+    assert "new/broken.png" in (out / "report.md").read_text()
+
+
+def test_bad_arguments_exit_cleanly(tmp_path, index_dir, predictions):
+    runner = CliRunner()
+    r = runner.invoke(main, ["report", str(index_dir), "--eval", "noequals", "--predictions", str(predictions),
+                             "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "NAME=SOURCE" in r.output
+    r = runner.invoke(main, ["index", str(tmp_path / "missing"), "--out", str(tmp_path / "i")])
+    assert r.exit_code == 2 and "no such file" in r.output
+    r = runner.invoke(main, ["report", str(tmp_path), "--eval", f"x={tmp_path}", "--predictions", str(predictions),
+                             "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "not an overlap-audit index" in r.output
+    r = runner.invoke(main, ["detectors"])
+    assert r.exit_code == 0 and "phash256" in r.output
+
+
+def test_installed_command_runs_as_a_subprocess(tmp_path, corpus_dir, eval_set, predictions):
+    exe = shutil.which("overlap-audit", path=os.path.dirname(sys.executable))
+    assert exe, "the overlap-audit console script is not installed next to this Python"
+    root, planted, _ = eval_set
+    idx = tmp_path / "index"
+    r = subprocess.run([exe, "index", str(corpus_dir), "--out", str(idx), "--workers", "2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([exe, "report", str(idx), "--eval", f"val={root}", "--predictions", str(predictions),
+                        "--out", str(tmp_path / "rep")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "| val | 50 |" in r.stdout
+    n_overlap = load_report(tmp_path / "rep").dataset("val").stats.n_overlap
+    assert 0.9 * len(planted) <= n_overlap <= len(planted)
+    r = subprocess.run([exe, "report", str(idx), "--eval", f"val={root}", "--predictions", "/nope.csv",
+                        "--out", str(tmp_path / "rep2")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -1,0 +1,47 @@
+import json
+
+import pytest
+
+from overlap_audit.errors import ReportError
+from overlap_audit.report import DatasetReport, Report, format_markdown, format_table, load_report
+from overlap_audit.stats import overlap_stats
+from overlap_audit.types import DetectorInfo, Skipped
+
+
+def make_report():
+    det = DetectorInfo("phash", "phash", "1", 64, "hamming", 0.875)
+    ds = [
+        DatasetReport("a", 0.875, overlap_stats(70, 100, 18, 20), 0.01, True, 2, [Skipped("a", "x.png", "zero-byte file")]),
+        DatasetReport("b", 0.9, overlap_stats(5, 10, 0, 0), None, None, 0, []),
+    ]
+    return Report(det, {"path": "idx", "n_indexed": 10}, ds, 5, 0.05, 0.995, "bonferroni", "p.csv", "0.1.0", "now")
+
+
+def test_table_has_a_row_per_dataset_and_dashes_for_undefined():
+    table = format_table(make_report())
+    lines = table.splitlines()
+    assert len(lines) == 2 + 2
+    assert lines[2].startswith("| a | 100 | 20.0 | 70.0 | 65.0 | 90.0 | +5.0 |")
+    assert lines[3].startswith("| b | 10 | 0.0 | 50.0 | 50.0 | – | +0.0 | – | – |")
+    md = format_markdown(make_report())
+    assert "x.png" in md and "zero-byte" in md and "Bonferroni" in md
+
+
+def test_json_round_trip_and_no_nan(tmp_path):
+    from overlap_audit.io import atomic_write_json
+
+    rep = make_report()
+    atomic_write_json(tmp_path / "report.json", rep.to_dict())
+    text = (tmp_path / "report.json").read_text()
+    assert "NaN" not in text
+    data = json.loads(text)
+    assert data["datasets"][1]["p_value"] is None and data["correction"] == {"method": "bonferroni", "m": 1}
+    assert load_report(tmp_path) == rep
+
+
+def test_load_report_errors(tmp_path):
+    with pytest.raises(ReportError, match="cannot read"):
+        load_report(tmp_path / "missing.json")
+    (tmp_path / "report.json").write_text("{}")
+    with pytest.raises(ReportError, match="not an overlap-audit report"):
+        load_report(tmp_path)

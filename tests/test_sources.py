@@ -1,0 +1,158 @@
+import io
+import json
+import tarfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from overlap_audit.errors import DuplicateIdError, SourceError
+from overlap_audit.sources import open_source, parse_eval_spec
+
+from .conftest import jpeg_bytes, png_bytes, write_folder
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def make_tar(path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for key, parts in samples:
+            for ext, data in parts.items():
+                add_member(tar, f"{key}.{ext}", data)
+
+
+def test_folder_recursive_labels_captions_and_non_images(tmp_path, photos):
+    root = write_folder(tmp_path / "ev", {
+        "cat/a.png": photos["chelsea"].resize((32, 32)),
+        "cat/deep/b.jpg": photos["chelsea"].resize((32, 32)),
+        "rocket/c.png": photos["rocket"].resize((32, 32)),
+        "loose.png": photos["coffee"].resize((32, 32)),
+        "rocket/c.txt": b"a rocket on its pad",
+        "rocket/readme.pdf": b"%PDF-1.4",
+    })
+    items = list(open_source(str(root), labels_from_folders=True).iter_items())
+    by_id = {it.id: it for it in items}
+    assert set(by_id) == {"cat/a.png", "cat/deep/b.jpg", "rocket/c.png", "loose.png", "rocket/readme.pdf"}
+    assert by_id["cat/deep/b.jpg"].label == "cat"
+    assert by_id["loose.png"].label is None
+    assert by_id["rocket/c.png"].caption == "a rocket on its pad"
+    assert by_id["rocket/readme.pdf"].skip_reason.startswith("not an image file")
+    assert [it.id for it in items] == sorted(by_id)  # deterministic order
+
+
+def test_folder_without_labels_for_a_corpus(tmp_path, photos):
+    root = write_folder(tmp_path / "c", {"x/a.png": photos["coffee"].resize((16, 16))})
+    (item,) = open_source(str(root)).iter_items()
+    assert item.label is None and item.id == "x/a.png"
+
+
+def img2dataset_table(photos, **overrides):
+    cols = {
+        "key": ["000000000", "000000001", "000000002"],
+        "jpg": [jpeg_bytes(photos["coffee"].resize((32, 32))), jpeg_bytes(photos["rocket"].resize((32, 32))), None],
+        "caption": ["a cup of coffee", "a rocket", None],
+        "status": ["success", "success", "failed_to_download"],
+        "error_message": [None, None, "HTTP 404"],
+    }
+    cols.update(overrides)
+    return pa.table(cols)
+
+
+def test_parquet_img2dataset_layout(tmp_path, photos):
+    pq.write_table(img2dataset_table(photos), tmp_path / "00000.parquet")
+    src = open_source(str(tmp_path))
+    assert src.kind == "parquet"
+    items = list(src.iter_items())
+    assert [it.id for it in items] == ["000000000", "000000001", "000000002"]
+    assert items[0].caption == "a cup of coffee" and items[0].data[:2] == b"\xff\xd8"
+    assert items[2].data is None and "failed_to_download" in items[2].skip_reason and "HTTP 404" in items[2].skip_reason
+
+
+def test_parquet_id_image_txt_label_and_hf_struct(tmp_path, photos):
+    image = pa.array([{"bytes": png_bytes(photos["coffee"].resize((8, 8))), "path": None}],
+                     pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    pq.write_table(pa.table({"id": [7], "image": image, "txt": ["hi"], "label": [3]}), tmp_path / "x.parquet")
+    (item,) = open_source(str(tmp_path / "x.parquet")).iter_items()
+    assert item.id == "7" and item.caption == "hi" and item.label == "3" and item.data[:4] == b"\x89PNG"
+
+
+def test_parquet_errors_name_the_problem(tmp_path, photos):
+    pq.write_table(pa.table({"key": ["a"], "url": ["http://x"]}), tmp_path / "noimg.parquet")
+    with pytest.raises(SourceError, match="no image column"):
+        list(open_source(str(tmp_path / "noimg.parquet")).iter_items())
+    pq.write_table(pa.table({"name": ["a"], "jpg": [b"x"]}), tmp_path / "noid.parquet")
+    with pytest.raises(SourceError, match="no id column"):
+        list(open_source(str(tmp_path / "noid.parquet")).iter_items())
+
+
+def test_parquet_duplicate_ids_are_named_before_streaming(tmp_path, photos):
+    d = tmp_path / "dups"
+    d.mkdir()
+    pq.write_table(img2dataset_table(photos), d / "00000.parquet")
+    pq.write_table(img2dataset_table(photos, key=["000000002", "x", "000000000"]), d / "00001.parquet")
+    with pytest.raises(DuplicateIdError) as err:
+        next(iter(open_source(str(d)).iter_items()))
+    assert err.value.ids == ["000000000", "000000002"]
+    assert "000000000" in str(err.value) and "dups" in str(err.value)
+
+
+def test_webdataset_stream(tmp_path, photos):
+    samples = [
+        ("s/000", {"jpg": jpeg_bytes(photos["coffee"].resize((16, 16))), "txt": b"coffee", "cls": b"4"}),
+        ("s/001", {"png": png_bytes(photos["rocket"].resize((16, 16))),
+                   "json": json.dumps({"caption": "rocket", "label": 2}).encode()}),
+        ("s/002", {"txt": b"caption without image"}),
+    ]
+    make_tar(tmp_path / "shard-000.tar", samples[:2])
+    make_tar(tmp_path / "shard-001.tar", samples[2:])
+    src = open_source(str(tmp_path / "shard-{000..001}.tar"))
+    assert src.kind == "wds" and len(src.paths) == 2
+    items = list(src.iter_items())
+    assert [it.id for it in items] == ["s/000", "s/001", "s/002"]
+    assert items[0].caption == "coffee" and items[0].label == "4" and items[0].data[:2] == b"\xff\xd8"
+    assert items[1].caption == "rocket" and items[1].label == "2"
+    assert items[2].data is None and "no image" in items[2].skip_reason
+
+
+def test_webdataset_truncated_shard_is_recorded(tmp_path, photos):
+    samples = [(f"k{i}", {"png": png_bytes(photos["coffee"].resize((64, 64)))}) for i in range(4)]
+    make_tar(tmp_path / "full.tar", samples)
+    data = (tmp_path / "full.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[: int(len(data) * 0.6)])
+    items = list(open_source(str(tmp_path / "cut.tar")).iter_items())
+    usable = [it for it in items if it.skip_reason is None]
+    recorded = [it for it in items if it.skip_reason is not None]
+    assert 1 <= len(usable) < 4
+    assert recorded and any("truncated" in it.skip_reason or "ends inside" in it.skip_reason for it in recorded)
+
+
+def test_webdataset_duplicate_key_is_an_error(tmp_path, photos):
+    data = png_bytes(photos["coffee"].resize((8, 8)))
+    make_tar(tmp_path / "d.tar", [("a", {"png": data}), ("b", {"png": data}), ("a", {"jpg": data})])
+    with pytest.raises(DuplicateIdError, match="'a'"):
+        list(open_source(str(tmp_path / "d.tar")).iter_items())
+
+
+def test_kind_inference_and_prefixes(tmp_path, photos):
+    make_tar(tmp_path / "a.tar", [("x", {"png": png_bytes(photos["coffee"].resize((8, 8)))})])
+    pq.write_table(img2dataset_table(photos), tmp_path / "meta.parquet")
+    assert open_source(str(tmp_path)).kind == "wds"  # img2dataset webdataset output: tars + metadata parquet
+    assert open_source(f"parquet:{tmp_path}").kind == "parquet"
+    assert open_source(f"folder:{tmp_path}").kind == "folder"
+    with pytest.raises(SourceError, match="no such file"):
+        open_source(str(tmp_path / "missing"))
+    with pytest.raises(SourceError, match="do not exist"):
+        open_source(str(tmp_path / "s-{0..3}.tar"))
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(SourceError, match="neither"):
+        open_source(str(tmp_path / "x.csv"))
+
+
+def test_parse_eval_spec():
+    assert parse_eval_spec("cifar=/data/x=y") == ("cifar", "/data/x=y")
+    with pytest.raises(SourceError, match="NAME=SOURCE"):
+        parse_eval_spec("/data/x")

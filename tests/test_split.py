@@ -1,0 +1,46 @@
+import json
+
+import numpy as np
+import pytest
+
+from overlap_audit.errors import ThresholdError
+from overlap_audit.split import load_thresholds, resolve_thresholds, split
+from overlap_audit.types import Embeddings, Neighbors
+
+
+def test_threshold_precedence():
+    assert resolve_thresholds(["a", "b"], 0.8) == {"a": 0.8, "b": 0.8}
+    assert resolve_thresholds(["a", "b"], 0.8, threshold=0.9) == {"a": 0.9, "b": 0.9}
+    assert resolve_thresholds(["a", "b"], 0.8, threshold=0.9, per_dataset={"b": 0.95}) == {"a": 0.9, "b": 0.95}
+    with pytest.raises(ThresholdError, match="not evaluated: c"):
+        resolve_thresholds(["a"], 0.8, per_dataset={"c": 0.9})
+
+
+@pytest.mark.parametrize("content,match", [
+    ("[1, 2]", "one object"),
+    ('{"a": "high"}', "not a number"),
+    ('{"a": true}', "not a number"),
+    ("{", "not valid JSON"),
+])
+def test_bad_thresholds_files(tmp_path, content, match):
+    p = tmp_path / "t.json"
+    p.write_text(content)
+    with pytest.raises(ThresholdError, match=match):
+        load_thresholds(p)
+
+
+def test_thresholds_file(tmp_path):
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps({"cifar": 0.9, "imagenet": 1}))
+    assert load_thresholds(p) == {"cifar": 0.9, "imagenet": 1.0}
+
+
+def test_split_at_threshold_inclusive_and_low_information_never_overlaps():
+    ids = ["a", "b", "c", "d", "e"]
+    sims = np.array([[0.95], [0.9], [0.89], [0.99], [np.nan]], np.float32)
+    nb = Neighbors(ids, np.array([["x"], ["y"], ["z"], ["w"], [None]], dtype=object), sims)
+    emb = Embeddings(ids, np.zeros((5, 8), np.uint8), np.array([False, False, False, True, False]),
+                     labels=["1"] * 5)
+    sp = split("set", emb, nb, 0.9)
+    assert sp.overlap.tolist() == [True, True, False, False, False]
+    assert sp.low_information.tolist() == [False, False, False, True, False]
