@@ -127,11 +127,12 @@ def demo(out_dir, seed) -> None:
     from .report import format_table
 
     try:
-        rep = run_demo(out_dir, seed=seed)
+        result = run_demo(out_dir, seed=seed)
     except OverlapAuditError as exc:
         _fail(exc)
-    click.echo(format_table(rep))
-    click.echo(f"\ndemo files in {out_dir}/; report in {out_dir}/report/")
+    click.echo(format_table(result.report))
+    click.echo("\n" + result.summary())
+    click.echo(f"\ndemo files in {out_dir}/; report in {out_dir}/report/ (report.json, report.md, splits.parquet)")
 
 
 if __name__ == "__main__":  # pragma: no cover

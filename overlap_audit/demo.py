@@ -134,12 +134,57 @@ def make_demo_data(out_dir: str | os.PathLike, *, seed: int = 0, grid: int = 4, 
     return DemoData(corpus_dir, eval_dirs, predictions, planted)
 
 
-def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, workers: int | None = None):
-    """Generate the demo data, index the corpus and write the report under ``out_dir``/report."""
-    from .api import build_index, run_report
+@dataclass(frozen=True)
+class DemoResult:
+    """The demo's report beside its ground truth."""
 
-    data = make_demo_data(out_dir, seed=seed)
+    data: DemoData
+    report: object  # overlap_audit.report.Report
+    found: dict[str, int]  # planted duplicates called Overlap, per set
+    false_overlap: dict[str, int]  # non-planted examples called Overlap, per set
+    expected_delta: dict[str, float]  # All - Clean the simulated model implies at the detected split
+
+    def summary(self) -> str:
+        lines = []
+        for name, ds in ((d.name, d) for d in self.report.datasets):
+            lines.append(f"{name}: {len(self.data.planted[name])} planted duplicates, {self.found[name]} found, "
+                         f"{self.false_overlap[name]} other examples called Overlap; All − Clean "
+                         f"{100 * (ds.stats.delta or 0):+.1f} points measured, "
+                         f"{100 * self.expected_delta[name]:+.1f} expected from the simulated model")
+        return "\n".join(lines)
+
+
+def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, workers: int | None = None,
+             p_seen: float = 0.9, p_new: float = 0.6) -> DemoResult:
+    """Generate the demo data, index the corpus and write the report under ``out_dir``/report."""
+    import pyarrow.parquet as pq
+
+    from .api import build_index, run_report
+    from .report import SPLITS
+
+    data = make_demo_data(out_dir, seed=seed, p_seen=p_seen, p_new=p_new)
     index_dir = Path(out_dir) / "index"
     build_index([str(data.corpus)], index_dir, resume=True, workers=workers)
-    return run_report(index_dir, [(n, str(p)) for n, p in data.evals.items()], data.predictions,
-                      Path(out_dir) / "report", workers=workers)
+    report = run_report(index_dir, [(n, str(p)) for n, p in data.evals.items()], data.predictions,
+                        Path(out_dir) / "report", workers=workers)
+    rows = pq.read_table(Path(out_dir) / "report" / SPLITS, columns=["dataset", "id", "overlap"]).to_pylist()
+    found = {n: 0 for n in data.evals}
+    false_overlap = {n: 0 for n in data.evals}
+    for r in rows:
+        if r["overlap"]:
+            if r["id"] in data.planted[r["dataset"]]:
+                found[r["dataset"]] += 1
+            else:
+                false_overlap[r["dataset"]] += 1
+    # With the split the detector made: All - Clean = f * (acc_overlap - acc_clean), in expectation
+    expected = {}
+    for d in report.datasets:
+        n_all, n_ov = d.stats.n_all, d.stats.n_overlap
+        n_seen = len(data.planted[d.name])
+        if n_ov and n_all - n_ov:
+            acc_ov = (found[d.name] * p_seen + false_overlap[d.name] * p_new) / n_ov
+            acc_cl = ((n_seen - found[d.name]) * p_seen + (n_all - n_ov - (n_seen - found[d.name])) * p_new) / (n_all - n_ov)
+            expected[d.name] = n_ov / n_all * (acc_ov - acc_cl)
+        else:
+            expected[d.name] = 0.0
+    return DemoResult(data, report, found, false_overlap, expected)

@@ -2,10 +2,15 @@ from overlap_audit.demo import AUGMENTATIONS, augment, bundled_photos, run_demo
 
 
 def test_demo_finds_its_planted_duplicates(tmp_path):
-    report = run_demo(tmp_path, workers=0)
-    planted, clean = report.dataset("planted"), report.dataset("clean")
-    assert planted.stats.n_overlap >= 36 and planted.significant
+    result = run_demo(tmp_path, workers=0)
+    planted, clean = result.report.dataset("planted"), result.report.dataset("clean")
+    assert result.found["planted"] >= 36 and result.false_overlap == {"planted": 0, "clean": 0}
+    assert planted.stats.n_overlap == result.found["planted"] and planted.significant
     assert clean.stats.n_overlap == 0
+    # the measured inflation is within its interval, and near what the simulated model implies
+    lo, hi = planted.stats.ci_delta
+    assert lo <= result.expected_delta["planted"] <= hi
+    assert "40 planted duplicates" in result.summary()
     assert (tmp_path / "report" / "report.md").exists()
 
 

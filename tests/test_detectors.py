@@ -66,6 +66,12 @@ def test_hamming_similarity_formula():
     assert det.similarity(a, b)[0, 0] == pytest.approx(1 - 3 / 64)
 
 
+# Known weaknesses, measured in BENCHMARKS.md ("Detector quality"): a 2-pixel crop shifts the DCT of a
+# fine texture, and the precision-first threshold of phash256 (above letters I/L) gives up crop recall;
+# a 16x16 thumbnail of a texture changes under any crop.
+RECALL_FLOOR = {("phash", "crop"): 0.8, ("phash256", "crop"): 0.35, ("tiny", "crop"): 0.1}
+
+
 @pytest.mark.parametrize("spec", ["phash", "phash256", "tiny"])
 def test_planted_duplicates_score_above_the_default_threshold(tile_sets, spec):
     det = get_detector(spec)
@@ -73,12 +79,9 @@ def test_planted_duplicates_score_above_the_default_threshold(tile_sets, spec):
     originals = [im for _, im in corpus[:40]]
     base = det.embed_images(originals)
     for kind, fn in PLANTED.items():
-        if spec == "tiny" and kind == "crop":
-            continue  # a 16x16 thumbnail of a texture changes under a 2% crop; see BENCHMARKS.md
         copies = det.embed_images([fn(im) for im in originals])
         sims = np.array([det.similarity(copies[i:i + 1], base[i:i + 1])[0, 0] for i in range(len(originals))])
-        # phash is weak on crops (a 2-pixel crop shifts the DCT); BENCHMARKS.md records each detector's recall
-        floor = 0.8 if kind == "crop" else 0.9
+        floor = RECALL_FLOOR.get((spec, kind), 0.9)
         assert (sims >= det.default_threshold).mean() >= floor, (spec, kind, np.sort(sims)[:5])
 
 
@@ -110,7 +113,7 @@ def hard_negatives() -> dict[str, Image.Image]:
         (ImageDraw.Draw(im).ellipse if name == "circle" else ImageDraw.Draw(im).rectangle)(box, fill="black")
         out[name] = im
     font = ImageFont.load_default(size=90)
-    for ch in "ABOX":
+    for ch in "ABOXIL":
         im = canvas()
         ImageDraw.Draw(im).text((30, 10), ch, fill="black", font=font)
         out[f"letter-{ch}"] = im
