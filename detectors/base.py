@@ -25,6 +25,7 @@ class Detector(Protocol):
     dim: int
     metric: Metric
     default_threshold: float
+    decode_size: int | None
 
     @property
     def info(self) -> DetectorInfo: ...
@@ -47,6 +48,8 @@ class DetectorBase:
     metric: Metric = "cosine"
     default_threshold: float = 1.0
     spec: str = ""
+    # Shorter side the detector needs from the decoder; JPEGs may be decoded at a reduced scale down to it.
+    decode_size: int | None = None
 
     @property
     def info(self) -> DetectorInfo:

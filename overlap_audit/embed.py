@@ -32,6 +32,20 @@ def default_workers() -> int:
     return max(1, min(8, cpus))
 
 
+def default_start_method() -> str:
+    """How decoding workers start: fork on Linux, spawn elsewhere.
+
+    fork (as PyTorch's DataLoader does on Linux) starts workers in milliseconds and, unlike spawn and
+    forkserver, does not re-import the caller's ``__main__``: a plain script without an
+    ``if __name__ == "__main__":`` guard works. The workers only decode images with PIL and numpy, so they
+    touch none of the OpenMP/CUDA state a parent may hold. Elsewhere (macOS, Windows) fork is unsafe or
+    missing, and spawn is used.
+    """
+    import sys
+
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
 def _init_worker(detector: Detector, max_pixels: int) -> None:
     _WORKER_STATE["detector"] = detector
     _WORKER_STATE["max_pixels"] = max_pixels
@@ -41,7 +55,8 @@ def _decode_one(item: RawItem, detector: Detector, max_pixels: int) -> tuple[np.
     if item.skip_reason is not None:
         return None, item.skip_reason
     try:
-        image = decode_image(item.data, item.path, max_pixels=max_pixels)
+        image = decode_image(item.data, item.path, max_pixels=max_pixels,
+                             min_size=getattr(detector, "decode_size", None))
     except ImageRejected as exc:
         return None, str(exc)
     try:
@@ -71,17 +86,17 @@ class Decoder:
     """Decodes chunks of RawItems in worker processes (or in this process with ``workers=0``), in order."""
 
     def __init__(self, detector: Detector, *, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 chunk_size: int = 32):
+                 chunk_size: int = 32, start_method: str | None = None):
         self.detector = detector
         self.workers = default_workers() if workers is None else int(workers)
         self.max_pixels = max_pixels
         self.chunk_size = chunk_size
+        self.start_method = start_method or default_start_method()
         self._pool = None
 
     def __enter__(self) -> "Decoder":
         if self.workers > 0:
-            # spawn, not fork: the parent may hold FAISS/OpenMP or torch threads that fork would copy mid-lock.
-            ctx = mp.get_context("spawn")
+            ctx = mp.get_context(self.start_method)
             self._pool = ctx.Pool(self.workers, initializer=_init_worker,
                                   initargs=(self.detector, self.max_pixels))
         return self

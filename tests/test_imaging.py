@@ -91,3 +91,15 @@ def test_max_pixels_is_a_parameter(photos):
 def test_missing_file_is_rejected(tmp_path):
     with pytest.raises(ImageRejected, match="unreadable"):
         decode_image(path=str(tmp_path / "nope.png"))
+
+
+def test_jpeg_draft_decoding_keeps_at_least_min_size(photos):
+    big = photos["astronaut"].resize((1000, 800))
+    buf = io.BytesIO()
+    big.save(buf, format="JPEG", quality=90)
+    full = decode_image(buf.getvalue())
+    small = decode_image(buf.getvalue(), min_size=128)
+    assert full.size == (1000, 800)
+    assert min(small.size) >= 128 and small.size[0] < 1000  # decoded at a reduced DCT scale
+    png = decode_image(png_bytes(big), min_size=128)
+    assert png.size == (1000, 800)  # only JPEG has scaled decoding
