@@ -20,7 +20,7 @@ from .predictions import match_predictions, read_predictions
 from .report import DatasetReport, Report, write_report
 from .sources import open_source
 from .split import load_thresholds, resolve_thresholds, split
-from .stats import bonferroni, overlap_stats
+from .stats import RateEstimate, correct, extended_stats, overlap_stats
 
 __all__ = ["build_index", "run_report"]
 
@@ -30,8 +30,19 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
                thresholds: str | os.PathLike | dict[str, float] | None = None, k: int = 5, alpha: float = 0.05,
                ci_level: float = 0.995, detector: str | None = None, batch_size: int = 256,
                workers: int | None = None, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
-               progress: bool = False) -> Report:
-    """Embed each evaluation set with the index's detector, split it, score it and write the report."""
+               progress: bool = False, correction: str = "bonferroni",
+               precision: RateEstimate | str | None = None, recall: RateEstimate | str | None = None,
+               detector_error: str | os.PathLike | dict | None = None, power: float = 0.8,
+               n_boot: int = 4000, seed: int = 0) -> Report:
+    """Embed each evaluation set with the index's detector, split it, score it and write the report.
+
+    ``correction`` (bonferroni or holm) decides ``significant``; both are reported. ``precision`` and
+    ``recall`` of the Overlap split (numbers or "k/n" counts), for every dataset, or ``detector_error``
+    (a dict or JSON file ``{"NAME": {"precision": ..., "recall": ...}}``) per dataset, add the
+    detector-error correction.
+    """
+    if correction not in ("bonferroni", "holm"):
+        raise SourceError(f"--correction must be bonferroni or holm (got {correction!r})")
     evals = list(evals)
     names = [n for n, _ in evals]
     if not evals:
@@ -46,6 +57,7 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
 
     per_dataset = load_thresholds(thresholds) if isinstance(thresholds, (str, os.PathLike)) else thresholds
     cut = resolve_thresholds(names, det.default_threshold, threshold=threshold, per_dataset=per_dataset)
+    errors = resolve_detector_error(names, precision, recall, detector_error)
 
     splits, skipped = {}, {}
     for name, spec in evals:
@@ -55,18 +67,27 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
         neighbors = search(corpus, emb.ids, emb.vectors, k=k, device=device)
         splits[name] = split(name, emb, neighbors, cut[name])
         skipped[name] = emb.skipped
-    correct = match_predictions(preds, splits, {n: {s.id for s in sk} for n, sk in skipped.items()})
+    correctness = match_predictions(preds, splits, {n: {s.id for s in sk} for n, sk in skipped.items()})
 
     stats = {}
     for name, sp in splits.items():
-        ok = correct[name]
+        ok = correctness[name]
         stats[name] = overlap_stats(int(ok.sum()), len(ok), int(ok[sp.overlap].sum()), int(sp.overlap.sum()),
                                     ci_level=ci_level)
-    correction = bonferroni([stats[n].p_value for n in names], alpha)
+    p_values = [stats[n].p_value for n in names]
+    both = {m: correct(p_values, alpha, m) for m in ("bonferroni", "holm")}
+    deciding = both[correction]
+    power_alpha = alpha / max(1, deciding.m)  # the per-dataset level of Bonferroni and of Holm's first step
+    extended = {n: extended_stats(stats[n], power_alpha=power_alpha, power=power, precision=errors[n][0],
+                                  recall=errors[n][1], n_boot=n_boot, seed=seed) for n in names}
+    two_sample = correct([extended[n].two_sample_p for n in names], alpha, correction)
     datasets = [
-        DatasetReport(name=n, threshold=cut[n], stats=stats[n], p_value_adjusted=correction.adjusted[i],
-                      significant=correction.significant[i],
-                      n_low_information=int(np.asarray(splits[n].low_information).sum()), skipped=skipped[n])
+        DatasetReport(name=n, threshold=cut[n], stats=stats[n], p_value_adjusted=deciding.adjusted[i],
+                      significant=deciding.significant[i],
+                      n_low_information=int(np.asarray(splits[n].low_information).sum()), skipped=skipped[n],
+                      extended=extended[n], adjusted={m: r.adjusted[i] for m, r in both.items()},
+                      significant_by={m: r.significant[i] for m, r in both.items()},
+                      two_sample_p_adjusted=two_sample.adjusted[i], two_sample_significant=two_sample.significant[i])
         for i, n in enumerate(names)
     ]
     m = corpus.manifest
@@ -75,9 +96,44 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
         index={"path": str(index_dir), "n_indexed": m.n_indexed, "n_skipped": m.n_skipped,
                "n_low_information": m.n_low_information, "index_type": m.index_type, "created": m.created,
                "search": "exact"},
-        datasets=datasets, k=k, alpha=alpha, ci_level=ci_level, correction=correction.method,
+        datasets=datasets, k=k, alpha=alpha, ci_level=ci_level, correction=correction,
         predictions=str(predictions), package_version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    write_report(out_dir, report, splits, correct)
+    write_report(out_dir, report, splits, correctness)
     return report
+
+
+def resolve_detector_error(names: list[str], precision=None, recall=None, per_dataset=None
+                           ) -> dict[str, tuple[RateEstimate | None, RateEstimate | None]]:
+    """(precision, recall) of each dataset's Overlap split: the per-dataset file first, then the globals."""
+    import json
+
+    from .errors import ThresholdError
+
+    def parse(value, what: str, where: str) -> RateEstimate | None:
+        if value is None or isinstance(value, RateEstimate):
+            return value
+        try:
+            return RateEstimate.parse(value)
+        except (TypeError, ValueError) as exc:
+            raise ThresholdError(f"{where}: {what} {value!r} is not a rate (0.97) or counts (97/100): {exc}") from None
+
+    if isinstance(per_dataset, (str, os.PathLike)):
+        try:
+            with open(per_dataset, encoding="utf-8") as fh:
+                per_dataset = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise ThresholdError(f"cannot read detector-error file {per_dataset}: {exc}") from None
+    per_dataset = per_dataset or {}
+    if not isinstance(per_dataset, dict) or not all(isinstance(v, dict) for v in per_dataset.values()):
+        raise ThresholdError('the detector-error file must hold {"NAME": {"precision": ..., "recall": ...}}')
+    unknown = sorted(set(per_dataset) - set(names))
+    if unknown:
+        raise ThresholdError(f"the detector-error file names datasets that are not evaluated: {', '.join(unknown)}")
+    out = {}
+    for n in names:
+        entry = per_dataset.get(n, {})
+        out[n] = (parse(entry.get("precision", precision), "precision", n),
+                  parse(entry.get("recall", recall), "recall", n))
+    return out

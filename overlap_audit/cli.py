@@ -78,19 +78,26 @@ def index(sources, out_dir, detector, batch_size, workers, device, resume, shard
               show_default=True, help="Family-wise significance level (Bonferroni across datasets).")
 @click.option("--ci-level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.995,
               show_default=True, help="Confidence level of the Clopper–Pearson intervals.")
+@click.option("--correction", type=click.Choice(["bonferroni", "holm"]), default="bonferroni", show_default=True,
+              help="Which family-wise correction decides `significant` (both are reported).")
+@click.option("--precision", default=None, metavar="P|K/N",
+              help="Precision of the Overlap split (0.97, or 97/100 labelled pairs): adds the detector-error correction.")
+@click.option("--recall", default=None, metavar="R|K/N", help="Recall of the Overlap split, as for --precision.")
+@click.option("--detector-error", type=click.Path(exists=True, dir_okay=False), default=None,
+              help='JSON {"NAME": {"precision": P or [K, N], "recall": R or [K, N]}} per dataset.')
 @click.option("--detector", default=None, help="Must match the index's detector (default: the index's own).")
 @_batch
 @_workers
 @_device
 @_max_pixels
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alpha, ci_level, detector,
-           batch_size, workers, device, max_pixels, quiet) -> None:
+def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alpha, ci_level, correction, precision,
+           recall, detector_error, detector, batch_size, workers, device, max_pixels, quiet) -> None:
     """Split each evaluation set into Overlap / Clean against INDEX_DIR and report the statistics."""
     from .api import run_report
     from .errors import OverlapAuditError
     from .imaging import DEFAULT_MAX_PIXELS
-    from .report import format_table
+    from .report import format_extended_table, format_table, interpretation
     from .sources import parse_eval_spec
 
     try:
@@ -98,10 +105,13 @@ def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alp
         rep = run_report(index_dir, parsed, predictions, out_dir, threshold=threshold, thresholds=thresholds,
                          k=k, alpha=alpha, ci_level=ci_level, detector=detector, batch_size=batch_size,
                          workers=workers, device=device, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                         progress=not quiet)
+                         progress=not quiet, correction=correction, precision=precision, recall=recall,
+                         detector_error=detector_error)
     except OverlapAuditError as exc:
         _fail(exc)
     click.echo(format_table(rep))
+    click.echo("\n" + format_extended_table(rep))
+    click.echo("\n" + "\n".join(interpretation(rep)))
     for d in rep.datasets:
         for s in d.skipped:
             click.echo(f"skipped {d.name}:{s.id}: {s.reason}")
