@@ -51,6 +51,11 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
         dup = sorted({n for n in names if names.count(n) > 1})
         raise SourceError(f"evaluation set names must be distinct; repeated: {', '.join(dup)}")
     corpus = load_index(index_dir)
+    if len(corpus) == 0:
+        from .errors import IndexDirError
+
+        raise IndexDirError(f"the index {index_dir} holds no items (all {corpus.manifest.n_given} given were "
+                            "skipped or low-information): there is nothing to compare against")
     det = get_detector(detector or corpus.manifest.detector.spec, device=device)
     check_detector(corpus.manifest, det.info, str(index_dir))
     preds = read_predictions(predictions)  # read early: a malformed file fails before any embedding

@@ -10,8 +10,20 @@ from . import __version__
 
 
 def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)
+    if isinstance(exc, OSError) and exc.filename:
+        message = f"{exc.strerror or exc}: {exc.filename}"
+    else:
+        message = str(exc)
+    click.echo(f"error: {message}", err=True)
     sys.exit(2)
+
+
+def _user_errors():
+    """The errors a command reports as one line with exit status 2: ours, and the OS's (paths, permissions)."""
+    from .errors import OverlapAuditError
+
+
+    return (OverlapAuditError, OSError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,7 +56,6 @@ _max_pixels = click.option("--max-pixels", type=click.IntRange(min=1), default=N
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def index(sources, out_dir, detector, batch_size, workers, device, resume, shard_size, max_pixels, quiet) -> None:
     """Embed the corpus SOURCES (image folders, Parquet, WebDataset shards) and build the FAISS index."""
-    from .errors import OverlapAuditError
     from .imaging import DEFAULT_MAX_PIXELS
     from .index import build_index
 
@@ -52,10 +63,12 @@ def index(sources, out_dir, detector, batch_size, workers, device, resume, shard
         m = build_index(list(sources), out_dir, detector=detector, batch_size=batch_size, workers=workers,
                         device=device, resume=resume, shard_size=shard_size,
                         max_pixels=max_pixels or DEFAULT_MAX_PIXELS, progress=not quiet)
-    except OverlapAuditError as exc:
+    except _user_errors() as exc:
         _fail(exc)
     click.echo(f"indexed {m.n_indexed} of {m.n_given} items with {m.detector.spec} into {out_dir} "
                f"({m.index_type}); {m.n_skipped} skipped, {m.n_low_information} low-information not indexed")
+    if m.n_indexed == 0:
+        click.echo("warning: the index holds no items; a report against it would have nothing to compare", err=True)
     for s in m.skipped[:20]:
         click.echo(f"  skipped {s.source}:{s.id}: {s.reason}")
     if m.n_skipped > 20:
@@ -95,7 +108,6 @@ def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alp
            recall, detector_error, detector, batch_size, workers, device, max_pixels, quiet) -> None:
     """Split each evaluation set into Overlap / Clean against INDEX_DIR and report the statistics."""
     from .api import run_report
-    from .errors import OverlapAuditError
     from .imaging import DEFAULT_MAX_PIXELS
     from .report import format_extended_table, format_table, interpretation
     from .sources import parse_eval_spec
@@ -107,7 +119,7 @@ def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alp
                          workers=workers, device=device, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                          progress=not quiet, correction=correction, precision=precision, recall=recall,
                          detector_error=detector_error)
-    except OverlapAuditError as exc:
+    except _user_errors() as exc:
         _fail(exc)
     click.echo(format_table(rep))
     click.echo("\n" + format_extended_table(rep))
@@ -133,12 +145,11 @@ def detectors() -> None:
 def demo(out_dir, seed) -> None:
     """Build a small corpus and evaluation set with planted duplicates, then index and report."""
     from .demo import run_demo
-    from .errors import OverlapAuditError
     from .report import format_table
 
     try:
         result = run_demo(out_dir, seed=seed)
-    except OverlapAuditError as exc:
+    except _user_errors() as exc:
         _fail(exc)
     click.echo(format_table(result.report))
     click.echo("\n" + result.summary())

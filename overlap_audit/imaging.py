@@ -23,14 +23,15 @@ def _composite_on_white(img: Image.Image) -> Image.Image:
 
 
 def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
-    arr = np.asarray(img)
-    if img.mode == "F":
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+    arr = np.asarray(img).astype(np.float64)
+    finite = np.isfinite(arr)
+    arr = np.where(finite, arr, 0.0)
+    lo, hi = (float(arr[finite].min()), float(arr[finite].max())) if finite.any() else (0.0, 0.0)
+    if img.mode != "F" and lo >= 0 and hi <= 65535:
+        scaled = arr / 257.0  # 16-bit data (I;16*, or 32-bit I holding 16-bit values): 65535 -> 255
     else:
-        # 16-bit (I;16*) or 32-bit integer images: integer data, 16 significant bits assumed.
-        arr = arr.astype(np.float64)
-        scaled = arr / 257.0 if arr.max(initial=0) <= 65535 else arr / arr.max() * 255.0
+        # float data, or integers outside 0..65535: stretch the finite range onto 0..255
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
     gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     return Image.fromarray(gray, mode="L").convert("RGB")
 
@@ -92,7 +93,7 @@ def decode_image(data: bytes | None = None, path: str | None = None,
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected(f"decompression bomb: {exc}") from None
+        raise ImageRejected(f"decompression bomb: more than the limit of {max_pixels:,} pixels ({exc})") from None
     except UnidentifiedImageError:
         raise ImageRejected("not an image (format not recognised)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -185,16 +185,18 @@ def _finished_shards(shard_dir: Path) -> list[int]:
 
 
 def _source_names(sources: list[Source]) -> list[Source]:
-    """Give each source a distinct name (needed when ids are qualified by source)."""
-    seen: dict[str, int] = {}
+    """Give each source a distinct name (needed when ids are qualified by source): x, x-2, x-3, ...,
+    never taking a name a later source has by itself."""
+    original = [src.name for src in sources]
+    used: set[str] = set()
     out = []
-    for src in sources:
-        name = src.name
-        if name in seen:
-            seen[name] += 1
-            name = f"{name}-{seen[name]}"
-        else:
-            seen[name] = 1
+    for i, src in enumerate(sources):
+        later = set(original[i + 1:])
+        name, n = src.name, 1
+        while name in used or (name != src.name and name in later):
+            n += 1
+            name = f"{src.name}-{n}"
+        used.add(name)
         out.append(Source(src.kind, src.paths, name, src.spec, src.labels_from_folders))
     return out
 
@@ -249,19 +251,24 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, *, detector: str
         "max_pixels": max_pixels,
     }
 
+    if out.exists() and not out.is_dir():
+        raise IndexDirError(f"--out {out} exists and is not a directory")
     if out.exists() and any(out.iterdir()):
         if not resume:
             raise ResumeError(f"{out} exists and is not empty; pass --resume to finish an interrupted run there, "
                               "or choose a new directory")
-        if (out / MANIFEST).exists():
-            return load_manifest(out)  # already complete: nothing to redo
         if not (out / PROGRESS).exists():
             raise ResumeError(f"{out} has no {PROGRESS}: it is not an interrupted overlap-audit index")
-        previous = json.loads((out / PROGRESS).read_text())
+        try:
+            previous = json.loads((out / PROGRESS).read_text())
+        except ValueError as exc:
+            raise ResumeError(f"{out / PROGRESS} is damaged ({exc}); start again in a new directory") from None
         differs = [k for k in settings if previous.get(k) != settings[k]]
         if differs:
             raise ResumeError(f"cannot resume {out}: its run used different {', '.join(differs)}; "
                               "use the same command, or a new directory")
+        if (out / MANIFEST).exists():
+            return load_manifest(out)  # already complete with these settings: nothing to redo
         remove_stale_temporaries(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / PROGRESS, settings)
@@ -271,12 +278,19 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, *, detector: str
     done = _finished_shards(shard_dir)
     n_sources = len(srcs)
     items = _iter_all(srcs)
-    skip_count = len(done) * shard_size
     items_done = 0
-    for _ in range(skip_count):  # the finished shards' items: read past, not decoded again
-        if next(items, None) is None:
-            break
-        items_done += 1
+    for shard_no_done in done:  # the finished shards' items: read past, not decoded again, but checked
+        expected = _shard_keys(shard_dir / f"shard-{shard_no_done:06d}.parquet")
+        for want in expected:
+            item = next(items, None)
+            got = None if item is None else (item.source, item.id)
+            if got != want:
+                raise ResumeError(
+                    f"cannot resume {out}: the corpus changed since the interrupted run (shard {shard_no_done} "
+                    f"holds {want[0]}:{want[1]!r} where the sources now give "
+                    f"{'nothing' if got is None else repr(got[0] + ':' + got[1])}); start again in a new directory"
+                )
+            items_done += 1
 
     bar = None
     if progress:
@@ -299,6 +313,13 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, *, detector: str
     if bar is not None:
         bar.close()
     return _finish_index(out, det, srcs, shard_size, faiss_device, time.monotonic() - started)
+
+
+def _shard_keys(path: Path) -> list[tuple[str, str]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["source", "id"])
+    return list(zip(table["source"].to_pylist(), table["id"].to_pylist()))
 
 
 def _counting(decoded, bar):
@@ -417,8 +438,12 @@ def load_index(index_dir: str | os.PathLike) -> CorpusIndex:
     path = Path(index_dir)
     manifest = load_manifest(path)
     reader = faiss.read_index_binary if manifest.detector.metric == "hamming" else faiss.read_index
-    index = reader(str(path / INDEX_FILE))
-    keys = np.array(pq.read_table(path / IDS_FILE)["key"].to_pylist(), dtype=object)
+    try:
+        index = reader(str(path / INDEX_FILE))
+        keys = np.array(pq.read_table(path / IDS_FILE)["key"].to_pylist(), dtype=object)
+    except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError, pyarrow several types
+        raise IndexDirError(f"{path} is damaged: cannot read {INDEX_FILE} / {IDS_FILE} "
+                            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); rebuild it") from None
     if index.ntotal != len(keys):
         raise IndexDirError(f"{path}: index holds {index.ntotal} vectors but {IDS_FILE} {len(keys)} ids")
     return CorpusIndex(path, manifest, index, keys)

@@ -32,7 +32,7 @@ def _read_table(path: str):
     if not os.path.exists(path):
         raise PredictionsError(f"predictions file {path} does not exist")
     try:
-        if path.endswith(".parquet"):
+        if path.lower().endswith(".parquet"):
             return pq.read_table(path)
         text_cols = {c: pa.string() for c in ("dataset", "id", "label", "prediction", "correct")}
         return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=text_cols))
@@ -52,6 +52,24 @@ def _as_bool(value, row: int, path: str) -> bool:
     raise PredictionsError(f"{path}: row {row + 1}: 'correct' must be 0/1 or true/false, got {value!r}")
 
 
+def _class_text(value) -> str:
+    """A class as text; integral numbers compare equal however they were stored (3, 3.0, "3")."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() and "." in text else text
+
+
+def _same_class(prediction, label) -> bool:
+    return _class_text(prediction) == _class_text(label)
+
+
 def read_predictions(path: str | os.PathLike) -> Predictions:
     """Read a predictions file; duplicated (dataset, id) rows are an error."""
     path = str(path)
@@ -69,11 +87,11 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
         correct = [_as_bool(v, i, path) for i, v in enumerate(table["correct"].to_pylist())]
     else:
         preds, labels = table["prediction"].to_pylist(), table["label"].to_pylist()
-        correct = [p is not None and l is not None and str(p) == str(l) for p, l in zip(preds, labels)]
+        correct = [p is not None and l is not None and _same_class(p, l) for p, l in zip(preds, labels)]
     out: dict[str, dict[str, bool]] = {}
     dups = []
     for row, (ds, ident, ok) in enumerate(zip(datasets, ids, correct)):
-        if ds is None or ident is None:
+        if not ds or not ident:
             raise PredictionsError(f"{path}: row {row + 1} has an empty dataset or id")
         per = out.setdefault(ds, {})
         if ident in per:

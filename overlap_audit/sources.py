@@ -29,7 +29,6 @@ PARQUET_CAPTION_COLUMNS = ("caption", "txt")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # Files in an image folder that are read as part of an image's record rather than listed as skipped.
 SIDECAR_SUFFIXES = (".txt", ".json", ".cls")
-IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,8 @@ def open_source(spec: str, *, name: str | None = None, labels_from_folders: bool
     path = os.path.expanduser(path)
     default_name = Path(path.rstrip("/")).name or path
 
-    if any(ch in path for ch in "*?[") or re.search(r"\{\d+\.\.\d+\}", path):
+    is_pattern = any(ch in path for ch in "*?[") or re.search(r"\{\d+\.\.\d+\}", path)
+    if is_pattern and not os.path.exists(path):  # a real file named "set[1]" is read as itself
         paths = sorted({p for pat in _expand_braces(path) for p in (glob.glob(pat) if any(c in pat for c in "*?[") else [pat])})
         missing = [p for p in paths if not os.path.exists(p)]
         if missing:
@@ -144,23 +144,44 @@ def _read_text(path: str) -> str | None:
         return None
 
 
-def _iter_folder(src: Source) -> Iterator[RawItem]:
-    root = src.paths[0]
+def printable_id(rel: str) -> str:
+    """A path as an id that is valid UTF-8: undecodable bytes in file names become \\xNN escapes."""
+    return rel.replace(os.sep, "/").encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _walk(root: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Every file under root (following links to directories, once each), and the directories that could
+    not be read, with why."""
     files: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    unreadable: list[tuple[str, str]] = []
+    seen_dirs: set[str] = set()
+
+    def onerror(exc: OSError) -> None:
+        unreadable.append((os.path.relpath(exc.filename, root) if exc.filename else ".", exc.strerror or str(exc)))
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=onerror):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:  # a link back to a directory already read: do not loop or read twice
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
         dirnames.sort()
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for fn in sorted(filenames):
+        for fn in filenames:
             files.append(os.path.relpath(os.path.join(dirpath, fn), root))
     files.sort()
+    return files, unreadable
+
+
+def _iter_folder(src: Source) -> Iterator[RawItem]:
+    root = src.paths[0]
+    files, unreadable = _walk(root)
+    for rel, why in unreadable:
+        yield RawItem(src.name, printable_id(rel) + "/", skip_reason=f"unreadable directory: {why}")
     image_stems = {os.path.splitext(f)[0] for f in files if f.lower().endswith(IMAGE_EXTENSIONS)}
     for rel in files:
-        rel_id = rel.replace(os.sep, "/")
+        rel_id = printable_id(rel)
         full = os.path.join(root, rel)
         stem, ext = os.path.splitext(rel)
-        base = os.path.basename(rel)
-        if base in IGNORED_NAMES:
-            continue
         label = None
         if src.labels_from_folders:
             parts = rel_id.split("/")
@@ -250,6 +271,7 @@ def _iter_parquet(src: Source) -> Iterator[RawItem]:
                     raise SourceError(f"Parquet file {path!r}: row with a null {cols['id']!r}")
                 ident = str(ident)
                 caption = data[cols["caption"]][i] if cols["caption"] else None
+                caption = None if caption is None else str(caption)
                 label = data[cols["label"]][i] if cols["label"] else None
                 label = None if label is None else str(label)
                 raw = data[cols["image"]][i]
@@ -260,7 +282,7 @@ def _iter_parquet(src: Source) -> Iterator[RawItem]:
                     error = data[cols["error"]][i] if cols["error"] else None
                     reason = "no image data in column " + repr(cols["image"])
                     if status and status != "success":
-                        reason += f" (img2dataset status {status!r}{': ' + error if error else ''})"
+                        reason += f" (img2dataset status {status!r}{': ' + str(error) if error else ''})"
                 yield RawItem(src.name, ident, data=image, caption=caption, label=label, skip_reason=reason)
 
 
@@ -300,6 +322,25 @@ def _wds_item(src: Source, key: str, parts: dict[str, bytes]) -> RawItem:
     return RawItem(src.name, key, data=parts[image_ext], caption=caption, label=label)
 
 
+def _tar_end_problem(shard: str, offset: int) -> str | None:
+    """For an uncompressed tar read up to ``offset``: why its end is not a clean end-of-archive, or None.
+
+    Python's tarfile stops silently at a truncated or garbled header after the first one; a clean shard has
+    an all-zero end-of-archive block where reading stopped.
+    """
+    if not shard.lower().endswith(".tar"):
+        return None  # compressed: truncation raises while decompressing instead
+    size = os.path.getsize(shard)
+    if size - offset < 512:
+        return f"the shard ends at byte {size:,} without an end-of-archive marker: it is truncated"
+    with open(shard, "rb") as fh:
+        fh.seek(offset)
+        block = fh.read(512)
+    if block.strip(b"\0"):
+        return f"unreadable tar header at byte {offset:,}: the rest of the shard was not read"
+    return None
+
+
 def _iter_wds(src: Source) -> Iterator[RawItem]:
     for shard in src.paths:
         shard_name = os.path.basename(shard)
@@ -309,7 +350,12 @@ def _iter_wds(src: Source) -> Iterator[RawItem]:
             # "r|*" reads the shard as a stream (no seeking, no extraction to disk), compressed or not.
             with open(shard, "rb") as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
                 for member in tar:
+                    if member.isdir():
+                        continue
                     if not member.isfile():
+                        kind = "link" if member.issym() or member.islnk() else "special file"
+                        yield RawItem(src.name, f"{shard}#{member.name}",
+                                      skip_reason=f"tar member is a {kind}, not a file: not read")
                         continue
                     mkey, ext = _wds_split(member.name)
                     if key is not None and mkey != key:
@@ -318,18 +364,21 @@ def _iter_wds(src: Source) -> Iterator[RawItem]:
                     key = mkey
                     fh_member = tar.extractfile(member)
                     parts[ext] = fh_member.read() if fh_member is not None else b""
+            end_problem = _tar_end_problem(shard, tar.offset)
         except (tarfile.TarError, OSError, EOFError) as exc:
             if key is not None:
                 yield RawItem(src.name, key, skip_reason=f"WebDataset shard {shard_name!r} ends inside this "
                                                          f"sample: {exc}")
                 parts = {}
-            yield RawItem(src.name, f"{shard_name}#unreadable-after-{key or 'start'}",
+            yield RawItem(src.name, f"{shard}#unreadable-after-{key or 'start'}",
                           skip_reason=f"WebDataset shard {shard_name!r} is corrupt or truncated: {exc}; "
                                       "the rest of this shard was not read")
             key = None
             continue
         if key is not None:
             yield _wds_item(src, key, parts)
+        if end_problem:
+            yield RawItem(src.name, f"{shard}#unreadable-after-{key or 'start'}", skip_reason=end_problem)
 
 
 def parse_eval_spec(spec: str) -> tuple[str, str]:

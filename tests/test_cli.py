@@ -148,3 +148,10 @@ def test_installed_command_runs_as_a_subprocess(tmp_path, corpus_dir, eval_set, 
     r = subprocess.run([exe, "report", str(idx), "--eval", f"val={root}", "--predictions", "/nope.csv",
                         "--out", str(tmp_path / "rep2")], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_os_errors_are_one_line(tmp_path, corpus_dir):
+    (tmp_path / "afile").write_text("x")
+    r = CliRunner().invoke(main, ["index", str(corpus_dir), "--out", str(tmp_path / "afile" / "sub"),
+                                  "--workers", "0", "--quiet"])
+    assert r.exit_code == 2 and r.output.startswith("error:") and "Traceback" not in r.output

@@ -103,3 +103,12 @@ def test_jpeg_draft_decoding_keeps_at_least_min_size(photos):
     assert min(small.size) >= 128 and small.size[0] < 1000  # decoded at a reduced DCT scale
     png = decode_image(png_bytes(big), min_size=128)
     assert png.size == (1000, 800)  # only JPEG has scaled decoding
+
+
+def test_signed_and_float_images_use_their_range():
+    signed = Image.fromarray(np.array([[-100, 100]], dtype=np.int32), mode="I")
+    out = to_rgb(signed)
+    assert out.getpixel((0, 0)) == (0, 0, 0) and out.getpixel((1, 0)) == (255, 255, 255)
+    floats = Image.fromarray(np.array([[0.0, np.inf, 1.0, np.nan]], dtype=np.float32), mode="F")
+    out = to_rgb(floats)
+    assert out.getpixel((2, 0)) == (255, 255, 255) and out.getpixel((0, 0)) == (0, 0, 0)

@@ -95,7 +95,10 @@ def test_existing_directory_needs_resume(built, corpus_dir):
     out, _ = built
     with pytest.raises(ResumeError, match="--resume"):
         build_index([str(corpus_dir)], out, workers=0)
-    assert build_index([str(corpus_dir)], out, workers=0, resume=True).n_indexed == load_manifest(out).n_indexed
+    same = build_index([str(corpus_dir)], out, workers=0, resume=True, shard_size=50)
+    assert same.n_indexed == load_manifest(out).n_indexed  # complete: nothing redone
+    with pytest.raises(ResumeError, match="different detector"):
+        build_index([str(corpus_dir)], out, workers=0, resume=True, shard_size=50, detector="tiny")
 
 
 def test_detector_mismatch_is_refused(built):
@@ -192,3 +195,39 @@ def test_eval_embeddings_match_corpus_embeddings(corpus_dir, built):
     nb = search(load_index(out), emb.ids, emb.vectors, k=1)
     usable = ~emb.low_information
     assert (nb.similarities[usable, 0] == 1.0).all()
+
+
+def test_resume_refuses_a_changed_corpus(tmp_path, photos):
+    files = {f"{i}.png": photos[n].resize((48, 48)) for i, n in enumerate(["coffee", "rocket", "astronaut",
+                                                                           "chelsea", "camera", "coins"])}
+    root = write_folder(tmp_path / "c", files)
+
+    def stop(shard, done):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        build_index([str(root)], tmp_path / "i", workers=0, shard_size=2, on_shard=stop)
+    (root / "0.png").unlink()
+    with pytest.raises(ResumeError, match="corpus changed"):
+        build_index([str(root)], tmp_path / "i", workers=0, shard_size=2, resume=True)
+
+
+def test_source_names_stay_distinct(tmp_path, photos):
+    im = photos["coffee"].resize((32, 32))
+    a = write_folder(tmp_path / "a" / "x", {"p.png": im})
+    b = write_folder(tmp_path / "b" / "x", {"p.png": photos["rocket"].resize((32, 32))})
+    c = write_folder(tmp_path / "x-2", {"p.png": photos["camera"].resize((32, 32))})
+    m = build_index([str(a), str(b), str(c)], tmp_path / "i", workers=0)
+    assert [s["name"] for s in m.sources] == ["x", "x-3", "x-2"]
+    assert sorted(load_index(tmp_path / "i").keys) == ["x-2/p.png", "x-3/p.png", "x/p.png"]
+
+
+def test_damaged_index_is_a_clear_error(tmp_path, built):
+    import shutil
+
+    out, _ = built
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "index.faiss").write_bytes(b"garbage")
+    with pytest.raises(IndexDirError, match="damaged"):
+        load_index(copy)

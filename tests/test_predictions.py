@@ -66,3 +66,13 @@ def test_matching_aligns_with_split_order(tmp_path):
     p.write_text("dataset,id,correct\nA,b,0\nA,a,1\nA,c,1\n")
     out = match_predictions(read_predictions(p), {"A": make_split("A", ["a", "b", "c"])}, {})
     assert out["A"].tolist() == [True, False, True]
+
+
+def test_numeric_classes_compare_as_numbers_and_empty_ids_are_errors(tmp_path):
+    p = tmp_path / "p.PARQUET"
+    pq.write_table(pa.table({"dataset": ["A", "A"], "id": ["x", "y"], "prediction": [3, 4], "label": [3.0, 5.0]}), p)
+    assert read_predictions(p).correct == {"A": {"x": True, "y": False}}
+    c = tmp_path / "p.csv"
+    c.write_text("dataset,id,correct\nA,,1\n")
+    with pytest.raises(PredictionsError, match="empty dataset or id"):
+        read_predictions(c)

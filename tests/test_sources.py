@@ -1,4 +1,5 @@
 import io
+import os
 import json
 import tarfile
 
@@ -156,3 +157,74 @@ def test_parse_eval_spec():
     assert parse_eval_spec("cifar=/data/x=y") == ("cifar", "/data/x=y")
     with pytest.raises(SourceError, match="NAME=SOURCE"):
         parse_eval_spec("/data/x")
+
+
+def test_hidden_and_linked_folders_are_read_once(tmp_path, photos):
+    root = write_folder(tmp_path / "ds", {"real/a.png": photos["coffee"].resize((8, 8)),
+                                          ".hidden/b.png": photos["coffee"].resize((8, 8)),
+                                          ".DS_Store": b"\0\0\0\1Bud1"})
+    outside = write_folder(tmp_path / "outside", {"c.png": photos["rocket"].resize((8, 8))})
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    (root / "real" / "loop").symlink_to(root, target_is_directory=True)  # a cycle must not hang or repeat
+    items = {it.id: it for it in open_source(str(root)).iter_items()}
+    assert {"real/a.png", ".hidden/b.png", "linked/c.png"} <= set(items)
+    assert items[".DS_Store"].skip_reason.startswith("not an image file")  # listed, not silently dropped
+    assert not any(i.startswith("real/loop/real") for i in items)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any directory")
+def test_unreadable_directory_is_recorded(tmp_path, photos):
+    root = write_folder(tmp_path / "ds", {"ok/a.png": photos["coffee"].resize((8, 8)),
+                                          "locked/b.png": photos["coffee"].resize((8, 8))})
+    os.chmod(root / "locked", 0)
+    try:
+        items = {it.id: it for it in open_source(str(root)).iter_items()}
+    finally:
+        os.chmod(root / "locked", 0o755)
+    assert "unreadable directory" in items["locked/"].skip_reason
+
+
+def test_undecodable_file_names_get_printable_ids(tmp_path, photos):
+    root = tmp_path / "odd"
+    root.mkdir()
+    name = os.fsdecode(b"x\xff.png")
+    photos["coffee"].resize((8, 8)).save(root / name)
+    (item,) = open_source(str(root)).iter_items()
+    assert item.id == "x\\xff.png" and item.id.encode("utf-8")
+    assert os.path.exists(item.path)
+
+
+def test_path_with_glob_characters_is_read_literally(tmp_path, photos):
+    write_folder(tmp_path / "set[1]", {"a.png": photos["coffee"].resize((8, 8))})
+    write_folder(tmp_path / "set1", {"other.png": photos["coffee"].resize((8, 8))})
+    (item,) = open_source(str(tmp_path / "set[1]")).iter_items()
+    assert item.id == "a.png"
+
+
+def test_tar_links_and_truncation_at_a_header_are_recorded(tmp_path, photos):
+    data = png_bytes(photos["coffee"].resize((8, 8)))
+    path = tmp_path / "l.tar"
+    with tarfile.open(path, "w") as tar:
+        add_member(tar, "a.png", data)
+        link = tarfile.TarInfo("b.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "a.png"
+        tar.addfile(link)
+        add_member(tar, "c.png", data)
+    items = list(open_source(str(path)).iter_items())
+    assert [it.id for it in items if it.skip_reason is None] == ["a", "c"]
+    assert any("b.png" in it.id and "link" in it.skip_reason for it in items)
+    # cut inside the third member's header: tarfile alone would stop without a word
+    whole = path.read_bytes()
+    third_header = whole.index(b"c.png")
+    (tmp_path / "cut.tar").write_bytes(whole[: third_header + 100])
+    items = list(open_source(str(tmp_path / "cut.tar")).iter_items())
+    assert [it.id for it in items if it.skip_reason is None] == ["a"]
+    assert any("truncated" in (it.skip_reason or "") or "unreadable tar header" in (it.skip_reason or "")
+               for it in items)
+
+
+def test_non_string_parquet_metadata_is_text(tmp_path, photos):
+    pq.write_table(img2dataset_table(photos, caption=[5, 6, None], error_message=[None, None, 404]),
+                   tmp_path / "x.parquet")
+    items = list(open_source(str(tmp_path / "x.parquet")).iter_items())
+    assert items[0].caption == "5" and "404" in items[2].skip_reason
