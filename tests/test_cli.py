@@ -155,3 +155,34 @@ def test_os_errors_are_one_line(tmp_path, corpus_dir):
     r = CliRunner().invoke(main, ["index", str(corpus_dir), "--out", str(tmp_path / "afile" / "sub"),
                                   "--workers", "0", "--quiet"])
     assert r.exit_code == 2 and r.output.startswith("error:") and "Traceback" not in r.output
+
+
+def test_report_beyond_the_paper(tmp_path, index_dir, eval_set, predictions):
+    root, planted, clean = eval_set
+    errors = tmp_path / "err.json"
+    errors.write_text('{"val": {"precision": [19, 20], "recall": 0.9}}')
+    out = tmp_path / "r"
+    r = CliRunner().invoke(main, ["report", str(index_dir), "--eval", f"val={root}", "--predictions", str(predictions),
+                                  "--out", str(out), "--correction", "holm", "--detector-error", str(errors),
+                                  "--workers", "0", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "boschloo" in r.output and "Allowing for the detector's measured error" in r.output
+    data = json.loads((out / "report.json").read_text())
+    assert data["correction"]["method"] == "holm"
+    (ds,) = data["datasets"]
+    for key in ("gap", "two_sample_p", "two_sample_method", "ci_gap_newcombe", "ci_delta_newcombe",
+                "min_detectable_gap", "min_detectable_delta", "p_value_adjusted_bonferroni", "p_value_adjusted_holm",
+                "significant_bonferroni", "significant_holm", "two_sample_significant", "detector_correction"):
+        assert key in ds, key
+    assert ds["significant"] == ds["significant_holm"]
+    assert ds["detector_correction"]["precision"] == {"value": 0.95, "successes": 19, "trials": 20}
+    assert ds["delta"] == pytest.approx(ds["overlap_rate"] * ds["gap"])
+    assert "Beyond the paper" in (out / "report.md").read_text()
+    assert load_report(out).to_dict() == data
+
+
+def test_bad_detector_error_values_are_named(tmp_path, index_dir, eval_set, predictions):
+    root, _, _ = eval_set
+    r = CliRunner().invoke(main, ["report", str(index_dir), "--eval", f"val={root}", "--predictions", str(predictions),
+                                  "--out", str(tmp_path / "r"), "--precision", "12/10", "--workers", "0"])
+    assert r.exit_code == 2 and "precision '12/10'" in r.output
