@@ -25,6 +25,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_phash.py
 	$(BIN)/python benchmarks/bench_search.py
 	$(BIN)/python benchmarks/phash_quality.py
+	$(BIN)/python benchmarks/calibration.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -145,13 +145,15 @@ def detectors() -> None:
 def demo(out_dir, seed) -> None:
     """Build a small corpus and evaluation set with planted duplicates, then index and report."""
     from .demo import run_demo
-    from .report import format_table
+    from .report import format_extended_table, format_table, interpretation
 
     try:
         result = run_demo(out_dir, seed=seed)
     except _user_errors() as exc:
         _fail(exc)
     click.echo(format_table(result.report))
+    click.echo("\n" + format_extended_table(result.report))
+    click.echo("\n" + "\n".join(interpretation(result.report)))
     click.echo("\n" + result.summary())
     click.echo(f"\ndemo files in {out_dir}/; report in {out_dir}/report/ (report.json, report.md, splits.parquet)")
 

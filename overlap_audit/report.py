@@ -234,7 +234,8 @@ def interpretation(report: Report) -> list[str]:
         if d.significant:
             text = (f"- {d.name}: Overlap accuracy exceeds Clean accuracy ({report.correction}-significant); "
                     f"overlap inflates the reported accuracy by {_signed_pct(s.delta)} points "
-                    f"({100 * report.ci_level:g}% interval {_interval(s.ci_delta, signed=True)}).")
+                    f"({100 * report.ci_level:g}% interval {_interval(s.ci_delta, signed=True)} paper-style"
+                    + (f", {_interval(e.ci_delta_newcombe, signed=True)} Newcombe" if e is not None else "") + ").")
         else:
             text = f"- {d.name}: not significant"
             if e is not None and e.min_detectable_gap is not None:
