@@ -17,8 +17,9 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image
 
+from .augment import AUGMENTATIONS, augment
 from .errors import OverlapAuditError
 
 # Photos bundled as files inside scikit-image (no download) and scikit-learn. Left out on purpose:
@@ -30,7 +31,6 @@ SKIMAGE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chels
                   "motorcycle_left.png", "page.png", "phantom.png", "retina.jpg", "rocket.jpg", "text.png")
 SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 
-AUGMENTATIONS = ("resize", "jpeg", "crop", "brighten", "resize+jpeg")
 
 
 def bundled_photos() -> dict[str, Image.Image]:
@@ -58,27 +58,6 @@ def tiles(image: Image.Image, grid: int = 4, size: int = 128) -> list[Image.Imag
             box = (c * w // grid, r * h // grid, (c + 1) * w // grid, (r + 1) * h // grid)
             out.append(image.crop(box).resize((size, size), Image.Resampling.BICUBIC))
     return out
-
-
-def augment(image: Image.Image, kind: str, rng: np.random.Generator | None = None) -> Image.Image:
-    """A near-duplicate of ``image``: resized, JPEG-recompressed, slightly cropped, brightened, or both."""
-    rng = rng or np.random.default_rng(0)
-    w, h = image.size
-    if kind == "resize":
-        scale = rng.uniform(0.6, 0.9)
-        return image.resize((max(8, int(w * scale)), max(8, int(h * scale))), Image.Resampling.BILINEAR)
-    if kind == "jpeg":
-        buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=int(rng.integers(50, 80)))
-        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-    if kind == "crop":
-        m = max(1, int(round(min(w, h) * rng.uniform(0.01, 0.025))))
-        return image.crop((m, m, w - m, h - m))
-    if kind == "brighten":
-        return ImageEnhance.Brightness(image).enhance(float(rng.uniform(1.05, 1.15)))
-    if kind == "resize+jpeg":
-        return augment(augment(image, "resize", rng), "jpeg", rng)
-    raise ValueError(f"unknown augmentation {kind!r}; one of {', '.join(AUGMENTATIONS)}")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -51,28 +52,41 @@ def _init_worker(detector: Detector, max_pixels: int) -> None:
     _WORKER_STATE["max_pixels"] = max_pixels
 
 
-def _decode_one(item: RawItem, detector: Detector, max_pixels: int) -> tuple[np.ndarray | None, str | None]:
+Decoded = tuple  # (array | None, skip reason | None, augmented copy's array | None)
+
+
+def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool = False) -> Decoded:
     if item.skip_reason is not None:
-        return None, item.skip_reason
+        return None, item.skip_reason, None
     try:
         image = decode_image(item.data, item.path, max_pixels=max_pixels,
                              min_size=getattr(detector, "decode_size", None))
     except ImageRejected as exc:
-        return None, str(exc)
+        return None, str(exc), None
     try:
-        return detector.preprocess(image), None
+        array = detector.preprocess(image)
     except Exception as exc:  # noqa: BLE001 - one bad image must not end a corpus run
-        return None, f"detector preprocessing failed: {type(exc).__name__}: {exc}"
+        return None, f"detector preprocessing failed: {type(exc).__name__}: {exc}", None
+    duplicate = None
+    if copy:  # a near-duplicate query of this item, for measuring an approximate index's recall
+        from .augment import augment
+
+        seed = zlib.crc32(f"{item.source}/{item.id}".encode("utf-8", "surrogatepass"))
+        try:
+            duplicate = detector.preprocess(augment(image, "resize+jpeg", np.random.default_rng(seed)))
+        except Exception:  # noqa: BLE001 - the copy is optional; the item itself is fine
+            duplicate = None
+    return array, None, duplicate
 
 
-def _decode_chunk(items: list[RawItem]) -> list[tuple[np.ndarray | None, str | None]]:
+def _decode_chunk(chunk: list[tuple[RawItem, bool]]) -> list[Decoded]:
     detector = _WORKER_STATE["detector"]
     max_pixels = _WORKER_STATE["max_pixels"]
-    return [_decode_one(item, detector, max_pixels) for item in items]
+    return [_decode_one(item, detector, max_pixels, copy) for item, copy in chunk]
 
 
-def _chunks(items: Iterable[RawItem], size: int) -> Iterator[list[RawItem]]:
-    chunk: list[RawItem] = []
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
     for item in items:
         chunk.append(item)
         if len(chunk) == size:
@@ -110,16 +124,19 @@ class Decoder:
             self._pool.join()
             self._pool = None
 
-    def decode(self, items: Iterable[RawItem]) -> Iterator[tuple[RawItem, np.ndarray | None, str | None]]:
-        """Yield (item, preprocessed array or None, skip reason or None) in input order."""
+    def decode(self, items: Iterable[RawItem], copies: set[tuple[str, str]] | None = None
+               ) -> Iterator[tuple[RawItem, np.ndarray | None, str | None, np.ndarray | None]]:
+        """Yield (item, preprocessed array or None, skip reason or None, augmented copy or None) in input
+        order; copies are made for the (source, id) pairs in ``copies``."""
+        copies = copies or set()
+        flagged = ((item, (item.source, item.id) in copies) for item in items)
         if self._pool is None:
-            for item in items:
-                array, reason = _decode_one(item, self.detector, self.max_pixels)
-                yield item, array, reason
+            for item, copy in flagged:
+                yield (item, *_decode_one(item, self.detector, self.max_pixels, copy))
             return
         in_flight: deque = deque()
         max_in_flight = 2 * self.workers + 2  # bounded read-ahead: memory does not grow with the source
-        for chunk in _chunks(items, self.chunk_size):
+        for chunk in _chunks(flagged, self.chunk_size):
             in_flight.append((chunk, self._pool.apply_async(_decode_chunk, (chunk,))))
             while len(in_flight) >= max_in_flight:
                 yield from self._collect(in_flight.popleft())
@@ -127,10 +144,10 @@ class Decoder:
             yield from self._collect(in_flight.popleft())
 
     @staticmethod
-    def _collect(entry) -> Iterator[tuple[RawItem, np.ndarray | None, str | None]]:
+    def _collect(entry):
         chunk, result = entry
-        for item, (array, reason) in zip(chunk, result.get()):
-            yield item, array, reason
+        for (item, _), decoded in zip(chunk, result.get()):
+            yield (item, *decoded)
 
 
 @dataclass
@@ -141,13 +158,14 @@ class EmbeddedItems:
     vectors: list[np.ndarray | None] = field(default_factory=list)  # per item; None where skipped
     low_information: list[bool] = field(default_factory=list)
     reasons: list[str | None] = field(default_factory=list)
+    copies: list[np.ndarray | None] = field(default_factory=list)  # embedded augmented copies, where made
 
 
-def embed_decoded(decoded: Iterable[tuple[RawItem, np.ndarray | None, str | None]], detector: Detector,
-                  *, batch_size: int = 256) -> EmbeddedItems:
-    """Embed already-decoded items in batches; keeps every item, embedded or skipped, in input order."""
+def embed_decoded(decoded: Iterable[tuple], detector: Detector, *, batch_size: int = 256) -> EmbeddedItems:
+    """Embed already-decoded items (and their copies) in batches; keeps every item, embedded or skipped,
+    in input order."""
     out = EmbeddedItems()
-    pending: list[int] = []
+    pending: list[tuple[int, bool]] = []  # (item index, is the copy)
     pending_arrays: list[np.ndarray] = []
 
     def flush() -> None:
@@ -156,22 +174,30 @@ def embed_decoded(decoded: Iterable[tuple[RawItem, np.ndarray | None, str | None
         batch = np.stack(pending_arrays)
         vectors = detector.embed(batch)
         low = detector.low_information(batch)
-        for j, idx in enumerate(pending):
-            out.vectors[idx] = vectors[j]
-            out.low_information[idx] = bool(low[j])
+        for j, (idx, is_copy) in enumerate(pending):
+            if is_copy:
+                out.copies[idx] = vectors[j]
+            else:
+                out.vectors[idx] = vectors[j]
+                out.low_information[idx] = bool(low[j])
         pending.clear()
         pending_arrays.clear()
 
-    for item, array, reason in decoded:
+    for entry in decoded:
+        item, array, reason = entry[:3]
+        copy = entry[3] if len(entry) > 3 else None
         out.items.append(item)
         out.vectors.append(None)
         out.low_information.append(False)
         out.reasons.append(reason)
-        if array is not None:
-            pending.append(len(out.items) - 1)
-            pending_arrays.append(array)
-            if len(pending) >= batch_size:
-                flush()
+        out.copies.append(None)
+        idx = len(out.items) - 1
+        for arr, is_copy in ((array, False), (copy, True)):
+            if arr is not None:
+                pending.append((idx, is_copy))
+                pending_arrays.append(arr)
+        if len(pending) >= batch_size:
+            flush()
     flush()
     return out
 

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -39,7 +40,11 @@ PROGRESS = "progress.json"
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 SHARD_DIR = "shards"
+VECTORS_FILE = "vectors.npy"
 _SHARD_RE = re.compile(r"^shard-(\d{6})\.parquet$")
+# Augmented copies embedded per shard as recall queries for approximate indexes (at most RECALL_QUERIES used).
+RECALL_QUERIES_PER_SHARD = 32
+RECALL_QUERIES = 1000
 
 
 @dataclass(frozen=True)
@@ -148,30 +153,45 @@ def _vector_width(info: DetectorInfo) -> int:
     return info.dim // 8 if info.metric == "hamming" else info.dim
 
 
-def _write_shard(path: Path, keys: list[str], result, info: DetectorInfo) -> None:
+def _fixed_list(rows: list[np.ndarray | None], width: int, dtype):
+    import pyarrow as pa
+
+    flat = np.zeros((len(rows), width), dtype=dtype)
+    mask = np.ones(len(rows), dtype=bool)
+    for i, vec in enumerate(rows):
+        if vec is not None:
+            flat[i] = vec
+            mask[i] = False
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), width, mask=pa.array(mask))
+
+
+def _write_shard(path: Path, info: DetectorInfo, *, keys: list[str], sources: list[str], ids: list[str],
+                 captions: list[str | None], labels: list[str | None], vectors: list[np.ndarray | None],
+                 low_information: list[bool], reasons: list[str | None], copies: list[np.ndarray | None]) -> None:
+    """Write one shard atomically: every item given, embedded or skipped, plus any recall-query copies."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     width = _vector_width(info)
     dtype = np.uint8 if info.metric == "hamming" else np.float32
-    flat = np.zeros((len(result.items), width), dtype=dtype)
-    mask = np.ones(len(result.items), dtype=bool)
-    for i, vec in enumerate(result.vectors):
-        if vec is not None:
-            flat[i] = vec
-            mask[i] = False
-    vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), width, mask=pa.array(mask))
     table = pa.table({
         "key": pa.array(keys, pa.string()),
-        "source": pa.array([it.source for it in result.items], pa.string()),
-        "id": pa.array([it.id for it in result.items], pa.string()),
-        "caption": pa.array([it.caption for it in result.items], pa.string()),
-        "label": pa.array([it.label for it in result.items], pa.string()),
-        "vector": vectors,
-        "low_information": pa.array(result.low_information, pa.bool_()),
-        "skip_reason": pa.array(result.reasons, pa.string()),
+        "source": pa.array(sources, pa.string()),
+        "id": pa.array(ids, pa.string()),
+        "caption": pa.array(captions, pa.string()),
+        "label": pa.array(labels, pa.string()),
+        "vector": _fixed_list(vectors, width, dtype),
+        "low_information": pa.array(low_information, pa.bool_()),
+        "skip_reason": pa.array(reasons, pa.string()),
+        "query_vector": _fixed_list(copies, width, dtype),
     })
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def _copy_picks(chunk: list[RawItem], n: int) -> set[tuple[str, str]]:
+    """The n items of a shard that get an augmented copy: smallest CRC-32 of their key (deterministic)."""
+    ranked = sorted(chunk, key=lambda it: zlib.crc32(f"{it.source}/{it.id}".encode("utf-8", "surrogatepass")))
+    return {(it.source, it.id) for it in ranked[:n] if it.skip_reason is None}
 
 
 def _finished_shards(shard_dir: Path) -> list[int]:
@@ -228,13 +248,20 @@ def _chunked(it: Iterator[RawItem], n: int) -> Iterator[list[RawItem]]:
 def build_index(sources: list[str], out_dir: str | os.PathLike, *, detector: str = "phash",
                 batch_size: int = 256, workers: int | None = None, device: str = "auto", resume: bool = False,
                 shard_size: int = 10_000, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
-                on_shard: Callable[[int, int], None] | None = None) -> IndexManifest:
+                on_shard: Callable[[int, int], None] | None = None, index_type: str = "auto",
+                memory_budget: int | str | None = None) -> IndexManifest:
     """Embed the corpus sources into shards and build the FAISS index in ``out_dir``.
 
     ``on_shard(shard_number, items_done)`` is called after each shard is safely on disk. With
     ``resume=True`` the finished shards of an interrupted run with the same settings are kept and only the
-    rest is embedded.
+    rest is embedded; on a finished index, asking for another ``index_type`` rebuilds only the index.
+    ``index_type`` is auto, flat, ivfpq or hnsw (see ``overlap_audit.ann``).
     """
+    from .ann import INDEX_TYPES, parse_bytes
+
+    if index_type not in INDEX_TYPES:
+        raise IndexDirError(f"--index-type must be one of {', '.join(INDEX_TYPES)} (got {index_type!r})")
+    parse_bytes(memory_budget)  # a malformed budget fails before any work
     if not sources:
         raise IndexDirError("give at least one corpus source")
     if shard_size < 1 or batch_size < 1:
@@ -267,9 +294,13 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, *, detector: str
         if differs:
             raise ResumeError(f"cannot resume {out}: its run used different {', '.join(differs)}; "
                               "use the same command, or a new directory")
-        if (out / MANIFEST).exists():
-            return load_manifest(out)  # already complete with these settings: nothing to redo
         remove_stale_temporaries(out)
+        if (out / MANIFEST).exists():
+            done_manifest = load_manifest(out)
+            if index_type in ("auto", done_manifest.index_type):
+                return done_manifest  # already complete with these settings: nothing to redo
+            return _finish_index(out, det.info, settings["sources"], shard_size, faiss_device,
+                                 done_manifest.build_seconds, index_type=index_type, memory_budget=memory_budget)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / PROGRESS, settings)
     shard_dir = out / SHARD_DIR
@@ -300,19 +331,23 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, *, detector: str
     shard_no = len(done)
     with Decoder(det, workers=workers, max_pixels=max_pixels) as decoder:
         for chunk in _chunked(items, shard_size):
-            decoded = decoder.decode(chunk)
+            decoded = decoder.decode(chunk, copies=_copy_picks(chunk, RECALL_QUERIES_PER_SHARD))
             if bar is not None:
                 decoded = _counting(decoded, bar)
-            result = embed_decoded(decoded, det, batch_size=batch_size)
-            keys = [corpus_key(it.source, it.id, n_sources) for it in result.items]
-            _write_shard(shard_dir / f"shard-{shard_no:06d}.parquet", keys, result, det.info)
+            r = embed_decoded(decoded, det, batch_size=batch_size)
+            _write_shard(shard_dir / f"shard-{shard_no:06d}.parquet", det.info,
+                         keys=[corpus_key(it.source, it.id, n_sources) for it in r.items],
+                         sources=[it.source for it in r.items], ids=[it.id for it in r.items],
+                         captions=[it.caption for it in r.items], labels=[it.label for it in r.items],
+                         vectors=r.vectors, low_information=r.low_information, reasons=r.reasons, copies=r.copies)
             items_done += len(chunk)
             if on_shard is not None:
                 on_shard(shard_no, items_done)
             shard_no += 1
     if bar is not None:
         bar.close()
-    return _finish_index(out, det, srcs, shard_size, faiss_device, time.monotonic() - started)
+    return _finish_index(out, det.info, settings["sources"], shard_size, faiss_device, time.monotonic() - started,
+                         index_type=index_type, memory_budget=memory_budget)
 
 
 def _shard_keys(path: Path) -> list[tuple[str, str]]:
@@ -328,79 +363,180 @@ def _counting(decoded, bar):
         yield entry
 
 
-def _read_shards(out: Path, info: DetectorInfo):
-    """Yield (keys, vectors) of the indexable rows of each shard, plus per-shard counts and skips."""
+def _shard_paths(out: Path) -> list[Path]:
+    return sorted((out / SHARD_DIR).glob("shard-*.parquet"))
+
+
+@dataclass
+class _ShardScan:
+    """What the finishing pass learns from the shards before building an index."""
+
+    keys: list[str] = field(default_factory=list)
+    given: int = 0
+    embedded: int = 0
+    low: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    query_vectors: list[np.ndarray] = field(default_factory=list)
+    query_rows: list[int] = field(default_factory=list)
+    query_crc: list[int] = field(default_factory=list)
+
+
+def _usable(table):
+    import pyarrow.compute as pc
+
+    embedded = table.filter(pc.is_valid(table["vector"]))
+    return embedded, embedded.filter(pc.invert(embedded["low_information"]))
+
+
+def _vectors_of(column, info: DetectorInfo) -> np.ndarray:
+    dtype = np.uint8 if info.metric == "hamming" else np.float32
+    return np.asarray(column.combine_chunks().flatten(), dtype=dtype).reshape(-1, _vector_width(info))
+
+
+def iter_shard_vectors(index_dir: str | os.PathLike, info: DetectorInfo):
+    """Stream (first corpus row, vectors) of the indexable items of each shard, in index row order."""
+    import pyarrow.parquet as pq
+
+    row = 0
+    for shard in _shard_paths(Path(index_dir)):
+        table = pq.read_table(shard, columns=["vector", "low_information"])
+        _, usable = _usable(table)
+        vectors = _vectors_of(usable["vector"], info)
+        yield row, vectors
+        row += len(vectors)
+
+
+def _scan_shards(out: Path, info: DetectorInfo) -> _ShardScan:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    width = _vector_width(info)
-    dtype = np.uint8 if info.metric == "hamming" else np.float32
-    for shard in sorted((out / SHARD_DIR).glob("shard-*.parquet")):
+    scan = _ShardScan()
+    for shard in _shard_paths(out):
         table = pq.read_table(shard)
-        skipped = [Skipped(s, i, r) for s, i, r in zip(table["source"].to_pylist(), table["id"].to_pylist(),
-                                                         table["skip_reason"].to_pylist()) if r is not None]
-        embedded = table.filter(pc.is_valid(table["vector"]))
-        low = np.asarray(embedded["low_information"].to_numpy(zero_copy_only=False), dtype=bool)
-        usable = embedded.filter(pc.invert(embedded["low_information"]))
-        vectors = np.asarray(usable["vector"].combine_chunks().flatten(), dtype=dtype).reshape(-1, width)
-        yield usable["key"].to_pylist(), vectors, table.num_rows, embedded.num_rows, int(low.sum()), skipped
+        scan.given += table.num_rows
+        scan.skipped += [Skipped(s, i, r) for s, i, r in zip(table["source"].to_pylist(), table["id"].to_pylist(),
+                                                             table["skip_reason"].to_pylist()) if r is not None]
+        embedded, usable = _usable(table)
+        scan.embedded += embedded.num_rows
+        scan.low += embedded.num_rows - usable.num_rows
+        first = len(scan.keys)
+        scan.keys += usable["key"].to_pylist()
+        if "query_vector" in usable.column_names:
+            with_q = usable.append_column("_row", pa_range(first, usable.num_rows))
+            with_q = with_q.filter(pc.is_valid(with_q["query_vector"]))
+            if with_q.num_rows:
+                scan.query_vectors.append(_vectors_of(with_q["query_vector"], info))
+                scan.query_rows += with_q["_row"].to_pylist()
+                scan.query_crc += [zlib.crc32(k.encode("utf-8", "surrogatepass")) for k in with_q["key"].to_pylist()]
+    return scan
 
 
-def _new_faiss_index(info: DetectorInfo):
-    import faiss
+def pa_range(start: int, n: int):
+    import pyarrow as pa
 
-    if info.metric == "hamming":
-        return faiss.IndexBinaryFlat(info.dim), "IndexBinaryFlat"
-    return faiss.IndexFlatIP(info.dim), "IndexFlatIP"
+    return pa.array(np.arange(start, start + n, dtype=np.int64))
 
 
-def _finish_index(out: Path, det: Detector, srcs: list[Source], shard_size: int, device: str,
-                  seconds: float) -> IndexManifest:
+def _read_training_sample(out: Path, info: DetectorInfo, n_total: int, n_sample: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(n_total, size=min(n_sample, n_total), replace=False))
+    parts = []
+    for first, vectors in iter_shard_vectors(out, info):
+        local = keep[(keep >= first) & (keep < first + len(vectors))] - first
+        if len(local):
+            parts.append(vectors[local])
+    return np.concatenate(parts) if parts else np.zeros((0, _vector_width(info)), np.float32)
+
+
+def _build_faiss(out: Path, info: DetectorInfo, plan, n: int):
+    """Build the FAISS index the plan names over the shards' vectors (two passes for trained indexes)."""
+    from .ann import new_index
+
+    index = new_index(plan, info)
+    if plan.needs_training:
+        sample = _read_training_sample(out, info, n, plan.params["train_size"])
+        index.train(np.ascontiguousarray(sample))
+    keep_vectors = plan.index_type == "ivfpq" and info.metric == "cosine"
+    memmap = None
+    if keep_vectors and n:
+        tmp = out / f".{VECTORS_FILE}.tmp-{os.getpid()}"
+        memmap = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, info.dim))
+    for first, vectors in iter_shard_vectors(out, info):
+        if len(vectors):
+            index.add(np.ascontiguousarray(vectors))
+            if memmap is not None:
+                memmap[first:first + len(vectors)] = vectors
+    if memmap is not None:
+        memmap.flush()
+        del memmap
+        os.replace(out / f".{VECTORS_FILE}.tmp-{os.getpid()}", out / VECTORS_FILE)
+    return index
+
+
+def _finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size: int, device: str,
+                  seconds: float, *, index_type: str = "auto", memory_budget: int | str | None = None,
+                  recall_k: int = 10) -> IndexManifest:
     import faiss
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    info = det.info
-    index, index_type = _new_faiss_index(info)
-    keys: list[str] = []
-    given = embedded = low = 0
-    skipped: list[Skipped] = []
-    for shard_keys, vectors, n_given, n_embedded, n_low, shard_skipped in _read_shards(out, info):
-        if len(vectors):
-            index.add(vectors)
-        keys.extend(shard_keys)
-        given += n_given
-        embedded += n_embedded
-        low += n_low
-        skipped.extend(shard_skipped)
-    if len(set(keys)) != len(keys):  # ids are unique per source already; this guards a hand-edited directory
+    from .ann import choose_index
+
+    started = time.monotonic()
+    scan = _scan_shards(out, info)
+    if len(set(scan.keys)) != len(scan.keys):  # ids are unique per source already; guards a hand-edited dir
         raise IndexDirError(f"{out}: the shards hold repeated keys; rebuild the index in a new directory")
+    plan = choose_index(index_type, len(scan.keys), info, memory_budget)
+    index = _build_faiss(out, info, plan, len(scan.keys))
     writer = faiss.write_index_binary if info.metric == "hamming" else faiss.write_index
     atomic_write(out / INDEX_FILE, lambda tmp: writer(index, tmp))
-    atomic_write(out / IDS_FILE, lambda tmp: pq.write_table(pa.table({"key": pa.array(keys, pa.string())}), tmp))
+    atomic_write(out / IDS_FILE, lambda tmp: pq.write_table(pa.table({"key": pa.array(scan.keys, pa.string())}), tmp))
+    build_seconds = time.monotonic() - started
+    recall = _measure_recall(out, info, index, plan, scan, recall_k, device) if plan.approximate else {
+        "exact": True, "note": "flat index: exact search"}
     manifest = IndexManifest(
         detector=info,
-        sources=[s.to_dict() for s in srcs],
-        n_given=given,
-        n_embedded=embedded,
-        n_indexed=len(keys),
-        n_low_information=low,
-        n_skipped=len(skipped),
-        skipped=skipped,
+        sources=sources,
+        n_given=scan.given,
+        n_embedded=scan.embedded,
+        n_indexed=len(scan.keys),
+        n_low_information=scan.low,
+        n_skipped=len(scan.skipped),
+        skipped=scan.skipped,
         shard_size=shard_size,
-        n_shards=len(list((out / SHARD_DIR).glob("shard-*.parquet"))),
-        index_type=index_type,
+        n_shards=len(_shard_paths(out)),
+        index_type=plan.index_type,
         faiss_version=getattr(faiss, "__version__", "unknown"),
         package_version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        build_seconds=round(seconds, 3),
-        extra={"device": device},
+        build_seconds=round(seconds + build_seconds, 3),
+        extra={"device": device, "faiss_index": type(index).__name__, "index_params": plan.params,
+               "index_choice": plan.reason, "index_build_seconds": round(build_seconds, 3), "recall": recall},
     )
     atomic_write_json(out / MANIFEST, manifest.to_dict())
     return manifest
 
 
-# ---------------------------------------------------------------- loading and search
+def _measure_recall(out: Path, info: DetectorInfo, index, plan, scan: _ShardScan, k: int, device: str) -> dict:
+    """Recall of the approximate index against exact search, on augmented copies of corpus items."""
+    from .search import stream_search
+
+    if not scan.query_vectors:
+        return {"exact": False, "n_queries": 0, "note": "no augmented corpus copies to measure recall with"}
+    queries = np.concatenate(scan.query_vectors)
+    order = np.argsort(np.array(scan.query_crc, dtype=np.int64), kind="stable")[:RECALL_QUERIES]
+    queries, source_rows = queries[order], np.array(scan.query_rows, dtype=np.int64)[order]
+    k = min(k, len(scan.keys))
+    exact_sims, exact_rows = stream_search(queries, iter_shard_vectors(out, info), k, info.metric, info.dim)
+    approx_sims, approx_rows = search_rows(index, plan.index_type, plan.params, queries, k, info, out, device)
+    recall_1 = float((approx_rows[:, 0] == exact_rows[:, 0]).mean())
+    overlap = [len(set(a) & set(e)) / k for a, e in zip(approx_rows.tolist(), exact_rows.tolist())]
+    found_exact = float((exact_rows == source_rows[:, None]).any(axis=1).mean())
+    found_approx = float((approx_rows == source_rows[:, None]).any(axis=1).mean())
+    return {"exact": False, "n_queries": int(len(queries)), "k": int(k), "recall_at_1": recall_1,
+            "recall_at_k": float(np.mean(overlap)), "source_found_at_k_exact": found_exact,
+            "source_found_at_k": found_approx,
+            "queries": "augmented copies (resize + JPEG) of corpus items, embedded during indexing"}
 
 
 def load_manifest(index_dir: str | os.PathLike) -> IndexManifest:
@@ -419,7 +555,7 @@ def load_manifest(index_dir: str | os.PathLike) -> IndexManifest:
 
 @dataclass(frozen=True, eq=False)
 class CorpusIndex:
-    """A loaded index: its manifest, the FAISS index and the key of each row."""
+    """A loaded index: its manifest, the FAISS index (None when loaded for streaming) and each row's key."""
 
     path: Path
     manifest: IndexManifest
@@ -429,9 +565,13 @@ class CorpusIndex:
     def __len__(self) -> int:
         return len(self.keys)
 
+    @property
+    def params(self) -> dict:
+        return self.manifest.extra.get("index_params", {})
 
-def load_index(index_dir: str | os.PathLike) -> CorpusIndex:
-    """Load a complete index directory."""
+
+def load_index(index_dir: str | os.PathLike, *, load_faiss: bool = True) -> CorpusIndex:
+    """Load a complete index directory (without the FAISS index itself when only streaming)."""
     import faiss
     import pyarrow.parquet as pq
 
@@ -439,12 +579,12 @@ def load_index(index_dir: str | os.PathLike) -> CorpusIndex:
     manifest = load_manifest(path)
     reader = faiss.read_index_binary if manifest.detector.metric == "hamming" else faiss.read_index
     try:
-        index = reader(str(path / INDEX_FILE))
+        index = reader(str(path / INDEX_FILE)) if load_faiss else None
         keys = np.array(pq.read_table(path / IDS_FILE)["key"].to_pylist(), dtype=object)
     except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError, pyarrow several types
         raise IndexDirError(f"{path} is damaged: cannot read {INDEX_FILE} / {IDS_FILE} "
                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); rebuild it") from None
-    if index.ntotal != len(keys):
+    if index is not None and index.ntotal != len(keys):
         raise IndexDirError(f"{path}: index holds {index.ntotal} vectors but {IDS_FILE} {len(keys)} ids")
     return CorpusIndex(path, manifest, index, keys)
 
@@ -469,38 +609,105 @@ def check_detector(manifest: IndexManifest, detector: DetectorInfo, index_dir: s
 
 
 def _to_device(index, metric: str, device: str):
+    """Move an index to the GPU when asked and possible (HNSW has no GPU version and stays on the CPU)."""
     if device != "cuda":
         return index
     import faiss
 
     res = faiss.StandardGpuResources()
     if metric == "hamming":
-        return faiss.GpuIndexBinaryFlat(res, index)
+        if isinstance(index, faiss.IndexBinaryFlat):
+            return faiss.GpuIndexBinaryFlat(res, index)
+        return index
+    if "HNSW" in type(index).__name__:
+        return index
     return faiss.index_cpu_to_gpu(res, 0, index)
 
 
+def search_rows(index, index_type: str, params: dict, queries: np.ndarray, k: int, info: DetectorInfo,
+                path: Path, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (similarities, rows) from a FAISS index of any type, in the canonical order.
+
+    Approximate indexes may miss neighbours but never report a wrong similarity: HNSW and binary IVF
+    store exact codes, and IVF-PQ's shortlist is re-ranked with the exact vectors (vectors.npy).
+    """
+    from .search import order_topk, search_index
+
+    if index_type == "hnsw":
+        index.hnsw.efSearch = int(params.get("ef_search", 128))
+    if index_type == "ivfpq":
+        index.nprobe = int(params.get("nprobe", 16))
+    index = _to_device(index, info.metric, device)
+    if index_type == "ivfpq" and info.metric == "cosine":
+        shortlist = max(4 * k, k + int(params.get("rerank_extra", 32)))
+        _, cand = search_index(index, queries, shortlist, info.metric, info.dim)
+        vectors = np.load(path / VECTORS_FILE, mmap_mode="r")
+        safe = np.where(cand < 0, 0, cand)
+        exact = np.einsum("qd,qcd->qc", queries.astype(np.float32), np.asarray(vectors[safe.reshape(-1)]).reshape(
+            len(queries), shortlist, -1)).astype(np.float32)
+        return order_topk(exact, cand, k)
+    return search_index(index, queries, k, info.metric, info.dim)
+
+
 def search(corpus: CorpusIndex, query_ids: list[str], vectors: np.ndarray, *, k: int = 5,
-           device: str = "auto", batch_size: int = 8192) -> Neighbors:
-    """The k nearest corpus items of each query vector, most similar first (exact search)."""
+           device: str = "auto", exact_stream: bool = False) -> Neighbors:
+    """The k nearest corpus items of each query vector, most similar first, ties by corpus row.
+
+    With ``exact_stream`` the stored shards are streamed past the queries (exact at any corpus size, memory
+    bounded by the queries plus one shard); otherwise the index is searched (exact for flat indexes).
+    """
+    from .search import NO_ROW, stream_search
+
     info = corpus.manifest.detector
-    n = len(vectors)
     k = max(1, int(k))
-    kk = min(k, len(corpus))
-    ids = np.full((n, k), None, dtype=object)
-    sims = np.full((n, k), np.nan, dtype=np.float32)
-    if n == 0 or kk == 0:
-        return Neighbors(list(query_ids), ids, sims)
-    index = _to_device(corpus.index, info.metric, resolve_device(device))
-    for start in range(0, n, batch_size):
-        chunk = vectors[start:start + batch_size]
-        if info.metric == "hamming":
-            dist, rows = index.search(np.ascontiguousarray(chunk, dtype=np.uint8), kk)
-            score = 1.0 - dist.astype(np.float64) / info.dim
-        else:
-            score, rows = index.search(np.ascontiguousarray(chunk, dtype=np.float32), kk)
-        valid = rows >= 0
-        block_ids = np.full(rows.shape, None, dtype=object)
-        block_ids[valid] = corpus.keys[rows[valid]]
-        ids[start:start + len(chunk), :kk] = block_ids
-        sims[start:start + len(chunk), :kk] = np.where(valid, score, np.nan)
-    return Neighbors(list(query_ids), ids, sims)
+    dev = resolve_device(device)
+    if exact_stream or corpus.index is None:
+        to_dev = (lambda ix: _to_device(ix, info.metric, dev)) if dev == "cuda" else None
+        sims, rows = stream_search(np.asarray(vectors), iter_shard_vectors(corpus.path, info), k, info.metric,
+                                   info.dim, to_device=to_dev)
+    else:
+        sims, rows = search_rows(corpus.index, corpus.manifest.index_type, corpus.params, np.asarray(vectors), k,
+                                 info, corpus.path, dev)
+        if sims.shape[1] < k:
+            pad = k - sims.shape[1]
+            sims = np.pad(sims, ((0, 0), (0, pad)), constant_values=-np.inf)
+            rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=NO_ROW)
+    ids = np.full(rows.shape, None, dtype=object)
+    valid = rows != NO_ROW
+    ids[valid] = corpus.keys[rows[valid]]
+    return Neighbors(list(query_ids), ids, np.where(valid, sims, np.nan).astype(np.float32))
+
+
+def index_from_vectors(out_dir: str | os.PathLike, vectors: np.ndarray, *, keys: list[str] | None = None,
+                       metric: str = "cosine", name: str = "vectors", shard_size: int = 100_000,
+                       index_type: str = "auto", memory_budget: int | str | None = None,
+                       recall_queries: tuple[np.ndarray, np.ndarray] | None = None,
+                       default_threshold: float = 0.95) -> IndexManifest:
+    """An index directory from precomputed embeddings (float32 unit vectors, or packed uint8 hashes).
+
+    For benchmarks and for users who embed elsewhere. ``recall_queries`` = (corpus rows, query vectors):
+    near-duplicates of those rows, used to measure an approximate index's recall.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ResumeError(f"{out} exists and is not empty; choose a new directory")
+    vectors = np.asarray(vectors)
+    dim = vectors.shape[1] * 8 if metric == "hamming" else vectors.shape[1]
+    info = DetectorInfo(spec=name, name=name, version="1", dim=dim, metric=metric, default_threshold=default_threshold)
+    keys = keys or [str(i) for i in range(len(vectors))]
+    copies: dict[int, np.ndarray] = {}
+    if recall_queries is not None:
+        copies = {int(r): q for r, q in zip(*recall_queries)}
+    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    for shard_no, start in enumerate(range(0, len(vectors), shard_size)):
+        block = range(start, min(start + shard_size, len(vectors)))
+        _write_shard(out / SHARD_DIR / f"shard-{shard_no:06d}.parquet", info,
+                     keys=[keys[i] for i in block], sources=[name] * len(block), ids=[keys[i] for i in block],
+                     captions=[None] * len(block), labels=[None] * len(block), vectors=[vectors[i] for i in block],
+                     low_information=[False] * len(block), reasons=[None] * len(block),
+                     copies=[copies.get(i) for i in block])
+    atomic_write_json(out / PROGRESS, {"detector": info.to_dict(), "sources": [{"kind": "vectors", "name": name}],
+                                       "shard_size": shard_size})
+    return _finish_index(out, info, [{"kind": "vectors", "name": name}], shard_size, resolve_device("auto"),
+                         time.monotonic() - started, index_type=index_type, memory_budget=memory_budget)

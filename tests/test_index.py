@@ -40,7 +40,8 @@ def test_manifest_describes_the_index(built):
     assert data["counts"]["given"] == 124 and data["counts"]["embedded"] == 120 and data["counts"]["skipped"] == 4
     assert {s["id"] for s in data["skipped"]} == {"broken/zero.png", "broken/truncated.png", "broken/notes.jpg",
                                                   "broken/bomb.png"}
-    assert data["index_type"] == "IndexBinaryFlat" and data["n_shards"] == 3
+    assert data["index_type"] == "flat" and data["extra"]["faiss_index"] == "IndexBinaryFlat" and data["n_shards"] == 3
+    assert data["extra"]["recall"]["exact"] is True and "auto" in data["extra"]["index_choice"]
     assert data["package_version"] and data["created"] and data["complete"] is True
     assert not (out / "progress.json").read_text() == ""
     corpus = load_index(out)
@@ -76,7 +77,7 @@ def test_float_detector_uses_flat_inner_product(tmp_path, tile_sets):
     corpus, _ = tile_sets
     root = write_folder(tmp_path / "c", {f"{tid}.png": im for tid, im in corpus[:30]})
     m = build_index([str(root)], tmp_path / "i", detector="tiny", workers=0)
-    assert m.index_type == "IndexFlatIP" and m.detector.metric == "cosine"
+    assert m.extra["faiss_index"] == "IndexFlatIP" and m.detector.metric == "cosine"
     det = get_detector("tiny")
     corpus_index = load_index(tmp_path / "i")
     q = det.embed_images([corpus[3][1]])

@@ -1,0 +1,145 @@
+"""Index types: which FAISS index a corpus gets, with what parameters, and why.
+
+- ``flat``: exact (IndexFlatIP over unit vectors, IndexBinaryFlat over hashes); 4·D bytes (D/8 for hashes)
+  per item in memory. The default while it fits the memory budget.
+- ``ivfpq``: for large corpora. Float vectors: IndexIVFPQ, nlist ≈ 4·√n inverted lists trained on a
+  sample, product quantisation to D/8 one-byte codes (32 bytes per 256-d vector), searched with ``nprobe``
+  lists; the shortlist (4k) is re-ranked with the exact vectors kept on disk (vectors.npy, memory-mapped),
+  so a reported similarity is always exact and only recall is approximate. Hashes: IndexBinaryIVF (hashes
+  are already compact; distances are exact).
+- ``hnsw``: graph search (IndexHNSWFlat / IndexBinaryHNSW, M = 32): exact codes, fastest queries, the
+  most memory (the vectors plus 2·M links of 4 bytes per item) — where memory allows and latency matters.
+- ``auto``: flat while it fits the budget, otherwise ivfpq. The choice and its reason go in the manifest.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from .errors import IndexDirError
+from .types import DetectorInfo
+
+INDEX_TYPES = ("auto", "flat", "ivfpq", "hnsw")
+DEFAULT_BUDGET = 8 * 1024 ** 3
+HNSW_M = 32
+MIN_IVF_ITEMS = 1000
+
+
+def parse_bytes(value: int | str | None) -> int:
+    """'8GB', '512MiB', '2e9' or an int -> bytes (decimal and binary units both count as powers of 1024)."""
+    if value is None:
+        return DEFAULT_BUDGET
+    if isinstance(value, (int, float)):
+        return int(value)
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)(i?B)?\s*", value.upper().replace("IB", "B"))
+    if not m:
+        raise IndexDirError(f"memory budget {value!r} is not a size like 8GB or 512MB")
+    number = float(m.group(1))
+    scale = 1024 ** " KMGT".index(m.group(2) or " ")
+    return int(number * scale)
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    index_type: str
+    params: dict = field(default_factory=dict)
+    reason: str = ""
+
+    @property
+    def approximate(self) -> bool:
+        return self.index_type != "flat"
+
+    @property
+    def needs_training(self) -> bool:
+        return self.index_type == "ivfpq"
+
+
+def bytes_per_item(index_type: str, info: DetectorInfo, params: dict | None = None) -> float:
+    """Memory an index type needs per item (codes plus FAISS's 8-byte ids where it stores them)."""
+    params = params or {}
+    code = info.dim / 8 if info.metric == "hamming" else 4 * info.dim
+    if index_type == "flat":
+        return code
+    if index_type == "hnsw":
+        return code + 2 * params.get("M", HNSW_M) * 4
+    if info.metric == "hamming":
+        return code + 8
+    return params.get("pq_m", _pq_m(info.dim)) + 8
+
+
+def _pq_m(dim: int) -> int:
+    """Sub-quantisers: one byte per 8 dimensions, a divisor of dim."""
+    m = max(1, dim // 8)
+    while dim % m:
+        m -= 1
+    return m
+
+
+def _ivf_params(n: int, info: DetectorInfo) -> dict:
+    nlist = int(min(65536, max(1, round(4 * math.sqrt(n)))))
+    nlist = max(1, min(nlist, n // 39))  # FAISS wants ~39 training points per list
+    params = {"nlist": nlist, "nprobe": int(min(nlist, max(8, nlist // 16))),
+              "train_size": int(min(n, max(50 * nlist, 20_000)))}
+    if info.metric == "cosine":
+        params.update({"pq_m": _pq_m(info.dim), "pq_bits": 8, "rerank_extra": 32})
+    return params
+
+
+def choose_index(index_type: str, n: int, info: DetectorInfo, memory_budget: int | str | None) -> IndexPlan:
+    """The index a corpus of n items gets: as asked, or by size and budget for ``auto``."""
+    if index_type not in INDEX_TYPES:
+        raise IndexDirError(f"--index-type must be one of {', '.join(INDEX_TYPES)} (got {index_type!r})")
+    budget = parse_bytes(memory_budget)
+    flat_bytes = n * bytes_per_item("flat", info)
+    if index_type == "auto":
+        if flat_bytes <= budget or n < MIN_IVF_ITEMS:
+            index_type, reason = "flat", (f"auto: exact flat search fits the budget "
+                                          f"({flat_bytes / 1e9:.3g} GB of {budget / 1e9:.3g} GB)")
+        else:
+            index_type, reason = "ivfpq", (f"auto: flat would need {flat_bytes / 1e9:.3g} GB, over the budget of "
+                                           f"{budget / 1e9:.3g} GB")
+    else:
+        reason = f"asked for {index_type}"
+    if index_type == "flat":
+        return IndexPlan("flat", {"bytes_per_item": bytes_per_item("flat", info)}, reason)
+    if index_type == "hnsw":
+        params = {"M": HNSW_M, "ef_construction": 80, "ef_search": 128}
+        params["bytes_per_item"] = bytes_per_item("hnsw", info, params)
+        return IndexPlan("hnsw", params, reason)
+    if n < MIN_IVF_ITEMS:
+        raise IndexDirError(f"ivfpq needs at least {MIN_IVF_ITEMS:,} indexed items to train on (this corpus has "
+                            f"{n:,}); use --index-type flat")
+    params = _ivf_params(n, info)
+    params["bytes_per_item"] = bytes_per_item("ivfpq", info, params)
+    need = n * params["bytes_per_item"]
+    if need > budget:
+        reason += f"; note: even ivfpq needs {need / 1e9:.3g} GB, over the budget"
+    return IndexPlan("ivfpq", params, reason)
+
+
+def new_index(plan: IndexPlan, info: DetectorInfo):
+    """An empty FAISS index for the plan."""
+    import faiss
+
+    p = plan.params
+    if info.metric == "hamming":
+        if plan.index_type == "flat":
+            return faiss.IndexBinaryFlat(info.dim)
+        if plan.index_type == "hnsw":
+            index = faiss.IndexBinaryHNSW(info.dim, p["M"])
+            index.hnsw.efConstruction = p["ef_construction"]
+            return index
+        return faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(info.dim), info.dim, p["nlist"])
+    if plan.index_type == "flat":
+        return faiss.IndexFlatIP(info.dim)
+    if plan.index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(info.dim, p["M"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = p["ef_construction"]
+        return index
+    quantizer = faiss.IndexFlatIP(info.dim)
+    index = faiss.IndexIVFPQ(quantizer, info.dim, p["nlist"], p["pq_m"], p["pq_bits"], faiss.METRIC_INNER_PRODUCT)
+    index.own_fields = True
+    quantizer.this.disown()
+    return index

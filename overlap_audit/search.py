@@ -1,0 +1,101 @@
+"""Exact k-nearest-neighbour search with one tie rule, over an in-memory index or streamed shards.
+
+Every result is ordered by similarity, most similar first, and among equal similarities by corpus row,
+lowest first (FAISS's flat indexes keep the lowest ids among ties at the k-th place; we also order within
+ties, which FAISS does not). So a flat index and a stream over the same shards give identical answers.
+
+Streaming (``stream_search``) makes the queries the small side: each corpus shard is read, searched
+against every query in one FAISS brute-force call, and merged into a running top-k, so memory is bounded
+by the queries plus one shard whatever the corpus size (the way DataComp deduplicated 12.8B images
+against its evaluation sets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+NO_ROW = -1
+
+
+def order_topk(sims: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the k best of each row of candidates: similarity descending, then corpus row ascending.
+
+    Missing candidates (row −1) sort last.
+    """
+    sims = np.where(rows == NO_ROW, -np.inf, sims)
+    big_row = np.where(rows == NO_ROW, np.iinfo(np.int64).max, rows)
+    order = np.lexsort((big_row, -sims), axis=-1)[:, :k]
+    out_sims = np.take_along_axis(sims, order, axis=1)
+    out_rows = np.take_along_axis(rows, order, axis=1)
+    return out_sims, out_rows
+
+
+def merge_topk(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], k: int):
+    """Merge two top-k candidate sets (sims, rows) of the same queries."""
+    return order_topk(np.concatenate([a[0], b[0]], axis=1), np.concatenate([a[1], b[1]], axis=1), k)
+
+
+def similarity_from_faiss(values: np.ndarray, metric: str, dim: int) -> np.ndarray:
+    """FAISS's raw scores as similarities: inner products as they are; Hamming distances as 1 − d/bits."""
+    if metric == "hamming":
+        return (1.0 - values.astype(np.float64) / dim).astype(np.float32)
+    return values.astype(np.float32)
+
+
+def flat_index(vectors: np.ndarray, metric: str, dim: int):
+    """A FAISS flat (exact) index over ``vectors``."""
+    import faiss
+
+    index = faiss.IndexBinaryFlat(dim) if metric == "hamming" else faiss.IndexFlatIP(dim)
+    if len(vectors):
+        index.add(np.ascontiguousarray(vectors))
+    return index
+
+
+def search_index(index, queries: np.ndarray, k: int, metric: str, dim: int,
+                 batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Search a FAISS index; returns (similarities, rows) in the canonical order, row −1 where none."""
+    n = len(queries)
+    sims = np.full((n, k), -np.inf, dtype=np.float32)
+    rows = np.full((n, k), NO_ROW, dtype=np.int64)
+    kk = min(k, int(index.ntotal))
+    if n == 0 or kk == 0:
+        return sims, rows
+    dtype = np.uint8 if metric == "hamming" else np.float32
+    for start in range(0, n, batch_size):
+        chunk = np.ascontiguousarray(queries[start:start + batch_size], dtype=dtype)
+        values, found = index.search(chunk, kk)
+        s = similarity_from_faiss(values, metric, dim)
+        s, r = order_topk(s, found.astype(np.int64), kk)
+        sims[start:start + len(chunk), :kk] = s
+        rows[start:start + len(chunk), :kk] = r
+    return sims, rows
+
+
+def stream_search(queries: np.ndarray, blocks: Iterable[tuple[int, np.ndarray]], k: int, metric: str, dim: int,
+                  *, to_device=None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of each query over corpus blocks streamed past it.
+
+    ``blocks`` yields (first corpus row of the block, block vectors). ``to_device`` optionally moves each
+    block's temporary flat index (e.g. to a GPU).
+    """
+    n = len(queries)
+    best = (np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), NO_ROW, dtype=np.int64))
+    for first_row, vectors in blocks:
+        if len(vectors) == 0 or n == 0:
+            continue
+        index = flat_index(vectors, metric, dim)
+        if to_device is not None:
+            index = to_device(index)
+        s, r = search_index(index, queries, k, metric, dim)
+        r = np.where(r == NO_ROW, NO_ROW, r + first_row)
+        best = merge_topk(best, (s, r), k)
+    return best
+
+
+def chunks_of(vectors: np.ndarray, size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, block) pairs over an in-memory array."""
+    for start in range(0, len(vectors), size):
+        yield start, vectors[start:start + size]
