@@ -66,7 +66,7 @@ def bytes_per_item(index_type: str, info: DetectorInfo, params: dict | None = No
         return code + 2 * params.get("M", HNSW_M) * 4
     if info.metric == "hamming":
         return code + 8
-    return params.get("pq_m", _pq_m(info.dim)) + 8
+    return params.get("pq_m", _pq_m(info.dim)) * params.get("pq_bits", 8) / 8 + 8
 
 
 def _pq_m(dim: int) -> int:
@@ -80,10 +80,13 @@ def _pq_m(dim: int) -> int:
 def _ivf_params(n: int, info: DetectorInfo) -> dict:
     nlist = int(min(65536, max(1, round(4 * math.sqrt(n)))))
     nlist = max(1, min(nlist, n // 39))  # FAISS wants ~39 training points per list
-    params = {"nlist": nlist, "nprobe": int(min(nlist, max(8, nlist // 16))),
+    params = {"nlist": nlist, "nprobe": int(min(nlist, max(16, nlist // 8))),
               "train_size": int(min(n, max(50 * nlist, 20_000)))}
     if info.metric == "cosine":
-        params.update({"pq_m": _pq_m(info.dim), "pq_bits": 8, "rerank_extra": 32})
+        # 8-bit codes need 256 centroids per sub-quantiser and ~39 training points each; smaller corpora
+        # get fewer bits rather than a badly trained codebook
+        bits = int(max(4, min(8, math.floor(math.log2(params["train_size"] / 39)))))
+        params.update({"pq_m": _pq_m(info.dim), "pq_bits": bits, "rerank_extra": 32})
     return params
 
 

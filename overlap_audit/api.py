@@ -33,13 +33,14 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
                progress: bool = False, correction: str = "bonferroni",
                precision: RateEstimate | str | None = None, recall: RateEstimate | str | None = None,
                detector_error: str | os.PathLike | dict | None = None, power: float = 0.8,
-               n_boot: int = 4000, seed: int = 0) -> Report:
+               n_boot: int = 4000, seed: int = 0, exact: bool = False) -> Report:
     """Embed each evaluation set with the index's detector, split it, score it and write the report.
 
     ``correction`` (bonferroni or holm) decides ``significant``; both are reported. ``precision`` and
     ``recall`` of the Overlap split (numbers or "k/n" counts), for every dataset, or ``detector_error``
     (a dict or JSON file ``{"NAME": {"precision": ..., "recall": ...}}``) per dataset, add the
-    detector-error correction.
+    detector-error correction. ``exact`` streams the corpus shards past the evaluation embeddings instead
+    of searching the index (exact whatever the index type).
     """
     if correction not in ("bonferroni", "holm"):
         raise SourceError(f"--correction must be bonferroni or holm (got {correction!r})")
@@ -50,7 +51,7 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise SourceError(f"evaluation set names must be distinct; repeated: {', '.join(dup)}")
-    corpus = load_index(index_dir)
+    corpus = load_index(index_dir, load_faiss=not exact)
     if len(corpus) == 0:
         from .errors import IndexDirError
 
@@ -69,7 +70,7 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
         source = open_source(spec, name=name, labels_from_folders=True)
         emb = embed_source(source, det, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
                            progress=progress)
-        neighbors = search(corpus, emb.ids, emb.vectors, k=k, device=device)
+        neighbors = search(corpus, emb.ids, emb.vectors, k=k, device=device, exact_stream=exact)
         splits[name] = split(name, emb, neighbors, cut[name])
         skipped[name] = emb.skipped
     correctness = match_predictions(preds, splits, {n: {s.id for s in sk} for n, sk in skipped.items()})
@@ -100,7 +101,9 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
         detector=det.info,
         index={"path": str(index_dir), "n_indexed": m.n_indexed, "n_skipped": m.n_skipped,
                "n_low_information": m.n_low_information, "index_type": m.index_type, "created": m.created,
-               "search": "exact"},
+               "search": ("exact (streamed shards)" if exact else
+                          "exact (flat index)" if m.index_type == "flat" else f"approximate ({m.index_type})"),
+               "recall": ({"exact": True, "note": "streamed"} if exact else m.extra.get("recall", {}))},
         datasets=datasets, k=k, alpha=alpha, ci_level=ci_level, correction=correction,
         predictions=str(predictions), package_version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

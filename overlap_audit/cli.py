@@ -53,18 +53,25 @@ _max_pixels = click.option("--max-pixels", type=click.IntRange(min=1), default=N
 @click.option("--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Items per embedding shard (the unit of resumption).")
 @_max_pixels
+@click.option("--index-type", type=click.Choice(["auto", "flat", "ivfpq", "hnsw"]), default="auto", show_default=True,
+              help="Exact flat while it fits --memory-budget, else IVF-PQ; HNSW on request.")
+@click.option("--memory-budget", default="8GB", show_default=True, help="Memory the index may use (8GB, 512MB).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def index(sources, out_dir, detector, batch_size, workers, device, resume, shard_size, max_pixels, quiet) -> None:
+def index(sources, out_dir, detector, batch_size, workers, device, resume, shard_size, max_pixels, index_type,
+          memory_budget, quiet) -> None:
     """Embed the corpus SOURCES (image folders, Parquet, WebDataset shards) and build the FAISS index."""
     from .imaging import DEFAULT_MAX_PIXELS
     from .index import build_index
+    from .report import recall_line
 
     try:
         m = build_index(list(sources), out_dir, detector=detector, batch_size=batch_size, workers=workers,
                         device=device, resume=resume, shard_size=shard_size,
-                        max_pixels=max_pixels or DEFAULT_MAX_PIXELS, progress=not quiet)
+                        max_pixels=max_pixels or DEFAULT_MAX_PIXELS, progress=not quiet, index_type=index_type,
+                        memory_budget=memory_budget)
     except _user_errors() as exc:
         _fail(exc)
+    click.echo(f"index: {m.index_type} ({m.extra.get('index_choice', '')}); {recall_line(m.extra.get('recall', {}))}")
     click.echo(f"indexed {m.n_indexed} of {m.n_given} items with {m.detector.spec} into {out_dir} "
                f"({m.index_type}); {m.n_skipped} skipped, {m.n_low_information} low-information not indexed")
     if m.n_indexed == 0:
@@ -99,17 +106,19 @@ def index(sources, out_dir, detector, batch_size, workers, device, resume, shard
 @click.option("--detector-error", type=click.Path(exists=True, dir_okay=False), default=None,
               help='JSON {"NAME": {"precision": P or [K, N], "recall": R or [K, N]}} per dataset.')
 @click.option("--detector", default=None, help="Must match the index's detector (default: the index's own).")
+@click.option("--exact", is_flag=True, help="Stream the stored corpus shards past the evaluation embeddings: exact "
+              "whatever the index type, memory bounded by the evaluation sets plus one shard.")
 @_batch
 @_workers
 @_device
 @_max_pixels
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alpha, ci_level, correction, precision,
-           recall, detector_error, detector, batch_size, workers, device, max_pixels, quiet) -> None:
+           recall, detector_error, detector, exact, batch_size, workers, device, max_pixels, quiet) -> None:
     """Split each evaluation set into Overlap / Clean against INDEX_DIR and report the statistics."""
     from .api import run_report
     from .imaging import DEFAULT_MAX_PIXELS
-    from .report import format_extended_table, format_table, interpretation
+    from .report import format_extended_table, format_table, interpretation, recall_line
     from .sources import parse_eval_spec
 
     try:
@@ -118,9 +127,10 @@ def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alp
                          k=k, alpha=alpha, ci_level=ci_level, detector=detector, batch_size=batch_size,
                          workers=workers, device=device, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                          progress=not quiet, correction=correction, precision=precision, recall=recall,
-                         detector_error=detector_error)
+                         detector_error=detector_error, exact=exact)
     except _user_errors() as exc:
         _fail(exc)
+    click.echo(f"search: {rep.index.get('search')}; {recall_line(rep.index.get('recall', {}))}\n")
     click.echo(format_table(rep))
     click.echo("\n" + format_extended_table(rep))
     click.echo("\n" + "\n".join(interpretation(rep)))

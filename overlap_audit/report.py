@@ -173,6 +173,18 @@ def _p(p: float | None) -> str:
     return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
 
 
+def recall_line(recall: dict) -> str:
+    """What an approximate search may have missed, in one line."""
+    if not recall or recall.get("exact"):
+        return "exact search (nothing missed)"
+    if not recall.get("n_queries"):
+        return f"approximate search, recall not measured ({recall.get('note', 'no queries')})"
+    return (f"approximate search: recall@1 {100 * recall['recall_at_1']:.1f}%, recall@{recall['k']} "
+            f"{100 * recall['recall_at_k']:.1f}% against exact search on {recall['n_queries']} augmented corpus "
+            f"copies (source found in top {recall['k']}: {100 * recall['source_found_at_k']:.1f}%, exact: "
+            f"{100 * recall['source_found_at_k_exact']:.1f}%)")
+
+
 def format_table(report: Report) -> str:
     """The Figure-17 table as Markdown (accuracies and intervals in %)."""
     level = f"{100 * report.ci_level:g}%"
@@ -258,6 +270,7 @@ def format_markdown(report: Report) -> str:
         "",
         f"Detector `{det.spec}` (version {det.version}, {det.dim}-d, {det.metric}); index `{report.index.get('path')}` "
         f"with {report.index.get('n_indexed')} corpus items; k = {report.k}.",
+        f"Search: {report.index.get('search', 'exact')}; {recall_line(report.index.get('recall', {}))}.",
         f"p-value: one-sided binomial test, H0 Overlap accuracy = Clean accuracy (alternative: greater). "
         f"Significance after {report.correction.capitalize()} correction at alpha = {report.alpha:g} across "
         f"{sum(d.stats.p_value is not None for d in report.datasets)} dataset(s). Intervals: Clopper–Pearson at "
