@@ -74,24 +74,44 @@ def search_index(index, queries: np.ndarray, k: int, metric: str, dim: int,
     return sims, rows
 
 
+def knn_block(queries: np.ndarray, block: np.ndarray, k: int, metric: str, dim: int,
+              gpu_resources=None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of each query within one block of corpus vectors, without copying the block into an
+    index: FAISS's brute-force kNN (BLAS for inner products, popcount for Hamming; faiss.knn_gpu on a GPU)."""
+    import faiss
+
+    kk = min(k, len(block))
+    if metric == "hamming":
+        values, rows = faiss.knn_hamming(np.ascontiguousarray(queries, dtype=np.uint8),
+                                         np.ascontiguousarray(block, dtype=np.uint8), kk)
+    elif gpu_resources is not None:
+        values, rows = faiss.knn_gpu(gpu_resources, np.ascontiguousarray(queries, dtype=np.float32),
+                                     np.ascontiguousarray(block, dtype=np.float32), kk,
+                                     metric=faiss.METRIC_INNER_PRODUCT)
+    else:
+        values, rows = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32),
+                                 np.ascontiguousarray(block, dtype=np.float32), kk, metric=faiss.METRIC_INNER_PRODUCT)
+    return order_topk(similarity_from_faiss(values, metric, dim), rows.astype(np.int64), kk)
+
+
 def stream_search(queries: np.ndarray, blocks: Iterable[tuple[int, np.ndarray]], k: int, metric: str, dim: int,
-                  *, to_device=None) -> tuple[np.ndarray, np.ndarray]:
+                  *, gpu_resources=None, query_batch: int = 16384) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of each query over corpus blocks streamed past it.
 
-    ``blocks`` yields (first corpus row of the block, block vectors). ``to_device`` optionally moves each
-    block's temporary flat index (e.g. to a GPU).
+    ``blocks`` yields (first corpus row of the block, block vectors); each block is searched against all
+    queries (in batches of ``query_batch``) and merged into the running top-k.
     """
     n = len(queries)
     best = (np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), NO_ROW, dtype=np.int64))
     for first_row, vectors in blocks:
         if len(vectors) == 0 or n == 0:
             continue
-        index = flat_index(vectors, metric, dim)
-        if to_device is not None:
-            index = to_device(index)
-        s, r = search_index(index, queries, k, metric, dim)
-        r = np.where(r == NO_ROW, NO_ROW, r + first_row)
-        best = merge_topk(best, (s, r), k)
+        for start in range(0, n, query_batch):
+            stop = min(n, start + query_batch)
+            s, r = knn_block(queries[start:stop], vectors, k, metric, dim, gpu_resources)
+            r = np.where(r == NO_ROW, NO_ROW, r + first_row)
+            merged = merge_topk((best[0][start:stop], best[1][start:stop]), (s, r), k)
+            best[0][start:stop], best[1][start:stop] = merged
     return best
 
 
