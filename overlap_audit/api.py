@@ -33,14 +33,15 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
                progress: bool = False, correction: str = "bonferroni",
                precision: RateEstimate | str | None = None, recall: RateEstimate | str | None = None,
                detector_error: str | os.PathLike | dict | None = None, power: float = 0.8,
-               n_boot: int = 4000, seed: int = 0, exact: bool = False) -> Report:
+               n_boot: int = 4000, seed: int = 0, exact: bool = False, ray_address: str | None = None) -> Report:
     """Embed each evaluation set with the index's detector, split it, score it and write the report.
 
     ``correction`` (bonferroni or holm) decides ``significant``; both are reported. ``precision`` and
     ``recall`` of the Overlap split (numbers or "k/n" counts), for every dataset, or ``detector_error``
     (a dict or JSON file ``{"NAME": {"precision": ..., "recall": ...}}``) per dataset, add the
     detector-error correction. ``exact`` streams the corpus shards past the evaluation embeddings instead
-    of searching the index (exact whatever the index type).
+    of searching the index (exact whatever the index type); with ``ray_address`` that stream runs on a
+    Ray cluster.
     """
     if correction not in ("bonferroni", "holm"):
         raise SourceError(f"--correction must be bonferroni or holm (got {correction!r})")
@@ -70,7 +71,8 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
         source = open_source(spec, name=name, labels_from_folders=True)
         emb = embed_source(source, det, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
                            progress=progress)
-        neighbors = search(corpus, emb.ids, emb.vectors, k=k, device=device, exact_stream=exact)
+        neighbors = search(corpus, emb.ids, emb.vectors, k=k, device=device, exact_stream=exact,
+                           ray_address=ray_address)
         splits[name] = split(name, emb, neighbors, cut[name])
         skipped[name] = emb.skipped
     correctness = match_predictions(preds, splits, {n: {s.id for s in sk} for n, sk in skipped.items()})

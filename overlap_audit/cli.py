@@ -56,9 +56,11 @@ _max_pixels = click.option("--max-pixels", type=click.IntRange(min=1), default=N
 @click.option("--index-type", type=click.Choice(["auto", "flat", "ivfpq", "hnsw"]), default="auto", show_default=True,
               help="Exact flat while it fits --memory-budget, else IVF-PQ; HNSW on request.")
 @click.option("--memory-budget", default="8GB", show_default=True, help="Memory the index may use (8GB, 512MB).")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS|local",
+              help="Embed the shards on a Ray cluster (pip install 'overlap-audit[ray]').")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def index(sources, out_dir, detector, batch_size, workers, device, resume, shard_size, max_pixels, index_type,
-          memory_budget, quiet) -> None:
+          memory_budget, ray_address, quiet) -> None:
     """Embed the corpus SOURCES (image folders, Parquet, WebDataset shards) and build the FAISS index."""
     from .imaging import DEFAULT_MAX_PIXELS
     from .index import build_index
@@ -68,7 +70,7 @@ def index(sources, out_dir, detector, batch_size, workers, device, resume, shard
         m = build_index(list(sources), out_dir, detector=detector, batch_size=batch_size, workers=workers,
                         device=device, resume=resume, shard_size=shard_size,
                         max_pixels=max_pixels or DEFAULT_MAX_PIXELS, progress=not quiet, index_type=index_type,
-                        memory_budget=memory_budget)
+                        memory_budget=memory_budget, ray_address=ray_address)
     except _user_errors() as exc:
         _fail(exc)
     click.echo(f"index: {m.index_type} ({m.extra.get('index_choice', '')}); {recall_line(m.extra.get('recall', {}))}")
@@ -108,13 +110,16 @@ def index(sources, out_dir, detector, batch_size, workers, device, resume, shard
 @click.option("--detector", default=None, help="Must match the index's detector (default: the index's own).")
 @click.option("--exact", is_flag=True, help="Stream the stored corpus shards past the evaluation embeddings: exact "
               "whatever the index type, memory bounded by the evaluation sets plus one shard.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS|local",
+              help="Run the --exact stream as a map over shards on a Ray cluster.")
 @_batch
 @_workers
 @_device
 @_max_pixels
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alpha, ci_level, correction, precision,
-           recall, detector_error, detector, exact, batch_size, workers, device, max_pixels, quiet) -> None:
+           recall, detector_error, detector, exact, ray_address, batch_size, workers, device, max_pixels,
+           quiet) -> None:
     """Split each evaluation set into Overlap / Clean against INDEX_DIR and report the statistics."""
     from .api import run_report
     from .imaging import DEFAULT_MAX_PIXELS
@@ -127,7 +132,7 @@ def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alp
                          k=k, alpha=alpha, ci_level=ci_level, detector=detector, batch_size=batch_size,
                          workers=workers, device=device, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                          progress=not quiet, correction=correction, precision=precision, recall=recall,
-                         detector_error=detector_error, exact=exact)
+                         detector_error=detector_error, exact=exact or bool(ray_address), ray_address=ray_address)
     except _user_errors() as exc:
         _fail(exc)
     click.echo(f"search: {rep.index.get('search')}; {recall_line(rep.index.get('recall', {}))}\n")

@@ -250,13 +250,15 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, *, detector: str
                 batch_size: int = 256, workers: int | None = None, device: str = "auto", resume: bool = False,
                 shard_size: int = 10_000, max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
                 on_shard: Callable[[int, int], None] | None = None, index_type: str = "auto",
-                memory_budget: int | str | None = None) -> IndexManifest:
+                memory_budget: int | str | None = None, ray_address: str | None = None) -> IndexManifest:
     """Embed the corpus sources into shards and build the FAISS index in ``out_dir``.
 
     ``on_shard(shard_number, items_done)`` is called after each shard is safely on disk. With
     ``resume=True`` the finished shards of an interrupted run with the same settings are kept and only the
     rest is embedded; on a finished index, asking for another ``index_type`` rebuilds only the index.
-    ``index_type`` is auto, flat, ivfpq or hnsw (see ``overlap_audit.ann``).
+    ``index_type`` is auto, flat, ivfpq or hnsw (see ``overlap_audit.ann``). With ``ray_address``
+    (``local``, ``auto`` or a cluster address) the shards are embedded on a Ray cluster
+    (``overlap_audit.distributed``): same shards, same resumption, same result.
     """
     from .ann import INDEX_TYPES, parse_bytes
 
@@ -330,6 +332,27 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, *, detector: str
 
         bar = tqdm(desc="index", unit="img", initial=items_done)
     shard_no = len(done)
+    if ray_address:
+        from .distributed import connect, embed_shards
+
+        connect(ray_address)
+
+        def shards():
+            nonlocal items_done
+            for number, chunk in enumerate(_chunked(items, shard_size), start=len(done)):
+                items_done += len(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+                yield number, chunk
+
+        embed_shards(shards(), detector=detector, out_dir=out, max_pixels=max_pixels, batch_size=batch_size,
+                     n_sources=n_sources, copies_per_shard=RECALL_QUERIES_PER_SHARD, device=device,
+                     on_shard=on_shard)
+        if bar is not None:
+            bar.close()
+        _finished_shards(shard_dir)  # all present and contiguous
+        return _finish_index(out, det.info, settings["sources"], shard_size, faiss_device,
+                             time.monotonic() - started, index_type=index_type, memory_budget=memory_budget)
     with Decoder(det, workers=workers, max_pixels=max_pixels) as decoder:
         for chunk in _chunked(items, shard_size):
             decoded = decoder.decode(chunk, copies=_copy_picks(chunk, RECALL_QUERIES_PER_SHARD))
@@ -688,18 +711,25 @@ def search_rows(index, index_type: str, params: dict, queries: np.ndarray, k: in
 
 
 def search(corpus: CorpusIndex, query_ids: list[str], vectors: np.ndarray, *, k: int = 5,
-           device: str = "auto", exact_stream: bool = False) -> Neighbors:
+           device: str = "auto", exact_stream: bool = False, ray_address: str | None = None) -> Neighbors:
     """The k nearest corpus items of each query vector, most similar first, ties by corpus row.
 
     With ``exact_stream`` the stored shards are streamed past the queries (exact at any corpus size, memory
     bounded by the queries plus one shard); otherwise the index is searched (exact for flat indexes).
+    With ``ray_address`` the stream runs as a map over shards on a Ray cluster.
     """
     from .search import NO_ROW, stream_search
 
     info = corpus.manifest.detector
     k = max(1, int(k))
     dev = resolve_device(device)
-    if exact_stream or corpus.index is None:
+    if ray_address and (exact_stream or corpus.index is None):
+        from .distributed import connect
+        from .distributed import stream_search as ray_stream_search
+
+        connect(ray_address)
+        sims, rows = ray_stream_search(corpus.path, info, np.asarray(vectors), k)
+    elif exact_stream or corpus.index is None:
         gpu = None
         if dev == "cuda" and info.metric == "cosine":
             import faiss
