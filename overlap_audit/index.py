@@ -183,10 +183,11 @@ def _write_shard(path: Path, info: DetectorInfo, *, keys: list[str], sources: li
         "skip_reason": pa.array(reasons, pa.string()),
         "query_vector": _fixed_list(copies, width, dtype),
     })
-    # vectors do not compress; the other columns do
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression={
-        "key": "snappy", "source": "snappy", "id": "snappy", "caption": "snappy", "label": "snappy",
-        "vector": "none", "low_information": "snappy", "skip_reason": "snappy", "query_vector": "none"}))
+    # vectors do not compress, repeat or sort: no compression, dictionary or min/max statistics for them
+    text = ["key", "source", "id", "caption", "label", "low_information", "skip_reason"]
+    atomic_write(path, lambda tmp: pq.write_table(
+        table, tmp, compression={c: ("snappy" if c in text else "none") for c in table.column_names},
+        use_dictionary=text, write_statistics=text))
 
 
 def _copy_picks(chunk: list[RawItem], n: int) -> set[tuple[str, str]]:
