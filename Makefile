@@ -11,6 +11,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	# torch 2.13.0 first: it is the CPU build on this disk; a bare `torch` requirement would pull a CUDA build
+	$(BIN)/python -m pip install torch==2.13.0
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $(STAMP)
 

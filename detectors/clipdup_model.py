@@ -1,0 +1,132 @@
+"""The CLIP paper's near-duplicate detector network (Appendix C), in torch — a building block for the
+``clipdup`` detector (issue 3); training, checkpoints and the detector wrapper are not here yet.
+
+A ResNet with:
+- anti-aliasing (Zhang 2019, "Making Convolutional Networks Shift-Invariant Again"): every strided
+  downsampling becomes a stride-1 operation followed by a fixed binomial blur applied with stride 2
+  (``BlurPool``); no layer with stride > 1 other than the blurs;
+- weight normalisation (Salimans & Kingma 2016) instead of batch norm: no batch statistics, so nothing
+  about duplicates leaks between the examples of a batch; a zero-initialised scalar gate on each residual
+  branch keeps the deep un-normalised network trainable from the start;
+- GELU activations, global average pooling, a linear projection to D (default 256), L2 normalisation.
+
+Width and depth are parameters: ``resnet50`` is the bottleneck layout (3, 4, 6, 3) at width 64;
+``small`` (1, 1, 1, 1) at width 16 trains on a CPU. ``info_nce`` is CLIP's symmetric contrastive loss at
+a fixed temperature (0.07): each image against its augmented copy, every other image of the batch a
+negative.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+ARCHS = {"resnet50": ((3, 4, 6, 3), 64), "small": ((1, 1, 1, 1), 16)}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a checkpoint records about its variant."""
+
+    arch: str = "small"
+    depths: tuple[int, ...] = (1, 1, 1, 1)
+    width: int = 16
+    dim: int = 256
+    temperature: float = 0.07
+
+    @classmethod
+    def named(cls, arch: str, dim: int = 256) -> "ModelConfig":
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+        depths, width = ARCHS[arch]
+        return cls(arch=arch, depths=depths, width=width, dim=dim)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["depths"] = list(self.depths)
+        return d
+
+
+class BlurPool(nn.Module):
+    """Depthwise binomial blur [1, 2, 1]ᵀ[1, 2, 1] / 16, applied with stride 2 (anti-aliased subsampling)."""
+
+    def __init__(self, channels: int, stride: int = 2):
+        super().__init__()
+        k = torch.tensor([1.0, 2.0, 1.0])
+        kernel = (k[:, None] * k[None, :]) / 16.0
+        self.register_buffer("kernel", kernel.expand(channels, 1, 3, 3).clone())
+        self.stride = stride
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.kernel, stride=self.stride, groups=self.channels)
+
+
+def _conv(cin: int, cout: int, k: int) -> nn.Module:
+    return weight_norm(nn.Conv2d(cin, cout, k, stride=1, padding=k // 2, bias=True))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int):
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = _conv(cin, width, 1)
+        self.conv2 = _conv(width, width, 3)
+        self.down = BlurPool(width) if stride == 2 else nn.Identity()
+        self.conv3 = _conv(width, cout, 1)
+        self.gate = nn.Parameter(torch.zeros(()))  # residual branch starts switched off
+        shortcut: list[nn.Module] = []
+        if stride == 2:
+            shortcut.append(BlurPool(cin))
+        if cin != cout:
+            shortcut.append(_conv(cin, cout, 1))
+        self.shortcut = nn.Sequential(*shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.gelu(self.conv1(x))
+        y = self.down(F.gelu(self.conv2(y)))
+        y = self.conv3(y)
+        return F.gelu(self.shortcut(x) + self.gate * y)
+
+
+class DuplicateNet(nn.Module):
+    """Anti-aliased, weight-normalised GELU ResNet ending in an L2-normalised D-dim embedding."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.stem = nn.Sequential(_conv(3, w, 3), nn.GELU(), BlurPool(w), _conv(w, w, 3), nn.GELU(), BlurPool(w))
+        layers: list[nn.Module] = []
+        cin = w
+        for stage, depth in enumerate(config.depths):
+            width = w * 2 ** stage
+            for block in range(depth):
+                stride = 2 if block == 0 and stage > 0 else 1
+                layers.append(Bottleneck(cin, width, stride))
+                cin = width * Bottleneck.expansion
+        self.layers = nn.Sequential(*layers)
+        self.proj = weight_norm(nn.Linear(cin, config.dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.stem(x))
+        x = x.mean(dim=(2, 3))
+        return F.normalize(self.proj(x), dim=1)
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's symmetric InfoNCE between unit embeddings of images (a) and their copies (b).
+
+    Returns (loss, proxy accuracy: how often each image's copy is its most similar item in the batch).
+    """
+    logits = a @ b.t() / temperature
+    target = torch.arange(len(a), device=a.device)
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+    accuracy = (logits.argmax(dim=1) == target).float().mean()
+    return loss, accuracy

@@ -1,0 +1,72 @@
+"""The detector network of the CLIP paper's Appendix C (building block; training comes with issue 3)."""
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from overlap_audit.detectors.clipdup_model import BlurPool, DuplicateNet, ModelConfig, info_nce  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    return DuplicateNet(ModelConfig.named("small", dim=64)).eval()
+
+
+def test_output_shape_and_normalisation(small):
+    x = torch.rand(3, 3, 64, 64)
+    z = small(x)
+    assert z.shape == (3, 64)
+    assert torch.allclose(z.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_no_batch_norm_and_weight_norm_everywhere(small):
+    norms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
+    assert not any(isinstance(m, norms) for m in small.modules())
+    weighted = [m for m in small.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert weighted and all(hasattr(m, "parametrizations") and "weight" in m.parametrizations for m in weighted)
+    assert any(isinstance(m, torch.nn.GELU) for m in small.modules())
+
+
+def test_a_blur_before_every_stride(small):
+    strided = [m for m in small.modules() if getattr(m, "stride", 1) not in (1, (1, 1))]
+    assert strided and all(isinstance(m, BlurPool) for m in strided)
+    resnet50 = DuplicateNet(ModelConfig.named("resnet50"))
+    assert sum(isinstance(m, BlurPool) for m in resnet50.modules()) == 2 + 3 * 2  # stem + 3 stages x 2 paths
+    assert not any(isinstance(m, torch.nn.Conv2d) and m.stride != (1, 1) for m in resnet50.modules())
+
+
+def test_examples_do_not_interact_within_a_batch(small):
+    x = torch.rand(4, 3, 48, 48)
+    together = small(x)
+    alone = torch.cat([small(x[i:i + 1]) for i in range(4)])
+    assert torch.allclose(together, alone, atol=1e-5)  # no batch statistics
+
+
+def test_info_nce_by_hand():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.6, 0.8], [0.0, 1.0]])
+    loss, acc = info_nce(a, b, temperature=0.5)
+    s = [[0.6 / 0.5, 0.0], [0.8 / 0.5, 1.0 / 0.5]]  # logits[i][j] = a_i . b_j / t
+    rows = [-math.log(math.exp(s[i][i]) / sum(math.exp(v) for v in s[i])) for i in range(2)]
+    cols = [-math.log(math.exp(s[j][j]) / sum(math.exp(s[i][j]) for i in range(2))) for j in range(2)]
+    assert loss.item() == pytest.approx((sum(rows) / 2 + sum(cols) / 2) / 2, abs=1e-6)
+    assert acc.item() == 1.0
+
+
+def test_a_few_steps_lower_the_loss():
+    torch.manual_seed(1)
+    net = DuplicateNet(ModelConfig.named("small", dim=32))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    x = torch.rand(8, 3, 32, 32)
+    copies = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    first = None
+    for _ in range(15):
+        loss, _ = info_nce(net(x), net(copies))
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first
