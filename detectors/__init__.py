@@ -20,6 +20,8 @@ _REGISTRY: dict[str, tuple[str, str]] = {
                  "DCT perceptual hash, 256 bits (16x16 low frequencies of a 64x64 image); no torch needed"),
     "tiny": ("overlap_audit.detectors.tiny:make_tiny",
              "mean-centred 16x16 grey thumbnail, cosine (the 'tiny images' baseline); no torch needed"),
+    "clipdup": ("overlap_audit.detectors.clipdup:make_clipdup",
+                "the CLIP paper's learned detector (Appendix C), clipdup:DIR of a train-detector run; needs torch"),
 }
 
 __all__ = ["Detector", "DetectorBase", "get_detector", "list_detectors", "parse_detector_spec"]

@@ -145,6 +145,39 @@ def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alp
     click.echo(f"\nreport written to {out_dir}/ (report.json, report.md, splits.parquet)")
 
 
+@main.command("train-detector")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Checkpoint directory.")
+@click.option("--arch", type=click.Choice(["small", "resnet50"]), default="small", show_default=True)
+@click.option("--dim", type=click.IntRange(min=2), default=256, show_default=True, help="Embedding dimension.")
+@click.option("--input-size", type=click.IntRange(min=16), default=96, show_default=True, help="Input pixels.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--strength", type=click.Choice(["mild", "medium", "strong"]), default="medium", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-images", type=click.IntRange(min=2), default=20_000, show_default=True,
+              help="Images kept in memory as training thumbnails.")
+@_workers
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the checkpoint in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, lr, strength, seed, max_images,
+                   workers, device, resume, quiet) -> None:
+    """Train the CLIP paper's near-duplicate detector on SOURCES (self-supervised: images vs augmented copies)."""
+    from .detectors.clipdup import TrainConfig, train
+
+    cfg = TrainConfig(arch=arch, dim=dim, input_size=input_size, batch_size=batch_size, steps=steps, lr=lr,
+                      strength=strength, seed=seed, max_images=max_images)
+    try:
+        last = train(list(sources), out_dir, cfg, device=device, resume=resume, workers=workers, progress=not quiet)
+    except _user_errors() as exc:
+        _fail(exc)
+    click.echo(f"trained to step {last.get('step')}: loss {last.get('loss', float('nan')):.4f}, proxy accuracy "
+               f"{last.get('proxy_accuracy', float('nan')):.3f}; weights in {out_dir}/model.pt "
+               f"(use --detector clipdup:{out_dir})")
+
+
 @main.command()
 def detectors() -> None:
     """List the available detectors."""

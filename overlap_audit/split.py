@@ -37,17 +37,21 @@ def load_thresholds(path: str | os.PathLike) -> dict[str, float]:
     return out
 
 
-def resolve_thresholds(datasets: Iterable[str], default: float, *, threshold: float | None = None,
+def resolve_thresholds(datasets: Iterable[str], default: float | None, *, threshold: float | None = None,
                        per_dataset: dict[str, float] | None = None) -> dict[str, float]:
     """The threshold of each dataset: the per-dataset file first, then ``threshold``, then the default."""
     datasets = list(datasets)
     per_dataset = per_dataset or {}
+    if default is None and threshold is None and set(per_dataset) != set(datasets):
+        raise ThresholdError("this detector has no calibrated default threshold: pass --threshold T or a "
+                             "--thresholds file that names every dataset")
     unknown = sorted(set(per_dataset) - set(datasets))
     if unknown:
         raise ThresholdError(f"the thresholds file names datasets that are not evaluated: {', '.join(unknown)} "
                              f"(evaluated: {', '.join(datasets)})")
     base = default if threshold is None else float(threshold)
     out = {name: per_dataset.get(name, base) for name in datasets}
+    out = {name: float(t) for name, t in out.items()}
     for name, t in out.items():
         if not math.isfinite(t):
             raise ThresholdError(f"threshold of {name!r} is not finite")

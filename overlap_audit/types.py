@@ -56,7 +56,7 @@ class DetectorInfo:
     version: str
     dim: int
     metric: Metric
-    default_threshold: float
+    default_threshold: float | None  # None: the detector has no calibrated threshold (pass one)
 
     def to_dict(self) -> dict:
         return {
@@ -76,7 +76,7 @@ class DetectorInfo:
             version=d["version"],
             dim=int(d["dim"]),
             metric=d["metric"],
-            default_threshold=float(d["default_threshold"]),
+            default_threshold=None if d["default_threshold"] is None else float(d["default_threshold"]),
         )
 
 

@@ -1,0 +1,224 @@
+"""``clipdup``: the CLIP paper's learned near-duplicate detector (Appendix C) — training and the detector.
+
+Training (``train``; ``overlap-audit train-detector``) is self-supervised: each step takes a batch of
+corpus images, makes an augmented copy of each with ``overlap_audit.augment.augment_all``, and maximises
+the similarity of every image with its own copy against every other image of the batch (``info_nce`` at
+the fixed temperature 0.07). Checkpoints are torch weights-only files (``torch.load(weights_only=True)``)
+holding the model config, weights, optimiser state, step and RNG state; training resumes from them.
+
+Status: the network, loss, training loop, checkpoints and the ``clipdup:PATH`` detector work; a default
+shipped checkpoint, its calibrated threshold, the TorchScript adapter and the detector benchmark are the
+rest of issue 3. A checkpoint without a calibrated threshold needs ``report --threshold``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .base import DetectorBase
+
+CHECKPOINT = "checkpoint.pt"
+WEIGHTS = "model.pt"
+LOG = "train_log.jsonl"
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        from ..errors import DetectorError
+
+        raise DetectorError("clipdup needs torch: pip install torch==2.13.0 (CPU) or a CUDA build, then "
+                            "pip install 'overlap-audit[clipdup]'") from None
+    return torch
+
+
+def to_tensor_array(image: Image.Image, size: int) -> np.ndarray:
+    """RGB image -> float32 [3, size, size] in 0..1 (bicubic resize of the whole image)."""
+    arr = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+    return arr.transpose(2, 0, 1) / 255.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "small"
+    dim: int = 256
+    input_size: int = 96
+    batch_size: int = 64
+    steps: int = 1000
+    lr: float = 1e-3
+    strength: str = "medium"
+    seed: int = 0
+    max_images: int = 20_000
+
+
+def _load_images(sources: list[str], cfg: TrainConfig, workers: int | None) -> list[Image.Image]:
+    """Decode up to max_images corpus images once, kept as small RGB thumbnails (2x the input size)."""
+    from ..embed import Decoder
+    from ..sources import open_source
+
+    class _Thumb(DetectorBase):  # a "detector" whose preprocessing is a thumbnail: reuses the decoding pool
+        name, version, dim, metric = "thumb", "1", 0, "cosine"
+        decode_size = cfg.input_size * 2
+
+        def preprocess(self, image: Image.Image) -> np.ndarray:
+            image = image.copy()
+            image.thumbnail((cfg.input_size * 2, cfg.input_size * 2), Image.Resampling.BICUBIC)
+            return np.asarray(image, dtype=np.uint8)
+
+    images: list[Image.Image] = []
+    with Decoder(_Thumb(), workers=workers) as decoder:
+        for spec in sources:
+            for item, array, reason, _ in decoder.decode(open_source(spec).iter_items()):
+                if array is not None:
+                    images.append(Image.fromarray(array))
+                if len(images) >= cfg.max_images:
+                    return images
+    return images
+
+
+def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = TrainConfig(), *,
+          device: str = "auto", resume: bool = False, workers: int | None = None, progress: bool = False,
+          log_every: int = 10) -> dict:
+    """Train (or resume training) a DuplicateNet on the sources' images; returns the last log entry."""
+    torch = _torch()
+    from ..augment import augment_all
+    from ..errors import DetectorError
+    from ..io import atomic_write, atomic_write_json
+    from .clipdup_model import DuplicateNet, ModelConfig, info_nce
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    if device == "cuda" and dev != "cuda":
+        raise DetectorError("--device cuda: torch sees no GPU")
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists() and not resume:
+        raise DetectorError(f"{out} already holds a checkpoint; pass --resume to continue it, or a new --out")
+    torch.manual_seed(cfg.seed)
+    model_cfg = ModelConfig.named(cfg.arch, dim=cfg.dim)
+    net = DuplicateNet(model_cfg).to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    step, rng = 0, np.random.default_rng(cfg.seed)
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        previous = {k: v for k, v in state["train_config"].items() if k != "steps"}
+        if previous != {k: v for k, v in cfg.__dict__.items() if k != "steps"}:
+            raise DetectorError(f"cannot resume {out}: it was trained with {state['train_config']} "
+                                "(only --steps may change on --resume)")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        rng.bit_generator.state = json.loads(state["rng"])
+    images = _load_images(sources, cfg, workers)
+    if len(images) < 2:
+        raise DetectorError(f"training needs at least 2 readable images; the sources gave {len(images)}")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="train-detector", unit="step")
+    last: dict = {}
+    started = time.monotonic()
+    net.train()
+    while step < cfg.steps:
+        idx = rng.choice(len(images), size=min(cfg.batch_size, len(images)), replace=False)
+        a = np.stack([to_tensor_array(images[i], cfg.input_size) for i in idx])
+        b = np.stack([to_tensor_array(augment_all(images[i], cfg.strength, rng), cfg.input_size) for i in idx])
+        loss, acc = info_nce(net(torch.from_numpy(a).to(dev)), net(torch.from_numpy(b).to(dev)), model_cfg.temperature)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        last = {"step": step, "loss": loss.item(), "proxy_accuracy": acc.item(),
+                "seconds": round(time.monotonic() - started, 2)}
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['proxy_accuracy']:.2f}")
+        if step % log_every == 0 or step == cfg.steps:
+            with open(out / LOG, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(last) + "\n")
+            state = {"model_config": model_cfg.to_dict(), "train_config": cfg.__dict__, "model": net.state_dict(),
+                     "optimizer": opt.state_dict(), "step": step, "rng": json.dumps(rng.bit_generator.state)}
+            atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
+    if bar is not None:
+        bar.close()
+    weights = {"model_config": model_cfg.to_dict(), "model": net.state_dict(), "input_size": cfg.input_size,
+               "threshold": None, "trained": {**cfg.__dict__, **last, "images": len(images), "device": dev}}
+    atomic_write(out / WEIGHTS, lambda tmp: torch.save(weights, tmp))
+    atomic_write_json(out / "train_summary.json", weights["trained"])
+    return last
+
+
+class ClipDup(DetectorBase):
+    """A trained DuplicateNet as a detector: float32 unit vectors, cosine similarity."""
+
+    name = "clipdup"
+    metric = "cosine"
+
+    def __init__(self, path: str, *, device: str = "auto", spec: str = ""):
+        torch = _torch()
+        from ..errors import DetectorError
+        from .clipdup_model import DuplicateNet, ModelConfig
+
+        weights = Path(path)
+        if weights.is_dir():
+            weights = weights / WEIGHTS
+        if not weights.exists():
+            raise DetectorError(f"clipdup weights {path!r} not found (train them with `overlap-audit "
+                                "train-detector SOURCE --out DIR`, then use clipdup:DIR)")
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        cfg = state["model_config"]
+        self.config = ModelConfig(arch=cfg["arch"], depths=tuple(cfg["depths"]), width=cfg["width"], dim=cfg["dim"],
+                                  temperature=cfg["temperature"])
+        self.input_size = int(state["input_size"])
+        self.dim = self.config.dim
+        self.decode_size = self.input_size * 2
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+        self.version = f"1+{digest}"  # other weights -> another version: indexes refuse to mix them
+        threshold = state.get("threshold")
+        self.default_threshold = float(threshold) if threshold is not None else None
+        self.spec = spec or f"clipdup:{path}"
+        self._state = state["model"]
+        self._device = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        self._net = None
+        self._DuplicateNet = DuplicateNet
+
+    def __getstate__(self):  # workers only preprocess: do not ship the network to them
+        d = dict(self.__dict__)
+        d["_net"] = None
+        return d
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return to_tensor_array(image, self.input_size)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        torch = _torch()
+        if self._net is None:
+            self._net = self._DuplicateNet(self.config)
+            self._net.load_state_dict(self._state)
+            self._net.to(self._device).eval()
+        with torch.no_grad():
+            z = self._net(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self._device))
+        return z.cpu().numpy().astype(np.float32)
+
+    def low_information(self, batch: np.ndarray) -> np.ndarray:
+        grey = np.asarray(batch, dtype=np.float32).mean(axis=1) * 255.0
+        return grey.reshape(len(batch), -1).std(axis=1) < 2.0
+
+
+def make_clipdup(arg: str | None = None, *, spec: str = "clipdup", device: str = "auto", **_options) -> ClipDup:
+    from ..errors import DetectorError
+
+    if not arg:
+        raise DetectorError("no default clipdup checkpoint is shipped yet: train one with `overlap-audit "
+                            "train-detector SOURCE... --out DIR` and use --detector clipdup:DIR")
+    return ClipDup(arg, device=device, spec=spec)

@@ -1,0 +1,87 @@
+"""clipdup end to end on the CPU: train a few steps, checkpoint, resume, index and report with it."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+from overlap_audit.cli import main  # noqa: E402
+from overlap_audit.detectors import get_detector  # noqa: E402
+from overlap_audit.errors import DetectorError, ThresholdError  # noqa: E402
+
+from .conftest import write_folder, write_predictions  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tile_sets):
+    corpus, _ = tile_sets
+    root = write_folder(tmp_path_factory.mktemp("train") / "imgs", {f"{t}.png": im for t, im in corpus[:24]})
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    args = ["train-detector", str(root), "--out", str(out), "--dim", "32", "--input-size", "32", "--batch-size",
+            "8", "--steps", "6", "--workers", "0", "--quiet", "--device", "cpu"]
+    # log every 10 steps and at the end: one entry at step 6
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    return root, out, args
+
+
+def test_training_logs_and_checkpoints(trained):
+    root, out, args = trained
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 6 and 0 <= log[-1]["proxy_accuracy"] <= 1
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 6 and state["model_config"]["arch"] == "small"
+    r = CliRunner().invoke(main, args)  # again without --resume: refused, nothing overwritten
+    assert r.exit_code == 2 and "--resume" in r.output
+
+
+def test_resume_continues_where_it_stopped(trained, tmp_path):
+    import shutil
+
+    root, out, args = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    more = [a if a != str(out) else str(copy) for a in args]
+    more[more.index("--steps") + 1] = "9"
+    r = CliRunner().invoke(main, more + ["--resume"])
+    assert r.exit_code == 0, r.output
+    steps = [json.loads(line)["step"] for line in (copy / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [6, 9]  # continued from step 6, not restarted
+    other = list(more)
+    other[other.index("--steps") + 1] = "12"
+    r = CliRunner().invoke(main, other + ["--resume", "--lr", "0.01"])
+    assert r.exit_code == 2 and "only --steps may change" in r.output
+
+
+def test_detector_from_checkpoint(trained, photos):
+    _, out, _ = trained
+    det = get_detector(f"clipdup:{out}")
+    assert det.dim == 32 and det.metric == "cosine" and det.version.startswith("1+")
+    v = det.embed_images([photos["coffee"], photos["rocket"]])
+    assert v.shape == (2, 32) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    assert det.default_threshold is None
+    with pytest.raises(DetectorError, match="no default clipdup checkpoint"):
+        get_detector("clipdup")
+    with pytest.raises(DetectorError, match="not found"):
+        get_detector("clipdup:/nonexistent")
+
+
+def test_index_and_report_with_clipdup(trained, tmp_path, eval_set):
+    root, out, _ = trained
+    r = CliRunner().invoke(main, ["index", str(root), "--out", str(tmp_path / "idx"), "--detector", f"clipdup:{out}",
+                                  "--workers", "0", "--quiet"])
+    assert r.exit_code == 0, r.output
+    ev, planted, clean = eval_set
+    preds = write_predictions(tmp_path / "p.csv", "val", planted + clean, [1] * (len(planted) + len(clean)))
+    base = ["report", str(tmp_path / "idx"), "--eval", f"val={ev}", "--predictions", str(preds), "--workers", "0",
+            "--quiet"]
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "r0")])
+    assert r.exit_code == 2 and "no calibrated default threshold" in r.output
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "r"), "--threshold", "0.9"])
+    assert r.exit_code == 0, r.output
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert data["detector"]["name"] == "clipdup" and data["datasets"][0]["n_all"] == 50
