@@ -179,6 +179,39 @@ def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, l
 
 
 @main.command()
+@click.argument("source")
+@click.option("--detector", default="phash", show_default=True)
+@click.option("--precision", "target", type=click.FloatRange(0, 1, min_open=True), default=0.99, show_default=True)
+@click.option("--strength", type=click.Choice(["mild", "medium", "strong"]), default="medium", show_default=True)
+@click.option("--max-images", type=click.IntRange(min=3), default=2000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the calibration JSON.")
+@_workers
+def calibrate(source, detector, target, strength, max_images, seed, out_file, workers) -> None:
+    """Choose a detector threshold from your own held-out images (their augmented copies as positives)."""
+    from .detector_calibration import calibrate as run
+    from .io import atomic_write_json
+
+    try:
+        cal = run(source, detector, target_precision=target, strength=strength, seed=seed, max_images=max_images,
+                  workers=workers)
+    except _user_errors() as exc:
+        _fail(exc)
+    click.echo(f"{cal.n_images} images ({cal.n_low_information} low-information left out), {strength} copies, "
+               f"detector {cal.detector}")
+    click.echo("| threshold | precision | recall |\n|---|---|---|")
+    for row in cal.curve:
+        click.echo(f"| {row['threshold']:.4f} | {row['precision']:.4f} | {row['recall']:.4f} |")
+    if cal.threshold is None:
+        click.echo(f"no threshold reaches precision {target}")
+    else:
+        click.echo(f"threshold {cal.threshold:.4f}: precision {cal.precision:.4f}, recall {cal.recall:.4f} "
+                   f"(lowest threshold with precision >= {target})")
+    if out_file:
+        atomic_write_json(out_file, cal.to_dict())
+
+
+@main.command()
 def detectors() -> None:
     """List the available detectors."""
     from .detectors import list_detectors

@@ -1,0 +1,103 @@
+"""A detector's threshold from evidence: a user's own held-out images, their augmented copies as
+positives and every other image as negatives, and the lowest threshold that keeps precision at a target.
+
+For n images, positives are the n pairs (copy_i, image_i); negatives are the n·(n − 1) pairs
+(copy_i, image_j), j ≠ i — every pair a search could wrongly call a duplicate. At threshold t,
+precision = TP / (TP + FP) and recall = TP / n. Images flagged low-information are left out (the split
+never calls them Overlap anyway).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The chosen threshold and the precision/recall curve it came from."""
+
+    detector: str
+    target_precision: float
+    threshold: float | None
+    precision: float | None
+    recall: float | None
+    n_images: int
+    n_low_information: int
+    strength: str
+    curve: list[dict] = field(default_factory=list)  # threshold, precision, recall
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def precision_recall(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision and recall at every distinct score (as a threshold: score >= t), thresholds ascending."""
+    thresholds = np.unique(np.concatenate([pos, neg]))
+    pos_sorted, neg_sorted = np.sort(pos), np.sort(neg)
+    tp = len(pos) - np.searchsorted(pos_sorted, thresholds, side="left")
+    fp = len(neg) - np.searchsorted(neg_sorted, thresholds, side="left")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
+    return thresholds, precision, tp / max(len(pos), 1)
+
+
+def calibrate(source: str, detector: str = "phash", *, target_precision: float = 0.99, strength: str = "medium",
+              seed: int = 0, max_images: int = 2000, workers: int | None = None) -> Calibration:
+    """Embed held-out images and their augmented copies; the lowest threshold with precision >= target."""
+    from .augment import augment_all
+    from .detectors import get_detector
+    from .embed import Decoder
+    from .errors import SourceError
+    from .sources import open_source
+
+    det = get_detector(detector)
+
+    class _Keep:  # decode in the worker pool, keep a bounded RGB copy of each image
+        decode_size = 512
+
+        def preprocess(self, image):
+            image = image.copy()
+            image.thumbnail((512, 512))
+            return np.asarray(image, dtype=np.uint8)
+
+    from PIL import Image
+
+    images = []
+    with Decoder(_Keep(), workers=workers) as decoder:
+        for _, array, _, _ in decoder.decode(open_source(source).iter_items()):
+            if array is not None:
+                images.append(Image.fromarray(array))
+            if len(images) >= max_images:
+                break
+    if len(images) < 3:
+        raise SourceError(f"calibration needs at least 3 readable images in {source!r}; found {len(images)}")
+    rng = np.random.default_rng(seed)
+    copies = [augment_all(im, strength, rng) for im in images]
+    a = np.stack([det.preprocess(im) for im in images])
+    b = np.stack([det.preprocess(im) for im in copies])
+    keep = ~det.low_information(a)
+    va, vb = det.embed(a)[keep], det.embed(b)[keep]
+    sims = det.similarity(vb, va)
+    n = len(va)
+    pos = np.diag(sims).astype(np.float64)
+    neg = sims[~np.eye(n, dtype=bool)].astype(np.float64)
+    thresholds, precision, recall = precision_recall(pos, neg)
+    ok = np.nonzero(precision >= target_precision)[0]
+    # the lowest threshold from which precision stays at or above the target for every higher threshold
+    chosen = None
+    if len(ok):
+        bad = np.nonzero(precision < target_precision)[0]
+        start = bad[-1] + 1 if len(bad) else 0
+        chosen = int(start) if start < len(thresholds) else None
+    step = max(1, len(thresholds) // 20)
+    curve = [{"threshold": float(thresholds[i]), "precision": float(precision[i]), "recall": float(recall[i])}
+             for i in range(0, len(thresholds), step)]
+    return Calibration(
+        detector=det.spec, target_precision=target_precision,
+        threshold=None if chosen is None else float(thresholds[chosen]),
+        precision=None if chosen is None else float(precision[chosen]),
+        recall=None if chosen is None else float(recall[chosen]),
+        n_images=int(n), n_low_information=int((~keep).sum()), strength=strength, curve=curve,
+    )
