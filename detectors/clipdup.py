@@ -6,9 +6,10 @@ the similarity of every image with its own copy against every other image of the
 the fixed temperature 0.07). Checkpoints are torch weights-only files (``torch.load(weights_only=True)``)
 holding the model config, weights, optimiser state, step and RNG state; training resumes from them.
 
-Status: the network, loss, training loop, checkpoints and the ``clipdup:PATH`` detector work; a default
-shipped checkpoint, its calibrated threshold, the TorchScript adapter and the detector benchmark are the
-rest of issue 3. A checkpoint without a calibrated threshold needs ``report --threshold``.
+``--detector clipdup`` uses the small checkpoint shipped in ``weights/`` (its model card and recipe:
+``weights/MODEL_CARD.md``, ``benchmarks/make_clipdup_weights.py``); ``clipdup:DIR`` a user's own run. A
+checkpoint without a calibrated threshold needs ``report --threshold`` (``overlap-audit calibrate`` finds
+one).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from PIL import Image
 
 from .base import DetectorBase
 
+SHIPPED = Path(__file__).parent / "weights" / "clipdup-small.pt"
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.pt"
 LOG = "train_log.jsonl"
@@ -187,7 +189,7 @@ class ClipDup(DetectorBase):
         threshold = state.get("threshold")
         self.default_threshold = float(threshold) if threshold is not None else None
         self.spec = spec or f"clipdup:{path}"
-        self._state = state["model"]
+        self._state = {k: v.float() for k, v in state["model"].items()}  # shipped weights are float16
         self._device = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
         self._net = None
         self._DuplicateNet = DuplicateNet
@@ -219,6 +221,8 @@ def make_clipdup(arg: str | None = None, *, spec: str = "clipdup", device: str =
     from ..errors import DetectorError
 
     if not arg:
-        raise DetectorError("no default clipdup checkpoint is shipped yet: train one with `overlap-audit "
-                            "train-detector SOURCE... --out DIR` and use --detector clipdup:DIR")
+        if not SHIPPED.exists():
+            raise DetectorError("no default clipdup checkpoint is shipped with this install: train one with "
+                                "`overlap-audit train-detector SOURCE... --out DIR` and use --detector clipdup:DIR")
+        return ClipDup(str(SHIPPED), device=device, spec="clipdup")
     return ClipDup(arg, device=device, spec=spec)

@@ -64,8 +64,6 @@ def test_detector_from_checkpoint(trained, photos):
     v = det.embed_images([photos["coffee"], photos["rocket"]])
     assert v.shape == (2, 32) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
     assert det.default_threshold is None
-    with pytest.raises(DetectorError, match="no default clipdup checkpoint"):
-        get_detector("clipdup")
     with pytest.raises(DetectorError, match="not found"):
         get_detector("clipdup:/nonexistent")
 
@@ -85,3 +83,20 @@ def test_index_and_report_with_clipdup(trained, tmp_path, eval_set):
     assert r.exit_code == 0, r.output
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert data["detector"]["name"] == "clipdup" and data["datasets"][0]["n_all"] == 50
+
+
+def test_shipped_checkpoint(photos):
+    from overlap_audit.detectors.clipdup import SHIPPED
+
+    if not SHIPPED.exists():
+        with pytest.raises(DetectorError, match="no default clipdup checkpoint"):
+            get_detector("clipdup")
+        return
+    det = get_detector("clipdup")
+    assert SHIPPED.stat().st_size < 8_000_000  # a few MB
+    assert det.default_threshold is not None and 0 < det.default_threshold < 1
+    assert (SHIPPED.parent / "MODEL_CARD.md").exists()
+    a = det.embed_images([photos["coffee"].resize((128, 128))])
+    b = det.embed_images([photos["coffee"].resize((100, 100))])
+    c = det.embed_images([photos["rocket"].resize((128, 128))])
+    assert float(a @ b.T) > float(a @ c.T)  # a resized copy is closer than another photo
