@@ -24,6 +24,9 @@ _REGISTRY: dict[str, tuple[str, str]] = {
                 "the CLIP paper's learned detector (Appendix C), clipdup:DIR of a train-detector run; needs torch"),
     "torchscript": ("overlap_audit.detectors.torchscript:make_torchscript",
                     "any TorchScript image descriptor, torchscript:PATH (preprocessing in PATH.json); needs torch"),
+    "clip-image": ("overlap_audit.detectors.torchscript:make_clip_image",
+                   "a CLIP image tower's own (semantic) embedding, the baseline the paper rejected: "
+                   "clip-image:PATH to a TorchScript export; needs torch"),
 }
 
 __all__ = ["Detector", "DetectorBase", "get_detector", "list_detectors", "parse_detector_spec"]

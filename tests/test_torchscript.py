@@ -37,6 +37,13 @@ def test_torchscript_adapter(scripted, photos):
     assert det.default_threshold is None
 
 
+def test_clip_image_alias(scripted):
+    det = get_detector(f"clip-image:{scripted}")
+    assert det.name == "clip-image" and det.info.name == "clip-image" and det.dim == 6
+    with pytest.raises(DetectorError, match="TorchScript export"):
+        get_detector("clip-image")
+
+
 def test_torchscript_errors(tmp_path, scripted):
     with pytest.raises(DetectorError, match="not found"):
         get_detector(f"torchscript:{tmp_path / 'nope.pt'}")
