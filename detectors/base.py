@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -39,7 +40,7 @@ class Detector(Protocol):
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
 
 
-class DetectorBase:
+class DetectorBase(ABC):
     """Shared behaviour: identity, batch helpers and the similarity of the detector's metric."""
 
     name: str = ""
@@ -56,11 +57,13 @@ class DetectorBase:
         return DetectorInfo(spec=self.spec or self.name, name=self.name, version=self.version, dim=self.dim,
                             metric=self.metric, default_threshold=self.default_threshold)
 
-    def preprocess(self, image: Image.Image) -> np.ndarray:  # pragma: no cover - protocol
-        raise NotImplementedError
+    @abstractmethod
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """One RGB image -> the array ``embed`` takes (runs in decoding workers)."""
 
-    def embed(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - protocol
-        raise NotImplementedError
+    @abstractmethod
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """A stacked batch of preprocessed arrays -> float32 [N, D] unit vectors or uint8 packed bits."""
 
     def low_information(self, batch: np.ndarray) -> np.ndarray:
         """Mark near-uniform inputs that carry too little signal to match anything (none by default)."""

@@ -76,6 +76,9 @@ def _load_images(sources: list[str], cfg: TrainConfig, workers: int | None) -> l
             image.thumbnail((cfg.input_size * 2, cfg.input_size * 2), Image.Resampling.BICUBIC)
             return np.asarray(image, dtype=np.uint8)
 
+        def embed(self, batch: np.ndarray) -> np.ndarray:  # never called: only the decoding pool is used
+            return np.zeros((len(batch), 0), np.float32)
+
     images: list[Image.Image] = []
     with Decoder(_Thumb(), workers=workers) as decoder:
         for spec in sources:
