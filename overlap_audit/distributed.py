@@ -62,7 +62,7 @@ class _EmbedShard:
         from .embed import Decoder, embed_decoded
         from .index import SHARD_DIR, _copy_picks, _write_shard, corpus_key
 
-        done = []
+        done, sizes = [], []
         for shard_no, payload in zip(batch["shard_no"], batch["items"]):
             items = pickle.loads(payload)
             with Decoder(self.detector, workers=0, max_pixels=self.max_pixels) as decoder:
@@ -74,7 +74,8 @@ class _EmbedShard:
                          captions=[it.caption for it in r.items], labels=[it.label for it in r.items],
                          vectors=r.vectors, low_information=r.low_information, reasons=r.reasons, copies=r.copies)
             done.append(int(shard_no))
-        return {"shard_no": np.array(done, dtype=np.int64)}
+            sizes.append(len(items))
+        return {"shard_no": np.array(done, dtype=np.int64), "n_items": np.array(sizes, dtype=np.int64)}
 
 
 def embed_shards(shards: Iterator[tuple[int, list]], *, detector: str, out_dir: str | os.PathLike, max_pixels: int,
@@ -91,6 +92,7 @@ def embed_shards(shards: Iterator[tuple[int, list]], *, detector: str, out_dir: 
     actors = gpus if gpus and device != "cpu" else max(1, int(resources.get("CPU", 1)))
     wave = wave or 2 * actors
     pending: list[dict] = []
+    finished_items = 0
 
     def run(specs: list[dict]) -> None:
         ds = ray.data.from_items(specs)
@@ -101,9 +103,11 @@ def embed_shards(shards: Iterator[tuple[int, list]], *, detector: str, out_dir: 
                                    "batch_size": batch_size, "n_sources": n_sources,
                                    "copies_per_shard": copies_per_shard,
                                    "device": "cuda" if gpus and device != "cpu" else "cpu"})
+        nonlocal finished_items
         for row in out.iter_rows():
-            if on_shard is not None:
-                on_shard(int(row["shard_no"]), None)
+            finished_items += int(row["n_items"])
+            if on_shard is not None:  # (shard number, items in the shards finished so far in this run)
+                on_shard(int(row["shard_no"]), finished_items)
 
     for shard_no, items in shards:
         pending.append({"shard_no": shard_no, "items": pickle.dumps(items)})
