@@ -28,6 +28,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_search.py
 	$(BIN)/python benchmarks/phash_quality.py
 	$(BIN)/python benchmarks/calibration.py
+	$(BIN)/python benchmarks/bench_detectors.py
+	$(BIN)/python benchmarks/bench_scale.py --sizes 1e4 1e5 1e6 --queries 10000 --hnsw-max 1e5
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
