@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .detectors import Detector, get_detector
+from .detectors import get_detector
 from .embed import Decoder, embed_decoded
 from .errors import DeviceError, IndexDirError, IndexMismatchError, ResumeError
 from .imaging import DEFAULT_MAX_PIXELS

@@ -12,7 +12,7 @@ against its evaluation sets).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -42,16 +42,6 @@ def similarity_from_faiss(values: np.ndarray, metric: str, dim: int) -> np.ndarr
     if metric == "hamming":
         return (1.0 - values.astype(np.float64) / dim).astype(np.float32)
     return values.astype(np.float32)
-
-
-def flat_index(vectors: np.ndarray, metric: str, dim: int):
-    """A FAISS flat (exact) index over ``vectors``."""
-    import faiss
-
-    index = faiss.IndexBinaryFlat(dim) if metric == "hamming" else faiss.IndexFlatIP(dim)
-    if len(vectors):
-        index.add(np.ascontiguousarray(vectors))
-    return index
 
 
 def search_index(index, queries: np.ndarray, k: int, metric: str, dim: int,
@@ -113,9 +103,3 @@ def stream_search(queries: np.ndarray, blocks: Iterable[tuple[int, np.ndarray]],
             merged = merge_topk((best[0][start:stop], best[1][start:stop]), (s, r), k)
             best[0][start:stop], best[1][start:stop] = merged
     return best
-
-
-def chunks_of(vectors: np.ndarray, size: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, block) pairs over an in-memory array."""
-    for start in range(0, len(vectors), size):
-        yield start, vectors[start:start + size]

@@ -11,7 +11,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from overlap_audit.cli import main  # noqa: E402
 from overlap_audit.detectors import get_detector  # noqa: E402
-from overlap_audit.errors import DetectorError, ThresholdError  # noqa: E402
+from overlap_audit.errors import DetectorError  # noqa: E402
 
 from .conftest import write_folder, write_predictions  # noqa: E402
 
