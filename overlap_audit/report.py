@@ -293,7 +293,7 @@ def format_markdown(report: Report) -> str:
             "estimate too; its significance uses the same correction. Newcombe's hybrid score interval is "
             "scaled by the overlap rate. p Bonferroni / p Holm: the paper's p-value adjusted both ways. "
             "Minimum detectable gap: 80% power for the paper's test at the per-dataset level "
-            f"(alpha / m). In percentage points.",
+            "(alpha / m). In percentage points.",
             "",
             format_extended_table(report),
             "",
