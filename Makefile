@@ -11,8 +11,10 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# torch 2.13.0 first: it is the CPU build on this disk; a bare `torch` requirement would pull a CUDA build
-	$(BIN)/python -m pip install torch==2.13.0
+	# torch and torchvision first, as the pair that lies on this disk and imports together (open_clip needs
+	# torchvision; PyPI's torchvision does not import beside the CPU-only torch 2.13.0 file); a bare `torch`
+	# requirement would otherwise pull the newest CUDA build from PyPI.
+	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $(STAMP)
 

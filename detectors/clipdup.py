@@ -38,7 +38,7 @@ def _torch():
     except ImportError:
         from ..errors import DetectorError
 
-        raise DetectorError("clipdup needs torch: pip install torch==2.13.0 (CPU) or a CUDA build, then "
+        raise DetectorError("clipdup needs torch: pip install torch (the CPU build where there is no GPU), then "
                             "pip install 'overlap-audit[clipdup]'") from None
     return torch
 
