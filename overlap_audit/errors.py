@@ -54,3 +54,8 @@ class ReportError(OverlapAuditError):
 
 class DeviceError(OverlapAuditError):
     """A device was asked for that this machine or this FAISS build does not have."""
+
+
+class ModelError(OverlapAuditError):
+    """A zero-shot model could not be loaded or used (missing checkpoint, unknown architecture, a name
+    that would need the network)."""

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from overlap_audit.errors import ModelError
+from overlap_audit.scoring import (ZeroShotClassifier, ZeroShotModel, build_classifier, classify,
+                                   default_templates, load_templates)
+
+
+class TableModel:
+    """A text tower given as a lookup table, so the ensemble can be checked by hand."""
+
+    spec = "table"
+
+    def __init__(self, table):
+        self.table = table
+        self.calls = []
+
+    def preprocess(self, images):
+        return np.zeros((len(images), 3, 4, 4), np.float32)
+
+    def encode_images(self, pixels):
+        return np.ones((len(pixels), 2), np.float32) / np.sqrt(2)
+
+    def encode_texts(self, texts):
+        self.calls.append(list(texts))
+        rows = np.array([self.table[t] for t in texts], np.float32)
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_default_templates_are_the_papers_80():
+    t = default_templates()
+    assert len(t) == 80 and len(set(t)) == 80
+    assert t[0] == "a bad photo of a {}." and "itap of my {}." in t
+    assert all(x.count("{}") == 1 for x in t)
+
+
+def test_prompt_ensemble_matches_hand_computation():
+    table = {"a cat.": [3, 4], "art of cat": [1, 0], "a dog.": [0, 2], "art of dog": [0, 5]}
+    model = TableModel(table)
+    assert isinstance(model, ZeroShotModel)
+    clf = build_classifier(model, ["0", "1"], ["cat", "dog"], ["a {}.", "art of {}"])
+    # cat: mean of (0.6, 0.8) and (1, 0) = (0.8, 0.4), normalised
+    expect_cat = np.array([0.8, 0.4]) / np.linalg.norm([0.8, 0.4])
+    np.testing.assert_allclose(clf.weights[0], expect_cat, rtol=1e-6)
+    np.testing.assert_allclose(clf.weights[1], [0, 1], atol=1e-7)
+    np.testing.assert_allclose(np.linalg.norm(clf.weights, axis=1), 1, rtol=1e-6)
+    assert clf.labels == ("0", "1") and clf.classnames == ("cat", "dog")
+    assert model.calls == [["a cat.", "art of cat", "a dog.", "art of dog"]]
+
+
+def test_classify_top_k_order_and_ties():
+    clf = ZeroShotClassifier(labels=("a", "b", "c"), classnames=("a", "b", "c"), templates=("{}",),
+                             weights=np.array([[1, 0], [0, 1], [1, 0]], np.float32))
+    idx, scores = classify(clf, np.array([[0.0, 2.0], [3.0, 0.1]]), top=2)
+    assert idx[0].tolist() == [1, 0]                 # (0, 1) is class b; a and c tie, a (lower index) first
+    assert idx[1].tolist() == [0, 2]
+    np.testing.assert_allclose(scores[0], [1.0, 0.0], atol=1e-6)
+    assert idx.shape == (2, 2)
+
+
+def test_template_files(tmp_path):
+    good = tmp_path / "t.txt"
+    good.write_text("# comment\n\na photo of a {}.\n{} in the wild\n", encoding="utf-8")
+    assert load_templates(good) == ["a photo of a {}.", "{} in the wild"]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a photo of a thing\n", encoding="utf-8")
+    with pytest.raises(ModelError, match="line 1"):
+        load_templates(bad)
+    with pytest.raises(ModelError, match="cannot read"):
+        load_templates(tmp_path / "missing.txt")
+
+
+def test_classifier_rejects_bad_input():
+    model = TableModel({"x": [0, 0]})
+    with pytest.raises(ModelError, match="zero or non-finite"):
+        build_classifier(model, ["x"], templates=["{}"])
+    with pytest.raises(ModelError, match="distinct"):
+        build_classifier(model, ["x", "x"], templates=["{}"])
