@@ -112,13 +112,15 @@ def index(sources, out_dir, detector, batch_size, workers, device, resume, shard
               "whatever the index type, memory bounded by the evaluation sets plus one shard.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|local",
               help="Run the --exact stream as a map over shards on a Ray cluster.")
+@click.option("--gallery", type=click.IntRange(min=0), default=300, show_default=True,
+              help="Matched pairs shown per dataset in report.html (those nearest the threshold first).")
 @_batch
 @_workers
 @_device
 @_max_pixels
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alpha, ci_level, correction, precision,
-           recall, detector_error, detector, exact, ray_address, batch_size, workers, device, max_pixels,
+           recall, detector_error, detector, exact, ray_address, gallery, batch_size, workers, device, max_pixels,
            quiet) -> None:
     """Split each evaluation set into Overlap / Clean against INDEX_DIR and report the statistics."""
     from .api import run_report
@@ -132,7 +134,8 @@ def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alp
                          k=k, alpha=alpha, ci_level=ci_level, detector=detector, batch_size=batch_size,
                          workers=workers, device=device, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                          progress=not quiet, correction=correction, precision=precision, recall=recall,
-                         detector_error=detector_error, exact=exact or bool(ray_address), ray_address=ray_address)
+                         detector_error=detector_error, exact=exact or bool(ray_address), ray_address=ray_address,
+                         gallery=gallery)
     except _user_errors() as exc:
         _fail(exc)
     click.echo(f"search: {rep.index.get('search')}; {recall_line(rep.index.get('recall', {}))}\n")
@@ -142,7 +145,7 @@ def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alp
     for d in rep.datasets:
         for s in d.skipped:
             click.echo(f"skipped {d.name}:{s.id}: {s.reason}")
-    click.echo(f"\nreport written to {out_dir}/ (report.json, report.md, splits.parquet)")
+    click.echo(f"\nreport written to {out_dir}/ (report.json, report.md, report.html, splits.parquet)")
 
 
 @main.command("train-detector")
@@ -236,7 +239,7 @@ def demo(out_dir, seed) -> None:
     click.echo("\n" + format_extended_table(result.report))
     click.echo("\n" + "\n".join(interpretation(result.report)))
     click.echo("\n" + result.summary())
-    click.echo(f"\ndemo files in {out_dir}/; report in {out_dir}/report/ (report.json, report.md, splits.parquet)")
+    click.echo(f"\ndemo files in {out_dir}/; report in {out_dir}/report/ (report.json, report.md, report.html, splits.parquet)")
 
 
 if __name__ == "__main__":  # pragma: no cover
