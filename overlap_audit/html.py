@@ -102,6 +102,7 @@ class GalleryPair:
     corpus_thumb: str | None
     corpus_problem: str | None
     deciding: bool
+    number: int | None = None  # the pair's number in a review sheet
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,8 @@ def _pair(p: GalleryPair) -> str:
         _image(p.eval_thumb, p.eval_problem, f"evaluation image {p.eval_id}"),
         _image(p.corpus_thumb, p.corpus_problem, f"corpus image {p.corpus_key}"),
         "</div><figcaption>",
-        f'<div><span class="sim">{p.similarity:.4f}</span> {esc(kind)}</div>',
+        f'<div>{f"<b>#{p.number}</b> " if p.number is not None else ""}'
+        f'<span class="sim">{p.similarity:.4f}</span> {esc(kind)}</div>',
         f'<div class="t">eval: <code>{esc(p.eval_id)}</code>'
         + (f" (class {esc(p.eval_label)})" if p.eval_label else "") + "</div>",
     ]
@@ -310,6 +312,26 @@ def render_html(report, galleries: list[Gallery], title: str = "Data overlap rep
         f'<p class="note">overlap-audit {esc(report.package_version)}, {esc(report.created)}.</p>',
         "</body></html>",
     ]
+    return "\n".join(parts) + "\n"
+
+
+def render_review_html(galleries: list[Gallery], around: float, csv_name: str) -> str:
+    """The review sheet of ``overlap-audit pairs``: numbered pairs nearest ``around``, per dataset."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">',
+        f"<title>Pairs to review</title><style>{_STYLE}</style></head><body>",
+        "<h1>Pairs to review</h1>",
+        f"<p>The pairs nearest similarity {esc(f'{around:.4f}')}, most similar first; red border: at or above it. "
+        f"For each pair, write 1 (the same image) or 0 (not) in the <code>is_duplicate</code> column of "
+        f"<code>{esc(csv_name)}</code> on the line with its number, then run <code>overlap-audit threshold "
+        f"{esc(csv_name)}</code>. Leave a pair empty to skip it.</p>",
+    ]
+    for i, g in enumerate(galleries):
+        parts.append(f'<section class="gallery" id="gallery-{i}"><h2>{esc(g.dataset)}</h2>')
+        parts.append('<div class="pairs">' + "\n".join(_pair(p) for p in g.pairs) + "</div></section>")
+    parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
