@@ -54,3 +54,7 @@ class ReportError(OverlapAuditError):
 
 class DeviceError(OverlapAuditError):
     """A device was asked for that this machine or this FAISS build does not have."""
+
+
+class FetchError(OverlapAuditError):
+    """A demo data package could not be downloaded or unpacked."""
