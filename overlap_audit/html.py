@@ -196,6 +196,7 @@ def figure17_png(report) -> bytes | None:
         ax.annotate(d.name + (" *" if d.significant else ""), (x, y), textcoords="offset points", xytext=(5, 5),
                     fontsize=8)
     ax.axhline(0, color="#999", linewidth=0.8)
+    ax.set_xlim(left=0)
     ax.set_xlabel("Detected data overlap (%)")
     ax.set_ylabel("All − Clean accuracy (%)")
     ax.set_title(f"{100 * report.ci_level:g}% intervals; filled = {report.correction}-significant", fontsize=9)
