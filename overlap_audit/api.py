@@ -33,7 +33,8 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
                progress: bool = False, correction: str = "bonferroni",
                precision: RateEstimate | str | None = None, recall: RateEstimate | str | None = None,
                detector_error: str | os.PathLike | dict | None = None, power: float = 0.8,
-               n_boot: int = 4000, seed: int = 0, exact: bool = False, ray_address: str | None = None) -> Report:
+               n_boot: int = 4000, seed: int = 0, exact: bool = False, ray_address: str | None = None,
+               gallery: int | None = None) -> Report:
     """Embed each evaluation set with the index's detector, split it, score it and write the report.
 
     ``correction`` (bonferroni or holm) decides ``significant``; both are reported. ``precision`` and
@@ -41,7 +42,7 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
     (a dict or JSON file ``{"NAME": {"precision": ..., "recall": ...}}``) per dataset, add the
     detector-error correction. ``exact`` streams the corpus shards past the evaluation embeddings instead
     of searching the index (exact whatever the index type); with ``ray_address`` that stream runs on a
-    Ray cluster.
+    Ray cluster. ``gallery`` caps the matched pairs report.html shows per dataset.
     """
     if correction not in ("bonferroni", "holm"):
         raise SourceError(f"--correction must be bonferroni or holm (got {correction!r})")
@@ -109,8 +110,9 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
         datasets=datasets, k=k, alpha=alpha, ci_level=ci_level, correction=correction,
         predictions=str(predictions), package_version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        evals=dict(evals),
     )
-    write_report(out_dir, report, splits, correctness)
+    write_report(out_dir, report, splits, correctness, gallery=gallery, max_pixels=max_pixels)
     return report
 
 

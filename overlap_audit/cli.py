@@ -112,13 +112,15 @@ def index(sources, out_dir, detector, batch_size, workers, device, resume, shard
               "whatever the index type, memory bounded by the evaluation sets plus one shard.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|local",
               help="Run the --exact stream as a map over shards on a Ray cluster.")
+@click.option("--gallery", type=click.IntRange(min=0), default=300, show_default=True,
+              help="Matched pairs shown per dataset in report.html (those nearest the threshold first).")
 @_batch
 @_workers
 @_device
 @_max_pixels
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alpha, ci_level, correction, precision,
-           recall, detector_error, detector, exact, ray_address, batch_size, workers, device, max_pixels,
+           recall, detector_error, detector, exact, ray_address, gallery, batch_size, workers, device, max_pixels,
            quiet) -> None:
     """Split each evaluation set into Overlap / Clean against INDEX_DIR and report the statistics."""
     from .api import run_report
@@ -132,7 +134,8 @@ def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alp
                          k=k, alpha=alpha, ci_level=ci_level, detector=detector, batch_size=batch_size,
                          workers=workers, device=device, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                          progress=not quiet, correction=correction, precision=precision, recall=recall,
-                         detector_error=detector_error, exact=exact or bool(ray_address), ray_address=ray_address)
+                         detector_error=detector_error, exact=exact or bool(ray_address), ray_address=ray_address,
+                         gallery=gallery)
     except _user_errors() as exc:
         _fail(exc)
     click.echo(f"search: {rep.index.get('search')}; {recall_line(rep.index.get('recall', {}))}\n")
@@ -142,7 +145,7 @@ def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alp
     for d in rep.datasets:
         for s in d.skipped:
             click.echo(f"skipped {d.name}:{s.id}: {s.reason}")
-    click.echo(f"\nreport written to {out_dir}/ (report.json, report.md, splits.parquet)")
+    click.echo(f"\nreport written to {out_dir}/ (report.json, report.md, report.html, splits.parquet)")
 
 
 @main.command("train-detector")
@@ -212,6 +215,74 @@ def calibrate(source, detector, target, strength, max_images, seed, out_file, wo
 
 
 @main.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--eval", "evals", multiple=True, required=True, metavar="NAME=SOURCE",
+              help="An evaluation set (repeatable).")
+@click.option("--around", type=float, default=None, help="Show the pairs nearest this similarity "
+              "(default: the detector's threshold).")
+@click.option("--n", "n_pairs", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Pairs per dataset.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for pairs.html and pairs.csv.")
+@click.option("--detector", default=None, help="Must match the index's detector (default: the index's own).")
+@_batch
+@_workers
+@_device
+@_max_pixels
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def pairs(index_dir, evals, around, n_pairs, out_dir, detector, batch_size, workers, device, max_pixels,
+          quiet) -> None:
+    """Write the pairs nearest a threshold as a review sheet (pairs.html) and a CSV to label (pairs.csv)."""
+    from .imaging import DEFAULT_MAX_PIXELS
+    from .review import review_pairs
+    from .sources import parse_eval_spec
+
+    try:
+        sheet = review_pairs(index_dir, [parse_eval_spec(e) for e in evals], out_dir, around=around, n=n_pairs,
+                             detector=detector, batch_size=batch_size, workers=workers, device=device,
+                             max_pixels=max_pixels or DEFAULT_MAX_PIXELS, progress=not quiet)
+    except _user_errors() as exc:
+        _fail(exc)
+    for name, count in sheet.n_pairs.items():
+        click.echo(f"{name}: {count} pairs nearest {sheet.around:.4f}")
+    click.echo(f"review {sheet.html}, fill in the is_duplicate column of {sheet.csv} (1 or 0), then run "
+               f"`overlap-audit threshold {sheet.csv}`")
+
+
+@main.command()
+@click.argument("labels", type=click.Path(exists=True, dir_okay=False))
+@click.option("--precision", "target", type=click.FloatRange(0, 1, min_open=True), default=0.99,
+              show_default=True, help="Labelled precision the threshold must keep.")
+@click.option("--ci-level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.995,
+              show_default=True, help="Confidence level of the Clopper–Pearson intervals.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="Thresholds file for `report --thresholds` (default: thresholds.json beside LABELS).")
+def threshold(labels, target, ci_level, out_file) -> None:
+    """Per dataset, the lowest threshold whose labelled precision in LABELS (a filled-in pairs.csv) is at
+    least --precision."""
+    from pathlib import Path
+
+    from .review import pick_thresholds, write_thresholds
+
+    try:
+        choices = pick_thresholds(labels, target_precision=target, ci_level=ci_level)
+        path, evidence = write_thresholds(choices, out_file or Path(labels).with_name("thresholds.json"))
+    except _user_errors() as exc:
+        _fail(exc)
+    level = f"{100 * ci_level:g}%"
+    for c in choices.values():
+        counts = (f"{c.n_positive} duplicate(s), {c.n_negative} not, {c.n_unlabelled} unlabelled")
+        if c.threshold is None:
+            click.echo(f"{c.dataset}: no threshold ({counts}): {c.note}")
+        else:
+            click.echo(f"{c.dataset}: threshold {c.threshold:.4f}: precision {c.precision:.3f} "
+                       f"({c.tp}/{c.tp + c.fp}; {level} CI [{c.precision_ci[0]:.3f}, {c.precision_ci[1]:.3f}]), "
+                       f"recall {c.recall:.3f} of the labelled duplicates ({c.tp}/{c.n_positive}; {level} CI "
+                       f"[{c.recall_ci[0]:.3f}, {c.recall_ci[1]:.3f}]); {counts}")
+    click.echo(f"thresholds written to {path} (use `report --thresholds {path}`); evidence in {evidence}")
+
+
+@main.command()
 def detectors() -> None:
     """List the available detectors."""
     from .detectors import list_detectors
@@ -236,7 +307,7 @@ def demo(out_dir, seed) -> None:
     click.echo("\n" + format_extended_table(result.report))
     click.echo("\n" + "\n".join(interpretation(result.report)))
     click.echo("\n" + result.summary())
-    click.echo(f"\ndemo files in {out_dir}/; report in {out_dir}/report/ (report.json, report.md, splits.parquet)")
+    click.echo(f"\ndemo files in {out_dir}/; report in {out_dir}/report/ (report.json, report.md, report.html, splits.parquet)")
 
 
 if __name__ == "__main__":  # pragma: no cover

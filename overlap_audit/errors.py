@@ -59,3 +59,7 @@ class DeviceError(OverlapAuditError):
 class ModelError(OverlapAuditError):
     """A zero-shot model could not be loaded or used (missing checkpoint, unknown architecture, a name
     that would need the network)."""
+
+
+class FetchError(OverlapAuditError):
+    """A demo data package could not be downloaded or unpacked."""

@@ -29,7 +29,7 @@ import numpy as np
 from . import __version__
 from .detectors import get_detector
 from .embed import Decoder, embed_decoded
-from .errors import DeviceError, IndexDirError, IndexMismatchError, ResumeError
+from .errors import DeviceError, IndexDirError, IndexMismatchError, OverlapAuditError, ResumeError
 from .imaging import DEFAULT_MAX_PIXELS
 from .io import atomic_write, atomic_write_json, remove_stale_temporaries
 from .sources import Source, open_source
@@ -813,3 +813,61 @@ def finish_from_shards(out_dir: str | os.PathLike, info: DetectorInfo | None = N
     info = info or DetectorInfo.from_dict(progress["detector"])
     return _finish_index(out, info, progress["sources"], progress["shard_size"], resolve_device(device), seconds,
                          index_type=index_type, memory_budget=memory_budget)
+
+
+def corpus_items(index_dir: str | os.PathLike, keys) -> dict[str, RawItem]:
+    """The corpus items behind index keys, read back from the sources the manifest records.
+
+    Every key maps to a RawItem; one whose image cannot be read any more (a moved source, a removed file,
+    an index built from bare vectors) carries a ``skip_reason`` that says why.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from .sources import fetch_items
+
+    path = Path(index_dir)
+    manifest = load_manifest(path)
+    wanted = {str(k) for k in keys if k is not None}
+    out: dict[str, RawItem] = {}
+    if not wanted:
+        return out
+    value_set = pa.array(sorted(wanted), pa.string())
+    located: dict[str, tuple[str, str, str | None, str | None]] = {}  # key -> source, id, caption, label
+    for shard in _shard_paths(path):
+        table = pq.read_table(shard, columns=["key", "source", "id", "caption", "label"])
+        table = table.filter(pc.is_in(table["key"], value_set=value_set))
+        for row in table.to_pylist():
+            located[row["key"]] = (row["source"], row["id"], row["caption"], row["label"])
+    by_source: dict[str, list[str]] = {}
+    for key in wanted:
+        if key not in located:
+            out[key] = RawItem("", key, skip_reason="not in this index's shards")
+        else:
+            by_source.setdefault(located[key][0], []).append(key)
+    recorded = {s.get("name"): s for s in manifest.sources}
+    for source_name, source_keys in by_source.items():
+        entry = recorded.get(source_name)
+        reason = None
+        items: dict[str, RawItem] = {}
+        if entry is None or entry.get("kind") not in ("folder", "parquet", "wds"):
+            reason = f"source {source_name!r} is not recorded in the manifest (an index built from vectors)"
+        else:
+            src = Source(entry["kind"], tuple(entry.get("paths", ())), source_name, entry.get("spec", ""))
+            missing = [p for p in src.paths if not os.path.exists(p)]
+            if missing:
+                reason = f"source {src.spec!r} is no longer readable ({missing[0]} does not exist)"
+            else:
+                try:
+                    items = fetch_items(src, [located[k][1] for k in source_keys])
+                except (OSError, OverlapAuditError) as exc:
+                    reason = f"source {src.spec!r} is no longer readable ({exc})"
+        for key in source_keys:
+            src_name, ident, caption, label = located[key]
+            item = items.get(ident)
+            if item is None:
+                item = RawItem(src_name, ident, skip_reason=reason or "not found in its source")
+            out[key] = RawItem(src_name, ident, data=item.data, path=item.path, caption=caption,
+                               label=label, skip_reason=item.skip_reason)
+    return out

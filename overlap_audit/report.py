@@ -1,4 +1,5 @@
-"""The report: report.json (everything, machine-readable), report.md (the Figure-17 table), splits.parquet."""
+"""The report: report.json (everything, machine-readable), report.md (the Figure-17 table), splits.parquet,
+and report.html (table, plot and matched-pair galleries; see ``overlap_audit.html``)."""
 
 from __future__ import annotations
 
@@ -93,6 +94,7 @@ class Report:
     predictions: str
     package_version: str
     created: str
+    evals: dict[str, str] = field(default_factory=dict)  # name -> source spec of each evaluation set
 
     @property
     def threshold(self) -> dict[str, float]:
@@ -111,6 +113,7 @@ class Report:
             "detector": self.detector.to_dict(),
             "index": self.index,
             "predictions": self.predictions,
+            "evals": self.evals,
             "threshold": self.threshold,
             "k": self.k,
             "alpha": self.alpha,
@@ -133,6 +136,7 @@ class Report:
             predictions=d["predictions"],
             package_version=d["package_version"],
             created=d["created"],
+            evals=dict(d.get("evals", {})),
         )
 
 
@@ -347,11 +351,20 @@ def write_splits(path: str | os.PathLike, splits: dict[str, Split], correct: dic
 
 
 def write_report(out_dir: str | os.PathLike, report: Report, splits: dict[str, Split],
-                 correct: dict[str, np.ndarray]) -> Path:
-    """Write report.json, report.md and splits.parquet into ``out_dir``; returns the directory."""
+                 correct: dict[str, np.ndarray], *, gallery: int | None = None,
+                 max_pixels: int | None = None) -> Path:
+    """Write report.json, report.md, splits.parquet and report.html into ``out_dir``; returns the directory.
+
+    ``gallery`` caps the matched pairs report.html shows per dataset (default ``html.DEFAULT_GALLERY``).
+    """
+    from .html import DEFAULT_GALLERY, write_html_report
+    from .imaging import DEFAULT_MAX_PIXELS
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_splits(out / SPLITS, splits, correct)
     atomic_write_text(out / REPORT_MD, format_markdown(report))
     atomic_write_json(out / REPORT_JSON, report.to_dict())
+    write_html_report(out, gallery=DEFAULT_GALLERY if gallery is None else gallery,
+                      max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     return out

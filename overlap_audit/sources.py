@@ -14,7 +14,7 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -387,3 +387,60 @@ def parse_eval_spec(spec: str) -> tuple[str, str]:
     if not sep or not name or not source:
         raise SourceError(f"--eval {spec!r}: expected NAME=SOURCE, e.g. cifar10=/data/cifar10/test")
     return name.strip(), source.strip()
+
+
+# ---------------------------------------------------------------- fetching items by id
+
+
+def fetch_items(source: Source, ids: Iterable[str]) -> dict[str, RawItem]:
+    """The items of ``source`` with the given ids; an id the source no longer has maps to a RawItem whose
+    ``skip_reason`` says so. Folders and Parquet are read directly; WebDataset in one streaming pass that
+    keeps only the wanted samples."""
+    wanted = set(ids)
+    found: dict[str, RawItem] = {}
+    if not wanted:
+        return found
+    if source.kind == "folder":
+        root = source.paths[0]
+        for ident in wanted:
+            full = os.path.join(root, *ident.split("/"))
+            if not os.path.isfile(full):
+                continue
+            stem = os.path.splitext(full)[0]
+            caption = _read_text(stem + ".txt") if os.path.exists(stem + ".txt") else None
+            label = ident.split("/")[0] if source.labels_from_folders and "/" in ident else None
+            found[ident] = RawItem(source.name, ident, path=full, caption=caption, label=label)
+    elif source.kind == "parquet":
+        found = _fetch_parquet(source, wanted)
+    else:
+        for item in _iter_wds(source):
+            if item.id in wanted and item.id not in found:
+                found[item.id] = item
+                if len(found) == len(wanted):
+                    break
+    for ident in wanted - set(found):
+        found[ident] = RawItem(source.name, ident, skip_reason=f"no longer in source {source.spec!r}")
+    return found
+
+
+def _fetch_parquet(source: Source, wanted: set[str]) -> dict[str, RawItem]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    found: dict[str, RawItem] = {}
+    keys = pa.array(sorted(wanted), pa.string())
+    for path in source.paths:
+        cols = _parquet_columns(path)
+        table = pq.read_table(path, columns=[c for c in cols.values() if c])
+        table = table.filter(pc.is_in(pc.cast(table[cols["id"]], pa.string()), value_set=keys))
+        for row in table.to_pylist():
+            ident = str(row[cols["id"]])
+            image = _image_bytes(row[cols["image"]])
+            caption = row[cols["caption"]] if cols["caption"] else None
+            label = row[cols["label"]] if cols["label"] else None
+            found[ident] = RawItem(source.name, ident, data=image,
+                                   caption=None if caption is None else str(caption),
+                                   label=None if label is None else str(label),
+                                   skip_reason=None if image is not None else "no image data")
+    return found

@@ -1,0 +1,360 @@
+"""report.html: one self-contained page to check an audit by eye.
+
+The page holds the per-dataset table, a Figure-17-style plot (PNG, drawn with matplotlib) and, per
+dataset, a gallery of matched pairs (evaluation image beside its nearest corpus image) with the pairs
+just above and just below the threshold first. Thumbnails are small WebP data: URIs; the page loads
+nothing else and runs no script. Captions, ids, paths and dataset names come from the web: every one
+passes through ``esc`` (the one place text enters the page), and a Content-Security-Policy that allows
+only data: images and inline style is defence in depth.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from .types import RawItem
+
+REPORT_HTML = "report.html"
+DEFAULT_GALLERY = 300  # pairs per dataset
+DEFAULT_AROUND = 8  # pairs just above and just below the threshold shown first
+THUMB_SIZE = 112
+THUMB_QUALITY = 60
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}
+th{background:#f3f3f3}td.name{text-align:left}tr.sig td{background:#fff1ee}
+.pairs{display:flex;flex-wrap:wrap;gap:.6em}
+.pair{border:2px solid #bbb;border-radius:4px;padding:.3em;margin:0;width:244px;font-size:12px}
+.pair.overlap{border-color:#c0392b}.pair.lowinfo{border-style:dashed}
+.pair .imgs{display:flex;gap:4px}.pair img,.pair .missing{width:116px;height:116px;object-fit:contain;background:#eee}
+.pair .missing{display:flex;align-items:center;justify-content:center;text-align:center;font-size:10px;color:#900;overflow:hidden}
+.pair .t{overflow-wrap:anywhere}.sim{font-weight:bold}.note{color:#555}h3{margin-bottom:.3em}
+"""
+
+
+def esc(value) -> str:
+    """Untrusted text as HTML text or attribute value (quotes escaped too); None is empty."""
+    return "" if value is None else html.escape(str(value), quote=True)
+
+
+def thumbnail(item: RawItem | None, *, size: int = THUMB_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS
+              ) -> tuple[str | None, str | None]:
+    """(a small WebP data: URI, None) for an item's image, or (None, why it cannot be shown)."""
+    if item is None:
+        return None, "not found"
+    if item.skip_reason:
+        return None, item.skip_reason
+    try:
+        image = decode_image(item.data, item.path, max_pixels=max_pixels, min_size=size)
+    except ImageRejected as exc:
+        return None, str(exc)
+    image.thumbnail((size, size))
+    buf = io.BytesIO()
+    image.save(buf, format="WEBP", quality=THUMB_QUALITY, method=4)
+    return "data:image/webp;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), None
+
+
+def gallery_order(similarities, threshold: float, limit: int, around: int = DEFAULT_AROUND) -> tuple[list[int], int]:
+    """Rows to show and how many of them decide the threshold.
+
+    First the ``around`` pairs just above the threshold and the ``around`` just below it (those decide
+    it), then every other pair; each part by similarity, highest first. Rows without a neighbour (NaN)
+    are left out. At most ``limit`` rows. Returns (rows, number of deciding rows at the front).
+    """
+    sims = np.asarray(similarities, dtype=np.float64)
+    rows = np.nonzero(~np.isnan(sims))[0]
+    by_sim = rows[np.lexsort((rows, -sims[rows]))]  # highest first; ties by row
+    above = [int(r) for r in by_sim if sims[r] >= threshold]
+    below = [int(r) for r in by_sim if sims[r] < threshold]
+    deciding = above[-around:] if around else []
+    deciding += below[:around]
+    chosen = set(deciding)
+    rest = [int(r) for r in by_sim if int(r) not in chosen]
+    order = (deciding + rest)[:max(0, limit)]
+    return order, min(len(deciding), len(order))
+
+
+@dataclass(frozen=True)
+class GalleryPair:
+    """One evaluation example beside its nearest corpus item, ready to draw."""
+
+    eval_id: str
+    eval_label: str | None
+    eval_caption: str | None
+    corpus_key: str
+    corpus_caption: str | None
+    similarity: float
+    overlap: bool
+    low_information: bool
+    eval_thumb: str | None
+    eval_problem: str | None
+    corpus_thumb: str | None
+    corpus_problem: str | None
+    deciding: bool
+    number: int | None = None  # the pair's number in a review sheet
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """One dataset's gallery: the pairs shown and what was left out."""
+
+    dataset: str
+    threshold: float
+    pairs: list[GalleryPair]
+    n_left_out: int
+    n_no_neighbour: int
+    note: str | None = None
+
+
+def build_galleries(report, rows: list[dict], *, eval_sources: dict[str, str], index_dir: str | os.PathLike | None,
+                    limit: int = DEFAULT_GALLERY, around: int = DEFAULT_AROUND,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Gallery]:
+    """The gallery of every dataset of ``report`` from its splits rows (as in splits.parquet)."""
+    from .errors import OverlapAuditError
+    from .index import corpus_items
+    from .sources import fetch_items, open_source
+
+    chosen: dict[str, tuple[list[dict], int]] = {}
+    for d in report.datasets:
+        mine = [r for r in rows if r["dataset"] == d.name]
+        sims = [np.nan if r["similarity"] is None else r["similarity"] for r in mine]
+        order, n_deciding = gallery_order(sims, d.threshold, limit, around)
+        chosen[d.name] = ([mine[i] for i in order], n_deciding)
+
+    keys = {r["neighbor_ids"][0] for picked, _ in chosen.values() for r in picked if r["neighbor_ids"]}
+    corpus_note = None
+    corpus: dict[str, RawItem] = {}
+    if index_dir is None:
+        corpus_note = "the index directory is not known"
+    else:
+        try:
+            corpus = corpus_items(index_dir, keys)
+        except (OSError, OverlapAuditError) as exc:
+            corpus_note = f"the index {index_dir} cannot be read ({exc})"
+
+    galleries = []
+    for d in report.datasets:
+        picked, n_deciding = chosen[d.name]
+        n_total = sum(1 for r in rows if r["dataset"] == d.name)
+        n_none = sum(1 for r in rows if r["dataset"] == d.name and r["similarity"] is None)
+        evals: dict[str, RawItem] = {}
+        note = None
+        spec = eval_sources.get(d.name)
+        if spec is None:
+            note = "the evaluation source is not recorded in the report"
+        else:
+            try:
+                evals = fetch_items(open_source(spec, name=d.name, labels_from_folders=True), [r["id"] for r in picked])
+            except (OSError, OverlapAuditError) as exc:
+                note = f"the evaluation source {spec} cannot be read ({exc})"
+        pairs = []
+        for i, r in enumerate(picked):
+            key = r["neighbor_ids"][0]
+            ev = evals.get(r["id"])
+            co = corpus.get(key)
+            e_uri, e_why = thumbnail(ev, max_pixels=max_pixels) if ev is not None else (None, note or "not found")
+            c_uri, c_why = thumbnail(co, max_pixels=max_pixels) if co is not None else (None, corpus_note or "not found")
+            pairs.append(GalleryPair(
+                eval_id=r["id"], eval_label=r.get("label"), eval_caption=ev.caption if ev else None,
+                corpus_key=key, corpus_caption=co.caption if co else None, similarity=float(r["similarity"]),
+                overlap=bool(r["overlap"]), low_information=bool(r["low_information"]),
+                eval_thumb=e_uri, eval_problem=e_why, corpus_thumb=c_uri, corpus_problem=c_why,
+                deciding=i < n_deciding))
+        galleries.append(Gallery(d.name, d.threshold, pairs, n_total - n_none - len(pairs), n_none,
+                                 note or corpus_note))
+    return galleries
+
+
+def figure17_png(report) -> bytes | None:
+    """The Figure-17-style plot as PNG bytes: overlap % against All − Clean with its interval;
+    significant datasets filled. None when no dataset has both numbers."""
+    from matplotlib.figure import Figure
+
+    points = [d for d in report.datasets if d.stats.delta is not None and d.stats.overlap_rate is not None]
+    if not points:
+        return None
+    fig = Figure(figsize=(6.4, 4.2), dpi=100)
+    ax = fig.add_subplot()
+    for d in points:
+        s = d.stats
+        x, y = 100 * s.overlap_rate, 100 * s.delta
+        lo, hi = (100 * s.ci_delta[0], 100 * s.ci_delta[1]) if s.ci_delta else (y, y)
+        color = "#c0392b" if d.significant else "#2c3e50"
+        ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], fmt="o", color=color, capsize=3,
+                    markerfacecolor=color if d.significant else "white")
+        ax.annotate(d.name + (" *" if d.significant else ""), (x, y), textcoords="offset points", xytext=(5, 5),
+                    fontsize=8)
+    ax.axhline(0, color="#999", linewidth=0.8)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("Detected data overlap (%)")
+    ax.set_ylabel("All − Clean accuracy (%)")
+    ax.set_title(f"{100 * report.ci_level:g}% intervals; filled = {report.correction}-significant", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _fmt_pct(x: float | None, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
+
+
+def _interval(ci, signed: bool = False) -> str:
+    return "–" if ci is None else f"[{_fmt_pct(ci[0], signed)}, {_fmt_pct(ci[1], signed)}]"
+
+
+def _table(report) -> str:
+    from .report import _p
+
+    level = f"{100 * report.ci_level:g}%"
+    head = ["Dataset", "threshold", "n", "Overlap %", "All", "Clean", "Overlap", "All − Clean", "p-value",
+            "p adjusted", "significant", f"{level} CI Overlap", f"{level} CI Clean", f"{level} CI All − Clean"]
+    out = ['<table id="datasets"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+    for d in report.datasets:
+        s = d.stats
+        sig = "–" if d.significant is None else ("yes" if d.significant else "no")
+        cells = [f"{d.threshold:.4f}", s.n_all, _fmt_pct(s.overlap_rate), _fmt_pct(s.acc_all), _fmt_pct(s.acc_clean),
+                 _fmt_pct(s.acc_overlap), _fmt_pct(s.delta, True), _p(s.p_value), _p(d.p_value_adjusted), sig,
+                 _interval(s.ci_overlap), _interval(s.ci_clean), _interval(s.ci_delta, True)]
+        out.append(f'<tr class="dataset-row{" sig" if d.significant else ""}"><td class="name">{esc(d.name)}</td>'
+                   + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def _image(uri: str | None, problem: str | None, alt: str) -> str:
+    if uri:
+        return f'<img src="{esc(uri)}" alt="{esc(alt)}">'
+    return f'<div class="missing" title="{esc(problem)}">image not shown: {esc(problem)}</div>'
+
+
+def _pair(p: GalleryPair) -> str:
+    kind = "low-information (never Overlap)" if p.low_information else ("Overlap" if p.overlap else "Clean")
+    classes = "pair" + (" overlap" if p.overlap else " clean") + (" lowinfo" if p.low_information else "")
+    lines = [
+        f'<figure class="{classes}"><div class="imgs">',
+        _image(p.eval_thumb, p.eval_problem, f"evaluation image {p.eval_id}"),
+        _image(p.corpus_thumb, p.corpus_problem, f"corpus image {p.corpus_key}"),
+        "</div><figcaption>",
+        f'<div>{f"<b>#{p.number}</b> " if p.number is not None else ""}'
+        f'<span class="sim">{p.similarity:.4f}</span> {esc(kind)}</div>',
+        f'<div class="t">eval: <code>{esc(p.eval_id)}</code>'
+        + (f" (class {esc(p.eval_label)})" if p.eval_label else "") + "</div>",
+    ]
+    if p.eval_caption:
+        lines.append(f'<div class="t caption">“{esc(p.eval_caption)}”</div>')
+    lines.append(f'<div class="t">corpus: <code>{esc(p.corpus_key)}</code></div>')
+    if p.corpus_caption:
+        lines.append(f'<div class="t caption">“{esc(p.corpus_caption)}”</div>')
+    lines.append("</figcaption></figure>")
+    return "\n".join(lines)
+
+
+def _gallery(i: int, g: Gallery) -> str:
+    out = [f'<section class="gallery" id="gallery-{i}"><h2>{esc(g.dataset)}: matched pairs</h2>']
+    shown = len(g.pairs)
+    text = (f"{shown} pair(s) shown at threshold {g.threshold:.4f}; {g.n_left_out} left out (raise --gallery to "
+            "see more)" if g.n_left_out else f"all {shown} pair(s) shown at threshold {g.threshold:.4f}")
+    if g.n_no_neighbour:
+        text += f"; {g.n_no_neighbour} example(s) had no neighbour"
+    out.append(f'<p class="note">{esc(text)}.</p>')
+    if g.note:
+        out.append(f'<p class="note">Images missing: {esc(g.note)}.</p>')
+    deciding = [p for p in g.pairs if p.deciding]
+    rest = [p for p in g.pairs if not p.deciding]
+    if deciding:
+        out.append("<h3>Just above and just below the threshold (these decide it)</h3>")
+        out.append('<div class="pairs deciding">' + "\n".join(_pair(p) for p in deciding) + "</div>")
+    if rest:
+        out.append("<h3>All other pairs, most similar first</h3>")
+        out.append('<div class="pairs">' + "\n".join(_pair(p) for p in rest) + "</div>")
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def render_html(report, galleries: list[Gallery], title: str = "Data overlap report") -> str:
+    """The whole page as one string."""
+    from .report import recall_line
+
+    det = report.detector
+    png = figure17_png(report)
+    plot = (f'<img id="figure17" alt="overlap against All − Clean" src="data:image/png;base64,'
+            f'{base64.b64encode(png).decode("ascii")}">' if png else
+            '<p class="note">No dataset has both Overlap and Clean examples: nothing to plot.</p>')
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">',
+        f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f"<p>Detector <code>{esc(det.spec)}</code> (version {esc(det.version)}, {esc(det.dim)}-d, {esc(det.metric)}); "
+        f"index <code>{esc(report.index.get('path'))}</code> with {esc(report.index.get('n_indexed'))} corpus items; "
+        f"k = {esc(report.k)}. Search: {esc(report.index.get('search', 'exact'))}; "
+        f"{esc(recall_line(report.index.get('recall', {})))}.</p>",
+        f"<p>p-value: one-sided binomial test (Overlap accuracy greater than Clean); significance after "
+        f"{esc(report.correction)} correction at alpha = {esc(f'{report.alpha:g}')}. Intervals: Clopper–Pearson at "
+        f"{esc(f'{100 * report.ci_level:g}')}%. Accuracies in %.</p>",
+        _table(report),
+        plot,
+        *(_gallery(i, g) for i, g in enumerate(galleries)),
+        f'<p class="note">overlap-audit {esc(report.package_version)}, {esc(report.created)}.</p>',
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def render_review_html(galleries: list[Gallery], around: float, csv_name: str) -> str:
+    """The review sheet of ``overlap-audit pairs``: numbered pairs nearest ``around``, per dataset."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">',
+        f"<title>Pairs to review</title><style>{_STYLE}</style></head><body>",
+        "<h1>Pairs to review</h1>",
+        f"<p>The pairs nearest similarity {esc(f'{around:.4f}')}, most similar first; red border: at or above it. "
+        f"For each pair, write 1 (the same image) or 0 (not) in the <code>is_duplicate</code> column of "
+        f"<code>{esc(csv_name)}</code> on the line with its number, then run <code>overlap-audit threshold "
+        f"{esc(csv_name)}</code>. Leave a pair empty to skip it.</p>",
+    ]
+    for i, g in enumerate(galleries):
+        parts.append(f'<section class="gallery" id="gallery-{i}"><h2>{esc(g.dataset)}</h2>')
+        parts.append('<div class="pairs">' + "\n".join(_pair(p) for p in g.pairs) + "</div></section>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_html_report(report_dir: str | os.PathLike, *, gallery: int = DEFAULT_GALLERY, around: int = DEFAULT_AROUND,
+                      eval_sources: dict[str, str] | None = None, index_dir: str | os.PathLike | None = None,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
+    """Write report.html from a report directory's report.json and splits.parquet; returns its path.
+
+    The evaluation sources and the index default to those the report records.
+    """
+    import pyarrow.parquet as pq
+
+    from .io import atomic_write_text
+    from .report import SPLITS, load_report
+
+    out = Path(report_dir)
+    report = load_report(out)
+    rows = pq.read_table(out / SPLITS, columns=["dataset", "id", "label", "neighbor_ids", "similarity", "overlap",
+                                                "low_information"]).to_pylist()
+    galleries = build_galleries(report, rows, eval_sources=eval_sources or report.evals,
+                                index_dir=index_dir or report.index.get("path"), limit=gallery, around=around,
+                                max_pixels=max_pixels)
+    path = out / REPORT_HTML
+    atomic_write_text(path, render_html(report, galleries))
+    return path

@@ -1,0 +1,150 @@
+"""The real-data demo's data, from Debian packages: openclipart-png (8,121 public-domain PNGs) as the
+pretraining corpus and tuxpaint-stamps-default (about 800 captioned stamps) as the evaluation set.
+
+Both are fetched with ``apt-get download`` and unpacked with ``dpkg -x`` into a cache folder (no root),
+and reused from there. The stamps become an ImageFolder: one class per top-level category, each stamp
+with a ``.txt`` caption holding the first line of its Tux Paint description (the other lines are
+translations such as ``fr.utf8=...``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import FetchError
+
+CORPUS_PACKAGE = "openclipart-png"
+EVAL_PACKAGE = "tuxpaint-stamps-default"
+CORPUS_SUBDIR = "usr/share/openclipart/png"
+STAMPS_SUBDIR = "usr/share/tuxpaint/stamps"
+_DONE = ".complete"
+
+
+@dataclass(frozen=True)
+class RealDemoData:
+    """Where the real-data demo's corpus and evaluation set lie, and what went into them."""
+
+    corpus: Path  # a folder of PNGs (index it as is)
+    eval: Path  # an ImageFolder: <category>/<path>.png with a one-line .txt caption
+    n_stamps: int
+    n_captioned: int
+    svg_only: list[str]  # stamps with no PNG (PIL cannot read SVG): left out, listed here
+    cache: Path
+
+
+def default_cache_dir() -> Path:
+    """~/.cache/overlap-audit (or $XDG_CACHE_HOME/overlap-audit), decided at call time."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "overlap-audit"
+
+
+def _run(cmd: list[str], cwd: Path, what: str) -> None:
+    try:
+        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise FetchError(f"{what}: {cmd[0]} is not installed (this needs a Debian or Ubuntu system)") from None
+    if r.returncode != 0:
+        raise FetchError(f"{what}: `{' '.join(cmd)}` failed: {(r.stderr or r.stdout).strip()[-500:]} "
+                         "(run `apt-get update` if the package is not found)")
+
+
+def fetch_debian_package(package: str, cache_dir: str | os.PathLike | None = None, *,
+                         debs_dir: str | os.PathLike | None = None) -> Path:
+    """The root a Debian package's files are unpacked under, downloading and unpacking it once.
+
+    A ``.deb`` already in ``debs_dir`` (or in the cache) is used instead of downloading.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache / "extracted" / package
+    if (root / _DONE).exists():
+        return root
+    debs = cache / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    found = sorted(glob.glob(str(Path(debs_dir) / f"{package}_*.deb"))) if debs_dir else []
+    found = found or sorted(glob.glob(str(debs / f"{package}_*.deb")))
+    if not found:
+        _run(["apt-get", "download", package], debs, f"downloading {package}")
+        found = sorted(glob.glob(str(debs / f"{package}_*.deb")))
+        if not found:
+            raise FetchError(f"apt-get download {package} left no .deb in {debs}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{package}-", dir=_mkdir(root.parent)))
+    try:
+        _run(["dpkg", "-x", found[-1], str(tmp)], tmp, f"unpacking {found[-1]}")
+        (tmp / _DONE).write_text(os.path.basename(found[-1]) + "\n")
+        if root.exists():
+            shutil.rmtree(root)  # an earlier unpack that did not finish
+        tmp.rename(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def prepare_stamps(stamps_root: str | os.PathLike, out_dir: str | os.PathLike) -> RealDemoData:
+    """Lay Tux Paint's stamps out as an ImageFolder under ``out_dir`` (reused when complete)."""
+    src, out = Path(stamps_root), Path(out_dir)
+    if not src.is_dir():
+        raise FetchError(f"{src} is not a Tux Paint stamps folder")
+    pngs = sorted(p for p in src.rglob("*.png") if p.is_file())
+    svg_only = sorted(str(p.relative_to(src)) for p in src.rglob("*.svg") if not p.with_suffix(".png").exists())
+    done = out.with_name(out.name + _DONE)  # beside, not inside: the folder must hold only the stamps
+    if not done.exists():
+        if out.exists():
+            shutil.rmtree(out)
+        tmp = Path(tempfile.mkdtemp(prefix=".stamps-", dir=_mkdir(out.parent)))
+        for png in pngs:
+            rel = png.relative_to(src)
+            if len(rel.parts) < 2:
+                continue  # a stamp outside any category has no class
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(png, dest)
+            caption = _first_line(png.with_suffix(".txt"))
+            if caption:
+                dest.with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
+        tmp.rename(out)
+        done.write_text("")
+    captioned = sum(1 for _ in out.rglob("*.txt"))
+    n = sum(1 for _ in out.rglob("*.png"))
+    return RealDemoData(corpus=Path(), eval=out, n_stamps=n, n_captioned=captioned, svg_only=svg_only,
+                        cache=out.parent)
+
+
+def _first_line(path: Path) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.strip():
+                    return line.strip()
+    except OSError:
+        return None
+    return None
+
+
+def fetch_real_demo_data(cache_dir: str | os.PathLike | None = None, *,
+                         debs_dir: str | os.PathLike | None = None) -> RealDemoData:
+    """Fetch (or reuse) openclipart-png and tuxpaint-stamps-default and prepare the evaluation set.
+
+    Index ``corpus`` as it is: its one 231-megapixel PNG is skipped as a decompression bomb and listed in
+    the index manifest.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    corpus_root = fetch_debian_package(CORPUS_PACKAGE, cache, debs_dir=debs_dir) / CORPUS_SUBDIR
+    stamps_root = fetch_debian_package(EVAL_PACKAGE, cache, debs_dir=debs_dir) / STAMPS_SUBDIR
+    if not corpus_root.is_dir():
+        raise FetchError(f"{CORPUS_PACKAGE} unpacked without {CORPUS_SUBDIR}; remove {cache / 'extracted'} "
+                         "and try again")
+    data = prepare_stamps(stamps_root, cache / "tuxpaint-eval")
+    return RealDemoData(corpus=corpus_root, eval=data.eval, n_stamps=data.n_stamps, n_captioned=data.n_captioned,
+                        svg_only=data.svg_only, cache=cache)

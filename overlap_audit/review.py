@@ -1,0 +1,254 @@
+"""Thresholds from human review, as the CLIP paper set them: look at the pairs near the threshold, label
+them, keep precision high while maximising recall.
+
+``review_pairs`` writes the candidate pairs nearest a threshold as an HTML review sheet (pairs.html) and a
+CSV (pairs.csv) with an empty ``is_duplicate`` column. ``pick_thresholds`` reads the filled-in CSV and
+gives, per dataset, the lowest threshold whose labelled precision is at or above a target, with the recall
+among the labelled duplicates and Clopper–Pearson intervals. ``write_thresholds`` writes the
+``{"NAME": t}`` file ``report --thresholds`` reads, and the evidence beside it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SourceError, ThresholdError
+from .imaging import DEFAULT_MAX_PIXELS
+
+PAIRS_CSV = "pairs.csv"
+PAIRS_HTML = "pairs.html"
+CSV_COLUMNS = ("pair", "dataset", "eval_id", "corpus_id", "similarity", "is_duplicate")
+TRUE_WORDS = {"1", "y", "yes", "true", "dup", "duplicate"}
+FALSE_WORDS = {"0", "n", "no", "false"}
+
+
+@dataclass(frozen=True)
+class ReviewSheet:
+    """What ``review_pairs`` wrote."""
+
+    csv: Path
+    html: Path
+    around: float
+    n_pairs: dict[str, int]  # per dataset
+
+
+def nearest_rows(similarities, around: float, n: int) -> list[int]:
+    """The ``n`` rows whose similarity is nearest ``around`` (ties by row), most similar first."""
+    sims = np.asarray(similarities, dtype=np.float64)
+    rows = np.nonzero(~np.isnan(sims))[0]
+    near = rows[np.lexsort((rows, np.abs(sims[rows] - around)))][:max(0, n)]
+    return [int(r) for r in near[np.lexsort((near, -sims[near]))]]
+
+
+def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], out_dir: str | os.PathLike, *,
+                 around: float | None = None, n: int = 200, detector: str | None = None, batch_size: int = 256,
+                 workers: int | None = None, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 progress: bool = False) -> ReviewSheet:
+    """Embed each evaluation set, find each example's nearest corpus item, and write the ``n`` pairs per
+    dataset nearest ``around`` (default: the detector's threshold) as pairs.csv and pairs.html."""
+    from .detectors import get_detector
+    from .embed import embed_source
+    from .html import Gallery, GalleryPair, esc, render_review_html, thumbnail
+    from .index import check_detector, corpus_items, load_index, search
+    from .io import atomic_write_text
+    from .sources import fetch_items, open_source
+
+    evals = list(evals)
+    if not evals:
+        raise SourceError("give at least one evaluation set (--eval NAME=SOURCE)")
+    names = [name for name, _ in evals]
+    if len(set(names)) != len(names):
+        raise SourceError("evaluation set names must be distinct")
+    if n < 1:
+        raise ThresholdError("--n must be at least 1")
+    corpus = load_index(index_dir)
+    det = get_detector(detector or corpus.manifest.detector.spec, device=device)
+    check_detector(corpus.manifest, det.info, str(index_dir))
+    if around is None:
+        if det.default_threshold is None:
+            raise ThresholdError("this detector has no default threshold: pass --around T")
+        around = det.default_threshold
+    around = float(around)
+    if not math.isfinite(around):
+        raise ThresholdError("--around must be a finite number")
+
+    picked: dict[str, list[tuple[str, str, float, bool]]] = {}  # eval id, corpus key, similarity, low-info
+    for name, spec in evals:
+        source = open_source(spec, name=name, labels_from_folders=True)
+        emb = embed_source(source, det, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                           progress=progress)
+        nb = search(corpus, emb.ids, emb.vectors, k=1, device=device)
+        sims = nb.similarities[:, 0]
+        low = np.asarray(emb.low_information, dtype=bool)
+        picked[name] = [(emb.ids[r], nb.ids[r, 0], float(sims[r]), bool(low[r]))
+                        for r in nearest_rows(np.where(low, np.nan, sims), around, n)]
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus_found = corpus_items(index_dir, {key for rows in picked.values() for _, key, _, _ in rows})
+    lines, galleries, number = [], [], 0
+    for name, spec in evals:
+        eval_found = fetch_items(open_source(spec, name=name, labels_from_folders=True),
+                                 [e for e, _, _, _ in picked[name]])
+        pairs = []
+        for eval_id, key, sim, _ in picked[name]:
+            number += 1
+            lines.append([number, name, eval_id, key, repr(sim), ""])
+            ev, co = eval_found.get(eval_id), corpus_found.get(key)
+            e_uri, e_why = thumbnail(ev, max_pixels=max_pixels)
+            c_uri, c_why = thumbnail(co, max_pixels=max_pixels)
+            pairs.append(GalleryPair(eval_id=eval_id, eval_label=ev.label if ev else None,
+                                     eval_caption=ev.caption if ev else None, corpus_key=key,
+                                     corpus_caption=co.caption if co else None, similarity=sim,
+                                     overlap=sim >= around, low_information=False, eval_thumb=e_uri,
+                                     eval_problem=e_why, corpus_thumb=c_uri, corpus_problem=c_why,
+                                     deciding=False, number=number))
+        galleries.append(Gallery(name, around, pairs, 0, 0))
+    csv_path = out / PAIRS_CSV
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(CSV_COLUMNS)
+            w.writerows(lines)
+
+    from .io import atomic_write
+
+    atomic_write(csv_path, write_csv)
+    html_path = out / PAIRS_HTML
+    atomic_write_text(html_path, render_review_html(galleries, around, esc(PAIRS_CSV)))
+    return ReviewSheet(csv_path, html_path, around, {name: len(rows) for name, rows in picked.items()})
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """One dataset's threshold from labelled pairs, and the evidence for it."""
+
+    dataset: str
+    target_precision: float
+    threshold: float | None  # None: no threshold keeps the labelled precision at the target
+    tp: int  # labelled duplicates at or above the threshold
+    fp: int  # labelled non-duplicates at or above the threshold
+    n_positive: int
+    n_negative: int
+    n_unlabelled: int
+    precision: float | None
+    precision_ci: tuple[float, float] | None
+    recall: float | None  # among the labelled duplicates
+    recall_ci: tuple[float, float] | None
+    ci_level: float
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["precision_ci"] = list(self.precision_ci) if self.precision_ci else None
+        d["recall_ci"] = list(self.recall_ci) if self.recall_ci else None
+        # counts in the form `report --detector-error` reads
+        d["precision_counts"] = [self.tp, self.tp + self.fp] if self.threshold is not None else None
+        d["recall_counts"] = [self.tp, self.n_positive] if self.threshold is not None else None
+        return d
+
+
+def _label(value: str, line: int, path) -> bool | None:
+    v = value.strip().lower()
+    if v == "":
+        return None
+    if v in TRUE_WORDS:
+        return True
+    if v in FALSE_WORDS:
+        return False
+    raise ThresholdError(f"{path}, line {line}: is_duplicate {value!r} is not 1/0, yes/no or true/false "
+                         "(leave it empty for a pair not reviewed)")
+
+
+def read_labels(path: str | os.PathLike) -> dict[str, tuple[list[float], list[bool], int]]:
+    """Per dataset (in file order): the labelled similarities, their labels, and the unlabelled count."""
+    try:
+        fh = open(path, newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise ThresholdError(f"cannot read labels file {path}: {exc.strerror or exc}") from None
+    out: dict[str, tuple[list[float], list[bool], int]] = {}
+    with fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in ("dataset", "similarity", "is_duplicate") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ThresholdError(f"{path} lacks the column(s) {', '.join(missing)}: use the pairs.csv that "
+                                 "`overlap-audit pairs` wrote, with is_duplicate filled in")
+        for row in reader:
+            line = reader.line_num
+            name = (row["dataset"] or "").strip()
+            if not name:
+                raise ThresholdError(f"{path}, line {line}: empty dataset")
+            sims, labels, unlabelled = out.setdefault(name, ([], [], 0))
+            label = _label(row["is_duplicate"] or "", line, path)
+            if label is None:
+                out[name] = (sims, labels, unlabelled + 1)
+                continue
+            try:
+                sim = float(row["similarity"])
+            except (TypeError, ValueError):
+                sim = float("nan")
+            if not math.isfinite(sim):
+                raise ThresholdError(f"{path}, line {line}: similarity {row['similarity']!r} is not a number")
+            sims.append(sim)
+            labels.append(label)
+    return out
+
+
+def choose_threshold(dataset: str, similarities, labels, *, target_precision: float = 0.99,
+                     ci_level: float = 0.995, n_unlabelled: int = 0) -> ThresholdChoice:
+    """The lowest threshold (a labelled duplicate's similarity) at which the labelled pairs at or above it
+    have precision >= ``target_precision``; recall is among the labelled duplicates."""
+    from .stats import clopper_pearson
+
+    if not 0.0 < target_precision <= 1.0:
+        raise ThresholdError(f"--precision must be in (0, 1], got {target_precision}")
+    sims = np.asarray(similarities, dtype=np.float64)
+    lab = np.asarray(labels, dtype=bool)
+    pos, neg = np.sort(sims[lab]), np.sort(sims[~lab])
+    base = dict(dataset=dataset, target_precision=target_precision, n_positive=len(pos), n_negative=len(neg),
+                n_unlabelled=n_unlabelled, ci_level=ci_level)
+    none = dict(threshold=None, tp=0, fp=0, precision=None, precision_ci=None, recall=None, recall_ci=None)
+    if len(pos) == 0:
+        return ThresholdChoice(**base, **none, note="no pair labelled a duplicate: no threshold keeps precision; "
+                               "label pairs nearer the duplicates (or keep the default threshold)")
+    candidates = np.unique(pos)  # a threshold between two duplicates' similarities only adds false positives
+    tp = len(pos) - np.searchsorted(pos, candidates, side="left")
+    fp = len(neg) - np.searchsorted(neg, candidates, side="left")
+    ok = np.nonzero(tp / (tp + fp) >= target_precision)[0]
+    if len(ok) == 0:
+        return ThresholdChoice(**base, **none, note=f"no threshold reaches precision {target_precision:g} on the "
+                               "labelled pairs")
+    i = int(ok[0])
+    t, k, f = float(candidates[i]), int(tp[i]), int(fp[i])
+    return ThresholdChoice(**base, threshold=t, tp=k, fp=f, precision=k / (k + f),
+                           precision_ci=clopper_pearson(k, k + f, ci_level), recall=k / len(pos),
+                           recall_ci=clopper_pearson(k, len(pos), ci_level))
+
+
+def pick_thresholds(path: str | os.PathLike, *, target_precision: float = 0.99,
+                    ci_level: float = 0.995) -> dict[str, ThresholdChoice]:
+    """``choose_threshold`` for every dataset of a filled-in pairs.csv."""
+    return {name: choose_threshold(name, sims, labels, target_precision=target_precision, ci_level=ci_level,
+                                   n_unlabelled=unlabelled)
+            for name, (sims, labels, unlabelled) in read_labels(path).items()}
+
+
+def write_thresholds(choices: dict[str, ThresholdChoice], path: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``{"NAME": t}`` (datasets with a threshold only) for ``report --thresholds``, and the evidence
+    of every dataset beside it (``<name>.evidence.json``). Returns both paths."""
+    from .io import atomic_write_json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    evidence = path.with_name(path.stem + ".evidence.json")
+    atomic_write_json(path, {n: c.threshold for n, c in choices.items() if c.threshold is not None})
+    atomic_write_json(evidence, {n: c.to_dict() for n, c in choices.items()})
+    return path, evidence
