@@ -108,14 +108,14 @@ class TorchZeroShotModel:
                  image_features: Callable[[Any], Any], text_features: Callable[[list[str]], Any]):
         self.spec = spec
         self.device = device
-        self._transform = transform
+        self.pixel_transform = transform  # one image -> [3, H, W]; what the decoding workers run
         self._image_features = image_features
         self._text_features = text_features
 
     def preprocess(self, images: Sequence[Any]) -> Any:
         import torch
 
-        return torch.stack([torch.as_tensor(self._transform(im)) for im in images])
+        return torch.stack([torch.as_tensor(self.pixel_transform(im)) for im in images])
 
     def encode_images(self, pixels: Any) -> Any:
         import torch
@@ -269,16 +269,23 @@ def _load_hf(source: ModelSource, device: str) -> TorchZeroShotModel:
     model, tokenizer, processor = parts["model"].to(device).eval(), parts["tokenizer"], parts["image processor"]
     max_len = int(getattr(config.text_config, "max_position_embeddings", 77))
 
-    def transform(image):
-        return processor(images=[image], return_tensors="pt")["pixel_values"][0]
-
     def texts(batch: list[str]):
         enc = tokenizer(batch, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
         return model.get_text_features(input_ids=enc["input_ids"].to(device),
                                        attention_mask=enc["attention_mask"].to(device))
 
-    return TorchZeroShotModel(source.spec, device, transform, lambda x: model.get_image_features(pixel_values=x),
-                              texts)
+    return TorchZeroShotModel(source.spec, device, _HFPixels(processor),
+                              lambda x: model.get_image_features(pixel_values=x), texts)
+
+
+class _HFPixels:
+    """A transformers image processor as a one-image transform (a class, so it pickles for spawned workers)."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, image):
+        return self.processor(images=[image], return_tensors="pt")["pixel_values"][0]
 
 
 # ---------------------------------------------------------------- this project's small CLIP

@@ -252,12 +252,16 @@ class ScoredSet:
 
 
 class ModelPixels:
-    """PIL image -> the model's float32 pixel array [3, H, W]; runs in the decoding workers."""
+    """PIL image -> the model's float32 pixel array [3, H, W]; runs in the decoding workers. A model with a
+    ``pixel_transform`` (one image -> [3, H, W]) ships only that to the workers, not its weights."""
 
     def __init__(self, model: ZeroShotModel):
-        self.model = model
+        self.transform = getattr(model, "pixel_transform", None)
+        self.model = None if self.transform is not None else model
 
     def __call__(self, image: Any) -> np.ndarray:
+        if self.transform is not None:
+            return _numpy(self.transform(image))
         return _numpy(self.model.preprocess([image]))[0]
 
 
