@@ -70,8 +70,15 @@ def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool =
     if item.skip_reason is not None:
         return None, item.skip_reason, None, None
     decode_size = getattr(detector, "decode_size", None)
+    data, path = item.data, item.path
+    if model_input is not None and data is None and path is not None:
+        try:  # read once for both decodes; a failure is left for decode_image to report
+            with open(path, "rb") as fh:
+                data, path = fh.read(), None
+        except OSError:
+            pass
     try:
-        image = decode_image(item.data, item.path, max_pixels=max_pixels, min_size=decode_size)
+        image = decode_image(data, path, max_pixels=max_pixels, min_size=decode_size)
     except ImageRejected as exc:
         return None, str(exc), None, None
     try:
@@ -81,8 +88,9 @@ def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool =
     pixels = None
     if model_input is not None:
         try:
-            # the detector may have asked for a reduced-scale JPEG decode; the model gets the full image
-            full = image if decode_size is None else decode_image(item.data, item.path, max_pixels=max_pixels)
+            # the detector may have had a JPEG decoded at a reduced scale; the model gets the full image
+            reduced = decode_size is not None and (data is None or data[:3] == b"\xff\xd8\xff")
+            full = decode_image(data, path, max_pixels=max_pixels) if reduced else image
             pixels = model_input(full)
         except ImageRejected as exc:  # pragma: no cover - the same bytes decoded a moment ago
             return None, str(exc), None, None

@@ -345,3 +345,32 @@ def test_installed_command_scores_a_model(tmp_path, index_dir, eval_set, open_cl
     assert r.returncode == 0, r.stderr
     assert "| val | 50 |" in r.stdout and "predictions.parquet" in r.stdout
     assert len(pq.read_table(tmp_path / "rep" / "predictions.parquet")) == 50
+
+
+def _size(image):
+    return np.array(image.size)
+
+
+def test_one_decoding_pass_feeds_detector_and_model(tmp_path, photos):
+    """The model gets the full image even where the detector has a large JPEG decoded at a reduced scale,
+    and the detector's arrays are the same as without a model."""
+    from overlap_audit.detectors import get_detector
+    from overlap_audit.embed import Decoder
+    from overlap_audit.types import RawItem
+
+    det = get_detector("phash")  # decode_size 128: a 1024x768 JPEG is decoded at 1/4 scale for it
+    photo = next(iter(photos.values())).resize((1024, 768))
+    photo.save(tmp_path / "a.jpg", quality=90)
+    photo.save(tmp_path / "b.png")
+    items = [RawItem("s", "a.jpg", path=str(tmp_path / "a.jpg")), RawItem("s", "b.png", path=str(tmp_path / "b.png")),
+             RawItem("s", "c.png", data=b"")]
+    for workers in (0, 2):
+        with Decoder(det, workers=workers, model_input=_size) as decoder:
+            both = list(decoder.decode(items))
+        with Decoder(det, workers=workers) as decoder:
+            alone = list(decoder.decode(items))
+        assert [len(e) for e in both] == [5, 5, 5] and [len(e) for e in alone] == [4, 4, 4]
+        assert both[0][4].tolist() == [1024, 768] and both[1][4].tolist() == [1024, 768]
+        assert both[2][2] == "zero-byte file" and both[2][4] is None
+        for b, a in zip(both, alone):
+            assert b[2] == a[2] and (a[1] is None or np.array_equal(b[1], a[1]))
