@@ -266,7 +266,8 @@ def _load_hf(source: ModelSource, device: str) -> TorchZeroShotModel:
         except Exception as exc:  # noqa: BLE001 - as above
             raise ModelError(f"{source.spec!r}: cannot load the {what} from {path}: {str(exc).splitlines()[0][:400]} "
                              f"(save it there with its save_pretrained)") from None
-    model, tokenizer, processor = parts["model"].to(device).eval(), parts["tokenizer"], parts["image processor"]
+    # float32 whatever the checkpoint's dtype (transformers 5 keeps a half-precision checkpoint's dtype)
+    model, tokenizer, processor = parts["model"].float().to(device).eval(), parts["tokenizer"], parts["image processor"]
     max_len = int(getattr(config.text_config, "max_position_embeddings", 77))
 
     def texts(batch: list[str]):
