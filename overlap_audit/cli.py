@@ -33,7 +33,7 @@ def main() -> None:
 
 
 _device = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                       help="Where FAISS (and torch detectors) run.")
+                       help="Where FAISS, torch detectors and a --model run.")
 _workers = click.option("--workers", type=click.IntRange(min=0), default=None,
                         help="Decoding worker processes (default: one per CPU, at most 8; 0 = in this process).")
 _batch = click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
