@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .detectors import get_detector
 from .embed import embed_source
-from .errors import SourceError
+from .errors import ModelError, SourceError
 from .imaging import DEFAULT_MAX_PIXELS
 from .index import build_index, check_detector, load_index, search
-from .predictions import match_predictions, read_predictions
+from .predictions import PREDICTIONS, match_predictions, read_predictions, write_predictions
 from .report import DatasetReport, Report, write_report
+from .scoring import TemplateSet, ZeroShotModel, ZeroShotScorer, load_classnames
 from .sources import open_source
 from .split import load_thresholds, resolve_thresholds, split
 from .stats import RateEstimate, correct, extended_stats, overlap_stats
@@ -25,8 +28,11 @@ from .stats import RateEstimate, correct, extended_stats, overlap_stats
 __all__ = ["build_index", "run_report"]
 
 
-def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], predictions: str | os.PathLike,
-               out_dir: str | os.PathLike, *, threshold: float | None = None,
+def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], predictions: str | os.PathLike | None,
+               out_dir: str | os.PathLike, *, model: str | None = None,
+               classnames: str | os.PathLike | dict[str, str | os.PathLike] | None = None,
+               templates: str | os.PathLike | dict[str, str | os.PathLike] | None = None,
+               model_batch_size: int = 128, threshold: float | None = None,
                thresholds: str | os.PathLike | dict[str, float] | None = None, k: int = 5, alpha: float = 0.05,
                ci_level: float = 0.995, detector: str | None = None, batch_size: int = 256,
                workers: int | None = None, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -43,7 +49,17 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
     detector-error correction. ``exact`` streams the corpus shards past the evaluation embeddings instead
     of searching the index (exact whatever the index type); with ``ray_address`` that stream runs on a
     Ray cluster. ``gallery`` caps the matched pairs report.html shows per dataset.
+
+    Give exactly one of ``predictions`` (a file) and ``model`` (a spec for ``models.load_model``): a model
+    is scored zero-shot on each evaluation set in the same decoding pass as the detector, with the
+    set's labels as classes (``classnames``: a file, or one per dataset, maps labels to readable names)
+    and ``templates`` (a file, or one per dataset; default the CLIP paper's 80 ImageNet templates); its
+    predictions are written to ``out_dir/predictions.parquet`` and then read back exactly as a
+    ``predictions`` file would be.
     """
+    if (predictions is None) == (model is None):
+        raise SourceError("give exactly one of --predictions FILE (the model's per-example results) and "
+                          "--model SPEC (score a CLIP model zero-shot here)")
     if correction not in ("bonferroni", "holm"):
         raise SourceError(f"--correction must be bonferroni or holm (got {correction!r})")
     evals = list(evals)
@@ -61,21 +77,32 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
                             "skipped or low-information): there is nothing to compare against")
     det = get_detector(detector or corpus.manifest.detector.spec, device=device)
     check_detector(corpus.manifest, det.info, str(index_dir))
-    preds = read_predictions(predictions)  # read early: a malformed file fails before any embedding
+    zero_shot = _prepare_zero_shot(model, names, classnames, templates, device) if model is not None else None
+    # read early: a malformed file fails before any embedding
+    preds = read_predictions(predictions) if predictions is not None else None
 
     per_dataset = load_thresholds(thresholds) if isinstance(thresholds, (str, os.PathLike)) else thresholds
     cut = resolve_thresholds(names, det.default_threshold, threshold=threshold, per_dataset=per_dataset)
     errors = resolve_detector_error(names, precision, recall, detector_error)
 
-    splits, skipped = {}, {}
+    splits, skipped, scored = {}, {}, []
     for name, spec in evals:
         source = open_source(spec, name=name, labels_from_folders=True)
+        scorer = ZeroShotScorer(zero_shot.model, name, batch_size=model_batch_size) if zero_shot else None
         emb = embed_source(source, det, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
-                           progress=progress)
+                           progress=progress, scorer=scorer)
+        if scorer is not None:
+            scored.append(scorer.result(zero_shot.classnames[name], zero_shot.templates[name].templates,
+                                        progress=progress))
         neighbors = search(corpus, emb.ids, emb.vectors, k=k, device=device, exact_stream=exact,
                            ray_address=ray_address)
         splits[name] = split(name, emb, neighbors, cut[name])
         skipped[name] = emb.skipped
+    if zero_shot is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        predictions = Path(out_dir) / PREDICTIONS
+        write_predictions(predictions, scored)
+        preds = read_predictions(predictions)  # from here on exactly as a given --predictions file
     correctness = match_predictions(preds, splits, {n: {s.id for s in sk} for n, sk in skipped.items()})
 
     stats = {}
@@ -111,9 +138,55 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
         predictions=str(predictions), package_version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         evals=dict(evals),
+        model=zero_shot.to_dict() if zero_shot is not None else None,
     )
     write_report(out_dir, report, splits, correctness, gallery=gallery, max_pixels=max_pixels)
     return report
+
+
+@dataclass(frozen=True, eq=False)
+class ZeroShotSetup:
+    """The model a report scores, and each dataset's class names and templates."""
+
+    spec: str
+    weights_sha256: str
+    device: str
+    model: ZeroShotModel
+    classnames: dict[str, dict[str, str] | None]    # per dataset: {label: name} from a file, or None
+    classnames_files: dict[str, str | None]
+    templates: dict[str, TemplateSet]
+
+    def to_dict(self) -> dict:
+        return {
+            "spec": self.spec, "weights_sha256": self.weights_sha256, "device": self.device,
+            "templates": {n: t.to_dict() for n, t in self.templates.items()},
+            "classnames": {n: (f or "the evaluation set's labels (underscores and hyphens read as spaces)")
+                           for n, f in self.classnames_files.items()},
+        }
+
+
+def _per_dataset(value, names: list[str], option: str) -> dict[str, str | None]:
+    if value is None or isinstance(value, (str, os.PathLike)):
+        return {n: (None if value is None else str(value)) for n in names}
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise ModelError(f"{option} names datasets that are not evaluated: {', '.join(unknown)}")
+    return {n: (None if value.get(n) is None else str(value[n])) for n in names}
+
+
+def _prepare_zero_shot(spec: str, names: list[str], classnames, templates, device: str) -> ZeroShotSetup:
+    """Check the classnames and templates files, then load the model (files before the slow part)."""
+    from .models import load_model, parse_model_spec, weights_sha256, resolve_model_device
+
+    class_files = _per_dataset(classnames, names, "--classnames")
+    template_files = _per_dataset(templates, names, "--templates")
+    names_by = {n: (load_classnames(f) if f else None) for n, f in class_files.items()}
+    templates_by = {n: TemplateSet.load(f) for n, f in template_files.items()}
+    source = parse_model_spec(spec)
+    dev = resolve_model_device(device)
+    model = load_model(spec, dev)
+    return ZeroShotSetup(spec=spec, weights_sha256=weights_sha256(source.weights), device=dev, model=model,
+                         classnames=names_by, classnames_files=class_files, templates=templates_by)
 
 
 def resolve_detector_error(names: list[str], precision=None, recall=None, per_dataset=None

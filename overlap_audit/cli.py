@@ -33,7 +33,7 @@ def main() -> None:
 
 
 _device = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                       help="Where FAISS (and torch detectors) run.")
+                       help="Where FAISS, torch detectors and a --model run.")
 _workers = click.option("--workers", type=click.IntRange(min=0), default=None,
                         help="Decoding worker processes (default: one per CPU, at most 8; 0 = in this process).")
 _batch = click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
@@ -88,8 +88,18 @@ def index(sources, out_dir, detector, batch_size, workers, device, resume, shard
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--eval", "evals", multiple=True, required=True, metavar="NAME=SOURCE",
               help="An evaluation set (repeatable). A folder's first-level sub-folders are its classes.")
-@click.option("--predictions", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Parquet or CSV: dataset, id, and correct (0/1) or prediction + label.")
+@click.option("--predictions", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Parquet or CSV: dataset, id, and correct (0/1) or prediction + label. Or --model.")
+@click.option("--model", "model", default=None, metavar="SPEC",
+              help="Score this CLIP model zero-shot instead of reading --predictions: open_clip:ARCH:CHECKPOINT, "
+                   "hf:DIR or overlap-audit:NAME|PATH (local files only).")
+@click.option("--classnames", multiple=True, metavar="[NAME=]FILE",
+              help="With --model: JSON {label: name} or CSV/TSV label,name; NAME= for one dataset (repeatable).")
+@click.option("--templates", multiple=True, metavar="[NAME=]FILE",
+              help="With --model: prompt templates, one per line with {} (default: the CLIP paper's 80 ImageNet "
+                   "ones); NAME= for one dataset (repeatable).")
+@click.option("--model-batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Images per model batch.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report directory.")
 @click.option("--threshold", type=float, default=None, help="Similarity threshold for every dataset "
               "(default: the detector's).")
@@ -119,18 +129,25 @@ def index(sources, out_dir, detector, batch_size, workers, device, resume, shard
 @_device
 @_max_pixels
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alpha, ci_level, correction, precision,
-           recall, detector_error, detector, exact, ray_address, gallery, batch_size, workers, device, max_pixels,
-           quiet) -> None:
+def report(index_dir, evals, predictions, model, classnames, templates, model_batch_size, out_dir, threshold,
+           thresholds, k, alpha, ci_level, correction, precision, recall, detector_error, detector, exact, ray_address,
+           gallery, batch_size, workers, device, max_pixels, quiet) -> None:
     """Split each evaluation set into Overlap / Clean against INDEX_DIR and report the statistics."""
     from .api import run_report
     from .imaging import DEFAULT_MAX_PIXELS
-    from .report import format_extended_table, format_table, interpretation, recall_line
+    from .report import format_extended_table, format_table, interpretation, model_line, recall_line
+    from .scoring import assign_files
     from .sources import parse_eval_spec
 
     try:
         parsed = [parse_eval_spec(e) for e in evals]
-        rep = run_report(index_dir, parsed, predictions, out_dir, threshold=threshold, thresholds=thresholds,
+        names = [n for n, _ in parsed]
+        if (classnames or templates) and not model:
+            raise click.UsageError("--classnames and --templates go with --model")
+        rep = run_report(index_dir, parsed, predictions, out_dir, model=model,
+                         classnames=assign_files(classnames, names, "--classnames"),
+                         templates=assign_files(templates, names, "--templates"),
+                         model_batch_size=model_batch_size, threshold=threshold, thresholds=thresholds,
                          k=k, alpha=alpha, ci_level=ci_level, detector=detector, batch_size=batch_size,
                          workers=workers, device=device, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                          progress=not quiet, correction=correction, precision=precision, recall=recall,
@@ -139,13 +156,16 @@ def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alp
     except _user_errors() as exc:
         _fail(exc)
     click.echo(f"search: {rep.index.get('search')}; {recall_line(rep.index.get('recall', {}))}\n")
+    if rep.model:
+        click.echo(model_line(rep.model) + "\n")
     click.echo(format_table(rep))
     click.echo("\n" + format_extended_table(rep))
     click.echo("\n" + "\n".join(interpretation(rep)))
     for d in rep.datasets:
         for s in d.skipped:
             click.echo(f"skipped {d.name}:{s.id}: {s.reason}")
-    click.echo(f"\nreport written to {out_dir}/ (report.json, report.md, report.html, splits.parquet)")
+    extra = ", predictions.parquet" if rep.model else ""
+    click.echo(f"\nreport written to {out_dir}/ (report.json, report.md, report.html, splits.parquet{extra})")
 
 
 @main.command("train-detector")

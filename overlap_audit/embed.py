@@ -3,15 +3,20 @@
 Decoding (bytes -> RGB -> ``detector.preprocess``) runs in a pool of worker processes with a bounded number
 of chunks in flight, so memory stays flat however large the source; ``detector.embed`` runs once per batch
 in this process. Every item comes out either embedded or as a ``Skipped`` with its reason.
+
+With a zero-shot scorer (``embed_source(..., scorer=...)``) each image is decoded once for both: the workers
+also turn it into the model's pixels, and the model embeds them in batches beside the detector, so the
+detector and the model see the same set of items (an image either fails for both or is used by both).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 import zlib
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,26 +52,50 @@ def default_start_method() -> str:
     return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
-def _init_worker(detector: Detector, max_pixels: int) -> None:
+def _init_worker(detector: Detector, max_pixels: int, model_input: Callable | None = None) -> None:
     _WORKER_STATE["detector"] = detector
     _WORKER_STATE["max_pixels"] = max_pixels
+    _WORKER_STATE["model_input"] = model_input
+    if model_input is not None and "torch" in sys.modules:
+        # a model's transforms run torch ops here: one thread per worker, as torch's DataLoader does
+        sys.modules["torch"].set_num_threads(1)
 
 
-Decoded = tuple  # (array | None, skip reason | None, augmented copy's array | None)
+# (array | None, skip reason | None, augmented copy's array | None, the model's pixels | None)
+Decoded = tuple
 
 
-def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool = False) -> Decoded:
+def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool = False,
+                model_input: Callable | None = None) -> Decoded:
     if item.skip_reason is not None:
-        return None, item.skip_reason, None
+        return None, item.skip_reason, None, None
+    decode_size = getattr(detector, "decode_size", None)
+    data, path = item.data, item.path
+    if model_input is not None and data is None and path is not None:
+        try:  # read once for both decodes; a failure is left for decode_image to report
+            with open(path, "rb") as fh:
+                data, path = fh.read(), None
+        except OSError:
+            pass
     try:
-        image = decode_image(item.data, item.path, max_pixels=max_pixels,
-                             min_size=getattr(detector, "decode_size", None))
+        image = decode_image(data, path, max_pixels=max_pixels, min_size=decode_size)
     except ImageRejected as exc:
-        return None, str(exc), None
+        return None, str(exc), None, None
     try:
         array = detector.preprocess(image)
     except Exception as exc:  # noqa: BLE001 - one bad image must not end a corpus run
-        return None, f"detector preprocessing failed: {type(exc).__name__}: {exc}", None
+        return None, f"detector preprocessing failed: {type(exc).__name__}: {exc}", None, None
+    pixels = None
+    if model_input is not None:
+        try:
+            # the detector may have had a JPEG decoded at a reduced scale; the model gets the full image
+            reduced = decode_size is not None and (data is None or data[:3] == b"\xff\xd8\xff")
+            full = decode_image(data, path, max_pixels=max_pixels) if reduced else image
+            pixels = model_input(full)
+        except ImageRejected as exc:  # pragma: no cover - the same bytes decoded a moment ago
+            return None, str(exc), None, None
+        except Exception as exc:  # noqa: BLE001 - as above; skipped for the detector too, so both agree
+            return None, f"model preprocessing failed: {type(exc).__name__}: {exc}", None, None
     duplicate = None
     if copy:  # a near-duplicate query of this item, for measuring an approximate index's recall
         from .augment import augment
@@ -76,13 +105,14 @@ def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool =
             duplicate = detector.preprocess(augment(image, "resize+jpeg", np.random.default_rng(seed)))
         except Exception:  # noqa: BLE001 - the copy is optional; the item itself is fine
             duplicate = None
-    return array, None, duplicate
+    return array, None, duplicate, pixels
 
 
 def _decode_chunk(chunk: list[tuple[RawItem, bool]]) -> list[Decoded]:
     detector = _WORKER_STATE["detector"]
     max_pixels = _WORKER_STATE["max_pixels"]
-    return [_decode_one(item, detector, max_pixels, copy) for item, copy in chunk]
+    model_input = _WORKER_STATE.get("model_input")
+    return [_decode_one(item, detector, max_pixels, copy, model_input) for item, copy in chunk]
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -100,8 +130,9 @@ class Decoder:
     """Decodes chunks of RawItems in worker processes (or in this process with ``workers=0``), in order."""
 
     def __init__(self, detector: Detector, *, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 chunk_size: int = 32, start_method: str | None = None):
+                 chunk_size: int = 32, start_method: str | None = None, model_input: Callable | None = None):
         self.detector = detector
+        self.model_input = model_input  # PIL image -> a zero-shot model's pixels, made beside the detector's
         self.workers = default_workers() if workers is None else int(workers)
         self.max_pixels = max_pixels
         self.chunk_size = chunk_size
@@ -112,7 +143,7 @@ class Decoder:
         if self.workers > 0:
             ctx = mp.get_context(self.start_method)
             self._pool = ctx.Pool(self.workers, initializer=_init_worker,
-                                  initargs=(self.detector, self.max_pixels))
+                                  initargs=(self.detector, self.max_pixels, self.model_input))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -125,14 +156,19 @@ class Decoder:
             self._pool = None
 
     def decode(self, items: Iterable[RawItem], copies: set[tuple[str, str]] | None = None
-               ) -> Iterator[tuple[RawItem, np.ndarray | None, str | None, np.ndarray | None]]:
+               ) -> Iterator[tuple]:
         """Yield (item, preprocessed array or None, skip reason or None, augmented copy or None) in input
-        order; copies are made for the (source, id) pairs in ``copies``."""
-        copies = copies or set()
+        order; copies are made for the (source, id) pairs in ``copies``. With ``model_input`` each tuple
+        has a fifth element: the model's pixels (None where skipped)."""
+        width = 5 if self.model_input is not None else 4
+        for entry in self._decode(items, copies or set()):
+            yield entry[:width]
+
+    def _decode(self, items: Iterable[RawItem], copies: set[tuple[str, str]]) -> Iterator[tuple]:
         flagged = ((item, (item.source, item.id) in copies) for item in items)
         if self._pool is None:
             for item, copy in flagged:
-                yield (item, *_decode_one(item, self.detector, self.max_pixels, copy))
+                yield (item, *_decode_one(item, self.detector, self.max_pixels, copy, self.model_input))
             return
         in_flight: deque = deque()
         max_in_flight = 2 * self.workers + 2  # bounded read-ahead: memory does not grow with the source
@@ -203,17 +239,34 @@ def embed_decoded(decoded: Iterable[tuple], detector: Detector, *, batch_size: i
 
 
 def embed_source(source: Source, detector: Detector, *, batch_size: int = 256, workers: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False) -> Embeddings:
-    """Embed a whole source in memory (evaluation sets are small); skipped items are listed, not dropped."""
+                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False, scorer=None) -> Embeddings:
+    """Embed a whole source in memory (evaluation sets are small); skipped items are listed, not dropped.
+
+    ``scorer`` (a ``scoring.ZeroShotScorer``) is fed each decoded image's model pixels as well, from the
+    same decoding pass."""
     items: Iterable[RawItem] = source.iter_items()
-    with Decoder(detector, workers=workers, max_pixels=max_pixels) as decoder:
+    model_input = scorer.preprocessor() if scorer is not None else None
+    with Decoder(detector, workers=workers, max_pixels=max_pixels, model_input=model_input) as decoder:
         decoded = decoder.decode(items)
+        if scorer is not None:
+            decoded = _feed(decoded, scorer)
         if progress:
             from tqdm import tqdm
 
-            decoded = tqdm(decoded, desc=f"embed {source.name}", unit="img", leave=False)
+            what = "embed and score" if scorer is not None else "embed"
+            decoded = tqdm(decoded, desc=f"{what} {source.name}", unit="img", leave=False)
         result = embed_decoded(decoded, detector, batch_size=batch_size)
+        if scorer is not None:
+            scorer.flush()
     return to_embeddings(result, detector)
+
+
+def _feed(decoded: Iterable[tuple], scorer) -> Iterator[tuple]:
+    """Pass the decoded stream on unchanged, handing each item's model pixels to the scorer on the way."""
+    for entry in decoded:
+        item, reason, pixels = entry[0], entry[2], entry[4]
+        scorer.add(item.id, item.label, pixels if reason is None else None)
+        yield entry
 
 
 def to_embeddings(result: EmbeddedItems, detector: Detector) -> Embeddings:

@@ -4,6 +4,9 @@ Columns: ``dataset``, ``id`` and either ``correct`` (0/1 or true/false) or both 
 ``label`` (correct = prediction == label, compared as text). Every evaluated example needs exactly one
 row: missing, extra and duplicated ids are errors that name a few of them. Rows for examples that were
 skipped (unreadable images) are accepted and left out, as the report says.
+
+``write_predictions`` writes what ``report --model`` scored in this format (plus ``top5``), so a report
+can be rerun from it with ``--predictions``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,37 @@ def _few(values, n: int = 5) -> str:
     values = list(values)
     shown = ", ".join(repr(v) for v in values[:n])
     return shown + (f" (and {len(values) - n} more)" if len(values) > n else "")
+
+
+PREDICTIONS = "predictions.parquet"
+
+
+def write_predictions(path: str | os.PathLike, scored) -> None:
+    """A predictions Parquet file from ``scoring.ScoredSet``s: dataset, id, label, prediction, correct and
+    top5 (the top-5 labels, best first)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .io import atomic_write
+
+    rows: dict[str, list] = {k: [] for k in ("dataset", "id", "label", "prediction", "correct", "top5")}
+    for s in scored:
+        for ident, label, pred, top in zip(s.ids, s.labels, s.predictions, s.top):
+            rows["dataset"].append(s.dataset)
+            rows["id"].append(ident)
+            rows["label"].append(label)
+            rows["prediction"].append(pred)
+            rows["correct"].append(pred == label)
+            rows["top5"].append(list(top))
+    table = pa.table({
+        "dataset": pa.array(rows["dataset"], pa.string()),
+        "id": pa.array(rows["id"], pa.string()),
+        "label": pa.array(rows["label"], pa.string()),
+        "prediction": pa.array(rows["prediction"], pa.string()),
+        "correct": pa.array(rows["correct"], pa.bool_()),
+        "top5": pa.array(rows["top5"], pa.list_(pa.string())),
+    })
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _read_table(path: str):

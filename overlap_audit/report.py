@@ -95,6 +95,7 @@ class Report:
     package_version: str
     created: str
     evals: dict[str, str] = field(default_factory=dict)  # name -> source spec of each evaluation set
+    model: dict | None = None  # report --model: spec, weights_sha256, device, templates, classnames
 
     @property
     def threshold(self) -> dict[str, float]:
@@ -121,6 +122,7 @@ class Report:
             "correction": {"method": self.correction,
                            "m": sum(d.stats.p_value is not None for d in self.datasets)},
             "datasets": [d.to_dict() for d in self.datasets],
+            **({"model": self.model} if self.model is not None else {}),
         }
 
     @classmethod
@@ -137,6 +139,7 @@ class Report:
             package_version=d["package_version"],
             created=d["created"],
             evals=dict(d.get("evals", {})),
+            model=d.get("model"),
         )
 
 
@@ -187,6 +190,14 @@ def recall_line(recall: dict) -> str:
             f"{100 * recall['recall_at_k']:.1f}% against exact search on {recall['n_queries']} augmented corpus "
             f"copies (source found in top {recall['k']}: {100 * recall['source_found_at_k']:.1f}%, exact: "
             f"{100 * recall['source_found_at_k_exact']:.1f}%)")
+
+
+def model_line(model: dict) -> str:
+    """What report --model scored, in one line."""
+    counts = sorted({t["count"] for t in model.get("templates", {}).values()})
+    return (f"Model `{model['spec']}` (weights sha256 {model['weights_sha256'][:12]}…, {model['device']}) scored "
+            f"zero-shot with {'/'.join(map(str, counts))} prompt template(s) per class; its predictions are in "
+            f"predictions.parquet.")
 
 
 def format_table(report: Report) -> str:
@@ -275,6 +286,7 @@ def format_markdown(report: Report) -> str:
         f"Detector `{det.spec}` (version {det.version}, {det.dim}-d, {det.metric}); index `{report.index.get('path')}` "
         f"with {report.index.get('n_indexed')} corpus items; k = {report.k}.",
         f"Search: {report.index.get('search', 'exact')}; {recall_line(report.index.get('recall', {}))}.",
+        *([model_line(report.model)] if report.model else []),
         f"p-value: one-sided binomial test, H0 Overlap accuracy = Clean accuracy (alternative: greater). "
         f"Significance after {report.correction.capitalize()} correction at alpha = {report.alpha:g} across "
         f"{sum(d.stats.p_value is not None for d in report.datasets)} dataset(s). Intervals: Clopper–Pearson at "

@@ -76,3 +76,41 @@ def test_classifier_rejects_bad_input():
         build_classifier(model, ["x"], templates=["{}"])
     with pytest.raises(ModelError, match="distinct"):
         build_classifier(model, ["x", "x"], templates=["{}"])
+
+
+def test_classnames_files(tmp_path):
+    from overlap_audit.scoring import class_names, load_classnames, readable_name
+
+    js = tmp_path / "n.json"
+    js.write_text('{"n01": "tench", "n02": "goldfish"}')
+    assert load_classnames(js) == {"n01": "tench", "n02": "goldfish"}
+    csv = tmp_path / "n.csv"
+    csv.write_text('label,name\nn01,tench\nn02,"great white, shark"\n')
+    assert load_classnames(csv) == {"n01": "tench", "n02": "great white, shark"}
+    tsv = tmp_path / "n.tsv"
+    tsv.write_text("n01\ttench fish\n")
+    assert load_classnames(tsv) == {"n01": "tench fish"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("n01,tench\nn01,again\n")
+    with pytest.raises(ModelError, match="line 2: label 'n01' appears twice"):
+        load_classnames(bad)
+    (tmp_path / "list.json").write_text('["tench"]')
+    with pytest.raises(ModelError, match="must hold"):
+        load_classnames(tmp_path / "list.json")
+    assert readable_name("hot_dog-stand") == "hot dog stand"
+    # the file's labels first (all are classes), then the source's other labels, sorted
+    assert class_names(["z_z", "n02", "a-b"], {"n02": "goldfish", "n09": "x"}) == (
+        ["n02", "n09", "a-b", "z_z"], ["goldfish", "x", "a b", "z z"])
+
+
+def test_assign_files_per_dataset():
+    from overlap_audit.scoring import assign_files
+
+    assert assign_files([], ["a", "b"], "--templates") == {}
+    assert assign_files(["t.txt"], ["a", "b"], "--templates") == {"a": "t.txt", "b": "t.txt"}
+    assert assign_files(["t.txt", "b=u.txt"], ["a", "b"], "--templates") == {"a": "t.txt", "b": "u.txt"}
+    assert assign_files(["c=x.txt"], ["a", "b"], "--templates") == {"a": "c=x.txt", "b": "c=x.txt"}  # a file name
+    with pytest.raises(ModelError, match="two files for dataset 'a'"):
+        assign_files(["a=1", "a=2"], ["a"], "--templates")
+    with pytest.raises(ModelError, match="two files for every dataset"):
+        assign_files(["1", "2"], ["a"], "--classnames")
