@@ -287,7 +287,7 @@ def _gallery(i: int, g: Gallery) -> str:
 
 def render_html(report, galleries: list[Gallery], title: str = "Data overlap report") -> str:
     """The whole page as one string."""
-    from .report import recall_line
+    from .report import model_line, recall_line
 
     det = report.detector
     png = figure17_png(report)
@@ -307,6 +307,8 @@ def render_html(report, galleries: list[Gallery], title: str = "Data overlap rep
         f"<p>p-value: one-sided binomial test (Overlap accuracy greater than Clean); significance after "
         f"{esc(report.correction)} correction at alpha = {esc(f'{report.alpha:g}')}. Intervals: Clopper–Pearson at "
         f"{esc(f'{100 * report.ci_level:g}')}%. Accuracies in %.</p>",
+        (f"<p>{esc(model_line(report.model))}</p>" if report.model else
+         f"<p>Predictions read from <code>{esc(report.predictions)}</code>.</p>"),
         _table(report),
         plot,
         *(_gallery(i, g) for i, g in enumerate(galleries)),
