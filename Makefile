@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 DEMO_DIR ?= demo-out
+DEMO_REAL_DIR ?= demo-real-out
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo demo-real bench clean
 
 install: $(STAMP)
 
@@ -25,6 +26,10 @@ demo: install
 	rm -rf $(DEMO_DIR)
 	$(BIN)/overlap-audit demo $(DEMO_DIR)
 
+# openclipart-png as the corpus, tuxpaint-stamps-default as the evaluation set (apt-get download, no root)
+demo-real: install
+	$(BIN)/overlap-audit demo-real $(DEMO_REAL_DIR)
+
 bench: install
 	$(BIN)/python benchmarks/bench_phash.py
 	$(BIN)/python benchmarks/bench_search.py
@@ -34,4 +39,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_scale.py --sizes 1e4 1e5 1e6 --queries 10000 --hnsw-max 1e5
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_REAL_DIR) .pytest_cache

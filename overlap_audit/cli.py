@@ -330,5 +330,34 @@ def demo(out_dir, seed) -> None:
     click.echo(f"\ndemo files in {out_dir}/; report in {out_dir}/report/ (report.json, report.md, report.html, splits.parquet)")
 
 
+@main.command("demo-real")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+              help="Where the Debian packages are downloaded and unpacked (default ~/.cache/overlap-audit).")
+@click.option("--model", default="overlap-audit:openclipart-small", show_default=True,
+              help="The CLIP model scored zero-shot (see report --model).")
+@_workers
+@click.option("--gallery", type=click.IntRange(min=0), default=300, show_default=True,
+              help="Matched pairs shown in report.html.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def demo_real(out_dir, cache_dir, model, workers, gallery, quiet) -> None:
+    """Audit on real data: openclipart-png as the corpus, tuxpaint-stamps-default as the evaluation set."""
+    from .realdata import run_real_demo
+    from .report import format_extended_table, format_table, interpretation, model_line
+
+    try:
+        result = run_real_demo(out_dir, cache_dir=cache_dir, model=model, workers=workers, progress=not quiet,
+                               gallery=gallery)
+    except _user_errors() as exc:
+        _fail(exc)
+    click.echo(result.summary() + "\n")
+    click.echo(model_line(result.report.model) + "\n")
+    click.echo(format_table(result.report))
+    click.echo("\n" + format_extended_table(result.report))
+    click.echo("\n" + "\n".join(interpretation(result.report)))
+    click.echo(f"\nreport in {result.report_dir}/ (report.html, report.json, report.md, splits.parquet, "
+               "predictions.parquet)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
