@@ -334,19 +334,21 @@ def demo(out_dir, seed) -> None:
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
               help="Where the Debian packages are downloaded and unpacked (default ~/.cache/overlap-audit).")
+@click.option("--debs", "debs_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A folder holding the two .deb files already (nothing is downloaded).")
 @click.option("--model", default="overlap-audit:openclipart-small", show_default=True,
               help="The CLIP model scored zero-shot (see report --model).")
 @_workers
 @click.option("--gallery", type=click.IntRange(min=0), default=300, show_default=True,
               help="Matched pairs shown in report.html.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def demo_real(out_dir, cache_dir, model, workers, gallery, quiet) -> None:
+def demo_real(out_dir, cache_dir, debs_dir, model, workers, gallery, quiet) -> None:
     """Audit on real data: openclipart-png as the corpus, tuxpaint-stamps-default as the evaluation set."""
     from .realdata import run_real_demo
     from .report import format_extended_table, format_table, interpretation, model_line
 
     try:
-        result = run_real_demo(out_dir, cache_dir=cache_dir, model=model, workers=workers, progress=not quiet,
+        result = run_real_demo(out_dir, cache_dir=cache_dir, debs_dir=debs_dir, model=model, workers=workers, progress=not quiet,
                                gallery=gallery)
     except _user_errors() as exc:
         _fail(exc)
