@@ -6,12 +6,10 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from click.testing import CliRunner
 
 from overlap_audit import smallclip
@@ -236,3 +234,18 @@ def test_shipped_model_loads_and_is_deterministic(photos):
     assert torch.equal(t[0], t[2]) and torch.allclose(t.norm(dim=1), torch.ones(3), atol=1e-5)
     clf = build_classifier(model, ["animals", "food"], templates=["a drawing of {}."])
     assert clf.weights.shape == (2, model.dim)
+
+
+def test_zero_shot_gives_the_same_predictions_from_pil_images_and_thumbnails(photos):
+    from overlap_audit.demo import tiles
+    from overlap_audit.smallclip import SmallClip, square_thumbnail, zero_shot
+
+    torch.manual_seed(1)
+    model = SmallClip(SmallCLIP(TINY).eval(), "tiny", 32, {}, "cpu")
+    images = [t for name in ("coffee", "rocket", "astronaut") for t in tiles(photos[name], 2, 48)]
+    labels = [name for name in ("coffee", "rocket", "astronaut") for _ in range(4)]
+    a = zero_shot(model, images, labels, templates=["a photo of {}."])
+    b = zero_shot(model, np.stack([square_thumbnail(im, 32) for im in images]), labels, templates=["a photo of {}."])
+    assert a.predicted == b.predicted and a.classes == ("astronaut", "coffee", "rocket")
+    assert a.accuracy == float(np.mean([p == t for p, t in zip(a.predicted, labels)]))
+    assert a.majority_rate == 4 / 12
