@@ -435,6 +435,10 @@ def _pretrain(torch, sources, out, ckpt_path, cfg, mcfg, dev, resume, workers, p
     started = time.monotonic()
     last = {"step": step, "loss": float("nan"), "accuracy": float("nan"),
             "temperature": float(1 / net.logit_scale.exp().item())}
+    if resumed_from:  # a finished run resumed again reports its last step's numbers, not NaN
+        logged = (out / LOG).read_text(encoding="utf-8").splitlines() if (out / LOG).exists() else []
+        if logged:
+            last.update({k: v for k, v in json.loads(logged[-1]).items() if k in ("loss", "accuracy")})
 
     def save() -> None:
         state = {"format": FORMAT, "model_config": mcfg.to_dict(), "train_config": train_config,
