@@ -201,6 +201,43 @@ def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, l
                f"(use --detector clipdup:{out_dir})")
 
 
+@main.command("pretrain-clip")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Checkpoint directory.")
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
+              help="Peak learning rate (linear warm-up, cosine decay to a tenth).")
+@click.option("--image-size", type=click.IntRange(min=16), default=64, show_default=True, help="Input pixels.")
+@click.option("--caption-from", type=click.Choice(["caption", "path", "auto"]), default="auto", show_default=True,
+              help="caption: the source's caption (first line of NAME.txt); path: file name words, then its "
+                   "folders; auto: caption where present, else path.")
+@click.option("--max-items", type=click.IntRange(min=2), default=None, help="Use at most this many pairs.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
+@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Decoding worker processes (0 = in this process).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the checkpoint in --out (only --steps may change).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def pretrain_clip(sources, out_dir, steps, batch_size, lr, image_size, caption_from, max_items, seed, threads,
+                  workers, device, resume, quiet) -> None:
+    """Pretrain the project's small CLIP on the image–caption pairs of SOURCES (contrastive, learned temperature)."""
+    from .smallclip import TrainConfig, pretrain
+    from .smallclip_model import ModelConfig
+
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, caption_from=caption_from,
+                      max_items=max_items)
+    try:
+        r = pretrain(list(sources), out_dir, cfg, ModelConfig(image_size=image_size), device=device, resume=resume,
+                     threads=threads, workers=workers, progress=not quiet)
+    except _user_errors() as exc:
+        _fail(exc)
+    click.echo(f"trained to step {r.step} on {r.n_pairs} image-caption pairs ({r.n_skipped} skipped) in "
+               f"{r.seconds:.0f} s: loss {r.loss:.4f}, in-batch accuracy {r.accuracy:.3f}, temperature "
+               f"{r.temperature:.4f}; weights in {out_dir}/model.pt")
+
+
 @main.command()
 @click.argument("source")
 @click.option("--detector", default="phash", show_default=True)
