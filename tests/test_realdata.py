@@ -35,7 +35,7 @@ def debs(tmp_path_factory, tile_sets):
     corpus_tiles, other_tiles = tile_sets
     root = tmp_path_factory.mktemp("debroot")
     out = tmp_path_factory.mktemp("debs")
-    clip = {f"usr/share/openclipart/png/things/{i.replace('/', '_')}": png_bytes(im)
+    clip = {f"usr/share/openclipart/png/things/{i}.png": png_bytes(im)
             for i, im in corpus_tiles[:30]}
     clip["usr/share/openclipart/png/electronics/microchip.png"] = huge_png_header()
     build_deb(root, "openclipart-png", clip, out)
@@ -70,8 +70,8 @@ def test_demo_real_end_to_end(debs, tmp_path):
     assert "overlap-audit:openclipart-small" in r.stdout
     report = json.loads((out / "report" / "report.json").read_text(encoding="utf-8"))
     ds = report["datasets"][0]
-    assert ds["name"] == "tuxpaint" and ds["stats"]["n"] == 12
-    assert ds["stats"]["n_overlap"] >= 6  # the six stamps copied from the corpus are found
+    assert ds["name"] == "tuxpaint" and ds["n_all"] == 12
+    assert ds["n_overlap"] >= 6  # the six stamps copied from the corpus are found
     assert report["model"]["spec"] == "overlap-audit:openclipart-small"
     preds = pq.read_table(out / "report" / "predictions.parquet").to_pylist()
     assert len(preds) == 12 and {p["label"] for p in preds} == {"animals", "naturalforces"}
