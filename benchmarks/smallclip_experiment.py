@@ -78,6 +78,41 @@ def bootstrap(fn, groups: list[np.ndarray], n_boot: int, seed: int) -> tuple[flo
     return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
 
 
+def pipeline_audit(work: Path, oc_dir: str, tux_dir: str, rel: list[str], planted: np.ndarray,
+                   correct: np.ndarray) -> dict:
+    """The audit as a user runs it, on model A: phash index of A's corpus (openclipart + the planted stamps'
+    original files), the evaluation stamps as an ImageFolder, A's zero-shot correctness as predictions."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from overlap_audit.api import build_index, run_report
+
+    planted_dir, eval_dir = work / "corpus-planted", work / "eval-tuxpaint"
+    for root, keep in ((planted_dir, planted), (eval_dir, np.ones(len(rel), bool))):
+        if root.exists():
+            shutil.rmtree(root)
+        for r, k in zip(rel, keep):
+            if k:
+                (root / r).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(tux_dir) / r, root / r)
+    index_dir, report_dir = work / "index-A", work / "report-A"
+    shutil.rmtree(index_dir, ignore_errors=True)
+    t0 = time.time()
+    build_index([oc_dir, str(planted_dir)], index_dir, detector="phash", workers=1, device="cpu")
+    preds = work / "predictions-A.csv"
+    preds.write_text("dataset,id,correct\n" + "".join(f"tuxpaint,{r},{int(c)}\n" for r, c in zip(rel, correct)))
+    rep = run_report(index_dir, [("tuxpaint", str(eval_dir))], preds, report_dir, workers=1, device="cpu")
+    rows = pq.read_table(report_dir / "splits.parquet", columns=["id", "overlap"]).to_pylist()
+    found = {r["id"] for r in rows if r["overlap"]}
+    truth = {r for r, k in zip(rel, planted) if k}
+    st = rep.datasets[0].stats
+    return {"seconds": round(time.time() - t0, 1), "n": st.n_all, "n_overlap": st.n_overlap,
+            "acc_all": st.acc_all, "acc_overlap": st.acc_overlap, "acc_clean": st.acc_clean,
+            "all_minus_clean": st.delta, "ci_delta_paper_995": st.ci_delta, "p_value": st.p_value,
+            "planted_found": len(found & truth), "planted": len(truth), "unplanted_called_overlap": len(found - truth)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--baseline", required=True, help="run directory of model B (trained here if absent)")
@@ -90,6 +125,8 @@ def main() -> None:
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/overlap-audit"))
     ap.add_argument("--openclipart", default=None)
     ap.add_argument("--tuxpaint", default=None)
+    ap.add_argument("--no-audit", action="store_true",
+                    help="skip the end-to-end audit (phash index of A's corpus, report on A's predictions)")
     ap.add_argument("--train-only", choices=["A", "B", "C"], default=None,
                     help="train (or finish) just this model and stop, e.g. to run A and B side by side")
     args = ap.parse_args()
@@ -198,6 +235,8 @@ def main() -> None:
         "acc_A_leaked": m(A, np.flatnonzero(leaked)) if leaked.any() else None,
         "acc_B_leaked": m(B, np.flatnonzero(leaked)) if leaked.any() else None,
     }
+    if not args.no_audit:
+        res["pipeline_audit_A"] = pipeline_audit(work, oc_dir, tux_dir, rel, planted, A)
     res["runs"] = timings
     res["settings"] = {"steps": args.steps, "batch_size": args.batch_size, "threads": args.threads,
                        "split_seed": args.split_seed, "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
