@@ -375,17 +375,20 @@ def demo(out_dir, seed) -> None:
               help="A folder holding the two .deb files already (nothing is downloaded).")
 @click.option("--model", default="overlap-audit:openclipart-small", show_default=True,
               help="The CLIP model scored zero-shot (see report --model).")
+@click.option("--templates", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Prompt templates (default: the shipped drawing templates, templates/drawings.txt).")
 @_workers
 @click.option("--gallery", type=click.IntRange(min=0), default=300, show_default=True,
               help="Matched pairs shown in report.html.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def demo_real(out_dir, cache_dir, debs_dir, model, workers, gallery, quiet) -> None:
+def demo_real(out_dir, cache_dir, debs_dir, model, templates, workers, gallery, quiet) -> None:
     """Audit on real data: openclipart-png as the corpus, tuxpaint-stamps-default as the evaluation set."""
     from .realdata import run_real_demo
     from .report import format_extended_table, format_table, interpretation, model_line
 
     try:
-        result = run_real_demo(out_dir, cache_dir=cache_dir, debs_dir=debs_dir, model=model, workers=workers, progress=not quiet,
+        result = run_real_demo(out_dir, cache_dir=cache_dir, debs_dir=debs_dir, model=model, templates=templates,
+                               workers=workers, progress=not quiet,
                                gallery=gallery)
     except _user_errors() as exc:
         _fail(exc)

@@ -155,6 +155,11 @@ READABLE_CATEGORIES = {"naturalforces": "natural forces"}
 DEFAULT_MODEL = "overlap-audit:openclipart-small"
 
 
+def drawing_templates_path() -> Path:
+    """The shipped prompt templates for drawings (the demo's stamps are clip art, not photos)."""
+    return Path(__file__).parent / "templates" / "drawings.txt"
+
+
 @dataclass(frozen=True)
 class RealDemoResult:
     """The real-data demo's report and where its pieces lie."""
@@ -179,9 +184,11 @@ class RealDemoResult:
 
 def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
                   debs_dir: str | os.PathLike | None = None, model: str = DEFAULT_MODEL, detector: str = "phash",
-                  workers: int | None = None, progress: bool = True, gallery: int = 300) -> RealDemoResult:
+                  workers: int | None = None, progress: bool = True, gallery: int = 300,
+                  templates: str | os.PathLike | None = None) -> RealDemoResult:
     """Fetch both packages (or reuse the cache), index openclipart, and audit the small CLIP zero-shot on
-    the Tux Paint stamp categories: ``out_dir/index`` and ``out_dir/report`` (with report.html)."""
+    the Tux Paint stamp categories: ``out_dir/index`` and ``out_dir/report`` (with report.html).
+    ``templates`` default to the shipped drawing templates (``drawing_templates_path``)."""
     import json
 
     from .api import build_index, run_report
@@ -205,7 +212,8 @@ def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | 
     if report_dir.exists():
         shutil.rmtree(report_dir)
     report = run_report(index_dir, [("tuxpaint", str(data.eval))], None, report_dir, model=model,
-                        classnames=str(classnames), workers=workers, progress=progress, gallery=gallery)
+                        classnames=str(classnames),
+                        templates=str(templates or drawing_templates_path()), workers=workers, progress=progress, gallery=gallery)
     skipped = [(s.id, s.reason) for s in corpus.manifest.skipped]
     return RealDemoResult(data=data, index_dir=index_dir, report_dir=report_dir, report=report,
                           n_corpus_skipped=len(skipped), corpus_skipped=skipped)

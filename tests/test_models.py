@@ -374,3 +374,19 @@ def test_one_decoding_pass_feeds_detector_and_model(tmp_path, photos):
         assert both[2][2] == "zero-byte file" and both[2][4] is None
         for b, a in zip(both, alone):
             assert b[2] == a[2] and (a[1] is None or np.array_equal(b[1], a[1]))
+
+
+def test_shipped_small_clip_loads_through_the_model_spec(tmp_path):
+    from overlap_audit import smallclip
+    from overlap_audit.scoring import ZeroShotModel
+
+    model = load_model("overlap-audit:openclipart-small", device="cpu")
+    assert isinstance(model, ZeroShotModel)
+    shipped = smallclip.resolve("openclipart-small")
+    assert weights_sha256(shipped) == hashlib.sha256(shipped.read_bytes()).hexdigest()
+    emb = model.encode_texts(["a drawing of a frog.", "a drawing of a frog.", "a rocket"])
+    emb = emb.detach().numpy() if hasattr(emb, "detach") else np.asarray(emb)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, rtol=1e-5)
+    assert np.array_equal(emb[0], emb[1]) and not np.allclose(emb[0], emb[2])
+    with pytest.raises(ModelError):
+        load_model(f"overlap-audit:{tmp_path / 'nothing-here'}", device="cpu")
