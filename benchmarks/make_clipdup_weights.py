@@ -1,13 +1,17 @@
 """The recipe of the shipped clipdup weights (detectors/weights/clipdup-small.pt and MODEL_CARD.md).
 
-1. Fetch Debian's openclipart-png (8,121 public-domain PNGs) with `apt-get download` + `dpkg -x` into a
-   cache folder (no root). Its 231-megapixel file is skipped as a decompression bomb by the decoder.
-2. Train the small variant on it (`overlap-audit train-detector`, self-supervised, CPU).
+1. Fetch Debian's openclipart-png (8,121 public-domain PNGs) and the photo wallpapers of mate-backgrounds and
+   gnome-backgrounds with `apt-get download` + `dpkg -x` into a cache folder (no root). openclipart's
+   231-megapixel file is skipped as a decompression bomb by the decoder. Each wallpaper is cut into a grid
+   of non-overlapping tiles of about 256 px, stored at 128 px (the same kind of image as the benchmark's, but
+   from other photos: the benchmark holds out the photos bundled in scikit-image and scikit-learn).
+2. Train the small variant on the tiles and drawings (`overlap-audit train-detector`, self-supervised, CPU,
+   one torch thread, one decoding worker).
 3. Calibrate the threshold at 99% precision on held-out photos (scikit-image / scikit-learn tiles, never
    trained on) with `overlap_audit.detector_calibration.calibrate`.
 4. Write the weights (float16) with the threshold and the training facts, and the model card.
 
-    python benchmarks/make_clipdup_weights.py [--steps 1500] [--cache ~/.cache/overlap-audit]
+    OMP_NUM_THREADS=1 python benchmarks/make_clipdup_weights.py [--steps 1000] [--cache ~/.cache/overlap-audit]
 """
 
 from __future__ import annotations
@@ -38,11 +42,49 @@ def fetch_openclipart(cache: Path) -> Path:
     return png
 
 
+WALLPAPERS = ("mate-backgrounds", "gnome-backgrounds")
+
+
+def fetch_wallpaper_tiles(cache: Path, tile_px: int = 256, size: int = 128) -> Path:
+    """Cut Debian's wallpaper photos into non-overlapping tiles (a folder of PNGs); returns the folder."""
+    from PIL import Image
+
+    from overlap_audit.demo import tiles
+
+    out = cache / f"wallpaper-tiles-{tile_px}-{size}"
+    if out.exists():
+        return out
+    files = []
+    for pkg in WALLPAPERS:
+        root = cache / pkg
+        if not root.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["apt-get", "download", pkg], cwd=cache, check=True)
+            deb = sorted(glob.glob(str(cache / f"{pkg}_*.deb")))[-1]
+            subprocess.run(["dpkg", "-x", deb, str(root)], check=True)
+        files += sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    tmp = out.with_suffix(".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    seen = set()
+    for path in files:
+        if path.stem.split("_")[0] in seen:  # the same picture at several resolutions (Elephants_3840x2160, ...)
+            continue
+        seen.add(path.stem.split("_")[0])
+        image = Image.open(path).convert("RGB")
+        grid = max(2, round(min(image.size) / tile_px))
+        for i, tile in enumerate(tiles(image, grid, size)):
+            tile.save(tmp / f"{path.parent.name}-{path.stem}-{i:03d}.png")
+    tmp.rename(out)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--max-images", type=int, default=8000, help="photo tiles first, then drawings up to this")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--input-size", type=int, default=64)
+    ap.add_argument("--input-size", type=int, default=48)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/overlap-audit"))
     ap.add_argument("--run", default=None, help="training directory (default: a temporary one)")
@@ -53,11 +95,14 @@ def main() -> None:
     from overlap_audit.detector_calibration import calibrate
     from overlap_audit.io import atomic_write
 
+    photos = fetch_wallpaper_tiles(Path(args.cache))
     data = fetch_openclipart(Path(args.cache))
     run = Path(args.run or tempfile.mkdtemp(prefix="clipdup-"))
-    cmd = [sys.executable, "-m", "overlap_audit.cli", "train-detector", str(data), "--out", str(run), "--arch", "small",
-           "--dim", str(args.dim), "--input-size", str(args.input_size), "--batch-size", str(args.batch_size),
-           "--steps", str(args.steps), "--strength", "medium", "--device", "cpu", "--quiet"]
+    cmd = [sys.executable, "-m", "overlap_audit.cli", "train-detector", str(photos), str(data), "--out", str(run),
+           "--arch", "small", "--dim", str(args.dim), "--input-size", str(args.input_size),
+           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--lr", str(args.lr),
+           "--strength", "mixed", "--input-mode", "luma", "--schedule", "cosine",
+           "--max-images", str(args.max_images), "--workers", "1", "--device", "cpu", "--quiet"]
     if (run / "checkpoint.pt").exists():
         cmd.append("--resume")
     t0 = time.time()
