@@ -180,6 +180,8 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
             atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
     if bar is not None:
         bar.close()
+    if not last and (out / LOG).exists():  # resumed a finished run: nothing trained, report where it stands
+        last = json.loads((out / LOG).read_text().splitlines()[-1])
     weights = {"model_config": model_cfg.to_dict(), "model": net.state_dict(), "input_size": cfg.input_size,
                "input_mode": cfg.input_mode,
                "threshold": None, "trained": {**cfg.__dict__, **last, "images": len(images), "device": dev}}
