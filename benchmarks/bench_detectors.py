@@ -17,7 +17,7 @@ Throughput: images/s of preprocessing + embedding of the same 384 in-memory tile
 resize 256, centre crop 224, ImageNet normalisation; batches of 64 as its data loader makes). Its
 pretrained weights need a download, so the architecture runs with random weights: the cost is the same.
 
-    python benchmarks/bench_detectors.py [--detectors phash phash256 tiny clipdup] [--size 128]
+    python benchmarks/bench_detectors.py [--detectors phash phash256 tiny clipdup clip-image:PATH] [--size 128]
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ def benchmark_threshold(det, size: int = 128, target: float = 0.99) -> tuple[flo
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--detectors", nargs="+", default=["phash", "phash256", "tiny", "clipdup"])
+    ap.add_argument("--detectors", nargs="+", default=["phash", "phash256", "tiny", "clipdup", "clip-image"],
+                    help="clip-image needs clip-image:PATH to a TorchScript export; without one it is skipped")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--strengths", nargs="+", default=list(STRENGTHS))
     ap.add_argument("--repeats", type=int, default=3, help="throughput: best of this many passes")
