@@ -73,7 +73,8 @@ class TrainConfig:
         if self.schedule == "constant":
             return self.lr
         warmup = max(1, self.steps // 50)
-        return self.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(step, self.steps) / self.steps))
+        # a Python float: the optimiser state is saved in a weights-only checkpoint, which refuses numpy scalars
+        return float(self.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(step, self.steps) / self.steps)))
 
 
 def _load_images(sources: list[str], cfg: TrainConfig, workers: int | None) -> list[Image.Image]:

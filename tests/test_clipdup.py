@@ -110,10 +110,14 @@ def test_luma_training_and_detector(tmp_path, tile_sets, photos):
     corpus, _ = tile_sets
     root = write_folder(tmp_path / "imgs", {f"{t}.png": im for t, im in corpus[:16]})
     out = tmp_path / "run"
-    r = CliRunner().invoke(main, ["train-detector", str(root), "--out", str(out), "--dim", "16", "--input-size", "32",
-                                  "--batch-size", "8", "--steps", "4", "--strength", "mixed", "--input-mode", "luma",
-                                  "--schedule", "cosine", "--workers", "0", "--quiet", "--device", "cpu"])
+    args = ["train-detector", str(root), "--out", str(out), "--dim", "16", "--input-size", "32", "--batch-size", "8",
+            "--strength", "mixed", "--input-mode", "luma", "--schedule", "cosine", "--workers", "0", "--quiet",
+            "--device", "cpu"]
+    r = CliRunner().invoke(main, [*args, "--steps", "4"])
     assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, [*args, "--steps", "6", "--resume"])  # the cosine run's checkpoint reloads
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])["step"] == 6
     det = get_detector(f"clipdup:{out}")
     assert det.input_mode == "luma" and det.preprocess(photos["coffee"]).shape == (1, 32, 32)
     assert to_tensor_array(photos["coffee"], 32).shape == (3, 32, 32)
@@ -132,6 +136,6 @@ def test_learning_rate_schedule():
     assert const.lr_at(0) == const.lr_at(99) == 0.01
     cos = TrainConfig(steps=100, lr=0.01, schedule="cosine")
     lrs = [cos.lr_at(s) for s in range(100)]
-    assert lrs[0] == pytest.approx(0.005)  # warm-up over 2 steps
+    assert lrs[0] == pytest.approx(0.005) and type(lrs[0]) is float  # warm-up over 2 steps
     assert max(lrs) == pytest.approx(0.01, rel=1e-3) and lrs[-1] < 1e-5
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))  # decays after the warm-up
