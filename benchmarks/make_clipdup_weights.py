@@ -11,7 +11,7 @@
    queries pooled (benchmarks/bench_detectors.py; held-out scikit-image / scikit-learn tiles, never trained on).
 4. Write the weights (float16) with the threshold and the training facts, and the model card.
 
-    OMP_NUM_THREADS=1 python benchmarks/make_clipdup_weights.py [--steps 1000] [--cache ~/.cache/overlap-audit]
+    OMP_NUM_THREADS=1 python benchmarks/make_clipdup_weights.py [--steps 1500] [--cache ~/.cache/overlap-audit]
 """
 
 from __future__ import annotations
@@ -42,6 +42,12 @@ def fetch_openclipart(cache: Path) -> Path:
 
 
 WALLPAPERS = ("mate-backgrounds", "gnome-backgrounds")
+INPUT_WORDS = {
+    "rgb": "RGB",
+    "luma": "luma (grey), standardised per image at the network input (brightness and contrast do not reach it)",
+    "value": "HSV value, max(R, G, B) — unchanged by hue rotation and saturation changes — standardised per\n"
+             "  image at the network input (brightness and contrast do not reach it either)",
+}
 
 
 def fetch_wallpaper_tiles(cache: Path, tile_px: int = 256, size: int = 128) -> Path:
@@ -79,12 +85,13 @@ def fetch_wallpaper_tiles(cache: Path, tile_px: int = 256, size: int = 128) -> P
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--max-images", type=int, default=8000, help="photo tiles first, then drawings up to this")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--input-size", type=int, default=48)
+    ap.add_argument("--input-size", type=int, default=64)
     ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--input-mode", choices=["rgb", "luma", "value"], default="value")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/overlap-audit"))
     ap.add_argument("--run", default=None, help="training directory (default: a temporary one)")
     args = ap.parse_args()
@@ -101,7 +108,7 @@ def main() -> None:
     cmd = [sys.executable, "-m", "overlap_audit.cli", "train-detector", str(photos), str(data), "--out", str(run),
            "--arch", "small", "--dim", str(args.dim), "--input-size", str(args.input_size),
            "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--lr", str(args.lr),
-           "--strength", "mixed", "--input-mode", "luma", "--schedule", "cosine",
+           "--strength", "mixed", "--input-mode", args.input_mode, "--schedule", "cosine",
            "--max-images", str(args.max_images), "--workers", "1", "--device", "cpu", "--quiet"]
     if (run / "checkpoint.pt").exists():
         cmd.append("--resume")
@@ -127,7 +134,7 @@ in `detectors/weights/clipdup-small.pt` ({(OUT / 'clipdup-small.pt').stat().st_s
 - Architecture: anti-aliased (blur before every stride), weight-normalised (no batch norm), GELU
   bottleneck ResNet, depths {state['model_config']['depths']}, width {state['model_config']['width']},
   global pooling, projection to {state['model_config']['dim']}, L2 normalisation; input {t['input_size']}x{t['input_size']}
-  {'luma (grey), standardised per image at the network input: hue, saturation, brightness and contrast changes do not reach it' if t.get('input_mode') == 'luma' else 'RGB'}.
+  {INPUT_WORDS[t.get('input_mode', 'rgb')]}.
 - Data ({t['images']} images): {min(n_tiles, t['images'])} tiles (about 256 px, stored at 128 px) of the photo wallpapers
   in Debian's {' and '.join(WALLPAPERS)}, and {max(0, t['images'] - n_tiles)} of Debian's openclipart-png public-domain
   drawings (the 231-megapixel file is skipped as a decompression bomb). No test or benchmark image is in it: the
@@ -143,7 +150,7 @@ in `detectors/weights/clipdup-small.pt` ({(OUT / 'clipdup-small.pt').stat().st_s
 - Threshold: {round(threshold, 4)} — the lowest with precision >= 0.99 on the detector benchmark's queries pooled
   (every augmentation family and all together, mild/medium/strong, on 384 held-out 128-px tiles against
   every other tile): recall {recall:.3f} there.
-- Reproduce: `OMP_NUM_THREADS=1 python benchmarks/make_clipdup_weights.py --steps {args.steps} --batch-size {args.batch_size} --input-size {args.input_size} --dim {args.dim} --lr {args.lr} --max-images {args.max_images}`
+- Reproduce: `OMP_NUM_THREADS=1 python benchmarks/make_clipdup_weights.py --steps {args.steps} --batch-size {args.batch_size} --input-size {args.input_size} --dim {args.dim} --lr {args.lr} --max-images {args.max_images} --input-mode {args.input_mode}`
 - Quality against phash: BENCHMARKS.md, "Detector benchmark".
 """
     (OUT / "MODEL_CARD.md").write_text(card)

@@ -43,13 +43,17 @@ def _torch():
     return torch
 
 
-INPUT_MODES = ("rgb", "luma")
+# rgb: the three channels. luma: ITU-R 601 grey (what pHash hashes). value: HSV value, max(R, G, B) —
+# unchanged by any hue rotation or saturation change (luma is not: it weighs R, G and B differently).
+INPUT_MODES = ("rgb", "luma", "value")
 
 
 def to_tensor_array(image: Image.Image, size: int, mode: str = "rgb") -> np.ndarray:
-    """Image -> float32 [C, size, size] in 0..1 (bicubic resize of the whole image); C = 3 (rgb) or 1 (luma)."""
+    """Image -> float32 [C, size, size] in 0..1 (bicubic resize of the whole image); C = 3 (rgb) or 1."""
     if mode not in INPUT_MODES:
         raise ValueError(f"input mode must be one of {', '.join(INPUT_MODES)}, got {mode!r}")
+    if mode == "value":  # the channel first, then the resize: a hue-shifted copy gives the same input
+        image = Image.fromarray(np.asarray(image.convert("RGB")).max(axis=2))
     image = image.convert("RGB" if mode == "rgb" else "L").resize((size, size), Image.Resampling.BICUBIC)
     arr = np.asarray(image, dtype=np.float32) / 255.0
     return arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None]
@@ -66,7 +70,7 @@ class TrainConfig:
     strength: str = "medium"  # or "mixed": each copy's strength drawn from mild / medium / strong
     seed: int = 0
     max_images: int = 20_000
-    input_mode: str = "rgb"  # "luma": grey input, standardised per image (hue/saturation/brightness invariant)
+    input_mode: str = "rgb"  # "luma" or "value": one channel, standardised per image (brightness/contrast invariant)
     schedule: str = "constant"  # or "cosine": linear warm-up over 2% of the steps, then cosine decay to 0
 
     def lr_at(self, step: int) -> float:
@@ -128,8 +132,8 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
     if cfg.strength not in (*STRENGTHS, "mixed") or cfg.schedule not in ("constant", "cosine"):
         raise DetectorError(f"unknown strength {cfg.strength!r} or schedule {cfg.schedule!r}")
     torch.manual_seed(cfg.seed)
-    luma = cfg.input_mode == "luma"
-    model_cfg = ModelConfig.named(cfg.arch, dim=cfg.dim, channels=1 if luma else 3, standardize=luma)
+    grey = cfg.input_mode != "rgb"
+    model_cfg = ModelConfig.named(cfg.arch, dim=cfg.dim, channels=1 if grey else 3, standardize=grey)
     net = DuplicateNet(model_cfg).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     step, rng = 0, np.random.default_rng(cfg.seed)

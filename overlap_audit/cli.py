@@ -159,8 +159,9 @@ def report(index_dir, evals, predictions, out_dir, threshold, thresholds, k, alp
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-images", type=click.IntRange(min=2), default=20_000, show_default=True,
               help="Images kept in memory as training thumbnails.")
-@click.option("--input-mode", type=click.Choice(["rgb", "luma"]), default="rgb", show_default=True,
-              help="luma: grey input standardised per image (invariant to hue, saturation, brightness).")
+@click.option("--input-mode", type=click.Choice(["rgb", "luma", "value"]), default="rgb", show_default=True,
+              help="luma (grey) or value (HSV V = max(R,G,B), unchanged by hue and saturation edits): one channel, "
+                   "standardised per image (brightness/contrast).")
 @click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
               help="Learning-rate schedule.")
 @_workers

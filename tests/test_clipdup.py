@@ -139,3 +139,22 @@ def test_learning_rate_schedule():
     assert lrs[0] == pytest.approx(0.005) and type(lrs[0]) is float  # warm-up over 2 steps
     assert max(lrs) == pytest.approx(0.01, rel=1e-3) and lrs[-1] < 1e-5
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))  # decays after the warm-up
+
+
+def test_value_input_ignores_hue_and_saturation(photos):
+    from PIL import Image
+
+    from overlap_audit.detectors.clipdup import to_tensor_array
+
+    coffee = photos["coffee"].resize((96, 96))
+    hsv = np.asarray(coffee.convert("HSV")).copy()
+    hsv[..., 0] += 40  # a hue rotation (uint8 wraps around the colour circle)
+    hsv[..., 1] = (hsv[..., 1] * 0.6).astype(np.uint8)  # and less saturation
+    edited = Image.fromarray(hsv, mode="HSV").convert("RGB")
+    assert np.abs(np.asarray(edited, float) - np.asarray(coffee, float)).mean() > 5  # a visible change
+    v, v2 = to_tensor_array(coffee, 32, "value"), to_tensor_array(edited, 32, "value")
+    assert v.shape == (1, 32, 32) and np.abs(v - v2).max() < 1e-6
+    luma, luma2 = to_tensor_array(coffee, 32, "luma"), to_tensor_array(edited, 32, "luma")
+    assert np.abs(luma - luma2).mean() > 0.01  # luma is not invariant to these edits
+    with pytest.raises(ValueError, match="input mode"):
+        to_tensor_array(coffee, 32, "cmyk")
