@@ -113,17 +113,30 @@ def query_sets(images: list, strengths=tuple(STRENGTHS)):
             yield family, strength, copies
 
 
-def pairs(det, base: np.ndarray, copies: list) -> tuple[np.ndarray, np.ndarray]:
-    """Similarities of (copy, its image) — positives — and (copy, every other image) — negatives."""
+def low_information(det, images: list) -> np.ndarray:
+    """The detector's own low-information flags (the split never counts such an image as Overlap)."""
+    return np.asarray(det.low_information(np.stack([det.preprocess(im.convert("RGB")) for im in images])), bool)
+
+
+def pairs(det, base: np.ndarray, copies: list, base_low: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Similarities of (copy, its image) — positives — and (copy, every other image) — negatives.
+
+    As in the audit, a pair with a low-information side never matches: its similarity becomes -inf (a missed
+    positive, a negative that cannot be a false match).
+    """
     sims = det.similarity(det.embed_images(copies), base).astype(np.float64)
+    low = low_information(det, copies)
+    sims[low, :] = -np.inf
+    if base_low is not None:
+        sims[:, base_low] = -np.inf
     return np.diag(sims), sims[~np.eye(len(base), dtype=bool)]
 
 
 def benchmark_threshold(det, size: int = 128, target: float = 0.99) -> tuple[float, float]:
     """A detector's default threshold: (threshold, recall) at ``target`` precision on all queries pooled."""
     images = held_out_images(size)
-    base = det.embed_images(images)
-    pos, neg = zip(*(pairs(det, base, copies) for _, _, copies in query_sets(images)))
+    base, base_low = det.embed_images(images), low_information(det, images)
+    pos, neg = zip(*(pairs(det, base, copies, base_low) for _, _, copies in query_sets(images)))
     return threshold_at_precision(np.concatenate(pos), np.concatenate(neg), target)
 
 
@@ -142,16 +155,19 @@ def main() -> None:
             dets[spec] = get_detector(spec)
         except Exception as exc:  # noqa: BLE001 - e.g. no clipdup weights: report and go on
             print(f"({spec} skipped: {exc})")
+    base = {name: d.embed_images(images) for name, d in dets.items()}
+    base_low = {name: low_information(d, images) for name, d in dets.items()}
+    print("(held-out tiles flagged low-information, never matched: "
+          + ", ".join(f"{name} {int(f.sum())}" for name, f in base_low.items()) + ")\n")
     print(f"# {len(images)} held-out tiles of {args.size}px; recall at 99% precision / average precision")
     header = "| family | strength | " + " | ".join(dets) + " |"
     print(header + "\n|" + "---|" * (2 + len(dets)))
-    base = {name: d.embed_images(images) for name, d in dets.items()}
     pooled = defaultdict(lambda: ([], []))  # detector -> (positives, negatives) over every query set
     all_medium = {}
     for family, strength, copies in query_sets(images, args.strengths):
         cells = []
         for name, d in dets.items():
-            pos, neg = pairs(d, base[name], copies)
+            pos, neg = pairs(d, base[name], copies, base_low[name])
             pooled[name][0].append(pos)
             pooled[name][1].append(neg)
             if (family, strength) == ("all", "medium"):
