@@ -5,6 +5,8 @@ corpus images, makes an augmented copy of each with ``overlap_audit.augment.augm
 the similarity of every image with its own copy against every other image of the batch (``info_nce`` at
 the fixed temperature 0.07). Checkpoints are torch weights-only files (``torch.load(weights_only=True)``)
 holding the model config, weights, optimiser state, step and RNG state; training resumes from them.
+The input is RGB, luma or the HSV value max(R, G, B) (``INPUT_MODES``); the one-channel inputs are
+standardised per image inside the network, so brightness and contrast changes do not reach it.
 
 ``--detector clipdup`` uses the small checkpoint shipped in ``weights/`` (its model card and recipe:
 ``weights/MODEL_CARD.md``, ``benchmarks/make_clipdup_weights.py``); ``clipdup:DIR`` a user's own run. A
