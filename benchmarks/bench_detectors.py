@@ -8,13 +8,24 @@ the other tiles of the same photos are the distractors of the same kind that mus
 99% precision: the recall at the lowest threshold whose precision stays >= 0.99; AP: average precision of
 all pairs ranked by similarity.
 
-    python benchmarks/bench_detectors.py [--detectors phash phash256 tiny clipdup] [--size 128]
+Default thresholds: for each detector, the lowest threshold whose precision stays >= 0.99 on all the
+queries above pooled (every family and "all", at every strength, against every distractor) — the number each
+detector module ships as its default (with the recall it keeps on the pooled queries and on "all, medium").
+
+Throughput: images/s of preprocessing + embedding of the same 384 in-memory tiles, in this process, best of
+``--repeats``, beside imagededup's CNN (MobileNetV3 small cut at global pooling, its own preprocessing:
+resize 256, centre crop 224, ImageNet normalisation; batches of 64 as its data loader makes). Its
+pretrained weights need a download, so the architecture runs with random weights: the cost is the same.
+
+    python benchmarks/bench_detectors.py [--detectors phash phash256 tiny clipdup clip-image:PATH] [--size 128]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import zlib
+from collections import defaultdict
 
 import numpy as np
 
@@ -40,43 +51,172 @@ def recall_at_precision(pos: np.ndarray, neg: np.ndarray, target: float = 0.99) 
     return float(r[start]) if start < len(t) else 0.0
 
 
+def threshold_at_precision(pos: np.ndarray, neg: np.ndarray, target: float = 0.99) -> tuple[float, float]:
+    """(threshold, recall) at the lowest threshold from which precision stays >= target."""
+    t, p, r = precision_recall(pos, neg)
+    bad = np.nonzero(p < target)[0]
+    start = bad[-1] + 1 if len(bad) else 0
+    return (float(t[start]), float(r[start])) if start < len(t) else (float("nan"), 0.0)
+
+
+class ImagededupCNN:
+    """imagededup's CNN encoder (methods.cnn.CNN) around MobileNetV3 small with random weights."""
+
+    name = "imagededup CNN (MobileNetV3 small, random weights)"
+
+    def __init__(self):
+        import torch
+        import torchvision
+        from imagededup.methods import CNN
+        from imagededup.utils import CustomModel
+        from imagededup.utils.models import MobilenetV3
+
+        class RandomMobilenetV3(torch.nn.Module):  # imagededup's MobilenetV3 with weights=None (no download)
+            def __init__(self):
+                super().__init__()
+                net = torchvision.models.mobilenet_v3_small(weights=None).eval()
+                self.mobilenet_gap_op = torch.nn.Sequential(net.features, net.avgpool)
+
+            def forward(self, x):
+                return self.mobilenet_gap_op(x).squeeze(dim=3).squeeze(dim=2)
+
+        self._torch = torch
+        self.cnn = CNN(verbose=False, model_config=CustomModel(model=RandomMobilenetV3().eval(),
+                                                              transform=MobilenetV3.transform, name="random"))
+
+    def embed_images(self, images) -> np.ndarray:
+        out = []
+        with self._torch.no_grad():
+            for i in range(0, len(images), self.cnn.batch_size):
+                batch = [self.cnn.apply_preprocess(np.asarray(im.convert("RGB"))) for im in images[i:i + 64]]
+                out.append(self.cnn.model(self._torch.stack(batch).to(self.cnn.device)).cpu().numpy())
+        return np.concatenate(out)
+
+
+def held_out_images(size: int = 128) -> list:
+    """The benchmark's images: 4x4 tiles of every photo bundled in scikit-image and scikit-learn."""
+    return [t for p in bundled_photos().values() for t in tiles(p, 4, size)]
+
+
+def query_sets(images: list, strengths=tuple(STRENGTHS)):
+    """Yield (family, strength, copies): one augmented copy per image, per family and "all", per strength."""
+    for strength in strengths:
+        for family in (*FAMILIES, "all"):
+            # a stable seed per query set (Python's str hash changes from run to run)
+            rng = np.random.default_rng(zlib.crc32(f"{family}/{strength}".encode()))
+            seeds = rng.integers(2**32, size=len(images))
+            if family == "all":
+                copies = [augment_all(im, strength, np.random.default_rng(int(s))) for im, s in zip(images, seeds)]
+            else:
+                copies = [augment_family(im, family, strength, np.random.default_rng(int(s)))
+                          for im, s in zip(images, seeds)]
+            yield family, strength, copies
+
+
+def low_information(det, images: list) -> np.ndarray:
+    """The detector's own low-information flags (the split never counts such an image as Overlap)."""
+    return np.asarray(det.low_information(np.stack([det.preprocess(im.convert("RGB")) for im in images])), bool)
+
+
+def pairs(det, base: np.ndarray, copies: list, base_low: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Similarities of (copy, its image) — positives — and (copy, every other image) — negatives.
+
+    As in the audit, a pair with a low-information side never matches: its similarity becomes -inf (a missed
+    positive, a negative that cannot be a false match).
+    """
+    sims = det.similarity(det.embed_images(copies), base).astype(np.float64)
+    low = low_information(det, copies)
+    sims[low, :] = -np.inf
+    if base_low is not None:
+        sims[:, base_low] = -np.inf
+    return np.diag(sims), sims[~np.eye(len(base), dtype=bool)]
+
+
+def benchmark_threshold(det, size: int = 128, target: float = 0.99) -> tuple[float, float]:
+    """A detector's default threshold: (threshold, recall) at ``target`` precision on all queries pooled."""
+    images = held_out_images(size)
+    base, base_low = det.embed_images(images), low_information(det, images)
+    pos, neg = zip(*(pairs(det, base, copies, base_low) for _, _, copies in query_sets(images)))
+    return threshold_at_precision(np.concatenate(pos), np.concatenate(neg), target)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--detectors", nargs="+", default=["phash", "phash256", "tiny", "clipdup"])
+    ap.add_argument("--detectors", nargs="+", default=["phash", "phash256", "tiny", "clipdup", "clip-image"],
+                    help="clip-image needs clip-image:PATH to a TorchScript export; without one it is skipped")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--strengths", nargs="+", default=list(STRENGTHS))
+    ap.add_argument("--repeats", type=int, default=3, help="throughput: best of this many passes")
     args = ap.parse_args()
-    images = [t for p in bundled_photos().values() for t in tiles(p, 4, args.size)]
+    images = held_out_images(args.size)
     dets = {}
     for spec in args.detectors:
         try:
             dets[spec] = get_detector(spec)
         except Exception as exc:  # noqa: BLE001 - e.g. no clipdup weights: report and go on
             print(f"({spec} skipped: {exc})")
+    base = {name: d.embed_images(images) for name, d in dets.items()}
+    base_low = {name: low_information(d, images) for name, d in dets.items()}
+    print("(held-out tiles flagged low-information, never matched: "
+          + ", ".join(f"{name} {int(f.sum())}" for name, f in base_low.items()) + ")\n")
     print(f"# {len(images)} held-out tiles of {args.size}px; recall at 99% precision / average precision")
     header = "| family | strength | " + " | ".join(dets) + " |"
     print(header + "\n|" + "---|" * (2 + len(dets)))
-    base = {name: d.embed_images(images) for name, d in dets.items()}
-    for strength in args.strengths:
-        for family in (*FAMILIES, "all"):
-            rng = np.random.default_rng(hash((family, strength)) % 2**32)
-            if family == "all":
-                copies = [augment_all(im, strength, np.random.default_rng(int(rng.integers(2**32)))) for im in images]
-            else:
-                copies = [augment_family(im, family, strength, np.random.default_rng(int(rng.integers(2**32))))
-                          for im in images]
-            cells = []
-            for name, d in dets.items():
-                sims = d.similarity(d.embed_images(copies), base[name]).astype(np.float64)
-                pos = np.diag(sims)
-                neg = sims[~np.eye(len(images), dtype=bool)]
-                cells.append(f"{100 * recall_at_precision(pos, neg):.1f} / {100 * average_precision(pos, neg):.1f}")
-            print(f"| {family} | {strength} | " + " | ".join(cells) + " |", flush=True)
-    print("\n| detector | images/s (preprocess + embed, this process) |\n|---|---|")
+    pooled = defaultdict(lambda: ([], []))  # detector -> (positives, negatives) over every query set
+    all_medium = {}
+    for family, strength, copies in query_sets(images, args.strengths):
+        cells = []
+        for name, d in dets.items():
+            pos, neg = pairs(d, base[name], copies, base_low[name])
+            pooled[name][0].append(pos)
+            pooled[name][1].append(neg)
+            if (family, strength) == ("all", "medium"):
+                all_medium[name] = (pos, neg)
+            cells.append(f"{100 * recall_at_precision(pos, neg):.1f} / {100 * average_precision(pos, neg):.1f}")
+        print(f"| {family} | {strength} | " + " | ".join(cells) + " |", flush=True)
+    print(f"\n# default threshold: lowest with precision >= 99% on all queries pooled ({', '.join(args.strengths)})")
+    print("| detector | threshold | recall, pooled | recall, all medium | shipped default | its precision / recall, "
+          "pooled |")
+    print("|---|---|---|---|---|---|")
     for name, d in dets.items():
-        t = time.perf_counter()
-        d.embed_images(images)
-        print(f"| {name} | {len(images) / (time.perf_counter() - t):,.0f} |")
+        pos, neg = (np.concatenate(x) for x in pooled[name])
+        t, r = threshold_at_precision(pos, neg)
+        p_all, _ = all_medium.get(name, (np.array([]), None))
+        r_all = float((p_all >= t).mean()) if len(p_all) else float("nan")
+        shipped = getattr(d, "default_threshold", None)
+        at_shipped = "–"
+        if shipped is not None:
+            tp, fp = int((pos >= shipped).sum()), int((neg >= shipped).sum())
+            at_shipped = f"{100 * tp / max(1, tp + fp):.2f}% / {100 * tp / len(pos):.1f}%"
+        print(f"| {name} | {t:.4f} | {100 * r:.1f}% | {100 * r_all:.1f}% | "
+              f"{'–' if shipped is None else f'{shipped:.4f}'} | {at_shipped} |")
+    timed = dict(dets)
+    try:
+        timed["imagededup-cnn"] = ImagededupCNN()
+    except ImportError as exc:
+        print(f"(imagededup CNN not timed: {exc}; pip install imagededup)")
+    print(f"\n# throughput on the same {len(images)} tiles, best of {args.repeats}, torch threads: "
+          f"{_torch_threads()}")
+    print("| detector | images/s (preprocess + embed, this process) | relative to clipdup |\n|---|---|---|")
+    rates = {}
+    for name, d in timed.items():
+        best = float("inf")
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            d.embed_images(images)
+            best = min(best, time.perf_counter() - t)
+        rates[name] = len(images) / best
+    for name, rate in rates.items():
+        rel = f"{rate / rates['clipdup']:.2f}x" if "clipdup" in rates else "–"
+        print(f"| {name} | {rate:,.0f} | {rel} |")
+
+
+def _torch_threads() -> str:
+    try:
+        import torch
+    except ImportError:
+        return "no torch"
+    return str(torch.get_num_threads())
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "tiny": ("overlap_audit.detectors.tiny:make_tiny",
              "mean-centred 16x16 grey thumbnail, cosine (the 'tiny images' baseline); no torch needed"),
     "clipdup": ("overlap_audit.detectors.clipdup:make_clipdup",
-                "the CLIP paper's learned detector (Appendix C), clipdup:DIR of a train-detector run; needs torch"),
+                "the CLIP paper's learned detector (Appendix C): the shipped small checkpoint, or clipdup:DIR of a "
+                "train-detector run; needs torch"),
     "torchscript": ("overlap_audit.detectors.torchscript:make_torchscript",
                     "any TorchScript image descriptor, torchscript:PATH (preprocessing in PATH.json); needs torch"),
     "clip-image": ("overlap_audit.detectors.torchscript:make_clip_image",

@@ -5,6 +5,8 @@ corpus images, makes an augmented copy of each with ``overlap_audit.augment.augm
 the similarity of every image with its own copy against every other image of the batch (``info_nce`` at
 the fixed temperature 0.07). Checkpoints are torch weights-only files (``torch.load(weights_only=True)``)
 holding the model config, weights, optimiser state, step and RNG state; training resumes from them.
+The input is RGB, luma or the HSV value max(R, G, B) (``INPUT_MODES``); the one-channel inputs are
+standardised per image inside the network, so brightness and contrast changes do not reach it.
 
 ``--detector clipdup`` uses the small checkpoint shipped in ``weights/`` (its model card and recipe:
 ``weights/MODEL_CARD.md``, ``benchmarks/make_clipdup_weights.py``); ``clipdup:DIR`` a user's own run. A
@@ -43,10 +45,20 @@ def _torch():
     return torch
 
 
-def to_tensor_array(image: Image.Image, size: int) -> np.ndarray:
-    """RGB image -> float32 [3, size, size] in 0..1 (bicubic resize of the whole image)."""
-    arr = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
-    return arr.transpose(2, 0, 1) / 255.0
+# rgb: the three channels. luma: ITU-R 601 grey (what pHash hashes). value: HSV value, max(R, G, B) —
+# unchanged by any hue rotation or saturation change (luma is not: it weighs R, G and B differently).
+INPUT_MODES = ("rgb", "luma", "value")
+
+
+def to_tensor_array(image: Image.Image, size: int, mode: str = "rgb") -> np.ndarray:
+    """Image -> float32 [C, size, size] in 0..1 (bicubic resize of the whole image); C = 3 (rgb) or 1."""
+    if mode not in INPUT_MODES:
+        raise ValueError(f"input mode must be one of {', '.join(INPUT_MODES)}, got {mode!r}")
+    if mode == "value":  # the channel first, then the resize: a hue-shifted copy gives the same input
+        image = Image.fromarray(np.asarray(image.convert("RGB")).max(axis=2))
+    image = image.convert("RGB" if mode == "rgb" else "L").resize((size, size), Image.Resampling.BICUBIC)
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    return arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None]
 
 
 @dataclass(frozen=True)
@@ -57,9 +69,18 @@ class TrainConfig:
     batch_size: int = 64
     steps: int = 1000
     lr: float = 1e-3
-    strength: str = "medium"
+    strength: str = "medium"  # or "mixed": each copy's strength drawn from mild / medium / strong
     seed: int = 0
     max_images: int = 20_000
+    input_mode: str = "rgb"  # "luma" or "value": one channel, standardised per image (brightness/contrast invariant)
+    schedule: str = "constant"  # or "cosine": linear warm-up over 2% of the steps, then cosine decay to 0
+
+    def lr_at(self, step: int) -> float:
+        if self.schedule == "constant":
+            return self.lr
+        warmup = max(1, self.steps // 50)
+        # a Python float: the optimiser state is saved in a weights-only checkpoint, which refuses numpy scalars
+        return float(self.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(step, self.steps) / self.steps)))
 
 
 def _load_images(sources: list[str], cfg: TrainConfig, workers: int | None) -> list[Image.Image]:
@@ -95,7 +116,7 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
           log_every: int = 10) -> dict:
     """Train (or resume training) a DuplicateNet on the sources' images; returns the last log entry."""
     torch = _torch()
-    from ..augment import augment_all
+    from ..augment import STRENGTHS, augment_all
     from ..errors import DetectorError
     from ..io import atomic_write, atomic_write_json
     from .clipdup_model import DuplicateNet, ModelConfig, info_nce
@@ -108,14 +129,19 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not resume:
         raise DetectorError(f"{out} already holds a checkpoint; pass --resume to continue it, or a new --out")
+    if cfg.input_mode not in INPUT_MODES:
+        raise DetectorError(f"input mode must be one of {', '.join(INPUT_MODES)}, got {cfg.input_mode!r}")
+    if cfg.strength not in (*STRENGTHS, "mixed") or cfg.schedule not in ("constant", "cosine"):
+        raise DetectorError(f"unknown strength {cfg.strength!r} or schedule {cfg.schedule!r}")
     torch.manual_seed(cfg.seed)
-    model_cfg = ModelConfig.named(cfg.arch, dim=cfg.dim)
+    grey = cfg.input_mode != "rgb"
+    model_cfg = ModelConfig.named(cfg.arch, dim=cfg.dim, channels=1 if grey else 3, standardize=grey)
     net = DuplicateNet(model_cfg).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     step, rng = 0, np.random.default_rng(cfg.seed)
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        previous = {k: v for k, v in state["train_config"].items() if k != "steps"}
+        previous = {k: v for k, v in {**TrainConfig().__dict__, **state["train_config"]}.items() if k != "steps"}
         if previous != {k: v for k, v in cfg.__dict__.items() if k != "steps"}:
             raise DetectorError(f"cannot resume {out}: it was trained with {state['train_config']} "
                                 "(only --steps may change on --resume)")
@@ -136,8 +162,13 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
     net.train()
     while step < cfg.steps:
         idx = rng.choice(len(images), size=min(cfg.batch_size, len(images)), replace=False)
-        a = np.stack([to_tensor_array(images[i], cfg.input_size) for i in idx])
-        b = np.stack([to_tensor_array(augment_all(images[i], cfg.strength, rng), cfg.input_size) for i in idx])
+        strengths = (rng.choice(list(STRENGTHS), size=len(idx)) if cfg.strength == "mixed"
+                     else [cfg.strength] * len(idx))
+        a = np.stack([to_tensor_array(images[i], cfg.input_size, cfg.input_mode) for i in idx])
+        b = np.stack([to_tensor_array(augment_all(images[i], str(s), rng), cfg.input_size, cfg.input_mode)
+                      for i, s in zip(idx, strengths)])
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr_at(step)
         loss, acc = info_nce(net(torch.from_numpy(a).to(dev)), net(torch.from_numpy(b).to(dev)), model_cfg.temperature)
         opt.zero_grad()
         loss.backward()
@@ -156,7 +187,10 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
             atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
     if bar is not None:
         bar.close()
+    if not last and (out / LOG).exists():  # resumed a finished run: nothing trained, report where it stands
+        last = json.loads((out / LOG).read_text().splitlines()[-1])
     weights = {"model_config": model_cfg.to_dict(), "model": net.state_dict(), "input_size": cfg.input_size,
+               "input_mode": cfg.input_mode,
                "threshold": None, "trained": {**cfg.__dict__, **last, "images": len(images), "device": dev}}
     atomic_write(out / WEIGHTS, lambda tmp: torch.save(weights, tmp))
     atomic_write_json(out / "train_summary.json", weights["trained"])
@@ -182,9 +216,9 @@ class ClipDup(DetectorBase):
                                 "train-detector SOURCE --out DIR`, then use clipdup:DIR)")
         state = torch.load(weights, map_location="cpu", weights_only=True)
         cfg = state["model_config"]
-        self.config = ModelConfig(arch=cfg["arch"], depths=tuple(cfg["depths"]), width=cfg["width"], dim=cfg["dim"],
-                                  temperature=cfg["temperature"])
+        self.config = ModelConfig.from_dict(cfg)
         self.input_size = int(state["input_size"])
+        self.input_mode = str(state.get("input_mode", "rgb"))
         self.dim = self.config.dim
         self.decode_size = self.input_size * 2
         digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
@@ -203,7 +237,7 @@ class ClipDup(DetectorBase):
         return d
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        return to_tensor_array(image, self.input_size)
+        return to_tensor_array(image, self.input_size, self.input_mode)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         torch = _torch()

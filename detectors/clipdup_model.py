@@ -37,13 +37,24 @@ class ModelConfig:
     width: int = 16
     dim: int = 256
     temperature: float = 0.07
+    channels: int = 3  # 3: RGB input; 1: luma only (invariant to hue and saturation by construction)
+    standardize: bool = False  # per-image zero mean / unit variance at the input (brightness/contrast)
 
     @classmethod
-    def named(cls, arch: str, dim: int = 256) -> "ModelConfig":
+    def named(cls, arch: str, dim: int = 256, channels: int = 3, standardize: bool = False) -> "ModelConfig":
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (luma) or 3 (RGB), got {channels}")
         depths, width = ARCHS[arch]
-        return cls(arch=arch, depths=depths, width=width, dim=dim)
+        return cls(arch=arch, depths=depths, width=width, dim=dim, channels=channels, standardize=standardize)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """A config from a checkpoint; older checkpoints lack the input fields and are RGB, unstandardised."""
+        return cls(arch=d["arch"], depths=tuple(d["depths"]), width=d["width"], dim=d["dim"],
+                   temperature=d["temperature"], channels=int(d.get("channels", 3)),
+                   standardize=bool(d.get("standardize", False)))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -102,7 +113,7 @@ class DuplicateNet(nn.Module):
         super().__init__()
         self.config = config
         w = config.width
-        self.stem = nn.Sequential(_conv(3, w, 3), nn.GELU(), BlurPool(w), _conv(w, w, 3), nn.GELU(), BlurPool(w))
+        self.stem = nn.Sequential(_conv(config.channels, w, 3), nn.GELU(), BlurPool(w), _conv(w, w, 3), nn.GELU(), BlurPool(w))
         layers: list[nn.Module] = []
         cin = w
         for stage, depth in enumerate(config.depths):
@@ -115,6 +126,12 @@ class DuplicateNet(nn.Module):
         self.proj = weight_norm(nn.Linear(cin, config.dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.standardize:
+            # a copy that is brighter or of other contrast gives the same input; the floor (about 5 grey
+            # levels) keeps near-uniform images from being blown up into noise
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            std = x.std(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) / std.clamp_min(0.02)
         x = self.layers(self.stem(x))
         x = x.mean(dim=(2, 3))
         return F.normalize(self.proj(x), dim=1)

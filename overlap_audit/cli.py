@@ -177,21 +177,27 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
 @click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--strength", type=click.Choice(["mild", "medium", "strong"]), default="medium", show_default=True)
+@click.option("--strength", type=click.Choice(["mild", "medium", "strong", "mixed"]), default="medium",
+              show_default=True, help="Augmentation strength; mixed: drawn per copy.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-images", type=click.IntRange(min=2), default=20_000, show_default=True,
               help="Images kept in memory as training thumbnails.")
+@click.option("--input-mode", type=click.Choice(["rgb", "luma", "value"]), default="rgb", show_default=True,
+              help="luma (grey) or value (HSV V = max(R,G,B), unchanged by hue and saturation edits): one channel, "
+                   "standardised per image (brightness/contrast).")
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+              help="Learning-rate schedule.")
 @_workers
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, lr, strength, seed, max_images,
-                   workers, device, resume, quiet) -> None:
+                   input_mode, schedule, workers, device, resume, quiet) -> None:
     """Train the CLIP paper's near-duplicate detector on SOURCES (self-supervised: images vs augmented copies)."""
     from .detectors.clipdup import TrainConfig, train
 
     cfg = TrainConfig(arch=arch, dim=dim, input_size=input_size, batch_size=batch_size, steps=steps, lr=lr,
-                      strength=strength, seed=seed, max_images=max_images)
+                      strength=strength, seed=seed, max_images=max_images, input_mode=input_mode, schedule=schedule)
     try:
         last = train(list(sources), out_dir, cfg, device=device, resume=resume, workers=workers, progress=not quiet)
     except _user_errors() as exc:

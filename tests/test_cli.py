@@ -54,7 +54,7 @@ def test_report_finds_planted_duplicates_and_only_them(tmp_path, index_dir, eval
     data = json.loads((out / "report.json").read_text())
     (ds,) = data["datasets"]
     assert ds["n_all"] == 50 and ds["n_overlap"] == len(overlap) and ds["acc_overlap"] == 1.0
-    assert ds["significant"] is True and data["detector"]["name"] == "phash" and data["threshold"] == {"val": 0.875}
+    assert ds["significant"] is True and data["detector"]["name"] == "phash" and data["threshold"] == {"val": 1 - 9 / 64}
     assert "| val |" in (out / "report.md").read_text()
 
 

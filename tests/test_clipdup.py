@@ -100,3 +100,61 @@ def test_shipped_checkpoint(photos):
     b = det.embed_images([photos["coffee"].resize((100, 100))])
     c = det.embed_images([photos["rocket"].resize((128, 128))])
     assert float((a @ b.T)[0, 0]) > float((a @ c.T)[0, 0])  # a resized copy is closer than another photo
+
+
+def test_luma_training_and_detector(tmp_path, tile_sets, photos):
+    from PIL import ImageEnhance
+
+    from overlap_audit.detectors.clipdup import to_tensor_array
+
+    corpus, _ = tile_sets
+    root = write_folder(tmp_path / "imgs", {f"{t}.png": im for t, im in corpus[:16]})
+    out = tmp_path / "run"
+    args = ["train-detector", str(root), "--out", str(out), "--dim", "16", "--input-size", "32", "--batch-size", "8",
+            "--strength", "mixed", "--input-mode", "luma", "--schedule", "cosine", "--workers", "0", "--quiet",
+            "--device", "cpu"]
+    r = CliRunner().invoke(main, [*args, "--steps", "4"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, [*args, "--steps", "6", "--resume"])  # the cosine run's checkpoint reloads
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])["step"] == 6
+    det = get_detector(f"clipdup:{out}")
+    assert det.input_mode == "luma" and det.preprocess(photos["coffee"]).shape == (1, 32, 32)
+    assert to_tensor_array(photos["coffee"], 32).shape == (3, 32, 32)
+    coffee = photos["coffee"].resize((128, 128))
+    grey = coffee.convert("L").convert("RGB")  # same luma, no colour at all
+    v = det.embed_images([coffee, grey, ImageEnhance.Color(coffee).enhance(1.5), photos["rocket"]])
+    sims = v @ v.T
+    assert sims[0, 1] == pytest.approx(1.0, abs=1e-5)
+    assert sims[0, 2] > 0.99 and sims[0, 3] < sims[0, 2]
+
+
+def test_learning_rate_schedule():
+    from overlap_audit.detectors.clipdup import TrainConfig
+
+    const = TrainConfig(steps=100, lr=0.01)
+    assert const.lr_at(0) == const.lr_at(99) == 0.01
+    cos = TrainConfig(steps=100, lr=0.01, schedule="cosine")
+    lrs = [cos.lr_at(s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.005) and type(lrs[0]) is float  # warm-up over 2 steps
+    assert max(lrs) == pytest.approx(0.01, rel=1e-3) and lrs[-1] < 1e-5
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))  # decays after the warm-up
+
+
+def test_value_input_ignores_hue_and_saturation(photos):
+    from PIL import Image
+
+    from overlap_audit.detectors.clipdup import to_tensor_array
+
+    coffee = photos["coffee"].resize((96, 96))
+    hsv = np.asarray(coffee.convert("HSV")).copy()
+    hsv[..., 0] += 40  # a hue rotation (uint8 wraps around the colour circle)
+    hsv[..., 1] = (hsv[..., 1] * 0.6).astype(np.uint8)  # and less saturation
+    edited = Image.fromarray(hsv, mode="HSV").convert("RGB")
+    assert np.abs(np.asarray(edited, float) - np.asarray(coffee, float)).mean() > 5  # a visible change
+    v, v2 = to_tensor_array(coffee, 32, "value"), to_tensor_array(edited, 32, "value")
+    assert v.shape == (1, 32, 32) and np.abs(v - v2).max() < 1e-6
+    luma, luma2 = to_tensor_array(coffee, 32, "luma"), to_tensor_array(edited, 32, "luma")
+    assert np.abs(luma - luma2).mean() > 0.01  # luma is not invariant to these edits
+    with pytest.raises(ValueError, match="input mode"):
+        to_tensor_array(coffee, 32, "cmyk")

@@ -70,3 +70,30 @@ def test_a_few_steps_lower_the_loss():
         loss.backward()
         opt.step()
     assert loss.item() < first
+
+
+def test_luma_standardised_input_ignores_brightness_and_contrast():
+    torch.manual_seed(2)
+    cfg = ModelConfig.named("small", dim=16, channels=1, standardize=True)
+    net = DuplicateNet(cfg).eval()
+    plain = DuplicateNet(ModelConfig.named("small", dim=16, channels=1)).eval()
+    assert net.stem[0].in_channels == 1
+    ramp = torch.linspace(0.2, 0.7, 32)
+    x = torch.stack([ramp.expand(32, 32), ramp[:, None].expand(32, 32)])[:, None]  # two different pictures
+    with torch.no_grad():
+        for m in (net, plain):
+            for block in m.layers:
+                block.gate.fill_(1.0)  # residual branches on, as after training
+        z, z2 = net(x), net(0.3 + 1.4 * (x - 0.2))  # brighter, more contrast, still inside 0..1
+        assert torch.allclose(z, z2, atol=1e-5)
+        assert not torch.allclose(z[0], z[1], atol=1e-4)  # the picture itself still matters
+        assert not torch.allclose(plain(x), plain(0.3 + 1.4 * (x - 0.2)), atol=1e-4)
+
+
+def test_config_round_trip_and_old_checkpoints():
+    cfg = ModelConfig.named("small", dim=8, channels=1, standardize=True)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("channels", "standardize")}
+    assert ModelConfig.from_dict(old) == ModelConfig.named("small", dim=8)  # RGB, unstandardised
+    with pytest.raises(ValueError, match="channels"):
+        ModelConfig.named("small", channels=2)

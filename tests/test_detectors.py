@@ -1,3 +1,4 @@
+import importlib.util
 import subprocess
 import sys
 
@@ -136,7 +137,11 @@ def hard_negatives() -> dict[str, Image.Image]:
     return out
 
 
-@pytest.mark.parametrize("spec", ["phash", "phash256", "tiny"])
+_HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+@pytest.mark.parametrize("spec", ["phash", "phash256", "tiny",
+                                  pytest.param("clipdup", marks=pytest.mark.skipif(not _HAS_TORCH, reason="no torch"))])
 def test_hard_negatives_never_match_confidently(spec):
     from overlap_audit.imaging import to_rgb
 

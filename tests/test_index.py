@@ -35,7 +35,7 @@ def test_manifest_describes_the_index(built):
     out, m = built
     data = json.loads((out / "manifest.json").read_text())
     assert data["detector"] == {"spec": "phash", "name": "phash", "version": "1", "dim": 64, "metric": "hamming",
-                                "default_threshold": 0.875}
+                                "default_threshold": 1 - 9 / 64}
     assert data["counts"]["given"] == 124 and data["counts"]["embedded"] == 120 and data["counts"]["skipped"] == 4
     assert {s["id"] for s in data["skipped"]} == {"broken/zero.png", "broken/truncated.png", "broken/notes.jpg",
                                                   "broken/bomb.png"}
