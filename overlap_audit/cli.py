@@ -383,18 +383,20 @@ def demo(out_dir, seed) -> None:
               help="The CLIP model scored zero-shot (see report --model).")
 @click.option("--templates", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Prompt templates (default: the shipped drawing templates, templates/drawings.txt).")
+@click.option("--detector", default="clipdup", show_default=True,
+              help="Near-duplicate detector (phash shows the clip-art false positives a hash makes).")
 @_workers
 @click.option("--gallery", type=click.IntRange(min=0), default=300, show_default=True,
               help="Matched pairs shown in report.html.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def demo_real(out_dir, cache_dir, debs_dir, model, templates, workers, gallery, quiet) -> None:
+def demo_real(out_dir, cache_dir, debs_dir, model, templates, detector, workers, gallery, quiet) -> None:
     """Audit on real data: openclipart-png as the corpus, tuxpaint-stamps-default as the evaluation set."""
     from .realdata import run_real_demo
     from .report import format_extended_table, format_table, interpretation, model_line
 
     try:
         result = run_real_demo(out_dir, cache_dir=cache_dir, debs_dir=debs_dir, model=model, templates=templates,
-                               workers=workers, progress=not quiet,
+                               detector=detector, workers=workers, progress=not quiet,
                                gallery=gallery)
     except _user_errors() as exc:
         _fail(exc)

@@ -183,7 +183,7 @@ class RealDemoResult:
 
 
 def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-                  debs_dir: str | os.PathLike | None = None, model: str = DEFAULT_MODEL, detector: str = "phash",
+                  debs_dir: str | os.PathLike | None = None, model: str = DEFAULT_MODEL, detector: str = "clipdup",
                   workers: int | None = None, progress: bool = True, gallery: int = 300,
                   templates: str | os.PathLike | None = None) -> RealDemoResult:
     """Fetch both packages (or reuse the cache), index openclipart, and audit the small CLIP zero-shot on
@@ -197,8 +197,11 @@ def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | 
     out = Path(out_dir)
     data = fetch_real_demo_data(cache_dir, debs_dir=debs_dir)
     index_dir, report_dir = out / "index", out / "report"
-    if index_dir.exists() and (index_dir / "manifest.json").exists():
-        pass  # a finished index from an earlier run: reuse it (its manifest says what it was built from)
+    built = index_dir / "manifest.json"
+    if built.exists() and load_index(index_dir, load_faiss=False).manifest.detector.spec != detector:
+        shutil.rmtree(index_dir)  # the demo's own index, built by another detector: build it again
+    if built.exists():
+        pass  # a finished index from an earlier run with this detector: reuse it
     else:
         resume = index_dir.exists() and any(index_dir.iterdir())
         build_index([str(data.corpus)], index_dir, detector=detector, workers=workers, progress=progress,
@@ -211,7 +214,7 @@ def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | 
                           encoding="utf-8")
     if report_dir.exists():
         shutil.rmtree(report_dir)
-    report = run_report(index_dir, [("tuxpaint", str(data.eval))], None, report_dir, model=model,
+    report = run_report(index_dir, [("tuxpaint", str(data.eval))], None, report_dir, model=model, detector=detector,
                         classnames=str(classnames),
                         templates=str(templates or drawing_templates_path()), workers=workers, progress=progress, gallery=gallery)
     skipped = [(s.id, s.reason) for s in corpus.manifest.skipped]
