@@ -17,7 +17,7 @@ from .detectors import get_detector
 from .embed import embed_source
 from .errors import ModelError, SourceError
 from .imaging import DEFAULT_MAX_PIXELS
-from .index import build_index, check_detector, load_index, search
+from .index import build_index, check_detector, load_index, resolve_device, search
 from .predictions import PREDICTIONS, match_predictions, read_predictions, write_predictions
 from .report import DatasetReport, Report, write_report
 from .scoring import TemplateSet, ZeroShotModel, ZeroShotScorer, load_classnames
@@ -69,6 +69,7 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise SourceError(f"evaluation set names must be distinct; repeated: {', '.join(dup)}")
+    resolve_device(device)  # a GPU asked of a CPU-only FAISS fails now, not after every set is embedded
     corpus = load_index(index_dir, load_faiss=not exact)
     if len(corpus) == 0:
         from .errors import IndexDirError
@@ -189,6 +190,12 @@ def _prepare_zero_shot(spec: str, names: list[str], classnames, templates, devic
                          classnames=names_by, classnames_files=class_files, templates=templates_by)
 
 
+# precision/recall (a rate or [K, N]), plus the fields of `overlap-audit threshold`'s evidence file
+_DETECTOR_ERROR_KEYS = {"precision", "recall", "precision_counts", "recall_counts", "dataset", "target_precision",
+                        "threshold", "tp", "fp", "n_positive", "n_negative", "n_unlabelled", "precision_ci",
+                        "recall_ci", "ci_level", "note"}
+
+
 def resolve_detector_error(names: list[str], precision=None, recall=None, per_dataset=None
                            ) -> dict[str, tuple[RateEstimate | None, RateEstimate | None]]:
     """(precision, recall) of each dataset's Overlap split: the per-dataset file first, then the globals."""
@@ -219,6 +226,16 @@ def resolve_detector_error(names: list[str], precision=None, recall=None, per_da
     out = {}
     for n in names:
         entry = per_dataset.get(n, {})
-        out[n] = (parse(entry.get("precision", precision), "precision", n),
-                  parse(entry.get("recall", recall), "recall", n))
+        unknown_keys = sorted(set(entry) - _DETECTOR_ERROR_KEYS)
+        if unknown_keys:
+            raise ThresholdError(f"the detector-error file's entry for {n} has unknown keys: {', '.join(unknown_keys)}")
+
+        def pick(key: str, default):
+            # counts carry their uncertainty: `threshold`'s evidence file holds both a rate and [K, N]
+            for field in (f"{key}_counts", key):
+                if entry.get(field) is not None:
+                    return entry[field]
+            return default  # a null (e.g. a dataset without a threshold) means "not given"
+
+        out[n] = (parse(pick("precision", precision), "precision", n), parse(pick("recall", recall), "recall", n))
     return out

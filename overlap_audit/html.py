@@ -194,7 +194,7 @@ def figure17_png(report) -> bytes | None:
         ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], fmt="o", color=color, capsize=3,
                     markerfacecolor=color if d.significant else "white")
         ax.annotate(d.name + (" *" if d.significant else ""), (x, y), textcoords="offset points", xytext=(5, 5),
-                    fontsize=8)
+                    fontsize=8, parse_math=False)  # a name is text: "$x$" must not be read as mathtext
     ax.axhline(0, color="#999", linewidth=0.8)
     ax.set_xlim(left=0)
     ax.set_xlabel("Detected data overlap (%)")

@@ -60,20 +60,26 @@ def fetch_debian_package(package: str, cache_dir: str | os.PathLike | None = Non
 
     A ``.deb`` already in ``debs_dir`` (or in the cache) is used instead of downloading.
     """
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    # absolute: dpkg runs in another working directory
+    cache = (Path(cache_dir) if cache_dir is not None else default_cache_dir()).resolve()
     root = cache / "extracted" / package
     if (root / _DONE).exists():
         return root
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
-    found = sorted(glob.glob(str(Path(debs_dir) / f"{package}_*.deb"))) if debs_dir else []
-    found = found or sorted(glob.glob(str(debs / f"{package}_*.deb")))
+    if debs_dir is not None:  # the user's own .deb files: nothing is downloaded
+        found = sorted(glob.glob(str(Path(debs_dir).resolve() / f"{package}_*.deb")))
+        if not found:
+            raise FetchError(f"no {package}_*.deb in {debs_dir}; `apt-get download {package}` there, or leave out "
+                             "--debs to download it into the cache")
+    else:
+        found = sorted(glob.glob(str(debs / f"{package}_*.deb")))
     if not found:
         _run(["apt-get", "download", package], debs, f"downloading {package}")
         found = sorted(glob.glob(str(debs / f"{package}_*.deb")))
         if not found:
             raise FetchError(f"apt-get download {package} left no .deb in {debs}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{package}-", dir=_mkdir(root.parent)))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{package}-", dir=_mkdir(root.parent))).resolve()
     try:
         _run(["dpkg", "-x", found[-1], str(tmp)], tmp, f"unpacking {found[-1]}")
         (tmp / _DONE).write_text(os.path.basename(found[-1]) + "\n")

@@ -374,9 +374,19 @@ def write_report(out_dir: str | os.PathLike, report: Report, splits: dict[str, S
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    html = out / "report.html"
+    if html.exists():
+        html.unlink()  # a page from an earlier report must never sit beside this report.json
     write_splits(out / SPLITS, splits, correct)
     atomic_write_text(out / REPORT_MD, format_markdown(report))
     atomic_write_json(out / REPORT_JSON, report.to_dict())
-    write_html_report(out, gallery=DEFAULT_GALLERY if gallery is None else gallery,
-                      max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+    try:
+        write_html_report(out, gallery=DEFAULT_GALLERY if gallery is None else gallery,
+                          max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+    except (OSError, ValueError, RuntimeError) as exc:
+        from .errors import ReportError
+
+        raise ReportError(f"report.json, report.md and splits.parquet are written in {out}, but report.html could "
+                          f"not be drawn ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                          "redraw it with overlap_audit.html.write_html_report") from None
     return out

@@ -29,6 +29,15 @@ TRUE_WORDS = {"1", "y", "yes", "true", "dup", "duplicate"}
 FALSE_WORDS = {"0", "n", "no", "false"}
 
 
+def _has_labels(path: Path) -> bool:
+    """Whether a pairs.csv has any is_duplicate filled in."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return any((row.get("is_duplicate") or "").strip() for row in csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return True  # unreadable: do not overwrite what may be someone's work
+
+
 @dataclass(frozen=True)
 class ReviewSheet:
     """What ``review_pairs`` wrote."""
@@ -56,7 +65,7 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
     from .detectors import get_detector
     from .embed import embed_source
     from .html import Gallery, GalleryPair, esc, render_review_html, thumbnail
-    from .index import check_detector, corpus_items, load_index, search
+    from .index import check_detector, corpus_items, load_index, resolve_device, search
     from .io import atomic_write_text
     from .sources import fetch_items, open_source
 
@@ -68,7 +77,17 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
         raise SourceError("evaluation set names must be distinct")
     if n < 1:
         raise ThresholdError("--n must be at least 1")
+    existing = Path(out_dir) / PAIRS_CSV
+    if existing.exists() and _has_labels(existing):
+        raise ThresholdError(f"{existing} already holds labels (is_duplicate filled in); give another --out, or "
+                             "move it away first: writing the review sheet again would erase them")
+    resolve_device(device)
     corpus = load_index(index_dir)
+    if len(corpus) == 0:
+        from .errors import IndexDirError
+
+        raise IndexDirError(f"the index {index_dir} holds no items (all {corpus.manifest.n_given} given were "
+                            "skipped or low-information): there are no pairs to review")
     det = get_detector(detector or corpus.manifest.detector.spec, device=device)
     check_detector(corpus.manifest, det.info, str(index_dir))
     if around is None:

@@ -61,7 +61,7 @@ def default_templates() -> list[str]:
 def load_templates(path: str | os.PathLike) -> list[str]:
     """Templates from a text file, one per line, each with exactly one ``{}``; blank and ``#`` lines skipped."""
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:  # -sig: a byte-order mark is not part of a template
             text = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelError(f"cannot read templates file {path}: {exc}") from None
@@ -156,15 +156,22 @@ def load_classnames(path: str | os.PathLike) -> dict[str, str]:
     import json
 
     try:
-        with open(path, encoding="utf-8", newline="") as fh:
+        with open(path, encoding="utf-8-sig", newline="") as fh:  # spreadsheet exports start with a BOM
             text = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelError(f"cannot read classnames file {path}: {exc}") from None
-    if str(path).lower().endswith(".json") or text.lstrip().startswith("{"):
+    data = None
+    if str(path).lower().endswith(".json"):
         try:
             data = json.loads(text)
         except ValueError as exc:
             raise ModelError(f"classnames file {path} is not valid JSON: {exc}") from None
+    elif text.lstrip().startswith("{"):
+        try:  # JSON under another extension; a CSV whose first label starts with "{" reads as CSV
+            data = json.loads(text)
+        except ValueError:
+            data = None
+    if data is not None:
         if not isinstance(data, dict) or not all(isinstance(v, str) and v.strip() for v in data.values()):
             raise ModelError(f'classnames file {path} must hold {{"label": "readable name", ...}}')
         return {str(k): v.strip() for k, v in data.items()}

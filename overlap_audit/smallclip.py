@@ -91,7 +91,8 @@ def _read_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a file that is not a checkpoint
-        raise ModelError(f"cannot read small CLIP checkpoint {path}: {type(exc).__name__}: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelError(f"cannot read small CLIP checkpoint {path}: {type(exc).__name__}: {first}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         raise ModelError(f"{path} is not a small CLIP checkpoint (written by `overlap-audit pretrain-clip`)")
     return state
@@ -437,8 +438,12 @@ def _pretrain(torch, sources, out, ckpt_path, cfg, mcfg, dev, resume, workers, p
             "temperature": float(1 / net.logit_scale.exp().item())}
     if resumed_from:  # a finished run resumed again reports its last step's numbers, not NaN
         logged = (out / LOG).read_text(encoding="utf-8").splitlines() if (out / LOG).exists() else []
-        if logged:
-            last.update({k: v for k, v in json.loads(logged[-1]).items() if k in ("loss", "accuracy")})
+        for line in reversed(logged):  # the last complete line: a crash can leave a partial one
+            try:
+                last.update({k: v for k, v in json.loads(line).items() if k in ("loss", "accuracy")})
+                break
+            except ValueError:
+                continue
 
     def save() -> None:
         state = {"format": FORMAT, "model_config": mcfg.to_dict(), "train_config": train_config,
@@ -467,6 +472,8 @@ def _pretrain(torch, sources, out, ckpt_path, cfg, mcfg, dev, resume, workers, p
             bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.2f}", t=f"{last['temperature']:.3f}")
         if step % log_every == 0 or step == cfg.steps:
             with open(out / LOG, "a", encoding="utf-8") as fh:
+                if fh.tell() and not (out / LOG).read_bytes().endswith(b"\n"):
+                    fh.write("\n")  # end a line a crash left partial, so this one parses
                 fh.write(json.dumps(last) + "\n")
         if step % checkpoint_every == 0 or step == cfg.steps:
             save()

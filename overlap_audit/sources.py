@@ -97,7 +97,7 @@ def open_source(spec: str, *, name: str | None = None, labels_from_folders: bool
             raise SourceError(f"source {spec!r}: the pattern matches no file")
         if kind is None:
             kind = "parquet" if all(p.endswith(".parquet") for p in paths) else "wds"
-        return Source(kind, tuple(paths), name or default_name, spec, labels_from_folders)
+        return Source(kind, tuple(os.path.abspath(p) for p in paths), name or default_name, spec, labels_from_folders)
 
     if not os.path.exists(path):
         raise SourceError(f"source {spec!r}: no such file or directory")
@@ -114,7 +114,7 @@ def open_source(spec: str, *, name: str | None = None, labels_from_folders: bool
                 )
         if kind == "folder":
             raise SourceError(f"source {spec!r}: 'folder:' needs a directory")
-        return Source(kind, (path,), name or default_name, spec, labels_from_folders)
+        return Source(kind, (os.path.abspath(path),), name or default_name, spec, labels_from_folders)
 
     entries = sorted(os.listdir(path))
     tars = [os.path.join(path, e) for e in entries if _is_tar(e)]
@@ -125,12 +125,15 @@ def open_source(spec: str, *, name: str | None = None, labels_from_folders: bool
     if kind == "wds":
         if not tars:
             raise SourceError(f"source {spec!r}: no .tar shards in this directory")
-        return Source(kind, tuple(tars), name or default_name, spec, labels_from_folders)
+        return Source(kind, tuple(os.path.abspath(t) for t in tars), name or default_name, spec, labels_from_folders)
     if kind == "parquet":
         if not parquets:
             raise SourceError(f"source {spec!r}: no .parquet files in this directory")
-        return Source(kind, tuple(parquets), name or default_name, spec, labels_from_folders)
-    return Source("folder", (path,), name or default_name, spec, labels_from_folders)
+        return Source(kind, tuple(os.path.abspath(p) for p in parquets), name or default_name, spec,
+                      labels_from_folders)
+    # absolute paths: the index manifest and report.json record them, and later steps (the report's gallery,
+    # `pairs`) read corpus items back from another working directory
+    return Source("folder", (os.path.abspath(path),), name or default_name, spec, labels_from_folders)
 
 
 # ---------------------------------------------------------------- folders

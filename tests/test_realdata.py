@@ -81,3 +81,18 @@ def test_demo_real_end_to_end(debs, tmp_path):
     assert "Stamp number 0 &lt;b&gt;" in page and "Stamp number 0 <b>" not in page
     manifest = json.loads((out / "index" / "manifest.json").read_text(encoding="utf-8"))
     assert any(s["id"] == "electronics/microchip.png" for s in manifest["skipped"])
+
+
+def test_relative_paths_and_missing_debs(debs, tmp_path, monkeypatch):
+    from overlap_audit.errors import FetchError
+    from overlap_audit.realdata import fetch_debian_package
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mydebs").mkdir()
+    for deb in debs.iterdir():
+        (tmp_path / "mydebs" / deb.name).write_bytes(deb.read_bytes())
+    root = fetch_debian_package("tuxpaint-stamps-default", "cache", debs_dir="mydebs")  # both relative
+    assert root.is_absolute() and (root / "usr/share/tuxpaint/stamps/animals/sub/s01.png").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FetchError, match="no openclipart-png_"):  # --debs without it: an error, no download
+        fetch_debian_package("openclipart-png", "cache", debs_dir="empty")

@@ -227,3 +227,16 @@ def test_the_browser_check_would_catch_an_unescaped_caption(browser, tmp_path):
                     "</script></body></html>", encoding="utf-8")
     browser.open(page)
     assert any("boom" in p for p in browser.problems())
+
+
+def test_plot_draws_dataset_names_as_text_not_mathtext():
+    from types import SimpleNamespace
+
+    from overlap_audit.html import figure17_png
+
+    stats = SimpleNamespace(delta=0.02, overlap_rate=0.1, ci_delta=(0.0, 0.04))
+    report = SimpleNamespace(ci_level=0.995, correction="bonferroni", datasets=[
+        SimpleNamespace(name="ev$\\bad$", stats=stats, significant=False),
+        SimpleNamespace(name="$x$ & <b>", stats=stats, significant=True)])
+    png = figure17_png(report)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000

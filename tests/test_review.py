@@ -122,6 +122,39 @@ def test_pairs_label_threshold_report_round_trip(tmp_path, corpus_dir, eval_set)
     assert r.exit_code == 0, r.output
     assert load_report(tmp_path / "rep").dataset("val").threshold == chosen
 
+    # the evidence file is a --detector-error file, and its counts (not just the rates) are used
+    evidence = tmp_path / "thresholds.evidence.json"
+    r = runner.invoke(main, ["report", str(idx), "--eval", f"val={root}", "--predictions", str(preds), "--out",
+                             str(tmp_path / "rep2"), "--thresholds", str(tmp_path / "thresholds.json"),
+                             "--detector-error", str(evidence), "--workers", "0", "--quiet"])
+    assert r.exit_code == 0, r.output
+    counts = json.loads(evidence.read_text())["val"]["precision_counts"]
+    used = json.loads((tmp_path / "rep2" / "report.json").read_text())["datasets"][0]["detector_correction"]["precision"]
+    assert [used["successes"], used["trials"]] == counts
+
+    # writing the review sheet again over labelled pairs is refused: the labels would be lost
+    with open(tmp_path / "rev" / "pairs.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    r = runner.invoke(main, ["pairs", str(idx), "--eval", f"val={root}", "--around", "0.8", "--n", "5",
+                             "--out", str(tmp_path / "rev"), "--workers", "0", "--quiet"])
+    assert r.exit_code == 2 and "already holds labels" in r.output
+    assert sum(1 for row in csv.DictReader(open(tmp_path / "rev" / "pairs.csv")) if row["is_duplicate"]) == 28
+
     (tmp_path / "labels.csv").write_text("pair,dataset,eval_id,corpus_id,similarity,is_duplicate\n1,val,e,c,0.9,perhaps\n")
     r = runner.invoke(main, ["threshold", str(tmp_path / "labels.csv")])
     assert r.exit_code == 2 and "line 2" in r.output and "Traceback" not in r.output
+
+
+def test_pairs_against_an_empty_index_is_an_error(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "blank").mkdir()
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "blank" / "white.png")
+    (tmp_path / "ev" / "c").mkdir(parents=True)
+    Image.new("RGB", (64, 64), "black").save(tmp_path / "ev" / "c" / "x.png")
+    build_index([str(tmp_path / "blank")], tmp_path / "idx", workers=0)
+    r = CliRunner().invoke(main, ["pairs", str(tmp_path / "idx"), "--eval", f"ev={tmp_path / 'ev'}", "--out",
+                                  str(tmp_path / "out"), "--workers", "0", "--quiet"])
+    assert r.exit_code == 2 and "holds no items" in r.output

@@ -114,3 +114,20 @@ def test_assign_files_per_dataset():
         assign_files(["a=1", "a=2"], ["a"], "--templates")
     with pytest.raises(ModelError, match="two files for every dataset"):
         assign_files(["1", "2"], ["a"], "--classnames")
+
+
+def test_classnames_and_templates_files_from_spreadsheets(tmp_path):
+    from overlap_audit.scoring import load_classnames
+
+    bom = tmp_path / "names.csv"
+    bom.write_bytes("\ufefflabel,name\r\n0,zero\r\ncafé,coffee shop\r\n".encode("utf-8"))
+    assert load_classnames(bom) == {"0": "zero", "café": "coffee shop"}  # the BOM is not a class
+    brace = tmp_path / "brace.csv"
+    brace.write_text("{x},braces\ncat,kitty\n", encoding="utf-8")
+    assert load_classnames(brace) == {"{x}": "braces", "cat": "kitty"}  # a CSV, though it starts with {
+    as_json = tmp_path / "names.txt"
+    as_json.write_text('{"0": "zero"}', encoding="utf-8")
+    assert load_classnames(as_json) == {"0": "zero"}
+    tpl = tmp_path / "t.txt"
+    tpl.write_bytes("\ufeffa photo of {}.\n".encode("utf-8"))
+    assert load_templates(tpl) == ["a photo of {}."]

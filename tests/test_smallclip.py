@@ -173,6 +173,8 @@ def test_checkpoint_round_trip_and_resume(tmp_path, caption_folder):
     for (ka, va), (kb, vb) in zip(a.net.state_dict().items(), b.net.state_dict().items()):
         assert ka == kb and torch.allclose(va.float(), vb.float(), atol=1e-5), ka   # resuming = not stopping
     assert math.isclose(straight.loss, resumed.loss, rel_tol=1e-4)
+    with open(tmp_path / "split" / "train_log.jsonl", "a") as fh:
+        fh.write('{"step": 7, "loss": 1.2')  # a crash mid-line must not stop a later resume
     finished = pretrain([str(caption_folder)], tmp_path / "split", cfg, TINY, resume=True, **kw)
     assert finished.step == 6 and finished.loss == resumed.loss        # nothing left to do: no NaN, same numbers
     assert load(tmp_path / "split").info["loss"] == resumed.loss

@@ -228,3 +228,12 @@ def test_non_string_parquet_metadata_is_text(tmp_path, photos):
                    tmp_path / "x.parquet")
     items = list(open_source(str(tmp_path / "x.parquet")).iter_items())
     assert items[0].caption == "5" and "404" in items[2].skip_reason
+
+
+def test_local_source_paths_are_recorded_absolute(tmp_path, monkeypatch, photos):
+    from overlap_audit.sources import open_source
+
+    write_folder(tmp_path / "imgs", {"a.png": next(iter(photos.values())).resize((32, 32))})
+    monkeypatch.chdir(tmp_path)
+    src = open_source("imgs")
+    assert src.paths == (str(tmp_path / "imgs"),) and src.spec == "imgs"
