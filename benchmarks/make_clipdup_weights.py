@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--input-size", type=int, default=64)
     ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--input-mode", choices=["rgb", "luma", "value"], default="value")
+    ap.add_argument("--input-mode", choices=["rgb", "luma", "value", "maxmin"], default="value")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/overlap-audit"))
     ap.add_argument("--run", default=None, help="training directory (default: a temporary one)")
     args = ap.parse_args()

@@ -47,13 +47,21 @@ def _torch():
 
 # rgb: the three channels. luma: ITU-R 601 grey (what pHash hashes). value: HSV value, max(R, G, B) —
 # unchanged by any hue rotation or saturation change (luma is not: it weighs R, G and B differently).
-INPUT_MODES = ("rgb", "luma", "value")
+# maxmin: two channels, max(R, G, B) and min(R, G, B) — both unchanged by a hue rotation (HSV keeps V and
+# S, and min = V(1 - S)), and, unlike value alone, a saturated colour on white stays visible.
+INPUT_MODES = ("rgb", "luma", "value", "maxmin")
+INPUT_CHANNELS = {"rgb": 3, "luma": 1, "value": 1, "maxmin": 2}
 
 
 def to_tensor_array(image: Image.Image, size: int, mode: str = "rgb") -> np.ndarray:
-    """Image -> float32 [C, size, size] in 0..1 (bicubic resize of the whole image); C = 3 (rgb) or 1."""
+    """Image -> float32 [C, size, size] in 0..1 (bicubic resize of the whole image); C per INPUT_CHANNELS."""
     if mode not in INPUT_MODES:
         raise ValueError(f"input mode must be one of {', '.join(INPUT_MODES)}, got {mode!r}")
+    if mode == "maxmin":
+        rgb = np.asarray(image.convert("RGB"))
+        planes = [Image.fromarray(f(rgb, axis=2)).resize((size, size), Image.Resampling.BICUBIC)
+                  for f in (np.max, np.min)]
+        return np.stack([np.asarray(p, dtype=np.float32) / 255.0 for p in planes])
     if mode == "value":  # the channel first, then the resize: a hue-shifted copy gives the same input
         image = Image.fromarray(np.asarray(image.convert("RGB")).max(axis=2))
     image = image.convert("RGB" if mode == "rgb" else "L").resize((size, size), Image.Resampling.BICUBIC)
@@ -134,8 +142,8 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
     if cfg.strength not in (*STRENGTHS, "mixed") or cfg.schedule not in ("constant", "cosine"):
         raise DetectorError(f"unknown strength {cfg.strength!r} or schedule {cfg.schedule!r}")
     torch.manual_seed(cfg.seed)
-    grey = cfg.input_mode != "rgb"
-    model_cfg = ModelConfig.named(cfg.arch, dim=cfg.dim, channels=1 if grey else 3, standardize=grey)
+    model_cfg = ModelConfig.named(cfg.arch, dim=cfg.dim, channels=INPUT_CHANNELS[cfg.input_mode],
+                                  standardize=cfg.input_mode != "rgb")
     net = DuplicateNet(model_cfg).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     step, rng = 0, np.random.default_rng(cfg.seed)

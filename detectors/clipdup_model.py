@@ -44,8 +44,8 @@ class ModelConfig:
     def named(cls, arch: str, dim: int = 256, channels: int = 3, standardize: bool = False) -> "ModelConfig":
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (luma) or 3 (RGB), got {channels}")
+        if channels not in (1, 2, 3):
+            raise ValueError(f"channels must be 1 (luma or value), 2 (max and min) or 3 (RGB), got {channels}")
         depths, width = ARCHS[arch]
         return cls(arch=arch, depths=depths, width=width, dim=dim, channels=channels, standardize=standardize)
 

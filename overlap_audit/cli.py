@@ -182,8 +182,9 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-images", type=click.IntRange(min=2), default=20_000, show_default=True,
               help="Images kept in memory as training thumbnails.")
-@click.option("--input-mode", type=click.Choice(["rgb", "luma", "value"]), default="rgb", show_default=True,
-              help="luma (grey) or value (HSV V = max(R,G,B), unchanged by hue and saturation edits): one channel, "
+@click.option("--input-mode", type=click.Choice(["rgb", "luma", "value", "maxmin"]), default="rgb", show_default=True,
+              help="luma (grey) or value (HSV V = max(R,G,B), unchanged by hue and saturation edits): one channel; "
+                   "maxmin: max and min of R, G, B, two channels unchanged by hue rotation; each "
                    "standardised per image (brightness/contrast).")
 @click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
               help="Learning-rate schedule.")

@@ -158,3 +158,26 @@ def test_value_input_ignores_hue_and_saturation(photos):
     assert np.abs(luma - luma2).mean() > 0.01  # luma is not invariant to these edits
     with pytest.raises(ValueError, match="input mode"):
         to_tensor_array(coffee, 32, "cmyk")
+
+
+def test_maxmin_input_ignores_hue_and_keeps_colour_on_white(photos):
+    from PIL import Image
+
+    from overlap_audit.detectors.clipdup import to_tensor_array
+    from overlap_audit.detectors.clipdup_model import DuplicateNet, ModelConfig
+
+    coffee = photos["coffee"].resize((96, 96))
+    hsv = np.asarray(coffee.convert("HSV")).copy()
+    hsv[..., 0] += 40  # a hue rotation only
+    rotated = Image.fromarray(hsv, mode="HSV").convert("RGB")
+    a, b = to_tensor_array(coffee, 32, "maxmin"), to_tensor_array(rotated, 32, "maxmin")
+    assert a.shape == (2, 32, 32) and np.abs(a - b).max() < 0.02  # HSV's own rounding, nothing more
+    red = Image.new("RGB", (64, 64), "white")
+    red.paste((255, 0, 0), (16, 16, 48, 48))
+    assert to_tensor_array(red, 16, "value").std() == 0  # value alone loses a saturated shape on white
+    assert to_tensor_array(red, 16, "maxmin")[1].std() > 0.3  # the min channel keeps it
+    import torch
+
+    net = DuplicateNet(ModelConfig.named("small", dim=16, channels=2, standardize=True))
+    out = net(torch.from_numpy(np.stack([a, b])))
+    assert out.shape == (2, 16)
