@@ -96,4 +96,4 @@ def test_config_round_trip_and_old_checkpoints():
     old = {k: v for k, v in cfg.to_dict().items() if k not in ("channels", "standardize")}
     assert ModelConfig.from_dict(old) == ModelConfig.named("small", dim=8)  # RGB, unstandardised
     with pytest.raises(ValueError, match="channels"):
-        ModelConfig.named("small", channels=2)
+        ModelConfig.named("small", channels=4)
