@@ -104,6 +104,10 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
         predictions = Path(out_dir) / PREDICTIONS
         write_predictions(predictions, scored)
         preds = read_predictions(predictions)  # from here on exactly as a given --predictions file
+    else:
+        stale = Path(out_dir) / PREDICTIONS
+        if stale.exists() and not os.path.samefile(stale, predictions):
+            stale.unlink()  # an earlier --model run's predictions must not sit beside this report
     correctness = match_predictions(preds, splits, {n: {s.id for s in sk} for n, sk in skipped.items()})
 
     stats = {}

@@ -200,6 +200,11 @@ def model_line(model: dict) -> str:
             f"predictions.parquet.")
 
 
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: a "|" or a line break in a name would split the row."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
 def format_table(report: Report) -> str:
     """The Figure-17 table as Markdown (accuracies and intervals in %)."""
     level = f"{100 * report.ci_level:g}%"
@@ -210,7 +215,7 @@ def format_table(report: Report) -> str:
         s = d.stats
         sig = "–" if d.significant is None else ("yes" if d.significant else "no")
         rows.append(
-            f"| {d.name} | {s.n_all} | {_pct(s.overlap_rate)} | {_pct(s.acc_all)} | {_pct(s.acc_clean)} "
+            f"| {_cell(d.name)} | {s.n_all} | {_pct(s.overlap_rate)} | {_pct(s.acc_all)} | {_pct(s.acc_clean)} "
             f"| {_pct(s.acc_overlap)} | {_signed_pct(s.delta)} | {_p(s.p_value)} | {sig} "
             f"| {_interval(s.ci_overlap)} | {_interval(s.ci_clean)} | {_interval(s.ci_delta, signed=True)} |"
         )
@@ -244,7 +249,7 @@ def format_extended_table(report: Report) -> str:
             corr = (f"{_pct(c.overlap_rate)}, {_signed_pct(c.delta)} {_interval(c.ci_delta, signed=True)}"
                     if c.delta is not None else f"undefined: {c.note}")
         rows.append(
-            f"| {d.name} | {_signed_pct(e.gap)} | {test} | {sig} | {_interval(e.ci_delta_newcombe, signed=True)} "
+            f"| {_cell(d.name)} | {_signed_pct(e.gap)} | {test} | {sig} | {_interval(e.ci_delta_newcombe, signed=True)} "
             f"| {_p(d.adjusted.get('bonferroni'))} | {_p(d.adjusted.get('holm'))} | {mdg} | {corr} |"
         )
     return "\n".join(rows)
@@ -298,7 +303,7 @@ def format_markdown(report: Report) -> str:
         "|---|---|---|---|",
     ]
     for d in report.datasets:
-        lines.append(f"| {d.name} | {d.threshold:.4f} | {d.n_low_information} | {len(d.skipped)} |")
+        lines.append(f"| {_cell(d.name)} | {d.threshold:.4f} | {d.n_low_information} | {len(d.skipped)} |")
     if any(d.extended is not None for d in report.datasets):
         lines += [
             "",

@@ -200,11 +200,17 @@ def read_labels(path: str | os.PathLike) -> dict[str, tuple[list[float], list[bo
         if missing:
             raise ThresholdError(f"{path} lacks the column(s) {', '.join(missing)}: use the pairs.csv that "
                                  "`overlap-audit pairs` wrote, with is_duplicate filled in")
+        seen: dict[tuple[str, str, str], int] = {}
         for row in reader:
             line = reader.line_num
             name = (row["dataset"] or "").strip()
             if not name:
                 raise ThresholdError(f"{path}, line {line}: empty dataset")
+            pair = (name, (row.get("eval_id") or "").strip(), (row.get("corpus_id") or "").strip())
+            if pair[1] and pair[1:] != ("", "") and pair in seen:  # a pasted-twice row would count twice
+                raise ThresholdError(f"{path}, line {line}: the pair {pair[1]!r} / {pair[2]!r} of {name} is also on "
+                                     f"line {seen[pair]}; keep one")
+            seen.setdefault(pair, line)
             sims, labels, unlabelled = out.setdefault(name, ([], [], 0))
             label = _label(row["is_duplicate"] or "", line, path)
             if label is None:

@@ -158,3 +158,31 @@ def test_pairs_against_an_empty_index_is_an_error(tmp_path):
     r = CliRunner().invoke(main, ["pairs", str(tmp_path / "idx"), "--eval", f"ev={tmp_path / 'ev'}", "--out",
                                   str(tmp_path / "out"), "--workers", "0", "--quiet"])
     assert r.exit_code == 2 and "holds no items" in r.output
+
+
+def test_a_pair_labelled_twice_is_an_error(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("pair,dataset,eval_id,corpus_id,similarity,is_duplicate\n1,val,e1,c1,0.9,1\n"
+                      "2,val,e2,c2,0.8,0\n3,val,e1,c1,0.9,1\n", encoding="utf-8")
+    with pytest.raises(ThresholdError, match="line 4.*also on line 2"):
+        read_labels(labels)
+
+
+def test_report_names_with_pipes_and_stale_predictions(tmp_path, corpus_dir, eval_set):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root, planted, clean = eval_set
+    idx = tmp_path / "index"
+    build_index([str(corpus_dir)], idx, workers=0)
+    out = tmp_path / "rep"
+    out.mkdir()
+    pq.write_table(pa.table({"dataset": ["x"], "id": ["y"], "correct": [True]}), out / "predictions.parquet")
+    preds = write_predictions(tmp_path / "p.csv", "a|b", planted + clean, [1] * len(planted + clean))
+    r = CliRunner().invoke(main, ["report", str(idx), "--eval", f"a|b={root}", "--predictions", str(preds),
+                                  "--out", str(out), "--workers", "0", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert not (out / "predictions.parquet").exists()  # an earlier run's predictions are not left beside it
+    md = (out / "report.md").read_text(encoding="utf-8")
+    row = next(line for line in md.splitlines() if line.startswith("| a"))
+    assert row.startswith("| a\\|b |") and row.count(" | ") == 11  # still twelve cells
