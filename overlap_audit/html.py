@@ -75,8 +75,10 @@ def gallery_order(similarities, threshold: float, limit: int, around: int = DEFA
     sims = np.asarray(similarities, dtype=np.float64)
     rows = np.nonzero(~np.isnan(sims))[0]
     by_sim = rows[np.lexsort((rows, -sims[rows]))]  # highest first; ties by row
-    above = [int(r) for r in by_sim if sims[r] >= threshold]
-    below = [int(r) for r in by_sim if sims[r] < threshold]
+    # the split's own rule: similarities are float32, and so is the threshold they are compared with
+    is_above = sims.astype(np.float32) >= np.float32(threshold)
+    above = [int(r) for r in by_sim if is_above[r]]
+    below = [int(r) for r in by_sim if not is_above[r]]
     deciding = above[-around:] if around else []
     deciding += below[:around]
     chosen = set(deciding)

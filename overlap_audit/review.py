@@ -126,7 +126,7 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
             pairs.append(GalleryPair(eval_id=eval_id, eval_label=ev.label if ev else None,
                                      eval_caption=ev.caption if ev else None, corpus_key=key,
                                      corpus_caption=co.caption if co else None, similarity=sim,
-                                     overlap=sim >= around, low_information=False, eval_thumb=e_uri,
+                                     overlap=bool(np.float32(sim) >= np.float32(around)), low_information=False, eval_thumb=e_uri,
                                      eval_problem=e_why, corpus_thumb=c_uri, corpus_problem=c_why,
                                      deciding=False, number=number))
         galleries.append(Gallery(name, around, pairs, 0, 0))

@@ -240,3 +240,22 @@ def test_plot_draws_dataset_names_as_text_not_mathtext():
         SimpleNamespace(name="$x$ & <b>", stats=stats, significant=True)])
     png = figure17_png(report)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_gallery_groups_pairs_by_the_splits_float32_rule():
+    import numpy as np
+
+    from overlap_audit.html import gallery_order
+    from overlap_audit.split import split
+    from overlap_audit.types import Embeddings, Neighbors
+
+    t = 0.9952  # not a float32 value
+    at = float(np.float32(t))  # a similarity exactly at the threshold, as the split sees it
+    sims = [0.999, at, 0.99]
+    rows, deciding = gallery_order(sims, t, limit=10, around=1)
+    emb = Embeddings(ids=["a", "b", "c"], vectors=np.zeros((3, 2), np.float32),
+                     low_information=np.zeros(3, bool))
+    nb = Neighbors(query_ids=["a", "b", "c"], ids=np.array([["x"], ["y"], ["z"]]),
+                   similarities=np.array([[s] for s in sims], np.float32))
+    overlap = split("d", emb, nb, t).overlap
+    assert bool(overlap[1]) and rows[:2] == [1, 2] and deciding == 2  # b is the lowest above, c the highest below
