@@ -29,6 +29,12 @@ TRUE_WORDS = {"1", "y", "yes", "true", "dup", "duplicate"}
 FALSE_WORDS = {"0", "n", "no", "false"}
 
 
+def _inert(cell: str) -> str:
+    """An id as a CSV cell a spreadsheet will not run: ids come from the web, and a cell starting with
+    = + - @ (or a tab or carriage return) is read as a formula (OWASP's CSV-injection advice: a leading ')."""
+    return "'" + cell if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
+
+
 def _has_labels(path: Path) -> bool:
     """Whether a pairs.csv has any is_duplicate filled in."""
     try:
@@ -119,7 +125,7 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
         pairs = []
         for eval_id, key, sim, _ in picked[name]:
             number += 1
-            lines.append([number, name, eval_id, key, repr(sim), ""])
+            lines.append([number, name, _inert(eval_id), _inert(key), repr(sim), ""])
             ev, co = eval_found.get(eval_id), corpus_found.get(key)
             e_uri, e_why = thumbnail(ev, max_pixels=max_pixels)
             c_uri, c_why = thumbnail(co, max_pixels=max_pixels)

@@ -186,3 +186,11 @@ def test_report_names_with_pipes_and_stale_predictions(tmp_path, corpus_dir, eva
     md = (out / "report.md").read_text(encoding="utf-8")
     row = next(line for line in md.splitlines() if line.startswith("| a"))
     assert row.startswith("| a\\|b |") and row.count(" | ") == 11  # still twelve cells
+
+
+def test_ids_in_the_review_csv_cannot_run_as_spreadsheet_formulas():
+    from overlap_audit.review import _inert
+
+    assert _inert('=HYPERLINK("http://x","y")') == '\'=HYPERLINK("http://x","y")'
+    assert [_inert(x) for x in ("+1", "-1", "@a", "\tx")] == ["'+1", "'-1", "'@a", "'\tx"]
+    assert _inert("cat/001.png") == "cat/001.png"
