@@ -197,7 +197,13 @@ def class_names(labels: Iterable[str], classnames: dict[str, str] | None = None)
     """(labels, readable names) of the classifier: the classnames file's labels in its order, then the
     source's other labels sorted; a label the file does not name reads as ``readable_name(label)``."""
     classnames = classnames or {}
-    seen = sorted(set(labels) - set(classnames))
+    labels = set(labels)
+    if classnames and labels and not labels & set(classnames):
+        # every real class would fall back to its raw label and the file's classes could never be right
+        raise ModelError(f"the classnames file names none of the evaluation set's labels (it has e.g. "
+                         f"{sorted(classnames)[:3]}, the set {sorted(labels)[:3]}): its keys must be the labels "
+                         "(an image folder's sub-folder names)")
+    seen = sorted(labels - set(classnames))
     ordered = list(classnames) + seen
     return ordered, [classnames.get(lab, readable_name(lab)) for lab in ordered]
 

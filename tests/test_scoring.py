@@ -131,3 +131,12 @@ def test_classnames_and_templates_files_from_spreadsheets(tmp_path):
     tpl = tmp_path / "t.txt"
     tpl.write_bytes("\ufeffa photo of {}.\n".encode("utf-8"))
     assert load_templates(tpl) == ["a photo of {}."]
+
+
+def test_classnames_that_name_no_label_are_refused():
+    from overlap_audit.scoring import class_names
+
+    assert class_names(["cat", "dog"], {"cat": "a cat", "bird": "a bird"}) == (
+        ["cat", "bird", "dog"], ["a cat", "a bird", "dog"])
+    with pytest.raises(ModelError, match="names none of the evaluation set's labels"):
+        class_names(["cat", "dog"], {"0": "a cat", "1": "a dog"})
