@@ -152,6 +152,12 @@ def printable_id(rel: str) -> str:
     return rel.replace(os.sep, "/").encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def _id_path(ident: str) -> str:
+    """The file name behind a ``printable_id``: its \\xNN escapes back to the undecodable bytes."""
+    raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]), ident.encode("utf-8"))
+    return raw.decode("utf-8", "surrogateescape")
+
+
 def _walk(root: str) -> tuple[list[str], list[tuple[str, str]]]:
     """Every file under root (following links to directories, once each), and the directories that could
     not be read, with why."""
@@ -407,6 +413,8 @@ def fetch_items(source: Source, ids: Iterable[str]) -> dict[str, RawItem]:
         root = source.paths[0]
         for ident in wanted:
             full = os.path.join(root, *ident.split("/"))
+            if not os.path.isfile(full) and "\\x" in ident:  # a name with bytes that are not UTF-8
+                full = os.path.join(root, *_id_path(ident).split("/"))
             if not os.path.isfile(full):
                 continue
             stem = os.path.splitext(full)[0]

@@ -237,3 +237,17 @@ def test_local_source_paths_are_recorded_absolute(tmp_path, monkeypatch, photos)
     monkeypatch.chdir(tmp_path)
     src = open_source("imgs")
     assert src.paths == (str(tmp_path / "imgs"),) and src.spec == "imgs"
+
+
+def test_items_with_undecodable_file_names_are_read_back_by_id(tmp_path, photos):
+    from overlap_audit.sources import fetch_items, open_source
+
+    cls = tmp_path / "ev" / "c"
+    cls.mkdir(parents=True)
+    name = os.fsdecode(b"a\xff.png")
+    next(iter(photos.values())).resize((32, 32)).save(cls / name)
+    src = open_source(str(tmp_path / "ev"), labels_from_folders=True)
+    ids = [item.id for item in src.iter_items()]
+    assert ids == ["c/a\\xff.png"]
+    found = fetch_items(src, ids)
+    assert found[ids[0]].path == str(cls / name) and found[ids[0]].label == "c"
