@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import platform
@@ -31,14 +30,9 @@ OUT = ROOT / "detectors" / "weights"
 
 
 def fetch_openclipart(cache: Path) -> Path:
-    png = cache / "openclipart" / "usr" / "share" / "openclipart" / "png"
-    if png.exists():
-        return png
-    cache.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["apt-get", "download", "openclipart-png"], cwd=cache, check=True)
-    deb = sorted(glob.glob(str(cache / "openclipart-png_*.deb")))[-1]
-    subprocess.run(["dpkg", "-x", deb, str(cache / "openclipart")], check=True)
-    return png
+    from overlap_audit.realdata import fetch_debian_package
+
+    return fetch_debian_package("openclipart-png", cache) / "usr" / "share" / "openclipart" / "png"
 
 
 WALLPAPERS = ("mate-backgrounds", "gnome-backgrounds")
@@ -47,6 +41,8 @@ INPUT_WORDS = {
     "luma": "luma (grey), standardised per image at the network input (brightness and contrast do not reach it)",
     "value": "HSV value, max(R, G, B) — unchanged by hue rotation and saturation changes — standardised per\n"
              "  image at the network input (brightness and contrast do not reach it either)",
+    "maxmin": "max(R, G, B) and min(R, G, B) — both unchanged by hue rotation — standardised per image at the\n"
+              "  network input (brightness and contrast do not reach it either)",
 }
 
 
@@ -55,18 +51,14 @@ def fetch_wallpaper_tiles(cache: Path, tile_px: int = 256, size: int = 128) -> P
     from PIL import Image
 
     from overlap_audit.demo import tiles
+    from overlap_audit.realdata import fetch_debian_package
 
     out = cache / f"wallpaper-tiles-{tile_px}-{size}"
     if out.exists():
         return out
     files = []
     for pkg in WALLPAPERS:
-        root = cache / pkg
-        if not root.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["apt-get", "download", pkg], cwd=cache, check=True)
-            deb = sorted(glob.glob(str(cache / f"{pkg}_*.deb")))[-1]
-            subprocess.run(["dpkg", "-x", deb, str(root)], check=True)
+        root = fetch_debian_package(pkg, cache)
         files += sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
     tmp = out.with_suffix(".tmp")
     tmp.mkdir(parents=True, exist_ok=True)

@@ -34,19 +34,17 @@ NAME = "smallclip-openclipart.pt"
 
 
 def fetch_deb(package: str, cache: Path, inner: str) -> Path:
-    """Extract a Debian package into cache/<package> (once) and return the folder ``inner`` in it."""
-    target = cache / package / inner
-    if target.exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["apt-get", "download", package], cwd=cache, check=True)
-    deb = sorted(glob.glob(str(cache / f"{package}_*.deb")))[-1]
-    subprocess.run(["dpkg", "-x", deb, str(cache / package)], check=True)
-    return target
+    """The folder ``inner`` of a Debian package fetched and unpacked once (overlap_audit.realdata)."""
+    from overlap_audit.realdata import fetch_debian_package
+
+    return fetch_debian_package(package, cache) / inner
 
 
 def deb_version(package: str, cache: Path) -> str:
-    debs = sorted(glob.glob(str(cache / f"{package}_*.deb"))) or sorted(glob.glob(f"/tmp/debs/{package}_*.deb"))
+    done = cache / "extracted" / package / ".complete"  # realdata writes the .deb's name there
+    if done.exists():
+        return done.read_text(encoding="utf-8").strip()
+    debs = sorted(glob.glob(f"/tmp/debs/{package}_*.deb"))
     return Path(debs[-1]).name if debs else "unknown version"
 
 
