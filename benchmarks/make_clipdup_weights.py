@@ -6,7 +6,11 @@
    of non-overlapping tiles of about 256 px, stored at 128 px (the same kind of image as the benchmark's, but
    from other photos: the benchmark holds out the photos bundled in scikit-image and scikit-learn).
 2. Train the small variant on the tiles and drawings (`overlap-audit train-detector`, self-supervised, CPU,
-   one torch thread, one decoding worker).
+   one torch thread, one decoding worker): stage 1 from random weights with random batches; stage 2
+   (``--finetune-steps``) fine-tunes stage 1's weights (``--init``) with hard-negative batches (groups of
+   look-alike images mined with the network itself) on the value-or-min input. ``--stage1 WEIGHTS`` skips
+   stage 1 and fine-tunes the given weights (the shipped stage 2 started from the float16 weights that
+   shipped before it, commit 2d4077d: `git show 2d4077d:detectors/weights/clipdup-small.pt`).
 3. Set the threshold as for every detector: the lowest with 99% precision on the detector benchmark's
    queries pooled (benchmarks/bench_detectors.py; held-out scikit-image / scikit-learn tiles, never trained on).
 4. Write the weights (float16) with the threshold and the training facts, and the model card.
@@ -43,6 +47,9 @@ INPUT_WORDS = {
              "  image at the network input (brightness and contrast do not reach it either)",
     "maxmin": "max(R, G, B) and min(R, G, B) — both unchanged by hue rotation — standardised per image at the\n"
               "  network input (brightness and contrast do not reach it either)",
+    "value-or-min": "HSV value, max(R, G, B), or — where the value is nearly flat but min(R, G, B) is not, as for\n"
+                    "  saturated colours on white — the min channel (blended in between); both unchanged by hue rotation;\n"
+                    "  standardised per image at the network input (brightness and contrast do not reach it either)",
 }
 
 
@@ -84,6 +91,13 @@ def main() -> None:
     ap.add_argument("--input-size", type=int, default=64)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--input-mode", choices=["rgb", "luma", "value", "maxmin"], default="value")
+    ap.add_argument("--stage1", default=None, help="weights to fine-tune instead of training stage 1")
+    ap.add_argument("--finetune-steps", type=int, default=0, help="stage 2 steps (0: ship stage 1)")
+    ap.add_argument("--finetune-lr", type=float, default=5e-4)
+    ap.add_argument("--finetune-input-mode", choices=["rgb", "luma", "value", "maxmin", "value-or-min"],
+                    default="value-or-min")
+    ap.add_argument("--hard-negatives", type=int, default=4, help="stage 2 group size")
+    ap.add_argument("--mine-every", type=int, default=100)
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/overlap-audit"))
     ap.add_argument("--run", default=None, help="training directory (default: a temporary one)")
     args = ap.parse_args()
@@ -96,15 +110,28 @@ def main() -> None:
 
     photos = fetch_wallpaper_tiles(Path(args.cache))
     data = fetch_openclipart(Path(args.cache))
-    run = Path(args.run or tempfile.mkdtemp(prefix="clipdup-"))
-    cmd = [sys.executable, "-m", "overlap_audit.cli", "train-detector", str(photos), str(data), "--out", str(run),
-           "--arch", "small", "--dim", str(args.dim), "--input-size", str(args.input_size),
-           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--lr", str(args.lr),
-           "--strength", "mixed", "--input-mode", args.input_mode, "--schedule", "cosine",
-           "--max-images", str(args.max_images), "--workers", "1", "--device", "cpu", "--quiet"]
-    if (run / "checkpoint.pt").exists():
-        cmd.append("--resume")
-    subprocess.run(cmd, check=True)
+    work = Path(args.run or tempfile.mkdtemp(prefix="clipdup-"))
+
+    def train(run: Path, *options: str) -> None:
+        cmd = [sys.executable, "-m", "overlap_audit.cli", "train-detector", str(photos), str(data), "--out", str(run),
+               "--input-size", str(args.input_size), "--batch-size", str(args.batch_size), "--strength", "mixed",
+               "--schedule", "cosine", "--max-images", str(args.max_images), "--workers", "1", "--device", "cpu",
+               "--quiet", *options]
+        if (run / "checkpoint.pt").exists():
+            cmd.append("--resume")
+        subprocess.run(cmd, check=True)
+
+    stage1 = Path(args.stage1) if args.stage1 else work / "stage1" / "model.pt"
+    if not args.stage1:
+        train(work / "stage1", "--arch", "small", "--dim", str(args.dim), "--steps", str(args.steps), "--lr",
+              str(args.lr), "--input-mode", args.input_mode)
+    run = work / "stage1"
+    if args.finetune_steps:
+        run = work / "stage2"
+        train(run, "--init", str(stage1), "--steps", str(args.finetune_steps), "--lr", str(args.finetune_lr),
+              "--input-mode", args.finetune_input_mode, "--hard-negatives", str(args.hard_negatives),
+              "--mine-every", str(args.mine_every))
+    first = torch.load(stage1, weights_only=True)["trained"]
     state = torch.load(run / "model.pt", weights_only=True)
     state["model"] = {k: v.half() for k, v in state["model"].items()}
     half = run / "model-fp16.pt"  # calibrate what ships: the float16 weights
@@ -118,6 +145,18 @@ def main() -> None:
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     t = state["trained"]
     n_tiles = len(list(photos.glob("*.png")))
+    finetune_args = "" if not args.finetune_steps else (
+        f" --finetune-steps {args.finetune_steps} --finetune-lr {args.finetune_lr} --finetune-input-mode "
+        f"{args.finetune_input_mode} --hard-negatives {args.hard_negatives} --mine-every {args.mine_every}")
+    stage1_words = "" if not args.stage1 else (
+        f" (this file was made with `--stage1` pointing at the float16 weights that shipped before, commit 2d4077d, "
+        f"which are stage 1 of this recipe rounded to float16)")
+    stages = [first] + ([log[-1]] if args.finetune_steps else [])
+    stage2_words = "" if not args.finetune_steps else (
+        f"\n  Stage 2: {t['step']} steps fine-tuning stage 1's weights (sha256 {t['init_sha256'][:12]}), lr {t['lr']} "
+        f"({t['schedule']} schedule), input {t['input_mode']}, hard-negative batches: groups of {t['hard_negatives']} "
+        f"look-alike images (an image and its nearest neighbours under the network itself, re-mined every "
+        f"{t['mine_every']} steps); {log[-1]['seconds'] / 60:.1f} minutes.")
     card = f"""# clipdup-small: model card
 
 The near-duplicate detector of the CLIP paper (Radford et al. 2021, Appendix C), small variant, as shipped
@@ -133,16 +172,17 @@ in `detectors/weights/clipdup-small.pt` ({(OUT / 'clipdup-small.pt').stat().st_s
   benchmark's photos are the ones bundled in scikit-image and scikit-learn.
 - Training: self-supervised, CLIP's symmetric InfoNCE at temperature 0.07, each image against its
   augmented copy (`augment_all`: crop/zoom, aspect, rescale with random interpolation, rotation, JPEG, HSV
-  jitter; strength {t['strength']}{' (mild, medium or strong drawn per copy)' if t['strength'] == 'mixed' else ''}),
-  batch {t['batch_size']}, {t['step']} steps, AdamW lr {t['lr']} ({t.get('schedule', 'constant')} schedule), seed {t['seed']}.
+  jitter; strength {t['strength']}{' (mild, medium or strong drawn per copy)' if t['strength'] == 'mixed' else ''}), batch {t['batch_size']}, AdamW, seed {t['seed']}.
+  Stage 1: {first['step']} steps from random weights, random batches, lr {first['lr']} ({first.get('schedule', 'constant')} schedule),
+  input {first.get('input_mode', 'rgb')}; {first['seconds'] / 60:.1f} minutes; proxy accuracy {first['proxy_accuracy']:.3f}.{stage2_words}
 - Hardware and time: {platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs, one torch
-  thread ({t['device']}); training loop {log[-1]['seconds'] / 60:.1f} minutes (decoding the images not included).
+  thread per run ({t['device']}); training loops {sum(x['seconds'] for x in stages) / 60:.1f} minutes in all (decoding the images not included).
 - Proxy task at the end (copy is the most similar item of its batch of {t['batch_size']}): accuracy
-  {log[-1]['proxy_accuracy']:.3f}, loss {log[-1]['loss']:.3f}.
+  {log[-1]['proxy_accuracy']:.3f}, loss {log[-1]['loss']:.3f}{' (on hard-negative batches, a harder task than random ones)' if t.get('hard_negatives') else ''}.
 - Threshold: {round(threshold, 4)} — the lowest with precision >= 0.99 on the detector benchmark's queries pooled
   (every augmentation family and all together, mild/medium/strong, on 384 held-out 128-px tiles against
   every other tile): recall {recall:.3f} there.
-- Reproduce: `OMP_NUM_THREADS=1 python benchmarks/make_clipdup_weights.py --steps {args.steps} --batch-size {args.batch_size} --input-size {args.input_size} --dim {args.dim} --lr {args.lr} --max-images {args.max_images} --input-mode {args.input_mode}`
+- Reproduce: `OMP_NUM_THREADS=1 python benchmarks/make_clipdup_weights.py --steps {args.steps} --batch-size {args.batch_size} --input-size {args.input_size} --dim {args.dim} --lr {args.lr} --max-images {args.max_images} --input-mode {args.input_mode}{finetune_args}`{stage1_words}
 - Limitations: on value input a saturated colour on white is invisible (max(R, G, B) = 255 for both), so
   flat graphics in pure colours lose their shapes; such images become low-information (never counted as
   Overlap; 3 of the 384 benchmark tiles, from scikit-image's logo, and 2 near-uniform sky tiles). Trained for minutes on a CPU: it beats

@@ -49,8 +49,20 @@ def _torch():
 # unchanged by any hue rotation or saturation change (luma is not: it weighs R, G and B differently).
 # maxmin: two channels, max(R, G, B) and min(R, G, B) — both unchanged by a hue rotation (HSV keeps V and
 # S, and min = V(1 - S)), and, unlike value alone, a saturated colour on white stays visible.
-INPUT_MODES = ("rgb", "luma", "value", "maxmin")
-INPUT_CHANNELS = {"rgb": 3, "luma": 1, "value": 1, "maxmin": 2}
+# value-or-min: one channel, the value — or, where the value is nearly flat but the min channel is not
+# (saturated colours on white: value 255 everywhere), the min channel, blended in between; both are
+# unchanged by a hue rotation, so their blend is too.
+INPUT_MODES = ("rgb", "luma", "value", "maxmin", "value-or-min")
+INPUT_CHANNELS = {"rgb": 3, "luma": 1, "value": 1, "maxmin": 2, "value-or-min": 1}
+# value-or-min: std(value) / std(min) below the first -> the min channel, above the second -> the value
+FLAT_VALUE_RATIO = (0.15, 0.35)
+
+
+def _max_min_planes(image: Image.Image, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """max(R, G, B) and min(R, G, B), each resized to size x size (bicubic), float32 in 0..1."""
+    rgb = np.asarray(image.convert("RGB"))
+    return tuple(np.asarray(Image.fromarray(f(rgb, axis=2)).resize((size, size), Image.Resampling.BICUBIC),
+                            dtype=np.float32) / 255.0 for f in (np.max, np.min))
 
 
 def to_tensor_array(image: Image.Image, size: int, mode: str = "rgb") -> np.ndarray:
@@ -58,10 +70,13 @@ def to_tensor_array(image: Image.Image, size: int, mode: str = "rgb") -> np.ndar
     if mode not in INPUT_MODES:
         raise ValueError(f"input mode must be one of {', '.join(INPUT_MODES)}, got {mode!r}")
     if mode == "maxmin":
-        rgb = np.asarray(image.convert("RGB"))
-        planes = [Image.fromarray(f(rgb, axis=2)).resize((size, size), Image.Resampling.BICUBIC)
-                  for f in (np.max, np.min)]
-        return np.stack([np.asarray(p, dtype=np.float32) / 255.0 for p in planes])
+        return np.stack(_max_min_planes(image, size))
+    if mode == "value-or-min":
+        hi, lo = _max_min_planes(image, size)
+        # the weight of the value rises from 0 to 1 as its spread goes from 0.15 to 0.35 of the min's:
+        # continuous, so a colour edit that moves the ratio a little moves the input a little
+        w = float(np.clip((hi.std() / max(lo.std(), 1e-6) - FLAT_VALUE_RATIO[0]) / np.ptp(FLAT_VALUE_RATIO), 0, 1))
+        return (w * hi + (1 - w) * lo)[None]
     if mode == "value":  # the channel first, then the resize: a hue-shifted copy gives the same input
         image = Image.fromarray(np.asarray(image.convert("RGB")).max(axis=2))
     image = image.convert("RGB" if mode == "rgb" else "L").resize((size, size), Image.Resampling.BICUBIC)
@@ -82,6 +97,11 @@ class TrainConfig:
     max_images: int = 20_000
     input_mode: str = "rgb"  # "luma" or "value": one channel, standardised per image (brightness/contrast invariant)
     schedule: str = "constant"  # or "cosine": linear warm-up over 2% of the steps, then cosine decay to 0
+    # hard negatives: > 1 fills each batch with groups of this many look-alike images (each image with its
+    # nearest neighbours under the current network, re-mined every mine_every steps) instead of random ones
+    hard_negatives: int = 0
+    mine_every: int = 100
+    init: str | None = None  # start from these clipdup weights (fine-tuning) instead of random ones
 
     def lr_at(self, step: int) -> float:
         if self.schedule == "constant":
@@ -119,6 +139,66 @@ def _load_images(sources: list[str], cfg: TrainConfig, workers: int | None) -> l
     return images
 
 
+def _weights_file(path: str) -> Path:
+    """A clipdup weights file from "clipdup" (the shipped one), a training directory or a file."""
+    if path == "clipdup":
+        return SHIPPED
+    p = Path(path)
+    return p / WEIGHTS if p.is_dir() else p
+
+
+# mining: a neighbour whose 16x16 input differs from the image's by less than this (mean absolute, 0..1) is
+# the same picture again (an exact or resized duplicate in the corpus), never used as its hard negative
+SAME_PICTURE = 0.02
+
+
+def mine_neighbours(net, images: list[Image.Image], cfg: TrainConfig, device: str, *, batch: int = 256) -> np.ndarray:
+    """Each image's nearest other images under ``net`` (most similar first): an int array [N, hard_negatives - 1].
+
+    Duplicates of the image itself (SAME_PICTURE) are skipped; a row is padded with -1 where none is left.
+    """
+    torch = _torch()
+    k = cfg.hard_negatives - 1
+    embeddings, small = [], []
+    net.eval()
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(np.stack([to_tensor_array(im, cfg.input_size, cfg.input_mode)
+                                           for im in images[i:i + batch]]))
+            embeddings.append(net(x.to(device)).cpu())
+            small.append(torch.nn.functional.adaptive_avg_pool2d(x, 16).flatten(1))
+    net.train()
+    e, small = torch.cat(embeddings), torch.cat(small)
+    out = np.full((len(images), k), -1, dtype=np.int64)
+    for i in range(0, len(images), 1024):
+        sims = e[i:i + 1024] @ e.t()
+        sims[torch.arange(len(sims)), torch.arange(i, i + len(sims))] = -np.inf  # not itself
+        candidates = sims.topk(min(len(images) - 1, 4 * k), dim=1).indices
+        for row, cand in enumerate(candidates.numpy()):
+            same = (small[cand] - small[i + row]).abs().mean(dim=1).numpy() < SAME_PICTURE
+            keep = cand[~same][:k]
+            out[i + row, :len(keep)] = keep
+    return out
+
+
+def batch_indices(rng: np.random.Generator, n: int, batch: int, neighbours: np.ndarray | None) -> np.ndarray:
+    """A batch of distinct image indices: random, or random seeds each followed by its mined neighbours."""
+    if neighbours is None:
+        return rng.choice(n, size=min(batch, n), replace=False)
+    chosen: list[int] = []
+    used: set[int] = set()
+    for seed in rng.permutation(n):
+        if len(chosen) >= batch:
+            break
+        if seed in used:
+            continue
+        group = [int(seed)] + [int(j) for j in neighbours[seed] if j >= 0 and j not in used]
+        group = group[:min(1 + neighbours.shape[1], batch - len(chosen))]
+        chosen += group
+        used.update(group)
+    return np.asarray(chosen)
+
+
 def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = TrainConfig(), *,
           device: str = "auto", resume: bool = False, workers: int | None = None, progress: bool = False,
           log_every: int = 10) -> dict:
@@ -141,10 +221,31 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
         raise DetectorError(f"input mode must be one of {', '.join(INPUT_MODES)}, got {cfg.input_mode!r}")
     if cfg.strength not in (*STRENGTHS, "mixed") or cfg.schedule not in ("constant", "cosine"):
         raise DetectorError(f"unknown strength {cfg.strength!r} or schedule {cfg.schedule!r}")
+    if cfg.hard_negatives == 1 or cfg.hard_negatives < 0 or cfg.mine_every < 1:
+        raise DetectorError("--hard-negatives must be 0 (random batches) or a group size of at least 2, "
+                            "--mine-every at least 1")
     torch.manual_seed(cfg.seed)
-    model_cfg = ModelConfig.named(cfg.arch, dim=cfg.dim, channels=INPUT_CHANNELS[cfg.input_mode],
-                                  standardize=cfg.input_mode != "rgb")
+    init_digest = None
+    if cfg.init:  # fine-tuning: the architecture is the initial weights' own
+        init_file = _weights_file(cfg.init)
+        if not init_file.is_file():
+            raise DetectorError(f"--init {cfg.init!r}: no clipdup weights there")
+        try:
+            init = torch.load(init_file, map_location="cpu", weights_only=True)
+            model_cfg = ModelConfig.from_dict(init["model_config"])
+        except Exception as exc:  # noqa: BLE001 - not a clipdup weights file
+            raise DetectorError(f"--init {cfg.init!r} is not clipdup weights: {str(exc).splitlines()[0]}") from None
+        if (model_cfg.channels, model_cfg.standardize) != (INPUT_CHANNELS[cfg.input_mode], cfg.input_mode != "rgb"):
+            raise DetectorError(f"--init weights take {model_cfg.channels}-channel input (their input mode was "
+                                f"{init.get('input_mode', 'rgb')!r}); --input-mode {cfg.input_mode} does not fit")
+        init_digest = hashlib.sha256(init_file.read_bytes()).hexdigest()
+    else:
+        model_cfg = ModelConfig.named(cfg.arch, dim=cfg.dim, channels=INPUT_CHANNELS[cfg.input_mode],
+                                      standardize=cfg.input_mode != "rgb")
     net = DuplicateNet(model_cfg).to(dev)
+    if cfg.init:
+        net.load_state_dict({k: v.float() for k, v in init["model"].items()})
+    neighbours = None
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     step, rng = 0, np.random.default_rng(cfg.seed)
     if resume and ckpt_path.exists():
@@ -157,6 +258,8 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
         rng.bit_generator.state = json.loads(state["rng"])
+        if "neighbours" in state:
+            neighbours = state["neighbours"].numpy()
     images = _load_images(sources, cfg, workers)
     if len(images) < 2:
         raise DetectorError(f"training needs at least 2 readable images; the sources gave {len(images)}")
@@ -169,7 +272,9 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
     started = time.monotonic()
     net.train()
     while step < cfg.steps:
-        idx = rng.choice(len(images), size=min(cfg.batch_size, len(images)), replace=False)
+        if cfg.hard_negatives and (neighbours is None or step % cfg.mine_every == 0):
+            neighbours = mine_neighbours(net, images, cfg, dev)
+        idx = batch_indices(rng, len(images), cfg.batch_size, neighbours)
         strengths = (rng.choice(list(STRENGTHS), size=len(idx)) if cfg.strength == "mixed"
                      else [cfg.strength] * len(idx))
         a = np.stack([to_tensor_array(images[i], cfg.input_size, cfg.input_mode) for i in idx])
@@ -192,6 +297,8 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
                 fh.write(json.dumps(last) + "\n")
             state = {"model_config": model_cfg.to_dict(), "train_config": cfg.__dict__, "model": net.state_dict(),
                      "optimizer": opt.state_dict(), "step": step, "rng": json.dumps(rng.bit_generator.state)}
+            if neighbours is not None:
+                state["neighbours"] = torch.from_numpy(neighbours)
             atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
     if bar is not None:
         bar.close()
@@ -199,7 +306,8 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
         last = json.loads((out / LOG).read_text().splitlines()[-1])
     weights = {"model_config": model_cfg.to_dict(), "model": net.state_dict(), "input_size": cfg.input_size,
                "input_mode": cfg.input_mode,
-               "threshold": None, "trained": {**cfg.__dict__, **last, "images": len(images), "device": dev}}
+               "threshold": None, "trained": {**cfg.__dict__, **last, "images": len(images), "device": dev,
+                                              **({"init_sha256": init_digest} if init_digest else {})}}
     atomic_write(out / WEIGHTS, lambda tmp: torch.save(weights, tmp))
     atomic_write_json(out / "train_summary.json", weights["trained"])
     return last

@@ -182,23 +182,35 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-images", type=click.IntRange(min=2), default=20_000, show_default=True,
               help="Images kept in memory as training thumbnails.")
-@click.option("--input-mode", type=click.Choice(["rgb", "luma", "value", "maxmin"]), default="rgb", show_default=True,
+@click.option("--input-mode", type=click.Choice(["rgb", "luma", "value", "maxmin", "value-or-min"]), default="rgb",
+              show_default=True,
               help="luma (grey) or value (HSV V = max(R,G,B), unchanged by hue and saturation edits): one channel; "
-                   "maxmin: max and min of R, G, B, two channels unchanged by hue rotation; each "
+                   "maxmin: max and min of R, G, B, two channels unchanged by hue rotation; value-or-min: the "
+                   "value, or the min channel where the value is flat (saturated colours on white); each "
                    "standardised per image (brightness/contrast).")
 @click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
               help="Learning-rate schedule.")
+@click.option("--hard-negatives", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Group size: each batch is made of groups of this many look-alike images (an image and its "
+                   "nearest neighbours under the network being trained), so each must be told from its "
+                   "look-alikes; 0: random batches.")
+@click.option("--mine-every", type=click.IntRange(min=1), default=100, show_default=True,
+              help="With --hard-negatives: find the neighbours again every this many steps.")
+@click.option("--init", "init", default=None,
+              help="Start from these clipdup weights (a training directory, a weights file, or 'clipdup' for "
+                   "the shipped ones) instead of random ones: fine-tuning. Their architecture is used.")
 @_workers
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, lr, strength, seed, max_images,
-                   input_mode, schedule, workers, device, resume, quiet) -> None:
+                   input_mode, schedule, hard_negatives, mine_every, init, workers, device, resume, quiet) -> None:
     """Train the CLIP paper's near-duplicate detector on SOURCES (self-supervised: images vs augmented copies)."""
     from .detectors.clipdup import TrainConfig, train
 
     cfg = TrainConfig(arch=arch, dim=dim, input_size=input_size, batch_size=batch_size, steps=steps, lr=lr,
-                      strength=strength, seed=seed, max_images=max_images, input_mode=input_mode, schedule=schedule)
+                      strength=strength, seed=seed, max_images=max_images, input_mode=input_mode, schedule=schedule,
+                      hard_negatives=hard_negatives, mine_every=mine_every, init=init)
     try:
         last = train(list(sources), out_dir, cfg, device=device, resume=resume, workers=workers, progress=not quiet)
     except _user_errors() as exc:
