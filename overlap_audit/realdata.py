@@ -54,6 +54,26 @@ def _run(cmd: list[str], cwd: Path, what: str) -> None:
                          "(run `apt-get update` if the package is not found)")
 
 
+def _newest(debs: list[str]) -> str:
+    """The .deb with the highest Debian version (PKG_VERSION_ARCH.deb; dpkg's order: 1.10 > 1.9)."""
+    import functools
+
+    def version(path: str) -> str:
+        parts = os.path.basename(path)[:-len(".deb")].split("_")
+        v = parts[1].replace("%3a", ":") if len(parts) == 3 else ""
+        return v if v.split(":")[-1][:1].isdigit() else ""  # Debian versions start with a digit
+
+    def compare(a: str, b: str) -> int:
+        va, vb = version(a), version(b)
+        if not va or not vb:  # a name that carries no version sorts first
+            return (va > "") - (vb > "") or (a > b) - (a < b)
+        if va == vb:
+            return (a > b) - (a < b)
+        return 1 if subprocess.run(["dpkg", "--compare-versions", va, "gt", vb]).returncode == 0 else -1
+
+    return max(debs, key=functools.cmp_to_key(compare))
+
+
 def fetch_debian_package(package: str, cache_dir: str | os.PathLike | None = None, *,
                          debs_dir: str | os.PathLike | None = None) -> Path:
     """The root a Debian package's files are unpacked under, downloading and unpacking it once.
@@ -79,10 +99,11 @@ def fetch_debian_package(package: str, cache_dir: str | os.PathLike | None = Non
         found = sorted(glob.glob(str(debs / f"{package}_*.deb")))
         if not found:
             raise FetchError(f"apt-get download {package} left no .deb in {debs}")
+    deb = _newest(found)
     tmp = Path(tempfile.mkdtemp(prefix=f".{package}-", dir=_mkdir(root.parent))).resolve()
     try:
-        _run(["dpkg", "-x", found[-1], str(tmp)], tmp, f"unpacking {found[-1]}")
-        (tmp / _DONE).write_text(os.path.basename(found[-1]) + "\n")
+        _run(["dpkg", "-x", deb, str(tmp)], tmp, f"unpacking {deb}")
+        (tmp / _DONE).write_text(os.path.basename(deb) + "\n")
         if root.exists():
             shutil.rmtree(root)  # an earlier unpack that did not finish
         tmp.rename(root)

@@ -14,17 +14,17 @@ from overlap_audit.realdata import fetch_real_demo_data
 from .conftest import huge_png_header, png_bytes
 
 
-def build_deb(root: Path, package: str, files: dict[str, bytes], out: Path) -> Path:
-    tree = root / package
+def build_deb(root: Path, package: str, files: dict[str, bytes], out: Path, version: str = "1.0-1") -> Path:
+    tree = root / f"{package}-{version}"
     (tree / "DEBIAN").mkdir(parents=True)
     (tree / "DEBIAN" / "control").write_text(
-        f"Package: {package}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: t <t@example.org>\n"
+        f"Package: {package}\nVersion: {version}\nArchitecture: all\nMaintainer: t <t@example.org>\n"
         "Description: test\n", encoding="utf-8")
     for rel, data in files.items():
         p = tree / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
-    deb = out / f"{package}_1.0-1_all.deb"
+    deb = out / f"{package}_{version}_all.deb"
     subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(tree), str(deb)], check=True,
                    capture_output=True)
     return deb
@@ -96,3 +96,16 @@ def test_relative_paths_and_missing_debs(debs, tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FetchError, match="no openclipart-png_"):  # --debs without it: an error, no download
         fetch_debian_package("openclipart-png", "cache", debs_dir="empty")
+
+
+def test_the_newest_version_is_unpacked(tmp_path):
+    """1.10 is newer than 1.9 (Debian version order, not string order); a name that is no version is ignored."""
+    from overlap_audit.realdata import fetch_debian_package
+
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    for version in ("1.9-1", "1.10-1", "1.2-3"):
+        build_deb(tmp_path / "root", "pkg", {"usr/share/pkg/VERSION": version.encode()}, debs, version)
+    (debs / "pkg_notes_all.deb").write_bytes(b"not a package")
+    root = fetch_debian_package("pkg", tmp_path / "cache", debs_dir=debs)
+    assert (root / "usr/share/pkg/VERSION").read_text() == "1.10-1"
