@@ -6,11 +6,13 @@
    of non-overlapping tiles of about 256 px, stored at 128 px (the same kind of image as the benchmark's, but
    from other photos: the benchmark holds out the photos bundled in scikit-image and scikit-learn).
 2. Train the small variant on the tiles and drawings (`overlap-audit train-detector`, self-supervised, CPU,
-   one torch thread, one decoding worker): stage 1 from random weights with random batches; stage 2
-   (``--finetune-steps``) fine-tunes stage 1's weights (``--init``) with hard-negative batches (groups of
-   look-alike images mined with the network itself) on the value-or-min input. ``--stage1 WEIGHTS`` skips
-   stage 1 and fine-tunes the given weights (the shipped stage 2 started from the float16 weights that
-   shipped before it, commit 2d4077d: `git show 2d4077d:detectors/weights/clipdup-small.pt`).
+   one torch thread, one decoding worker): stage 1 from random weights with random batches; then each
+   ``--finetune STEPS:LR:INPUT_SIZE:GROUP`` stage fine-tunes the previous stage's weights (``--init``) on
+   the ``--finetune-input-mode`` input (value-or-min), with hard-negative batches when GROUP > 1 (groups of
+   look-alike images mined with the network itself). ``--stage1 WEIGHTS`` skips stage 1 and fine-tunes the
+   given weights (the shipped file started from the float16 weights that shipped before it, commit 2d4077d:
+   `git show 2d4077d:detectors/weights/clipdup-small.pt > old.pt`). Finished stage runs in ``--run`` are
+   reused (train-detector --resume on a finished run trains nothing).
 3. Set the threshold as for every detector: the lowest with 99% precision on the detector benchmark's
    queries pooled (benchmarks/bench_detectors.py; held-out scikit-image / scikit-learn tiles, never trained on).
 4. Write the weights (float16) with the threshold and the training facts, and the model card.
@@ -92,15 +94,16 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--input-mode", choices=["rgb", "luma", "value", "maxmin"], default="value")
     ap.add_argument("--stage1", default=None, help="weights to fine-tune instead of training stage 1")
-    ap.add_argument("--finetune-steps", type=int, default=0, help="stage 2 steps (0: ship stage 1)")
-    ap.add_argument("--finetune-lr", type=float, default=5e-4)
+    ap.add_argument("--finetune", action="append", default=[], metavar="STEPS:LR:INPUT_SIZE:GROUP",
+                    help="a fine-tuning stage after stage 1 (repeatable); GROUP: --hard-negatives (0: random batches)")
     ap.add_argument("--finetune-input-mode", choices=["rgb", "luma", "value", "maxmin", "value-or-min"],
                     default="value-or-min")
-    ap.add_argument("--hard-negatives", type=int, default=4, help="stage 2 group size")
     ap.add_argument("--mine-every", type=int, default=100)
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/overlap-audit"))
     ap.add_argument("--run", default=None, help="training directory (default: a temporary one)")
     args = ap.parse_args()
+    if args.stage1 and not args.finetune:
+        ap.error("--stage1 gives the weights that --finetune stages start from; without one there is nothing to do")
     import torch
 
     from bench_detectors import benchmark_threshold
@@ -114,7 +117,7 @@ def main() -> None:
 
     def train(run: Path, *options: str) -> None:
         cmd = [sys.executable, "-m", "overlap_audit.cli", "train-detector", str(photos), str(data), "--out", str(run),
-               "--input-size", str(args.input_size), "--batch-size", str(args.batch_size), "--strength", "mixed",
+               "--batch-size", str(args.batch_size), "--strength", "mixed",
                "--schedule", "cosine", "--max-images", str(args.max_images), "--workers", "1", "--device", "cpu",
                "--quiet", *options]
         if (run / "checkpoint.pt").exists():
@@ -124,14 +127,17 @@ def main() -> None:
     stage1 = Path(args.stage1) if args.stage1 else work / "stage1" / "model.pt"
     if not args.stage1:
         train(work / "stage1", "--arch", "small", "--dim", str(args.dim), "--steps", str(args.steps), "--lr",
-              str(args.lr), "--input-mode", args.input_mode)
-    run = work / "stage1"
-    if args.finetune_steps:
-        run = work / "stage2"
-        train(run, "--init", str(stage1), "--steps", str(args.finetune_steps), "--lr", str(args.finetune_lr),
-              "--input-mode", args.finetune_input_mode, "--hard-negatives", str(args.hard_negatives),
-              "--mine-every", str(args.mine_every))
+              str(args.lr), "--input-mode", args.input_mode, "--input-size", str(args.input_size))
+    previous, runs = stage1, []
+    for n, spec in enumerate(args.finetune, start=2):
+        steps, lr, size, group = spec.split(":")
+        run = work / f"stage{n}"
+        train(run, "--init", str(previous), "--steps", steps, "--lr", lr, "--input-size", size,
+              "--input-mode", args.finetune_input_mode, "--hard-negatives", group, "--mine-every", str(args.mine_every))
+        previous = run
+        runs.append(run)
     first = torch.load(stage1, weights_only=True)["trained"]
+    run = runs[-1] if runs else stage1.parent
     state = torch.load(run / "model.pt", weights_only=True)
     state["model"] = {k: v.half() for k, v in state["model"].items()}
     half = run / "model-fp16.pt"  # calibrate what ships: the float16 weights
@@ -145,18 +151,23 @@ def main() -> None:
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     t = state["trained"]
     n_tiles = len(list(photos.glob("*.png")))
-    finetune_args = "" if not args.finetune_steps else (
-        f" --finetune-steps {args.finetune_steps} --finetune-lr {args.finetune_lr} --finetune-input-mode "
-        f"{args.finetune_input_mode} --hard-negatives {args.hard_negatives} --mine-every {args.mine_every}")
+    finetune_args = "".join(f" --finetune {spec}" for spec in args.finetune) + (
+        f" --finetune-input-mode {args.finetune_input_mode} --mine-every {args.mine_every}" if args.finetune else "")
     stage1_words = "" if not args.stage1 else (
-        f" (this file was made with `--stage1` pointing at the float16 weights that shipped before, commit 2d4077d, "
-        f"which are stage 1 of this recipe rounded to float16)")
-    stages = [first] + ([log[-1]] if args.finetune_steps else [])
-    stage2_words = "" if not args.finetune_steps else (
-        f"\n  Stage 2: {t['step']} steps fine-tuning stage 1's weights (sha256 {t['init_sha256'][:12]}), lr {t['lr']} "
-        f"({t['schedule']} schedule), input {t['input_mode']}, hard-negative batches: groups of {t['hard_negatives']} "
-        f"look-alike images (an image and its nearest neighbours under the network itself, re-mined every "
-        f"{t['mine_every']} steps); {log[-1]['seconds'] / 60:.1f} minutes.")
+        " (this file was made with `--stage1 OLD.pt`, the float16 weights that shipped before, commit 2d4077d — stage 1 "
+        "of this recipe, rounded to float16 — so add that option to start from the same weights)")
+    stages = [first]
+    stage2_words = ""
+    for n, r in enumerate(runs, start=2):
+        s = torch.load(r / "model.pt", weights_only=True)["trained"]
+        stages.append(s)
+        batches = (f"hard-negative batches: groups of {s['hard_negatives']} look-alike images (an image and its nearest "
+                   f"neighbours under the network itself, re-mined every {s['mine_every']} steps)"
+                   if s.get("hard_negatives") else "random batches")
+        stage2_words += (f"\n  Stage {n}: {s['step']} steps fine-tuning stage {n - 1}'s weights (sha256 "
+                         f"{s['init_sha256'][:12]}), lr {s['lr']} ({s['schedule']} schedule), input {s['input_size']} px "
+                         f"{s['input_mode']}, {batches}; {s['seconds'] / 60:.1f} minutes; proxy accuracy "
+                         f"{s['proxy_accuracy']:.3f}.")
     card = f"""# clipdup-small: model card
 
 The near-duplicate detector of the CLIP paper (Radford et al. 2021, Appendix C), small variant, as shipped

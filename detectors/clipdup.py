@@ -250,10 +250,12 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
     step, rng = 0, np.random.default_rng(cfg.seed)
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        previous = {k: v for k, v in {**TrainConfig().__dict__, **state["train_config"]}.items() if k != "steps"}
-        if previous != {k: v for k, v in cfg.__dict__.items() if k != "steps"}:
+        # the initial weights only matter at step 0: on resume the checkpoint's weights replace them
+        free = ("steps", "init")
+        previous = {k: v for k, v in {**TrainConfig().__dict__, **state["train_config"]}.items() if k not in free}
+        if previous != {k: v for k, v in cfg.__dict__.items() if k not in free}:
             raise DetectorError(f"cannot resume {out}: it was trained with {state['train_config']} "
-                                "(only --steps may change on --resume)")
+                                "(only --steps and --init may change on --resume)")
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])

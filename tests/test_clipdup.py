@@ -54,7 +54,7 @@ def test_resume_continues_where_it_stopped(trained, tmp_path):
     other = list(more)
     other[other.index("--steps") + 1] = "12"
     r = CliRunner().invoke(main, other + ["--resume", "--lr", "0.01"])
-    assert r.exit_code == 2 and "only --steps may change" in r.output
+    assert r.exit_code == 2 and "only --steps and --init may change" in r.output
 
 
 def test_detector_from_checkpoint(trained, photos):
