@@ -55,6 +55,14 @@ INPUT_WORDS = {
 }
 
 
+LIMITATIONS = {
+    "value": "on value input a saturated colour on white is invisible (max(R, G, B) = 255 for both), so flat\n"
+             "  graphics in pure colours lose their shapes and become low-information (never counted as Overlap). ",
+    "value-or-min": "the min channel stands in for the value only where the value is nearly flat, so a graphic that\n"
+                    "  is half saturated colours on white and half photo is seen mostly through its value. ",
+}
+
+
 def fetch_wallpaper_tiles(cache: Path, tile_px: int = 256, size: int = 128) -> Path:
     """Cut Debian's wallpaper photos into non-overlapping tiles (a folder of PNGs); returns the folder."""
     from PIL import Image
@@ -194,10 +202,11 @@ in `detectors/weights/clipdup-small.pt` ({(OUT / 'clipdup-small.pt').stat().st_s
   (every augmentation family and all together, mild/medium/strong, on 384 held-out 128-px tiles against
   every other tile): recall {recall:.3f} there.
 - Reproduce: `OMP_NUM_THREADS=1 python benchmarks/make_clipdup_weights.py --steps {args.steps} --batch-size {args.batch_size} --input-size {args.input_size} --dim {args.dim} --lr {args.lr} --max-images {args.max_images} --input-mode {args.input_mode}{finetune_args}`{stage1_words}
-- Limitations: on value input a saturated colour on white is invisible (max(R, G, B) = 255 for both), so
-  flat graphics in pure colours lose their shapes; such images become low-information (never counted as
-  Overlap; 3 of the 384 benchmark tiles, from scikit-image's logo, and 2 near-uniform sky tiles). Trained for minutes on a CPU: it beats
-  pHash on crops, rotations and combined edits in average precision, not in recall at 99% precision.
+- Limitations: {LIMITATIONS.get(t.get('input_mode', 'rgb'), '')}Trained for
+  {sum(x['seconds'] for x in stages) / 60:.0f} minutes on a CPU, small (one bottleneck block per stage) and at a low
+  resolution; the images it confuses most are structurally alike pictures of different things (a dark corner
+  with a bright arc from two different round photos; two near-uniform skies; neighbouring tiles of one brick
+  wall). It does not beat pHash everywhere: see BENCHMARKS.md, family by family.
 - Quality against phash: BENCHMARKS.md, "Detector benchmark".
 """
     (OUT / "MODEL_CARD.md").write_text(card)

@@ -159,3 +159,24 @@ def test_hard_negatives_never_match_confidently(spec):
     # every pair of distinct shapes/letters that is not flagged stays below the threshold
     pair = sims[np.ix_(usable, usable)]
     assert pair.max() < det.default_threshold, (spec, pair.max())
+
+
+@pytest.mark.parametrize("spec", ["phash", "phash256", "tiny",
+                                  pytest.param("clipdup", marks=pytest.mark.skipif(not _HAS_TORCH, reason="no torch"))])
+def test_saturated_shapes_on_white_do_not_match(spec):
+    """A red disc and a blue square on white (clip art): different shapes, never a confident match.
+
+    Their HSV value is flat (255 everywhere), so a value-only input would see two blank images."""
+    from PIL import ImageDraw
+
+    det = get_detector(spec)
+    images = []
+    for colour, draw in (((255, 0, 0), "ellipse"), ((0, 0, 255), "rectangle")):
+        im = Image.new("RGB", (128, 128), "white")
+        getattr(ImageDraw.Draw(im), draw)((30, 30, 98, 98), fill=colour)
+        images.append(im)
+    batch = np.stack([det.preprocess(im) for im in images])
+    low = det.low_information(batch)
+    assert not low.any(), spec  # the shapes are seen
+    v = det.embed(batch)
+    assert det.similarity(v[:1], v[1:])[0, 0] < det.default_threshold
