@@ -165,14 +165,14 @@ def main() -> None:
         " (this file was made with `--stage1 OLD.pt`, the float16 weights that shipped before, commit 2d4077d — stage 1 "
         "of this recipe, rounded to float16 — so add that option to start from the same weights)")
     stages = [first]
-    stage2_words = ""
+    finetune_words = ""
     for n, r in enumerate(runs, start=2):
         s = torch.load(r / "model.pt", weights_only=True)["trained"]
         stages.append(s)
         batches = (f"hard-negative batches: groups of {s['hard_negatives']} look-alike images (an image and its nearest "
                    f"neighbours under the network itself, re-mined every {s['mine_every']} steps)"
                    if s.get("hard_negatives") else "random batches")
-        stage2_words += (f"\n  Stage {n}: {s['step']} steps fine-tuning stage {n - 1}'s weights (sha256 "
+        finetune_words += (f"\n  Stage {n}: {s['step']} steps fine-tuning stage {n - 1}'s weights (sha256 "
                          f"{s['init_sha256'][:12]}), lr {s['lr']} ({s['schedule']} schedule), input {s['input_size']} px "
                          f"{s['input_mode']}, {batches}; {s['seconds'] / 60:.1f} minutes; proxy accuracy "
                          f"{s['proxy_accuracy']:.3f}.")
@@ -193,7 +193,7 @@ in `detectors/weights/clipdup-small.pt` ({(OUT / 'clipdup-small.pt').stat().st_s
   augmented copy (`augment_all`: crop/zoom, aspect, rescale with random interpolation, rotation, JPEG, HSV
   jitter; strength {t['strength']}{' (mild, medium or strong drawn per copy)' if t['strength'] == 'mixed' else ''}), batch {t['batch_size']}, AdamW, seed {t['seed']}.
   Stage 1: {first['step']} steps from random weights, random batches, lr {first['lr']} ({first.get('schedule', 'constant')} schedule),
-  input {first.get('input_mode', 'rgb')}; {first['seconds'] / 60:.1f} minutes; proxy accuracy {first['proxy_accuracy']:.3f}.{stage2_words}
+  input {first.get('input_mode', 'rgb')}; {first['seconds'] / 60:.1f} minutes; proxy accuracy {first['proxy_accuracy']:.3f}.{finetune_words}
 - Hardware and time: {platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs, one torch
   thread per run ({t['device']}); training loops {sum(x['seconds'] for x in stages) / 60:.1f} minutes in all (decoding the images not included).
 - Proxy task at the end (copy is the most similar item of its batch of {t['batch_size']}): accuracy
