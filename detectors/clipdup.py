@@ -326,9 +326,7 @@ class ClipDup(DetectorBase):
         from ..errors import DetectorError
         from .clipdup_model import DuplicateNet, ModelConfig
 
-        weights = Path(path)
-        if weights.is_dir():
-            weights = weights / WEIGHTS
+        weights = _weights_file(path)
         if not weights.exists():
             raise DetectorError(f"clipdup weights {path!r} not found (train them with `overlap-audit "
                                 "train-detector SOURCE --out DIR`, then use clipdup:DIR)")
