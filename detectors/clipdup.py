@@ -141,9 +141,9 @@ def _load_images(sources: list[str], cfg: TrainConfig, workers: int | None) -> l
 
 def _weights_file(path: str) -> Path:
     """A clipdup weights file from "clipdup" (the shipped one), a training directory or a file."""
-    if path == "clipdup":
-        return SHIPPED
     p = Path(path)
+    if path == "clipdup" and not p.exists():  # a run directory of the user's own named "clipdup" wins
+        return SHIPPED
     return p / WEIGHTS if p.is_dir() else p
 
 
