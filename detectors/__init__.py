@@ -25,9 +25,10 @@ _REGISTRY: dict[str, tuple[str, str]] = {
                 "train-detector run; needs torch"),
     "torchscript": ("overlap_audit.detectors.torchscript:make_torchscript",
                     "any TorchScript image descriptor, torchscript:PATH (preprocessing in PATH.json); needs torch"),
-    "clip-image": ("overlap_audit.detectors.torchscript:make_clip_image",
+    "clip-image": ("overlap_audit.detectors.clip_image:make_clip_image",
                    "a CLIP image tower's own (semantic) embedding, the baseline the paper rejected: "
-                   "clip-image:PATH to a TorchScript export; needs torch"),
+                   "clip-image:MODEL (a zero-shot model spec, e.g. clip-image:overlap-audit:openclipart-small) "
+                   "or clip-image:PATH to a TorchScript export; needs torch"),
 }
 
 __all__ = ["Detector", "DetectorBase", "get_detector", "list_detectors", "parse_detector_spec"]

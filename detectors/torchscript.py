@@ -120,16 +120,3 @@ def make_torchscript(arg: str | None = None, *, spec: str = "torchscript", devic
     if not arg:
         raise DetectorError("torchscript needs a path: --detector torchscript:/path/to/model.pt")
     return TorchScriptDetector(arg, device=device, spec=spec)
-
-
-def make_clip_image(arg: str | None = None, *, spec: str = "clip-image", device: str = "auto",
-                    **_options) -> TorchScriptDetector:
-    """A CLIP image tower exported to TorchScript (until the zero-shot scoring issue's loaders land)."""
-    from ..errors import DetectorError
-
-    if not arg:
-        raise DetectorError("clip-image needs a TorchScript export of a CLIP image tower: --detector clip-image:PATH "
-                            "(with PATH.json giving input_size, mean and std, e.g. 224 and CLIP's normalisation)")
-    det = TorchScriptDetector(arg, device=device, spec=spec)
-    det.name = "clip-image"
-    return det

@@ -112,6 +112,11 @@ class SmallClip:
     def dim(self) -> int:
         return int(self.net.cfg.embed_dim)
 
+    @property
+    def pixel_transform(self) -> "SquarePixels":
+        """One image -> float32 [3, S, S]: what decoding workers run, without the weights."""
+        return SquarePixels(self.image_size)
+
     def preprocess(self, images: Sequence[Image.Image]) -> Any:
         """RGB PIL images -> float tensor [N, 3, S, S] (padded square on white, resized, scaled)."""
         torch = _torch()
@@ -175,6 +180,16 @@ def square_thumbnail(image: Image.Image, size: int) -> np.ndarray:
         image = canvas
     image = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+class SquarePixels:
+    """``square_thumbnail`` then ``normalise`` for one image, as numpy (picklable: no torch, no weights)."""
+
+    def __init__(self, size: int):
+        self.size = int(size)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        return square_thumbnail(image, self.size).astype(np.float32) / 127.5 - 1.0
 
 
 def normalise(pixels: Any) -> Any:

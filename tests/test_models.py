@@ -390,3 +390,101 @@ def test_shipped_small_clip_loads_through_the_model_spec(tmp_path):
     assert np.array_equal(emb[0], emb[1]) and not np.allclose(emb[0], emb[2])
     with pytest.raises(ModelError):
         load_model(f"overlap-audit:{tmp_path / 'nothing-here'}", device="cpu")
+
+
+# ---------------------------------------------------------------- clip-image: the scoring model as a detector
+
+
+def _clip_image_specs(open_clip_files, hf_dir):
+    cfg, ckpt = open_clip_files
+    return [f"open_clip:{cfg}:{ckpt}", f"hf:{hf_dir}", "overlap-audit:openclipart-small"]
+
+
+def test_clip_image_is_the_scoring_models_own_image_embedding(open_clip_files, hf_dir, photos):
+    """clip-image:MODEL loads MODEL through the zero-shot loaders: the same preprocessing and the same
+    normalised image embedding, a version per weights, and only the transform shipped to decoding workers."""
+    import pickle
+
+    from overlap_audit.detectors import get_detector
+
+    images = [photos["coffee"], photos["rocket"], photos["coffee"].resize((300, 200))]
+    versions = set()
+    for spec in _clip_image_specs(open_clip_files, hf_dir):
+        det = get_detector(f"clip-image:{spec}", device="cpu")
+        model = load_model(spec, device="cpu")
+        expected = np.asarray(model.encode_images(model.preprocess(images)), dtype=np.float32)
+        got = det.embed_images(images)
+        assert det.name == "clip-image" and det.metric == "cosine" and det.default_threshold is None
+        assert got.shape == (3, det.dim) and det.dim == expected.shape[1]
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, rtol=1e-5)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        pixels = np.stack([det.preprocess(im) for im in images])
+        np.testing.assert_allclose(pixels[:, :3], np.asarray(model.preprocess(images)), atol=1e-6)
+        versions.add(det.version)
+        shipped = pickle.dumps(det)
+        assert len(shipped) < 100_000, (spec, len(shipped))  # the weights stay in the main process
+        worker = pickle.loads(shipped)
+        np.testing.assert_array_equal(worker.preprocess(photos["rocket"]), det.preprocess(photos["rocket"]))
+    assert len(versions) == 3
+
+
+def test_clip_image_low_information_through_each_models_normalisation(open_clip_files, hf_dir, photos):
+    """Blank and near-uniform images are flagged whatever preprocessing the model uses — also where it pads a
+    non-square image on white, which would make a blank image a framed box; photos, and a saturated colour
+    on white, are not."""
+    from overlap_audit.detectors import get_detector
+
+    rng = np.random.default_rng(0)
+    grey = Image.new("RGB", (120, 90), (128, 128, 128))
+    faint = Image.fromarray(np.clip(100 + rng.normal(0, 0.5, (90, 120, 3)), 0, 255).astype(np.uint8))
+    black = Image.new("RGB", (64, 64), "black")
+    disc = Image.new("RGB", (96, 96), "white")
+    disc.paste((200, 20, 20), (30, 30, 66, 66))
+    for spec in _clip_image_specs(open_clip_files, hf_dir):
+        det = get_detector(f"clip-image:{spec}", device="cpu")
+        batch = np.stack([det.preprocess(im) for im in (grey, faint, black, photos["astronaut"], disc)])
+        assert det.low_information(batch).tolist() == [True, True, True, False, False], spec
+
+
+def test_clip_image_errors_name_the_forms(tmp_path):
+    from overlap_audit.detectors import get_detector
+    from overlap_audit.errors import DetectorError
+
+    with pytest.raises(DetectorError, match="zero-shot model spec"):
+        get_detector("clip-image")
+    with pytest.raises(DetectorError, match="no small CLIP"):
+        get_detector(f"clip-image:overlap-audit:{tmp_path / 'missing'}")
+    with pytest.raises(DetectorError, match="pretrained tag"):
+        get_detector("clip-image:open_clip:ViT-B-32:openai")
+    with pytest.raises(DetectorError, match="not found"):  # neither a model spec nor an existing TorchScript file
+        get_detector(f"clip-image:{tmp_path / 'tower.pt'}")
+
+
+def test_clip_image_index_and_report_end_to_end(tmp_path, eval_set, corpus_dir):
+    """index and report with --detector clip-image:overlap-audit:openclipart-small, as a real subprocess;
+    the report refuses another detector than the index's."""
+    exe = shutil.which("overlap-audit", path=os.path.dirname(sys.executable))
+    root, planted, clean = eval_set
+    spec = "clip-image:overlap-audit:openclipart-small"
+    r = subprocess.run([exe, "index", str(corpus_dir), "--out", str(tmp_path / "idx"), "--detector", spec,
+                        "--workers", "1", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["detector"]["spec"] == spec and manifest["detector"]["dim"] == 128
+    r = subprocess.run([exe, "report", str(tmp_path / "idx"), "--eval", f"val={root}", "--model",
+                        "overlap-audit:openclipart-small", "--threshold", "0.99", "--out", str(tmp_path / "rep"),
+                        "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["detector"]["spec"] == spec
+    (dataset,) = report["datasets"]
+    assert dataset["threshold"] == 0.99 and dataset["n_all"] == len(planted) + len(clean)
+    rows = pq.read_table(tmp_path / "rep" / "splits.parquet").to_pylist()
+    # a planted copy (resized, recompressed, cropped by 2 px) finds the tile it was made from
+    found = [r["neighbor_ids"][0] == r["id"].split("/")[1].rsplit("-", 1)[0] + ".png" for r in rows
+             if r["id"] in planted]
+    assert len(found) == len(planted) and sum(found) >= 0.8 * len(found), found
+    r = subprocess.run([exe, "report", str(tmp_path / "idx"), "--eval", f"val={root}", "--model",
+                        "overlap-audit:openclipart-small", "--detector", "phash", "--out", str(tmp_path / "rep2"),
+                        "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "phash" in r.stderr
