@@ -102,6 +102,9 @@ class TrainConfig:
     hard_negatives: int = 0
     mine_every: int = 100
     init: str | None = None  # start from these clipdup weights (fine-tuning) instead of random ones
+    # > 0 adds batch_global_nce with this weight to InfoNCE: no pair of two different images anywhere in the
+    # batch may be more similar than a true pair (the detector is used at one threshold for every query)
+    global_weight: float = 0.0
 
     def lr_at(self, step: int) -> float:
         if self.schedule == "constant":
@@ -207,7 +210,7 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
     from ..augment import STRENGTHS, augment_all
     from ..errors import DetectorError
     from ..io import atomic_write, atomic_write_json
-    from .clipdup_model import DuplicateNet, ModelConfig, info_nce
+    from .clipdup_model import DuplicateNet, ModelConfig, batch_global_nce, info_nce
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -221,6 +224,8 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
         raise DetectorError(f"input mode must be one of {', '.join(INPUT_MODES)}, got {cfg.input_mode!r}")
     if cfg.strength not in (*STRENGTHS, "mixed") or cfg.schedule not in ("constant", "cosine"):
         raise DetectorError(f"unknown strength {cfg.strength!r} or schedule {cfg.schedule!r}")
+    if not cfg.global_weight >= 0:
+        raise DetectorError(f"--global-weight must be a number >= 0 (got {cfg.global_weight})")
     if cfg.hard_negatives == 1 or cfg.hard_negatives < 0 or cfg.mine_every < 1:
         raise DetectorError("--hard-negatives must be 0 (random batches) or a group size of at least 2, "
                             "--mine-every at least 1")
@@ -284,7 +289,10 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
                       for i, s in zip(idx, strengths)])
         for group in opt.param_groups:
             group["lr"] = cfg.lr_at(step)
-        loss, acc = info_nce(net(torch.from_numpy(a).to(dev)), net(torch.from_numpy(b).to(dev)), model_cfg.temperature)
+        za, zb = net(torch.from_numpy(a).to(dev)), net(torch.from_numpy(b).to(dev))
+        loss, acc = info_nce(za, zb, model_cfg.temperature)
+        if cfg.global_weight:
+            loss = loss + cfg.global_weight * batch_global_nce(za, zb, model_cfg.temperature)
         opt.zero_grad()
         loss.backward()
         opt.step()

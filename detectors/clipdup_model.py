@@ -147,3 +147,19 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07) -> tup
     loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
     accuracy = (logits.argmax(dim=1) == target).float().mean()
     return loss, accuracy
+
+
+def batch_global_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """Each image-copy pair against every non-matching pair of the batch, in one softmax per positive.
+
+    InfoNCE compares a copy only with the other items of its own row and column; a detector is used at one
+    threshold for every query, so this term also asks that no pair of two different images (anywhere in the
+    batch) be more similar than a true pair: -log(exp(s_ii/t) / (exp(s_ii/t) + sum_{j != k} exp(s_jk/t))).
+    """
+    logits = a @ b.t() / temperature
+    n = len(a)
+    pos = logits.diagonal()
+    neg = logits.masked_select(~torch.eye(n, dtype=torch.bool, device=a.device))
+    neg_lse = torch.logsumexp(neg, dim=0)
+    return (torch.logaddexp(pos, neg_lse.expand_as(pos)) - pos).mean()
+

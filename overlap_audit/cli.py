@@ -196,6 +196,10 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
                    "look-alikes; 0: random batches.")
 @click.option("--mine-every", type=click.IntRange(min=1), default=100, show_default=True,
               help="With --hard-negatives: find the neighbours again every this many steps.")
+@click.option("--global-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Add, with this weight, a loss that ranks every true pair above every pair of two different "
+                   "images anywhere in the batch (the detector is used at one threshold for all queries); 0: "
+                   "the paper's InfoNCE alone.")
 @click.option("--init", "init", default=None,
               help="Start from these clipdup weights (a training directory, a weights file, or 'clipdup' for "
                    "the shipped ones) instead of random ones: fine-tuning. Their architecture is used.")
@@ -204,13 +208,14 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, lr, strength, seed, max_images,
-                   input_mode, schedule, hard_negatives, mine_every, init, workers, device, resume, quiet) -> None:
+                   input_mode, schedule, hard_negatives, mine_every, global_weight, init, workers, device, resume,
+                   quiet) -> None:
     """Train the CLIP paper's near-duplicate detector on SOURCES (self-supervised: images vs augmented copies)."""
     from .detectors.clipdup import TrainConfig, train
 
     cfg = TrainConfig(arch=arch, dim=dim, input_size=input_size, batch_size=batch_size, steps=steps, lr=lr,
                       strength=strength, seed=seed, max_images=max_images, input_mode=input_mode, schedule=schedule,
-                      hard_negatives=hard_negatives, mine_every=mine_every, init=init)
+                      hard_negatives=hard_negatives, mine_every=mine_every, global_weight=global_weight, init=init)
     try:
         last = train(list(sources), out_dir, cfg, device=device, resume=resume, workers=workers, progress=not quiet)
     except _user_errors() as exc:

@@ -154,3 +154,18 @@ def test_finetune_errors(base_run, tmp_path):
     assert r.exit_code == 2 and "no clipdup weights there" in r.output
     r = _finetune(root, base, tmp_path / "d", 1, "--hard-negatives", "1")
     assert r.exit_code == 2 and "group size of at least 2" in r.output
+
+
+def test_global_weight_is_recorded_changes_training_and_is_fixed_on_resume(base_run, tmp_path):
+    root, base = base_run
+    assert _finetune(root, base, tmp_path / "plain", 2).exit_code == 0
+    r = _finetune(root, base, tmp_path / "global", 2, "--global-weight", "0.5")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "global" / "train_summary.json").read_text())["global_weight"] == 0.5
+    plain = torch.load(tmp_path / "plain" / "model.pt", weights_only=True)["model"]
+    both = torch.load(tmp_path / "global" / "model.pt", weights_only=True)["model"]
+    assert any(not torch.allclose(plain[k], both[k]) for k in plain)  # same batches, another loss
+    r = _finetune(root, base, tmp_path / "global", 3, "--resume")  # resumed without it: refused
+    assert r.exit_code == 2 and "global_weight" in r.output
+    r = _finetune(root, base, tmp_path / "neg", 1, "--global-weight", "-1")
+    assert r.exit_code == 2 and "--global-weight" in r.output

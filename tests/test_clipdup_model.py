@@ -6,7 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from overlap_audit.detectors.clipdup_model import BlurPool, DuplicateNet, ModelConfig, info_nce  # noqa: E402
+from overlap_audit.detectors.clipdup_model import (  # noqa: E402
+    BlurPool, DuplicateNet, ModelConfig, batch_global_nce, info_nce)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,22 @@ def test_info_nce_by_hand():
     cols = [-math.log(math.exp(s[j][j]) / sum(math.exp(s[i][j]) for i in range(2))) for j in range(2)]
     assert loss.item() == pytest.approx((sum(rows) / 2 + sum(cols) / 2) / 2, abs=1e-6)
     assert acc.item() == 1.0
+
+
+def test_batch_global_nce_by_hand():
+    """Each true pair against every pair of two different images in the batch (here s_01 and s_10)."""
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    b = torch.tensor([[0.6, 0.8], [0.0, 1.0], [0.8, 0.6]])
+    t = 0.5
+    s = [[sum(x * y for x, y in zip(a[i].tolist(), b[j].tolist())) / t for j in range(3)] for i in range(3)]
+    negatives = sum(math.exp(s[j][k]) for j in range(3) for k in range(3) if j != k)
+    expected = sum(-math.log(math.exp(s[i][i]) / (math.exp(s[i][i]) + negatives)) for i in range(3)) / 3
+    assert batch_global_nce(a, b, temperature=t).item() == pytest.approx(expected, abs=1e-5)
+    # unlike InfoNCE, it sees that pair 0 (0.6) is less similar than the non-pair (1, 2) (0.8): a negative of
+    # another row outranks a true pair, so raising that true pair lowers the loss
+    a0 = a.clone().requires_grad_(True)
+    batch_global_nce(a0, b, temperature=t).backward()
+    assert float(a0.grad[0] @ b[0]) < 0  # gradient descent moves a_0 towards b_0
 
 
 def test_a_few_steps_lower_the_loss():
