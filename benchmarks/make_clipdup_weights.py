@@ -7,9 +7,10 @@
    from other photos: the benchmark holds out the photos bundled in scikit-image and scikit-learn).
 2. Train the small variant on the tiles and drawings (`overlap-audit train-detector`, self-supervised, CPU,
    one torch thread, one decoding worker): stage 1 from random weights with random batches; then each
-   ``--finetune STEPS:LR:INPUT_SIZE:GROUP`` stage fine-tunes the previous stage's weights (``--init``) on
-   the ``--finetune-input-mode`` input (value-or-min), with hard-negative batches when GROUP > 1 (groups of
-   look-alike images mined with the network itself). ``--stage1 WEIGHTS`` skips stage 1 and fine-tunes the
+   ``--finetune STEPS:LR:INPUT_SIZE:GROUP[:GLOBAL]`` stage fine-tunes the previous stage's weights
+   (``--init``) on the ``--finetune-input-mode`` input (value-or-min), with hard-negative batches when
+   GROUP > 1 (groups of look-alike images mined with the network itself) and, when GLOBAL > 0, the
+   batch-global ranking term beside InfoNCE with that weight (``--global-weight``). ``--stage1 WEIGHTS`` skips stage 1 and fine-tunes the
    given weights (the shipped file started from the float16 weights that shipped before it, commit 2d4077d:
    `git show 2d4077d:detectors/weights/clipdup-small.pt > old.pt`). Finished stage runs in ``--run`` are
    reused (train-detector --resume on a finished run trains nothing).
@@ -102,8 +103,9 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--input-mode", choices=["rgb", "luma", "value", "maxmin"], default="value")
     ap.add_argument("--stage1", default=None, help="weights to fine-tune instead of training stage 1")
-    ap.add_argument("--finetune", action="append", default=[], metavar="STEPS:LR:INPUT_SIZE:GROUP",
-                    help="a fine-tuning stage after stage 1 (repeatable); GROUP: --hard-negatives (0: random batches)")
+    ap.add_argument("--finetune", action="append", default=[], metavar="STEPS:LR:INPUT_SIZE:GROUP[:GLOBAL]",
+                    help="a fine-tuning stage after stage 1 (repeatable); GROUP: --hard-negatives (0: random "
+                         "batches); GLOBAL: --global-weight (default 0)")
     ap.add_argument("--finetune-input-mode", choices=["rgb", "luma", "value", "maxmin", "value-or-min"],
                     default="value-or-min")
     ap.add_argument("--mine-every", type=int, default=100)
@@ -138,10 +140,14 @@ def main() -> None:
               str(args.lr), "--input-mode", args.input_mode, "--input-size", str(args.input_size))
     previous, runs = stage1, []
     for n, spec in enumerate(args.finetune, start=2):
-        steps, lr, size, group = spec.split(":")
+        parts = spec.split(":")
+        if len(parts) not in (4, 5):
+            ap.error(f"--finetune {spec!r}: give STEPS:LR:INPUT_SIZE:GROUP or STEPS:LR:INPUT_SIZE:GROUP:GLOBAL")
+        steps, lr, size, group, global_weight = (*parts, "0")[:5]
         run = work / f"stage{n}"
         train(run, "--init", str(previous), "--steps", steps, "--lr", lr, "--input-size", size,
-              "--input-mode", args.finetune_input_mode, "--hard-negatives", group, "--mine-every", str(args.mine_every))
+              "--input-mode", args.finetune_input_mode, "--hard-negatives", group, "--mine-every", str(args.mine_every),
+              "--global-weight", global_weight)
         previous = run
         runs.append(run)
     first = torch.load(stage1, weights_only=True)["trained"]
@@ -172,6 +178,9 @@ def main() -> None:
         batches = (f"hard-negative batches: groups of {s['hard_negatives']} look-alike images (an image and its nearest "
                    f"neighbours under the network itself, re-mined every {s['mine_every']} steps)"
                    if s.get("hard_negatives") else "random batches")
+        if s.get("global_weight"):
+            batches += (f", InfoNCE plus {s['global_weight']:g} x the batch-global term (every true pair against every "
+                        "pair of two different images in the batch)")
         finetune_words += (f"\n  Stage {n}: {s['step']} steps fine-tuning stage {n - 1}'s weights (sha256 "
                          f"{s['init_sha256'][:12]}), lr {s['lr']} ({s['schedule']} schedule), input {s['input_size']} px "
                          f"{s['input_mode']}, {batches}; {s['seconds'] / 60:.1f} minutes; proxy accuracy "
@@ -197,7 +206,7 @@ in `detectors/weights/clipdup-small.pt` ({(OUT / 'clipdup-small.pt').stat().st_s
 - Hardware and time: {platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs, one torch
   thread per run ({t['device']}); training loops {sum(x['seconds'] for x in stages) / 60:.1f} minutes in all (decoding the images not included).
 - Proxy task at the end (copy is the most similar item of its batch of {t['batch_size']}): accuracy
-  {log[-1]['proxy_accuracy']:.3f}, loss {log[-1]['loss']:.3f}{' (on hard-negative batches, a harder task than random ones)' if t.get('hard_negatives') else ''}.
+  {log[-1]['proxy_accuracy']:.3f}, loss {log[-1]['loss']:.3f}{' (on hard-negative batches, a harder task than random ones)' if t.get('hard_negatives') else ''}{f"; the loss includes {t['global_weight']:g} x the batch-global term, so it is not comparable with InfoNCE alone" if t.get('global_weight') else ''}.
 - Threshold: {round(threshold, 4)} — the lowest with precision >= 0.99 on the detector benchmark's queries pooled
   (every augmentation family and all together, mild/medium/strong, on 384 held-out 128-px tiles against
   every other tile): recall {recall:.3f} there.
