@@ -12,8 +12,8 @@
    GROUP > 1 (groups of look-alike images mined with the network itself) and, when GLOBAL > 0, the
    batch-global ranking term beside InfoNCE with that weight (``--global-weight``). ``--stage1 WEIGHTS``
    skips stage 1 and fine-tunes the given weights (the shipped file started from the float16 weights that
-   shipped before it, commit 2d4077d: `git show 2d4077d:detectors/weights/clipdup-small.pt > old.pt`). Finished stage runs in ``--run`` are
-   reused (train-detector --resume on a finished run trains nothing).
+   shipped before it, commit 2d4077d: `git show 2d4077d:detectors/weights/clipdup-small.pt > old.pt`).
+   Finished stage runs in ``--run`` are reused (train-detector --resume on a finished run trains nothing).
 3. Set the threshold as for every detector: the lowest with 99% precision on the detector benchmark's
    queries pooled (benchmarks/bench_detectors.py; held-out scikit-image / scikit-learn tiles, never trained on).
 4. Write the weights (float16) with the threshold and the training facts, and the model card.
