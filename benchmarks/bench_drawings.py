@@ -1,0 +1,94 @@
+"""The detector benchmark on drawings instead of photo tiles.
+
+Images: 384 openclipart PNGs that clipdup's training sample never reached (the sample is the first 8,000
+images: 4,372 wallpaper tiles, then openclipart in sorted order, so files past the 4,000th are unused): a
+seeded sample of those, as 128-px thumbnails on white, without phash's low-information images, and
+deduplicated with phash (a file within 10 of 64 bits of one already kept is dropped — openclipart holds
+many copies and recolourings of one drawing, which would count as false matches). Same query sets (every
+augmentation family alone and all together, at every strength), cells and pooled threshold as
+bench_detectors.py; also each detector's precision and recall at its shipped default threshold. No clipdup
+run was selected on these images.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_drawings.py [--detectors phash clipdup clipdup:RUN ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+
+from bench_detectors import average_precision, low_information, pairs, query_sets, recall_at_precision, \
+    threshold_at_precision
+from make_clipdup_weights import fetch_openclipart
+from overlap_audit.detectors import get_detector
+
+
+def held_out_drawings(cache: Path, n: int = 384, first_unused: int = 4000, size: int = 128, seed: int = 1) -> list:
+    from PIL import Image
+
+    from overlap_audit.imaging import to_rgb
+
+    files = sorted((fetch_openclipart(cache)).rglob("*.png"))
+    pick = np.random.default_rng(seed).permutation(len(files) - first_unused)[:900] + first_unused
+    images = []
+    for path in (files[i] for i in sorted(pick)):
+        try:
+            with Image.open(path) as im:
+                if im.width * im.height > 20e6:  # the decompression bombs (the audit skips them too)
+                    continue
+                im = to_rgb(im)
+                im.thumbnail((size, size))
+                im = im.copy()  # loaded here: the file closes at the end of the block
+        except (OSError, Image.DecompressionBombError):
+            continue
+        images.append(im)
+    phash = get_detector("phash")
+    hashes, low = phash.embed_images(images), low_information(phash, images)
+    keep: list[int] = []
+    for i in range(len(images)):
+        if not low[i] and not (keep and phash.similarity(hashes[i:i + 1], hashes[keep]).max() >= 0.84):
+            keep.append(i)
+    print(f"(drawings: {len(images)} read, {len(keep)} left after phash's low-information rule and "
+          f"deduplication; the first {n} used)")
+    return [images[i] for i in keep[:n]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--detectors", nargs="+", default=["phash", "clipdup"])
+    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/overlap-audit"))
+    args = ap.parse_args()
+    images = held_out_drawings(Path(args.cache))
+    dets = {spec: get_detector(spec) for spec in args.detectors}
+    base = {s: d.embed_images(images) for s, d in dets.items()}
+    base_low = {s: low_information(d, images) for s, d in dets.items()}
+    pooled = {s: ([], []) for s in dets}
+    print(f"\n# {len(images)} held-out drawings; recall at 99% precision / average precision")
+    print("| family | strength | " + " | ".join(dets) + " |\n|" + "---|" * (2 + len(dets)))
+    for family, strength, copies in query_sets(images):
+        cells = []
+        for s, d in dets.items():
+            pos, neg = pairs(d, base[s], copies, base_low[s])
+            pooled[s][0].append(pos)
+            pooled[s][1].append(neg)
+            cells.append(f"{100 * recall_at_precision(pos, neg):.1f} / {100 * average_precision(pos, neg):.1f}")
+        print(f"| {family} | {strength} | " + " | ".join(cells) + " |", flush=True)
+    print("\n| detector | pooled threshold at 99% precision | its recall | pooled AP | shipped default | its "
+          "precision / recall |\n|---|---|---|---|---|---|")
+    for s, d in dets.items():
+        pos, neg = (np.concatenate(x) for x in pooled[s])
+        t, r = threshold_at_precision(pos, neg)
+        shipped = getattr(d, "default_threshold", None)
+        at = "–"
+        if shipped is not None:
+            tp, fp = int((pos >= shipped).sum()), int((neg >= shipped).sum())
+            at = f"{100 * tp / max(1, tp + fp):.1f}% / {100 * tp / len(pos):.1f}%"
+        print(f"| {s} | {t:.4f} | {100 * r:.1f}% | {100 * average_precision(pos, neg):.1f} | "
+              f"{'–' if shipped is None else f'{shipped:.4f}'} | {at} |")
+
+
+if __name__ == "__main__":
+    main()
