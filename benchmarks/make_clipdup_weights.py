@@ -215,7 +215,9 @@ in `detectors/weights/clipdup-small.pt` ({(OUT / 'clipdup-small.pt').stat().st_s
   {sum(x['seconds'] for x in stages) / 60:.0f} minutes on a CPU, small (one bottleneck block per stage) and at a low
   resolution; the images it confuses most are structurally alike pictures of different things (a dark corner
   with a bright arc from two different round photos; two near-uniform skies; neighbouring tiles of one brick
-  wall). It does not beat pHash everywhere: see BENCHMARKS.md, family by family.
+  wall; on clip art, faint circles and other simple shapes of different files, which it matches above its
+  threshold: on held-out drawings its precision there is about 50%, BENCHMARKS.md "on drawings"). It does not
+  beat pHash everywhere: see BENCHMARKS.md, family by family.
 - Quality against phash: BENCHMARKS.md, "Detector benchmark".
 """
     (OUT / "MODEL_CARD.md").write_text(card)
