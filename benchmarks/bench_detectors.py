@@ -60,6 +60,15 @@ def threshold_at_precision(pos: np.ndarray, neg: np.ndarray, target: float = 0.9
     return (float(t[start]), float(r[start])) if start < len(t) else (float("nan"), 0.0)
 
 
+def at_shipped_threshold(det, pos: np.ndarray, neg: np.ndarray) -> str:
+    """Table cells "threshold | precision / recall" at the detector's shipped default ("– | –" without one)."""
+    shipped = getattr(det, "default_threshold", None)
+    if shipped is None:
+        return "– | –"
+    tp, fp = int((pos >= shipped).sum()), int((neg >= shipped).sum())
+    return f"{shipped:.4f} | {100 * tp / max(1, tp + fp):.2f}% / {100 * tp / len(pos):.1f}%"
+
+
 class ImagededupCNN:
     """imagededup's CNN encoder (methods.cnn.CNN) around MobileNetV3 small with random weights."""
 
@@ -186,13 +195,7 @@ def main() -> None:
         t, r = threshold_at_precision(pos, neg)
         p_all, _ = all_medium.get(name, (np.array([]), None))
         r_all = float((p_all >= t).mean()) if len(p_all) else float("nan")
-        shipped = getattr(d, "default_threshold", None)
-        at_shipped = "–"
-        if shipped is not None:
-            tp, fp = int((pos >= shipped).sum()), int((neg >= shipped).sum())
-            at_shipped = f"{100 * tp / max(1, tp + fp):.2f}% / {100 * tp / len(pos):.1f}%"
-        print(f"| {name} | {t:.4f} | {100 * r:.1f}% | {100 * r_all:.1f}% | "
-              f"{'–' if shipped is None else f'{shipped:.4f}'} | {at_shipped} |")
+        print(f"| {name} | {t:.4f} | {100 * r:.1f}% | {100 * r_all:.1f}% | {at_shipped_threshold(d, pos, neg)} |")
     timed = dict(dets)
     try:
         timed["imagededup-cnn"] = ImagededupCNN()

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_detectors import average_precision, low_information, pairs, query_sets, recall_at_precision, \
-    threshold_at_precision
+from bench_detectors import (at_shipped_threshold, average_precision, low_information, pairs, query_sets,
+                             recall_at_precision, threshold_at_precision)
 from make_clipdup_weights import fetch_openclipart
 from overlap_audit.detectors import get_detector
 
@@ -81,13 +81,8 @@ def main() -> None:
     for s, d in dets.items():
         pos, neg = (np.concatenate(x) for x in pooled[s])
         t, r = threshold_at_precision(pos, neg)
-        shipped = getattr(d, "default_threshold", None)
-        at = "–"
-        if shipped is not None:
-            tp, fp = int((pos >= shipped).sum()), int((neg >= shipped).sum())
-            at = f"{100 * tp / max(1, tp + fp):.1f}% / {100 * tp / len(pos):.1f}%"
         print(f"| {s} | {t:.4f} | {100 * r:.1f}% | {100 * average_precision(pos, neg):.1f} | "
-              f"{'–' if shipped is None else f'{shipped:.4f}'} | {at} |")
+              f"{at_shipped_threshold(d, pos, neg)} |")
 
 
 if __name__ == "__main__":
