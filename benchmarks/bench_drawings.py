@@ -2,9 +2,15 @@
 
 Images: 384 openclipart PNGs that clipdup's training sample never reached (the sample is the first 8,000
 images: 4,372 wallpaper tiles, then openclipart in sorted order, so files past the 4,000th are unused): a
-seeded sample of those, as 128-px thumbnails on white, without phash's low-information images, and
+seeded sample of those, as 128-px thumbnails on white, without near-uniform images (grey std < 2 at 64 px), and
 deduplicated with phash (a file within 10 of 64 bits of one already kept is dropped — openclipart holds
-many copies and recolourings of one drawing, which would count as false matches). Same query sets (every
+many copies and recolourings of one drawing, which would count as false matches), then with the pixels
+themselves (``same_picture``): a file whose 32-px thumbnail, hue-free and standardised, differs from a kept one's
+by less than SAME_PICTURE_Z on average is dropped too — phash misses many such pairs among faint outlines,
+where its median bit flips with noise. Images that a detector flags as low-information stay in: that
+detector misses their copies, as it would in an audit (phash flags about a third of these drawings — symmetric
+ones whose DCT coefficients tie with the median — so an earlier version, which dropped them, measured phash on
+the drawings it can read). Same query sets (every
 augmentation family alone and all together, at every strength), cells and pooled threshold as
 bench_detectors.py; also each detector's precision and recall at its shipped default threshold. No clipdup
 run was selected on these images.
@@ -26,13 +32,28 @@ from make_clipdup_weights import fetch_openclipart
 from overlap_audit.detectors import get_detector
 
 
-def held_out_drawings(cache: Path, n: int = 384, first_unused: int = 4000, size: int = 128, seed: int = 1) -> list:
+# Two files closer than this at the pixel level (``thumbnail_z``) are the same picture. For scale, on these
+# drawings a mild JPEG, rescaled or recoloured copy lies at a median 0.02-0.04 from its file and 90% of them
+# within 0.06-0.09; two *different* files closer than that are duplicates for any detector that reads pixels.
+SAME_PICTURE_Z = 0.1
+
+
+def thumbnail_z(image) -> np.ndarray:
+    """A 32x32 thumbnail of max(R, G, B) or min(R, G, B) (clipdup's value-or-min: hue-free), standardised."""
+    from overlap_audit.detectors.clipdup import to_tensor_array
+
+    x = to_tensor_array(image, 32, "value-or-min")[0].ravel()
+    return (x - x.mean()) / max(float(x.std()), 1e-6)
+
+
+def held_out_drawings(cache: Path, n: int = 384, first_unused: int = 4000, size: int = 128, seed: int = 1,
+                      candidates: int = 900) -> list:
     from PIL import Image
 
     from overlap_audit.imaging import to_rgb
 
     files = sorted((fetch_openclipart(cache)).rglob("*.png"))
-    pick = np.random.default_rng(seed).permutation(len(files) - first_unused)[:900] + first_unused
+    pick = np.random.default_rng(seed).permutation(len(files) - first_unused)[:candidates] + first_unused
     images = []
     for path in (files[i] for i in sorted(pick)):
         try:
@@ -46,13 +67,24 @@ def held_out_drawings(cache: Path, n: int = 384, first_unused: int = 4000, size:
             continue
         images.append(im)
     phash = get_detector("phash")
-    hashes, low = phash.embed_images(images), low_information(phash, images)
+    hashes, hashable = phash.embed_images(images), ~low_information(phash, images)
+    flat = np.array([np.asarray(im.convert("L").resize((64, 64)), np.float32).std() < 2.0 for im in images])
+    z = np.stack([thumbnail_z(im) for im in images])
     keep: list[int] = []
+    by_phash = by_pixels = 0
     for i in range(len(images)):
-        if not low[i] and not (keep and phash.similarity(hashes[i:i + 1], hashes[keep]).max() >= 0.84):
+        if flat[i]:
+            continue
+        kept_hashable = [k for k in keep if hashable[k]]
+        if hashable[i] and kept_hashable and phash.similarity(hashes[i:i + 1], hashes[kept_hashable]).max() >= 0.84:
+            by_phash += 1
+        elif keep and np.abs(z[keep] - z[i]).mean(axis=1).min() < SAME_PICTURE_Z:
+            by_pixels += 1
+        else:
             keep.append(i)
-    print(f"(drawings: {len(images)} read, {len(keep)} left after phash's low-information rule and "
-          f"deduplication; the first {n} used)")
+    print(f"(drawings: {len(images)} read, {int(flat.sum())} near-uniform dropped (grey std < 2 at 64 px), "
+          f"{by_phash} duplicates by phash and {by_pixels} more by their pixels dropped, {len(keep)} left, "
+          f"{int((~hashable[keep]).sum())} of them low-information for phash; the first {n} used)")
     return [images[i] for i in keep[:n]]
 
 
