@@ -30,20 +30,19 @@ from bench_detectors import (at_shipped_threshold, average_precision, low_inform
                              recall_at_precision, threshold_at_precision)
 from make_clipdup_weights import fetch_openclipart
 from overlap_audit.detectors import get_detector
-
-
-# Two files closer than this at the pixel level (``thumbnail_z``) are the same picture. For scale, on these
-# drawings a mild JPEG, rescaled or recoloured copy lies at a median 0.02-0.04 from its file and 90% of them
-# within 0.06-0.09; two *different* files closer than that are duplicates for any detector that reads pixels.
-SAME_PICTURE_Z = 0.1
+from overlap_audit.detectors.clipdup import SAME_PICTURE_Z
 
 
 def thumbnail_z(image) -> np.ndarray:
-    """A 32x32 thumbnail of max(R, G, B) or min(R, G, B) (clipdup's value-or-min: hue-free), standardised."""
-    from overlap_audit.detectors.clipdup import to_tensor_array
+    """A 32x32 thumbnail of max(R, G, B) or min(R, G, B) (clipdup's value-or-min: hue-free), standardised.
 
-    x = to_tensor_array(image, 32, "value-or-min")[0].ravel()
-    return (x - x.mean()) / max(float(x.std()), 1e-6)
+    Two files whose thumbnails differ by less than SAME_PICTURE_Z (0.1) on average are the same picture: on
+    these drawings a mild JPEG, rescaled or recoloured copy lies at a median 0.02-0.04 from its file and 90% of
+    them within 0.06-0.09, so two *different* files closer than that are duplicates for any detector that reads
+    pixels (clipdup's hard-negative mining uses the same rule with --same-picture z32)."""
+    from overlap_audit.detectors.clipdup import standardised_thumbnails, to_tensor_array
+
+    return standardised_thumbnails(to_tensor_array(image, 32, "value-or-min")[None], 32)[0].numpy()
 
 
 def held_out_drawings(cache: Path, n: int = 384, first_unused: int = 4000, size: int = 128, seed: int = 1,

@@ -105,6 +105,11 @@ class TrainConfig:
     # > 0 adds batch_global_nce with this weight to InfoNCE: no pair of two different images anywhere in the
     # batch may be more similar than a true pair (the detector is used at one threshold for every query)
     global_weight: float = 0.0
+    # how mining tells "the same picture again" (never a hard negative) from a look-alike: "mean16", the mean
+    # absolute difference of the 16x16 inputs below SAME_PICTURE; "z32", of the standardised 32x32 inputs
+    # below SAME_PICTURE_Z (contrast-free: two faint outlines on white differ by little in raw pixels, but
+    # as much as two bold ones once standardised)
+    same_picture: str = "mean16"
 
     def lr_at(self, step: int) -> float:
         if self.schedule == "constant":
@@ -153,12 +158,45 @@ def _weights_file(path: str) -> Path:
 # mining: a neighbour whose 16x16 input differs from the image's by less than this (mean absolute, 0..1) is
 # the same picture again (an exact or resized duplicate in the corpus), never used as its hard negative
 SAME_PICTURE = 0.02
+# the same, on standardised 32x32 thumbnails (``standardised_thumbnails``): a mild JPEG, rescaled or
+# recoloured copy of a drawing lies at a median 0.02-0.04 from it, 90% of them within 0.06-0.09
+SAME_PICTURE_Z = 0.1
+SAME_PICTURE_RULES = ("mean16", "z32")
+
+
+def standardised_thumbnails(x, size: int = 32):
+    """[N, C, H, W] inputs (a torch tensor) -> [N, C*size*size]: area-averaged, zero mean, unit variance per image.
+
+    Mean absolute differences of these compare pictures regardless of brightness and contrast."""
+    torch = _torch()
+    t = torch.nn.functional.adaptive_avg_pool2d(torch.as_tensor(x, dtype=torch.float32), size).flatten(1)
+    return (t - t.mean(dim=1, keepdim=True)) / t.std(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+def widen_to_maxmin(weights: dict, model_cfg):
+    """One-channel standardised weights (value, value-or-min) -> weights that take max(R, G, B) and min(R, G, B).
+
+    The first convolution gets a second input channel whose weights start at zero: the network sees the max
+    channel (the value) as before — only the per-image standardisation now spans both channels — and fine-tuning
+    brings in the min channel, which keeps white shapes on saturated colours (a white pictogram on a blue
+    sign: max(R, G, B) is 255 on both) that the value alone loses."""
+    from dataclasses import replace
+
+    key = "stem.0.parametrizations.weight.original1"  # weight_norm's direction v; its norm g is unchanged
+    if key not in weights or weights[key].shape[1] != 1:
+        from ..errors import DetectorError
+
+        raise DetectorError("these weights have no one-channel first convolution to widen")
+    out = dict(weights)
+    v = weights[key].float()
+    out[key] = _torch().cat([v, _torch().zeros_like(v)], dim=1)
+    return out, replace(model_cfg, channels=2)
 
 
 def mine_neighbours(net, images: list[Image.Image], cfg: TrainConfig, device: str, *, batch: int = 256) -> np.ndarray:
     """Each image's nearest other images under ``net`` (most similar first): an int array [N, hard_negatives - 1].
 
-    Duplicates of the image itself (SAME_PICTURE) are skipped; a row is padded with -1 where none is left.
+    Duplicates of the image itself (SAME_PICTURE, or SAME_PICTURE_Z by ``cfg.same_picture``) are skipped; a row is padded with -1 where none is left.
     """
     torch = _torch()
     k = cfg.hard_negatives - 1
@@ -169,7 +207,8 @@ def mine_neighbours(net, images: list[Image.Image], cfg: TrainConfig, device: st
             x = torch.from_numpy(np.stack([to_tensor_array(im, cfg.input_size, cfg.input_mode)
                                            for im in images[i:i + batch]]))
             embeddings.append(net(x.to(device)).cpu())
-            small.append(torch.nn.functional.adaptive_avg_pool2d(x, 16).flatten(1))
+            small.append(standardised_thumbnails(x, 32) if cfg.same_picture == "z32"
+                         else torch.nn.functional.adaptive_avg_pool2d(x, 16).flatten(1))
     net.train()
     e, small = torch.cat(embeddings), torch.cat(small)
     out = np.full((len(images), k), -1, dtype=np.int64)
@@ -178,7 +217,8 @@ def mine_neighbours(net, images: list[Image.Image], cfg: TrainConfig, device: st
         sims[torch.arange(len(sims)), torch.arange(i, i + len(sims))] = -np.inf  # not itself
         candidates = sims.topk(min(len(images) - 1, 4 * k), dim=1).indices
         for row, cand in enumerate(candidates.numpy()):
-            same = (small[cand] - small[i + row]).abs().mean(dim=1).numpy() < SAME_PICTURE
+            same = (small[cand] - small[i + row]).abs().mean(dim=1).numpy() < (
+                SAME_PICTURE_Z if cfg.same_picture == "z32" else SAME_PICTURE)
             keep = cand[~same][:k]
             out[i + row, :len(keep)] = keep
     return out
@@ -226,6 +266,8 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
         raise DetectorError(f"unknown strength {cfg.strength!r} or schedule {cfg.schedule!r}")
     if not cfg.global_weight >= 0:
         raise DetectorError(f"--global-weight must be a number >= 0 (got {cfg.global_weight})")
+    if cfg.same_picture not in SAME_PICTURE_RULES:
+        raise DetectorError(f"--same-picture must be one of {', '.join(SAME_PICTURE_RULES)}, got {cfg.same_picture!r}")
     if cfg.hard_negatives == 1 or cfg.hard_negatives < 0 or cfg.mine_every < 1:
         raise DetectorError("--hard-negatives must be 0 (random batches) or a group size of at least 2, "
                             "--mine-every at least 1")
@@ -240,6 +282,9 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
             model_cfg = ModelConfig.from_dict(init["model_config"])
         except Exception as exc:  # noqa: BLE001 - not a clipdup weights file
             raise DetectorError(f"--init {cfg.init!r} is not clipdup weights: {str(exc).splitlines()[0]}") from None
+        widen = (model_cfg.channels, model_cfg.standardize, cfg.input_mode) == (1, True, "maxmin")
+        if widen:  # one-channel (value) weights start a max-and-min run: see widen_to_maxmin
+            init["model"], model_cfg = widen_to_maxmin(init["model"], model_cfg)
         if (model_cfg.channels, model_cfg.standardize) != (INPUT_CHANNELS[cfg.input_mode], cfg.input_mode != "rgb"):
             raise DetectorError(f"--init weights take {model_cfg.channels}-channel input (their input mode was "
                                 f"{init.get('input_mode', 'rgb')!r}); --input-mode {cfg.input_mode} does not fit")

@@ -200,22 +200,28 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
               help="Add, with this weight, a loss that ranks every true pair above every pair of two different "
                    "images anywhere in the batch (the detector is used at one threshold for all queries); 0: "
                    "the paper's InfoNCE alone.")
+@click.option("--same-picture", type=click.Choice(["mean16", "z32"]), default="mean16", show_default=True,
+              help="With --hard-negatives: how a neighbour is recognised as the same picture again (never used as "
+                   "a negative): mean16, 16x16 inputs within 0.02 on average; z32, standardised 32x32 inputs "
+                   "within 0.1 (contrast-free, so faint outlines and near-uniform skies are told apart).")
 @click.option("--init", "init", default=None,
               help="Start from these clipdup weights (a training directory, a weights file, or 'clipdup' for "
-                   "the shipped ones) instead of random ones: fine-tuning. Their architecture is used.")
+                   "the shipped ones) instead of random ones: fine-tuning. Their architecture is used; one-channel "
+                   "weights can start a --input-mode maxmin run (the min channel starts with zero weights).")
 @_workers
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, lr, strength, seed, max_images,
-                   input_mode, schedule, hard_negatives, mine_every, global_weight, init, workers, device, resume,
-                   quiet) -> None:
+                   input_mode, schedule, hard_negatives, mine_every, global_weight, same_picture, init, workers, device,
+                   resume, quiet) -> None:
     """Train the CLIP paper's near-duplicate detector on SOURCES (self-supervised: images vs augmented copies)."""
     from .detectors.clipdup import TrainConfig, train
 
     cfg = TrainConfig(arch=arch, dim=dim, input_size=input_size, batch_size=batch_size, steps=steps, lr=lr,
                       strength=strength, seed=seed, max_images=max_images, input_mode=input_mode, schedule=schedule,
-                      hard_negatives=hard_negatives, mine_every=mine_every, global_weight=global_weight, init=init)
+                      hard_negatives=hard_negatives, mine_every=mine_every, global_weight=global_weight, same_picture=same_picture,
+                      init=init)
     try:
         last = train(list(sources), out_dir, cfg, device=device, resume=resume, workers=workers, progress=not quiet)
     except _user_errors() as exc:

@@ -169,3 +169,87 @@ def test_global_weight_is_recorded_changes_training_and_is_fixed_on_resume(base_
     assert r.exit_code == 2 and "global_weight" in r.output
     r = _finetune(root, base, tmp_path / "neg", 1, "--global-weight", "-1")
     assert r.exit_code == 2 and "--global-weight" in r.output
+
+
+def _outlines() -> list[Image.Image]:
+    """Faint thin outlines on white, each a different picture, and (last) a resized copy of the first."""
+    from PIL import ImageDraw
+
+    shapes = []
+    for kind, box in [("ellipse", (16, 16, 112, 112)), ("ellipse", (34, 34, 94, 94)), ("rectangle", (24, 24, 104, 104)),
+                      ("rectangle", (12, 40, 116, 88)), ("line", (10, 10, 118, 118)), ("ellipse", (16, 40, 112, 88))]:
+        im = Image.new("RGB", (128, 128), "white")
+        getattr(ImageDraw.Draw(im), kind)(box, **({"fill": (205, 205, 205)} if kind == "line" else
+                                                  {"outline": (205, 205, 205)}), width=2)
+        shapes.append(im)
+    return shapes + [shapes[0].resize((100, 100), Image.Resampling.BICUBIC)]
+
+
+def test_same_picture_rules_for_mining():
+    """mean16 calls every faint outline "the same picture" as every other (little ink on white differs by
+    little in raw pixels), so mining never opposes them; z32 compares them standardised: only the resized copy
+    of the first outline is the same picture."""
+    images = _outlines()
+    net = _tiny_net()
+    last = len(images) - 1
+    for rule, expect_negatives in (("mean16", False), ("z32", True)):
+        cfg = TrainConfig(input_size=32, input_mode="value-or-min", hard_negatives=len(images), same_picture=rule)
+        nb = mine_neighbours(net, images, cfg, "cpu")
+        assert nb.shape == (len(images), len(images) - 1)
+        found = {i: set(nb[i][nb[i] >= 0].tolist()) for i in range(len(images))}
+        assert last not in found[0] and 0 not in found[last]  # the resized copy: the same picture under both
+        if expect_negatives:  # every other distinct outline is a hard negative of the first
+            assert found[0] == set(range(1, last)), found[0]
+            assert all(len(found[i]) >= last - 1 for i in range(1, last))
+        else:
+            assert len(found[0]) < last - 1, found[0]
+
+
+def test_same_picture_rule_is_checked_recorded_and_fixed_on_resume(base_run, tmp_path):
+    root, base = base_run
+    r = _finetune(root, base, tmp_path / "z", 2, "--same-picture", "z32")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "z" / "train_summary.json").read_text())["same_picture"] == "z32"
+    r = _finetune(root, base, tmp_path / "z", 3, "--resume")  # resumed with the other rule: refused
+    assert r.exit_code == 2 and "same_picture" in r.output
+    r = _finetune(root, base, tmp_path / "bad", 1, "--same-picture", "pixels")
+    assert r.exit_code == 2 and "same-picture" in r.output
+
+
+def test_value_weights_widen_to_max_and_min(base_run, tmp_path):
+    """One-channel weights start a maxmin run: the first convolution gains a min channel with zero weights."""
+    from overlap_audit.detectors.clipdup import widen_to_maxmin
+
+    root, base = base_run
+    state = torch.load(base / "model.pt", weights_only=True)
+    wide, cfg = widen_to_maxmin(state["model"], ModelConfig.from_dict(state["model_config"]))
+    key = "stem.0.parametrizations.weight.original1"
+    assert cfg.channels == 2 and wide[key].shape[1] == 2
+    assert torch.equal(wide[key][:, :1], state["model"][key].float()) and not wide[key][:, 1:].any()
+    net = DuplicateNet(cfg).eval()
+    net.load_state_dict(wide)
+    # the min channel has no say yet: changing it changes nothing but the shared standardisation
+    x = torch.rand(2, 2, 32, 32)
+    y = x.clone()
+    y[:, 1] = x[:, 0]  # a min channel equal to the max channel: the standardisation sees the max alone (up to
+    # torch's unbiased std: n - 1 of twice the pixels)
+    one = DuplicateNet(ModelConfig.from_dict(state["model_config"])).eval()
+    one.load_state_dict(state["model"])
+    with torch.no_grad():
+        assert torch.allclose(net(y), one(x[:, :1]), atol=1e-3)
+        assert not torch.allclose(net(x), one(x[:, :1]), atol=1e-3)  # another min channel moves the statistics
+    # through the CLI, and the result is a two-channel detector
+    r = CliRunner().invoke(main, ["train-detector", str(root), "--out", str(tmp_path / "mm"), "--init", str(base),
+                                  "--input-mode", "maxmin", "--input-size", "32", "--batch-size", "8", "--steps", "2",
+                                  "--workers", "0", "--quiet", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    det = get_detector(f"clipdup:{tmp_path / 'mm'}")
+    assert det.input_mode == "maxmin" and det.embed_images([Image.new("RGB", (40, 40), "blue")]).shape == (1, 16)
+    # RGB weights have no one-channel convolution to widen: refused as before
+    rgb = tmp_path / "rgb"
+    r = CliRunner().invoke(main, ["train-detector", str(root), "--out", str(rgb), "--dim", "16", "--input-size", "32",
+                                  "--batch-size", "8", "--steps", "1", "--workers", "0", "--quiet", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["train-detector", str(root), "--out", str(tmp_path / "x"), "--init", str(rgb),
+                                  "--input-mode", "maxmin", "--steps", "1", "--workers", "0", "--quiet"])
+    assert r.exit_code == 2 and "3-channel input" in r.output
