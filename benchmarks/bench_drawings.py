@@ -45,26 +45,34 @@ def thumbnail_z(image) -> np.ndarray:
     return standardised_thumbnails(to_tensor_array(image, 32, "value-or-min")[None], 32)[0].numpy()
 
 
-def held_out_drawings(cache: Path, n: int = 384, first_unused: int = 4000, size: int = 128, seed: int = 1,
-                      candidates: int = 900) -> list:
+def candidate_files(cache: Path, first_unused: int = 4000, seed: int = 1, candidates: int = 900) -> list[Path]:
+    """The openclipart files the benchmark draws its drawings from (a seeded sample past the first_unused-th)."""
+    files = sorted((fetch_openclipart(cache)).rglob("*.png"))
+    pick = np.random.default_rng(seed).permutation(len(files) - first_unused)[:candidates] + first_unused
+    return [files[i] for i in sorted(pick)]
+
+
+def read_drawing(path: Path, size: int = 128):
+    """A drawing as an RGB thumbnail on white, or None for a decompression bomb or an unreadable file."""
     from PIL import Image
 
     from overlap_audit.imaging import to_rgb
 
-    files = sorted((fetch_openclipart(cache)).rglob("*.png"))
-    pick = np.random.default_rng(seed).permutation(len(files) - first_unused)[:candidates] + first_unused
-    images = []
-    for path in (files[i] for i in sorted(pick)):
-        try:
-            with Image.open(path) as im:
-                if im.width * im.height > 20e6:  # the decompression bombs (the audit skips them too)
-                    continue
-                im = to_rgb(im)
-                im.thumbnail((size, size))
-                im = im.copy()  # loaded here: the file closes at the end of the block
-        except (OSError, Image.DecompressionBombError):
-            continue
-        images.append(im)
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > 20e6:  # the decompression bombs (the audit skips them too)
+                return None
+            im = to_rgb(im)
+            im.thumbnail((size, size))
+            return im.copy()  # loaded here: the file closes at the end of the block
+    except (OSError, Image.DecompressionBombError):
+        return None
+
+
+def held_out_drawings(cache: Path, n: int = 384, first_unused: int = 4000, size: int = 128, seed: int = 1,
+                      candidates: int = 900) -> list:
+    images = [im for im in (read_drawing(p, size) for p in candidate_files(cache, first_unused, seed, candidates))
+              if im is not None]
     phash = get_detector("phash")
     hashes, hashable = phash.embed_images(images), ~low_information(phash, images)
     flat = np.array([np.asarray(im.convert("L").resize((64, 64)), np.float32).std() < 2.0 for im in images])

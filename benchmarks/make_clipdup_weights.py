@@ -7,10 +7,14 @@
    from other photos: the benchmark holds out the photos bundled in scikit-image and scikit-learn).
 2. Train the small variant on the tiles and drawings (`overlap-audit train-detector`, self-supervised, CPU,
    one torch thread, one decoding worker): stage 1 from random weights with random batches; then each
-   ``--finetune STEPS:LR:INPUT_SIZE:GROUP[:GLOBAL]`` stage fine-tunes the previous stage's weights
-   (``--init``) on the ``--finetune-input-mode`` input (value-or-min), with hard-negative batches when
-   GROUP > 1 (groups of look-alike images mined with the network itself) and, when GLOBAL > 0, the
-   batch-global ranking term beside InfoNCE with that weight (``--global-weight``). ``--stage1 WEIGHTS``
+   ``--finetune STEPS:LR:INPUT_SIZE:GROUP[:GLOBAL[:SAME[:MODE[:DATA]]]]`` stage fine-tunes the previous
+   stage's weights (``--init``) on the ``--finetune-input-mode`` input (value-or-min) or MODE, with hard-negative
+   batches when GROUP > 1 (groups of look-alike images mined with the network itself; SAME: the
+   ``--same-picture`` rule, default mean16) and, when GLOBAL > 0, the batch-global ranking term beside
+   InfoNCE with that weight (``--global-weight``). MODE maxmin after one-channel stages widens the first
+   convolution (train-detector's widen_to_maxmin). DATA: ``first`` (default), the tiles and then openclipart
+   in sorted order up to ``--max-images``; ``wide``, the tiles and every openclipart file that the drawings
+   benchmark (bench_drawings.py) neither uses nor holds the same picture of (``training_drawings``). ``--stage1 WEIGHTS``
    skips stage 1 and fine-tunes the given weights (the shipped file started from the float16 weights that
    shipped before it, commit 2d4077d: `git show 2d4077d:detectors/weights/clipdup-small.pt > old.pt`).
    Finished stage runs in ``--run`` are reused (train-detector --resume on a finished run trains nothing).
@@ -32,6 +36,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "detectors" / "weights"
 
@@ -43,6 +49,8 @@ def fetch_openclipart(cache: Path) -> Path:
 
 
 WALLPAPERS = ("mate-backgrounds", "gnome-backgrounds")
+# a DATA=wide stage's --max-images: more than its 4,372 tiles and 5,845 drawings, so every one of them
+WIDE_MAX_IMAGES = 11000
 INPUT_WORDS = {
     "rgb": "RGB",
     "luma": "luma (grey), standardised per image at the network input (brightness and contrast do not reach it)",
@@ -59,9 +67,48 @@ INPUT_WORDS = {
 LIMITATIONS = {
     "value": "on value input a saturated colour on white is invisible (max(R, G, B) = 255 for both), so flat\n"
              "  graphics in pure colours lose their shapes and become low-information (never counted as Overlap). ",
+    "maxmin": "a saturation change moves the min channel, min = V(1 - S), so strong desaturation of a colourful\n"
+              "  picture moves its input more than a brightness change does. ",
     "value-or-min": "the min channel stands in for the value only where the value is nearly flat, so a graphic that\n"
                     "  is half saturated colours on white and half photo is seen mostly through its value. ",
 }
+
+
+def training_drawings(cache: Path) -> Path:
+    """openclipart minus the drawings benchmark: a folder of links, in the sorted order of the files.
+
+    The first 4,000 files (the only drawings the earlier stages reached), then every later file that is
+    neither one of bench_drawings.py's candidates nor the same picture as one (standardised 32-px thumbnails
+    within SAME_PICTURE_Z: openclipart holds many copies and recolourings of a drawing)."""
+    from bench_drawings import candidate_files, read_drawing, thumbnail_z
+
+    from overlap_audit.detectors.clipdup import SAME_PICTURE_Z
+
+    out = cache / "openclipart-train-wide"
+    if out.exists():
+        return out
+    files = sorted(fetch_openclipart(cache).rglob("*.png"))
+    held_out = set(candidate_files(cache))
+    held = np.stack([thumbnail_z(im) for im in (read_drawing(p) for p in sorted(held_out)) if im is not None])
+    tmp = out.with_suffix(".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(files):
+        if path in held_out:
+            continue
+        if i >= 4000:
+            im = read_drawing(path)
+            if im is None or np.abs(held - thumbnail_z(im)).mean(axis=1).min() < SAME_PICTURE_Z:
+                continue
+        (tmp / f"{i:05d}-{path.name}").symlink_to(path)
+    tmp.rename(out)
+    return out
+
+
+def widened_words(stage: dict, previous: dict) -> str:
+    """The model card's words for a maxmin stage that started from one-channel weights (widen_to_maxmin)."""
+    if stage.get("input_mode") == "maxmin" and previous.get("input_mode", "rgb") not in ("rgb", "maxmin"):
+        return " (the previous stage's first convolution widened to take both: the min channel's weights started at zero)"
+    return ""
 
 
 def fetch_wallpaper_tiles(cache: Path, tile_px: int = 256, size: int = 128) -> Path:
@@ -103,12 +150,16 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--input-mode", choices=["rgb", "luma", "value", "maxmin"], default="value")
     ap.add_argument("--stage1", default=None, help="weights to fine-tune instead of training stage 1")
-    ap.add_argument("--finetune", action="append", default=[], metavar="STEPS:LR:INPUT_SIZE:GROUP[:GLOBAL]",
+    ap.add_argument("--finetune", action="append", default=[],
+                    metavar="STEPS:LR:INPUT_SIZE:GROUP[:GLOBAL[:SAME[:MODE[:DATA]]]]",
                     help="a fine-tuning stage after stage 1 (repeatable); GROUP: --hard-negatives (0: random "
-                         "batches); GLOBAL: --global-weight (default 0)")
+                         "batches); GLOBAL: --global-weight (default 0); SAME: --same-picture (default mean16); "
+                         "MODE: --input-mode (default --finetune-input-mode); DATA: first or wide (see the docstring)")
     ap.add_argument("--finetune-input-mode", choices=["rgb", "luma", "value", "maxmin", "value-or-min"],
                     default="value-or-min")
     ap.add_argument("--mine-every", type=int, default=100)
+    ap.add_argument("--card-note", default="", help="a sentence for the model card's Reproduce line (how this file "
+                                                       "was actually made, where it differs from a clean run)")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/overlap-audit"))
     ap.add_argument("--run", default=None, help="training directory (default: a temporary one)")
     args = ap.parse_args()
@@ -125,10 +176,11 @@ def main() -> None:
     data = fetch_openclipart(Path(args.cache))
     work = Path(args.run or tempfile.mkdtemp(prefix="clipdup-"))
 
-    def train(run: Path, *options: str) -> None:
-        cmd = [sys.executable, "-m", "overlap_audit.cli", "train-detector", str(photos), str(data), "--out", str(run),
-               "--batch-size", str(args.batch_size), "--strength", "mixed",
-               "--schedule", "cosine", "--max-images", str(args.max_images), "--workers", "1", "--device", "cpu",
+    def train(run: Path, *options: str, wide: bool = False) -> None:
+        drawings, most = (training_drawings(Path(args.cache)), WIDE_MAX_IMAGES) if wide else (data, args.max_images)
+        cmd = [sys.executable, "-m", "overlap_audit.cli", "train-detector", str(photos), str(drawings), "--out",
+               str(run), "--batch-size", str(args.batch_size), "--strength", "mixed",
+               "--schedule", "cosine", "--max-images", str(most), "--workers", "1", "--device", "cpu",
                "--quiet", *options]
         if (run / "checkpoint.pt").exists():
             cmd.append("--resume")
@@ -141,13 +193,15 @@ def main() -> None:
     previous, runs = stage1, []
     for n, spec in enumerate(args.finetune, start=2):
         parts = spec.split(":")
-        if len(parts) not in (4, 5):
-            ap.error(f"--finetune {spec!r}: give STEPS:LR:INPUT_SIZE:GROUP or STEPS:LR:INPUT_SIZE:GROUP:GLOBAL")
-        steps, lr, size, group, global_weight = (*parts, "0")[:5]
+        if not 4 <= len(parts) <= 8 or (len(parts) == 8 and parts[7] not in ("first", "wide")):
+            ap.error(f"--finetune {spec!r}: give STEPS:LR:INPUT_SIZE:GROUP[:GLOBAL[:SAME[:MODE[:DATA]]]], "
+                     "DATA first or wide")
+        defaults = ["0", "mean16", args.finetune_input_mode, "first"]  # GLOBAL, SAME, MODE, DATA
+        steps, lr, size, group, global_weight, same, mode, which = parts + defaults[len(parts) - 4:]
         run = work / f"stage{n}"
         train(run, "--init", str(previous), "--steps", steps, "--lr", lr, "--input-size", size,
-              "--input-mode", args.finetune_input_mode, "--hard-negatives", group, "--mine-every", str(args.mine_every),
-              "--global-weight", global_weight)
+              "--input-mode", mode, "--hard-negatives", group, "--mine-every", str(args.mine_every),
+              "--global-weight", global_weight, "--same-picture", same, wide=which == "wide")
         previous = run
         runs.append(run)
     first = torch.load(stage1, weights_only=True)["trained"]
@@ -171,6 +225,10 @@ def main() -> None:
         " (this file was made with `--stage1 OLD.pt`, the float16 weights that shipped before, commit 2d4077d — stage 1 "
         "of this recipe, rounded to float16 — so add that option to start from the same weights)")
     stages = [first]
+    data_words = ("" if t["images"] <= args.max_images else
+                  f" — the last stage's: the earlier stages saw the tiles and the first {args.max_images - n_tiles} "
+                  "drawings in sorted order; the last adds every later file that the drawings benchmark "
+                  "(benchmarks/bench_drawings.py) neither uses nor holds the same picture of")
     finetune_words = ""
     for n, r in enumerate(runs, start=2):
         s = torch.load(r / "model.pt", weights_only=True)["trained"]
@@ -178,12 +236,15 @@ def main() -> None:
         batches = (f"hard-negative batches: groups of {s['hard_negatives']} look-alike images (an image and its nearest "
                    f"neighbours under the network itself, re-mined every {s['mine_every']} steps)"
                    if s.get("hard_negatives") else "random batches")
+        if s.get("hard_negatives") and s.get("same_picture", "mean16") != "mean16":
+            batches += (" — a neighbour counts as the same picture again (never a negative) only when its "
+                        "standardised 32-px input is within 0.1 on average (--same-picture z32)")
         if s.get("global_weight"):
             batches += (f", InfoNCE plus {s['global_weight']:g} x the batch-global term (every true pair against every "
                         "pair of two different images in the batch)")
         finetune_words += (f"\n  Stage {n}: {s['step']} steps fine-tuning stage {n - 1}'s weights (sha256 "
                          f"{s['init_sha256'][:12]}), lr {s['lr']} ({s['schedule']} schedule), input {s['input_size']} px "
-                         f"{s['input_mode']}, {batches}; {s['seconds'] / 60:.1f} minutes; proxy accuracy "
+                         f"{s['input_mode']}{widened_words(s, stages[-2])}, {batches}; {s['seconds'] / 60:.1f} minutes; proxy accuracy "
                          f"{s['proxy_accuracy']:.3f}.")
     card = f"""# clipdup-small: model card
 
@@ -196,8 +257,8 @@ in `detectors/weights/clipdup-small.pt` ({(OUT / 'clipdup-small.pt').stat().st_s
   {INPUT_WORDS[t.get('input_mode', 'rgb')]}.
 - Data ({t['images']} images): {min(n_tiles, t['images'])} tiles (about 256 px, stored at 128 px) of the photo wallpapers
   in Debian's {' and '.join(WALLPAPERS)}, and {max(0, t['images'] - n_tiles)} of Debian's openclipart-png public-domain
-  drawings (the 231-megapixel file is skipped as a decompression bomb). No test or benchmark image is in it: the
-  benchmark's photos are the ones bundled in scikit-image and scikit-learn.
+  drawings (the 231-megapixel file is skipped as a decompression bomb){data_words}. No test or benchmark image is
+  in it: the benchmark's photos are the ones bundled in scikit-image and scikit-learn.
 - Training: self-supervised, CLIP's symmetric InfoNCE at temperature 0.07, each image against its
   augmented copy (`augment_all`: crop/zoom, aspect, rescale with random interpolation, rotation, JPEG, HSV
   jitter; strength {t['strength']}{' (mild, medium or strong drawn per copy)' if t['strength'] == 'mixed' else ''}), batch {t['batch_size']}, AdamW, seed {t['seed']}.
@@ -210,14 +271,15 @@ in `detectors/weights/clipdup-small.pt` ({(OUT / 'clipdup-small.pt').stat().st_s
 - Threshold: {round(threshold, 4)} — the lowest with precision >= 0.99 on the detector benchmark's queries pooled
   (every augmentation family and all together, mild/medium/strong, on 384 held-out 128-px tiles against
   every other tile): recall {recall:.3f} there.
-- Reproduce: `OMP_NUM_THREADS=1 python benchmarks/make_clipdup_weights.py --steps {args.steps} --batch-size {args.batch_size} --input-size {args.input_size} --dim {args.dim} --lr {args.lr} --max-images {args.max_images} --input-mode {args.input_mode}{finetune_args}`{stage1_words}
+- Reproduce: `OMP_NUM_THREADS=1 python benchmarks/make_clipdup_weights.py --steps {args.steps} --batch-size {args.batch_size} --input-size {args.input_size} --dim {args.dim} --lr {args.lr} --max-images {args.max_images} --input-mode {args.input_mode}{finetune_args}`{stage1_words}{(" " + args.card_note) if args.card_note else ""}
 - Limitations: {LIMITATIONS.get(t.get('input_mode', 'rgb'), '')}Trained for
   {sum(x['seconds'] for x in stages) / 60:.0f} minutes on a CPU, small (one bottleneck block per stage) and at a low
   resolution; the images it confuses most are structurally alike pictures of different things (a dark corner
   with a bright arc from two different round photos; two near-uniform skies; neighbouring tiles of one brick
-  wall; on clip art, faint circles and other simple shapes of different files, which it matches above its
-  threshold: on held-out drawings its precision there is about 50%, BENCHMARKS.md "on drawings"). It does not
-  beat pHash everywhere: see BENCHMARKS.md, family by family.
+  wall; on clip art, faint sunburst and outline variants of different files, and a white bar and a white
+  arrow on one blue sign, which it matches above its threshold: on held-out drawings its precision at the
+  threshold is about 84%, BENCHMARKS.md "on drawings" — calibrate a threshold on clip art of your own). It
+  does not beat pHash everywhere: see BENCHMARKS.md, family by family.
 - Quality against phash: BENCHMARKS.md, "Detector benchmark".
 """
     (OUT / "MODEL_CARD.md").write_text(card)
