@@ -196,7 +196,8 @@ def widen_to_maxmin(weights: dict, model_cfg):
 def mine_neighbours(net, images: list[Image.Image], cfg: TrainConfig, device: str, *, batch: int = 256) -> np.ndarray:
     """Each image's nearest other images under ``net`` (most similar first): an int array [N, hard_negatives - 1].
 
-    Duplicates of the image itself (SAME_PICTURE, or SAME_PICTURE_Z by ``cfg.same_picture``) are skipped; a row is padded with -1 where none is left.
+    Duplicates of the image itself (SAME_PICTURE, or SAME_PICTURE_Z by ``cfg.same_picture``) are skipped; a
+    row is padded with -1 where none is left.
     """
     torch = _torch()
     k = cfg.hard_negatives - 1

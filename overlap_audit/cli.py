@@ -220,8 +220,8 @@ def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, l
 
     cfg = TrainConfig(arch=arch, dim=dim, input_size=input_size, batch_size=batch_size, steps=steps, lr=lr,
                       strength=strength, seed=seed, max_images=max_images, input_mode=input_mode, schedule=schedule,
-                      hard_negatives=hard_negatives, mine_every=mine_every, global_weight=global_weight, same_picture=same_picture,
-                      init=init)
+                      hard_negatives=hard_negatives, mine_every=mine_every, global_weight=global_weight,
+                      same_picture=same_picture, init=init)
     try:
         last = train(list(sources), out_dir, cfg, device=device, resume=resume, workers=workers, progress=not quiet)
     except _user_errors() as exc:
