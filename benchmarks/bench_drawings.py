@@ -1,19 +1,21 @@
 """The detector benchmark on drawings instead of photo tiles.
 
-Images: 384 openclipart PNGs that clipdup's training sample never reached (the sample is the first 8,000
-images: 4,372 wallpaper tiles, then openclipart in sorted order, so files past the 4,000th are unused): a
-seeded sample of those, as 128-px thumbnails on white, without near-uniform images (grey std < 2 at 64 px), and
+Images: 384 openclipart PNGs that clipdup's training never saw: a seeded sample of 900 candidate files past
+the 4,000th in sorted order (the earlier training stages read only the first 3,628 drawings; the last stage's
+extra drawings, make_clipdup_weights.py ``training_drawings``, leave out these candidates and every file that
+is the same picture as one), taken as 128-px thumbnails on white, without near-uniform images (grey std < 2 at 64 px), and
 deduplicated with phash (a file within 10 of 64 bits of one already kept is dropped — openclipart holds
 many copies and recolourings of one drawing, which would count as false matches), then with the pixels
-themselves (``same_picture``): a file whose 32-px thumbnail, hue-free and standardised, differs from a kept one's
+themselves (``thumbnail_z``): a file whose 32-px thumbnail, hue-free and standardised, differs from a kept one's
 by less than SAME_PICTURE_Z on average is dropped too — phash misses many such pairs among faint outlines,
 where its median bit flips with noise. Images that a detector flags as low-information stay in: that
 detector misses their copies, as it would in an audit (phash flags about a third of these drawings — symmetric
 ones whose DCT coefficients tie with the median — so an earlier version, which dropped them, measured phash on
 the drawings it can read). Same query sets (every
 augmentation family alone and all together, at every strength), cells and pooled threshold as
-bench_detectors.py; also each detector's precision and recall at its shipped default threshold. No clipdup
-run was selected on these images.
+bench_detectors.py; also each detector's precision and recall at its shipped default threshold. Nothing is
+trained on these images, but the fifth session's weights were chosen among five runs partly on them
+(BENCHMARKS.md, "clipdup: max-and-min input").
 
     OMP_NUM_THREADS=2 python benchmarks/bench_drawings.py [--detectors phash clipdup clipdup:RUN ...]
 """

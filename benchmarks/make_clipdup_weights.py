@@ -14,7 +14,8 @@
    InfoNCE with that weight (``--global-weight``). MODE maxmin after one-channel stages widens the first
    convolution (train-detector's widen_to_maxmin). DATA: ``first`` (default), the tiles and then openclipart
    in sorted order up to ``--max-images``; ``wide``, the tiles and every openclipart file that the drawings
-   benchmark (bench_drawings.py) neither uses nor holds the same picture of (``training_drawings``). ``--stage1 WEIGHTS``
+   benchmark (bench_drawings.py) neither uses nor holds the same picture of (``training_drawings``).
+   ``--stage1 WEIGHTS``
    skips stage 1 and fine-tunes the given weights (the shipped file started from the float16 weights that
    shipped before it, commit 2d4077d: `git show 2d4077d:detectors/weights/clipdup-small.pt > old.pt`).
    Finished stage runs in ``--run`` are reused (train-detector --resume on a finished run trains nothing).
