@@ -18,7 +18,13 @@ Throughput: images/s of preprocessing + embedding of the same 384 in-memory tile
 resize 256, centre crop 224, ImageNet normalisation; batches of 64 as its data loader makes). Its
 pretrained weights need a download, so the architecture runs with random weights: the cost is the same.
 
+Paired bootstrap (``--bootstrap N``): each cell's recall at 99% precision rests on the few highest-scoring
+negatives, so a difference between two detectors may be luck of the images; N resamples of the images (the
+same for both detectors) give a 95% interval of the difference and the share of resamples in which the
+detector beats ``--versus``.
+
     python benchmarks/bench_detectors.py [--detectors phash phash256 tiny clipdup clip-image:MODEL] [--size 128]
+        [--bootstrap 1000 --versus phash]
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import numpy as np
 
 from overlap_audit.augment import FAMILIES, STRENGTHS, augment_all, augment_family
 from overlap_audit.demo import bundled_photos, tiles
-from overlap_audit.detector_calibration import precision_recall
+from overlap_audit.detector_calibration import paired_bootstrap, precision_recall
 from overlap_audit.detectors import get_detector
 
 
@@ -128,8 +134,8 @@ def low_information(det, images: list) -> np.ndarray:
     return np.asarray(det.low_information(np.stack([det.preprocess(im.convert("RGB")) for im in images])), bool)
 
 
-def pairs(det, base: np.ndarray, copies: list, base_low: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Similarities of (copy, its image) — positives — and (copy, every other image) — negatives.
+def similarity_matrix(det, base: np.ndarray, copies: list, base_low: np.ndarray | None = None) -> np.ndarray:
+    """Similarities of every copy (rows) to every image (columns); the diagonal holds the true pairs.
 
     As in the audit, a pair with a low-information side never matches: its similarity becomes -inf (a missed
     positive, a negative that cannot be a false match).
@@ -139,6 +145,12 @@ def pairs(det, base: np.ndarray, copies: list, base_low: np.ndarray | None = Non
     sims[low, :] = -np.inf
     if base_low is not None:
         sims[:, base_low] = -np.inf
+    return sims
+
+
+def pairs(det, base: np.ndarray, copies: list, base_low: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Similarities of (copy, its image) — positives — and (copy, every other image) — negatives."""
+    sims = similarity_matrix(det, base, copies, base_low)
     return np.diag(sims), sims[~np.eye(len(base), dtype=bool)]
 
 
@@ -159,6 +171,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--strengths", nargs="+", default=list(STRENGTHS))
     ap.add_argument("--repeats", type=int, default=3, help="throughput: best of this many passes")
+    ap.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                    help="also compare each detector with --versus per cell: N paired resamples of the images")
+    ap.add_argument("--versus", default="phash", help="the detector the others are compared with (--bootstrap)")
     args = ap.parse_args()
     images = held_out_images(args.size)
     dets = {}
@@ -176,16 +191,23 @@ def main() -> None:
     print(header + "\n|" + "---|" * (2 + len(dets)))
     pooled = defaultdict(lambda: ([], []))  # detector -> (positives, negatives) over every query set
     all_medium = {}
+    compared = []  # (family, strength, {detector: similarity matrix}) for --bootstrap
     for family, strength, copies in query_sets(images, args.strengths):
-        cells = []
+        cells, matrices = [], {}
         for name, d in dets.items():
-            pos, neg = pairs(d, base[name], copies, base_low[name])
+            sims = similarity_matrix(d, base[name], copies, base_low[name])
+            if args.bootstrap:
+                matrices[name] = sims
+            pos, neg = np.diag(sims), sims[~np.eye(len(images), dtype=bool)]
             pooled[name][0].append(pos)
             pooled[name][1].append(neg)
             if (family, strength) == ("all", "medium"):
                 all_medium[name] = (pos, neg)
             cells.append(f"{100 * recall_at_precision(pos, neg):.1f} / {100 * average_precision(pos, neg):.1f}")
         print(f"| {family} | {strength} | " + " | ".join(cells) + " |", flush=True)
+        compared.append((family, strength, matrices))
+    if args.bootstrap:
+        print_bootstrap(compared, args.versus, args.bootstrap)
     print(f"\n# default threshold: lowest with precision >= 99% on all queries pooled ({', '.join(args.strengths)})")
     print("| detector | threshold | recall, pooled | recall, all medium | shipped default | its precision / recall, "
           "pooled |")
@@ -215,6 +237,24 @@ def main() -> None:
     for name, rate in rates.items():
         rel = f"{rate / rates['clipdup']:.2f}x" if "clipdup" in rates else "–"
         print(f"| {name} | {rate:,.0f} | {rel} |")
+
+
+def print_bootstrap(compared: list, versus: str, replicates: int) -> None:
+    """Per cell: each detector's recall at 99% precision minus ``versus``'s, with a 95% paired bootstrap
+    interval over the images (a cell is decided by a few pairs: is the difference more than their luck?)."""
+    others = [name for name in (compared[0][2] if compared else {}) if name != versus]
+    if not compared or versus not in compared[0][2] or not others:
+        print(f"\n(--bootstrap: need --versus {versus} and another detector among --detectors)")
+        return
+    print(f"\n# recall at 99% precision minus {versus}'s, points: difference [95% interval] P(better); "
+          f"{replicates} paired resamples of the images")
+    print("| family | strength | " + " | ".join(others) + " |\n|" + "---|" * (2 + len(others)))
+    for family, strength, matrices in compared:
+        cells = []
+        for name in others:
+            b = paired_bootstrap(matrices[name], matrices[versus], replicates=replicates)
+            cells.append(f"{100 * b.difference:+.1f} [{100 * b.low:+.1f}, {100 * b.high:+.1f}] {b.p_a_better:.2f}")
+        print(f"| {family} | {strength} | " + " | ".join(cells) + " |", flush=True)
 
 
 def _torch_threads() -> str:

@@ -101,3 +101,79 @@ def calibrate(source: str, detector: str = "phash", *, target_precision: float =
         recall=None if chosen is None else float(recall[chosen]),
         n_images=int(n), n_low_information=int((~keep).sum()), strength=strength, curve=curve,
     )
+
+
+def weighted_recall_at_precision(order_scores: np.ndarray, order_rows: np.ndarray, order_cols: np.ndarray,
+                                 weights: np.ndarray, target: float = 0.99) -> float:
+    """Recall at the lowest threshold from which precision stays >= target, for weighted query images.
+
+    The pairs of one n×n similarity matrix (row = query copy, column = image; the diagonal holds the
+    positives) come sorted by score, highest first; image i counts ``weights[i]`` times (a bootstrap
+    resample), so positive (i, i) weighs w_i and negative (i, j) weighs w_i·w_j. Ties are one threshold.
+    With every weight 1 this is the unweighted rule of :func:`precision_recall`.
+    """
+    total = float(weights.sum())  # every image has one positive: its copy
+    if total <= 0:
+        return 0.0
+    # the answer depends only on the pairs down to the first threshold below the target: look at a prefix,
+    # longer only when it holds no such threshold (the top few thousand pairs decide at high precision)
+    length = min(len(order_scores), 4096)
+    while True:
+        r, c = order_rows[:length], order_cols[:length]
+        positive = r == c
+        # a resampled image brings its copy once (not w_i² positives); two drawings of one image never pair up
+        tp = np.cumsum(np.where(positive, weights[r], 0.0))
+        fp = np.cumsum(np.where(positive, 0.0, weights[r] * weights[c]))
+        # the last pair of each run of equal scores: a threshold keeps the whole run or none of it
+        full = length == len(order_scores)
+        ends = np.nonzero(np.append(order_scores[1:length] != order_scores[:length - 1],
+                                    True if full else order_scores[length] != order_scores[length - 1]))[0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = np.where(tp[ends] + fp[ends] > 0, tp[ends] / (tp[ends] + fp[ends]), 1.0)
+        bad = np.nonzero(precision < target)[0]
+        if len(bad):
+            return 0.0 if bad[0] == 0 else float(tp[ends[bad[0] - 1]] / total)
+        if full:
+            return float(tp[-1] / total) if len(ends) else 0.0
+        length = min(len(order_scores), 4 * length)
+
+
+def sorted_pairs(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, rows, columns) of every cell of a square similarity matrix, highest score first."""
+    n = len(sims)
+    flat = np.asarray(sims, np.float64).ravel()
+    order = np.argsort(-flat, kind="stable")
+    return flat[order], (order // n).astype(np.int64), (order % n).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class PairedBootstrap:
+    """Recall at a precision of detector A minus detector B on the same images, with a bootstrap interval."""
+
+    difference: float  # on the images as they are
+    low: float  # percentile interval of the resampled differences
+    high: float
+    p_a_better: float  # share of resamples in which A's recall is strictly higher
+    replicates: int
+    level: float
+
+
+def paired_bootstrap(sims_a: np.ndarray, sims_b: np.ndarray, *, replicates: int = 1000, target: float = 0.99,
+                     level: float = 0.95, seed: int = 0) -> PairedBootstrap:
+    """Resample the images (with replacement, the same resample for both detectors) and recompute the
+    difference in recall at ``target`` precision; the images are the unit that varies, not the pairs."""
+    if sims_a.shape != sims_b.shape or sims_a.ndim != 2 or sims_a.shape[0] != sims_a.shape[1]:
+        raise ValueError(f"need two square similarity matrices of one shape, got {sims_a.shape} and {sims_b.shape}")
+    n = len(sims_a)
+    a, b = sorted_pairs(sims_a), sorted_pairs(sims_b)
+    ones = np.ones(n)
+    point = weighted_recall_at_precision(*a, ones, target) - weighted_recall_at_precision(*b, ones, target)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(replicates)
+    for k in range(replicates):
+        w = np.bincount(rng.integers(n, size=n), minlength=n).astype(np.float64)
+        diffs[k] = weighted_recall_at_precision(*a, w, target) - weighted_recall_at_precision(*b, w, target)
+    tail = (1 - level) / 2
+    return PairedBootstrap(difference=float(point), low=float(np.quantile(diffs, tail)),
+                           high=float(np.quantile(diffs, 1 - tail)), p_a_better=float((diffs > 0).mean()),
+                           replicates=replicates, level=level)
