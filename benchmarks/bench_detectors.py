@@ -20,8 +20,8 @@ pretrained weights need a download, so the architecture runs with random weights
 
 Paired bootstrap (``--bootstrap N``): each cell's recall at 99% precision rests on the few highest-scoring
 negatives, so a difference between two detectors may be luck of the images; N resamples of the images (the
-same for both detectors) give a 95% interval of the difference and the share of resamples in which the
-detector beats ``--versus``.
+same for both detectors) give a 95% interval of the difference in recall and in AP, and the share of
+resamples in which the detector beats ``--versus``.
 
     python benchmarks/bench_detectors.py [--detectors phash phash256 tiny clipdup clip-image:MODEL] [--size 128]
         [--bootstrap 1000 --versus phash]
@@ -240,21 +240,23 @@ def main() -> None:
 
 
 def print_bootstrap(compared: list, versus: str, replicates: int) -> None:
-    """Per cell: each detector's recall at 99% precision minus ``versus``'s, with a 95% paired bootstrap
-    interval over the images (a cell is decided by a few pairs: is the difference more than their luck?)."""
+    """Per cell: each detector's recall at 99% precision and AP minus ``versus``'s, with 95% paired bootstrap
+    intervals over the images (a cell's recall is decided by a few pairs: is a difference more than luck?)."""
     others = [name for name in (compared[0][2] if compared else {}) if name != versus]
     if not compared or versus not in compared[0][2] or not others:
         print(f"\n(--bootstrap: need --versus {versus} and another detector among --detectors)")
         return
-    print(f"\n# recall at 99% precision minus {versus}'s, points: difference [95% interval] P(better); "
-          f"{replicates} paired resamples of the images")
-    print("| family | strength | " + " | ".join(others) + " |\n|" + "---|" * (2 + len(others)))
-    for family, strength, matrices in compared:
-        cells = []
-        for name in others:
-            b = paired_bootstrap(matrices[name], matrices[versus], replicates=replicates)
-            cells.append(f"{100 * b.difference:+.1f} [{100 * b.low:+.1f}, {100 * b.high:+.1f}] {b.p_a_better:.2f}")
-        print(f"| {family} | {strength} | " + " | ".join(cells) + " |", flush=True)
+    for metric, label in (("recall", "recall at 99% precision"), ("ap", "average precision")):
+        print(f"\n# {label} minus {versus}'s, in points: difference [95% interval] P(better); "
+              f"{replicates} paired resamples of the images")
+        print("| family | strength | " + " | ".join(others) + " |\n|" + "---|" * (2 + len(others)))
+        for family, strength, matrices in compared:
+            cells = []
+            for name in others:
+                b = paired_bootstrap(matrices[name], matrices[versus], metric=metric, replicates=replicates)
+                cells.append(f"{100 * b.difference:+.1f} [{100 * b.low:+.1f}, {100 * b.high:+.1f}] "
+                             f"{b.p_a_better:.2f}")
+            print(f"| {family} | {strength} | " + " | ".join(cells) + " |", flush=True)
 
 
 def _torch_threads() -> str:

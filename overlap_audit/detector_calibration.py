@@ -138,42 +138,69 @@ def weighted_recall_at_precision(order_scores: np.ndarray, order_rows: np.ndarra
         length = min(len(order_scores), 4 * length)
 
 
+def weighted_average_precision(order_scores: np.ndarray, order_rows: np.ndarray, order_cols: np.ndarray,
+                               weights: np.ndarray) -> float:
+    """Average precision of the pairs of one n×n similarity matrix (sorted as :func:`sorted_pairs` sorts
+    them: ties with negatives first, the pessimistic order) when image i counts ``weights[i]`` times."""
+    total = float(weights.sum())
+    if total <= 0:
+        return 0.0
+    positive = order_rows == order_cols
+    wr = weights[order_rows]
+    tp = np.cumsum(np.where(positive, wr, 0.0))
+    fp = np.cumsum(np.where(positive, 0.0, wr * weights[order_cols]))
+    at = np.nonzero(positive & (wr > 0))[0]
+    return float((wr[at] * tp[at] / (tp[at] + fp[at])).sum() / total)
+
+
 def sorted_pairs(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(scores, rows, columns) of every cell of a square similarity matrix, highest score first."""
+    """(scores, rows, columns) of every cell of a square similarity matrix, highest score first; among equal
+    scores the negatives (off the diagonal) come first."""
     n = len(sims)
     flat = np.asarray(sims, np.float64).ravel()
-    order = np.argsort(-flat, kind="stable")
+    order = np.lexsort((np.eye(n, dtype=bool).ravel(), -flat))
     return flat[order], (order // n).astype(np.int64), (order % n).astype(np.int64)
 
 
 @dataclass(frozen=True)
 class PairedBootstrap:
-    """Recall at a precision of detector A minus detector B on the same images, with a bootstrap interval."""
+    """A metric of detector A minus the same metric of detector B on the same images, with a bootstrap
+    interval (metric: "recall" at a precision, or "ap", average precision)."""
 
+    metric: str
     difference: float  # on the images as they are
     low: float  # percentile interval of the resampled differences
     high: float
-    p_a_better: float  # share of resamples in which A's recall is strictly higher
+    p_a_better: float  # share of resamples in which A's metric is strictly higher
     replicates: int
     level: float
 
 
-def paired_bootstrap(sims_a: np.ndarray, sims_b: np.ndarray, *, replicates: int = 1000, target: float = 0.99,
-                     level: float = 0.95, seed: int = 0) -> PairedBootstrap:
+def paired_bootstrap(sims_a: np.ndarray, sims_b: np.ndarray, *, metric: str = "recall", replicates: int = 1000,
+                     target: float = 0.99, level: float = 0.95, seed: int = 0) -> PairedBootstrap:
     """Resample the images (with replacement, the same resample for both detectors) and recompute the
-    difference in recall at ``target`` precision; the images are the unit that varies, not the pairs."""
+    difference in ``metric`` (recall at ``target`` precision, or "ap"); the images are the unit that varies,
+    not the pairs."""
     if sims_a.shape != sims_b.shape or sims_a.ndim != 2 or sims_a.shape[0] != sims_a.shape[1]:
         raise ValueError(f"need two square similarity matrices of one shape, got {sims_a.shape} and {sims_b.shape}")
+    if metric == "recall":
+        def score(ranked, w):
+            return weighted_recall_at_precision(*ranked, w, target)
+    elif metric == "ap":
+        def score(ranked, w):
+            return weighted_average_precision(*ranked, w)
+    else:
+        raise ValueError(f"metric must be 'recall' or 'ap', got {metric!r}")
     n = len(sims_a)
     a, b = sorted_pairs(sims_a), sorted_pairs(sims_b)
     ones = np.ones(n)
-    point = weighted_recall_at_precision(*a, ones, target) - weighted_recall_at_precision(*b, ones, target)
+    point = score(a, ones) - score(b, ones)
     rng = np.random.default_rng(seed)
     diffs = np.empty(replicates)
     for k in range(replicates):
         w = np.bincount(rng.integers(n, size=n), minlength=n).astype(np.float64)
-        diffs[k] = weighted_recall_at_precision(*a, w, target) - weighted_recall_at_precision(*b, w, target)
+        diffs[k] = score(a, w) - score(b, w)
     tail = (1 - level) / 2
-    return PairedBootstrap(difference=float(point), low=float(np.quantile(diffs, tail)),
+    return PairedBootstrap(metric=metric, difference=float(point), low=float(np.quantile(diffs, tail)),
                            high=float(np.quantile(diffs, 1 - tail)), p_a_better=float((diffs > 0).mean()),
                            replicates=replicates, level=level)

@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from overlap_audit.cli import main
 from overlap_audit.detector_calibration import (calibrate, paired_bootstrap, precision_recall, sorted_pairs,
-                                                weighted_recall_at_precision)
+                                                weighted_average_precision, weighted_recall_at_precision)
 
 from .conftest import write_folder
 
@@ -30,6 +30,16 @@ def _recall_at(sims, target):
     return float(r[start]) if start < len(t) else 0.0
 
 
+def _average_precision(sims):
+    """Average precision as the benchmarks compute it: all pairs ranked by score (ties: negatives first),
+    the precision at each positive, averaged over the positives."""
+    n = len(sims)
+    scores = np.concatenate([np.diag(sims), sims[~np.eye(n, dtype=bool)]])
+    labels = np.concatenate([np.ones(n), np.zeros(n * n - n)])
+    hits = labels[np.lexsort((labels, -scores))]
+    return float((np.cumsum(hits) / np.arange(1, len(hits) + 1) * hits).sum() / n)
+
+
 def test_weighted_recall_with_unit_weights_is_the_unweighted_rule():
     rng = np.random.default_rng(3)
     for trial in range(20):
@@ -40,6 +50,7 @@ def test_weighted_recall_with_unit_weights_is_the_unweighted_rule():
         for target in (0.012, 0.05, 0.5, 0.9, 0.99):  # 0.012: the first failing threshold lies past 4096 pairs
             got = weighted_recall_at_precision(*sorted_pairs(sims), np.ones(n), target)
             assert got == _recall_at(sims, target), (trial, target)
+        assert np.isclose(weighted_average_precision(*sorted_pairs(sims), np.ones(n)), _average_precision(sims))
 
 
 def test_weighted_recall_counts_a_resampled_image_as_copies():
@@ -69,6 +80,8 @@ def test_paired_bootstrap_tells_a_real_difference_from_none():
     diff = paired_bootstrap(good, bad, replicates=200)
     assert diff.difference > 0.3 and diff.low > 0 and diff.p_a_better == 1.0
     assert diff.low <= diff.difference <= diff.high
+    ap = paired_bootstrap(good, bad, metric="ap", replicates=200)
+    assert ap.metric == "ap" and ap.low > 0.2 and ap.p_a_better == 1.0
     try:
         paired_bootstrap(good, good[:10, :10])
     except ValueError as exc:
