@@ -19,9 +19,10 @@ resize 256, centre crop 224, ImageNet normalisation; batches of 64 as its data l
 pretrained weights need a download, so the architecture runs with random weights: the cost is the same.
 
 Paired bootstrap (``--bootstrap N``): each cell's recall at 99% precision rests on the few highest-scoring
-negatives, so a difference between two detectors may be luck of the images; N resamples of the images (the
-same for both detectors) give a 95% interval of the difference in recall and in AP, and the share of
-resamples in which the detector beats ``--versus``.
+negatives, so a difference between two detectors may be luck of the images; N resamples of the photos (all 16 tiles of
+a drawn photo: the tiles of one photo are not independent; the same resample for both detectors) give a 95%
+interval of the difference in recall and in AP, and the share of resamples in which the detector beats
+``--versus``.
 
     python benchmarks/bench_detectors.py [--detectors phash phash256 tiny clipdup clip-image:MODEL] [--size 128]
         [--bootstrap 1000 --versus phash]
@@ -112,6 +113,11 @@ class ImagededupCNN:
 def held_out_images(size: int = 128) -> list:
     """The benchmark's images: 4x4 tiles of every photo bundled in scikit-image and scikit-learn."""
     return [t for p in bundled_photos().values() for t in tiles(p, 4, size)]
+
+
+def held_out_photo_of_each(size: int = 128) -> np.ndarray:
+    """For each of held_out_images' tiles, the index of the photo it was cut from (the bootstrap's unit)."""
+    return np.array([k for k, p in enumerate(bundled_photos().values()) for _ in tiles(p, 4, size)])
 
 
 def query_sets(images: list, strengths=tuple(STRENGTHS)):
@@ -207,7 +213,7 @@ def main() -> None:
         print(f"| {family} | {strength} | " + " | ".join(cells) + " |", flush=True)
         compared.append((family, strength, matrices))
     if args.bootstrap:
-        print_bootstrap(compared, args.versus, args.bootstrap)
+        print_bootstrap(compared, args.versus, args.bootstrap, held_out_photo_of_each(args.size))
     print(f"\n# default threshold: lowest with precision >= 99% on all queries pooled ({', '.join(args.strengths)})")
     print("| detector | threshold | recall, pooled | recall, all medium | shipped default | its precision / recall, "
           "pooled |")
@@ -239,21 +245,22 @@ def main() -> None:
         print(f"| {name} | {rate:,.0f} | {rel} |")
 
 
-def print_bootstrap(compared: list, versus: str, replicates: int) -> None:
+def print_bootstrap(compared: list, versus: str, replicates: int, groups: np.ndarray) -> None:
     """Per cell: each detector's recall at 99% precision and AP minus ``versus``'s, with 95% paired bootstrap
-    intervals over the images (a cell's recall is decided by a few pairs: is a difference more than luck?)."""
+    intervals over the photos (a cell's recall is decided by a few pairs: is a difference more than luck?)."""
     others = [name for name in (compared[0][2] if compared else {}) if name != versus]
     if not compared or versus not in compared[0][2] or not others:
         print(f"\n(--bootstrap: need --versus {versus} and another detector among --detectors)")
         return
     for metric, label in (("recall", "recall at 99% precision"), ("ap", "average precision")):
         print(f"\n# {label} minus {versus}'s, in points: difference [95% interval] P(better); "
-              f"{replicates} paired resamples of the images")
+              f"{replicates} paired resamples of the {len(np.unique(groups))} photos (all tiles of a drawn photo)")
         print("| family | strength | " + " | ".join(others) + " |\n|" + "---|" * (2 + len(others)))
         for family, strength, matrices in compared:
             cells = []
             for name in others:
-                b = paired_bootstrap(matrices[name], matrices[versus], metric=metric, replicates=replicates)
+                b = paired_bootstrap(matrices[name], matrices[versus], metric=metric, replicates=replicates,
+                                     groups=groups)
                 cells.append(f"{100 * b.difference:+.1f} [{100 * b.low:+.1f}, {100 * b.high:+.1f}] "
                              f"{b.p_a_better:.2f}")
             print(f"| {family} | {strength} | " + " | ".join(cells) + " |", flush=True)

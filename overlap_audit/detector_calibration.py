@@ -177,12 +177,16 @@ class PairedBootstrap:
 
 
 def paired_bootstrap(sims_a: np.ndarray, sims_b: np.ndarray, *, metric: str = "recall", replicates: int = 1000,
-                     target: float = 0.99, level: float = 0.95, seed: int = 0) -> PairedBootstrap:
+                     target: float = 0.99, level: float = 0.95, seed: int = 0,
+                     groups: np.ndarray | None = None) -> PairedBootstrap:
     """Resample the images (with replacement, the same resample for both detectors) and recompute the
     difference in ``metric`` (recall at ``target`` precision, or "ap"); the images are the unit that varies,
-    not the pairs."""
+    not the pairs. With ``groups`` (one label per image, e.g. the photo a tile was cut from) whole groups are
+    resampled: images of one group are not independent (the tiles of one brick wall all look alike)."""
     if sims_a.shape != sims_b.shape or sims_a.ndim != 2 or sims_a.shape[0] != sims_a.shape[1]:
         raise ValueError(f"need two square similarity matrices of one shape, got {sims_a.shape} and {sims_b.shape}")
+    if groups is not None and len(groups) != len(sims_a):
+        raise ValueError(f"need one group label per image: {len(groups)} labels for {len(sims_a)} images")
     if metric == "recall":
         def score(ranked, w):
             return weighted_recall_at_precision(*ranked, w, target)
@@ -197,8 +201,10 @@ def paired_bootstrap(sims_a: np.ndarray, sims_b: np.ndarray, *, metric: str = "r
     point = score(a, ones) - score(b, ones)
     rng = np.random.default_rng(seed)
     diffs = np.empty(replicates)
+    labels, member = np.unique(np.arange(n) if groups is None else np.asarray(groups), return_inverse=True)
     for k in range(replicates):
-        w = np.bincount(rng.integers(n, size=n), minlength=n).astype(np.float64)
+        drawn = np.bincount(rng.integers(len(labels), size=len(labels)), minlength=len(labels))
+        w = drawn[member].astype(np.float64)  # an image counts as often as its group was drawn
         diffs[k] = score(a, w) - score(b, w)
     tail = (1 - level) / 2
     return PairedBootstrap(metric=metric, difference=float(point), low=float(np.quantile(diffs, tail)),

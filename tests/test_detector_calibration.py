@@ -82,6 +82,18 @@ def test_paired_bootstrap_tells_a_real_difference_from_none():
     assert diff.low <= diff.difference <= diff.high
     ap = paired_bootstrap(good, bad, metric="ap", replicates=200)
     assert ap.metric == "ap" and ap.low > 0.2 and ap.p_a_better == 1.0
+    # resampling whole groups: with every copy of group 0 lost and the rest perfect, the interval of the
+    # difference is made of whole groups' worth of recall (multiples of 1/6 give or take the resampled sizes)
+    groups = np.repeat(np.arange(6), 10)
+    one_group_lost = noise + np.eye(n) * (groups != 0)
+    g = paired_bootstrap(good, one_group_lost, groups=groups, replicates=300)
+    assert np.isclose(g.difference, 1 / 6) and g.low == 0.0 and g.p_a_better < 1.0
+    try:
+        paired_bootstrap(good, good, groups=groups[:5])
+    except ValueError as exc:
+        assert "group label" in str(exc)
+    else:
+        raise AssertionError("a wrong number of group labels was accepted")
     try:
         paired_bootstrap(good, good[:10, :10])
     except ValueError as exc:
