@@ -279,7 +279,7 @@ in `detectors/weights/clipdup-small.pt` ({(OUT / 'clipdup-small.pt').stat().st_s
   with a bright arc from two different round photos; two near-uniform skies; neighbouring tiles of one brick
   wall; on clip art, faint sunburst and outline variants of different files, and a white bar and a white
   arrow on one blue sign, which it matches above its threshold: on held-out drawings its precision at the
-  threshold is about 84%, BENCHMARKS.md "on drawings" — calibrate a threshold on clip art of your own). It
+  threshold is about 87%, BENCHMARKS.md "on drawings" — calibrate a threshold on clip art of your own). It
   does not beat pHash everywhere: see BENCHMARKS.md, family by family.
 - Quality against phash: BENCHMARKS.md, "Detector benchmark".
 """
