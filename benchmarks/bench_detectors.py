@@ -25,7 +25,7 @@ interval of the difference in recall and in AP, and the share of resamples in wh
 ``--versus``.
 
     python benchmarks/bench_detectors.py [--detectors phash phash256 tiny clipdup clip-image:MODEL] [--size 128]
-        [--bootstrap 1000 --versus phash]
+        [--bootstrap 1000 --versus phash] [--leave-out brick]
 """
 
 from __future__ import annotations
@@ -180,8 +180,20 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=0, metavar="N",
                     help="also compare each detector with --versus per cell: N paired resamples of the images")
     ap.add_argument("--versus", default="phash", help="the detector the others are compared with (--bootstrap)")
+    ap.add_argument("--leave-out", nargs="+", default=[], metavar="PHOTO",
+                    help="a diagnosis, not the benchmark: drop these photos' tiles (e.g. brick)")
     args = ap.parse_args()
-    images = held_out_images(args.size)
+    every, groups = held_out_images(args.size), held_out_photo_of_each(args.size)
+    keep = np.ones(len(every), bool)
+    if args.leave_out:
+        names = list(bundled_photos())
+        unknown = sorted(set(args.leave_out) - set(names))
+        if unknown:
+            ap.error(f"--leave-out: no bundled photo named {', '.join(unknown)} (there are: {', '.join(names)})")
+        keep = ~np.isin(groups, [names.index(n) for n in args.leave_out])
+        print(f"(left out: {', '.join(args.leave_out)} — {int((~keep).sum())} tiles; NOT the benchmark's image set; "
+              "the other tiles' copies are the benchmark's own)")
+    images, groups = [im for im, k in zip(every, keep) if k], groups[keep]
     dets = {}
     for spec in args.detectors:
         try:
@@ -198,7 +210,8 @@ def main() -> None:
     pooled = defaultdict(lambda: ([], []))  # detector -> (positives, negatives) over every query set
     all_medium = {}
     compared = []  # (family, strength, {detector: similarity matrix}) for --bootstrap
-    for family, strength, copies in query_sets(images, args.strengths):
+    for family, strength, copies in query_sets(every, args.strengths):  # seeded on the full set
+        copies = [c for c, k in zip(copies, keep) if k]
         cells, matrices = [], {}
         for name, d in dets.items():
             sims = similarity_matrix(d, base[name], copies, base_low[name])
@@ -213,7 +226,7 @@ def main() -> None:
         print(f"| {family} | {strength} | " + " | ".join(cells) + " |", flush=True)
         compared.append((family, strength, matrices))
     if args.bootstrap:
-        print_bootstrap(compared, args.versus, args.bootstrap, held_out_photo_of_each(args.size))
+        print_bootstrap(compared, args.versus, args.bootstrap, groups)
     print(f"\n# default threshold: lowest with precision >= 99% on all queries pooled ({', '.join(args.strengths)})")
     print("| detector | threshold | recall, pooled | recall, all medium | shipped default | its precision / recall, "
           "pooled |")
