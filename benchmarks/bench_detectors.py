@@ -258,7 +258,7 @@ def main() -> None:
         print(f"| {name} | {rate:,.0f} | {rel} |")
 
 
-def print_bootstrap(compared: list, versus: str, replicates: int, groups: np.ndarray) -> None:
+def print_bootstrap(compared: list, versus: str, replicates: int, groups: np.ndarray, unit: str = "photos") -> None:
     """Per cell: each detector's recall at 99% precision and AP minus ``versus``'s, with 95% paired bootstrap
     intervals over the photos (a cell's recall is decided by a few pairs: is a difference more than luck?)."""
     others = [name for name in (compared[0][2] if compared else {}) if name != versus]
@@ -267,7 +267,8 @@ def print_bootstrap(compared: list, versus: str, replicates: int, groups: np.nda
         return
     for metric, label in (("recall", "recall at 99% precision"), ("ap", "average precision")):
         print(f"\n# {label} minus {versus}'s, in points: difference [95% interval] P(better); "
-              f"{replicates} paired resamples of the {len(np.unique(groups))} photos (all tiles of a drawn photo)")
+              f"{replicates} paired resamples of the {len(np.unique(groups))} {unit}"
+              + (" (all tiles of a drawn photo)" if unit == "photos" else ""))
         print("| family | strength | " + " | ".join(others) + " |\n|" + "---|" * (2 + len(others)))
         for family, strength, matrices in compared:
             cells = []

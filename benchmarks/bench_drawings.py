@@ -14,10 +14,12 @@ ones whose DCT coefficients tie with the median — so an earlier version, which
 the drawings it can read). Same query sets (every
 augmentation family alone and all together, at every strength), cells and pooled threshold as
 bench_detectors.py; also each detector's precision and recall at its shipped default threshold. Nothing is
-trained on these images, but the fifth session's weights were chosen among five runs partly on them
-(BENCHMARKS.md, "clipdup: max-and-min input").
+trained on these images, but the fifth and sixth sessions' weights were chosen among runs partly on them
+(BENCHMARKS.md, "clipdup: max-and-min input"). ``--bootstrap N``: as in bench_detectors.py, with the drawing
+as the unit (each is its own file).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_drawings.py [--detectors phash clipdup clipdup:RUN ...]
+        [--bootstrap 1000 --versus phash]
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_detectors import (at_shipped_threshold, average_precision, low_information, pairs, query_sets,
+from bench_detectors import (at_shipped_threshold, average_precision, low_information, print_bootstrap, query_sets,
+                             similarity_matrix,
                              recall_at_precision, threshold_at_precision)
 from make_clipdup_weights import fetch_openclipart
 from overlap_audit.detectors import get_detector
@@ -101,6 +104,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--detectors", nargs="+", default=["phash", "clipdup"])
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/overlap-audit"))
+    ap.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                    help="also compare each detector with --versus per cell: N paired resamples of the drawings")
+    ap.add_argument("--versus", default="phash")
     args = ap.parse_args()
     images = held_out_drawings(Path(args.cache))
     dets = {spec: get_detector(spec) for spec in args.detectors}
@@ -109,14 +115,21 @@ def main() -> None:
     pooled = {s: ([], []) for s in dets}
     print(f"\n# {len(images)} held-out drawings; recall at 99% precision / average precision")
     print("| family | strength | " + " | ".join(dets) + " |\n|" + "---|" * (2 + len(dets)))
+    compared = []
     for family, strength, copies in query_sets(images):
-        cells = []
+        cells, matrices = [], {}
         for s, d in dets.items():
-            pos, neg = pairs(d, base[s], copies, base_low[s])
+            sims = similarity_matrix(d, base[s], copies, base_low[s])
+            if args.bootstrap:
+                matrices[s] = sims
+            pos, neg = np.diag(sims), sims[~np.eye(len(images), dtype=bool)]
             pooled[s][0].append(pos)
             pooled[s][1].append(neg)
             cells.append(f"{100 * recall_at_precision(pos, neg):.1f} / {100 * average_precision(pos, neg):.1f}")
         print(f"| {family} | {strength} | " + " | ".join(cells) + " |", flush=True)
+        compared.append((family, strength, matrices))
+    if args.bootstrap:  # every drawing is its own file: the drawing is the unit
+        print_bootstrap(compared, args.versus, args.bootstrap, np.arange(len(images)), unit="drawings")
     print("\n| detector | pooled threshold at 99% precision | its recall | pooled AP | shipped default | its "
           "precision / recall |\n|---|---|---|---|---|---|")
     for s, d in dets.items():
