@@ -19,8 +19,8 @@ resize 256, centre crop 224, ImageNet normalisation; batches of 64 as its data l
 pretrained weights need a download, so the architecture runs with random weights: the cost is the same.
 
 Paired bootstrap (``--bootstrap N``): each cell's recall at 99% precision rests on the few highest-scoring
-negatives, so a difference between two detectors may be luck of the images; N resamples of the photos (all 16 tiles of
-a drawn photo: the tiles of one photo are not independent; the same resample for both detectors) give a 95%
+negatives, so a difference between two detectors may be luck of the images; N resamples of the photos (all 16
+tiles of a drawn photo: the tiles of one photo are not independent; the same resample for both detectors) give a 95%
 interval of the difference in recall and in AP, and the share of resamples in which the detector beats
 ``--versus``.
 
@@ -178,7 +178,7 @@ def main() -> None:
     ap.add_argument("--strengths", nargs="+", default=list(STRENGTHS))
     ap.add_argument("--repeats", type=int, default=3, help="throughput: best of this many passes")
     ap.add_argument("--bootstrap", type=int, default=0, metavar="N",
-                    help="also compare each detector with --versus per cell: N paired resamples of the images")
+                    help="also compare each detector with --versus per cell: N paired resamples of the photos")
     ap.add_argument("--versus", default="phash", help="the detector the others are compared with (--bootstrap)")
     ap.add_argument("--leave-out", nargs="+", default=[], metavar="PHOTO",
                     help="a diagnosis, not the benchmark: drop these photos' tiles (e.g. brick)")

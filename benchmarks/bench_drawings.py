@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from bench_detectors import (at_shipped_threshold, average_precision, low_information, print_bootstrap, query_sets,
-                             similarity_matrix,
-                             recall_at_precision, threshold_at_precision)
+                             recall_at_precision, similarity_matrix, threshold_at_precision)
 from make_clipdup_weights import fetch_openclipart
 from overlap_audit.detectors import get_detector
 from overlap_audit.detectors.clipdup import SAME_PICTURE_Z
