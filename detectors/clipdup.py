@@ -52,25 +52,35 @@ def _torch():
 # value-or-min: one channel, the value — or, where the value is nearly flat but the min channel is not
 # (saturated colours on white: value 255 everywhere), the min channel, blended in between; both are
 # unchanged by a hue rotation, so their blend is too.
-INPUT_MODES = ("rgb", "luma", "value", "maxmin", "value-or-min")
-INPUT_CHANNELS = {"rgb": 3, "luma": 1, "value": 1, "maxmin": 2, "value-or-min": 1}
+# maxchroma: two channels, max(R, G, B) and the chroma max - min = V * S, each standardised on its own (see
+# CHANNEL_FLOORS): a hue rotation changes neither, and a saturation change (S scaled by k) scales the chroma
+# channel alone, which its own standardisation undoes — where maxmin's min = V(1 - S) moves towards the max
+# channel (a strongly desaturated copy of saturated clip art moved the min channel by a third of its range).
+INPUT_MODES = ("rgb", "luma", "value", "maxmin", "value-or-min", "maxchroma")
+INPUT_CHANNELS = {"rgb": 3, "luma": 1, "value": 1, "maxmin": 2, "value-or-min": 1, "maxchroma": 2}
+# per-channel standardisation floors (std, 0..1): 0.02 (about 5 grey levels) as for the joint standardisation;
+# 0.05 for the chroma, so that the faint colour noise of a near-grey image (JPEG chroma, a tint) is not blown
+# up to the weight of its structure
+CHANNEL_FLOORS = {"maxchroma": (0.02, 0.05)}
 # value-or-min: std(value) / std(min) below the first -> the min channel, above the second -> the value
 FLAT_VALUE_RATIO = (0.15, 0.35)
 
 
-def _max_min_planes(image: Image.Image, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """max(R, G, B) and min(R, G, B), each resized to size x size (bicubic), float32 in 0..1."""
+def _max_min_planes(image: Image.Image, size: int, chroma: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """max(R, G, B) and min(R, G, B) — or, with chroma, max - min — each resized to size x size (bicubic),
+    float32 in 0..1 (the chroma is taken at full resolution, then resized)."""
     rgb = np.asarray(image.convert("RGB"))
-    return tuple(np.asarray(Image.fromarray(f(rgb, axis=2)).resize((size, size), Image.Resampling.BICUBIC),
-                            dtype=np.float32) / 255.0 for f in (np.max, np.min))
+    hi, lo = rgb.max(axis=2), rgb.min(axis=2)
+    return tuple(np.asarray(Image.fromarray(plane).resize((size, size), Image.Resampling.BICUBIC),
+                            dtype=np.float32) / 255.0 for plane in (hi, hi - lo if chroma else lo))
 
 
 def to_tensor_array(image: Image.Image, size: int, mode: str = "rgb") -> np.ndarray:
     """Image -> float32 [C, size, size] in 0..1 (bicubic resize of the whole image); C per INPUT_CHANNELS."""
     if mode not in INPUT_MODES:
         raise ValueError(f"input mode must be one of {', '.join(INPUT_MODES)}, got {mode!r}")
-    if mode == "maxmin":
-        return np.stack(_max_min_planes(image, size))
+    if mode in ("maxmin", "maxchroma"):
+        return np.stack(_max_min_planes(image, size, chroma=mode == "maxchroma"))
     if mode == "value-or-min":
         hi, lo = _max_min_planes(image, size)
         # the weight of the value rises from 0 to 1 as its spread goes from 0.15 to 0.35 of the min's:
@@ -193,6 +203,30 @@ def widen_to_maxmin(weights: dict, model_cfg):
     return out, replace(model_cfg, channels=2)
 
 
+def maxmin_to_maxchroma(weights: dict, model_cfg):
+    """Max-and-min weights -> weights that take max(R, G, B) and the chroma max - min, each channel standardised
+    on its own (CHANNEL_FLOORS).
+
+    The first convolution's weights are mapped so that, before standardisation, it computes the same thing:
+    a * max + b * min = (a + b) * max - b * chroma. Only the standardisation differs (per channel instead of
+    joint), which fine-tuning then adapts to."""
+    from dataclasses import replace
+
+    torch = _torch()
+    v_key, g_key = "stem.0.parametrizations.weight.original1", "stem.0.parametrizations.weight.original0"
+    if v_key not in weights or g_key not in weights or weights[v_key].shape[1] != 2 or model_cfg.channel_floors:
+        from ..errors import DetectorError
+
+        raise DetectorError("these weights have no max-and-min first convolution to map to max and chroma")
+    # weight_norm: w = g * v / |v| (norm over all but the output dimension); map v, rescale g to keep w
+    v, g = weights[v_key].float(), weights[g_key].float()
+    mapped = torch.cat([v[:, :1] + v[:, 1:], -v[:, 1:]], dim=1)
+    norm = lambda t: t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))  # noqa: E731
+    out = dict(weights)
+    out[v_key], out[g_key] = mapped, g * norm(mapped) / norm(v).clamp_min(1e-12)
+    return out, replace(model_cfg, channel_floors=CHANNEL_FLOORS["maxchroma"])
+
+
 def mine_neighbours(net, images: list[Image.Image], cfg: TrainConfig, device: str, *, batch: int = 256) -> np.ndarray:
     """Each image's nearest other images under ``net`` (most similar first): an int array [N, hard_negatives - 1].
 
@@ -286,13 +320,17 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
         widen = (model_cfg.channels, model_cfg.standardize, cfg.input_mode) == (1, True, "maxmin")
         if widen:  # one-channel (value) weights start a max-and-min run: see widen_to_maxmin
             init["model"], model_cfg = widen_to_maxmin(init["model"], model_cfg)
-        if (model_cfg.channels, model_cfg.standardize) != (INPUT_CHANNELS[cfg.input_mode], cfg.input_mode != "rgb"):
+        if init.get("input_mode") == "maxmin" and cfg.input_mode == "maxchroma":  # see maxmin_to_maxchroma
+            init["model"], model_cfg = maxmin_to_maxchroma(init["model"], model_cfg)
+        if ((model_cfg.channels, model_cfg.standardize, model_cfg.channel_floors)
+                != (INPUT_CHANNELS[cfg.input_mode], cfg.input_mode != "rgb", CHANNEL_FLOORS.get(cfg.input_mode, ()))):
             raise DetectorError(f"--init weights take {model_cfg.channels}-channel input (their input mode was "
                                 f"{init.get('input_mode', 'rgb')!r}); --input-mode {cfg.input_mode} does not fit")
         init_digest = hashlib.sha256(init_file.read_bytes()).hexdigest()
     else:
         model_cfg = ModelConfig.named(cfg.arch, dim=cfg.dim, channels=INPUT_CHANNELS[cfg.input_mode],
-                                      standardize=cfg.input_mode != "rgb")
+                                      standardize=cfg.input_mode != "rgb",
+                                      channel_floors=CHANNEL_FLOORS.get(cfg.input_mode, ()))
     net = DuplicateNet(model_cfg).to(dev)
     if cfg.init:
         net.load_state_dict({k: v.float() for k, v in init["model"].items()})

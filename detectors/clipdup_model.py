@@ -39,26 +39,36 @@ class ModelConfig:
     temperature: float = 0.07
     channels: int = 3  # 3: RGB input; 1: luma only (invariant to hue and saturation by construction)
     standardize: bool = False  # per-image zero mean / unit variance at the input (brightness/contrast)
+    # empty: standardise all channels together (std floor 0.02); else each channel on its own, with these
+    # std floors, one per channel (max-and-chroma input: a saturation change scales the chroma channel alone)
+    channel_floors: tuple[float, ...] = ()
 
     @classmethod
-    def named(cls, arch: str, dim: int = 256, channels: int = 3, standardize: bool = False) -> "ModelConfig":
+    def named(cls, arch: str, dim: int = 256, channels: int = 3, standardize: bool = False,
+              channel_floors: tuple[float, ...] = ()) -> "ModelConfig":
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
         if channels not in (1, 2, 3):
             raise ValueError(f"channels must be 1 (luma or value), 2 (max and min) or 3 (RGB), got {channels}")
+        if channel_floors and (len(channel_floors) != channels or not standardize):
+            raise ValueError(f"channel_floors needs standardize and one floor per channel ({channels}), "
+                             f"got {channel_floors}")
         depths, width = ARCHS[arch]
-        return cls(arch=arch, depths=depths, width=width, dim=dim, channels=channels, standardize=standardize)
+        return cls(arch=arch, depths=depths, width=width, dim=dim, channels=channels, standardize=standardize,
+                   channel_floors=tuple(float(f) for f in channel_floors))
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         """A config from a checkpoint; older checkpoints lack the input fields and are RGB, unstandardised."""
         return cls(arch=d["arch"], depths=tuple(d["depths"]), width=d["width"], dim=d["dim"],
                    temperature=d["temperature"], channels=int(d.get("channels", 3)),
-                   standardize=bool(d.get("standardize", False)))
+                   standardize=bool(d.get("standardize", False)),
+                   channel_floors=tuple(float(f) for f in d.get("channel_floors", ())))
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["depths"] = list(self.depths)
+        d["channel_floors"] = list(self.channel_floors)
         return d
 
 
@@ -125,14 +135,19 @@ class DuplicateNet(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.proj = weight_norm(nn.Linear(cin, config.dim))
 
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as the network sees it: unchanged, or standardised per image (config.standardize)."""
+        if not self.config.standardize:
+            return x
+        # a copy that is brighter or of other contrast gives the same input; the floor (about 5 grey levels)
+        # keeps near-uniform images from being blown up into noise
+        if self.config.channel_floors:
+            floors = torch.tensor(self.config.channel_floors, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            return (x - x.mean(dim=(2, 3), keepdim=True)) / torch.maximum(x.std(dim=(2, 3), keepdim=True), floors)
+        return (x - x.mean(dim=(1, 2, 3), keepdim=True)) / x.std(dim=(1, 2, 3), keepdim=True).clamp_min(0.02)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.standardize:
-            # a copy that is brighter or of other contrast gives the same input; the floor (about 5 grey
-            # levels) keeps near-uniform images from being blown up into noise
-            mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            std = x.std(dim=(1, 2, 3), keepdim=True)
-            x = (x - mean) / std.clamp_min(0.02)
-        x = self.layers(self.stem(x))
+        x = self.layers(self.stem(self.standardise(x)))
         x = x.mean(dim=(2, 3))
         return F.normalize(self.proj(x), dim=1)
 

@@ -182,12 +182,14 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-images", type=click.IntRange(min=2), default=20_000, show_default=True,
               help="Images kept in memory as training thumbnails.")
-@click.option("--input-mode", type=click.Choice(["rgb", "luma", "value", "maxmin", "value-or-min"]), default="rgb",
+@click.option("--input-mode", type=click.Choice(["rgb", "luma", "value", "maxmin", "value-or-min", "maxchroma"]),
+              default="rgb",
               show_default=True,
               help="luma (grey) or value (HSV V = max(R,G,B), unchanged by hue and saturation edits): one channel; "
                    "maxmin: max and min of R, G, B, two channels unchanged by hue rotation; value-or-min: the "
                    "value, or the min channel where the value is flat (saturated colours on white); each "
-                   "standardised per image (brightness/contrast).")
+                   "standardised per image (brightness/contrast); maxchroma: max and chroma (max - min), each "
+                   "channel standardised on its own, so a saturation change is undone too.")
 @click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
               help="Learning-rate schedule.")
 @click.option("--hard-negatives", type=click.IntRange(min=0), default=0, show_default=True,
@@ -207,7 +209,8 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
 @click.option("--init", "init", default=None,
               help="Start from these clipdup weights (a training directory, a weights file, or 'clipdup' for "
                    "the shipped ones) instead of random ones: fine-tuning. Their architecture is used; one-channel "
-                   "weights can start a --input-mode maxmin run (the min channel starts with zero weights).")
+                   "weights can start a --input-mode maxmin run (the min channel starts with zero weights), "
+                   "maxmin weights a maxchroma run.")
 @_workers
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out.")

@@ -181,3 +181,77 @@ def test_maxmin_input_ignores_hue_and_keeps_colour_on_white(photos):
     net = DuplicateNet(ModelConfig.named("small", dim=16, channels=2, standardize=True))
     out = net(torch.from_numpy(np.stack([a, b])))
     assert out.shape == (2, 16)
+
+
+def _saturation(image, k: float):
+    from PIL import Image
+
+    hsv = np.asarray(image.convert("HSV")).astype(np.float32)
+    hsv[..., 1] *= k
+    return Image.fromarray(np.clip(hsv, 0, 255).astype(np.uint8), mode="HSV").convert("RGB")
+
+
+def test_maxchroma_input_ignores_hue_and_saturation_scale():
+    """Shaded clip art on white: a hue rotation leaves max and chroma alone; a saturation scale multiplies the
+    chroma channel, so the network's per-channel standardisation gives the same input — where maxmin's min
+    channel, V(1 - S), moves towards the max channel and its jointly standardised input moves (with one value
+    everywhere the two would agree: both channels' deviations from it scale alike)."""
+    from PIL import Image
+
+    from overlap_audit.detectors.clipdup import CHANNEL_FLOORS, to_tensor_array
+    from overlap_audit.detectors.clipdup_model import DuplicateNet, ModelConfig
+
+    art = Image.new("RGB", (96, 96), "white")
+    art.paste((150, 0, 0), (10, 10, 50, 60))  # dark red
+    art.paste((40, 90, 255), (40, 30, 86, 80))
+    art.paste((120, 100, 20), (20, 66, 44, 90))  # olive
+    pale = _saturation(art, 0.6)
+    assert np.abs(np.asarray(pale, float) - np.asarray(art, float)).mean() > 10  # a visible change
+    a, b = to_tensor_array(art, 32, "maxchroma"), to_tensor_array(pale, 32, "maxchroma")
+    assert a.shape == (2, 32, 32) and np.abs(a[0] - b[0]).max() < 0.02  # the max channel: unchanged
+    # the chroma: scaled by the saturation's factor (up to the resize's overshoot, clipped at 255 in the original)
+    assert np.abs(a[1] * 0.6 - b[1]).mean() < 0.005 and np.abs(a[1] * 0.6 - b[1]).max() < 0.06
+
+    def change(mode, floors=()):  # mean absolute change of the input the network sees
+        net = DuplicateNet(ModelConfig.named("small", dim=16, channels=2, standardize=True, channel_floors=floors))
+        x = net.standardise(torch.from_numpy(np.stack([to_tensor_array(im, 32, mode) for im in (art, pale)])))
+        return float((x[0] - x[1]).abs().mean())
+
+    assert change("maxchroma", CHANNEL_FLOORS["maxchroma"]) < 0.02 < 0.1 < change("maxmin")
+
+
+def test_maxmin_weights_map_to_maxchroma_exactly(trained, tmp_path, photos):
+    """maxmin_to_maxchroma keeps the first convolution's output on the raw input; a maxchroma fine-tuning run
+    starts from maxmin weights, and maxchroma weights refuse a maxmin run."""
+    from overlap_audit.detectors.clipdup import CHANNEL_FLOORS, maxmin_to_maxchroma
+    from overlap_audit.detectors.clipdup_model import DuplicateNet, ModelConfig
+
+    root, _, _ = trained
+    torch.manual_seed(5)
+    cfg = ModelConfig.named("small", dim=16, channels=2, standardize=True)
+    net = DuplicateNet(cfg)
+    mapped, cfg2 = maxmin_to_maxchroma(net.state_dict(), cfg)
+    assert cfg2.channel_floors == CHANNEL_FLOORS["maxchroma"]
+    net2 = DuplicateNet(cfg2)
+    net2.load_state_dict(mapped)
+    x = torch.rand(3, 2, 24, 24)  # max and min ...
+    x[:, 1] = x[:, 1] * x[:, 0]  # ... with min <= max
+    chroma = torch.stack([x[:, 0], x[:, 0] - x[:, 1]], dim=1)
+    with torch.no_grad():
+        assert torch.allclose(net.stem[0](x), net2.stem[0](chroma), atol=1e-5)
+    with pytest.raises(DetectorError, match="max-and-min"):
+        maxmin_to_maxchroma(mapped, cfg2)  # already mapped
+    base = ["train-detector", str(root), "--dim", "16", "--input-size", "32", "--batch-size", "8", "--steps", "2",
+            "--workers", "0", "--quiet", "--device", "cpu"]
+    r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "mm"), "--input-mode", "maxmin"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "mc"), "--input-mode", "maxchroma",
+                                  "--init", str(tmp_path / "mm")])
+    assert r.exit_code == 0, r.output
+    det = get_detector(f"clipdup:{tmp_path / 'mc'}")
+    assert det.input_mode == "maxchroma" and det.config.channel_floors == CHANNEL_FLOORS["maxchroma"]
+    v = det.embed_images([photos["coffee"], _saturation(photos["coffee"], 0.7)])
+    assert v.shape == (2, 16) and np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "back"), "--input-mode", "maxmin",
+                                  "--init", str(tmp_path / "mc")])
+    assert r.exit_code != 0 and "does not fit" in r.output

@@ -114,3 +114,30 @@ def test_config_round_trip_and_old_checkpoints():
     assert ModelConfig.from_dict(old) == ModelConfig.named("small", dim=8)  # RGB, unstandardised
     with pytest.raises(ValueError, match="channels"):
         ModelConfig.named("small", channels=4)
+    with pytest.raises(ValueError, match="channel_floors"):
+        ModelConfig.named("small", channels=2, standardize=True, channel_floors=(0.02,))  # one floor per channel
+    per_channel = ModelConfig.named("small", dim=8, channels=2, standardize=True, channel_floors=(0.02, 0.05))
+    assert ModelConfig.from_dict(per_channel.to_dict()) == per_channel
+
+
+def test_per_channel_standardisation_undoes_a_scale_of_one_channel():
+    torch.manual_seed(3)
+    joint = DuplicateNet(ModelConfig.named("small", dim=16, channels=2, standardize=True)).eval()
+    apart = DuplicateNet(ModelConfig.named("small", dim=16, channels=2, standardize=True,
+                                           channel_floors=(0.02, 0.05))).eval()
+    apart.load_state_dict(joint.state_dict())  # the same weights: only the standardisation differs
+    ramp = torch.linspace(0.1, 0.9, 32)
+    x = torch.stack([ramp.expand(32, 32), ramp[:, None].expand(32, 32)])[None]  # [1, 2, 32, 32]
+    y = x.clone()
+    y[:, 1] = 0.05 + 0.4 * y[:, 1]  # the second channel alone, at another contrast and level
+    flat = x.clone()
+    flat[:, 1] = 0.5 + 0.01 * (flat[:, 1] - 0.5)  # a second channel fainter than its floor
+    with torch.no_grad():
+        for m in (joint, apart):
+            for block in m.layers:
+                block.gate.fill_(1.0)
+        assert torch.allclose(apart(x), apart(y), atol=1e-5)
+        assert not torch.allclose(joint(x), joint(y), atol=1e-3)
+        # below the floor, a faint channel is not blown up to unit variance: it stays nearly flat
+        gone = torch.cat([x[:, :1], torch.full_like(x[:, :1], 0.5)], dim=1)  # no second channel at all
+        assert (apart(flat) - apart(gone)).norm() < (apart(flat) - apart(x)).norm()
