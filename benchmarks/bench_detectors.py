@@ -24,8 +24,12 @@ tiles of a drawn photo: the tiles of one photo are not independent; the same res
 interval of the difference in recall and in AP, and the share of resamples in which the detector beats
 ``--versus``.
 
+Second photo set (``--photos debian``): 16 photographs from Debian's lomiri-wallpapers packages (DEBIAN_PHOTOS),
+cut the same way; no weights, threshold or run choice was made on them, so they check that the bundled set's
+findings carry over (the bundled set has 24 photos, and a few of them — a brick wall — decide several cells).
+
     python benchmarks/bench_detectors.py [--detectors phash phash256 tiny clipdup clip-image:MODEL] [--size 128]
-        [--bootstrap 1000 --versus phash] [--leave-out brick]
+        [--bootstrap 1000 --versus phash] [--leave-out brick] [--photos debian]
 """
 
 from __future__ import annotations
@@ -110,14 +114,57 @@ class ImagededupCNN:
         return np.concatenate(out)
 
 
-def held_out_images(size: int = 128) -> list:
-    """The benchmark's images: 4x4 tiles of every photo bundled in scikit-image and scikit-learn."""
-    return [t for p in bundled_photos().values() for t in tiles(p, 4, size)]
+# --photos debian: the photographs among the wallpapers of three Debian packages that no detector here trained
+# on (clipdup's training tiles come from mate-backgrounds and gnome-backgrounds; no file name in common, and no
+# tile of these within clipdup's same-picture rule of a training tile: BENCHMARKS.md). The packages' other
+# wallpapers are rendered graphics (gradients, ribbons, a logo), left out by eye: Fossa, Painting-Colors, umang.
+DEBIAN_PHOTOS = {
+    "lomiri-wallpapers-16.04": (
+        "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_0B_by_freespace", "Picture_1A_by_freespace",
+        "Wine_by_Jakkub_Mede", "aitzgorri_by_Aitzol_Berasategi", "analogpattern_by_Peter_Nerlich",
+        "free_by_Peter_Nerlich", "friends_by_Aitzol_Berasategi", "greentock_by_Peter_Nerlich",
+        "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi", "seeding_by_Clements_Engelhardt",
+        "sunset_by_Aitzol_Berasategi"),
+    "lomiri-wallpapers-20.04": ("Infinite-Sea_by_Aury88", "Kleiber_by_Lukas_Baubkus"),
+}
+PHOTO_SETS = ("bundled", "debian")
 
 
-def held_out_photo_of_each(size: int = 128) -> np.ndarray:
+def debian_photos(cache: str | None = None, longest: int = 1024) -> dict:
+    """DEBIAN_PHOTOS as RGB images (longest side ``longest``: a 4x4 tile is still 2x the benchmark's 128 px),
+    keyed by name; each package is downloaded and unpacked once into the cache (apt-get download, no root)."""
+    from PIL import Image
+
+    from overlap_audit.realdata import fetch_debian_package
+
+    out = {}
+    for package, names in DEBIAN_PHOTOS.items():
+        root = fetch_debian_package(package, cache)
+        for name in names:
+            with Image.open(root / "usr" / "share" / "backgrounds" / f"{name}.jpg") as im:
+                im.draft("RGB", (longest, longest))  # JPEG: decode at a reduced scale directly
+                image = im.convert("RGB")
+            image.thumbnail((longest, longest), Image.Resampling.LANCZOS)
+            out[name] = image
+    return out
+
+
+def photo_set(which: str = "bundled", cache: str | None = None) -> dict:
+    """The benchmark's photos by name: "bundled" (scikit-image and scikit-learn: the default thresholds are set
+    on these) or "debian" (DEBIAN_PHOTOS: a second held-out set, used for no choice or threshold)."""
+    if which not in PHOTO_SETS:
+        raise ValueError(f"photo set must be one of {', '.join(PHOTO_SETS)}, got {which!r}")
+    return bundled_photos() if which == "bundled" else debian_photos(cache)
+
+
+def held_out_images(size: int = 128, photos: dict | None = None) -> list:
+    """The benchmark's images: 4x4 tiles of every photo (default: those bundled in scikit-image and scikit-learn)."""
+    return [t for p in (photos or bundled_photos()).values() for t in tiles(p, 4, size)]
+
+
+def held_out_photo_of_each(size: int = 128, photos: dict | None = None) -> np.ndarray:
     """For each of held_out_images' tiles, the index of the photo it was cut from (the bootstrap's unit)."""
-    return np.array([k for k, p in enumerate(bundled_photos().values()) for _ in tiles(p, 4, size)])
+    return np.array([k for k, p in enumerate((photos or bundled_photos()).values()) for _ in tiles(p, 4, size)])
 
 
 def query_sets(images: list, strengths=tuple(STRENGTHS)):
@@ -180,16 +227,25 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=0, metavar="N",
                     help="also compare each detector with --versus per cell: N paired resamples of the photos")
     ap.add_argument("--versus", default="phash", help="the detector the others are compared with (--bootstrap)")
+    ap.add_argument("--photos", choices=PHOTO_SETS, default="bundled",
+                    help="bundled: scikit-image's and scikit-learn's photos (the default thresholds are set on "
+                         "them); debian: 16 photographs from Debian's lomiri-wallpapers packages, a second "
+                         "held-out set that no threshold or weights were chosen on (downloaded once)")
     ap.add_argument("--leave-out", nargs="+", default=[], metavar="PHOTO",
                     help="a diagnosis, not the benchmark: drop these photos' tiles (e.g. brick)")
     args = ap.parse_args()
-    every, groups = held_out_images(args.size), held_out_photo_of_each(args.size)
+    photos = photo_set(args.photos)
+    every, groups = held_out_images(args.size, photos), held_out_photo_of_each(args.size, photos)
     keep = np.ones(len(every), bool)
+    if args.photos != "bundled":
+        print(f"(photos: {args.photos} — {len(photos)} photos, {len(every)} tiles; NOT the set the default thresholds "
+              "are set on, so the 'shipped default' columns show how they carry over)")
     if args.leave_out:
-        names = list(bundled_photos())
+        names = list(photos)
         unknown = sorted(set(args.leave_out) - set(names))
         if unknown:
-            ap.error(f"--leave-out: no bundled photo named {', '.join(unknown)} (there are: {', '.join(names)})")
+            ap.error(f"--leave-out: no photo named {', '.join(unknown)} in --photos {args.photos} "
+                     f"(there are: {', '.join(names)})")
         keep = ~np.isin(groups, [names.index(n) for n in args.leave_out])
         print(f"(left out: {', '.join(args.leave_out)} — {int((~keep).sum())} tiles; NOT the benchmark's image set; "
               "the other tiles' copies are the benchmark's own)")

@@ -12,7 +12,8 @@
    batches when GROUP > 1 (groups of look-alike images mined with the network itself; SAME: the
    ``--same-picture`` rule, default mean16) and, when GLOBAL > 0, the batch-global ranking term beside
    InfoNCE with that weight (``--global-weight``). MODE maxmin after one-channel stages widens the first
-   convolution (train-detector's widen_to_maxmin). DATA: ``first`` (default), the tiles and then openclipart
+   convolution (train-detector's widen_to_maxmin); MODE maxchroma after maxmin stages maps it to max and
+   chroma (maxmin_to_maxchroma). DATA: ``first`` (default), the tiles and then openclipart
    in sorted order up to ``--max-images``; ``wide``, the tiles and every openclipart file that the drawings
    benchmark (bench_drawings.py) neither uses nor holds the same picture of (``training_drawings``).
    ``--stage1 WEIGHTS``
@@ -62,6 +63,8 @@ INPUT_WORDS = {
     "value-or-min": "HSV value, max(R, G, B), or — where the value is nearly flat but min(R, G, B) is not, as for\n"
                     "  saturated colours on white — the min channel (blended in between); both unchanged by hue rotation;\n"
                     "  standardised per image at the network input (brightness and contrast do not reach it either)",
+    "maxchroma": "max(R, G, B) and the chroma max - min — both unchanged by hue rotation — each standardised on its\n"
+                 "  own at the network input (brightness, contrast and a saturation scale do not reach it)",
 }
 
 
@@ -72,6 +75,9 @@ LIMITATIONS = {
               "  picture moves its input more than a brightness change does. ",
     "value-or-min": "the min channel stands in for the value only where the value is nearly flat, so a graphic that\n"
                     "  is half saturated colours on white and half photo is seen mostly through its value. ",
+    "maxchroma": "a saturation change that clips (S pushed past 1) or a brightening that turns faint lines white\n"
+                 "  still moves the input; near-grey pictures carry their colour noise in the chroma channel, damped\n"
+                 "  only by its std floor (0.05). ",
 }
 
 
@@ -106,9 +112,13 @@ def training_drawings(cache: Path) -> Path:
 
 
 def widened_words(stage: dict, previous: dict) -> str:
-    """The model card's words for a maxmin stage that started from one-channel weights (widen_to_maxmin)."""
+    """The model card's words for a stage whose input differs from the previous stage's (widen_to_maxmin,
+    maxmin_to_maxchroma)."""
     if stage.get("input_mode") == "maxmin" and previous.get("input_mode", "rgb") not in ("rgb", "maxmin"):
         return " (the previous stage's first convolution widened to take both: the min channel's weights started at zero)"
+    if stage.get("input_mode") == "maxchroma" and previous.get("input_mode") == "maxmin":
+        return (" (the previous stage's first convolution mapped to max and chroma: a * max + b * min ="
+                " (a + b) * max - b * chroma; then fine-tuned to the per-channel standardisation)")
     return ""
 
 
@@ -156,7 +166,7 @@ def main() -> None:
                     help="a fine-tuning stage after stage 1 (repeatable); GROUP: --hard-negatives (0: random "
                          "batches); GLOBAL: --global-weight (default 0); SAME: --same-picture (default mean16); "
                          "MODE: --input-mode (default --finetune-input-mode); DATA: first or wide (see the docstring)")
-    ap.add_argument("--finetune-input-mode", choices=["rgb", "luma", "value", "maxmin", "value-or-min"],
+    ap.add_argument("--finetune-input-mode", choices=["rgb", "luma", "value", "maxmin", "value-or-min", "maxchroma"],
                     default="value-or-min")
     ap.add_argument("--mine-every", type=int, default=100)
     ap.add_argument("--card-note", default="", help="a sentence for the model card's Reproduce line (how this file "
