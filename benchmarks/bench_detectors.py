@@ -265,6 +265,7 @@ def main() -> None:
     print(header + "\n|" + "---|" * (2 + len(dets)))
     pooled = defaultdict(lambda: ([], []))  # detector -> (positives, negatives) over every query set
     all_medium = {}
+    by_family = defaultdict(lambda: defaultdict(lambda: ([], [])))  # family -> detector -> (pos, neg) per strength
     compared = []  # (family, strength, {detector: similarity matrix}) for --bootstrap
     for family, strength, copies in query_sets(every, args.strengths):  # seeded on the full set
         copies = [c for c, k in zip(copies, keep) if k]
@@ -276,11 +277,14 @@ def main() -> None:
             pos, neg = np.diag(sims), sims[~np.eye(len(images), dtype=bool)]
             pooled[name][0].append(pos)
             pooled[name][1].append(neg)
+            by_family[family][name][0].append(pos)
+            by_family[family][name][1].append(neg)
             if (family, strength) == ("all", "medium"):
                 all_medium[name] = (pos, neg)
             cells.append(f"{100 * recall_at_precision(pos, neg):.1f} / {100 * average_precision(pos, neg):.1f}")
         print(f"| {family} | {strength} | " + " | ".join(cells) + " |", flush=True)
         compared.append((family, strength, matrices))
+    print_family_table(by_family)
     if args.bootstrap:
         print_bootstrap(compared, args.versus, args.bootstrap, groups)
     print(f"\n# default threshold: lowest with precision >= 99% on all queries pooled ({', '.join(args.strengths)})")
@@ -312,6 +316,22 @@ def main() -> None:
     for name, rate in rates.items():
         rel = f"{rate / rates['clipdup']:.2f}x" if "clipdup" in rates else "–"
         print(f"| {name} | {rate:,.0f} | {rel} |")
+
+
+def print_family_table(by_family: dict) -> None:
+    """Per family, every strength's queries pooled: recall at 99% precision / AP. ``by_family``: {family:
+    {detector: ([positives...], [negatives...])}}, one array per strength (the issue's goal is per family)."""
+    if not by_family:
+        return
+    names = list(next(iter(by_family.values())))
+    print("\n# per family, its strengths pooled; recall at 99% precision / average precision")
+    print("| family | " + " | ".join(names) + " |\n|" + "---|" * (1 + len(names)))
+    for family, per_det in by_family.items():
+        cells = []
+        for name in names:
+            pos, neg = (np.concatenate(x) for x in per_det[name])
+            cells.append(f"{100 * recall_at_precision(pos, neg):.1f} / {100 * average_precision(pos, neg):.1f}")
+        print(f"| {family} | " + " | ".join(cells) + " |", flush=True)
 
 
 def print_bootstrap(compared: list, versus: str, replicates: int, groups: np.ndarray, unit: str = "photos") -> None:

@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_detectors import (at_shipped_threshold, average_precision, low_information, print_bootstrap, query_sets,
-                             recall_at_precision, similarity_matrix, threshold_at_precision)
+from bench_detectors import (at_shipped_threshold, average_precision, low_information, print_bootstrap,
+                             print_family_table, query_sets, recall_at_precision, similarity_matrix,
+                             threshold_at_precision)
 from make_clipdup_weights import fetch_openclipart
 from overlap_audit.detectors import get_detector
 from overlap_audit.detectors.clipdup import SAME_PICTURE_Z
@@ -114,7 +115,7 @@ def main() -> None:
     pooled = {s: ([], []) for s in dets}
     print(f"\n# {len(images)} held-out drawings; recall at 99% precision / average precision")
     print("| family | strength | " + " | ".join(dets) + " |\n|" + "---|" * (2 + len(dets)))
-    compared = []
+    compared, by_family = [], {}
     for family, strength, copies in query_sets(images):
         cells, matrices = [], {}
         for s, d in dets.items():
@@ -124,9 +125,13 @@ def main() -> None:
             pos, neg = np.diag(sims), sims[~np.eye(len(images), dtype=bool)]
             pooled[s][0].append(pos)
             pooled[s][1].append(neg)
+            by_family.setdefault(family, {}).setdefault(s, ([], []))
+            by_family[family][s][0].append(pos)
+            by_family[family][s][1].append(neg)
             cells.append(f"{100 * recall_at_precision(pos, neg):.1f} / {100 * average_precision(pos, neg):.1f}")
         print(f"| {family} | {strength} | " + " | ".join(cells) + " |", flush=True)
         compared.append((family, strength, matrices))
+    print_family_table(by_family)
     if args.bootstrap:  # every drawing is its own file: the drawing is the unit
         print_bootstrap(compared, args.versus, args.bootstrap, np.arange(len(images)), unit="drawings")
     print("\n| detector | pooled threshold at 99% precision | its recall | pooled AP | shipped default | its "

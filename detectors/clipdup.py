@@ -458,7 +458,10 @@ class ClipDup(DetectorBase):
         return z.cpu().numpy().astype(np.float32)
 
     def low_information(self, batch: np.ndarray) -> np.ndarray:
-        grey = np.asarray(batch, dtype=np.float32).mean(axis=1) * 255.0
+        x = np.asarray(batch, dtype=np.float32)
+        # the mean of the channels (for maxmin, (max + min) / 2); maxchroma gets the same, max - chroma / 2,
+        # so that both inputs call the same images low-information
+        grey = (x[:, 0] - x[:, 1] / 2 if self.input_mode == "maxchroma" else x.mean(axis=1)) * 255.0
         return grey.reshape(len(batch), -1).std(axis=1) < 2.0
 
 

@@ -252,6 +252,16 @@ def test_maxmin_weights_map_to_maxchroma_exactly(trained, tmp_path, photos):
     assert det.input_mode == "maxchroma" and det.config.channel_floors == CHANNEL_FLOORS["maxchroma"]
     v = det.embed_images([photos["coffee"], _saturation(photos["coffee"], 0.7)])
     assert v.shape == (2, 16) and np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    # both inputs call the same images low-information (a grey gradient of 3 levels, a pale tint, photos)
+    from PIL import Image
+
+    faint = Image.fromarray(np.tile(np.linspace(120, 123, 64).astype(np.uint8), (64, 1))).convert("RGB")
+    tint = Image.new("RGB", (64, 64), (200, 200, 200))
+    tint.paste((205, 198, 200), (0, 0, 32, 64))
+    images = [faint, tint, photos["coffee"], _saturation(photos["rocket"], 0.3)]
+    maxmin = get_detector(f"clipdup:{tmp_path / 'mm'}")
+    flags = [d.low_information(np.stack([d.preprocess(im) for im in images])).tolist() for d in (det, maxmin)]
+    assert flags[0] == flags[1] == [True, True, False, False]
     r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "back"), "--input-mode", "maxmin",
                                   "--init", str(tmp_path / "mc")])
     assert r.exit_code != 0 and "does not fit" in r.output
