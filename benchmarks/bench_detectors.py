@@ -42,8 +42,9 @@ from collections import defaultdict
 import numpy as np
 
 from overlap_audit.augment import FAMILIES, STRENGTHS, augment_all, augment_family
-from overlap_audit.demo import bundled_photos, tiles
-from overlap_audit.detector_calibration import paired_bootstrap, precision_recall
+from overlap_audit.demos.synthetic import bundled_photos, tiles
+from overlap_audit.calibrate import paired_bootstrap
+from overlap_audit.thresholds import precision_recall
 from overlap_audit.detectors import get_detector
 
 
@@ -136,7 +137,7 @@ def debian_photos(cache: str | None = None, longest: int = 1024) -> dict:
     keyed by name; each package is downloaded and unpacked once into the cache (apt-get download, no root)."""
     from PIL import Image
 
-    from overlap_audit.realdata import fetch_debian_package
+    from overlap_audit.demos.realdata import fetch_debian_package
 
     out = {}
     for package, names in DEBIAN_PHOTOS.items():

@@ -16,7 +16,7 @@ import time
 import imagehash
 import numpy as np
 
-from overlap_audit.demo import bundled_photos, tiles
+from overlap_audit.demos.synthetic import bundled_photos, tiles
 from overlap_audit.detectors import get_detector
 
 

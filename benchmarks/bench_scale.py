@@ -66,8 +66,8 @@ def child(kind: str, root: Path) -> dict:
     if kind == "stream":
         # the streaming engine itself over the shards (what `report --exact` runs): no index, no id table
         from overlap_audit.index import iter_shard_vectors
-        from overlap_audit.search import stream_search
-        from overlap_audit.types import DetectorInfo
+        from overlap_audit.index.search import stream_search
+        from overlap_audit.values import DetectorInfo
 
         info = DetectorInfo.from_dict(json.loads((root / "progress.json").read_text())["detector"])
         import faiss

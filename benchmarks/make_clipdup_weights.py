@@ -45,7 +45,7 @@ OUT = ROOT / "detectors" / "weights"
 
 
 def fetch_openclipart(cache: Path) -> Path:
-    from overlap_audit.realdata import fetch_debian_package
+    from overlap_audit.demos.realdata import fetch_debian_package
 
     return fetch_debian_package("openclipart-png", cache) / "usr" / "share" / "openclipart" / "png"
 
@@ -126,8 +126,8 @@ def fetch_wallpaper_tiles(cache: Path, tile_px: int = 256, size: int = 128) -> P
     """Cut Debian's wallpaper photos into non-overlapping tiles (a folder of PNGs); returns the folder."""
     from PIL import Image
 
-    from overlap_audit.demo import tiles
-    from overlap_audit.realdata import fetch_debian_package
+    from overlap_audit.demos.synthetic import tiles
+    from overlap_audit.demos.realdata import fetch_debian_package
 
     out = cache / f"wallpaper-tiles-{tile_px}-{size}"
     if out.exists():
@@ -181,7 +181,7 @@ def main() -> None:
     from bench_detectors import benchmark_threshold
 
     from overlap_audit.detectors import get_detector
-    from overlap_audit.io import atomic_write
+    from overlap_audit.atomic import atomic_write
 
     photos = fetch_wallpaper_tiles(Path(args.cache))
     data = fetch_openclipart(Path(args.cache))

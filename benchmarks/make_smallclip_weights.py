@@ -6,7 +6,7 @@ SMALLCLIP_MODEL_CARD.md).
    `dpkg -x` into a cache folder (no root).
 2. Pretrain with `overlap-audit pretrain-clip` (CPU, one thread); an existing run in --run is resumed
    (a finished one is not retrained).
-3. Store the weights as float16, load them back through `overlap_audit.smallclip.load` and measure the
+3. Store the weights as float16, load them back through `overlap_audit.zeroshot.smallclip.load` and measure the
    zero-shot top-1 accuracy on the Tux Paint categories with `scoring.build_classifier` (the paper's 80
    templates, "a drawing of a {}." and "{}"), beside chance and the majority-class rate.
 4. Write the model card.
@@ -34,8 +34,8 @@ NAME = "smallclip-openclipart.pt"
 
 
 def fetch_deb(package: str, cache: Path, inner: str) -> Path:
-    """The folder ``inner`` of a Debian package fetched and unpacked once (overlap_audit.realdata)."""
-    from overlap_audit.realdata import fetch_debian_package
+    """The folder ``inner`` of a Debian package fetched and unpacked once (overlap_audit.demos.realdata)."""
+    from overlap_audit.demos.realdata import fetch_debian_package
 
     return fetch_debian_package(package, cache) / inner
 
@@ -52,7 +52,7 @@ def evaluate(model, tux_root: Path, workers: int = 0) -> dict:
     """Zero-shot top-1 on the Tux Paint stamps' top-level categories, three prompt sets."""
     import numpy as np
 
-    from overlap_audit.smallclip import load_pairs, zero_shot
+    from overlap_audit.zeroshot.smallclip import load_pairs, zero_shot
     from overlap_audit.stats import clopper_pearson
 
     pairs = load_pairs([str(tux_root)], model.image_size, caption_from="auto", workers=workers)
@@ -82,8 +82,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from overlap_audit.io import atomic_write, atomic_write_json
-    from overlap_audit.smallclip import load
+    from overlap_audit.atomic import atomic_write, atomic_write_json
+    from overlap_audit.zeroshot.smallclip import load
 
     cache = Path(args.cache)
     data = Path(args.openclipart or fetch_deb("openclipart-png", cache, "usr/share/openclipart/png"))
@@ -119,7 +119,7 @@ def main() -> None:
     card = f"""# smallclip openclipart-small: model card
 
 The project's own small CLIP, shipped as `overlap_audit/weights/{NAME}` ({size_mb:.1f} MB, float16,
-{n_params / 1e6:.2f} M parameters). Load it with `overlap_audit.smallclip.load("openclipart-small")`.
+{n_params / 1e6:.2f} M parameters). Load it with `overlap_audit.zeroshot.smallclip.load("openclipart-small")`.
 It exists so that the whole audit runs offline with a model whose accuracy is real; it is a toy next
 to the paper's models.
 

@@ -18,7 +18,7 @@ import argparse
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from overlap_audit.demo import AUGMENTATIONS, augment, bundled_photos, tiles
+from overlap_audit.demos.synthetic import AUGMENTATIONS, augment, bundled_photos, tiles
 from overlap_audit.detectors import get_detector
 
 

@@ -50,7 +50,7 @@ from make_smallclip_weights import fetch_deb  # noqa: E402
 
 
 def cached_pairs(path: Path, sources: list[str], image_size: int, caption_from: str):
-    from overlap_audit.smallclip import Pairs, load_pairs
+    from overlap_audit.zeroshot.smallclip import Pairs, load_pairs
 
     if path.exists():
         d = np.load(path)
@@ -132,8 +132,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from overlap_audit.detectors import get_detector
-    from overlap_audit.smallclip import Pairs, TrainConfig, caption_from_path, load, pretrain, zero_shot
-    from overlap_audit.smallclip_model import ModelConfig
+    from overlap_audit.zeroshot.smallclip import Pairs, PretrainConfig, caption_from_path, load, pretrain, zero_shot
+    from overlap_audit.zeroshot.smallclip_net import SmallClipNetConfig
     from overlap_audit.stats import overlap_stats
 
     work = Path(args.work)
@@ -141,9 +141,9 @@ def main() -> None:
     cache = Path(args.cache)
     oc_dir = args.openclipart or str(fetch_deb("openclipart-png", cache, "usr/share/openclipart/png"))
     tux_dir = args.tuxpaint or str(fetch_deb("tuxpaint-stamps-default", cache, "usr/share/tuxpaint/stamps"))
-    mcfg = ModelConfig()
+    mcfg = SmallClipNetConfig()
     # the same settings as the shipped model's `pretrain-clip` run, so a finished baseline is reused
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=0, caption_from="auto")
+    cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seed=0, caption_from="auto")
     oc = cached_pairs(work / "openclipart.npz", [oc_dir], mcfg.image_size, "auto")
     # the stamps that have a caption file (11 of the 796 have none and are left out)
     tux = cached_pairs(work / "tuxpaint.npz", [tux_dir], mcfg.image_size, "caption")

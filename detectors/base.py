@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from ..types import DetectorInfo, Metric
+from ..values import DetectorInfo, Metric
 
 
 @runtime_checkable

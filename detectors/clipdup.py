@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..devices import torch_device
 from .base import DetectorBase
 
 SHIPPED = Path(__file__).parent / "weights" / "clipdup-small.pt"
@@ -95,7 +96,7 @@ def to_tensor_array(image: Image.Image, size: int, mode: str = "rgb") -> np.ndar
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class DetectorTrainConfig:
     arch: str = "small"
     dim: int = 256
     input_size: int = 96
@@ -129,7 +130,7 @@ class TrainConfig:
         return float(self.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(step, self.steps) / self.steps)))
 
 
-def _load_images(sources: list[str], cfg: TrainConfig, workers: int | None) -> list[Image.Image]:
+def _load_images(sources: list[str], cfg: DetectorTrainConfig, workers: int | None) -> list[Image.Image]:
     """Decode up to max_images corpus images once, kept as small RGB thumbnails (2x the input size)."""
     from ..embed import Decoder
     from ..sources import open_source
@@ -227,7 +228,7 @@ def maxmin_to_maxchroma(weights: dict, model_cfg):
     return out, replace(model_cfg, channel_floors=CHANNEL_FLOORS["maxchroma"])
 
 
-def mine_neighbours(net, images: list[Image.Image], cfg: TrainConfig, device: str, *, batch: int = 256) -> np.ndarray:
+def mine_neighbours(net, images: list[Image.Image], cfg: DetectorTrainConfig, device: str, *, batch: int = 256) -> np.ndarray:
     """Each image's nearest other images under ``net`` (most similar first): an int array [N, hard_negatives - 1].
 
     Duplicates of the image itself (SAME_PICTURE, or SAME_PICTURE_Z by ``cfg.same_picture``) are skipped; a
@@ -277,21 +278,19 @@ def batch_indices(rng: np.random.Generator, n: int, batch: int, neighbours: np.n
     return np.asarray(chosen)
 
 
-def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = TrainConfig(), *,
+def train(sources: list[str], out_dir: str | os.PathLike, cfg: DetectorTrainConfig = DetectorTrainConfig(), *,
           device: str = "auto", resume: bool = False, workers: int | None = None, progress: bool = False,
           log_every: int = 10) -> dict:
     """Train (or resume training) a DuplicateNet on the sources' images; returns the last log entry."""
     torch = _torch()
     from ..augment import STRENGTHS, augment_all
     from ..errors import DetectorError
-    from ..io import atomic_write, atomic_write_json
-    from .clipdup_model import DuplicateNet, ModelConfig, batch_global_nce, info_nce
+    from ..atomic import atomic_write, atomic_write_json
+    from .clipdup_model import DuplicateNet, DuplicateNetConfig, batch_global_nce, info_nce
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dev = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-    if device == "cuda" and dev != "cuda":
-        raise DetectorError("--device cuda: torch sees no GPU")
+    dev = torch_device(device)
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not resume:
         raise DetectorError(f"{out} already holds a checkpoint; pass --resume to continue it, or a new --out")
@@ -314,7 +313,7 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
             raise DetectorError(f"--init {cfg.init!r}: no clipdup weights there")
         try:
             init = torch.load(init_file, map_location="cpu", weights_only=True)
-            model_cfg = ModelConfig.from_dict(init["model_config"])
+            model_cfg = DuplicateNetConfig.from_dict(init["model_config"])
         except Exception as exc:  # noqa: BLE001 - not a clipdup weights file
             raise DetectorError(f"--init {cfg.init!r} is not clipdup weights: {str(exc).splitlines()[0]}") from None
         widen = (model_cfg.channels, model_cfg.standardize, cfg.input_mode) == (1, True, "maxmin")
@@ -328,7 +327,7 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
                                 f"{init.get('input_mode', 'rgb')!r}); --input-mode {cfg.input_mode} does not fit")
         init_digest = hashlib.sha256(init_file.read_bytes()).hexdigest()
     else:
-        model_cfg = ModelConfig.named(cfg.arch, dim=cfg.dim, channels=INPUT_CHANNELS[cfg.input_mode],
+        model_cfg = DuplicateNetConfig.named(cfg.arch, dim=cfg.dim, channels=INPUT_CHANNELS[cfg.input_mode],
                                       standardize=cfg.input_mode != "rgb",
                                       channel_floors=CHANNEL_FLOORS.get(cfg.input_mode, ()))
     net = DuplicateNet(model_cfg).to(dev)
@@ -341,7 +340,7 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: TrainConfig = Tra
         state = torch.load(ckpt_path, map_location=dev, weights_only=True)
         # the initial weights only matter at step 0: on resume the checkpoint's weights replace them
         free = ("steps", "init")
-        previous = {k: v for k, v in {**TrainConfig().__dict__, **state["train_config"]}.items() if k not in free}
+        previous = {k: v for k, v in {**DetectorTrainConfig().__dict__, **state["train_config"]}.items() if k not in free}
         if previous != {k: v for k, v in cfg.__dict__.items() if k not in free}:
             raise DetectorError(f"cannot resume {out}: it was trained with {state['train_config']} "
                                 "(only --steps and --init may change on --resume)")
@@ -416,7 +415,7 @@ class ClipDup(DetectorBase):
     def __init__(self, path: str, *, device: str = "auto", spec: str = ""):
         torch = _torch()
         from ..errors import DetectorError
-        from .clipdup_model import DuplicateNet, ModelConfig
+        from .clipdup_model import DuplicateNet, DuplicateNetConfig
 
         weights = _weights_file(path)
         if not weights.exists():
@@ -424,7 +423,7 @@ class ClipDup(DetectorBase):
                                 "train-detector SOURCE --out DIR`, then use clipdup:DIR)")
         state = torch.load(weights, map_location="cpu", weights_only=True)
         cfg = state["model_config"]
-        self.config = ModelConfig.from_dict(cfg)
+        self.config = DuplicateNetConfig.from_dict(cfg)
         self.input_size = int(state["input_size"])
         self.input_mode = str(state.get("input_mode", "rgb"))
         self.dim = self.config.dim
@@ -435,7 +434,7 @@ class ClipDup(DetectorBase):
         self.default_threshold = float(threshold) if threshold is not None else None
         self.spec = spec or f"clipdup:{path}"
         self._state = {k: v.float() for k, v in state["model"].items()}  # shipped weights are float16
-        self._device = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        self._device = torch_device(device)
         self._net = None
         self._DuplicateNet = DuplicateNet
 
@@ -474,3 +473,12 @@ def make_clipdup(arg: str | None = None, *, spec: str = "clipdup", device: str =
                                 "`overlap-audit train-detector SOURCE... --out DIR` and use --detector clipdup:DIR")
         return ClipDup(str(SHIPPED), device=device, spec="clipdup")
     return ClipDup(arg, device=device, spec=spec)
+
+
+_RENAMED = {'TrainConfig': 'DetectorTrainConfig'}
+
+
+def __getattr__(name: str):
+    from .._renamed import renamed_attribute
+
+    return renamed_attribute(__name__, _RENAMED, name, globals())

@@ -29,7 +29,7 @@ ARCHS = {"resnet50": ((3, 4, 6, 3), 64), "small": ((1, 1, 1, 1), 16)}
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class DuplicateNetConfig:
     """What a checkpoint records about its variant."""
 
     arch: str = "small"
@@ -45,7 +45,7 @@ class ModelConfig:
 
     @classmethod
     def named(cls, arch: str, dim: int = 256, channels: int = 3, standardize: bool = False,
-              channel_floors: tuple[float, ...] = ()) -> "ModelConfig":
+              channel_floors: tuple[float, ...] = ()) -> "DuplicateNetConfig":
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
         if channels not in (1, 2, 3):
@@ -58,7 +58,7 @@ class ModelConfig:
                    channel_floors=tuple(float(f) for f in channel_floors))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> "DuplicateNetConfig":
         """A config from a checkpoint; older checkpoints lack the input fields and are RGB, unstandardised."""
         return cls(arch=d["arch"], depths=tuple(d["depths"]), width=d["width"], dim=d["dim"],
                    temperature=d["temperature"], channels=int(d.get("channels", 3)),
@@ -119,7 +119,7 @@ class Bottleneck(nn.Module):
 class DuplicateNet(nn.Module):
     """Anti-aliased, weight-normalised GELU ResNet ending in an L2-normalised D-dim embedding."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: DuplicateNetConfig):
         super().__init__()
         self.config = config
         w = config.width
@@ -177,3 +177,12 @@ def batch_global_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07
     neg = logits.masked_select(~torch.eye(n, dtype=torch.bool, device=a.device))
     neg_lse = torch.logsumexp(neg, dim=0)
     return (torch.logaddexp(pos, neg_lse.expand_as(pos)) - pos).mean()
+
+
+_RENAMED = {'ModelConfig': 'DuplicateNetConfig'}
+
+
+def __getattr__(name: str):
+    from .._renamed import renamed_attribute
+
+    return renamed_attribute(__name__, _RENAMED, name, globals())

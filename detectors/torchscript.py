@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..devices import torch_device
 from .base import DetectorBase
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -61,7 +62,7 @@ class TorchScriptDetector(DetectorBase):
         self.version = "1+" + hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
         self.default_threshold = opts.get("threshold")
         self.decode_size = self.input_size
-        self._device = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        self._device = torch_device(device)
         self._model = None
         try:
             probe = self._load()(torch.zeros(1, 3, self.input_size, self.input_size, device=self._device))

@@ -5,3 +5,7 @@ imported or loaded here beyond the version string.
 """
 
 __version__ = "0.1.0"
+
+from ._renamed import install as _install_renamed
+
+_install_renamed()

@@ -17,13 +17,14 @@ from .detectors import get_detector
 from .embed import embed_source
 from .errors import ModelError, SourceError
 from .imaging import DEFAULT_MAX_PIXELS
-from .index import build_index, check_detector, load_index, resolve_device, search
+from .devices import faiss_device, torch_device
+from .index import build_index, check_detector, load_index, search
 from .predictions import PREDICTIONS, match_predictions, read_predictions, write_predictions
 from .report import DatasetReport, Report, write_report
-from .scoring import TemplateSet, ZeroShotModel, ZeroShotScorer, load_classnames
+from .zeroshot.scoring import TemplateSet, ZeroShotModel, ZeroShotScorer, load_classnames
 from .sources import open_source
 from .split import load_thresholds, resolve_thresholds, split
-from .stats import RateEstimate, correct, extended_stats, overlap_stats
+from .stats import RateEstimate, extended_stats, family_correction, overlap_stats
 
 __all__ = ["build_index", "run_report"]
 
@@ -69,7 +70,7 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise SourceError(f"evaluation set names must be distinct; repeated: {', '.join(dup)}")
-    resolve_device(device)  # a GPU asked of a CPU-only FAISS fails now, not after every set is embedded
+    faiss_device(device)  # a GPU asked of a CPU-only FAISS fails now, not after every set is embedded
     corpus = load_index(index_dir, load_faiss=not exact)
     if len(corpus) == 0:
         from .errors import IndexDirError
@@ -116,12 +117,12 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
         stats[name] = overlap_stats(int(ok.sum()), len(ok), int(ok[sp.overlap].sum()), int(sp.overlap.sum()),
                                     ci_level=ci_level)
     p_values = [stats[n].p_value for n in names]
-    both = {m: correct(p_values, alpha, m) for m in ("bonferroni", "holm")}
+    both = {m: family_correction(p_values, alpha, m) for m in ("bonferroni", "holm")}
     deciding = both[correction]
     power_alpha = alpha / max(1, deciding.m)  # the per-dataset level of Bonferroni and of Holm's first step
     extended = {n: extended_stats(stats[n], power_alpha=power_alpha, power=power, precision=errors[n][0],
                                   recall=errors[n][1], n_boot=n_boot, seed=seed) for n in names}
-    two_sample = correct([extended[n].two_sample_p for n in names], alpha, correction)
+    two_sample = family_correction([extended[n].two_sample_p for n in names], alpha, correction)
     datasets = [
         DatasetReport(name=n, threshold=cut[n], stats=stats[n], p_value_adjusted=deciding.adjusted[i],
                       significant=deciding.significant[i],
@@ -181,14 +182,14 @@ def _per_dataset(value, names: list[str], option: str) -> dict[str, str | None]:
 
 def _prepare_zero_shot(spec: str, names: list[str], classnames, templates, device: str) -> ZeroShotSetup:
     """Check the classnames and templates files, then load the model (files before the slow part)."""
-    from .models import load_model, parse_model_spec, weights_sha256, resolve_model_device
+    from .zeroshot.models import load_model, parse_model_spec, weights_sha256
 
     class_files = _per_dataset(classnames, names, "--classnames")
     template_files = _per_dataset(templates, names, "--templates")
     names_by = {n: (load_classnames(f) if f else None) for n, f in class_files.items()}
     templates_by = {n: TemplateSet.load(f) for n, f in template_files.items()}
     source = parse_model_spec(spec)
-    dev = resolve_model_device(device)
+    dev = torch_device(device)
     model = load_model(spec, dev)
     return ZeroShotSetup(spec=spec, weights_sha256=weights_sha256(source.weights), device=dev, model=model,
                          classnames=names_by, classnames_files=class_files, templates=templates_by)

@@ -136,7 +136,7 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
     from .api import run_report
     from .imaging import DEFAULT_MAX_PIXELS
     from .report import format_extended_table, format_table, interpretation, model_line, recall_line
-    from .scoring import assign_files
+    from .zeroshot.scoring import assign_files
     from .sources import parse_eval_spec
 
     try:
@@ -219,9 +219,9 @@ def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, l
                    input_mode, schedule, hard_negatives, mine_every, global_weight, same_picture, init, workers, device,
                    resume, quiet) -> None:
     """Train the CLIP paper's near-duplicate detector on SOURCES (self-supervised: images vs augmented copies)."""
-    from .detectors.clipdup import TrainConfig, train
+    from .detectors.clipdup import DetectorTrainConfig, train
 
-    cfg = TrainConfig(arch=arch, dim=dim, input_size=input_size, batch_size=batch_size, steps=steps, lr=lr,
+    cfg = DetectorTrainConfig(arch=arch, dim=dim, input_size=input_size, batch_size=batch_size, steps=steps, lr=lr,
                       strength=strength, seed=seed, max_images=max_images, input_mode=input_mode, schedule=schedule,
                       hard_negatives=hard_negatives, mine_every=mine_every, global_weight=global_weight,
                       same_picture=same_picture, init=init)
@@ -256,13 +256,13 @@ def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, l
 def pretrain_clip(sources, out_dir, steps, batch_size, lr, image_size, caption_from, max_items, seed, threads,
                   workers, device, resume, quiet) -> None:
     """Pretrain the project's small CLIP on the image–caption pairs of SOURCES (contrastive, learned temperature)."""
-    from .smallclip import TrainConfig, pretrain
-    from .smallclip_model import ModelConfig
+    from .zeroshot.smallclip import PretrainConfig, pretrain
+    from .zeroshot.smallclip_net import SmallClipNetConfig
 
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, caption_from=caption_from,
+    cfg = PretrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, caption_from=caption_from,
                       max_items=max_items)
     try:
-        r = pretrain(list(sources), out_dir, cfg, ModelConfig(image_size=image_size), device=device, resume=resume,
+        r = pretrain(list(sources), out_dir, cfg, SmallClipNetConfig(image_size=image_size), device=device, resume=resume,
                      threads=threads, workers=workers, progress=not quiet)
     except _user_errors() as exc:
         _fail(exc)
@@ -282,8 +282,8 @@ def pretrain_clip(sources, out_dir, steps, batch_size, lr, image_size, caption_f
 @_workers
 def calibrate(source, detector, target, strength, max_images, seed, out_file, workers) -> None:
     """Choose a detector threshold from your own held-out images (their augmented copies as positives)."""
-    from .detector_calibration import calibrate as run
-    from .io import atomic_write_json
+    from .calibrate import calibrate as run
+    from .atomic import atomic_write_json
 
     try:
         cal = run(source, detector, target_precision=target, strength=strength, seed=seed, max_images=max_images,
@@ -386,7 +386,7 @@ def detectors() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(out_dir, seed) -> None:
     """Build a small corpus and evaluation set with planted duplicates, then index and report."""
-    from .demo import run_demo
+    from .demos.synthetic import run_demo
     from .report import format_extended_table, format_table, interpretation
 
     try:
@@ -418,7 +418,7 @@ def demo(out_dir, seed) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo_real(out_dir, cache_dir, debs_dir, model, templates, detector, workers, gallery, quiet) -> None:
     """Audit on real data: openclipart-png as the corpus, tuxpaint-stamps-default as the evaluation set."""
-    from .realdata import run_real_demo
+    from .demos.realdata import run_real_demo
     from .report import format_extended_table, format_table, interpretation, model_line
 
     try:

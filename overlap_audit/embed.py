@@ -24,7 +24,7 @@ import numpy as np
 from .detectors import Detector
 from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from .sources import Source
-from .types import Embeddings, RawItem, Skipped
+from .values import Embeddings, RawItem, Skipped
 
 _WORKER_STATE: dict = {}
 

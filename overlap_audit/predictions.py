@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from .errors import PredictionsError
-from .types import Predictions, Split
+from .values import Predictions, Split
 
 _TRUE = {"1", "true", "t", "yes", "y", "1.0"}
 _FALSE = {"0", "false", "f", "no", "n", "0.0"}
@@ -36,7 +36,7 @@ def write_predictions(path: str | os.PathLike, scored) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .io import atomic_write
+    from .atomic import atomic_write
 
     rows: dict[str, list] = {k: [] for k in ("dataset", "id", "label", "prediction", "correct", "top5")}
     for s in scored:

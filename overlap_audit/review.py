@@ -70,9 +70,10 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
     dataset nearest ``around`` (default: the detector's threshold) as pairs.csv and pairs.html."""
     from .detectors import get_detector
     from .embed import embed_source
-    from .html import Gallery, GalleryPair, esc, render_review_html, thumbnail
-    from .index import check_detector, corpus_items, load_index, resolve_device, search
-    from .io import atomic_write_text
+    from .report.html import Gallery, GalleryPair, esc, render_review_html, thumbnail
+    from .devices import faiss_device
+    from .index import check_detector, corpus_items, load_index, search
+    from .atomic import atomic_write_text
     from .sources import fetch_items, open_source
 
     evals = list(evals)
@@ -87,7 +88,7 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
     if existing.exists() and _has_labels(existing):
         raise ThresholdError(f"{existing} already holds labels (is_duplicate filled in); give another --out, or "
                              "move it away first: writing the review sheet again would erase them")
-    resolve_device(device)
+    faiss_device(device)
     corpus = load_index(index_dir)
     if len(corpus) == 0:
         from .errors import IndexDirError
@@ -144,7 +145,7 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
             w.writerow(CSV_COLUMNS)
             w.writerows(lines)
 
-    from .io import atomic_write
+    from .atomic import atomic_write
 
     atomic_write(csv_path, write_csv)
     html_path = out / PAIRS_HTML
@@ -238,6 +239,7 @@ def choose_threshold(dataset: str, similarities, labels, *, target_precision: fl
     """The lowest threshold (a labelled duplicate's similarity) at which the labelled pairs at or above it
     have precision >= ``target_precision``; recall is among the labelled duplicates."""
     from .stats import clopper_pearson
+    from .thresholds import threshold_at_precision
 
     if not 0.0 < target_precision <= 1.0:
         raise ThresholdError(f"--precision must be in (0, 1], got {target_precision}")
@@ -250,15 +252,11 @@ def choose_threshold(dataset: str, similarities, labels, *, target_precision: fl
     if len(pos) == 0:
         return ThresholdChoice(**base, **none, note="no pair labelled a duplicate: no threshold keeps precision; "
                                "label pairs nearer the duplicates (or keep the default threshold)")
-    candidates = np.unique(pos)  # a threshold between two duplicates' similarities only adds false positives
-    tp = len(pos) - np.searchsorted(pos, candidates, side="left")
-    fp = len(neg) - np.searchsorted(neg, candidates, side="left")
-    ok = np.nonzero(tp / (tp + fp) >= target_precision)[0]
-    if len(ok) == 0:
+    point = threshold_at_precision(pos, neg, target_precision)
+    if point is None:
         return ThresholdChoice(**base, **none, note=f"no threshold reaches precision {target_precision:g} on the "
                                "labelled pairs")
-    i = int(ok[0])
-    t, k, f = float(candidates[i]), int(tp[i]), int(fp[i])
+    t, k, f = point.threshold, point.tp, point.fp
     return ThresholdChoice(**base, threshold=t, tp=k, fp=f, precision=k / (k + f),
                            precision_ci=clopper_pearson(k, k + f, ci_level), recall=k / len(pos),
                            recall_ci=clopper_pearson(k, len(pos), ci_level))
@@ -275,7 +273,7 @@ def pick_thresholds(path: str | os.PathLike, *, target_precision: float = 0.99,
 def write_thresholds(choices: dict[str, ThresholdChoice], path: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``{"NAME": t}`` (datasets with a threshold only) for ``report --thresholds``, and the evidence
     of every dataset beside it (``<name>.evidence.json``). Returns both paths."""
-    from .io import atomic_write_json
+    from .atomic import atomic_write_json
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

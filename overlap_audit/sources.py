@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DuplicateIdError, SourceError
-from .types import RawItem
+from .values import RawItem
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 WDS_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")

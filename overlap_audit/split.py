@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from .errors import ThresholdError
-from .types import Embeddings, Neighbors, Split
+from .values import Embeddings, Neighbors, Split
 
 
 def load_thresholds(path: str | os.PathLike) -> dict[str, float]:

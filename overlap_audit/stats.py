@@ -197,7 +197,7 @@ def holm(p_values: Sequence[float | None], alpha: float = 0.05) -> MultipleTestR
 CORRECTIONS = {"bonferroni": bonferroni, "holm": holm}
 
 
-def correct(p_values: Sequence[float | None], alpha: float = 0.05, method: str = "bonferroni") -> MultipleTestResult:
+def family_correction(p_values: Sequence[float | None], alpha: float = 0.05, method: str = "bonferroni") -> MultipleTestResult:
     """Apply the named correction (bonferroni or holm)."""
     if method not in CORRECTIONS:
         raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}, got {method!r}")
@@ -457,3 +457,12 @@ def extended_stats(base: OverlapStats, *, power_alpha: float, power: float = 0.8
         detector = detector_corrected(b.k_all, b.n_all, b.k_overlap, b.n_overlap, precision or RateEstimate(1.0),
                                       recall or RateEstimate(1.0), ci_level=b.ci_level, n_boot=n_boot, seed=seed)
     return ExtendedStats(gap, test.p_value, test.method, ci_gap, ci_delta, power, power_alpha, mdg, mdd, detector)
+
+
+_RENAMED = {'correct': 'family_correction'}
+
+
+def __getattr__(name: str):
+    from ._renamed import renamed_attribute
+
+    return renamed_attribute(__name__, _RENAMED, name, globals())

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from overlap_audit.demo import augment, bundled_photos, tiles
+from overlap_audit.demos.synthetic import augment, bundled_photos, tiles
 
 # Mild versions of each augmentation the foundation issue names; deterministic.
 PLANTED = {

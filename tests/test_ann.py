@@ -8,10 +8,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from overlap_audit.ann import choose_index, parse_bytes
+from overlap_audit.index.ann import choose_index, parse_bytes
 from overlap_audit.errors import IndexDirError
 from overlap_audit.index import index_from_vectors, load_index, search
-from overlap_audit.types import DetectorInfo
+from overlap_audit.values import DetectorInfo
 
 
 def unit(x):

@@ -130,11 +130,11 @@ def test_luma_training_and_detector(tmp_path, tile_sets, photos):
 
 
 def test_learning_rate_schedule():
-    from overlap_audit.detectors.clipdup import TrainConfig
+    from overlap_audit.detectors.clipdup import DetectorTrainConfig
 
-    const = TrainConfig(steps=100, lr=0.01)
+    const = DetectorTrainConfig(steps=100, lr=0.01)
     assert const.lr_at(0) == const.lr_at(99) == 0.01
-    cos = TrainConfig(steps=100, lr=0.01, schedule="cosine")
+    cos = DetectorTrainConfig(steps=100, lr=0.01, schedule="cosine")
     lrs = [cos.lr_at(s) for s in range(100)]
     assert lrs[0] == pytest.approx(0.005) and type(lrs[0]) is float  # warm-up over 2 steps
     assert max(lrs) == pytest.approx(0.01, rel=1e-3) and lrs[-1] < 1e-5
@@ -164,7 +164,7 @@ def test_maxmin_input_ignores_hue_and_keeps_colour_on_white(photos):
     from PIL import Image
 
     from overlap_audit.detectors.clipdup import to_tensor_array
-    from overlap_audit.detectors.clipdup_model import DuplicateNet, ModelConfig
+    from overlap_audit.detectors.clipdup_model import DuplicateNet, DuplicateNetConfig
 
     coffee = photos["coffee"].resize((96, 96))
     hsv = np.asarray(coffee.convert("HSV")).copy()
@@ -178,7 +178,7 @@ def test_maxmin_input_ignores_hue_and_keeps_colour_on_white(photos):
     assert to_tensor_array(red, 16, "maxmin")[1].std() > 0.3  # the min channel keeps it
     import torch
 
-    net = DuplicateNet(ModelConfig.named("small", dim=16, channels=2, standardize=True))
+    net = DuplicateNet(DuplicateNetConfig.named("small", dim=16, channels=2, standardize=True))
     out = net(torch.from_numpy(np.stack([a, b])))
     assert out.shape == (2, 16)
 
@@ -199,7 +199,7 @@ def test_maxchroma_input_ignores_hue_and_saturation_scale():
     from PIL import Image
 
     from overlap_audit.detectors.clipdup import CHANNEL_FLOORS, to_tensor_array
-    from overlap_audit.detectors.clipdup_model import DuplicateNet, ModelConfig
+    from overlap_audit.detectors.clipdup_model import DuplicateNet, DuplicateNetConfig
 
     art = Image.new("RGB", (96, 96), "white")
     art.paste((150, 0, 0), (10, 10, 50, 60))  # dark red
@@ -213,7 +213,7 @@ def test_maxchroma_input_ignores_hue_and_saturation_scale():
     assert np.abs(a[1] * 0.6 - b[1]).mean() < 0.005 and np.abs(a[1] * 0.6 - b[1]).max() < 0.06
 
     def change(mode, floors=()):  # mean absolute change of the input the network sees
-        net = DuplicateNet(ModelConfig.named("small", dim=16, channels=2, standardize=True, channel_floors=floors))
+        net = DuplicateNet(DuplicateNetConfig.named("small", dim=16, channels=2, standardize=True, channel_floors=floors))
         x = net.standardise(torch.from_numpy(np.stack([to_tensor_array(im, 32, mode) for im in (art, pale)])))
         return float((x[0] - x[1]).abs().mean())
 
@@ -224,11 +224,11 @@ def test_maxmin_weights_map_to_maxchroma_exactly(trained, tmp_path, photos):
     """maxmin_to_maxchroma keeps the first convolution's output on the raw input; a maxchroma fine-tuning run
     starts from maxmin weights, and maxchroma weights refuse a maxmin run."""
     from overlap_audit.detectors.clipdup import CHANNEL_FLOORS, maxmin_to_maxchroma
-    from overlap_audit.detectors.clipdup_model import DuplicateNet, ModelConfig
+    from overlap_audit.detectors.clipdup_model import DuplicateNet, DuplicateNetConfig
 
     root, _, _ = trained
     torch.manual_seed(5)
-    cfg = ModelConfig.named("small", dim=16, channels=2, standardize=True)
+    cfg = DuplicateNetConfig.named("small", dim=16, channels=2, standardize=True)
     net = DuplicateNet(cfg)
     mapped, cfg2 = maxmin_to_maxchroma(net.state_dict(), cfg)
     assert cfg2.channel_floors == CHANNEL_FLOORS["maxchroma"]

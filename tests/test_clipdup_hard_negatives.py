@@ -13,12 +13,12 @@ from PIL import Image  # noqa: E402
 from overlap_audit.cli import main  # noqa: E402
 from overlap_audit.detectors import get_detector  # noqa: E402
 from overlap_audit.detectors.clipdup import (  # noqa: E402
-    TrainConfig,
+    DetectorTrainConfig,
     batch_indices,
     mine_neighbours,
     to_tensor_array,
 )
-from overlap_audit.detectors.clipdup_model import DuplicateNet, ModelConfig  # noqa: E402
+from overlap_audit.detectors.clipdup_model import DuplicateNet, DuplicateNetConfig  # noqa: E402
 
 from .conftest import write_folder  # noqa: E402
 
@@ -57,14 +57,14 @@ def test_value_or_min_input(photos):
 
 def _tiny_net(dim=16, channels=1):
     torch.manual_seed(0)
-    return DuplicateNet(ModelConfig.named("small", dim=dim, channels=channels, standardize=channels == 1)).eval()
+    return DuplicateNet(DuplicateNetConfig.named("small", dim=dim, channels=channels, standardize=channels == 1)).eval()
 
 
 def test_mine_neighbours_against_brute_force(tile_sets):
     corpus, _ = tile_sets
     images = [im for _, im in corpus[:40]]
     images.append(images[3].resize((80, 80)))  # 40: a resized duplicate of image 3 (the same picture)
-    cfg = TrainConfig(input_size=32, input_mode="value", hard_negatives=4)
+    cfg = DetectorTrainConfig(input_size=32, input_mode="value", hard_negatives=4)
     net = _tiny_net()
     nb = mine_neighbours(net, images, cfg, "cpu", batch=16)
     assert nb.shape == (41, 3) and nb.dtype == np.int64
@@ -193,7 +193,7 @@ def test_same_picture_rules_for_mining():
     net = _tiny_net()
     last = len(images) - 1
     for rule, expect_negatives in (("mean16", False), ("z32", True)):
-        cfg = TrainConfig(input_size=32, input_mode="value-or-min", hard_negatives=len(images), same_picture=rule)
+        cfg = DetectorTrainConfig(input_size=32, input_mode="value-or-min", hard_negatives=len(images), same_picture=rule)
         nb = mine_neighbours(net, images, cfg, "cpu")
         assert nb.shape == (len(images), len(images) - 1)
         found = {i: set(nb[i][nb[i] >= 0].tolist()) for i in range(len(images))}
@@ -222,7 +222,7 @@ def test_value_weights_widen_to_max_and_min(base_run, tmp_path):
 
     root, base = base_run
     state = torch.load(base / "model.pt", weights_only=True)
-    wide, cfg = widen_to_maxmin(state["model"], ModelConfig.from_dict(state["model_config"]))
+    wide, cfg = widen_to_maxmin(state["model"], DuplicateNetConfig.from_dict(state["model_config"]))
     key = "stem.0.parametrizations.weight.original1"
     assert cfg.channels == 2 and wide[key].shape[1] == 2
     assert torch.equal(wide[key][:, :1], state["model"][key].float()) and not wide[key][:, 1:].any()
@@ -233,7 +233,7 @@ def test_value_weights_widen_to_max_and_min(base_run, tmp_path):
     y = x.clone()
     y[:, 1] = x[:, 0]  # a min channel equal to the max channel: the standardisation sees the max alone (up to
     # torch's unbiased std: n - 1 of twice the pixels)
-    one = DuplicateNet(ModelConfig.from_dict(state["model_config"])).eval()
+    one = DuplicateNet(DuplicateNetConfig.from_dict(state["model_config"])).eval()
     one.load_state_dict(state["model"])
     with torch.no_grad():
         assert torch.allclose(net(y), one(x[:, :1]), atol=1e-3)

@@ -7,13 +7,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from overlap_audit.detectors.clipdup_model import (  # noqa: E402
-    BlurPool, DuplicateNet, ModelConfig, batch_global_nce, info_nce)
+    BlurPool, DuplicateNet, DuplicateNetConfig, batch_global_nce, info_nce)
 
 
 @pytest.fixture(scope="module")
 def small():
     torch.manual_seed(0)
-    return DuplicateNet(ModelConfig.named("small", dim=64)).eval()
+    return DuplicateNet(DuplicateNetConfig.named("small", dim=64)).eval()
 
 
 def test_output_shape_and_normalisation(small):
@@ -34,7 +34,7 @@ def test_no_batch_norm_and_weight_norm_everywhere(small):
 def test_a_blur_before_every_stride(small):
     strided = [m for m in small.modules() if getattr(m, "stride", 1) not in (1, (1, 1))]
     assert strided and all(isinstance(m, BlurPool) for m in strided)
-    resnet50 = DuplicateNet(ModelConfig.named("resnet50"))
+    resnet50 = DuplicateNet(DuplicateNetConfig.named("resnet50"))
     assert sum(isinstance(m, BlurPool) for m in resnet50.modules()) == 2 + 3 * 2  # stem + 3 stages x 2 paths
     assert not any(isinstance(m, torch.nn.Conv2d) and m.stride != (1, 1) for m in resnet50.modules())
 
@@ -75,7 +75,7 @@ def test_batch_global_nce_by_hand():
 
 def test_a_few_steps_lower_the_loss():
     torch.manual_seed(1)
-    net = DuplicateNet(ModelConfig.named("small", dim=32))
+    net = DuplicateNet(DuplicateNetConfig.named("small", dim=32))
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     x = torch.rand(8, 3, 32, 32)
     copies = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
@@ -91,9 +91,9 @@ def test_a_few_steps_lower_the_loss():
 
 def test_luma_standardised_input_ignores_brightness_and_contrast():
     torch.manual_seed(2)
-    cfg = ModelConfig.named("small", dim=16, channels=1, standardize=True)
+    cfg = DuplicateNetConfig.named("small", dim=16, channels=1, standardize=True)
     net = DuplicateNet(cfg).eval()
-    plain = DuplicateNet(ModelConfig.named("small", dim=16, channels=1)).eval()
+    plain = DuplicateNet(DuplicateNetConfig.named("small", dim=16, channels=1)).eval()
     assert net.stem[0].in_channels == 1
     ramp = torch.linspace(0.2, 0.7, 32)
     x = torch.stack([ramp.expand(32, 32), ramp[:, None].expand(32, 32)])[:, None]  # two different pictures
@@ -108,22 +108,22 @@ def test_luma_standardised_input_ignores_brightness_and_contrast():
 
 
 def test_config_round_trip_and_old_checkpoints():
-    cfg = ModelConfig.named("small", dim=8, channels=1, standardize=True)
-    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    cfg = DuplicateNetConfig.named("small", dim=8, channels=1, standardize=True)
+    assert DuplicateNetConfig.from_dict(cfg.to_dict()) == cfg
     old = {k: v for k, v in cfg.to_dict().items() if k not in ("channels", "standardize")}
-    assert ModelConfig.from_dict(old) == ModelConfig.named("small", dim=8)  # RGB, unstandardised
+    assert DuplicateNetConfig.from_dict(old) == DuplicateNetConfig.named("small", dim=8)  # RGB, unstandardised
     with pytest.raises(ValueError, match="channels"):
-        ModelConfig.named("small", channels=4)
+        DuplicateNetConfig.named("small", channels=4)
     with pytest.raises(ValueError, match="channel_floors"):
-        ModelConfig.named("small", channels=2, standardize=True, channel_floors=(0.02,))  # one floor per channel
-    per_channel = ModelConfig.named("small", dim=8, channels=2, standardize=True, channel_floors=(0.02, 0.05))
-    assert ModelConfig.from_dict(per_channel.to_dict()) == per_channel
+        DuplicateNetConfig.named("small", channels=2, standardize=True, channel_floors=(0.02,))  # one floor per channel
+    per_channel = DuplicateNetConfig.named("small", dim=8, channels=2, standardize=True, channel_floors=(0.02, 0.05))
+    assert DuplicateNetConfig.from_dict(per_channel.to_dict()) == per_channel
 
 
 def test_per_channel_standardisation_undoes_a_scale_of_one_channel():
     torch.manual_seed(3)
-    joint = DuplicateNet(ModelConfig.named("small", dim=16, channels=2, standardize=True)).eval()
-    apart = DuplicateNet(ModelConfig.named("small", dim=16, channels=2, standardize=True,
+    joint = DuplicateNet(DuplicateNetConfig.named("small", dim=16, channels=2, standardize=True)).eval()
+    apart = DuplicateNet(DuplicateNetConfig.named("small", dim=16, channels=2, standardize=True,
                                            channel_floors=(0.02, 0.05))).eval()
     apart.load_state_dict(joint.state_dict())  # the same weights: only the standardisation differs
     ramp = torch.linspace(0.1, 0.9, 32)

@@ -1,4 +1,4 @@
-from overlap_audit.demo import AUGMENTATIONS, augment, bundled_photos, run_demo
+from overlap_audit.demos.synthetic import AUGMENTATIONS, augment, bundled_photos, run_demo
 
 
 def test_demo_finds_its_planted_duplicates(tmp_path):

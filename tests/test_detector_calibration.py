@@ -4,8 +4,9 @@ import numpy as np
 from click.testing import CliRunner
 
 from overlap_audit.cli import main
-from overlap_audit.detector_calibration import (calibrate, paired_bootstrap, precision_recall, sorted_pairs,
-                                                weighted_average_precision, weighted_recall_at_precision)
+from overlap_audit.calibrate import (calibrate, paired_bootstrap, sorted_pairs, weighted_average_precision,
+                                     weighted_recall_at_precision)
+from overlap_audit.thresholds import precision_recall
 
 from .conftest import write_folder
 

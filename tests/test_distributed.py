@@ -11,7 +11,7 @@ from overlap_audit.index import build_index, index_from_vectors, load_index, sea
 
 @pytest.fixture(scope="module")
 def cluster():
-    from overlap_audit.distributed import connect
+    from overlap_audit.index.ray import connect
 
     connect("local")
     yield

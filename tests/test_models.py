@@ -21,9 +21,9 @@ from PIL import Image
 from overlap_audit.api import run_report
 from overlap_audit.cli import main
 from overlap_audit.errors import ModelError
-from overlap_audit.models import load_model, parse_model_spec, resolve_model_device, weights_sha256
+from overlap_audit.zeroshot.models import load_model, parse_model_spec, resolve_model_device, weights_sha256
 from overlap_audit.report import load_report
-from overlap_audit.scoring import build_classifier
+from overlap_audit.zeroshot.scoring import build_classifier
 
 TINY_OPEN_CLIP = {"embed_dim": 16,
                   "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
@@ -221,7 +221,7 @@ def test_hf_model_scores_end_to_end_and_identically_twice(tmp_path, index_dir, e
     model = CLIPModel.from_pretrained(hf_dir, local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
     proc = AutoImageProcessor.from_pretrained(hf_dir, local_files_only=True)
-    from overlap_audit.scoring import default_templates
+    from overlap_audit.zeroshot.scoring import default_templates
 
     def text(t):
         return model.get_text_features(**tok(t, padding=True, return_tensors="pt")).pooler_output
@@ -311,7 +311,9 @@ def test_model_errors_are_clear(tmp_path, index_dir, eval_set, open_clip_files, 
     with pytest.raises(ModelError, match="image processor"):
         load_model(f"hf:{broken_hf}", device="cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ModelError, match="no GPU"):
+        from overlap_audit.errors import DeviceError
+
+        with pytest.raises(DeviceError, match="no GPU"):
             resolve_model_device("cuda")
 
     runner = CliRunner()
@@ -356,7 +358,7 @@ def test_one_decoding_pass_feeds_detector_and_model(tmp_path, photos):
     and the detector's arrays are the same as without a model."""
     from overlap_audit.detectors import get_detector
     from overlap_audit.embed import Decoder
-    from overlap_audit.types import RawItem
+    from overlap_audit.values import RawItem
 
     det = get_detector("phash")  # decode_size 128: a 1024x768 JPEG is decoded at 1/4 scale for it
     photo = next(iter(photos.values())).resize((1024, 768))
@@ -378,7 +380,7 @@ def test_one_decoding_pass_feeds_detector_and_model(tmp_path, photos):
 
 def test_shipped_small_clip_loads_through_the_model_spec(tmp_path):
     from overlap_audit import smallclip
-    from overlap_audit.scoring import ZeroShotModel
+    from overlap_audit.zeroshot.scoring import ZeroShotModel
 
     model = load_model("overlap-audit:openclipart-small", device="cpu")
     assert isinstance(model, ZeroShotModel)

@@ -5,7 +5,7 @@ import pytest
 
 from overlap_audit.errors import PredictionsError
 from overlap_audit.predictions import match_predictions, read_predictions
-from overlap_audit.types import Neighbors, Split
+from overlap_audit.values import Neighbors, Split
 
 
 def make_split(name, ids):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from overlap_audit.realdata import fetch_real_demo_data
+from overlap_audit.demos.realdata import fetch_real_demo_data
 
 from .conftest import huge_png_header, png_bytes
 
@@ -85,7 +85,7 @@ def test_demo_real_end_to_end(debs, tmp_path):
 
 def test_relative_paths_and_missing_debs(debs, tmp_path, monkeypatch):
     from overlap_audit.errors import FetchError
-    from overlap_audit.realdata import fetch_debian_package
+    from overlap_audit.demos.realdata import fetch_debian_package
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mydebs").mkdir()
@@ -100,7 +100,7 @@ def test_relative_paths_and_missing_debs(debs, tmp_path, monkeypatch):
 
 def test_the_newest_version_is_unpacked(tmp_path):
     """1.10 is newer than 1.9 (Debian version order, not string order); a name that is no version is ignored."""
-    from overlap_audit.realdata import fetch_debian_package
+    from overlap_audit.demos.realdata import fetch_debian_package
 
     debs = tmp_path / "debs"
     debs.mkdir()

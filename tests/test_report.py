@@ -5,7 +5,7 @@ import pytest
 from overlap_audit.errors import ReportError
 from overlap_audit.report import DatasetReport, Report, format_markdown, format_table, load_report
 from overlap_audit.stats import overlap_stats
-from overlap_audit.types import DetectorInfo, Skipped
+from overlap_audit.values import DetectorInfo, Skipped
 
 
 def make_report():
@@ -28,7 +28,7 @@ def test_table_has_a_row_per_dataset_and_dashes_for_undefined():
 
 
 def test_json_round_trip_and_no_nan(tmp_path):
-    from overlap_audit.io import atomic_write_json
+    from overlap_audit.atomic import atomic_write_json
 
     rep = make_report()
     atomic_write_json(tmp_path / "report.json", rep.to_dict())

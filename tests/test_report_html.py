@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from overlap_audit.api import build_index
-from overlap_audit.html import (REPORT_HTML, Gallery, GalleryPair, esc, gallery_order, render_html,
+from overlap_audit.report.html import (REPORT_HTML, Gallery, GalleryPair, esc, gallery_order, render_html,
                                 write_html_report)
 from overlap_audit.index import corpus_items
 from overlap_audit.report import load_report
@@ -232,7 +232,7 @@ def test_the_browser_check_would_catch_an_unescaped_caption(browser, tmp_path):
 def test_plot_draws_dataset_names_as_text_not_mathtext():
     from types import SimpleNamespace
 
-    from overlap_audit.html import figure17_png
+    from overlap_audit.report.html import figure17_png
 
     stats = SimpleNamespace(delta=0.02, overlap_rate=0.1, ci_delta=(0.0, 0.04))
     report = SimpleNamespace(ci_level=0.995, correction="bonferroni", datasets=[
@@ -245,9 +245,9 @@ def test_plot_draws_dataset_names_as_text_not_mathtext():
 def test_gallery_groups_pairs_by_the_splits_float32_rule():
     import numpy as np
 
-    from overlap_audit.html import gallery_order
+    from overlap_audit.report.html import gallery_order
     from overlap_audit.split import split
-    from overlap_audit.types import Embeddings, Neighbors
+    from overlap_audit.values import Embeddings, Neighbors
 
     t = 0.9952  # not a float32 value
     at = float(np.float32(t))  # a similarity exactly at the threshold, as the split sees it

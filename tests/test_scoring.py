@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from overlap_audit.errors import ModelError
-from overlap_audit.scoring import (ZeroShotClassifier, ZeroShotModel, build_classifier, classify,
+from overlap_audit.zeroshot.scoring import (ZeroShotClassifier, ZeroShotModel, build_classifier, classify,
                                    default_templates, load_templates)
 
 
@@ -79,7 +79,7 @@ def test_classifier_rejects_bad_input():
 
 
 def test_classnames_files(tmp_path):
-    from overlap_audit.scoring import class_names, load_classnames, readable_name
+    from overlap_audit.zeroshot.scoring import class_names, load_classnames, readable_name
 
     js = tmp_path / "n.json"
     js.write_text('{"n01": "tench", "n02": "goldfish"}')
@@ -104,7 +104,7 @@ def test_classnames_files(tmp_path):
 
 
 def test_assign_files_per_dataset():
-    from overlap_audit.scoring import assign_files
+    from overlap_audit.zeroshot.scoring import assign_files
 
     assert assign_files([], ["a", "b"], "--templates") == {}
     assert assign_files(["t.txt"], ["a", "b"], "--templates") == {"a": "t.txt", "b": "t.txt"}
@@ -117,7 +117,7 @@ def test_assign_files_per_dataset():
 
 
 def test_classnames_and_templates_files_from_spreadsheets(tmp_path):
-    from overlap_audit.scoring import load_classnames
+    from overlap_audit.zeroshot.scoring import load_classnames
 
     bom = tmp_path / "names.csv"
     bom.write_bytes("\ufefflabel,name\r\n0,zero\r\ncafé,coffee shop\r\n".encode("utf-8"))
@@ -134,7 +134,7 @@ def test_classnames_and_templates_files_from_spreadsheets(tmp_path):
 
 
 def test_classnames_that_name_no_label_are_refused():
-    from overlap_audit.scoring import class_names
+    from overlap_audit.zeroshot.scoring import class_names
 
     assert class_names(["cat", "dog"], {"cat": "a cat", "bird": "a bird"}) == (
         ["cat", "bird", "dog"], ["a cat", "a bird", "dog"])

@@ -15,21 +15,21 @@ from click.testing import CliRunner
 from overlap_audit import smallclip
 from overlap_audit.cli import main
 from overlap_audit.errors import ModelError
-from overlap_audit.scoring import ZeroShotModel, build_classifier
-from overlap_audit.smallclip import Pairs, TrainConfig, caption_from_path, load, load_pairs, pretrain, resolve
-from overlap_audit.smallclip_model import (EMPTY_BUCKET, ModelConfig, SmallCLIP, contrastive_loss, token_ids,
+from overlap_audit.zeroshot.scoring import ZeroShotModel, build_classifier
+from overlap_audit.zeroshot.smallclip import Pairs, PretrainConfig, caption_from_path, load, load_pairs, pretrain, resolve
+from overlap_audit.zeroshot.smallclip_net import (EMPTY_BUCKET, SmallClipNetConfig, SmallClipNet, contrastive_loss, token_ids,
                                            tokens)
 
 from .conftest import write_folder
 
-TINY = ModelConfig(image_size=32, widths=(8, 16), embed_dim=16, buckets=512, token_dim=8, text_hidden=16)
+TINY = SmallClipNetConfig(image_size=32, widths=(8, 16), embed_dim=16, buckets=512, token_dim=8, text_hidden=16)
 NAMES = ["astronaut", "coffee", "chelsea", "rocket", "china", "flower"]
 
 
 @pytest.fixture(scope="module")
 def caption_folder(tmp_path_factory, photos):
     """Real photos (3 tiles each) with NAME.txt captions: the photo's name on line 1, a translation below."""
-    from overlap_audit.demo import tiles
+    from overlap_audit.demos.synthetic import tiles
 
     root = tmp_path_factory.mktemp("captioned")
     files = {}
@@ -57,7 +57,7 @@ def test_tokenizer_is_deterministic_and_shares_ngrams_with_unseen_words():
 def test_tokenizer_handles_empty_and_wordless_texts():
     assert token_ids("", 100) == [EMPTY_BUCKET]
     assert token_ids("  ,;!  ", 100) == [EMPTY_BUCKET]
-    net = SmallCLIP(TINY).eval()
+    net = SmallClipNet(TINY).eval()
     emb = net.encode_text(["", "?", "a cat"])
     assert emb.shape == (3, TINY.embed_dim)
     assert torch.allclose(emb[0], emb[1])            # both are "no word"
@@ -76,7 +76,7 @@ def test_caption_from_path():
 
 def test_tower_shapes_and_unit_norm():
     torch.manual_seed(0)
-    net = SmallCLIP(TINY).eval()
+    net = SmallClipNet(TINY).eval()
     with torch.no_grad():
         img = net.image(torch.randn(5, 3, 32, 32))
         txt = net.encode_text(["a", "b c", "d", "e", "f"])
@@ -100,7 +100,7 @@ def test_contrastive_loss_matches_hand_computed_2x2():
 
 
 def test_logit_scale_is_clamped_at_100():
-    net = SmallCLIP(TINY)
+    net = SmallClipNet(TINY)
     with torch.no_grad():
         net.logit_scale.fill_(7.0)
     net.clamp_scale()
@@ -129,7 +129,7 @@ def test_load_pairs_skips_items_without_caption(tmp_path, photos):
 # ---------------------------------------------------------------- pretraining
 
 
-def _loss_on(net: SmallCLIP, pairs: Pairs) -> float:
+def _loss_on(net: SmallClipNet, pairs: Pairs) -> float:
     """The contrastive loss of all pairs as one batch, no augmentation (BatchNorm in train mode, no update)."""
     net.train()
     with torch.no_grad():
@@ -141,8 +141,8 @@ def _loss_on(net: SmallCLIP, pairs: Pairs) -> float:
 def test_a_few_pretraining_steps_lower_the_contrastive_loss(tmp_path, caption_folder):
     pairs = load_pairs([str(caption_folder)], 32, caption_from="caption", workers=0)
     torch.manual_seed(0)
-    before = _loss_on(SmallCLIP(TINY), pairs)   # the same initial weights pretrain() starts from (seed 0)
-    cfg = TrainConfig(steps=40, batch_size=18, lr=5e-3, warmup=5, seed=0, caption_from="caption", wrap=0.0,
+    before = _loss_on(SmallClipNet(TINY), pairs)   # the same initial weights pretrain() starts from (seed 0)
+    cfg = PretrainConfig(steps=40, batch_size=18, lr=5e-3, warmup=5, seed=0, caption_from="caption", wrap=0.0,
                       part_dropout=0.0)
     result = pretrain([str(caption_folder)], tmp_path / "run", cfg, TINY, device="cpu", threads=1, workers=0)
     model = load(tmp_path / "run")
@@ -155,17 +155,17 @@ def test_a_few_pretraining_steps_lower_the_contrastive_loss(tmp_path, caption_fo
 
 
 def test_checkpoint_round_trip_and_resume(tmp_path, caption_folder):
-    cfg = TrainConfig(steps=6, batch_size=8, warmup=2, caption_from="caption")
+    cfg = PretrainConfig(steps=6, batch_size=8, warmup=2, caption_from="caption")
     kw = dict(device="cpu", threads=1, workers=0, checkpoint_every=3)
     straight = pretrain([str(caption_folder)], tmp_path / "straight", cfg, TINY, **kw)
-    pretrain([str(caption_folder)], tmp_path / "split", TrainConfig(**{**cfg.__dict__, "steps": 3}), TINY, **kw)
+    pretrain([str(caption_folder)], tmp_path / "split", PretrainConfig(**{**cfg.__dict__, "steps": 3}), TINY, **kw)
     with pytest.raises(ModelError, match="--resume"):
         pretrain([str(caption_folder)], tmp_path / "split", cfg, TINY, **kw)
     with pytest.raises(ModelError, match="architecture"):
-        pretrain([str(caption_folder)], tmp_path / "split", cfg, ModelConfig(**{**TINY.__dict__, "embed_dim": 8}),
+        pretrain([str(caption_folder)], tmp_path / "split", cfg, SmallClipNetConfig(**{**TINY.__dict__, "embed_dim": 8}),
                  resume=True, **kw)
     with pytest.raises(ModelError, match="lr changed"):
-        pretrain([str(caption_folder)], tmp_path / "split", TrainConfig(**{**cfg.__dict__, "lr": 1e-4}), TINY,
+        pretrain([str(caption_folder)], tmp_path / "split", PretrainConfig(**{**cfg.__dict__, "lr": 1e-4}), TINY,
                  resume=True, **kw)
     resumed = pretrain([str(caption_folder)], tmp_path / "split", cfg, TINY, resume=True, **kw)
     assert resumed.resumed_from == 3 and resumed.step == 6
@@ -242,11 +242,11 @@ def test_shipped_model_loads_and_is_deterministic(photos):
 
 
 def test_zero_shot_gives_the_same_predictions_from_pil_images_and_thumbnails(photos):
-    from overlap_audit.demo import tiles
-    from overlap_audit.smallclip import SmallClip, square_thumbnail, zero_shot
+    from overlap_audit.demos.synthetic import tiles
+    from overlap_audit.zeroshot.smallclip import SmallClipModel, square_thumbnail, zero_shot
 
     torch.manual_seed(1)
-    model = SmallClip(SmallCLIP(TINY).eval(), "tiny", 32, {}, "cpu")
+    model = SmallClipModel(SmallClipNet(TINY).eval(), "tiny", 32, {}, "cpu")
     images = [t for name in ("coffee", "rocket", "astronaut") for t in tiles(photos[name], 2, 48)]
     labels = [name for name in ("coffee", "rocket", "astronaut") for _ in range(4)]
     a = zero_shot(model, images, labels, templates=["a photo of {}."])

@@ -5,7 +5,7 @@ import pytest
 
 from overlap_audit.errors import ThresholdError
 from overlap_audit.split import load_thresholds, resolve_thresholds, split
-from overlap_audit.types import Embeddings, Neighbors
+from overlap_audit.values import Embeddings, Neighbors
 
 
 def test_threshold_precedence():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom, boschloo_exact, fisher_exact
 
-from overlap_audit.calibration import simulate, simulate_family
+from overlap_audit.simulation import simulate, simulate_family
 from overlap_audit.stats import (ExtendedStats, RateEstimate, detector_corrected, extended_stats, holm,
                                  min_detectable_gap, newcombe, overlap_stats, two_sample_test, wilson)
 

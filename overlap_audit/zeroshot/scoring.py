@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import ModelError
+from ..errors import ModelError
 
 __all__ = ["ZeroShotModel", "ZeroShotClassifier", "default_templates", "load_templates", "build_classifier",
            "classify", "load_classnames", "readable_name", "class_names", "assign_files", "ScoredSet",

@@ -1,4 +1,4 @@
-"""The networks of the project's small CLIP (``overlap_audit.smallclip``), in torch.
+"""The networks of the project's small CLIP (``overlap_audit.zeroshot.smallclip``), in torch.
 
 - Tokenizer: lowercase word tokens plus the character n-grams of each word (with ``<`` ``>`` boundary
   marks, as in fastText: Bojanowski et al. 2017), each hashed (CRC-32) into a fixed number of buckets. No
@@ -31,7 +31,7 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class SmallClipNetConfig:
     """The architecture; a checkpoint stores it and ``load`` rebuilds the model from it."""
 
     image_size: int = 64
@@ -49,7 +49,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> "SmallClipNetConfig":
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -98,7 +98,7 @@ def encode_batch(texts: Sequence[str], buckets: int, ngrams: Sequence[int]) -> t
 
 
 class TextTower(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: SmallClipNetConfig):
         super().__init__()
         self.cfg = cfg
         self.bag = nn.EmbeddingBag(cfg.buckets, cfg.token_dim, mode="mean")
@@ -112,7 +112,7 @@ class TextTower(nn.Module):
 
 
 class ImageTower(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: SmallClipNetConfig):
         super().__init__()
         w0 = cfg.widths[0]
         # a strided 4x4 stem halves the resolution at once: most of a CPU step is spent at full resolution
@@ -130,10 +130,10 @@ class ImageTower(nn.Module):
         return F.normalize(self.proj(self.features(x).mean(dim=(2, 3))), dim=1)
 
 
-class SmallCLIP(nn.Module):
+class SmallClipNet(nn.Module):
     """Both towers and the learned logit scale."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: SmallClipNetConfig):
         super().__init__()
         self.cfg = cfg
         self.image = ImageTower(cfg)
@@ -161,3 +161,12 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scal
     loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
     accuracy = (logits.argmax(dim=1) == target).float().mean()
     return loss, accuracy
+
+
+_RENAMED = {'SmallCLIP': 'SmallClipNet', 'ModelConfig': 'SmallClipNetConfig'}
+
+
+def __getattr__(name: str):
+    from .._renamed import renamed_attribute
+
+    return renamed_attribute(__name__, _RENAMED, name, globals())

@@ -7,7 +7,7 @@ Specs:
   open_clip's own factory, transforms and tokenizer (its BPE vocabulary ships inside the package);
 - ``hf:DIR``: a Hugging Face transformers ``CLIPModel`` saved with ``save_pretrained`` together with its
   tokenizer and image processor;
-- ``overlap-audit:NAME|PATH``: this project's own small CLIP (``overlap_audit.smallclip``).
+- ``overlap-audit:NAME|PATH``: this project's own small CLIP (``overlap_audit.zeroshot.smallclip``).
 
 Nothing is downloaded: a pretrained tag (``openai``) or a hub id (``openai/clip-vit-base-patch32``) is a
 ``ModelError`` that says how to fetch the files elsewhere and pass a local path. open_clip and transformers
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from ..devices import torch_device as resolve_model_device  # noqa: F401 - a public name
+from ..errors import ModelError
 
 __all__ = ["ModelSource", "parse_model_spec", "load_model", "weights_sha256", "resolve_model_device"]
 
@@ -42,17 +43,6 @@ class ModelSource:
     kind: str            # "open_clip" | "hf" | "overlap-audit"
     weights: Path        # checkpoint file, or directory of weight files
     arch: str | None = None   # open_clip: the architecture name (or config path) as given
-
-
-def resolve_model_device(device: str = "auto") -> str:
-    """auto -> cuda when torch sees a GPU, else cpu; 'cuda' without one is a ModelError."""
-    import torch
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise ModelError(f"device must be auto, cpu or cuda (got {device!r})")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelError("--device cuda was asked for but torch sees no GPU; use --device cpu or auto")
-    return "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
 
 
 def weights_sha256(path: str | os.PathLike) -> str:
@@ -296,7 +286,7 @@ def _smallclip():
     try:
         from . import smallclip
     except ImportError as exc:
-        raise ModelError(f"overlap-audit: models need overlap_audit.smallclip, which this installation lacks ({exc})"
+        raise ModelError(f"overlap-audit: models need overlap_audit.zeroshot.smallclip, which this installation lacks ({exc})"
                          ) from None
     return smallclip
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import OverlapAuditError
+from ..errors import OverlapAuditError
 
 
 class RayError(OverlapAuditError):
@@ -47,7 +47,7 @@ class _EmbedShard:
 
     def __init__(self, detector: str, out_dir: str, max_pixels: int, batch_size: int, n_sources: int,
                  copies_per_shard: int, device: str):
-        from .detectors import get_detector
+        from ..detectors import get_detector
 
         self.detector = get_detector(detector, device=device)
         self.out_dir = Path(out_dir)
@@ -59,8 +59,8 @@ class _EmbedShard:
     def __call__(self, batch: dict) -> dict:
         import pickle
 
-        from .embed import Decoder, embed_decoded
-        from .index import SHARD_DIR, _copy_picks, _write_shard, corpus_key
+        from ..embed import Decoder, embed_decoded
+        from . import SHARD_DIR, _copy_picks, _write_shard, corpus_key
 
         done, sizes = [], []
         for shard_no, payload in zip(batch["shard_no"], batch["items"]):
@@ -121,9 +121,9 @@ def embed_shards(shards: Iterator[tuple[int, list]], *, detector: str, out_dir: 
 def _search_shard(batch: dict, queries_ref, k: int, metric: str, dim: int, info_dict: dict) -> dict:
     import ray
 
-    from .index import _column_vectors, _usable_mask
+    from . import _column_vectors, _usable_mask
     from .search import knn_block
-    from .types import DetectorInfo
+    from ..values import DetectorInfo
 
     import pyarrow.parquet as pq
 
@@ -155,7 +155,7 @@ def stream_search(index_dir: str | os.PathLike, info, queries: np.ndarray, k: in
     import ray
     import ray.data
 
-    from .index import _shard_paths, _usable_mask
+    from . import _shard_paths, _usable_mask
     from .search import NO_ROW, merge_topk
 
     specs, row = [], 0

@@ -1,5 +1,6 @@
 """A detector's threshold from evidence: a user's own held-out images, their augmented copies as
-positives and every other image as negatives, and the lowest threshold that keeps precision at a target.
+positives and every other image as negatives, and the lowest threshold whose precision reaches a target
+(the rule of ``overlap_audit.thresholds``).
 
 For n images, positives are the n pairs (copy_i, image_i); negatives are the n·(n − 1) pairs
 (copy_i, image_j), j ≠ i — every pair a search could wrongly call a duplicate. At threshold t,
@@ -32,17 +33,6 @@ class Calibration:
         return dict(self.__dict__)
 
 
-def precision_recall(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision and recall at every distinct score (as a threshold: score >= t), thresholds ascending."""
-    thresholds = np.unique(np.concatenate([pos, neg]))
-    pos_sorted, neg_sorted = np.sort(pos), np.sort(neg)
-    tp = len(pos) - np.searchsorted(pos_sorted, thresholds, side="left")
-    fp = len(neg) - np.searchsorted(neg_sorted, thresholds, side="left")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
-    return thresholds, precision, tp / max(len(pos), 1)
-
-
 def calibrate(source: str, detector: str = "phash", *, target_precision: float = 0.99, strength: str = "medium",
               seed: int = 0, max_images: int = 2000, workers: int | None = None) -> Calibration:
     """Embed held-out images and their augmented copies; the lowest threshold with precision >= target."""
@@ -51,6 +41,7 @@ def calibrate(source: str, detector: str = "phash", *, target_precision: float =
     from .embed import Decoder
     from .errors import SourceError
     from .sources import open_source
+    from .thresholds import precision_recall, threshold_at_precision
 
     det = get_detector(detector)
 
@@ -84,21 +75,15 @@ def calibrate(source: str, detector: str = "phash", *, target_precision: float =
     pos = np.diag(sims).astype(np.float64)
     neg = sims[~np.eye(n, dtype=bool)].astype(np.float64)
     thresholds, precision, recall = precision_recall(pos, neg)
-    ok = np.nonzero(precision >= target_precision)[0]
-    # the lowest threshold from which precision stays at or above the target for every higher threshold
-    chosen = None
-    if len(ok):
-        bad = np.nonzero(precision < target_precision)[0]
-        start = bad[-1] + 1 if len(bad) else 0
-        chosen = int(start) if start < len(thresholds) else None
+    point = threshold_at_precision(pos, neg, target_precision)
     step = max(1, len(thresholds) // 20)
     curve = [{"threshold": float(thresholds[i]), "precision": float(precision[i]), "recall": float(recall[i])}
              for i in range(0, len(thresholds), step)]
     return Calibration(
         detector=det.spec, target_precision=target_precision,
-        threshold=None if chosen is None else float(thresholds[chosen]),
-        precision=None if chosen is None else float(precision[chosen]),
-        recall=None if chosen is None else float(recall[chosen]),
+        threshold=None if point is None else point.threshold,
+        precision=None if point is None else point.precision,
+        recall=None if point is None else point.recall,
         n_images=int(n), n_low_information=int((~keep).sum()), strength=strength, curve=curve,
     )
 

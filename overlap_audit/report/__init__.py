@@ -1,5 +1,5 @@
 """The report: report.json (everything, machine-readable), report.md (the Figure-17 table), splits.parquet,
-and report.html (table, plot and matched-pair galleries; see ``overlap_audit.html``)."""
+and report.html (table, plot and matched-pair galleries; see ``overlap_audit.report.html``)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ReportError
-from .io import atomic_write, atomic_write_json, atomic_write_text
-from .stats import ExtendedStats, OverlapStats
-from .types import DetectorInfo, Skipped, Split
+from ..errors import ReportError
+from ..atomic import atomic_write, atomic_write_json, atomic_write_text
+from ..stats import ExtendedStats, OverlapStats
+from ..values import DetectorInfo, Skipped, Split
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -375,7 +375,7 @@ def write_report(out_dir: str | os.PathLike, report: Report, splits: dict[str, S
     ``gallery`` caps the matched pairs report.html shows per dataset (default ``html.DEFAULT_GALLERY``).
     """
     from .html import DEFAULT_GALLERY, write_html_report
-    from .imaging import DEFAULT_MAX_PIXELS
+    from ..imaging import DEFAULT_MAX_PIXELS
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -389,9 +389,9 @@ def write_report(out_dir: str | os.PathLike, report: Report, splits: dict[str, S
         write_html_report(out, gallery=DEFAULT_GALLERY if gallery is None else gallery,
                           max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     except (OSError, ValueError, RuntimeError) as exc:
-        from .errors import ReportError
+        from ..errors import ReportError
 
         raise ReportError(f"report.json, report.md and splits.parquet are written in {out}, but report.html could "
                           f"not be drawn ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                          "redraw it with overlap_audit.html.write_html_report") from None
+                          "redraw it with overlap_audit.report.html.write_html_report") from None
     return out

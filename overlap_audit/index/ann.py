@@ -18,8 +18,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from .errors import IndexDirError
-from .types import DetectorInfo
+from ..errors import IndexDirError
+from ..values import DetectorInfo
 
 INDEX_TYPES = ("auto", "flat", "ivfpq", "hnsw")
 DEFAULT_BUDGET = 8 * 1024 ** 3

@@ -26,14 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .detectors import get_detector
-from .embed import Decoder, embed_decoded
-from .errors import DeviceError, IndexDirError, IndexMismatchError, OverlapAuditError, ResumeError
-from .imaging import DEFAULT_MAX_PIXELS
-from .io import atomic_write, atomic_write_json, remove_stale_temporaries
-from .sources import Source, open_source
-from .types import DetectorInfo, Neighbors, RawItem, Skipped
+from .. import __version__
+from ..detectors import get_detector
+from ..embed import Decoder, embed_decoded
+from ..errors import DeviceError, IndexDirError, IndexMismatchError, OverlapAuditError, ResumeError
+from ..imaging import DEFAULT_MAX_PIXELS
+from ..devices import faiss_device, faiss_gpu_count  # noqa: F401 - faiss_gpu_count: a public name
+
+resolve_device = faiss_device  # the old public name
+from ..atomic import atomic_write, atomic_write_json, remove_stale_temporaries
+from ..sources import Source, open_source
+from ..values import DetectorInfo, Neighbors, RawItem, Skipped
 
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
@@ -117,33 +120,6 @@ class IndexManifest:
 
 
 # ---------------------------------------------------------------- devices
-
-
-def faiss_gpu_count() -> int:
-    """Number of GPUs FAISS can use here (0 with a CPU-only FAISS build)."""
-    import faiss
-
-    get = getattr(faiss, "get_num_gpus", None)
-    try:
-        return int(get()) if get is not None else 0
-    except Exception:  # noqa: BLE001 - a GPU build on a machine without a driver
-        return 0
-
-
-def resolve_device(device: str) -> str:
-    """Map auto|cpu|cuda to the device FAISS will use; 'cuda' without a GPU FAISS build is an error."""
-    device = (device or "auto").lower()
-    if device not in ("auto", "cpu", "cuda"):
-        raise DeviceError(f"device must be auto, cpu or cuda (got {device!r})")
-    if device == "cpu":
-        return "cpu"
-    gpus = faiss_gpu_count()
-    if device == "cuda" and gpus == 0:
-        raise DeviceError(
-            "--device cuda was asked for but FAISS sees no GPU (install the faiss-gpu-cu12 wheel, "
-            "`pip install overlap-audit[gpu]`, on a machine with an NVIDIA driver), or use --device cpu"
-        )
-    return "cuda" if gpus > 0 else "cpu"
 
 
 # ---------------------------------------------------------------- shards
@@ -257,9 +233,9 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, *, detector: str
     ``on_shard(shard_number, items_done)`` is called after each shard is safely on disk. With
     ``resume=True`` the finished shards of an interrupted run with the same settings are kept and only the
     rest is embedded; on a finished index, asking for another ``index_type`` rebuilds only the index.
-    ``index_type`` is auto, flat, ivfpq or hnsw (see ``overlap_audit.ann``). With ``ray_address``
+    ``index_type`` is auto, flat, ivfpq or hnsw (see ``overlap_audit.index.ann``). With ``ray_address``
     (``local``, ``auto`` or a cluster address) the shards are embedded on a Ray cluster
-    (``overlap_audit.distributed``): same shards, same resumption, same result.
+    (``overlap_audit.index.ray``): same shards, same resumption, same result.
     """
     from .ann import INDEX_TYPES, parse_bytes
 
@@ -273,7 +249,7 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, *, detector: str
     started = time.monotonic()
     out = Path(out_dir)
     det = get_detector(detector, device=device)
-    faiss_device = resolve_device(device)
+    faiss_dev = faiss_device(device)
     srcs = _source_names([open_source(s) for s in sources])
     settings = {
         "detector": det.info.to_dict(),
@@ -303,7 +279,7 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, *, detector: str
             done_manifest = load_manifest(out)
             if index_type in ("auto", done_manifest.index_type):
                 return done_manifest  # already complete with these settings: nothing to redo
-            return _finish_index(out, det.info, settings["sources"], shard_size, faiss_device,
+            return _finish_index(out, det.info, settings["sources"], shard_size, faiss_dev,
                                  done_manifest.build_seconds, index_type=index_type, memory_budget=memory_budget)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / PROGRESS, settings)
@@ -334,7 +310,7 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, *, detector: str
         bar = tqdm(desc="index", unit="img", initial=items_done)
     shard_no = len(done)
     if ray_address:
-        from .distributed import connect, embed_shards
+        from .ray import connect, embed_shards
 
         connect(ray_address)
 
@@ -352,7 +328,7 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, *, detector: str
         if bar is not None:
             bar.close()
         _finished_shards(shard_dir)  # all present and contiguous
-        return _finish_index(out, det.info, settings["sources"], shard_size, faiss_device,
+        return _finish_index(out, det.info, settings["sources"], shard_size, faiss_dev,
                              time.monotonic() - started, index_type=index_type, memory_budget=memory_budget)
     with Decoder(det, workers=workers, max_pixels=max_pixels) as decoder:
         for chunk in _chunked(items, shard_size):
@@ -371,7 +347,7 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, *, detector: str
             shard_no += 1
     if bar is not None:
         bar.close()
-    return _finish_index(out, det.info, settings["sources"], shard_size, faiss_device, time.monotonic() - started,
+    return _finish_index(out, det.info, settings["sources"], shard_size, faiss_dev, time.monotonic() - started,
                          index_type=index_type, memory_budget=memory_budget)
 
 
@@ -723,10 +699,10 @@ def search(corpus: CorpusIndex, query_ids: list[str], vectors: np.ndarray, *, k:
 
     info = corpus.manifest.detector
     k = max(1, int(k))
-    dev = resolve_device(device)
+    dev = faiss_device(device)
     if ray_address and (exact_stream or corpus.index is None):
-        from .distributed import connect
-        from .distributed import stream_search as ray_stream_search
+        from .ray import connect
+        from .ray import stream_search as ray_stream_search
 
         connect(ray_address)
         sims, rows = ray_stream_search(corpus.path, info, np.asarray(vectors), k)
@@ -811,7 +787,7 @@ def finish_from_shards(out_dir: str | os.PathLike, info: DetectorInfo | None = N
     out = Path(out_dir)
     progress = json.loads((out / PROGRESS).read_text())
     info = info or DetectorInfo.from_dict(progress["detector"])
-    return _finish_index(out, info, progress["sources"], progress["shard_size"], resolve_device(device), seconds,
+    return _finish_index(out, info, progress["sources"], progress["shard_size"], faiss_device(device), seconds,
                          index_type=index_type, memory_budget=memory_budget)
 
 
@@ -825,7 +801,7 @@ def corpus_items(index_dir: str | os.PathLike, keys) -> dict[str, RawItem]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from .sources import fetch_items
+    from ..sources import fetch_items
 
     path = Path(index_dir)
     manifest = load_manifest(path)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binom
 
-from .stats import BOSCHLOO_MAX_TABLES, correct, two_sample_test
+from .stats import BOSCHLOO_MAX_TABLES, family_correction, two_sample_test
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def simulate_family(settings: Sequence[tuple[int, int, float] | tuple[int, int, 
         for method in ("bonferroni", "holm"):
             hits = 0
             for row in ps:
-                sig = np.array(correct(list(map(float, row)), alpha, method).significant, dtype=bool)
+                sig = np.array(family_correction(list(map(float, row)), alpha, method).significant, dtype=bool)
                 hits += bool(sig.any() if count_all else (sig & true_null).any())
             out[f"{test}+{method}"] = hits / n_sim
     return FamilyCalibration(tuple(full), alpha, n_sim, out)

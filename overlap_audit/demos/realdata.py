@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FetchError
+from ..errors import FetchError
 
 CORPUS_PACKAGE = "openclipart-png"
 EVAL_PACKAGE = "tuxpaint-stamps-default"
@@ -184,7 +184,7 @@ DEFAULT_MODEL = "overlap-audit:openclipart-small"
 
 def drawing_templates_path() -> Path:
     """The shipped prompt templates for drawings (the demo's stamps are clip art, not photos)."""
-    return Path(__file__).parent / "templates" / "drawings.txt"
+    return Path(__file__).parent.parent / "templates" / "drawings.txt"
 
 
 @dataclass(frozen=True)
@@ -218,8 +218,8 @@ def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | 
     ``templates`` default to the shipped drawing templates (``drawing_templates_path``)."""
     import json
 
-    from .api import build_index, run_report
-    from .index import load_index
+    from ..api import build_index, run_report
+    from ..index import load_index
 
     out = Path(out_dir)
     data = fetch_real_demo_data(cache_dir, debs_dir=debs_dir)

@@ -1,7 +1,7 @@
 """The project's own small CLIP: pretraining on image–caption pairs, checkpoints, and zero-shot use.
 
 ``pretrain`` (``overlap-audit pretrain-clip SOURCE... --out DIR``) trains an image tower and a text tower
-(``overlap_audit.smallclip_model``) with the CLIP paper's symmetric contrastive loss and learned
+(``overlap_audit.zeroshot.smallclip_net``) with the CLIP paper's symmetric contrastive loss and learned
 temperature on the image–caption pairs of any source (folders with NAME.txt caption files, Parquet,
 WebDataset). Captions (``caption_from``):
 
@@ -17,7 +17,7 @@ state, step and RNG state (``checkpoint.pt``, written every ``checkpoint_every``
 ``model.pt`` (config + weights) and ``train_log.jsonl`` holds loss, temperature and in-batch accuracy.
 
 ``resolve`` turns a shipped name (``SHIPPED``) or a path into a checkpoint file; ``load`` gives a model
-satisfying ``overlap_audit.scoring.ZeroShotModel``. Nothing here imports torch until it is called.
+satisfying ``overlap_audit.zeroshot.scoring.ZeroShotModel``. Nothing here imports torch until it is called.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .errors import ModelError
+from ..devices import torch_device
+from ..errors import ModelError
 
-__all__ = ["SHIPPED", "TrainConfig", "Pairs", "PretrainResult", "SmallClip", "ZeroShotResult", "resolve", "load",
+__all__ = ["SHIPPED", "PretrainConfig", "Pairs", "PretrainResult", "SmallClipModel", "ZeroShotResult", "resolve", "load",
            "caption_from_path", "load_pairs", "pretrain", "zero_shot"]
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = Path(__file__).parent.parent / "weights"
 SHIPPED = {"openclipart-small": WEIGHTS_DIR / "smallclip-openclipart.pt"}
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.pt"
@@ -98,8 +99,8 @@ def _read_checkpoint(path: Path) -> dict:
     return state
 
 
-class SmallClip:
-    """A trained small CLIP in eval mode, satisfying ``overlap_audit.scoring.ZeroShotModel``."""
+class SmallClipModel:
+    """A trained small CLIP in eval mode, satisfying ``overlap_audit.zeroshot.scoring.ZeroShotModel``."""
 
     def __init__(self, net: Any, spec: str, image_size: int, info: dict, device: str):
         self.net = net
@@ -136,33 +137,25 @@ class SmallClip:
             return self.net.encode_text([str(t) for t in texts]).float().cpu()
 
 
-def load(path: str | os.PathLike, device: str = "cpu") -> SmallClip:
+def load(path: str | os.PathLike, device: str = "cpu") -> SmallClipModel:
     """Load a small CLIP checkpoint (``model.pt`` or ``checkpoint.pt``; a name or directory goes through
     ``resolve``)."""
     torch = _torch()
-    from .smallclip_model import ModelConfig, SmallCLIP
+    from .smallclip_net import SmallClipNetConfig, SmallClipNet
 
     file = resolve(str(path))
     state = _read_checkpoint(file)
     try:
-        cfg = ModelConfig.from_dict(state["model_config"])
-        net = SmallCLIP(cfg)
+        cfg = SmallClipNetConfig.from_dict(state["model_config"])
+        net = SmallClipNet(cfg)
         net.load_state_dict({k: v.float() for k, v in state["model"].items()})  # shipped weights are float16
     except (ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"{file}: the checkpoint does not match this version's small CLIP ({exc}); retrain it "
                          "with this version's `overlap-audit pretrain-clip`") from None
-    dev = _device(device, torch)
+    dev = torch_device(device)
     net.to(dev).eval()
     spec = str(path) if str(path) in SHIPPED else str(file)
-    return SmallClip(net, spec, cfg.image_size, dict(state.get("trained", {})), dev)
-
-
-def _device(device: str, torch) -> str:
-    if device not in ("auto", "cpu", "cuda"):
-        raise ModelError(f"device must be auto, cpu or cuda (got {device!r})")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelError("--device cuda: torch sees no GPU; use --device cpu")
-    return "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    return SmallClipModel(net, spec, cfg.image_size, dict(state.get("trained", {})), dev)
 
 
 # ---------------------------------------------------------------- pixels
@@ -265,10 +258,10 @@ def load_pairs(sources: Sequence[str], image_size: int = 64, *, caption_from: st
                progress: bool = False) -> Pairs:
     """Decode every usable image of the sources into a square thumbnail with its caption; items without
     an image or a caption are listed in ``skipped`` with the reason."""
-    from .detectors.base import DetectorBase
-    from .embed import Decoder
-    from .imaging import DEFAULT_MAX_PIXELS
-    from .sources import open_source
+    from ..detectors.base import DetectorBase
+    from ..embed import Decoder
+    from ..imaging import DEFAULT_MAX_PIXELS
+    from ..sources import open_source
 
     if caption_from not in CAPTION_RULES:
         raise ModelError(f"caption_from must be one of {', '.join(CAPTION_RULES)} (got {caption_from!r})")
@@ -320,8 +313,8 @@ def load_pairs(sources: Sequence[str], image_size: int = 64, *, caption_from: st
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Training settings (the architecture is ``smallclip_model.ModelConfig``)."""
+class PretrainConfig:
+    """Training settings (the architecture is ``smallclip_model.SmallClipNetConfig``)."""
 
     steps: int = 2000
     batch_size: int = 128
@@ -350,7 +343,7 @@ class PretrainResult:
     resumed_from: int       # step the run started at (0 for a fresh run)
 
 
-def _lr_at(step: int, cfg: TrainConfig) -> float:
+def _lr_at(step: int, cfg: PretrainConfig) -> float:
     """Linear warm-up, then cosine decay to a tenth of the peak at cfg.steps."""
     import math
 
@@ -361,7 +354,7 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _train_caption(caption: str, cfg: TrainConfig, rng: np.random.Generator) -> str:
+def _train_caption(caption: str, cfg: PretrainConfig, rng: np.random.Generator) -> str:
     parts = [p.strip() for p in caption.split(",") if p.strip()]
     if len(parts) > 1 and rng.random() < cfg.part_dropout:
         keep = rng.random(len(parts)) < 0.5
@@ -373,17 +366,17 @@ def _train_caption(caption: str, cfg: TrainConfig, rng: np.random.Generator) -> 
     return caption
 
 
-def pretrain(sources: Sequence[str], out_dir: str | os.PathLike, cfg: TrainConfig = TrainConfig(),
+def pretrain(sources: Sequence[str], out_dir: str | os.PathLike, cfg: PretrainConfig = PretrainConfig(),
              model_config: Any = None, *, device: str = "auto", resume: bool = False, threads: int | None = None,
              workers: int | None = 1, progress: bool = False, log_every: int = 10, checkpoint_every: int = 100,
              pairs: Pairs | None = None) -> PretrainResult:
     """Train (or resume) a small CLIP on the sources' image–caption pairs; ``pairs`` skips the decoding
     (already loaded with ``load_pairs``; ``sources`` is then only recorded)."""
     torch = _torch()
-    from .io import atomic_write, atomic_write_json
-    from .smallclip_model import ModelConfig, SmallCLIP, contrastive_loss
+    from ..atomic import atomic_write, atomic_write_json
+    from .smallclip_net import SmallClipNetConfig, SmallClipNet, contrastive_loss
 
-    mcfg = model_config or ModelConfig()
+    mcfg = model_config or SmallClipNetConfig()
     if cfg.caption_from not in CAPTION_RULES:
         raise ModelError(f"caption_from must be one of {', '.join(CAPTION_RULES)} (got {cfg.caption_from!r})")
     if cfg.batch_size < 2:
@@ -393,22 +386,22 @@ def pretrain(sources: Sequence[str], out_dir: str | os.PathLike, cfg: TrainConfi
     if ckpt_path.exists() and not resume:
         raise ModelError(f"{out} already holds a small CLIP checkpoint; pass --resume to continue it, or choose "
                          "a new --out")
-    dev = _device(device, torch)
+    dev = torch_device(device)
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))
     try:
         return _pretrain(torch, list(sources), out, ckpt_path, cfg, mcfg, dev, resume, workers, progress,
-                         log_every, checkpoint_every, pairs, atomic_write, atomic_write_json, SmallCLIP,
+                         log_every, checkpoint_every, pairs, atomic_write, atomic_write_json, SmallClipNet,
                          contrastive_loss)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _pretrain(torch, sources, out, ckpt_path, cfg, mcfg, dev, resume, workers, progress, log_every,
-              checkpoint_every, pairs, atomic_write, atomic_write_json, SmallCLIP, contrastive_loss):
+              checkpoint_every, pairs, atomic_write, atomic_write_json, SmallClipNet, contrastive_loss):
     torch.manual_seed(cfg.seed)
-    net = SmallCLIP(mcfg).to(dev)
+    net = SmallClipNet(mcfg).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     step = 0
@@ -544,7 +537,7 @@ def zero_shot(model: Any, images: Sequence[Image.Image] | np.ndarray, labels: Se
               batch_size: int = 256) -> ZeroShotResult:
     """Zero-shot top-1 predictions with ``scoring.build_classifier`` (default: the paper's 80 templates).
 
-    ``images`` are PIL images, or uint8 thumbnails [N, 3, S, S] as ``load_pairs`` holds them (SmallClip
+    ``images`` are PIL images, or uint8 thumbnails [N, 3, S, S] as ``load_pairs`` holds them (SmallClipModel
     models only). ``classes`` default to the sorted distinct labels."""
     from .scoring import build_classifier, classify
 
@@ -565,3 +558,12 @@ def zero_shot(model: Any, images: Sequence[Image.Image] | np.ndarray, labels: Se
     predicted = tuple(classes[i] for i in order[:, 0])
     ids = tuple(ids) if ids is not None else tuple(str(i) for i in range(len(labels)))
     return ZeroShotResult(ids=ids, labels=tuple(labels), predicted=predicted, classes=tuple(classes))
+
+
+_RENAMED = {'SmallClip': 'SmallClipModel', 'TrainConfig': 'PretrainConfig'}
+
+
+def __getattr__(name: str):
+    from .._renamed import renamed_attribute
+
+    return renamed_attribute(__name__, _RENAMED, name, globals())

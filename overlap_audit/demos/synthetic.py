@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .augment import AUGMENTATIONS, augment
-from .errors import OverlapAuditError
+from ..augment import AUGMENTATIONS, augment
+from ..errors import OverlapAuditError
 
 # Photos bundled as files inside scikit-image (no download) and scikit-learn. Left out on purpose:
 # motorcycle_right (a stereo twin of motorcycle_left), the chessboards (their tiles are truly identical
@@ -138,8 +138,8 @@ def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, workers: int | None =
     """Generate the demo data, index the corpus and write the report under ``out_dir``/report."""
     import pyarrow.parquet as pq
 
-    from .api import build_index, run_report
-    from .report import SPLITS
+    from ..api import build_index, run_report
+    from ..report import SPLITS
 
     data = make_demo_data(out_dir, seed=seed, p_seen=p_seen, p_new=p_new)
     index_dir = Path(out_dir) / "index"

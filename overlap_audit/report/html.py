@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
-from .types import RawItem
+from ..imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from ..values import RawItem
 
 REPORT_HTML = "report.html"
 DEFAULT_GALLERY = 300  # pairs per dataset
@@ -123,9 +123,9 @@ def build_galleries(report, rows: list[dict], *, eval_sources: dict[str, str], i
                     limit: int = DEFAULT_GALLERY, around: int = DEFAULT_AROUND,
                     max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Gallery]:
     """The gallery of every dataset of ``report`` from its splits rows (as in splits.parquet)."""
-    from .errors import OverlapAuditError
-    from .index import corpus_items
-    from .sources import fetch_items, open_source
+    from ..errors import OverlapAuditError
+    from ..index import corpus_items
+    from ..sources import fetch_items, open_source
 
     chosen: dict[str, tuple[list[dict], int]] = {}
     for d in report.datasets:
@@ -219,7 +219,7 @@ def _interval(ci, signed: bool = False) -> str:
 
 
 def _table(report) -> str:
-    from .report import _p
+    from . import _p
 
     level = f"{100 * report.ci_level:g}%"
     head = ["Dataset", "threshold", "n", "Overlap %", "All", "Clean", "Overlap", "All − Clean", "p-value",
@@ -289,7 +289,7 @@ def _gallery(i: int, g: Gallery) -> str:
 
 def render_html(report, galleries: list[Gallery], title: str = "Data overlap report") -> str:
     """The whole page as one string."""
-    from .report import model_line, recall_line
+    from . import model_line, recall_line
 
     det = report.detector
     png = figure17_png(report)
@@ -349,8 +349,8 @@ def write_html_report(report_dir: str | os.PathLike, *, gallery: int = DEFAULT_G
     """
     import pyarrow.parquet as pq
 
-    from .io import atomic_write_text
-    from .report import SPLITS, load_report
+    from ..atomic import atomic_write_text
+    from . import SPLITS, load_report
 
     out = Path(report_dir)
     report = load_report(out)
