@@ -219,7 +219,7 @@ def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, l
                    input_mode, schedule, hard_negatives, mine_every, global_weight, same_picture, init, workers, device,
                    resume, quiet) -> None:
     """Train the CLIP paper's near-duplicate detector on SOURCES (self-supervised: images vs augmented copies)."""
-    from .detectors.clipdup import DetectorTrainConfig, train
+    from .detectors.clipdup_train import DetectorTrainConfig, train
 
     cfg = DetectorTrainConfig(arch=arch, dim=dim, input_size=input_size, batch_size=batch_size, steps=steps, lr=lr,
                       strength=strength, seed=seed, max_images=max_images, input_mode=input_mode, schedule=schedule,
@@ -256,7 +256,7 @@ def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, l
 def pretrain_clip(sources, out_dir, steps, batch_size, lr, image_size, caption_from, max_items, seed, threads,
                   workers, device, resume, quiet) -> None:
     """Pretrain the project's small CLIP on the image–caption pairs of SOURCES (contrastive, learned temperature)."""
-    from .zeroshot.smallclip import PretrainConfig, pretrain
+    from .zeroshot.smallclip_train import PretrainConfig, pretrain
     from .zeroshot.smallclip_net import SmallClipNetConfig
 
     cfg = PretrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, caption_from=caption_from,

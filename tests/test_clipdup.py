@@ -130,7 +130,7 @@ def test_luma_training_and_detector(tmp_path, tile_sets, photos):
 
 
 def test_learning_rate_schedule():
-    from overlap_audit.detectors.clipdup import DetectorTrainConfig
+    from overlap_audit.detectors.clipdup_train import DetectorTrainConfig
 
     const = DetectorTrainConfig(steps=100, lr=0.01)
     assert const.lr_at(0) == const.lr_at(99) == 0.01
@@ -223,7 +223,8 @@ def test_maxchroma_input_ignores_hue_and_saturation_scale():
 def test_maxmin_weights_map_to_maxchroma_exactly(trained, tmp_path, photos):
     """maxmin_to_maxchroma keeps the first convolution's output on the raw input; a maxchroma fine-tuning run
     starts from maxmin weights, and maxchroma weights refuse a maxmin run."""
-    from overlap_audit.detectors.clipdup import CHANNEL_FLOORS, maxmin_to_maxchroma
+    from overlap_audit.detectors.clipdup import CHANNEL_FLOORS
+    from overlap_audit.detectors.clipdup_train import maxmin_to_maxchroma
     from overlap_audit.detectors.clipdup_model import DuplicateNet, DuplicateNetConfig
 
     root, _, _ = trained
