@@ -163,19 +163,22 @@ def make_clipdup(arg: str | None = None, *, spec: str = "clipdup", device: str =
     return ClipDup(arg, device=device, spec=spec)
 
 
-_TRAINING = ("DetectorTrainConfig", "train", "mine_neighbours", "batch_indices", "standardised_thumbnails",
-             "widen_to_maxmin", "maxmin_to_maxchroma", "SAME_PICTURE", "SAME_PICTURE_Z", "SAME_PICTURE_RULES")
+_RENAMED = {
+    'DetectorTrainConfig': 'overlap_audit.detectors.clipdup_train:DetectorTrainConfig',
+    'train': 'overlap_audit.detectors.clipdup_train:train',
+    'mine_neighbours': 'overlap_audit.detectors.clipdup_train:mine_neighbours',
+    'batch_indices': 'overlap_audit.detectors.clipdup_train:batch_indices',
+    'standardised_thumbnails': 'overlap_audit.detectors.clipdup_train:standardised_thumbnails',
+    'widen_to_maxmin': 'overlap_audit.detectors.clipdup_train:widen_to_maxmin',
+    'maxmin_to_maxchroma': 'overlap_audit.detectors.clipdup_train:maxmin_to_maxchroma',
+    'SAME_PICTURE': 'overlap_audit.detectors.clipdup_train:SAME_PICTURE',
+    'SAME_PICTURE_Z': 'overlap_audit.detectors.clipdup_train:SAME_PICTURE_Z',
+    'SAME_PICTURE_RULES': 'overlap_audit.detectors.clipdup_train:SAME_PICTURE_RULES',
+    'TrainConfig': 'overlap_audit.detectors.clipdup_train:DetectorTrainConfig',
+}
 
 
 def __getattr__(name: str):
-    """Training names moved to ``clipdup_train`` (and ``TrainConfig`` is ``DetectorTrainConfig``)."""
-    import warnings
+    from .._renamed import renamed_attribute
 
-    new = "DetectorTrainConfig" if name == "TrainConfig" else name
-    if new not in _TRAINING:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from . import clipdup_train
-
-    warnings.warn(f"{__name__}.{name} is now {clipdup_train.__name__}.{new}; the old name will be removed",
-                  DeprecationWarning, stacklevel=2)
-    return getattr(clipdup_train, new)
+    return renamed_attribute(__name__, _RENAMED, name, globals())

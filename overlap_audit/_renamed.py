@@ -58,10 +58,15 @@ def install() -> None:
 
 
 def renamed_attribute(module: str, renames: dict[str, str], name: str, namespace: dict):
-    """For a module's ``__getattr__``: an old name in ``renames`` gives the new object, with a warning."""
+    """For a module's ``__getattr__``: an old name in ``renames`` gives the new object, with a warning.
+
+    A new name is ``ATTR`` (in the same module) or ``MODULE:ATTR`` (imported by name when asked for, so the
+    old home of a name does not import its new one).
+    """
     new = renames.get(name)
     if new is None:
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
-    warnings.warn(f"{module}.{name} is now {module}.{new}; the old name will be removed", DeprecationWarning,
-                  stacklevel=3)
-    return namespace[new]
+    where, _, attr = new.rpartition(":")
+    warnings.warn(f"{module}.{name} is now {where or module}.{attr}; the old name will be removed",
+                  DeprecationWarning, stacklevel=3)
+    return getattr(importlib.import_module(where), attr) if where else namespace[attr]

@@ -244,22 +244,19 @@ def zero_shot(model: Any, images: Sequence[Image.Image] | np.ndarray, labels: Se
     return ZeroShotResult(ids=ids, labels=tuple(labels), predicted=predicted, classes=tuple(classes))
 
 
-_TRAINING = ("PretrainConfig", "PretrainResult", "Pairs", "load_pairs", "pretrain", "caption_from_path")
+_RENAMED = {
+    'SmallClip': 'SmallClipModel',
+    'PretrainConfig': 'overlap_audit.zeroshot.smallclip_train:PretrainConfig',
+    'PretrainResult': 'overlap_audit.zeroshot.smallclip_train:PretrainResult',
+    'Pairs': 'overlap_audit.zeroshot.smallclip_train:Pairs',
+    'load_pairs': 'overlap_audit.zeroshot.smallclip_train:load_pairs',
+    'pretrain': 'overlap_audit.zeroshot.smallclip_train:pretrain',
+    'caption_from_path': 'overlap_audit.zeroshot.smallclip_train:caption_from_path',
+    'TrainConfig': 'overlap_audit.zeroshot.smallclip_train:PretrainConfig',
+}
 
 
 def __getattr__(name: str):
-    """``SmallClip`` is ``SmallClipModel``; the pretraining names moved to ``smallclip_train``."""
-    import warnings
+    from .._renamed import renamed_attribute
 
-    if name == "SmallClip":
-        new, module = "SmallClipModel", globals()
-    else:
-        new = "PretrainConfig" if name == "TrainConfig" else name
-        if new not in _TRAINING:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        from . import smallclip_train
-
-        module = vars(smallclip_train)
-    warnings.warn(f"{__name__}.{name} is now {module['__name__']}.{new}; the old name will be removed",
-                  DeprecationWarning, stacklevel=2)
-    return module[new]
+    return renamed_attribute(__name__, _RENAMED, name, globals())
