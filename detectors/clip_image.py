@@ -5,7 +5,7 @@ the same texture resized with another interpolation does not), kept for comparis
 ``MODEL`` is any zero-shot model spec (``overlap_audit.zeroshot.models``): ``open_clip:ARCH:PATH``, ``hf:DIR`` or
 ``overlap-audit:NAME|PATH`` (the project's small CLIP, e.g. ``overlap-audit:openclipart-small``), loaded by
 the same code that scores the model zero-shot, with the model's own preprocessing. A path to a TorchScript
-export of an image tower (``clip-image:PATH.pt``) still works through the TorchScript adapter.
+export of an image tower (``clip-image:PATH.pt``) is read by the TorchScript adapter.
 
 Low-information images are those whose grey level varies by under 2 grey levels, as for the other
 detectors, measured on the image as given (a 64-px grey thumbnail), not on the model's input: a model that

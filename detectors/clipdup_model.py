@@ -1,5 +1,5 @@
-"""The CLIP paper's near-duplicate detector network (Appendix C), in torch — a building block for the
-``clipdup`` detector (issue 3); training, checkpoints and the detector wrapper are not here yet.
+"""The CLIP paper's near-duplicate detector network (Appendix C), in torch: the network of the ``clipdup``
+detector (the detector is ``clipdup``, its training ``clipdup_train``).
 
 A ResNet with:
 - anti-aliasing (Zhang 2019, "Making Convolutional Networks Shift-Invariant Again"): every strided

@@ -1,4 +1,4 @@
-"""The detector network of the CLIP paper's Appendix C (building block; training comes with issue 3)."""
+"""The detector network of the CLIP paper's Appendix C."""
 
 import math
 
