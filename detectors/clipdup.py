@@ -9,7 +9,7 @@ The input is RGB, luma or the HSV value max(R, G, B) (``INPUT_MODES``); the one-
 standardised per image inside the network, so brightness and contrast changes do not reach it.
 
 ``--detector clipdup`` uses the small checkpoint shipped in ``weights/`` (its model card and recipe:
-``weights/MODEL_CARD.md``, ``benchmarks/make_clipdup_weights.py``); ``clipdup:DIR`` a user's own run. A
+``weights/MODEL_CARD.md``, ``benchmarks/recipes/make_clipdup_weights.py``); ``clipdup:DIR`` a user's own run. A
 checkpoint without a calibrated threshold needs ``report --threshold`` (``overlap-audit calibrate`` finds
 one).
 """
