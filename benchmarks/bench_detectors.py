@@ -6,12 +6,13 @@ here trained on them: the shipped clipdup on Debian wallpaper tiles and openclip
 behind clip-image on openclipart drawings). For each family (and all together) at each strength,
 every image gets one augmented copy; positives are (copy, its image), negatives (copy, every other image):
 the other tiles of the same photos are the distractors of the same kind that must not match. Recall at
-99% precision: the recall at the lowest threshold whose precision stays >= 0.99; AP: average precision of
-all pairs ranked by similarity.
+99% precision: the recall at the lowest threshold, among the positives' scores, whose precision is >= 0.99
+(the rule of ``overlap_audit.thresholds``); AP: average precision of all pairs ranked by similarity.
 
-Default thresholds: for each detector, the lowest threshold whose precision stays >= 0.99 on all the
-queries above pooled (every family and "all", at every strength, against every distractor) — the number each
-detector module ships as its default (with the recall it keeps on the pooled queries and on "all, medium").
+Default thresholds: for each detector, the lowest threshold whose precision is >= 0.99 on all the queries
+above pooled (every family and "all", at every strength, against every distractor) — how each detector
+module's shipped default is set (printed beside it, with the recall it keeps on the pooled queries and on
+"all, medium").
 
 Throughput: images/s of preprocessing + embedding of the same 384 in-memory tiles, in this process, best of
 ``--repeats``, beside imagededup's CNN (MobileNetV3 small cut at global pooling, its own preprocessing:
@@ -34,51 +35,24 @@ findings carry over (the bundled set has 24 photos, and a few of them — a bric
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # python benchmarks/bench_detectors.py: run as the module
+    import os
+    import sys
+
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.bench_detectors", *sys.argv[1:]])
+
 import argparse
 import time
-import zlib
 from collections import defaultdict
 
 import numpy as np
 
-from overlap_audit.augment import FAMILIES, STRENGTHS, augment_all, augment_family
-from overlap_audit.demos.synthetic import bundled_photos, tiles
-from overlap_audit.calibrate import paired_bootstrap
-from overlap_audit.thresholds import precision_recall
+from benchmarks.common import (TARGET, at_shipped_threshold, held_out_images, held_out_photo_of_each, low_information,
+                               print_bootstrap, print_family_table, query_sets, recall_and_ap, similarity_matrix)
+from overlap_audit.augment import STRENGTHS
+from overlap_audit.demos.synthetic import bundled_photos
 from overlap_audit.detectors import get_detector
-
-
-def average_precision(pos: np.ndarray, neg: np.ndarray) -> float:
-    scores = np.concatenate([pos, neg])
-    labels = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
-    order = np.lexsort((labels, -scores))  # ties: negatives first (pessimistic)
-    hits = labels[order]
-    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float((precision_at * hits).sum() / max(1, len(pos)))
-
-
-def recall_at_precision(pos: np.ndarray, neg: np.ndarray, target: float = 0.99) -> float:
-    t, p, r = precision_recall(pos, neg)
-    bad = np.nonzero(p < target)[0]
-    start = bad[-1] + 1 if len(bad) else 0
-    return float(r[start]) if start < len(t) else 0.0
-
-
-def threshold_at_precision(pos: np.ndarray, neg: np.ndarray, target: float = 0.99) -> tuple[float, float]:
-    """(threshold, recall) at the lowest threshold from which precision stays >= target."""
-    t, p, r = precision_recall(pos, neg)
-    bad = np.nonzero(p < target)[0]
-    start = bad[-1] + 1 if len(bad) else 0
-    return (float(t[start]), float(r[start])) if start < len(t) else (float("nan"), 0.0)
-
-
-def at_shipped_threshold(det, pos: np.ndarray, neg: np.ndarray) -> str:
-    """Table cells "threshold | precision / recall" at the detector's shipped default ("– | –" without one)."""
-    shipped = getattr(det, "default_threshold", None)
-    if shipped is None:
-        return "– | –"
-    tp, fp = int((pos >= shipped).sum()), int((neg >= shipped).sum())
-    return f"{shipped:.4f} | {100 * tp / max(1, tp + fp):.2f}% / {100 * tp / len(pos):.1f}%"
+from overlap_audit.thresholds import threshold_at_precision
 
 
 class ImagededupCNN:
@@ -159,64 +133,6 @@ def photo_set(which: str = "bundled", cache: str | None = None) -> dict:
     return bundled_photos() if which == "bundled" else debian_photos(cache)
 
 
-def held_out_images(size: int = 128, photos: dict | None = None) -> list:
-    """The benchmark's images: 4x4 tiles of every photo (default: those bundled in scikit-image and scikit-learn)."""
-    return [t for p in (bundled_photos() if photos is None else photos).values() for t in tiles(p, 4, size)]
-
-
-def held_out_photo_of_each(size: int = 128, photos: dict | None = None) -> np.ndarray:
-    """For each of held_out_images' tiles, the index of the photo it was cut from (the bootstrap's unit)."""
-    return np.array([k for k, p in enumerate((bundled_photos() if photos is None else photos).values()) for _ in tiles(p, 4, size)])
-
-
-def query_sets(images: list, strengths=tuple(STRENGTHS)):
-    """Yield (family, strength, copies): one augmented copy per image, per family and "all", per strength."""
-    for strength in strengths:
-        for family in (*FAMILIES, "all"):
-            # a stable seed per query set (Python's str hash changes from run to run)
-            rng = np.random.default_rng(zlib.crc32(f"{family}/{strength}".encode()))
-            seeds = rng.integers(2**32, size=len(images))
-            if family == "all":
-                copies = [augment_all(im, strength, np.random.default_rng(int(s))) for im, s in zip(images, seeds)]
-            else:
-                copies = [augment_family(im, family, strength, np.random.default_rng(int(s)))
-                          for im, s in zip(images, seeds)]
-            yield family, strength, copies
-
-
-def low_information(det, images: list) -> np.ndarray:
-    """The detector's own low-information flags (the split never counts such an image as Overlap)."""
-    return np.asarray(det.low_information(np.stack([det.preprocess(im.convert("RGB")) for im in images])), bool)
-
-
-def similarity_matrix(det, base: np.ndarray, copies: list, base_low: np.ndarray | None = None) -> np.ndarray:
-    """Similarities of every copy (rows) to every image (columns); the diagonal holds the true pairs.
-
-    As in the audit, a pair with a low-information side never matches: its similarity becomes -inf (a missed
-    positive, a negative that cannot be a false match).
-    """
-    sims = det.similarity(det.embed_images(copies), base).astype(np.float64)
-    low = low_information(det, copies)
-    sims[low, :] = -np.inf
-    if base_low is not None:
-        sims[:, base_low] = -np.inf
-    return sims
-
-
-def pairs(det, base: np.ndarray, copies: list, base_low: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Similarities of (copy, its image) — positives — and (copy, every other image) — negatives."""
-    sims = similarity_matrix(det, base, copies, base_low)
-    return np.diag(sims), sims[~np.eye(len(base), dtype=bool)]
-
-
-def benchmark_threshold(det, size: int = 128, target: float = 0.99) -> tuple[float, float]:
-    """A detector's default threshold: (threshold, recall) at ``target`` precision on all queries pooled."""
-    images = held_out_images(size)
-    base, base_low = det.embed_images(images), low_information(det, images)
-    pos, neg = zip(*(pairs(det, base, copies, base_low) for _, _, copies in query_sets(images)))
-    return threshold_at_precision(np.concatenate(pos), np.concatenate(neg), target)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--detectors", nargs="+",
@@ -283,7 +199,7 @@ def main() -> None:
             by_family[family][name][1].append(neg)
             if (family, strength) == ("all", "medium"):
                 all_medium[name] = (pos, neg)
-            cells.append(f"{100 * recall_at_precision(pos, neg):.1f} / {100 * average_precision(pos, neg):.1f}")
+            cells.append(recall_and_ap(pos, neg))
         print(f"| {family} | {strength} | " + " | ".join(cells) + " |", flush=True)
         compared.append((family, strength, matrices))
     print_family_table(by_family)
@@ -295,10 +211,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, d in dets.items():
         pos, neg = (np.concatenate(x) for x in pooled[name])
-        t, r = threshold_at_precision(pos, neg)
+        point = threshold_at_precision(pos, neg, TARGET)
+        if point is None:
+            print(f"| {name} | none reaches 99% | – | – | {at_shipped_threshold(d, pos, neg)} |")
+            continue
         p_all, _ = all_medium.get(name, (np.array([]), None))
-        r_all = float((p_all >= t).mean()) if len(p_all) else float("nan")
-        print(f"| {name} | {t:.4f} | {100 * r:.1f}% | {100 * r_all:.1f}% | {at_shipped_threshold(d, pos, neg)} |")
+        r_all = float((p_all >= point.threshold).mean()) if len(p_all) else float("nan")
+        print(f"| {name} | {point.threshold:.4f} | {100 * point.recall:.1f}% | {100 * r_all:.1f}% | "
+              f"{at_shipped_threshold(d, pos, neg)} |")
     timed = dict(dets)
     try:
         timed["imagededup-cnn"] = ImagededupCNN()
@@ -318,44 +238,6 @@ def main() -> None:
     for name, rate in rates.items():
         rel = f"{rate / rates['clipdup']:.2f}x" if "clipdup" in rates else "–"
         print(f"| {name} | {rate:,.0f} | {rel} |")
-
-
-def print_family_table(by_family: dict) -> None:
-    """Per family, every strength's queries pooled: recall at 99% precision / AP. ``by_family``: {family:
-    {detector: ([positives...], [negatives...])}}, one array per strength (the issue's goal is per family)."""
-    if not by_family:
-        return
-    names = list(next(iter(by_family.values())))
-    print("\n# per family, its strengths pooled; recall at 99% precision / average precision")
-    print("| family | " + " | ".join(names) + " |\n|" + "---|" * (1 + len(names)))
-    for family, per_det in by_family.items():
-        cells = []
-        for name in names:
-            pos, neg = (np.concatenate(x) for x in per_det[name])
-            cells.append(f"{100 * recall_at_precision(pos, neg):.1f} / {100 * average_precision(pos, neg):.1f}")
-        print(f"| {family} | " + " | ".join(cells) + " |", flush=True)
-
-
-def print_bootstrap(compared: list, versus: str, replicates: int, groups: np.ndarray, unit: str = "photos") -> None:
-    """Per cell: each detector's recall at 99% precision and AP minus ``versus``'s, with 95% paired bootstrap
-    intervals over the photos (a cell's recall is decided by a few pairs: is a difference more than luck?)."""
-    others = [name for name in (compared[0][2] if compared else {}) if name != versus]
-    if not compared or versus not in compared[0][2] or not others:
-        print(f"\n(--bootstrap: need --versus {versus} and another detector among --detectors)")
-        return
-    for metric, label in (("recall", "recall at 99% precision"), ("ap", "average precision")):
-        print(f"\n# {label} minus {versus}'s, in points: difference [95% interval] P(better); "
-              f"{replicates} paired resamples of the {len(np.unique(groups))} {unit}"
-              + (" (all tiles of a drawn photo)" if unit == "photos" else ""))
-        print("| family | strength | " + " | ".join(others) + " |\n|" + "---|" * (2 + len(others)))
-        for family, strength, matrices in compared:
-            cells = []
-            for name in others:
-                b = paired_bootstrap(matrices[name], matrices[versus], metric=metric, replicates=replicates,
-                                     groups=groups)
-                cells.append(f"{100 * b.difference:+.1f} [{100 * b.low:+.1f}, {100 * b.high:+.1f}] "
-                             f"{b.p_a_better:.2f}")
-            print(f"| {family} | {strength} | " + " | ".join(cells) + " |", flush=True)
 
 
 def _torch_threads() -> str:

@@ -1,22 +1,23 @@
 """The detector benchmark on drawings instead of photo tiles.
 
 Images: 384 openclipart PNGs that clipdup's training never saw: a seeded sample of 900 candidate files past
-the 4,000th in sorted order (the earlier training stages read only the first 3,628 drawings; the last stage's
-extra drawings, make_clipdup_weights.py ``training_drawings``, leave out these candidates and every file that
-is the same picture as one), taken as 128-px thumbnails on white, without near-uniform images (grey std < 2 at 64 px), and
-deduplicated with phash (a file within 10 of 64 bits of one already kept is dropped — openclipart holds
-many copies and recolourings of one drawing, which would count as false matches), then with the pixels
-themselves (``thumbnail_z``): a file whose 32-px thumbnail, hue-free and standardised, differs from a kept one's
-by less than SAME_PICTURE_Z on average is dropped too — phash misses many such pairs among faint outlines,
-where its median bit flips with noise. Images that a detector flags as low-information stay in: that
-detector misses their copies, as it would in an audit (phash flags about a third of these drawings — symmetric
-ones whose DCT coefficients tie with the median — so an earlier version, which dropped them, measured phash on
-the drawings it can read). Same query sets (every
-augmentation family alone and all together, at every strength), cells and pooled threshold as
-bench_detectors.py; also each detector's precision and recall at its shipped default threshold. Nothing is
-trained on these images, but the fifth and sixth sessions' weights were chosen among runs partly on them
-(BENCHMARKS.md, "clipdup: max-and-min input"). ``--bootstrap N``: as in bench_detectors.py, with the drawing
-as the unit (each is its own file).
+the 4,000th in sorted order (the earlier training stages read only the first 3,628 drawings; the last
+stage's extra drawings, recipes/make_clipdup_weights.py ``training_drawings``, leave out these candidates and
+every file that is the same picture as one), taken as 128-px thumbnails on white, without near-uniform images
+(grey std < 2 at 64 px), and deduplicated with phash (a file within 10 of 64 bits of one already kept is
+dropped — openclipart holds many copies and recolourings of one drawing, which would count as false
+matches), then with the pixels themselves (``thumbnail_z``): a file whose 32-px thumbnail, hue-free and
+standardised, differs from a kept one's by less than SAME_PICTURE_Z on average is dropped too — phash misses
+many such pairs among faint outlines, where its median bit flips with noise. Images that a detector flags as
+low-information stay in: that detector misses their copies, as it would in an audit (phash flags about a
+third of these drawings — symmetric ones whose DCT coefficients tie with the median — so dropping them would
+measure phash only on the drawings it can read).
+
+Same query sets (every augmentation family alone and all together, at every strength), cells and pooled
+threshold as bench_detectors.py; also each detector's precision and recall at its shipped default threshold.
+Nothing is trained on these images, but the shipped clipdup weights were chosen among training runs partly
+on them (BENCHMARKS.md, "clipdup: max-and-min input"): they are held out from training, not from that
+choice. ``--bootstrap N``: as in bench_detectors.py, with the drawing as the unit (each is its own file).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_drawings.py [--detectors phash clipdup clipdup:RUN ...]
         [--bootstrap 1000 --versus phash]
@@ -24,58 +25,28 @@ as the unit (each is its own file).
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # python benchmarks/bench_drawings.py: run as the module
+    import os
+    import sys
+
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.bench_drawings", *sys.argv[1:]])
+
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 
-from bench_detectors import (at_shipped_threshold, average_precision, low_information, print_bootstrap,
-                             print_family_table, query_sets, recall_at_precision, similarity_matrix,
-                             threshold_at_precision)
-from make_clipdup_weights import fetch_openclipart
+from benchmarks.common import (TARGET, at_shipped_threshold, average_precision, cache_dir, candidate_files,
+                               low_information, print_bootstrap, print_family_table, query_sets, read_drawing,
+                               recall_and_ap, similarity_matrix, thumbnail_z)
 from overlap_audit.detectors import get_detector
 from overlap_audit.detectors.clipdup import SAME_PICTURE_Z
-
-
-def thumbnail_z(image) -> np.ndarray:
-    """A 32x32 thumbnail of max(R, G, B) or min(R, G, B) (clipdup's value-or-min: hue-free), standardised.
-
-    Two files whose thumbnails differ by less than SAME_PICTURE_Z (0.1) on average are the same picture: on
-    these drawings a mild JPEG, rescaled or recoloured copy lies at a median 0.02-0.04 from its file and 90% of
-    them within 0.06-0.09, so two *different* files closer than that are duplicates for any detector that reads
-    pixels (clipdup's hard-negative mining uses the same rule with --same-picture z32)."""
-    from overlap_audit.detectors.clipdup import standardised_thumbnails, to_tensor_array
-
-    return standardised_thumbnails(to_tensor_array(image, 32, "value-or-min")[None], 32)[0].numpy()
-
-
-def candidate_files(cache: Path, first_unused: int = 4000, seed: int = 1, candidates: int = 900) -> list[Path]:
-    """The openclipart files the benchmark draws its drawings from (a seeded sample past the first_unused-th)."""
-    files = sorted((fetch_openclipart(cache)).rglob("*.png"))
-    pick = np.random.default_rng(seed).permutation(len(files) - first_unused)[:candidates] + first_unused
-    return [files[i] for i in sorted(pick)]
-
-
-def read_drawing(path: Path, size: int = 128):
-    """A drawing as an RGB thumbnail on white, or None for a decompression bomb or an unreadable file."""
-    from PIL import Image
-
-    from overlap_audit.imaging import to_rgb
-
-    try:
-        with Image.open(path) as im:
-            if im.width * im.height > 20e6:  # the decompression bombs (the audit skips them too)
-                return None
-            im = to_rgb(im)
-            im.thumbnail((size, size))
-            return im.copy()  # loaded here: the file closes at the end of the block
-    except (OSError, Image.DecompressionBombError):
-        return None
+from overlap_audit.thresholds import threshold_at_precision
 
 
 def held_out_drawings(cache: Path, n: int = 384, first_unused: int = 4000, size: int = 128, seed: int = 1,
                       candidates: int = 900) -> list:
+    """The benchmark's drawings: the candidates read, near-uniform ones and duplicates dropped, the first n."""
     images = [im for im in (read_drawing(p, size) for p in candidate_files(cache, first_unused, seed, candidates))
               if im is not None]
     phash = get_detector("phash")
@@ -103,12 +74,13 @@ def held_out_drawings(cache: Path, n: int = 384, first_unused: int = 4000, size:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--detectors", nargs="+", default=["phash", "clipdup"])
-    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/overlap-audit"))
+    ap.add_argument("--cache", default=None, help="download cache (default: ~/.cache/overlap-audit, or under "
+                                                  "$XDG_CACHE_HOME)")
     ap.add_argument("--bootstrap", type=int, default=0, metavar="N",
                     help="also compare each detector with --versus per cell: N paired resamples of the drawings")
     ap.add_argument("--versus", default="phash")
     args = ap.parse_args()
-    images = held_out_drawings(Path(args.cache))
+    images = held_out_drawings(cache_dir(args.cache))
     dets = {spec: get_detector(spec) for spec in args.detectors}
     base = {s: d.embed_images(images) for s, d in dets.items()}
     base_low = {s: low_information(d, images) for s, d in dets.items()}
@@ -128,7 +100,7 @@ def main() -> None:
             by_family.setdefault(family, {}).setdefault(s, ([], []))
             by_family[family][s][0].append(pos)
             by_family[family][s][1].append(neg)
-            cells.append(f"{100 * recall_at_precision(pos, neg):.1f} / {100 * average_precision(pos, neg):.1f}")
+            cells.append(recall_and_ap(pos, neg))
         print(f"| {family} | {strength} | " + " | ".join(cells) + " |", flush=True)
         compared.append((family, strength, matrices))
     print_family_table(by_family)
@@ -138,9 +110,9 @@ def main() -> None:
           "precision / recall |\n|---|---|---|---|---|---|")
     for s, d in dets.items():
         pos, neg = (np.concatenate(x) for x in pooled[s])
-        t, r = threshold_at_precision(pos, neg)
-        print(f"| {s} | {t:.4f} | {100 * r:.1f}% | {100 * average_precision(pos, neg):.1f} | "
-              f"{at_shipped_threshold(d, pos, neg)} |")
+        point = threshold_at_precision(pos, neg, TARGET)
+        found = "none | –" if point is None else f"{point.threshold:.4f} | {100 * point.recall:.1f}%"
+        print(f"| {s} | {found} | {100 * average_precision(pos, neg):.1f} | {at_shipped_threshold(d, pos, neg)} |")
 
 
 if __name__ == "__main__":

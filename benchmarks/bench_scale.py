@@ -7,7 +7,7 @@ rows, so recall@1 = the fraction whose top-1 is the planted row. Shards are gene
 corpus never sits in this process's memory); each measurement runs in a fresh subprocess so that its peak
 RSS (VmHWM) is its own.
 
-    python benchmarks/bench_scale.py --sizes 1e4 1e5 1e6 [--queries 10000] [--workdir /tmp/scale]
+    python benchmarks/bench_scale.py --sizes 1e4 1e5 1e6 [--queries 10000] [--work-dir DIR]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -139,13 +140,23 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=10_000)
     ap.add_argument("--types", nargs="+", default=["flat", "stream", "ivfpq", "hnsw"])
     ap.add_argument("--hnsw-max", type=float, default=1e6, help="skip HNSW above this size (build time)")
-    ap.add_argument("--workdir", default="/tmp/overlap-audit-scale")
+    ap.add_argument("--work-dir", "--workdir", dest="work_dir", default=None,
+                    help="where the synthetic shards go (default: a temporary folder, removed at the end)")
     ap.add_argument("--json", default=None, help="append results to this JSON-lines file")
     ap.add_argument("--child", nargs=2, metavar=("KIND", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], Path(args.child[1]))))
         return
+    if args.work_dir is None:
+        with tempfile.TemporaryDirectory(prefix="overlap-audit-scale-") as tmp:
+            run(args, Path(tmp))
+    else:
+        run(args, Path(args.work_dir))
+
+
+def run(args: argparse.Namespace, work_dir: Path) -> None:
+    """Every size and index type of ``args``, the synthetic corpora under ``work_dir``."""
     peak = matmul_peak()
     print(f"# {os.cpu_count()} CPUs; numpy sgemm (4096x256 @ 256x65536) peak {peak:.1f} GFLOP/s; "
           f"{args.queries:,} queries, k=10, dim {DIM}")
@@ -153,7 +164,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         n = int(size)
-        root = Path(args.workdir) / f"n{n}"
+        root = work_dir / f"n{n}"
         shutil.rmtree(root, ignore_errors=True)
         t = time.perf_counter()
         generate(root, n, args.queries)

@@ -34,6 +34,12 @@ audit with Overlap = planted + those is reported too.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # python benchmarks/smallclip_experiment.py: run as the module
+    import os
+    import sys
+
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.smallclip_experiment", *sys.argv[1:]])
+
 import argparse
 import json
 import os
@@ -45,8 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_smallclip_weights import fetch_deb  # noqa: E402
+from benchmarks.common import cache_dir, fetch_deb
 
 
 def cached_pairs(path: Path, sources: list[str], image_size: int, caption_from: str):
@@ -122,7 +127,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--n-boot", type=int, default=4000)
-    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/overlap-audit"))
+    ap.add_argument("--cache", default=None, help="download cache (default: ~/.cache/overlap-audit, or under "
+                                                  "$XDG_CACHE_HOME)")
     ap.add_argument("--openclipart", default=None)
     ap.add_argument("--tuxpaint", default=None)
     ap.add_argument("--no-audit", action="store_true",
@@ -138,7 +144,7 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    cache = Path(args.cache)
+    cache = cache_dir(args.cache)
     oc_dir = args.openclipart or str(fetch_deb("openclipart-png", cache, "usr/share/openclipart/png"))
     tux_dir = args.tuxpaint or str(fetch_deb("tuxpaint-stamps-default", cache, "usr/share/tuxpaint/stamps"))
     mcfg = SmallClipNetConfig()

@@ -4,7 +4,7 @@ Training is in ``clipdup_train`` (``overlap-audit train-detector``). The input i
 standardised per image inside the network, so brightness and contrast changes do not reach it.
 
 ``--detector clipdup`` uses the small checkpoint shipped in ``weights/`` (its model card and recipe:
-``weights/MODEL_CARD.md``, ``benchmarks/make_clipdup_weights.py``); ``clipdup:DIR`` a user's own run. A
+``weights/MODEL_CARD.md``, ``benchmarks/recipes/make_clipdup_weights.py``); ``clipdup:DIR`` a user's own run. A
 checkpoint without a calibrated threshold needs ``report --threshold`` (``overlap-audit calibrate`` finds
 one).
 """

@@ -15,19 +15,24 @@
    convolution (train-detector's widen_to_maxmin); MODE maxchroma after maxmin stages maps it to max and
    chroma (maxmin_to_maxchroma). DATA: ``first`` (default), the tiles and then openclipart
    in sorted order up to ``--max-images``; ``wide``, the tiles and every openclipart file that the drawings
-   benchmark (bench_drawings.py) neither uses nor holds the same picture of (``training_drawings``).
-   ``--stage1 WEIGHTS``
-   skips stage 1 and fine-tunes the given weights (the shipped file started from the float16 weights that
-   shipped before it, commit 2d4077d: `git show 2d4077d:detectors/weights/clipdup-small.pt > old.pt`).
+   benchmark (benchmarks/bench_drawings.py) neither uses nor holds the same picture of (``training_drawings``).
+   ``--stage1 WEIGHTS`` skips stage 1 and fine-tunes the given weights (the shipped file started from stage 1
+   of this recipe rounded to float16, an earlier shipped file: MODEL_CARD.md's Reproduce line says which).
    Finished stage runs in ``--run`` are reused (train-detector --resume on a finished run trains nothing).
 3. Set the threshold as for every detector: the lowest with 99% precision on the detector benchmark's
    queries pooled (benchmarks/bench_detectors.py; held-out scikit-image / scikit-learn tiles, never trained on).
 4. Write the weights (float16) with the threshold and the training facts, and the model card.
 
-    OMP_NUM_THREADS=1 python benchmarks/make_clipdup_weights.py [--steps 1500] [--cache ~/.cache/overlap-audit]
+    OMP_NUM_THREADS=1 python benchmarks/recipes/make_clipdup_weights.py [--steps 1500] [--cache DIR]
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # python benchmarks/recipes/make_clipdup_weights.py
+    import os
+    import sys
+
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.recipes.make_clipdup_weights", *sys.argv[1:]])
 
 import argparse
 import json
@@ -40,14 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.common import cache_dir, candidate_files, fetch_openclipart, read_drawing, thumbnail_z
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 OUT = ROOT / "detectors" / "weights"
-
-
-def fetch_openclipart(cache: Path) -> Path:
-    from overlap_audit.demos.realdata import fetch_debian_package
-
-    return fetch_debian_package("openclipart-png", cache) / "usr" / "share" / "openclipart" / "png"
 
 
 WALLPAPERS = ("mate-backgrounds", "gnome-backgrounds")
@@ -85,10 +86,9 @@ def training_drawings(cache: Path) -> Path:
     """openclipart minus the drawings benchmark: a folder of links, in the sorted order of the files.
 
     The first 4,000 files (the only drawings the earlier stages reached), then every later file that is
-    neither one of bench_drawings.py's candidates nor the same picture as one (standardised 32-px thumbnails
-    within SAME_PICTURE_Z: openclipart holds many copies and recolourings of a drawing)."""
-    from bench_drawings import candidate_files, read_drawing, thumbnail_z
-
+    neither one of the drawings benchmark's candidates (benchmarks/bench_drawings.py) nor the same picture as
+    one (standardised 32-px thumbnails within SAME_PICTURE_Z: openclipart holds many copies and recolourings
+    of a drawing)."""
     from overlap_audit.detectors.clipdup import SAME_PICTURE_Z
 
     out = cache / "openclipart-train-wide"
@@ -171,24 +171,25 @@ def main() -> None:
     ap.add_argument("--mine-every", type=int, default=100)
     ap.add_argument("--card-note", default="", help="a sentence for the model card's Reproduce line (how this file "
                                                        "was actually made, where it differs from a clean run)")
-    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/overlap-audit"))
+    ap.add_argument("--cache", default=None, help="download cache (default: ~/.cache/overlap-audit, or under "
+                                                  "$XDG_CACHE_HOME)")
     ap.add_argument("--run", default=None, help="training directory (default: a temporary one)")
     args = ap.parse_args()
     if args.stage1 and not args.finetune:
         ap.error("--stage1 gives the weights that --finetune stages start from; without one there is nothing to do")
     import torch
 
-    from bench_detectors import benchmark_threshold
-
+    from benchmarks.common import benchmark_threshold
     from overlap_audit.detectors import get_detector
     from overlap_audit.atomic import atomic_write
 
-    photos = fetch_wallpaper_tiles(Path(args.cache))
-    data = fetch_openclipart(Path(args.cache))
+    cache = cache_dir(args.cache)
+    photos = fetch_wallpaper_tiles(cache)
+    data = fetch_openclipart(cache)
     work = Path(args.run or tempfile.mkdtemp(prefix="clipdup-"))
 
     def train(run: Path, *options: str, wide: bool = False) -> None:
-        drawings, most = (training_drawings(Path(args.cache)), WIDE_MAX_IMAGES) if wide else (data, args.max_images)
+        drawings, most = (training_drawings(cache), WIDE_MAX_IMAGES) if wide else (data, args.max_images)
         cmd = [sys.executable, "-m", "overlap_audit.cli", "train-detector", str(photos), str(drawings), "--out",
                str(run), "--batch-size", str(args.batch_size), "--strength", "mixed",
                "--schedule", "cosine", "--max-images", str(most), "--workers", "1", "--device", "cpu",
@@ -221,7 +222,10 @@ def main() -> None:
     state["model"] = {k: v.half() for k, v in state["model"].items()}
     half = run / "model-fp16.pt"  # calibrate what ships: the float16 weights
     atomic_write(half, lambda tmp: torch.save(state, tmp))
-    threshold, recall = benchmark_threshold(get_detector(f"clipdup:{half}"))
+    point = benchmark_threshold(get_detector(f"clipdup:{half}"))
+    if point is None:
+        raise SystemExit(f"{half}: no threshold reaches 99% precision on the detector benchmark; nothing written")
+    threshold, recall = point.threshold, point.recall
     state["threshold"] = threshold
     state["calibration"] = {"target_precision": 0.99, "recall": recall, "queries": "bench_detectors.py, all "
                             "families and strengths pooled", "held_out": "scikit-image + scikit-learn photo tiles, 128 px"}
@@ -282,7 +286,7 @@ in `detectors/weights/clipdup-small.pt` ({(OUT / 'clipdup-small.pt').stat().st_s
 - Threshold: {round(threshold, 4)} — the lowest with precision >= 0.99 on the detector benchmark's queries pooled
   (every augmentation family and all together, mild/medium/strong, on 384 held-out 128-px tiles against
   every other tile): recall {recall:.3f} there.
-- Reproduce: `OMP_NUM_THREADS=1 python benchmarks/make_clipdup_weights.py --steps {args.steps} --batch-size {args.batch_size} --input-size {args.input_size} --dim {args.dim} --lr {args.lr} --max-images {args.max_images} --input-mode {args.input_mode}{finetune_args}`{stage1_words}{(" " + args.card_note) if args.card_note else ""}
+- Reproduce: `OMP_NUM_THREADS=1 python benchmarks/recipes/make_clipdup_weights.py --steps {args.steps} --batch-size {args.batch_size} --input-size {args.input_size} --dim {args.dim} --lr {args.lr} --max-images {args.max_images} --input-mode {args.input_mode}{finetune_args}`{stage1_words}{(" " + args.card_note) if args.card_note else ""}
 - Limitations: {LIMITATIONS.get(t.get('input_mode', 'rgb'), '')}Trained for
   {sum(x['seconds'] for x in stages) / 60:.0f} minutes on a CPU, small (one bottleneck block per stage) and at a low
   resolution; the images it confuses most are structurally alike pictures of different things (a dark corner

@@ -11,13 +11,18 @@ SMALLCLIP_MODEL_CARD.md).
    templates, "a drawing of a {}." and "{}"), beside chance and the majority-class rate.
 4. Write the model card.
 
-    python benchmarks/make_smallclip_weights.py [--steps 600] [--run DIR] [--cache ~/.cache/overlap-audit]
+    python benchmarks/recipes/make_smallclip_weights.py [--steps 600] [--run DIR] [--cache DIR]
 """
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # python benchmarks/recipes/make_smallclip_weights.py
+    import os
+    import sys
+
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.recipes.make_smallclip_weights", *sys.argv[1:]])
+
 import argparse
-import glob
 import json
 import os
 import platform
@@ -28,24 +33,20 @@ import time
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.common import cache_dir, fetch_deb
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 OUT = ROOT / "overlap_audit" / "weights"
 NAME = "smallclip-openclipart.pt"
 
 
-def fetch_deb(package: str, cache: Path, inner: str) -> Path:
-    """The folder ``inner`` of a Debian package fetched and unpacked once (overlap_audit.demos.realdata)."""
-    from overlap_audit.demos.realdata import fetch_debian_package
-
-    return fetch_debian_package(package, cache) / inner
-
-
 def deb_version(package: str, cache: Path) -> str:
+    """The file name of the .deb a package was unpacked from (its version), as realdata records it."""
     done = cache / "extracted" / package / ".complete"  # realdata writes the .deb's name there
     if done.exists():
         return done.read_text(encoding="utf-8").strip()
-    debs = sorted(glob.glob(f"/tmp/debs/{package}_*.deb"))
-    return Path(debs[-1]).name if debs else "unknown version"
+    debs = sorted((cache / "debs").glob(f"{package}_*.deb"))  # where realdata downloads them
+    return debs[-1].name if debs else "unknown version"
 
 
 def evaluate(model, tux_root: Path, workers: int = 0) -> dict:
@@ -75,7 +76,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/overlap-audit"))
+    ap.add_argument("--cache", default=None, help="download cache (default: ~/.cache/overlap-audit, or under "
+                                                  "$XDG_CACHE_HOME)")
     ap.add_argument("--openclipart", default=None, help="openclipart png folder (default: fetched into --cache)")
     ap.add_argument("--tuxpaint", default=None, help="tux paint stamps folder (default: fetched into --cache)")
     ap.add_argument("--run", default=None, help="training directory (default: a temporary one)")
@@ -85,7 +87,7 @@ def main() -> None:
     from overlap_audit.atomic import atomic_write, atomic_write_json
     from overlap_audit.zeroshot.smallclip import load
 
-    cache = Path(args.cache)
+    cache = cache_dir(args.cache)
     data = Path(args.openclipart or fetch_deb("openclipart-png", cache, "usr/share/openclipart/png"))
     tux = Path(args.tuxpaint or fetch_deb("tuxpaint-stamps-default", cache, "usr/share/tuxpaint/stamps"))
     run = Path(args.run or tempfile.mkdtemp(prefix="smallclip-"))
@@ -123,7 +125,7 @@ The project's own small CLIP, shipped as `overlap_audit/weights/{NAME}` ({size_m
 It exists so that the whole audit runs offline with a model whose accuracy is real; it is a toy next
 to the paper's models.
 
-- Architecture (`overlap_audit/smallclip_model.py`): image tower = strided 4x4 conv stem then conv-BN-ReLU
+- Architecture (`overlap_audit/zeroshot/smallclip_net.py`): image tower = strided 4x4 conv stem then conv-BN-ReLU
   stages of widths {mc['widths']} with 2x2 max-pooling, global average pooling, projection to
   {mc['embed_dim']}, L2 normalisation, input {mc['image_size']}x{mc['image_size']} RGB (padded square on
   white); text tower = lowercase words plus character {mc['ngrams']}-grams hashed (CRC-32) into
@@ -161,7 +163,7 @@ to the paper's models.
 
   Per class (80 templates): {per_class}.
   None of these stamps is in the training data; the class names are Tux Paint's, not openclipart's.
-- Reproduce: `python benchmarks/make_smallclip_weights.py --steps {args.steps} --batch-size {args.batch_size}
+- Reproduce: `python benchmarks/recipes/make_smallclip_weights.py --steps {args.steps} --batch-size {args.batch_size}
   --threads {args.threads}` (the training command it runs: `{' '.join(cmd[:2])} OPENCLIPART_PNG --out RUN
   {' '.join(c for c in cmd[5:] if c != '--resume')}`); {date.today().isoformat()}.
 """

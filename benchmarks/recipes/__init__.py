@@ -1,0 +1,1 @@
+"""The recipes that reproduce the shipped weights and their model cards."""
