@@ -1,7 +1,10 @@
+import ast
 import json
+from pathlib import Path
 
 import pytest
 
+import overlap_audit.report
 from overlap_audit.errors import ReportError
 from overlap_audit.report import DatasetReport, Report, format_markdown, format_table, load_report
 from overlap_audit.stats import overlap_stats
@@ -45,3 +48,17 @@ def test_load_report_errors(tmp_path):
     (tmp_path / "report.json").write_text("{}")
     with pytest.raises(ReportError, match="not an overlap-audit report"):
         load_report(tmp_path)
+
+
+def test_report_modules_import_only_downwards():
+    allowed = {"model": set(), "format": {"model"}, "markdown": {"model", "format"},
+               "html": {"model", "format"}, "write": {"model", "format", "markdown", "html"}}
+    folder = Path(overlap_audit.report.__file__).parent
+    assert {p.stem for p in folder.glob("*.py")} == set(allowed) | {"__init__"}
+    for name, may in allowed.items():
+        tree = ast.parse((folder / f"{name}.py").read_text(encoding="utf-8"))
+        used = {n.module.split(".")[0] for n in ast.walk(tree)
+                if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
+        used |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1 and not n.module
+                 for a in n.names}
+        assert used <= may, (name, used - may)

@@ -2,6 +2,7 @@
 headless Chromium (loads with no console errors, one row per dataset, images decode, planted script inert)."""
 
 import base64
+import html
 import io
 import json
 import os
@@ -19,7 +20,8 @@ from overlap_audit.api import build_index
 from overlap_audit.report.html import (REPORT_HTML, Gallery, GalleryPair, esc, gallery_order, render_html,
                                 write_html_report)
 from overlap_audit.index import corpus_items
-from overlap_audit.report import load_report
+from overlap_audit.report import format_markdown, format_table, load_report
+from overlap_audit.report.format import interval
 from overlap_audit.sources import fetch_items, open_source
 
 from .browser import Browser, find_chromium
@@ -55,6 +57,25 @@ def test_every_untrusted_field_is_escaped_in_the_page():
     assert '" onmouseover="' not in page and "&quot; onmouseover=&quot;x" in page
     assert page.count("&lt;img src=x onerror=") >= 3 and "&lt;/code&gt;&lt;/div&gt;&lt;script&gt;" in page
     assert "Content-Security-Policy" in page and "img-src data:" in page
+
+
+def test_markdown_and_html_write_the_same_numbers_the_same_way():
+    rep = make_report()
+    md_rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in format_table(rep).splitlines()]
+    md = {row[0]: dict(zip(md_rows[0], row)) for row in md_rows[2:]}
+    page = render_html(rep, [])
+    head = [html.unescape(h) for h in re.findall(r"<th>(.*?)</th>", page)]
+    rows = [[html.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+            for row in re.findall(r'<tr class="dataset-row[^"]*">(.*?)</tr>', page)]
+    web = {row[0]: dict(zip(head, row)) for row in rows}
+    assert set(md) == set(web) == {"a", "b"}
+    shared = set(md_rows[0]) & set(head)
+    assert len(shared) >= 10
+    for name in md:
+        assert {h: md[name][h] for h in shared} == {h: web[name][h] for h in shared}
+        assert md[name]["sig."] == web[name]["significant"]
+    ci = interval(rep.dataset("a").stats.ci_delta, signed=True)
+    assert ci == "[-4.1, +10.2]" and ci in format_markdown(rep) and ci in page
 
 
 def test_gallery_order_puts_the_pairs_that_decide_the_threshold_first():

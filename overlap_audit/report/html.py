@@ -13,17 +13,18 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from ..imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from ..values import RawItem
+from .format import ci_level_text, dataset_cells, model_line, recall_line, similarity_text
+from .model import REPORT_HTML, SPLITS, Report, load_report
 
-REPORT_HTML = "report.html"
 DEFAULT_GALLERY = 300  # pairs per dataset
 DEFAULT_AROUND = 8  # pairs just above and just below the threshold shown first
 THUMB_SIZE = 112
@@ -119,8 +120,8 @@ class Gallery:
     note: str | None = None
 
 
-def build_galleries(report, rows: list[dict], *, eval_sources: dict[str, str], index_dir: str | os.PathLike | None,
-                    limit: int = DEFAULT_GALLERY, around: int = DEFAULT_AROUND,
+def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str, str],
+                    index_dir: str | os.PathLike | None, limit: int = DEFAULT_GALLERY, around: int = DEFAULT_AROUND,
                     max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Gallery]:
     """The gallery of every dataset of ``report`` from its splits rows (as in splits.parquet)."""
     from ..errors import OverlapAuditError
@@ -178,7 +179,7 @@ def build_galleries(report, rows: list[dict], *, eval_sources: dict[str, str], i
     return galleries
 
 
-def figure17_png(report) -> bytes | None:
+def figure17_png(report: Report) -> bytes | None:
     """The Figure-17-style plot as PNG bytes: overlap % against All − Clean with its interval;
     significant datasets filled. None when no dataset has both numbers."""
     from matplotlib.figure import Figure
@@ -201,38 +202,27 @@ def figure17_png(report) -> bytes | None:
     ax.set_xlim(left=0)
     ax.set_xlabel("Detected data overlap (%)")
     ax.set_ylabel("All − Clean accuracy (%)")
-    ax.set_title(f"{100 * report.ci_level:g}% intervals; filled = {report.correction}-significant", fontsize=9)
+    ax.set_title(f"{ci_level_text(report.ci_level)} intervals; filled = {report.correction}-significant",
+                 fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
 
 
-def _fmt_pct(x: float | None, signed: bool = False) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
+_TABLE_COLUMNS = ("threshold", "n", "overlap_rate", "acc_all", "acc_clean", "acc_overlap", "delta", "p_value",
+                  "p_value_adjusted", "significant", "ci_overlap", "ci_clean", "ci_delta")
 
 
-def _interval(ci, signed: bool = False) -> str:
-    return "–" if ci is None else f"[{_fmt_pct(ci[0], signed)}, {_fmt_pct(ci[1], signed)}]"
-
-
-def _table(report) -> str:
-    from . import _p
-
-    level = f"{100 * report.ci_level:g}%"
+def _table(report: Report) -> str:
+    level = ci_level_text(report.ci_level)
     head = ["Dataset", "threshold", "n", "Overlap %", "All", "Clean", "Overlap", "All − Clean", "p-value",
             "p adjusted", "significant", f"{level} CI Overlap", f"{level} CI Clean", f"{level} CI All − Clean"]
     out = ['<table id="datasets"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"]
     for d in report.datasets:
-        s = d.stats
-        sig = "–" if d.significant is None else ("yes" if d.significant else "no")
-        cells = [f"{d.threshold:.4f}", s.n_all, _fmt_pct(s.overlap_rate), _fmt_pct(s.acc_all), _fmt_pct(s.acc_clean),
-                 _fmt_pct(s.acc_overlap), _fmt_pct(s.delta, True), _p(s.p_value), _p(d.p_value_adjusted), sig,
-                 _interval(s.ci_overlap), _interval(s.ci_clean), _interval(s.ci_delta, True)]
+        cells = dataset_cells(d)
         out.append(f'<tr class="dataset-row{" sig" if d.significant else ""}"><td class="name">{esc(d.name)}</td>'
-                   + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+                   + "".join(f"<td>{esc(cells[k])}</td>" for k in _TABLE_COLUMNS) + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
 
@@ -252,7 +242,7 @@ def _pair(p: GalleryPair) -> str:
         _image(p.corpus_thumb, p.corpus_problem, f"corpus image {p.corpus_key}"),
         "</div><figcaption>",
         f'<div>{f"<b>#{p.number}</b> " if p.number is not None else ""}'
-        f'<span class="sim">{p.similarity:.4f}</span> {esc(kind)}</div>',
+        f'<span class="sim">{similarity_text(p.similarity)}</span> {esc(kind)}</div>',
         f'<div class="t">eval: <code>{esc(p.eval_id)}</code>'
         + (f" (class {esc(p.eval_label)})" if p.eval_label else "") + "</div>",
     ]
@@ -268,8 +258,9 @@ def _pair(p: GalleryPair) -> str:
 def _gallery(i: int, g: Gallery) -> str:
     out = [f'<section class="gallery" id="gallery-{i}"><h2>{esc(g.dataset)}: matched pairs</h2>']
     shown = len(g.pairs)
-    text = (f"{shown} pair(s) shown at threshold {g.threshold:.4f}; {g.n_left_out} left out (raise --gallery to "
-            "see more)" if g.n_left_out else f"all {shown} pair(s) shown at threshold {g.threshold:.4f}")
+    at = f"at threshold {similarity_text(g.threshold)}"
+    text = (f"{shown} pair(s) shown {at}; {g.n_left_out} left out (raise --gallery to see more)" if g.n_left_out
+            else f"all {shown} pair(s) shown {at}")
     if g.n_no_neighbour:
         text += f"; {g.n_no_neighbour} example(s) had no neighbour"
     out.append(f'<p class="note">{esc(text)}.</p>')
@@ -287,10 +278,8 @@ def _gallery(i: int, g: Gallery) -> str:
     return "\n".join(out)
 
 
-def render_html(report, galleries: list[Gallery], title: str = "Data overlap report") -> str:
+def render_html(report: Report, galleries: list[Gallery], title: str = "Data overlap report") -> str:
     """The whole page as one string."""
-    from . import model_line, recall_line
-
     det = report.detector
     png = figure17_png(report)
     plot = (f'<img id="figure17" alt="overlap against All − Clean" src="data:image/png;base64,'
@@ -308,7 +297,7 @@ def render_html(report, galleries: list[Gallery], title: str = "Data overlap rep
         f"{esc(recall_line(report.index.get('recall', {})))}.</p>",
         f"<p>p-value: one-sided binomial test (Overlap accuracy greater than Clean); significance after "
         f"{esc(report.correction)} correction at alpha = {esc(f'{report.alpha:g}')}. Intervals: Clopper–Pearson at "
-        f"{esc(f'{100 * report.ci_level:g}')}%. Accuracies in %.</p>",
+        f"{esc(ci_level_text(report.ci_level))}. Accuracies in %.</p>",
         (f"<p>{esc(model_line(report.model))}</p>" if report.model else
          f"<p>Predictions read from <code>{esc(report.predictions)}</code>.</p>"),
         _table(report),
@@ -328,7 +317,7 @@ def render_review_html(galleries: list[Gallery], around: float, csv_name: str) -
         f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">',
         f"<title>Pairs to review</title><style>{_STYLE}</style></head><body>",
         "<h1>Pairs to review</h1>",
-        f"<p>The pairs nearest similarity {esc(f'{around:.4f}')}, most similar first; red border: at or above it. "
+        f"<p>The pairs nearest similarity {esc(similarity_text(around))}, most similar first; red border: at or above it. "
         f"For each pair, write 1 (the same image) or 0 (not) in the <code>is_duplicate</code> column of "
         f"<code>{esc(csv_name)}</code> on the line with its number, then run <code>overlap-audit threshold "
         f"{esc(csv_name)}</code>. Leave a pair empty to skip it.</p>",
@@ -348,9 +337,6 @@ def write_html_report(report_dir: str | os.PathLike, *, gallery: int = DEFAULT_G
     The evaluation sources and the index default to those the report records.
     """
     import pyarrow.parquet as pq
-
-    from ..atomic import atomic_write_text
-    from . import SPLITS, load_report
 
     out = Path(report_dir)
     report = load_report(out)

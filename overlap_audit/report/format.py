@@ -1,0 +1,97 @@
+"""How the report writes its numbers as text; report.md, report.html and the CLI all use these.
+
+An undefined value (None, or NaN) is written "–".
+"""
+
+from __future__ import annotations
+
+import math
+
+from .model import DatasetReport
+
+DASH = "–"
+
+
+def _undefined(x) -> bool:
+    return x is None or math.isnan(x)
+
+
+def percent(x: float | None) -> str:
+    """A fraction in percent, one decimal: 0.123 -> "12.3"."""
+    return DASH if _undefined(x) else f"{100 * x:.1f}"
+
+
+def signed_percent(x: float | None) -> str:
+    """A difference in percentage points with its sign: 0.05 -> "+5.0"."""
+    return DASH if _undefined(x) else f"{100 * x:+.1f}"
+
+
+def interval(ci: tuple[float, float] | None, signed: bool = False) -> str:
+    """An interval in percent: "[12.3, 45.6]" (or signed points)."""
+    if ci is None:
+        return DASH
+    f = signed_percent if signed else percent
+    return f"[{f(ci[0])}, {f(ci[1])}]"
+
+
+def pvalue(p: float | None) -> str:
+    """A p-value: three decimals, or scientific below 0.001."""
+    if p is None:
+        return DASH
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def yes_no(flag: bool | None) -> str:
+    """"yes", "no", or "–" when undecided."""
+    return DASH if flag is None else ("yes" if flag else "no")
+
+
+def similarity_text(x: float) -> str:
+    """A similarity or threshold, four decimals."""
+    return f"{x:.4f}"
+
+
+def ci_level_text(level: float) -> str:
+    """A confidence level in percent: 0.995 -> "99.5%"."""
+    return f"{100 * level:g}%"
+
+
+def dataset_cells(d: DatasetReport) -> dict[str, str]:
+    """The per-dataset table's cells as text, keyed by column."""
+    s = d.stats
+    return {
+        "threshold": similarity_text(d.threshold),
+        "n": str(s.n_all),
+        "overlap_rate": percent(s.overlap_rate),
+        "acc_all": percent(s.acc_all),
+        "acc_clean": percent(s.acc_clean),
+        "acc_overlap": percent(s.acc_overlap),
+        "delta": signed_percent(s.delta),
+        "p_value": pvalue(s.p_value),
+        "p_value_adjusted": pvalue(d.p_value_adjusted),
+        "significant": yes_no(d.significant),
+        "ci_overlap": interval(s.ci_overlap),
+        "ci_clean": interval(s.ci_clean),
+        "ci_delta": interval(s.ci_delta, signed=True),
+    }
+
+
+def recall_line(recall: dict) -> str:
+    """What an approximate search may have missed, in one line."""
+    if not recall or recall.get("exact"):
+        return "exact search (nothing missed)"
+    if not recall.get("n_queries"):
+        return f"approximate search, recall not measured ({recall.get('note', 'no queries')})"
+    k = recall["k"]
+    return (f"approximate search: recall@1 {percent(recall['recall_at_1'])}%, recall@{k} "
+            f"{percent(recall['recall_at_k'])}% against exact search on {recall['n_queries']} augmented corpus "
+            f"copies (source found in top {k}: {percent(recall['source_found_at_k'])}%, exact: "
+            f"{percent(recall['source_found_at_k_exact'])}%)")
+
+
+def model_line(model: dict) -> str:
+    """What report --model scored, in one line."""
+    counts = sorted({t["count"] for t in model.get("templates", {}).values()})
+    return (f"Model `{model['spec']}` (weights sha256 {model['weights_sha256'][:12]}…, {model['device']}) scored "
+            f"zero-shot with {'/'.join(map(str, counts))} prompt template(s) per class; its predictions are in "
+            f"predictions.parquet.")

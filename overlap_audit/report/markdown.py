@@ -1,0 +1,136 @@
+"""report.md: the Figure-17 table, the numbers beyond the paper, and a reading of each result."""
+
+from __future__ import annotations
+
+from .format import (DASH, ci_level_text, dataset_cells, interval, model_line, percent, pvalue, recall_line,
+                     signed_percent, similarity_text, yes_no)
+from .model import Report
+
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: a "|" or a line break in a name would split the row."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
+_TABLE_COLUMNS = ("n", "overlap_rate", "acc_all", "acc_clean", "acc_overlap", "delta", "p_value", "significant",
+                  "ci_overlap", "ci_clean", "ci_delta")
+
+
+def format_table(report: Report) -> str:
+    """The Figure-17 table as Markdown (accuracies and intervals in %)."""
+    level = ci_level_text(report.ci_level)
+    head = ("| Dataset | n | Overlap % | All | Clean | Overlap | All − Clean | p-value | sig. "
+            f"| {level} CI Overlap | {level} CI Clean | {level} CI All − Clean |")
+    rows = [head, "|" + "---|" * 12]
+    for d in report.datasets:
+        c = dataset_cells(d)
+        rows.append(f"| {_cell(d.name)} | " + " | ".join(c[k] for k in _TABLE_COLUMNS) + " |")
+    return "\n".join(rows)
+
+
+def format_extended_table(report: Report) -> str:
+    """The numbers beyond the paper, as Markdown (in percentage points)."""
+    level = ci_level_text(report.ci_level)
+    rows = [
+        "| Dataset | Overlap − Clean | two-sample p (test) | sig. | Newcombe "
+        f"{level} CI All − Clean | p Bonferroni | p Holm | min. detectable gap (All − Clean) | "
+        "corrected for detector error: overlap %, All − Clean [CI] |",
+        "|" + "---|" * 9,
+    ]
+    for d in report.datasets:
+        e = d.extended
+        if e is None:
+            continue
+        sig = yes_no(d.two_sample_significant)
+        test = f"{pvalue(e.two_sample_p)} ({e.two_sample_method})" if e.two_sample_method else DASH
+        if e.min_detectable_gap is not None:
+            mdg = f"{percent(e.min_detectable_gap)} ({percent(e.min_detectable_delta)})"
+        else:
+            mdg = DASH if d.stats.p_value is None else "none detectable"
+        corr = DASH
+        if e.detector is not None:
+            c = e.detector
+            corr = (f"{percent(c.overlap_rate)}, {signed_percent(c.delta)} {interval(c.ci_delta, signed=True)}"
+                    if c.delta is not None else f"undefined: {c.note}")
+        rows.append(
+            f"| {_cell(d.name)} | {signed_percent(e.gap)} | {test} | {sig} "
+            f"| {interval(e.ci_delta_newcombe, signed=True)} "
+            f"| {pvalue(d.adjusted.get('bonferroni'))} | {pvalue(d.adjusted.get('holm'))} | {mdg} | {corr} |"
+        )
+    return "\n".join(rows)
+
+
+def interpretation(report: Report) -> list[str]:
+    """One sentence per dataset that reads its result the way a reader should."""
+    lines = []
+    for d in report.datasets:
+        e, s = d.extended, d.stats
+        if s.p_value is None:
+            lines.append(f"- {d.name}: no test (no {'Overlap' if not s.n_overlap else 'Clean'} examples).")
+            continue
+        if d.significant:
+            text = (f"- {d.name}: Overlap accuracy exceeds Clean accuracy ({report.correction}-significant); "
+                    f"overlap inflates the reported accuracy by {signed_percent(s.delta)} points "
+                    f"({ci_level_text(report.ci_level)} interval {interval(s.ci_delta, signed=True)} paper-style"
+                    + (f", {interval(e.ci_delta_newcombe, signed=True)} Newcombe" if e is not None else "") + ").")
+        else:
+            text = f"- {d.name}: not significant"
+            if e is not None and e.min_detectable_gap is not None:
+                text += (f"; the test had 80% power against an Overlap − Clean gap of "
+                         f"{percent(e.min_detectable_gap)} points (All − Clean {percent(e.min_detectable_delta)}), "
+                         "so no effect that large was present.")
+            else:
+                text += "; too few Overlap examples for the test to detect any gap."
+        if e is not None and e.detector is not None and e.detector.ci_delta is not None:
+            text += (f" Allowing for the detector's measured error, the inflation is at most "
+                     f"{signed_percent(e.detector.ci_delta[1])} points.")
+        lines.append(text)
+    return lines
+
+
+def format_markdown(report: Report) -> str:
+    """The whole report.md."""
+    det = report.detector
+    lines = [
+        "# Data overlap report",
+        "",
+        f"Detector `{det.spec}` (version {det.version}, {det.dim}-d, {det.metric}); index `{report.index.get('path')}` "
+        f"with {report.index.get('n_indexed')} corpus items; k = {report.k}.",
+        f"Search: {report.index.get('search', 'exact')}; {recall_line(report.index.get('recall', {}))}.",
+        *([model_line(report.model)] if report.model else []),
+        f"p-value: one-sided binomial test, H0 Overlap accuracy = Clean accuracy (alternative: greater). "
+        f"Significance after {report.correction.capitalize()} correction at alpha = {report.alpha:g} across "
+        f"{sum(d.stats.p_value is not None for d in report.datasets)} dataset(s). Intervals: Clopper–Pearson at "
+        f"{ci_level_text(report.ci_level)}. Accuracies in %.",
+        "",
+        format_table(report),
+        "",
+        "| Dataset | threshold | low-information (never Overlap) | skipped |",
+        "|---|---|---|---|",
+    ]
+    for d in report.datasets:
+        lines.append(f"| {_cell(d.name)} | {similarity_text(d.threshold)} | {d.n_low_information} | {len(d.skipped)} |")
+    if any(d.extended is not None for d in report.datasets):
+        lines += [
+            "",
+            "## Beyond the paper",
+            "",
+            "Overlap − Clean = acc_overlap − acc_clean, and All − Clean = overlap rate × (Overlap − Clean). The "
+            "two-sample test (Boschloo's exact test, or Fisher's for large sets) treats Clean accuracy as an "
+            "estimate too; its significance uses the same correction. Newcombe's hybrid score interval is "
+            "scaled by the overlap rate. p Bonferroni / p Holm: the paper's p-value adjusted both ways. "
+            "Minimum detectable gap: 80% power for the paper's test at the per-dataset level "
+            "(alpha / m). In percentage points.",
+            "",
+            format_extended_table(report),
+            "",
+            *interpretation(report),
+        ]
+    skipped = [(d.name, s) for d in report.datasets for s in d.skipped]
+    if skipped:
+        lines += ["", "## Skipped evaluation items", ""]
+        for name, s in skipped[:200]:
+            lines.append(f"- {name}: `{s.id}`: {s.reason}")
+        if len(skipped) > 200:
+            lines.append(f"- … and {len(skipped) - 200} more (all listed in report.json)")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,153 @@
+"""The Report value (one DatasetReport per evaluation set), the report's file names, and load_report."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ReportError
+from ..stats import ExtendedStats, OverlapStats
+from ..values import DetectorInfo, Skipped
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+SPLITS = "splits.parquet"
+REPORT_HTML = "report.html"
+
+
+@dataclass(frozen=True)
+class DatasetReport:
+    """One evaluation set's line of the report."""
+
+    name: str
+    threshold: float
+    stats: OverlapStats
+    p_value_adjusted: float | None  # by the report's deciding correction
+    significant: bool | None  # by the report's deciding correction
+    n_low_information: int
+    skipped: list[Skipped] = field(default_factory=list)
+    extended: ExtendedStats | None = None
+    # both corrections of the paper's p-value, and the deciding one applied to the two-sample p-value
+    adjusted: dict[str, float | None] = field(default_factory=dict)
+    significant_by: dict[str, bool | None] = field(default_factory=dict)
+    two_sample_p_adjusted: float | None = None
+    two_sample_significant: bool | None = None
+
+    def to_dict(self) -> dict:
+        d = {
+            "name": self.name,
+            "threshold": self.threshold,
+            **self.stats.to_dict(),
+            "p_value_adjusted": self.p_value_adjusted,
+            "significant": self.significant,
+        }
+        for method in ("bonferroni", "holm"):
+            if method in self.adjusted:
+                d[f"p_value_adjusted_{method}"] = self.adjusted[method]
+                d[f"significant_{method}"] = self.significant_by.get(method)
+        if self.extended is not None:
+            d.update(self.extended.to_dict())
+            d["two_sample_p_adjusted"] = self.two_sample_p_adjusted
+            d["two_sample_significant"] = self.two_sample_significant
+        d.update({
+            "n_low_information": self.n_low_information,
+            "n_skipped": len(self.skipped),
+            "skipped": [s.to_dict() for s in self.skipped],
+        })
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetReport":
+        methods = [m for m in ("bonferroni", "holm") if f"p_value_adjusted_{m}" in d]
+        return cls(
+            name=d["name"],
+            threshold=float(d["threshold"]),
+            stats=OverlapStats.from_dict(d),
+            p_value_adjusted=d["p_value_adjusted"],
+            significant=d["significant"],
+            n_low_information=int(d["n_low_information"]),
+            skipped=[Skipped.from_dict(s) for s in d["skipped"]],
+            extended=ExtendedStats.from_dict(d) if "two_sample_p" in d else None,
+            adjusted={m: d[f"p_value_adjusted_{m}"] for m in methods},
+            significant_by={m: d[f"significant_{m}"] for m in methods},
+            two_sample_p_adjusted=d.get("two_sample_p_adjusted"),
+            two_sample_significant=d.get("two_sample_significant"),
+        )
+
+
+@dataclass(frozen=True)
+class Report:
+    """A whole report: what was compared with what, and one DatasetReport per evaluation set."""
+
+    detector: DetectorInfo
+    index: dict
+    datasets: list[DatasetReport]
+    k: int
+    alpha: float
+    ci_level: float
+    correction: str
+    predictions: str
+    package_version: str
+    created: str
+    evals: dict[str, str] = field(default_factory=dict)  # name -> source spec of each evaluation set
+    model: dict | None = None  # report --model: spec, weights_sha256, device, templates, classnames
+
+    @property
+    def threshold(self) -> dict[str, float]:
+        return {d.name: d.threshold for d in self.datasets}
+
+    def dataset(self, name: str) -> DatasetReport:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        return {
+            "package_version": self.package_version,
+            "created": self.created,
+            "detector": self.detector.to_dict(),
+            "index": self.index,
+            "predictions": self.predictions,
+            "evals": self.evals,
+            "threshold": self.threshold,
+            "k": self.k,
+            "alpha": self.alpha,
+            "ci_level": self.ci_level,
+            "correction": {"method": self.correction,
+                           "m": sum(d.stats.p_value is not None for d in self.datasets)},
+            "datasets": [d.to_dict() for d in self.datasets],
+            **({"model": self.model} if self.model is not None else {}),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Report":
+        return cls(
+            detector=DetectorInfo.from_dict(d["detector"]),
+            index=d["index"],
+            datasets=[DatasetReport.from_dict(x) for x in d["datasets"]],
+            k=int(d["k"]),
+            alpha=float(d["alpha"]),
+            ci_level=float(d["ci_level"]),
+            correction=d["correction"]["method"],
+            predictions=d["predictions"],
+            package_version=d["package_version"],
+            created=d["created"],
+            evals=dict(d.get("evals", {})),
+            model=d.get("model"),
+        )
+
+
+def load_report(path: str | os.PathLike) -> Report:
+    """Read report.json (or the directory holding it) back into a Report."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / REPORT_JSON
+    try:
+        return Report.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise ReportError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReportError(f"{path} is not an overlap-audit report: {exc}") from None
