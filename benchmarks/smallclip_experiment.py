@@ -92,6 +92,7 @@ def pipeline_audit(work: Path, oc_dir: str, tux_dir: str, rel: list[str], plante
     import pyarrow.parquet as pq
 
     from overlap_audit.api import build_index, run_report
+    from overlap_audit.index import IndexSettings
 
     planted_dir, eval_dir = work / "corpus-planted", work / "eval-tuxpaint"
     for root, keep in ((planted_dir, planted), (eval_dir, np.ones(len(rel), bool))):
@@ -104,7 +105,7 @@ def pipeline_audit(work: Path, oc_dir: str, tux_dir: str, rel: list[str], plante
     index_dir, report_dir = work / "index-A", work / "report-A"
     shutil.rmtree(index_dir, ignore_errors=True)
     t0 = time.time()
-    build_index([oc_dir, str(planted_dir)], index_dir, detector="phash", workers=1, device="cpu")
+    build_index([oc_dir, str(planted_dir)], index_dir, IndexSettings(detector="phash", workers=1, device="cpu"))
     preds = work / "predictions-A.csv"
     preds.write_text("dataset,id,correct\n" + "".join(f"tuxpaint,{r},{int(c)}\n" for r, c in zip(rel, correct)))
     rep = run_report(index_dir, [("tuxpaint", str(eval_dir))], preds, report_dir, workers=1, device="cpu")

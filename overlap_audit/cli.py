@@ -63,14 +63,14 @@ def index(sources, out_dir, detector, batch_size, workers, device, resume, shard
           memory_budget, ray_address, quiet) -> None:
     """Embed the corpus SOURCES (image folders, Parquet, WebDataset shards) and build the FAISS index."""
     from .imaging import DEFAULT_MAX_PIXELS
-    from .index import build_index
+    from .index import IndexSettings, build_index
     from .report import recall_line
 
     try:
-        m = build_index(list(sources), out_dir, detector=detector, batch_size=batch_size, workers=workers,
-                        device=device, resume=resume, shard_size=shard_size,
-                        max_pixels=max_pixels or DEFAULT_MAX_PIXELS, progress=not quiet, index_type=index_type,
-                        memory_budget=memory_budget, ray_address=ray_address)
+        settings = IndexSettings(detector=detector, batch_size=batch_size, workers=workers, device=device,
+                                 resume=resume, shard_size=shard_size, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                                 index_type=index_type, memory_budget=memory_budget, ray_address=ray_address)
+        m = build_index(list(sources), out_dir, settings, progress=not quiet)
     except _user_errors() as exc:
         _fail(exc)
     click.echo(f"index: {m.index_type} ({m.extra.get('index_choice', '')}); {recall_line(m.extra.get('recall', {}))}")

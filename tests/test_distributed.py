@@ -6,7 +6,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from overlap_audit.index import build_index, index_from_vectors, load_index, search  # noqa: E402
+from overlap_audit.index import IndexSettings, build_index, index_from_vectors, load_index, search  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def shard_table(path):
 
 
 def test_ray_index_equals_single_process_and_resumes(cluster, tmp_path, corpus_dir):
-    single = build_index([str(corpus_dir)], tmp_path / "single", workers=0, shard_size=40)
+    single = build_index([str(corpus_dir)], tmp_path / "single", IndexSettings(workers=0, shard_size=40))
     seen = []
 
     class Stop(Exception):
@@ -38,10 +38,12 @@ def test_ray_index_equals_single_process_and_resumes(cluster, tmp_path, corpus_d
         raise Stop
 
     with pytest.raises(Stop):
-        build_index([str(corpus_dir)], tmp_path / "ray", shard_size=40, ray_address="local", on_shard=stop_after_first)
+        build_index([str(corpus_dir)], tmp_path / "ray", IndexSettings(shard_size=40, ray_address="local"),
+                    on_shard=stop_after_first)
     finished = sorted(p.name for p in (tmp_path / "ray" / "shards").glob("shard-*.parquet"))
     assert finished and not (tmp_path / "ray" / "manifest.json").exists()
-    distributed = build_index([str(corpus_dir)], tmp_path / "ray", shard_size=40, ray_address="local", resume=True)
+    distributed = build_index([str(corpus_dir)], tmp_path / "ray",
+                              IndexSettings(shard_size=40, ray_address="local", resume=True))
     assert shard_table(tmp_path / "single") == shard_table(tmp_path / "ray")
     assert distributed.n_indexed == single.n_indexed and distributed.n_skipped == single.n_skipped
     assert list(load_index(tmp_path / "single").keys) == list(load_index(tmp_path / "ray").keys)

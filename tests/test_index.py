@@ -11,7 +11,7 @@ import pytest
 from overlap_audit.detectors import get_detector
 from overlap_audit.embed import embed_source
 from overlap_audit.errors import IndexDirError, IndexMismatchError, ResumeError
-from overlap_audit.index import build_index, check_detector, load_index, load_manifest, search
+from overlap_audit.index import IndexSettings, build_index, check_detector, load_index, load_manifest, search
 from overlap_audit.sources import open_source
 
 from .conftest import write_folder
@@ -27,7 +27,7 @@ def shard_ids(index_dir):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, corpus_dir):
     out = tmp_path_factory.mktemp("idx") / "index"
-    manifest = build_index([str(corpus_dir)], out, workers=2, shard_size=50)
+    manifest = build_index([str(corpus_dir)], out, IndexSettings(workers=2, shard_size=50))
     return out, manifest
 
 
@@ -66,7 +66,7 @@ def test_search_equals_brute_force(built, tile_sets):
 def test_k_larger_than_corpus_pads_with_none(tmp_path, photos):
     root = write_folder(tmp_path / "c", {"a.png": photos["coffee"].resize((64, 64)),
                                          "b.png": photos["rocket"].resize((64, 64))})
-    build_index([str(root)], tmp_path / "i", workers=0)
+    build_index([str(root)], tmp_path / "i", IndexSettings(workers=0))
     det = get_detector("phash")
     nb = search(load_index(tmp_path / "i"), ["q"], det.embed_images([photos["coffee"].resize((50, 50))]), k=4)
     assert nb.ids[0, 0] == "a.png" and nb.ids[0, 2] is None and np.isnan(nb.similarities[0, 3])
@@ -75,7 +75,7 @@ def test_k_larger_than_corpus_pads_with_none(tmp_path, photos):
 def test_float_detector_uses_flat_inner_product(tmp_path, tile_sets):
     corpus, _ = tile_sets
     root = write_folder(tmp_path / "c", {f"{tid}.png": im for tid, im in corpus[:30]})
-    m = build_index([str(root)], tmp_path / "i", detector="tiny", workers=0)
+    m = build_index([str(root)], tmp_path / "i", IndexSettings(detector="tiny", workers=0))
     assert m.extra["faiss_index"] == "IndexFlatIP" and m.detector.metric == "cosine"
     det = get_detector("tiny")
     corpus_index = load_index(tmp_path / "i")
@@ -87,18 +87,18 @@ def test_float_detector_uses_flat_inner_product(tmp_path, tile_sets):
 def test_several_sources_qualify_ids(tmp_path, photos):
     a = write_folder(tmp_path / "a", {"x.png": photos["coffee"].resize((64, 64))})
     b = write_folder(tmp_path / "b", {"x.png": photos["rocket"].resize((64, 64))})
-    build_index([str(a), str(b)], tmp_path / "i", workers=0)
+    build_index([str(a), str(b)], tmp_path / "i", IndexSettings(workers=0))
     assert sorted(load_index(tmp_path / "i").keys) == ["a/x.png", "b/x.png"]
 
 
 def test_existing_directory_needs_resume(built, corpus_dir):
     out, _ = built
     with pytest.raises(ResumeError, match="--resume"):
-        build_index([str(corpus_dir)], out, workers=0)
-    same = build_index([str(corpus_dir)], out, workers=0, resume=True, shard_size=50)
+        build_index([str(corpus_dir)], out, IndexSettings(workers=0))
+    same = build_index([str(corpus_dir)], out, IndexSettings(workers=0, resume=True, shard_size=50))
     assert same.n_indexed == load_manifest(out).n_indexed  # complete: nothing redone
     with pytest.raises(ResumeError, match="different detector"):
-        build_index([str(corpus_dir)], out, workers=0, resume=True, shard_size=50, detector="tiny")
+        build_index([str(corpus_dir)], out, IndexSettings(workers=0, resume=True, shard_size=50, detector="tiny"))
 
 
 def test_detector_mismatch_is_refused(built):
@@ -126,17 +126,17 @@ def test_interrupted_index_resumes_without_redoing_or_duplicating(tmp_path, corp
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        build_index([str(corpus_dir)], out, workers=2, shard_size=30, on_shard=stop_after_two)
+        build_index([str(corpus_dir)], out, IndexSettings(workers=2, shard_size=30), on_shard=stop_after_two)
     assert not (out / "manifest.json").exists() and not (out / "index.faiss").exists()
     with pytest.raises(IndexDirError, match="--resume"):
         load_index(out)
     finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "shards").iterdir()}
     assert sorted(finished) == ["shard-000000.parquet", "shard-000001.parquet"]
     with pytest.raises(ResumeError, match="shard_size"):
-        build_index([str(corpus_dir)], out, workers=2, shard_size=31, resume=True)
+        build_index([str(corpus_dir)], out, IndexSettings(workers=2, shard_size=31, resume=True))
 
     written = []
-    m = build_index([str(corpus_dir)], out, workers=2, shard_size=30, resume=True,
+    m = build_index([str(corpus_dir)], out, IndexSettings(workers=2, shard_size=30, resume=True),
                     on_shard=lambda shard, done: written.append(shard))
     assert written == [2, 3, 4]  # only the remaining shards were embedded
     for name, stamp in finished.items():
@@ -185,7 +185,7 @@ def test_cuda_without_gpu_is_a_clear_error(tmp_path, photos):
         pytest.skip("this machine has a GPU FAISS")
     root = write_folder(tmp_path / "c", {"a.png": photos["coffee"].resize((32, 32))})
     with pytest.raises(DeviceError, match="faiss-gpu"):
-        build_index([str(root)], tmp_path / "i", device="cuda", workers=0)
+        build_index([str(root)], tmp_path / "i", IndexSettings(device="cuda", workers=0))
 
 
 def test_eval_embeddings_match_corpus_embeddings(corpus_dir, built):
@@ -206,10 +206,10 @@ def test_resume_refuses_a_changed_corpus(tmp_path, photos):
         raise Interrupt
 
     with pytest.raises(Interrupt):
-        build_index([str(root)], tmp_path / "i", workers=0, shard_size=2, on_shard=stop)
+        build_index([str(root)], tmp_path / "i", IndexSettings(workers=0, shard_size=2), on_shard=stop)
     (root / "0.png").unlink()
     with pytest.raises(ResumeError, match="corpus changed"):
-        build_index([str(root)], tmp_path / "i", workers=0, shard_size=2, resume=True)
+        build_index([str(root)], tmp_path / "i", IndexSettings(workers=0, shard_size=2, resume=True))
 
 
 def test_source_names_stay_distinct(tmp_path, photos):
@@ -217,7 +217,7 @@ def test_source_names_stay_distinct(tmp_path, photos):
     a = write_folder(tmp_path / "a" / "x", {"p.png": im})
     b = write_folder(tmp_path / "b" / "x", {"p.png": photos["rocket"].resize((32, 32))})
     c = write_folder(tmp_path / "x-2", {"p.png": photos["camera"].resize((32, 32))})
-    m = build_index([str(a), str(b), str(c)], tmp_path / "i", workers=0)
+    m = build_index([str(a), str(b), str(c)], tmp_path / "i", IndexSettings(workers=0))
     assert [s["name"] for s in m.sources] == ["x", "x-3", "x-2"]
     assert sorted(load_index(tmp_path / "i").keys) == ["x-2/p.png", "x-3/p.png", "x/p.png"]
 
@@ -231,3 +231,12 @@ def test_damaged_index_is_a_clear_error(tmp_path, built):
     (copy / "index.faiss").write_bytes(b"garbage")
     with pytest.raises(IndexDirError, match="damaged"):
         load_index(copy)
+
+
+def test_settings_as_keywords_still_work_with_a_deprecation_warning(tmp_path, photos):
+    root = write_folder(tmp_path / "c", {"a.png": photos["coffee"].resize((32, 32))})
+    with pytest.warns(DeprecationWarning, match="IndexSettings"):
+        m = build_index([str(root)], tmp_path / "i", workers=0, shard_size=5)
+    assert m.shard_size == 5 and m.n_indexed == 1
+    with pytest.raises(TypeError, match="shard_sise"):
+        build_index([str(root)], tmp_path / "j", IndexSettings(workers=0), shard_sise=5)

@@ -19,7 +19,7 @@ from PIL import Image
 from overlap_audit.api import build_index
 from overlap_audit.report.html import (REPORT_HTML, Gallery, GalleryPair, esc, gallery_order, render_html,
                                 write_html_report)
-from overlap_audit.index import corpus_items
+from overlap_audit.index import IndexSettings, corpus_items
 from overlap_audit.report import format_markdown, format_table, load_report
 from overlap_audit.report.format import interval
 from overlap_audit.sources import fetch_items, open_source
@@ -139,7 +139,7 @@ def audit(tmp_path_factory, tile_sets):
     lines = ["dataset,id,correct"] + [f"{ds},{i},{int(n % 3 != 0)}" for ds in ("val", XSS_NAME)
                                       for n, i in enumerate(ids)]
     (base / "preds.csv").write_text("\n".join(lines) + "\n")
-    build_index([str(corpus_dir)], base / "index", workers=0)
+    build_index([str(corpus_dir)], base / "index", IndexSettings(workers=0))
     exe = shutil.which("overlap-audit", path=os.path.dirname(sys.executable))
     r = subprocess.run([exe, "report", str(base / "index"), "--eval", f"val={eval_dir}", "--eval",
                         f"{XSS_NAME}={eval_dir}", "--predictions", str(base / "preds.csv"), "--out",

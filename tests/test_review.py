@@ -10,6 +10,7 @@ from scipy.stats import binomtest
 
 from overlap_audit.api import build_index
 from overlap_audit.cli import main
+from overlap_audit.index import IndexSettings
 from overlap_audit.errors import ThresholdError
 from overlap_audit.report import load_report
 from overlap_audit.review import choose_threshold, nearest_rows, pick_thresholds, read_labels, write_thresholds
@@ -88,7 +89,7 @@ def test_nearest_rows():
 def test_pairs_label_threshold_report_round_trip(tmp_path, corpus_dir, eval_set):
     root, planted, clean = eval_set
     idx = tmp_path / "index"
-    build_index([str(corpus_dir)], idx, workers=0)
+    build_index([str(corpus_dir)], idx, IndexSettings(workers=0))
     runner = CliRunner()
     r = runner.invoke(main, ["pairs", str(idx), "--eval", f"val={root}", "--around", "0.8", "--n", "30",
                              "--out", str(tmp_path / "rev"), "--workers", "0", "--quiet"])
@@ -154,7 +155,7 @@ def test_pairs_against_an_empty_index_is_an_error(tmp_path):
     Image.new("RGB", (64, 64), "white").save(tmp_path / "blank" / "white.png")
     (tmp_path / "ev" / "c").mkdir(parents=True)
     Image.new("RGB", (64, 64), "black").save(tmp_path / "ev" / "c" / "x.png")
-    build_index([str(tmp_path / "blank")], tmp_path / "idx", workers=0)
+    build_index([str(tmp_path / "blank")], tmp_path / "idx", IndexSettings(workers=0))
     r = CliRunner().invoke(main, ["pairs", str(tmp_path / "idx"), "--eval", f"ev={tmp_path / 'ev'}", "--out",
                                   str(tmp_path / "out"), "--workers", "0", "--quiet"])
     assert r.exit_code == 2 and "holds no items" in r.output
@@ -174,7 +175,7 @@ def test_report_names_with_pipes_and_stale_predictions(tmp_path, corpus_dir, eva
 
     root, planted, clean = eval_set
     idx = tmp_path / "index"
-    build_index([str(corpus_dir)], idx, workers=0)
+    build_index([str(corpus_dir)], idx, IndexSettings(workers=0))
     out = tmp_path / "rep"
     out.mkdir()
     pq.write_table(pa.table({"dataset": ["x"], "id": ["y"], "correct": [True]}), out / "predictions.parquet")

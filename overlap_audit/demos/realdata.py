@@ -219,7 +219,7 @@ def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | 
     import json
 
     from ..api import build_index, run_report
-    from ..index import load_index
+    from ..index import IndexSettings, load_index
 
     out = Path(out_dir)
     data = fetch_real_demo_data(cache_dir, debs_dir=debs_dir)
@@ -231,8 +231,8 @@ def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | 
         pass  # a finished index from an earlier run with this detector: reuse it
     else:
         resume = index_dir.exists() and any(index_dir.iterdir())
-        build_index([str(data.corpus)], index_dir, detector=detector, workers=workers, progress=progress,
-                    resume=resume)
+        build_index([str(data.corpus)], index_dir, IndexSettings(detector=detector, workers=workers, resume=resume),
+                    progress=progress)
     corpus = load_index(index_dir, load_faiss=False)
     classes = sorted(p.name for p in data.eval.iterdir() if p.is_dir())
     _mkdir(out)

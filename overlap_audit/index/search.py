@@ -8,15 +8,27 @@ Streaming (``stream_search``) makes the queries the small side: each corpus shar
 against every query in one FAISS brute-force call, and merged into a running top-k, so memory is bounded
 by the queries plus one shard whatever the corpus size (the way DataComp deduplicated 12.8B images
 against its evaluation sets).
+
+``search`` answers queries against a loaded ``CorpusIndex``: through its FAISS index (on the GPU when
+asked), by streaming its shards, or by streaming them on a Ray cluster.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
+from ..devices import faiss_device
+from ..values import DetectorInfo, Neighbors
+from .ray import connect, map_shards
+from .store import VECTORS_FILE, CorpusIndex, iter_shard_vectors, read_shard_vectors, shard_first_rows
+
 NO_ROW = -1
+SEARCH_BATCH = 8192  # queries per FAISS index search call
+STREAM_BATCH = 16384  # queries per brute-force block search
 
 
 def order_topk(sims: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,8 +56,7 @@ def similarity_from_faiss(values: np.ndarray, metric: str, dim: int) -> np.ndarr
     return values.astype(np.float32)
 
 
-def search_index(index, queries: np.ndarray, k: int, metric: str, dim: int,
-                 batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+def search_index(index, queries: np.ndarray, k: int, metric: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Search a FAISS index; returns (similarities, rows) in the canonical order, row −1 where none."""
     n = len(queries)
     sims = np.full((n, k), -np.inf, dtype=np.float32)
@@ -54,8 +65,8 @@ def search_index(index, queries: np.ndarray, k: int, metric: str, dim: int,
     if n == 0 or kk == 0:
         return sims, rows
     dtype = np.uint8 if metric == "hamming" else np.float32
-    for start in range(0, n, batch_size):
-        chunk = np.ascontiguousarray(queries[start:start + batch_size], dtype=dtype)
+    for start in range(0, n, SEARCH_BATCH):
+        chunk = np.ascontiguousarray(queries[start:start + SEARCH_BATCH], dtype=dtype)
         values, found = index.search(chunk, kk)
         s = similarity_from_faiss(values, metric, dim)
         s, r = order_topk(s, found.astype(np.int64), kk)
@@ -85,21 +96,124 @@ def knn_block(queries: np.ndarray, block: np.ndarray, k: int, metric: str, dim: 
 
 
 def stream_search(queries: np.ndarray, blocks: Iterable[tuple[int, np.ndarray]], k: int, metric: str, dim: int,
-                  *, gpu_resources=None, query_batch: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+                  *, gpu_resources=None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of each query over corpus blocks streamed past it.
 
     ``blocks`` yields (first corpus row of the block, block vectors); each block is searched against all
-    queries (in batches of ``query_batch``) and merged into the running top-k.
+    queries (in batches of ``STREAM_BATCH``) and merged into the running top-k.
     """
     n = len(queries)
     best = (np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), NO_ROW, dtype=np.int64))
     for first_row, vectors in blocks:
         if len(vectors) == 0 or n == 0:
             continue
-        for start in range(0, n, query_batch):
-            stop = min(n, start + query_batch)
+        for start in range(0, n, STREAM_BATCH):
+            stop = min(n, start + STREAM_BATCH)
             s, r = knn_block(queries[start:stop], vectors, k, metric, dim, gpu_resources)
             r = np.where(r == NO_ROW, NO_ROW, r + first_row)
             merged = merge_topk((best[0][start:stop], best[1][start:stop]), (s, r), k)
             best[0][start:stop], best[1][start:stop] = merged
     return best
+
+
+def shard_topk(spec: dict, shared: dict) -> dict:
+    """Top-k of the queries within one shard (``spec``: path, first_row; ``shared``: queries, k, detector
+    info as a dict), padded to k, rows as index rows: the per-shard step of a distributed stream."""
+    info = DetectorInfo.from_dict(shared["info"])
+    queries, k = shared["queries"], shared["k"]
+    sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    rows = np.full((len(queries), k), NO_ROW, dtype=np.int64)
+    vectors = read_shard_vectors(Path(str(spec["path"])), info)
+    if len(vectors):
+        s, r = knn_block(queries, vectors, k, info.metric, info.dim)
+        sims[:, :s.shape[1]] = s
+        rows[:, :r.shape[1]] = np.where(r == NO_ROW, NO_ROW, r + int(spec["first_row"]))
+    return {"sims": sims, "rows": rows}
+
+
+def ray_stream_search(index_dir: str | os.PathLike, info: DetectorInfo, queries: np.ndarray,
+                      k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact streaming search as a map over the shards on the connected Ray cluster, merged here."""
+    n = len(queries)
+    best = (np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), NO_ROW, dtype=np.int64))
+    if n == 0:
+        return best
+    specs = [{"path": str(path), "first_row": row} for path, row in shard_first_rows(index_dir)]
+    shared = {"queries": np.ascontiguousarray(queries), "k": k, "info": info.to_dict()}
+    for part in map_shards(specs, shard_topk, shared):
+        best = merge_topk(best, (part["sims"], part["rows"]), k)
+    return best
+
+
+def to_device(index, metric: str, device: str):
+    """Move an index to the GPU when asked and possible (HNSW has no GPU version and stays on the CPU)."""
+    if device != "cuda":
+        return index
+    import faiss
+
+    res = faiss.StandardGpuResources()
+    if metric == "hamming":
+        if isinstance(index, faiss.IndexBinaryFlat):
+            return faiss.GpuIndexBinaryFlat(res, index)
+        return index
+    if "HNSW" in type(index).__name__:
+        return index
+    return faiss.index_cpu_to_gpu(res, 0, index)
+
+
+def search_rows(index, index_type: str, params: dict, queries: np.ndarray, k: int, info: DetectorInfo,
+                path: Path, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (similarities, rows) from a FAISS index of any type, in the canonical order.
+
+    Approximate indexes may miss neighbours but never report a wrong similarity: HNSW and binary IVF
+    store exact codes, and IVF-PQ's shortlist is re-ranked with the exact vectors (vectors.npy).
+    """
+    if index_type == "hnsw":
+        index.hnsw.efSearch = int(params.get("ef_search", 128))
+    if index_type == "ivfpq":
+        index.nprobe = int(params.get("nprobe", 16))
+    index = to_device(index, info.metric, device)
+    if index_type == "ivfpq" and info.metric == "cosine":
+        shortlist = max(4 * k, k + int(params.get("rerank_extra", 32)))
+        _, cand = search_index(index, queries, shortlist, info.metric, info.dim)
+        vectors = np.load(path / VECTORS_FILE, mmap_mode="r")
+        safe = np.where(cand < 0, 0, cand)
+        exact = np.einsum("qd,qcd->qc", queries.astype(np.float32), np.asarray(vectors[safe.reshape(-1)]).reshape(
+            len(queries), shortlist, -1)).astype(np.float32)
+        return order_topk(exact, cand, k)
+    return search_index(index, queries, k, info.metric, info.dim)
+
+
+def search(corpus: CorpusIndex, query_ids: list[str], vectors: np.ndarray, *, k: int = 5,
+           device: str = "auto", exact_stream: bool = False, ray_address: str | None = None) -> Neighbors:
+    """The k nearest corpus items of each query vector, most similar first, ties by corpus row.
+
+    With ``exact_stream`` the stored shards are streamed past the queries (exact at any corpus size, memory
+    bounded by the queries plus one shard); otherwise the index is searched (exact for flat indexes).
+    With ``ray_address`` the stream runs as a map over shards on a Ray cluster.
+    """
+    info = corpus.manifest.detector
+    k = max(1, int(k))
+    dev = faiss_device(device)
+    if ray_address and (exact_stream or corpus.index is None):
+        connect(ray_address)
+        sims, rows = ray_stream_search(corpus.path, info, np.asarray(vectors), k)
+    elif exact_stream or corpus.index is None:
+        gpu = None
+        if dev == "cuda" and info.metric == "cosine":
+            import faiss
+
+            gpu = faiss.StandardGpuResources()
+        sims, rows = stream_search(np.asarray(vectors), iter_shard_vectors(corpus.path, info), k, info.metric,
+                                   info.dim, gpu_resources=gpu)
+    else:
+        sims, rows = search_rows(corpus.index, corpus.manifest.index_type, corpus.params, np.asarray(vectors), k,
+                                 info, corpus.path, dev)
+        if sims.shape[1] < k:
+            pad = k - sims.shape[1]
+            sims = np.pad(sims, ((0, 0), (0, pad)), constant_values=-np.inf)
+            rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=NO_ROW)
+    ids = np.full(rows.shape, None, dtype=object)
+    valid = rows != NO_ROW
+    ids[valid] = corpus.keys[rows[valid]]
+    return Neighbors(list(query_ids), ids, np.where(valid, sims, np.nan).astype(np.float32))

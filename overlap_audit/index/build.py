@@ -1,0 +1,442 @@
+"""Building an index directory: embed the corpus into shards (resumable, on one machine or a Ray cluster),
+then build the FAISS index over the shards and measure an approximate index's recall.
+
+``index_from_vectors`` / ``index_from_vector_blocks`` write the same directory from precomputed vectors;
+``finish_from_shards`` (re)builds the FAISS index of a directory whose shards are written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..atomic import atomic_write, atomic_write_json, remove_stale_temporaries
+from ..detectors import Detector, get_detector
+from ..devices import faiss_device
+from ..embed import Decoder, embed_decoded
+from ..errors import IndexDirError, ResumeError
+from ..imaging import DEFAULT_MAX_PIXELS
+from ..sources import Source, open_source
+from ..values import DetectorInfo, RawItem, Skipped
+from .ann import INDEX_TYPES, choose_index, new_index, parse_bytes
+from .ray import connect, embed_shards
+from .search import search_rows, stream_search
+from .store import (IDS_FILE, INDEX_FILE, MANIFEST, PROGRESS, SHARD_DIR, VECTORS_FILE, IndexManifest, corpus_key,
+                    finished_shards, iter_shard_vectors, load_manifest, read_shard, shard_item_ids, shard_path,
+                    shard_paths, vector_width, write_shard)
+
+# Augmented copies embedded per shard as recall queries for approximate indexes (at most RECALL_QUERIES used).
+RECALL_QUERIES_PER_SHARD = 32
+RECALL_QUERIES = 1000
+RECALL_K = 10
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How ``build_index`` embeds and indexes a corpus.
+
+    ``index_type`` is auto, flat, ivfpq or hnsw (see ``overlap_audit.index.ann``); ``memory_budget`` a
+    size such as "8GB" (None: the default budget). With ``resume`` the finished shards of an interrupted
+    run with the same settings are kept. With ``ray_address`` (``local``, ``auto`` or a cluster address)
+    the shards are embedded on a Ray cluster: same shards, same resumption, same result.
+    """
+
+    detector: str = "phash"
+    batch_size: int = 256
+    workers: int | None = None
+    device: str = "auto"
+    resume: bool = False
+    shard_size: int = 10_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    index_type: str = "auto"
+    memory_budget: int | str | None = None
+    ray_address: str | None = None
+
+
+def _settings(settings: IndexSettings | None, legacy: dict) -> IndexSettings:
+    settings = settings or IndexSettings()
+    if not legacy:
+        return settings
+    known = {f.name for f in fields(IndexSettings)}
+    unknown = sorted(set(legacy) - known)
+    if unknown:
+        raise TypeError(f"build_index() got an unexpected keyword argument {unknown[0]!r}")
+    warnings.warn(f"build_index({', '.join(f'{k}=...' for k in legacy)}) is deprecated; pass "
+                  "settings=IndexSettings(...) instead", DeprecationWarning, stacklevel=3)
+    return replace(settings, **legacy)
+
+
+def _source_names(sources: list[Source]) -> list[Source]:
+    """Give each source a distinct name (needed when ids are qualified by source): x, x-2, x-3, ...,
+    never taking a name a later source has by itself."""
+    original = [src.name for src in sources]
+    used: set[str] = set()
+    out = []
+    for i, src in enumerate(sources):
+        later = set(original[i + 1:])
+        name, n = src.name, 1
+        while name in used or (name != src.name and name in later):
+            n += 1
+            name = f"{src.name}-{n}"
+        used.add(name)
+        out.append(Source(src.kind, src.paths, name, src.spec, src.labels_from_folders))
+    return out
+
+
+def _chunked(it: Iterator[RawItem], n: int) -> Iterator[list[RawItem]]:
+    while True:
+        chunk = []
+        for item in it:
+            chunk.append(item)
+            if len(chunk) == n:
+                break
+        if not chunk:
+            return
+        yield chunk
+        if len(chunk) < n:
+            return
+
+
+def _copy_picks(chunk: list[RawItem], n: int) -> set[tuple[str, str]]:
+    """The n items of a shard that get an augmented copy: smallest CRC-32 of their key (deterministic)."""
+    ranked = sorted(chunk, key=lambda it: zlib.crc32(f"{it.source}/{it.id}".encode("utf-8", "surrogatepass")))
+    return {(it.source, it.id) for it in ranked[:n] if it.skip_reason is None}
+
+
+def _counting(decoded, tick: Callable[[], None]):
+    for entry in decoded:
+        tick()
+        yield entry
+
+
+def embed_shard(detector: Detector, items: list[RawItem], shard_no: int, *, out_dir: str | os.PathLike,
+                n_sources: int, batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, decoder: Decoder | None = None,
+                tick: Callable[[], None] | None = None) -> None:
+    """Decode, embed and write one shard (with its recall-query copies): the unit of work of the local and
+    the Ray paths. Without ``decoder`` one is made in this process; ``tick()`` follows each decoded item."""
+    if decoder is None:
+        with Decoder(detector, workers=0, max_pixels=max_pixels) as own:
+            return embed_shard(detector, items, shard_no, out_dir=out_dir, n_sources=n_sources,
+                               batch_size=batch_size, decoder=own, tick=tick)
+    decoded = decoder.decode(items, copies=_copy_picks(items, RECALL_QUERIES_PER_SHARD))
+    if tick is not None:
+        decoded = _counting(decoded, tick)
+    r = embed_decoded(decoded, detector, batch_size=batch_size)
+    write_shard(shard_path(out_dir, shard_no), detector.info,
+                keys=[corpus_key(it.source, it.id, n_sources) for it in r.items],
+                sources=[it.source for it in r.items], ids=[it.id for it in r.items],
+                captions=[it.caption for it in r.items], labels=[it.label for it in r.items],
+                vectors=r.vectors, low_information=r.low_information, reasons=r.reasons, copies=r.copies)
+    return None
+
+
+def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexSettings | None = None, *,
+                progress: bool = False, on_shard: Callable[[int, int], None] | None = None,
+                **legacy) -> IndexManifest:
+    """Embed the corpus sources into shards and build the FAISS index in ``out_dir``.
+
+    ``on_shard(shard_number, items_done)`` is called after each shard is safely on disk. On a finished
+    index resumed with another ``index_type``, only the index is rebuilt. The settings' fields as
+    keyword arguments are deprecated.
+    """
+    s = _settings(settings, legacy)
+    if s.index_type not in INDEX_TYPES:
+        raise IndexDirError(f"--index-type must be one of {', '.join(INDEX_TYPES)} (got {s.index_type!r})")
+    parse_bytes(s.memory_budget)  # a malformed budget fails before any work
+    if not sources:
+        raise IndexDirError("give at least one corpus source")
+    if s.shard_size < 1 or s.batch_size < 1:
+        raise IndexDirError("shard_size and batch_size must be positive")
+    started = time.monotonic()
+    out = Path(out_dir)
+    det = get_detector(s.detector, device=s.device)
+    faiss_dev = faiss_device(s.device)
+    srcs = _source_names([open_source(src) for src in sources])
+    recorded = {"detector": det.info.to_dict(), "sources": [src.to_dict() for src in srcs],
+                "shard_size": s.shard_size, "max_pixels": s.max_pixels}
+    finish = partial(_finish_index, out, det.info, recorded["sources"], s.shard_size, faiss_dev,
+                     index_type=s.index_type, memory_budget=s.memory_budget)
+
+    if out.exists() and not out.is_dir():
+        raise IndexDirError(f"--out {out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        if not s.resume:
+            raise ResumeError(f"{out} exists and is not empty; pass --resume to finish an interrupted run there, "
+                              "or choose a new directory")
+        if not (out / PROGRESS).exists():
+            raise ResumeError(f"{out} has no {PROGRESS}: it is not an interrupted overlap-audit index")
+        try:
+            previous = json.loads((out / PROGRESS).read_text())
+        except ValueError as exc:
+            raise ResumeError(f"{out / PROGRESS} is damaged ({exc}); start again in a new directory") from None
+        differs = [k for k in recorded if previous.get(k) != recorded[k]]
+        if differs:
+            raise ResumeError(f"cannot resume {out}: its run used different {', '.join(differs)}; "
+                              "use the same command, or a new directory")
+        remove_stale_temporaries(out)
+        if (out / MANIFEST).exists():
+            done_manifest = load_manifest(out)
+            if s.index_type in ("auto", done_manifest.index_type):
+                return done_manifest  # already complete with these settings: nothing to redo
+            return finish(done_manifest.build_seconds)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / PROGRESS, recorded)
+    (out / SHARD_DIR).mkdir(exist_ok=True)
+
+    done = finished_shards(out)
+    items = (item for src in srcs for item in src.iter_items())
+    items_done = 0
+    for shard_no in done:  # the finished shards' items: read past, not decoded again, but checked
+        for want in shard_item_ids(shard_path(out, shard_no)):
+            item = next(items, None)
+            got = None if item is None else (item.source, item.id)
+            if got != want:
+                raise ResumeError(
+                    f"cannot resume {out}: the corpus changed since the interrupted run (shard {shard_no} "
+                    f"holds {want[0]}:{want[1]!r} where the sources now give "
+                    f"{'nothing' if got is None else repr(got[0] + ':' + got[1])}); start again in a new directory"
+                )
+            items_done += 1
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="index", unit="img", initial=items_done)
+    work = partial(embed_shard, out_dir=out, n_sources=len(srcs), batch_size=s.batch_size, max_pixels=s.max_pixels)
+    if s.ray_address:
+        connect(s.ray_address)
+
+        def shards():
+            nonlocal items_done
+            for number, chunk in enumerate(_chunked(items, s.shard_size), start=len(done)):
+                items_done += len(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+                yield number, chunk
+
+        embed_shards(shards(), work, detector=s.detector, device=s.device, on_shard=on_shard)
+        if bar is not None:
+            bar.close()
+        finished_shards(out)  # all present and contiguous
+        return finish(time.monotonic() - started)
+    with Decoder(det, workers=s.workers, max_pixels=s.max_pixels) as decoder:
+        for shard_no, chunk in enumerate(_chunked(items, s.shard_size), start=len(done)):
+            work(det, chunk, shard_no, decoder=decoder, tick=None if bar is None else partial(bar.update, 1))
+            items_done += len(chunk)
+            if on_shard is not None:
+                on_shard(shard_no, items_done)
+    if bar is not None:
+        bar.close()
+    return finish(time.monotonic() - started)
+
+
+# ---------------------------------------------------------------- the FAISS index over the shards
+
+
+@dataclass
+class _ShardScan:
+    """What the finishing pass learns from the shards before building an index."""
+
+    keys: list[str] = field(default_factory=list)
+    given: int = 0
+    embedded: int = 0
+    low: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    query_vectors: list[np.ndarray] = field(default_factory=list)
+    query_rows: list[int] = field(default_factory=list)
+    query_crc: list[int] = field(default_factory=list)
+
+
+def _scan_shards(out: Path, info: DetectorInfo) -> _ShardScan:
+    scan = _ShardScan()
+    for path in shard_paths(out):
+        shard = read_shard(path, info)
+        scan.given += len(shard.keys)
+        scan.skipped += shard.skipped
+        embedded = sum(r is None for r in shard.reasons)
+        scan.embedded += embedded
+        scan.low += embedded - int(shard.usable.sum())
+        first = len(scan.keys)
+        scan.keys += [k for k, m in zip(shard.keys, shard.usable) if m]
+        usable_row = np.cumsum(shard.usable) - 1 + first
+        for j in np.nonzero(shard.has_query)[0]:
+            scan.query_vectors.append(shard.query_vectors[j:j + 1].copy())
+            scan.query_rows.append(int(usable_row[j]))
+            scan.query_crc.append(zlib.crc32(shard.keys[j].encode("utf-8", "surrogatepass")))
+    return scan
+
+
+def _read_training_sample(out: Path, info: DetectorInfo, n_total: int, n_sample: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(n_total, size=min(n_sample, n_total), replace=False))
+    parts = []
+    for first, vectors in iter_shard_vectors(out, info):
+        local = keep[(keep >= first) & (keep < first + len(vectors))] - first
+        if len(local):
+            parts.append(vectors[local])
+    return np.concatenate(parts) if parts else np.zeros((0, vector_width(info)), np.float32)
+
+
+def _build_faiss(out: Path, info: DetectorInfo, plan, n: int):
+    """Build the FAISS index the plan names over the shards' vectors (two passes for trained indexes)."""
+    index = new_index(plan, info)
+    if plan.needs_training:
+        sample = _read_training_sample(out, info, n, plan.params["train_size"])
+        index.train(np.ascontiguousarray(sample))
+    keep_vectors = plan.index_type == "ivfpq" and info.metric == "cosine"
+    memmap = None
+    tmp = out / f".{VECTORS_FILE}.tmp-{os.getpid()}"
+    if keep_vectors and n:
+        memmap = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, info.dim))
+    for first, vectors in iter_shard_vectors(out, info):
+        if len(vectors):
+            index.add(np.ascontiguousarray(vectors))
+            if memmap is not None:
+                memmap[first:first + len(vectors)] = vectors
+    if memmap is not None:
+        memmap.flush()
+        del memmap
+        os.replace(tmp, out / VECTORS_FILE)
+    return index
+
+
+def _finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size: int, device: str,
+                  seconds: float, *, index_type: str = "auto", memory_budget: int | str | None = None) -> IndexManifest:
+    import faiss
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    started = time.monotonic()
+    scan = _scan_shards(out, info)
+    if len(set(scan.keys)) != len(scan.keys):  # ids are unique per source already; guards a hand-edited dir
+        raise IndexDirError(f"{out}: the shards hold repeated keys; rebuild the index in a new directory")
+    plan = choose_index(index_type, len(scan.keys), info, memory_budget)
+    index = _build_faiss(out, info, plan, len(scan.keys))
+    writer = faiss.write_index_binary if info.metric == "hamming" else faiss.write_index
+    atomic_write(out / INDEX_FILE, lambda tmp: writer(index, tmp))
+    atomic_write(out / IDS_FILE, lambda tmp: pq.write_table(pa.table({"key": pa.array(scan.keys, pa.string())}), tmp))
+    build_seconds = time.monotonic() - started
+    recall = _measure_recall(out, info, index, plan, scan, device) if plan.approximate else {
+        "exact": True, "note": "flat index: exact search"}
+    manifest = IndexManifest(
+        detector=info,
+        sources=sources,
+        n_given=scan.given,
+        n_embedded=scan.embedded,
+        n_indexed=len(scan.keys),
+        n_low_information=scan.low,
+        n_skipped=len(scan.skipped),
+        skipped=scan.skipped,
+        shard_size=shard_size,
+        n_shards=len(shard_paths(out)),
+        index_type=plan.index_type,
+        faiss_version=getattr(faiss, "__version__", "unknown"),
+        package_version=__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        build_seconds=round(seconds + build_seconds, 3),
+        extra={"device": device, "faiss_index": type(index).__name__, "index_params": plan.params,
+               "index_choice": plan.reason, "index_build_seconds": round(build_seconds, 3), "recall": recall},
+    )
+    atomic_write_json(out / MANIFEST, manifest.to_dict())
+    return manifest
+
+
+def _measure_recall(out: Path, info: DetectorInfo, index, plan, scan: _ShardScan, device: str) -> dict:
+    """Recall of the approximate index against exact search, on augmented copies of corpus items."""
+    if not scan.query_vectors:
+        return {"exact": False, "n_queries": 0, "note": "no augmented corpus copies to measure recall with"}
+    queries = np.concatenate(scan.query_vectors)
+    order = np.argsort(np.array(scan.query_crc, dtype=np.int64), kind="stable")[:RECALL_QUERIES]
+    queries, source_rows = queries[order], np.array(scan.query_rows, dtype=np.int64)[order]
+    k = min(RECALL_K, len(scan.keys))
+    exact_sims, exact_rows = stream_search(queries, iter_shard_vectors(out, info), k, info.metric, info.dim)
+    approx_sims, approx_rows = search_rows(index, plan.index_type, plan.params, queries, k, info, out, device)
+    # Tie-aware: a returned neighbour counts when its (exact) similarity reaches the exact k-th one, so
+    # equally similar items (common with Hamming distances) are interchangeable.
+    # (within float rounding: the two searches compute inner products with differently blocked BLAS calls)
+    tol = 1e-5 if info.metric == "cosine" else 0.0
+    recall_1 = float((approx_sims[:, 0] >= exact_sims[:, 0] - tol).mean())
+    overlap = np.minimum((approx_sims >= exact_sims[:, k - 1:k] - tol).sum(axis=1), k) / k
+    found_exact = float((exact_rows == source_rows[:, None]).any(axis=1).mean())
+    found_approx = float((approx_rows == source_rows[:, None]).any(axis=1).mean())
+    return {"exact": False, "n_queries": int(len(queries)), "k": int(k), "recall_at_1": recall_1,
+            "recall_at_k": float(overlap.mean()), "source_found_at_k_exact": found_exact,
+            "source_found_at_k": found_approx,
+            "queries": "augmented copies (resize + JPEG) of corpus items, embedded during indexing"}
+
+
+# ---------------------------------------------------------------- from precomputed vectors
+
+_VECTORS_NAME = "vectors"
+_VECTORS_THRESHOLD = 0.95
+
+
+def index_from_vectors(out_dir: str | os.PathLike, vectors: np.ndarray, *, keys: list[str] | None = None,
+                       metric: str = "cosine", shard_size: int = 100_000, index_type: str = "auto",
+                       recall_queries: tuple[np.ndarray, np.ndarray] | None = None) -> IndexManifest:
+    """An index directory from precomputed embeddings (float32 unit vectors, or packed uint8 hashes).
+
+    For benchmarks and for users who embed elsewhere; ``keys`` are the items' ids (default: row numbers).
+    ``recall_queries`` = (corpus rows, query vectors): near-duplicates of those rows, used to measure an
+    approximate index's recall.
+    """
+    vectors = np.asarray(vectors)
+    keys = keys or [str(i) for i in range(len(vectors))]
+    copies: dict[int, np.ndarray] = {}
+    if recall_queries is not None:
+        copies = {int(r): q for r, q in zip(*recall_queries)}
+
+    def blocks():
+        for start in range(0, len(vectors), shard_size):
+            stop = min(start + shard_size, len(vectors))
+            yield keys[start:stop], vectors[start:stop], [copies.get(i) for i in range(start, stop)]
+
+    dim = vectors.shape[1] * 8 if metric == "hamming" else vectors.shape[1]
+    return index_from_vector_blocks(out_dir, blocks(), dim=dim, metric=metric, shard_size=shard_size,
+                                    index_type=index_type)
+
+
+def index_from_vector_blocks(out_dir: str | os.PathLike, blocks: Iterable, *, dim: int, metric: str = "cosine",
+                             shard_size: int = 100_000, index_type: str = "auto",
+                             build: bool = True) -> IndexManifest | None:
+    """Like ``index_from_vectors`` from an iterable of (keys, vectors, recall copies or None) blocks, one
+    shard each, so a corpus larger than memory can be written. ``build=False`` writes only the shards."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ResumeError(f"{out} exists and is not empty; choose a new directory")
+    name = _VECTORS_NAME
+    info = DetectorInfo(spec=name, name=name, version="1", dim=dim, metric=metric,
+                        default_threshold=_VECTORS_THRESHOLD)
+    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    for shard_no, (keys, vectors, copies) in enumerate(blocks):
+        n = len(keys)
+        write_shard(shard_path(out, shard_no), info, keys=list(keys), sources=[name] * n, ids=list(keys),
+                    captions=[None] * n, labels=[None] * n, vectors=list(vectors), low_information=[False] * n,
+                    reasons=[None] * n, copies=list(copies) if copies is not None else [None] * n)
+    sources = [{"kind": "vectors", "name": name}]
+    atomic_write_json(out / PROGRESS, {"detector": info.to_dict(), "sources": sources, "shard_size": shard_size})
+    if not build:
+        return None
+    return _finish_index(out, info, sources, shard_size, faiss_device("auto"), time.monotonic() - started,
+                         index_type=index_type)
+
+
+def finish_from_shards(out_dir: str | os.PathLike, *, index_type: str = "auto") -> IndexManifest:
+    """(Re)build the FAISS index of a directory whose shards are written."""
+    out = Path(out_dir)
+    progress = json.loads((out / PROGRESS).read_text())
+    return _finish_index(out, DetectorInfo.from_dict(progress["detector"]), progress["sources"],
+                         progress["shard_size"], faiss_device("auto"), 0.0, index_type=index_type)
