@@ -45,9 +45,15 @@ def parse_detector_spec(spec: str) -> tuple[str, str | None]:
     return name.strip().lower(), (arg if sep else None)
 
 
-def get_detector(spec: str, **options) -> Detector:
-    """Import and build the detector a spec names; raises DetectorError for an unknown name."""
+def get_detector(spec: str, *, content: str | None = None, **options) -> Detector:
+    """Import and build the detector a spec names; raises DetectorError for an unknown name.
+
+    ``content`` is the content normalisation (``base.CONTENT_MODES``; None: the detector's own default)."""
     from ..errors import DetectorError
+    from .base import CONTENT_MODES
+
+    if content is not None and content not in CONTENT_MODES:
+        raise DetectorError(f"content must be one of {', '.join(CONTENT_MODES)} (got {content!r})")
 
     name, arg = parse_detector_spec(spec)
     if name not in _REGISTRY:
@@ -56,4 +62,7 @@ def get_detector(spec: str, **options) -> Detector:
     target, _ = _REGISTRY[name]
     module_name, factory_name = target.split(":")
     factory = getattr(importlib.import_module(module_name), factory_name)
-    return factory(arg, spec=spec, **options)
+    detector = factory(arg, spec=spec, **options)
+    if content is not None:
+        detector.content = content
+    return detector

@@ -10,6 +10,12 @@ from PIL import Image
 
 from ..values import DetectorInfo, Metric
 
+# How an image is normalised before a detector sees it: "trim" embeds its content box (uniform or transparent
+# margins and letterbox bars cut away: ``overlap_audit.content``), "whole" the image as it is. Part of the
+# detector's identity: the version of a trimming detector ends in "+trim", so an index built one way is
+# refused by the other. Each detector class declares its default (BENCHMARKS.md has the evidence).
+CONTENT_MODES = ("trim", "whole")
+
 
 @runtime_checkable
 class Detector(Protocol):
@@ -51,11 +57,13 @@ class DetectorBase(ABC):
     spec: str = ""
     # Shorter side the detector needs from the decoder; JPEGs may be decoded at a reduced scale down to it.
     decode_size: int | None = None
+    content: str = "whole"
 
     @property
     def info(self) -> DetectorInfo:
-        return DetectorInfo(spec=self.spec or self.name, name=self.name, version=self.version, dim=self.dim,
-                            metric=self.metric, default_threshold=self.default_threshold)
+        version = f"{self.version}+trim" if self.content == "trim" else self.version
+        return DetectorInfo(spec=self.spec or self.name, name=self.name, version=version, dim=self.dim,
+                            metric=self.metric, default_threshold=self.default_threshold, content=self.content)
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> np.ndarray:
@@ -74,7 +82,7 @@ class DetectorBase(ABC):
         if not images:
             width = self.dim // 8 if self.metric == "hamming" else self.dim
             return np.zeros((0, width), dtype=np.uint8 if self.metric == "hamming" else np.float32)
-        return self.embed(np.stack([self.preprocess(im) for im in images]))
+        return self.embed(np.stack([prepare(self, im)[0] for im in images]))
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Pairwise similarity [len(a), len(b)]: cosine, or 1 - Hamming distance / bits."""
@@ -84,3 +92,14 @@ class DetectorBase(ABC):
             agree = bits_a @ bits_b.T + (1 - bits_a) @ (1 - bits_b).T
             return (agree / self.dim).astype(np.float32)
         return (a @ b.T).astype(np.float32)
+
+
+def prepare(detector, image: Image.Image):
+    """The detector's input for one RGB image under its declared content normalisation, and the content box
+    (a ``content.ContentBox``; None for a detector that embeds the whole image)."""
+    if getattr(detector, "content", "whole") != "trim":
+        return detector.preprocess(image), None
+    from ..content import trim
+
+    view, box = trim(image)
+    return detector.preprocess(view), box

@@ -66,6 +66,7 @@ def _load_images(sources: list[str], cfg: DetectorTrainConfig, workers: int | No
 
     class _Thumb(DetectorBase):  # a "detector" whose preprocessing is a thumbnail: reuses the decoding pool
         name, version, dim, metric = "thumb", "1", 0, "cosine"
+        content = "whole"  # the training images as they are
         decode_size = cfg.input_size * 2
 
         def preprocess(self, image: Image.Image) -> np.ndarray:
@@ -79,7 +80,7 @@ def _load_images(sources: list[str], cfg: DetectorTrainConfig, workers: int | No
     images: list[Image.Image] = []
     with Decoder(_Thumb(), workers=workers) as decoder:
         for spec in sources:
-            for item, array, reason, _ in decoder.decode(open_source(spec).iter_items()):
+            for item, array, reason, *_ in decoder.decode(open_source(spec).iter_items()):
                 if array is not None:
                     images.append(Image.fromarray(array))
                 if len(images) >= cfg.max_images:

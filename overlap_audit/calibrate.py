@@ -38,6 +38,7 @@ def calibrate(source: str, detector: str = "phash", *, target_precision: float =
     """Embed held-out images and their augmented copies; the lowest threshold with precision >= target."""
     from .augment import augment_all
     from .detectors import get_detector
+    from .detectors.base import prepare
     from .embed import Decoder
     from .errors import SourceError
     from .sources import open_source
@@ -57,17 +58,17 @@ def calibrate(source: str, detector: str = "phash", *, target_precision: float =
 
     images = []
     with Decoder(_Keep(), workers=workers) as decoder:
-        for _, array, _, _ in decoder.decode(open_source(source).iter_items()):
-            if array is not None:
-                images.append(Image.fromarray(array))
+        for decoded in decoder.decode(open_source(source).iter_items()):
+            if decoded.array is not None:
+                images.append(Image.fromarray(decoded.array))
             if len(images) >= max_images:
                 break
     if len(images) < 3:
         raise SourceError(f"calibration needs at least 3 readable images in {source!r}; found {len(images)}")
     rng = np.random.default_rng(seed)
     copies = [augment_all(im, strength, rng) for im in images]
-    a = np.stack([det.preprocess(im) for im in images])
-    b = np.stack([det.preprocess(im) for im in copies])
+    a = np.stack([prepare(det, im)[0] for im in images])
+    b = np.stack([prepare(det, im)[0] for im in copies])
     keep = ~det.low_information(a)
     va, vb = det.embed(a)[keep], det.embed(b)[keep]
     sims = det.similarity(vb, va)

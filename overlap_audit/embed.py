@@ -18,10 +18,12 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .detectors import Detector
+from .detectors.base import prepare
 from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from .sources import Source
 from .values import Embeddings, RawItem, Skipped
@@ -52,23 +54,34 @@ def default_start_method() -> str:
     return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
-def _init_worker(detector: Detector, max_pixels: int, model_input: Callable | None = None) -> None:
+def _init_worker(detector: Detector, max_pixels: int, model_input: Callable | None = None,
+                 views: bool = False) -> None:
     _WORKER_STATE["detector"] = detector
     _WORKER_STATE["max_pixels"] = max_pixels
     _WORKER_STATE["model_input"] = model_input
+    _WORKER_STATE["views"] = views
     if model_input is not None and "torch" in sys.modules:
         # a model's transforms run torch ops here: one thread per worker, as torch's DataLoader does
         sys.modules["torch"].set_num_threads(1)
 
 
-# (array | None, skip reason | None, augmented copy's array | None, the model's pixels | None)
-Decoded = tuple
+class Decoded(NamedTuple):
+    """One item out of the decoder, in input order."""
+
+    item: RawItem
+    array: np.ndarray | None  # the detector's input (its declared view of the image); None where skipped
+    reason: str | None  # why the item was skipped
+    copy: np.ndarray | None = None  # an augmented copy's input, where one was asked for
+    pixels: Any = None  # the zero-shot model's pixels, with a model_input
+    box: Any = None  # the content box (``content.ContentBox``) of a trimming detector
+    whole: np.ndarray | None = None  # with views: the whole image's input where the content box was trimmed
 
 
 def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool = False,
-                model_input: Callable | None = None) -> Decoded:
+                model_input: Callable | None = None, views: bool = False) -> tuple:
+    """Decoded's fields after ``item``."""
     if item.skip_reason is not None:
-        return None, item.skip_reason, None, None
+        return None, item.skip_reason, None, None, None, None
     decode_size = getattr(detector, "decode_size", None)
     data, path = item.data, item.path
     if model_input is not None and data is None and path is not None:
@@ -80,11 +93,12 @@ def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool =
     try:
         image = decode_image(data, path, max_pixels=max_pixels, min_size=decode_size)
     except ImageRejected as exc:
-        return None, str(exc), None, None
+        return None, str(exc), None, None, None, None
     try:
-        array = detector.preprocess(image)
+        array, box = prepare(detector, image)
+        whole = detector.preprocess(image) if views and box is not None and box.trimmed else None
     except Exception as exc:  # noqa: BLE001 - one bad image must not end a corpus run
-        return None, f"detector preprocessing failed: {type(exc).__name__}: {exc}", None, None
+        return None, f"detector preprocessing failed: {type(exc).__name__}: {exc}", None, None, None, None
     pixels = None
     if model_input is not None:
         try:
@@ -93,26 +107,27 @@ def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool =
             full = decode_image(data, path, max_pixels=max_pixels) if reduced else image
             pixels = model_input(full)
         except ImageRejected as exc:  # pragma: no cover - the same bytes decoded a moment ago
-            return None, str(exc), None, None
+            return None, str(exc), None, None, None, None
         except Exception as exc:  # noqa: BLE001 - as above; skipped for the detector too, so both agree
-            return None, f"model preprocessing failed: {type(exc).__name__}: {exc}", None, None
+            return None, f"model preprocessing failed: {type(exc).__name__}: {exc}", None, None, None, None
     duplicate = None
     if copy:  # a near-duplicate query of this item, for measuring an approximate index's recall
         from .augment import augment
 
         seed = zlib.crc32(f"{item.source}/{item.id}".encode("utf-8", "surrogatepass"))
         try:
-            duplicate = detector.preprocess(augment(image, "resize+jpeg", np.random.default_rng(seed)))
+            duplicate = prepare(detector, augment(image, "resize+jpeg", np.random.default_rng(seed)))[0]
         except Exception:  # noqa: BLE001 - the copy is optional; the item itself is fine
             duplicate = None
-    return array, None, duplicate, pixels
+    return array, None, duplicate, pixels, box, whole
 
 
 def _decode_chunk(chunk: list[tuple[RawItem, bool]]) -> list[Decoded]:
     detector = _WORKER_STATE["detector"]
     max_pixels = _WORKER_STATE["max_pixels"]
     model_input = _WORKER_STATE.get("model_input")
-    return [_decode_one(item, detector, max_pixels, copy, model_input) for item, copy in chunk]
+    views = _WORKER_STATE.get("views", False)
+    return [_decode_one(item, detector, max_pixels, copy, model_input, views) for item, copy in chunk]
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -130,9 +145,11 @@ class Decoder:
     """Decodes chunks of RawItems in worker processes (or in this process with ``workers=0``), in order."""
 
     def __init__(self, detector: Detector, *, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 chunk_size: int = 32, start_method: str | None = None, model_input: Callable | None = None):
+                 chunk_size: int = 32, start_method: str | None = None, model_input: Callable | None = None,
+                 views: bool = False):
         self.detector = detector
         self.model_input = model_input  # PIL image -> a zero-shot model's pixels, made beside the detector's
+        self.views = views  # also the whole image's input where a trimming detector trimmed
         self.workers = default_workers() if workers is None else int(workers)
         self.max_pixels = max_pixels
         self.chunk_size = chunk_size
@@ -143,7 +160,7 @@ class Decoder:
         if self.workers > 0:
             ctx = mp.get_context(self.start_method)
             self._pool = ctx.Pool(self.workers, initializer=_init_worker,
-                                  initargs=(self.detector, self.max_pixels, self.model_input))
+                                  initargs=(self.detector, self.max_pixels, self.model_input, self.views))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -156,19 +173,17 @@ class Decoder:
             self._pool = None
 
     def decode(self, items: Iterable[RawItem], copies: set[tuple[str, str]] | None = None
-               ) -> Iterator[tuple]:
-        """Yield (item, preprocessed array or None, skip reason or None, augmented copy or None) in input
-        order; copies are made for the (source, id) pairs in ``copies``. With ``model_input`` each tuple
-        has a fifth element: the model's pixels (None where skipped)."""
-        width = 5 if self.model_input is not None else 4
-        for entry in self._decode(items, copies or set()):
-            yield entry[:width]
+               ) -> Iterator[Decoded]:
+        """Yield a ``Decoded`` per item, in input order; copies are made for the (source, id) pairs in
+        ``copies``."""
+        yield from self._decode(items, copies or set())
 
-    def _decode(self, items: Iterable[RawItem], copies: set[tuple[str, str]]) -> Iterator[tuple]:
+    def _decode(self, items: Iterable[RawItem], copies: set[tuple[str, str]]) -> Iterator[Decoded]:
         flagged = ((item, (item.source, item.id) in copies) for item in items)
         if self._pool is None:
             for item, copy in flagged:
-                yield (item, *_decode_one(item, self.detector, self.max_pixels, copy, self.model_input))
+                yield Decoded(item, *_decode_one(item, self.detector, self.max_pixels, copy, self.model_input,
+                                                 self.views))
             return
         in_flight: deque = deque()
         max_in_flight = 2 * self.workers + 2  # bounded read-ahead: memory does not grow with the source
@@ -183,7 +198,7 @@ class Decoder:
     def _collect(entry):
         chunk, result = entry
         for (item, _), decoded in zip(chunk, result.get()):
-            yield (item, *decoded)
+            yield Decoded(item, *decoded)
 
 
 @dataclass
@@ -195,13 +210,15 @@ class EmbeddedItems:
     low_information: list[bool] = field(default_factory=list)
     reasons: list[str | None] = field(default_factory=list)
     copies: list[np.ndarray | None] = field(default_factory=list)  # embedded augmented copies, where made
+    boxes: list = field(default_factory=list)  # content boxes (``content.ContentBox``) or None
+    wholes: list[np.ndarray | None] = field(default_factory=list)  # the whole image's vector, where trimmed
 
 
-def embed_decoded(decoded: Iterable[tuple], detector: Detector, *, batch_size: int = 256) -> EmbeddedItems:
-    """Embed already-decoded items (and their copies) in batches; keeps every item, embedded or skipped,
-    in input order."""
+def embed_decoded(decoded: Iterable[Decoded], detector: Detector, *, batch_size: int = 256) -> EmbeddedItems:
+    """Embed already-decoded items (and their copies and whole views) in batches; keeps every item,
+    embedded or skipped, in input order."""
     out = EmbeddedItems()
-    pending: list[tuple[int, bool]] = []  # (item index, is the copy)
+    pending: list[tuple[int, str]] = []  # (item index, "item" | "copy" | "whole")
     pending_arrays: list[np.ndarray] = []
 
     def flush() -> None:
@@ -210,9 +227,11 @@ def embed_decoded(decoded: Iterable[tuple], detector: Detector, *, batch_size: i
         batch = np.stack(pending_arrays)
         vectors = detector.embed(batch)
         low = detector.low_information(batch)
-        for j, (idx, is_copy) in enumerate(pending):
-            if is_copy:
+        for j, (idx, what) in enumerate(pending):
+            if what == "copy":
                 out.copies[idx] = vectors[j]
+            elif what == "whole":
+                out.wholes[idx] = vectors[j]
             else:
                 out.vectors[idx] = vectors[j]
                 out.low_information[idx] = bool(low[j])
@@ -220,17 +239,17 @@ def embed_decoded(decoded: Iterable[tuple], detector: Detector, *, batch_size: i
         pending_arrays.clear()
 
     for entry in decoded:
-        item, array, reason = entry[:3]
-        copy = entry[3] if len(entry) > 3 else None
-        out.items.append(item)
+        out.items.append(entry.item)
         out.vectors.append(None)
         out.low_information.append(False)
-        out.reasons.append(reason)
+        out.reasons.append(entry.reason)
         out.copies.append(None)
+        out.boxes.append(entry.box)
+        out.wholes.append(None)
         idx = len(out.items) - 1
-        for arr, is_copy in ((array, False), (copy, True)):
+        for arr, what in ((entry.array, "item"), (entry.copy, "copy"), (entry.whole, "whole")):
             if arr is not None:
-                pending.append((idx, is_copy))
+                pending.append((idx, what))
                 pending_arrays.append(arr)
         if len(pending) >= batch_size:
             flush()
@@ -261,11 +280,10 @@ def embed_source(source: Source, detector: Detector, *, batch_size: int = 256, w
     return to_embeddings(result, detector)
 
 
-def _feed(decoded: Iterable[tuple], scorer) -> Iterator[tuple]:
+def _feed(decoded: Iterable[Decoded], scorer) -> Iterator[Decoded]:
     """Pass the decoded stream on unchanged, handing each item's model pixels to the scorer on the way."""
     for entry in decoded:
-        item, reason, pixels = entry[0], entry[2], entry[4]
-        scorer.add(item.id, item.label, pixels if reason is None else None)
+        scorer.add(entry.item.id, entry.item.label, entry.pixels if entry.reason is None else None)
         yield entry
 
 

@@ -57,6 +57,9 @@ class DetectorInfo:
     dim: int
     metric: Metric
     default_threshold: float | None  # None: the detector has no calibrated threshold (pass one)
+    # the declared content normalisation: "trim" (each image is embedded as its content box) or "whole";
+    # None in a manifest written before the setting existed
+    content: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -66,6 +69,7 @@ class DetectorInfo:
             "dim": self.dim,
             "metric": self.metric,
             "default_threshold": self.default_threshold,
+            "content": self.content,
         }
 
     @classmethod
@@ -77,6 +81,7 @@ class DetectorInfo:
             dim=int(d["dim"]),
             metric=d["metric"],
             default_threshold=None if d["default_threshold"] is None else float(d["default_threshold"]),
+            content=d.get("content"),
         )
 
 

@@ -49,10 +49,13 @@ class IndexSettings:
     ``index_type`` is auto, flat, ivfpq or hnsw (see ``overlap_audit.index.ann``); ``memory_budget`` a
     size such as "8GB" (None: the default budget). With ``resume`` the finished shards of an interrupted
     run with the same settings are kept. With ``ray_address`` (``local``, ``auto`` or a cluster address)
-    the shards are embedded on a Ray cluster: same shards, same resumption, same result.
+    the shards are embedded on a Ray cluster: same shards, same resumption, same result. ``content`` is the
+    detector's content normalisation (``trim``: each image is embedded as its content box; ``whole``; None:
+    the detector's own default).
     """
 
     detector: str = "phash"
+    content: str | None = None
     batch_size: int = 256
     workers: int | None = None
     device: str = "auto"
@@ -137,7 +140,8 @@ def embed_shard(detector: Detector, items: list[RawItem], shard_no: int, *, out_
                 keys=[corpus_key(it.source, it.id, n_sources) for it in r.items],
                 sources=[it.source for it in r.items], ids=[it.id for it in r.items],
                 captions=[it.caption for it in r.items], labels=[it.label for it in r.items],
-                vectors=r.vectors, low_information=r.low_information, reasons=r.reasons, copies=r.copies)
+                vectors=r.vectors, low_information=r.low_information, reasons=r.reasons, copies=r.copies,
+                boxes=r.boxes)
     return None
 
 
@@ -160,7 +164,7 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
         raise IndexDirError("shard_size and batch_size must be positive")
     started = time.monotonic()
     out = Path(out_dir)
-    det = get_detector(s.detector, device=s.device)
+    det = get_detector(s.detector, device=s.device, content=s.content)
     faiss_dev = faiss_device(s.device)
     srcs = _source_names([open_source(src) for src in sources])
     recorded = {"detector": det.info.to_dict(), "sources": [src.to_dict() for src in srcs],
@@ -226,7 +230,7 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
                     bar.update(len(chunk))
                 yield number, chunk
 
-        embed_shards(shards(), work, detector=s.detector, device=s.device, on_shard=on_shard)
+        embed_shards(shards(), work, detector=s.detector, device=s.device, on_shard=on_shard, content=s.content)
         if bar is not None:
             bar.close()
         finished_shards(out)  # all present and contiguous

@@ -43,10 +43,10 @@ def connect(address: str) -> dict:
 class _ShardActor:
     """Holds one detector; runs ``work(detector, items, shard_no)`` on each shard it is given."""
 
-    def __init__(self, detector: str, device: str, work: Callable):
+    def __init__(self, detector: str, device: str, work: Callable, content: str | None = None):
         from ..detectors import get_detector
 
-        self.detector = get_detector(detector, device=device)
+        self.detector = get_detector(detector, device=device, content=content)
         self.work = work
 
     def __call__(self, batch: dict) -> dict:
@@ -60,7 +60,7 @@ class _ShardActor:
 
 
 def embed_shards(shards: Iterable[tuple[int, list]], work: Callable, *, detector: str, device: str,
-                 on_shard: Callable[[int, int], None] | None = None) -> None:
+                 on_shard: Callable[[int, int], None] | None = None, content: str | None = None) -> None:
     """Run ``work(detector, items, shard_no)`` for each (shard number, raw items) pair on detector actors.
 
     ``on_shard(shard_number, items in the shards finished so far in this call)`` follows each shard.
@@ -80,7 +80,8 @@ def embed_shards(shards: Iterable[tuple[int, list]], work: Callable, *, detector
         out = ray.data.from_items(specs).map_batches(
             _ShardActor, batch_size=1, concurrency=min(actors, len(specs)),
             num_gpus=1 if on_gpu else 0, num_cpus=0 if on_gpu else 1,
-            fn_constructor_kwargs={"detector": detector, "device": "cuda" if on_gpu else "cpu", "work": work})
+            fn_constructor_kwargs={"detector": detector, "device": "cuda" if on_gpu else "cpu", "work": work,
+                                   "content": content})
         for row in out.iter_rows():
             finished_items += int(row["n_items"])
             if on_shard is not None:

@@ -176,10 +176,18 @@ def _fixed_width(rows: list[np.ndarray | None], info: DetectorInfo):
 
 def write_shard(path: Path, info: DetectorInfo, *, keys: list[str], sources: list[str], ids: list[str],
                 captions: list[str | None], labels: list[str | None], vectors: list[np.ndarray | None],
-                low_information: list[bool], reasons: list[str | None], copies: list[np.ndarray | None]) -> None:
-    """Write one shard atomically: every item given, embedded or skipped, plus any recall-query copies."""
+                low_information: list[bool], reasons: list[str | None], copies: list[np.ndarray | None],
+                boxes: list | None = None) -> None:
+    """Write one shard atomically: every item given, embedded or skipped, plus any recall-query copies.
+
+    ``boxes`` are the items' content boxes (``content.ContentBox`` or None) under a trimming detector: the
+    ``content_box`` column holds [left, top, right, bottom] in the decoded image's pixels and ``trimmed``
+    whether the embedded view was cut to it (null where the detector does not trim or the item was skipped).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    boxes = boxes if boxes is not None else [None] * len(keys)
 
     table = pa.table({
         "key": pa.array(keys, pa.string()),
@@ -191,6 +199,8 @@ def write_shard(path: Path, info: DetectorInfo, *, keys: list[str], sources: lis
         "low_information": pa.array(low_information, pa.bool_()),
         "skip_reason": pa.array(reasons, pa.string()),
         "query_vector": _fixed_width(copies, info),
+        "content_box": pa.array([None if b is None else list(b.box) for b in boxes], pa.list_(pa.int32(), 4)),
+        "trimmed": pa.array([None if b is None else bool(b.trimmed) for b in boxes], pa.bool_()),
     })
     # vectors do not compress, repeat or sort: no compression, dictionary or min/max statistics for them
     atomic_write(path, lambda tmp: pq.write_table(
@@ -352,7 +362,11 @@ def check_detector(manifest: IndexManifest, detector: DetectorInfo, index_dir: s
     if built.name != detector.name:
         problems.append(f"detector {built.name!r} (asked: {detector.name!r})")
     if built.version != detector.version:
-        problems.append(f"detector version {built.version!r} (installed: {detector.version!r})")
+        note = ""
+        if built.content != detector.content:
+            was = "no content normalisation" if built.content is None else f"content {built.content!r}"
+            note = f", i.e. {was} where this detector uses content {detector.content!r}"
+        problems.append(f"detector version {built.version!r} (installed: {detector.version!r}{note})")
     if built.dim != detector.dim:
         problems.append(f"dimension {built.dim} (asked: {detector.dim})")
     if built.metric != detector.metric:

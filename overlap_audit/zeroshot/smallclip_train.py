@@ -101,6 +101,7 @@ def load_pairs(sources: Sequence[str], image_size: int = 64, *, caption_from: st
 
     class _Thumbnail(DetectorBase):  # only its preprocessing is used: the shared decoding pool runs it
         name, version, dim, metric = "smallclip-thumbnail", "1", 0, "cosine"
+        content = "whole"  # the training images as they are
         decode_size = image_size
 
         def preprocess(self, image: Image.Image) -> np.ndarray:
@@ -118,7 +119,7 @@ def load_pairs(sources: Sequence[str], image_size: int = 64, *, caption_from: st
     with Decoder(_Thumbnail(), workers=workers, max_pixels=max_pixels or DEFAULT_MAX_PIXELS) as decoder:
         for spec in sources:
             src = open_source(spec)
-            for item, array, reason, _ in decoder.decode(src.iter_items()):
+            for item, array, reason, *_ in decoder.decode(src.iter_items()):
                 if bar is not None:
                     bar.update(1)
                 key = f"{src.name}:{item.id}"
