@@ -135,6 +135,8 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
     warns (DeprecationWarning): pass a ``ReportSettings``.
     """
     if legacy_args or legacy or not isinstance(settings, ReportSettings):
+        if isinstance(settings, ReportSettings):
+            raise TypeError("run_report() takes a ReportSettings or the former keyword arguments, not both")
         if settings is None and not legacy_args and not legacy:
             raise TypeError("run_report() needs settings=ReportSettings(out_dir=...)")
         positional = (settings, *legacy_args) if legacy_args or settings is not None else ()

@@ -123,3 +123,5 @@ def test_legacy_keywords_warn_and_give_the_same_report(tmp_path, index_dir, eval
             run_report(index_dir, evals, predictions, tmp_path / "r", n_boot=10)
     with pytest.raises(TypeError, match="ReportSettings"):
         run_report(index_dir, evals)
+    with pytest.raises(TypeError, match="not both"):
+        run_report(index_dir, evals, ReportSettings(tmp_path / "r", predictions=predictions), workers=0)
