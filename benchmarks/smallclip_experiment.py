@@ -91,7 +91,7 @@ def pipeline_audit(work: Path, oc_dir: str, tux_dir: str, rel: list[str], plante
 
     import pyarrow.parquet as pq
 
-    from overlap_audit.api import build_index, run_report
+    from overlap_audit.api import MatchSettings, ReportSettings, build_index, run_report
     from overlap_audit.index import IndexSettings
 
     planted_dir, eval_dir = work / "corpus-planted", work / "eval-tuxpaint"
@@ -108,7 +108,8 @@ def pipeline_audit(work: Path, oc_dir: str, tux_dir: str, rel: list[str], plante
     build_index([oc_dir, str(planted_dir)], index_dir, IndexSettings(detector="phash", workers=1, device="cpu"))
     preds = work / "predictions-A.csv"
     preds.write_text("dataset,id,correct\n" + "".join(f"tuxpaint,{r},{int(c)}\n" for r, c in zip(rel, correct)))
-    rep = run_report(index_dir, [("tuxpaint", str(eval_dir))], preds, report_dir, workers=1, device="cpu")
+    rep = run_report(index_dir, [("tuxpaint", str(eval_dir))],
+                     ReportSettings(report_dir, predictions=preds, match=MatchSettings(workers=1, device="cpu")))
     rows = pq.read_table(report_dir / "splits.parquet", columns=["id", "overlap"]).to_pylist()
     found = {r["id"] for r in rows if r["overlap"]}
     truth = {r for r, k in zip(rel, planted) if k}

@@ -5,108 +5,172 @@ or start at any stage (``embed_source``, ``search``, ``split``, ``overlap_stats`
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .detectors import get_detector
-from .embed import embed_source
+from .devices import torch_device
 from .errors import ModelError, SourceError
-from .imaging import DEFAULT_MAX_PIXELS
-from .devices import faiss_device, torch_device
-from .index import build_index, check_detector, load_index, search
+from .index import build_index
+from .pipeline import MatchSettings, check_eval_sets, match_eval_sets, open_corpus
 from .predictions import PREDICTIONS, match_predictions, read_predictions, write_predictions
 from .report import DatasetReport, Report, write_report
-from .zeroshot.scoring import TemplateSet, ZeroShotModel, ZeroShotScorer, load_classnames
-from .sources import open_source
 from .split import load_thresholds, resolve_thresholds, split
 from .stats import RateEstimate, extended_stats, family_correction, overlap_stats
+from .zeroshot.scoring import TemplateSet, ZeroShotModel, ZeroShotScorer, load_classnames
 
-__all__ = ["build_index", "run_report"]
+__all__ = ["MatchSettings", "ReportSettings", "StatsSettings", "ZeroShotSettings", "build_index", "run_report"]
 
 
-def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], predictions: str | os.PathLike | None,
-               out_dir: str | os.PathLike, *, model: str | None = None,
-               classnames: str | os.PathLike | dict[str, str | os.PathLike] | None = None,
-               templates: str | os.PathLike | dict[str, str | os.PathLike] | None = None,
-               model_batch_size: int = 128, threshold: float | None = None,
-               thresholds: str | os.PathLike | dict[str, float] | None = None, k: int = 5, alpha: float = 0.05,
-               ci_level: float = 0.995, detector: str | None = None, batch_size: int = 256,
-               workers: int | None = None, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
-               progress: bool = False, correction: str = "bonferroni",
-               precision: RateEstimate | str | None = None, recall: RateEstimate | str | None = None,
-               detector_error: str | os.PathLike | dict | None = None, power: float = 0.8,
-               n_boot: int = 4000, seed: int = 0, exact: bool = False, ray_address: str | None = None,
-               gallery: int | None = None) -> Report:
-    """Embed each evaluation set with the index's detector, split it, score it and write the report.
+@dataclass(frozen=True)
+class ZeroShotSettings:
+    """A CLIP model scored zero-shot on each evaluation set, in the same decoding pass as the detector.
 
-    ``correction`` (bonferroni or holm) decides ``significant``; both are reported. ``precision`` and
-    ``recall`` of the Overlap split (numbers or "k/n" counts), for every dataset, or ``detector_error``
-    (a dict or JSON file ``{"NAME": {"precision": ..., "recall": ...}}``) per dataset, add the
-    detector-error correction. ``exact`` streams the corpus shards past the evaluation embeddings instead
-    of searching the index (exact whatever the index type); with ``ray_address`` that stream runs on a
-    Ray cluster. ``gallery`` caps the matched pairs report.html shows per dataset.
-
-    Give exactly one of ``predictions`` (a file) and ``model`` (a spec for ``models.load_model``): a model
-    is scored zero-shot on each evaluation set in the same decoding pass as the detector, with the
-    set's labels as classes (``classnames``: a file, or one per dataset, maps labels to readable names)
-    and ``templates`` (a file, or one per dataset; default the CLIP paper's 80 ImageNet templates); its
-    predictions are written to ``out_dir/predictions.parquet`` and then read back exactly as a
-    ``predictions`` file would be.
+    ``model`` is a spec for ``zeroshot.models.load_model``. The set's labels are its classes:
+    ``classnames`` (a file, or one per dataset) maps labels to readable names; ``templates`` (a file, or
+    one per dataset) are the prompts, by default the CLIP paper's 80 ImageNet templates.
     """
-    if (predictions is None) == (model is None):
-        raise SourceError("give exactly one of --predictions FILE (the model's per-example results) and "
-                          "--model SPEC (score a CLIP model zero-shot here)")
-    if correction not in ("bonferroni", "holm"):
-        raise SourceError(f"--correction must be bonferroni or holm (got {correction!r})")
-    evals = list(evals)
-    names = [n for n, _ in evals]
-    if not evals:
-        raise SourceError("give at least one evaluation set (--eval NAME=SOURCE)")
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise SourceError(f"evaluation set names must be distinct; repeated: {', '.join(dup)}")
-    faiss_device(device)  # a GPU asked of a CPU-only FAISS fails now, not after every set is embedded
-    corpus = load_index(index_dir, load_faiss=not exact)
-    if len(corpus) == 0:
-        from .errors import IndexDirError
 
-        raise IndexDirError(f"the index {index_dir} holds no items (all {corpus.manifest.n_given} given were "
-                            "skipped or low-information): there is nothing to compare against")
-    det = get_detector(detector or corpus.manifest.detector.spec, device=device)
-    check_detector(corpus.manifest, det.info, str(index_dir))
-    zero_shot = _prepare_zero_shot(model, names, classnames, templates, device) if model is not None else None
+    model: str
+    classnames: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None
+    templates: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None
+    batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class StatsSettings:
+    """Where each dataset is split into Overlap / Clean, and how the statistics are tested.
+
+    ``thresholds`` (a ``{"NAME": t}`` file or dict) overrides ``threshold`` per dataset; both default to the
+    detector's threshold. ``correction`` (bonferroni or holm) decides ``significant``; both are reported.
+    ``precision`` and ``recall`` of the Overlap split (numbers or "k/n" counts) for every dataset, or
+    ``detector_error`` (a dict or JSON file ``{"NAME": {"precision": ..., "recall": ...}}``) per dataset,
+    add the detector-error correction.
+    """
+
+    threshold: float | None = None
+    thresholds: str | os.PathLike | Mapping[str, float] | None = None
+    alpha: float = 0.05
+    ci_level: float = 0.995
+    correction: str = "bonferroni"
+    precision: RateEstimate | str | None = None
+    recall: RateEstimate | str | None = None
+    detector_error: str | os.PathLike | Mapping | None = None
+
+    def __post_init__(self) -> None:
+        if self.correction not in ("bonferroni", "holm"):
+            raise SourceError(f"--correction must be bonferroni or holm (got {self.correction!r})")
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """Everything ``run_report`` needs besides the index and the evaluation sets.
+
+    Give exactly one of ``predictions`` (a file of the model's per-example results) and ``zero_shot``
+    (score a model here; its predictions are written to ``out_dir/predictions.parquet`` and read back
+    exactly as a ``predictions`` file would be). ``gallery`` caps the matched pairs report.html shows per
+    dataset (None: the report's default).
+    """
+
+    out_dir: str | os.PathLike
+    predictions: str | os.PathLike | None = None
+    zero_shot: ZeroShotSettings | None = None
+    match: MatchSettings = field(default_factory=MatchSettings)
+    stats: StatsSettings = field(default_factory=StatsSettings)
+    gallery: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.predictions is None) == (self.zero_shot is None):
+            raise SourceError("give exactly one of --predictions FILE (the model's per-example results) and "
+                              "--model SPEC (score a CLIP model zero-shot here)")
+
+
+# run_report's former keyword arguments, by the part of ReportSettings that holds each now
+_LEGACY = {
+    "top": ("predictions", "out_dir", "gallery"),
+    "zero_shot": {"model": "model", "classnames": "classnames", "templates": "templates",
+                  "model_batch_size": "batch_size"},
+    "stats": tuple(f.name for f in fields(StatsSettings)),
+    "match": tuple(f.name for f in fields(MatchSettings)),
+}
+
+
+def _legacy_settings(args: tuple, kwargs: dict) -> ReportSettings:
+    """ReportSettings from run_report's former ``(predictions, out_dir, **keywords)`` arguments."""
+    if len(args) > 2:
+        raise TypeError(f"run_report() takes at most 4 positional arguments ({len(args) + 2} given)")
+    for name, value in zip(("predictions", "out_dir"), args):
+        if name in kwargs:
+            raise TypeError(f"run_report() got multiple values for argument {name!r}")
+        kwargs[name] = value
+    known = set(_LEGACY["top"]) | set(_LEGACY["zero_shot"]) | set(_LEGACY["stats"]) | set(_LEGACY["match"])
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"run_report() got an unexpected keyword argument {unknown[0]!r}")
+    if "out_dir" not in kwargs:
+        raise TypeError("run_report() needs settings=ReportSettings(out_dir=...)")
+    warnings.warn("run_report's keyword arguments are deprecated: pass settings=ReportSettings(out_dir=..., "
+                  "predictions=... or zero_shot=ZeroShotSettings(...), match=MatchSettings(...), "
+                  "stats=StatsSettings(...))", DeprecationWarning, stacklevel=3)
+    zero_shot = None
+    if kwargs.get("model") is not None:
+        zero_shot = ZeroShotSettings(**{new: kwargs[old] for old, new in _LEGACY["zero_shot"].items() if old in kwargs})
+    return ReportSettings(out_dir=kwargs["out_dir"], predictions=kwargs.get("predictions"), zero_shot=zero_shot,
+                          match=MatchSettings(**{n: kwargs[n] for n in _LEGACY["match"] if n in kwargs}),
+                          stats=StatsSettings(**{n: kwargs[n] for n in _LEGACY["stats"] if n in kwargs}),
+                          gallery=kwargs.get("gallery"))
+
+
+def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
+               settings: ReportSettings | None = None, *legacy_args, **legacy) -> Report:
+    """Embed each evaluation set with the index's detector, split it, score it and write the report to
+    ``settings.out_dir``.
+
+    The former call ``run_report(index_dir, evals, predictions, out_dir, **keywords)`` still works and
+    warns (DeprecationWarning): pass a ``ReportSettings``.
+    """
+    if legacy_args or legacy or not isinstance(settings, ReportSettings):
+        if isinstance(settings, ReportSettings):
+            raise TypeError("run_report() takes a ReportSettings or the former keyword arguments, not both")
+        if settings is None and not legacy_args and not legacy:
+            raise TypeError("run_report() needs settings=ReportSettings(out_dir=...)")
+        positional = (settings, *legacy_args) if legacy_args or settings is not None else ()
+        settings = _legacy_settings(positional, legacy)
+    match, st = settings.match, settings.stats
+    out_dir = Path(settings.out_dir)
+    evals = check_eval_sets(evals)
+    names = [n for n, _ in evals]
+    corpus = open_corpus(index_dir, match)
+    det = corpus.detector
+    zero_shot = _prepare_zero_shot(settings.zero_shot, names, match.device) if settings.zero_shot else None
     # read early: a malformed file fails before any embedding
+    predictions = settings.predictions
     preds = read_predictions(predictions) if predictions is not None else None
 
+    thresholds = st.thresholds
     per_dataset = load_thresholds(thresholds) if isinstance(thresholds, (str, os.PathLike)) else thresholds
-    cut = resolve_thresholds(names, det.default_threshold, threshold=threshold, per_dataset=per_dataset)
-    errors = resolve_detector_error(names, precision, recall, detector_error)
+    cut = resolve_thresholds(names, det.default_threshold, threshold=st.threshold, per_dataset=per_dataset)
+    errors = resolve_detector_error(names, st.precision, st.recall, st.detector_error)
 
-    splits, skipped, scored = {}, {}, []
-    for name, spec in evals:
-        source = open_source(spec, name=name, labels_from_folders=True)
-        scorer = ZeroShotScorer(zero_shot.model, name, batch_size=model_batch_size) if zero_shot else None
-        emb = embed_source(source, det, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
-                           progress=progress, scorer=scorer)
-        if scorer is not None:
-            scored.append(scorer.result(zero_shot.classnames[name], zero_shot.templates[name].templates,
-                                        progress=progress))
-        neighbors = search(corpus, emb.ids, emb.vectors, k=k, device=device, exact_stream=exact,
-                           ray_address=ray_address)
-        splits[name] = split(name, emb, neighbors, cut[name])
-        skipped[name] = emb.skipped
+    scorers = ({n: ZeroShotScorer(zero_shot.model, n, batch_size=settings.zero_shot.batch_size) for n in names}
+               if zero_shot is not None else None)
+    matches = match_eval_sets(corpus, evals, match, scorers=scorers)
+    splits = {n: split(n, m.embeddings, m.neighbors, cut[n]) for n, m in matches.items()}
+    skipped = {n: m.skipped for n, m in matches.items()}
     if zero_shot is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        predictions = Path(out_dir) / PREDICTIONS
+        scored = [scorers[n].result(zero_shot.classnames[n], zero_shot.templates[n].templates,
+                                    progress=match.progress) for n in names]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        predictions = out_dir / PREDICTIONS
         write_predictions(predictions, scored)
         preds = read_predictions(predictions)  # from here on exactly as a given --predictions file
     else:
-        stale = Path(out_dir) / PREDICTIONS
+        stale = out_dir / PREDICTIONS
         if stale.exists() and not os.path.samefile(stale, predictions):
             stale.unlink()  # an earlier --model run's predictions must not sit beside this report
     correctness = match_predictions(preds, splits, {n: {s.id for s in sk} for n, sk in skipped.items()})
@@ -115,14 +179,14 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
     for name, sp in splits.items():
         ok = correctness[name]
         stats[name] = overlap_stats(int(ok.sum()), len(ok), int(ok[sp.overlap].sum()), int(sp.overlap.sum()),
-                                    ci_level=ci_level)
+                                    ci_level=st.ci_level)
     p_values = [stats[n].p_value for n in names]
-    both = {m: family_correction(p_values, alpha, m) for m in ("bonferroni", "holm")}
-    deciding = both[correction]
-    power_alpha = alpha / max(1, deciding.m)  # the per-dataset level of Bonferroni and of Holm's first step
-    extended = {n: extended_stats(stats[n], power_alpha=power_alpha, power=power, precision=errors[n][0],
-                                  recall=errors[n][1], n_boot=n_boot, seed=seed) for n in names}
-    two_sample = family_correction([extended[n].two_sample_p for n in names], alpha, correction)
+    both = {m: family_correction(p_values, st.alpha, m) for m in ("bonferroni", "holm")}
+    deciding = both[st.correction]
+    power_alpha = st.alpha / max(1, deciding.m)  # the per-dataset level of Bonferroni and of Holm's first step
+    extended = {n: extended_stats(stats[n], power_alpha=power_alpha, precision=errors[n][0], recall=errors[n][1])
+                for n in names}
+    two_sample = family_correction([extended[n].two_sample_p for n in names], st.alpha, st.correction)
     datasets = [
         DatasetReport(name=n, threshold=cut[n], stats=stats[n], p_value_adjusted=deciding.adjusted[i],
                       significant=deciding.significant[i],
@@ -133,20 +197,22 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], p
         for i, n in enumerate(names)
     ]
     m = corpus.manifest
+    exact = match.exact
     report = Report(
         detector=det.info,
-        index={"path": str(index_dir), "n_indexed": m.n_indexed, "n_skipped": m.n_skipped,
+        index={"path": corpus.path, "n_indexed": m.n_indexed, "n_skipped": m.n_skipped,
                "n_low_information": m.n_low_information, "index_type": m.index_type, "created": m.created,
                "search": ("exact (streamed shards)" if exact else
                           "exact (flat index)" if m.index_type == "flat" else f"approximate ({m.index_type})"),
                "recall": ({"exact": True, "note": "streamed"} if exact else m.extra.get("recall", {}))},
-        datasets=datasets, k=k, alpha=alpha, ci_level=ci_level, correction=correction,
+        datasets=datasets, k=match.k, alpha=st.alpha, ci_level=st.ci_level, correction=st.correction,
         predictions=str(predictions), package_version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         evals=dict(evals),
         model=zero_shot.to_dict() if zero_shot is not None else None,
     )
-    write_report(out_dir, report, splits, correctness, gallery=gallery, max_pixels=max_pixels)
+    write_report(settings.out_dir, report, splits, correctness, gallery=settings.gallery,
+                 max_pixels=match.max_pixels)
     return report
 
 
@@ -180,12 +246,13 @@ def _per_dataset(value, names: list[str], option: str) -> dict[str, str | None]:
     return {n: (None if value.get(n) is None else str(value[n])) for n in names}
 
 
-def _prepare_zero_shot(spec: str, names: list[str], classnames, templates, device: str) -> ZeroShotSetup:
+def _prepare_zero_shot(settings: ZeroShotSettings, names: list[str], device: str) -> ZeroShotSetup:
     """Check the classnames and templates files, then load the model (files before the slow part)."""
     from .zeroshot.models import load_model, parse_model_spec, weights_sha256
 
-    class_files = _per_dataset(classnames, names, "--classnames")
-    template_files = _per_dataset(templates, names, "--templates")
+    spec = settings.model
+    class_files = _per_dataset(settings.classnames, names, "--classnames")
+    template_files = _per_dataset(settings.templates, names, "--templates")
     names_by = {n: (load_classnames(f) if f else None) for n, f in class_files.items()}
     templates_by = {n: TemplateSet.load(f) for n, f in template_files.items()}
     source = parse_model_spec(spec)
@@ -237,9 +304,9 @@ def resolve_detector_error(names: list[str], precision=None, recall=None, per_da
 
         def pick(key: str, default):
             # counts carry their uncertainty: `threshold`'s evidence file holds both a rate and [K, N]
-            for field in (f"{key}_counts", key):
-                if entry.get(field) is not None:
-                    return entry[field]
+            for column in (f"{key}_counts", key):
+                if entry.get(column) is not None:
+                    return entry[column]
             return default  # a null (e.g. a dataset without a threshold) means "not given"
 
         out[n] = (parse(pick("precision", precision), "precision", n), parse(pick("recall", recall), "recall", n))

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
 
 from . import __version__
+from . import cli_options as options
+
+
+class _EchoHandler(logging.Handler):
+    """Log records as lines on stderr (the one click is writing to at the time)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(self.format(record), err=True)
+        except Exception:  # noqa: BLE001 - logging must not break the command
+            self.handleError(record)
+
+
+def _configure_logging(quiet: bool) -> None:
+    """The ``overlap_audit`` logger's INFO messages go to stderr, unless --quiet."""
+    log = logging.getLogger("overlap_audit")
+    if not any(isinstance(h, _EchoHandler) for h in log.handlers):
+        log.addHandler(_EchoHandler())
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def _fail(exc: Exception) -> None:
@@ -18,61 +38,84 @@ def _fail(exc: Exception) -> None:
     sys.exit(2)
 
 
-def _user_errors():
-    """The errors a command reports as one line with exit status 2: ours, and the OS's (paths, permissions)."""
-    from .errors import OverlapAuditError
+class _Command(click.Command):
+    """A command that sets up logging from its --quiet, and reports the errors a user can cause (ours, and the
+    OS's: paths, permissions) as one line ``error: ...`` with exit status 2."""
+
+    def invoke(self, ctx: click.Context):
+        from .errors import OverlapAuditError
+
+        _configure_logging(bool(ctx.params.get("quiet")))
+        try:
+            return super().invoke(ctx)
+        except (OverlapAuditError, OSError) as exc:
+            _fail(exc)
 
 
-    return (OverlapAuditError, OSError)
+class _Group(click.Group):
+    command_class = _Command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _echo_report(rep, *, before: tuple[str, ...] = (), after: tuple[str, ...] = (), search: bool = False,
+                 skipped: bool = False) -> None:
+    """Print a report: ``before``, the search line (``search``), the model line, the tables, the
+    interpretation, the skipped evaluation items (``skipped``), then ``after``."""
+    from .report import format_extended_table, format_table, interpretation, model_line, recall_line
+
+    for text in before:
+        click.echo(text + "\n")
+    if search:
+        click.echo(f"search: {rep.index.get('search')}; {recall_line(rep.index.get('recall', {}))}\n")
+    if rep.model:
+        click.echo(model_line(rep.model) + "\n")
+    click.echo(format_table(rep))
+    click.echo("\n" + format_extended_table(rep))
+    click.echo("\n" + "\n".join(interpretation(rep)))
+    if skipped:
+        for d in rep.datasets:
+            for s in d.skipped:
+                click.echo(f"skipped {d.name}:{s.id}: {s.reason}")
+    for text in after:
+        click.echo("\n" + text)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="overlap-audit")
 def main() -> None:
     """How much of a reported accuracy comes from test examples already in the pretraining data."""
 
 
-_device = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                       help="Where FAISS, torch detectors and a --model run.")
-_workers = click.option("--workers", type=click.IntRange(min=0), default=None,
-                        help="Decoding worker processes (default: one per CPU, at most 8; 0 = in this process).")
-_batch = click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
-                      help="Images per detector batch.")
-_max_pixels = click.option("--max-pixels", type=click.IntRange(min=1), default=None,
-                           help="Images larger than this are skipped as decompression bombs (default: PIL's, 89.5M).")
-
-
 @main.command()
 @click.argument("sources", nargs=-1, required=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Index directory to write.")
+@options.out_dir("Index directory to write.")
 @click.option("--detector", default="phash", show_default=True, help="Detector name (see `overlap-audit detectors`).")
-@_batch
-@_workers
-@_device
+@options.batch_size
+@options.workers
+@options.device
+@click.option("--content", type=click.Choice(["trim", "whole"]), default=None,
+              help="Content normalisation: trim (embed each image's content box: margins, transparent borders "
+                   "and letterbox bars cut away) or whole. Default: the detector's own (clipdup trims; the "
+                   "hashes take the whole image). Reports use what the index was built with.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in --out, keeping its finished shards.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Items per embedding shard (the unit of resumption).")
-@_max_pixels
+@options.max_pixels
 @click.option("--index-type", type=click.Choice(["auto", "flat", "ivfpq", "hnsw"]), default="auto", show_default=True,
               help="Exact flat while it fits --memory-budget, else IVF-PQ; HNSW on request.")
 @click.option("--memory-budget", default="8GB", show_default=True, help="Memory the index may use (8GB, 512MB).")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|local",
               help="Embed the shards on a Ray cluster (pip install 'overlap-audit[ray]').")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def index(sources, out_dir, detector, batch_size, workers, device, resume, shard_size, max_pixels, index_type,
-          memory_budget, ray_address, quiet) -> None:
+@options.quiet
+def index(sources, out_dir, detector, content, batch_size, workers, device, resume, shard_size, max_pixels,
+          index_type, memory_budget, ray_address, quiet) -> None:
     """Embed the corpus SOURCES (image folders, Parquet, WebDataset shards) and build the FAISS index."""
-    from .imaging import DEFAULT_MAX_PIXELS
     from .index import IndexSettings, build_index
     from .report import recall_line
 
-    try:
-        settings = IndexSettings(detector=detector, batch_size=batch_size, workers=workers, device=device,
-                                 resume=resume, shard_size=shard_size, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                                 index_type=index_type, memory_budget=memory_budget, ray_address=ray_address)
-        m = build_index(list(sources), out_dir, settings, progress=not quiet)
-    except _user_errors() as exc:
-        _fail(exc)
+    settings = IndexSettings(detector=detector, content=content, batch_size=batch_size, workers=workers,
+                             device=device, resume=resume, shard_size=shard_size, max_pixels=max_pixels,
+                             index_type=index_type, memory_budget=memory_budget, ray_address=ray_address)
+    m = build_index(list(sources), out_dir, settings, progress=not quiet)
     click.echo(f"index: {m.index_type} ({m.extra.get('index_choice', '')}); {recall_line(m.extra.get('recall', {}))}")
     click.echo(f"indexed {m.n_indexed} of {m.n_given} items with {m.detector.spec} into {out_dir} "
                f"({m.index_type}); {m.n_skipped} skipped, {m.n_low_information} low-information not indexed")
@@ -85,9 +128,8 @@ def index(sources, out_dir, detector, batch_size, workers, device, resume, shard
 
 
 @main.command()
-@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--eval", "evals", multiple=True, required=True, metavar="NAME=SOURCE",
-              help="An evaluation set (repeatable). A folder's first-level sub-folders are its classes.")
+@options.index_dir
+@options.eval_sets
 @click.option("--predictions", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Parquet or CSV: dataset, id, and correct (0/1) or prediction + label. Or --model.")
 @click.option("--model", "model", default=None, metavar="SPEC",
@@ -100,7 +142,7 @@ def index(sources, out_dir, detector, batch_size, workers, device, resume, shard
                    "ones); NAME= for one dataset (repeatable).")
 @click.option("--model-batch-size", type=click.IntRange(min=1), default=128, show_default=True,
               help="Images per model batch.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report directory.")
+@options.out_dir("Report directory.")
 @click.option("--threshold", type=float, default=None, help="Similarity threshold for every dataset "
               "(default: the detector's).")
 @click.option("--thresholds", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -108,8 +150,7 @@ def index(sources, out_dir, detector, batch_size, workers, device, resume, shard
 @click.option("--k", type=click.IntRange(min=1), default=5, show_default=True, help="Neighbours kept per example.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
               show_default=True, help="Family-wise significance level (Bonferroni across datasets).")
-@click.option("--ci-level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.995,
-              show_default=True, help="Confidence level of the Clopper–Pearson intervals.")
+@options.ci_level
 @click.option("--correction", type=click.Choice(["bonferroni", "holm"]), default="bonferroni", show_default=True,
               help="Which family-wise correction decides `significant` (both are reported).")
 @click.option("--precision", default=None, metavar="P|K/N",
@@ -117,60 +158,47 @@ def index(sources, out_dir, detector, batch_size, workers, device, resume, shard
 @click.option("--recall", default=None, metavar="R|K/N", help="Recall of the Overlap split, as for --precision.")
 @click.option("--detector-error", type=click.Path(exists=True, dir_okay=False), default=None,
               help='JSON {"NAME": {"precision": P or [K, N], "recall": R or [K, N]}} per dataset.')
-@click.option("--detector", default=None, help="Must match the index's detector (default: the index's own).")
 @click.option("--exact", is_flag=True, help="Stream the stored corpus shards past the evaluation embeddings: exact "
               "whatever the index type, memory bounded by the evaluation sets plus one shard.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|local",
               help="Run the --exact stream as a map over shards on a Ray cluster.")
-@click.option("--gallery", type=click.IntRange(min=0), default=300, show_default=True,
-              help="Matched pairs shown per dataset in report.html (those nearest the threshold first).")
-@_batch
-@_workers
-@_device
-@_max_pixels
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@options.gallery
+@options.matching
+@options.quiet
 def report(index_dir, evals, predictions, model, classnames, templates, model_batch_size, out_dir, threshold,
            thresholds, k, alpha, ci_level, correction, precision, recall, detector_error, detector, exact, ray_address,
            gallery, batch_size, workers, device, max_pixels, quiet) -> None:
     """Split each evaluation set into Overlap / Clean against INDEX_DIR and report the statistics."""
-    from .api import run_report
-    from .imaging import DEFAULT_MAX_PIXELS
-    from .report import format_extended_table, format_table, interpretation, model_line, recall_line
-    from .zeroshot.scoring import assign_files
+    from .api import MatchSettings, ReportSettings, StatsSettings, ZeroShotSettings, run_report
     from .sources import parse_eval_spec
+    from .zeroshot.scoring import assign_files
 
-    try:
-        parsed = [parse_eval_spec(e) for e in evals]
-        names = [n for n, _ in parsed]
-        if (classnames or templates) and not model:
-            raise click.UsageError("--classnames and --templates go with --model")
-        rep = run_report(index_dir, parsed, predictions, out_dir, model=model,
-                         classnames=assign_files(classnames, names, "--classnames"),
-                         templates=assign_files(templates, names, "--templates"),
-                         model_batch_size=model_batch_size, threshold=threshold, thresholds=thresholds,
-                         k=k, alpha=alpha, ci_level=ci_level, detector=detector, batch_size=batch_size,
-                         workers=workers, device=device, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                         progress=not quiet, correction=correction, precision=precision, recall=recall,
-                         detector_error=detector_error, exact=exact or bool(ray_address), ray_address=ray_address,
-                         gallery=gallery)
-    except _user_errors() as exc:
-        _fail(exc)
-    click.echo(f"search: {rep.index.get('search')}; {recall_line(rep.index.get('recall', {}))}\n")
-    if rep.model:
-        click.echo(model_line(rep.model) + "\n")
-    click.echo(format_table(rep))
-    click.echo("\n" + format_extended_table(rep))
-    click.echo("\n" + "\n".join(interpretation(rep)))
-    for d in rep.datasets:
-        for s in d.skipped:
-            click.echo(f"skipped {d.name}:{s.id}: {s.reason}")
+    parsed = [parse_eval_spec(e) for e in evals]
+    names = [n for n, _ in parsed]
+    if (classnames or templates) and not model:
+        raise click.UsageError("--classnames and --templates go with --model")
+    zero_shot = None
+    if model is not None:
+        zero_shot = ZeroShotSettings(model, classnames=assign_files(classnames, names, "--classnames"),
+                                     templates=assign_files(templates, names, "--templates"),
+                                     batch_size=model_batch_size)
+    settings = ReportSettings(
+        out_dir=out_dir, predictions=predictions, zero_shot=zero_shot, gallery=gallery,
+        match=MatchSettings(detector=detector, device=device, k=k, batch_size=batch_size, workers=workers,
+                            max_pixels=max_pixels, progress=not quiet, exact=exact or bool(ray_address),
+                            ray_address=ray_address),
+        stats=StatsSettings(threshold=threshold, thresholds=thresholds, alpha=alpha, ci_level=ci_level,
+                            correction=correction, precision=precision, recall=recall,
+                            detector_error=detector_error))
+    rep = run_report(index_dir, parsed, settings)
     extra = ", predictions.parquet" if rep.model else ""
-    click.echo(f"\nreport written to {out_dir}/ (report.json, report.md, report.html, splits.parquet{extra})")
+    _echo_report(rep, search=True, skipped=True,
+                 after=(f"report written to {out_dir}/ (report.json, report.md, report.html, splits.parquet{extra})",))
 
 
 @main.command("train-detector")
 @click.argument("sources", nargs=-1, required=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Checkpoint directory.")
+@options.out_dir("Checkpoint directory.")
 @click.option("--arch", type=click.Choice(["small", "resnet50"]), default="small", show_default=True)
 @click.option("--dim", type=click.IntRange(min=2), default=256, show_default=True, help="Embedding dimension.")
 @click.option("--input-size", type=click.IntRange(min=16), default=96, show_default=True, help="Input pixels.")
@@ -179,7 +207,7 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--strength", type=click.Choice(["mild", "medium", "strong", "mixed"]), default="medium",
               show_default=True, help="Augmentation strength; mixed: drawn per copy.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@options.seed
 @click.option("--max-images", type=click.IntRange(min=2), default=20_000, show_default=True,
               help="Images kept in memory as training thumbnails.")
 @click.option("--input-mode", type=click.Choice(["rgb", "luma", "value", "maxmin", "value-or-min", "maxchroma"]),
@@ -211,10 +239,10 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
                    "the shipped ones) instead of random ones: fine-tuning. Their architecture is used; one-channel "
                    "weights can start a --input-mode maxmin run (the min channel starts with zero weights), "
                    "maxmin weights a maxchroma run.")
-@_workers
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@options.workers
+@options.training_device
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@options.quiet
 def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, lr, strength, seed, max_images,
                    input_mode, schedule, hard_negatives, mine_every, global_weight, same_picture, init, workers, device,
                    resume, quiet) -> None:
@@ -225,10 +253,7 @@ def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, l
                       strength=strength, seed=seed, max_images=max_images, input_mode=input_mode, schedule=schedule,
                       hard_negatives=hard_negatives, mine_every=mine_every, global_weight=global_weight,
                       same_picture=same_picture, init=init)
-    try:
-        last = train(list(sources), out_dir, cfg, device=device, resume=resume, workers=workers, progress=not quiet)
-    except _user_errors() as exc:
-        _fail(exc)
+    last = train(list(sources), out_dir, cfg, device=device, resume=resume, workers=workers, progress=not quiet)
     click.echo(f"trained to step {last.get('step')}: loss {last.get('loss', float('nan')):.4f}, proxy accuracy "
                f"{last.get('proxy_accuracy', float('nan')):.3f}; weights in {out_dir}/model.pt "
                f"(use --detector clipdup:{out_dir})")
@@ -236,7 +261,7 @@ def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, l
 
 @main.command("pretrain-clip")
 @click.argument("sources", nargs=-1, required=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Checkpoint directory.")
+@options.out_dir("Checkpoint directory.")
 @click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
@@ -246,13 +271,12 @@ def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, l
               help="caption: the source's caption (first line of NAME.txt); path: file name words, then its "
                    "folders; auto: caption where present, else path.")
 @click.option("--max-items", type=click.IntRange(min=2), default=None, help="Use at most this many pairs.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@options.seed
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
-@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Decoding worker processes (0 = in this process).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@options.workers_option(1, "Decoding worker processes (0 = in this process).")
+@options.training_device
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out (only --steps may change).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@options.quiet
 def pretrain_clip(sources, out_dir, steps, batch_size, lr, image_size, caption_from, max_items, seed, threads,
                   workers, device, resume, quiet) -> None:
     """Pretrain the project's small CLIP on the image–caption pairs of SOURCES (contrastive, learned temperature)."""
@@ -261,11 +285,8 @@ def pretrain_clip(sources, out_dir, steps, batch_size, lr, image_size, caption_f
 
     cfg = PretrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, caption_from=caption_from,
                       max_items=max_items)
-    try:
-        r = pretrain(list(sources), out_dir, cfg, SmallClipNetConfig(image_size=image_size), device=device, resume=resume,
-                     threads=threads, workers=workers, progress=not quiet)
-    except _user_errors() as exc:
-        _fail(exc)
+    r = pretrain(list(sources), out_dir, cfg, SmallClipNetConfig(image_size=image_size), device=device, resume=resume,
+                 threads=threads, workers=workers, progress=not quiet)
     click.echo(f"trained to step {r.step} on {r.n_pairs} image-caption pairs ({r.n_skipped} skipped) in "
                f"{r.seconds:.0f} s: loss {r.loss:.4f}, in-batch accuracy {r.accuracy:.3f}, temperature "
                f"{r.temperature:.4f}; weights in {out_dir}/model.pt")
@@ -277,19 +298,16 @@ def pretrain_clip(sources, out_dir, steps, batch_size, lr, image_size, caption_f
 @click.option("--precision", "target", type=click.FloatRange(0, 1, min_open=True), default=0.99, show_default=True)
 @click.option("--strength", type=click.Choice(["mild", "medium", "strong"]), default="medium", show_default=True)
 @click.option("--max-images", type=click.IntRange(min=3), default=2000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@options.seed
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None, help="Write the calibration JSON.")
-@_workers
+@options.workers
 def calibrate(source, detector, target, strength, max_images, seed, out_file, workers) -> None:
     """Choose a detector threshold from your own held-out images (their augmented copies as positives)."""
     from .calibrate import calibrate as run
     from .atomic import atomic_write_json
 
-    try:
-        cal = run(source, detector, target_precision=target, strength=strength, seed=seed, max_images=max_images,
-                  workers=workers)
-    except _user_errors() as exc:
-        _fail(exc)
+    cal = run(source, detector, target_precision=target, strength=strength, seed=seed, max_images=max_images,
+              workers=workers)
     click.echo(f"{cal.n_images} images ({cal.n_low_information} low-information left out), {strength} copies, "
                f"detector {cal.detector}")
     click.echo("| threshold | precision | recall |\n|---|---|---|")
@@ -305,34 +323,24 @@ def calibrate(source, detector, target, strength, max_images, seed, out_file, wo
 
 
 @main.command()
-@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--eval", "evals", multiple=True, required=True, metavar="NAME=SOURCE",
-              help="An evaluation set (repeatable).")
+@options.index_dir
+@options.eval_sets
 @click.option("--around", type=float, default=None, help="Show the pairs nearest this similarity "
               "(default: the detector's threshold).")
 @click.option("--n", "n_pairs", type=click.IntRange(min=1), default=200, show_default=True,
               help="Pairs per dataset.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Directory for pairs.html and pairs.csv.")
-@click.option("--detector", default=None, help="Must match the index's detector (default: the index's own).")
-@_batch
-@_workers
-@_device
-@_max_pixels
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@options.out_dir("Directory for pairs.html and pairs.csv.")
+@options.matching
+@options.quiet
 def pairs(index_dir, evals, around, n_pairs, out_dir, detector, batch_size, workers, device, max_pixels,
           quiet) -> None:
     """Write the pairs nearest a threshold as a review sheet (pairs.html) and a CSV to label (pairs.csv)."""
-    from .imaging import DEFAULT_MAX_PIXELS
     from .review import review_pairs
     from .sources import parse_eval_spec
 
-    try:
-        sheet = review_pairs(index_dir, [parse_eval_spec(e) for e in evals], out_dir, around=around, n=n_pairs,
-                             detector=detector, batch_size=batch_size, workers=workers, device=device,
-                             max_pixels=max_pixels or DEFAULT_MAX_PIXELS, progress=not quiet)
-    except _user_errors() as exc:
-        _fail(exc)
+    sheet = review_pairs(index_dir, [parse_eval_spec(e) for e in evals], out_dir, around=around, n=n_pairs,
+                         detector=detector, batch_size=batch_size, workers=workers, device=device,
+                         max_pixels=max_pixels, progress=not quiet)
     for name, count in sheet.n_pairs.items():
         click.echo(f"{name}: {count} pairs nearest {sheet.around:.4f}")
     click.echo(f"review {sheet.html}, fill in the is_duplicate column of {sheet.csv} (1 or 0), then run "
@@ -343,8 +351,7 @@ def pairs(index_dir, evals, around, n_pairs, out_dir, detector, batch_size, work
 @click.argument("labels", type=click.Path(exists=True, dir_okay=False))
 @click.option("--precision", "target", type=click.FloatRange(0, 1, min_open=True), default=0.99,
               show_default=True, help="Labelled precision the threshold must keep.")
-@click.option("--ci-level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.995,
-              show_default=True, help="Confidence level of the Clopper–Pearson intervals.")
+@options.ci_level
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
               help="Thresholds file for `report --thresholds` (default: thresholds.json beside LABELS).")
 def threshold(labels, target, ci_level, out_file) -> None:
@@ -354,11 +361,8 @@ def threshold(labels, target, ci_level, out_file) -> None:
 
     from .review import pick_thresholds, write_thresholds
 
-    try:
-        choices = pick_thresholds(labels, target_precision=target, ci_level=ci_level)
-        path, evidence = write_thresholds(choices, out_file or Path(labels).with_name("thresholds.json"))
-    except _user_errors() as exc:
-        _fail(exc)
+    choices = pick_thresholds(labels, target_precision=target, ci_level=ci_level)
+    path, evidence = write_thresholds(choices, out_file or Path(labels).with_name("thresholds.json"))
     level = f"{100 * ci_level:g}%"
     for c in choices.values():
         counts = (f"{c.n_positive} duplicate(s), {c.n_negative} not, {c.n_unlabelled} unlabelled")
@@ -383,21 +387,14 @@ def detectors() -> None:
 
 @main.command()
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--seed", type=int, default=0, show_default=True)
+@options.seed
 def demo(out_dir, seed) -> None:
     """Build a small corpus and evaluation set with planted duplicates, then index and report."""
     from .demos.synthetic import run_demo
-    from .report import format_extended_table, format_table, interpretation
 
-    try:
-        result = run_demo(out_dir, seed=seed)
-    except _user_errors() as exc:
-        _fail(exc)
-    click.echo(format_table(result.report))
-    click.echo("\n" + format_extended_table(result.report))
-    click.echo("\n" + "\n".join(interpretation(result.report)))
-    click.echo("\n" + result.summary())
-    click.echo(f"\ndemo files in {out_dir}/; report in {out_dir}/report/ (report.json, report.md, report.html, splits.parquet)")
+    result = run_demo(out_dir, seed=seed)
+    _echo_report(result.report, after=(result.summary(), f"demo files in {out_dir}/; report in {out_dir}/report/ "
+                                       "(report.json, report.md, report.html, splits.parquet)"))
 
 
 @main.command("demo-real")
@@ -412,28 +409,18 @@ def demo(out_dir, seed) -> None:
               help="Prompt templates (default: the shipped drawing templates, templates/drawings.txt).")
 @click.option("--detector", default="clipdup", show_default=True,
               help="Near-duplicate detector (phash shows the clip-art false positives a hash makes).")
-@_workers
-@click.option("--gallery", type=click.IntRange(min=0), default=300, show_default=True,
-              help="Matched pairs shown in report.html.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@options.workers
+@options.gallery
+@options.quiet
 def demo_real(out_dir, cache_dir, debs_dir, model, templates, detector, workers, gallery, quiet) -> None:
     """Audit on real data: openclipart-png as the corpus, tuxpaint-stamps-default as the evaluation set."""
     from .demos.realdata import run_real_demo
-    from .report import format_extended_table, format_table, interpretation, model_line
 
-    try:
-        result = run_real_demo(out_dir, cache_dir=cache_dir, debs_dir=debs_dir, model=model, templates=templates,
-                               detector=detector, workers=workers, progress=not quiet,
-                               gallery=gallery)
-    except _user_errors() as exc:
-        _fail(exc)
-    click.echo(result.summary() + "\n")
-    click.echo(model_line(result.report.model) + "\n")
-    click.echo(format_table(result.report))
-    click.echo("\n" + format_extended_table(result.report))
-    click.echo("\n" + "\n".join(interpretation(result.report)))
-    click.echo(f"\nreport in {result.report_dir}/ (report.html, report.json, report.md, splits.parquet, "
-               "predictions.parquet)")
+    result = run_real_demo(out_dir, cache_dir=cache_dir, debs_dir=debs_dir, model=model, templates=templates,
+                           detector=detector, workers=workers, progress=not quiet, gallery=gallery)
+    _echo_report(result.report, before=(result.summary(),),
+                 after=(f"report in {result.report_dir}/ (report.html, report.json, report.md, splits.parquet, "
+                        "predictions.parquet)",))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -63,3 +63,7 @@ class ModelError(OverlapAuditError):
 
 class FetchError(OverlapAuditError):
     """A demo data package could not be downloaded or unpacked."""
+
+
+class SettingsError(OverlapAuditError):
+    """Settings that contradict each other (an option that only works together with another)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SourceError, ThresholdError
+from .errors import ThresholdError
 from .imaging import DEFAULT_MAX_PIXELS
 
 PAIRS_CSV = "pairs.csv"
@@ -68,49 +68,33 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
                  progress: bool = False) -> ReviewSheet:
     """Embed each evaluation set, find each example's nearest corpus item, and write the ``n`` pairs per
     dataset nearest ``around`` (default: the detector's threshold) as pairs.csv and pairs.html."""
-    from .detectors import get_detector
-    from .embed import embed_source
+    from .index import corpus_items
+    from .pipeline import MatchSettings, check_eval_sets, match_eval_sets, open_corpus
     from .report.html import Gallery, GalleryPair, esc, render_review_html, thumbnail
-    from .devices import faiss_device
-    from .index import check_detector, corpus_items, load_index, search
-    from .atomic import atomic_write_text
+    from .atomic import atomic_write, atomic_write_text
     from .sources import fetch_items, open_source
 
-    evals = list(evals)
-    if not evals:
-        raise SourceError("give at least one evaluation set (--eval NAME=SOURCE)")
-    names = [name for name, _ in evals]
-    if len(set(names)) != len(names):
-        raise SourceError("evaluation set names must be distinct")
+    evals = check_eval_sets(evals)
     if n < 1:
         raise ThresholdError("--n must be at least 1")
     existing = Path(out_dir) / PAIRS_CSV
     if existing.exists() and _has_labels(existing):
         raise ThresholdError(f"{existing} already holds labels (is_duplicate filled in); give another --out, or "
                              "move it away first: writing the review sheet again would erase them")
-    faiss_device(device)
-    corpus = load_index(index_dir)
-    if len(corpus) == 0:
-        from .errors import IndexDirError
-
-        raise IndexDirError(f"the index {index_dir} holds no items (all {corpus.manifest.n_given} given were "
-                            "skipped or low-information): there are no pairs to review")
-    det = get_detector(detector or corpus.manifest.detector.spec, device=device)
-    check_detector(corpus.manifest, det.info, str(index_dir))
+    settings = MatchSettings(detector=detector, device=device, k=1, batch_size=batch_size, workers=workers,
+                             max_pixels=max_pixels, progress=progress)
+    corpus = open_corpus(index_dir, settings)
     if around is None:
-        if det.default_threshold is None:
+        if corpus.detector.default_threshold is None:
             raise ThresholdError("this detector has no default threshold: pass --around T")
-        around = det.default_threshold
+        around = corpus.detector.default_threshold
     around = float(around)
     if not math.isfinite(around):
         raise ThresholdError("--around must be a finite number")
 
     picked: dict[str, list[tuple[str, str, float, bool]]] = {}  # eval id, corpus key, similarity, low-info
-    for name, spec in evals:
-        source = open_source(spec, name=name, labels_from_folders=True)
-        emb = embed_source(source, det, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
-                           progress=progress)
-        nb = search(corpus, emb.ids, emb.vectors, k=1, device=device)
+    for name, match in match_eval_sets(corpus, evals, settings).items():
+        emb, nb = match.embeddings, match.neighbors
         sims = nb.similarities[:, 0]
         low = np.asarray(emb.low_information, dtype=bool)
         picked[name] = [(emb.ids[r], nb.ids[r, 0], float(sims[r]), bool(low[r]))
@@ -144,8 +128,6 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
             w = csv.writer(fh)
             w.writerow(CSV_COLUMNS)
             w.writerows(lines)
-
-    from .atomic import atomic_write
 
     atomic_write(csv_path, write_csv)
     html_path = out / PAIRS_HTML

@@ -186,3 +186,51 @@ def test_bad_detector_error_values_are_named(tmp_path, index_dir, eval_set, pred
     r = CliRunner().invoke(main, ["report", str(index_dir), "--eval", f"val={root}", "--predictions", str(predictions),
                                   "--out", str(tmp_path / "r"), "--precision", "12/10", "--workers", "0"])
     assert r.exit_code == 2 and "precision '12/10'" in r.output
+
+
+def test_shared_options_are_declared_once():
+    """--device, --workers, --batch-size, --max-pixels, --detector and --quiet mean the same in every command."""
+    from overlap_audit import cli_options
+
+    def params(command):
+        return {p.name: p for p in command.params}
+
+    commands = {name: main.commands[name] for name in ("index", "report", "pairs")}
+    for name in ("device", "workers", "batch_size", "max_pixels", "quiet"):
+        seen = {(p.opts[0], p.help, p.default, repr(p.type)) for p in (params(c)[name] for c in commands.values())}
+        assert len(seen) == 1, (name, seen)
+    assert params(commands["report"])["detector"].help == params(commands["pairs"])["detector"].help
+    for name in ("index", "report", "pairs", "train-detector", "pretrain-clip", "demo-real"):
+        assert params(main.commands[name])["quiet"].help == params(commands["index"])["quiet"].help, name
+    runner = CliRunner()
+    for name in commands:
+        r = runner.invoke(main, [name, "--help"], terminal_width=200)
+        assert r.exit_code == 0, r.output
+        line = next(line for line in r.output.splitlines() if line.strip().startswith("--device"))
+        assert "Where FAISS, torch detectors and a --model run." in line and "[default: auto]" in line, name
+    assert cli_options.DEVICE_CHOICES == ("auto", "cpu", "cuda")
+
+
+def test_info_messages_go_to_stderr_unless_quiet(tmp_path, monkeypatch):
+    from overlap_audit import devices
+
+    monkeypatch.setattr(devices, "faiss_gpu_count", lambda: 0)
+    runner = CliRunner()
+    for quiet in (False, True):
+        monkeypatch.setattr(devices, "_said", set())
+        args = ["pairs", str(tmp_path), "--eval", f"x={tmp_path}", "--out", str(tmp_path / "o")]
+        r = runner.invoke(main, args + (["--quiet"] if quiet else []))
+        assert r.exit_code == 2 and "not an overlap-audit index" in r.stderr
+        said = "device auto: FAISS sees no GPU, using the CPU" in r.stderr
+        assert said is not quiet, r.output
+        assert "device auto" not in r.stdout
+
+
+def test_every_command_reports_our_errors_as_one_line(tmp_path):
+    runner = CliRunner()
+    (tmp_path / "labels.csv").write_text("nope\n")
+    for args in (["threshold", str(tmp_path / "labels.csv")],
+                 ["calibrate", str(tmp_path / "missing"), "--workers", "0"],
+                 ["pairs", str(tmp_path), "--eval", f"x={tmp_path}", "--out", str(tmp_path / "o"), "--quiet"]):
+        r = runner.invoke(main, args)
+        assert r.exit_code == 2 and r.output.startswith("error: ") and "Traceback" not in r.output, (args, r.output)

@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from overlap_audit.api import run_report
+from overlap_audit.api import MatchSettings, ReportSettings, ZeroShotSettings, run_report
 from overlap_audit.cli import main
 from overlap_audit.errors import ModelError
 from overlap_audit.zeroshot.models import load_model, parse_model_spec, resolve_model_device, weights_sha256
@@ -207,8 +207,9 @@ def test_hf_model_scores_end_to_end_and_identically_twice(tmp_path, index_dir, e
     outs = []
     for workers in (0, 2):  # in this process, then in the fork pool: the same predictions
         out = tmp_path / f"rep{workers}"
-        rep = run_report(index_dir, [("val", str(root))], None, out, model=f"hf:{hf_dir}", templates=None,
-                         workers=workers, device="cpu")
+        rep = run_report(index_dir, [("val", str(root))],
+                         ReportSettings(out, zero_shot=ZeroShotSettings(f"hf:{hf_dir}", templates=None),
+                                        match=MatchSettings(workers=workers, device="cpu")))
         assert rep.model["templates"]["val"]["count"] == 80 and rep.model["templates"]["val"]["source"] == "default"
         outs.append(out)
     assert pq.read_table(outs[0] / "predictions.parquet").equals(pq.read_table(outs[1] / "predictions.parquet"))

@@ -218,7 +218,7 @@ def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | 
     ``templates`` default to the shipped drawing templates (``drawing_templates_path``)."""
     import json
 
-    from ..api import build_index, run_report
+    from ..api import MatchSettings, ReportSettings, ZeroShotSettings, build_index, run_report
     from ..index import IndexSettings, load_index
 
     out = Path(out_dir)
@@ -241,9 +241,10 @@ def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | 
                           encoding="utf-8")
     if report_dir.exists():
         shutil.rmtree(report_dir)
-    report = run_report(index_dir, [("tuxpaint", str(data.eval))], None, report_dir, model=model, detector=detector,
-                        classnames=str(classnames),
-                        templates=str(templates or drawing_templates_path()), workers=workers, progress=progress, gallery=gallery)
+    zero_shot = ZeroShotSettings(model, classnames=str(classnames), templates=str(templates or drawing_templates_path()))
+    report = run_report(index_dir, [("tuxpaint", str(data.eval))],
+                        ReportSettings(report_dir, zero_shot=zero_shot, gallery=gallery,
+                                       match=MatchSettings(detector=detector, workers=workers, progress=progress)))
     skipped = [(s.id, s.reason) for s in corpus.manifest.skipped]
     return RealDemoResult(data=data, index_dir=index_dir, report_dir=report_dir, report=report,
                           n_corpus_skipped=len(skipped), corpus_skipped=skipped)

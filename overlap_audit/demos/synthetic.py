@@ -138,15 +138,16 @@ def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, workers: int | None =
     """Generate the demo data, index the corpus and write the report under ``out_dir``/report."""
     import pyarrow.parquet as pq
 
-    from ..api import build_index, run_report
+    from ..api import MatchSettings, ReportSettings, build_index, run_report
     from ..index import IndexSettings
     from ..report import SPLITS
 
     data = make_demo_data(out_dir, seed=seed, p_seen=p_seen, p_new=p_new)
     index_dir = Path(out_dir) / "index"
     build_index([str(data.corpus)], index_dir, IndexSettings(resume=True, workers=workers))
-    report = run_report(index_dir, [(n, str(p)) for n, p in data.evals.items()], data.predictions,
-                        Path(out_dir) / "report", workers=workers)
+    report = run_report(index_dir, [(n, str(p)) for n, p in data.evals.items()],
+                        ReportSettings(Path(out_dir) / "report", predictions=data.predictions,
+                                       match=MatchSettings(workers=workers)))
     rows = pq.read_table(Path(out_dir) / "report" / SPLITS, columns=["dataset", "id", "overlap"]).to_pylist()
     found = {n: 0 for n in data.evals}
     false_overlap = {n: 0 for n in data.evals}

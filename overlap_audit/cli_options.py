@@ -1,0 +1,57 @@
+"""Options that several commands take, each declared once and used as a decorator (``@options.device``)."""
+
+from __future__ import annotations
+
+import click
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def _max_pixels(ctx: click.Context, param: click.Parameter, value: int | None) -> int:
+    from .imaging import DEFAULT_MAX_PIXELS
+
+    return value or DEFAULT_MAX_PIXELS
+
+
+def out_dir(help: str):
+    """``--out DIR`` (required), with the command's own help."""
+    return click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help=help)
+
+
+def workers_option(default: int | None = None,
+                   help: str = "Decoding worker processes (default: one per CPU, at most 8; 0 = in this process)."):
+    return click.option("--workers", type=click.IntRange(min=0), default=default, show_default=default is not None,
+                        help=help)
+
+
+def device_option(help: str):
+    return click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True, help=help)
+
+
+device = device_option("Where FAISS, torch detectors and a --model run.")
+training_device = device_option("Where torch trains (auto: the GPU when torch sees one).")
+workers = workers_option()
+batch_size = click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+                          help="Images per detector batch.")
+max_pixels = click.option("--max-pixels", type=click.IntRange(min=1), default=None, callback=_max_pixels,
+                          help="Images larger than this are skipped as decompression bombs (default: PIL's, 89.5M).")
+quiet = click.option("--quiet", is_flag=True, help="No progress bar, and no informational messages on stderr.")
+seed = click.option("--seed", type=int, default=0, show_default=True)
+ci_level = click.option("--ci-level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.995,
+                        show_default=True, help="Confidence level of the Clopper–Pearson intervals.")
+gallery = click.option("--gallery", type=click.IntRange(min=0), default=300, show_default=True,
+                       help="Matched pairs shown per dataset in report.html (those nearest the threshold first).")
+
+# the commands that read an index and evaluation sets (report, pairs)
+index_dir = click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+eval_sets = click.option("--eval", "evals", multiple=True, required=True, metavar="NAME=SOURCE",
+                         help="An evaluation set (repeatable). A folder's first-level sub-folders are its classes.")
+index_detector = click.option("--detector", default=None,
+                              help="Must match the index's detector (default: the index's own).")
+
+
+def matching(f):
+    """The options of the matching step: --detector, --batch-size, --workers, --device, --max-pixels."""
+    for option in reversed((index_detector, batch_size, workers, device, max_pixels)):
+        f = option(f)
+    return f

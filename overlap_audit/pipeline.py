@@ -1,0 +1,123 @@
+"""The matching step ``report`` and ``pairs`` share: open an index with its own detector, then embed each
+evaluation set and find its nearest corpus items.
+
+``open_corpus`` loads the index and the detector and refuses a detector whose embeddings are not
+comparable with the index's; ``match_eval_sets`` gives, per evaluation set, its embeddings and neighbours.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .detectors import Detector, get_detector
+from .devices import faiss_device
+from .embed import embed_source
+from .errors import IndexDirError, SettingsError, SourceError
+from .imaging import DEFAULT_MAX_PIXELS
+from .index import CorpusIndex, IndexManifest, check_detector, load_index, search
+from .sources import open_source
+from .values import Embeddings, Neighbors, Skipped
+
+if TYPE_CHECKING:
+    from .zeroshot.scoring import ZeroShotScorer
+
+__all__ = ["Corpus", "EvalMatch", "MatchSettings", "check_eval_sets", "match_eval_sets", "open_corpus"]
+
+
+@dataclass(frozen=True)
+class MatchSettings:
+    """How evaluation sets are embedded and searched against the corpus.
+
+    ``detector`` None means the index's own. ``exact`` streams the stored corpus shards past the evaluation
+    embeddings instead of searching the index (exact whatever the index type); ``ray_address`` runs that
+    stream on a Ray cluster and so needs ``exact``.
+    """
+
+    detector: str | None = None
+    device: str = "auto"
+    k: int = 5
+    batch_size: int = 256
+    workers: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    progress: bool = False
+    exact: bool = False
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.ray_address and not self.exact:
+            raise SettingsError(f"ray_address={self.ray_address!r} runs the exact stream over the corpus shards on a "
+                                "Ray cluster: give exact=True with it (the CLI's --ray does so)")
+
+
+@dataclass(frozen=True, eq=False)
+class Corpus:
+    """An opened index and the detector that embeds queries for it."""
+
+    path: str  # the index directory as given, for messages and the report
+    index: CorpusIndex
+    detector: Detector
+
+    @property
+    def manifest(self) -> IndexManifest:
+        return self.index.manifest
+
+
+@dataclass(frozen=True, eq=False)
+class EvalMatch:
+    """One evaluation set embedded and matched: its embeddings and their nearest corpus items, row-aligned."""
+
+    name: str
+    embeddings: Embeddings
+    neighbors: Neighbors
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        """Items of the set that could not be embedded (and so have no neighbours)."""
+        return self.embeddings.skipped
+
+
+def check_eval_sets(evals: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (name, source) pairs as a list, refused when empty or when a name repeats."""
+    evals = [(str(name), spec) for name, spec in evals]
+    if not evals:
+        raise SourceError("give at least one evaluation set (--eval NAME=SOURCE)")
+    names = [name for name, _ in evals]
+    if len(set(names)) != len(names):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise SourceError(f"evaluation set names must be distinct; repeated: {', '.join(repeated)}")
+    return evals
+
+
+def open_corpus(index_dir: str | os.PathLike, settings: MatchSettings | None = None) -> Corpus:
+    """Load the index (without the FAISS index when ``settings.exact`` streams the shards) and its
+    detector, refusing an empty index and a detector the index was not built with."""
+    settings = settings or MatchSettings()
+    faiss_device(settings.device)  # a GPU asked of a CPU-only FAISS fails now, not after every set is embedded
+    index = load_index(index_dir, load_faiss=not settings.exact)
+    if len(index) == 0:
+        raise IndexDirError(f"the index {index_dir} holds no items (all {index.manifest.n_given} given were "
+                            "skipped or low-information): there is nothing to compare against")
+    detector = get_detector(settings.detector or index.manifest.detector.spec, device=settings.device,
+                            content=index.manifest.detector.content)
+    check_detector(index.manifest, detector.info, str(index_dir))
+    return Corpus(str(index_dir), index, detector)
+
+
+def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, str]], settings: MatchSettings | None = None, *,
+                    scorers: Mapping[str, ZeroShotScorer] | None = None) -> dict[str, EvalMatch]:
+    """Embed each evaluation set with the corpus's detector and find each item's ``settings.k`` nearest
+    corpus items. A set's scorer in ``scorers`` is fed its images in the same decoding pass."""
+    settings = settings or MatchSettings()
+    scorers = scorers or {}
+    out: dict[str, EvalMatch] = {}
+    for name, spec in evals:
+        source = open_source(spec, name=name, labels_from_folders=True)
+        emb = embed_source(source, corpus.detector, batch_size=settings.batch_size, workers=settings.workers,
+                           max_pixels=settings.max_pixels, progress=settings.progress, scorer=scorers.get(name))
+        neighbors = search(corpus.index, emb.ids, emb.vectors, k=settings.k, device=settings.device,
+                           exact_stream=settings.exact, ray_address=settings.ray_address)
+        out[name] = EvalMatch(name, emb, neighbors)
+    return out
