@@ -166,9 +166,9 @@ def _find_box(view: Image.Image) -> tuple[int, int, int, int] | None:
     trim or no content at all.
 
     PIL finds, in one C pass each (a lookup table), the bounding boxes of the pixels beyond the tolerance
-    (``loose``) and beyond the strong tolerance (``tight``). A line holding a strong pixel is content, so each edge of the
-    content box lies between the two boxes' edges; only the lines in between (anti-aliasing, a shadow,
-    usually a few) are counted in numpy.
+    (``loose``) and beyond the strong tolerance (``tight``). A line holding a strong pixel is content, so
+    each edge of the content box lies between the two boxes' edges; only the lines in between
+    (anti-aliasing, a shadow, usually a few) are counted in numpy.
     """
     margin = _margin(view)
     if margin is None:
