@@ -18,6 +18,9 @@ _REGISTRY: dict[str, tuple[str, str]] = {
               "DCT perceptual hash, 64 bits (8x8 low frequencies of a 32x32 image); no torch needed"),
     "phash256": ("overlap_audit.detectors.phash:make_phash256",
                  "DCT perceptual hash, 256 bits (16x16 low frequencies of a 64x64 image); no torch needed"),
+    "pdq": ("overlap_audit.detectors.pdq:make_pdq",
+            "Meta's PDQ perceptual hash, 256 bits, with its quality score; needs pdqhash "
+            "(pip install overlap-audit[pdq])"),
     "tiny": ("overlap_audit.detectors.tiny:make_tiny",
              "mean-centred 16x16 grey thumbnail, cosine (the 'tiny images' baseline); no torch needed"),
     "clipdup": ("overlap_audit.detectors.clipdup:make_clipdup",

@@ -14,7 +14,8 @@ transparent margin is a white one):
 2. Trimming needs margins on two opposite sides (a canvas, a letterbox's top and bottom bars, a
    pillarbox's left and right ones); then every margin side is trimmed. One uniform side alone — the plain
    sky at the top of a photograph — is not trimmed, nor are two adjacent sides (content in a corner of its
-   canvas stays whole: a known limit).
+   canvas stays whole: a known limit). A photograph of an object against a backdrop that is flat within
+   the tolerance on two opposite sides (a studio shot) is trimmed to the object, like a drawing on a canvas.
 3. From each margin side inwards, a row (column) is margin while at most ``FAINT_FRACTION`` of its pixels
    differ from the border colour by more than the tolerance and none by more than the strong tolerance.
    The tolerance (``BASE_TOLERANCE`` grey levels per channel, widened for a noisy margin to 4 noise standard
@@ -31,20 +32,20 @@ Not trimmed (``trimmed=False``, the box is the whole image):
   ``MIN_AREA_FRACTION`` of the image (a speck on a blank page); the whole, near-blank image is kept and left
   to the detectors' low-information rules.
 
-Images larger than ``ANALYSIS_SIDE`` on their longer side are analysed on a block-averaged copy and the box
-is scaled back outwards, so it never cuts into content by the reduction.
-
-Cost: numpy on the pixels once (one difference image and per-row/column counts), a small fraction of
-decoding the image.
+Cost: two lookup-table passes of PIL over the pixels, plus numpy on the four outer lines and on the few
+lines between the box of faint and the box of strong differences: about 1.3-1.7 ms for a 512-px RGB image
+with a margin, 0.3 ms without one (a loaded 2-core machine; decoding the same image as PNG took 2-12 ms, as
+JPEG 1-3 ms). In the audit it runs on the image as decoded for the detector, often a reduced JPEG decode.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageChops
+from PIL import Image
 
 from .imaging import to_rgb
 
@@ -56,8 +57,6 @@ FAINT_FRACTION = 0.02  # share of a row/column that may deviate faintly and stil
 SIDE_OUTLIERS = 0.05  # share of an outer line that may deviate and the side still be uniform
 MIN_SIDE = 8  # pixels: a content box narrower or shorter than this is not a picture
 MIN_AREA_FRACTION = 0.005  # a content box under this share of the image is not a picture
-ANALYSIS_SIDE = 256  # the first pass runs on a copy reduced to about this longer side ...
-MAX_REDUCTION = 3  # ... but never reduced more than this many times (thin lines must survive the reduction)
 
 _TOP, _BOTTOM, _LEFT, _RIGHT = range(4)
 
@@ -162,64 +161,61 @@ def _margin(view: Image.Image) -> _Margin | None:
     return _Margin(fill[0] if channels == 1 else fill, tolerance, sides)
 
 
-def _difference(view: Image.Image, fill) -> np.ndarray:
-    """|pixel - border colour|, the largest over channels: uint8 [H, W] (PIL's difference is one fast pass)."""
-    diff = np.asarray(ImageChops.difference(view, Image.new(view.mode, view.size, fill)))
-    if diff.ndim == 3:
-        diff = np.maximum(np.maximum(diff[:, :, 0], diff[:, :, 1]), diff[:, :, 2])
-    return diff
-
-
-def _content_lines(diff: np.ndarray, axis: int, tolerance: float, strong: float) -> np.ndarray:
-    """For each row (axis=1) or column (axis=0) of ``diff``: does it hold content?"""
-    length = diff.shape[axis]
-    faint = np.count_nonzero(diff > tolerance, axis=axis)
-    return (faint > FAINT_FRACTION * length) | (diff > strong).any(axis=axis)
-
-
 def _find_box(view: Image.Image) -> tuple[int, int, int, int] | None:
     """(top, bottom, left, right) of the content of an RGB or L image, or None when there is no margin to
     trim or no content at all.
 
-    The rows and columns are first tested on a copy reduced ``f`` times (block means, f <= MAX_REDUCTION),
-    where any pixel beyond the tolerance is content — a one-pixel line of difference d from the border
-    keeps about d/f² and stays content when that exceeds the tolerance — and then each edge is placed at full
-    resolution within the 2f lines around it, with the full rule.
+    PIL finds, in one C pass each (a lookup table), the bounding boxes of the pixels beyond the tolerance
+    (``loose``) and beyond the strong tolerance (``tight``). A line holding a strong pixel is content, so
+    each edge of the content box lies between the two boxes' edges; only the lines in between
+    (anti-aliasing, a shadow, usually a few) are counted in numpy.
     """
     margin = _margin(view)
     if margin is None:
         return None
     width, height = view.size
     tolerance, sides = margin.tolerance, margin.sides
-    strong = min(255.0, STRONG_FACTOR * tolerance)
-    f = min(MAX_REDUCTION, math.ceil(max(width, height) / ANALYSIS_SIDE))
-    small = view.reduce(f) if f > 1 else view
-    diff = _difference(small, margin.fill)
-    coarse_strong = strong if f == 1 else tolerance
-    rows = np.flatnonzero(_content_lines(diff, 1, tolerance, coarse_strong))
-    cols = np.flatnonzero(_content_lines(diff, 0, tolerance, coarse_strong))
-    if len(rows) == 0 or len(cols) == 0:
+    strong = STRONG_FACTOR * tolerance
+    faint = view.point(_beyond(margin.fill, tolerance))  # 255 where a channel is beyond the tolerance
+    loose = faint.getbbox()
+    if loose is None:
         return None  # blank: nothing but margin
-    top, bottom, left, right = int(rows[0]) * f, (int(rows[-1]) + 1) * f, int(cols[0]) * f, (int(cols[-1]) + 1) * f
-    if f > 1:
-        top, bottom, left, right = (_refine(view, margin, strong, edge, f, side)
-                                    for edge, side in ((top, _TOP), (bottom, _BOTTOM), (left, _LEFT), (right, _RIGHT)))
-    return (top if _TOP in sides else 0, min(height, bottom) if _BOTTOM in sides else height,
-            left if _LEFT in sides else 0, min(width, right) if _RIGHT in sides else width)
+    tight = view.point(_beyond(margin.fill, strong)).getbbox()
+    left, top, right, bottom = loose
+    rows, cols = np.zeros(bottom - top, bool), np.zeros(right - left, bool)
+    if tight is None:
+        bands_r, bands_c = [(top, bottom)], [(left, right)]
+    else:  # lines with a strong pixel are content; the lines between the two boxes are counted
+        t_left, t_top, t_right, t_bottom = tight
+        rows[t_top - top:t_bottom - top] = True
+        cols[t_left - left:t_right - left] = True
+        bands_r, bands_c = [(top, t_top), (t_bottom, bottom)], [(left, t_left), (t_right, right)]
+    # pixels outside ``loose`` are all within the tolerance: counting inside it counts whole lines
+    for lo, hi in bands_r:
+        if hi > lo:
+            rows[lo - top:hi - top] = _faint_counts(faint, (left, lo, right, hi), 1) > FAINT_FRACTION * width
+    for lo, hi in bands_c:
+        if hi > lo:
+            cols[lo - left:hi - left] = _faint_counts(faint, (lo, top, hi, bottom), 0) > FAINT_FRACTION * height
+    content_rows, content_cols = np.flatnonzero(rows), np.flatnonzero(cols)
+    if len(content_rows) == 0 or len(content_cols) == 0:
+        return None  # only faint specks: blank
+    return (top + int(content_rows[0]) if _TOP in sides else 0,
+            top + int(content_rows[-1]) + 1 if _BOTTOM in sides else height,
+            left + int(content_cols[0]) if _LEFT in sides else 0,
+            left + int(content_cols[-1]) + 1 if _RIGHT in sides else width)
 
 
-def _refine(view: Image.Image, margin: _Margin, strong: float, edge: int, f: int, side: int) -> int:
-    """The full-resolution position of a coarse ``edge`` (a multiple of f), searched within f lines of it;
-    the coarse position where the full rule finds no content there."""
-    width, height = view.size
-    horizontal = side in (_TOP, _BOTTOM)
-    size = height if horizontal else width
-    lo, hi = max(0, edge - f), min(size, edge + f)
-    if lo >= hi:
-        return min(edge, size)
-    band = view.crop((0, lo, width, hi) if horizontal else (lo, 0, hi, height))
-    content = np.flatnonzero(_content_lines(_difference(band, margin.fill), 1 if horizontal else 0,
-                                            margin.tolerance, strong))
-    if len(content) == 0:
-        return min(edge, size)
-    return lo + int(content[0]) if side in (_TOP, _LEFT) else lo + int(content[-1]) + 1
+@functools.lru_cache(maxsize=256)
+def _beyond(fill: int | tuple[int, ...], limit: float) -> tuple[int, ...]:
+    """A lookup table for ``Image.point``: 255 where a channel value differs from the border colour's by
+    more than ``limit``, else 0 (one table per band)."""
+    values = np.arange(256)
+    return tuple(int(v) for c in np.atleast_1d(fill) for v in np.where(np.abs(values - int(c)) > limit, 255, 0))
+
+
+def _faint_counts(faint: Image.Image, box: tuple[int, int, int, int], axis: int) -> np.ndarray:
+    """Per row (axis=1) or column (axis=0) of ``box``: how many pixels are beyond the tolerance."""
+    pixels = np.asarray(faint.crop(box))
+    hit = pixels.any(axis=2) if pixels.ndim == 3 else pixels > 0
+    return np.count_nonzero(hit, axis=axis)

@@ -1,0 +1,206 @@
+"""Content boxes on generated images: margins of every kind are trimmed, content and photographs are not."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+from overlap_audit.content import MIN_SIDE, ContentBox, content_box, trim
+
+# where drawing() puts its content inside a 120 x 90 drawing
+DRAWING_SIZE = (120, 90)
+
+
+def drawing(size=DRAWING_SIZE) -> Image.Image:
+    """A small clip-art drawing that fills its own box edge to edge (an outlined ellipse, a bar, a stroke)."""
+    w, h = size
+    im = Image.new("RGBA", size, (0, 0, 0, 0))
+    d = ImageDraw.Draw(im)
+    d.ellipse((0, 0, w - 1, h - 1), fill=(230, 60, 40, 255), outline=(20, 20, 120, 255), width=3)
+    d.rectangle((w // 4, h // 3, 3 * w // 4, 2 * h // 3), fill=(40, 90, 210, 255))
+    d.line((w // 2, 0, w // 2, h - 1), fill=(90, 40, 140, 255), width=2)
+    return im
+
+
+def on_canvas(content: Image.Image, canvas_size, at, colour) -> Image.Image:
+    mode = "RGBA" if len(colour) == 4 else "RGB"
+    canvas = Image.new(mode, canvas_size, colour)
+    canvas.paste(content, at, content if content.mode == "RGBA" else None)
+    return canvas
+
+
+def jpeg(im: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def expected(at, size=DRAWING_SIZE) -> tuple[int, int, int, int]:
+    return at[0], at[1], at[0] + size[0], at[1] + size[1]
+
+
+def assert_box_near(box: ContentBox, want, tol: int) -> None:
+    assert box.trimmed, box
+    assert np.abs(np.array(box.box) - np.array(want)).max() <= tol, (box.box, want)
+
+
+@pytest.mark.parametrize("colour", [(255, 255, 255), (0, 0, 0), (128, 128, 128), (40, 160, 90)],
+                         ids=["white", "black", "grey", "green"])
+def test_uniform_margins_of_any_colour_are_trimmed_exactly(colour):
+    at = (37, 51)
+    im = on_canvas(drawing(), (300, 200), at, colour)
+    box = content_box(im)
+    assert box == ContentBox(*expected(at), 300, 200, True)
+    assert box.area_fraction == pytest.approx(120 * 90 / (300 * 200))
+    view, same = trim(im)
+    assert same == box and view.size == DRAWING_SIZE and view.mode == "RGB"
+
+
+def test_transparent_margins_are_trimmed_and_the_view_is_composited_on_white():
+    at = (20, 64)
+    im = on_canvas(drawing(), (256, 256), at, (0, 0, 0, 0))
+    # transparent pixels whose hidden colour is not white must not matter
+    arr = np.asarray(im).copy()
+    arr[arr[:, :, 3] == 0, :3] = (0, 255, 0)
+    im = Image.fromarray(arr, "RGBA")
+    view, box = trim(im)
+    assert box.box == expected(at) and box.trimmed
+    assert view.mode == "RGB" and view.size == DRAWING_SIZE
+    # the drawing's own transparent corners (outside its ellipse) come out white
+    assert np.asarray(view)[0, 0].tolist() == [255, 255, 255]
+
+
+def test_black_letterbox_and_pillarbox_bars_are_trimmed_on_their_sides_only():
+    photo = Image.fromarray(np.asarray(_astronaut().resize((200, 120))))
+    letterbox = on_canvas(photo, (200, 180), (0, 30), (0, 0, 0))
+    assert content_box(letterbox).box == (0, 30, 200, 150)
+    pillarbox = on_canvas(photo, (260, 120), (30, 0), (0, 0, 0))
+    assert content_box(pillarbox).box == (30, 0, 230, 120)
+
+
+def test_noisy_jpeg_margins_are_trimmed_close_to_the_drawing():
+    rng = np.random.default_rng(0)
+    at = (60, 45)
+    clean = np.asarray(on_canvas(drawing(), (320, 240), at, (250, 250, 250)).convert("RGB")).astype(np.float64)
+    noisy = Image.fromarray(np.clip(clean + rng.normal(0, 3, clean.shape), 0, 255).astype(np.uint8))
+    box = content_box(jpeg(noisy, 50))
+    # JPEG ringing next to the drawing may widen the box by up to a JPEG block; it never cuts into it
+    assert_box_near(box, expected(at), 8)
+    assert box.left <= at[0] and box.top <= at[1]
+    assert box.right >= at[0] + DRAWING_SIZE[0] and box.bottom >= at[1] + DRAWING_SIZE[1]
+
+
+def test_a_soft_drop_shadow_keeps_the_box_close_to_the_object():
+    at, size = (80, 60), (100, 80)
+    canvas = Image.new("RGB", (300, 240), "white")
+    shadow = Image.new("L", canvas.size, 0)
+    ImageDraw.Draw(shadow).rectangle((at[0] + 6, at[1] + 6, at[0] + size[0] + 5, at[1] + size[1] + 5), fill=70)
+    shadow = shadow.filter(ImageFilter.GaussianBlur(4))
+    canvas = Image.composite(Image.new("RGB", canvas.size, (0, 0, 0)), canvas, shadow)
+    ImageDraw.Draw(canvas).rectangle((at[0], at[1], at[0] + size[0] - 1, at[1] + size[1] - 1),
+                                     fill=(200, 120, 30), outline="black")
+    box = content_box(canvas)
+    want = expected(at, size)
+    # the object is inside; the darker part of the shadow may be, its faint tail is not
+    assert box.left <= want[0] and box.top <= want[1] and box.right >= want[2] and box.bottom >= want[3]
+    assert_box_near(box, want, 12)
+    assert box.left == want[0] and box.top == want[1]  # the shadow falls to the bottom right only
+
+
+def test_a_faint_gradient_background_is_margin():
+    at = (70, 50)
+    ramp = np.linspace(255, 235, 260)[:, None, None]  # top to bottom, 20 grey levels
+    canvas = Image.fromarray(np.broadcast_to(ramp, (260, 300, 3)).astype(np.uint8))
+    canvas.paste(drawing(), at, drawing())
+    assert_box_near(content_box(canvas), expected(at), 0)
+
+
+def test_an_image_without_margin_stays_whole():
+    im = drawing().convert("RGB")
+    im = Image.fromarray(np.asarray(im)[5:-5, 5:-5].copy())  # the ellipse touches every side
+    box = content_box(im)
+    assert box == ContentBox.whole(*im.size) and not box.trimmed and box.area_fraction == 1.0
+    view, _ = trim(im)
+    assert view.size == im.size
+
+
+@pytest.mark.parametrize("colour", ["white", "black", (0, 0, 0, 0)], ids=["white", "black", "transparent"])
+def test_a_blank_image_is_not_trimmed_to_nothing(colour):
+    mode = "RGBA" if isinstance(colour, tuple) else "RGB"
+    im = Image.new(mode, (128, 96), colour)
+    assert content_box(im) == ContentBox.whole(128, 96)
+    rng = np.random.default_rng(1)
+    faint = Image.fromarray((200 + rng.normal(0, 1.5, (96, 128, 3))).clip(0, 255).astype(np.uint8))
+    assert not content_box(faint).trimmed
+
+
+def test_a_speck_on_a_blank_page_is_too_small_to_trim_to():
+    im = Image.new("RGB", (400, 400), "white")
+    ImageDraw.Draw(im).rectangle((200, 200, 200 + MIN_SIDE - 2, 220), fill="black")
+    assert not content_box(im).trimmed
+    im = Image.new("RGB", (400, 400), "white")
+    ImageDraw.Draw(im).rectangle((200, 200, 220, 220), fill="black")  # 21 px: 0.28% of the area
+    assert not content_box(im).trimmed
+
+
+def test_a_one_sided_or_adjacent_margin_is_not_trimmed():
+    # a plain band on one side only (the sky of a photograph) is not a canvas
+    photo = _astronaut().resize((200, 150))
+    assert not content_box(on_canvas(photo, (200, 200), (0, 50), (120, 170, 230))).trimmed
+    # content in a corner of its canvas: margins on two adjacent sides only
+    assert not content_box(on_canvas(drawing(), (200, 150), (80, 60), (255, 255, 255))).trimmed
+
+
+def _astronaut() -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "camera", "brick"])
+def test_photographs_stay_whole(name):
+    from skimage import data
+
+    im = Image.fromarray(getattr(data, name)())
+    assert not content_box(im).trimmed, name
+    crop = im.crop((40, 30, im.width - 60, im.height - 20))
+    assert not content_box(crop).trimmed, name
+    assert not content_box(jpeg(crop.convert("RGB"), 60)).trimmed, name
+
+
+def test_the_same_drawing_on_different_canvases_trims_to_the_same_view():
+    """Round trip: the drawing at 30%, 60% and 100% of its size, on padded canvases of other colours and
+    shapes, and tightly cropped: every trimmed view, resized to 64 px, matches the drawing's own."""
+    base = drawing((400, 300))
+    views = []
+    for scale, canvas_size, at, colour in ((0.3, (500, 400), (210, 40), (255, 255, 255)),
+                                           (0.6, (260, 400), (10, 100), (255, 255, 255, 0)),
+                                           (1.0, (700, 330), (150, 15), (0, 0, 0)),
+                                           (1.0, (400, 300), (0, 0), (255, 255, 255))):
+        content = base.resize((round(400 * scale), round(300 * scale)), Image.Resampling.LANCZOS)
+        im = on_canvas(content, canvas_size, at, colour)
+        view, box = trim(im)
+        # the drawing's transparent corners take the canvas colour, so compare against a view on the same
+        # colour; the tight crop (last) has no margin and keeps its white corners
+        flat = Image.new("RGB", content.size, colour[:3])
+        flat.paste(content, (0, 0), content)
+        reference = np.asarray(flat.resize((64, 64), Image.Resampling.BILINEAR), dtype=np.float64)
+        small = np.asarray(view.resize((64, 64), Image.Resampling.BILINEAR), dtype=np.float64)
+        assert box.area_fraction == pytest.approx(content.width * content.height / (canvas_size[0] * canvas_size[1]),
+                                                  rel=0.05)
+        assert np.abs(small - reference).mean() < 2.0, (scale, colour)
+        views.append(small)
+    on_white = [views[0], views[1], views[3]]  # white or transparent canvases: the same picture
+    for v in on_white[1:]:
+        assert np.abs(v - on_white[0]).mean() < 3.0
+
+
+def test_large_images_are_analysed_reduced_and_never_cut_into():
+    at = (1003, 517)
+    content = drawing((1200, 900))
+    im = on_canvas(content, (3000, 2000), at, (255, 255, 255))
+    box = content_box(im)
+    want = expected(at, content.size)
+    assert box.left <= want[0] and box.top <= want[1] and box.right >= want[2] and box.bottom >= want[3]
+    assert_box_near(box, want, 3)
