@@ -15,6 +15,9 @@ from ..values import DetectorInfo, Metric
 # detector's identity: the version of a trimming detector ends in "+trim", so an index built one way is
 # refused by the other. Each detector class declares its default (BENCHMARKS.md has the evidence).
 CONTENT_MODES = ("trim", "whole")
+# A JPEG is decoded at a reduced scale down to a detector's ``decode_size``; a trimming detector asks for this
+# many times more, so that a content box filling 17% of the area (41% of each side) still has its size.
+TRIM_DECODE_SCALE = 2.5
 
 
 @runtime_checkable

@@ -4,6 +4,7 @@ or start at any stage (``embed_source``, ``search``, ``split``, ``overlap_stats`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Iterable, Mapping
@@ -16,7 +17,7 @@ import numpy as np
 from . import __version__
 from .devices import torch_device
 from .errors import ModelError, SourceError
-from .index import build_index
+from .index import build_index, content_boxes
 from .pipeline import MatchSettings, check_eval_sets, match_eval_sets, open_corpus
 from .predictions import PREDICTIONS, match_predictions, read_predictions, write_predictions
 from .report import DatasetReport, Report, write_report
@@ -161,6 +162,12 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
                if zero_shot is not None else None)
     matches = match_eval_sets(corpus, evals, match, scorers=scorers)
     splits = {n: split(n, m.embeddings, m.neighbors, cut[n]) for n, m in matches.items()}
+    if det.content == "trim":  # each pair's corpus side is shown with its content box
+        boxes = content_boxes(index_dir, {sp.neighbors.ids[i, 0] for sp in splits.values() for i in
+                                          range(len(sp.ids)) if sp.neighbors.k})
+        splits = {n: dataclasses.replace(sp, neighbor_boxes=[boxes.get(sp.neighbors.ids[i, 0]) if sp.neighbors.k
+                                                             else None for i in range(len(sp.ids))])
+                  for n, sp in splits.items()}
     skipped = {n: m.skipped for n, m in matches.items()}
     if zero_shot is not None:
         scored = [scorers[n].result(zero_shot.classnames[n], zero_shot.templates[n].templates,

@@ -57,6 +57,7 @@ FAINT_FRACTION = 0.02  # share of a row/column that may deviate faintly and stil
 SIDE_OUTLIERS = 0.05  # share of an outer line that may deviate and the side still be uniform
 MIN_SIDE = 8  # pixels: a content box narrower or shorter than this is not a picture
 MIN_AREA_FRACTION = 0.005  # a content box under this share of the image is not a picture
+MAX_PASSES = 3  # trimming is repeated on the trimmed view until it is stable, at most this many times
 
 _TOP, _BOTTOM, _LEFT, _RIGHT = range(4)
 
@@ -92,7 +93,25 @@ class ContentBox:
 
 
 def content_box(image: Image.Image) -> ContentBox:
-    """The content box of ``image`` (any mode; transparency counts as white)."""
+    """The content box of ``image`` (any mode; transparency counts as white).
+
+    Trimming is repeated on the trimmed view until nothing more comes off (at most ``MAX_PASSES`` times), so
+    it is idempotent: a picture whose own flat border was trimmed in one copy and which sits on a padded
+    canvas in another comes to the same box in both."""
+    width, height = image.size
+    box = _one_pass(image)
+    for _ in range(MAX_PASSES - 1):
+        if not box.trimmed:
+            break
+        inner = _one_pass(image.crop(box.box))
+        if not inner.trimmed:
+            break
+        box = ContentBox(box.left + inner.left, box.top + inner.top, box.left + inner.right,
+                         box.top + inner.bottom, width, height, True)
+    return box
+
+
+def _one_pass(image: Image.Image) -> ContentBox:
     width, height = image.size
     view = _analysis_view(image)
     found = _find_box(view) if min(width, height) >= 3 else None

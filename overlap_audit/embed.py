@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .detectors import Detector
-from .detectors.base import prepare
+from .detectors.base import TRIM_DECODE_SCALE, prepare
 from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from .sources import Source
 from .values import Embeddings, RawItem, Skipped
@@ -83,6 +83,8 @@ def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool =
     if item.skip_reason is not None:
         return None, item.skip_reason, None, None, None, None
     decode_size = getattr(detector, "decode_size", None)
+    if decode_size and getattr(detector, "content", "whole") == "trim":
+        decode_size = int(decode_size * TRIM_DECODE_SCALE)
     data, path = item.data, item.path
     if model_input is not None and data is None and path is not None:
         try:  # read once for both decodes; a failure is left for decode_image to report
@@ -258,14 +260,17 @@ def embed_decoded(decoded: Iterable[Decoded], detector: Detector, *, batch_size:
 
 
 def embed_source(source: Source, detector: Detector, *, batch_size: int = 256, workers: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False, scorer=None) -> Embeddings:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False, scorer=None,
+                 views: bool = False) -> Embeddings:
     """Embed a whole source in memory (evaluation sets are small); skipped items are listed, not dropped.
 
     ``scorer`` (a ``scoring.ZeroShotScorer``) is fed each decoded image's model pixels as well, from the
-    same decoding pass."""
+    same decoding pass. With ``views`` a trimming detector also embeds the whole image of every item whose
+    content box it trimmed (``Embeddings.whole_rows`` / ``whole_vectors``)."""
     items: Iterable[RawItem] = source.iter_items()
     model_input = scorer.preprocessor() if scorer is not None else None
-    with Decoder(detector, workers=workers, max_pixels=max_pixels, model_input=model_input) as decoder:
+    with Decoder(detector, workers=workers, max_pixels=max_pixels, model_input=model_input,
+                 views=views) as decoder:
         decoded = decoder.decode(items)
         if scorer is not None:
             decoded = _feed(decoded, scorer)
@@ -295,6 +300,8 @@ def to_embeddings(result: EmbeddedItems, detector: Detector) -> Embeddings:
     else:
         width = detector.dim // 8 if detector.metric == "hamming" else detector.dim
         vectors = np.zeros((0, width), dtype=np.uint8 if detector.metric == "hamming" else np.float32)
+    whole = [(row, result.wholes[i]) for row, i in enumerate(keep) if result.wholes[i] is not None]
+    boxes = [result.boxes[i] for i in keep]
     return Embeddings(
         ids=[result.items[i].id for i in keep],
         vectors=vectors,
@@ -302,4 +309,7 @@ def to_embeddings(result: EmbeddedItems, detector: Detector) -> Embeddings:
         labels=[result.items[i].label for i in keep],
         captions=[result.items[i].caption for i in keep],
         skipped=[Skipped(it.source, it.id, r) for it, r in zip(result.items, result.reasons) if r is not None],
+        boxes=boxes if any(b is not None for b in boxes) else [],
+        whole_rows=np.array([row for row, _ in whole], dtype=np.int64) if whole else None,
+        whole_vectors=np.stack([v for _, v in whole]) if whole else None,
     )

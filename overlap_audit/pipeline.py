@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .detectors import Detector, get_detector
 from .devices import faiss_device
 from .embed import embed_source
@@ -45,6 +47,7 @@ class MatchSettings:
     progress: bool = False
     exact: bool = False
     ray_address: str | None = None
+    views: bool = True  # a trimming detector also searches the whole image of each trimmed query
 
     def __post_init__(self) -> None:
         if self.ray_address and not self.exact:
@@ -116,8 +119,28 @@ def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, str]], settings: 
     for name, spec in evals:
         source = open_source(spec, name=name, labels_from_folders=True)
         emb = embed_source(source, corpus.detector, batch_size=settings.batch_size, workers=settings.workers,
-                           max_pixels=settings.max_pixels, progress=settings.progress, scorer=scorers.get(name))
+                           max_pixels=settings.max_pixels, progress=settings.progress, scorer=scorers.get(name),
+                           views=settings.views)
         neighbors = search(corpus.index, emb.ids, emb.vectors, k=settings.k, device=settings.device,
                            exact_stream=settings.exact, ray_address=settings.ray_address)
+        if emb.whole_rows is not None:
+            whole = search(corpus.index, [emb.ids[r] for r in emb.whole_rows], emb.whole_vectors, k=settings.k,
+                           device=settings.device, exact_stream=settings.exact, ray_address=settings.ray_address)
+            neighbors = best_view(neighbors, whole, emb.whole_rows)
         out[name] = EvalMatch(name, emb, neighbors)
     return out
+
+
+def best_view(trimmed: Neighbors, whole: Neighbors, rows) -> Neighbors:
+    """Per query, the neighbours of the view whose nearest item is more similar: ``trimmed`` has every query
+    (its content box), ``whole`` the queries ``rows`` (their whole image). A tie keeps the trimmed view."""
+    ids, sims = trimmed.ids.copy(), trimmed.similarities.copy()
+    views = ["trimmed"] * len(trimmed.query_ids)
+    if trimmed.k:
+        a = np.nan_to_num(sims[rows, 0], nan=-np.inf)
+        b = np.nan_to_num(whole.similarities[:, 0], nan=-np.inf)
+        for j in np.nonzero(b > a)[0]:
+            r = int(rows[j])
+            ids[r], sims[r] = whole.ids[j], whole.similarities[j]
+            views[r] = "whole"
+    return Neighbors(trimmed.query_ids, ids, sims, views=views)

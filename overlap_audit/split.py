@@ -69,4 +69,4 @@ def split(dataset: str, embeddings: Embeddings, neighbors: Neighbors, threshold:
     overlap &= ~low
     return Split(dataset=dataset, threshold=float(threshold), ids=list(embeddings.ids),
                  labels=list(embeddings.labels) or [None] * len(embeddings), neighbors=neighbors,
-                 overlap=overlap, low_information=low)
+                 overlap=overlap, low_information=low, boxes=list(embeddings.boxes))

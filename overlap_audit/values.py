@@ -99,6 +99,11 @@ class Embeddings:
     labels: list[str | None] = field(default_factory=list)
     captions: list[str | None] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    # per row, the content box (``content.ContentBox``) of a trimming detector; empty when not recorded
+    boxes: list = field(default_factory=list)
+    # a second view: the whole image's vectors of the rows ``whole_rows`` (those whose content box was trimmed)
+    whole_rows: np.ndarray | None = None
+    whole_vectors: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -116,6 +121,8 @@ class Neighbors:
     query_ids: list[str]
     ids: np.ndarray
     similarities: np.ndarray
+    # per query, the view of it that matched ("trimmed" or "whole"); None when only one view was searched
+    views: list[str] | None = None
 
     @property
     def k(self) -> int:
@@ -133,6 +140,8 @@ class Split:
     neighbors: Neighbors
     overlap: np.ndarray  # bool [N]
     low_information: np.ndarray  # bool [N]; never Overlap
+    boxes: list = field(default_factory=list)  # per row, the content box of a trimming detector (or empty)
+    neighbor_boxes: list = field(default_factory=list)  # per row, the nearest corpus item's content box
 
     @property
     def top_similarity(self) -> np.ndarray:

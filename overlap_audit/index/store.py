@@ -181,8 +181,9 @@ def write_shard(path: Path, info: DetectorInfo, *, keys: list[str], sources: lis
     """Write one shard atomically: every item given, embedded or skipped, plus any recall-query copies.
 
     ``boxes`` are the items' content boxes (``content.ContentBox`` or None) under a trimming detector: the
-    ``content_box`` column holds [left, top, right, bottom] in the decoded image's pixels and ``trimmed``
-    whether the embedded view was cut to it (null where the detector does not trim or the item was skipped).
+    ``content_box`` column holds left, top, right, bottom, width and height in the decoded image's pixels and
+    ``trimmed`` whether the embedded view was cut to it (null where the detector does not trim or the item
+    was skipped).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -199,13 +200,45 @@ def write_shard(path: Path, info: DetectorInfo, *, keys: list[str], sources: lis
         "low_information": pa.array(low_information, pa.bool_()),
         "skip_reason": pa.array(reasons, pa.string()),
         "query_vector": _fixed_width(copies, info),
-        "content_box": pa.array([None if b is None else list(b.box) for b in boxes], pa.list_(pa.int32(), 4)),
+        "content_box": pa.array([None if b is None else {f: getattr(b, f) for f in _BOX_FIELDS} for b in boxes],
+                                _box_type()),
         "trimmed": pa.array([None if b is None else bool(b.trimmed) for b in boxes], pa.bool_()),
     })
     # vectors do not compress, repeat or sort: no compression, dictionary or min/max statistics for them
     atomic_write(path, lambda tmp: pq.write_table(
         table, tmp, compression={c: ("snappy" if c in _TEXT_COLUMNS else "none") for c in table.column_names},
         use_dictionary=_TEXT_COLUMNS, write_statistics=_TEXT_COLUMNS))
+
+
+_BOX_FIELDS = ("left", "top", "right", "bottom", "width", "height")
+
+
+def _box_type():
+    import pyarrow as pa
+
+    return pa.struct([(f, pa.int32()) for f in _BOX_FIELDS])
+
+
+def content_boxes(index_dir: str | os.PathLike, keys) -> dict:
+    """The recorded content boxes (``content.ContentBox``) of the corpus items behind ``keys``; keys without
+    one (a detector that does not trim, an index written before boxes were recorded) are absent."""
+    import pyarrow.parquet as pq
+
+    from ..content import ContentBox
+
+    wanted = {k for k in keys if k is not None}
+    found: dict = {}
+    for path in shard_paths(index_dir):
+        if not wanted - found.keys():
+            break
+        if "content_box" not in pq.read_schema(path).names:
+            continue
+        table = pq.read_table(path, columns=["key", "content_box", "trimmed"], memory_map=True)
+        for key, box, trimmed in zip(table["key"].to_pylist(), table["content_box"].to_pylist(),
+                                     table["trimmed"].to_pylist()):
+            if key in wanted and box is not None:
+                found[key] = ContentBox(**box, trimmed=bool(trimmed))
+    return found
 
 
 def usable_mask(table) -> np.ndarray:

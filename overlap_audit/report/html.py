@@ -22,7 +22,7 @@ import numpy as np
 from ..atomic import atomic_write_text
 from ..imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from ..values import RawItem
-from .format import ci_level_text, dataset_cells, model_line, recall_line, similarity_text
+from .format import ci_level_text, dataset_cells, model_line, percent, recall_line, similarity_text
 from .model import REPORT_HTML, SPLITS, Report, load_report
 
 DEFAULT_GALLERY = 300  # pairs per dataset
@@ -49,9 +49,14 @@ def esc(value) -> str:
     return "" if value is None else html.escape(str(value), quote=True)
 
 
-def thumbnail(item: RawItem | None, *, size: int = THUMB_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS
-              ) -> tuple[str | None, str | None]:
-    """(a small WebP data: URI, None) for an item's image, or (None, why it cannot be shown)."""
+BOX_COLOUR = (230, 0, 160)  # the content box drawn on a thumbnail
+
+
+def thumbnail(item: RawItem | None, *, size: int = THUMB_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS,
+              box: dict | None = None) -> tuple[str | None, str | None]:
+    """(a small WebP data: URI, None) for an item's image, or (None, why it cannot be shown). A trimmed
+    content ``box`` (as in splits.parquet: left, top, right, bottom in an image of width x height) is drawn
+    on it."""
     if item is None:
         return None, "not found"
     if item.skip_reason:
@@ -61,6 +66,12 @@ def thumbnail(item: RawItem | None, *, size: int = THUMB_SIZE, max_pixels: int =
     except ImageRejected as exc:
         return None, str(exc)
     image.thumbnail((size, size))
+    if box and box.get("trimmed") and box.get("width") and box.get("height"):
+        from PIL import ImageDraw
+
+        sx, sy = image.width / box["width"], image.height / box["height"]
+        outline = (box["left"] * sx, box["top"] * sy, box["right"] * sx - 1, box["bottom"] * sy - 1)
+        ImageDraw.Draw(image).rectangle(outline, outline=BOX_COLOUR, width=1)
     buf = io.BytesIO()
     image.save(buf, format="WEBP", quality=THUMB_QUALITY, method=4)
     return "data:image/webp;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), None
@@ -106,6 +117,9 @@ class GalleryPair:
     corpus_problem: str | None
     deciding: bool
     number: int | None = None  # the pair's number in a review sheet
+    view: str | None = None  # the query view that matched (a trimming detector)
+    eval_box: dict | None = None  # content boxes as in splits.parquet
+    corpus_box: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -166,14 +180,17 @@ def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str,
             key = r["neighbor_ids"][0]
             ev = evals.get(r["id"])
             co = corpus.get(key)
-            e_uri, e_why = thumbnail(ev, max_pixels=max_pixels) if ev is not None else (None, note or "not found")
-            c_uri, c_why = thumbnail(co, max_pixels=max_pixels) if co is not None else (None, corpus_note or "not found")
+            e_box, c_box = r.get("content_box"), r.get("neighbor_content_box")
+            e_uri, e_why = (thumbnail(ev, max_pixels=max_pixels, box=e_box) if ev is not None
+                            else (None, note or "not found"))
+            c_uri, c_why = (thumbnail(co, max_pixels=max_pixels, box=c_box) if co is not None
+                            else (None, corpus_note or "not found"))
             pairs.append(GalleryPair(
                 eval_id=r["id"], eval_label=r.get("label"), eval_caption=ev.caption if ev else None,
                 corpus_key=key, corpus_caption=co.caption if co else None, similarity=float(r["similarity"]),
                 overlap=bool(r["overlap"]), low_information=bool(r["low_information"]),
                 eval_thumb=e_uri, eval_problem=e_why, corpus_thumb=c_uri, corpus_problem=c_why,
-                deciding=i < n_deciding))
+                deciding=i < n_deciding, view=r.get("view"), eval_box=e_box, corpus_box=c_box))
         galleries.append(Gallery(d.name, d.threshold, pairs, n_total - n_none - len(pairs), n_none,
                                  note or corpus_note))
     return galleries
@@ -251,8 +268,23 @@ def _pair(p: GalleryPair) -> str:
     lines.append(f'<div class="t">corpus: <code>{esc(p.corpus_key)}</code></div>')
     if p.corpus_caption:
         lines.append(f'<div class="t caption">“{esc(p.corpus_caption)}”</div>')
+    if p.eval_box or p.corpus_box:
+        lines.append(f'<div class="t box">content box: eval {esc(box_text(p.eval_box))}; corpus '
+                     f'{esc(box_text(p.corpus_box))}' + (f"; matched on the {esc(p.view)} view" if p.view else "")
+                     + "</div>")
     lines.append("</figcaption></figure>")
     return "\n".join(lines)
+
+
+def box_text(box: dict | None) -> str:
+    """A content box as a reader checks it: trimmed to W×H of the image's W×H (share of its area), or whole."""
+    if not box:
+        return "not recorded"
+    if not box.get("trimmed"):
+        return f"whole ({box['width']}×{box['height']})"
+    w, h = box["right"] - box["left"], box["bottom"] - box["top"]
+    share = w * h / max(1, box["width"] * box["height"])
+    return f"trimmed to {w}×{h} of {box['width']}×{box['height']} ({percent(share)}% of its area)"
 
 
 def _gallery(i: int, g: Gallery) -> str:
@@ -340,8 +372,10 @@ def write_html_report(report_dir: str | os.PathLike, *, gallery: int = DEFAULT_G
 
     out = Path(report_dir)
     report = load_report(out)
-    rows = pq.read_table(out / SPLITS, columns=["dataset", "id", "label", "neighbor_ids", "similarity", "overlap",
-                                                "low_information"]).to_pylist()
+    columns = ["dataset", "id", "label", "neighbor_ids", "similarity", "overlap", "low_information"]
+    present = pq.read_schema(out / SPLITS).names
+    columns += [c for c in ("view", "content_box", "neighbor_content_box") if c in present]  # a trimming detector
+    rows = pq.read_table(out / SPLITS, columns=columns).to_pylist()
     galleries = build_galleries(report, rows, eval_sources=eval_sources or report.evals,
                                 index_dir=index_dir or report.index.get("path"), limit=gallery, around=around,
                                 max_pixels=max_pixels)

@@ -14,16 +14,35 @@ from .markdown import format_markdown
 from .model import REPORT_HTML, REPORT_JSON, REPORT_MD, SPLITS, Report
 
 
+def _BOX_TYPE():
+    import pyarrow as pa
+
+    return pa.struct([(f, pa.int32()) for f in ("left", "top", "right", "bottom", "width", "height")]
+                     + [("trimmed", pa.bool_())])
+
+
+def _box(box) -> dict | None:
+    if box is None:
+        return None
+    return {"left": box.left, "top": box.top, "right": box.right, "bottom": box.bottom, "width": box.width,
+            "height": box.height, "trimmed": bool(box.trimmed)}
+
+
 def write_splits(path: str | os.PathLike, splits: dict[str, Split], correct: dict[str, np.ndarray]) -> None:
     """One row per evaluated example: its neighbours, similarity, Overlap flag and correctness."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     cols: dict[str, list] = {k: [] for k in ("dataset", "id", "label", "neighbor_ids", "neighbor_similarities",
-                                             "similarity", "overlap", "low_information", "correct")}
+                                             "similarity", "overlap", "low_information", "correct", "view",
+                                             "content_box", "neighbor_content_box")}
     for name, sp in splits.items():
         sims = sp.neighbors.similarities
+        views = sp.neighbors.views
         for i, ident in enumerate(sp.ids):
+            cols["view"].append(views[i] if views else None)
+            cols["content_box"].append(_box(sp.boxes[i] if sp.boxes else None))
+            cols["neighbor_content_box"].append(_box(sp.neighbor_boxes[i] if sp.neighbor_boxes else None))
             row_sims = [None if np.isnan(x) else float(x) for x in sims[i]]
             cols["dataset"].append(name)
             cols["id"].append(ident)
@@ -44,6 +63,10 @@ def write_splits(path: str | os.PathLike, splits: dict[str, Split], correct: dic
         "overlap": pa.array(cols["overlap"], pa.bool_()),
         "low_information": pa.array(cols["low_information"], pa.bool_()),
         "correct": pa.array(cols["correct"], pa.bool_()),
+        # a trimming detector: the query view that matched, and both sides' content boxes
+        "view": pa.array(cols["view"], pa.string()),
+        "content_box": pa.array(cols["content_box"], _BOX_TYPE()),
+        "neighbor_content_box": pa.array(cols["neighbor_content_box"], _BOX_TYPE()),
     })
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
