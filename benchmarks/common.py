@@ -57,13 +57,13 @@ def held_out_photo_of_each(size: int = 128, photos: dict | None = None) -> np.nd
     return np.array([k for k, p in enumerate(photos.values()) for _ in tiles(p, 4, size)])
 
 
-def query_sets(images: list, strengths=None):
+def query_sets(images: list, strengths=None, margins: bool = False):
     """Yield (family, strength, copies): one augmented copy per image, per family and "all", per strength
-    (default: every strength)."""
-    from overlap_audit.augment import FAMILIES, STRENGTHS, augment_all, augment_family
+    (default: every strength); with ``margins`` the margin families too (after "all")."""
+    from overlap_audit.augment import FAMILIES, MARGIN_FAMILIES, STRENGTHS, augment_all, augment_family
 
     for strength in STRENGTHS if strengths is None else strengths:
-        for family in (*FAMILIES, "all"):
+        for family in (*FAMILIES, "all", *(MARGIN_FAMILIES if margins else ())):
             # a stable seed per query set (Python's str hash changes from run to run)
             rng = np.random.default_rng(zlib.crc32(f"{family}/{strength}".encode()))
             seeds = rng.integers(2**32, size=len(images))
@@ -77,7 +77,9 @@ def query_sets(images: list, strengths=None):
 
 def low_information(det, images: list) -> np.ndarray:
     """The detector's own low-information flags (the split never counts such an image as Overlap)."""
-    return np.asarray(det.low_information(np.stack([det.preprocess(im.convert("RGB")) for im in images])), bool)
+    from overlap_audit.detectors.base import prepare
+
+    return np.asarray(det.low_information(np.stack([prepare(det, im.convert("RGB"))[0] for im in images])), bool)
 
 
 def similarity_matrix(det, base: np.ndarray, copies: list, base_low: np.ndarray | None = None) -> np.ndarray:
@@ -330,3 +332,12 @@ def paired_bootstrap(sims_a: np.ndarray, sims_b: np.ndarray, *, metric: str = "r
     return PairedBootstrap(metric=metric, difference=float(point), low=float(np.quantile(diffs, tail)),
                            high=float(np.quantile(diffs, 1 - tail)), p_a_better=float((diffs > 0).mean()),
                            replicates=replicates, level=level)
+
+
+def bench_detector(spec: str):
+    """A detector from a benchmark spec: a detector spec, optionally ``@trim`` or ``@whole`` for its content
+    normalisation (``clipdup@whole``: clipdup on the whole image)."""
+    from overlap_audit.detectors import get_detector
+
+    name, _, content = spec.partition("@")
+    return get_detector(name, content=content or None)

@@ -39,14 +39,24 @@ def augment(image: Image.Image, kind: str, rng: np.random.Generator | None = Non
 INTERPOLATIONS = (Image.Resampling.NEAREST, Image.Resampling.BILINEAR, Image.Resampling.BICUBIC,
                   Image.Resampling.BOX, Image.Resampling.HAMMING, Image.Resampling.LANCZOS)
 FAMILIES = ("crop", "aspect", "rescale", "rotate", "jpeg", "color")
+# Copies that differ by their canvas, as clip art, icons, product shots and letterboxed frames do; not part of
+# the App. C pipeline (``augment_all``), measured beside it: "pad" places the image at a fraction of a
+# uniform canvas (white, black, grey or a random colour) at a random position, "letterbox" adds black bars
+# on two opposite sides. Similarity is symmetric, so "pad" also stands for a padded corpus image queried
+# with its tight crop.
+MARGIN_FAMILIES = ("pad", "letterbox")
 
 # Per strength: (min crop area, max aspect distortion, min downscale, max rotation degrees, JPEG quality
 # range, hue shift, saturation and value scale spread)
 STRENGTHS = {
-    "mild": dict(area=0.85, aspect=0.05, scale=0.6, rotate=2.0, quality=(70, 95), hue=0.01, sat=0.05, val=0.05),
-    "medium": dict(area=0.6, aspect=0.15, scale=0.35, rotate=5.0, quality=(40, 90), hue=0.03, sat=0.15, val=0.12),
-    "strong": dict(area=0.35, aspect=0.3, scale=0.2, rotate=10.0, quality=(15, 80), hue=0.06, sat=0.3, val=0.25),
+    "mild": dict(area=0.85, aspect=0.05, scale=0.6, rotate=2.0, quality=(70, 95), hue=0.01, sat=0.05, val=0.05,
+                 pad=0.7, bars=0.06),
+    "medium": dict(area=0.6, aspect=0.15, scale=0.35, rotate=5.0, quality=(40, 90), hue=0.03, sat=0.15, val=0.12,
+                   pad=0.4, bars=0.12),
+    "strong": dict(area=0.35, aspect=0.3, scale=0.2, rotate=10.0, quality=(15, 80), hue=0.06, sat=0.3, val=0.25,
+                   pad=0.1, bars=0.2),
 }
+# pad: the image's side is at least this fraction of the canvas's; bars: each bar's share of the side, at most
 
 
 def _resize(image: Image.Image, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
@@ -83,7 +93,26 @@ def _family(image: Image.Image, family: str, p: dict, rng: np.random.Generator) 
         hsv[..., 1] *= 1 + rng.uniform(-p["sat"], p["sat"])
         hsv[..., 2] *= 1 + rng.uniform(-p["val"], p["val"])
         return Image.fromarray(np.clip(hsv, 0, 255).astype(np.uint8), mode="HSV").convert("RGB")
-    raise ValueError(f"unknown augmentation family {family!r}; one of {', '.join(FAMILIES)}")
+    if family == "pad":
+        s = rng.uniform(p["pad"], 1.0)
+        fill = [(255, 255, 255), (0, 0, 0), (128, 128, 128), tuple(int(c) for c in rng.integers(0, 256, 3))][
+            int(rng.integers(4))]
+        inner = _resize(image, (max(1, int(round(w * s))), max(1, int(round(h * s)))), rng)
+        canvas = Image.new("RGB", (w, h), fill)
+        canvas.paste(inner, (int(rng.integers(0, w - inner.width + 1)), int(rng.integers(0, h - inner.height + 1))))
+        return canvas
+    if family == "letterbox":
+        f = rng.uniform(0.5, 1.0) * p["bars"]
+        if rng.random() < 0.5:  # bars above and below
+            bar = int(round(h * f))
+            inner, at = _resize(image, (w, max(1, h - 2 * bar)), rng), (0, bar)
+        else:  # pillarbox: bars left and right
+            bar = int(round(w * f))
+            inner, at = _resize(image, (max(1, w - 2 * bar), h), rng), (bar, 0)
+        canvas = Image.new("RGB", (w, h), (0, 0, 0))
+        canvas.paste(inner, at)
+        return canvas
+    raise ValueError(f"unknown augmentation family {family!r}; one of {', '.join(FAMILIES + MARGIN_FAMILIES)}")
 
 
 def augment_family(image: Image.Image, family: str, strength: str = "medium",
