@@ -152,7 +152,7 @@ def index(sources, out_dir, detector, content, batch_size, workers, device, resu
     m = build_index(list(sources), out_dir, settings, progress=not quiet)
     _echo(f"index: {m.index_type} ({m.extra.get('index_choice', '')}); {recall_line(m.extra.get('recall', {}))}")
     _echo(f"indexed {m.n_indexed} of {m.n_given} items with {m.detector.spec} into {out_dir} "
-               f"({m.index_type}); {m.n_skipped} skipped, {m.n_low_information} low-information not indexed")
+          f"({m.index_type}); {m.n_skipped} skipped, {m.n_low_information} low-information not indexed")
     if m.n_indexed == 0:
         _echo("warning: the index holds no items; a report against it would have nothing to compare", err=True)
     for s in m.skipped[:20]:
@@ -289,8 +289,8 @@ def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, l
                       same_picture=same_picture, init=init)
     last = train(list(sources), out_dir, cfg, device=device, resume=resume, workers=workers, progress=not quiet)
     _echo(f"trained to step {last.get('step')}: loss {last.get('loss', float('nan')):.4f}, proxy accuracy "
-               f"{last.get('proxy_accuracy', float('nan')):.3f}; weights in {out_dir}/model.pt "
-               f"(use --detector clipdup:{out_dir})")
+          f"{last.get('proxy_accuracy', float('nan')):.3f}; weights in {out_dir}/model.pt "
+          f"(use --detector clipdup:{out_dir})")
 
 
 @main.command("pretrain-clip")
@@ -322,8 +322,8 @@ def pretrain_clip(sources, out_dir, steps, batch_size, lr, image_size, caption_f
     r = pretrain(list(sources), out_dir, cfg, SmallClipNetConfig(image_size=image_size), device=device, resume=resume,
                  threads=threads, workers=workers, progress=not quiet)
     _echo(f"trained to step {r.step} on {r.n_pairs} image-caption pairs ({r.n_skipped} skipped) in "
-               f"{r.seconds:.0f} s: loss {r.loss:.4f}, in-batch accuracy {r.accuracy:.3f}, temperature "
-               f"{r.temperature:.4f}; weights in {out_dir}/model.pt")
+          f"{r.seconds:.0f} s: loss {r.loss:.4f}, in-batch accuracy {r.accuracy:.3f}, temperature "
+          f"{r.temperature:.4f}; weights in {out_dir}/model.pt")
 
 
 @main.command()
@@ -343,7 +343,7 @@ def calibrate(source, detector, target, strength, max_images, seed, out_file, wo
     cal = run(source, detector, target_precision=target, strength=strength, seed=seed, max_images=max_images,
               workers=workers)
     _echo(f"{cal.n_images} images ({cal.n_low_information} low-information left out), {strength} copies, "
-               f"detector {cal.detector}")
+          f"detector {cal.detector}")
     _echo("| threshold | precision | recall |\n|---|---|---|")
     for row in cal.curve:
         _echo(f"| {row['threshold']:.4f} | {row['precision']:.4f} | {row['recall']:.4f} |")
@@ -351,7 +351,7 @@ def calibrate(source, detector, target, strength, max_images, seed, out_file, wo
         _echo(f"no threshold reaches precision {target}")
     else:
         _echo(f"threshold {cal.threshold:.4f}: precision {cal.precision:.4f}, recall {cal.recall:.4f} "
-                   f"(lowest threshold with precision >= {target})")
+              f"(lowest threshold with precision >= {target})")
     if out_file:
         atomic_write_json(out_file, cal.to_dict())
 
@@ -378,7 +378,7 @@ def pairs(index_dir, evals, around, n_pairs, out_dir, detector, batch_size, work
     for name, count in sheet.n_pairs.items():
         _echo(f"{name}: {count} pairs nearest {sheet.around:.4f}")
     _echo(f"review {sheet.html}, fill in the is_duplicate column of {sheet.csv} (1 or 0), then run "
-               f"`overlap-audit threshold {sheet.csv}`")
+          f"`overlap-audit threshold {sheet.csv}`")
 
 
 @main.command()
@@ -404,9 +404,9 @@ def threshold(labels, target, ci_level, out_file) -> None:
             _echo(f"{c.dataset}: no threshold ({counts}): {c.note}")
         else:
             _echo(f"{c.dataset}: threshold {c.threshold:.4f}: precision {c.precision:.3f} "
-                       f"({c.tp}/{c.tp + c.fp}; {level} CI [{c.precision_ci[0]:.3f}, {c.precision_ci[1]:.3f}]), "
-                       f"recall {c.recall:.3f} of the labelled duplicates ({c.tp}/{c.n_positive}; {level} CI "
-                       f"[{c.recall_ci[0]:.3f}, {c.recall_ci[1]:.3f}]); {counts}")
+                  f"({c.tp}/{c.tp + c.fp}; {level} CI [{c.precision_ci[0]:.3f}, {c.precision_ci[1]:.3f}]), "
+                  f"recall {c.recall:.3f} of the labelled duplicates ({c.tp}/{c.n_positive}; {level} CI "
+                  f"[{c.recall_ci[0]:.3f}, {c.recall_ci[1]:.3f}]); {counts}")
     _echo(f"thresholds written to {path} (use `report --thresholds {path}`); evidence in {evidence}")
 
 
