@@ -111,19 +111,24 @@ class ClipDup(DetectorBase):
         if not weights.exists():
             raise DetectorError(f"clipdup weights {path!r} not found (train them with `overlap-audit "
                                 "train-detector SOURCE --out DIR`, then use clipdup:DIR)")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        cfg = state["model_config"]
-        self.config = DuplicateNetConfig.from_dict(cfg)
-        self.input_size = int(state["input_size"])
-        self.input_mode = str(state.get("input_mode", "rgb"))
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            self.config = DuplicateNetConfig.from_dict(state["model_config"])
+            self.input_size = int(state["input_size"])
+            self.input_mode = str(state.get("input_mode", "rgb"))
+            threshold = state.get("threshold")
+            model_state = state["model"].items()
+        except Exception as exc:  # noqa: BLE001 - torch.load and a malformed state raise many types
+            raise DetectorError(f"{weights} is not a clipdup checkpoint ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''}); give the model.pt that "
+                                "`overlap-audit train-detector` wrote") from None
         self.dim = self.config.dim
         self.decode_size = self.input_size * 2
         digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
         self.version = f"1+{digest}"  # other weights -> another version: indexes refuse to mix them
-        threshold = state.get("threshold")
         self.default_threshold = float(threshold) if threshold is not None else None
         self.spec = spec or f"clipdup:{path}"
-        self._state = {k: v.float() for k, v in state["model"].items()}  # shipped weights are float16
+        self._state = {k: v.float() for k, v in model_state}  # shipped weights are float16
         self._device = torch_device(device)
         self._net = None
         self._DuplicateNet = DuplicateNet

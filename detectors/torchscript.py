@@ -51,16 +51,24 @@ class TorchScriptDetector(DetectorBase):
         if not self.path.exists():
             raise DetectorError(f"TorchScript model {path!r} not found")
         opts = _options(self.path)
-        self.input_size = int(opts.get("input_size", 224))
+        if not isinstance(opts, dict):
+            raise DetectorError(f"{path}: its JSON options must be an object such as {{\"input_size\": 224}}")
+        try:
+            self.input_size = int(opts.get("input_size", 224))
+            self.mean = np.array(opts.get("mean", IMAGENET_MEAN), dtype=np.float32).reshape(3, 1, 1)
+            self.std = np.array(opts.get("std", IMAGENET_STD), dtype=np.float32).reshape(3, 1, 1)
+            threshold = opts.get("threshold")
+            threshold = None if threshold is None else float(threshold)
+        except (TypeError, ValueError) as exc:
+            raise DetectorError(f"{path}: its JSON options are invalid ({exc}): input_size is an integer, mean and "
+                                "std three numbers each, threshold a number") from None
         self.resize = opts.get("resize", "square")
         if self.resize not in ("square", "short_side"):
             raise DetectorError(f"{path}: resize must be 'square' or 'short_side'")
-        self.mean = np.array(opts.get("mean", IMAGENET_MEAN), dtype=np.float32).reshape(3, 1, 1)
-        self.std = np.array(opts.get("std", IMAGENET_STD), dtype=np.float32).reshape(3, 1, 1)
         self.name = "torchscript"
         self.spec = spec or f"torchscript:{path}"
         self.version = "1+" + hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
-        self.default_threshold = opts.get("threshold")
+        self.default_threshold = threshold
         self.decode_size = self.input_size
         self._device = torch_device(device)
         self._model = None

@@ -8,7 +8,7 @@ import dataclasses
 import os
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,11 +16,12 @@ import numpy as np
 
 from . import __version__
 from .devices import torch_device
-from .errors import ModelError, SourceError
+from .atomic import create_temporary
+from .errors import EmptyEvalSetError, ModelError, SourceError
 from .index import build_index, content_boxes
 from .pipeline import MatchSettings, check_eval_sets, match_eval_sets, open_corpus
 from .predictions import PREDICTIONS, match_predictions, read_predictions, write_predictions
-from .report import DatasetReport, Report, write_report
+from .report import DatasetReport, Report, check_report_dir, load_report, write_report
 from .split import load_thresholds, resolve_thresholds, split
 from .stats import RateEstimate, extended_stats, family_correction, overlap_stats
 from .zeroshot.scoring import TemplateSet, ZeroShotModel, ZeroShotScorer, load_classnames
@@ -74,7 +75,8 @@ class ReportSettings:
 
     Give exactly one of ``predictions`` (a file of the model's per-example results) and ``zero_shot``
     (score a model here; its predictions are written to ``out_dir/predictions.parquet`` and read back
-    exactly as a ``predictions`` file would be). ``gallery`` caps the matched pairs report.html shows per
+    exactly as a ``predictions`` file would be). ``out_dir`` must be new, empty or an earlier report
+    directory; it is replaced as a whole once the new report is complete. ``gallery`` caps the matched pairs report.html shows per
     dataset (None: the report's default).
     """
 
@@ -144,6 +146,7 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
         settings = _legacy_settings(positional, legacy)
     match, st = settings.match, settings.stats
     out_dir = Path(settings.out_dir)
+    check_report_dir(out_dir)  # before any work: a directory of someone else's files is refused, not cleared
     evals = check_eval_sets(evals)
     names = [n for n, _ in evals]
     corpus = open_corpus(index_dir, match)
@@ -169,58 +172,75 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
                                                              else None for i in range(len(sp.ids))])
                   for n, sp in splits.items()}
     skipped = {n: m.skipped for n, m in matches.items()}
-    if zero_shot is not None:
-        scored = [scorers[n].result(zero_shot.classnames[n], zero_shot.templates[n].templates,
-                                    progress=match.progress) for n in names]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        predictions = out_dir / PREDICTIONS
-        write_predictions(predictions, scored)
-        preds = read_predictions(predictions)  # from here on exactly as a given --predictions file
-    else:
-        stale = out_dir / PREDICTIONS
-        if stale.exists() and not os.path.samefile(stale, predictions):
-            stale.unlink()  # an earlier --model run's predictions must not sit beside this report
-    correctness = match_predictions(preds, splits, {n: {s.id for s in sk} for n, sk in skipped.items()})
+    _check_not_empty(splits, skipped)
+    extra_files: dict[str, Path] = {}
+    scored_file = None
+    try:
+        if zero_shot is not None:
+            scored = [scorers[n].result(zero_shot.classnames[n], zero_shot.templates[n].templates,
+                                        progress=match.progress) for n in names]
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            scored_file = create_temporary(out_dir.parent / f"{out_dir.name}-{PREDICTIONS}", suffix=".parquet")
+            write_predictions(scored_file, scored)
+            preds = read_predictions(scored_file)  # from here on exactly as a given --predictions file
+            predictions = out_dir / PREDICTIONS
+            extra_files[PREDICTIONS] = scored_file
+        elif (out_dir / PREDICTIONS).is_file() and os.path.samefile(out_dir / PREDICTIONS, predictions):
+            extra_files[PREDICTIONS] = Path(predictions)  # an earlier --model run's file, read again: kept
+        correctness = match_predictions(preds, splits, {n: {s.id for s in sk} for n, sk in skipped.items()})
 
-    stats = {}
+        stats = {}
+        for name, sp in splits.items():
+            ok = correctness[name]
+            stats[name] = overlap_stats(int(ok.sum()), len(ok), int(ok[sp.overlap].sum()), int(sp.overlap.sum()),
+                                        ci_level=st.ci_level)
+        p_values = [stats[n].p_value for n in names]
+        both = {m: family_correction(p_values, st.alpha, m) for m in ("bonferroni", "holm")}
+        deciding = both[st.correction]
+        power_alpha = st.alpha / max(1, deciding.m)  # the per-dataset level of Bonferroni and of Holm's first step
+        extended = {n: extended_stats(stats[n], power_alpha=power_alpha, precision=errors[n][0], recall=errors[n][1])
+                    for n in names}
+        two_sample = family_correction([extended[n].two_sample_p for n in names], st.alpha, st.correction)
+        datasets = [
+            DatasetReport(name=n, threshold=cut[n], stats=stats[n], p_value_adjusted=deciding.adjusted[i],
+                          significant=deciding.significant[i],
+                          n_low_information=int(np.asarray(splits[n].low_information).sum()), skipped=skipped[n],
+                          extended=extended[n], adjusted={m: r.adjusted[i] for m, r in both.items()},
+                          significant_by={m: r.significant[i] for m, r in both.items()},
+                          two_sample_p_adjusted=two_sample.adjusted[i], two_sample_significant=two_sample.significant[i])
+            for i, n in enumerate(names)
+        ]
+        m = corpus.manifest
+        exact = match.exact
+        report = Report(
+            detector=det.info,
+            index={"path": corpus.path, "n_indexed": m.n_indexed, "n_skipped": m.n_skipped,
+                   "n_low_information": m.n_low_information, "index_type": m.index_type, "created": m.created,
+                   "search": ("exact (streamed shards)" if exact else
+                              "exact (flat index)" if m.index_type == "flat" else f"approximate ({m.index_type})"),
+                   "recall": ({"exact": True, "note": "streamed"} if exact else m.extra.get("recall", {}))},
+            datasets=datasets, k=match.k, alpha=st.alpha, ci_level=st.ci_level, correction=st.correction,
+            predictions=str(predictions), package_version=__version__,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            evals=dict(evals),
+            model=zero_shot.to_dict() if zero_shot is not None else None,
+        )
+        write_report(settings.out_dir, report, splits, correctness, gallery=settings.gallery,
+                     max_pixels=match.max_pixels, extra_files=extra_files)
+    finally:
+        if scored_file is not None:
+            scored_file.unlink(missing_ok=True)
+    return replace(report, files=load_report(out_dir).files)
+
+
+def _check_not_empty(splits: dict, skipped: dict) -> None:
+    """An evaluation set with no example left is an error: its statistics would be over n = 0."""
     for name, sp in splits.items():
-        ok = correctness[name]
-        stats[name] = overlap_stats(int(ok.sum()), len(ok), int(ok[sp.overlap].sum()), int(sp.overlap.sum()),
-                                    ci_level=st.ci_level)
-    p_values = [stats[n].p_value for n in names]
-    both = {m: family_correction(p_values, st.alpha, m) for m in ("bonferroni", "holm")}
-    deciding = both[st.correction]
-    power_alpha = st.alpha / max(1, deciding.m)  # the per-dataset level of Bonferroni and of Holm's first step
-    extended = {n: extended_stats(stats[n], power_alpha=power_alpha, precision=errors[n][0], recall=errors[n][1])
-                for n in names}
-    two_sample = family_correction([extended[n].two_sample_p for n in names], st.alpha, st.correction)
-    datasets = [
-        DatasetReport(name=n, threshold=cut[n], stats=stats[n], p_value_adjusted=deciding.adjusted[i],
-                      significant=deciding.significant[i],
-                      n_low_information=int(np.asarray(splits[n].low_information).sum()), skipped=skipped[n],
-                      extended=extended[n], adjusted={m: r.adjusted[i] for m, r in both.items()},
-                      significant_by={m: r.significant[i] for m, r in both.items()},
-                      two_sample_p_adjusted=two_sample.adjusted[i], two_sample_significant=two_sample.significant[i])
-        for i, n in enumerate(names)
-    ]
-    m = corpus.manifest
-    exact = match.exact
-    report = Report(
-        detector=det.info,
-        index={"path": corpus.path, "n_indexed": m.n_indexed, "n_skipped": m.n_skipped,
-               "n_low_information": m.n_low_information, "index_type": m.index_type, "created": m.created,
-               "search": ("exact (streamed shards)" if exact else
-                          "exact (flat index)" if m.index_type == "flat" else f"approximate ({m.index_type})"),
-               "recall": ({"exact": True, "note": "streamed"} if exact else m.extra.get("recall", {}))},
-        datasets=datasets, k=match.k, alpha=st.alpha, ci_level=st.ci_level, correction=st.correction,
-        predictions=str(predictions), package_version=__version__,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        evals=dict(evals),
-        model=zero_shot.to_dict() if zero_shot is not None else None,
-    )
-    write_report(settings.out_dir, report, splits, correctness, gallery=settings.gallery,
-                 max_pixels=match.max_pixels)
-    return report
+        if len(sp.ids) == 0:
+            sk = skipped.get(name, [])
+            first = f" (e.g. {sk[0].id}: {sk[0].reason})" if sk else ""
+            raise EmptyEvalSetError(f"evaluation set {name!r} has no example to evaluate: {len(sk)} item(s) were "
+                                    f"skipped{first}; fix its images or leave out --eval {name}=...")
 
 
 @dataclass(frozen=True, eq=False)

@@ -6,30 +6,65 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import OverlapAuditError, WriteError
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+# O_NOFOLLOW: a link planted under the temporary name is refused, never written through
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _tmp_name(path: Path, suffix: str = "") -> Path:
+    return path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}{suffix}")
+
+
+def create_temporary(path: str | os.PathLike, suffix: str = "") -> Path:
+    """A new, empty file beside ``path`` with an unpredictable name (ending in ``suffix``), created
+    exclusively (O_EXCL) and without following links; the caller writes it and moves or removes it."""
+    path = Path(path)
+    for _ in range(100):
+        tmp = _tmp_name(path, suffix)
+        try:
+            fd = os.open(tmp, _CREATE_FLAGS, 0o644)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise WriteError(f"cannot create a temporary file beside {path}: every name tried exists")  # pragma: no cover
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` and move the result onto ``path`` only once it has completed."""
+    """Call ``write(tmp_path)`` and move the result onto ``path`` only once it has completed.
+
+    The temporary file exists (empty, created with O_EXCL) before ``write`` runs, so ``write`` must
+    truncate it (every ``open(tmp, "w")`` and library writer does). A failure inside ``write`` that is
+    not ours becomes a ``WriteError`` naming ``path``.
+    """
     path = Path(path)
-    tmp = _tmp_name(path)
+    tmp = create_temporary(path)
     try:
-        write(str(tmp))
+        try:
+            write(str(tmp))
+        except OverlapAuditError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - serialisers (faiss, pyarrow) raise their own types on I/O errors
+            detail = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc).strip().splitlines()
+            if isinstance(detail, list):
+                detail = detail[-1] if detail else type(exc).__name__
+            raise WriteError(f"cannot write {path}: {detail} (check the free space and permissions of "
+                             f"{path.parent})") from exc
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)  # the rename itself must survive a crash
+        fsync_dir(path.parent)  # the rename itself must survive a crash
     finally:
-        if tmp.exists():
+        if os.path.lexists(tmp):
             tmp.unlink()
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds
@@ -44,7 +79,8 @@ def _fsync_dir(directory: Path) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0))
+        with open(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
 
     atomic_write(path, write)

@@ -11,12 +11,19 @@ from . import __version__
 from . import cli_options as options
 
 
+def _echo(message: str = "", *, err: bool = False) -> None:
+    """click.echo with control characters (terminal escape sequences in a file name) shown as escapes."""
+    from .inert import terminal
+
+    click.echo(terminal(message, keep_newlines=True), err=err)
+
+
 class _EchoHandler(logging.Handler):
     """Log records as lines on stderr (the one click is writing to at the time)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            click.echo(self.format(record), err=True)
+            _echo(self.format(record), err=True)
         except Exception:  # noqa: BLE001 - logging must not break the command
             self.handleError(record)
 
@@ -29,18 +36,26 @@ def _configure_logging(quiet: bool) -> None:
     log.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
-def _fail(exc: Exception) -> None:
+def _fail(message: str, status: int = 2) -> None:
+    """One line ``error: ...`` on stderr, then exit."""
+    _echo("error: " + " ".join(str(message).split("\n")), err=True)
+    sys.exit(status)
+
+
+def _message(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.filename:
-        message = f"{exc.strerror or exc}: {exc.filename}"
-    else:
-        message = str(exc)
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return str(exc)
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool(ctx.find_root().params.get("debug"))
 
 
 class _Command(click.Command):
     """A command that sets up logging from its --quiet, and reports the errors a user can cause (ours, and the
-    OS's: paths, permissions) as one line ``error: ...`` with exit status 2."""
+    OS's: paths, permissions) as one line ``error: ...`` with exit status 2 (the group's --debug: the
+    traceback instead)."""
 
     def invoke(self, ctx: click.Context):
         from .errors import OverlapAuditError
@@ -49,39 +64,57 @@ class _Command(click.Command):
         try:
             return super().invoke(ctx)
         except (OverlapAuditError, OSError) as exc:
-            _fail(exc)
+            if _debug(ctx):
+                raise
+            _fail(_message(exc))
 
 
 class _Group(click.Group):
+    """The command group: usage errors (a bad option value, a missing argument) as one line too."""
+
     command_class = _Command
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode: bool = True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            where = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) is not None else ""
+            _fail(exc.format_message() + where, exc.exit_code)
+        except click.Abort:
+            _fail("aborted", 1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def _echo_report(rep, *, before: tuple[str, ...] = (), after: tuple[str, ...] = (), search: bool = False,
                  skipped: bool = False) -> None:
     """Print a report: ``before``, the search line (``search``), the model line, the tables, the
     interpretation, the skipped evaluation items (``skipped``), then ``after``."""
+    from .inert import terminal
     from .report import format_extended_table, format_table, interpretation, model_line, recall_line
 
     for text in before:
-        click.echo(text + "\n")
+        _echo(text + "\n")
     if search:
-        click.echo(f"search: {rep.index.get('search')}; {recall_line(rep.index.get('recall', {}))}\n")
+        _echo(f"search: {rep.index.get('search')}; {recall_line(rep.index.get('recall', {}))}\n")
     if rep.model:
-        click.echo(model_line(rep.model) + "\n")
-    click.echo(format_table(rep))
-    click.echo("\n" + format_extended_table(rep))
-    click.echo("\n" + "\n".join(interpretation(rep)))
+        _echo(model_line(rep.model) + "\n")
+    _echo(format_table(rep))
+    _echo("\n" + format_extended_table(rep))
+    _echo("\n" + "\n".join(interpretation(rep)))
     if skipped:
         for d in rep.datasets:
             for s in d.skipped:
-                click.echo(f"skipped {d.name}:{s.id}: {s.reason}")
+                _echo(f"skipped {terminal(d.name)}:{terminal(s.id)}: {terminal(s.reason)}")
     for text in after:
-        click.echo("\n" + text)
+        _echo("\n" + text)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="overlap-audit")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an error instead of its one-line message.")
+def main(debug: bool) -> None:
     """How much of a reported accuracy comes from test examples already in the pretraining data."""
 
 
@@ -110,21 +143,22 @@ def index(sources, out_dir, detector, content, batch_size, workers, device, resu
           index_type, memory_budget, ray_address, quiet) -> None:
     """Embed the corpus SOURCES (image folders, Parquet, WebDataset shards) and build the FAISS index."""
     from .index import IndexSettings, build_index
+    from .inert import terminal
     from .report import recall_line
 
     settings = IndexSettings(detector=detector, content=content, batch_size=batch_size, workers=workers,
                              device=device, resume=resume, shard_size=shard_size, max_pixels=max_pixels,
                              index_type=index_type, memory_budget=memory_budget, ray_address=ray_address)
     m = build_index(list(sources), out_dir, settings, progress=not quiet)
-    click.echo(f"index: {m.index_type} ({m.extra.get('index_choice', '')}); {recall_line(m.extra.get('recall', {}))}")
-    click.echo(f"indexed {m.n_indexed} of {m.n_given} items with {m.detector.spec} into {out_dir} "
-               f"({m.index_type}); {m.n_skipped} skipped, {m.n_low_information} low-information not indexed")
+    _echo(f"index: {m.index_type} ({m.extra.get('index_choice', '')}); {recall_line(m.extra.get('recall', {}))}")
+    _echo(f"indexed {m.n_indexed} of {m.n_given} items with {m.detector.spec} into {out_dir} "
+          f"({m.index_type}); {m.n_skipped} skipped, {m.n_low_information} low-information not indexed")
     if m.n_indexed == 0:
-        click.echo("warning: the index holds no items; a report against it would have nothing to compare", err=True)
+        _echo("warning: the index holds no items; a report against it would have nothing to compare", err=True)
     for s in m.skipped[:20]:
-        click.echo(f"  skipped {s.source}:{s.id}: {s.reason}")
+        _echo(f"  skipped {terminal(s.source)}:{terminal(s.id)}: {terminal(s.reason)}")
     if m.n_skipped > 20:
-        click.echo(f"  ... and {m.n_skipped - 20} more (listed in {out_dir}/manifest.json)")
+        _echo(f"  ... and {m.n_skipped - 20} more (listed in {out_dir}/manifest.json)")
 
 
 @main.command()
@@ -254,9 +288,9 @@ def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, l
                       hard_negatives=hard_negatives, mine_every=mine_every, global_weight=global_weight,
                       same_picture=same_picture, init=init)
     last = train(list(sources), out_dir, cfg, device=device, resume=resume, workers=workers, progress=not quiet)
-    click.echo(f"trained to step {last.get('step')}: loss {last.get('loss', float('nan')):.4f}, proxy accuracy "
-               f"{last.get('proxy_accuracy', float('nan')):.3f}; weights in {out_dir}/model.pt "
-               f"(use --detector clipdup:{out_dir})")
+    _echo(f"trained to step {last.get('step')}: loss {last.get('loss', float('nan')):.4f}, proxy accuracy "
+          f"{last.get('proxy_accuracy', float('nan')):.3f}; weights in {out_dir}/model.pt "
+          f"(use --detector clipdup:{out_dir})")
 
 
 @main.command("pretrain-clip")
@@ -287,9 +321,9 @@ def pretrain_clip(sources, out_dir, steps, batch_size, lr, image_size, caption_f
                       max_items=max_items)
     r = pretrain(list(sources), out_dir, cfg, SmallClipNetConfig(image_size=image_size), device=device, resume=resume,
                  threads=threads, workers=workers, progress=not quiet)
-    click.echo(f"trained to step {r.step} on {r.n_pairs} image-caption pairs ({r.n_skipped} skipped) in "
-               f"{r.seconds:.0f} s: loss {r.loss:.4f}, in-batch accuracy {r.accuracy:.3f}, temperature "
-               f"{r.temperature:.4f}; weights in {out_dir}/model.pt")
+    _echo(f"trained to step {r.step} on {r.n_pairs} image-caption pairs ({r.n_skipped} skipped) in "
+          f"{r.seconds:.0f} s: loss {r.loss:.4f}, in-batch accuracy {r.accuracy:.3f}, temperature "
+          f"{r.temperature:.4f}; weights in {out_dir}/model.pt")
 
 
 @main.command()
@@ -308,16 +342,16 @@ def calibrate(source, detector, target, strength, max_images, seed, out_file, wo
 
     cal = run(source, detector, target_precision=target, strength=strength, seed=seed, max_images=max_images,
               workers=workers)
-    click.echo(f"{cal.n_images} images ({cal.n_low_information} low-information left out), {strength} copies, "
-               f"detector {cal.detector}")
-    click.echo("| threshold | precision | recall |\n|---|---|---|")
+    _echo(f"{cal.n_images} images ({cal.n_low_information} low-information left out), {strength} copies, "
+          f"detector {cal.detector}")
+    _echo("| threshold | precision | recall |\n|---|---|---|")
     for row in cal.curve:
-        click.echo(f"| {row['threshold']:.4f} | {row['precision']:.4f} | {row['recall']:.4f} |")
+        _echo(f"| {row['threshold']:.4f} | {row['precision']:.4f} | {row['recall']:.4f} |")
     if cal.threshold is None:
-        click.echo(f"no threshold reaches precision {target}")
+        _echo(f"no threshold reaches precision {target}")
     else:
-        click.echo(f"threshold {cal.threshold:.4f}: precision {cal.precision:.4f}, recall {cal.recall:.4f} "
-                   f"(lowest threshold with precision >= {target})")
+        _echo(f"threshold {cal.threshold:.4f}: precision {cal.precision:.4f}, recall {cal.recall:.4f} "
+              f"(lowest threshold with precision >= {target})")
     if out_file:
         atomic_write_json(out_file, cal.to_dict())
 
@@ -342,9 +376,9 @@ def pairs(index_dir, evals, around, n_pairs, out_dir, detector, batch_size, work
                          detector=detector, batch_size=batch_size, workers=workers, device=device,
                          max_pixels=max_pixels, progress=not quiet)
     for name, count in sheet.n_pairs.items():
-        click.echo(f"{name}: {count} pairs nearest {sheet.around:.4f}")
-    click.echo(f"review {sheet.html}, fill in the is_duplicate column of {sheet.csv} (1 or 0), then run "
-               f"`overlap-audit threshold {sheet.csv}`")
+        _echo(f"{name}: {count} pairs nearest {sheet.around:.4f}")
+    _echo(f"review {sheet.html}, fill in the is_duplicate column of {sheet.csv} (1 or 0), then run "
+          f"`overlap-audit threshold {sheet.csv}`")
 
 
 @main.command()
@@ -367,13 +401,13 @@ def threshold(labels, target, ci_level, out_file) -> None:
     for c in choices.values():
         counts = (f"{c.n_positive} duplicate(s), {c.n_negative} not, {c.n_unlabelled} unlabelled")
         if c.threshold is None:
-            click.echo(f"{c.dataset}: no threshold ({counts}): {c.note}")
+            _echo(f"{c.dataset}: no threshold ({counts}): {c.note}")
         else:
-            click.echo(f"{c.dataset}: threshold {c.threshold:.4f}: precision {c.precision:.3f} "
-                       f"({c.tp}/{c.tp + c.fp}; {level} CI [{c.precision_ci[0]:.3f}, {c.precision_ci[1]:.3f}]), "
-                       f"recall {c.recall:.3f} of the labelled duplicates ({c.tp}/{c.n_positive}; {level} CI "
-                       f"[{c.recall_ci[0]:.3f}, {c.recall_ci[1]:.3f}]); {counts}")
-    click.echo(f"thresholds written to {path} (use `report --thresholds {path}`); evidence in {evidence}")
+            _echo(f"{c.dataset}: threshold {c.threshold:.4f}: precision {c.precision:.3f} "
+                  f"({c.tp}/{c.tp + c.fp}; {level} CI [{c.precision_ci[0]:.3f}, {c.precision_ci[1]:.3f}]), "
+                  f"recall {c.recall:.3f} of the labelled duplicates ({c.tp}/{c.n_positive}; {level} CI "
+                  f"[{c.recall_ci[0]:.3f}, {c.recall_ci[1]:.3f}]); {counts}")
+    _echo(f"thresholds written to {path} (use `report --thresholds {path}`); evidence in {evidence}")
 
 
 @main.command()
@@ -382,7 +416,7 @@ def detectors() -> None:
     from .detectors import list_detectors
 
     for name, desc in list_detectors().items():
-        click.echo(f"{name:10s} {desc}")
+        _echo(f"{name:10s} {desc}")
 
 
 @main.command()

@@ -67,3 +67,15 @@ class FetchError(OverlapAuditError):
 
 class SettingsError(OverlapAuditError):
     """Settings that contradict each other (an option that only works together with another)."""
+
+
+class OutputDirError(OverlapAuditError):
+    """An output directory holds files this tool did not write (it never deletes or overwrites those)."""
+
+
+class WriteError(OverlapAuditError):
+    """A file could not be written (a full disk, a read-only folder, a library that failed to serialise)."""
+
+
+class EmptyEvalSetError(OverlapAuditError):
+    """An evaluation set has no example left to evaluate (every item was skipped)."""

@@ -121,7 +121,15 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
         correct = [_as_bool(v, i, path) for i, v in enumerate(table["correct"].to_pylist())]
     else:
         preds, labels = table["prediction"].to_pylist(), table["label"].to_pylist()
-        correct = [p is not None and l is not None and _same_class(p, l) for p, l in zip(preds, labels)]
+        for row, (p, lab) in enumerate(zip(preds, labels)):
+            missing = [c for c, v in (("prediction", p), ("label", lab))
+                       if v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip())]
+            if missing:
+                column = missing[0]
+                raise PredictionsError(f"{path}: row {row + 1} ({datasets[row]}/{ids[row]!r}) has no {column}; "
+                                       "every example needs one (write the class the model chose; an abstention "
+                                       "is a class of its own, e.g. 'none')")
+        correct = [_same_class(p, lab) for p, lab in zip(preds, labels)]
     out: dict[str, dict[str, bool]] = {}
     dups = []
     for row, (ds, ident, ok) in enumerate(zip(datasets, ids, correct)):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .inert import csv_cell, csv_value
 from .errors import ThresholdError
 from .imaging import DEFAULT_MAX_PIXELS
 
@@ -27,12 +28,6 @@ PAIRS_HTML = "pairs.html"
 CSV_COLUMNS = ("pair", "dataset", "eval_id", "corpus_id", "similarity", "is_duplicate")
 TRUE_WORDS = {"1", "y", "yes", "true", "dup", "duplicate"}
 FALSE_WORDS = {"0", "n", "no", "false"}
-
-
-def _inert(cell: str) -> str:
-    """An id as a CSV cell a spreadsheet will not run: ids come from the web, and a cell starting with
-    = + - @ (or a tab or carriage return) is read as a formula (OWASP's CSV-injection advice: a leading ')."""
-    return "'" + cell if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
 
 
 def _has_labels(path: Path) -> bool:
@@ -110,7 +105,7 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
         pairs = []
         for eval_id, key, sim, _ in picked[name]:
             number += 1
-            lines.append([number, name, _inert(eval_id), _inert(key), repr(sim), ""])
+            lines.append([number, csv_cell(name), csv_cell(eval_id), csv_cell(key), repr(sim), ""])
             ev, co = eval_found.get(eval_id), corpus_found.get(key)
             e_uri, e_why = thumbnail(ev, max_pixels=max_pixels)
             c_uri, c_why = thumbnail(co, max_pixels=max_pixels)
@@ -183,36 +178,40 @@ def read_labels(path: str | os.PathLike) -> dict[str, tuple[list[float], list[bo
     except OSError as exc:
         raise ThresholdError(f"cannot read labels file {path}: {exc.strerror or exc}") from None
     out: dict[str, tuple[list[float], list[bool], int]] = {}
-    with fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in ("dataset", "similarity", "is_duplicate") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ThresholdError(f"{path} lacks the column(s) {', '.join(missing)}: use the pairs.csv that "
-                                 "`overlap-audit pairs` wrote, with is_duplicate filled in")
-        seen: dict[tuple[str, str, str], int] = {}
-        for row in reader:
-            line = reader.line_num
-            name = (row["dataset"] or "").strip()
-            if not name:
-                raise ThresholdError(f"{path}, line {line}: empty dataset")
-            pair = (name, (row.get("eval_id") or "").strip(), (row.get("corpus_id") or "").strip())
-            if pair[1] and pair[1:] != ("", "") and pair in seen:  # a pasted-twice row would count twice
-                raise ThresholdError(f"{path}, line {line}: the pair {pair[1]!r} / {pair[2]!r} of {name} is also on "
-                                     f"line {seen[pair]}; keep one")
-            seen.setdefault(pair, line)
-            sims, labels, unlabelled = out.setdefault(name, ([], [], 0))
-            label = _label(row["is_duplicate"] or "", line, path)
-            if label is None:
-                out[name] = (sims, labels, unlabelled + 1)
-                continue
-            try:
-                sim = float(row["similarity"])
-            except (TypeError, ValueError):
-                sim = float("nan")
-            if not math.isfinite(sim):
-                raise ThresholdError(f"{path}, line {line}: similarity {row['similarity']!r} is not a number")
-            sims.append(sim)
-            labels.append(label)
+    try:
+        with fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in ("dataset", "similarity", "is_duplicate") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ThresholdError(f"{path} lacks the column(s) {', '.join(missing)}: use the pairs.csv that "
+                                     "`overlap-audit pairs` wrote, with is_duplicate filled in")
+            seen: dict[tuple[str, str, str], int] = {}
+            for row in reader:
+                line = reader.line_num
+                name = csv_value((row["dataset"] or "").strip())
+                if not name:
+                    raise ThresholdError(f"{path}, line {line}: empty dataset")
+                pair = (name, (row.get("eval_id") or "").strip(), (row.get("corpus_id") or "").strip())
+                if pair[1] and pair[1:] != ("", "") and pair in seen:  # a pasted-twice row would count twice
+                    raise ThresholdError(f"{path}, line {line}: the pair {pair[1]!r} / {pair[2]!r} of {name} is also on "
+                                         f"line {seen[pair]}; keep one")
+                seen.setdefault(pair, line)
+                sims, labels, unlabelled = out.setdefault(name, ([], [], 0))
+                label = _label(row["is_duplicate"] or "", line, path)
+                if label is None:
+                    out[name] = (sims, labels, unlabelled + 1)
+                    continue
+                try:
+                    sim = float(row["similarity"])
+                except (TypeError, ValueError):
+                    sim = float("nan")
+                if not math.isfinite(sim):
+                    raise ThresholdError(f"{path}, line {line}: similarity {row['similarity']!r} is not a number")
+                sims.append(sim)
+                labels.append(label)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ThresholdError(f"cannot read labels file {path}: it is not a UTF-8 CSV ({exc}); save it from the "
+                             "spreadsheet as CSV UTF-8") from None
     return out
 
 

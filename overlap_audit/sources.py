@@ -61,7 +61,21 @@ class Source:
             yield item
 
 
+MAX_BRACE_PATHS = 1_000_000  # a shard pattern naming more files than this is a typo, not a corpus
+
+
+def _brace_count(pattern: str) -> int:
+    """How many paths ``_expand_braces`` would give, computed without expanding."""
+    count = 1
+    for lo, hi in re.findall(r"\{(\d+)\.\.(\d+)\}", pattern):
+        count *= max(0, int(hi) - int(lo) + 1)
+    return count
+
+
 def _expand_braces(pattern: str) -> list[str]:
+    if _brace_count(pattern) > MAX_BRACE_PATHS:
+        raise SourceError(f"source pattern {pattern!r} names {_brace_count(pattern):,} paths, more than "
+                          f"{MAX_BRACE_PATHS:,}: check its {{N..M}} ranges")
     match = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
     if not match:
         return [pattern]
@@ -415,6 +429,10 @@ def fetch_items(source: Source, ids: Iterable[str]) -> dict[str, RawItem]:
             full = os.path.join(root, *ident.split("/"))
             if not os.path.isfile(full) and "\\x" in ident:  # a name with bytes that are not UTF-8
                 full = os.path.join(root, *_id_path(ident).split("/"))
+            if not _inside(full, root):
+                found[ident] = RawItem(source.name, ident, skip_reason=f"id {ident!r} names a path outside source "
+                                                                       f"{source.spec!r}: not read")
+                continue
             if not os.path.isfile(full):
                 continue
             stem = os.path.splitext(full)[0]
@@ -432,6 +450,13 @@ def fetch_items(source: Source, ids: Iterable[str]) -> dict[str, RawItem]:
     for ident in wanted - set(found):
         found[ident] = RawItem(source.name, ident, skip_reason=f"no longer in source {source.spec!r}")
     return found
+
+
+def _inside(path: str, root: str) -> bool:
+    """Whether ``path`` lies under ``root`` as written: no absolute or ``..`` part of an id escapes it (links
+    inside the folder may lead elsewhere, as the folder walk follows them too)."""
+    rel = os.path.relpath(os.path.normpath(path), os.path.normpath(root))
+    return rel != "." and not os.path.isabs(rel) and ".." not in Path(rel).parts
 
 
 def _fetch_parquet(source: Source, wanted: set[str]) -> dict[str, RawItem]:

@@ -179,6 +179,8 @@ def test_report_names_with_pipes_and_stale_predictions(tmp_path, corpus_dir, eva
     out = tmp_path / "rep"
     out.mkdir()
     pq.write_table(pa.table({"dataset": ["x"], "id": ["y"], "correct": [True]}), out / "predictions.parquet")
+    # an earlier --model report (it lists what it wrote); a file no report wrote would be refused instead
+    (out / "report.json").write_text('{"files": ["report.json", "predictions.parquet"]}')
     preds = write_predictions(tmp_path / "p.csv", "a|b", planted + clean, [1] * len(planted + clean))
     r = CliRunner().invoke(main, ["report", str(idx), "--eval", f"a|b={root}", "--predictions", str(preds),
                                   "--out", str(out), "--workers", "0", "--quiet"])
@@ -190,7 +192,7 @@ def test_report_names_with_pipes_and_stale_predictions(tmp_path, corpus_dir, eva
 
 
 def test_ids_in_the_review_csv_cannot_run_as_spreadsheet_formulas():
-    from overlap_audit.review import _inert
+    from overlap_audit.inert import csv_cell as _inert
 
     assert _inert('=HYPERLINK("http://x","y")') == '\'=HYPERLINK("http://x","y")'
     assert [_inert(x) for x in ("+1", "-1", "@a", "\tx")] == ["'+1", "'-1", "'@a", "'\tx"]

@@ -17,7 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import FetchError
+from ..errors import FetchError, OutputDirError
+from . import check_demo_dir
 
 CORPUS_PACKAGE = "openclipart-png"
 EVAL_PACKAGE = "tuxpaint-stamps-default"
@@ -209,6 +210,37 @@ class RealDemoResult:
         return "\n".join(lines)
 
 
+OWN_ENTRIES = ("index", "report", "classnames.json")  # what run_real_demo writes into its directory
+
+
+def _index_entries() -> tuple[str, ...]:
+    from ..index import IDS_FILE, INDEX_FILE, MANIFEST, PROGRESS, SHARD_DIR, VECTORS_FILE
+
+    return (IDS_FILE, INDEX_FILE, MANIFEST, PROGRESS, SHARD_DIR, VECTORS_FILE)
+
+
+def _check_index_dir(index_dir: Path) -> None:
+    """Refuse an index directory holding files an index build does not write (named in the error)."""
+    check_demo_dir(index_dir, _index_entries())
+    shards = index_dir / _index_entries()[4]
+    if shards.is_dir():
+        foreign = sorted(p.name for p in shards.iterdir() if not p.name.startswith(("shard-", ".shard-")))
+        if foreign:
+            raise OutputDirError(f"{shards} holds {str(shards / foreign[0])!r}, which an index build does not "
+                                 "write; move it away or give the demo another directory")
+
+
+def _remove_index(index_dir: Path) -> None:
+    """Delete the demo's own index, file by file (``_check_index_dir`` has refused anything else)."""
+    _check_index_dir(index_dir)
+    for name in _index_entries():
+        path = index_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            path.unlink()
+
+
 def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
                   debs_dir: str | os.PathLike | None = None, model: str = DEFAULT_MODEL, detector: str = "clipdup",
                   workers: int | None = None, progress: bool = True, gallery: int = 300,
@@ -220,13 +252,17 @@ def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | 
 
     from ..api import MatchSettings, ReportSettings, ZeroShotSettings, build_index, run_report
     from ..index import IndexSettings, load_index
+    from ..report import check_report_dir
 
     out = Path(out_dir)
-    data = fetch_real_demo_data(cache_dir, debs_dir=debs_dir)
+    check_demo_dir(out, OWN_ENTRIES)
     index_dir, report_dir = out / "index", out / "report"
+    check_report_dir(report_dir)
+    _check_index_dir(index_dir)
+    data = fetch_real_demo_data(cache_dir, debs_dir=debs_dir)
     built = index_dir / "manifest.json"
     if built.exists() and load_index(index_dir, load_faiss=False).manifest.detector.spec != detector:
-        shutil.rmtree(index_dir)  # the demo's own index, built by another detector: build it again
+        _remove_index(index_dir)  # the demo's own index, built by another detector: build it again
     if built.exists():
         pass  # a finished index from an earlier run with this detector: reuse it
     else:
@@ -239,8 +275,6 @@ def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | 
     classnames = out / "classnames.json"
     classnames.write_text(json.dumps({c: READABLE_CATEGORIES.get(c, c) for c in classes}, indent=1) + "\n",
                           encoding="utf-8")
-    if report_dir.exists():
-        shutil.rmtree(report_dir)
     zero_shot = ZeroShotSettings(model, classnames=str(classnames), templates=str(templates or drawing_templates_path()))
     report = run_report(index_dir, [("tuxpaint", str(data.eval))],
                         ReportSettings(report_dir, zero_shot=zero_shot, gallery=gallery,

@@ -133,6 +133,9 @@ class DemoResult:
         return "\n".join(lines)
 
 
+OWN_ENTRIES = ("corpus", "eval-planted", "eval-clean", "predictions.csv", "index", "report")
+
+
 def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, workers: int | None = None,
              p_seen: float = 0.9, p_new: float = 0.6) -> DemoResult:
     """Generate the demo data, index the corpus and write the report under ``out_dir``/report."""
@@ -142,6 +145,11 @@ def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, workers: int | None =
     from ..index import IndexSettings
     from ..report import SPLITS
 
+    from ..report import check_report_dir
+    from . import check_demo_dir
+
+    check_demo_dir(out_dir, OWN_ENTRIES)
+    check_report_dir(Path(out_dir) / "report")
     data = make_demo_data(out_dir, seed=seed, p_seen=p_seen, p_new=p_new)
     index_dir = Path(out_dir) / "index"
     build_index([str(data.corpus)], index_dir, IndexSettings(resume=True, workers=workers))

@@ -36,7 +36,10 @@ def parse_bytes(value: int | str | None) -> int:
     m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)(i?B)?\s*", value.upper().replace("IB", "B"))
     if not m:
         raise IndexDirError(f"memory budget {value!r} is not a size like 8GB or 512MB")
-    number = float(m.group(1))
+    try:
+        number = float(m.group(1))
+    except ValueError:
+        raise IndexDirError(f"memory budget {value!r} is not a size like 8GB or 512MB") from None
     scale = 1024 ** " KMGT".index(m.group(2) or " ")
     return int(number * scale)
 

@@ -8,7 +8,7 @@ renderings, ``write`` the report directory.
 from .format import model_line, recall_line
 from .markdown import format_extended_table, format_markdown, format_table, interpretation
 from .model import REPORT_JSON, REPORT_MD, SPLITS, DatasetReport, Report, load_report
-from .write import write_report, write_splits
+from .write import check_report_dir, write_report, write_splits
 
 __all__ = [
     "REPORT_JSON", "REPORT_MD", "SPLITS", "DatasetReport", "Report", "load_report",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from .format import (DASH, ci_level_text, dataset_cells, interval, model_line, percent, pvalue, recall_line,
                      signed_percent, similarity_text, yes_no)
+from ..inert import markdown
 from .model import Report
 
 
 def _cell(text: str) -> str:
-    """Text for a Markdown table cell: a "|" or a line break in a name would split the row."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+    """Untrusted text (a dataset name, an id) for Markdown, a table cell included: markup and control
+    characters escaped, so a name can neither split a row nor add links, HTML or terminal escapes."""
+    return markdown(text)
 
 
 _TABLE_COLUMNS = ("n", "overlap_rate", "acc_all", "acc_clean", "acc_overlap", "delta", "p_value", "significant",
@@ -66,15 +68,15 @@ def interpretation(report: Report) -> list[str]:
     for d in report.datasets:
         e, s = d.extended, d.stats
         if s.p_value is None:
-            lines.append(f"- {d.name}: no test (no {'Overlap' if not s.n_overlap else 'Clean'} examples).")
+            lines.append(f"- {_cell(d.name)}: no test (no {'Overlap' if not s.n_overlap else 'Clean'} examples).")
             continue
         if d.significant:
-            text = (f"- {d.name}: Overlap accuracy exceeds Clean accuracy ({report.correction}-significant); "
+            text = (f"- {_cell(d.name)}: Overlap accuracy exceeds Clean accuracy ({report.correction}-significant); "
                     f"overlap inflates the reported accuracy by {signed_percent(s.delta)} points "
                     f"({ci_level_text(report.ci_level)} interval {interval(s.ci_delta, signed=True)} paper-style"
                     + (f", {interval(e.ci_delta_newcombe, signed=True)} Newcombe" if e is not None else "") + ").")
         else:
-            text = f"- {d.name}: not significant"
+            text = f"- {_cell(d.name)}: not significant"
             if e is not None and e.min_detectable_gap is not None:
                 text += (f"; the test had 80% power against an Overlap − Clean gap of "
                          f"{percent(e.min_detectable_gap)} points (All − Clean {percent(e.min_detectable_delta)}), "
@@ -130,7 +132,7 @@ def format_markdown(report: Report) -> str:
     if skipped:
         lines += ["", "## Skipped evaluation items", ""]
         for name, s in skipped[:200]:
-            lines.append(f"- {name}: `{s.id}`: {s.reason}")
+            lines.append(f"- {_cell(name)}: {_cell(s.id)}: {_cell(s.reason)}")
         if len(skipped) > 200:
             lines.append(f"- … and {len(skipped) - 200} more (all listed in report.json)")
     return "\n".join(lines) + "\n"

@@ -93,6 +93,7 @@ class Report:
     created: str
     evals: dict[str, str] = field(default_factory=dict)  # name -> source spec of each evaluation set
     model: dict | None = None  # report --model: spec, weights_sha256, device, templates, classnames
+    files: tuple[str, ...] = ()  # every file the report directory holds, all written by this run
 
     @property
     def threshold(self) -> dict[str, float]:
@@ -120,6 +121,7 @@ class Report:
                            "m": sum(d.stats.p_value is not None for d in self.datasets)},
             "datasets": [d.to_dict() for d in self.datasets],
             **({"model": self.model} if self.model is not None else {}),
+            **({"files": list(self.files)} if self.files else {}),
         }
 
     @classmethod
@@ -137,6 +139,7 @@ class Report:
             created=d["created"],
             evals=dict(d.get("evals", {})),
             model=d.get("model"),
+            files=tuple(d.get("files", ())),
         )
 
 

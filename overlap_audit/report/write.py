@@ -1,14 +1,19 @@
-"""Writing a report directory: splits.parquet, report.md, report.json and report.html."""
+"""Writing a report directory as one unit: splits.parquet, report.md, report.json and report.html."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write, atomic_write_json, atomic_write_text
-from ..errors import ReportError
+from ..atomic import fsync_dir, atomic_write, atomic_write_json, atomic_write_text
+from ..errors import OutputDirError, ReportError
 from ..values import Split
 from .markdown import format_markdown
 from .model import REPORT_HTML, REPORT_JSON, REPORT_MD, SPLITS, Report
@@ -71,29 +76,100 @@ def write_splits(path: str | os.PathLike, splits: dict[str, Split], correct: dic
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
+def _owned_files(out: Path) -> set[str]:
+    """The names an earlier run recorded in ``out/report.json`` as written by it (empty: none)."""
+    try:
+        data = json.loads((out / REPORT_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(data, dict):
+        return set()
+    files = data.get("files")
+    if isinstance(files, list) and all(isinstance(f, str) for f in files):
+        return {f for f in files if f and "/" not in f and f not in (".", "..")} | {REPORT_JSON}
+    if "datasets" in data and "detector" in data:  # a report.json written before reports listed their files
+        return {REPORT_JSON, REPORT_MD, REPORT_HTML, SPLITS} | ({"predictions.parquet"} if data.get("model") else set())
+    return set()
+
+
+def check_report_dir(out_dir: str | os.PathLike) -> None:
+    """Refuse an output directory that holds anything an earlier report did not write (named in the error).
+
+    New, empty, and earlier report directories pass; nothing is changed.
+    """
+    out = Path(out_dir)
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise OutputDirError(f"--out {out} exists and is not a directory; give a new directory or an earlier "
+                             "report directory")
+    entries = sorted(os.listdir(out))
+    foreign = [e for e in entries if e not in _owned_files(out)] if entries else []
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise OutputDirError(f"--out {out} holds {str(out / foreign[0])!r}{more}, which no earlier report wrote; "
+                             "overlap-audit never deletes or overwrites such files: give a new or empty directory, "
+                             "or move them away")
+
+
+def _switch_in(stage: Path, out: Path) -> None:
+    """Put the finished directory ``stage`` at ``out``, replacing an earlier report there as a whole."""
+    check_report_dir(out)  # again: files may have appeared while the report was computed
+    if os.path.lexists(out) and not any(out.iterdir()):
+        out.rmdir()
+    if not os.path.lexists(out):
+        os.rename(stage, out)
+        fsync_dir(out.parent)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.rename(out, old / out.name)
+    os.rename(stage, out)
+    fsync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_report(out_dir: str | os.PathLike, report: Report, splits: dict[str, Split],
                  correct: dict[str, np.ndarray], *, gallery: int | None = None,
-                 max_pixels: int | None = None) -> Path:
-    """Write report.json, report.md, splits.parquet and report.html into ``out_dir``; returns the directory.
+                 max_pixels: int | None = None, extra_files: Mapping[str, str | os.PathLike] | None = None) -> Path:
+    """Write report.json, report.md, splits.parquet and report.html (and a copy of each ``extra_files``
+    ``{name: path}``) as one directory at ``out_dir``; returns it.
 
-    ``gallery`` caps the matched pairs report.html shows per dataset (default ``html.DEFAULT_GALLERY``).
+    The files are written into a new directory beside ``out_dir`` that is renamed into place once complete,
+    so ``out_dir`` never mixes two runs. An earlier report there is replaced as a whole; a directory holding
+    anything else is refused (``check_report_dir``). report.json lists the files. ``gallery`` caps the
+    matched pairs report.html shows per dataset (default ``html.DEFAULT_GALLERY``).
     """
     from ..imaging import DEFAULT_MAX_PIXELS  # the page needs Pillow; importing the package does not
     from .html import DEFAULT_GALLERY, write_html_report
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    html = out / REPORT_HTML
-    if html.exists():
-        html.unlink()  # a page from an earlier report must never sit beside this report.json
-    write_splits(out / SPLITS, splits, correct)
-    atomic_write_text(out / REPORT_MD, format_markdown(report))
-    atomic_write_json(out / REPORT_JSON, report.to_dict())
+    check_report_dir(out)
+    extra = dict(extra_files or {})
+    names = sorted({REPORT_JSON, REPORT_MD, REPORT_HTML, SPLITS, *extra})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        write_html_report(out, gallery=DEFAULT_GALLERY if gallery is None else gallery,
-                          max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ReportError(f"report.json, report.md and splits.parquet are written in {out}, but report.html could "
-                          f"not be drawn ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                          "redraw it with overlap_audit.report.html.write_html_report") from None
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(stage, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
+        for name, src in extra.items():
+            atomic_write(stage / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
+        write_splits(stage / SPLITS, splits, correct)
+        atomic_write_text(stage / REPORT_MD, format_markdown(report))
+        atomic_write_json(stage / REPORT_JSON, replace(report, files=tuple(names)).to_dict())
+        try:
+            write_html_report(stage, gallery=DEFAULT_GALLERY if gallery is None else gallery,
+                              max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+        except (OSError, ValueError, RuntimeError) as exc:
+            names.remove(REPORT_HTML)
+            atomic_write_json(stage / REPORT_JSON, replace(report, files=tuple(names)).to_dict())
+            _switch_in(stage, out)
+            raise ReportError(f"report.json, report.md and splits.parquet are written in {out}, but report.html "
+                              f"could not be drawn ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}); "
+                              "redraw it with overlap_audit.report.html.write_html_report") from None
+        _switch_in(stage, out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
     return out
