@@ -20,6 +20,7 @@ from .index import build_index
 from .pipeline import MatchSettings, check_eval_sets, match_eval_sets, open_corpus
 from .predictions import PREDICTIONS, match_predictions, read_predictions, write_predictions
 from .report import DatasetReport, Report, write_report
+from .sources import open_source
 from .split import load_thresholds, resolve_thresholds, split
 from .stats import RateEstimate, extended_stats, family_correction, overlap_stats
 from .zeroshot.scoring import TemplateSet, ZeroShotModel, ZeroShotScorer, load_classnames
@@ -147,7 +148,7 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
     names = [n for n, _ in evals]
     corpus = open_corpus(index_dir, match)
     det = corpus.detector
-    zero_shot = _prepare_zero_shot(settings.zero_shot, names, match.device) if settings.zero_shot else None
+    zero_shot = _prepare_zero_shot(settings.zero_shot, evals, match.device) if settings.zero_shot else None
     # read early: a malformed file fails before any embedding
     predictions = settings.predictions
     preds = read_predictions(predictions) if predictions is not None else None
@@ -246,15 +247,27 @@ def _per_dataset(value, names: list[str], option: str) -> dict[str, str | None]:
     return {n: (None if value.get(n) is None else str(value[n])) for n in names}
 
 
-def _prepare_zero_shot(settings: ZeroShotSettings, names: list[str], device: str) -> ZeroShotSetup:
-    """Check the classnames and templates files, then load the model (files before the slow part)."""
+def _prepare_zero_shot(settings: ZeroShotSettings, evals: list[tuple[str, str]], device: str) -> ZeroShotSetup:
+    """Check the classnames and templates files, then load the model (files before the slow part). A set
+    given no file uses the class names and templates its own layout ships (``Source.classnames``,
+    ``Source.templates``), if any."""
     from .zeroshot.models import load_model, parse_model_spec, weights_sha256
 
     spec = settings.model
+    names = [n for n, _ in evals]
     class_files = _per_dataset(settings.classnames, names, "--classnames")
     template_files = _per_dataset(settings.templates, names, "--templates")
     names_by = {n: (load_classnames(f) if f else None) for n, f in class_files.items()}
     templates_by = {n: TemplateSet.load(f) for n, f in template_files.items()}
+    for n, source_spec in evals:
+        if class_files[n] is not None and template_files[n] is not None:
+            continue
+        src = open_source(source_spec, name=n, labels_from_folders=True)
+        if class_files[n] is None and src.classnames:
+            names_by[n] = {str(i): name for i, name in enumerate(src.classnames)}
+            class_files[n] = f"{source_spec} (the evaluation set's own class names)"
+        if template_files[n] is None and src.templates:
+            templates_by[n] = TemplateSet.of(src.templates, f"{source_spec} (the evaluation set's own templates)")
     source = parse_model_spec(spec)
     dev = torch_device(device)
     model = load_model(spec, dev)
