@@ -51,9 +51,8 @@ class Layout:
     class names (label ``i`` is ``classnames[i]``) and templates it ships, if any."""
 
     kind: str                  # "hf" | "hf-disk" | "cifar" | "wds"
-    paths: tuple[str, ...]
+    paths: tuple[str, ...]     # the chosen split's files
     name: str                  # the default dataset name: the layout's folder
-    split: str
     classnames: tuple[str, ...] | None = None
     templates: tuple[str, ...] | None = None
 
@@ -203,8 +202,9 @@ def _open_hf(spec: str, path: str, split: str | None) -> Layout:
         if not path.endswith(".parquet"):
             raise SourceError(f"source {spec!r}: 'hf:' needs a dataset folder (data/<split>-*.parquet, or a "
                               "`datasets` save_to_disk folder) or one .parquet file")
-        files, name = [path], _folder_name(os.path.dirname(os.path.dirname(os.path.abspath(path))))
-        split = split or _hub_split_of(path)
+        parent = os.path.dirname(os.path.abspath(path))
+        files = [path]
+        name = _folder_name(os.path.dirname(parent)) if Path(parent).name == "data" else Path(path).name
     else:
         name = _folder_name(path)
         by_split: dict[str, list[str]] = {}
@@ -216,7 +216,7 @@ def _open_hf(spec: str, path: str, split: str | None) -> Layout:
         split = _pick_split(spec, split, sorted(by_split))
         files = by_split[split]
     _, _, classnames = _hub_columns(files[0])
-    return Layout("hf", tuple(os.path.abspath(f) for f in files), name, split, classnames=classnames)
+    return Layout("hf", tuple(os.path.abspath(f) for f in files), name, classnames=classnames)
 
 
 def _label_text(value) -> str | None:
@@ -288,9 +288,8 @@ def _open_saved(spec: str, path: str, split: str | None) -> Layout:
     elif split is not None:
         raise SourceError(f"source {spec!r}: this save_to_disk folder holds one split; give it without :{split}")
     ds = _load_saved(folder)
-    _, label, classnames = _saved_columns(ds, folder)
-    return Layout("hf-disk", (os.path.abspath(folder),), _folder_name(path), split or str(ds.split or "train"),
-                  classnames=classnames)
+    _, _, classnames = _saved_columns(ds, folder)
+    return Layout("hf-disk", (os.path.abspath(folder),), _folder_name(path), classnames=classnames)
 
 
 def _load_saved(folder: str):
@@ -375,7 +374,7 @@ def _open_clip_benchmark(spec: str, root: str, split: str | None) -> Layout:
         raise SourceError(f"{names_file} names no classes")
     templates_file = os.path.join(root, CLIP_BENCHMARK_TEMPLATES)
     templates = _text_lines(templates_file) if os.path.isfile(templates_file) else None
-    return Layout("wds", tuple(os.path.abspath(t) for t in splits[split]), _folder_name(root), split,
+    return Layout("wds", tuple(os.path.abspath(t) for t in splits[split]), _folder_name(root),
                   classnames=classnames, templates=templates or None)
 
 
@@ -431,7 +430,7 @@ def _open_cifar(spec: str, root: str, split: str | None) -> Layout:
         raise SourceError(f"{os.path.join(root, meta)} has no {names_key!r} list")
     classnames = tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
     return Layout("cifar", tuple(os.path.abspath(os.path.join(root, f)) for f in available[split]),
-                  _folder_name(root), split, classnames=classnames)
+                  _folder_name(root), classnames=classnames)
 
 
 def _png(row) -> bytes:

@@ -30,6 +30,7 @@ PARQUET_IMAGE_COLUMNS = ("jpg", "png", "webp", "image")
 PARQUET_ID_COLUMNS = ("key", "id")
 PARQUET_CAPTION_COLUMNS = ("caption", "txt")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+SOURCE_KINDS = ("folder", "parquet", "wds", *LAYOUT_KINDS)
 # Files in an image folder that are read as part of an image's record rather than listed as skipped.
 SIDECAR_SUFFIXES = (".txt", ".json", ".cls")
 
@@ -39,7 +40,7 @@ class Source:
     """A parsed source spec. ``name`` is what records and reports call it. ``classnames`` (label ``i`` is
     ``classnames[i]``) and ``templates`` are those the source's layout ships, for zero-shot prompts."""
 
-    kind: str  # "folder" | "parquet" | "wds" | one of formats.LAYOUT_KINDS
+    kind: str  # one of SOURCE_KINDS
     paths: tuple[str, ...]
     name: str
     spec: str

@@ -83,7 +83,7 @@ def test_hub_parquet_rows_labels_and_classlabel_names(hub_dir):
     bare = open_source(str(hub_dir))
     assert bare.kind == "hf" and bare.name == "cifar10-hub" and len(list(bare.iter_items())) == 5
     one = open_source(str(hub_dir / "data" / "test-00001-of-00002.parquet"))
-    assert one.kind == "hf" and [i.id for i in one.iter_items()] == ["0", "1"]
+    assert one.kind == "hf" and one.name == "cifar10-hub" and [i.id for i in one.iter_items()] == ["0", "1"]
     assert fetch_items(src, ["3", "9"])["3"].label == "2"
     assert "no longer" in fetch_items(src, ["9"])["9"].skip_reason
 
@@ -111,7 +111,9 @@ def test_hub_metadata_is_what_datasets_writes(tmp_path):
     theirs, ours = pq.read_schema(tmp_path / "theirs.parquet"), pq.read_schema(tmp_path / "ours.parquet")
     assert json.loads(theirs.metadata[b"huggingface"]) == json.loads(ours.metadata[b"huggingface"])
     assert theirs.field("image").type == ours.field("image").type
-    item, = open_source(str(tmp_path / "theirs.parquet")).iter_items()
+    theirs_source = open_source(str(tmp_path / "theirs.parquet"))
+    assert theirs_source.kind == "hf" and theirs_source.name == "theirs.parquet"
+    item, = theirs_source.iter_items()
     assert (item.id, item.label) == ("0", "1") and item.data == _encoded(0)
 
 
@@ -209,8 +211,10 @@ def _cifar_rows(seeds: list[int]) -> np.ndarray:
 
 
 def _pickle(path, obj: dict) -> None:
-    with open(path, "wb") as fh:
-        pickle.dump(obj, fh, protocol=2)  # the files were written by Python 2's cPickle; keys are bytes
+    """Protocol 2 with bytes keys, as Python 2's cPickle wrote the real files, which name numpy 1's
+    ``numpy.core.multiarray._reconstruct`` for their arrays."""
+    data = pickle.dumps(obj, protocol=2).replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+    path.write_bytes(data)
 
 
 @pytest.fixture
