@@ -34,7 +34,8 @@ class ZeroShotSettings:
 
     ``model`` is a spec for ``zeroshot.models.load_model``. The set's labels are its classes:
     ``classnames`` (a file, or one per dataset) maps labels to readable names; ``templates`` (a file, or
-    one per dataset) are the prompts, by default the CLIP paper's 80 ImageNet templates.
+    one per dataset) are the prompts. A dataset given neither uses those its layout ships (``Source.classnames``,
+    ``Source.templates``), else its labels and the CLIP paper's 80 ImageNet templates.
     """
 
     model: str
@@ -225,8 +226,8 @@ class ZeroShotSetup:
     weights_sha256: str
     device: str
     model: ZeroShotModel
-    classnames: dict[str, dict[str, str] | None]    # per dataset: {label: name} from a file, or None
-    classnames_files: dict[str, str | None]
+    classnames: dict[str, dict[str, str] | None]    # per dataset: {label: name} from a file or the set, or None
+    classnames_files: dict[str, str | None]         # per dataset: the file, or a note naming the set's own
     templates: dict[str, TemplateSet]
 
     def to_dict(self) -> dict:

@@ -199,7 +199,8 @@ def load_classnames(path: str | os.PathLike) -> dict[str, str]:
 
 def class_names(labels: Iterable[str], classnames: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
     """(labels, readable names) of the classifier: the classnames file's labels in its order, then the
-    source's other labels sorted; a label the file does not name reads as ``readable_name(label)``."""
+    source's other labels sorted; a label the file does not name reads as ``readable_name(label)``, except a
+    bare integer, which is refused."""
     classnames = classnames or {}
     labels = set(labels)
     bare = sorted((lab for lab in labels - set(classnames) if re.fullmatch(r"-?\d+", lab)), key=int)
