@@ -22,6 +22,7 @@ from .index import build_index, content_boxes
 from .pipeline import MatchSettings, check_eval_sets, match_eval_sets, open_corpus
 from .predictions import PREDICTIONS, match_predictions, read_predictions, write_predictions
 from .report import DatasetReport, Report, check_report_dir, load_report, write_report
+from .sources import open_source
 from .split import load_thresholds, resolve_thresholds, split
 from .stats import RateEstimate, extended_stats, family_correction, overlap_stats
 from .zeroshot.scoring import TemplateSet, ZeroShotModel, ZeroShotScorer, load_classnames
@@ -35,7 +36,8 @@ class ZeroShotSettings:
 
     ``model`` is a spec for ``zeroshot.models.load_model``. The set's labels are its classes:
     ``classnames`` (a file, or one per dataset) maps labels to readable names; ``templates`` (a file, or
-    one per dataset) are the prompts, by default the CLIP paper's 80 ImageNet templates.
+    one per dataset) are the prompts. A dataset given neither uses those its layout ships (``Source.classnames``,
+    ``Source.templates``), else its labels and the CLIP paper's 80 ImageNet templates.
     """
 
     model: str
@@ -151,7 +153,7 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
     names = [n for n, _ in evals]
     corpus = open_corpus(index_dir, match)
     det = corpus.detector
-    zero_shot = _prepare_zero_shot(settings.zero_shot, names, match.device) if settings.zero_shot else None
+    zero_shot = _prepare_zero_shot(settings.zero_shot, evals, match.device) if settings.zero_shot else None
     # read early: a malformed file fails before any embedding
     predictions = settings.predictions
     preds = read_predictions(predictions) if predictions is not None else None
@@ -251,8 +253,8 @@ class ZeroShotSetup:
     weights_sha256: str
     device: str
     model: ZeroShotModel
-    classnames: dict[str, dict[str, str] | None]    # per dataset: {label: name} from a file, or None
-    classnames_files: dict[str, str | None]
+    classnames: dict[str, dict[str, str] | None]    # per dataset: {label: name} from a file or the set, or None
+    classnames_files: dict[str, str | None]         # per dataset: the file, or a note naming the set's own
     templates: dict[str, TemplateSet]
 
     def to_dict(self) -> dict:
@@ -273,15 +275,27 @@ def _per_dataset(value, names: list[str], option: str) -> dict[str, str | None]:
     return {n: (None if value.get(n) is None else str(value[n])) for n in names}
 
 
-def _prepare_zero_shot(settings: ZeroShotSettings, names: list[str], device: str) -> ZeroShotSetup:
-    """Check the classnames and templates files, then load the model (files before the slow part)."""
+def _prepare_zero_shot(settings: ZeroShotSettings, evals: list[tuple[str, str]], device: str) -> ZeroShotSetup:
+    """Check the classnames and templates files, then load the model (files before the slow part). A set
+    given no file uses the class names and templates its own layout ships (``Source.classnames``,
+    ``Source.templates``), if any."""
     from .zeroshot.models import load_model, parse_model_spec, weights_sha256
 
     spec = settings.model
+    names = [n for n, _ in evals]
     class_files = _per_dataset(settings.classnames, names, "--classnames")
     template_files = _per_dataset(settings.templates, names, "--templates")
     names_by = {n: (load_classnames(f) if f else None) for n, f in class_files.items()}
     templates_by = {n: TemplateSet.load(f) for n, f in template_files.items()}
+    for n, source_spec in evals:
+        if class_files[n] is not None and template_files[n] is not None:
+            continue
+        src = open_source(source_spec, name=n, labels_from_folders=True)
+        if class_files[n] is None and src.classnames:
+            names_by[n] = {str(i): name for i, name in enumerate(src.classnames)}
+            class_files[n] = f"{source_spec} (the evaluation set's own class names)"
+        if template_files[n] is None and src.templates:
+            templates_by[n] = TemplateSet.of(src.templates, f"{source_spec} (the evaluation set's own templates)")
     source = parse_model_spec(spec)
     dev = torch_device(device)
     model = load_model(spec, dev)

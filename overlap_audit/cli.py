@@ -170,10 +170,11 @@ def index(sources, out_dir, detector, content, batch_size, workers, device, resu
               help="Score this CLIP model zero-shot instead of reading --predictions: open_clip:ARCH:CHECKPOINT, "
                    "hf:DIR or overlap-audit:NAME|PATH (local files only).")
 @click.option("--classnames", multiple=True, metavar="[NAME=]FILE",
-              help="With --model: JSON {label: name} or CSV/TSV label,name; NAME= for one dataset (repeatable).")
+              help="With --model: JSON {label: name} or CSV/TSV label,name (default: the names the evaluation "
+                   "set ships, if any); NAME= for one dataset (repeatable).")
 @click.option("--templates", multiple=True, metavar="[NAME=]FILE",
-              help="With --model: prompt templates, one per line with {} (default: the CLIP paper's 80 ImageNet "
-                   "ones); NAME= for one dataset (repeatable).")
+              help="With --model: prompt templates, one per line with {} or {c} (default: the set's own, if any, "
+                   "else the CLIP paper's 80 ImageNet ones); NAME= for one dataset (repeatable).")
 @click.option("--model-batch-size", type=click.IntRange(min=1), default=128, show_default=True,
               help="Images per model batch.")
 @options.out_dir("Report directory.")

@@ -45,7 +45,9 @@ gallery = click.option("--gallery", type=click.IntRange(min=0), default=300, sho
 # the commands that read an index and evaluation sets (report, pairs)
 index_dir = click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
 eval_sets = click.option("--eval", "evals", multiple=True, required=True, metavar="NAME=SOURCE",
-                         help="An evaluation set (repeatable). A folder's first-level sub-folders are its classes.")
+                         help="An evaluation set (repeatable). A folder's first-level sub-folders are its classes; "
+                              "hf:PATH[:SPLIT], clip_benchmark:PATH[:SPLIT] and cifar:PATH[:SPLIT] read those "
+                              "layouts with their class names.")
 index_detector = click.option("--detector", default=None,
                               help="Must match the index's detector (default: the index's own).")
 

@@ -3,8 +3,10 @@
 A source spec is a path, optionally prefixed with its kind (``folder:``, ``parquet:``, ``wds:``). Without a
 prefix the kind is inferred: a ``.parquet`` file or a directory of them is Parquet; a ``.tar`` (``.tar.gz``,
 ``.tgz``) file, a directory of them, a glob or a brace pattern (``shards-{000..009}.tar``) is WebDataset;
-any other directory is an image folder. Nothing is decoded here: items carry bytes or a path, and decoding
-happens in worker processes (``overlap_audit.embed``).
+any other directory is an image folder. The evaluation-set layouts of ``overlap_audit.formats`` (Hugging Face
+hub Parquet and ``save_to_disk`` folders, CLIP_benchmark folders, CIFAR python batches) are recognised
+first, by their prefix (``hf:``, ``clip_benchmark:``, ``cifar:``) or their files. Nothing is decoded here:
+items carry bytes or a path, and decoding happens in worker processes (``overlap_audit.embed``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DuplicateIdError, SourceError
+from .formats import LAYOUT_KINDS, iter_layout, open_layout
 from .values import RawItem
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
@@ -27,19 +30,23 @@ PARQUET_IMAGE_COLUMNS = ("jpg", "png", "webp", "image")
 PARQUET_ID_COLUMNS = ("key", "id")
 PARQUET_CAPTION_COLUMNS = ("caption", "txt")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+SOURCE_KINDS = ("folder", "parquet", "wds", *LAYOUT_KINDS)
 # Files in an image folder that are read as part of an image's record rather than listed as skipped.
 SIDECAR_SUFFIXES = (".txt", ".json", ".cls")
 
 
 @dataclass(frozen=True)
 class Source:
-    """A parsed source spec. ``name`` is what records and reports call it."""
+    """A parsed source spec. ``name`` is what records and reports call it. ``classnames`` (label ``i`` is
+    ``classnames[i]``) and ``templates`` are those the source's layout ships, for zero-shot prompts."""
 
-    kind: str  # "folder" | "parquet" | "wds"
+    kind: str  # one of SOURCE_KINDS
     paths: tuple[str, ...]
     name: str
     spec: str
     labels_from_folders: bool = False
+    classnames: tuple[str, ...] | None = None
+    templates: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "spec": self.spec, "name": self.name, "paths": list(self.paths)}
@@ -51,6 +58,8 @@ class Source:
         elif self.kind == "parquet":
             _check_parquet_ids(self)
             items = _iter_parquet(self)
+        elif self.kind in LAYOUT_KINDS:
+            items = iter_layout(self.kind, self.paths, self.name)
         else:
             items = _iter_wds(self)
         seen: set[str] = set()
@@ -93,6 +102,10 @@ def _is_tar(path: str) -> bool:
 
 def open_source(spec: str, *, name: str | None = None, labels_from_folders: bool = False) -> Source:
     """Parse a source spec into a Source, checking that its files exist."""
+    layout = open_layout(spec)
+    if layout is not None:
+        return Source(layout.kind, layout.paths, name or layout.name, spec, labels_from_folders,
+                      classnames=layout.classnames, templates=layout.templates)
     kind = None
     path = spec
     prefix, sep, rest = spec.partition(":")
@@ -417,8 +430,8 @@ def parse_eval_spec(spec: str) -> tuple[str, str]:
 
 def fetch_items(source: Source, ids: Iterable[str]) -> dict[str, RawItem]:
     """The items of ``source`` with the given ids; an id the source no longer has maps to a RawItem whose
-    ``skip_reason`` says so. Folders and Parquet are read directly; WebDataset in one streaming pass that
-    keeps only the wanted samples."""
+    ``skip_reason`` says so. Folders and Parquet are read directly; WebDataset and the layouts of
+    ``formats`` in one streaming pass that keeps only the wanted samples."""
     wanted = set(ids)
     found: dict[str, RawItem] = {}
     if not wanted:
@@ -442,7 +455,7 @@ def fetch_items(source: Source, ids: Iterable[str]) -> dict[str, RawItem]:
     elif source.kind == "parquet":
         found = _fetch_parquet(source, wanted)
     else:
-        for item in _iter_wds(source):
+        for item in (_iter_wds(source) if source.kind == "wds" else source.iter_items()):
             if item.id in wanted and item.id not in found:
                 found[item.id] = item
                 if len(found) == len(wanted):

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..errors import IndexDirError, IndexMismatchError, OverlapAuditError, ResumeError
-from ..sources import Source
+from ..sources import SOURCE_KINDS, Source
 from ..values import DetectorInfo, RawItem, Skipped
 
 MANIFEST = "manifest.json"
@@ -447,7 +447,7 @@ def corpus_items(index_dir: str | os.PathLike, keys) -> dict[str, RawItem]:
         entry = recorded.get(source_name)
         reason = None
         items: dict[str, RawItem] = {}
-        if entry is None or entry.get("kind") not in ("folder", "parquet", "wds"):
+        if entry is None or entry.get("kind") not in SOURCE_KINDS:
             reason = f"source {source_name!r} is not recorded in the manifest (an index built from vectors)"
         else:
             src = Source(entry["kind"], tuple(entry.get("paths", ())), source_name, entry.get("spec", ""))

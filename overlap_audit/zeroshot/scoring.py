@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -59,7 +60,8 @@ def default_templates() -> list[str]:
 
 
 def load_templates(path: str | os.PathLike) -> list[str]:
-    """Templates from a text file, one per line, each with exactly one ``{}``; blank and ``#`` lines skipped."""
+    """Templates from a text file, one per line, each with exactly one ``{}`` or ``{c}`` (CLIP_benchmark's
+    form) for the class name, read as ``{}``; blank and ``#`` lines skipped."""
     try:
         with open(path, encoding="utf-8-sig") as fh:  # -sig: a byte-order mark is not part of a template
             text = fh.read()
@@ -74,9 +76,11 @@ def _parse_templates(text: str, where: str) -> list[str]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        if "{}" not in line and line.count("{c}") == 1:
+            line = line.replace("{c}", "{}")
         if line.count("{}") != 1 or "{" in line.replace("{}", "") or "}" in line.replace("{}", ""):
-            raise ModelError(f"{where}, line {lineno}: a template needs exactly one {{}} for the class name "
-                             f"and no other braces (got {line!r})")
+            raise ModelError(f"{where}, line {lineno}: a template needs exactly one {{}} (or {{c}}) for the class "
+                             f"name and no other braces (got {line!r})")
         out.append(line)
     if not out:
         raise ModelError(f"{where} holds no templates")
@@ -195,9 +199,16 @@ def load_classnames(path: str | os.PathLike) -> dict[str, str]:
 
 def class_names(labels: Iterable[str], classnames: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
     """(labels, readable names) of the classifier: the classnames file's labels in its order, then the
-    source's other labels sorted; a label the file does not name reads as ``readable_name(label)``."""
+    source's other labels sorted; a label the file does not name reads as ``readable_name(label)``, except a
+    bare integer, which is refused."""
     classnames = classnames or {}
     labels = set(labels)
+    bare = sorted((lab for lab in labels - set(classnames) if re.fullmatch(r"-?\d+", lab)), key=int)
+    if bare:
+        # "a photo of a 3." says nothing of the class: a model scored on such prompts measures nothing
+        raise ModelError(f"the evaluation set's labels are bare integers ({', '.join(bare[:5])}"
+                         f"{', ...' if len(bare) > 5 else ''}) with no class names: give --classnames FILE "
+                         '(JSON {"0": "airplane", ...} or CSV label,name rows) so the prompts name the classes')
     if classnames and labels and not labels & set(classnames):
         # every real class would fall back to its raw label and the file's classes could never be right
         raise ModelError(f"the classnames file names none of the evaluation set's labels (it has e.g. "
@@ -238,6 +249,11 @@ class TemplateSet:
         if path is None:
             return cls(tuple(default_templates()), "default")
         return cls(tuple(load_templates(path)), str(path))
+
+    @classmethod
+    def of(cls, templates: Sequence[str], source: str) -> "TemplateSet":
+        """Templates given as lines (``{}`` or ``{c}``), checked as a file's would be."""
+        return cls(tuple(_parse_templates("\n".join(templates), source)), source)
 
     def to_dict(self) -> dict:
         text = "\n".join(self.templates).encode("utf-8")
