@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .detectors import Detector, get_detector
@@ -18,6 +18,7 @@ from .embed import embed_source
 from .errors import IndexDirError, SettingsError, SourceError
 from .imaging import DEFAULT_MAX_PIXELS
 from .index import CorpusIndex, IndexManifest, check_detector, load_index, search
+from .limits import InputLimits
 from .sources import open_source
 from .values import Embeddings, Neighbors, Skipped
 
@@ -33,7 +34,8 @@ class MatchSettings:
 
     ``detector`` None means the index's own. ``exact`` streams the stored corpus shards past the evaluation
     embeddings instead of searching the index (exact whatever the index type); ``ray_address`` runs that
-    stream on a Ray cluster and so needs ``exact``.
+    stream on a Ray cluster and so needs ``exact``. ``limits`` caps what one evaluation item may cost
+    (bytes read, decoding seconds); an item over a cap is skipped.
     """
 
     detector: str | None = None
@@ -45,6 +47,7 @@ class MatchSettings:
     progress: bool = False
     exact: bool = False
     ray_address: str | None = None
+    limits: InputLimits = field(default_factory=InputLimits)
 
     def __post_init__(self) -> None:
         if self.ray_address and not self.exact:
@@ -116,7 +119,8 @@ def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, str]], settings: 
     for name, spec in evals:
         source = open_source(spec, name=name, labels_from_folders=True)
         emb = embed_source(source, corpus.detector, batch_size=settings.batch_size, workers=settings.workers,
-                           max_pixels=settings.max_pixels, progress=settings.progress, scorer=scorers.get(name))
+                           max_pixels=settings.max_pixels, progress=settings.progress, scorer=scorers.get(name),
+                           limits=settings.limits)
         neighbors = search(corpus.index, emb.ids, emb.vectors, k=settings.k, device=settings.device,
                            exact_stream=settings.exact, ray_address=settings.ray_address)
         out[name] = EvalMatch(name, emb, neighbors)

@@ -225,3 +225,12 @@ def test_limits_are_validated():
         InputLimits(max_file_bytes=0)
     with pytest.raises(ValueError, match="decode_timeout_s"):
         InputLimits(decode_timeout_s=0)
+
+
+def test_the_index_manifest_records_the_limits(tmp_path, photos):
+    from overlap_audit.index import IndexSettings, build_index, load_manifest
+
+    root = write_folder(tmp_path / "set", {f"{i}.png": photos["coffee"].resize((30 + i, 30 + i)) for i in range(4)})
+    limits = InputLimits(max_file_bytes=1 << 20, decode_timeout_s=30.0)
+    build_index([str(root)], tmp_path / "idx", IndexSettings(workers=1, limits=limits))
+    assert load_manifest(tmp_path / "idx").extra["limits"] == limits.to_dict()
