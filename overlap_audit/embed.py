@@ -2,7 +2,8 @@
 
 Decoding (bytes -> RGB -> ``detector.preprocess``) runs in a pool of worker processes with a bounded number
 of chunks in flight, so memory stays flat however large the source; ``detector.embed`` runs once per batch
-in this process. Every item comes out either embedded or as a ``Skipped`` with its reason.
+in this process. Every item comes out either embedded or as a ``Skipped`` with its reason: a worker that
+dies or hangs over an item is replaced, and the item skipped with what happened.
 
 With a zero-shot scorer (``embed_source(..., scorer=...)``) each image is decoded once for both: the workers
 also turn it into the model's pixels, and the model embeds them in batches beside the detector, so the
@@ -12,8 +13,11 @@ detector and the model see the same set of items (an image either fails for both
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
+import signal
 import sys
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -25,10 +29,9 @@ import numpy as np
 from .detectors import Detector
 from .detectors.base import TRIM_DECODE_SCALE, prepare
 from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from .limits import DEFAULT_LIMITS, InputLimits, ReadRefused, read_file
 from .sources import Source
 from .values import Embeddings, RawItem, Skipped
-
-_WORKER_STATE: dict = {}
 
 
 def default_workers() -> int:
@@ -54,12 +57,7 @@ def default_start_method() -> str:
     return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
-def _init_worker(detector: Detector, max_pixels: int, model_input: Callable | None = None,
-                 views: bool = False) -> None:
-    _WORKER_STATE["detector"] = detector
-    _WORKER_STATE["max_pixels"] = max_pixels
-    _WORKER_STATE["model_input"] = model_input
-    _WORKER_STATE["views"] = views
+def _init_worker(model_input: Callable | None) -> None:
     if model_input is not None and "torch" in sys.modules:
         # a model's transforms run torch ops here: one thread per worker, as torch's DataLoader does
         sys.modules["torch"].set_num_threads(1)
@@ -78,22 +76,22 @@ class Decoded(NamedTuple):
 
 
 def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool = False,
-                model_input: Callable | None = None, views: bool = False) -> tuple:
+                model_input: Callable | None = None, views: bool = False,
+                max_bytes: int = DEFAULT_LIMITS.max_file_bytes) -> tuple:
     """Decoded's fields after ``item``."""
     if item.skip_reason is not None:
-        return None, item.skip_reason, None, None, None, None
+        return _skipped(item.skip_reason)
     decode_size = getattr(detector, "decode_size", None)
     if decode_size and getattr(detector, "content", "whole") == "trim":
         decode_size = int(decode_size * TRIM_DECODE_SCALE)
     data, path = item.data, item.path
     if model_input is not None and data is None and path is not None:
         try:  # read once for both decodes; a failure is left for decode_image to report
-            with open(path, "rb") as fh:
-                data, path = fh.read(), None
-        except OSError:
+            data, path = read_file(path, max_bytes), None
+        except (OSError, ReadRefused):
             pass
     try:
-        image = decode_image(data, path, max_pixels=max_pixels, min_size=decode_size)
+        image = decode_image(data, path, max_pixels=max_pixels, min_size=decode_size, max_bytes=max_bytes)
     except ImageRejected as exc:
         return None, str(exc), None, None, None, None
     try:
@@ -106,7 +104,7 @@ def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool =
         try:
             # the detector may have had a JPEG decoded at a reduced scale; the model gets the full image
             reduced = decode_size is not None and (data is None or data[:3] == b"\xff\xd8\xff")
-            full = decode_image(data, path, max_pixels=max_pixels) if reduced else image
+            full = decode_image(data, path, max_pixels=max_pixels, max_bytes=max_bytes) if reduced else image
             pixels = model_input(full)
         except ImageRejected as exc:  # pragma: no cover - the same bytes decoded a moment ago
             return None, str(exc), None, None, None, None
@@ -124,12 +122,33 @@ def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool =
     return array, None, duplicate, pixels, box, whole
 
 
-def _decode_chunk(chunk: list[tuple[RawItem, bool]]) -> list[Decoded]:
-    detector = _WORKER_STATE["detector"]
-    max_pixels = _WORKER_STATE["max_pixels"]
-    model_input = _WORKER_STATE.get("model_input")
-    views = _WORKER_STATE.get("views", False)
-    return [_decode_one(item, detector, max_pixels, copy, model_input, views) for item, copy in chunk]
+def _worker(conn, detector: Detector, max_pixels: int, model_input: Callable | None, views: bool,
+            max_bytes: int) -> None:
+    """A decoding worker: decodes each task's items in order, sending one message per item."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is the parent's to handle
+    _init_worker(model_input)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        for item, copy in task:
+            try:
+                result = _decode_one(item, detector, max_pixels, copy, model_input, views, max_bytes)
+            except Exception as exc:  # noqa: BLE001 - one bad image must not end a corpus run
+                result = _skipped(f"decoding failed: {type(exc).__name__}: {exc}")
+            try:
+                conn.send(result)
+            except (EOFError, OSError):
+                return
+            except Exception as exc:  # noqa: BLE001 - a result that cannot be pickled
+                conn.send(_skipped(f"decoding failed: the result cannot be sent: {type(exc).__name__}: {exc}"))
+
+
+def _skipped(reason: str) -> tuple:
+    return None, reason, None, None, None, None
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -143,36 +162,89 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+class _Chunk:
+    """A chunk of (item, copy) pairs on its way through the workers: results arrive one item at a time."""
+
+    def __init__(self, pairs: list[tuple[RawItem, bool]]):
+        self.pairs = pairs
+        self.results: list[Decoded] = []
+        self.died_on: set[int] = set()  # items whose worker died once already
+
+    @property
+    def done(self) -> bool:
+        return len(self.results) == len(self.pairs)
+
+    def add(self, fields: tuple) -> None:
+        self.results.append(Decoded(self.pairs[len(self.results)][0], *fields))
+
+
+class _Worker:
+    """One decoding process and the chunk it is working through (None when idle)."""
+
+    def __init__(self, ctx, args: tuple):
+        parent, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_worker, args=(child, *args), daemon=True)
+        self.process.start()
+        child.close()
+        self.conn = parent
+        self.chunk: _Chunk | None = None
+        self.silent = 0.0  # seconds watched since this worker last delivered an item
+
+    def stop(self, *, kill: bool) -> None:
+        if not kill:
+            try:
+                self.conn.send(None)
+            except (OSError, ValueError):
+                kill = True
+            self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
 class Decoder:
-    """Decodes chunks of RawItems in worker processes (or in this process with ``workers=0``), in order."""
+    """Decodes chunks of RawItems in worker processes (or in this process with ``workers=0``), in order.
+
+    The workers are watched: a worker that dies (killed, out of memory, a crash in a native decoder) is
+    replaced, and the item it was decoding is tried once more in the fresh worker, then skipped with the
+    reason; an item that takes longer than ``limits.decode_timeout_s`` has its worker stopped and is skipped.
+    """
 
     def __init__(self, detector: Detector, *, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  chunk_size: int = 32, start_method: str | None = None, model_input: Callable | None = None,
-                 views: bool = False):
+                 views: bool = False, limits: InputLimits | None = None):
         self.detector = detector
         self.model_input = model_input  # PIL image -> a zero-shot model's pixels, made beside the detector's
         self.views = views  # also the whole image's input where a trimming detector trimmed
         self.workers = default_workers() if workers is None else int(workers)
         self.max_pixels = max_pixels
+        self.limits = limits or DEFAULT_LIMITS
         self.chunk_size = chunk_size
         self.start_method = start_method or default_start_method()
-        self._pool = None
+        self._ctx = None
+        self._procs: list[_Worker] = []
 
     def __enter__(self) -> "Decoder":
         if self.workers > 0:
-            ctx = mp.get_context(self.start_method)
-            self._pool = ctx.Pool(self.workers, initializer=_init_worker,
-                                  initargs=(self.detector, self.max_pixels, self.model_input, self.views))
+            self._ctx = mp.get_context(self.start_method)
+            self._procs = [self._start() for _ in range(self.workers)]
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._pool is not None:
-            if exc[0] is None:
-                self._pool.close()
-            else:
-                self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        for worker in self._procs:
+            worker.stop(kill=exc[0] is not None or worker.chunk is not None)
+        self._procs = []
+
+    def _start(self) -> _Worker:
+        return _Worker(self._ctx, (self.detector, self.max_pixels, self.model_input, self.views,
+                                   self.limits.max_file_bytes))
 
     def decode(self, items: Iterable[RawItem], copies: set[tuple[str, str]] | None = None
                ) -> Iterator[Decoded]:
@@ -182,25 +254,109 @@ class Decoder:
 
     def _decode(self, items: Iterable[RawItem], copies: set[tuple[str, str]]) -> Iterator[Decoded]:
         flagged = ((item, (item.source, item.id) in copies) for item in items)
-        if self._pool is None:
+        if not self._procs:
             for item, copy in flagged:
                 yield Decoded(item, *_decode_one(item, self.detector, self.max_pixels, copy, self.model_input,
-                                                 self.views))
+                                                 self.views, self.limits.max_file_bytes))
             return
-        in_flight: deque = deque()
+        chunks = _chunks(flagged, self.chunk_size)
+        window: deque[_Chunk] = deque()  # chunks read ahead, in input order
         max_in_flight = 2 * self.workers + 2  # bounded read-ahead: memory does not grow with the source
-        for chunk in _chunks(flagged, self.chunk_size):
-            in_flight.append((chunk, self._pool.apply_async(_decode_chunk, (chunk,))))
-            while len(in_flight) >= max_in_flight:
-                yield from self._collect(in_flight.popleft())
-        while in_flight:
-            yield from self._collect(in_flight.popleft())
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(window) < max_in_flight:
+                    pairs = next(chunks, None)
+                    if pairs is None:
+                        exhausted = True
+                    else:
+                        window.append(_Chunk(pairs))
+                self._assign(window)
+                if not window:
+                    return
+                if window[0].done:
+                    yield from window.popleft().results
+                else:
+                    self._watch()
+        finally:
+            for i, worker in enumerate(self._procs):
+                if worker.chunk is not None:  # left unfinished (the caller stopped early): start afresh
+                    worker.stop(kill=True)
+                    self._procs[i] = self._start()
+
+    def _assign(self, window: deque[_Chunk]) -> None:
+        """Give each idle worker the first chunk no worker is working through."""
+        taken = {id(w.chunk) for w in self._procs if w.chunk is not None}
+        waiting = (c for c in window if not c.done and id(c) not in taken)
+        for worker in self._procs:
+            if worker.chunk is not None:
+                continue
+            chunk = next(waiting, None)
+            if chunk is None:
+                return
+            self._give(worker, chunk)
+
+    def _give(self, worker: _Worker, chunk: _Chunk) -> None:
+        worker.chunk, worker.silent = chunk, 0.0
+        try:
+            worker.conn.send(chunk.pairs[len(chunk.results):])
+        except (OSError, ValueError):
+            pass  # the worker is gone: noticed by the next watch
+
+    def _watch(self) -> None:
+        """Wait for results; handle workers that died or took too long over an item."""
+        timeout = self.limits.decode_timeout_s
+        busy = [w for w in self._procs if w.chunk is not None]
+        wait_for = None if timeout is None or not busy else max(0.0, timeout - max(w.silent for w in busy))
+        started = time.monotonic()
+        ready = set(mp_connection.wait([w.conn for w in busy] + [w.process.sentinel for w in self._procs],
+                                       timeout=wait_for))
+        # only time spent waiting here counts towards a timeout: a worker whose results wait to be read
+        # while the caller embeds is never stopped
+        watched = time.monotonic() - started
+        for i, worker in enumerate(self._procs):
+            if worker.chunk is not None:
+                worker.silent += watched
+            if worker.conn in ready:
+                self._receive(worker)
+            if worker.process.sentinel in ready or not worker.process.is_alive():
+                self._receive(worker)  # what it sent before it died
+                worker.process.join()
+                self._replace(i, f"decoding worker died ({_death(worker.process.exitcode)})")
+            elif worker.chunk is not None and timeout is not None and worker.silent >= timeout:
+                self._replace(i, f"decoding took longer than {timeout:g} s: stopped", timed_out=True)
 
     @staticmethod
-    def _collect(entry):
-        chunk, result = entry
-        for (item, _), decoded in zip(chunk, result.get()):
-            yield Decoded(item, *decoded)
+    def _receive(worker: _Worker) -> None:
+        chunk = worker.chunk
+        try:
+            while chunk is not None and worker.conn.poll():
+                fields = worker.conn.recv()
+                chunk.add(fields)
+                worker.silent = 0.0
+                if chunk.done:
+                    worker.chunk = chunk = None
+        except (EOFError, OSError):
+            pass  # the worker died; its sentinel says so
+
+    def _replace(self, i: int, why: str, *, timed_out: bool = False) -> None:
+        """Replace worker ``i``; the item it was working on is skipped (a timeout, or a second death) or
+        tried once more in the fresh worker."""
+        old = self._procs[i]
+        chunk = old.chunk
+        old.stop(kill=True)
+        self._procs[i] = fresh = self._start()
+        if chunk is None:
+            return
+        at = len(chunk.results)
+        if timed_out:
+            chunk.add(_skipped(why))
+        elif at in chunk.died_on:
+            chunk.add(_skipped(f"{why} twice"))
+        else:
+            chunk.died_on.add(at)
+        if not chunk.done:
+            self._give(fresh, chunk)
 
 
 @dataclass
@@ -261,16 +417,17 @@ def embed_decoded(decoded: Iterable[Decoded], detector: Detector, *, batch_size:
 
 def embed_source(source: Source, detector: Detector, *, batch_size: int = 256, workers: int | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False, scorer=None,
-                 views: bool = False) -> Embeddings:
+                 views: bool = False, limits: InputLimits | None = None) -> Embeddings:
     """Embed a whole source in memory (evaluation sets are small); skipped items are listed, not dropped.
 
     ``scorer`` (a ``scoring.ZeroShotScorer``) is fed each decoded image's model pixels as well, from the
     same decoding pass. With ``views`` a trimming detector also embeds the whole image of every item whose
-    content box it trimmed (``Embeddings.whole_rows`` / ``whole_vectors``)."""
-    items: Iterable[RawItem] = source.iter_items()
+    content box it trimmed (``Embeddings.whole_rows`` / ``whole_vectors``). ``limits`` caps what one item
+    may cost (default ``InputLimits()``)."""
+    items: Iterable[RawItem] = source.iter_items(limits)
     model_input = scorer.preprocessor() if scorer is not None else None
-    with Decoder(detector, workers=workers, max_pixels=max_pixels, model_input=model_input,
-                 views=views) as decoder:
+    with Decoder(detector, workers=workers, max_pixels=max_pixels, model_input=model_input, views=views,
+                 limits=limits) as decoder:
         decoded = decoder.decode(items)
         if scorer is not None:
             decoded = _feed(decoded, scorer)

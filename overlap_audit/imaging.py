@@ -8,6 +8,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .limits import DEFAULT_LIMITS, ReadRefused, read_file
+
 # PIL's own default (about 89.5 megapixels): above it an image is treated as a decompression bomb.
 DEFAULT_MAX_PIXELS = 89_478_485
 
@@ -54,8 +56,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes | None = None, path: str | None = None,
-                 *, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int | None = None) -> Image.Image:
+                 *, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int | None = None,
+                 max_bytes: int = DEFAULT_LIMITS.max_file_bytes) -> Image.Image:
     """Decode image bytes (or a file) into an RGB image, or raise ImageRejected with the reason.
+
+    A file is read only when it is a regular file of at most ``max_bytes``.
 
     With ``min_size``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at
     least ``min_size`` pixels: much faster for large photos, for detectors that need no more.
@@ -64,8 +69,9 @@ def decode_image(data: bytes | None = None, path: str | None = None,
         raise ImageRejected("no image data")
     try:
         if data is None:
-            with open(path, "rb") as fh:  # type: ignore[arg-type]
-                data = fh.read()
+            data = read_file(path, max_bytes)  # type: ignore[arg-type]
+    except ReadRefused as exc:
+        raise ImageRejected(str(exc)) from None
     except OSError as exc:
         raise ImageRejected(f"unreadable file: {exc.strerror or exc}") from None
     if len(data) == 0:

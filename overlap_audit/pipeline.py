@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,6 +20,7 @@ from .embed import embed_source
 from .errors import IndexDirError, SettingsError, SourceError
 from .imaging import DEFAULT_MAX_PIXELS
 from .index import CorpusIndex, IndexManifest, check_detector, load_index, search
+from .limits import InputLimits
 from .sources import open_source
 from .values import Embeddings, Neighbors, Skipped
 
@@ -35,7 +36,8 @@ class MatchSettings:
 
     ``detector`` None means the index's own. ``exact`` streams the stored corpus shards past the evaluation
     embeddings instead of searching the index (exact whatever the index type); ``ray_address`` runs that
-    stream on a Ray cluster and so needs ``exact``.
+    stream on a Ray cluster and so needs ``exact``. ``limits`` caps what one evaluation item may cost
+    (bytes read, decoding seconds); an item over a cap is skipped.
     """
 
     detector: str | None = None
@@ -48,6 +50,7 @@ class MatchSettings:
     exact: bool = False
     ray_address: str | None = None
     views: bool = True  # a trimming detector also searches the whole image of each trimmed query
+    limits: InputLimits = field(default_factory=InputLimits)
 
     def __post_init__(self) -> None:
         if self.ray_address and not self.exact:
@@ -120,7 +123,7 @@ def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, str]], settings: 
         source = open_source(spec, name=name, labels_from_folders=True)
         emb = embed_source(source, corpus.detector, batch_size=settings.batch_size, workers=settings.workers,
                            max_pixels=settings.max_pixels, progress=settings.progress, scorer=scorers.get(name),
-                           views=settings.views)
+                           views=settings.views, limits=settings.limits)
         neighbors = search(corpus.index, emb.ids, emb.vectors, k=settings.k, device=settings.device,
                            exact_stream=settings.exact, ray_address=settings.ray_address)
         if emb.whole_rows is not None:

@@ -7,6 +7,10 @@ any other directory is an image folder. The evaluation-set layouts of ``overlap_
 hub Parquet and ``save_to_disk`` folders, CLIP_benchmark folders, CIFAR python batches) are recognised
 first, by their prefix (``hf:``, ``clip_benchmark:``, ``cifar:``) or their files. Nothing is decoded here:
 items carry bytes or a path, and decoding happens in worker processes (``overlap_audit.embed``).
+
+Only regular files are read, and nothing larger than the caps of ``limits.InputLimits``: an image file, a
+Parquet image cell or a tar member over its cap, and a FIFO, device or socket, is listed as skipped with
+the reason.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 from .errors import DuplicateIdError, SourceError
 from .formats import LAYOUT_KINDS, iter_layout, open_layout
+from .limits import DEFAULT_LIMITS, InputLimits, ReadRefused, file_problem, read_file
 from .values import RawItem
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
@@ -51,17 +56,19 @@ class Source:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "spec": self.spec, "name": self.name, "paths": list(self.paths)}
 
-    def iter_items(self) -> Iterator[RawItem]:
-        """Stream the source's items in a deterministic order; raises DuplicateIdError on a repeated id."""
+    def iter_items(self, limits: InputLimits | None = None) -> Iterator[RawItem]:
+        """Stream the source's items in a deterministic order; raises DuplicateIdError on a repeated id.
+        Items over a cap of ``limits`` (default ``InputLimits()``) come as skipped."""
+        limits = limits or DEFAULT_LIMITS
         if self.kind == "folder":
-            items = _iter_folder(self)
+            items = _iter_folder(self, limits)
         elif self.kind == "parquet":
             _check_parquet_ids(self)
-            items = _iter_parquet(self)
+            items = _iter_parquet(self, limits)
         elif self.kind in LAYOUT_KINDS:
             items = iter_layout(self.kind, self.paths, self.name)
         else:
-            items = _iter_wds(self)
+            items = _iter_wds(self, limits)
         seen: set[str] = set()
         for item in items:
             if item.id in seen:
@@ -142,6 +149,9 @@ def open_source(spec: str, *, name: str | None = None, labels_from_folders: bool
         if kind == "folder":
             raise SourceError(f"source {spec!r}: 'folder:' needs a directory")
         return Source(kind, (os.path.abspath(path),), name or default_name, spec, labels_from_folders)
+    if not os.path.isdir(path):
+        raise SourceError(f"source {spec!r} is neither a regular file nor a directory (a FIFO, device or socket "
+                          "is not read); give a folder of images, Parquet files or WebDataset shards")
 
     entries = sorted(os.listdir(path))
     tars = [os.path.join(path, e) for e in entries if _is_tar(e)]
@@ -166,11 +176,11 @@ def open_source(spec: str, *, name: str | None = None, labels_from_folders: bool
 # ---------------------------------------------------------------- folders
 
 
-def _read_text(path: str) -> str | None:
+def _read_text(path: str, max_bytes: int = DEFAULT_LIMITS.max_file_bytes) -> str | None:
+    """A sidecar's text; None when it is missing, unreadable, not a regular file or over ``max_bytes``."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read().strip()
-    except OSError:
+        return read_file(path, max_bytes).decode("utf-8", errors="replace").strip()
+    except (OSError, ReadRefused):
         return None
 
 
@@ -208,7 +218,7 @@ def _walk(root: str) -> tuple[list[str], list[tuple[str, str]]]:
     return files, unreadable
 
 
-def _iter_folder(src: Source) -> Iterator[RawItem]:
+def _iter_folder(src: Source, limits: InputLimits = DEFAULT_LIMITS) -> Iterator[RawItem]:
     root = src.paths[0]
     files, unreadable = _walk(root)
     for rel, why in unreadable:
@@ -223,8 +233,12 @@ def _iter_folder(src: Source) -> Iterator[RawItem]:
             parts = rel_id.split("/")
             label = parts[0] if len(parts) > 1 else None
         if ext.lower() in IMAGE_EXTENSIONS:
+            problem = file_problem(full, limits.max_file_bytes)  # never opens a FIFO or device
+            if problem is not None:
+                yield RawItem(src.name, rel_id, label=label, skip_reason=problem)
+                continue
             txt = os.path.join(root, stem + ".txt")
-            caption = _read_text(txt) if os.path.exists(txt) else None
+            caption = _read_text(txt, limits.max_file_bytes) if os.path.exists(txt) else None
             yield RawItem(src.name, rel_id, path=full, caption=caption, label=label)
         elif ext.lower() in SIDECAR_SUFFIXES and stem in image_stems:
             continue  # read together with its image
@@ -237,13 +251,42 @@ def _iter_folder(src: Source) -> Iterator[RawItem]:
 # ---------------------------------------------------------------- parquet
 
 
+def _image_type_problem(type_) -> str | None:
+    """Why an Arrow type cannot hold images, or None: binary (image bytes), a {bytes, path} struct (Hugging
+    Face's Image feature), a string (a path, not read) or null are accepted."""
+    import pyarrow as pa
+
+    def binary(t) -> bool:
+        return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t) or (
+            hasattr(pa.types, "is_binary_view") and pa.types.is_binary_view(t))
+
+    def string(t) -> bool:
+        return pa.types.is_string(t) or pa.types.is_large_string(t) or (
+            hasattr(pa.types, "is_string_view") and pa.types.is_string_view(t))
+
+    if binary(type_) or string(type_) or pa.types.is_null(type_):
+        return None
+    if pa.types.is_struct(type_):
+        names = [type_.field(i).name for i in range(type_.num_fields)]
+        if "bytes" in names and (binary(type_.field("bytes").type) or pa.types.is_null(type_.field("bytes").type)):
+            return None
+        if "bytes" not in names and "path" in names and string(type_.field("path").type):
+            return None
+    return (f"holds {type_}, not image bytes (binary), a {{bytes, path}} struct or a path string; "
+            "point the source at Parquet files whose image column holds encoded images")
+
+
 def _parquet_columns(path: str) -> dict[str, str | None]:
     import pyarrow.parquet as pq
 
+    problem = file_problem(path, 1 << 62)
+    if problem is not None:
+        raise SourceError(f"Parquet file {path!r}: {problem}")
     try:
-        names = pq.ParquetFile(path).schema_arrow.names
+        schema = pq.ParquetFile(path).schema_arrow
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
         raise SourceError(f"cannot read Parquet file {path!r}: {exc}") from None
+    names = schema.names
     image = next((c for c in PARQUET_IMAGE_COLUMNS if c in names), None)
     ident = next((c for c in PARQUET_ID_COLUMNS if c in names), None)
     if image is None:
@@ -256,6 +299,9 @@ def _parquet_columns(path: str) -> dict[str, str | None]:
             f"Parquet file {path!r} has no id column (looked for {', '.join(PARQUET_ID_COLUMNS)}; "
             f"it has {', '.join(names)})"
         )
+    problem = _image_type_problem(schema.field(image).type)
+    if problem is not None:
+        raise SourceError(f"Parquet file {path!r}: image column {image!r} {problem}")
     return {
         "image": image,
         "id": ident,
@@ -283,16 +329,37 @@ def _check_parquet_ids(src: Source) -> None:
 
 
 def _image_bytes(value) -> bytes | None:
-    if value is None:
-        return None
     if isinstance(value, dict):  # Hugging Face datasets' Image feature: {"bytes": ..., "path": ...}
         value = value.get("bytes")
-    if isinstance(value, str):
-        return None
-    return bytes(value) if value is not None else None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    return None  # null, or a path string (not read)
 
 
-def _iter_parquet(src: Source) -> Iterator[RawItem]:
+def _cell_sizes(column) -> list[int]:
+    """The byte length of each image cell of an Arrow column (0 for null, a path, or no bytes)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        return [n for chunk in column.chunks for n in _cell_sizes(chunk)]
+    if pa.types.is_struct(column.type):
+        if column.type.get_field_index("bytes") < 0:
+            return [0] * len(column)
+        column = column.field("bytes")
+    if pa.types.is_null(column.type) or pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return [0] * len(column)
+    return [0 if n is None else int(n) for n in pc.binary_length(column).to_pylist()]
+
+
+def _cell_problem(size: int, column: str, limits: InputLimits) -> str | None:
+    if size > limits.max_cell_bytes:
+        return (f"Parquet cell of column {column!r} of {size:,} bytes exceeds the limit of "
+                f"{limits.max_cell_bytes:,} bytes: not read")
+    return None
+
+
+def _iter_parquet(src: Source, limits: InputLimits = DEFAULT_LIMITS) -> Iterator[RawItem]:
     import pyarrow.parquet as pq
 
     for path in src.paths:
@@ -300,7 +367,10 @@ def _iter_parquet(src: Source) -> Iterator[RawItem]:
         wanted = [c for c in cols.values() if c]
         pf = pq.ParquetFile(path)
         for batch in pf.iter_batches(batch_size=256, columns=wanted):
-            data = batch.to_pydict()
+            images = batch.column(wanted.index(cols["image"]))
+            sizes = _cell_sizes(images)
+            # the image cells are turned into Python bytes one at a time, and only those within the cap
+            data = batch.drop_columns([cols["image"]]).to_pydict()
             for i in range(batch.num_rows):
                 ident = data[cols["id"]][i]
                 if ident is None:
@@ -310,10 +380,9 @@ def _iter_parquet(src: Source) -> Iterator[RawItem]:
                 caption = None if caption is None else str(caption)
                 label = data[cols["label"]][i] if cols["label"] else None
                 label = None if label is None else str(label)
-                raw = data[cols["image"]][i]
-                image = _image_bytes(raw)
-                reason = None
-                if image is None:
+                reason = _cell_problem(sizes[i], cols["image"], limits)
+                image = None if reason is not None else _image_bytes(images[i].as_py())
+                if image is None and reason is None:
                     status = data[cols["status"]][i] if cols["status"] else None
                     error = data[cols["error"]][i] if cols["error"] else None
                     reason = "no image data in column " + repr(cols["image"])
@@ -334,7 +403,16 @@ def _wds_split(name: str) -> tuple[str, str]:
     return (os.path.join(directory, stem) if directory else stem), ext.lower()
 
 
+# The members of a sample that are read; any other member is listed by extension but never read.
+_WDS_READ = (*WDS_IMAGE_EXTENSIONS, "txt", "json", "cls")
+
+
+class _Refused(str):
+    """A member that was not read: the reason."""
+
+
 def _wds_item(src: Source, key: str, parts: dict[str, bytes]) -> RawItem:
+    refused = {ext: parts.pop(ext) for ext in list(parts) if isinstance(parts[ext], _Refused)}
     caption = label = None
     if "txt" in parts:
         caption = parts["txt"].decode("utf-8", errors="replace").strip()
@@ -350,9 +428,11 @@ def _wds_item(src: Source, key: str, parts: dict[str, bytes]) -> RawItem:
                 label = str(meta["label"])
     if "cls" in parts:
         label = parts["cls"].decode("utf-8", errors="replace").strip()
-    image_ext = next((e for e in WDS_IMAGE_EXTENSIONS if e in parts), None)
+    image_ext = next((e for e in WDS_IMAGE_EXTENSIONS if e in parts or e in refused), None)
+    if image_ext in refused:
+        return RawItem(src.name, key, caption=caption, label=label, skip_reason=refused[image_ext])
     if image_ext is None:
-        found = ", ".join(sorted(parts)) or "nothing"
+        found = ", ".join(sorted([*parts, *refused])) or "nothing"
         return RawItem(src.name, key, caption=caption, label=label,
                        skip_reason=f"no image in the sample (found {found})")
     return RawItem(src.name, key, data=parts[image_ext], caption=caption, label=label)
@@ -377,11 +457,31 @@ def _tar_end_problem(shard: str, offset: int) -> str | None:
     return None
 
 
-def _iter_wds(src: Source) -> Iterator[RawItem]:
+def _wds_member(tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str, limits: InputLimits) -> bytes:
+    """A member's bytes, read only when the sample needs it and its declared size is within the cap."""
+    if ext not in _WDS_READ:
+        return b""  # not needed: stream mode skips its data without keeping it
+    cap = limits.max_member_bytes
+    if member.size > cap:
+        return _Refused(f"tar member {member.name!r} of {member.size:,} bytes exceeds the limit of {cap:,} "
+                        "bytes: not read")
+    fh = tar.extractfile(member)
+    data = fh.read(cap + 1) if fh is not None else b""
+    if len(data) > cap:  # pragma: no cover - tarfile never returns more than the declared size
+        return _Refused(f"tar member {member.name!r} exceeds the limit of {cap:,} bytes: not read")
+    return data
+
+
+def _iter_wds(src: Source, limits: InputLimits = DEFAULT_LIMITS) -> Iterator[RawItem]:
     for shard in src.paths:
         shard_name = os.path.basename(shard)
         key: str | None = None
         parts: dict[str, bytes] = {}
+        problem = file_problem(shard, 1 << 62)
+        if problem is not None:
+            yield RawItem(src.name, f"{shard}#unreadable-after-start",
+                          skip_reason=f"WebDataset shard {shard_name!r}: {problem}")
+            continue
         try:
             # "r|*" reads the shard as a stream (no seeking, no extraction to disk), compressed or not.
             with open(shard, "rb") as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
@@ -398,8 +498,7 @@ def _iter_wds(src: Source) -> Iterator[RawItem]:
                         yield _wds_item(src, key, parts)
                         parts = {}
                     key = mkey
-                    fh_member = tar.extractfile(member)
-                    parts[ext] = fh_member.read() if fh_member is not None else b""
+                    parts[ext] = _wds_member(tar, member, ext, limits)
             end_problem = _tar_end_problem(shard, tar.offset)
         except (tarfile.TarError, OSError, EOFError) as exc:
             if key is not None:
@@ -428,10 +527,11 @@ def parse_eval_spec(spec: str) -> tuple[str, str]:
 # ---------------------------------------------------------------- fetching items by id
 
 
-def fetch_items(source: Source, ids: Iterable[str]) -> dict[str, RawItem]:
+def fetch_items(source: Source, ids: Iterable[str], limits: InputLimits | None = None) -> dict[str, RawItem]:
     """The items of ``source`` with the given ids; an id the source no longer has maps to a RawItem whose
     ``skip_reason`` says so. Folders and Parquet are read directly; WebDataset and the layouts of
-    ``formats`` in one streaming pass that keeps only the wanted samples."""
+    ``formats`` in one streaming pass that keeps only the wanted samples. Caps as in ``Source.iter_items``."""
+    limits = limits or DEFAULT_LIMITS
     wanted = set(ids)
     found: dict[str, RawItem] = {}
     if not wanted:
@@ -449,13 +549,15 @@ def fetch_items(source: Source, ids: Iterable[str]) -> dict[str, RawItem]:
             if not os.path.isfile(full):
                 continue
             stem = os.path.splitext(full)[0]
-            caption = _read_text(stem + ".txt") if os.path.exists(stem + ".txt") else None
+            caption = _read_text(stem + ".txt", limits.max_file_bytes) if os.path.exists(stem + ".txt") else None
             label = ident.split("/")[0] if source.labels_from_folders and "/" in ident else None
-            found[ident] = RawItem(source.name, ident, path=full, caption=caption, label=label)
+            problem = file_problem(full, limits.max_file_bytes)
+            found[ident] = RawItem(source.name, ident, path=None if problem else full, caption=caption,
+                                   label=label, skip_reason=problem)
     elif source.kind == "parquet":
-        found = _fetch_parquet(source, wanted)
+        found = _fetch_parquet(source, wanted, limits)
     else:
-        for item in (_iter_wds(source) if source.kind == "wds" else source.iter_items()):
+        for item in (_iter_wds(source, limits) if source.kind == "wds" else source.iter_items(limits)):
             if item.id in wanted and item.id not in found:
                 found[item.id] = item
                 if len(found) == len(wanted):
@@ -472,7 +574,7 @@ def _inside(path: str, root: str) -> bool:
     return rel != "." and not os.path.isabs(rel) and ".." not in Path(rel).parts
 
 
-def _fetch_parquet(source: Source, wanted: set[str]) -> dict[str, RawItem]:
+def _fetch_parquet(source: Source, wanted: set[str], limits: InputLimits = DEFAULT_LIMITS) -> dict[str, RawItem]:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -483,13 +585,16 @@ def _fetch_parquet(source: Source, wanted: set[str]) -> dict[str, RawItem]:
         cols = _parquet_columns(path)
         table = pq.read_table(path, columns=[c for c in cols.values() if c])
         table = table.filter(pc.is_in(pc.cast(table[cols["id"]], pa.string()), value_set=keys))
-        for row in table.to_pylist():
+        images = table[cols["image"]]
+        sizes = _cell_sizes(images)
+        for i, row in enumerate(table.drop_columns([cols["image"]]).to_pylist()):
             ident = str(row[cols["id"]])
-            image = _image_bytes(row[cols["image"]])
+            reason = _cell_problem(sizes[i], cols["image"], limits)
+            image = None if reason is not None else _image_bytes(images[i].as_py())
             caption = row[cols["caption"]] if cols["caption"] else None
             label = row[cols["label"]] if cols["label"] else None
             found[ident] = RawItem(source.name, ident, data=image,
                                    caption=None if caption is None else str(caption),
                                    label=None if label is None else str(label),
-                                   skip_reason=None if image is not None else "no image data")
+                                   skip_reason=reason or (None if image is not None else "no image data"))
     return found

@@ -27,6 +27,7 @@ from ..devices import faiss_device
 from ..embed import Decoder, embed_decoded
 from ..errors import IndexDirError, ResumeError
 from ..imaging import DEFAULT_MAX_PIXELS
+from ..limits import InputLimits
 from ..sources import Source, open_source
 from ..values import DetectorInfo, RawItem, Skipped
 from .ann import INDEX_TYPES, choose_index, new_index, parse_bytes
@@ -51,7 +52,8 @@ class IndexSettings:
     run with the same settings are kept. With ``ray_address`` (``local``, ``auto`` or a cluster address)
     the shards are embedded on a Ray cluster: same shards, same resumption, same result. ``content`` is the
     detector's content normalisation (``trim``: each image is embedded as its content box; ``whole``; None:
-    the detector's own default).
+    the detector's own default). ``limits`` caps what one item may cost (bytes read, decoding seconds); an
+    item over a cap is recorded as skipped.
     """
 
     detector: str = "phash"
@@ -65,6 +67,7 @@ class IndexSettings:
     index_type: str = "auto"
     memory_budget: int | str | None = None
     ray_address: str | None = None
+    limits: InputLimits = field(default_factory=InputLimits)
 
 
 def _settings(settings: IndexSettings | None, legacy: dict) -> IndexSettings:
@@ -125,11 +128,11 @@ def _counting(decoded, tick: Callable[[], None]):
 
 def embed_shard(detector: Detector, items: list[RawItem], shard_no: int, *, out_dir: str | os.PathLike,
                 n_sources: int, batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, decoder: Decoder | None = None,
-                tick: Callable[[], None] | None = None) -> None:
+                tick: Callable[[], None] | None = None, limits: InputLimits | None = None) -> None:
     """Decode, embed and write one shard (with its recall-query copies): the unit of work of the local and
     the Ray paths. Without ``decoder`` one is made in this process; ``tick()`` follows each decoded item."""
     if decoder is None:
-        with Decoder(detector, workers=0, max_pixels=max_pixels) as own:
+        with Decoder(detector, workers=0, max_pixels=max_pixels, limits=limits) as own:
             return embed_shard(detector, items, shard_no, out_dir=out_dir, n_sources=n_sources,
                                batch_size=batch_size, decoder=own, tick=tick)
     decoded = decoder.decode(items, copies=_copy_picks(items, RECALL_QUERIES_PER_SHARD))
@@ -168,9 +171,9 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
     faiss_dev = faiss_device(s.device)
     srcs = _source_names([open_source(src) for src in sources])
     recorded = {"detector": det.info.to_dict(), "sources": [src.to_dict() for src in srcs],
-                "shard_size": s.shard_size, "max_pixels": s.max_pixels}
+                "shard_size": s.shard_size, "max_pixels": s.max_pixels, "limits": s.limits.to_dict()}
     finish = partial(_finish_index, out, det.info, recorded["sources"], s.shard_size, faiss_dev,
-                     index_type=s.index_type, memory_budget=s.memory_budget)
+                     index_type=s.index_type, memory_budget=s.memory_budget, limits=recorded["limits"])
 
     if out.exists() and not out.is_dir():
         raise IndexDirError(f"--out {out} exists and is not a directory")
@@ -199,7 +202,7 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
     (out / SHARD_DIR).mkdir(exist_ok=True)
 
     done = finished_shards(out)
-    items = (item for src in srcs for item in src.iter_items())
+    items = (item for src in srcs for item in src.iter_items(s.limits))
     items_done = 0
     for shard_no in done:  # the finished shards' items: read past, not decoded again, but checked
         for want in shard_item_ids(shard_path(out, shard_no)):
@@ -218,7 +221,8 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
         from tqdm import tqdm
 
         bar = tqdm(desc="index", unit="img", initial=items_done)
-    work = partial(embed_shard, out_dir=out, n_sources=len(srcs), batch_size=s.batch_size, max_pixels=s.max_pixels)
+    work = partial(embed_shard, out_dir=out, n_sources=len(srcs), batch_size=s.batch_size, max_pixels=s.max_pixels,
+                   limits=s.limits)
     if s.ray_address:
         connect(s.ray_address)
 
@@ -235,7 +239,7 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
             bar.close()
         finished_shards(out)  # all present and contiguous
         return finish(time.monotonic() - started)
-    with Decoder(det, workers=s.workers, max_pixels=s.max_pixels) as decoder:
+    with Decoder(det, workers=s.workers, max_pixels=s.max_pixels, limits=s.limits) as decoder:
         for shard_no, chunk in enumerate(_chunked(items, s.shard_size), start=len(done)):
             work(det, chunk, shard_no, decoder=decoder, tick=None if bar is None else partial(bar.update, 1))
             items_done += len(chunk)
@@ -317,7 +321,8 @@ def _build_faiss(out: Path, info: DetectorInfo, plan, n: int):
 
 
 def _finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size: int, device: str,
-                  seconds: float, *, index_type: str = "auto", memory_budget: int | str | None = None) -> IndexManifest:
+                  seconds: float, *, index_type: str = "auto", memory_budget: int | str | None = None,
+                  limits: dict | None = None) -> IndexManifest:
     import faiss
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -351,7 +356,8 @@ def _finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         build_seconds=round(seconds + build_seconds, 3),
         extra={"device": device, "faiss_index": type(index).__name__, "index_params": plan.params,
-               "index_choice": plan.reason, "index_build_seconds": round(build_seconds, 3), "recall": recall},
+               "index_choice": plan.reason, "index_build_seconds": round(build_seconds, 3), "recall": recall,
+               **({"limits": limits} if limits else {})},
     )
     atomic_write_json(out / MANIFEST, manifest.to_dict())
     return manifest
@@ -443,4 +449,5 @@ def finish_from_shards(out_dir: str | os.PathLike, *, index_type: str = "auto") 
     out = Path(out_dir)
     progress = json.loads((out / PROGRESS).read_text())
     return _finish_index(out, DetectorInfo.from_dict(progress["detector"]), progress["sources"],
-                         progress["shard_size"], faiss_device("auto"), 0.0, index_type=index_type)
+                         progress["shard_size"], faiss_device("auto"), 0.0, index_type=index_type,
+                         limits=progress.get("limits"))
