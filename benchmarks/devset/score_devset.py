@@ -1,0 +1,161 @@
+"""Score a near-duplicate detector on the real-overlap development set (pairs.csv).
+
+    python benchmarks/devset/score_devset.py --data DIR --detector phash [--detector clipdup ...]
+        [--trim no|yes|both] [--distractors 1000] [--full-size]
+
+DIR is make_devset.py's --out (the rendered stamps and manifest.json). The stamps are embedded, and so is a
+corpus made of every corpus image pairs.csv names plus ``--distractors`` other openclipart-png images drawn
+at random (seed 0; ``--distractors -1``: the whole corpus). Images are reduced to 384 px on their long side
+before the detector sees them, as make_devset.py does (``--full-size``: whole decoded images). With ``--trim
+yes`` both sides are cropped to their content box first (make_devset.trim_to_content); ``both`` scores each
+way. Each image is decoded once for every detector and view.
+
+Positives are the labelled duplicate pairs (their scores whatever their rank); negatives are every other
+(stamp, corpus) pair among each reviewed stamp's top k (default 10) in that corpus, labelled or not; pairs
+marked unsure count as neither. Reported: recall and precision at the detector's default threshold, recall at
+95% and 99% precision (overlap_audit.thresholds.threshold_at_precision), and how many positives rank first,
+in the top 5 and in the top 10 (rank = 1 + the corpus images that are not labelled duplicates of the stamp
+and score at least as high: ties count against the true source).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from overlap_audit.thresholds import threshold_at_precision
+
+HERE = Path(__file__).resolve().parent
+PAIRS = HERE / "pairs.csv"
+
+
+@dataclass(frozen=True)
+class DevsetScore:
+    """A detector's figures on the development set."""
+
+    n_positive: int
+    n_negative: int
+    threshold: float | None
+    recall_default: float | None
+    precision_default: float | None
+    recall_p95: float
+    threshold_p95: float | None
+    recall_p99: float
+    threshold_p99: float | None
+    rank1: int
+    top5: int
+    top10: int
+
+
+def read_pairs(path: Path = PAIRS) -> dict[tuple[str, str], tuple[int, int]]:
+    """{(stamp, corpus): (label, unsure)} from pairs.csv."""
+    with open(path, newline="") as fh:
+        return {(r["stamp"], r["corpus"]): (int(r["label"]), int(r["unsure"])) for r in csv.DictReader(fh)}
+
+
+def score(sim: np.ndarray, stamps: list[str], corpus: list[str], labels: dict[tuple[str, str], tuple[int, int]],
+          threshold: float | None, k: int = 10) -> DevsetScore:
+    """Score a similarity matrix [stamps, corpus] against the labels (see the module docstring)."""
+    col = {c: j for j, c in enumerate(corpus)}
+    pos, neg = [], []
+    ranks = []
+    for i, stamp in enumerate(stamps):
+        row = sim[i]
+        dup_cols = {col[c] for (s, c), (lab, uns) in labels.items() if s == stamp and lab and not uns and c in col}
+        unsure_cols = {col[c] for (s, c), (_, uns) in labels.items() if s == stamp and uns and c in col}
+        others = np.ones(len(corpus), dtype=bool)
+        others[list(dup_cols)] = False
+        for j in dup_cols:
+            pos.append(float(row[j]))
+            ranks.append(1 + int((row[others] >= row[j]).sum()))
+        for j in np.argsort(-row, kind="stable")[:k]:
+            if int(j) not in dup_cols and int(j) not in unsure_cols:
+                neg.append(float(row[j]))
+    pos_a, neg_a = np.array(pos), np.array(neg)
+    recall = precision = None
+    if threshold is not None and len(pos_a):
+        tp, fp = int((pos_a >= threshold).sum()), int((neg_a >= threshold).sum())
+        recall = tp / len(pos_a)
+        precision = tp / (tp + fp) if tp + fp else 1.0
+    p95, p99 = (threshold_at_precision(pos_a, neg_a, t) for t in (0.95, 0.99))
+    r = np.array(ranks)
+    return DevsetScore(len(pos_a), len(neg_a), threshold, recall, precision,
+                       p95.recall if p95 else 0.0, p95.threshold if p95 else None,
+                       p99.recall if p99 else 0.0, p99.threshold if p99 else None,
+                       int((r <= 1).sum()), int((r <= 5).sum()), int((r <= 10).sum()))
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def table_row(name: str, s: DevsetScore) -> str:
+    return (f"| {name} | {s.n_positive} | {s.n_negative} | {_fmt(s.threshold, 4)} | {_fmt(s.recall_default)} | "
+            f"{_fmt(s.precision_default)} | {s.recall_p95:.3f} ({_fmt(s.threshold_p95, 4)}) | "
+            f"{s.recall_p99:.3f} ({_fmt(s.threshold_p99, 4)}) | {s.rank1} / {s.top5} / {s.top10} |")
+
+
+TABLE_HEAD = ("| detector | positives | negatives | default threshold | recall there | precision there | "
+              "recall at 95% precision (threshold) | recall at 99% precision (threshold) | "
+              "true sources ranked 1 / top 5 / top 10 |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, type=Path, help="make_devset.py's --out folder")
+    ap.add_argument("--detector", action="append", required=True, help="a detector spec (repeat for several)")
+    ap.add_argument("--trim", choices=("no", "yes", "both"), default="no",
+                    help="crop both sides to their content box (both: a row each way)")
+    ap.add_argument("--distractors", type=int, default=1000, help="random other corpus images (-1: all)")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--full-size", action="store_true",
+                    help="give the detectors whole decoded images (default: reduced to 384 px on the long side)")
+    ap.add_argument("--pairs", type=Path, default=PAIRS)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(HERE))
+    from make_devset import WORK_SIZE, eval_png, embed_views
+
+    from overlap_audit.detectors import get_detector
+
+    manifest = json.loads((args.data / "manifest.json").read_text())
+    labels = read_pairs(args.pairs)
+    stamps = sorted({s for s, _ in labels})
+    named = sorted({c for _, c in labels})
+    corpus_pkg = Path(manifest["corpus_root"])
+    skipped = {c for c, _ in manifest["corpus_skipped"]}
+    named_set = set(named)
+    every = sorted(str(p.relative_to(corpus_pkg)) for p in (corpus_pkg / "usr/share/openclipart/png").rglob("*.png"))
+    rest = [c for c in every if c not in named_set and c not in skipped]
+    if 0 <= args.distractors < len(rest):
+        rest = sorted(random.Random(args.seed).sample(rest, args.distractors))
+    corpus = named + rest
+    detectors = {spec: get_detector(spec) for spec in args.detector}
+    size = None if args.full_size else WORK_SIZE
+    s_emb, s_keep, s_bad = embed_views([str(eval_png(args.data, s)) for s in stamps], detectors, work_size=size)
+    if s_bad:
+        raise SystemExit(f"rendered stamps that do not decode: {s_bad}; rerun make_devset.py")
+    c_emb, c_keep, _ = embed_views([str(corpus_pkg / c) for c in corpus], detectors, work_size=size)
+    corpus = [corpus[j] for j in c_keep]
+    n_named = sum(c in named_set for c in corpus)
+    print(f"{len(stamps)} stamps; {len(corpus)} corpus images: {n_named} named in pairs.csv and "
+          f"{len(corpus) - n_named} random distractors; top {args.k}; "
+          f"{'whole images' if size is None else f'images reduced to {size} px'}")
+    print(TABLE_HEAD)
+    trims = {"no": (False,), "yes": (True,), "both": (False, True)}[args.trim]
+    for spec, det in detectors.items():
+        for trim in trims:
+            sim = det.similarity(s_emb[(spec, trim)], c_emb[(spec, trim)])
+            result = score(sim, stamps, corpus, labels, det.default_threshold, args.k)
+            print(table_row(spec + (", trimmed" if trim else ""), result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
