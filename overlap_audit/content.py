@@ -91,6 +91,23 @@ class ContentBox:
         """The untrimmed box of a ``width`` x ``height`` image."""
         return cls(0, 0, width, height, width, height, False)
 
+    def to_dict(self) -> dict:
+        return {f: getattr(self, f) for f in BOX_FIELDS}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ContentBox":
+        return cls(**{f: d[f] for f in BOX_FIELDS})
+
+
+BOX_FIELDS = ("left", "top", "right", "bottom", "width", "height", "trimmed")
+
+
+def box_arrow_type():
+    """The Arrow struct a ContentBox is stored as (in index shards and splits.parquet)."""
+    import pyarrow as pa
+
+    return pa.struct([(f, pa.bool_() if f == "trimmed" else pa.int32()) for f in BOX_FIELDS])
+
 
 def content_box(image: Image.Image) -> ContentBox:
     """The content box of ``image`` (any mode; transparency counts as white).

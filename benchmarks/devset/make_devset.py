@@ -130,8 +130,8 @@ def eval_png(out: Path, stamp: str) -> Path:
 _STATE: dict = {}
 
 
-def _init(detectors: dict, work_size: int | None, thumbs: bool) -> None:
-    _STATE.update(detectors=detectors, work_size=work_size, thumbs=thumbs)
+def _init(detectors: dict, work_size: int | None, thumbs: bool, library_trim: bool = False) -> None:
+    _STATE.update(detectors=detectors, work_size=work_size, thumbs=thumbs, library_trim=library_trim)
 
 
 def views(path: str):
@@ -143,7 +143,12 @@ def views(path: str):
         return str(exc)
     if _STATE["work_size"]:  # phash reads 32 px and clipdup 96 px: a few hundred pixels are plenty
         img.thumbnail((_STATE["work_size"],) * 2, Image.Resampling.BICUBIC, reducing_gap=2.0)
-    trimmed = trim_to_content(img)
+    if _STATE.get("library_trim"):  # the audit's own content normalisation (overlap_audit.content)
+        from overlap_audit.content import trim
+
+        trimmed = trim(img)[0]
+    else:  # the rule the candidates were found with (the review's numbering depends on it)
+        trimmed = trim_to_content(img)
     out = {}
     for name, det in _STATE["detectors"].items():
         out[(name, False)] = det.preprocess(img)
@@ -159,10 +164,11 @@ def views(path: str):
 
 
 def embed_views(paths: list[str], detectors: dict, *, work_size: int | None = WORK_SIZE,
-                thumbs_dir: Path | None = None, workers: int = 2, batch: int = 256):
+                thumbs_dir: Path | None = None, workers: int = 2, batch: int = 256, library_trim: bool = False):
     """Every detector's embeddings of every image, whole and trimmed: ({(name, trimmed?): array}, the
     indices of the images that decode, [(index, reason)] of the rest). Decoding runs in ``workers``
-    processes; with ``work_size`` each image is first reduced to that long side."""
+    processes; with ``work_size`` each image is first reduced to that long side. ``library_trim``: the trimmed
+    view is ``overlap_audit.content.trim``'s instead of ``trim_to_content``'s."""
     keep, failed = [], []
     keys = [(n, t) for n in detectors for t in (False, True)]
     parts: dict = {key: [] for key in keys}
@@ -175,7 +181,7 @@ def embed_views(paths: list[str], detectors: dict, *, work_size: int | None = WO
                 pending[key] = []
 
     ctx = mp.get_context("fork")
-    with ctx.Pool(workers, initializer=_init, initargs=(detectors, work_size, thumbs_dir is not None)) as pool:
+    with ctx.Pool(workers, initializer=_init, initargs=(detectors, work_size, thumbs_dir is not None, library_trim)) as pool:
         for i, r in enumerate(pool.imap(views, paths, chunksize=8)):
             if isinstance(r, str):
                 failed.append((i, r))

@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="give the detectors whole decoded images (default: reduced to 384 px on the long side)")
     ap.add_argument("--pairs", type=Path, default=PAIRS)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trim-rule", choices=("library", "simple"), default="library",
+                    help="library: overlap_audit.content.trim, the audit's own; simple: make_devset's "
+                         "crop to pixels darker than 245 (the rule the candidates were found with)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(HERE))
     from make_devset import WORK_SIZE, eval_png, embed_views
@@ -139,10 +142,13 @@ def main(argv: list[str] | None = None) -> None:
     corpus = named + rest
     detectors = {spec: get_detector(spec) for spec in args.detector}
     size = None if args.full_size else WORK_SIZE
-    s_emb, s_keep, s_bad = embed_views([str(eval_png(args.data, s)) for s in stamps], detectors, work_size=size)
+    library = args.trim_rule == "library"
+    s_emb, s_keep, s_bad = embed_views([str(eval_png(args.data, s)) for s in stamps], detectors, work_size=size,
+                                       library_trim=library)
     if s_bad:
         raise SystemExit(f"rendered stamps that do not decode: {s_bad}; rerun make_devset.py")
-    c_emb, c_keep, _ = embed_views([str(corpus_pkg / c) for c in corpus], detectors, work_size=size)
+    c_emb, c_keep, _ = embed_views([str(corpus_pkg / c) for c in corpus], detectors, work_size=size,
+                                   library_trim=library)
     corpus = [corpus[j] for j in c_keep]
     n_named = sum(c in named_set for c in corpus)
     print(f"{len(stamps)} stamps; {len(corpus)} corpus images: {n_named} named in pairs.csv and "
@@ -154,7 +160,11 @@ def main(argv: list[str] | None = None) -> None:
         for trim in trims:
             sim = det.similarity(s_emb[(spec, trim)], c_emb[(spec, trim)])
             result = score(sim, stamps, corpus, labels, det.default_threshold, args.k)
-            print(table_row(spec + (", trimmed" if trim else ""), result), flush=True)
+            print(table_row(spec + (f", trimmed ({args.trim_rule})" if trim else ""), result), flush=True)
+            if trim:  # the audit's two query views: the better of the trimmed and the whole stamp
+                both = np.maximum(sim, det.similarity(s_emb[(spec, False)], c_emb[(spec, True)]))
+                result = score(both, stamps, corpus, labels, det.default_threshold, args.k)
+                print(table_row(spec + f", trimmed ({args.trim_rule}), 2 query views", result), flush=True)
 
 
 if __name__ == "__main__":

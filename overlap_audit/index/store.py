@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write
+from ..content import ContentBox, box_arrow_type
 from ..errors import IndexDirError, IndexMismatchError, OverlapAuditError, ResumeError
 from ..sources import SOURCE_KINDS, Source
 from ..values import DetectorInfo, RawItem, Skipped
@@ -182,8 +183,7 @@ def write_shard(path: Path, info: DetectorInfo, *, keys: list[str], sources: lis
 
     ``boxes`` are the items' content boxes (``content.ContentBox`` or None) under a trimming detector: the
     ``content_box`` column holds left, top, right, bottom, width and height in the decoded image's pixels and
-    ``trimmed`` whether the embedded view was cut to it (null where the detector does not trim or the item
-    was skipped).
+    whether the embedded view was cut to it (null where the detector does not trim or the item was skipped).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -200,9 +200,7 @@ def write_shard(path: Path, info: DetectorInfo, *, keys: list[str], sources: lis
         "low_information": pa.array(low_information, pa.bool_()),
         "skip_reason": pa.array(reasons, pa.string()),
         "query_vector": _fixed_width(copies, info),
-        "content_box": pa.array([None if b is None else {f: getattr(b, f) for f in _BOX_FIELDS} for b in boxes],
-                                _box_type()),
-        "trimmed": pa.array([None if b is None else bool(b.trimmed) for b in boxes], pa.bool_()),
+        "content_box": pa.array([None if b is None else b.to_dict() for b in boxes], box_arrow_type()),
     })
     # vectors do not compress, repeat or sort: no compression, dictionary or min/max statistics for them
     atomic_write(path, lambda tmp: pq.write_table(
@@ -210,21 +208,10 @@ def write_shard(path: Path, info: DetectorInfo, *, keys: list[str], sources: lis
         use_dictionary=_TEXT_COLUMNS, write_statistics=_TEXT_COLUMNS))
 
 
-_BOX_FIELDS = ("left", "top", "right", "bottom", "width", "height")
-
-
-def _box_type():
-    import pyarrow as pa
-
-    return pa.struct([(f, pa.int32()) for f in _BOX_FIELDS])
-
-
 def content_boxes(index_dir: str | os.PathLike, keys) -> dict:
     """The recorded content boxes (``content.ContentBox``) of the corpus items behind ``keys``; keys without
     one (a detector that does not trim, an index written before boxes were recorded) are absent."""
     import pyarrow.parquet as pq
-
-    from ..content import ContentBox
 
     wanted = {k for k in keys if k is not None}
     found: dict = {}
@@ -233,11 +220,10 @@ def content_boxes(index_dir: str | os.PathLike, keys) -> dict:
             break
         if "content_box" not in pq.read_schema(path).names:
             continue
-        table = pq.read_table(path, columns=["key", "content_box", "trimmed"], memory_map=True)
-        for key, box, trimmed in zip(table["key"].to_pylist(), table["content_box"].to_pylist(),
-                                     table["trimmed"].to_pylist()):
+        table = pq.read_table(path, columns=["key", "content_box"], memory_map=True)
+        for key, box in zip(table["key"].to_pylist(), table["content_box"].to_pylist()):
             if key in wanted and box is not None:
-                found[key] = ContentBox(**box, trimmed=bool(trimmed))
+                found[key] = ContentBox.from_dict(box)
     return found
 
 

@@ -12,25 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import fsync_dir, atomic_write, atomic_write_json, atomic_write_text
+from ..atomic import atomic_write, atomic_write_json, atomic_write_text, fsync_dir
+from ..content import box_arrow_type
 from ..errors import OutputDirError, ReportError
 from ..values import Split
 from .markdown import format_markdown
 from .model import REPORT_HTML, REPORT_JSON, REPORT_MD, SPLITS, Report
-
-
-def _BOX_TYPE():
-    import pyarrow as pa
-
-    return pa.struct([(f, pa.int32()) for f in ("left", "top", "right", "bottom", "width", "height")]
-                     + [("trimmed", pa.bool_())])
-
-
-def _box(box) -> dict | None:
-    if box is None:
-        return None
-    return {"left": box.left, "top": box.top, "right": box.right, "bottom": box.bottom, "width": box.width,
-            "height": box.height, "trimmed": bool(box.trimmed)}
 
 
 def write_splits(path: str | os.PathLike, splits: dict[str, Split], correct: dict[str, np.ndarray]) -> None:
@@ -46,8 +33,10 @@ def write_splits(path: str | os.PathLike, splits: dict[str, Split], correct: dic
         views = sp.neighbors.views
         for i, ident in enumerate(sp.ids):
             cols["view"].append(views[i] if views else None)
-            cols["content_box"].append(_box(sp.boxes[i] if sp.boxes else None))
-            cols["neighbor_content_box"].append(_box(sp.neighbor_boxes[i] if sp.neighbor_boxes else None))
+            box = sp.boxes[i] if sp.boxes else None
+            near = sp.neighbor_boxes[i] if sp.neighbor_boxes else None
+            cols["content_box"].append(None if box is None else box.to_dict())
+            cols["neighbor_content_box"].append(None if near is None else near.to_dict())
             row_sims = [None if np.isnan(x) else float(x) for x in sims[i]]
             cols["dataset"].append(name)
             cols["id"].append(ident)
@@ -70,8 +59,8 @@ def write_splits(path: str | os.PathLike, splits: dict[str, Split], correct: dic
         "correct": pa.array(cols["correct"], pa.bool_()),
         # a trimming detector: the query view that matched, and both sides' content boxes
         "view": pa.array(cols["view"], pa.string()),
-        "content_box": pa.array(cols["content_box"], _BOX_TYPE()),
-        "neighbor_content_box": pa.array(cols["neighbor_content_box"], _BOX_TYPE()),
+        "content_box": pa.array(cols["content_box"], box_arrow_type()),
+        "neighbor_content_box": pa.array(cols["neighbor_content_box"], box_arrow_type()),
     })
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
