@@ -1,5 +1,11 @@
 """Atomic writes: a temporary file in the same directory, then a rename, so a crash never leaves a
-half-written file under its final name."""
+half-written file under its final name.
+
+Test hook: with the environment variable ``OVERLAP_AUDIT_KILL_AT_WRITE=N`` the process kills itself
+(SIGKILL) at its N-th atomic write, after the temporary file is complete and before the rename; with
+``N+`` just after the rename. tests/test_faults.py uses it to check that a kill at any write leaves a
+directory that either gives the clean run's result or is refused.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +16,40 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+_KILL_ENV = "OVERLAP_AUDIT_KILL_AT_WRITE"
+_writes = 0
+
+
+def _kill_hook(after_rename: bool) -> None:
+    """The test hook above; a no-op unless the environment variable is set."""
+    spec = os.environ.get(_KILL_ENV)
+    if not spec:
+        return
+    at, after = (int(spec[:-1]), True) if spec.endswith("+") else (int(spec), False)
+    if _writes == at and after == after_rename:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` and move the result onto ``path`` only once it has completed."""
+    global _writes
     path = Path(path)
     tmp = _tmp_name(path)
+    _writes += 1
     try:
         write(str(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        _kill_hook(after_rename=False)
         os.replace(tmp, path)
         _fsync_dir(path.parent)  # the rename itself must survive a crash
+        _kill_hook(after_rename=True)
     finally:
         if tmp.exists():
             tmp.unlink()
