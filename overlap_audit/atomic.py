@@ -91,6 +91,11 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(_no_nan(obj), indent=2, allow_nan=False, ensure_ascii=False) + "\n")
 
 
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether a file is an atomic write's temporary (left behind only by a crashed writer)."""
+    return Path(path).match(".*.tmp-*")
+
+
 def remove_stale_temporaries(directory: str | os.PathLike) -> int:
     """Delete temporary files a crashed writer left behind; returns how many."""
     removed = 0

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..atomic import atomic_write, atomic_write_json, remove_stale_temporaries
+from ..atomic import atomic_write, atomic_write_json, is_temporary, remove_stale_temporaries
 from ..detectors import Detector, get_detector
 from ..devices import faiss_device
 from ..embed import Decoder, embed_decoded
@@ -203,6 +203,8 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
 
     if out.exists() and not out.is_dir():
         raise IndexDirError(f"--out {out} exists and is not a directory")
+    if s.resume and out.is_dir() and all(is_temporary(p) for p in out.iterdir()):
+        remove_stale_temporaries(out)  # a run killed while writing its first file: start it afresh
     if out.exists() and any(out.iterdir()):
         if not s.resume:
             raise ResumeError(f"{out} exists and is not empty; pass --resume to finish an interrupted run there, "
