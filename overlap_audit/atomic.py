@@ -1,5 +1,11 @@
 """Atomic writes: a temporary file in the same directory, then a rename, so a crash never leaves a
-half-written file under its final name."""
+half-written file under its final name.
+
+Test hook: with the environment variable ``OVERLAP_AUDIT_KILL_AT_WRITE=N`` the process kills itself
+(SIGKILL) at its N-th atomic write, after the temporary file is complete and before the rename; with
+``N+`` just after the rename. tests/test_faults.py uses it to check that a kill at any write leaves a
+directory that either gives the clean run's result or is refused.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +41,22 @@ def create_temporary(path: str | os.PathLike, suffix: str = "") -> Path:
     raise WriteError(f"cannot create a temporary file beside {path}: every name tried exists")  # pragma: no cover
 
 
+_KILL_ENV = "OVERLAP_AUDIT_KILL_AT_WRITE"
+_writes = 0
+
+
+def _kill_hook(after_rename: bool) -> None:
+    """The test hook above; a no-op unless the environment variable is set."""
+    spec = os.environ.get(_KILL_ENV)
+    if not spec:
+        return
+    at, after = (int(spec[:-1]), True) if spec.endswith("+") else (int(spec), False)
+    if _writes == at and after == after_rename:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` and move the result onto ``path`` only once it has completed.
 
@@ -42,8 +64,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     truncate it (every ``open(tmp, "w")`` and library writer does). A failure inside ``write`` that is
     not ours becomes a ``WriteError`` naming ``path``.
     """
+    global _writes
     path = Path(path)
     tmp = create_temporary(path)
+    _writes += 1
     try:
         try:
             write(str(tmp))
@@ -57,8 +81,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
                              f"{path.parent})") from exc
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        _kill_hook(after_rename=False)
         os.replace(tmp, path)
         fsync_dir(path.parent)  # the rename itself must survive a crash
+        _kill_hook(after_rename=True)
     finally:
         if os.path.lexists(tmp):
             tmp.unlink()
@@ -99,6 +125,11 @@ def _no_nan(value):
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     """Write JSON atomically; NaN and infinities become null (JSON has no NaN)."""
     atomic_write_text(path, json.dumps(_no_nan(obj), indent=2, allow_nan=False, ensure_ascii=False) + "\n")
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether a file is an atomic write's temporary (left behind only by a crashed writer)."""
+    return Path(path).match(".*.tmp-*")
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> int:

@@ -163,6 +163,17 @@ def index(sources, out_dir, detector, content, batch_size, workers, device, resu
 
 @main.command()
 @options.index_dir
+def verify(index_dir) -> None:
+    """Check every file of INDEX_DIR against its manifest: sizes, row counts, checksums, the FAISS index."""
+    from .index import verify_index
+
+    r = verify_index(index_dir)
+    click.echo(f"{r.path}: intact (generation {r.generation}, {r.index_type}, {r.n_indexed} indexed; "
+               f"{r.n_files} files, {r.n_bytes / 1e6:.1f} MB checksummed in {r.seconds:.2f} s)")
+
+
+@main.command()
+@options.index_dir
 @options.eval_sets
 @click.option("--predictions", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Parquet or CSV: dataset, id, and correct (0/1) or prediction + label. Or --model.")

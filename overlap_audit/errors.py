@@ -32,6 +32,14 @@ class IndexDirError(OverlapAuditError):
     """An index directory is missing, incomplete, or inconsistent."""
 
 
+class IndexDamagedError(IndexDirError):
+    """A file of an index directory is missing, extra, or not what its manifest records."""
+
+    def __init__(self, message: str, file: str = ""):
+        super().__init__(message)
+        self.file = file  # the file concerned, relative to the index directory
+
+
 class IndexMismatchError(IndexDirError):
     """An index was built by another detector, detector version or dimension than the one asked for."""
 

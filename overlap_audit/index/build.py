@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..atomic import atomic_write, atomic_write_json, remove_stale_temporaries
+from ..atomic import atomic_write, atomic_write_json, is_temporary, remove_stale_temporaries
 from ..detectors import Detector, get_detector
 from ..devices import faiss_device
 from ..embed import Decoder, embed_decoded
-from ..errors import IndexDirError, ResumeError
+from ..errors import IndexDamagedError, IndexDirError, ResumeError
 from ..imaging import DEFAULT_MAX_PIXELS
 from ..limits import InputLimits
 from ..sources import Source, open_source
@@ -33,9 +33,10 @@ from ..values import DetectorInfo, RawItem, Skipped
 from .ann import INDEX_TYPES, choose_index, new_index, parse_bytes
 from .ray import connect, embed_shards
 from .search import search_rows, stream_search
-from .store import (IDS_FILE, INDEX_FILE, MANIFEST, PROGRESS, SHARD_DIR, VECTORS_FILE, IndexManifest, corpus_key,
-                    finished_shards, iter_shard_vectors, load_manifest, read_shard, shard_item_ids, shard_path,
-                    shard_paths, vector_width, write_shard)
+from .store import (MANIFEST, PROGRESS, SHARD_DIR, GenerationFiles, IndexManifest, check_faiss, check_files,
+                    corpus_key, file_record, finished_shards, item_bytes, iter_shard_vectors, load_manifest,
+                    read_faiss_index, read_shard, same_item_bytes, shard_items, shard_path, shard_paths,
+                    stale_generation_files, vector_width, write_shard)
 
 # Augmented copies embedded per shard as recall queries for approximate indexes (at most RECALL_QUERIES used).
 RECALL_QUERIES_PER_SHARD = 32
@@ -139,13 +140,41 @@ def embed_shard(detector: Detector, items: list[RawItem], shard_no: int, *, out_
     if tick is not None:
         decoded = _counting(decoded, tick)
     r = embed_decoded(decoded, detector, batch_size=batch_size)
+    fingerprints = {(it.source, it.id): item_bytes(it) for it in items}
     write_shard(shard_path(out_dir, shard_no), detector.info,
                 keys=[corpus_key(it.source, it.id, n_sources) for it in r.items],
                 sources=[it.source for it in r.items], ids=[it.id for it in r.items],
                 captions=[it.caption for it in r.items], labels=[it.label for it in r.items],
                 vectors=r.vectors, low_information=r.low_information, reasons=r.reasons, copies=r.copies,
-                boxes=r.boxes)
+                boxes=r.boxes, fingerprints=[fingerprints.get((it.source, it.id)) for it in r.items])
     return None
+
+
+def _resume_complete(out: Path, s: IndexSettings, finish: Callable[..., IndexManifest]) -> IndexManifest | None:
+    """``--resume`` where a manifest exists: nothing to do when the index verifies and has the asked index
+    type; otherwise the FAISS index is rebuilt from the shards as the next generation (so a legacy manifest
+    is upgraded). None when the manifest cannot be read: the run is then finished as an interrupted one.
+    Damaged shards cannot be repaired here (their embeddings are lost)."""
+    try:
+        done = load_manifest(out, allow_legacy=True)
+    except IndexDirError:
+        return None
+    for stale in stale_generation_files(out, done):
+        stale.unlink(missing_ok=True)
+    intact = not done.legacy
+    if intact:
+        try:
+            check_files(out, done, full=True)
+            check_faiss(out, done, read_faiss_index(out, done))
+        except IndexDamagedError as exc:
+            if exc.file.startswith(f"{SHARD_DIR}/"):
+                raise ResumeError(f"cannot resume {out}: {exc.file} is missing, extra or changed since the index "
+                                  "was built; rebuild the index in a new directory") from None
+            intact = False
+    if intact and s.index_type in ("auto", done.index_type):
+        return done  # already complete with these settings: nothing to redo
+    index_type = done.index_type if s.index_type == "auto" else s.index_type
+    return finish(done.build_seconds, index_type=index_type, previous=done)
 
 
 def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexSettings | None = None, *,
@@ -177,6 +206,8 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
 
     if out.exists() and not out.is_dir():
         raise IndexDirError(f"--out {out} exists and is not a directory")
+    if s.resume and out.is_dir() and all(is_temporary(p) for p in out.iterdir()):
+        remove_stale_temporaries(out)  # a run killed while writing its first file: start it afresh
     if out.exists() and any(out.iterdir()):
         if not s.resume:
             raise ResumeError(f"{out} exists and is not empty; pass --resume to finish an interrupted run there, "
@@ -193,10 +224,9 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
                               "use the same command, or a new directory")
         remove_stale_temporaries(out)
         if (out / MANIFEST).exists():
-            done_manifest = load_manifest(out)
-            if s.index_type in ("auto", done_manifest.index_type):
-                return done_manifest  # already complete with these settings: nothing to redo
-            return finish(done_manifest.build_seconds)
+            done_manifest = _resume_complete(out, s, finish)
+            if done_manifest is not None:
+                return done_manifest
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / PROGRESS, recorded)
     (out / SHARD_DIR).mkdir(exist_ok=True)
@@ -205,14 +235,19 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
     items = (item for src in srcs for item in src.iter_items(s.limits))
     items_done = 0
     for shard_no in done:  # the finished shards' items: read past, not decoded again, but checked
-        for want in shard_item_ids(shard_path(out, shard_no)):
+        for source, ident, recorded in shard_items(shard_path(out, shard_no)):
             item = next(items, None)
             got = None if item is None else (item.source, item.id)
-            if got != want:
+            if got != (source, ident):
                 raise ResumeError(
                     f"cannot resume {out}: the corpus changed since the interrupted run (shard {shard_no} "
-                    f"holds {want[0]}:{want[1]!r} where the sources now give "
+                    f"holds {source}:{ident!r} where the sources now give "
                     f"{'nothing' if got is None else repr(got[0] + ':' + got[1])}); start again in a new directory"
+                )
+            if recorded is not None and not same_item_bytes(item, recorded):
+                raise ResumeError(
+                    f"cannot resume {out}: the image of {source}:{ident!r} changed since shard {shard_no} embedded "
+                    "it; start again in a new directory"
                 )
             items_done += 1
 
@@ -265,12 +300,14 @@ class _ShardScan:
     query_vectors: list[np.ndarray] = field(default_factory=list)
     query_rows: list[int] = field(default_factory=list)
     query_crc: list[int] = field(default_factory=list)
+    shard_rows: list[int] = field(default_factory=list)
 
 
 def _scan_shards(out: Path, info: DetectorInfo) -> _ShardScan:
     scan = _ShardScan()
     for path in shard_paths(out):
         shard = read_shard(path, info)
+        scan.shard_rows.append(len(shard.keys))
         scan.given += len(shard.keys)
         scan.skipped += shard.skipped
         embedded = sum(r is None for r in shard.reasons)
@@ -297,48 +334,70 @@ def _read_training_sample(out: Path, info: DetectorInfo, n_total: int, n_sample:
     return np.concatenate(parts) if parts else np.zeros((0, vector_width(info)), np.float32)
 
 
-def _build_faiss(out: Path, info: DetectorInfo, plan, n: int):
-    """Build the FAISS index the plan names over the shards' vectors (two passes for trained indexes)."""
+def _build_faiss(out: Path, info: DetectorInfo, plan, n: int, vectors_file: str):
+    """Build the FAISS index the plan names over the shards' vectors (two passes for trained indexes);
+    IVF-PQ over float vectors also writes the exact vectors to ``vectors_file``."""
     index = new_index(plan, info)
     if plan.needs_training:
         sample = _read_training_sample(out, info, n, plan.params["train_size"])
         index.train(np.ascontiguousarray(sample))
-    keep_vectors = plan.index_type == "ivfpq" and info.metric == "cosine"
-    memmap = None
-    tmp = out / f".{VECTORS_FILE}.tmp-{os.getpid()}"
-    if keep_vectors and n:
-        memmap = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, info.dim))
-    for first, vectors in iter_shard_vectors(out, info):
-        if len(vectors):
-            index.add(np.ascontiguousarray(vectors))
-            if memmap is not None:
-                memmap[first:first + len(vectors)] = vectors
-    if memmap is not None:
-        memmap.flush()
-        del memmap
-        os.replace(tmp, out / VECTORS_FILE)
+
+    def add_all(vectors_tmp: str | None) -> None:
+        memmap = None
+        if vectors_tmp is not None:
+            memmap = np.lib.format.open_memmap(vectors_tmp, mode="w+", dtype=np.float32, shape=(n, info.dim))
+        for first, vectors in iter_shard_vectors(out, info):
+            if len(vectors):
+                index.add(np.ascontiguousarray(vectors))
+                if memmap is not None:
+                    memmap[first:first + len(vectors)] = vectors
+        if memmap is not None:
+            memmap.flush()
+            del memmap
+
+    if plan.index_type == "ivfpq" and info.metric == "cosine":
+        atomic_write(out / vectors_file, add_all)
+    else:
+        add_all(None)
     return index
 
 
 def _finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size: int, device: str,
                   seconds: float, *, index_type: str = "auto", memory_budget: int | str | None = None,
-                  limits: dict | None = None) -> IndexManifest:
+                  limits: dict | None = None, previous: IndexManifest | None = None) -> IndexManifest:
+    """Build the FAISS index over the shards as the generation after ``previous`` (or the first), write
+    the manifest that switches to it (the last write), then remove the generation it replaced."""
     import faiss
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     started = time.monotonic()
+    generation = 1 if previous is None else previous.generation + 1
+    names = GenerationFiles.of(generation)
     scan = _scan_shards(out, info)
     if len(set(scan.keys)) != len(scan.keys):  # ids are unique per source already; guards a hand-edited dir
         raise IndexDirError(f"{out}: the shards hold repeated keys; rebuild the index in a new directory")
     plan = choose_index(index_type, len(scan.keys), info, memory_budget)
-    index = _build_faiss(out, info, plan, len(scan.keys))
+    index = _build_faiss(out, info, plan, len(scan.keys), names.vectors)
     writer = faiss.write_index_binary if info.metric == "hamming" else faiss.write_index
-    atomic_write(out / INDEX_FILE, lambda tmp: writer(index, tmp))
-    atomic_write(out / IDS_FILE, lambda tmp: pq.write_table(pa.table({"key": pa.array(scan.keys, pa.string())}), tmp))
+    atomic_write(out / names.index, lambda tmp: writer(index, tmp))
+    atomic_write(out / names.ids, lambda tmp: pq.write_table(pa.table({"key": pa.array(scan.keys, pa.string())}),
+                                                              tmp))
     build_seconds = time.monotonic() - started
-    recall = _measure_recall(out, info, index, plan, scan, device) if plan.approximate else {
+    vectors_file = names.vectors if (out / names.vectors).exists() and plan.index_type == "ivfpq" else None
+    recall = _measure_recall(out, info, index, plan, scan, device, vectors_file) if plan.approximate else {
         "exact": True, "note": "flat index: exact search"}
+    files = {f"{SHARD_DIR}/{path.name}": file_record(path, rows)
+             for path, rows in zip(shard_paths(out), scan.shard_rows)}
+    files[names.index] = file_record(out / names.index, int(index.ntotal))
+    files[names.ids] = file_record(out / names.ids, len(scan.keys))
+    if vectors_file is not None:
+        files[vectors_file] = file_record(out / vectors_file, len(scan.keys))
+    superseded = []
+    if previous is not None:
+        now = {names.index, names.ids, vectors_file}
+        superseded = [name for name in (previous.index_file, previous.ids_file, previous.vectors_file)
+                      if name is not None and name not in now]
     manifest = IndexManifest(
         detector=info,
         sources=sources,
@@ -349,7 +408,7 @@ def _finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size
         n_skipped=len(scan.skipped),
         skipped=scan.skipped,
         shard_size=shard_size,
-        n_shards=len(shard_paths(out)),
+        n_shards=len(scan.shard_rows),
         index_type=plan.index_type,
         faiss_version=getattr(faiss, "__version__", "unknown"),
         package_version=__version__,
@@ -358,12 +417,21 @@ def _finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size
         extra={"device": device, "faiss_index": type(index).__name__, "index_params": plan.params,
                "index_choice": plan.reason, "index_build_seconds": round(build_seconds, 3), "recall": recall,
                **({"limits": limits} if limits else {})},
+        generation=generation,
+        files=files,
+        index_file=names.index,
+        ids_file=names.ids,
+        vectors_file=vectors_file,
+        superseded=superseded,
     )
-    atomic_write_json(out / MANIFEST, manifest.to_dict())
+    atomic_write_json(out / MANIFEST, manifest.to_dict())  # the switch
+    for stale in stale_generation_files(out, manifest):
+        stale.unlink(missing_ok=True)
     return manifest
 
 
-def _measure_recall(out: Path, info: DetectorInfo, index, plan, scan: _ShardScan, device: str) -> dict:
+def _measure_recall(out: Path, info: DetectorInfo, index, plan, scan: _ShardScan, device: str,
+                    vectors_file: str | None) -> dict:
     """Recall of the approximate index against exact search, on augmented copies of corpus items."""
     if not scan.query_vectors:
         return {"exact": False, "n_queries": 0, "note": "no augmented corpus copies to measure recall with"}
@@ -372,7 +440,8 @@ def _measure_recall(out: Path, info: DetectorInfo, index, plan, scan: _ShardScan
     queries, source_rows = queries[order], np.array(scan.query_rows, dtype=np.int64)[order]
     k = min(RECALL_K, len(scan.keys))
     exact_sims, exact_rows = stream_search(queries, iter_shard_vectors(out, info), k, info.metric, info.dim)
-    approx_sims, approx_rows = search_rows(index, plan.index_type, plan.params, queries, k, info, out, device)
+    approx_sims, approx_rows = search_rows(index, plan.index_type, plan.params, queries, k, info, out, device,
+                                           **({"vectors_file": vectors_file} if vectors_file else {}))
     # Tie-aware: a returned neighbour counts when its (exact) similarity reaches the exact k-th one, so
     # equally similar items (common with Hamming distances) are interchangeable.
     # (within float rounding: the two searches compute inner products with differently blocked BLAS calls)
@@ -448,6 +517,7 @@ def finish_from_shards(out_dir: str | os.PathLike, *, index_type: str = "auto") 
     """(Re)build the FAISS index of a directory whose shards are written."""
     out = Path(out_dir)
     progress = json.loads((out / PROGRESS).read_text())
+    previous = load_manifest(out, allow_legacy=True) if (out / MANIFEST).exists() else None
     return _finish_index(out, DetectorInfo.from_dict(progress["detector"]), progress["sources"],
                          progress["shard_size"], faiss_device("auto"), 0.0, index_type=index_type,
-                         limits=progress.get("limits"))
+                         limits=progress.get("limits"), previous=previous)

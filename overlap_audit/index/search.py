@@ -162,11 +162,12 @@ def to_device(index, metric: str, device: str):
 
 
 def search_rows(index, index_type: str, params: dict, queries: np.ndarray, k: int, info: DetectorInfo,
-                path: Path, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+                path: Path, device: str = "cpu", *, vectors_file: str = VECTORS_FILE) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (similarities, rows) from a FAISS index of any type, in the canonical order.
 
     Approximate indexes may miss neighbours but never report a wrong similarity: HNSW and binary IVF
-    store exact codes, and IVF-PQ's shortlist is re-ranked with the exact vectors (vectors.npy).
+    store exact codes, and IVF-PQ's shortlist is re-ranked with the exact vectors (``vectors_file`` in the
+    index directory ``path``).
     """
     if index_type == "hnsw":
         index.hnsw.efSearch = int(params.get("ef_search", 128))
@@ -176,7 +177,7 @@ def search_rows(index, index_type: str, params: dict, queries: np.ndarray, k: in
     if index_type == "ivfpq" and info.metric == "cosine":
         shortlist = max(4 * k, k + int(params.get("rerank_extra", 32)))
         _, cand = search_index(index, queries, shortlist, info.metric, info.dim)
-        vectors = np.load(path / VECTORS_FILE, mmap_mode="r")
+        vectors = np.load(Path(path) / vectors_file, mmap_mode="r")
         safe = np.where(cand < 0, 0, cand)
         exact = np.einsum("qd,qcd->qc", queries.astype(np.float32), np.asarray(vectors[safe.reshape(-1)]).reshape(
             len(queries), shortlist, -1)).astype(np.float32)
@@ -208,7 +209,7 @@ def search(corpus: CorpusIndex, query_ids: list[str], vectors: np.ndarray, *, k:
                                    info.dim, gpu_resources=gpu)
     else:
         sims, rows = search_rows(corpus.index, corpus.manifest.index_type, corpus.params, np.asarray(vectors), k,
-                                 info, corpus.path, dev)
+                                 info, corpus.path, dev, vectors_file=corpus.vectors_file)
         if sims.shape[1] < k:
             pad = k - sims.shape[1]
             sims = np.pad(sims, ((0, 0), (0, pad)), constant_values=-np.inf)

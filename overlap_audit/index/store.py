@@ -3,14 +3,25 @@
 An index directory holds:
 
 - ``shards/shard-NNNNNN.parquet``: every item given, in input order (key, source, id, caption, label,
-  vector, low_information, skip_reason, query_vector); each written atomically, so an interrupted run
-  resumes after the last finished shard;
+  vector, low_information, skip_reason, query_vector, item_size, item_mtime_ns, item_xxh3); each written
+  atomically, so an interrupted run resumes after the last finished shard;
 - ``index.faiss``: the FAISS index over the indexed vectors (see ``overlap_audit.index.ann``);
 - ``ids.parquet``: the corpus key of each index row, in row order;
 - ``vectors.npy``: the exact vectors, for IVF-PQ over float vectors only (its shortlist is re-ranked);
 - ``progress.json``: the settings of the run (checked on resume);
-- ``manifest.json``: detector, sources, counts, skipped items; written last, so its presence means the
-  index is complete.
+- ``manifest.json``: detector, sources, counts, skipped items, the index type and parameters, a
+  generation number, and the size, xxh3-64 checksum and row count of every file above; written last, so
+  its presence means the index is complete.
+
+The last three data files belong to a generation: generation 1 uses the names above, generation g > 1
+``index.gG.faiss``, ``ids.gG.parquet``, ``vectors.gG.npy``. Rebuilding the index writes the next
+generation's files, switches the manifest (one atomic rename), then removes the files of the generation it
+replaced; so a kill at any point leaves a directory whose manifest names complete files.
+
+Every reader checks what it loads against the manifest (``check_files``): the shard set, sizes and row
+counts always, checksums of ids.parquet and of files under ``SMALL_FILE`` bytes; ``verify_index`` checks
+every checksum. A manifest without file records (written before they existed) is refused with a message
+to run ``index --resume``, which upgrades it.
 
 An item is indexed when it was embedded (no skip reason) and is not low-information; index rows are the
 indexed items of the shards in order.
@@ -21,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +41,7 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..content import ContentBox, box_arrow_type
-from ..errors import IndexDirError, IndexMismatchError, OverlapAuditError, ResumeError
+from ..errors import IndexDamagedError, IndexDirError, IndexMismatchError, OverlapAuditError, ResumeError
 from ..sources import SOURCE_KINDS, Source
 from ..values import DetectorInfo, RawItem, Skipped
 
@@ -40,7 +52,70 @@ IDS_FILE = "ids.parquet"
 SHARD_DIR = "shards"
 VECTORS_FILE = "vectors.npy"
 _SHARD_RE = re.compile(r"^shard-(\d{6})\.parquet$")
+_GENERATION_RE = re.compile(r"^(index|ids|vectors)\.g(\d+)\.(faiss|parquet|npy)$")
+FORMAT = 2
+SMALL_FILE = 4 << 20  # files up to this size are checksummed on every load
+_HASH_BLOCK = 4 << 20
+# the FAISS classes each index type is built as (``overlap_audit.index.ann.new_index``): binary, float
+FAISS_CLASSES = {"flat": ("IndexBinaryFlat", "IndexFlatIP"), "ivfpq": ("IndexBinaryIVF", "IndexIVFPQ"),
+                 "hnsw": ("IndexBinaryHNSW", "IndexHNSWFlat")}
+_REPAIR = ("repair it with `overlap-audit index ... --resume` (the same command that built it), "
+           "or rebuild it in a new directory")
 _TEXT_COLUMNS = ["key", "source", "id", "caption", "label", "low_information", "skip_reason"]
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What the manifest records of one file it depends on."""
+
+    size: int
+    xxh3: str
+    rows: int | None = None  # Parquet rows, or FAISS vectors
+
+    def to_dict(self) -> dict:
+        return {"size": self.size, "xxh3_64": self.xxh3, **({"rows": self.rows} if self.rows is not None else {})}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FileRecord":
+        return cls(int(d["size"]), str(d["xxh3_64"]), None if d.get("rows") is None else int(d["rows"]))
+
+
+@dataclass(frozen=True)
+class GenerationFiles:
+    """The names of one generation's index, ids and vectors files."""
+
+    index: str
+    ids: str
+    vectors: str
+
+    @classmethod
+    def of(cls, generation: int) -> "GenerationFiles":
+        if generation <= 1:
+            return cls(INDEX_FILE, IDS_FILE, VECTORS_FILE)
+        return cls(f"index.g{generation}.faiss", f"ids.g{generation}.parquet", f"vectors.g{generation}.npy")
+
+
+def checksum_file(path: str | os.PathLike) -> str:
+    """The xxh3-64 checksum of a file's bytes, as hex."""
+    import xxhash
+
+    h = xxhash.xxh3_64()
+    with open(path, "rb") as fh:
+        while block := fh.read(_HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checksum_bytes(data: bytes) -> str:
+    """The xxh3-64 checksum of bytes, as hex."""
+    import xxhash
+
+    return xxhash.xxh3_64_hexdigest(data)
+
+
+def file_record(path: Path, rows: int | None = None) -> FileRecord:
+    """Size and checksum of a file as written now."""
+    return FileRecord(path.stat().st_size, checksum_file(path), rows)
 
 
 @dataclass(frozen=True)
@@ -63,6 +138,17 @@ class IndexManifest:
     created: str
     build_seconds: float
     extra: dict = field(default_factory=dict)
+    generation: int = 1
+    files: dict[str, FileRecord] = field(default_factory=dict)  # path relative to the directory -> record
+    index_file: str = INDEX_FILE
+    ids_file: str = IDS_FILE
+    vectors_file: str | None = None
+    superseded: list[str] = field(default_factory=list)  # the replaced generation's files, removed after the switch
+
+    @property
+    def legacy(self) -> bool:
+        """Written before the manifest recorded its files (generation 0): nothing can be checked."""
+        return not self.files
 
     def to_dict(self) -> dict:
         return {
@@ -79,8 +165,13 @@ class IndexManifest:
             "shard_size": self.shard_size,
             "n_shards": self.n_shards,
             "index_type": self.index_type,
-            "index_file": INDEX_FILE,
-            "ids_file": IDS_FILE,
+            "index_file": self.index_file,
+            "ids_file": self.ids_file,
+            "vectors_file": self.vectors_file,
+            "format": FORMAT,
+            "generation": self.generation,
+            "files": {name: rec.to_dict() for name, rec in self.files.items()},
+            "superseded": self.superseded,
             "faiss_version": self.faiss_version,
             "package_version": self.package_version,
             "created": self.created,
@@ -109,11 +200,18 @@ class IndexManifest:
             created=d["created"],
             build_seconds=float(d["build_seconds"]),
             extra=d.get("extra", {}),
+            generation=int(d.get("generation", 0)) if "files" in d else 0,
+            files={str(k): FileRecord.from_dict(v) for k, v in d.get("files", {}).items()},
+            index_file=str(d.get("index_file", INDEX_FILE)),
+            ids_file=str(d.get("ids_file", IDS_FILE)),
+            vectors_file=d.get("vectors_file"),
+            superseded=[str(x) for x in d.get("superseded", [])],
         )
 
 
-def load_manifest(index_dir: str | os.PathLike) -> IndexManifest:
-    """Read an index directory's manifest; an interrupted or foreign directory is an error."""
+def load_manifest(index_dir: str | os.PathLike, *, allow_legacy: bool = False) -> IndexManifest:
+    """Read an index directory's manifest; an interrupted or foreign directory is an error, and so is a
+    manifest that records no files (unless ``allow_legacy``: the builder reads one to upgrade it)."""
     path = Path(index_dir)
     if not (path / MANIFEST).exists():
         if (path / PROGRESS).exists():
@@ -121,9 +219,14 @@ def load_manifest(index_dir: str | os.PathLike) -> IndexManifest:
                                 "`overlap-audit index ... --resume` using the same command")
         raise IndexDirError(f"{path} is not an overlap-audit index directory (no {MANIFEST})")
     try:
-        return IndexManifest.from_dict(json.loads((path / MANIFEST).read_text()))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise IndexDirError(f"{path / MANIFEST} is malformed: {exc}") from None
+        manifest = IndexManifest.from_dict(json.loads((path / MANIFEST).read_text(encoding="utf-8")))
+    except (KeyError, ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise IndexDirError(f"{path / MANIFEST} is malformed ({type(exc).__name__}: {exc}); {_REPAIR}") from None
+    if manifest.legacy and not allow_legacy:
+        raise IndexDirError(f"{path} was written by an older overlap-audit whose manifest records no file "
+                            "checksums; upgrade it with `overlap-audit index ... --resume` (the same command "
+                            "that built it)")
+    return manifest
 
 
 def corpus_key(source_name: str, item_id: str, n_sources: int) -> str:
@@ -175,20 +278,59 @@ def _fixed_width(rows: list[np.ndarray | None], info: DetectorInfo):
                     type=pa.binary(vector_width(info) * dtype.itemsize))
 
 
+@dataclass(frozen=True)
+class ItemBytes:
+    """The bytes an item was embedded from: their size and checksum, and the file's mtime where it is a file."""
+
+    size: int
+    xxh3: str
+    mtime_ns: int | None = None
+
+
+def item_bytes(item: RawItem) -> ItemBytes | None:
+    """Size, checksum (and mtime) of an item's bytes as its source gives them now; None when it has none."""
+    if item.data is not None:
+        return ItemBytes(len(item.data), checksum_bytes(item.data))
+    if item.path is not None:
+        try:
+            st = os.stat(item.path)
+            return ItemBytes(st.st_size, checksum_file(item.path), st.st_mtime_ns)
+        except OSError:
+            return None
+    return None
+
+
+def same_item_bytes(item: RawItem, recorded: ItemBytes) -> bool:
+    """Whether an item still has the bytes a shard recorded: a file's unchanged size and mtime suffice,
+    otherwise the checksum decides."""
+    if item.path is not None and item.data is None and recorded.mtime_ns is not None:
+        try:
+            st = os.stat(item.path)
+        except OSError:
+            return False
+        if st.st_size == recorded.size and st.st_mtime_ns == recorded.mtime_ns:
+            return True
+    now = item_bytes(item)
+    return now is not None and now.size == recorded.size and now.xxh3 == recorded.xxh3
+
+
 def write_shard(path: Path, info: DetectorInfo, *, keys: list[str], sources: list[str], ids: list[str],
                 captions: list[str | None], labels: list[str | None], vectors: list[np.ndarray | None],
                 low_information: list[bool], reasons: list[str | None], copies: list[np.ndarray | None],
-                boxes: list | None = None) -> None:
+                boxes: list | None = None, fingerprints: list[ItemBytes | None] | None = None) -> None:
     """Write one shard atomically: every item given, embedded or skipped, plus any recall-query copies.
 
     ``boxes`` are the items' content boxes (``content.ContentBox`` or None) under a trimming detector: the
     ``content_box`` column holds left, top, right, bottom, width and height in the decoded image's pixels and
     whether the embedded view was cut to it (null where the detector does not trim or the item was skipped).
+    ``fingerprints`` (``item_size``, ``item_mtime_ns``, ``item_xxh3``) let a resumed run check that a finished
+    shard's items are unchanged (null where an item had no bytes, or the shard came from vectors).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     boxes = boxes if boxes is not None else [None] * len(keys)
+    fingerprints = fingerprints if fingerprints is not None else [None] * len(keys)
 
     table = pa.table({
         "key": pa.array(keys, pa.string()),
@@ -201,6 +343,9 @@ def write_shard(path: Path, info: DetectorInfo, *, keys: list[str], sources: lis
         "skip_reason": pa.array(reasons, pa.string()),
         "query_vector": _fixed_width(copies, info),
         "content_box": pa.array([None if b is None else b.to_dict() for b in boxes], box_arrow_type()),
+        "item_size": pa.array([None if f is None else f.size for f in fingerprints], pa.int64()),
+        "item_mtime_ns": pa.array([None if f is None else f.mtime_ns for f in fingerprints], pa.int64()),
+        "item_xxh3": pa.array([None if f is None else f.xxh3 for f in fingerprints], pa.string()),
     })
     # vectors do not compress, repeat or sort: no compression, dictionary or min/max statistics for them
     atomic_write(path, lambda tmp: pq.write_table(
@@ -305,6 +450,18 @@ def shard_item_ids(path: Path) -> list[tuple[str, str]]:
     return list(zip(table["source"].to_pylist(), table["id"].to_pylist()))
 
 
+def shard_items(path: Path) -> list[tuple[str, str, ItemBytes | None]]:
+    """The (source, id, recorded bytes or None) of every item in a shard, in input order."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    if "item_xxh3" not in names:  # a shard written before items were fingerprinted
+        return [(s, i, None) for s, i in shard_item_ids(path)]
+    t = pq.read_table(path, columns=["source", "id", "item_size", "item_mtime_ns", "item_xxh3"]).to_pydict()
+    return [(s, i, None if h is None else ItemBytes(int(n), h, m))
+            for s, i, n, m, h in zip(t["source"], t["id"], t["item_size"], t["item_mtime_ns"], t["item_xxh3"])]
+
+
 def shard_first_rows(index_dir: str | os.PathLike) -> list[tuple[Path, int]]:
     """Each shard with the index row of its first indexed item."""
     import pyarrow.parquet as pq
@@ -354,24 +511,183 @@ class CorpusIndex:
     def params(self) -> dict:
         return self.manifest.extra.get("index_params", {})
 
+    @property
+    def vectors_file(self) -> str:
+        return self.manifest.vectors_file or VECTORS_FILE
 
-def load_index(index_dir: str | os.PathLike, *, load_faiss: bool = True) -> CorpusIndex:
-    """Load a complete index directory (without the FAISS index itself when only streaming)."""
-    import faiss
+
+def _damaged(path: Path, what: str, file: str = "") -> IndexDamagedError:
+    return IndexDamagedError(f"{path} is damaged: {what}; {_REPAIR}", file)
+
+
+def _parquet_rows(path: Path) -> int:
     import pyarrow.parquet as pq
 
+    return pq.read_metadata(path).num_rows
+
+
+def check_files(index_dir: str | os.PathLike, manifest: IndexManifest, *, full: bool = False) -> tuple[int, int]:
+    """Check the files of an index directory against its manifest; returns (files, bytes checksummed).
+
+    Always: the shard set is exactly the recorded one, every recorded file exists with its recorded size,
+    Parquet files hold their recorded rows, and the counts agree with each other. Checksums: every file with
+    ``full``, else ids.parquet and files up to ``SMALL_FILE`` bytes. The first mismatch raises IndexDirError.
+    """
     path = Path(index_dir)
-    manifest = load_manifest(path)
+    on_disk = {f"{SHARD_DIR}/{p.name}" for p in shard_paths(path)}
+    recorded = {name for name in manifest.files if name.startswith(f"{SHARD_DIR}/")}
+    if on_disk != recorded:
+        missing, extra = sorted(recorded - on_disk), sorted(on_disk - recorded)
+        what = f"{missing[0]} is missing" if missing else f"{extra[0]} is not one of its recorded shards"
+        raise _damaged(path, what + f" ({len(recorded)} shards recorded, {len(on_disk)} present)",
+                       (missing or extra)[0])
+    for name in (manifest.index_file, manifest.ids_file, manifest.vectors_file):
+        if name is not None and name not in manifest.files:
+            raise _damaged(path, f"its manifest names {name} but records no size or checksum for it")
+    if manifest.n_shards != len(recorded):
+        raise _damaged(path, f"the manifest counts {manifest.n_shards} shards but records {len(recorded)}")
+    checked = 0
+    for name, rec in manifest.files.items():
+        file = path / name
+        try:
+            size = file.stat().st_size
+        except FileNotFoundError:
+            raise _damaged(path, f"{name} is missing", name) from None
+        if size != rec.size:
+            raise _damaged(path, f"{name} is {size} bytes where the manifest records {rec.size}", name)
+        if name.endswith(".parquet") and rec.rows is not None:
+            try:
+                rows = _parquet_rows(file)
+            except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad footer
+                raise _damaged(path, f"{name} is not a readable Parquet file ({type(exc).__name__})", name) from None
+            if rows != rec.rows:
+                raise _damaged(path, f"{name} holds {rows} rows where the manifest records {rec.rows}", name)
+        if name.endswith(".npy") and rec.rows is not None:
+            try:
+                rows = len(np.load(file, mmap_mode="r"))
+            except (OSError, ValueError) as exc:
+                raise _damaged(path, f"{name} is not a readable array ({exc})", name) from None
+            if rows != rec.rows:
+                raise _damaged(path, f"{name} holds {rows} rows where the manifest records {rec.rows}", name)
+        if full or name == manifest.ids_file or size <= SMALL_FILE:
+            if checksum_file(file) != rec.xxh3:
+                raise _damaged(path, f"{name} does not have the checksum the manifest records (its content "
+                                     "changed)", name)
+            checked += size
+    shard_rows = sum(rec.rows or 0 for name, rec in manifest.files.items() if name in recorded)
+    if shard_rows != manifest.n_given:
+        raise _damaged(path, f"its shards hold {shard_rows} items where the manifest counts {manifest.n_given}")
+    for name in (manifest.ids_file, manifest.index_file):
+        rows = manifest.files[name].rows
+        if rows is not None and rows != manifest.n_indexed:
+            raise _damaged(path, f"{name} records {rows} rows where the manifest counts {manifest.n_indexed} "
+                                 "indexed items")
+    return len(manifest.files), checked
+
+
+def check_faiss(index_dir: str | os.PathLike, manifest: IndexManifest, index) -> None:
+    """Refuse a FAISS index whose class, metric or size is not what the manifest records."""
+    path = Path(index_dir)
+    cls = type(index).__name__
+    binary = manifest.detector.metric == "hamming"
+    expected = FAISS_CLASSES.get(manifest.index_type)
+    if expected is None:
+        raise _damaged(path, f"its manifest names an unknown index type {manifest.index_type!r}", MANIFEST)
+    if cls != expected[0 if binary else 1]:
+        raise _damaged(path, f"{manifest.index_file} is a {cls} where the manifest records a "
+                             f"{manifest.index_type} index ({expected[0 if binary else 1]})", manifest.index_file)
+    if not binary:
+        import faiss
+
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT or index.d != manifest.detector.dim:
+            raise _damaged(path, f"{manifest.index_file} has metric {index.metric_type} and dimension {index.d} "
+                                 f"where the manifest records inner product over {manifest.detector.dim}",
+                           manifest.index_file)
+    elif index.d != manifest.detector.dim:
+        raise _damaged(path, f"{manifest.index_file} has {index.d} bits where the manifest records "
+                             f"{manifest.detector.dim}", manifest.index_file)
+    if index.ntotal != manifest.n_indexed:
+        raise _damaged(path, f"{manifest.index_file} holds {index.ntotal} vectors where the manifest counts "
+                             f"{manifest.n_indexed} indexed items", manifest.index_file)
+
+
+def read_faiss_index(path: Path, manifest: IndexManifest):
+    """The FAISS index the manifest names, read; an unreadable file is IndexDamagedError."""
+    import faiss
+
     reader = faiss.read_index_binary if manifest.detector.metric == "hamming" else faiss.read_index
     try:
-        index = reader(str(path / INDEX_FILE)) if load_faiss else None
-        keys = np.array(pq.read_table(path / IDS_FILE)["key"].to_pylist(), dtype=object)
-    except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError, pyarrow several types
-        raise IndexDirError(f"{path} is damaged: cannot read {INDEX_FILE} / {IDS_FILE} "
-                            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); rebuild it") from None
-    if index is not None and index.ntotal != len(keys):
-        raise IndexDirError(f"{path}: index holds {index.ntotal} vectors but {IDS_FILE} {len(keys)} ids")
-    return CorpusIndex(path, manifest, index, keys)
+        return reader(str(path / manifest.index_file))
+    except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError with a long C++ message
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _damaged(path, f"cannot read {manifest.index_file} ({first[:200]})", manifest.index_file) from None
+
+
+def _read_ids(path: Path, manifest: IndexManifest) -> np.ndarray:
+    import pyarrow.parquet as pq
+
+    try:
+        keys = np.array(pq.read_table(path / manifest.ids_file)["key"].to_pylist(), dtype=object)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
+        raise _damaged(path, f"cannot read {manifest.ids_file} ({type(exc).__name__})") from None
+    if len(keys) != manifest.n_indexed:
+        raise _damaged(path, f"{manifest.ids_file} holds {len(keys)} ids where the manifest counts "
+                             f"{manifest.n_indexed} indexed items")
+    return keys
+
+
+def load_index(index_dir: str | os.PathLike, *, load_faiss: bool = True) -> CorpusIndex:
+    """Load a complete index directory (without the FAISS index itself when only streaming), checked
+    against its manifest (``check_files``, ``check_faiss``)."""
+    path = Path(index_dir)
+    manifest = load_manifest(path)
+    check_files(path, manifest)
+    index = None
+    if load_faiss:
+        index = read_faiss_index(path, manifest)
+        check_faiss(path, manifest, index)
+    return CorpusIndex(path, manifest, index, _read_ids(path, manifest))
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """A fully verified index directory."""
+
+    path: Path
+    generation: int
+    index_type: str
+    n_indexed: int
+    n_files: int
+    n_bytes: int
+    seconds: float
+
+
+def verify_index(index_dir: str | os.PathLike) -> VerifyResult:
+    """Check every file of an index directory against its manifest: sizes, row counts and all checksums,
+    then the FAISS index's class, metric and size; the first mismatch raises IndexDirError."""
+    started = time.monotonic()
+    path = Path(index_dir)
+    manifest = load_manifest(path)
+    n_files, n_bytes = check_files(path, manifest, full=True)
+    check_faiss(path, manifest, read_faiss_index(path, manifest))
+    _read_ids(path, manifest)
+    return VerifyResult(path, manifest.generation, manifest.index_type, manifest.n_indexed, n_files, n_bytes,
+                        time.monotonic() - started)
+
+
+def stale_generation_files(index_dir: str | os.PathLike, manifest: IndexManifest | None) -> list[Path]:
+    """Files the builder wrote that the manifest does not use: the superseded generation's (a kill after
+    the switch leaves them) and any later generation's (a kill before it)."""
+    path = Path(index_dir)
+    if manifest is None:
+        return []
+    named = {manifest.index_file, manifest.ids_file, manifest.vectors_file}
+    out = [path / name for name in manifest.superseded if name not in named and (path / name).exists()]
+    for p in path.iterdir():
+        m = _GENERATION_RE.match(p.name)
+        if m and int(m.group(2)) > manifest.generation and p.name not in named:
+            out.append(p)
+    return out
 
 
 def check_detector(manifest: IndexManifest, detector: DetectorInfo, index_dir: str = "") -> None:
