@@ -79,6 +79,24 @@ def _echo_report(rep, *, before: tuple[str, ...] = (), after: tuple[str, ...] = 
         click.echo("\n" + text)
 
 
+def _threshold_line(rep, threshold: float | None, thresholds_file: str | None) -> str:
+    """One line: each dataset's threshold and where it came from (a thresholds file may name only some)."""
+    from .split import load_thresholds, threshold_origins
+
+    per_dataset = load_thresholds(thresholds_file) if thresholds_file else {}
+    names = [d.name for d in rep.datasets]
+    origins = threshold_origins(names, threshold=threshold, per_dataset=per_dataset)
+    fallback = {"threshold": "--threshold", "default": f"the default of {rep.detector.spec}"}
+    parts = []
+    for d in rep.datasets:
+        origin = origins[d.name]
+        where = f"from {thresholds_file}" if origin == "file" else f"from {fallback[origin]}"
+        if thresholds_file and origin != "file":
+            where += f", not named in {thresholds_file}"
+        parts.append(f"{d.name} {d.threshold:.4f} ({where})")
+    return "thresholds: " + "; ".join(parts)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="overlap-audit")
 def main() -> None:
@@ -192,7 +210,7 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
                             detector_error=detector_error))
     rep = run_report(index_dir, parsed, settings)
     extra = ", predictions.parquet" if rep.model else ""
-    _echo_report(rep, search=True, skipped=True,
+    _echo_report(rep, before=(_threshold_line(rep, threshold, thresholds),), search=True, skipped=True,
                  after=(f"report written to {out_dir}/ (report.json, report.md, report.html, splits.parquet{extra})",))
 
 

@@ -73,6 +73,25 @@ def test_report_json_round_trips(tmp_path, index_dir, eval_set, predictions):
     assert type(rep).from_dict(rep.to_dict()) == rep
 
 
+def test_report_says_where_each_threshold_comes_from(tmp_path, index_dir, eval_set, predictions):
+    root, planted, clean = eval_set
+    thresholds = tmp_path / "t.json"
+    thresholds.write_text('{"val": 0.9}')
+    both = tmp_path / "preds.csv"
+    both.write_text("dataset,id,correct\n" + "".join(f"{d},{i},1\n" for d in ("val", "other") for i in planted + clean))
+    base = ["report", str(index_dir), "--eval", f"val={root}", "--eval", f"other={root}", "--predictions",
+            str(both), "--workers", "0", "--quiet"]
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "a"), "--thresholds", str(thresholds)])
+    assert r.exit_code == 0, r.output
+    line = next(line for line in r.output.splitlines() if line.startswith("thresholds: "))
+    assert f"val 0.9000 (from {thresholds})" in line
+    assert f"other {1 - 9 / 64:.4f} (from the default of phash, not named in {thresholds})" in line
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "b"), "--thresholds", str(thresholds),
+                                         "--threshold", "0.8"])
+    assert r.exit_code == 0, r.output
+    assert f"other 0.8000 (from --threshold, not named in {thresholds})" in r.output
+
+
 def test_report_refuses_another_detector(tmp_path, index_dir, eval_set, predictions):
     root, _, _ = eval_set
     result = CliRunner().invoke(main, ["report", str(index_dir), "--eval", f"val={root}", "--predictions",
