@@ -253,3 +253,44 @@ def test_every_command_reports_our_errors_as_one_line(tmp_path):
                  ["pairs", str(tmp_path), "--eval", f"x={tmp_path}", "--out", str(tmp_path / "o"), "--quiet"]):
         r = runner.invoke(main, args)
         assert r.exit_code == 2 and r.output.startswith("error: ") and "Traceback" not in r.output, (args, r.output)
+
+
+def test_every_command_has_an_example_in_its_help():
+    runner = CliRunner()
+    for name in [None, *main.commands]:
+        r = runner.invoke(main, ([name] if name else []) + ["--help"], terminal_width=200)
+        assert r.exit_code == 0, r.output
+        example = r.output.split("Example:\n", 1)[1].strip()
+        assert example.startswith("overlap-audit " + (name or "")), (name, example)
+
+
+def test_ctrl_c_during_index_says_how_to_resume(tmp_path, monkeypatch, corpus_dir):
+    import overlap_audit.index
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(overlap_audit.index, "build_index", interrupted)
+    r = CliRunner().invoke(main, ["index", str(corpus_dir), "--out", str(tmp_path / "i"), "--quiet"])
+    assert r.exit_code == 130
+    assert r.stderr.strip() == "interrupted: run the same command with --resume to continue"
+
+
+def test_verbose_and_log_file(tmp_path, monkeypatch):
+    from overlap_audit import devices
+
+    monkeypatch.setattr(devices, "faiss_gpu_count", lambda: 0)
+    log = tmp_path / "audit.log"
+    args = ["pairs", str(tmp_path), "--eval", f"x={tmp_path}", "--out", str(tmp_path / "o")]
+    runner = CliRunner()
+    monkeypatch.setattr(devices, "_said", set())
+    r = runner.invoke(main, ["--log-file", str(log), *args, "--quiet"])
+    assert r.exit_code == 2 and "device auto" not in r.stderr  # --quiet keeps stderr short ...
+    text = log.read_text()
+    assert "INFO overlap_audit: device auto: FAISS sees no GPU" in text  # ... the file has everything
+    assert "DEBUG overlap_audit: overlap-audit" in text and "not an overlap-audit index" in text
+    monkeypatch.setattr(devices, "_said", set())
+    r = runner.invoke(main, ["--verbose", *args])
+    assert r.exit_code == 2 and "Traceback" in r.stderr and r.stderr.rstrip().splitlines()[-1].startswith("error: ")
+    r = runner.invoke(main, args)
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
