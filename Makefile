@@ -2,27 +2,51 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+DEMO_STAMP := $(VENV)/.installed-demo
 STAMP := $(VENV)/.installed-dev
+BENCH_STAMP := $(VENV)/.installed-bench
 DEMO_DIR ?= demo-out
 DEMO_REAL_DIR ?= demo-real-out
 
-.PHONY: install test demo demo-real bench clean
+.PHONY: install install-demo browser test demo demo-real bench clean
 
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# the demo: the core install plus the photo packages it tiles (no torch)
+install-demo: $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+# the tests: everything in the dev extra (test-core, test-torch, test-ray, test-notebooks)
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+$(STAMP): pyproject.toml | $(BIN)/python
 	# torch and torchvision first, as the pair that lies on this disk and imports together (open_clip needs
 	# torchvision; PyPI's torchvision does not import beside the CPU-only torch 2.13.0 file); a bare `torch`
 	# requirement would otherwise pull the newest CUDA build from PyPI.
 	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
 
-test: install
+# report.html is checked in a real headless Chromium (tests/test_report_html.py); installed here when missing
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+	        || command -v google-chrome >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
+	else \
+	    echo "make test: no Chromium found; the report.html checks need one:" \
+	         "run 'sudo apt-get install -y chromium' (or put chromium on PATH), then 'make test' again" >&2; \
+	fi
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
-demo: install
+demo: $(DEMO_STAMP)
 	rm -rf $(DEMO_DIR)
 	$(BIN)/overlap-audit demo $(DEMO_DIR)
 
@@ -30,7 +54,11 @@ demo: install
 demo-real: install
 	$(BIN)/overlap-audit demo-real $(DEMO_REAL_DIR)
 
-bench: install
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_phash.py
 	$(BIN)/python benchmarks/bench_search.py
 	$(BIN)/python benchmarks/phash_quality.py

@@ -33,6 +33,26 @@ class Calibration:
         return dict(self.__dict__)
 
 
+def curve_rows(thresholds: np.ndarray, precision: np.ndarray, target: float, *, n: int = 20,
+               dense: int = 20) -> list[int]:
+    """Which rows of a precision/recall curve to show (ascending): ``n`` spread over the whole curve, plus up
+    to ``dense`` spread over where precision lies between 0.5 and max(0.999, target) and every row next to
+    where precision first reaches ``target`` (the region that decides the threshold: most thresholds of a
+    calibration sit among the negatives, far below it)."""
+    m = len(thresholds)
+    if m == 0:
+        return []
+    rows = set(range(0, m, max(1, m // n))) | {m - 1}
+    region = np.nonzero((precision >= min(0.5, target)) & (precision <= max(0.999, target)))[0]
+    if len(region):
+        rows |= {int(region[i]) for i in np.linspace(0, len(region) - 1, min(dense, len(region))).round().astype(int)}
+    reached = np.nonzero(precision >= target)[0]
+    if len(reached):
+        first = int(reached[0])
+        rows |= set(range(max(0, first - 2), min(m, first + 3)))
+    return sorted(rows)
+
+
 def calibrate(source: str, detector: str = "phash", *, target_precision: float = 0.99, strength: str = "medium",
               seed: int = 0, max_images: int = 2000, workers: int | None = None) -> Calibration:
     """Embed held-out images and their augmented copies; the lowest threshold with precision >= target."""
@@ -77,9 +97,8 @@ def calibrate(source: str, detector: str = "phash", *, target_precision: float =
     neg = sims[~np.eye(n, dtype=bool)].astype(np.float64)
     thresholds, precision, recall = precision_recall(pos, neg)
     point = threshold_at_precision(pos, neg, target_precision)
-    step = max(1, len(thresholds) // 20)
     curve = [{"threshold": float(thresholds[i]), "precision": float(precision[i]), "recall": float(recall[i])}
-             for i in range(0, len(thresholds), step)]
+             for i in curve_rows(thresholds, precision, target_precision)]
     return Calibration(
         detector=det.spec, target_precision=target_precision,
         threshold=None if point is None else point.threshold,

@@ -28,12 +28,28 @@ class _EchoHandler(logging.Handler):
             self.handleError(record)
 
 
-def _configure_logging(quiet: bool) -> None:
-    """The ``overlap_audit`` logger's INFO messages go to stderr, unless --quiet."""
+class _FileHandler(logging.FileHandler):
+    """The --log-file handler (one per run: the previous one is closed when a command starts again)."""
+
+
+def _configure_logging(quiet: bool, verbose: bool = False, log_file: str | None = None) -> None:
+    """The ``overlap_audit`` logger: INFO messages to stderr (DEBUG with --verbose, only warnings with
+    --quiet); with --log-file, every message (DEBUG included) with its time to that file as well."""
     log = logging.getLogger("overlap_audit")
-    if not any(isinstance(h, _EchoHandler) for h in log.handlers):
-        log.addHandler(_EchoHandler())
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    echo = next((h for h in log.handlers if isinstance(h, _EchoHandler)), None)
+    if echo is None:
+        echo = _EchoHandler()
+        log.addHandler(echo)
+    echo.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    for h in [h for h in log.handlers if isinstance(h, _FileHandler)]:
+        log.removeHandler(h)
+        h.close()
+    if log_file:
+        fh = _FileHandler(log_file, encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        fh.setLevel(logging.DEBUG)
+        log.addHandler(fh)
+    log.setLevel(logging.DEBUG if verbose or log_file else echo.level)
 
 
 def _fail(message: str, status: int = 2) -> None:
@@ -53,19 +69,26 @@ def _debug(ctx: click.Context) -> bool:
 
 
 class _Command(click.Command):
-    """A command that sets up logging from its --quiet, and reports the errors a user can cause (ours, and the
-    OS's: paths, permissions) as one line ``error: ...`` with exit status 2 (the group's --debug: the
-    traceback instead)."""
+    """A command that sets up logging from its --quiet and the group's --verbose / --log-file, and reports
+    the errors a user can cause (ours, and the OS's: paths, permissions) as one line ``error: ...`` with exit
+    status 2 (the group's --debug: the traceback instead; --verbose logs it as well)."""
 
     def invoke(self, ctx: click.Context):
         from .errors import OverlapAuditError
 
-        _configure_logging(bool(ctx.params.get("quiet")))
+        group = ctx.find_root().params
+        try:
+            _configure_logging(bool(ctx.params.get("quiet")), bool(group.get("verbose")), group.get("log_file"))
+        except OSError as exc:
+            _fail(exc)
+        logging.getLogger("overlap_audit").debug("overlap-audit %s %s: %s", __version__, ctx.info_name,
+                                                 " ".join(sys.argv[1:]))
         try:
             return super().invoke(ctx)
         except (OverlapAuditError, OSError) as exc:
             if _debug(ctx):
                 raise
+            logging.getLogger("overlap_audit").debug("error", exc_info=exc)
             _fail(_message(exc))
 
 
@@ -111,14 +134,41 @@ def _echo_report(rep, *, before: tuple[str, ...] = (), after: tuple[str, ...] = 
         _echo("\n" + text)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def _example(command: str) -> str:
+    """A command's --help epilog: one example, kept on its line."""
+    return f"\b\nExample:\n  {command}"
+
+
+def _threshold_line(rep, threshold: float | None, thresholds_file: str | None) -> str:
+    """One line: each dataset's threshold and where it came from (a thresholds file may name only some)."""
+    from .split import load_thresholds, threshold_origins
+
+    per_dataset = load_thresholds(thresholds_file) if thresholds_file else {}
+    names = [d.name for d in rep.datasets]
+    origins = threshold_origins(names, threshold=threshold, per_dataset=per_dataset)
+    fallback = {"threshold": "--threshold", "default": f"the default of {rep.detector.spec}"}
+    parts = []
+    for d in rep.datasets:
+        origin = origins[d.name]
+        where = f"from {thresholds_file}" if origin == "file" else f"from {fallback[origin]}"
+        if thresholds_file and origin != "file":
+            where += f", not named in {thresholds_file}"
+        parts.append(f"{d.name} {d.threshold:.4f} ({where})")
+    return "thresholds: " + "; ".join(parts)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=_example("overlap-audit --log-file audit.log index /data/laion-parquet/ --out laion-index"))
 @click.version_option(__version__, prog_name="overlap-audit")
 @click.option("--debug", is_flag=True, help="Show the traceback of an error instead of its one-line message.")
-def main(debug: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Debug messages on stderr too (and a traceback with an error).")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Append every log message, debug ones included, with its time to this file.")
+def main(debug, verbose, log_file) -> None:
     """How much of a reported accuracy comes from test examples already in the pretraining data."""
 
 
-@main.command()
+@main.command(epilog=_example("overlap-audit index /data/laion-parquet/ --out laion-index --detector phash"))
 @click.argument("sources", nargs=-1, required=True)
 @options.out_dir("Index directory to write.")
 @click.option("--detector", default="phash", show_default=True, help="Detector name (see `overlap-audit detectors`).")
@@ -149,7 +199,11 @@ def index(sources, out_dir, detector, content, batch_size, workers, device, resu
     settings = IndexSettings(detector=detector, content=content, batch_size=batch_size, workers=workers,
                              device=device, resume=resume, shard_size=shard_size, max_pixels=max_pixels,
                              index_type=index_type, memory_budget=memory_budget, ray_address=ray_address)
-    m = build_index(list(sources), out_dir, settings, progress=not quiet)
+    try:
+        m = build_index(list(sources), out_dir, settings, progress=not quiet)
+    except KeyboardInterrupt:
+        _echo("\ninterrupted: run the same command with --resume to continue", err=True)
+        sys.exit(130)
     _echo(f"index: {m.index_type} ({m.extra.get('index_choice', '')}); {recall_line(m.extra.get('recall', {}))}")
     _echo(f"indexed {m.n_indexed} of {m.n_given} items with {m.detector.spec} into {out_dir} "
           f"({m.index_type}); {m.n_skipped} skipped, {m.n_low_information} low-information not indexed")
@@ -172,7 +226,8 @@ def verify(index_dir) -> None:
                f"{r.n_files} files, {r.n_bytes / 1e6:.1f} MB checksummed in {r.seconds:.2f} s)")
 
 
-@main.command()
+@main.command(epilog=_example("overlap-audit report laion-index --eval cifar10=/data/cifar10/test --predictions "
+                               "preds.csv --out audit"))
 @options.index_dir
 @options.eval_sets
 @click.option("--predictions", default=None, type=click.Path(exists=True, dir_okay=False),
@@ -238,11 +293,11 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
                             detector_error=detector_error))
     rep = run_report(index_dir, parsed, settings)
     extra = ", predictions.parquet" if rep.model else ""
-    _echo_report(rep, search=True, skipped=True,
+    _echo_report(rep, before=(_threshold_line(rep, threshold, thresholds),), search=True, skipped=True,
                  after=(f"report written to {out_dir}/ (report.json, report.md, report.html, splits.parquet{extra})",))
 
 
-@main.command("train-detector")
+@main.command("train-detector", epilog=_example("overlap-audit train-detector /data/held-out/ --out my-detector"))
 @click.argument("sources", nargs=-1, required=True)
 @options.out_dir("Checkpoint directory.")
 @click.option("--arch", type=click.Choice(["small", "resnet50"]), default="small", show_default=True)
@@ -305,7 +360,7 @@ def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, l
           f"(use --detector clipdup:{out_dir})")
 
 
-@main.command("pretrain-clip")
+@main.command("pretrain-clip", epilog=_example("overlap-audit pretrain-clip /data/pairs/ --out my-clip --steps 2000"))
 @click.argument("sources", nargs=-1, required=True)
 @options.out_dir("Checkpoint directory.")
 @click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True)
@@ -338,7 +393,8 @@ def pretrain_clip(sources, out_dir, steps, batch_size, lr, image_size, caption_f
           f"{r.temperature:.4f}; weights in {out_dir}/model.pt")
 
 
-@main.command()
+@main.command(epilog=_example("overlap-audit calibrate /data/held-out/ --detector phash --precision 0.99 "
+                               "--out calibration.json"))
 @click.argument("source")
 @click.option("--detector", default="phash", show_default=True)
 @click.option("--precision", "target", type=click.FloatRange(0, 1, min_open=True), default=0.99, show_default=True)
@@ -368,7 +424,7 @@ def calibrate(source, detector, target, strength, max_images, seed, out_file, wo
         atomic_write_json(out_file, cal.to_dict())
 
 
-@main.command()
+@main.command(epilog=_example("overlap-audit pairs laion-index --eval cifar10=/data/cifar10/test --out review"))
 @options.index_dir
 @options.eval_sets
 @click.option("--around", type=float, default=None, help="Show the pairs nearest this similarity "
@@ -393,7 +449,7 @@ def pairs(index_dir, evals, around, n_pairs, out_dir, detector, batch_size, work
           f"`overlap-audit threshold {sheet.csv}`")
 
 
-@main.command()
+@main.command(epilog=_example("overlap-audit threshold review/pairs.csv --precision 0.99"))
 @click.argument("labels", type=click.Path(exists=True, dir_okay=False))
 @click.option("--precision", "target", type=click.FloatRange(0, 1, min_open=True), default=0.99,
               show_default=True, help="Labelled precision the threshold must keep.")
@@ -422,7 +478,7 @@ def threshold(labels, target, ci_level, out_file) -> None:
     _echo(f"thresholds written to {path} (use `report --thresholds {path}`); evidence in {evidence}")
 
 
-@main.command()
+@main.command(epilog=_example("overlap-audit detectors"))
 def detectors() -> None:
     """List the available detectors."""
     from .detectors import list_detectors
@@ -431,7 +487,7 @@ def detectors() -> None:
         _echo(f"{name:10s} {desc}")
 
 
-@main.command()
+@main.command(epilog=_example("overlap-audit demo demo-out"))
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @options.seed
 def demo(out_dir, seed) -> None:
@@ -443,7 +499,7 @@ def demo(out_dir, seed) -> None:
                                        "(report.json, report.md, report.html, splits.parquet)"))
 
 
-@main.command("demo-real")
+@main.command("demo-real", epilog=_example("overlap-audit demo-real demo-real-out --detector phash"))
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
               help="Where the Debian packages are downloaded and unpacked (default ~/.cache/overlap-audit).")

@@ -435,7 +435,7 @@ def embed_source(source: Source, detector: Detector, *, batch_size: int = 256, w
             from tqdm import tqdm
 
             what = "embed and score" if scorer is not None else "embed"
-            decoded = tqdm(decoded, desc=f"{what} {source.name}", unit="img", leave=False)
+            decoded = tqdm(decoded, desc=f"{what} {source.name}", unit="img", leave=False, total=source.count())
         result = embed_decoded(decoded, detector, batch_size=batch_size)
         if scorer is not None:
             scorer.flush()

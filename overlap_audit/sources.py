@@ -56,6 +56,24 @@ class Source:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "spec": self.spec, "name": self.name, "paths": list(self.paths)}
 
+    def count(self) -> int | None:
+        """How many items ``iter_items`` will give, where that is cheap to know (a folder's listing, Parquet
+        row counts from the file footers, img2dataset's ``*_stats.json`` beside every shard); else None."""
+        if self.kind == "folder":
+            files, unreadable = _walk(self.paths[0])
+            stems = _image_stems(files)
+            return len(unreadable) + sum(1 for rel in files if not _is_sidecar(rel, stems))
+        if self.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                return sum(pq.ParquetFile(path).metadata.num_rows for path in self.paths)
+            except Exception:  # noqa: BLE001 - a bad file is reported when it is read, not here
+                return None
+        if self.kind == "wds":
+            return _wds_stats_count(self.paths)
+        return None
+
     def iter_items(self, limits: InputLimits | None = None) -> Iterator[RawItem]:
         """Stream the source's items in a deterministic order; raises DuplicateIdError on a repeated id.
         Items over a cap of ``limits`` (default ``InputLimits()``) come as skipped."""
@@ -218,12 +236,22 @@ def _walk(root: str) -> tuple[list[str], list[tuple[str, str]]]:
     return files, unreadable
 
 
+def _image_stems(files: list[str]) -> set[str]:
+    return {os.path.splitext(f)[0] for f in files if f.lower().endswith(IMAGE_EXTENSIONS)}
+
+
+def _is_sidecar(rel: str, image_stems: set[str]) -> bool:
+    """A caption or label file read as part of its image's record (not an item of its own)."""
+    stem, ext = os.path.splitext(rel)
+    return ext.lower() in SIDECAR_SUFFIXES and stem in image_stems
+
+
 def _iter_folder(src: Source, limits: InputLimits = DEFAULT_LIMITS) -> Iterator[RawItem]:
     root = src.paths[0]
     files, unreadable = _walk(root)
     for rel, why in unreadable:
         yield RawItem(src.name, printable_id(rel) + "/", skip_reason=f"unreadable directory: {why}")
-    image_stems = {os.path.splitext(f)[0] for f in files if f.lower().endswith(IMAGE_EXTENSIONS)}
+    image_stems = _image_stems(files)
     for rel in files:
         rel_id = printable_id(rel)
         full = os.path.join(root, rel)
@@ -240,7 +268,7 @@ def _iter_folder(src: Source, limits: InputLimits = DEFAULT_LIMITS) -> Iterator[
             txt = os.path.join(root, stem + ".txt")
             caption = _read_text(txt, limits.max_file_bytes) if os.path.exists(txt) else None
             yield RawItem(src.name, rel_id, path=full, caption=caption, label=label)
-        elif ext.lower() in SIDECAR_SUFFIXES and stem in image_stems:
+        elif _is_sidecar(rel, image_stems):
             continue  # read together with its image
         else:
             yield RawItem(src.name, rel_id, label=label,
@@ -455,6 +483,29 @@ def _tar_end_problem(shard: str, offset: int) -> str | None:
     if block.strip(b"\0"):
         return f"unreadable tar header at byte {offset:,}: the rest of the shard was not read"
     return None
+
+
+def _wds_stats_count(shards: tuple[str, ...]) -> int | None:
+    """The samples in the shards from img2dataset's ``NNNNN_stats.json`` ("successes": the samples it wrote
+    into ``NNNNN.tar``) when every shard has one; else None."""
+    total = 0
+    for shard in shards:
+        base = shard
+        for suffix in TAR_SUFFIXES:
+            if base.lower().endswith(suffix):
+                base = base[: -len(suffix)]
+                break
+        try:
+            with open(base + "_stats.json", encoding="utf-8") as fh:
+                n = json.load(fh).get("successes")
+        except (OSError, ValueError, AttributeError):
+            return None
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            return None
+        total += n
+    return total
+
+
 
 
 def _wds_member(tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str, limits: InputLimits) -> bytes:

@@ -37,21 +37,34 @@ def load_thresholds(path: str | os.PathLike) -> dict[str, float]:
     return out
 
 
+THRESHOLD_ORIGINS = ("file", "threshold", "default")  # the order of precedence
+
+
+def threshold_origins(datasets: Iterable[str], *, threshold: float | None = None,
+                      per_dataset: dict[str, float] | None = None) -> dict[str, str]:
+    """Where each dataset's threshold comes from: ``"file"`` (the per-dataset thresholds), ``"threshold"``
+    (the one threshold for every dataset) or ``"default"`` (the detector's)."""
+    per_dataset = per_dataset or {}
+    return {name: "file" if name in per_dataset else "threshold" if threshold is not None else "default"
+            for name in datasets}
+
+
 def resolve_thresholds(datasets: Iterable[str], default: float | None, *, threshold: float | None = None,
                        per_dataset: dict[str, float] | None = None) -> dict[str, float]:
     """The threshold of each dataset: the per-dataset file first, then ``threshold``, then the default."""
     datasets = list(datasets)
     per_dataset = per_dataset or {}
-    if default is None and threshold is None and set(per_dataset) != set(datasets):
+    origins = threshold_origins(datasets, threshold=threshold, per_dataset=per_dataset)
+    if default is None and "default" in origins.values():
+        missing = [n for n, o in origins.items() if o == "default"]
         raise ThresholdError("this detector has no calibrated default threshold: pass --threshold T or a "
-                             "--thresholds file that names every dataset")
+                             f"--thresholds file that names every dataset (not named: {', '.join(missing)})")
     unknown = sorted(set(per_dataset) - set(datasets))
     if unknown:
         raise ThresholdError(f"the thresholds file names datasets that are not evaluated: {', '.join(unknown)} "
                              f"(evaluated: {', '.join(datasets)})")
-    base = default if threshold is None else float(threshold)
-    out = {name: per_dataset.get(name, base) for name in datasets}
-    out = {name: float(t) for name, t in out.items()}
+    value = {"threshold": threshold, "default": default}
+    out = {name: float(per_dataset[name] if o == "file" else value[o]) for name, o in origins.items()}
     for name, t in out.items():
         if not math.isfinite(t):
             raise ThresholdError(f"threshold of {name!r} is not finite")

@@ -73,6 +73,25 @@ def test_report_json_round_trips(tmp_path, index_dir, eval_set, predictions):
     assert type(rep).from_dict(rep.to_dict()) == rep
 
 
+def test_report_says_where_each_threshold_comes_from(tmp_path, index_dir, eval_set, predictions):
+    root, planted, clean = eval_set
+    thresholds = tmp_path / "t.json"
+    thresholds.write_text('{"val": 0.9}')
+    both = tmp_path / "preds.csv"
+    both.write_text("dataset,id,correct\n" + "".join(f"{d},{i},1\n" for d in ("val", "other") for i in planted + clean))
+    base = ["report", str(index_dir), "--eval", f"val={root}", "--eval", f"other={root}", "--predictions",
+            str(both), "--workers", "0", "--quiet"]
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "a"), "--thresholds", str(thresholds)])
+    assert r.exit_code == 0, r.output
+    line = next(line for line in r.output.splitlines() if line.startswith("thresholds: "))
+    assert f"val 0.9000 (from {thresholds})" in line
+    assert f"other {1 - 9 / 64:.4f} (from the default of phash, not named in {thresholds})" in line
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "b"), "--thresholds", str(thresholds),
+                                         "--threshold", "0.8"])
+    assert r.exit_code == 0, r.output
+    assert f"other 0.8000 (from --threshold, not named in {thresholds})" in r.output
+
+
 def test_report_refuses_another_detector(tmp_path, index_dir, eval_set, predictions):
     root, _, _ = eval_set
     result = CliRunner().invoke(main, ["report", str(index_dir), "--eval", f"val={root}", "--predictions",
@@ -234,3 +253,44 @@ def test_every_command_reports_our_errors_as_one_line(tmp_path):
                  ["pairs", str(tmp_path), "--eval", f"x={tmp_path}", "--out", str(tmp_path / "o"), "--quiet"]):
         r = runner.invoke(main, args)
         assert r.exit_code == 2 and r.output.startswith("error: ") and "Traceback" not in r.output, (args, r.output)
+
+
+def test_every_command_has_an_example_in_its_help():
+    runner = CliRunner()
+    for name in [None, *main.commands]:
+        r = runner.invoke(main, ([name] if name else []) + ["--help"], terminal_width=200)
+        assert r.exit_code == 0, r.output
+        example = r.output.split("Example:\n", 1)[1].strip()
+        assert example.startswith("overlap-audit " + (name or "")), (name, example)
+
+
+def test_ctrl_c_during_index_says_how_to_resume(tmp_path, monkeypatch, corpus_dir):
+    import overlap_audit.index
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(overlap_audit.index, "build_index", interrupted)
+    r = CliRunner().invoke(main, ["index", str(corpus_dir), "--out", str(tmp_path / "i"), "--quiet"])
+    assert r.exit_code == 130
+    assert r.stderr.strip() == "interrupted: run the same command with --resume to continue"
+
+
+def test_verbose_and_log_file(tmp_path, monkeypatch):
+    from overlap_audit import devices
+
+    monkeypatch.setattr(devices, "faiss_gpu_count", lambda: 0)
+    log = tmp_path / "audit.log"
+    args = ["pairs", str(tmp_path), "--eval", f"x={tmp_path}", "--out", str(tmp_path / "o")]
+    runner = CliRunner()
+    monkeypatch.setattr(devices, "_said", set())
+    r = runner.invoke(main, ["--log-file", str(log), *args, "--quiet"])
+    assert r.exit_code == 2 and "device auto" not in r.stderr  # --quiet keeps stderr short ...
+    text = log.read_text()
+    assert "INFO overlap_audit: device auto: FAISS sees no GPU" in text  # ... the file has everything
+    assert "DEBUG overlap_audit: overlap-audit" in text and "not an overlap-audit index" in text
+    monkeypatch.setattr(devices, "_said", set())
+    r = runner.invoke(main, ["--verbose", *args])
+    assert r.exit_code == 2 and "Traceback" in r.stderr and r.stderr.rstrip().splitlines()[-1].startswith("error: ")
+    r = runner.invoke(main, args)
+    assert r.exit_code == 2 and "Traceback" not in r.stderr

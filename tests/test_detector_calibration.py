@@ -4,7 +4,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from overlap_audit.cli import main
-from overlap_audit.calibrate import calibrate
+from overlap_audit.calibrate import calibrate, curve_rows
 from overlap_audit.thresholds import precision_recall
 
 from .conftest import write_folder
@@ -34,3 +34,16 @@ def test_calibrate_on_held_out_photos(tmp_path, tile_sets):
                                   "0", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["threshold"] == cal.threshold and "| threshold |" in r.output
+
+
+def test_curve_rows_are_dense_where_precision_crosses_the_target():
+    # 1000 thresholds: precision climbs from 0 to 1 only in the last 50 rows (as among a calibration's negatives)
+    thresholds = np.linspace(0, 1, 1000)
+    precision = np.concatenate([np.zeros(950), np.linspace(0.02, 1.0, 50)])
+    rows = curve_rows(thresholds, precision, 0.99)
+    assert rows == sorted(set(rows)) and rows[0] == 0 and rows[-1] == 999
+    between = [i for i in rows if 0.5 <= precision[i] <= 0.999]
+    assert len(between) >= 15  # a 20-row even sampling shows at most one row there
+    first = int(np.nonzero(precision >= 0.99)[0][0])
+    assert {first - 1, first} <= set(rows)
+    assert len(rows) <= 20 + 1 + 20 + 5

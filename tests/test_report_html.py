@@ -203,6 +203,23 @@ def test_a_removed_corpus_source_is_said_per_pair(audit, tmp_path):
     assert "not in this index" in items["nope"].skip_reason
 
 
+def test_gallery_shows_class_names_from_the_reports_classnames_file(audit, tmp_path):
+    base, _ = audit
+    rep = tmp_path / "rep"
+    shutil.copytree(base / "rep", rep)
+    names = tmp_path / "classnames.json"
+    names.write_text(json.dumps({"seen": "seen <b>before</b>", "new": "brand new"}))
+    data = json.loads((rep / "report.json").read_text())
+    data["model"] = {"spec": "x", "weights_sha256": "0" * 64, "device": "cpu", "templates": {},
+                     "classnames": {"val": str(names)}}
+    (rep / "report.json").write_text(json.dumps(data))
+    page = write_html_report(rep, gallery=40).read_text(encoding="utf-8")
+    val = page.split('id="gallery-0"')[1].split("</section>")[0]
+    assert "(class seen &lt;b&gt;before&lt;/b&gt;, label seen)" in val and "(class brand new, label new)" in val
+    other = page.split('id="gallery-1"')[1].split("</section>")[0]  # no classnames file for it: its labels
+    assert "(class seen)" in other and "brand new" not in other
+
+
 # ---------------------------------------------------------------- real Chromium
 
 

@@ -251,3 +251,30 @@ def test_items_with_undecodable_file_names_are_read_back_by_id(tmp_path, photos)
     assert ids == ["c/a\\xff.png"]
     found = fetch_items(src, ids)
     assert found[ids[0]].path == str(cls / name) and found[ids[0]].label == "c"
+
+
+def test_count_is_known_where_it_is_cheap(tmp_path, photos):
+    """Source.count(), the progress bars' total: a folder's listing, Parquet footers, img2dataset stats."""
+    root = write_folder(tmp_path / "ev", {
+        "cat/a.png": photos["chelsea"].resize((16, 16)),
+        "cat/a.txt": b"a caption, read with its image",
+        "rocket/c.png": photos["rocket"].resize((16, 16)),
+        "rocket/readme.pdf": b"%PDF-1.4",
+    })
+    src = open_source(str(root))
+    assert src.count() == len(list(src.iter_items())) == 3
+    (tmp_path / "pq").mkdir()
+    pq.write_table(img2dataset_table(photos), tmp_path / "pq" / "00000.parquet")
+    pq.write_table(img2dataset_table(photos), tmp_path / "pq" / "00001.parquet")
+    assert open_source(str(tmp_path / "pq")).count() == 6
+    wds = tmp_path / "wds"
+    wds.mkdir()
+    make_tar(wds / "00000.tar", [("a", {"jpg": jpeg_bytes(photos["coffee"].resize((16, 16)))}),
+                                 ("b", {"jpg": jpeg_bytes(photos["rocket"].resize((16, 16)))})])
+    make_tar(wds / "00001.tar", [("c", {"jpg": jpeg_bytes(photos["coffee"].resize((16, 16)))})])
+    src = open_source(str(wds))
+    assert src.count() is None  # no stats files: unknown without reading the shards
+    (wds / "00000_stats.json").write_text(json.dumps({"count": 3, "successes": 2, "failed_to_download": 1}))
+    assert src.count() is None  # one shard still without its stats
+    (wds / "00001_stats.json").write_text(json.dumps({"count": 1, "successes": 1}))
+    assert src.count() == len(list(src.iter_items())) == 3

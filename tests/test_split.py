@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from overlap_audit.errors import ThresholdError
-from overlap_audit.split import load_thresholds, resolve_thresholds, split
+from overlap_audit.split import load_thresholds, resolve_thresholds, split, threshold_origins
 from overlap_audit.values import Embeddings, Neighbors
 
 
@@ -14,6 +14,13 @@ def test_threshold_precedence():
     assert resolve_thresholds(["a", "b"], 0.8, threshold=0.9, per_dataset={"b": 0.95}) == {"a": 0.9, "b": 0.95}
     with pytest.raises(ThresholdError, match="not evaluated: c"):
         resolve_thresholds(["a"], 0.8, per_dataset={"c": 0.9})
+
+
+def test_threshold_origins_follow_the_precedence():
+    assert threshold_origins(["a", "b"], per_dataset={"b": 0.95}) == {"a": "default", "b": "file"}
+    assert threshold_origins(["a", "b"], threshold=0.9, per_dataset={"b": 0.95}) == {"a": "threshold", "b": "file"}
+    with pytest.raises(ThresholdError, match="not named: a"):
+        resolve_thresholds(["a", "b"], None, per_dataset={"b": 0.95})
 
 
 @pytest.mark.parametrize("content,match", [

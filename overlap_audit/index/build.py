@@ -255,7 +255,9 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(desc="index", unit="img", initial=items_done)
+        counts = [src.count() for src in srcs]
+        bar = tqdm(desc="index", unit="img", initial=items_done,
+                   total=None if None in counts else sum(counts))  # with a total, tqdm shows the ETA
     work = partial(embed_shard, out_dir=out, n_sources=len(srcs), batch_size=s.batch_size, max_pixels=s.max_pixels,
                    limits=s.limits)
     if s.ray_address:

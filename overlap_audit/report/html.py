@@ -120,6 +120,7 @@ class GalleryPair:
     view: str | None = None  # the query view that matched (a trimming detector)
     eval_box: dict | None = None  # content boxes as in splits.parquet
     corpus_box: dict | None = None
+    eval_class_name: str | None = None  # the label's readable name, from the report's --classnames file
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,21 @@ class Gallery:
     n_left_out: int
     n_no_neighbour: int
     note: str | None = None
+
+
+def _class_names(report: Report, dataset: str) -> dict[str, str]:
+    """{label: name} from the classnames file a ``--model`` report records for ``dataset``; empty when it
+    records none or the file cannot be read any more."""
+    from ..errors import ModelError
+    from ..zeroshot.scoring import load_classnames
+
+    path = ((report.model or {}).get("classnames") or {}).get(dataset)
+    if not path or not os.path.isfile(path):
+        return {}
+    try:
+        return load_classnames(path)
+    except ModelError:
+        return {}
 
 
 def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str, str],
@@ -175,6 +191,7 @@ def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str,
                 evals = fetch_items(open_source(spec, name=d.name, labels_from_folders=True), [r["id"] for r in picked])
             except (OSError, OverlapAuditError) as exc:
                 note = f"the evaluation source {spec} cannot be read ({exc})"
+        names = _class_names(report, d.name)
         pairs = []
         for i, r in enumerate(picked):
             key = r["neighbor_ids"][0]
@@ -190,7 +207,8 @@ def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str,
                 corpus_key=key, corpus_caption=co.caption if co else None, similarity=float(r["similarity"]),
                 overlap=bool(r["overlap"]), low_information=bool(r["low_information"]),
                 eval_thumb=e_uri, eval_problem=e_why, corpus_thumb=c_uri, corpus_problem=c_why,
-                deciding=i < n_deciding, view=r.get("view"), eval_box=e_box, corpus_box=c_box))
+                deciding=i < n_deciding, view=r.get("view"), eval_box=e_box, corpus_box=c_box,
+                eval_class_name=names.get(str(r.get("label")))))
         galleries.append(Gallery(d.name, d.threshold, pairs, n_total - n_none - len(pairs), n_none,
                                  note or corpus_note))
     return galleries
@@ -261,7 +279,8 @@ def _pair(p: GalleryPair) -> str:
         f'<div>{f"<b>#{p.number}</b> " if p.number is not None else ""}'
         f'<span class="sim">{similarity_text(p.similarity)}</span> {esc(kind)}</div>',
         f'<div class="t">eval: <code>{esc(p.eval_id)}</code>'
-        + (f" (class {esc(p.eval_label)})" if p.eval_label else "") + "</div>",
+        + (f" (class {esc(p.eval_class_name)}, label {esc(p.eval_label)})" if p.eval_class_name
+           else f" (class {esc(p.eval_label)})" if p.eval_label else "") + "</div>",
     ]
     if p.eval_caption:
         lines.append(f'<div class="t caption">“{esc(p.eval_caption)}”</div>')
