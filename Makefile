@@ -47,7 +47,6 @@ test: install browser
 	$(BIN)/python -m pytest -q
 
 demo: $(DEMO_STAMP)
-	rm -rf $(DEMO_DIR)
 	$(BIN)/overlap-audit demo $(DEMO_DIR)
 
 # openclipart-png as the corpus, tuxpaint-stamps-default as the evaluation set (apt-get download, no root)
