@@ -98,8 +98,6 @@ class ClipDup(DetectorBase):
     """A trained DuplicateNet as a detector: float32 unit vectors, cosine similarity."""
 
     name = "clipdup"
-    # margins are cut before embedding: on clip art whose copies differ by their canvas this is what finds them
-    content = "trim"
     metric = "cosine"
 
     def __init__(self, path: str, *, device: str = "auto", spec: str = ""):

@@ -175,10 +175,10 @@ def main(debug, verbose, log_file) -> None:
 @options.batch_size
 @options.workers
 @options.device
-@click.option("--content", type=click.Choice(["trim", "whole"]), default=None,
+@click.option("--content", type=click.Choice(["trim", "whole"]), default="trim", show_default=True,
               help="Content normalisation: trim (embed each image's content box: margins, transparent borders "
-                   "and letterbox bars cut away) or whole. Default: the detector's own (clipdup trims; the "
-                   "hashes take the whole image). Reports use what the index was built with.")
+                   "and letterbox bars cut away) or whole (the image as it is). Reports use what the index was "
+                   "built with.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in --out, keeping its finished shards.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Items per embedding shard (the unit of resumption).")

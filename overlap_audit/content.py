@@ -55,8 +55,9 @@ NOISE_FACTOR = 4.0  # tolerance >= this many robust standard deviations of the m
 STRONG_FACTOR = 3.0  # a pixel beyond this multiple of the tolerance is always content
 FAINT_FRACTION = 0.02  # share of a row/column that may deviate faintly and still be margin
 SIDE_OUTLIERS = 0.05  # share of an outer line that may deviate and the side still be uniform
-MIN_SIDE = 8  # pixels: a content box narrower or shorter than this is not a picture
-MIN_AREA_FRACTION = 0.005  # a content box under this share of the image is not a picture
+MIN_SIDE = 16  # pixels: a content box narrower or shorter than this is not a picture
+MIN_AREA_FRACTION = 0.03  # a content box under this share of the image is not a picture (a speck, or a
+# flat photograph region at its edge: real clip art fills 17-79% of a padded canvas)
 MAX_PASSES = 3  # trimming is repeated on the trimmed view until it is stable, at most this many times
 
 _TOP, _BOTTOM, _LEFT, _RIGHT = range(4)

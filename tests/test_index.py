@@ -35,8 +35,8 @@ def built(tmp_path_factory, corpus_dir):
 def test_manifest_describes_the_index(built):
     out, m = built
     data = json.loads((out / "manifest.json").read_text())
-    assert data["detector"] == {"spec": "phash", "name": "phash", "version": "1", "dim": 64,
-                                "metric": "hamming", "default_threshold": 1 - 9 / 64, "content": "whole"}
+    assert data["detector"] == {"spec": "phash", "name": "phash", "version": "1+trim", "dim": 64,
+                                "metric": "hamming", "default_threshold": 1 - 9 / 64, "content": "trim"}
     assert data["counts"]["given"] == 124 and data["counts"]["embedded"] == 120 and data["counts"]["skipped"] == 4
     assert {s["id"] for s in data["skipped"]} == {"broken/zero.png", "broken/truncated.png", "broken/notes.jpg",
                                                   "broken/bomb.png"}
@@ -111,24 +111,24 @@ def test_detector_mismatch_is_refused(built):
         check_detector(m, get_detector("phash256").info, str(out))
     newer = get_detector("phash")
     newer.version = "2"
-    with pytest.raises(IndexMismatchError, match="version '1'.*'2'"):
+    with pytest.raises(IndexMismatchError, match=r"version '1\+trim'.*'2\+trim'"):
         check_detector(m, newer.info, str(out))
 
 
 def test_an_index_built_without_content_normalisation_is_refused(built):
     """A manifest from before content normalisation (no "content", a bare version) or built with content
-    "whole" cannot be searched with a trimming detector, and the message says why."""
+    "whole" cannot be searched with the (default) trimming detector, and the message says why."""
     out, _ = built
     m = load_manifest(out)
-    trimming = get_detector("phash", content="trim")
-    assert trimming.info.version == "1+trim" and trimming.info.content == "trim"
-    old = dataclasses.replace(m, detector=dataclasses.replace(m.detector, content=None))
+    old = dataclasses.replace(m, detector=dataclasses.replace(m.detector, version="1", content=None))
     with pytest.raises(IndexMismatchError, match=r"version '1' \(installed: '1\+trim', i\.e\. no content "
                                                  r"normalisation where this detector uses content 'trim'\)"):
-        check_detector(old, trimming.info, str(out))
-    with pytest.raises(IndexMismatchError, match="content 'whole' where this detector uses content 'trim'"):
-        check_detector(m, trimming.info, str(out))
-    check_detector(old, get_detector("phash").info, str(out))  # the same embeddings: accepted
+        check_detector(old, get_detector("phash").info, str(out))
+    whole = get_detector("phash", content="whole")
+    assert whole.info.version == "1" and whole.info.content == "whole"
+    with pytest.raises(IndexMismatchError, match="content 'trim' where this detector uses content 'whole'"):
+        check_detector(m, whole.info, str(out))
+    check_detector(old, whole.info, str(out))  # the same embeddings as before content normalisation: accepted
 
 
 class Interrupt(Exception):
