@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="give the detectors whole decoded images (default: reduced to 384 px on the long side)")
     ap.add_argument("--pairs", type=Path, default=PAIRS)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--verify", action="store_true",
+                    help="also score the relaxed first stage + overlap_audit.verify.verify_pair (a second table)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(HERE))
     from make_devset import WORK_SIZE, eval_png, embed_views
@@ -150,11 +152,18 @@ def main(argv: list[str] | None = None) -> None:
           f"{'whole images' if size is None else f'images reduced to {size} px'}")
     print(TABLE_HEAD)
     trims = {"no": (False,), "yes": (True,), "both": (False, True)}[args.trim]
+    sims = {}
     for spec, det in detectors.items():
         for trim in trims:
-            sim = det.similarity(s_emb[(spec, trim)], c_emb[(spec, trim)])
+            sim = sims[(spec, trim)] = det.similarity(s_emb[(spec, trim)], c_emb[(spec, trim)])
             result = score(sim, stamps, corpus, labels, det.default_threshold, args.k)
             print(table_row(spec + (", trimmed" if trim else ""), result), flush=True)
+    if args.verify:
+        from verify_devset import verify_table
+
+        verify_table(sims, detectors, stamps, corpus, labels, k=args.k,
+                     stamp_path=lambda s: eval_png(args.data, s), corpus_path=lambda c: corpus_pkg / c,
+                     work_size=size)
 
 
 if __name__ == "__main__":
