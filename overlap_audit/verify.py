@@ -26,7 +26,7 @@ weights and ``VERIFY_THRESHOLD`` were chosen on the development set's labelled p
 (benchmarks/devset/: Tux Paint SVG-only stamps against Open Clip Art) with
 ``thresholds.threshold_at_precision`` at a target precision of 0.99; see benchmarks/devset/README.md.
 
-Only numpy and Pillow; a pair costs a few milliseconds on one core once both images are decoded
+Only numpy and Pillow; a pair costs about 10 ms on one core once both images are decoded
 (``prepare`` each image once and call ``verify_prepared`` when one image meets several others).
 """
 
