@@ -235,9 +235,10 @@ def verify_pair(a: Image.Image, b: Image.Image) -> Verification:
 
 # --------------------------------------------------------------------------------- the first stage
 
-# the first stage proposes pairs at a relaxed threshold: a distance from 1 RELAX times the detector's
-# (for a cosine similarity t: 1 - RELAX * (1 - t)); on the development set RELAX = 2 keeps at least 95% of
-# the true copies among the candidates for phash and clipdup on trimmed views
+# the first stage proposes pairs at a relaxed threshold: a distance from 1 RELAX times the detector's,
+# 1 - RELAX * (1 - t). On the development set (trimmed views) RELAX = 2 keeps 74 of the 75 true copies for
+# phash (0.7188); for clipdup (0.9640) it keeps 60 of 75, and the copies clipdup misses lie far below its
+# threshold (63 of 75 at RELAX = 3), so there verification adds precision, not recall
 RELAX = 2.0
 
 
