@@ -24,10 +24,12 @@ from .predictions import PREDICTIONS, match_predictions, read_predictions, write
 from .report import DatasetReport, Report, check_report_dir, load_report, write_report
 from .sources import open_source
 from .split import load_thresholds, resolve_thresholds, split
+from .verify import VerifySettings, verify_splits
 from .stats import RateEstimate, extended_stats, family_correction, overlap_stats
 from .zeroshot.scoring import TemplateSet, ZeroShotModel, ZeroShotScorer, load_classnames
 
-__all__ = ["MatchSettings", "ReportSettings", "StatsSettings", "ZeroShotSettings", "build_index", "run_report"]
+__all__ = ["MatchSettings", "ReportSettings", "StatsSettings", "VerifySettings", "ZeroShotSettings", "build_index",
+           "run_report"]
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ class ReportSettings:
     (score a model here; its predictions are written to ``out_dir/predictions.parquet`` and read back
     exactly as a ``predictions`` file would be). ``out_dir`` must be new, empty or an earlier report
     directory; it is replaced as a whole once the new report is complete. ``gallery`` caps the matched pairs report.html shows per
-    dataset (None: the report's default).
+    dataset (None: the report's default). ``verify`` (a ``VerifySettings``) verifies each example whose nearest
+    corpus item is at or above a relaxed first stage, and Overlap becomes the verified ones.
     """
 
     out_dir: str | os.PathLike
@@ -88,6 +91,7 @@ class ReportSettings:
     match: MatchSettings = field(default_factory=MatchSettings)
     stats: StatsSettings = field(default_factory=StatsSettings)
     gallery: int | None = None
+    verify: VerifySettings | None = None
 
     def __post_init__(self) -> None:
         if (self.predictions is None) == (self.zero_shot is None):
@@ -173,6 +177,10 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
         splits = {n: dataclasses.replace(sp, neighbor_boxes=[boxes.get(sp.neighbors.ids[i, 0]) if sp.neighbors.k
                                                              else None for i in range(len(sp.ids))])
                   for n, sp in splits.items()}
+    verification = None
+    if settings.verify is not None:
+        splits, unreadable = verify_splits(splits, index_dir, dict(evals), settings.verify, max_pixels=match.max_pixels)
+        verification = settings.verify.to_dict(splits, unreadable)
     skipped = {n: m.skipped for n, m in matches.items()}
     _check_not_empty(splits, skipped)
     extra_files: dict[str, Path] = {}
@@ -226,6 +234,7 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             evals=dict(evals),
             model=zero_shot.to_dict() if zero_shot is not None else None,
+            verify=verification,
         )
         write_report(settings.out_dir, report, splits, correctness, gallery=settings.gallery,
                      max_pixels=match.max_pixels, extra_files=extra_files)

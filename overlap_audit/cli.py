@@ -263,12 +263,19 @@ def verify(index_dir) -> None:
               "whatever the index type, memory bounded by the evaluation sets plus one shard.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|local",
               help="Run the --exact stream as a map over shards on a Ray cluster.")
+@click.option("--verify", is_flag=True, help="Verify each match densely (overlap_audit.verify): examples whose "
+              "nearest corpus item is at or above --verify-from are compared with it, and Overlap is the verified "
+              "ones. Catches edited copies below the threshold and rejects look-alikes above it.")
+@click.option("--verify-from", type=float, default=None, metavar="T",
+              help="The first stage of --verify [default: 1 - 2 (1 - threshold), per dataset].")
+@click.option("--verify-threshold", type=click.FloatRange(0, 1), default=None, metavar="S",
+              help="The verification score a pair needs [default: overlap_audit.verify.VERIFY_THRESHOLD].")
 @options.gallery
 @options.matching
 @options.quiet
 def report(index_dir, evals, predictions, model, classnames, templates, model_batch_size, out_dir, threshold,
            thresholds, k, alpha, ci_level, correction, precision, recall, detector_error, detector, exact, ray_address,
-           gallery, batch_size, workers, device, max_pixels, quiet) -> None:
+           verify, verify_from, verify_threshold, gallery, batch_size, workers, device, max_pixels, quiet) -> None:
     """Split each evaluation set into Overlap / Clean against INDEX_DIR and report the statistics."""
     from .api import MatchSettings, ReportSettings, StatsSettings, ZeroShotSettings, run_report
     from .sources import parse_eval_spec
@@ -278,13 +285,19 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
     names = [n for n, _ in parsed]
     if (classnames or templates) and not model:
         raise click.UsageError("--classnames and --templates go with --model")
+    if (verify_from is not None or verify_threshold is not None) and not verify:
+        raise click.UsageError("--verify-from and --verify-threshold go with --verify")
+    from .verify import VERIFY_THRESHOLD, VerifySettings
+
+    verification = (VerifySettings(threshold=VERIFY_THRESHOLD if verify_threshold is None else verify_threshold,
+                                   first_stage=verify_from) if verify else None)
     zero_shot = None
     if model is not None:
         zero_shot = ZeroShotSettings(model, classnames=assign_files(classnames, names, "--classnames"),
                                      templates=assign_files(templates, names, "--templates"),
                                      batch_size=model_batch_size)
     settings = ReportSettings(
-        out_dir=out_dir, predictions=predictions, zero_shot=zero_shot, gallery=gallery,
+        out_dir=out_dir, predictions=predictions, zero_shot=zero_shot, gallery=gallery, verify=verification,
         match=MatchSettings(detector=detector, device=device, k=k, batch_size=batch_size, workers=workers,
                             max_pixels=max_pixels, progress=not quiet, exact=exact or bool(ray_address),
                             ray_address=ray_address),

@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trim-rule", choices=("library", "simple"), default="library",
                     help="library: overlap_audit.content.trim, the audit's own; simple: make_devset's "
                          "crop to pixels darker than 245 (the rule the candidates were found with)")
+    ap.add_argument("--verify", action="store_true",
+                    help="also score the relaxed first stage + overlap_audit.verify.verify_pair (a second table)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(HERE))
     from make_devset import WORK_SIZE, eval_png, embed_views
@@ -156,15 +158,22 @@ def main(argv: list[str] | None = None) -> None:
           f"{'whole images' if size is None else f'images reduced to {size} px'}")
     print(TABLE_HEAD)
     trims = {"no": (False,), "yes": (True,), "both": (False, True)}[args.trim]
+    sims = {}
     for spec, det in detectors.items():
         for trim in trims:
-            sim = det.similarity(s_emb[(spec, trim)], c_emb[(spec, trim)])
+            sim = sims[(spec, trim)] = det.similarity(s_emb[(spec, trim)], c_emb[(spec, trim)])
             result = score(sim, stamps, corpus, labels, det.default_threshold, args.k)
             print(table_row(spec + (f", trimmed ({args.trim_rule})" if trim else ""), result), flush=True)
             if trim:  # the audit's two query views: the better of the trimmed and the whole stamp
                 both = np.maximum(sim, det.similarity(s_emb[(spec, False)], c_emb[(spec, True)]))
                 result = score(both, stamps, corpus, labels, det.default_threshold, args.k)
                 print(table_row(spec + f", trimmed ({args.trim_rule}), 2 query views", result), flush=True)
+    if args.verify:
+        from verify_devset import verify_table
+
+        verify_table(sims, detectors, stamps, corpus, labels, k=args.k,
+                     stamp_path=lambda s: eval_png(args.data, s), corpus_path=lambda c: corpus_pkg / c,
+                     work_size=size)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,8 @@ class GalleryPair:
     eval_box: dict | None = None  # content boxes as in splits.parquet
     corpus_box: dict | None = None
     eval_class_name: str | None = None  # the label's readable name, from the report's --classnames file
+    verify_score: float | None = None  # verification (report --verify); None where the pair was not verified
+    verified: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,8 @@ def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str,
                 overlap=bool(r["overlap"]), low_information=bool(r["low_information"]),
                 eval_thumb=e_uri, eval_problem=e_why, corpus_thumb=c_uri, corpus_problem=c_why,
                 deciding=i < n_deciding, view=r.get("view"), eval_box=e_box, corpus_box=c_box,
-                eval_class_name=names.get(str(r.get("label")))))
+                eval_class_name=names.get(str(r.get("label"))), verify_score=r.get("verify_score"),
+                verified=r.get("verified")))
         galleries.append(Gallery(d.name, d.threshold, pairs, n_total - n_none - len(pairs), n_none,
                                  note or corpus_note))
     return galleries
@@ -291,6 +294,9 @@ def _pair(p: GalleryPair) -> str:
         lines.append(f'<div class="t box">content box: eval {esc(box_text(p.eval_box))}; corpus '
                      f'{esc(box_text(p.corpus_box))}' + (f"; matched on the {esc(p.view)} view" if p.view else "")
                      + "</div>")
+    if p.verify_score is not None:
+        lines.append(f'<div class="t verify">verification: {p.verify_score:.3f}, '
+                     f'{"verified (same picture)" if p.verified else "rejected (a different picture)"}</div>')
     lines.append("</figcaption></figure>")
     return "\n".join(lines)
 
@@ -393,7 +399,8 @@ def write_html_report(report_dir: str | os.PathLike, *, gallery: int = DEFAULT_G
     report = load_report(out)
     columns = ["dataset", "id", "label", "neighbor_ids", "similarity", "overlap", "low_information"]
     present = pq.read_schema(out / SPLITS).names
-    columns += [c for c in ("view", "content_box", "neighbor_content_box") if c in present]  # a trimming detector
+    # a trimming detector; a verified report
+    columns += [c for c in ("view", "content_box", "neighbor_content_box", "verify_score", "verified") if c in present]
     rows = pq.read_table(out / SPLITS, columns=columns).to_pylist()
     galleries = build_galleries(report, rows, eval_sources=eval_sources or report.evals,
                                 index_dir=index_dir or report.index.get("path"), limit=gallery, around=around,

@@ -94,6 +94,7 @@ class Report:
     evals: dict[str, str] = field(default_factory=dict)  # name -> source spec of each evaluation set
     model: dict | None = None  # report --model: spec, weights_sha256, device, templates, classnames
     files: tuple[str, ...] = ()  # every file the report directory holds, all written by this run
+    verify: dict | None = None  # verification: its threshold, first stage and per-dataset counts (None: off)
 
     @property
     def threshold(self) -> dict[str, float]:
@@ -121,6 +122,7 @@ class Report:
                            "m": sum(d.stats.p_value is not None for d in self.datasets)},
             "datasets": [d.to_dict() for d in self.datasets],
             **({"model": self.model} if self.model is not None else {}),
+            **({"verify": self.verify} if self.verify is not None else {}),
             **({"files": list(self.files)} if self.files else {}),
         }
 
@@ -140,6 +142,7 @@ class Report:
             evals=dict(d.get("evals", {})),
             model=d.get("model"),
             files=tuple(d.get("files", ())),
+            verify=d.get("verify"),
         )
 
 

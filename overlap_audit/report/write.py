@@ -27,7 +27,7 @@ def write_splits(path: str | os.PathLike, splits: dict[str, Split], correct: dic
 
     cols: dict[str, list] = {k: [] for k in ("dataset", "id", "label", "neighbor_ids", "neighbor_similarities",
                                              "similarity", "overlap", "low_information", "correct", "view",
-                                             "content_box", "neighbor_content_box")}
+                                             "content_box", "neighbor_content_box", "verify_score", "verified")}
     for name, sp in splits.items():
         sims = sp.neighbors.similarities
         views = sp.neighbors.views
@@ -38,6 +38,9 @@ def write_splits(path: str | os.PathLike, splits: dict[str, Split], correct: dic
             cols["content_box"].append(None if box is None else box.to_dict())
             cols["neighbor_content_box"].append(None if near is None else near.to_dict())
             row_sims = [None if np.isnan(x) else float(x) for x in sims[i]]
+            checked = sp.verify_scores is not None and not np.isnan(sp.verify_scores[i])
+            cols["verify_score"].append(float(sp.verify_scores[i]) if checked else None)
+            cols["verified"].append(bool(sp.verified[i]) if checked else None)
             cols["dataset"].append(name)
             cols["id"].append(ident)
             cols["label"].append(sp.labels[i])
@@ -61,6 +64,9 @@ def write_splits(path: str | os.PathLike, splits: dict[str, Split], correct: dic
         "view": pa.array(cols["view"], pa.string()),
         "content_box": pa.array(cols["content_box"], box_arrow_type()),
         "neighbor_content_box": pa.array(cols["neighbor_content_box"], box_arrow_type()),
+        # verification (report --verify): the pair's score and decision; null where it was not verified
+        "verify_score": pa.array(cols["verify_score"], pa.float32()),
+        "verified": pa.array(cols["verified"], pa.bool_()),
     })
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
