@@ -279,7 +279,8 @@ def verify_splits(splits: dict, index_dir, eval_specs: dict[str, str], settings:
                   max_pixels: int | None = None) -> tuple[dict, dict]:
     """Verify each split's candidate pairs (top similarity at or above the first stage, not low-information):
     returns the splits with ``verify_scores``, ``verified`` and ``overlap = verified``, and per dataset the
-    number of candidate pairs whose images could not be read (not verified, so Clean)."""
+    number of candidate pairs whose images could not be read. Such a pair keeps the first decision (Overlap
+    at or above the detector's threshold): an image that cannot be read back never hides overlap."""
     from dataclasses import replace
 
     from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
@@ -322,6 +323,8 @@ def verify_splits(splits: dict, index_dir, eval_specs: dict[str, str], settings:
             scores[i] = verify_prepared(a, b).score
         with np.errstate(invalid="ignore"):
             verified = np.nan_to_num(scores, nan=-np.inf) >= settings.threshold
-        out[name] = replace(sp, verify_scores=scores, verified=verified,
-                            overlap=verified & ~np.asarray(sp.low_information, bool))
+        unread = np.zeros(len(sp.ids), bool)
+        unread[[i for i in rows if np.isnan(scores[i])]] = True
+        overlap = np.where(unread, sp.overlap, verified) & ~np.asarray(sp.low_information, bool)
+        out[name] = replace(sp, verify_scores=scores, verified=verified, overlap=overlap)
     return out, unreadable
