@@ -184,7 +184,10 @@ def test_report_verify_end_to_end(tmp_path):
     preds = write_predictions(tmp_path / "preds.csv", "val", ids, [1, 1, 0])
     runner = CliRunner()
     index = tmp_path / "index"
-    r = runner.invoke(main, ["index", str(corpus), "--out", str(index), "--workers", "0", "--quiet"])
+    # whole images: the hash then ranks the look-alike sign first (trimmed, the two discs fill the hash and a
+    # filler drawing can come first); verification trims both sides itself either way
+    r = runner.invoke(main, ["index", str(corpus), "--out", str(index), "--workers", "0", "--quiet",
+                             "--content", "whole"])
     assert r.exit_code == 0, r.output
     out = tmp_path / "report"
     r = runner.invoke(main, ["report", str(index), "--eval", f"val={tmp_path / 'evals'}", "--predictions", str(preds),
