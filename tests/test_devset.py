@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,7 @@ SIGNALS = {"phash", "clipdup", "phash-trim", "clipdup-trim", "name"}
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"devset_{name}", DEVSET / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchmarks.devset.{name}")
 
 
 @pytest.fixture(scope="module")

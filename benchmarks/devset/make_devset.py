@@ -21,6 +21,12 @@
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # python benchmarks/devset/make_devset.py: run as the module
+    import os
+    import sys
+
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.devset.make_devset", *sys.argv[1:]])
+
 import argparse
 import csv
 import io

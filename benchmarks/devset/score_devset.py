@@ -20,6 +20,12 @@ and score at least as high: ties count against the true source).
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # python benchmarks/devset/score_devset.py: run as the module
+    import os
+    import sys
+
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.devset.score_devset", *sys.argv[1:]])
+
 import argparse
 import csv
 import json
@@ -125,8 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--verify", action="store_true",
                     help="also score the relaxed first stage + overlap_audit.verify.verify_pair (a second table)")
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(HERE))
-    from make_devset import WORK_SIZE, eval_png, embed_views
+    from benchmarks.devset.make_devset import WORK_SIZE, embed_views, eval_png
 
     from overlap_audit.detectors import get_detector
 
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
                 result = score(both, stamps, corpus, labels, det.default_threshold, args.k)
                 print(table_row(spec + f", trimmed ({args.trim_rule}), 2 query views", result), flush=True)
     if args.verify:
-        from verify_devset import verify_table
+        from benchmarks.devset.verify_devset import verify_table
 
         verify_table(sims, detectors, stamps, corpus, labels, k=args.k,
                      stamp_path=lambda s: eval_png(args.data, s), corpus_path=lambda c: corpus_pkg / c,

@@ -1,0 +1,1 @@
+"""The real-overlap development set: its builder, scorer and the verification measurement (README.md)."""
