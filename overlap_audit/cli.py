@@ -1,4 +1,9 @@
-"""The command line: each command parses its options, calls one library function and prints."""
+"""The command line: each command parses its options, calls one library function and prints.
+
+Why one module of this length: every command is a few lines of options and one call; keeping them
+together keeps the shared error handling and printer in one place (the shared options are in
+``cli_options``).
+"""
 
 from __future__ import annotations
 

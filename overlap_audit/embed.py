@@ -8,6 +8,9 @@ dies or hangs over an item is replaced, and the item skipped with what happened.
 With a zero-shot scorer (``embed_source(..., scorer=...)``) each image is decoded once for both: the workers
 also turn it into the model's pixels, and the model embeds them in batches beside the detector, so the
 detector and the model see the same set of items (an image either fails for both or is used by both).
+
+Why one module of this length: the watched worker pool, the per-item decoding and the batching are one
+loop with one in-order contract; the pool is most of it.
 """
 
 from __future__ import annotations

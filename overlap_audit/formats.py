@@ -11,6 +11,9 @@ Ids: a hub Parquet or ``save_to_disk`` row is its index in the split (``"0"``, `
 ``dataset[i]`` in ``datasets``), counted over the split's files in order (a single file given alone counts
 from 0); a CIFAR row is ``<batch file>:<row>`` (``test_batch:17``); a CLIP_benchmark sample is its tar key.
 Labels are the integer class indices as text; a hub label of -1 (no label) reads as unlabelled.
+
+Why one module of this length: four small readers that share the split and id rules and the class-name
+and template handling.
 """
 
 from __future__ import annotations

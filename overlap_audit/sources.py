@@ -11,6 +11,10 @@ items carry bytes or a path, and decoding happens in worker processes (``overlap
 Only regular files are read, and nothing larger than the caps of ``limits.InputLimits``: an image file, a
 Parquet image cell or a tar member over its cap, and a FIFO, device or socket, is listed as skipped with
 the reason.
+
+Why one module of this length: the three corpus formats share the id rules, the duplicate-id check, the
+regular-file and size checks and reading items back by id (``fetch_items``); split apart, each would import
+those from the others.
 """
 
 from __future__ import annotations

@@ -45,6 +45,9 @@ Beyond the paper (``extended_stats``), kept beside its numbers, never instead of
   bootstrap: P and R drawn from their Jeffreys posteriors Beta(s + ½, n − s + ½) when given as counts
   (fixed when given as numbers), both observed accuracies redrawn from their binomials, percentiles of
   the corrected All − Clean.
+
+Why one module of this length: each statistic is short; together they are the report's statistics,
+which callers use side by side (numpy/scipy only, no I/O).
 """
 
 from __future__ import annotations

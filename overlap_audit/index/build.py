@@ -3,6 +3,9 @@ then build the FAISS index over the shards and measure an approximate index's re
 
 ``index_from_vectors`` / ``index_from_vector_blocks`` write the same directory from precomputed vectors;
 ``finish_from_shards`` (re)builds the FAISS index of a directory whose shards are written.
+
+Why one module of this length: the build loop, its resumption and the FAISS build share the progress
+record and the generation switch, which must be written in one order.
 """
 
 from __future__ import annotations

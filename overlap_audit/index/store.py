@@ -25,6 +25,9 @@ to run ``index --resume``, which upgrades it.
 
 An item is indexed when it was embedded (no skip reason) and is not low-information; index rows are the
 indexed items of the shards in order.
+
+Why one module of this length: it is the one definition of the directory format, so the manifest, the shard
+schema and the checks that hold every file to the manifest are read and written in one place.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ just above and just below the threshold first. Thumbnails are small WebP data: U
 nothing else and runs no script. Captions, ids, paths and dataset names come from the web: every one
 passes through ``esc`` (the one place text enters the page), and a Content-Security-Policy that allows
 only data: images and inline style is defence in depth.
+
+Why one module of this length: the page and the review sheet share the thumbnails, galleries and the
+one escaping function, so all HTML is written in one place.
 """
 
 from __future__ import annotations
