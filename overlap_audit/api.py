@@ -19,7 +19,7 @@ from .devices import torch_device
 from .atomic import create_temporary
 from .errors import EmptyEvalSetError, ModelError, SourceError
 from .index import build_index, content_boxes
-from .pipeline import MatchSettings, check_eval_sets, match_eval_sets, open_corpus
+from .pipeline import MatchSettings, check_eval_sets, check_report_apart, match_eval_sets, open_corpus
 from .predictions import PREDICTIONS, match_predictions, read_predictions, write_predictions
 from .report import DatasetReport, Report, check_report_dir, load_report, write_report
 from .sources import open_source
@@ -152,8 +152,9 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
         settings = _legacy_settings(positional, legacy)
     match, st = settings.match, settings.stats
     out_dir = Path(settings.out_dir)
-    check_report_dir(out_dir)  # before any work: a directory of someone else's files is refused, not cleared
     evals = check_eval_sets(evals)
+    check_report_apart(out_dir, index_dir, evals)
+    check_report_dir(out_dir)  # before any work: a directory of someone else's files is refused, not cleared
     names = [n for n, _ in evals]
     corpus = open_corpus(index_dir, match)
     det = corpus.detector

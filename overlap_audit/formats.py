@@ -30,7 +30,7 @@ from pathlib import Path
 from .errors import SourceError
 from .values import RawItem
 
-__all__ = ["LAYOUT_KINDS", "LAYOUT_PREFIXES", "Layout", "iter_layout", "open_layout"]
+__all__ = ["LAYOUT_KINDS", "LAYOUT_PREFIXES", "Layout", "iter_layout", "layout_path", "open_layout"]
 
 LAYOUT_PREFIXES = ("hf", "clip_benchmark", "cifar")
 # the Source kinds read here; a CLIP_benchmark folder is read as plain WebDataset ("wds") by sources
@@ -82,6 +82,13 @@ def open_layout(spec: str) -> Layout | None:
     if _is_saved_dataset(path) or _hub_files(path):
         return _open_hf(spec, path, None)
     return None
+
+
+def layout_path(spec: str) -> str | None:
+    """The path a prefixed layout spec (``hf:PATH[:SPLIT]``, ...) names, without its split; None for any other
+    spec."""
+    prefix, sep, rest = spec.partition(":")
+    return _path_and_split(rest)[0] if sep and prefix in LAYOUT_PREFIXES else None
 
 
 def iter_layout(kind: str, paths: tuple[str, ...], source_name: str) -> Iterator[RawItem]:

@@ -21,13 +21,14 @@ from .errors import IndexDirError, SettingsError, SourceError
 from .imaging import DEFAULT_MAX_PIXELS
 from .index import CorpusIndex, IndexManifest, check_detector, load_index, search
 from .limits import InputLimits
-from .sources import open_source
+from .sources import check_output_apart, open_source, source_location
 from .values import Embeddings, Neighbors, Skipped
 
 if TYPE_CHECKING:
     from .zeroshot.scoring import ZeroShotScorer
 
-__all__ = ["Corpus", "EvalMatch", "MatchSettings", "check_eval_sets", "match_eval_sets", "open_corpus"]
+__all__ = ["Corpus", "EvalMatch", "MatchSettings", "check_eval_sets", "check_report_apart", "match_eval_sets",
+           "open_corpus"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,15 @@ def check_eval_sets(evals: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         repeated = sorted({name for name in names if names.count(name) > 1})
         raise SourceError(f"evaluation set names must be distinct; repeated: {', '.join(repeated)}")
     return evals
+
+
+def check_report_apart(out_dir: str | os.PathLike, index_dir: str | os.PathLike,
+                       evals: Iterable[tuple[str, str]]) -> None:
+    """Refuse a report or pairs ``out_dir`` that is, or lies inside, the index directory or a folder
+    evaluation set (its files would become evaluation examples, or index files, on a later run), or that
+    holds either."""
+    check_output_apart(out_dir, [("index directory", str(index_dir), True),
+                                 *((f"evaluation set {name}", *source_location(spec)) for name, spec in evals)])
 
 
 def open_corpus(index_dir: str | os.PathLike, settings: MatchSettings | None = None) -> Corpus:

@@ -64,12 +64,13 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
     """Embed each evaluation set, find each example's nearest corpus item, and write the ``n`` pairs per
     dataset nearest ``around`` (default: the detector's threshold) as pairs.csv and pairs.html."""
     from .index import corpus_items
-    from .pipeline import MatchSettings, check_eval_sets, match_eval_sets, open_corpus
+    from .pipeline import MatchSettings, check_eval_sets, check_report_apart, match_eval_sets, open_corpus
     from .report.html import Gallery, GalleryPair, esc, render_review_html, thumbnail
     from .atomic import atomic_write, atomic_write_text
     from .sources import fetch_items, open_source
 
     evals = check_eval_sets(evals)
+    check_report_apart(out_dir, index_dir, evals)
     if n < 1:
         raise ThresholdError("--n must be at least 1")
     existing = Path(out_dir) / PAIRS_CSV

@@ -28,8 +28,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DuplicateIdError, SourceError
-from .formats import LAYOUT_KINDS, iter_layout, open_layout
+from .errors import DuplicateIdError, OutputDirError, SourceError
+from .formats import LAYOUT_KINDS, iter_layout, layout_path, open_layout
 from .limits import DEFAULT_LIMITS, InputLimits, ReadRefused, file_problem, read_file
 from .values import RawItem
 
@@ -577,6 +577,53 @@ def parse_eval_spec(spec: str) -> tuple[str, str]:
     if not sep or not name or not source:
         raise SourceError(f"--eval {spec!r}: expected NAME=SOURCE, e.g. cifar10=/data/cifar10/test")
     return name.strip(), source.strip()
+
+
+# ---------------------------------------------------------------- outputs kept apart from sources
+
+
+def source_location(spec: str) -> tuple[str, bool]:
+    """Where a source spec reads (resolved: links and ``..`` followed), and whether that is a folder whose
+    contents make up the source.
+
+    A directory (an image folder, a folder of Parquet files or tar shards, a hub, ``save_to_disk``,
+    CLIP_benchmark or CIFAR folder) is such a folder: a file written anywhere inside it may be read as part
+    of the source on a later run. So is the folder of a glob or brace pattern (the deepest folder before its
+    first wildcard), whose matches change as files appear there. A single file (a Parquet file, a tar)
+    is not: files written beside it are never read, so its folder may hold an output.
+    """
+    path = layout_path(spec)
+    if path is None:
+        prefix, sep, rest = spec.partition(":")
+        path = os.path.expanduser(rest if sep and prefix in ("folder", "parquet", "wds") else spec)
+    if not os.path.exists(path) and (any(ch in path for ch in "*?[") or re.search(r"\{\d+\.\.\d+\}", path)):
+        parts = Path(path).parts
+        fixed = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?[{"))
+        return os.path.realpath(Path(*parts[:fixed]) if fixed else "."), True
+    return os.path.realpath(path), os.path.isdir(path)
+
+
+def _within(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both resolved)."""
+    return os.path.commonpath([path, folder]) == folder
+
+
+def check_output_apart(out_dir: str | os.PathLike, reads: Iterable[tuple[str, str, bool]]) -> None:
+    """Refuse an output directory that is, or lies inside, a folder a run reads, and anything the run reads
+    that lies inside the output directory. ``reads`` holds ``(what, path, is_folder)``, e.g.
+    ``("corpus source", *source_location(spec))``; only folders (``is_folder``) are refused as a place for
+    the output. Paths are compared resolved, so a link does not hide an overlap.
+    """
+    out = os.path.realpath(out_dir)
+    for what, path, is_folder in reads:
+        path = os.path.realpath(path)
+        if is_folder and _within(out, path):
+            where = "is" if out == path else "lies inside"
+            raise OutputDirError(f"--out {out} {where} the {what} {path}: files written there would be read as "
+                                 "part of it on a later run; give an --out outside it")
+        if _within(path, out):
+            raise OutputDirError(f"the {what} {path} lies inside --out {out}: writing there would replace or mix "
+                                 "with what is read; give an --out that does not hold it")
 
 
 # ---------------------------------------------------------------- fetching items by id

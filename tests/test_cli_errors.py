@@ -113,6 +113,74 @@ def test_demo_refuses_user_files(tmp_path):
     assert (tmp_path / "thesis.tex").read_text() == "mine"
 
 
+# ---------------------------------------------------------------- outputs kept apart from what is read
+
+
+def _listing(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_index_refuses_an_out_inside_a_corpus_folder_and_a_corpus_inside_its_out(small, tmp_path):
+    corpus = small / "corpus"
+    before = _listing(corpus)
+    for out in (corpus / "idx", corpus, corpus / "a" / "b"):
+        line = assert_one_line_error(run(["index", corpus, "--out", out, "--workers", "0", "--quiet"]),
+                                     str(out.resolve()) if out.exists() else str(out), str(corpus.resolve()))
+        assert "corpus source" in line
+    assert _listing(corpus) == before  # nothing written, not even an empty --out
+    link = tmp_path / "link"
+    link.symlink_to(corpus)  # a link does not hide it
+    assert_one_line_error(run(["index", link, "--out", corpus / "idx", "--workers", "0", "--quiet"]), "corpus source")
+    assert_one_line_error(run(["index", corpus, "--out", link / "idx", "--workers", "0", "--quiet"]), "corpus source")
+    # a glob's folder counts, a single file's folder does not
+    (tmp_path / "pq").mkdir()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"key": ["k"], "jpg": [(corpus / "0.png").read_bytes()]}), tmp_path / "pq" / "c.parquet")
+    assert_one_line_error(run(["index", f"{tmp_path / 'pq'}/*.parquet", "--out", tmp_path / "pq" / "idx",
+                               "--workers", "0", "--quiet"]), str((tmp_path / "pq").resolve()))
+    result = run(["index", tmp_path / "pq" / "c.parquet", "--out", tmp_path / "pq" / "idx", "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    # the corpus inside --out
+    assert_one_line_error(run(["index", corpus, "--out", small, "--workers", "0", "--quiet"]), "lies inside --out")
+    assert_one_line_error(run(["index", tmp_path / "pq" / "c.parquet", "--out", tmp_path, "--workers", "0", "--quiet"]),
+                          "lies inside --out")
+
+
+def test_report_and_pairs_refuse_an_out_inside_an_evaluation_folder_or_the_index(small):
+    ev = small / "eval"
+    before = {d: _listing(small / d) for d in ("eval", "index")}
+    for out in (ev / "r", ev / "a", small / "index" / "r", small / "index"):
+        line = assert_one_line_error(run(report_args(small, out)), "--out")
+        assert ("evaluation set val" if "eval" in str(out) else "index directory") in line
+        pairs = run(["pairs", small / "index", "--eval", f"val={ev}", "--out", out, "--workers", "0", "--quiet"])
+        assert assert_one_line_error(pairs, "--out") == line
+    assert_one_line_error(run(report_args(small, small)), "lies inside --out")  # holds the index and the set
+    assert {d: _listing(small / d) for d in ("eval", "index")} == before
+
+
+def test_the_library_refuses_them_too(small, tmp_path):
+    from overlap_audit.api import ReportSettings, build_index, run_report
+    from overlap_audit.errors import OutputDirError
+    from overlap_audit.index import IndexSettings
+    from overlap_audit.review import review_pairs
+    from overlap_audit.sources import source_location
+
+    corpus, ev = small / "corpus", small / "eval"
+    assert source_location(str(corpus)) == (str(corpus.resolve()), True)
+    assert source_location(f"wds:{corpus}/shard-{{000..002}}.tar") == (str(corpus.resolve()), True)
+    assert source_location(str(small / "preds.csv")) == (str((small / "preds.csv").resolve()), False)
+    with pytest.raises(OutputDirError, match="corpus source"):
+        build_index([str(corpus)], corpus / "idx", IndexSettings(workers=0))
+    with pytest.raises(OutputDirError, match="evaluation set val"):
+        run_report(small / "index", [("val", str(ev))],
+                   ReportSettings(out_dir=ev / "r", predictions=small / "preds.csv"))
+    with pytest.raises(OutputDirError, match="index directory"):
+        review_pairs(small / "index", [("val", str(ev))], small / "index" / "pairs", workers=0)
+    assert not (corpus / "idx").exists() and not (ev / "r").exists() and not (small / "index" / "pairs").exists()
+
+
 # ---------------------------------------------------------------- malformed files and arguments
 
 

@@ -152,6 +152,80 @@ def test_resume_refuses_an_item_changed_under_a_finished_shard(tmp_path):
     assert r.returncode == 2 and "0002.png" in r.stderr and "changed" in r.stderr, r.stderr
 
 
+def _report_run(out):
+    """Which complete report ``out`` holds (its predictions file), once its files are checked against each
+    other: report.json's numbers are those splits.parquet gives, report.md and report.html show the same
+    table, and report.json lists exactly the files there."""
+    data = json.loads((out / "report.json").read_text())
+    assert sorted(data["files"]) == sorted(os.listdir(out))
+    table = pq.read_table(out / "splits.parquet").to_pydict()
+    md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for d in data["datasets"]:
+        rows = [(o, c) for name, o, c in zip(table["dataset"], table["overlap"], table["correct"]) if name == d["name"]]
+        n, n_over = len(rows), sum(o for o, _ in rows)
+        k_all, k_over = sum(c for _, c in rows), sum(o and c for o, c in rows)
+        assert (d["n_all"], d["n_overlap"], d["k_all"], d["k_overlap"], d["k_clean"]) == (
+            n, n_over, k_all, k_over, k_all - k_over)
+        cells = [str(n)] + [f"{100 * a / b:.1f}" for a, b in
+                            ((n_over, n), (k_all, n), (k_all - k_over, n - n_over), (k_over, n_over))]
+        assert f"| {d['name']} | {' | '.join(cells)} |" in md
+        assert (f'<td class="name">{d["name"]}</td><td>{d["threshold"]:.4f}</td><td>' + "</td><td>".join(cells)
+                + "</td>") in html
+    assert f"<code>{data['predictions']}</code>" in html
+    return data["predictions"]
+
+
+def _snapshot(directory):
+    return {p.name: p.read_bytes() for p in directory.iterdir()}
+
+
+@pytest.mark.skipif(EXE is None, reason="the overlap-audit console script is not installed")
+def test_a_kill_at_any_write_of_report_leaves_the_old_report_or_the_new_one(small, tmp_path):
+    root, corpus, ev, preds, clean = small
+    new_preds = tmp_path / "preds-new.csv"  # other correctness: every number of the table changes
+    rows = preds.read_text().splitlines()
+    new_preds.write_text("\n".join([rows[0]] + [f"{r.rsplit(',', 1)[0]},{int(i != 3)}" for i, r in
+                                                 enumerate(rows[1:])]) + "\n")
+    parent = tmp_path / "reports"
+    out = parent / "r"
+    (parent / "mine").mkdir(parents=True)
+    user = {parent / "notes.txt": b"the user's notes", parent / "mine" / "keep.txt": b"kept"}
+    for path, data in user.items():
+        path.write_bytes(data)
+
+    def report_into(predictions, kill=None):
+        return run("report", clean, "--eval", f"val={ev}", "--predictions", predictions, "--out", out,
+                   "--workers", "0", kill=kill)
+
+    assert report_into(preds).returncode == 0
+    old = _snapshot(out)
+    assert _report_run(out) == str(preds)
+
+    def left_the_old_report(r, point):
+        assert r.returncode == -9, (point, r.stderr)
+        assert _report_run(out) == str(preds) and _snapshot(out) == old, point  # the old report, whole
+        for path, data in user.items():
+            assert path.read_bytes() == data, point
+        left = {p.name for p in parent.iterdir()} - {"r", "notes.txt", "mine"}
+        assert all(name.startswith(".r.tmp-") for name in left), left  # only the tool's own staging
+
+    # the writes of a report: splits.parquet, report.md, report.json, report.html, in a staging directory
+    # that replaces --out as a whole once complete
+    for n in range(1, 12):
+        r = report_into(new_preds, kill=n)
+        if r.returncode == 0:  # past the last write: the run completes
+            break
+        left_the_old_report(r, str(n))
+        left_the_old_report(report_into(new_preds, kill=f"{n}+"), f"{n}+")
+    n_writes = n - 1
+    assert n_writes == 4 and r.returncode == 0, (n_writes, r.stderr)
+    assert _report_run(out) == str(new_preds)
+    assert report_into(preds).returncode == 0 and _report_run(out) == str(preds)  # and so does a clean re-run
+    assert report_into(new_preds).returncode == 0 and _report_run(out) == str(new_preds)
+    for path, data in user.items():
+        assert path.read_bytes() == data
+
+
 # ---------------------------------------------------------------- files damaged by hand
 
 

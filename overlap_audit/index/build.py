@@ -31,7 +31,7 @@ from ..embed import Decoder, embed_decoded
 from ..errors import IndexDamagedError, IndexDirError, ResumeError
 from ..imaging import DEFAULT_MAX_PIXELS
 from ..limits import InputLimits
-from ..sources import Source, open_source
+from ..sources import Source, check_output_apart, open_source, source_location
 from ..values import DetectorInfo, RawItem, Skipped
 from .ann import INDEX_TYPES, choose_index, new_index, parse_bytes
 from .ray import connect, embed_shards
@@ -187,7 +187,8 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
 
     ``on_shard(shard_number, items_done)`` is called after each shard is safely on disk. On a finished
     index resumed with another ``index_type``, only the index is rebuilt. The settings' fields as
-    keyword arguments are deprecated.
+    keyword arguments are deprecated. ``out_dir`` may not be, or lie inside, a folder source, nor hold a
+    source (``OutputDirError``).
     """
     s = _settings(settings, legacy)
     if s.index_type not in INDEX_TYPES:
@@ -199,6 +200,8 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
         raise IndexDirError("shard_size and batch_size must be positive")
     started = time.monotonic()
     out = Path(out_dir)
+    # the index's own files must never become corpus items on a later run, nor the corpus its files
+    check_output_apart(out, [("corpus source", *source_location(str(src))) for src in sources])
     det = get_detector(s.detector, device=s.device, content=s.content)
     faiss_dev = faiss_device(s.device)
     srcs = _source_names([open_source(src) for src in sources])
