@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -16,13 +17,14 @@ import numpy as np
 
 from . import __version__
 from .devices import torch_device
-from .atomic import create_temporary
-from .errors import EmptyEvalSetError, ModelError, SourceError
+from .atomic import atomic_write, create_temporary
+from .errors import EmptyEvalSetError, ModelError, OutputDirError, SourceError
 from .index import build_index, content_boxes
 from .pipeline import MatchSettings, check_eval_sets, check_report_apart, match_eval_sets, open_corpus
 from .predictions import PREDICTIONS, match_predictions, read_predictions, write_predictions
-from .report import DatasetReport, Report, check_report_dir, load_report, write_report
-from .sources import open_source
+from .matches import write_corpus_matches
+from .report import CORPUS_MATCHES, DatasetReport, Report, check_report_dir, load_report, write_report
+from .sources import as_source, source_spec
 from .split import load_thresholds, resolve_thresholds, split
 from .verify import VerifySettings, verify_splits
 from .stats import RateEstimate, extended_stats, family_correction, overlap_stats
@@ -77,23 +79,30 @@ class StatsSettings:
 class ReportSettings:
     """Everything ``run_report`` needs besides the index and the evaluation sets.
 
-    Give exactly one of ``predictions`` (a file of the model's per-example results) and ``zero_shot``
-    (score a model here; its predictions are written to ``out_dir/predictions.parquet`` and read back
-    exactly as a ``predictions`` file would be). ``out_dir`` must be new, empty or an earlier report
+    Give exactly one of ``predictions`` (the model's per-example results: a Parquet or CSV file, a pandas
+    DataFrame or a pyarrow Table) and ``zero_shot`` (score a model here; its predictions are written to
+    ``out_dir/predictions.parquet`` and read back exactly as a ``predictions`` file would be). ``out_dir`` must be new, empty or an earlier report
     directory; it is replaced as a whole once the new report is complete. ``gallery`` caps the matched pairs report.html shows per
     dataset (None: the report's default). ``verify`` (a ``VerifySettings``) verifies each example whose nearest
-    corpus item is at or above a relaxed first stage, and Overlap becomes the verified ones.
+    corpus item is at or above a relaxed first stage, and Overlap becomes the verified ones. The report directory
+    always holds ``corpus_matches.parquet`` (``matches.corpus_matches``); ``corpus_matches`` names a further
+    copy of it, outside ``out_dir``.
     """
 
     out_dir: str | os.PathLike
-    predictions: str | os.PathLike | None = None
+    predictions: str | os.PathLike | object | None = None  # a file, a pandas DataFrame or a pyarrow Table
     zero_shot: ZeroShotSettings | None = None
     match: MatchSettings = field(default_factory=MatchSettings)
     stats: StatsSettings = field(default_factory=StatsSettings)
     gallery: int | None = None
     verify: VerifySettings | None = None
+    corpus_matches: str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
+        if self.corpus_matches is not None and _inside(Path(self.corpus_matches), Path(self.out_dir)):
+            raise OutputDirError(f"--corpus-matches {self.corpus_matches} lies inside --out {self.out_dir}, which holds "
+                                 f"only the report's own files (it has {CORPUS_MATCHES} already): give a path "
+                                 "outside it")
         if (self.predictions is None) == (self.zero_shot is None):
             raise SourceError("give exactly one of --predictions FILE (the model's per-example results) and "
                               "--model SPEC (score a CLIP model zero-shot here)")
@@ -135,10 +144,19 @@ def _legacy_settings(args: tuple, kwargs: dict) -> ReportSettings:
                           gallery=kwargs.get("gallery"))
 
 
-def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
+def _inside(path: Path, directory: Path) -> bool:
+    path, directory = path.expanduser().absolute(), directory.expanduser().absolute()
+    return directory == path or directory in path.parents
+
+
+def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, object]],
                settings: ReportSettings | None = None, *legacy_args, **legacy) -> Report:
     """Embed each evaluation set with the index's detector, split it, score it and write the report to
-    ``settings.out_dir``.
+    ``settings.out_dir``; returns the Report, whose ``splits_table()`` and ``corpus_matches_table()`` read
+    the directory's tables.
+
+    ``evals`` are (name, source) pairs: a source spec (a path, as ``--eval`` takes) or an in-memory source
+    (``memory.memory_source``).
 
     The former call ``run_report(index_dir, evals, predictions, out_dir, **keywords)`` still works and
     warns (DeprecationWarning): pass a ``ReportSettings``.
@@ -162,6 +180,8 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
     # read early: a malformed file fails before any embedding
     predictions = settings.predictions
     preds = read_predictions(predictions) if predictions is not None else None
+    if predictions is not None and not isinstance(predictions, (str, os.PathLike)):
+        predictions = f"in memory ({preds.source})"
 
     thresholds = st.thresholds
     per_dataset = load_thresholds(thresholds) if isinstance(thresholds, (str, os.PathLike)) else thresholds
@@ -185,7 +205,7 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
     skipped = {n: m.skipped for n, m in matches.items()}
     _check_not_empty(splits, skipped)
     extra_files: dict[str, Path] = {}
-    scored_file = None
+    scored_file = matches_file = None
     try:
         if zero_shot is not None:
             scored = [scorers[n].result(zero_shot.classnames[n], zero_shot.templates[n].templates,
@@ -196,7 +216,8 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
             preds = read_predictions(scored_file)  # from here on exactly as a given --predictions file
             predictions = out_dir / PREDICTIONS
             extra_files[PREDICTIONS] = scored_file
-        elif (out_dir / PREDICTIONS).is_file() and os.path.samefile(out_dir / PREDICTIONS, predictions):
+        elif (isinstance(settings.predictions, (str, os.PathLike)) and (out_dir / PREDICTIONS).is_file()
+              and os.path.samefile(out_dir / PREDICTIONS, predictions)):
             extra_files[PREDICTIONS] = Path(predictions)  # an earlier --model run's file, read again: kept
         correctness = match_predictions(preds, splits, {n: {s.id for s in sk} for n, sk in skipped.items()})
 
@@ -233,16 +254,23 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
             datasets=datasets, k=match.k, alpha=st.alpha, ci_level=st.ci_level, correction=st.correction,
             predictions=str(predictions), package_version=__version__,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            evals=dict(evals),
+            evals={n: source_spec(s, name=n) for n, s in evals},
             model=zero_shot.to_dict() if zero_shot is not None else None,
             verify=verification,
         )
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        matches_file = create_temporary(out_dir.parent / f"{out_dir.name}-{CORPUS_MATCHES}", suffix=".parquet")
+        write_corpus_matches(matches_file, splits, index_dir)
+        extra_files[CORPUS_MATCHES] = matches_file
         write_report(settings.out_dir, report, splits, correctness, gallery=settings.gallery,
-                     max_pixels=match.max_pixels, extra_files=extra_files)
+                     max_pixels=match.max_pixels, extra_files=extra_files, eval_sources=dict(evals))
+        if settings.corpus_matches is not None:
+            atomic_write(settings.corpus_matches, lambda tmp: shutil.copyfile(out_dir / CORPUS_MATCHES, tmp))
     finally:
-        if scored_file is not None:
-            scored_file.unlink(missing_ok=True)
-    return replace(report, files=load_report(out_dir).files)
+        for temporary in (scored_file, matches_file):
+            if temporary is not None:
+                temporary.unlink(missing_ok=True)
+    return replace(report, files=load_report(out_dir).files, directory=str(out_dir))
 
 
 def _check_not_empty(splits: dict, skipped: dict) -> None:
@@ -297,15 +325,15 @@ def _prepare_zero_shot(settings: ZeroShotSettings, evals: list[tuple[str, str]],
     template_files = _per_dataset(settings.templates, names, "--templates")
     names_by = {n: (load_classnames(f) if f else None) for n, f in class_files.items()}
     templates_by = {n: TemplateSet.load(f) for n, f in template_files.items()}
-    for n, source_spec in evals:
+    for n, given in evals:
         if class_files[n] is not None and template_files[n] is not None:
             continue
-        src = open_source(source_spec, name=n, labels_from_folders=True)
+        src = as_source(given, name=n, labels_from_folders=True)
         if class_files[n] is None and src.classnames:
             names_by[n] = {str(i): name for i, name in enumerate(src.classnames)}
-            class_files[n] = f"{source_spec} (the evaluation set's own class names)"
+            class_files[n] = f"{src.spec} (the evaluation set's own class names)"
         if template_files[n] is None and src.templates:
-            templates_by[n] = TemplateSet.of(src.templates, f"{source_spec} (the evaluation set's own templates)")
+            templates_by[n] = TemplateSet.of(src.templates, f"{src.spec} (the evaluation set's own templates)")
     source = parse_model_spec(spec)
     dev = torch_device(device)
     model = load_model(spec, dev)

@@ -275,12 +275,17 @@ def verify(index_dir) -> None:
               help="The first stage of --verify [default: 1 - 2 (1 - threshold), per dataset].")
 @click.option("--verify-threshold", type=click.FloatRange(0, 1), default=None, metavar="S",
               help="The verification score a pair needs [default: overlap_audit.verify.VERIFY_THRESHOLD].")
+@click.option("--corpus-matches", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Also write the matched corpus items (corpus key, source, id, url, uid, caption, the evaluation "
+                   "example, similarity) to FILE, for removing them from a training pool; the report directory "
+                   "always holds them as corpus_matches.parquet.")
 @options.gallery
 @options.matching
 @options.quiet
 def report(index_dir, evals, predictions, model, classnames, templates, model_batch_size, out_dir, threshold,
            thresholds, k, alpha, ci_level, correction, precision, recall, detector_error, detector, exact, ray_address,
-           verify, verify_from, verify_threshold, gallery, batch_size, workers, device, max_pixels, quiet) -> None:
+           verify, verify_from, verify_threshold, corpus_matches, gallery, batch_size, workers, device, max_pixels,
+           quiet) -> None:
     """Split each evaluation set into Overlap / Clean against INDEX_DIR and report the statistics."""
     from .api import MatchSettings, ReportSettings, StatsSettings, ZeroShotSettings, run_report
     from .sources import parse_eval_spec
@@ -303,7 +308,7 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
                                      batch_size=model_batch_size)
     settings = ReportSettings(
         out_dir=out_dir, predictions=predictions, zero_shot=zero_shot, gallery=gallery, verify=verification,
-        match=MatchSettings(detector=detector, device=device, k=k, batch_size=batch_size, workers=workers,
+        corpus_matches=corpus_matches, match=MatchSettings(detector=detector, device=device, k=k, batch_size=batch_size, workers=workers,
                             max_pixels=max_pixels, progress=not quiet, exact=exact or bool(ray_address),
                             ray_address=ray_address),
         stats=StatsSettings(threshold=threshold, thresholds=thresholds, alpha=alpha, ci_level=ci_level,
@@ -311,8 +316,12 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
                             detector_error=detector_error))
     rep = run_report(index_dir, parsed, settings)
     extra = ", predictions.parquet" if rep.model else ""
-    _echo_report(rep, before=(_threshold_line(rep, threshold, thresholds),), search=True, skipped=True,
-                 after=(f"report written to {out_dir}/ (report.json, report.md, report.html, splits.parquet{extra})",))
+    n_matches = rep.corpus_matches_table().num_rows
+    after = (f"report written to {out_dir}/ (report.json, report.md, report.html, splits.parquet, "
+             f"corpus_matches.parquet{extra})",
+             f"{n_matches} matched (corpus item, example) pair(s)"
+             + (f" also written to {corpus_matches}" if corpus_matches else ""))
+    _echo_report(rep, before=(_threshold_line(rep, threshold, thresholds),), search=True, skipped=True, after=after)
 
 
 @main.command("train-detector", epilog=_example("overlap-audit train-detector /data/held-out/ --out my-detector"))

@@ -21,7 +21,7 @@ from .errors import IndexDirError, SettingsError, SourceError
 from .imaging import DEFAULT_MAX_PIXELS
 from .index import CorpusIndex, IndexManifest, check_detector, load_index, search
 from .limits import InputLimits
-from .sources import check_output_apart, open_source, source_location
+from .sources import as_source, check_output_apart, source_location
 from .values import Embeddings, Neighbors, Skipped
 
 if TYPE_CHECKING:
@@ -86,8 +86,9 @@ class EvalMatch:
         return self.embeddings.skipped
 
 
-def check_eval_sets(evals: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The (name, source) pairs as a list, refused when empty or when a name repeats."""
+def check_eval_sets(evals: Iterable[tuple[str, object]]) -> list[tuple[str, object]]:
+    """The (name, source) pairs as a list, refused when empty or when a name repeats. A source is a spec or an
+    in-memory source (``memory.memory_source``)."""
     evals = [(str(name), spec) for name, spec in evals]
     if not evals:
         raise SourceError("give at least one evaluation set (--eval NAME=SOURCE)")
@@ -103,8 +104,9 @@ def check_report_apart(out_dir: str | os.PathLike, index_dir: str | os.PathLike,
     """Refuse a report or pairs ``out_dir`` that is, or lies inside, the index directory or a folder
     evaluation set (its files would become evaluation examples, or index files, on a later run), or that
     holds either."""
+    on_disk = [(name, spec) for name, spec in evals if isinstance(spec, (str, os.PathLike))]  # not in memory
     check_output_apart(out_dir, [("index directory", str(index_dir), True),
-                                 *((f"evaluation set {name}", *source_location(spec)) for name, spec in evals)])
+                                 *((f"evaluation set {name}", *source_location(str(spec))) for name, spec in on_disk)])
 
 
 def open_corpus(index_dir: str | os.PathLike, settings: MatchSettings | None = None) -> Corpus:
@@ -122,7 +124,7 @@ def open_corpus(index_dir: str | os.PathLike, settings: MatchSettings | None = N
     return Corpus(str(index_dir), index, detector)
 
 
-def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, str]], settings: MatchSettings | None = None, *,
+def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, object]], settings: MatchSettings | None = None, *,
                     scorers: Mapping[str, ZeroShotScorer] | None = None) -> dict[str, EvalMatch]:
     """Embed each evaluation set with the corpus's detector and find each item's ``settings.k`` nearest
     corpus items. A set's scorer in ``scorers`` is fed its images in the same decoding pass."""
@@ -130,7 +132,7 @@ def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, str]], settings: 
     scorers = scorers or {}
     out: dict[str, EvalMatch] = {}
     for name, spec in evals:
-        source = open_source(spec, name=name, labels_from_folders=True)
+        source = as_source(spec, name=name, labels_from_folders=True)
         emb = embed_source(source, corpus.detector, batch_size=settings.batch_size, workers=settings.workers,
                            max_pixels=settings.max_pixels, progress=settings.progress, scorer=scorers.get(name),
                            views=settings.views, limits=settings.limits)

@@ -3,7 +3,8 @@
 Columns: ``dataset``, ``id`` and either ``correct`` (0/1 or true/false) or both ``prediction`` and
 ``label`` (correct = prediction == label, compared as text). Every evaluated example needs exactly one
 row: missing, extra and duplicated ids are errors that name a few of them. Rows for examples that were
-skipped (unreadable images) are accepted and left out, as the report says.
+skipped (unreadable images) are accepted and left out, as the report says. The same columns in memory (a
+pandas DataFrame or a pyarrow Table) are read by the same rules, with the same errors.
 
 ``write_predictions`` writes what ``report --model`` scored in this format (plus ``top5``), so a report
 can be rerun from it with ``--predictions``.
@@ -12,6 +13,8 @@ can be rerun from it with ``--predictions``.
 from __future__ import annotations
 
 import os
+import sys
+
 import numpy as np
 
 from .errors import PredictionsError
@@ -104,23 +107,55 @@ def _same_class(prediction, label) -> bool:
     return _class_text(prediction) == _class_text(label)
 
 
-def read_predictions(path: str | os.PathLike) -> Predictions:
-    """Read a predictions file; duplicated (dataset, id) rows are an error."""
-    path = str(path)
-    table = _read_table(path)
-    names = table.column_names
+def _columns(value) -> tuple[dict[str, list], str]:
+    """The columns of an in-memory table as lists (missing values as None), and what messages call it."""
+    pandas = sys.modules.get("pandas")  # a DataFrame was made with pandas, so it is imported already
+    if pandas is not None and isinstance(value, pandas.DataFrame):
+        names = [str(c) for c in value.columns]
+        if len(set(names)) != len(names):
+            raise PredictionsError(f"predictions DataFrame: repeated column names ({', '.join(names)})")
+        return ({str(c): value[c].astype(object).where(value[c].notna(), None).tolist() for c in value.columns},
+                "predictions DataFrame")
+    try:
+        import pyarrow as pa
+    except ImportError:  # pragma: no cover - pyarrow is a dependency
+        pa = None
+    if pa is not None and isinstance(value, pa.RecordBatch):
+        value = pa.Table.from_batches([value])
+    if pa is not None and isinstance(value, pa.Table):
+        if len(set(value.column_names)) != len(value.column_names):
+            raise PredictionsError(f"predictions Table: repeated column names ({', '.join(value.column_names)})")
+        return {c: value[c].to_pylist() for c in value.column_names}, "predictions Table"
+    raise PredictionsError(f"predictions must be a file path, a pandas DataFrame or a pyarrow Table, "
+                           f"not a {type(value).__name__}")
+
+
+def read_predictions(path) -> Predictions:
+    """Read predictions from a file (Parquet or CSV), a pandas DataFrame or a pyarrow Table; the same columns give
+    the same value and the same errors whichever it is. Duplicated (dataset, id) rows are an error."""
+    if isinstance(path, (str, os.PathLike)):
+        path = str(path)
+        table = _read_table(path)
+        columns = {c: table[c].to_pylist() for c in table.column_names}
+    else:
+        columns, path = _columns(path)
+    return _from_columns(columns, path)
+
+
+def _from_columns(table: dict[str, list], path: str) -> Predictions:
+    names = list(table)
     for col in ("dataset", "id"):
         if col not in names:
             raise PredictionsError(f"{path}: missing column {col!r} (it has {', '.join(names)})")
     if "correct" not in names and not {"prediction", "label"} <= set(names):
         raise PredictionsError(f"{path}: needs a 'correct' column, or both 'prediction' and 'label' "
                                f"(it has {', '.join(names)})")
-    datasets = [None if v is None else str(v) for v in table["dataset"].to_pylist()]
-    ids = [None if v is None else str(v) for v in table["id"].to_pylist()]
+    datasets = [None if v is None else str(v) for v in table["dataset"]]
+    ids = [None if v is None else str(v) for v in table["id"]]
     if "correct" in names:
-        correct = [_as_bool(v, i, path) for i, v in enumerate(table["correct"].to_pylist())]
+        correct = [_as_bool(v, i, path) for i, v in enumerate(table["correct"])]
     else:
-        preds, labels = table["prediction"].to_pylist(), table["label"].to_pylist()
+        preds, labels = table["prediction"], table["label"]
         for row, (p, lab) in enumerate(zip(preds, labels)):
             missing = [c for c, v in (("prediction", p), ("label", lab))
                        if v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip())]

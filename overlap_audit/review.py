@@ -67,7 +67,7 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
     from .pipeline import MatchSettings, check_eval_sets, check_report_apart, match_eval_sets, open_corpus
     from .report.html import Gallery, GalleryPair, esc, render_review_html, thumbnail
     from .atomic import atomic_write, atomic_write_text
-    from .sources import fetch_items, open_source
+    from .sources import as_source, fetch_items
 
     evals = check_eval_sets(evals)
     check_report_apart(out_dir, index_dir, evals)
@@ -101,7 +101,7 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
     corpus_found = corpus_items(index_dir, {key for rows in picked.values() for _, key, _, _ in rows})
     lines, galleries, number = [], [], 0
     for name, spec in evals:
-        eval_found = fetch_items(open_source(spec, name=name, labels_from_folders=True),
+        eval_found = fetch_items(as_source(spec, name=name, labels_from_folders=True),
                                  [e for e, _, _, _ in picked[name]])
         pairs = []
         for eval_id, key, sim, _ in picked[name]:

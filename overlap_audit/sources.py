@@ -195,6 +195,24 @@ def open_source(spec: str, *, name: str | None = None, labels_from_folders: bool
     return Source("folder", (os.path.abspath(path),), name or default_name, spec, labels_from_folders)
 
 
+def as_source(spec, *, name: str, labels_from_folders: bool = False):
+    """An evaluation set as a source: a spec is opened (``open_source``); an already opened source (a ``Source``,
+    or ``memory.MemorySource``: anything with ``iter_items``) is used as it is, under ``name``."""
+    if isinstance(spec, (str, os.PathLike)):
+        return open_source(os.fspath(spec), name=name, labels_from_folders=labels_from_folders)
+    if not hasattr(spec, "iter_items"):
+        raise SourceError(f"evaluation set {name!r}: give a source spec (a path) or an in-memory source "
+                          f"(overlap_audit.memory.memory_source), not a {type(spec).__name__}")
+    import dataclasses
+
+    return dataclasses.replace(spec, name=name) if spec.name != name else spec
+
+
+def source_spec(spec, *, name: str) -> str:
+    """What a report records for the evaluation set ``name``: its spec, or an opened source's ``spec``."""
+    return os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else str(as_source(spec, name=name).spec)
+
+
 # ---------------------------------------------------------------- folders
 
 

@@ -285,7 +285,7 @@ def verify_splits(splits: dict, index_dir, eval_specs: dict[str, str], settings:
 
     from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
     from .index import corpus_items
-    from .sources import fetch_items, open_source
+    from .sources import as_source, fetch_items
 
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     wanted: dict[str, list[int]] = {}
@@ -308,7 +308,7 @@ def verify_splits(splits: dict, index_dir, eval_specs: dict[str, str], settings:
     out, unreadable = {}, {}
     for name, sp in splits.items():
         rows = wanted[name]
-        evals = (fetch_items(open_source(eval_specs[name], name=name, labels_from_folders=True),
+        evals = (fetch_items(as_source(eval_specs[name], name=name, labels_from_folders=True),
                              [sp.ids[i] for i in rows]) if rows else {})
         scores = np.full(len(sp.ids), np.nan, np.float32)
         unreadable[name] = 0

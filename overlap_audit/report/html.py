@@ -155,13 +155,13 @@ def _class_names(report: Report, dataset: str) -> dict[str, str]:
         return {}
 
 
-def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str, str],
+def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str, object],
                     index_dir: str | os.PathLike | None, limit: int = DEFAULT_GALLERY, around: int = DEFAULT_AROUND,
                     max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Gallery]:
     """The gallery of every dataset of ``report`` from its splits rows (as in splits.parquet)."""
     from ..errors import OverlapAuditError
     from ..index import corpus_items
-    from ..sources import fetch_items, open_source
+    from ..sources import as_source, fetch_items, source_spec
 
     chosen: dict[str, tuple[list[dict], int]] = {}
     for d in report.datasets:
@@ -193,9 +193,9 @@ def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str,
             note = "the evaluation source is not recorded in the report"
         else:
             try:
-                evals = fetch_items(open_source(spec, name=d.name, labels_from_folders=True), [r["id"] for r in picked])
+                evals = fetch_items(as_source(spec, name=d.name, labels_from_folders=True), [r["id"] for r in picked])
             except (OSError, OverlapAuditError) as exc:
-                note = f"the evaluation source {spec} cannot be read ({exc})"
+                note = f"the evaluation source {source_spec(spec, name=d.name)} cannot be read ({exc})"
         names = _class_names(report, d.name)
         pairs = []
         for i, r in enumerate(picked):
@@ -390,11 +390,12 @@ def render_review_html(galleries: list[Gallery], around: float, csv_name: str) -
 
 
 def write_html_report(report_dir: str | os.PathLike, *, gallery: int = DEFAULT_GALLERY, around: int = DEFAULT_AROUND,
-                      eval_sources: dict[str, str] | None = None, index_dir: str | os.PathLike | None = None,
+                      eval_sources: dict[str, object] | None = None, index_dir: str | os.PathLike | None = None,
                       max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
     """Write report.html from a report directory's report.json and splits.parquet; returns its path.
 
-    The evaluation sources and the index default to those the report records.
+    The evaluation sources (name -> spec, or an in-memory source) and the index default to those the report
+    records.
     """
     import pyarrow.parquet as pq
 

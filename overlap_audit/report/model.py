@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import ReportError
@@ -15,6 +15,7 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 SPLITS = "splits.parquet"
 REPORT_HTML = "report.html"
+CORPUS_MATCHES = "corpus_matches.parquet"
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,30 @@ class Report:
     model: dict | None = None  # report --model: spec, weights_sha256, device, templates, classnames
     files: tuple[str, ...] = ()  # every file the report directory holds, all written by this run
     verify: dict | None = None  # verification: its threshold, first stage and per-dataset counts (None: off)
+    # the report directory this value was written to or read from (not part of report.json); None: not known
+    directory: str | None = field(default=None, compare=False)
+
+    def _table(self, name: str):
+        import pyarrow.parquet as pq
+
+        if self.directory is None:
+            raise ReportError(f"this Report does not know its directory; read {name} with "
+                              "load_report(REPORT_DIR) and its tables, or pyarrow.parquet.read_table")
+        path = Path(self.directory) / name
+        try:
+            return pq.read_table(path)
+        except OSError as exc:
+            raise ReportError(f"cannot read {path}: {exc}") from None
+
+    def splits_table(self):
+        """splits.parquet of the report directory as a pyarrow Table: one row per evaluated example (its
+        neighbours, similarity, Overlap flag, correctness). ``.to_pandas()`` gives a DataFrame."""
+        return self._table(SPLITS)
+
+    def corpus_matches_table(self):
+        """corpus_matches.parquet of the report directory as a pyarrow Table: one row per (corpus item,
+        evaluation example) pair at or above the dataset's threshold, the list decontamination filters by."""
+        return self._table(CORPUS_MATCHES)
 
     @property
     def threshold(self) -> dict[str, float]:
@@ -152,8 +177,9 @@ def load_report(path: str | os.PathLike) -> Report:
     if path.is_dir():
         path = path / REPORT_JSON
     try:
-        return Report.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        report = Report.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except OSError as exc:
         raise ReportError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise ReportError(f"{path} is not an overlap-audit report: {exc}") from None
+    return replace(report, directory=str(path.parent))

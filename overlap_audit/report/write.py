@@ -125,14 +125,16 @@ def _switch_in(stage: Path, out: Path) -> None:
 
 def write_report(out_dir: str | os.PathLike, report: Report, splits: dict[str, Split],
                  correct: dict[str, np.ndarray], *, gallery: int | None = None,
-                 max_pixels: int | None = None, extra_files: Mapping[str, str | os.PathLike] | None = None) -> Path:
+                 max_pixels: int | None = None, extra_files: Mapping[str, str | os.PathLike] | None = None,
+                 eval_sources: Mapping[str, object] | None = None) -> Path:
     """Write report.json, report.md, splits.parquet and report.html (and a copy of each ``extra_files``
     ``{name: path}``) as one directory at ``out_dir``; returns it.
 
     The files are written into a new directory beside ``out_dir`` that is renamed into place once complete,
     so ``out_dir`` never mixes two runs. An earlier report there is replaced as a whole; a directory holding
     anything else is refused (``check_report_dir``). report.json lists the files. ``gallery`` caps the
-    matched pairs report.html shows per dataset (default ``html.DEFAULT_GALLERY``).
+    matched pairs report.html shows per dataset (default ``html.DEFAULT_GALLERY``); ``eval_sources`` (name -> spec
+    or in-memory source) is where its thumbnails are read (default: the specs report.json records).
     """
     from ..imaging import DEFAULT_MAX_PIXELS  # the page needs Pillow; importing the package does not
     from .html import DEFAULT_GALLERY, write_html_report
@@ -154,7 +156,8 @@ def write_report(out_dir: str | os.PathLike, report: Report, splits: dict[str, S
         atomic_write_json(stage / REPORT_JSON, replace(report, files=tuple(names)).to_dict())
         try:
             write_html_report(stage, gallery=DEFAULT_GALLERY if gallery is None else gallery,
-                              max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+                              max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                              eval_sources=dict(eval_sources) if eval_sources else None)
         except (OSError, ValueError, RuntimeError) as exc:
             names.remove(REPORT_HTML)
             atomic_write_json(stage / REPORT_JSON, replace(report, files=tuple(names)).to_dict())
