@@ -689,10 +689,15 @@ def _shard_items(src: Source, shard: str, limits: InputLimits) -> Iterator[RawIt
             yield RawItem(src.name, f"{shard}#unreadable-after-start",
                           skip_reason=f"WebDataset shard {shard_name!r}: {problem}")
             return
-    stream: _Tracked | None = None
+    try:
+        stream = _Tracked(_open_shard(shard))
+    except OSError as exc:
+        why = exc.strerror or ("not found" if isinstance(exc, FileNotFoundError) else str(exc))
+        yield RawItem(src.name, f"{shard}#unreadable-after-start",
+                      skip_reason=f"WebDataset shard {shard_name!r} cannot be opened: {why}; not read")
+        return
     try:
         try:
-            stream = _Tracked(_open_shard(shard))
             # "r|*" reads the shard as a stream (no seeking, no extraction to disk), compressed or not.
             with tarfile.open(fileobj=stream, mode="r|*") as tar:
                 for member in tar:
@@ -713,7 +718,7 @@ def _shard_items(src: Source, shard: str, limits: InputLimits) -> Iterator[RawIt
             if isinstance(stream.raw, PipeStream):
                 end_problem = end_problem or stream.raw.finish()  # raises if the command failed
         except (tarfile.TarError, OSError, EOFError) as exc:
-            if stream is not None and isinstance(stream.raw, PipeStream):
+            if isinstance(stream.raw, PipeStream):
                 failure = stream.raw.exited_with_failure()
                 if failure is not None:  # the command's failure, not the tar it left unfinished
                     raise SourceError(failure) from None
@@ -729,8 +734,7 @@ def _shard_items(src: Source, shard: str, limits: InputLimits) -> Iterator[RawIt
         if end_problem:
             yield RawItem(src.name, f"{shard}#unreadable-after-{key or 'start'}", skip_reason=end_problem)
     finally:
-        if stream is not None:
-            stream.raw.close()  # a command still running (the reader stopped early) is killed
+        stream.raw.close()  # a command still running (the reader stopped early) is killed
 
 
 def parse_eval_spec(spec: str) -> tuple[str, str]:
