@@ -25,9 +25,6 @@ from overlap_audit.sources import Source, fetch_items, open_source
 from .conftest import PLANTED, png_bytes, write_predictions
 from .test_sources import make_tar
 
-pytest.importorskip("fsspec")
-pytest.importorskip("aiohttp")
-
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
     """Static files with byte ranges, as object stores serve them (Parquet is read by ranges)."""
@@ -70,6 +67,8 @@ def served(tmp_path_factory, tile_sets):
     """A folder of two WebDataset shards, an img2dataset Parquet file and an evaluation Parquet file with
     planted copies of corpus tiles, served over HTTP on 127.0.0.1; returns (folder, base URL, planted ids,
     evaluation ids)."""
+    pytest.importorskip("fsspec")
+    pytest.importorskip("aiohttp")
     root = tmp_path_factory.mktemp("served")
     corpus, other = tile_sets
     tiles = corpus[:24]
@@ -148,7 +147,7 @@ def test_a_failing_or_silent_command_is_one_error(served, monkeypatch):
         open_source("pipe:cat 'unclosed")
 
 
-def test_cli_errors_for_a_failing_command_a_missing_url_and_no_fsspec(served, tmp_path, monkeypatch):
+def test_cli_errors_for_a_failing_command_and_a_missing_url(served, tmp_path):
     root, url, _, _ = served
     cases = {
         f"pipe:cat {root}/missing-000.tar": r"exit status 1: .*missing-000\.tar",
@@ -160,10 +159,13 @@ def test_cli_errors_for_a_failing_command_a_missing_url_and_no_fsspec(served, tm
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(pattern, lines[0]), lines
+
+
+def test_without_fsspec_a_url_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "fsspec", None)  # `import fsspec` fails as when it is not installed
     with pytest.raises(SourceError, match=re.escape("pip install 'overlap-audit[remote]'")):
-        open_source(f"{url}/shard-000.tar")
-    result = CliRunner().invoke(main, ["index", f"s3://bucket/shard-000.tar", "--out", str(tmp_path / "j"),
+        open_source("https://example.org/shard-{000..009}.tar")
+    result = CliRunner().invoke(main, ["index", "s3://bucket/shard-000.tar", "--out", str(tmp_path / "j"),
                                        "--quiet"])
     assert result.exit_code == 2 and "overlap-audit[remote]" in result.output
     assert len(result.output.strip().splitlines()) == 1
