@@ -225,20 +225,24 @@ def _open_streamed(spec: str, kind: str | None, path: str, name: str | None, lab
         if kind not in (None, "wds"):
             raise SourceError(f"source {spec!r}: a pipe: command is read as a WebDataset tar stream, not as {kind}")
         commands = _expand_braces(path)
-        for command in commands:
-            pipe_argv(command[len(PIPE_PREFIX):])  # a command that cannot be parsed fails now, not mid-run
+        pipe_argv(commands[0][len(PIPE_PREFIX):])  # a command that cannot be parsed fails now, not mid-run
         named = [w for w in path[len(PIPE_PREFIX):].split() if is_url(w) or _is_tar(w)]
         default_name = (url_name(named[-1]) if is_url(named[-1]) else Path(named[-1]).name) if named else "pipe"
         return Source("wds", tuple(commands), name or default_name, spec, labels_from_folders)
     if url_protocol(path) in ("file", "local"):
         raise SourceError(f"source {spec!r}: give a local path without the file:// prefix")
+    if kind == "folder":
+        raise SourceError(f"source {spec!r}: an image folder is read from a local path; remote sources are "
+                          "WebDataset tars or Parquet files")
     default_name = url_name(path)
-    # over http(s) "?" starts a query string, and there is no listing to match a glob against
-    has_glob = url_protocol(path) not in ("http", "https") and any(ch in path.split("://", 1)[1] for ch in "*?[")
+    # over http(s) "?" starts a query string, and a server has no listing to match a glob against or to read
+    # as a directory
+    listable = url_protocol(path) not in ("http", "https")
+    has_glob = listable and any(ch in path.split("://", 1)[1] for ch in "*?[")
     urls = sorted({u for pat in _expand_braces(path) for u in (expand_glob(pat) if has_glob else [pat])})
     if not urls:
         raise SourceError(f"source {spec!r}: the pattern matches no file")
-    if len(urls) == 1 and not _is_tar(urls[0]) and not _is_parquet(urls[0]):
+    if listable and len(urls) == 1 and not _is_tar(urls[0]) and not _is_parquet(urls[0]):
         listed = list_dir(urls[0])
         if listed is not None:  # a directory (an object-store prefix): its shards, as for a local folder
             tars = [u for u in listed if _is_tar(u)]
@@ -256,9 +260,6 @@ def _open_streamed(spec: str, kind: str | None, path: str, name: str | None, lab
         else:
             raise SourceError(f"source {spec!r}: a URL of neither .parquet nor .tar files; prefix it with its "
                               "kind, wds: or parquet:")
-    if kind == "folder":
-        raise SourceError(f"source {spec!r}: an image folder is read from a local path; remote sources are "
-                          "WebDataset tars or Parquet files")
     missing = missing_urls(urls)
     if missing:
         raise SourceError(f"source {spec!r}: {len(missing)} shard(s) do not exist or cannot be reached, "
