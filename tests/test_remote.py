@@ -94,6 +94,9 @@ def served(tmp_path_factory, tile_sets):
     server.server_close()
 
 
+posix_only = pytest.mark.skipif(os.name != "posix", reason="the pipe: tests run sh, cat and sleep")
+
+
 def _items(spec: str) -> list[tuple]:
     return [(it.id, it.data, it.caption, it.label, it.skip_reason) for it in open_source(spec).iter_items()]
 
@@ -124,6 +127,7 @@ def test_http_shards_and_parquet_give_the_local_items(served):
     assert [it.id for it in items[1:]] == [it[0] for it in local[:12]]
 
 
+@posix_only
 def test_pipe_gives_the_local_items_and_stops_a_command_it_no_longer_needs(served):
     root, _, _, _ = served
     local = _items(str(root / "shard-{000..001}.tar"))
@@ -138,6 +142,7 @@ def test_pipe_gives_the_local_items_and_stops_a_command_it_no_longer_needs(serve
     assert got[local[0][0]].data == local[0][1] and time.monotonic() - start < 20
 
 
+@posix_only
 def test_a_failing_or_silent_command_is_one_error(served, monkeypatch):
     root, _, _, _ = served
     with pytest.raises(SourceError, match=r"failed with exit status 4: oops"):
@@ -151,6 +156,7 @@ def test_a_failing_or_silent_command_is_one_error(served, monkeypatch):
         open_source("pipe:cat 'unclosed")
 
 
+@posix_only
 def test_cli_errors_for_a_failing_command_and_a_missing_url(served, tmp_path):
     root, url, _, _ = served
     cases = {
@@ -208,6 +214,7 @@ def test_index_and_report_over_http_match_the_local_files(served, tmp_path):
     assert len(re.findall(r'src="data:image/webp;base64,', page)) == 2 * len(eval_ids)
 
 
+@posix_only
 def test_a_pipe_source_in_a_manifest_is_not_rerun(served, tmp_path):
     root, _, _, _ = served
     index_dir = _index(tmp_path, f"pipe:cat {root / 'shard-000.tar'}", "piped")
