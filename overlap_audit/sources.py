@@ -12,6 +12,11 @@ Only regular files are read, and nothing larger than the caps of ``limits.InputL
 Parquet image cell or a tar member over its cap, and a FIFO, device or socket, is listed as skipped with
 the reason.
 
+Remote and streamed shards: a path with a URL scheme (``https://``, ``s3://``, ``gs://``, any fsspec
+protocol) is read through fsspec (the ``remote`` extra): tars as a stream, Parquet through file objects
+that read byte ranges. ``pipe:CMD`` runs the command the user wrote and reads its standard output as a
+tar stream (WebDataset's convention). Brace patterns expand first, so each shard is one URL or one command.
+
 Why one module of this length: the three corpus formats share the id rules, the duplicate-id check, the
 regular-file and size checks and reading items back by id (``fetch_items``); split apart, each would import
 those from the others.
@@ -25,12 +30,16 @@ import os
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .errors import DuplicateIdError, OutputDirError, SourceError
 from .formats import LAYOUT_KINDS, iter_layout, layout_path, open_layout
 from .limits import DEFAULT_LIMITS, InputLimits, ReadRefused, file_problem, read_file
+from .streams import (PIPE_PREFIX, PipeStream, expand_glob, is_pipe, is_url, list_dir, missing_urls, open_url,
+                      pipe_argv, url_name, url_protocol)
 from .values import RawItem
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
@@ -68,13 +77,17 @@ class Source:
             stems = _image_stems(files)
             return len(unreadable) + sum(1 for rel in files if not _is_sidecar(rel, stems))
         if self.kind == "parquet":
-            import pyarrow.parquet as pq
-
-            try:
-                return sum(pq.ParquetFile(path).metadata.num_rows for path in self.paths)
-            except Exception:  # noqa: BLE001 - a bad file is reported when it is read, not here
-                return None
+            total = 0
+            for path in self.paths:
+                try:
+                    with _parquet_file(path) as pf:
+                        total += pf.metadata.num_rows
+                except (SourceError, OSError):  # a bad file is reported when it is read, not here
+                    return None
+            return total
         if self.kind == "wds":
+            if any(is_url(p) or is_pipe(p) for p in self.paths):
+                return None  # counting would read every shard once more
             return _wds_stats_count(self.paths)
         return None
 
@@ -125,8 +138,17 @@ def _expand_braces(pattern: str) -> list[str]:
     return out
 
 
+def _file_part(path: str) -> str:
+    """The part of a path or URL that ends with the file's suffix (a URL's query string left out)."""
+    return urlsplit(path).path if is_url(path) else path
+
+
 def _is_tar(path: str) -> bool:
-    return path.lower().endswith(TAR_SUFFIXES)
+    return _file_part(path).lower().endswith(TAR_SUFFIXES)
+
+
+def _is_parquet(path: str) -> bool:
+    return _file_part(path).endswith(".parquet")
 
 
 def open_source(spec: str, *, name: str | None = None, labels_from_folders: bool = False) -> Source:
@@ -140,6 +162,8 @@ def open_source(spec: str, *, name: str | None = None, labels_from_folders: bool
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in ("folder", "parquet", "wds"):
         kind, path = prefix, rest
+    if is_pipe(path) or is_url(path):
+        return _open_streamed(spec, kind, path, name, labels_from_folders)
     path = os.path.expanduser(path)
     default_name = Path(path.rstrip("/")).name or path
 
@@ -211,6 +235,66 @@ def as_source(spec, *, name: str, labels_from_folders: bool = False):
 def source_spec(spec, *, name: str) -> str:
     """What a report records for the evaluation set ``name``: its spec, or an opened source's ``spec``."""
     return os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else str(as_source(spec, name=name).spec)
+
+
+def _open_streamed(spec: str, kind: str | None, path: str, name: str | None, labels_from_folders: bool) -> Source:
+    """A source of ``pipe:`` commands or URLs: one per shard once brace patterns are expanded."""
+    if is_pipe(path):
+        if kind not in (None, "wds"):
+            raise SourceError(f"source {spec!r}: a pipe: command is read as a WebDataset tar stream, not as {kind}")
+        commands = _expand_braces(path)
+        pipe_argv(commands[0][len(PIPE_PREFIX):])  # a command that cannot be parsed fails now, not mid-run
+        named = [w for w in path[len(PIPE_PREFIX):].split() if is_url(w) or _is_tar(w)]
+        default_name = (url_name(named[-1]) if is_url(named[-1]) else Path(named[-1]).name) if named else "pipe"
+        return Source("wds", tuple(commands), name or default_name, spec, labels_from_folders)
+    if url_protocol(path) in ("file", "local"):
+        raise SourceError(f"source {spec!r}: give a local path without the file:// prefix")
+    if kind == "folder":
+        raise SourceError(f"source {spec!r}: an image folder is read from a local path; remote sources are "
+                          "WebDataset tars or Parquet files")
+    default_name = url_name(path)
+    # over http(s) "?" starts a query string, and a server has no listing to match a glob against or to read
+    # as a directory
+    listable = url_protocol(path) not in ("http", "https")
+    has_glob = listable and any(ch in path.split("://", 1)[1] for ch in "*?[")
+    urls = sorted({u for pat in _expand_braces(path) for u in (expand_glob(pat) if has_glob else [pat])})
+    if not urls:
+        raise SourceError(f"source {spec!r}: the pattern matches no file")
+    if listable and len(urls) == 1 and not _is_tar(urls[0]) and not _is_parquet(urls[0]):
+        listed = list_dir(urls[0])
+        if listed is not None:  # a directory (an object-store prefix): its shards, as for a local folder
+            tars = [u for u in listed if _is_tar(u)]
+            parquets = [u for u in listed if _is_parquet(u)]
+            kind = kind or ("wds" if tars else "parquet")
+            urls = tars if kind == "wds" else parquets
+            if not urls:
+                raise SourceError(f"source {spec!r}: no {'.tar shards' if kind == 'wds' else '.parquet files'} "
+                                  "in this directory")
+    if kind is None:
+        if all(_is_parquet(u) for u in urls):
+            kind = "parquet"
+        elif all(_is_tar(u) for u in urls):
+            kind = "wds"
+        else:
+            raise SourceError(f"source {spec!r}: a URL of neither .parquet nor .tar files; prefix it with its "
+                              "kind, wds: or parquet:")
+    missing = missing_urls(urls)
+    if missing:
+        raise SourceError(f"source {spec!r}: {len(missing)} shard(s) do not exist or cannot be reached, "
+                          f"e.g. {missing[0]!r}")
+    return Source(kind, tuple(urls), name or default_name, spec, labels_from_folders)
+
+
+def readback_problem(source: Source) -> str | None:
+    """Why the items of a source recorded in an index manifest cannot be read back, or None when they can:
+    a local file that no longer exists, or a ``pipe:`` command (a command recorded in a file is not run)."""
+    for path in source.paths:
+        if is_pipe(path):
+            return (f"source {source.spec!r} is a pipe: command, which is run only when given on the command "
+                    "line, never from an index manifest")
+        if not is_url(path) and not os.path.exists(path):
+            return f"source {source.spec!r} is no longer readable ({path} does not exist)"
+    return None
 
 
 # ---------------------------------------------------------------- folders
@@ -326,16 +410,35 @@ def _image_type_problem(type_) -> str | None:
             "point the source at Parquet files whose image column holds encoded images")
 
 
-def _parquet_columns(path: str) -> dict[str, str | None]:
+@contextmanager
+def _parquet_file(path: str):
+    """A ``pyarrow.parquet.ParquetFile`` of a local path or a URL (read through fsspec in byte ranges: the
+    footer, then the column chunks asked for); SourceError for a file that is not a readable Parquet file."""
     import pyarrow.parquet as pq
 
-    problem = file_problem(path, 1 << 62)
-    if problem is not None:
-        raise SourceError(f"Parquet file {path!r}: {problem}")
+    fh = None
+    if is_url(path):
+        fh = open_url(path, stream=False)
+    else:
+        problem = file_problem(path, 1 << 62)
+        if problem is not None:
+            raise SourceError(f"Parquet file {path!r}: {problem}")
     try:
-        schema = pq.ParquetFile(path).schema_arrow
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
-        raise SourceError(f"cannot read Parquet file {path!r}: {exc}") from None
+        try:
+            pf = pq.ParquetFile(fh if fh is not None else path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
+            raise SourceError(f"cannot read Parquet file {path!r}: {exc}") from None
+        try:
+            yield pf
+        finally:
+            pf.close()
+    finally:
+        if fh is not None:
+            fh.close()
+
+
+def _parquet_columns(path: str, pf) -> dict[str, str | None]:
+    schema = pf.schema_arrow
     names = schema.names
     image = next((c for c in PARQUET_IMAGE_COLUMNS if c in names), None)
     ident = next((c for c in PARQUET_ID_COLUMNS if c in names), None)
@@ -363,13 +466,12 @@ def _parquet_columns(path: str) -> dict[str, str | None]:
 
 
 def _check_parquet_ids(src: Source) -> None:
-    import pyarrow.parquet as pq
-
     seen: set[str] = set()
     dups: list[str] = []
     for path in src.paths:
-        cols = _parquet_columns(path)
-        for value in pq.read_table(path, columns=[cols["id"]]).column(0).to_pylist():
+        with _parquet_file(path) as pf:
+            ids = pf.read(columns=[_parquet_columns(path, pf)["id"]]).column(0).to_pylist()
+        for value in ids:
             key = str(value)
             if key in seen:
                 dups.append(key)
@@ -410,35 +512,37 @@ def _cell_problem(size: int, column: str, limits: InputLimits) -> str | None:
 
 
 def _iter_parquet(src: Source, limits: InputLimits = DEFAULT_LIMITS) -> Iterator[RawItem]:
-    import pyarrow.parquet as pq
-
     for path in src.paths:
-        cols = _parquet_columns(path)
-        wanted = [c for c in cols.values() if c]
-        pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=256, columns=wanted):
-            images = batch.column(wanted.index(cols["image"]))
-            sizes = _cell_sizes(images)
-            # the image cells are turned into Python bytes one at a time, and only those within the cap
-            data = batch.drop_columns([cols["image"]]).to_pydict()
-            for i in range(batch.num_rows):
-                ident = data[cols["id"]][i]
-                if ident is None:
-                    raise SourceError(f"Parquet file {path!r}: row with a null {cols['id']!r}")
-                ident = str(ident)
-                caption = data[cols["caption"]][i] if cols["caption"] else None
-                caption = None if caption is None else str(caption)
-                label = data[cols["label"]][i] if cols["label"] else None
-                label = None if label is None else str(label)
-                reason = _cell_problem(sizes[i], cols["image"], limits)
-                image = None if reason is not None else _image_bytes(images[i].as_py())
-                if image is None and reason is None:
-                    status = data[cols["status"]][i] if cols["status"] else None
-                    error = data[cols["error"]][i] if cols["error"] else None
-                    reason = "no image data in column " + repr(cols["image"])
-                    if status and status != "success":
-                        reason += f" (img2dataset status {status!r}{': ' + str(error) if error else ''})"
-                yield RawItem(src.name, ident, data=image, caption=caption, label=label, skip_reason=reason)
+        with _parquet_file(path) as pf:
+            yield from _parquet_items(src, path, pf, limits)
+
+
+def _parquet_items(src: Source, path: str, pf, limits: InputLimits) -> Iterator[RawItem]:
+    cols = _parquet_columns(path, pf)
+    wanted = [c for c in cols.values() if c]
+    for batch in pf.iter_batches(batch_size=256, columns=wanted):
+        images = batch.column(wanted.index(cols["image"]))
+        sizes = _cell_sizes(images)
+        # the image cells are turned into Python bytes one at a time, and only those within the cap
+        data = batch.drop_columns([cols["image"]]).to_pydict()
+        for i in range(batch.num_rows):
+            ident = data[cols["id"]][i]
+            if ident is None:
+                raise SourceError(f"Parquet file {path!r}: row with a null {cols['id']!r}")
+            ident = str(ident)
+            caption = data[cols["caption"]][i] if cols["caption"] else None
+            caption = None if caption is None else str(caption)
+            label = data[cols["label"]][i] if cols["label"] else None
+            label = None if label is None else str(label)
+            reason = _cell_problem(sizes[i], cols["image"], limits)
+            image = None if reason is not None else _image_bytes(images[i].as_py())
+            if image is None and reason is None:
+                status = data[cols["status"]][i] if cols["status"] else None
+                error = data[cols["error"]][i] if cols["error"] else None
+                reason = "no image data in column " + repr(cols["image"])
+                if status and status != "success":
+                    reason += f" (img2dataset status {status!r}{': ' + str(error) if error else ''})"
+            yield RawItem(src.name, ident, data=image, caption=caption, label=label, skip_reason=reason)
 
 
 # ---------------------------------------------------------------- webdataset
@@ -488,20 +592,49 @@ def _wds_item(src: Source, key: str, parts: dict[str, bytes]) -> RawItem:
     return RawItem(src.name, key, data=parts[image_ext], caption=caption, label=label)
 
 
-def _tar_end_problem(shard: str, offset: int) -> str | None:
-    """For an uncompressed tar read up to ``offset``: why its end is not a clean end-of-archive, or None.
+class _Tracked:
+    """A shard's bytes, read once from front to back, keeping the last ones read: where the tar reader
+    stopped can then be checked without seeking back, which a stream (HTTP, a command's output) cannot."""
+
+    KEEP = 1 << 16  # the tar reader reads ahead of its position by one 10 KiB record at most
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.pos = 0
+        self.kept = bytearray()  # the bytes just before ``pos``
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.pos += len(data)
+        self.kept += data
+        if len(self.kept) > 2 * self.KEEP:
+            del self.kept[: len(self.kept) - self.KEEP]
+        return data
+
+    def block(self, offset: int, size: int = 512) -> bytes | None:
+        """The ``size`` bytes from ``offset`` (fewer where the stream ends); None if no longer kept."""
+        while self.pos < offset + size and self.read(offset + size - self.pos):
+            pass
+        start = self.pos - len(self.kept)
+        if offset < start:
+            return None
+        return bytes(self.kept[offset - start: offset - start + size])
+
+
+def _tar_end_problem(stream: _Tracked, tar: tarfile.TarFile) -> str | None:
+    """For an uncompressed tar read up to ``tar.offset``: why its end is not a clean end-of-archive, or None.
 
     Python's tarfile stops silently at a truncated or garbled header after the first one; a clean shard has
     an all-zero end-of-archive block where reading stopped.
     """
-    if not shard.lower().endswith(".tar"):
+    if getattr(tar.fileobj, "comptype", "tar") != "tar":
         return None  # compressed: truncation raises while decompressing instead
-    size = os.path.getsize(shard)
-    if size - offset < 512:
-        return f"the shard ends at byte {size:,} without an end-of-archive marker: it is truncated"
-    with open(shard, "rb") as fh:
-        fh.seek(offset)
-        block = fh.read(512)
+    offset = tar.offset
+    block = stream.block(offset)
+    if block is None:  # pragma: no cover - the reader never runs that far ahead
+        return None
+    if len(block) < 512:
+        return f"the shard ends at byte {offset + len(block):,} without an end-of-archive marker: it is truncated"
     if block.strip(b"\0"):
         return f"unreadable tar header at byte {offset:,}: the rest of the shard was not read"
     return None
@@ -547,17 +680,45 @@ def _wds_member(tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str, limits:
 
 def _iter_wds(src: Source, limits: InputLimits = DEFAULT_LIMITS) -> Iterator[RawItem]:
     for shard in src.paths:
-        shard_name = os.path.basename(shard)
-        key: str | None = None
-        parts: dict[str, bytes] = {}
+        yield from _shard_items(src, shard, limits)
+
+
+def _shard_name(shard: str) -> str:
+    if is_pipe(shard):
+        return shard
+    return url_name(shard) if is_url(shard) else os.path.basename(shard)
+
+
+def _open_shard(shard: str):
+    """A shard's bytes as a stream: a local file, a URL (streamed through fsspec) or a command's output."""
+    if is_pipe(shard):
+        return PipeStream(shard[len(PIPE_PREFIX):])
+    if is_url(shard):
+        return open_url(shard, stream=True)
+    return open(shard, "rb")
+
+
+def _shard_items(src: Source, shard: str, limits: InputLimits) -> Iterator[RawItem]:
+    shard_name = _shard_name(shard)
+    key: str | None = None
+    parts: dict[str, bytes] = {}
+    if not is_pipe(shard) and not is_url(shard):
         problem = file_problem(shard, 1 << 62)
         if problem is not None:
             yield RawItem(src.name, f"{shard}#unreadable-after-start",
                           skip_reason=f"WebDataset shard {shard_name!r}: {problem}")
-            continue
+            return
+    try:
+        stream = _Tracked(_open_shard(shard))
+    except OSError as exc:
+        why = exc.strerror or ("not found" if isinstance(exc, FileNotFoundError) else str(exc))
+        yield RawItem(src.name, f"{shard}#unreadable-after-start",
+                      skip_reason=f"WebDataset shard {shard_name!r} cannot be opened: {why}; not read")
+        return
+    try:
         try:
             # "r|*" reads the shard as a stream (no seeking, no extraction to disk), compressed or not.
-            with open(shard, "rb") as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
+            with tarfile.open(fileobj=stream, mode="r|*") as tar:
                 for member in tar:
                     if member.isdir():
                         continue
@@ -572,21 +733,27 @@ def _iter_wds(src: Source, limits: InputLimits = DEFAULT_LIMITS) -> Iterator[Raw
                         parts = {}
                     key = mkey
                     parts[ext] = _wds_member(tar, member, ext, limits)
-            end_problem = _tar_end_problem(shard, tar.offset)
+            end_problem = _tar_end_problem(stream, tar)
+            if isinstance(stream.raw, PipeStream):
+                end_problem = end_problem or stream.raw.finish()  # raises if the command failed
         except (tarfile.TarError, OSError, EOFError) as exc:
+            if isinstance(stream.raw, PipeStream):
+                failure = stream.raw.exited_with_failure()
+                if failure is not None:  # the command's failure, not the tar it left unfinished
+                    raise SourceError(failure) from None
             if key is not None:
                 yield RawItem(src.name, key, skip_reason=f"WebDataset shard {shard_name!r} ends inside this "
                                                          f"sample: {exc}")
-                parts = {}
             yield RawItem(src.name, f"{shard}#unreadable-after-{key or 'start'}",
                           skip_reason=f"WebDataset shard {shard_name!r} is corrupt or truncated: {exc}; "
                                       "the rest of this shard was not read")
-            key = None
-            continue
+            return
         if key is not None:
             yield _wds_item(src, key, parts)
         if end_problem:
             yield RawItem(src.name, f"{shard}#unreadable-after-{key or 'start'}", skip_reason=end_problem)
+    finally:
+        stream.raw.close()  # a command still running (the reader stopped early) is killed
 
 
 def parse_eval_spec(spec: str) -> tuple[str, str]:
@@ -697,13 +864,21 @@ def _inside(path: str, root: str) -> bool:
 def _fetch_parquet(source: Source, wanted: set[str], limits: InputLimits = DEFAULT_LIMITS) -> dict[str, RawItem]:
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     found: dict[str, RawItem] = {}
     keys = pa.array(sorted(wanted), pa.string())
     for path in source.paths:
-        cols = _parquet_columns(path)
-        table = pq.read_table(path, columns=[c for c in cols.values() if c])
+        with _parquet_file(path) as pf:
+            cols = _parquet_columns(path, pf)
+            # the ids first; then only the row groups that hold a wanted one (a remote file is not read whole)
+            parts = []
+            for group in range(pf.num_row_groups):
+                ids = pf.read_row_group(group, columns=[cols["id"]]).column(0)
+                if pc.any(pc.is_in(pc.cast(ids, pa.string()), value_set=keys)).as_py():
+                    parts.append(pf.read_row_group(group, columns=[c for c in cols.values() if c]))
+        if not parts:
+            continue
+        table = pa.concat_tables(parts)
         table = table.filter(pc.is_in(pc.cast(table[cols["id"]], pa.string()), value_set=keys))
         images = table[cols["image"]]
         sizes = _cell_sizes(images)

@@ -726,7 +726,7 @@ def corpus_items(index_dir: str | os.PathLike, keys) -> dict[str, RawItem]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from ..sources import fetch_items
+    from ..sources import fetch_items, readback_problem
 
     path = Path(index_dir)
     manifest = load_manifest(path)
@@ -756,10 +756,8 @@ def corpus_items(index_dir: str | os.PathLike, keys) -> dict[str, RawItem]:
             reason = f"source {source_name!r} is not recorded in the manifest (an index built from vectors)"
         else:
             src = Source(entry["kind"], tuple(entry.get("paths", ())), source_name, entry.get("spec", ""))
-            missing = [p for p in src.paths if not os.path.exists(p)]
-            if missing:
-                reason = f"source {src.spec!r} is no longer readable ({missing[0]} does not exist)"
-            else:
+            reason = readback_problem(src)
+            if reason is None:
                 try:
                     items = fetch_items(src, [located[k][1] for k in source_keys])
                 except (OSError, OverlapAuditError) as exc:
