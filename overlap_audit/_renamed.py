@@ -30,15 +30,25 @@ RENAMED_MODULES = {
 }
 
 
+_IDENTITY = ("__name__", "__spec__", "__package__", "__loader__")
+
+
 class _Alias(importlib.abc.Loader):
+    """Loads an old name as the module it was renamed to, leaving that module's identity as it was (the
+    import system stamps the old name's spec on the module it is given; ``exec_module`` undoes that)."""
+
     def __init__(self, new: str):
         self.new = new
 
     def create_module(self, spec):
-        return importlib.import_module(self.new)
+        module = importlib.import_module(self.new)
+        self._identity = {k: getattr(module, k, None) for k in _IDENTITY}
+        return module
 
     def exec_module(self, module) -> None:
-        pass
+        identity = getattr(self, "_identity", None) or {k: getattr(sys.modules[self.new], k, None) for k in _IDENTITY}
+        for key, value in identity.items():
+            setattr(module, key, value)
 
 
 class RenamedModuleFinder(importlib.abc.MetaPathFinder):

@@ -22,7 +22,7 @@ from .errors import EmptyEvalSetError, ModelError, OutputDirError, SourceError
 from .index import build_index, content_boxes
 from .pipeline import MatchSettings, check_eval_sets, check_report_apart, match_eval_sets, open_corpus
 from .predictions import PREDICTIONS, match_predictions, read_predictions, write_predictions
-from .matches import write_corpus_matches
+from .matches import corpus_matches
 from .report import CORPUS_MATCHES, DatasetReport, Report, check_report_dir, load_report, write_report
 from .sources import as_source, source_spec
 from .split import load_thresholds, resolve_thresholds, split
@@ -260,7 +260,9 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, object]]
         )
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         matches_file = create_temporary(out_dir.parent / f"{out_dir.name}-{CORPUS_MATCHES}", suffix=".parquet")
-        write_corpus_matches(matches_file, splits, index_dir)
+        import pyarrow.parquet as pq
+
+        pq.write_table(corpus_matches(splits, index_dir), matches_file)  # a private temporary, moved in whole
         extra_files[CORPUS_MATCHES] = matches_file
         write_report(settings.out_dir, report, splits, correctness, gallery=settings.gallery,
                      max_pixels=match.max_pixels, extra_files=extra_files, eval_sources=dict(evals))

@@ -143,8 +143,9 @@ def test_bad_arguments_exit_cleanly(tmp_path, index_dir, predictions):
     assert r.exit_code == 2 and "NAME=SOURCE" in r.output
     r = runner.invoke(main, ["index", str(tmp_path / "missing"), "--out", str(tmp_path / "i")])
     assert r.exit_code == 2 and "no such file" in r.output
-    r = runner.invoke(main, ["report", str(tmp_path), "--eval", f"x={tmp_path}", "--predictions", str(predictions),
-                             "--out", str(tmp_path / "r")])
+    (tmp_path / "not-an-index").mkdir()
+    r = runner.invoke(main, ["report", str(tmp_path / "not-an-index"), "--eval", f"x={tmp_path / 'not-an-index'}",
+                             "--predictions", str(predictions), "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and "not an overlap-audit index" in r.output
     r = runner.invoke(main, ["detectors"])
     assert r.exit_code == 0 and "phash256" in r.output
@@ -237,7 +238,9 @@ def test_info_messages_go_to_stderr_unless_quiet(tmp_path, monkeypatch):
     runner = CliRunner()
     for quiet in (False, True):
         monkeypatch.setattr(devices, "_said", set())
-        args = ["pairs", str(tmp_path), "--eval", f"x={tmp_path}", "--out", str(tmp_path / "o")]
+        (tmp_path / "not-an-index").mkdir(exist_ok=True)
+        args = ["pairs", str(tmp_path / "not-an-index"), "--eval", f"x={tmp_path / 'not-an-index'}", "--out",
+                str(tmp_path / "o")]
         r = runner.invoke(main, args + (["--quiet"] if quiet else []))
         assert r.exit_code == 2 and "not an overlap-audit index" in r.stderr
         said = "device auto: FAISS sees no GPU, using the CPU" in r.stderr
@@ -281,7 +284,9 @@ def test_verbose_and_log_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(devices, "faiss_gpu_count", lambda: 0)
     log = tmp_path / "audit.log"
-    args = ["pairs", str(tmp_path), "--eval", f"x={tmp_path}", "--out", str(tmp_path / "o")]
+    (tmp_path / "not-an-index").mkdir()
+    args = ["pairs", str(tmp_path / "not-an-index"), "--eval", f"x={tmp_path / 'not-an-index'}", "--out",
+            str(tmp_path / "o")]
     runner = CliRunner()
     monkeypatch.setattr(devices, "_said", set())
     r = runner.invoke(main, ["--log-file", str(log), *args, "--quiet"])
