@@ -125,3 +125,25 @@ def test_legacy_keywords_warn_and_give_the_same_report(tmp_path, index_dir, eval
         run_report(index_dir, evals)
     with pytest.raises(TypeError, match="not both"):
         run_report(index_dir, evals, ReportSettings(tmp_path / "r", predictions=predictions), workers=0)
+
+
+def test_best_view_takes_the_more_similar_view_per_query():
+    import numpy as np
+
+    from overlap_audit.pipeline import best_view
+    from overlap_audit.values import Neighbors
+
+    ids = ["a", "b", "c", "d"]
+    trimmed = Neighbors(ids, np.array([["k1", "k2"], ["k3", "k4"], ["k5", "k6"], [None, None]], dtype=object),
+                        np.array([[0.9, 0.8], [0.5, 0.4], [0.7, 0.6], [np.nan, np.nan]], np.float32))
+    # whole views of the queries whose content box was trimmed: b (better), c (a tie), d (no trimmed match)
+    rows = np.array([1, 2, 3])
+    whole = Neighbors(["b", "c", "d"], np.array([["k9", "k8"], ["k7", "k6"], ["k2", "k1"]], dtype=object),
+                      np.array([[0.95, 0.3], [0.7, 0.2], [0.6, 0.5]], np.float32))
+    got = best_view(trimmed, whole, rows)
+    assert got.views == ["trimmed", "whole", "trimmed", "whole"]
+    assert list(got.ids[1]) == ["k9", "k8"] and got.similarities[1, 0] == np.float32(0.95)
+    assert list(got.ids[2]) == ["k5", "k6"]  # a tie keeps the trimmed view
+    assert list(got.ids[3]) == ["k2", "k1"] and got.similarities[3, 0] == np.float32(0.6)
+    assert list(got.ids[0]) == ["k1", "k2"] and got.query_ids == ids
+    assert list(trimmed.ids[1]) == ["k3", "k4"]  # the inputs are not changed
