@@ -8,12 +8,13 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from ..content import RULE_VERSION
 from ..values import DetectorInfo, Metric
 
 # How an image is normalised before a detector sees it: "trim" embeds its content box (uniform or transparent
 # margins and letterbox bars cut away: ``overlap_audit.content``), "whole" the image as it is. Part of the
-# detector's identity: the version of a trimming detector ends in "+trim", so an index built one way is
-# refused by the other. Every detector trims by default: on real overlap (BENCHMARKS.md, the development set
+# detector's identity: the version of a trimming detector ends in "+trim" and the trimming rule's version
+# (``content.RULE_VERSION``), so an index built one way, or under another rule, is refused by the other. Every detector trims by default: on real overlap (BENCHMARKS.md, the development set
 # of real clip-art copies) trimming lifts recall from about half to 0.8-0.93 for every detector, at a cost of
 # a few points on photographs whose flat regions touch two opposite sides.
 CONTENT_MODES = ("trim", "whole")
@@ -66,7 +67,7 @@ class DetectorBase(ABC):
 
     @property
     def info(self) -> DetectorInfo:
-        version = f"{self.version}+trim" if self.content == "trim" else self.version
+        version = f"{self.version}+trim{RULE_VERSION}" if self.content == "trim" else self.version
         return DetectorInfo(spec=self.spec or self.name, name=self.name, version=version, dim=self.dim,
                             metric=self.metric, default_threshold=self.default_threshold, content=self.content)
 

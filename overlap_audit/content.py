@@ -26,6 +26,9 @@ transparent margin is a white one):
 
 Not trimmed (``trimmed=False``, the box is the whole image):
 - an image with no margin (content touches the sides, or the border is not uniform: a photograph);
+- an image in which nothing differs from the margin by more than the strong tolerance (a low-contrast
+  photograph of a textured backdrop, a faint sketch): where content and margin differ only faintly, the box
+  moves with JPEG noise and brightness changes, so two copies would be trimmed differently;
 - a blank or uniform image: it has no content to find, and is low-information for every detector — the
   detectors' own ``low_information`` flags it, trimming would only blow noise up;
 - a content box that would be too small to be a picture: a side under ``MIN_SIDE`` pixels or an area under
@@ -58,6 +61,9 @@ SIDE_OUTLIERS = 0.05  # share of an outer line that may deviate and the side sti
 MIN_SIDE = 16  # pixels: a content box narrower or shorter than this is not a picture
 MIN_AREA_FRACTION = 0.03  # a content box under this share of the image is not a picture (a speck, or a
 # flat photograph region at its edge: real clip art fills 17-79% of a padded canvas)
+# The rule's version, part of a trimming detector's version ("+trim" and this number): bumped whenever the box
+# found for some image can change, so that an index built under another rule is refused, not mixed
+RULE_VERSION = 2
 MAX_PASSES = 3  # trimming is repeated on the trimmed view until it is stable, at most this many times
 
 _TOP, _BOTTOM, _LEFT, _RIGHT = range(4)
@@ -218,15 +224,15 @@ def _find_box(view: Image.Image) -> tuple[int, int, int, int] | None:
     if loose is None:
         return None  # blank: nothing but margin
     tight = view.point(_beyond(margin.fill, strong)).getbbox()
+    if tight is None:
+        return None  # nothing stands out clearly from the margin: a faint box moves with noise and brightness
     left, top, right, bottom = loose
     rows, cols = np.zeros(bottom - top, bool), np.zeros(right - left, bool)
-    if tight is None:
-        bands_r, bands_c = [(top, bottom)], [(left, right)]
-    else:  # lines with a strong pixel are content; the lines between the two boxes are counted
-        t_left, t_top, t_right, t_bottom = tight
-        rows[t_top - top:t_bottom - top] = True
-        cols[t_left - left:t_right - left] = True
-        bands_r, bands_c = [(top, t_top), (t_bottom, bottom)], [(left, t_left), (t_right, right)]
+    # lines with a strong pixel are content; the lines between the two boxes are counted
+    t_left, t_top, t_right, t_bottom = tight
+    rows[t_top - top:t_bottom - top] = True
+    cols[t_left - left:t_right - left] = True
+    bands_r, bands_c = [(top, t_top), (t_bottom, bottom)], [(left, t_left), (t_right, right)]
     # pixels outside ``loose`` are all within the tolerance: counting inside it counts whole lines
     for lo, hi in bands_r:
         if hi > lo:

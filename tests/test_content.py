@@ -204,3 +204,18 @@ def test_large_images_are_analysed_reduced_and_never_cut_into():
     want = expected(at, content.size)
     assert box.left <= want[0] and box.top <= want[1] and box.right >= want[2] and box.bottom >= want[3]
     assert_box_near(box, want, 3)
+
+
+def test_content_that_differs_only_faintly_from_the_margin_is_not_trimmed():
+    """A band of texture 25 grey levels off a noisy grey backdrop (a low-contrast micrograph) has no canvas:
+    its box would move with the noise, so it stays whole; the same band drawn dark is trimmed."""
+    rng = np.random.default_rng(3)
+    backdrop = 104 + rng.normal(0, 2.0, (128, 128))
+    faint = backdrop.copy()
+    faint[60:84, :] -= 25 + rng.normal(0, 2.0, (24, 128))  # within 3x the tolerance of the backdrop
+    im = Image.fromarray(np.repeat(faint[..., None], 3, axis=2).clip(0, 255).astype(np.uint8))
+    assert content_box(im) == ContentBox.whole(128, 128)
+    strong = backdrop.copy()
+    strong[60:84, :] -= 80  # clearly content
+    box = content_box(Image.fromarray(np.repeat(strong[..., None], 3, axis=2).clip(0, 255).astype(np.uint8)))
+    assert box.trimmed and (box.top, box.bottom) == (60, 84)
