@@ -90,6 +90,16 @@ def interpretation(report: Report) -> list[str]:
     return lines
 
 
+def verification_line(verify: dict) -> str:
+    """What verification did, in one sentence (report --verify)."""
+    first = ("1 − 2 (1 − threshold) of each dataset" if verify.get("first_stage") is None
+             else similarity_text(verify["first_stage"]))
+    return (f"Verification: every example whose nearest corpus item scores at least the first stage ({first}) "
+            f"was compared with it densely on the content-trimmed views (overlap_audit.verify); Overlap is the "
+            f"pairs scoring at least {verify['threshold']:.4f}; a pair whose images could not be read keeps the "
+            f"detector's decision.")
+
+
 def format_markdown(report: Report) -> str:
     """The whole report.md."""
     det = report.detector
@@ -99,6 +109,7 @@ def format_markdown(report: Report) -> str:
         f"Detector `{det.spec}` (version {det.version}, {det.dim}-d, {det.metric}); index `{report.index.get('path')}` "
         f"with {report.index.get('n_indexed')} corpus items; k = {report.k}.",
         f"Search: {report.index.get('search', 'exact')}; {recall_line(report.index.get('recall', {}))}.",
+        *([verification_line(report.verify)] if report.verify is not None else []),
         *([model_line(report.model)] if report.model else []),
         f"p-value: one-sided binomial test, H0 Overlap accuracy = Clean accuracy (alternative: greater). "
         f"Significance after {report.correction.capitalize()} correction at alpha = {report.alpha:g} across "
@@ -107,11 +118,20 @@ def format_markdown(report: Report) -> str:
         "",
         format_table(report),
         "",
-        "| Dataset | threshold | low-information (never Overlap) | skipped |",
-        "|---|---|---|---|",
     ]
+    verify = report.verify
+    checked = (verify or {}).get("datasets", {})
+    lines += ["| Dataset | threshold | low-information (never Overlap) | skipped |"
+              + (" verification first stage | pairs verified | accepted (Overlap) | unreadable (kept the first decision) |"
+                 if verify is not None else ""),
+              "|---|---|---|---|" + ("---|---|---|---|" if verify is not None else "")]
     for d in report.datasets:
-        lines.append(f"| {_cell(d.name)} | {similarity_text(d.threshold)} | {d.n_low_information} | {len(d.skipped)} |")
+        row = f"| {_cell(d.name)} | {similarity_text(d.threshold)} | {d.n_low_information} | {len(d.skipped)} |"
+        if verify is not None:
+            v = checked.get(d.name)
+            row += (f" {similarity_text(v['first_stage'])} | {v['n_verified']} | {v['n_accepted']} | {v['n_unreadable']} |"
+                    if v else " – | – | – | – |")
+        lines.append(row)
     if any(d.extended is not None for d in report.datasets):
         lines += [
             "",
