@@ -65,6 +65,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_detectors.py
 	$(BIN)/python benchmarks/bench_detectors.py --photos debian
 	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_planted.py
 	$(BIN)/python benchmarks/bench_scale.py --sizes 1e4 1e5 1e6 --queries 10000 --hnsw-max 1e5
 
 clean:

@@ -102,6 +102,46 @@ def test_copies_are_verified(name):
         assert v.verified()
 
 
+def planted(im: Image.Image, seed: int) -> Image.Image:
+    """``im`` as benchmarks/bench_planted.py plants it: resized to 60-95%, up to 5% cropped off each side,
+    brightness x0.9-1.1, JPEG quality 40-85."""
+    from benchmarks.bench_planted import planted_copy
+
+    return planted_copy(im, np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+def test_cropped_photos_are_verified(name):
+    """2% off every side, and up to 5% off each side with a resize, a brightness change and JPEG: the same photo."""
+    im = photos()[name]
+    w, h = im.size
+    assert verify_pair(im.crop((int(0.02 * w), int(0.02 * h), w - int(0.02 * w), h - int(0.02 * h))), im).verified()
+    for seed in range(3):
+        v = verify_pair(planted(im, seed), im)
+        assert v.verified(), (name, seed, v)
+
+
+def test_planted_photo_tiles_are_verified():
+    """96-px tiles of textured photos, planted as the benchmark plants them, against their tile (either order)."""
+    from overlap_audit.demos.synthetic import tiles
+
+    for k, (name, im) in enumerate(photos().items()):
+        for t, tile in enumerate(tiles(im, 4, 96)[5:7]):  # inner tiles: texture, not a flat background
+            copy = planted(tile, 10 * k + t)
+            assert verify_pair(copy, tile).verified(), (name, t, verify_pair(copy, tile))
+            assert verify_pair(tile, copy).verified(), (name, t, verify_pair(tile, copy))
+
+
+def test_a_copy_aligns_to_a_fraction_of_a_pixel():
+    """The best alignment is found between the searched rescalings and integer shifts."""
+    im = photos()["chelsea"].resize((200, 130))
+    w, h = im.size
+    crop = im.crop((5, 3, w - 2, h - 4))  # other amounts off each side: a shift and a rescaling per axis
+    v = verify_pair(crop, im)
+    coarse = (0.9, 0.95, 1.0, 1.05, 1.1)
+    assert v.score > 0.9 and v.scale not in {(a, b) for a in coarse for b in coarse}
+
+
 def test_different_pictures_are_rejected():
     pics = {**photos(), **{f"drawing{i}": drawing(i) for i in range(3)}}
     prepared = {n: prepare(im) for n, im in pics.items()}
