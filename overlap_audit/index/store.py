@@ -359,18 +359,23 @@ def write_shard(path: Path, info: DetectorInfo, *, keys: list[str], sources: lis
 def content_boxes(index_dir: str | os.PathLike, keys) -> dict:
     """The recorded content boxes (``content.ContentBox``) of the corpus items behind ``keys``; keys without
     one (a detector that does not trim, an index written before boxes were recorded) are absent."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    wanted = {k for k in keys if k is not None}
+    wanted = {str(k) for k in keys if k is not None}
     found: dict = {}
     for path in shard_paths(index_dir):
-        if not wanted - found.keys():
+        missing = wanted - found.keys()
+        if not missing:
             break
         if "content_box" not in pq.read_schema(path).names:
             continue
         table = pq.read_table(path, columns=["key", "content_box"], memory_map=True)
+        # the rows wanted, picked in Arrow (a shard holds many keys; only the few wanted become Python objects)
+        table = table.filter(pc.is_in(table["key"], value_set=pa.array(sorted(missing), pa.string())))
         for key, box in zip(table["key"].to_pylist(), table["content_box"].to_pylist()):
-            if key in wanted and box is not None:
+            if box is not None:
                 found[key] = ContentBox.from_dict(box)
     return found
 
