@@ -167,7 +167,7 @@ def score_detector(spec: str, data: PlantedSet, prepared: dict | None = None) ->
     """``spec``'s figures on ``data`` (a benchmark spec: ``phash``, ``clipdup@whole``, ...). ``prepared``
     caches ``verify.prepare`` of the images across detectors (keyed by id)."""
     from benchmarks.common import bench_detector
-    from overlap_audit.verify import VERIFY_THRESHOLD, first_stage_threshold, prepare, verify_prepared
+    from overlap_audit.verify import VERIFY_THRESHOLD, first_stage_threshold, prepare, relax_for, verify_prepared
 
     det = bench_detector(spec)
     t0 = float(det.default_threshold)
@@ -177,7 +177,7 @@ def score_detector(spec: str, data: PlantedSet, prepared: dict | None = None) ->
     pos, neg = sims[:n], sims[n:]
     recall, precision = _recall_precision(pos, neg, t0)
     wrong = int(((pos >= t0) & (rows[:n] != np.arange(n))).sum())
-    relaxed = first_stage_threshold(t0)
+    relaxed = first_stage_threshold(t0, relax_for(det))
     prepared = {} if prepared is None else prepared
 
     def prep(im):
@@ -233,8 +233,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, PlantedScore]]:
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     out = []
-    print(f"# planted copies among unrelated {args.size}-px photo tiles; verification: relax {RELAX}, "
-          f"VERIFY_THRESHOLD {VERIFY_THRESHOLD}")
+    print(f"# planted copies among unrelated {args.size}-px photo tiles; verification: relax {RELAX} (or the "
+          f"detector's own: clipdup 5), VERIFY_THRESHOLD {VERIFY_THRESHOLD}")
     print(HEAD, flush=True)
     for which in args.photos:
         data = planted_set(photo_set(which), args.size, args.seed, args.limit)

@@ -64,6 +64,9 @@ class DetectorBase(ABC):
     # Shorter side the detector needs from the decoder; JPEGs may be decoded at a reduced scale down to it.
     decode_size: int | None = None
     content: str = "trim"
+    # verification's first stage for this detector: 1 - verify_relax * (1 - threshold) (None: the default,
+    # overlap_audit.verify.RELAX); a detector whose true copies lie far below its threshold relaxes further
+    verify_relax: float | None = None
 
     @property
     def info(self) -> DetectorInfo:

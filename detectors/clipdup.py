@@ -99,6 +99,9 @@ class ClipDup(DetectorBase):
 
     name = "clipdup"
     metric = "cosine"
+    # the copies clipdup misses lie far below its threshold: relaxed 2x (0.9639) its first stage kept 60 of the
+    # development set's 75 true copies, 5x (0.9098) 66 (BENCHMARKS.md, "Verification")
+    verify_relax = 5.0
 
     def __init__(self, path: str, *, device: str = "auto", spec: str = ""):
         torch = _torch()

@@ -26,7 +26,7 @@ from .matches import corpus_matches
 from .report import CORPUS_MATCHES, DatasetReport, Report, check_report_dir, load_report, write_report
 from .sources import as_source, source_spec
 from .split import load_thresholds, resolve_thresholds, split
-from .verify import VerifySettings, verify_splits
+from .verify import VerifySettings, relax_for, verify_splits
 from .stats import RateEstimate, extended_stats, family_correction, overlap_stats
 from .zeroshot.scoring import TemplateSet, ZeroShotModel, ZeroShotScorer, load_classnames
 
@@ -83,8 +83,9 @@ class ReportSettings:
     DataFrame or a pyarrow Table) and ``zero_shot`` (score a model here; its predictions are written to
     ``out_dir/predictions.parquet`` and read back exactly as a ``predictions`` file would be). ``out_dir`` must be new, empty or an earlier report
     directory; it is replaced as a whole once the new report is complete. ``gallery`` caps the matched pairs report.html shows per
-    dataset (None: the report's default). ``verify`` (a ``VerifySettings``) verifies each example whose nearest
-    corpus item is at or above a relaxed first stage, and Overlap becomes the verified ones. The report directory
+    dataset (None: the report's default). ``verify`` (a ``VerifySettings``, on by default; None turns it off)
+    verifies each example whose nearest corpus item is at or above a relaxed first stage, and Overlap becomes
+    the verified ones. The report directory
     always holds ``corpus_matches.parquet`` (``matches.corpus_matches``); ``corpus_matches`` names a further
     copy of it, outside ``out_dir``.
     """
@@ -95,7 +96,7 @@ class ReportSettings:
     match: MatchSettings = field(default_factory=MatchSettings)
     stats: StatsSettings = field(default_factory=StatsSettings)
     gallery: int | None = None
-    verify: VerifySettings | None = None
+    verify: VerifySettings | None = field(default_factory=VerifySettings)  # None: no verification
     corpus_matches: str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
@@ -200,8 +201,11 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, object]]
                   for n, sp in splits.items()}
     verification = None
     if settings.verify is not None:
-        splits, unreadable = verify_splits(splits, index_dir, dict(evals), settings.verify, max_pixels=match.max_pixels)
-        verification = settings.verify.to_dict(splits, unreadable)
+        verify = settings.verify
+        if verify.relax is None:
+            verify = dataclasses.replace(verify, relax=relax_for(det))
+        splits, unreadable = verify_splits(splits, index_dir, dict(evals), verify, max_pixels=match.max_pixels)
+        verification = verify.to_dict(splits, unreadable)
     skipped = {n: m.skipped for n, m in matches.items()}
     _check_not_empty(splits, skipped)
     extra_files: dict[str, Path] = {}

@@ -268,11 +268,14 @@ def verify(index_dir) -> None:
               "whatever the index type, memory bounded by the evaluation sets plus one shard.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|local",
               help="Run the --exact stream as a map over shards on a Ray cluster.")
-@click.option("--verify", is_flag=True, help="Verify each match densely (overlap_audit.verify): examples whose "
-              "nearest corpus item is at or above --verify-from are compared with it, and Overlap is the verified "
-              "ones. Catches edited copies below the threshold and rejects look-alikes above it.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Verify each match densely (overlap_audit.verify): examples whose nearest corpus item is at or "
+              "above --verify-from are compared with it, and Overlap is the verified ones. Catches edited copies "
+              "below the threshold and rejects look-alikes above it. --no-verify: Overlap is every example at or "
+              "above the threshold.")
 @click.option("--verify-from", type=float, default=None, metavar="T",
-              help="The first stage of --verify [default: 1 - 2 (1 - threshold), per dataset].")
+              help="The first stage of verification [default: 1 - R (1 - threshold) per dataset, R the detector's "
+                   "relaxation: 2, or 5 for clipdup].")
 @click.option("--verify-threshold", type=click.FloatRange(0, 1), default=None, metavar="S",
               help="The verification score a pair needs [default: overlap_audit.verify.VERIFY_THRESHOLD].")
 @click.option("--corpus-matches", type=click.Path(dir_okay=False), default=None, metavar="FILE",
@@ -296,7 +299,7 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
     if (classnames or templates) and not model:
         raise click.UsageError("--classnames and --templates go with --model")
     if (verify_from is not None or verify_threshold is not None) and not verify:
-        raise click.UsageError("--verify-from and --verify-threshold go with --verify")
+        raise click.UsageError("--verify-from and --verify-threshold do not go with --no-verify")
     from .verify import VERIFY_THRESHOLD, VerifySettings
 
     verification = (VerifySettings(threshold=VERIFY_THRESHOLD if verify_threshold is None else verify_threshold,

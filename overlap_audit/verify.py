@@ -358,11 +358,18 @@ def verify_pair(a: Image.Image, b: Image.Image) -> Verification:
 # --------------------------------------------------------------------------------- the first stage
 
 # the first stage proposes pairs at a relaxed threshold: a distance from 1 RELAX times the detector's,
-# 1 - RELAX * (1 - t). On the development set (trimmed views) RELAX = 2 keeps 74 of the 75 true copies for
+# 1 - RELAX * (1 - t); a detector may declare its own (``verify_relax``, detectors/base.py). On the development set (trimmed views) RELAX = 2 keeps 74 of the 75 true copies for
 # phash (0.7188) and for pdq (0.5391); for clipdup (0.9639) it keeps 60 of 75, and the copies clipdup misses
 # lie far below its threshold (66 of 75 at RELAX = 5; BENCHMARKS.md), so there verification adds precision,
 # not recall
 RELAX = 2.0
+
+
+def relax_for(detector) -> float:
+    """The first stage's relaxation for ``detector``: its own ``verify_relax`` when it declares one, else
+    ``RELAX``."""
+    relax = getattr(detector, "verify_relax", None)
+    return RELAX if relax is None else float(relax)
 
 
 def first_stage_threshold(detector_threshold: float, relax: float = RELAX) -> float:
@@ -376,18 +383,23 @@ def first_stage_threshold(detector_threshold: float, relax: float = RELAX) -> fl
 @dataclass(frozen=True)
 class VerifySettings:
     """Verification of a report's matches: the examples whose nearest corpus item is at or above the first
-    stage (``first_stage``; None: ``first_stage_threshold`` of each dataset's threshold) are verified, and
-    Overlap is those whose pair scores at least ``threshold``; every other example is Clean."""
+    stage (``first_stage``; None: ``first_stage_threshold`` of each dataset's threshold with ``relax``, which
+    ``run_report`` takes from the detector's ``verify_relax`` when it is None) are verified, and Overlap is
+    those whose pair scores at least ``threshold``; every other example is Clean."""
 
     threshold: float = VERIFY_THRESHOLD
     first_stage: float | None = None
+    relax: float | None = None  # the first stage's relaxation when ``first_stage`` is None (None: ``RELAX``)
 
     def first_stage_for(self, dataset_threshold: float) -> float:
-        return first_stage_threshold(dataset_threshold) if self.first_stage is None else float(self.first_stage)
+        if self.first_stage is not None:
+            return float(self.first_stage)
+        return first_stage_threshold(dataset_threshold, RELAX if self.relax is None else self.relax)
 
     def to_dict(self, splits: dict | None = None, unreadable: dict[str, int] | None = None) -> dict:
         """The settings, and per dataset of ``splits`` (verified ones) its first stage and counts."""
-        d = {"threshold": self.threshold, "relax": RELAX if self.first_stage is None else None,
+        d = {"threshold": self.threshold,
+             "relax": (RELAX if self.relax is None else self.relax) if self.first_stage is None else None,
              "first_stage": self.first_stage}
         if splits:
             d["datasets"] = {n: {"first_stage": self.first_stage_for(sp.threshold),

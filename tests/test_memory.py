@@ -141,8 +141,9 @@ def test_corpus_matches_list_the_pairs_at_or_above_the_threshold(tmp_path, index
     root, planted, clean = eval_set
     out = tmp_path / "rep"
     # phash puts every planted copy at >= 52/64 bits and every clean tile at <= 50/64: 0.8 separates them
+    # (without verification, Overlap is the threshold's decision alone)
     rep = run_report(index_dir, [("val", str(root))], ReportSettings(out, predictions=_frame(eval_set), match=MATCH,
-                                                                      stats=StatsSettings(threshold=0.8)))
+                                                                      stats=StatsSettings(threshold=0.8), verify=None))
     assert CORPUS_MATCHES in rep.files
     rows = pq.read_table(out / CORPUS_MATCHES).to_pylist()
     threshold = rep.dataset("val").threshold
@@ -165,7 +166,7 @@ def test_corpus_matches_list_the_pairs_at_or_above_the_threshold(tmp_path, index
 def test_verified_corpus_matches_are_the_verified_pairs(tmp_path, index_dir, eval_set):
     root, planted, clean = eval_set
     rep = run_report(index_dir, [("val", str(root))], ReportSettings(tmp_path / "rep", predictions=_frame(eval_set),
-                                                                      match=MATCH, verify=VerifySettings()))
+                                                                      match=MATCH))  # verification is the default
     rows = rep.corpus_matches_table().to_pylist()
     # only verified pairs, each an example's nearest corpus item: planted copies with their sources
     assert rows and {(r["eval_id"], r["id"]) for r in rows} <= set(_planted_sources(planted).items())

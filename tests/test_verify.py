@@ -1,6 +1,7 @@
 """Verification of a matched pair (overlap_audit.verify): copies pass, look-alikes do not; report --verify."""
 
 import io
+import json
 import math
 
 import numpy as np
@@ -206,6 +207,41 @@ def test_first_stage_is_a_relaxation():
     assert first_stage_threshold(0.9) == pytest.approx(0.8)
     assert VerifySettings().first_stage_for(0.95) == pytest.approx(0.9)
     assert VerifySettings(first_stage=0.5).first_stage_for(0.95) == 0.5
+    assert VerifySettings(relax=5).first_stage_for(0.98) == pytest.approx(0.9)
+    assert VerifySettings(relax=5).to_dict()["relax"] == 5 and VerifySettings().to_dict()["relax"] == 2
+
+
+def test_verification_is_on_by_default_and_no_verify_turns_it_off(tmp_path):
+    """A report verifies unless told not to; the first-stage options do not go with --no-verify."""
+    from overlap_audit.cli import main
+
+    corpus, evals = tmp_path / "corpus", tmp_path / "evals" / "x"
+    corpus.mkdir()
+    evals.mkdir(parents=True)
+    for i in range(20, 24):
+        drawing(i).save(corpus / f"d{i}.png")
+    copies(drawing(20))["padded"].save(evals / "copy.png")
+    drawing(30).save(evals / "new.png")
+    preds = write_predictions(tmp_path / "preds.csv", "val", ["x/copy.png", "x/new.png"], [1, 0])
+    runner = CliRunner()
+    index = tmp_path / "index"
+    assert runner.invoke(main, ["index", str(corpus), "--out", str(index), "--workers", "0", "--quiet"]).exit_code == 0
+    base = ["report", str(index), "--eval", f"val={tmp_path / 'evals'}", "--predictions", str(preds), "--workers",
+            "0", "--quiet", "--out"]
+    r = runner.invoke(main, base + [str(tmp_path / "on")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "on" / "report.json").read_text())
+    assert rep["verify"]["relax"] == 2 and rep["verify"]["datasets"]["val"]["n_accepted"] == 1
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "on" / "splits.parquet").to_pylist()}
+    assert rows["x/copy.png"]["verified"] is True and rows["x/copy.png"]["overlap"]
+    r = runner.invoke(main, base + [str(tmp_path / "off"), "--no-verify"])
+    assert r.exit_code == 0, r.output
+    assert "verify" not in json.loads((tmp_path / "off" / "report.json").read_text())
+    off = pq.read_table(tmp_path / "off" / "splits.parquet").to_pylist()
+    assert all(r["verify_score"] is None and r["verified"] is None for r in off)
+    r = runner.invoke(main, base + [str(tmp_path / "bad"), "--no-verify", "--verify-from", "0.6"])
+    assert r.exit_code == 2 and "do not go with --no-verify" in r.output
+
 
 
 def test_cost_per_pair_is_small():

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from overlap_audit.imaging import ImageRejected, decode_image
-from overlap_audit.verify import RELAX, VERIFY_THRESHOLD, first_stage_threshold, prepare, verify_prepared
+from overlap_audit.verify import RELAX, VERIFY_THRESHOLD, first_stage_threshold, prepare, relax_for, verify_prepared
 
 VERIFY_HEAD = ("| detector | default threshold: recall / precision | first stage (threshold): recall / precision "
                "| first stage + verification: recall / precision | pairs verified | first-stage recall at relax "
@@ -67,7 +67,7 @@ def verify_table(sims, detectors, stamps, corpus, labels, *, k, stamp_path, corp
         pairs = _pairs(sim, stamps, corpus, labels, k)
         s = np.array([sim[i, j] for i, j, _ in pairs])
         label = np.array([lab for _, _, lab in pairs])
-        relaxed = first_stage_threshold(t0)
+        relaxed = first_stage_threshold(t0, relax_for(det))
         first = s >= relaxed
         verified = np.zeros(len(pairs), bool)
         for n in np.flatnonzero(first):
@@ -85,7 +85,7 @@ def verify_table(sims, detectors, stamps, corpus, labels, *, k, stamp_path, corp
         at = " / ".join(f"{_rp(s >= first_stage_threshold(t0, f), label)[0]:.3f}" for f in (1.5, 2.0, 3.0))
         rows.append(f"| {spec}{', trimmed' if trim else ''} | {r0:.3f} / {p0:.3f} ({t0:.4f}) | {r1:.3f} / {p1:.3f} "
                     f"({relaxed:.4f}) | {r2:.3f} / {p2:.3f} | {int(first.sum())} of {len(pairs)} | {at} |")
-    print(f"\nverification: relax {RELAX}, VERIFY_THRESHOLD {VERIFY_THRESHOLD}")
+    print(f"\nverification: relax {RELAX} (or the detector's own: clipdup 5), VERIFY_THRESHOLD {VERIFY_THRESHOLD}")
     print(VERIFY_HEAD)
     print("\n".join(rows))
     ps = np.array(pair_seconds) * 1000
