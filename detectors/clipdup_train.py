@@ -1,7 +1,8 @@
 """Training ``clipdup`` (``overlap-audit train-detector``): self-supervised, as in the CLIP paper's Appendix C.
 
 Each step takes a batch of corpus images, makes an augmented copy of each with
-``overlap_audit.augment.augment_all``, and maximises the similarity of every image with its own copy against
+``overlap_audit.augment.augment_training`` (the App. C pipeline ``augment_all``, optionally after an edit of the
+drawing: ``EDIT_FAMILIES``), optionally compares the content-trimmed views of both (as the audit does), and maximises the similarity of every image with its own copy against
 every other image of the batch (``info_nce`` at the fixed temperature 0.07), optionally with mined hard
 negatives. Checkpoints are torch weights-only files (``torch.load(weights_only=True)``) holding the model
 config, weights, optimiser state, step and RNG state; training resumes from them.
@@ -50,6 +51,12 @@ class DetectorTrainConfig:
     # below SAME_PICTURE_Z (contrast-free: two faint outlines on white differ by little in raw pixels, but
     # as much as two bold ones once standardised)
     same_picture: str = "mean16"
+    # train on the views the audit embeds: the anchor and its copy each cropped to its content box
+    # (``overlap_audit.content.trim``), the copy after it was augmented on its own canvas
+    trim: bool = False
+    # the chance that a copy is an edited one first (``augment_training``: one or two EDIT_FAMILIES, outline,
+    # colour, shading, drop shadow, zoomed out on a canvas) before the App. C pipeline
+    edit_p: float = 0.0
 
     def lr_at(self, step: int) -> float:
         if self.schedule == "constant":
@@ -205,7 +212,8 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: DetectorTrainConf
           log_every: int = 10) -> dict:
     """Train (or resume training) a DuplicateNet on the sources' images; returns the last log entry."""
     torch = _torch()
-    from ..augment import STRENGTHS, augment_all
+    from ..augment import STRENGTHS, augment_training
+    from ..content import trim
     from ..errors import DetectorError
     from ..atomic import atomic_write, atomic_write_json
     from .clipdup_model import DuplicateNet, DuplicateNetConfig, batch_global_nce, info_nce
@@ -224,6 +232,8 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: DetectorTrainConf
         raise DetectorError(f"--global-weight must be a number >= 0 (got {cfg.global_weight})")
     if cfg.same_picture not in SAME_PICTURE_RULES:
         raise DetectorError(f"--same-picture must be one of {', '.join(SAME_PICTURE_RULES)}, got {cfg.same_picture!r}")
+    if not 0 <= cfg.edit_p <= 1:
+        raise DetectorError(f"--edit-p must be a probability in 0..1 (got {cfg.edit_p})")
     if cfg.hard_negatives == 1 or cfg.hard_negatives < 0 or cfg.mine_every < 1:
         raise DetectorError("--hard-negatives must be 0 (random batches) or a group size of at least 2, "
                             "--mine-every at least 1")
@@ -272,9 +282,12 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: DetectorTrainConf
         rng.bit_generator.state = json.loads(state["rng"])
         if "neighbours" in state:
             neighbours = state["neighbours"].numpy()
-    images = _load_images(sources, cfg, workers)
-    if len(images) < 2:
-        raise DetectorError(f"training needs at least 2 readable images; the sources gave {len(images)}")
+    originals = _load_images(sources, cfg, workers)
+    if len(originals) < 2:
+        raise DetectorError(f"training needs at least 2 readable images; the sources gave {len(originals)}")
+    # the anchors (and the images mined for look-alikes): as the audit embeds them
+    view = (lambda im: trim(im)[0]) if cfg.trim else (lambda im: im)
+    images = [view(im) for im in originals] if cfg.trim else originals
     bar = None
     if progress:
         from tqdm import tqdm
@@ -290,8 +303,8 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: DetectorTrainConf
         strengths = (rng.choice(list(STRENGTHS), size=len(idx)) if cfg.strength == "mixed"
                      else [cfg.strength] * len(idx))
         a = np.stack([to_tensor_array(images[i], cfg.input_size, cfg.input_mode) for i in idx])
-        b = np.stack([to_tensor_array(augment_all(images[i], str(s), rng), cfg.input_size, cfg.input_mode)
-                      for i, s in zip(idx, strengths)])
+        b = np.stack([to_tensor_array(view(augment_training(originals[i], str(s), rng, cfg.edit_p)), cfg.input_size,
+                                      cfg.input_mode) for i, s in zip(idx, strengths)])
         for group in opt.param_groups:
             group["lr"] = cfg.lr_at(step)
         za, zb = net(torch.from_numpy(a).to(dev)), net(torch.from_numpy(b).to(dev))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageFilter
 
 AUGMENTATIONS = ("resize", "jpeg", "crop", "brighten", "resize+jpeg")
 
@@ -45,18 +45,30 @@ FAMILIES = ("crop", "aspect", "rescale", "rotate", "jpeg", "color")
 # on two opposite sides. Similarity is symmetric, so "pad" also stands for a padded corpus image queried
 # with its tight crop.
 MARGIN_FAMILIES = ("pad", "letterbox")
+# Edited copies, as the same clip-art drawing is republished: not part of the App. C pipeline either, mixed
+# into training copies by ``augment_training``. "stroke" thickens (grey-morphology min filter) or thins (max
+# filter) the dark strokes; "recolor" rotates the hue of the saturated regions or permutes the colour
+# channels; "shade" multiplies a soft gradient or blotches of light and dark over the drawing (the pixels
+# that differ from its border colour), or flattens its gradients into a few flat colours; "shadow" puts a
+# blurred, offset dark copy of the drawing's mask behind it; "zoomout" places the image at a fraction of its
+# canvas, which is uniform (as "pad") or textured (noise, a gradient or stripes), so trimming cannot undo it.
+EDIT_FAMILIES = ("stroke", "recolor", "shade", "shadow", "zoomout")
 
 # Per strength: (min crop area, max aspect distortion, min downscale, max rotation degrees, JPEG quality
 # range, hue shift, saturation and value scale spread)
 STRENGTHS = {
     "mild": dict(area=0.85, aspect=0.05, scale=0.6, rotate=2.0, quality=(70, 95), hue=0.01, sat=0.05, val=0.05,
-                 pad=0.7, bars=0.06),
+                 pad=0.7, bars=0.06, stroke=(0.5, 1), recolor=0.1, shade=0.15, shadow=(0.02, 0.35), zoom=0.7),
     "medium": dict(area=0.6, aspect=0.15, scale=0.35, rotate=5.0, quality=(40, 90), hue=0.03, sat=0.15, val=0.12,
-                   pad=0.4, bars=0.12),
+                   pad=0.4, bars=0.12, stroke=(1, 1.5), recolor=0.3, shade=0.3, shadow=(0.04, 0.5), zoom=0.35),
     "strong": dict(area=0.35, aspect=0.3, scale=0.2, rotate=10.0, quality=(15, 80), hue=0.06, sat=0.3, val=0.25,
-                   pad=0.1, bars=0.2),
+                   pad=0.1, bars=0.2, stroke=(1.5, 2.5), recolor=0.5, shade=0.5, shadow=(0.07, 0.7), zoom=0.1),
 }
-# pad: the image's side is at least this fraction of the canvas's; bars: each bar's share of the side, at most
+# pad: the image's side is at least this fraction of the canvas's; bars: each bar's share of the side, at most;
+# stroke: the range of the filter's radius in pixels per 100 px of the image's shorter side (at least 1 pixel);
+# recolor: the largest hue rotation (a fraction of the colour circle), and the chance of a channel permutation
+# instead; shade: the largest factor by which light or dark is multiplied in (1 - shade .. 1 + shade);
+# shadow: (offset as a fraction of the side, darkness at most); zoom: the smallest scale of "zoomout"
 
 
 def _resize(image: Image.Image, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
@@ -112,7 +124,108 @@ def _family(image: Image.Image, family: str, p: dict, rng: np.random.Generator) 
         canvas = Image.new("RGB", (w, h), (0, 0, 0))
         canvas.paste(inner, at)
         return canvas
-    raise ValueError(f"unknown augmentation family {family!r}; one of {', '.join(FAMILIES + MARGIN_FAMILIES)}")
+    if family in EDIT_FAMILIES:
+        return _edit(image, family, p, rng)
+    raise ValueError(f"unknown augmentation family {family!r}; one of "
+                     f"{', '.join(FAMILIES + MARGIN_FAMILIES + EDIT_FAMILIES)}")
+
+
+# a pixel further than this (grey levels, any channel) from the border colour belongs to the drawing
+FOREGROUND_TOLERANCE = 24
+
+
+def foreground_mask(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """The drawing's pixels (a bool [H, W] array) and the border colour (the median of the outer lines)."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    fill = np.median(border, axis=0)
+    return np.abs(rgb - fill).max(axis=2) > FOREGROUND_TOLERANCE, fill
+
+
+def _smooth_field(shape: tuple[int, int], rng: np.random.Generator, cells: int) -> np.ndarray:
+    """A smooth random field in -1..1 of ``shape`` [H, W]: a cells x cells grid of noise, upsampled bicubically."""
+    grid = (rng.uniform(0, 255, (cells, cells))).astype(np.uint8)
+    field = np.asarray(Image.fromarray(grid).resize((shape[1], shape[0]), Image.Resampling.BICUBIC), np.float32)
+    return field / 127.5 - 1
+
+
+def _texture(w: int, h: int, rng: np.random.Generator) -> Image.Image:
+    """A textured canvas: coloured noise, a soft two-colour gradient or stripes."""
+    a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    kind = int(rng.integers(3))
+    if kind == 0:  # noise around one colour
+        arr = a + rng.normal(0, rng.uniform(8, 40), (h, w, 3))
+    elif kind == 1:  # a linear gradient in a random direction
+        angle = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[0:h, 0:w]
+        t = (np.cos(angle) * xx / max(1, w - 1) + np.sin(angle) * yy / max(1, h - 1))
+        t = ((t - t.min()) / max(np.ptp(t), 1e-6))[..., None]
+        arr = a * (1 - t) + b * t
+    else:  # stripes
+        period = int(rng.integers(4, max(5, min(w, h) // 4)))
+        yy, xx = np.mgrid[0:h, 0:w]
+        on = (((xx + yy) if rng.random() < 0.5 else xx) // max(1, period // 2)) % 2
+        arr = np.where(on[..., None] == 1, a, b)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def _edit(image: Image.Image, family: str, p: dict, rng: np.random.Generator) -> Image.Image:
+    w, h = image.size
+    if family == "stroke":  # thicken (min filter: dark spreads) or thin (max filter) the dark strokes
+        low, high = p["stroke"]
+        radius = max(1, int(round(rng.uniform(low, high) * min(w, h) / 100)))
+        thicken = rng.random() < 0.7
+        size = 2 * radius + 1
+        return image.filter(ImageFilter.MinFilter(size) if thicken else ImageFilter.MaxFilter(size))
+    if family == "recolor":
+        if rng.random() < p["recolor"]:  # a palette change: the colour channels permuted
+            order = [(1, 0, 2), (2, 1, 0), (0, 2, 1), (1, 2, 0), (2, 0, 1)][int(rng.integers(5))]
+            return Image.merge("RGB", [image.getchannel(c) for c in order])
+        hsv = np.asarray(image.convert("HSV"), dtype=np.float32)
+        shift = 255 * rng.uniform(p["recolor"] / 3, p["recolor"]) * (1 if rng.random() < 0.5 else -1)
+        weight = np.clip((hsv[..., 1] - 40) / 60, 0, 1)  # saturated regions only; grey and white stay
+        hsv[..., 0] = (hsv[..., 0] + shift * weight) % 256
+        return Image.fromarray(hsv.astype(np.uint8), mode="HSV").convert("RGB")
+    if family == "shade":
+        fg, _ = foreground_mask(image)
+        arr = np.asarray(image, dtype=np.float32)
+        kind = int(rng.integers(3))
+        if kind == 2:  # flatten: the drawing's gradients quantised to a few flat colours
+            flat = np.asarray(image.quantize(int(rng.integers(4, 12)), method=Image.Quantize.MEDIANCUT)
+                              .convert("RGB"), dtype=np.float32)
+            return Image.fromarray(np.where(fg[..., None], flat, arr).astype(np.uint8), "RGB")
+        if kind == 0:  # a soft linear gradient of light to dark
+            angle = rng.uniform(0, 2 * np.pi)
+            yy, xx = np.mgrid[0:h, 0:w]
+            t = np.cos(angle) * (xx / max(1, w - 1) - 0.5) + np.sin(angle) * (yy / max(1, h - 1) - 0.5)
+            field = t / max(np.abs(t).max(), 1e-6)
+        else:  # blotches
+            field = _smooth_field((h, w), rng, int(rng.integers(3, 7)))
+        factor = 1 + rng.uniform(p["shade"] / 2, p["shade"]) * field
+        shaded = np.where(fg[..., None], arr * factor[..., None], arr)
+        return Image.fromarray(np.clip(shaded, 0, 255).astype(np.uint8), "RGB")
+    if family == "shadow":  # a blurred, offset dark copy of the drawing's mask, behind it
+        offset, dark = p["shadow"]
+        fg, _ = foreground_mask(image)
+        side = min(w, h)
+        dx, dy = (int(round(rng.uniform(0.3, 1.0) * offset * side * rng.choice([-1, 1]))) for _ in range(2))
+        mask = Image.fromarray((fg * 255).astype(np.uint8)).transform(
+            (w, h), Image.Transform.AFFINE, (1, 0, -dx, 0, 1, -dy))
+        mask = mask.filter(ImageFilter.GaussianBlur(max(0.5, rng.uniform(0.005, 0.03) * side)))
+        alpha = rng.uniform(dark / 2, dark) * np.asarray(mask, dtype=np.float32)[..., None] / 255
+        arr = np.asarray(image, dtype=np.float32)
+        shadowed = np.where(fg[..., None], arr, arr * (1 - alpha))
+        return Image.fromarray(np.clip(shadowed, 0, 255).astype(np.uint8), "RGB")
+    if family == "zoomout":  # the image at a fraction of a uniform or textured canvas
+        s = rng.uniform(p["zoom"], 1.0)
+        inner = _resize(image, (max(1, int(round(w * s))), max(1, int(round(h * s)))), rng)
+        if rng.random() < 0.5:
+            canvas = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(0, 256, 3)))
+        else:
+            canvas = _texture(w, h, rng)
+        canvas.paste(inner, (int(rng.integers(0, w - inner.width + 1)), int(rng.integers(0, h - inner.height + 1))))
+        return canvas
+    raise ValueError(f"unknown edit family {family!r}; one of {', '.join(EDIT_FAMILIES)}")
 
 
 def augment_family(image: Image.Image, family: str, strength: str = "medium",
@@ -134,3 +247,18 @@ def augment_all(image: Image.Image, strength: str = "medium", rng: np.random.Gen
     for family in rng.permutation(chosen):
         out = _family(out, str(family), STRENGTHS[strength], rng)
     return out
+
+
+def augment_training(image: Image.Image, strength: str = "medium", rng: np.random.Generator | None = None,
+                     p_edit: float = 0.0) -> Image.Image:
+    """A training copy: with probability ``p_edit`` one or two EDIT_FAMILIES first (an edited copy of the
+    drawing), then the App. C pipeline (``augment_all``) at ``strength``."""
+    rng = rng or np.random.default_rng(0)
+    if strength not in STRENGTHS:
+        raise ValueError(f"strength must be one of {', '.join(STRENGTHS)}, got {strength!r}")
+    out = image.convert("RGB")
+    if p_edit > 0 and rng.random() < p_edit:
+        count = 1 if rng.random() < 0.7 else 2
+        for family in rng.choice(EDIT_FAMILIES, size=count, replace=False):
+            out = _family(out, str(family), STRENGTHS[strength], rng)
+    return augment_all(out, strength, rng)

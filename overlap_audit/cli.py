@@ -365,6 +365,12 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
               help="With --hard-negatives: how a neighbour is recognised as the same picture again (never used as "
                    "a negative): mean16, 16x16 inputs within 0.02 on average; z32, standardised 32x32 inputs "
                    "within 0.1 (contrast-free, so faint outlines and near-uniform skies are told apart).")
+@click.option("--trim/--no-trim", "trim", default=False, show_default=True,
+              help="Train on the views the audit embeds: the image and its augmented copy each cropped to its "
+                   "content box (uniform or transparent margins left out).")
+@click.option("--edit-p", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Chance that a training copy is first edited as republished clip art is: outline thickened "
+                   "or thinned, recoloured, reshaded, given a drop shadow, or zoomed out on a canvas.")
 @click.option("--init", "init", default=None,
               help="Start from these clipdup weights (a training directory, a weights file, or 'clipdup' for "
                    "the shipped ones) instead of random ones: fine-tuning. Their architecture is used; one-channel "
@@ -375,15 +381,15 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out.")
 @options.quiet
 def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, lr, strength, seed, max_images,
-                   input_mode, schedule, hard_negatives, mine_every, global_weight, same_picture, init, workers, device,
-                   resume, quiet) -> None:
+                   input_mode, schedule, hard_negatives, mine_every, global_weight, same_picture, trim, edit_p, init,
+                   workers, device, resume, quiet) -> None:
     """Train the CLIP paper's near-duplicate detector on SOURCES (self-supervised: images vs augmented copies)."""
     from .detectors.clipdup_train import DetectorTrainConfig, train
 
     cfg = DetectorTrainConfig(arch=arch, dim=dim, input_size=input_size, batch_size=batch_size, steps=steps, lr=lr,
                       strength=strength, seed=seed, max_images=max_images, input_mode=input_mode, schedule=schedule,
                       hard_negatives=hard_negatives, mine_every=mine_every, global_weight=global_weight,
-                      same_picture=same_picture, init=init)
+                      same_picture=same_picture, trim=trim, edit_p=edit_p, init=init)
     last = train(list(sources), out_dir, cfg, device=device, resume=resume, workers=workers, progress=not quiet)
     _echo(f"trained to step {last.get('step')}: loss {last.get('loss', float('nan')):.4f}, proxy accuracy "
           f"{last.get('proxy_accuracy', float('nan')):.3f}; weights in {out_dir}/model.pt "

@@ -268,3 +268,32 @@ def test_maxmin_weights_map_to_maxchroma_exactly(trained, tmp_path, photos):
     r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "back"), "--input-mode", "maxmin",
                                   "--init", str(tmp_path / "mc")])
     assert r.exit_code != 0 and "does not fit" in r.output
+
+
+def test_training_on_trimmed_views_with_edited_copies(tmp_path, tile_sets, monkeypatch):
+    """--trim: the anchors and their augmented copies pass through overlap_audit.content.trim before the
+    network sees them; --edit-p mixes edited copies in; both are recorded with the run."""
+    import overlap_audit.content as content
+
+    corpus, _ = tile_sets
+    root = write_folder(tmp_path / "imgs", {f"{t}.png": im for t, im in corpus[:12]})
+    seen = []
+    real_trim = content.trim
+
+    def counting_trim(image):
+        seen.append(image.size)
+        return real_trim(image)
+
+    monkeypatch.setattr(content, "trim", counting_trim)
+    out = tmp_path / "run"
+    args = ["train-detector", str(root), "--out", str(out), "--dim", "16", "--input-size", "32", "--batch-size", "8",
+            "--steps", "2", "--workers", "0", "--quiet", "--device", "cpu", "--trim", "--edit-p", "0.5"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert len(seen) == 12 + 2 * 8  # every anchor once, then every copy of both steps
+    trained = json.loads((out / "train_summary.json").read_text())
+    assert trained["trim"] is True and trained["edit_p"] == 0.5
+    r = CliRunner().invoke(main, [*args[:-3], "--resume", "--steps", "3"])  # resuming without them is refused
+    assert r.exit_code == 2 and "only --steps and --init may change" in r.output
+    r = CliRunner().invoke(main, [*args[:-2], "--edit-p", "1.5"])
+    assert r.exit_code == 2

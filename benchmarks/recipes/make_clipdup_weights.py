@@ -7,7 +7,7 @@
    from other photos: the benchmark holds out the photos bundled in scikit-image and scikit-learn).
 2. Train the small variant on the tiles and drawings (`overlap-audit train-detector`, self-supervised, CPU,
    one torch thread, one decoding worker): stage 1 from random weights with random batches; then each
-   ``--finetune STEPS:LR:INPUT_SIZE:GROUP[:GLOBAL[:SAME[:MODE[:DATA]]]]`` stage fine-tunes the previous
+   ``--finetune STEPS:LR:INPUT_SIZE:GROUP[:GLOBAL[:SAME[:MODE[:DATA[:EDIT[:VIEW]]]]]]`` stage fine-tunes the previous
    stage's weights (``--init``) on the ``--finetune-input-mode`` input (value-or-min) or MODE, with hard-negative
    batches when GROUP > 1 (groups of look-alike images mined with the network itself; SAME: the
    ``--same-picture`` rule, default mean16) and, when GLOBAL > 0, the batch-global ranking term beside
@@ -15,7 +15,12 @@
    convolution (train-detector's widen_to_maxmin); MODE maxchroma after maxmin stages maps it to max and
    chroma (maxmin_to_maxchroma). DATA: ``first`` (default), the tiles and then openclipart
    in sorted order up to ``--max-images``; ``wide``, the tiles and every openclipart file that the drawings
-   benchmark (benchmarks/bench_drawings.py) neither uses nor holds the same picture of (``training_drawings``).
+   benchmark (benchmarks/bench_drawings.py) neither uses nor holds the same picture of (``training_drawings``);
+   ``wide-nodev``, those without the corpus files that the development set of real overlap
+   (benchmarks/devset/pairs.csv) labels as the sources of its copies (``training_drawings_without_devset_sources``).
+   EDIT: the chance that a copy is an edited one first (``--edit-p``: outline, colour, shading, drop shadow,
+   zoomed out on a canvas; overlap_audit.augment.EDIT_FAMILIES), default 0; VIEW: ``whole`` (default) or
+   ``trim``, both the image and its copy cropped to their content box as the audit embeds them (``--trim``).
    ``--stage1 WEIGHTS`` skips stage 1 and fine-tunes the given weights (the shipped file started from stage 1
    of this recipe rounded to float16, an earlier shipped file: MODEL_CARD.md's Reproduce line says which).
    Finished stage runs in ``--run`` are reused (train-detector --resume on a finished run trains nothing).
@@ -111,6 +116,29 @@ def training_drawings(cache: Path) -> Path:
     return out
 
 
+def training_drawings_without_devset_sources(cache: Path) -> Path:
+    """``training_drawings`` without the corpus files that the development set (benchmarks/devset/pairs.csv)
+    labels as, or is unsure whether they are, the source of a Tux Paint stamp: a stage trained on edited
+    copies never sees the true sources of the development set's copies."""
+    import csv
+
+    out = cache / "openclipart-train-wide-nodev"
+    if out.exists():
+        return out
+    pairs = ROOT / "benchmarks" / "devset" / "pairs.csv"
+    with open(pairs, newline="") as fh:
+        sources = {r["corpus"] for r in csv.DictReader(fh) if r["label"] == "1" or r["unsure"] == "1"}
+    package = fetch_openclipart(cache).parents[3]  # pairs.csv names files from the package's root (usr/share/...)
+    dev_files = {(package / name).resolve() for name in sources}
+    tmp = out.with_suffix(".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for link in sorted(training_drawings(cache).iterdir()):
+        if link.resolve() not in dev_files:
+            (tmp / link.name).symlink_to(link.resolve())
+    tmp.rename(out)
+    return out
+
+
 def widened_words(stage: dict, previous: dict) -> str:
     """The model card's words for a stage whose input differs from the previous stage's (widen_to_maxmin,
     maxmin_to_maxchroma)."""
@@ -162,10 +190,11 @@ def main() -> None:
     ap.add_argument("--input-mode", choices=["rgb", "luma", "value", "maxmin"], default="value")
     ap.add_argument("--stage1", default=None, help="weights to fine-tune instead of training stage 1")
     ap.add_argument("--finetune", action="append", default=[],
-                    metavar="STEPS:LR:INPUT_SIZE:GROUP[:GLOBAL[:SAME[:MODE[:DATA]]]]",
+                    metavar="STEPS:LR:INPUT_SIZE:GROUP[:GLOBAL[:SAME[:MODE[:DATA[:EDIT[:VIEW]]]]]]",
                     help="a fine-tuning stage after stage 1 (repeatable); GROUP: --hard-negatives (0: random "
                          "batches); GLOBAL: --global-weight (default 0); SAME: --same-picture (default mean16); "
-                         "MODE: --input-mode (default --finetune-input-mode); DATA: first or wide (see the docstring)")
+                         "MODE: --input-mode (default --finetune-input-mode); DATA: first, wide or wide-nodev; EDIT: --edit-p "
+                         "(default 0); VIEW: whole or trim (--trim) (see the docstring)")
     ap.add_argument("--finetune-input-mode", choices=["rgb", "luma", "value", "maxmin", "value-or-min", "maxchroma"],
                     default="value-or-min")
     ap.add_argument("--mine-every", type=int, default=100)
@@ -188,8 +217,9 @@ def main() -> None:
     data = fetch_openclipart(cache)
     work = Path(args.run or tempfile.mkdtemp(prefix="clipdup-"))
 
-    def train(run: Path, *options: str, wide: bool = False) -> None:
-        drawings, most = (training_drawings(cache), WIDE_MAX_IMAGES) if wide else (data, args.max_images)
+    def train(run: Path, *options: str, which: str = "first") -> None:
+        drawings, most = {"first": (data, args.max_images), "wide": (training_drawings(cache), WIDE_MAX_IMAGES),
+                          "wide-nodev": (training_drawings_without_devset_sources(cache), WIDE_MAX_IMAGES)}[which]
         cmd = [sys.executable, "-m", "overlap_audit.cli", "train-detector", str(photos), str(drawings), "--out",
                str(run), "--batch-size", str(args.batch_size), "--strength", "mixed",
                "--schedule", "cosine", "--max-images", str(most), "--workers", "1", "--device", "cpu",
@@ -205,15 +235,17 @@ def main() -> None:
     previous, runs = stage1, []
     for n, spec in enumerate(args.finetune, start=2):
         parts = spec.split(":")
-        if not 4 <= len(parts) <= 8 or (len(parts) == 8 and parts[7] not in ("first", "wide")):
-            ap.error(f"--finetune {spec!r}: give STEPS:LR:INPUT_SIZE:GROUP[:GLOBAL[:SAME[:MODE[:DATA]]]], "
-                     "DATA first or wide")
-        defaults = ["0", "mean16", args.finetune_input_mode, "first"]  # GLOBAL, SAME, MODE, DATA
-        steps, lr, size, group, global_weight, same, mode, which = parts + defaults[len(parts) - 4:]
+        defaults = ["0", "mean16", args.finetune_input_mode, "first", "0", "whole"]  # GLOBAL, SAME, MODE, DATA, EDIT, VIEW
+        if not 4 <= len(parts) <= 10:
+            ap.error(f"--finetune {spec!r}: give STEPS:LR:INPUT_SIZE:GROUP[:GLOBAL[:SAME[:MODE[:DATA[:EDIT[:VIEW]]]]]]")
+        steps, lr, size, group, global_weight, same, mode, which, edit, view = parts + defaults[len(parts) - 4:]
+        if which not in ("first", "wide", "wide-nodev") or view not in ("whole", "trim"):
+            ap.error(f"--finetune {spec!r}: DATA is first, wide or wide-nodev, VIEW whole or trim")
         run = work / f"stage{n}"
         train(run, "--init", str(previous), "--steps", steps, "--lr", lr, "--input-size", size,
               "--input-mode", mode, "--hard-negatives", group, "--mine-every", str(args.mine_every),
-              "--global-weight", global_weight, "--same-picture", same, wide=which == "wide")
+              "--global-weight", global_weight, "--same-picture", same, "--edit-p", edit,
+              *(["--trim"] if view == "trim" else []), which=which)
         previous = run
         runs.append(run)
     first = torch.load(stage1, weights_only=True)["trained"]
@@ -237,8 +269,8 @@ def main() -> None:
     finetune_args = "".join(f" --finetune {spec}" for spec in args.finetune) + (
         f" --finetune-input-mode {args.finetune_input_mode} --mine-every {args.mine_every}" if args.finetune else "")
     stage1_words = "" if not args.stage1 else (
-        " (this file was made with `--stage1 OLD.pt`, the float16 weights that shipped before, commit 2d4077d — stage 1 "
-        "of this recipe, rounded to float16 — so add that option to start from the same weights)")
+        f" (this file was made with `--stage1 {Path(args.stage1).name}`, earlier float16 weights that the --finetune "
+        "stages above continue; --card-note says which)")
     stages = [first]
     data_words = ("" if t["images"] <= args.max_images else
                   f" — the last stage's: the earlier stages saw the tiles and the first {args.max_images - n_tiles} "
@@ -257,6 +289,11 @@ def main() -> None:
         if s.get("global_weight"):
             batches += (f", InfoNCE plus {s['global_weight']:g} x the batch-global term (every true pair against every "
                         "pair of two different images in the batch)")
+        if s.get("edit_p"):
+            batches += (f"; {100 * s['edit_p']:g}% of the copies edited first (outline, colour, shading, drop "
+                        "shadow or zoomed out on a canvas: EDIT_FAMILIES)")
+        if s.get("trim"):
+            batches += "; the image and its copy each cropped to its content box (--trim), as the audit embeds them"
         finetune_words += (f"\n  Stage {n}: {s['step']} steps fine-tuning stage {n - 1}'s weights (sha256 "
                          f"{s['init_sha256'][:12]}), lr {s['lr']} ({s['schedule']} schedule), input {s['input_size']} px "
                          f"{s['input_mode']}{widened_words(s, stages[-2])}, {batches}; {s['seconds'] / 60:.1f} minutes; proxy accuracy "
