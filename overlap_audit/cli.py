@@ -545,8 +545,8 @@ def demo(out_dir, seed) -> None:
               help="The CLIP model scored zero-shot (see report --model).")
 @click.option("--templates", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Prompt templates (default: the shipped drawing templates, templates/drawings.txt).")
-@click.option("--detector", default="clipdup", show_default=True,
-              help="Near-duplicate detector (phash shows the clip-art false positives a hash makes).")
+@click.option("--detector", default="phash", show_default=True,
+              help="Near-duplicate detector, as for index (clipdup: the learned one, needs torch).")
 @options.workers
 @options.gallery
 @options.quiet

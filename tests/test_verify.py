@@ -302,5 +302,6 @@ def test_report_verify_end_to_end(tmp_path):
     assert "verification:" in html and "rejected (a different picture)" in html and "verified (same picture)" in html
     md = (out / "report.md").read_text()
     assert "Verification: every example whose nearest corpus item scores at least the first stage (0.6" in md
+    assert "Verification: every example whose nearest corpus item" in html
     n = rep["verify"]["datasets"]["val"]["n_verified"]
     assert n >= 2 and f"| val | " in md and f" | {n} | 1 | 0 |" in md  # pairs verified, accepted, unreadable

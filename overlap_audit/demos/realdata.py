@@ -242,7 +242,7 @@ def _remove_index(index_dir: Path) -> None:
 
 
 def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-                  debs_dir: str | os.PathLike | None = None, model: str = DEFAULT_MODEL, detector: str = "clipdup",
+                  debs_dir: str | os.PathLike | None = None, model: str = DEFAULT_MODEL, detector: str = "phash",
                   workers: int | None = None, progress: bool = True, gallery: int = 300,
                   templates: str | os.PathLike | None = None) -> RealDemoResult:
     """Fetch both packages (or reuse the cache), index openclipart, and audit the small CLIP zero-shot on

@@ -95,3 +95,14 @@ def model_line(model: dict) -> str:
     return (f"Model `{model['spec']}` (weights sha256 {model['weights_sha256'][:12]}…, {model['device']}) scored "
             f"zero-shot with {'/'.join(map(str, counts))} prompt template(s) per class; its predictions are in "
             f"predictions.parquet.")
+
+
+def verification_line(verify: dict) -> str:
+    """What verification did, in one sentence (report.md and report.html)."""
+    relax = verify.get("relax")
+    first = (f"1 − {relax:g} (1 − threshold) of each dataset" if verify.get("first_stage") is None and relax
+             else similarity_text(verify["first_stage"]))
+    return (f"Verification: every example whose nearest corpus item scores at least the first stage ({first}) "
+            f"was compared with it densely on the content-trimmed views (overlap_audit.verify); Overlap is the "
+            f"pairs scoring at least {verify['threshold']:.4f}; a pair whose images could not be read keeps the "
+            f"detector's decision.")

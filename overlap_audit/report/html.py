@@ -25,7 +25,8 @@ import numpy as np
 from ..atomic import atomic_write_text
 from ..imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from ..values import RawItem
-from .format import ci_level_text, dataset_cells, model_line, percent, recall_line, similarity_text
+from .format import (ci_level_text, dataset_cells, model_line, percent, recall_line, similarity_text,
+                     verification_line)
 from .model import REPORT_HTML, SPLITS, Report, load_report
 
 DEFAULT_GALLERY = 300  # pairs per dataset
@@ -355,6 +356,7 @@ def render_html(report: Report, galleries: list[Gallery], title: str = "Data ove
         f"index <code>{esc(report.index.get('path'))}</code> with {esc(report.index.get('n_indexed'))} corpus items; "
         f"k = {esc(report.k)}. Search: {esc(report.index.get('search', 'exact'))}; "
         f"{esc(recall_line(report.index.get('recall', {})))}.</p>",
+        (f"<p>{esc(verification_line(report.verify))}</p>" if report.verify is not None else ""),
         f"<p>p-value: one-sided binomial test (Overlap accuracy greater than Clean); significance after "
         f"{esc(report.correction)} correction at alpha = {esc(f'{report.alpha:g}')}. Intervals: Clopper–Pearson at "
         f"{esc(ci_level_text(report.ci_level))}. Accuracies in %.</p>",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .format import (DASH, ci_level_text, dataset_cells, interval, model_line, percent, pvalue, recall_line,
-                     signed_percent, similarity_text, yes_no)
+                     signed_percent, similarity_text, verification_line, yes_no)
 from ..inert import markdown
 from .model import Report
 
@@ -88,16 +88,6 @@ def interpretation(report: Report) -> list[str]:
                      f"{signed_percent(e.detector.ci_delta[1])} points.")
         lines.append(text)
     return lines
-
-
-def verification_line(verify: dict) -> str:
-    """What verification did, in one sentence (report --verify)."""
-    first = ("1 − 2 (1 − threshold) of each dataset" if verify.get("first_stage") is None
-             else similarity_text(verify["first_stage"]))
-    return (f"Verification: every example whose nearest corpus item scores at least the first stage ({first}) "
-            f"was compared with it densely on the content-trimmed views (overlap_audit.verify); Overlap is the "
-            f"pairs scoring at least {verify['threshold']:.4f}; a pair whose images could not be read keeps the "
-            f"detector's decision.")
 
 
 def format_markdown(report: Report) -> str:
