@@ -54,6 +54,10 @@ threshold serves both.
 
 numpy, scipy's FFT and Pillow; a pair costs about 7-8 ms on one core once both images are decoded
 (``prepare`` each image once and call ``verify_prepared`` when one image meets several others).
+
+Why one module of this length: the comparison of a pair, the first stage that shortlists pairs and the pass
+over a report's splits are one idea (the verification stage) with one set of constants; split apart, the
+constants and the rule that uses them would live in different files.
 """
 
 from __future__ import annotations
