@@ -318,10 +318,11 @@ def verify_prepared(a: Prepared, b: Prepared) -> Verification:
     # the rescaling: the coarse candidates on maps of half the resolution, then refined at full resolution
     rx, ry = max(1, round(MAX_SHIFT * w)), max(1, round(MAX_SHIFT * h))
     # enlarging only (a bilinear shrink aliases fine texture): each image onto the other, the better way kept
-    grid = [(sx, sy) for sx in SCALES for sy in SCALES if sx * sy >= 1.0]
+    candidates = [(sx, sy) for sx in SCALES for sy in SCALES if sx * sy >= 1.0]
     half_a, half_b, half_r = _halve(ea), _halve(eb0), (max(1, rx // 2), max(1, ry // 2))
-    forward, backward = _correlate(half_a, half_b, grid, *half_r), _correlate(half_b, half_a, grid, *half_r)
-    scale, scale_back = (max(grid, key=lambda sc: found[sc][0]) for found in (forward, backward))
+    forward = _correlate(half_a, half_b, candidates, *half_r)
+    backward = _correlate(half_b, half_a, candidates, *half_r)
+    scale, scale_back = (max(candidates, key=lambda sc: found[sc][0]) for found in (forward, backward))
     swapped = backward[scale_back][0] > forward[scale][0]
     if swapped:  # the first image is the one to enlarge
         ga, gb0, ea, eb0, ma, mb0 = gb0, ga, eb0, ea, mb0, ma
