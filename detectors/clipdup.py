@@ -169,24 +169,3 @@ def make_clipdup(arg: str | None = None, *, spec: str = "clipdup", device: str =
                                 "`overlap-audit train-detector SOURCE... --out DIR` and use --detector clipdup:DIR")
         return ClipDup(str(SHIPPED), device=device, spec="clipdup")
     return ClipDup(arg, device=device, spec=spec)
-
-
-_RENAMED = {
-    'DetectorTrainConfig': 'overlap_audit.detectors.clipdup_train:DetectorTrainConfig',
-    'train': 'overlap_audit.detectors.clipdup_train:train',
-    'mine_neighbours': 'overlap_audit.detectors.clipdup_train:mine_neighbours',
-    'batch_indices': 'overlap_audit.detectors.clipdup_train:batch_indices',
-    'standardised_thumbnails': 'overlap_audit.detectors.clipdup_train:standardised_thumbnails',
-    'widen_to_maxmin': 'overlap_audit.detectors.clipdup_train:widen_to_maxmin',
-    'maxmin_to_maxchroma': 'overlap_audit.detectors.clipdup_train:maxmin_to_maxchroma',
-    'SAME_PICTURE': 'overlap_audit.detectors.clipdup_train:SAME_PICTURE',
-    'SAME_PICTURE_Z': 'overlap_audit.detectors.clipdup_train:SAME_PICTURE_Z',
-    'SAME_PICTURE_RULES': 'overlap_audit.detectors.clipdup_train:SAME_PICTURE_RULES',
-    'TrainConfig': 'overlap_audit.detectors.clipdup_train:DetectorTrainConfig',
-}
-
-
-def __getattr__(name: str):
-    from .._renamed import renamed_attribute
-
-    return renamed_attribute(__name__, _RENAMED, name, globals())

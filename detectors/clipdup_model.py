@@ -177,12 +177,3 @@ def batch_global_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07
     neg = logits.masked_select(~torch.eye(n, dtype=torch.bool, device=a.device))
     neg_lse = torch.logsumexp(neg, dim=0)
     return (torch.logaddexp(pos, neg_lse.expand_as(pos)) - pos).mean()
-
-
-_RENAMED = {'ModelConfig': 'DuplicateNetConfig'}
-
-
-def __getattr__(name: str):
-    from .._renamed import renamed_attribute
-
-    return renamed_attribute(__name__, _RENAMED, name, globals())

@@ -4,8 +4,4 @@ The public API lives in the submodules (``overlap_audit.api``, ``overlap_audit.s
 imported or loaded here beyond the version string.
 """
 
-__version__ = "0.1.0"
-
-from ._renamed import install as _install_renamed
-
-_install_renamed()
+__version__ = "0.2.0"

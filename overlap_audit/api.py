@@ -7,9 +7,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -109,66 +108,22 @@ class ReportSettings:
                               "--model SPEC (score a CLIP model zero-shot here)")
 
 
-# run_report's former keyword arguments, by the part of ReportSettings that holds each now
-_LEGACY = {
-    "top": ("predictions", "out_dir", "gallery"),
-    "zero_shot": {"model": "model", "classnames": "classnames", "templates": "templates",
-                  "model_batch_size": "batch_size"},
-    "stats": tuple(f.name for f in fields(StatsSettings)),
-    "match": tuple(f.name for f in fields(MatchSettings)),
-}
-
-
-def _legacy_settings(args: tuple, kwargs: dict) -> ReportSettings:
-    """ReportSettings from run_report's former ``(predictions, out_dir, **keywords)`` arguments."""
-    if len(args) > 2:
-        raise TypeError(f"run_report() takes at most 4 positional arguments ({len(args) + 2} given)")
-    for name, value in zip(("predictions", "out_dir"), args):
-        if name in kwargs:
-            raise TypeError(f"run_report() got multiple values for argument {name!r}")
-        kwargs[name] = value
-    known = set(_LEGACY["top"]) | set(_LEGACY["zero_shot"]) | set(_LEGACY["stats"]) | set(_LEGACY["match"])
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise TypeError(f"run_report() got an unexpected keyword argument {unknown[0]!r}")
-    if "out_dir" not in kwargs:
-        raise TypeError("run_report() needs settings=ReportSettings(out_dir=...)")
-    warnings.warn("run_report's keyword arguments are deprecated: pass settings=ReportSettings(out_dir=..., "
-                  "predictions=... or zero_shot=ZeroShotSettings(...), match=MatchSettings(...), "
-                  "stats=StatsSettings(...))", DeprecationWarning, stacklevel=3)
-    zero_shot = None
-    if kwargs.get("model") is not None:
-        zero_shot = ZeroShotSettings(**{new: kwargs[old] for old, new in _LEGACY["zero_shot"].items() if old in kwargs})
-    return ReportSettings(out_dir=kwargs["out_dir"], predictions=kwargs.get("predictions"), zero_shot=zero_shot,
-                          match=MatchSettings(**{n: kwargs[n] for n in _LEGACY["match"] if n in kwargs}),
-                          stats=StatsSettings(**{n: kwargs[n] for n in _LEGACY["stats"] if n in kwargs}),
-                          gallery=kwargs.get("gallery"))
-
-
 def _inside(path: Path, directory: Path) -> bool:
     path, directory = path.expanduser().absolute(), directory.expanduser().absolute()
     return directory == path or directory in path.parents
 
 
 def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, object]],
-               settings: ReportSettings | None = None, *legacy_args, **legacy) -> Report:
+               settings: ReportSettings) -> Report:
     """Embed each evaluation set with the index's detector, split it, score it and write the report to
     ``settings.out_dir``; returns the Report, whose ``splits_table()`` and ``corpus_matches_table()`` read
     the directory's tables.
 
     ``evals`` are (name, source) pairs: a source spec (a path, as ``--eval`` takes) or an in-memory source
     (``memory.memory_source``).
-
-    The former call ``run_report(index_dir, evals, predictions, out_dir, **keywords)`` still works and
-    warns (DeprecationWarning): pass a ``ReportSettings``.
     """
-    if legacy_args or legacy or not isinstance(settings, ReportSettings):
-        if isinstance(settings, ReportSettings):
-            raise TypeError("run_report() takes a ReportSettings or the former keyword arguments, not both")
-        if settings is None and not legacy_args and not legacy:
-            raise TypeError("run_report() needs settings=ReportSettings(out_dir=...)")
-        positional = (settings, *legacy_args) if legacy_args or settings is not None else ()
-        settings = _legacy_settings(positional, legacy)
+    if not isinstance(settings, ReportSettings):
+        raise TypeError("run_report() needs settings=ReportSettings(out_dir=...)")
     match, st = settings.match, settings.stats
     out_dir = Path(settings.out_dir)
     evals = check_eval_sets(evals)

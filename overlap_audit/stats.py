@@ -460,12 +460,3 @@ def extended_stats(base: OverlapStats, *, power_alpha: float, power: float = 0.8
         detector = detector_corrected(b.k_all, b.n_all, b.k_overlap, b.n_overlap, precision or RateEstimate(1.0),
                                       recall or RateEstimate(1.0), ci_level=b.ci_level, n_boot=n_boot, seed=seed)
     return ExtendedStats(gap, test.p_value, test.method, ci_gap, ci_delta, power, power_alpha, mdg, mdd, detector)
-
-
-_RENAMED = {'correct': 'family_correction'}
-
-
-def __getattr__(name: str):
-    from ._renamed import renamed_attribute
-
-    return renamed_attribute(__name__, _RENAMED, name, globals())

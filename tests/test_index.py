@@ -250,10 +250,17 @@ def test_damaged_index_is_a_clear_error(tmp_path, built):
         load_index(copy)
 
 
-def test_settings_as_keywords_still_work_with_a_deprecation_warning(tmp_path, photos):
-    root = write_folder(tmp_path / "c", {"a.png": photos["coffee"].resize((32, 32))})
-    with pytest.warns(DeprecationWarning, match="IndexSettings"):
-        m = build_index([str(root)], tmp_path / "i", workers=0, shard_size=5)
-    assert m.shard_size == 5 and m.n_indexed == 1
-    with pytest.raises(TypeError, match="shard_sise"):
-        build_index([str(root)], tmp_path / "j", IndexSettings(workers=0), shard_sise=5)
+def test_an_index_of_another_format_is_refused_with_one_line(tmp_path, built):
+    import json
+    import shutil
+
+    out, _ = built
+    for name, edit in (("old", lambda d: d.pop("format")), ("newer", lambda d: d.update(format=99))):
+        copy = tmp_path / name
+        shutil.copytree(out, copy)
+        data = json.loads((copy / "manifest.json").read_text())
+        edit(data)
+        (copy / "manifest.json").write_text(json.dumps(data))
+        with pytest.raises(IndexDirError, match="rebuild it") as exc:
+            load_index(copy)
+        assert "\n" not in str(exc.value)

@@ -1,7 +1,6 @@
 """The matching step report and pairs share: open the index with its detector, embed and search each set."""
 
 import csv
-import warnings
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -104,27 +103,6 @@ def test_settings_are_checked_when_made(tmp_path):
         ReportSettings(tmp_path)
     with pytest.raises(SourceError, match="bonferroni or holm"):
         StatsSettings(correction="sidak")
-
-
-def test_legacy_keywords_warn_and_give_the_same_report(tmp_path, index_dir, eval_set, predictions):
-    root, _, _ = eval_set
-    evals = [("val", str(root))]
-    new = run_report(index_dir, evals, ReportSettings(tmp_path / "new", predictions=predictions,
-                                                      match=MatchSettings(workers=0, k=3),
-                                                      stats=StatsSettings(alpha=0.01), gallery=5))
-    with pytest.warns(DeprecationWarning, match="ReportSettings"):
-        old = run_report(index_dir, evals, predictions, tmp_path / "old", workers=0, k=3, alpha=0.01, gallery=5)
-    assert old.dataset("val").stats == new.dataset("val").stats and (old.k, old.alpha) == (3, 0.01)
-    with pytest.warns(DeprecationWarning), pytest.raises(SettingsError):
-        run_report(index_dir, evals, predictions=predictions, out_dir=tmp_path / "r", ray_address="local")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        with pytest.raises(TypeError, match="n_boot"):
-            run_report(index_dir, evals, predictions, tmp_path / "r", n_boot=10)
-    with pytest.raises(TypeError, match="ReportSettings"):
-        run_report(index_dir, evals)
-    with pytest.raises(TypeError, match="not both"):
-        run_report(index_dir, evals, ReportSettings(tmp_path / "r", predictions=predictions), workers=0)
 
 
 def test_best_view_takes_the_more_similar_view_per_query():

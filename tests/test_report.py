@@ -45,9 +45,23 @@ def test_json_round_trip_and_no_nan(tmp_path):
 def test_load_report_errors(tmp_path):
     with pytest.raises(ReportError, match="cannot read"):
         load_report(tmp_path / "missing.json")
-    (tmp_path / "report.json").write_text("{}")
+    (tmp_path / "report.json").write_text('{"format": 1}')
     with pytest.raises(ReportError, match="not an overlap-audit report"):
         load_report(tmp_path)
+
+
+def test_a_report_of_another_format_is_refused_with_one_line(tmp_path):
+    data = make_report().to_dict()
+    assert data["format"] == 1
+    for found in (None, 2):
+        if found is None:
+            data.pop("format")
+        else:
+            data["format"] = found
+        (tmp_path / "report.json").write_text(json.dumps(data))
+        with pytest.raises(ReportError, match="run `overlap-audit report` again") as exc:
+            load_report(tmp_path)
+        assert "\n" not in str(exc.value)
 
 
 def test_report_modules_import_only_downwards():

@@ -261,7 +261,7 @@ def test_the_browser_check_would_catch_an_unescaped_caption(browser, tmp_path):
     browser.open(page)
     assert browser.evaluate("document.title") == "pwned"
     assert browser.evaluate("document.body.hasAttribute('data-pwned')") is True
-    page.write_text(f"<!DOCTYPE html><html><head><title>t</title></head><body><script>console.error('boom')"
+    page.write_text("<!DOCTYPE html><html><head><title>t</title></head><body><script>console.error('boom')"
                     "</script></body></html>", encoding="utf-8")
     browser.open(page)
     assert any("boom" in p for p in browser.problems())

@@ -304,4 +304,4 @@ def test_report_verify_end_to_end(tmp_path):
     assert "Verification: every example whose nearest corpus item scores at least the first stage (0.6" in md
     assert "Verification: every example whose nearest corpus item" in html
     n = rep["verify"]["datasets"]["val"]["n_verified"]
-    assert n >= 2 and f"| val | " in md and f" | {n} | 1 | 0 |" in md  # pairs verified, accepted, unreadable
+    assert n >= 2 and "| val | " in md and f" | {n} | 1 | 0 |" in md  # pairs verified, accepted, unreadable

@@ -14,13 +14,11 @@ from .store import (IDS_FILE, INDEX_FILE, MANIFEST, PROGRESS, SHARD_DIR, VECTORS
                     VerifyResult, check_detector, content_boxes, corpus_items, corpus_key, iter_shard_vectors,
                     load_index, load_manifest, verify_index)
 
-resolve_device = faiss_device  # the old public name
-
 __all__ = [
     "content_boxes",
     "IDS_FILE", "INDEX_FILE", "MANIFEST", "PROGRESS", "RECALL_QUERIES", "RECALL_QUERIES_PER_SHARD", "SHARD_DIR",
     "VECTORS_FILE", "CorpusIndex", "IndexManifest", "IndexSettings", "build_index", "check_detector",
     "corpus_items", "corpus_key", "faiss_device", "faiss_gpu_count", "finish_from_shards", "index_from_vector_blocks",
-    "index_from_vectors", "iter_shard_vectors", "load_index", "load_manifest", "resolve_device", "search",
+    "index_from_vectors", "iter_shard_vectors", "load_index", "load_manifest", "search",
     "search_rows", "VerifyResult", "verify_index",
 ]

@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -72,19 +71,6 @@ class IndexSettings:
     memory_budget: int | str | None = None
     ray_address: str | None = None
     limits: InputLimits = field(default_factory=InputLimits)
-
-
-def _settings(settings: IndexSettings | None, legacy: dict) -> IndexSettings:
-    settings = settings or IndexSettings()
-    if not legacy:
-        return settings
-    known = {f.name for f in fields(IndexSettings)}
-    unknown = sorted(set(legacy) - known)
-    if unknown:
-        raise TypeError(f"build_index() got an unexpected keyword argument {unknown[0]!r}")
-    warnings.warn(f"build_index({', '.join(f'{k}=...' for k in legacy)}) is deprecated; pass "
-                  "settings=IndexSettings(...) instead", DeprecationWarning, stacklevel=3)
-    return replace(settings, **legacy)
 
 
 def _source_names(sources: list[Source]) -> list[Source]:
@@ -155,25 +141,23 @@ def embed_shard(detector: Detector, items: list[RawItem], shard_no: int, *, out_
 
 def _resume_complete(out: Path, s: IndexSettings, finish: Callable[..., IndexManifest]) -> IndexManifest | None:
     """``--resume`` where a manifest exists: nothing to do when the index verifies and has the asked index
-    type; otherwise the FAISS index is rebuilt from the shards as the next generation (so a legacy manifest
-    is upgraded). None when the manifest cannot be read: the run is then finished as an interrupted one.
+    type; otherwise the FAISS index is rebuilt from the shards as the next generation. None when the manifest cannot be read: the run is then finished as an interrupted one.
     Damaged shards cannot be repaired here (their embeddings are lost)."""
     try:
-        done = load_manifest(out, allow_legacy=True)
+        done = load_manifest(out)
     except IndexDirError:
         return None
     for stale in stale_generation_files(out, done):
         stale.unlink(missing_ok=True)
-    intact = not done.legacy
-    if intact:
-        try:
-            check_files(out, done, full=True)
-            check_faiss(out, done, read_faiss_index(out, done))
-        except IndexDamagedError as exc:
-            if exc.file.startswith(f"{SHARD_DIR}/"):
-                raise ResumeError(f"cannot resume {out}: {exc.file} is missing, extra or changed since the index "
-                                  "was built; rebuild the index in a new directory") from None
-            intact = False
+    intact = True
+    try:
+        check_files(out, done, full=True)
+        check_faiss(out, done, read_faiss_index(out, done))
+    except IndexDamagedError as exc:
+        if exc.file.startswith(f"{SHARD_DIR}/"):
+            raise ResumeError(f"cannot resume {out}: {exc.file} is missing, extra or changed since the index "
+                              "was built; rebuild the index in a new directory") from None
+        intact = False
     if intact and s.index_type in ("auto", done.index_type):
         return done  # already complete with these settings: nothing to redo
     index_type = done.index_type if s.index_type == "auto" else s.index_type
@@ -181,16 +165,14 @@ def _resume_complete(out: Path, s: IndexSettings, finish: Callable[..., IndexMan
 
 
 def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexSettings | None = None, *,
-                progress: bool = False, on_shard: Callable[[int, int], None] | None = None,
-                **legacy) -> IndexManifest:
+                progress: bool = False, on_shard: Callable[[int, int], None] | None = None) -> IndexManifest:
     """Embed the corpus sources into shards and build the FAISS index in ``out_dir``.
 
     ``on_shard(shard_number, items_done)`` is called after each shard is safely on disk. On a finished
-    index resumed with another ``index_type``, only the index is rebuilt. The settings' fields as
-    keyword arguments are deprecated. ``out_dir`` may not be, or lie inside, a folder source, nor hold a
+    index resumed with another ``index_type``, only the index is rebuilt. ``out_dir`` may not be, or lie inside, a folder source, nor hold a
     source (``OutputDirError``).
     """
-    s = _settings(settings, legacy)
+    s = settings or IndexSettings()
     if s.index_type not in INDEX_TYPES:
         raise IndexDirError(f"--index-type must be one of {', '.join(INDEX_TYPES)} (got {s.index_type!r})")
     parse_bytes(s.memory_budget)  # a malformed budget fails before any work
@@ -525,7 +507,7 @@ def finish_from_shards(out_dir: str | os.PathLike, *, index_type: str = "auto") 
     """(Re)build the FAISS index of a directory whose shards are written."""
     out = Path(out_dir)
     progress = json.loads((out / PROGRESS).read_text())
-    previous = load_manifest(out, allow_legacy=True) if (out / MANIFEST).exists() else None
+    previous = load_manifest(out) if (out / MANIFEST).exists() else None
     return _finish_index(out, DetectorInfo.from_dict(progress["detector"]), progress["sources"],
                          progress["shard_size"], faiss_device("auto"), 0.0, index_type=index_type,
                          limits=progress.get("limits"), previous=previous)

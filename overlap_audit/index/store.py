@@ -148,11 +148,6 @@ class IndexManifest:
     vectors_file: str | None = None
     superseded: list[str] = field(default_factory=list)  # the replaced generation's files, removed after the switch
 
-    @property
-    def legacy(self) -> bool:
-        """Written before the manifest recorded its files (generation 0): nothing can be checked."""
-        return not self.files
-
     def to_dict(self) -> dict:
         return {
             "detector": self.detector.to_dict(),
@@ -203,8 +198,8 @@ class IndexManifest:
             created=d["created"],
             build_seconds=float(d["build_seconds"]),
             extra=d.get("extra", {}),
-            generation=int(d.get("generation", 0)) if "files" in d else 0,
-            files={str(k): FileRecord.from_dict(v) for k, v in d.get("files", {}).items()},
+            generation=int(d["generation"]),
+            files={str(k): FileRecord.from_dict(v) for k, v in d["files"].items()},
             index_file=str(d.get("index_file", INDEX_FILE)),
             ids_file=str(d.get("ids_file", IDS_FILE)),
             vectors_file=d.get("vectors_file"),
@@ -212,9 +207,9 @@ class IndexManifest:
         )
 
 
-def load_manifest(index_dir: str | os.PathLike, *, allow_legacy: bool = False) -> IndexManifest:
+def load_manifest(index_dir: str | os.PathLike) -> IndexManifest:
     """Read an index directory's manifest; an interrupted or foreign directory is an error, and so is a
-    manifest that records no files (unless ``allow_legacy``: the builder reads one to upgrade it)."""
+    manifest of another format version (an index written by another overlap-audit: rebuild it)."""
     path = Path(index_dir)
     if not (path / MANIFEST).exists():
         if (path / PROGRESS).exists():
@@ -222,14 +217,17 @@ def load_manifest(index_dir: str | os.PathLike, *, allow_legacy: bool = False) -
                                 "`overlap-audit index ... --resume` using the same command")
         raise IndexDirError(f"{path} is not an overlap-audit index directory (no {MANIFEST})")
     try:
-        manifest = IndexManifest.from_dict(json.loads((path / MANIFEST).read_text(encoding="utf-8")))
-    except (KeyError, ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raw = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
         raise IndexDirError(f"{path / MANIFEST} is malformed ({type(exc).__name__}: {exc}); {_REPAIR}") from None
-    if manifest.legacy and not allow_legacy:
-        raise IndexDirError(f"{path} was written by an older overlap-audit whose manifest records no file "
-                            "checksums; upgrade it with `overlap-audit index ... --resume` (the same command "
-                            "that built it)")
-    return manifest
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        found = raw.get("format", "none") if isinstance(raw, dict) else "none"
+        raise IndexDirError(f"{path} is an index of format {found}, and this overlap-audit reads format {FORMAT} "
+                            "only: rebuild it with `overlap-audit index` in a new directory")
+    try:
+        return IndexManifest.from_dict(raw)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise IndexDirError(f"{path / MANIFEST} is malformed ({type(exc).__name__}: {exc}); {_REPAIR}") from None
 
 
 def corpus_key(source_name: str, item_id: str, n_sources: int) -> str:

@@ -16,6 +16,8 @@ REPORT_MD = "report.md"
 SPLITS = "splits.parquet"
 REPORT_HTML = "report.html"
 CORPUS_MATCHES = "corpus_matches.parquet"
+# report.json's format version: written with every report and checked when one is read (like the index's)
+REPORT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class Report:
 
     def to_dict(self) -> dict:
         return {
+            "format": REPORT_FORMAT,
             "package_version": self.package_version,
             "created": self.created,
             "detector": self.detector.to_dict(),
@@ -177,9 +180,17 @@ def load_report(path: str | os.PathLike) -> Report:
     if path.is_dir():
         path = path / REPORT_JSON
     try:
-        report = Report.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ReportError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ReportError(f"{path} is not an overlap-audit report: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("format") != REPORT_FORMAT:
+        found = raw.get("format", "none") if isinstance(raw, dict) else "none"
+        raise ReportError(f"{path} is a report of format {found}, and this overlap-audit reads format "
+                          f"{REPORT_FORMAT} only: run `overlap-audit report` again")
+    try:
+        report = Report.from_dict(raw)
     except (KeyError, TypeError, ValueError) as exc:
         raise ReportError(f"{path} is not an overlap-audit report: {exc}") from None
     return replace(report, directory=str(path.parent))

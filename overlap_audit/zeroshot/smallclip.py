@@ -242,21 +242,3 @@ def zero_shot(model: Any, images: Sequence[Image.Image] | np.ndarray, labels: Se
     predicted = tuple(classes[i] for i in order[:, 0])
     ids = tuple(ids) if ids is not None else tuple(str(i) for i in range(len(labels)))
     return ZeroShotResult(ids=ids, labels=tuple(labels), predicted=predicted, classes=tuple(classes))
-
-
-_RENAMED = {
-    'SmallClip': 'SmallClipModel',
-    'PretrainConfig': 'overlap_audit.zeroshot.smallclip_train:PretrainConfig',
-    'PretrainResult': 'overlap_audit.zeroshot.smallclip_train:PretrainResult',
-    'Pairs': 'overlap_audit.zeroshot.smallclip_train:Pairs',
-    'load_pairs': 'overlap_audit.zeroshot.smallclip_train:load_pairs',
-    'pretrain': 'overlap_audit.zeroshot.smallclip_train:pretrain',
-    'caption_from_path': 'overlap_audit.zeroshot.smallclip_train:caption_from_path',
-    'TrainConfig': 'overlap_audit.zeroshot.smallclip_train:PretrainConfig',
-}
-
-
-def __getattr__(name: str):
-    from .._renamed import renamed_attribute
-
-    return renamed_attribute(__name__, _RENAMED, name, globals())

@@ -161,12 +161,3 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scal
     loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
     accuracy = (logits.argmax(dim=1) == target).float().mean()
     return loss, accuracy
-
-
-_RENAMED = {'SmallCLIP': 'SmallClipNet', 'ModelConfig': 'SmallClipNetConfig'}
-
-
-def __getattr__(name: str):
-    from .._renamed import renamed_attribute
-
-    return renamed_attribute(__name__, _RENAMED, name, globals())
