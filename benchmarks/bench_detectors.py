@@ -7,7 +7,7 @@ behind clip-image on openclipart drawings). For each family (and all together) a
 every image gets one augmented copy; positives are (copy, its image), negatives (copy, every other image):
 the other tiles of the same photos are the distractors of the same kind that must not match. Recall at
 99% precision: the recall at the lowest threshold, among the positives' scores, whose precision is >= 0.99
-(the rule of ``overlap_audit.thresholds``); AP: average precision of all pairs ranked by similarity.
+(the rule of ``overlap_audit.decide.thresholds``); AP: average precision of all pairs ranked by similarity.
 
 Default thresholds: for each detector, the lowest threshold whose precision is >= 0.99 on all the queries
 above pooled (every family and "all", at every strength, against every distractor) — how each detector
@@ -51,7 +51,7 @@ from benchmarks.common import (TARGET, at_shipped_threshold, bench_detector, hel
                                print_bootstrap, print_family_table, query_sets, recall_and_ap, similarity_matrix)
 from overlap_audit.augment import MARGIN_FAMILIES, STRENGTHS
 from overlap_audit.demos.synthetic import bundled_photos
-from overlap_audit.thresholds import threshold_at_precision
+from overlap_audit.decide.thresholds import threshold_at_precision
 
 
 class ImagededupCNN:

@@ -41,7 +41,7 @@ from benchmarks.common import (TARGET, at_shipped_threshold, average_precision, 
                                recall_and_ap, similarity_matrix, thumbnail_z)
 from overlap_audit.detectors import get_detector
 from overlap_audit.detectors.clipdup import SAME_PICTURE_Z
-from overlap_audit.thresholds import threshold_at_precision
+from overlap_audit.decide.thresholds import threshold_at_precision
 
 
 def held_out_drawings(cache: Path, n: int = 384, first_unused: int = 4000, size: int = 128, seed: int = 1,

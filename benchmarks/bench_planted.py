@@ -1,5 +1,5 @@
 """Planted copies among unrelated photo tiles: the audit's decision at each detector's default threshold, and
-with verification (a relaxed first stage, then ``overlap_audit.verify``).
+with verification (a relaxed first stage, then ``overlap_audit.decide.verify``).
 
 Corpus: the checkerboard half of 4x4 tiles of every photo (96 px, as ``phash_quality.py`` and the demo cut
 them). Queries: one planted copy of every corpus tile, under all of: resized to a random 60-95%, up to 5% of
@@ -15,7 +15,7 @@ queries are never Overlap, and the nearest items come from a FAISS flat index (`
 ``index.search.search_index``).
 
 Reported per detector: recall and precision at its default threshold, recall at 95% precision (the rule of
-``overlap_audit.thresholds``), how many planted queries found a corpus tile other than their own; then with
+``overlap_audit.decide.thresholds``), how many planted queries found a corpus tile other than their own; then with
 verification: the first stage at ``first_stage_threshold`` of the default, each proposed (query, nearest item)
 pair decided by ``verify_prepared`` at ``VERIFY_THRESHOLD`` (recall and precision; recall at 95% precision
 when the first stage's pairs are ranked by their verification score), and its cost per pair on this process's
@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from overlap_audit.thresholds import recall_at_precision
+from overlap_audit.decide.thresholds import recall_at_precision
 
 PRECISION = 0.95  # the goal's precision
 SIZE = 96
@@ -167,7 +167,7 @@ def score_detector(spec: str, data: PlantedSet, prepared: dict | None = None) ->
     """``spec``'s figures on ``data`` (a benchmark spec: ``phash``, ``clipdup@whole``, ...). ``prepared``
     caches ``verify.prepare`` of the images across detectors (keyed by id)."""
     from benchmarks.common import bench_detector
-    from overlap_audit.verify import VERIFY_THRESHOLD, first_stage_threshold, prepare, relax_for, verify_prepared
+    from overlap_audit.decide.verify import VERIFY_THRESHOLD, first_stage_threshold, prepare, relax_for, verify_prepared
 
     det = bench_detector(spec)
     t0 = float(det.default_threshold)
@@ -221,7 +221,7 @@ SET_NAMES = {"bundled": "bundled (development)", "debian": "debian (held out)"}
 
 def main(argv: list[str] | None = None) -> list[tuple[str, PlantedScore]]:
     from benchmarks.bench_detectors import PHOTO_SETS, photo_set
-    from overlap_audit.verify import RELAX, VERIFY_THRESHOLD
+    from overlap_audit.decide.verify import RELAX, VERIFY_THRESHOLD
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--photos", nargs="+", choices=PHOTO_SETS, default=list(PHOTO_SETS))

@@ -1,7 +1,7 @@
 """What the benchmark scripts and the weight recipes share: the data they fetch, the detector benchmark's
 images, queries and tables, and the paired bootstrap that compares two detectors on the same images.
 
-Every precision target goes through the one rule of ``overlap_audit.thresholds`` (the lowest threshold,
+Every precision target goes through the one rule of ``overlap_audit.decide.thresholds`` (the lowest threshold,
 among the positives' scores, whose precision is at least the target); ``weighted_recall_at_precision`` is
 the same rule when images carry bootstrap weights.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from overlap_audit.thresholds import PrecisionPoint, recall_at_precision, threshold_at_precision
+from overlap_audit.decide.thresholds import PrecisionPoint, recall_at_precision, threshold_at_precision
 
 TARGET = 0.99  # the precision every benchmark table and shipped default threshold is stated at
 
@@ -226,7 +226,7 @@ def sorted_pairs(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def weighted_recall_at_precision(order_scores: np.ndarray, order_rows: np.ndarray, order_cols: np.ndarray,
                                  weights: np.ndarray, target: float = TARGET) -> float:
     """Recall at the lowest threshold, among the positives' scores, whose precision is >= target (the rule
-    of ``overlap_audit.thresholds``), for weighted query images; 0.0 where no threshold reaches the target.
+    of ``overlap_audit.decide.thresholds``), for weighted query images; 0.0 where no threshold reaches the target.
 
     The pairs of one n×n similarity matrix (row = query copy, column = image; the diagonal holds the
     positives) come sorted by score, highest first (:func:`sorted_pairs`); image i counts ``weights[i]``

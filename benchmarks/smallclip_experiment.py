@@ -142,7 +142,7 @@ def main() -> None:
     from overlap_audit.detectors import get_detector
     from overlap_audit.zeroshot.smallclip import Pairs, PretrainConfig, caption_from_path, load, pretrain, zero_shot
     from overlap_audit.zeroshot.smallclip_net import SmallClipNetConfig
-    from overlap_audit.stats import overlap_stats
+    from overlap_audit.stats.overlap import overlap_stats
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

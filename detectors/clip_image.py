@@ -2,7 +2,7 @@
 baseline the CLIP paper rejected (Appendix C: two different soccer balls or flowers of one species match,
 the same texture resized with another interpolation does not), kept for comparison.
 
-``MODEL`` is any zero-shot model spec (``overlap_audit.zeroshot.models``): ``open_clip:ARCH:PATH``, ``hf:DIR`` or
+``MODEL`` is any zero-shot model spec (``overlap_audit.zeroshot.loaders``): ``open_clip:ARCH:PATH``, ``hf:DIR`` or
 ``overlap-audit:NAME|PATH`` (the project's small CLIP, e.g. ``overlap-audit:openclipart-small``), loaded by
 the same code that scores the model zero-shot, with the model's own preprocessing. A path to a TorchScript
 export of an image tower (``clip-image:PATH.pt``) is read by the TorchScript adapter.
@@ -35,7 +35,7 @@ class ClipImageDetector(DetectorBase):
 
     def __init__(self, model_spec: str, *, device: str = "auto", spec: str = ""):
         from ..errors import DetectorError, ModelError
-        from ..zeroshot.models import load_model, parse_model_spec, weights_sha256
+        from ..zeroshot.loaders import load_model, parse_model_spec, weights_sha256
         from ..zeroshot.scoring import ModelPixels
 
         try:

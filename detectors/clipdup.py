@@ -106,7 +106,7 @@ class ClipDup(DetectorBase):
     def __init__(self, path: str, *, device: str = "auto", spec: str = ""):
         torch = _torch()
         from ..errors import DetectorError
-        from .clipdup_model import DuplicateNet, DuplicateNetConfig
+        from .clipdup_net import DuplicateNet, DuplicateNetConfig
 
         weights = _weights_file(path)
         if not weights.exists():

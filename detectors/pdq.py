@@ -31,7 +31,7 @@ MIN_QUALITY = 1
 # of the detector benchmark (benchmarks/bench_detectors.py: held_out_images, query_sets — 384 checkerboard
 # tiles of 128 px of the photos bundled in scikit-image and scikit-learn; one copy per tile for each
 # augmentation family and all together at each strength; positives (copy, its tile), negatives (copy, every
-# other tile); a low-information side never matches), pooled, and overlap_audit.thresholds'
+# other tile); a low-information side never matches), pooled, and overlap_audit.decide.thresholds'
 # threshold_at_precision at 99%: 0.7266 (at most 70 differing bits, recall 0.709). Raised just above the
 # closest pair of synthetic hard negatives that the quality floor does not flag (tests/test_detectors.py's
 # shapes and letters on white: letters I and L differ in 60 bits): at most 59 differing bits, which keeps a

@@ -19,14 +19,14 @@ from .devices import torch_device
 from .atomic import atomic_write, create_temporary
 from .errors import EmptyEvalSetError, ModelError, OutputDirError, SourceError
 from .index import build_index, content_boxes
-from .pipeline import MatchSettings, check_eval_sets, check_report_apart, match_eval_sets, open_corpus
+from .match import MatchSettings, check_eval_sets, check_report_apart, match_eval_sets, open_corpus
 from .predictions import PREDICTIONS, match_predictions, read_predictions, write_predictions
-from .matches import corpus_matches
+from .matched import corpus_matches
 from .report import CORPUS_MATCHES, DatasetReport, Report, check_report_dir, load_report, write_report
 from .sources import as_source, source_spec
-from .split import load_thresholds, resolve_thresholds, split
-from .verify import VerifySettings, relax_for, verify_splits
-from .stats import RateEstimate, extended_stats, family_correction, overlap_stats
+from .decide.split import load_thresholds, resolve_thresholds, split
+from .decide.verify import VerifySettings, relax_for, verify_splits
+from .stats.overlap import RateEstimate, extended_stats, family_correction, overlap_stats
 from .zeroshot.scoring import TemplateSet, ZeroShotModel, ZeroShotScorer, load_classnames
 
 __all__ = ["MatchSettings", "ReportSettings", "StatsSettings", "VerifySettings", "ZeroShotSettings", "build_index",
@@ -278,7 +278,7 @@ def _prepare_zero_shot(settings: ZeroShotSettings, evals: list[tuple[str, str]],
     """Check the classnames and templates files, then load the model (files before the slow part). A set
     given no file uses the class names and templates its own layout ships (``Source.classnames``,
     ``Source.templates``), if any."""
-    from .zeroshot.models import load_model, parse_model_spec, weights_sha256
+    from .zeroshot.loaders import load_model, parse_model_spec, weights_sha256
 
     spec = settings.model
     names = [n for n, _ in evals]

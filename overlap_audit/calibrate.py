@@ -1,6 +1,6 @@
 """A detector's threshold from evidence: a user's own held-out images, their augmented copies as
 positives and every other image as negatives, and the lowest threshold whose precision reaches a target
-(the rule of ``overlap_audit.thresholds``).
+(the rule of ``overlap_audit.decide.thresholds``).
 
 For n images, positives are the n pairs (copy_i, image_i); negatives are the n·(n − 1) pairs
 (copy_i, image_j), j ≠ i — every pair a search could wrongly call a duplicate. At threshold t,
@@ -62,7 +62,7 @@ def calibrate(source: str, detector: str = "phash", *, target_precision: float =
     from .embed import Decoder
     from .errors import SourceError
     from .sources import open_source
-    from .thresholds import precision_recall, threshold_at_precision
+    from .decide.thresholds import precision_recall, threshold_at_precision
 
     det = get_detector(detector)
 

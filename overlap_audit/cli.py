@@ -146,7 +146,7 @@ def _example(command: str) -> str:
 
 def _threshold_line(rep, threshold: float | None, thresholds_file: str | None) -> str:
     """One line: each dataset's threshold and where it came from (a thresholds file may name only some)."""
-    from .split import load_thresholds, threshold_origins
+    from .decide.split import load_thresholds, threshold_origins
 
     per_dataset = load_thresholds(thresholds_file) if thresholds_file else {}
     names = [d.name for d in rep.datasets]
@@ -269,7 +269,7 @@ def verify(index_dir) -> None:
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|local",
               help="Run the --exact stream as a map over shards on a Ray cluster.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Verify each match densely (overlap_audit.verify): examples whose nearest corpus item is at or "
+              help="Verify each match densely (overlap_audit.decide.verify): examples whose nearest corpus item is at or "
               "above --verify-from are compared with it, and Overlap is the verified ones. Catches edited copies "
               "below the threshold and rejects look-alikes above it. --no-verify: Overlap is every example at or "
               "above the threshold.")
@@ -277,7 +277,7 @@ def verify(index_dir) -> None:
               help="The first stage of verification [default: 1 - R (1 - threshold) per dataset, R the detector's "
                    "relaxation: 2, or 5 for clipdup].")
 @click.option("--verify-threshold", type=click.FloatRange(0, 1), default=None, metavar="S",
-              help="The verification score a pair needs [default: overlap_audit.verify.VERIFY_THRESHOLD].")
+              help="The verification score a pair needs [default: overlap_audit.decide.verify.VERIFY_THRESHOLD].")
 @click.option("--corpus-matches", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Also write the matched corpus items (corpus key, source, id, url, uid, caption, the evaluation "
                    "example, similarity) to FILE, for removing them from a training pool; the report directory "
@@ -300,7 +300,7 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
         raise click.UsageError("--classnames and --templates go with --model")
     if (verify_from is not None or verify_threshold is not None) and not verify:
         raise click.UsageError("--verify-from and --verify-threshold do not go with --no-verify")
-    from .verify import VERIFY_THRESHOLD, VerifySettings
+    from .decide.verify import VERIFY_THRESHOLD, VerifySettings
 
     verification = (VerifySettings(threshold=VERIFY_THRESHOLD if verify_threshold is None else verify_threshold,
                                    first_stage=verify_from) if verify else None)
@@ -384,7 +384,7 @@ def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, l
                    input_mode, schedule, hard_negatives, mine_every, global_weight, same_picture, trim, edit_p, init,
                    workers, device, resume, quiet) -> None:
     """Train the CLIP paper's near-duplicate detector on SOURCES (self-supervised: images vs augmented copies)."""
-    from .detectors.clipdup_train import DetectorTrainConfig, train
+    from .training.clipdup import DetectorTrainConfig, train
 
     cfg = DetectorTrainConfig(arch=arch, dim=dim, input_size=input_size, batch_size=batch_size, steps=steps, lr=lr,
                       strength=strength, seed=seed, max_images=max_images, input_mode=input_mode, schedule=schedule,
@@ -417,7 +417,7 @@ def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, l
 def pretrain_clip(sources, out_dir, steps, batch_size, lr, image_size, caption_from, max_items, seed, threads,
                   workers, device, resume, quiet) -> None:
     """Pretrain the project's small CLIP on the image–caption pairs of SOURCES (contrastive, learned temperature)."""
-    from .zeroshot.smallclip_train import PretrainConfig, pretrain
+    from .training.smallclip import PretrainConfig, pretrain
     from .zeroshot.smallclip_net import SmallClipNetConfig
 
     cfg = PretrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, caption_from=caption_from,

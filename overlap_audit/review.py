@@ -64,7 +64,7 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
     """Embed each evaluation set, find each example's nearest corpus item, and write the ``n`` pairs per
     dataset nearest ``around`` (default: the detector's threshold) as pairs.csv and pairs.html."""
     from .index import corpus_items
-    from .pipeline import MatchSettings, check_eval_sets, check_report_apart, match_eval_sets, open_corpus
+    from .match import MatchSettings, check_eval_sets, check_report_apart, match_eval_sets, open_corpus
     from .report.html import Gallery, GalleryPair, esc, render_review_html, thumbnail
     from .atomic import atomic_write, atomic_write_text
     from .sources import as_source, fetch_items
@@ -220,8 +220,8 @@ def choose_threshold(dataset: str, similarities, labels, *, target_precision: fl
                      ci_level: float = 0.995, n_unlabelled: int = 0) -> ThresholdChoice:
     """The lowest threshold (a labelled duplicate's similarity) at which the labelled pairs at or above it
     have precision >= ``target_precision``; recall is among the labelled duplicates."""
-    from .stats import clopper_pearson
-    from .thresholds import threshold_at_precision
+    from .stats.overlap import clopper_pearson
+    from .decide.thresholds import threshold_at_precision
 
     if not 0.0 < target_precision <= 1.0:
         raise ThresholdError(f"--precision must be in (0, 1], got {target_precision}")

@@ -2,11 +2,11 @@ import numpy as np
 
 from benchmarks.common import (paired_bootstrap, sorted_pairs, weighted_average_precision,
                                weighted_recall_at_precision)
-from overlap_audit.thresholds import recall_at_precision
+from overlap_audit.decide.thresholds import recall_at_precision
 
 
 def _recall_at(sims, target):
-    """The unweighted rule of overlap_audit.thresholds: positives on the diagonal, every other cell a negative."""
+    """The unweighted rule of overlap_audit.decide.thresholds: positives on the diagonal, every other cell a negative."""
     n = len(sims)
     return recall_at_precision(np.diag(sims), sims[~np.eye(n, dtype=bool)], target)
 

@@ -132,7 +132,7 @@ def test_luma_training_and_detector(tmp_path, tile_sets, photos):
 
 
 def test_learning_rate_schedule():
-    from overlap_audit.detectors.clipdup_train import DetectorTrainConfig
+    from overlap_audit.training.clipdup import DetectorTrainConfig
 
     const = DetectorTrainConfig(steps=100, lr=0.01)
     assert const.lr_at(0) == const.lr_at(99) == 0.01
@@ -166,7 +166,7 @@ def test_maxmin_input_ignores_hue_and_keeps_colour_on_white(photos):
     from PIL import Image
 
     from overlap_audit.detectors.clipdup import to_tensor_array
-    from overlap_audit.detectors.clipdup_model import DuplicateNet, DuplicateNetConfig
+    from overlap_audit.detectors.clipdup_net import DuplicateNet, DuplicateNetConfig
 
     coffee = photos["coffee"].resize((96, 96))
     hsv = np.asarray(coffee.convert("HSV")).copy()
@@ -201,7 +201,7 @@ def test_maxchroma_input_ignores_hue_and_saturation_scale():
     from PIL import Image
 
     from overlap_audit.detectors.clipdup import CHANNEL_FLOORS, to_tensor_array
-    from overlap_audit.detectors.clipdup_model import DuplicateNet, DuplicateNetConfig
+    from overlap_audit.detectors.clipdup_net import DuplicateNet, DuplicateNetConfig
 
     art = Image.new("RGB", (96, 96), "white")
     art.paste((150, 0, 0), (10, 10, 50, 60))  # dark red
@@ -226,8 +226,8 @@ def test_maxmin_weights_map_to_maxchroma_exactly(trained, tmp_path, photos):
     """maxmin_to_maxchroma keeps the first convolution's output on the raw input; a maxchroma fine-tuning run
     starts from maxmin weights, and maxchroma weights refuse a maxmin run."""
     from overlap_audit.detectors.clipdup import CHANNEL_FLOORS
-    from overlap_audit.detectors.clipdup_train import maxmin_to_maxchroma
-    from overlap_audit.detectors.clipdup_model import DuplicateNet, DuplicateNetConfig
+    from overlap_audit.training.clipdup import maxmin_to_maxchroma
+    from overlap_audit.detectors.clipdup_net import DuplicateNet, DuplicateNetConfig
 
     root, _, _ = trained
     torch.manual_seed(5)

@@ -13,8 +13,8 @@ from PIL import Image  # noqa: E402
 from overlap_audit.cli import main  # noqa: E402
 from overlap_audit.detectors import get_detector  # noqa: E402
 from overlap_audit.detectors.clipdup import to_tensor_array  # noqa: E402
-from overlap_audit.detectors.clipdup_train import DetectorTrainConfig, batch_indices, mine_neighbours  # noqa: E402
-from overlap_audit.detectors.clipdup_model import DuplicateNet, DuplicateNetConfig  # noqa: E402
+from overlap_audit.training.clipdup import DetectorTrainConfig, batch_indices, mine_neighbours  # noqa: E402
+from overlap_audit.detectors.clipdup_net import DuplicateNet, DuplicateNetConfig  # noqa: E402
 
 from .conftest import write_folder  # noqa: E402
 
@@ -214,7 +214,7 @@ def test_same_picture_rule_is_checked_recorded_and_fixed_on_resume(base_run, tmp
 
 def test_value_weights_widen_to_max_and_min(base_run, tmp_path):
     """One-channel weights start a maxmin run: the first convolution gains a min channel with zero weights."""
-    from overlap_audit.detectors.clipdup_train import widen_to_maxmin
+    from overlap_audit.training.clipdup import widen_to_maxmin
 
     root, base = base_run
     state = torch.load(base / "model.pt", weights_only=True)

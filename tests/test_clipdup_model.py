@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from overlap_audit.detectors.clipdup_model import (  # noqa: E402
+from overlap_audit.detectors.clipdup_net import (  # noqa: E402
     BlurPool, DuplicateNet, DuplicateNetConfig, batch_global_nce, info_nce)
 
 

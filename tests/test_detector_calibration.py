@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from overlap_audit.cli import main
 from overlap_audit.calibrate import calibrate, curve_rows
-from overlap_audit.thresholds import precision_recall
+from overlap_audit.decide.thresholds import precision_recall
 
 from .conftest import write_folder
 

@@ -1,4 +1,4 @@
-"""Evaluation-set layouts read in place (overlap_audit.formats through sources.open_source), each on small
+"""Evaluation-set layouts read in place (overlap_audit.sources.layouts through sources.open_source), each on small
 files made in its real on-disk layout: Hugging Face hub Parquet, a `datasets` save_to_disk folder,
 CLIP_benchmark's WebDataset folder and torchvision's CIFAR python batches."""
 

@@ -16,10 +16,10 @@ from overlap_audit.api import MatchSettings, ReportSettings, StatsSettings, buil
 from overlap_audit.index import IndexSettings
 from overlap_audit.cli import main
 from overlap_audit.errors import DuplicateIdError, OutputDirError, PredictionsError, SourceError
-from overlap_audit.memory import memory_source
+from overlap_audit.sources.memory import memory_source
 from overlap_audit.predictions import read_predictions
 from overlap_audit.report import CORPUS_MATCHES, SPLITS, load_report
-from overlap_audit.verify import VerifySettings
+from overlap_audit.decide.verify import VerifySettings
 
 from .conftest import write_predictions
 

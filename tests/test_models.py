@@ -21,7 +21,7 @@ from PIL import Image
 from overlap_audit.api import MatchSettings, ReportSettings, ZeroShotSettings, run_report
 from overlap_audit.cli import main
 from overlap_audit.errors import ModelError
-from overlap_audit.zeroshot.models import load_model, parse_model_spec, resolve_model_device, weights_sha256
+from overlap_audit.zeroshot.loaders import load_model, parse_model_spec, resolve_model_device, weights_sha256
 from overlap_audit.report import load_report
 from overlap_audit.zeroshot.scoring import build_classifier
 

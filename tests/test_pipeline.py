@@ -9,7 +9,7 @@ import pytest
 from overlap_audit import api, pipeline
 from overlap_audit.api import MatchSettings, ReportSettings, StatsSettings, build_index, run_report
 from overlap_audit.errors import IndexDirError, IndexMismatchError, SettingsError, SourceError
-from overlap_audit.pipeline import check_eval_sets, match_eval_sets, open_corpus
+from overlap_audit.match import check_eval_sets, match_eval_sets, open_corpus
 from overlap_audit.report import SPLITS
 from overlap_audit.review import review_pairs
 
@@ -108,7 +108,7 @@ def test_settings_are_checked_when_made(tmp_path):
 def test_best_view_takes_the_more_similar_view_per_query():
     import numpy as np
 
-    from overlap_audit.pipeline import best_view
+    from overlap_audit.match import best_view
     from overlap_audit.values import Neighbors
 
     ids = ["a", "b", "c", "d"]

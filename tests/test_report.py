@@ -7,7 +7,7 @@ import pytest
 import overlap_audit.report
 from overlap_audit.errors import ReportError
 from overlap_audit.report import DatasetReport, Report, format_markdown, format_table, load_report
-from overlap_audit.stats import overlap_stats
+from overlap_audit.stats.overlap import overlap_stats
 from overlap_audit.values import DetectorInfo, Skipped
 
 

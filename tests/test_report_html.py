@@ -284,7 +284,7 @@ def test_gallery_groups_pairs_by_the_splits_float32_rule():
     import numpy as np
 
     from overlap_audit.report.html import gallery_order
-    from overlap_audit.split import split
+    from overlap_audit.decide.split import split
     from overlap_audit.values import Embeddings, Neighbors
 
     t = 0.9952  # not a float32 value

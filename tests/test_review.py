@@ -14,7 +14,7 @@ from overlap_audit.index import IndexSettings
 from overlap_audit.errors import ThresholdError
 from overlap_audit.report import load_report
 from overlap_audit.review import choose_threshold, nearest_rows, pick_thresholds, read_labels, write_thresholds
-from overlap_audit.split import load_thresholds
+from overlap_audit.decide.split import load_thresholds
 
 from .conftest import write_predictions
 

@@ -17,7 +17,7 @@ from overlap_audit.cli import main
 from overlap_audit.errors import ModelError
 from overlap_audit.zeroshot.scoring import ZeroShotModel, build_classifier
 from overlap_audit.zeroshot.smallclip import load, resolve
-from overlap_audit.zeroshot.smallclip_train import Pairs, PretrainConfig, caption_from_path, load_pairs, pretrain
+from overlap_audit.training.smallclip import Pairs, PretrainConfig, caption_from_path, load_pairs, pretrain
 from overlap_audit.zeroshot.smallclip_net import (EMPTY_BUCKET, SmallClipNetConfig, SmallClipNet, contrastive_loss, token_ids,
                                            tokens)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from overlap_audit.errors import ThresholdError
-from overlap_audit.split import load_thresholds, resolve_thresholds, split, threshold_origins
+from overlap_audit.decide.split import load_thresholds, resolve_thresholds, split, threshold_origins
 from overlap_audit.values import Embeddings, Neighbors
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy.stats import binomtest
 
-from overlap_audit.stats import OverlapStats, bonferroni, clopper_pearson, overlap_stats
+from overlap_audit.stats.overlap import OverlapStats, bonferroni, clopper_pearson, overlap_stats
 
 
 def tail_ge(k: int, n: int, p: float) -> float:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.stats import binom, boschloo_exact, fisher_exact
 
-from overlap_audit.simulation import simulate, simulate_family
-from overlap_audit.stats import (ExtendedStats, RateEstimate, detector_corrected, extended_stats, holm,
+from overlap_audit.stats.power import simulate, simulate_family
+from overlap_audit.stats.overlap import (ExtendedStats, RateEstimate, detector_corrected, extended_stats, holm,
                                  min_detectable_gap, newcombe, overlap_stats, two_sample_test, wilson)
 
 # Newcombe (1998), Statistics in Medicine 17:873-890, Table II, method 10 (hybrid score, no continuity
@@ -66,7 +66,7 @@ def test_holm_by_hand():
     assert [r.adjusted[i] for i in (0, 2, 3, 4)] == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert r.significant == [True, None, False, False, True]
     # Holm rejects at least whatever Bonferroni rejects
-    from overlap_audit.stats import bonferroni
+    from overlap_audit.stats.overlap import bonferroni
 
     rng = np.random.default_rng(0)
     for _ in range(200):

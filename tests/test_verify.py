@@ -1,4 +1,4 @@
-"""Verification of a matched pair (overlap_audit.verify): copies pass, look-alikes do not; report --verify."""
+"""Verification of a matched pair (overlap_audit.decide.verify): copies pass, look-alikes do not; report --verify."""
 
 import io
 import json
@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
-from overlap_audit.verify import (VERIFY_THRESHOLD, VerifySettings, first_stage_threshold, prepare, verify_pair,
+from overlap_audit.decide.verify import (VERIFY_THRESHOLD, VerifySettings, first_stage_threshold, prepare, verify_pair,
                                   verify_prepared)
 
 from .conftest import write_predictions

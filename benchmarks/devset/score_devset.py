@@ -13,7 +13,7 @@ way. Each image is decoded once for every detector and view.
 Positives are the labelled duplicate pairs (their scores whatever their rank); negatives are every other
 (stamp, corpus) pair among each reviewed stamp's top k (default 10) in that corpus, labelled or not; pairs
 marked unsure count as neither. Reported: recall and precision at the detector's default threshold, recall at
-95% and 99% precision (overlap_audit.thresholds.threshold_at_precision), and how many positives rank first,
+95% and 99% precision (overlap_audit.decide.thresholds.threshold_at_precision), and how many positives rank first,
 in the top 5 and in the top 10 (rank = 1 + the corpus images that are not labelled duplicates of the stamp
 and score at least as high: ties count against the true source).
 """
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from overlap_audit.thresholds import threshold_at_precision
+from overlap_audit.decide.thresholds import threshold_at_precision
 
 HERE = Path(__file__).resolve().parent
 PAIRS = HERE / "pairs.csv"
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="library: overlap_audit.content.trim, the audit's own; simple: make_devset's "
                          "crop to pixels darker than 245 (the rule the candidates were found with)")
     ap.add_argument("--verify", action="store_true",
-                    help="also score the relaxed first stage + overlap_audit.verify.verify_pair (a second table)")
+                    help="also score the relaxed first stage + overlap_audit.decide.verify.verify_pair (a second table)")
     args = ap.parse_args(argv)
     from benchmarks.devset.make_devset import WORK_SIZE, embed_views, eval_png
 

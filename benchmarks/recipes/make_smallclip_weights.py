@@ -54,7 +54,7 @@ def evaluate(model, tux_root: Path, workers: int = 0) -> dict:
     import numpy as np
 
     from overlap_audit.zeroshot.smallclip import load_pairs, zero_shot
-    from overlap_audit.stats import clopper_pearson
+    from overlap_audit.stats.overlap import clopper_pearson
 
     pairs = load_pairs([str(tux_root)], model.image_size, caption_from="auto", workers=workers)
     labels = [i.split(":", 1)[1].split("/")[0] for i in pairs.ids]

@@ -7,7 +7,7 @@ renderings, ``write`` the report directory.
 
 from .format import model_line, recall_line
 from .markdown import format_extended_table, format_markdown, format_table, interpretation
-from .model import CORPUS_MATCHES, REPORT_JSON, REPORT_MD, SPLITS, DatasetReport, Report, load_report
+from .value import CORPUS_MATCHES, REPORT_JSON, REPORT_MD, SPLITS, DatasetReport, Report, load_report
 from .write import check_report_dir, write_report, write_splits
 
 __all__ = [

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from .model import DatasetReport
+from .value import DatasetReport
 
 DASH = "–"
 
@@ -103,6 +103,6 @@ def verification_line(verify: dict) -> str:
     first = (f"1 − {relax:g} (1 − threshold) of each dataset" if verify.get("first_stage") is None and relax
              else similarity_text(verify["first_stage"]))
     return (f"Verification: every example whose nearest corpus item scores at least the first stage ({first}) "
-            f"was compared with it densely on the content-trimmed views (overlap_audit.verify); Overlap is the "
+            f"was compared with it densely on the content-trimmed views (overlap_audit.decide.verify); Overlap is the "
             f"pairs scoring at least {verify['threshold']:.4f}; a pair whose images could not be read keeps the "
             f"detector's decision.")

@@ -27,7 +27,7 @@ from ..imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from ..values import RawItem
 from .format import (ci_level_text, dataset_cells, model_line, percent, recall_line, similarity_text,
                      verification_line)
-from .model import REPORT_HTML, SPLITS, Report, load_report
+from .value import REPORT_HTML, SPLITS, Report, load_report
 
 DEFAULT_GALLERY = 300  # pairs per dataset
 DEFAULT_AROUND = 8  # pairs just above and just below the threshold shown first

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .format import (DASH, ci_level_text, dataset_cells, interval, model_line, percent, pvalue, recall_line,
                      signed_percent, similarity_text, verification_line, yes_no)
 from ..inert import markdown
-from .model import Report
+from .value import Report
 
 
 def _cell(text: str) -> str:

@@ -17,7 +17,7 @@ from ..content import box_arrow_type
 from ..errors import OutputDirError, ReportError
 from ..values import Split
 from .markdown import format_markdown
-from .model import REPORT_HTML, REPORT_JSON, REPORT_MD, SPLITS, Report
+from .value import REPORT_HTML, REPORT_JSON, REPORT_MD, SPLITS, Report
 
 
 def write_splits(path: str | os.PathLike, splits: dict[str, Split], correct: dict[str, np.ndarray]) -> None:

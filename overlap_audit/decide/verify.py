@@ -69,7 +69,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .content import trim
+from ..content import trim
 
 GRID = 96  # long side of the common grid, pixels (at most: see MIN_GRID)
 MIN_GRID = 48  # a pair whose smaller view is under GRID px is compared on a grid of that size, not under this
@@ -423,9 +423,9 @@ def verify_splits(splits: dict, index_dir, eval_specs: dict[str, str], settings:
     at or above the detector's threshold): an image that cannot be read back never hides overlap."""
     from dataclasses import replace
 
-    from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
-    from .index import corpus_items
-    from .sources import as_source, fetch_items
+    from ..imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+    from ..index import corpus_items
+    from ..sources import as_source, fetch_items
 
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     wanted: dict[str, list[int]] = {}

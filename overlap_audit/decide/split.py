@@ -14,8 +14,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .errors import ThresholdError
-from .values import Embeddings, Neighbors, Split
+from ..errors import ThresholdError
+from ..values import Embeddings, Neighbors, Split
 
 
 def load_thresholds(path: str | os.PathLike) -> dict[str, float]:

@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from ..devices import torch_device
-from .base import DetectorBase
-from .clipdup import (CHANNEL_FLOORS, CHECKPOINT, INPUT_CHANNELS, INPUT_MODES, LOG, WEIGHTS, _torch, _weights_file,
+from ..detectors.base import DetectorBase
+from ..detectors.clipdup import (CHANNEL_FLOORS, CHECKPOINT, INPUT_CHANNELS, INPUT_MODES, LOG, WEIGHTS, _torch, _weights_file,
                       to_tensor_array)
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: DetectorTrainConf
     from ..content import trim
     from ..errors import DetectorError
     from ..atomic import atomic_write, atomic_write_json
-    from .clipdup_model import DuplicateNet, DuplicateNetConfig, batch_global_nce, info_nce
+    from ..detectors.clipdup_net import DuplicateNet, DuplicateNetConfig, batch_global_nce, info_nce
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

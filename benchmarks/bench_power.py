@@ -15,7 +15,7 @@ import argparse
 import math
 import time
 
-from overlap_audit.simulation import simulate, simulate_family
+from overlap_audit.stats.power import simulate, simulate_family
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import ReportError
-from ..stats import ExtendedStats, OverlapStats
+from ..stats.overlap import ExtendedStats, OverlapStats
 from ..values import DetectorInfo, Skipped
 
 REPORT_JSON = "report.json"

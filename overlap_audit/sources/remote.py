@@ -31,7 +31,7 @@ import threading
 from collections import deque
 from urllib.parse import urlsplit
 
-from .errors import SourceError
+from ..errors import SourceError
 
 STALL_TIMEOUT_S = 300.0  # seconds without a byte from a command or an HTTP stream before it is given up
 REMOTE_EXTRA = "pip install 'overlap-audit[remote]'"

@@ -27,8 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SourceError
-from .values import RawItem
+from ..errors import SourceError
+from ..values import RawItem
 
 __all__ = ["LAYOUT_KINDS", "LAYOUT_PREFIXES", "Layout", "iter_layout", "layout_path", "open_layout"]
 

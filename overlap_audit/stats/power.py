@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binom
 
-from .stats import BOSCHLOO_MAX_TABLES, family_correction, two_sample_test
+from .overlap import BOSCHLOO_MAX_TABLES, family_correction, two_sample_test
 
 
 @dataclass(frozen=True)

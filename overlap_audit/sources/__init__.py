@@ -3,7 +3,7 @@
 A source spec is a path, optionally prefixed with its kind (``folder:``, ``parquet:``, ``wds:``). Without a
 prefix the kind is inferred: a ``.parquet`` file or a directory of them is Parquet; a ``.tar`` (``.tar.gz``,
 ``.tgz``) file, a directory of them, a glob or a brace pattern (``shards-{000..009}.tar``) is WebDataset;
-any other directory is an image folder. The evaluation-set layouts of ``overlap_audit.formats`` (Hugging Face
+any other directory is an image folder. The evaluation-set layouts of ``overlap_audit.sources.layouts`` (Hugging Face
 hub Parquet and ``save_to_disk`` folders, CLIP_benchmark folders, CIFAR python batches) are recognised
 first, by their prefix (``hf:``, ``clip_benchmark:``, ``cifar:``) or their files. Nothing is decoded here:
 items carry bytes or a path, and decoding happens in worker processes (``overlap_audit.embed``).
@@ -35,12 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import DuplicateIdError, OutputDirError, SourceError
-from .formats import LAYOUT_KINDS, iter_layout, layout_path, open_layout
-from .limits import DEFAULT_LIMITS, InputLimits, ReadRefused, file_problem, read_file
-from .streams import (PIPE_PREFIX, PipeStream, expand_glob, is_pipe, is_url, list_dir, missing_urls, open_url,
+from ..errors import DuplicateIdError, OutputDirError, SourceError
+from .layouts import LAYOUT_KINDS, iter_layout, layout_path, open_layout
+from ..limits import DEFAULT_LIMITS, InputLimits, ReadRefused, file_problem, read_file
+from .remote import (PIPE_PREFIX, PipeStream, expand_glob, is_pipe, is_url, list_dir, missing_urls, open_url,
                       pipe_argv, url_name, url_protocol)
-from .values import RawItem
+from ..values import RawItem
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 WDS_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -226,7 +226,7 @@ def as_source(spec, *, name: str, labels_from_folders: bool = False):
         return open_source(os.fspath(spec), name=name, labels_from_folders=labels_from_folders)
     if not hasattr(spec, "iter_items"):
         raise SourceError(f"evaluation set {name!r}: give a source spec (a path) or an in-memory source "
-                          f"(overlap_audit.memory.memory_source), not a {type(spec).__name__}")
+                          f"(overlap_audit.sources.memory.memory_source), not a {type(spec).__name__}")
     import dataclasses
 
     return dataclasses.replace(spec, name=name) if spec.name != name else spec

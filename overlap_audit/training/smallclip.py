@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..devices import torch_device
 from ..errors import ModelError
-from .smallclip import (CAPTION_RULES, CAPTION_WRAPPERS, CHECKPOINT, FORMAT, LOG, WEIGHTS, _read_checkpoint, _torch,
+from ..zeroshot.smallclip import (CAPTION_RULES, CAPTION_WRAPPERS, CHECKPOINT, FORMAT, LOG, WEIGHTS, _read_checkpoint, _torch,
                         normalise, square_thumbnail)
 
 def _augment(pixels: Any, rng: np.random.Generator, min_scale: float = 0.6) -> Any:
@@ -208,7 +208,7 @@ def pretrain(sources: Sequence[str], out_dir: str | os.PathLike, cfg: PretrainCo
     (already loaded with ``load_pairs``; ``sources`` is then only recorded)."""
     torch = _torch()
     from ..atomic import atomic_write, atomic_write_json
-    from .smallclip_net import SmallClipNetConfig, SmallClipNet, contrastive_loss
+    from ..zeroshot.smallclip_net import SmallClipNetConfig, SmallClipNet, contrastive_loss
 
     mcfg = model_config or SmallClipNetConfig()
     if cfg.caption_from not in CAPTION_RULES:

@@ -14,9 +14,9 @@ import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .errors import DuplicateIdError, SourceError
-from .limits import DEFAULT_LIMITS, InputLimits
-from .values import RawItem
+from ..errors import DuplicateIdError, SourceError
+from ..limits import DEFAULT_LIMITS, InputLimits
+from ..values import RawItem
 
 __all__ = ["MEMORY_KIND", "MemorySource", "memory_source"]
 

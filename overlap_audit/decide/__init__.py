@@ -1,0 +1,2 @@
+"""The Overlap decision: thresholds (the precision-target rule), the split into Overlap and Clean, and pair
+verification."""

@@ -1,0 +1,2 @@
+"""Overlap statistics: the per-dataset tests and intervals (``overlap``), simulated power and error rates
+(``power``)."""
