@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from overlap_audit import api, pipeline
+from overlap_audit import api, match
 from overlap_audit.api import MatchSettings, ReportSettings, StatsSettings, build_index, run_report
 from overlap_audit.errors import IndexDirError, IndexMismatchError, SettingsError, SourceError
 from overlap_audit.match import check_eval_sets, match_eval_sets, open_corpus
@@ -34,7 +34,7 @@ def predictions(tmp_path_factory, eval_set):
 def test_report_and_pairs_go_through_the_shared_step_and_agree(tmp_path, index_dir, eval_set, predictions,
                                                                monkeypatch):
     root, planted, _ = eval_set
-    real = pipeline.match_eval_sets
+    real = match.match_eval_sets
     calls = []
 
     def spy(corpus, evals, settings=None, **kwargs):
@@ -42,7 +42,7 @@ def test_report_and_pairs_go_through_the_shared_step_and_agree(tmp_path, index_d
         calls.append((settings, out))
         return out
 
-    monkeypatch.setattr(pipeline, "match_eval_sets", spy)
+    monkeypatch.setattr(match, "match_eval_sets", spy)
     monkeypatch.setattr(api, "match_eval_sets", spy)
     review_pairs(index_dir, [("val", str(root))], tmp_path / "rev", around=0.8, n=10, workers=0)
     report = run_report(index_dir, [("val", str(root))],

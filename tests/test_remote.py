@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from overlap_audit import streams
+from overlap_audit.sources import remote as streams
 from overlap_audit.cli import main
 from overlap_audit.errors import SourceError
 from overlap_audit.index import corpus_items
