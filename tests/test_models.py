@@ -380,7 +380,7 @@ def test_one_decoding_pass_feeds_detector_and_model(tmp_path, photos):
 
 
 def test_shipped_small_clip_loads_through_the_model_spec(tmp_path):
-    from overlap_audit import smallclip
+    from overlap_audit.zeroshot import smallclip
     from overlap_audit.zeroshot.scoring import ZeroShotModel
 
     model = load_model("overlap-audit:openclipart-small", device="cpu")

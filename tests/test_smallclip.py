@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from overlap_audit import smallclip
+from overlap_audit.zeroshot import smallclip
 from overlap_audit.cli import main
 from overlap_audit.errors import ModelError
 from overlap_audit.zeroshot.scoring import ZeroShotModel, build_classifier
