@@ -3,8 +3,10 @@ names a heading of its target (GitHub's heading ids).
 
     python docs/check_links.py            # README.md, BENCHMARKS.md, CHANGELOG.md, ARCHITECTURE.md, docs/*.md
     python docs/check_links.py FILE...
+    python docs/check_links.py --names    # also: every `overlap_audit.x.y` imports, every `dir/file` path exists
 
-Links to web addresses are not checked. Exits 1 and lists the broken links when there are any.
+Links to web addresses are not checked. Exits 1 and lists the broken links when there are any. --names
+imports the package, so run it with the project installed.
 """
 
 from __future__ import annotations
@@ -88,6 +90,38 @@ def broken_links(path: Path) -> list[str]:
     return problems
 
 
+_DOTTED = re.compile(r"`(overlap_audit(?:\.\w+)+)")
+_PATH = re.compile(r"`((?:overlap_audit|detectors|benchmarks|notebooks|tests)/[\w./-]*\w)`")
+
+
+def broken_names(path: Path) -> list[str]:
+    """One line per `overlap_audit.x.y` name that does not import and per repository path that does not exist
+    (code blocks included: examples must run too)."""
+    import importlib
+
+    problems = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for dotted in _DOTTED.findall(line):
+            parts = dotted.split(".")
+            for cut in range(len(parts), 0, -1):
+                try:
+                    obj = importlib.import_module(".".join(parts[:cut]))
+                except ImportError:
+                    continue
+                try:
+                    for attr in parts[cut:]:
+                        obj = getattr(obj, attr)
+                except AttributeError:
+                    problems.append(f"{_shown(path)}:{n}: {dotted}: no such name")
+                break
+            else:
+                problems.append(f"{_shown(path)}:{n}: {dotted}: does not import")
+        for rel in _PATH.findall(line):
+            if not (ROOT / rel).exists():
+                problems.append(f"{_shown(path)}:{n}: {rel}: no such path")
+    return problems
+
+
 def files(patterns: list[str]) -> list[Path]:
     out = []
     for pattern in patterns:
@@ -97,7 +131,12 @@ def files(patterns: list[str]) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    problems = [p for path in files(args or DEFAULT_FILES) for p in broken_links(path)]
+    names = "--names" in args
+    args = [a for a in args if a != "--names"]
+    paths = files(args or DEFAULT_FILES)
+    problems = [p for path in paths for p in broken_links(path)]
+    if names:
+        problems += [p for path in paths for p in broken_names(path)]
     for p in problems:
         print(p, file=sys.stderr)
     return 1 if problems else 0
