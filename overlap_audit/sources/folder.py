@@ -102,7 +102,6 @@ def iter_folder(name: str, root: str, labels_from_folders: bool = False,
                                       f"{', '.join(IMAGE_EXTENSIONS)})")
 
 
-
 def count_folder(root: str) -> int:
     """How many items ``iter_folder`` gives for ``root``, from its listing alone."""
     files, unreadable = _walk(root)

@@ -74,7 +74,8 @@ def parquet_file(path: str):
 
 def parquet_columns(path: str, pf) -> dict[str, str | None]:
     """The columns a file's items are read from (image, id, caption, label, img2dataset's status and error;
-    None where the file has none); SourceError without an image or id column, or with images of another type."""
+    None where the file has none). Raises SourceError when it has no image or id column, or its image column
+    cannot hold images."""
     schema = pf.schema_arrow
     names = schema.names
     image = next((c for c in PARQUET_IMAGE_COLUMNS if c in names), None)
@@ -184,7 +185,6 @@ def _parquet_items(name: str, path: str, pf, limits: InputLimits) -> Iterator[Ra
                 if status and status != "success":
                     reason += f" (img2dataset status {status!r}{': ' + str(error) if error else ''})"
             yield RawItem(name, ident, data=image, caption=caption, label=label, skip_reason=reason)
-
 
 
 def count_rows(paths: tuple[str, ...]) -> int | None:

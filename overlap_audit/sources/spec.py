@@ -270,14 +270,12 @@ def readback_problem(source: Source) -> str | None:
     return None
 
 
-
 def parse_eval_spec(spec: str) -> tuple[str, str]:
     """Split ``NAME=SOURCE`` into its parts."""
     name, sep, source = spec.partition("=")
     if not sep or not name or not source:
         raise SourceError(f"--eval {spec!r}: expected NAME=SOURCE, e.g. cifar10=/data/cifar10/test")
     return name.strip(), source.strip()
-
 
 
 def source_location(spec: str) -> tuple[str, bool]:
