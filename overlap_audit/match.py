@@ -21,7 +21,8 @@ from .errors import IndexDirError, SettingsError, SourceError
 from .imaging import DEFAULT_MAX_PIXELS
 from .index import CorpusIndex, IndexManifest, check_detector, load_index, search
 from .limits import InputLimits
-from .sources import as_source, check_output_apart, source_location
+from .outputs import check_output_apart
+from .sources import as_source, source_location
 from .values import Embeddings, Neighbors, Skipped
 
 if TYPE_CHECKING:

@@ -30,7 +30,8 @@ from ..embed import Decoder, embed_decoded
 from ..errors import IndexDamagedError, IndexDirError, ResumeError
 from ..imaging import DEFAULT_MAX_PIXELS
 from ..limits import InputLimits
-from ..sources import Source, check_output_apart, open_source, source_location
+from ..outputs import check_output_apart
+from ..sources import Source, open_source, source_location
 from ..values import DetectorInfo, RawItem, Skipped
 from .ann import INDEX_TYPES, choose_index, new_index, parse_bytes
 from .ray import connect, embed_shards

@@ -1,0 +1,31 @@
+"""The output-directory policy: a run's --out kept apart from everything the run reads."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from .errors import OutputDirError
+
+
+def _within(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both resolved)."""
+    return os.path.commonpath([path, folder]) == folder
+
+
+def check_output_apart(out_dir: str | os.PathLike, reads: Iterable[tuple[str, str, bool]]) -> None:
+    """Refuse an output directory that is, or lies inside, a folder a run reads, and anything the run reads
+    that lies inside the output directory. ``reads`` holds ``(what, path, is_folder)``, e.g.
+    ``("corpus source", *source_location(spec))``; only folders (``is_folder``) are refused as a place for
+    the output. Paths are compared resolved, so a link does not hide an overlap.
+    """
+    out = os.path.realpath(out_dir)
+    for what, path, is_folder in reads:
+        path = os.path.realpath(path)
+        if is_folder and _within(out, path):
+            where = "is" if out == path else "lies inside"
+            raise OutputDirError(f"--out {out} {where} the {what} {path}: files written there would be read as "
+                                 "part of it on a later run; give an --out outside it")
+        if _within(path, out):
+            raise OutputDirError(f"the {what} {path} lies inside --out {out}: writing there would replace or mix "
+                                 "with what is read; give an --out that does not hold it")
