@@ -333,10 +333,14 @@ def exact_conditional_test(a, n1, c, n0) -> ExactConditionalTest | None:
     big_n, k = n1 + n0, a + c
     lo_all = np.maximum(0, n1 - (big_n - k))
     hi_all = np.minimum(n1, k)
+    sizes = hi_all - lo_all + 1
+    # every class's probabilities in one vectorised call (one call per class costs more than the convolutions)
+    owner = np.repeat(np.arange(len(a)), sizes)
+    x = lo_all[owner] + np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    probs = np.split(hypergeom.pmf(x, big_n[owner], k[owner], n1[owner]), np.cumsum(sizes)[:-1])
     pmf = np.array([1.0])
-    for nj, kj, mj, lo, hi in zip(big_n, k, n1, lo_all, hi_all):
-        support = np.arange(lo, hi + 1)
-        pmf = np.convolve(pmf, hypergeom.pmf(support, nj, kj, mj))
+    for j in np.nonzero(sizes > 1)[0]:  # a class with one possible count only shifts T
+        pmf = np.convolve(pmf, probs[j])
     offset = int(lo_all.sum())  # pmf[i] = P(T = offset + i)
     t = int(a.sum())
     i = t - offset
@@ -566,26 +570,29 @@ def disagreement(dataset: str, *, pooled_significant: bool | None, stratified_si
               and pooled_significant != stratified_significant)
     if rd is None or not (differ or excludes):
         return Disagreement(dataset, pooled_significant, stratified_significant, pooled_gap, excludes, None)
-    level = f"{100 * rd.ci_level:g}%"
-    within = f"within classes the gap is {_pts(rd.estimate)} points [{_pts(rd.ci[0])}, {_pts(rd.ci[1])}] ({level})"
+    within = f"{_pts(rd.estimate)} points [{_pts(rd.ci[0])}, {_pts(rd.ci[1])}] at {100 * rd.ci_level:g}%"
     if stratified_p is not None:
         within += f", p = {stratified_p:.2g}"
-    pooled = f"the pooled gap of {_pts(pooled_gap)} points" if pooled_gap is not None else "the pooled gap"
+    pooled = f"{_pts(pooled_gap)} points" if pooled_gap is not None else "gap"
     if pooled_p is not None:
-        pooled += f" (p = {pooled_p:.2g})"
-    easier = mix.gap_mix is not None and mix.gap_mix > 0
-    mix_part = (f"Overlap's classes are {'easier' if easier else 'harder'} for the model "
-                f"(Clean's per-class accuracies predict {100 * mix.acc_overlap_expected:.1f}% on Overlap, "
-                f"{_pts(mix.gap_mix)} points from the class mix alone)"
-                if mix.gap_mix is not None and mix.acc_overlap_expected is not None else "the class mix differs")
-    if differ and pooled_significant:
-        sentence = (f"{dataset}: {pooled} is significant but {within}, not significant: {mix_part}, "
-                    "so the pooled gap measures class difficulty rather than memorisation.")
-    elif differ:
-        sentence = (f"{dataset}: {pooled} is not significant but {within}, significant: {mix_part}, "
-                    "which hides the gap in the pooled comparison.")
+        pooled += f", p = {pooled_p:.2g}"
+    if mix.gap_mix is not None and mix.acc_overlap_expected is not None:
+        mix_part = (f"Overlap's classes are {'easier' if mix.gap_mix > 0 else 'harder'} for the model "
+                    f"(Clean's per-class accuracies predict {100 * mix.acc_overlap_expected:.1f}% on Overlap, "
+                    f"{_pts(mix.gap_mix)} points from the class mix alone)")
     else:
-        sentence = (f"{dataset}: {pooled} lies outside the within-class interval ({within}): {mix_part}.")
+        mix_part = "the class mix is not known"
+    if differ and pooled_significant:
+        why = ", so the pooled gap reflects class difficulty, not memorisation" if (mix.gap_mix or 0) > 0 else ""
+        sentence = (f"{dataset}: Overlap is more accurate than Clean when pooled ({pooled}) but not within "
+                    f"classes ({within}); {mix_part}{why}.")
+    elif differ:
+        why = ", which hides the gap when pooled" if (mix.gap_mix or 0) < 0 else ""
+        sentence = (f"{dataset}: Overlap is more accurate than Clean within classes ({within}) but not when "
+                    f"pooled ({pooled}); {mix_part}{why}.")
+    else:
+        sentence = (f"{dataset}: the pooled gap ({pooled}) lies outside the interval of the gap within classes "
+                    f"({within}); {mix_part}.")
     return Disagreement(dataset, pooled_significant, stratified_significant, pooled_gap, excludes, sentence)
 
 
