@@ -242,7 +242,7 @@ class Stratified:
 # ---------------------------------------------------------------- counts
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StrataCounts:
     """Per-class counts (one entry per class present); labels sorted."""
 

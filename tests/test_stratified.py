@@ -8,6 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from scipy.stats import chi2_contingency, norm
+from statsmodels.stats.contingency_tables import StratifiedTable
 
 from overlap_audit.stats import overlap_stats
 from overlap_audit.stratified import (EXACT_MAX_WORK, ClassTable, StrataCounts, Stratified, cmh_test,
@@ -32,8 +33,7 @@ def random_tables(seed: int, strata: int, max_n: int):
 
 
 def statsmodels_table(a, n1, c, n0):
-    sm = pytest.importorskip("statsmodels.stats.contingency_tables")
-    return sm.StratifiedTable(np.array([[a, n1 - a], [c, n0 - c]], dtype=float))
+    return StratifiedTable(np.array([[a, n1 - a], [c, n0 - c]], dtype=float))
 
 
 @pytest.mark.parametrize("seed", range(20))
