@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from overlap_audit.cli import main
-from overlap_audit.index import verify_index
+from overlap_audit.index import check_index
 
 EXE = shutil.which("overlap-audit", path=os.path.dirname(sys.executable))
 TIMEOUT = 180
@@ -98,7 +98,7 @@ def test_a_kill_at_any_write_of_index_is_refused_or_resumed_to_the_clean_result(
         resumed = CliRunner().invoke(main, ["index", str(corpus), "--out", str(out), "--workers", "0",
                                             "--shard-size", "5", "--resume", "--quiet"])
         assert resumed.exit_code == 0, resumed.output
-        assert verify_index(out).n_indexed == 12 and keys(out) == keys(clean)
+        assert check_index(out).n_indexed == 12 and keys(out) == keys(clean)
     assert report(tmp_path / f"p{points[0]}", ev, preds, tmp_path / "final") == baseline
 
 

@@ -35,10 +35,10 @@ from ..values import DetectorInfo, RawItem, Skipped
 from .ann import INDEX_TYPES, choose_index, new_index, parse_bytes
 from .ray import connect, embed_shards
 from .search import search_rows, stream_search
-from .store import (MANIFEST, PROGRESS, SHARD_DIR, GenerationFiles, IndexManifest, check_faiss, check_files,
-                    corpus_key, file_record, finished_shards, item_bytes, iter_shard_vectors, load_manifest,
-                    read_faiss_index, read_shard, same_item_bytes, shard_items, shard_path, shard_paths,
-                    stale_generation_files, vector_width, write_shard)
+from .integrity import check_faiss, check_files, read_faiss_index, stale_generation_files
+from .manifest import MANIFEST, PROGRESS, SHARD_DIR, GenerationFiles, IndexManifest, file_record, load_manifest
+from .shards import (corpus_key, finished_shards, item_bytes, iter_shard_vectors, read_shard, same_item_bytes,
+                     shard_items, shard_path, shard_paths, vector_width, write_shard)
 
 # Augmented copies embedded per shard as recall queries for approximate indexes (at most RECALL_QUERIES used).
 RECALL_QUERIES_PER_SHARD = 32
