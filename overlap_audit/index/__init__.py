@@ -4,13 +4,13 @@ Modules, each importing only those listed before it: ``manifest`` (the directory
 checksums, the manifest), ``shards`` (writing and reading shards, rows by key), ``integrity`` (files held
 to the manifest, ``check_index``, detector comparability), ``load`` (a loaded index, corpus items by key),
 ``ann`` (index choice), ``ray`` (per-shard work on a Ray cluster), ``search`` (the tie rule, flat and
-streaming kNN, search over a loaded index), ``build`` (embedding into shards, building the FAISS index,
-import from vectors).
+streaming kNN, search over a loaded index), ``finish`` (the FAISS index over written shards, its recall,
+the generation switch), ``build`` (embedding into shards, import from vectors).
 """
 
 from ..devices import faiss_device, faiss_gpu_count
-from .build import (RECALL_QUERIES, RECALL_QUERIES_PER_SHARD, IndexSettings, build_index, finish_from_shards,
-                    index_from_vector_blocks, index_from_vectors)
+from .build import RECALL_QUERIES_PER_SHARD, IndexSettings, build_index, index_from_vector_blocks, index_from_vectors
+from .finish import RECALL_QUERIES, finish_from_shards
 from .integrity import CheckResult, check_detector, check_index
 from .load import CorpusIndex, corpus_items, load_index
 from .manifest import (IDS_FILE, INDEX_FILE, MANIFEST, PROGRESS, SHARD_DIR, VECTORS_FILE, IndexManifest,
