@@ -291,13 +291,13 @@ def two_indexes(small):
 
 
 @pytest.mark.parametrize("case", sorted(DAMAGE))
-def test_a_damaged_file_is_a_one_line_refusal_from_report_and_verify(two_indexes, tmp_path, case):
+def test_a_damaged_file_is_a_one_line_refusal_from_report_and_check(two_indexes, tmp_path, case):
     clean, other, ev, preds = two_indexes
     index = tmp_path / "index"
     shutil.copytree(clean, index)
     DAMAGE[case](index, other)
     runner = CliRunner()
-    for args in (["verify", str(index)],
+    for args in (["check", str(index)],
                  ["report", str(index), "--eval", f"val={ev}", "--predictions", str(preds), "--out",
                   str(tmp_path / "r"), "--workers", "0", "--quiet"],
                  ["report", str(index), "--eval", f"val={ev}", "--predictions", str(preds), "--out",
