@@ -290,6 +290,13 @@ def two_indexes(small):
     return clean, other, ev, preds
 
 
+def test_check_passes_an_intact_index(two_indexes):
+    clean = two_indexes[0]
+    result = CliRunner().invoke(main, ["check", str(clean)])
+    assert result.exit_code == 0, result.output
+    assert f"{clean}: intact (generation 1, flat, 12 indexed; " in result.output
+
+
 @pytest.mark.parametrize("case", sorted(DAMAGE))
 def test_a_damaged_file_is_a_one_line_refusal_from_report_and_check(two_indexes, tmp_path, case):
     clean, other, ev, preds = two_indexes
