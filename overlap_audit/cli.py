@@ -220,13 +220,13 @@ def index(sources, out_dir, detector, content, batch_size, workers, device, resu
         _echo(f"  ... and {m.n_skipped - 20} more (listed in {out_dir}/manifest.json)")
 
 
-@main.command(epilog=_example("overlap-audit verify laion-index"))
+@main.command(epilog=_example("overlap-audit check laion-index"))
 @options.index_dir
-def verify(index_dir) -> None:
+def check(index_dir) -> None:
     """Check every file of INDEX_DIR against its manifest: sizes, row counts, checksums, the FAISS index."""
-    from .index import verify_index
+    from .index import check_index
 
-    r = verify_index(index_dir)
+    r = check_index(index_dir)
     click.echo(f"{r.path}: intact (generation {r.generation}, {r.index_type}, {r.n_indexed} indexed; "
                f"{r.n_files} files, {r.n_bytes / 1e6:.1f} MB checksummed in {r.seconds:.2f} s)")
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .index.store import load_manifest, shard_paths
+from .index.manifest import load_manifest
+from .index.shards import rows_by_key
 from .limits import ReadRefused, read_file
 from .sources import PARQUET_ID_COLUMNS
 from .values import Split
@@ -112,20 +113,10 @@ def _source_metadata(entry: dict, ids: set[str]) -> dict[str, dict]:
 def corpus_metadata(index_dir: str | os.PathLike, keys) -> dict[str, dict]:
     """Per index key: ``source``, ``id``, ``caption`` (from the shards) and ``url``, ``uid`` (from the source,
     where it has them; else None)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    wanted = {str(k) for k in keys if k is not None}
-    if not wanted:
-        return {}
-    value_set = pa.array(sorted(wanted), pa.string())
-    out: dict[str, dict] = {}
-    for shard in shard_paths(index_dir):
-        table = pq.read_table(shard, columns=["key", "source", "id", "caption"])
-        for row in table.filter(pc.is_in(table["key"], value_set=value_set)).to_pylist():
-            out[row["key"]] = {"source": row["source"], "id": row["id"], "caption": row["caption"],
-                               "url": None, "uid": None}
+    out = {key: {**row, "url": None, "uid": None}
+           for key, row in rows_by_key(index_dir, keys, ["source", "id", "caption"]).items()}
+    if not out:
+        return out
     by_source: dict[str, set[str]] = {}
     for row in out.values():
         by_source.setdefault(row["source"], set()).add(row["id"])

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from overlap_audit.cli import main
-from overlap_audit.index import verify_index
+from overlap_audit.index import check_index
 
 EXE = shutil.which("overlap-audit", path=os.path.dirname(sys.executable))
 TIMEOUT = 180
@@ -98,7 +98,7 @@ def test_a_kill_at_any_write_of_index_is_refused_or_resumed_to_the_clean_result(
         resumed = CliRunner().invoke(main, ["index", str(corpus), "--out", str(out), "--workers", "0",
                                             "--shard-size", "5", "--resume", "--quiet"])
         assert resumed.exit_code == 0, resumed.output
-        assert verify_index(out).n_indexed == 12 and keys(out) == keys(clean)
+        assert check_index(out).n_indexed == 12 and keys(out) == keys(clean)
     assert report(tmp_path / f"p{points[0]}", ev, preds, tmp_path / "final") == baseline
 
 
@@ -290,14 +290,21 @@ def two_indexes(small):
     return clean, other, ev, preds
 
 
+def test_check_passes_an_intact_index(two_indexes):
+    clean = two_indexes[0]
+    result = CliRunner().invoke(main, ["check", str(clean)])
+    assert result.exit_code == 0, result.output
+    assert f"{clean}: intact (generation 1, flat, 12 indexed; " in result.output
+
+
 @pytest.mark.parametrize("case", sorted(DAMAGE))
-def test_a_damaged_file_is_a_one_line_refusal_from_report_and_verify(two_indexes, tmp_path, case):
+def test_a_damaged_file_is_a_one_line_refusal_from_report_and_check(two_indexes, tmp_path, case):
     clean, other, ev, preds = two_indexes
     index = tmp_path / "index"
     shutil.copytree(clean, index)
     DAMAGE[case](index, other)
     runner = CliRunner()
-    for args in (["verify", str(index)],
+    for args in (["check", str(index)],
                  ["report", str(index), "--eval", f"val={ev}", "--predictions", str(preds), "--out",
                   str(tmp_path / "r"), "--workers", "0", "--quiet"],
                  ["report", str(index), "--eval", f"val={ev}", "--predictions", str(preds), "--out",

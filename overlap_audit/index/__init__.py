@@ -1,24 +1,28 @@
-"""Corpus indexing: embed sources into Parquet shards (resumable), build a FAISS index, search it.
+"""Corpus indexing: embed sources into Parquet shards (resumable), build a FAISS index, check it, search it.
 
-Modules, each importing only those listed before it: ``store`` (the directory format: file names,
-manifest, shards, loading), ``ann`` (index choice), ``ray`` (per-shard work on a Ray cluster),
-``search`` (the tie rule, flat and streaming kNN, search over a loaded index), ``build`` (embedding
-into shards, building the FAISS index, import from vectors).
+Modules, each importing only those listed before it: ``manifest`` (the directory format: file names,
+checksums, the manifest), ``shards`` (writing and reading shards, rows by key), ``integrity`` (files held
+to the manifest, ``check_index``, detector comparability), ``load`` (a loaded index, corpus items by key),
+``ann`` (index choice), ``ray`` (per-shard work on a Ray cluster), ``search`` (the tie rule, flat and
+streaming kNN, search over a loaded index), ``finish`` (the FAISS index over written shards, its recall,
+the generation switch), ``build`` (embedding into shards, import from vectors).
 """
 
 from ..devices import faiss_device, faiss_gpu_count
-from .build import (RECALL_QUERIES, RECALL_QUERIES_PER_SHARD, IndexSettings, build_index, finish_from_shards,
-                    index_from_vector_blocks, index_from_vectors)
+from .build import RECALL_QUERIES_PER_SHARD, IndexSettings, build_index, index_from_vector_blocks, index_from_vectors
+from .finish import RECALL_QUERIES, finish_from_shards
+from .integrity import CheckResult, check_detector, check_index
+from .load import CorpusIndex, corpus_items, load_index
+from .manifest import (IDS_FILE, INDEX_FILE, MANIFEST, PROGRESS, SHARD_DIR, VECTORS_FILE, IndexManifest,
+                       load_manifest)
 from .search import search, search_rows
-from .store import (IDS_FILE, INDEX_FILE, MANIFEST, PROGRESS, SHARD_DIR, VECTORS_FILE, CorpusIndex, IndexManifest,
-                    VerifyResult, check_detector, content_boxes, corpus_items, corpus_key, iter_shard_vectors,
-                    load_index, load_manifest, verify_index)
+from .shards import content_boxes, corpus_key, iter_shard_vectors
 
 __all__ = [
     "content_boxes",
     "IDS_FILE", "INDEX_FILE", "MANIFEST", "PROGRESS", "RECALL_QUERIES", "RECALL_QUERIES_PER_SHARD", "SHARD_DIR",
-    "VECTORS_FILE", "CorpusIndex", "IndexManifest", "IndexSettings", "build_index", "check_detector",
-    "corpus_items", "corpus_key", "faiss_device", "faiss_gpu_count", "finish_from_shards", "index_from_vector_blocks",
-    "index_from_vectors", "iter_shard_vectors", "load_index", "load_manifest", "search",
-    "search_rows", "VerifyResult", "verify_index",
+    "VECTORS_FILE", "CheckResult", "CorpusIndex", "IndexManifest", "IndexSettings", "build_index", "check_detector",
+    "check_index", "corpus_items", "corpus_key", "faiss_device", "faiss_gpu_count", "finish_from_shards",
+    "index_from_vector_blocks", "index_from_vectors", "iter_shard_vectors", "load_index", "load_manifest", "search",
+    "search_rows",
 ]

@@ -1,11 +1,7 @@
 """Building an index directory: embed the corpus into shards (resumable, on one machine or a Ray cluster),
-then build the FAISS index over the shards and measure an approximate index's recall.
+then finish it (``overlap_audit.index.finish``: the FAISS index, its recall, the manifest).
 
-``index_from_vectors`` / ``index_from_vector_blocks`` write the same directory from precomputed vectors;
-``finish_from_shards`` (re)builds the FAISS index of a directory whose shards are written.
-
-Why one module of this length: the build loop, its resumption and the FAISS build share the progress
-record and the generation switch, which must be written in one order.
+``index_from_vectors`` / ``index_from_vector_blocks`` write the same directory from precomputed vectors.
 """
 
 from __future__ import annotations
@@ -16,14 +12,12 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..atomic import atomic_write, atomic_write_json, is_temporary, remove_stale_temporaries
+from ..atomic import atomic_write_json, is_temporary, remove_stale_temporaries
 from ..detectors import Detector, get_detector
 from ..devices import faiss_device
 from ..embed import Decoder, embed_decoded
@@ -32,19 +26,17 @@ from ..imaging import DEFAULT_MAX_PIXELS
 from ..limits import InputLimits
 from ..outputs import check_output_apart
 from ..sources import Source, open_source, source_location
-from ..values import DetectorInfo, RawItem, Skipped
-from .ann import INDEX_TYPES, choose_index, new_index, parse_bytes
+from ..values import DetectorInfo, RawItem
+from .ann import INDEX_TYPES, parse_bytes
+from .finish import finish_index
+from .integrity import check_faiss, check_files, read_faiss_index, stale_generation_files
+from .manifest import MANIFEST, PROGRESS, SHARD_DIR, IndexManifest, load_manifest
 from .ray import connect, embed_shards
-from .search import search_rows, stream_search
-from .store import (MANIFEST, PROGRESS, SHARD_DIR, GenerationFiles, IndexManifest, check_faiss, check_files,
-                    corpus_key, file_record, finished_shards, item_bytes, iter_shard_vectors, load_manifest,
-                    read_faiss_index, read_shard, same_item_bytes, shard_items, shard_path, shard_paths,
-                    stale_generation_files, vector_width, write_shard)
+from .shards import corpus_key, finished_shards, item_bytes, same_item_bytes, shard_items, shard_path, write_shard
 
-# Augmented copies embedded per shard as recall queries for approximate indexes (at most RECALL_QUERIES used).
+# Augmented copies embedded per shard as recall queries for approximate indexes (``finish`` uses at most
+# RECALL_QUERIES of them).
 RECALL_QUERIES_PER_SHARD = 32
-RECALL_QUERIES = 1000
-RECALL_K = 10
 
 
 @dataclass(frozen=True)
@@ -190,7 +182,7 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
     srcs = _source_names([open_source(src) for src in sources])
     recorded = {"detector": det.info.to_dict(), "sources": [src.to_dict() for src in srcs],
                 "shard_size": s.shard_size, "max_pixels": s.max_pixels, "limits": s.limits.to_dict()}
-    finish = partial(_finish_index, out, det.info, recorded["sources"], s.shard_size, faiss_dev,
+    finish = partial(finish_index, out, det.info, recorded["sources"], s.shard_size, faiss_dev,
                      index_type=s.index_type, memory_budget=s.memory_budget, limits=recorded["limits"])
 
     if out.exists() and not out.is_dir():
@@ -276,177 +268,6 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
     return finish(time.monotonic() - started)
 
 
-# ---------------------------------------------------------------- the FAISS index over the shards
-
-
-@dataclass
-class _ShardScan:
-    """What the finishing pass learns from the shards before building an index."""
-
-    keys: list[str] = field(default_factory=list)
-    given: int = 0
-    embedded: int = 0
-    low: int = 0
-    skipped: list[Skipped] = field(default_factory=list)
-    query_vectors: list[np.ndarray] = field(default_factory=list)
-    query_rows: list[int] = field(default_factory=list)
-    query_crc: list[int] = field(default_factory=list)
-    shard_rows: list[int] = field(default_factory=list)
-
-
-def _scan_shards(out: Path, info: DetectorInfo) -> _ShardScan:
-    scan = _ShardScan()
-    for path in shard_paths(out):
-        shard = read_shard(path, info)
-        scan.shard_rows.append(len(shard.keys))
-        scan.given += len(shard.keys)
-        scan.skipped += shard.skipped
-        embedded = sum(r is None for r in shard.reasons)
-        scan.embedded += embedded
-        scan.low += embedded - int(shard.usable.sum())
-        first = len(scan.keys)
-        scan.keys += [k for k, m in zip(shard.keys, shard.usable) if m]
-        usable_row = np.cumsum(shard.usable) - 1 + first
-        for j in np.nonzero(shard.has_query)[0]:
-            scan.query_vectors.append(shard.query_vectors[j:j + 1].copy())
-            scan.query_rows.append(int(usable_row[j]))
-            scan.query_crc.append(zlib.crc32(shard.keys[j].encode("utf-8", "surrogatepass")))
-    return scan
-
-
-def _read_training_sample(out: Path, info: DetectorInfo, n_total: int, n_sample: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    keep = np.sort(rng.choice(n_total, size=min(n_sample, n_total), replace=False))
-    parts = []
-    for first, vectors in iter_shard_vectors(out, info):
-        local = keep[(keep >= first) & (keep < first + len(vectors))] - first
-        if len(local):
-            parts.append(vectors[local])
-    return np.concatenate(parts) if parts else np.zeros((0, vector_width(info)), np.float32)
-
-
-def _build_faiss(out: Path, info: DetectorInfo, plan, n: int, vectors_file: str):
-    """Build the FAISS index the plan names over the shards' vectors (two passes for trained indexes);
-    IVF-PQ over float vectors also writes the exact vectors to ``vectors_file``."""
-    index = new_index(plan, info)
-    if plan.needs_training:
-        sample = _read_training_sample(out, info, n, plan.params["train_size"])
-        index.train(np.ascontiguousarray(sample))
-
-    def add_all(vectors_tmp: str | None) -> None:
-        memmap = None
-        if vectors_tmp is not None:
-            memmap = np.lib.format.open_memmap(vectors_tmp, mode="w+", dtype=np.float32, shape=(n, info.dim))
-        for first, vectors in iter_shard_vectors(out, info):
-            if len(vectors):
-                index.add(np.ascontiguousarray(vectors))
-                if memmap is not None:
-                    memmap[first:first + len(vectors)] = vectors
-        if memmap is not None:
-            memmap.flush()
-            del memmap
-
-    if plan.index_type == "ivfpq" and info.metric == "cosine":
-        atomic_write(out / vectors_file, add_all)
-    else:
-        add_all(None)
-    return index
-
-
-def _finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size: int, device: str,
-                  seconds: float, *, index_type: str = "auto", memory_budget: int | str | None = None,
-                  limits: dict | None = None, previous: IndexManifest | None = None) -> IndexManifest:
-    """Build the FAISS index over the shards as the generation after ``previous`` (or the first), write
-    the manifest that switches to it (the last write), then remove the generation it replaced."""
-    import faiss
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    started = time.monotonic()
-    generation = 1 if previous is None else previous.generation + 1
-    names = GenerationFiles.of(generation)
-    scan = _scan_shards(out, info)
-    if len(set(scan.keys)) != len(scan.keys):  # ids are unique per source already; guards a hand-edited dir
-        raise IndexDirError(f"{out}: the shards hold repeated keys; rebuild the index in a new directory")
-    plan = choose_index(index_type, len(scan.keys), info, memory_budget)
-    index = _build_faiss(out, info, plan, len(scan.keys), names.vectors)
-    writer = faiss.write_index_binary if info.metric == "hamming" else faiss.write_index
-    atomic_write(out / names.index, lambda tmp: writer(index, tmp))
-    atomic_write(out / names.ids, lambda tmp: pq.write_table(pa.table({"key": pa.array(scan.keys, pa.string())}),
-                                                              tmp))
-    build_seconds = time.monotonic() - started
-    vectors_file = names.vectors if (out / names.vectors).exists() and plan.index_type == "ivfpq" else None
-    recall = _measure_recall(out, info, index, plan, scan, device, vectors_file) if plan.approximate else {
-        "exact": True, "note": "flat index: exact search"}
-    files = {f"{SHARD_DIR}/{path.name}": file_record(path, rows)
-             for path, rows in zip(shard_paths(out), scan.shard_rows)}
-    files[names.index] = file_record(out / names.index, int(index.ntotal))
-    files[names.ids] = file_record(out / names.ids, len(scan.keys))
-    if vectors_file is not None:
-        files[vectors_file] = file_record(out / vectors_file, len(scan.keys))
-    superseded = []
-    if previous is not None:
-        now = {names.index, names.ids, vectors_file}
-        superseded = [name for name in (previous.index_file, previous.ids_file, previous.vectors_file)
-                      if name is not None and name not in now]
-    manifest = IndexManifest(
-        detector=info,
-        sources=sources,
-        n_given=scan.given,
-        n_embedded=scan.embedded,
-        n_indexed=len(scan.keys),
-        n_low_information=scan.low,
-        n_skipped=len(scan.skipped),
-        skipped=scan.skipped,
-        shard_size=shard_size,
-        n_shards=len(scan.shard_rows),
-        index_type=plan.index_type,
-        faiss_version=getattr(faiss, "__version__", "unknown"),
-        package_version=__version__,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        build_seconds=round(seconds + build_seconds, 3),
-        extra={"device": device, "faiss_index": type(index).__name__, "index_params": plan.params,
-               "index_choice": plan.reason, "index_build_seconds": round(build_seconds, 3), "recall": recall,
-               **({"limits": limits} if limits else {})},
-        generation=generation,
-        files=files,
-        index_file=names.index,
-        ids_file=names.ids,
-        vectors_file=vectors_file,
-        superseded=superseded,
-    )
-    atomic_write_json(out / MANIFEST, manifest.to_dict())  # the switch
-    for stale in stale_generation_files(out, manifest):
-        stale.unlink(missing_ok=True)
-    return manifest
-
-
-def _measure_recall(out: Path, info: DetectorInfo, index, plan, scan: _ShardScan, device: str,
-                    vectors_file: str | None) -> dict:
-    """Recall of the approximate index against exact search, on augmented copies of corpus items."""
-    if not scan.query_vectors:
-        return {"exact": False, "n_queries": 0, "note": "no augmented corpus copies to measure recall with"}
-    queries = np.concatenate(scan.query_vectors)
-    order = np.argsort(np.array(scan.query_crc, dtype=np.int64), kind="stable")[:RECALL_QUERIES]
-    queries, source_rows = queries[order], np.array(scan.query_rows, dtype=np.int64)[order]
-    k = min(RECALL_K, len(scan.keys))
-    exact_sims, exact_rows = stream_search(queries, iter_shard_vectors(out, info), k, info.metric, info.dim)
-    approx_sims, approx_rows = search_rows(index, plan.index_type, plan.params, queries, k, info, out, device,
-                                           **({"vectors_file": vectors_file} if vectors_file else {}))
-    # Tie-aware: a returned neighbour counts when its (exact) similarity reaches the exact k-th one, so
-    # equally similar items (common with Hamming distances) are interchangeable.
-    # (within float rounding: the two searches compute inner products with differently blocked BLAS calls)
-    tol = 1e-5 if info.metric == "cosine" else 0.0
-    recall_1 = float((approx_sims[:, 0] >= exact_sims[:, 0] - tol).mean())
-    overlap = np.minimum((approx_sims >= exact_sims[:, k - 1:k] - tol).sum(axis=1), k) / k
-    found_exact = float((exact_rows == source_rows[:, None]).any(axis=1).mean())
-    found_approx = float((approx_rows == source_rows[:, None]).any(axis=1).mean())
-    return {"exact": False, "n_queries": int(len(queries)), "k": int(k), "recall_at_1": recall_1,
-            "recall_at_k": float(overlap.mean()), "source_found_at_k_exact": found_exact,
-            "source_found_at_k": found_approx,
-            "queries": "augmented copies (resize + JPEG) of corpus items, embedded during indexing"}
-
-
 # ---------------------------------------------------------------- from precomputed vectors
 
 _VECTORS_NAME = "vectors"
@@ -500,15 +321,5 @@ def index_from_vector_blocks(out_dir: str | os.PathLike, blocks: Iterable, *, di
     atomic_write_json(out / PROGRESS, {"detector": info.to_dict(), "sources": sources, "shard_size": shard_size})
     if not build:
         return None
-    return _finish_index(out, info, sources, shard_size, faiss_device("auto"), time.monotonic() - started,
-                         index_type=index_type)
-
-
-def finish_from_shards(out_dir: str | os.PathLike, *, index_type: str = "auto") -> IndexManifest:
-    """(Re)build the FAISS index of a directory whose shards are written."""
-    out = Path(out_dir)
-    progress = json.loads((out / PROGRESS).read_text())
-    previous = load_manifest(out) if (out / MANIFEST).exists() else None
-    return _finish_index(out, DetectorInfo.from_dict(progress["detector"]), progress["sources"],
-                         progress["shard_size"], faiss_device("auto"), 0.0, index_type=index_type,
-                         limits=progress.get("limits"), previous=previous)
+    return finish_index(out, info, sources, shard_size, faiss_device("auto"), time.monotonic() - started,
+                        index_type=index_type)

@@ -24,7 +24,9 @@ import numpy as np
 from ..devices import faiss_device
 from ..values import DetectorInfo, Neighbors
 from .ray import connect, map_shards
-from .store import VECTORS_FILE, CorpusIndex, iter_shard_vectors, read_shard_vectors, shard_first_rows
+from .load import CorpusIndex
+from .manifest import VECTORS_FILE
+from .shards import iter_shard_vectors, read_shard_vectors, shard_first_rows
 
 NO_ROW = -1
 SEARCH_BATCH = 8192  # queries per FAISS index search call

@@ -1,5 +1,5 @@
-"""The index directory format (overlap_audit.index.store): shards round-trip through the public functions,
-and the package's modules import each other in one direction only."""
+"""The index's shards (overlap_audit.index.shards): they round-trip through the public functions, rows are
+found by key, and the package's modules import each other in one direction only."""
 
 import ast
 from pathlib import Path
@@ -10,9 +10,10 @@ import pytest
 
 import overlap_audit.index as index_pkg
 from overlap_audit.errors import ResumeError
-from overlap_audit.index.store import (SHARD_DIR, finished_shards, iter_shard_vectors, read_shard, read_shard_vectors,
-                                       shard_first_rows, shard_item_ids, shard_path, shard_paths, usable_mask,
-                                       vector_width, write_shard)
+from overlap_audit.index.manifest import SHARD_DIR
+from overlap_audit.index.shards import (finished_shards, iter_shard_vectors, read_shard, read_shard_vectors,
+                                        rows_by_key, shard_first_rows, shard_item_ids, shard_path, shard_paths,
+                                        usable_mask, vector_width, write_shard)
 from overlap_audit.values import DetectorInfo, Skipped
 
 PACKAGE = Path(index_pkg.__file__).parent
@@ -77,6 +78,26 @@ def test_shards_round_trip(tmp_path, metric):
     assert not list(tmp_path.rglob(".*.tmp-*"))  # written atomically
 
 
+def test_rows_are_found_by_key_across_shards(tmp_path):
+    info = info_for("cosine")
+    (tmp_path / SHARD_DIR).mkdir()
+    for n in range(3):
+        write_example(tmp_path, n, info, np.random.default_rng(n), 5 * n)
+    # a key from the first and the last shard, a skipped item's key, one in no shard, and None
+    rows = rows_by_key(tmp_path, ["src/im0.png", "src/im14.png", "src/im8.png", "src/nope", None],
+                       ["source", "id", "caption", "label", "skip_reason", "no_such_column"])
+    assert rows == {
+        "src/im0.png": {"source": "src", "id": "im0.png", "caption": "a cat", "label": "cat", "skip_reason": None,
+                        "no_such_column": None},
+        "src/im14.png": {"source": "src", "id": "im14.png", "caption": "a dog", "label": "dog", "skip_reason": None,
+                         "no_such_column": None},
+        "src/im8.png": {"source": "src", "id": "im8.png", "caption": None, "label": None,
+                        "skip_reason": "cannot decode", "no_such_column": None},
+    }
+    assert rows_by_key(tmp_path, [], ["id"]) == {}
+    assert rows_by_key(tmp_path / "nowhere", ["src/im0.png"], ["id"]) == {}
+
+
 def test_a_gap_in_the_shards_is_refused(tmp_path):
     info = info_for("cosine")
     (tmp_path / SHARD_DIR).mkdir()
@@ -108,7 +129,8 @@ def test_ray_imports_no_private_name():
 
 
 def test_index_modules_import_in_one_direction():
-    order = ["store", "ann", "ray", "search", "build"]  # each may import only those before it
+    # each may import only those before it
+    order = ["manifest", "shards", "integrity", "load", "ann", "ray", "search", "finish", "build"]
     assert sorted(order) == sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
     for position, name in enumerate(order):
         for module, imported in imports(PACKAGE / f"{name}.py"):

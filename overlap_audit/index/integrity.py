@@ -1,0 +1,212 @@
+"""Holding an index directory to its manifest: the files (sizes, rows, checksums), the FAISS index, the
+full check behind ``overlap-audit check`` (``check_index``), the files a killed build left behind, and whether
+a detector's embeddings are comparable with the index's.
+
+Every reader checks what it loads (``check_files``): the shard set, sizes and row counts always, checksums of
+ids.parquet and of files under ``SMALL_FILE`` bytes; ``check_index`` checks every checksum.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IndexDamagedError, IndexMismatchError
+from ..values import DetectorInfo
+from .manifest import GENERATION_FILE_RE, MANIFEST, REPAIR, SHARD_DIR, IndexManifest, checksum_file, load_manifest
+from .shards import shard_paths
+
+SMALL_FILE = 4 << 20  # files up to this size are checksummed on every load
+# the FAISS classes each index type is built as (``overlap_audit.index.ann.new_index``): binary, float
+FAISS_CLASSES = {"flat": ("IndexBinaryFlat", "IndexFlatIP"), "ivfpq": ("IndexBinaryIVF", "IndexIVFPQ"),
+                 "hnsw": ("IndexBinaryHNSW", "IndexHNSWFlat")}
+
+
+def _damaged(path: Path, what: str, file: str = "") -> IndexDamagedError:
+    return IndexDamagedError(f"{path} is damaged: {what}; {REPAIR}", file)
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(path).num_rows
+
+
+def check_files(index_dir: str | os.PathLike, manifest: IndexManifest, *, full: bool = False) -> tuple[int, int]:
+    """Check the files of an index directory against its manifest; returns (files, bytes checksummed).
+
+    Always: the shard set is exactly the recorded one, every recorded file exists with its recorded size,
+    Parquet files hold their recorded rows, and the counts agree with each other. Checksums: every file with
+    ``full``, else ids.parquet and files up to ``SMALL_FILE`` bytes. The first mismatch raises IndexDirError.
+    """
+    path = Path(index_dir)
+    on_disk = {f"{SHARD_DIR}/{p.name}" for p in shard_paths(path)}
+    recorded = {name for name in manifest.files if name.startswith(f"{SHARD_DIR}/")}
+    if on_disk != recorded:
+        missing, extra = sorted(recorded - on_disk), sorted(on_disk - recorded)
+        what = f"{missing[0]} is missing" if missing else f"{extra[0]} is not one of its recorded shards"
+        raise _damaged(path, what + f" ({len(recorded)} shards recorded, {len(on_disk)} present)",
+                       (missing or extra)[0])
+    for name in (manifest.index_file, manifest.ids_file, manifest.vectors_file):
+        if name is not None and name not in manifest.files:
+            raise _damaged(path, f"its manifest names {name} but records no size or checksum for it")
+    if manifest.n_shards != len(recorded):
+        raise _damaged(path, f"the manifest counts {manifest.n_shards} shards but records {len(recorded)}")
+    checked = 0
+    for name, rec in manifest.files.items():
+        file = path / name
+        try:
+            size = file.stat().st_size
+        except FileNotFoundError:
+            raise _damaged(path, f"{name} is missing", name) from None
+        if size != rec.size:
+            raise _damaged(path, f"{name} is {size} bytes where the manifest records {rec.size}", name)
+        if name.endswith(".parquet") and rec.rows is not None:
+            try:
+                rows = _parquet_rows(file)
+            except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad footer
+                raise _damaged(path, f"{name} is not a readable Parquet file ({type(exc).__name__})", name) from None
+            if rows != rec.rows:
+                raise _damaged(path, f"{name} holds {rows} rows where the manifest records {rec.rows}", name)
+        if name.endswith(".npy") and rec.rows is not None:
+            try:
+                rows = len(np.load(file, mmap_mode="r"))
+            except (OSError, ValueError) as exc:
+                raise _damaged(path, f"{name} is not a readable array ({exc})", name) from None
+            if rows != rec.rows:
+                raise _damaged(path, f"{name} holds {rows} rows where the manifest records {rec.rows}", name)
+        if full or name == manifest.ids_file or size <= SMALL_FILE:
+            if checksum_file(file) != rec.xxh3:
+                raise _damaged(path, f"{name} does not have the checksum the manifest records (its content "
+                                     "changed)", name)
+            checked += size
+    shard_rows = sum(rec.rows or 0 for name, rec in manifest.files.items() if name in recorded)
+    if shard_rows != manifest.n_given:
+        raise _damaged(path, f"its shards hold {shard_rows} items where the manifest counts {manifest.n_given}")
+    for name in (manifest.ids_file, manifest.index_file):
+        rows = manifest.files[name].rows
+        if rows is not None and rows != manifest.n_indexed:
+            raise _damaged(path, f"{name} records {rows} rows where the manifest counts {manifest.n_indexed} "
+                                 "indexed items")
+    return len(manifest.files), checked
+
+
+def check_faiss(index_dir: str | os.PathLike, manifest: IndexManifest, index) -> None:
+    """Refuse a FAISS index whose class, metric or size is not what the manifest records."""
+    path = Path(index_dir)
+    cls = type(index).__name__
+    binary = manifest.detector.metric == "hamming"
+    expected = FAISS_CLASSES.get(manifest.index_type)
+    if expected is None:
+        raise _damaged(path, f"its manifest names an unknown index type {manifest.index_type!r}", MANIFEST)
+    if cls != expected[0 if binary else 1]:
+        raise _damaged(path, f"{manifest.index_file} is a {cls} where the manifest records a "
+                             f"{manifest.index_type} index ({expected[0 if binary else 1]})", manifest.index_file)
+    if not binary:
+        import faiss
+
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT or index.d != manifest.detector.dim:
+            raise _damaged(path, f"{manifest.index_file} has metric {index.metric_type} and dimension {index.d} "
+                                 f"where the manifest records inner product over {manifest.detector.dim}",
+                           manifest.index_file)
+    elif index.d != manifest.detector.dim:
+        raise _damaged(path, f"{manifest.index_file} has {index.d} bits where the manifest records "
+                             f"{manifest.detector.dim}", manifest.index_file)
+    if index.ntotal != manifest.n_indexed:
+        raise _damaged(path, f"{manifest.index_file} holds {index.ntotal} vectors where the manifest counts "
+                             f"{manifest.n_indexed} indexed items", manifest.index_file)
+
+
+def read_faiss_index(path: Path, manifest: IndexManifest):
+    """The FAISS index the manifest names, read; an unreadable file is IndexDamagedError."""
+    import faiss
+
+    reader = faiss.read_index_binary if manifest.detector.metric == "hamming" else faiss.read_index
+    try:
+        return reader(str(path / manifest.index_file))
+    except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError with a long C++ message
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _damaged(path, f"cannot read {manifest.index_file} ({first[:200]})", manifest.index_file) from None
+
+
+def read_ids(path: Path, manifest: IndexManifest) -> np.ndarray:
+    """The corpus key of each index row (ids.parquet); an unreadable file or a wrong count is IndexDamagedError."""
+    import pyarrow.parquet as pq
+
+    try:
+        keys = np.array(pq.read_table(path / manifest.ids_file)["key"].to_pylist(), dtype=object)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
+        raise _damaged(path, f"cannot read {manifest.ids_file} ({type(exc).__name__})") from None
+    if len(keys) != manifest.n_indexed:
+        raise _damaged(path, f"{manifest.ids_file} holds {len(keys)} ids where the manifest counts "
+                             f"{manifest.n_indexed} indexed items")
+    return keys
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """An index directory whose every file was checked."""
+
+    path: Path
+    generation: int
+    index_type: str
+    n_indexed: int
+    n_files: int
+    n_bytes: int
+    seconds: float
+
+
+def check_index(index_dir: str | os.PathLike) -> CheckResult:
+    """Check every file of an index directory against its manifest: sizes, row counts and all checksums,
+    then the FAISS index's class, metric and size; the first mismatch raises IndexDirError."""
+    started = time.monotonic()
+    path = Path(index_dir)
+    manifest = load_manifest(path)
+    n_files, n_bytes = check_files(path, manifest, full=True)
+    check_faiss(path, manifest, read_faiss_index(path, manifest))
+    read_ids(path, manifest)
+    return CheckResult(path, manifest.generation, manifest.index_type, manifest.n_indexed, n_files, n_bytes,
+                       time.monotonic() - started)
+
+
+def stale_generation_files(index_dir: str | os.PathLike, manifest: IndexManifest | None) -> list[Path]:
+    """Files the builder wrote that the manifest does not use: the superseded generation's (a kill after
+    the switch leaves them) and any later generation's (a kill before it)."""
+    path = Path(index_dir)
+    if manifest is None:
+        return []
+    named = {manifest.index_file, manifest.ids_file, manifest.vectors_file}
+    out = [path / name for name in manifest.superseded if name not in named and (path / name).exists()]
+    for p in path.iterdir():
+        m = GENERATION_FILE_RE.match(p.name)
+        if m and int(m.group(2)) > manifest.generation and p.name not in named:
+            out.append(p)
+    return out
+
+
+def check_detector(manifest: IndexManifest, detector: DetectorInfo, index_dir: str = "") -> None:
+    """Refuse a detector whose embeddings are not comparable with the index's."""
+    built = manifest.detector
+    problems = []
+    if built.name != detector.name:
+        problems.append(f"detector {built.name!r} (asked: {detector.name!r})")
+    if built.version != detector.version:
+        note = ""
+        if built.content != detector.content:
+            was = "no content normalisation" if built.content is None else f"content {built.content!r}"
+            note = f", i.e. {was} where this detector uses content {detector.content!r}"
+        problems.append(f"detector version {built.version!r} (installed: {detector.version!r}{note})")
+    if built.dim != detector.dim:
+        problems.append(f"dimension {built.dim} (asked: {detector.dim})")
+    if built.metric != detector.metric:
+        problems.append(f"metric {built.metric!r} (asked: {detector.metric!r})")
+    if problems:
+        raise IndexMismatchError(
+            f"the index {index_dir} was built with {'; '.join(problems)}: its embeddings cannot be compared "
+            "with this detector's. Rebuild the index with this detector, or report with the index's own."
+        )
+
