@@ -61,7 +61,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_phash.py
 	$(BIN)/python benchmarks/bench_search.py
 	$(BIN)/python benchmarks/phash_quality.py
-	$(BIN)/python benchmarks/calibration.py
+	$(BIN)/python benchmarks/bench_power.py
 	$(BIN)/python benchmarks/bench_detectors.py
 	$(BIN)/python benchmarks/bench_detectors.py --photos debian
 	$(BIN)/python benchmarks/bench_pipeline.py
