@@ -32,8 +32,9 @@ INDEX_TYPES = ("auto", "flat", "ivfpq", "hnsw", "mih")
 DEFAULT_BUDGET = 8 * 1024 ** 3
 HNSW_M = 32
 MIN_IVF_ITEMS = 1000
-# from here the tables pay for themselves at the threshold's radius (9 bits for phash): at 10^6 uniform codes
-# 2 cores answer ~10x the flat scan's rate (bench_hash_scale.py); below, flat is fast and saves the memory
+# from here the tables pay for themselves at the threshold's radius (9 bits for phash): at 10^6 codes they
+# answered 14x the flat scan's rate, one thread each (BENCHMARKS.md, bench_hash_scale.py); below, the flat
+# scan is fast and saves the tables' memory
 MIH_MIN_ITEMS = 1_000_000
 
 

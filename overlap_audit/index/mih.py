@@ -35,8 +35,9 @@ CANDIDATE_BLOCK = 1 << 20  # candidates verified per numpy pass: bounds the sear
 # relative cost of one directory lookup against one candidate check, measured with this module's numpy passes
 # (bench_hash_scale.py: both are a handful of vectorised operations; a lookup also pays its repeat/arange setup)
 LOOKUP_COST = 1.5
-# one code of FAISS's flat popcount scan (both cores) against one candidate check here (one core, numpy):
-# ~0.6 ns against ~25 ns on the benchmark machine (bench_hash_scale.py)
+# one code of FAISS's flat popcount scan against one candidate check here (one thread, numpy): 0.6 ns on 2 idle
+# cores (issue 27's probe: 163 queries/s at 10^7) against ~25-40 ns (bench_hash_scale.py); on a loaded machine
+# with one FAISS thread the scan was 4-9 ns, so near the boundary either choice costs about the same
 SCAN_COST = 1 / 40
 
 
@@ -187,6 +188,8 @@ def radius_search(mih: MultiIndexHash, queries: np.ndarray, k: int, radius: int,
         return dist, rows
     m = len(mih.widths)
     plan = [(i, _flip_masks(w, t)) for i, (w, t) in enumerate(zip(mih.widths, table_radii(m, radius))) if t >= 0]
+    # at large radii a query enumerates 10^5 substring values per table: fewer queries per pass bound memory
+    batch = max(1, min(batch, CANDIDATE_BLOCK // max(len(masks) for _, masks in plan)))
     for start in range(0, nq, batch):
         qw = q_words[start:start + batch]
         found: list[np.ndarray] = []
