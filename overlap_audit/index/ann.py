@@ -9,7 +9,13 @@
   are already compact; distances are exact).
 - ``hnsw``: graph search (IndexHNSWFlat / IndexBinaryHNSW, M = 32): exact codes, fastest queries, the
   most memory (the vectors plus 2·M links of 4 bytes per item) — where memory allows and latency matters.
-- ``auto``: flat while it fits the budget, otherwise ivfpq. The choice and its reason go in the manifest.
+- ``mih``: 64-bit hashes only: the exact codes (IndexBinaryFlat) plus multi-index hash tables
+  (``overlap_audit.index.mih``: m substrings, m chosen for n and the detector threshold's radius; 8 + 12·m
+  bytes per item), so a search that only needs neighbours within a radius reads a small fraction of the
+  corpus. Exact: every item within the radius is found with its exact distance; a search without a radius,
+  or one whose radius makes the tables cost more than a scan, runs the flat scan.
+- ``auto``: for 64-bit hashes, mih from ``MIH_MIN_ITEMS`` items while it fits the budget; otherwise flat
+  while it fits the budget, otherwise ivfpq. The choice and its reason go in the manifest.
 """
 
 from __future__ import annotations
@@ -20,11 +26,16 @@ from dataclasses import dataclass, field
 
 from ..errors import IndexDirError
 from ..values import DetectorInfo
+from .mih import choose_substrings
 
-INDEX_TYPES = ("auto", "flat", "ivfpq", "hnsw")
+INDEX_TYPES = ("auto", "flat", "ivfpq", "hnsw", "mih")
 DEFAULT_BUDGET = 8 * 1024 ** 3
 HNSW_M = 32
 MIN_IVF_ITEMS = 1000
+# from here the tables pay for themselves at the threshold's radius (9 bits for phash): at 10^6 codes they
+# answered 14x the flat scan's rate, one thread each (BENCHMARKS.md, bench_hash_scale.py); below, the flat
+# scan is fast and saves the tables' memory
+MIH_MIN_ITEMS = 1_000_000
 
 
 def parse_bytes(value: int | str | None) -> int:
@@ -52,7 +63,7 @@ class IndexPlan:
 
     @property
     def approximate(self) -> bool:
-        return self.index_type != "flat"
+        return self.index_type not in ("flat", "mih")
 
     @property
     def needs_training(self) -> bool:
@@ -65,6 +76,8 @@ def bytes_per_item(index_type: str, info: DetectorInfo, params: dict | None = No
     code = info.dim / 8 if info.metric == "hamming" else 4 * info.dim
     if index_type == "flat":
         return code
+    if index_type == "mih":
+        return code + params.get("substrings", 3) * (code + 4)
     if index_type == "hnsw":
         return code + 2 * params.get("M", HNSW_M) * 4
     if info.metric == "hamming":
@@ -93,12 +106,34 @@ def _ivf_params(n: int, info: DetectorInfo) -> dict:
     return params
 
 
+def hash_radius(similarity: float, bits: int) -> int:
+    """The largest Hamming distance whose similarity 1 − d/bits is at least ``similarity`` (−1: none)."""
+    return min(bits, int(math.floor((1.0 - float(similarity)) * bits + 1e-9)))
+
+
+def _mih_params(n: int, info: DetectorInfo) -> dict:
+    threshold = 1.0 if info.default_threshold is None else info.default_threshold
+    radius = hash_radius(threshold, info.dim)
+    params = {"substrings": choose_substrings(n, max(radius, 0)), "radius": radius}
+    params["bytes_per_item"] = bytes_per_item("mih", info, params)
+    return params
+
+
 def choose_index(index_type: str, n: int, info: DetectorInfo, memory_budget: int | str | None) -> IndexPlan:
     """The index a corpus of n items gets: as asked, or by size and budget for ``auto``."""
     if index_type not in INDEX_TYPES:
         raise IndexDirError(f"--index-type must be one of {', '.join(INDEX_TYPES)} (got {index_type!r})")
     budget = parse_bytes(memory_budget)
     flat_bytes = n * bytes_per_item("flat", info)
+    hashes64 = info.metric == "hamming" and info.dim == 64
+    if index_type == "mih" and not hashes64:
+        raise IndexDirError(f"--index-type mih is for 64-bit hashes (this detector gives {info.dim}-"
+                            f"{'bit hashes' if info.metric == 'hamming' else 'd vectors'}); use flat or ivfpq")
+    if index_type == "auto" and hashes64 and n >= MIH_MIN_ITEMS:
+        params = _mih_params(n, info)
+        if n * params["bytes_per_item"] <= budget:
+            return IndexPlan("mih", params, f"auto: 64-bit hashes, {n:,} items: multi-index hash tables "
+                                            f"({n * params['bytes_per_item'] / 1e9:.3g} GB of {budget / 1e9:.3g} GB)")
     if index_type == "auto":
         if flat_bytes <= budget or n < MIN_IVF_ITEMS:
             index_type, reason = "flat", (f"auto: exact flat search fits the budget "
@@ -110,6 +145,8 @@ def choose_index(index_type: str, n: int, info: DetectorInfo, memory_budget: int
         reason = f"asked for {index_type}"
     if index_type == "flat":
         return IndexPlan("flat", {"bytes_per_item": bytes_per_item("flat", info)}, reason)
+    if index_type == "mih":
+        return IndexPlan("mih", _mih_params(n, info), reason)
     if index_type == "hnsw":
         params = {"M": HNSW_M, "ef_construction": 80, "ef_search": 128}
         params["bytes_per_item"] = bytes_per_item("hnsw", info, params)
@@ -131,7 +168,7 @@ def new_index(plan: IndexPlan, info: DetectorInfo):
 
     p = plan.params
     if info.metric == "hamming":
-        if plan.index_type == "flat":
+        if plan.index_type in ("flat", "mih"):  # mih: the exact codes; its tables are built from them
             return faiss.IndexBinaryFlat(info.dim)
         if plan.index_type == "hnsw":
             index = faiss.IndexBinaryHNSW(info.dim, p["M"])

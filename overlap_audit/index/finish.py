@@ -125,6 +125,14 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
     index = _build_faiss(out, info, plan, len(scan.keys), names.vectors)
     writer = faiss.write_index_binary if info.metric == "hamming" else faiss.write_index
     atomic_write(out / names.index, lambda tmp: writer(index, tmp))
+    tables = None
+    if plan.index_type == "mih":  # the multi-index hash tables beside the flat index they answer for
+        from .mih import build_mih, tables_name, write_mih
+
+        tables = tables_name(names.index)
+        codes = faiss.vector_to_array(index.xb).reshape(-1, index.code_size)
+        table_set = build_mih(codes, plan.params["substrings"])
+        write_mih(out / tables, table_set)
     atomic_write(out / names.ids, lambda tmp: pq.write_table(pa.table({"key": pa.array(scan.keys, pa.string())}),
                                                               tmp))
     build_seconds = time.monotonic() - started
@@ -137,11 +145,16 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
     files[names.ids] = file_record(out / names.ids, len(scan.keys))
     if vectors_file is not None:
         files[vectors_file] = file_record(out / vectors_file, len(scan.keys))
+    if tables is not None:
+        files[tables] = file_record(out / tables, len(scan.keys))
     superseded = []
     if previous is not None:
-        now = {names.index, names.ids, vectors_file}
-        superseded = [name for name in (previous.index_file, previous.ids_file, previous.vectors_file)
-                      if name is not None and name not in now]
+        from .mih import tables_name
+
+        now = {names.index, names.ids, vectors_file, tables}
+        superseded = [name for name in (previous.index_file, previous.ids_file, previous.vectors_file,
+                                        tables_name(previous.index_file))
+                      if name is not None and name not in now and (out / name).exists()]
     manifest = IndexManifest(
         detector=info,
         sources=sources,

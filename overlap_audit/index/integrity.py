@@ -23,7 +23,8 @@ from .shards import shard_paths
 SMALL_FILE = 4 << 20  # files up to this size are checksummed on every load
 # the FAISS classes each index type is built as (``overlap_audit.index.ann.new_index``): binary, float
 FAISS_CLASSES = {"flat": ("IndexBinaryFlat", "IndexFlatIP"), "ivfpq": ("IndexBinaryIVF", "IndexIVFPQ"),
-                 "hnsw": ("IndexBinaryHNSW", "IndexHNSWFlat")}
+                 "hnsw": ("IndexBinaryHNSW", "IndexHNSWFlat"),
+                 "mih": ("IndexBinaryFlat", "")}  # mih: 64-bit hashes only, the tables in index.gG.mih
 
 
 def _damaged(path: Path, what: str, file: str = "") -> IndexDamagedError:

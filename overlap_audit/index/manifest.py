@@ -43,7 +43,7 @@ IDS_FILE = "ids.parquet"
 SHARD_DIR = "shards"
 VECTORS_FILE = "vectors.npy"
 # the files of a generation after the first (``GenerationFiles``): what a builder may leave behind when killed
-GENERATION_FILE_RE = re.compile(r"^(index|ids|vectors)\.g(\d+)\.(faiss|parquet|npy)$")
+GENERATION_FILE_RE = re.compile(r"^(index|ids|vectors)\.g(\d+)\.(faiss|parquet|npy|mih)$")
 FORMAT = 2
 _HASH_BLOCK = 4 << 20
 REPAIR = ("repair it with `overlap-audit index ... --resume` (the same command that built it), "

@@ -10,7 +10,10 @@ by the queries plus one shard whatever the corpus size (the way DataComp dedupli
 against its evaluation sets).
 
 ``search`` answers queries against a loaded ``CorpusIndex``: through its FAISS index (on the GPU when
-asked), by streaming its shards, or by streaming them on a Ray cluster.
+asked), by streaming its shards, or by streaming them on a Ray cluster. Given ``min_similarity``, only
+neighbours at least that similar are returned (the others as row −1), whatever the path; over 64-bit hashes
+with multi-index hash tables (index type ``mih``) that is a radius search, which reads only the tables'
+candidates when that costs less than the flat scan (``overlap_audit.index.mih.tables_pay``).
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import numpy as np
 
 from ..devices import faiss_device
 from ..values import DetectorInfo, Neighbors
+from .ann import hash_radius
+from .mih import radius_search, read_mih, tables_name, tables_pay
 from .ray import connect, map_shards
 from .load import CorpusIndex
-from .manifest import VECTORS_FILE
+from .manifest import INDEX_FILE, VECTORS_FILE
 from .shards import iter_shard_vectors, read_shard_vectors, shard_first_rows
 
 NO_ROW = -1
@@ -163,14 +168,39 @@ def to_device(index, metric: str, device: str):
     return faiss.index_cpu_to_gpu(res, 0, index)
 
 
+def within(sims: np.ndarray, rows: np.ndarray, min_similarity: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical top-k with the neighbours below ``min_similarity`` removed (row −1); None keeps all."""
+    if min_similarity is None:
+        return sims, rows
+    below = sims < np.float32(min_similarity)
+    return np.where(below, -np.inf, sims).astype(np.float32), np.where(below, NO_ROW, rows)
+
+
 def search_rows(index, index_type: str, params: dict, queries: np.ndarray, k: int, info: DetectorInfo,
-                path: Path, device: str = "cpu", *, vectors_file: str = VECTORS_FILE) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (similarities, rows) from a FAISS index of any type, in the canonical order.
+                path: Path, device: str = "cpu", *, vectors_file: str = VECTORS_FILE,
+                min_similarity: float | None = None, tables_file: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (similarities, rows) from a FAISS index of any type, in the canonical order; with
+    ``min_similarity``, only those at least that similar.
 
     Approximate indexes may miss neighbours but never report a wrong similarity: HNSW and binary IVF
     store exact codes, and IVF-PQ's shortlist is re-ranked with the exact vectors (``vectors_file`` in the
-    index directory ``path``).
+    index directory ``path``). A ``mih`` index answers a ``min_similarity`` search from its tables
+    (``tables_file`` in ``path``) by radius search when that costs less than scanning its codes: exact
+    either way.
     """
+    if index_type == "mih" and min_similarity is not None:
+        radius = hash_radius(min_similarity, info.dim)
+        tables = read_mih(Path(path) / (tables_file or tables_name(INDEX_FILE)))
+        if tables_pay(len(tables), len(tables.widths), radius):
+            dist, rows = radius_search(tables, np.asarray(queries), k, radius)
+            sims = np.where(rows == NO_ROW, -np.inf, 1.0 - dist / info.dim).astype(np.float32)
+            return sims, rows
+    return within(*_search_rows(index, index_type, params, queries, k, info, path, device, vectors_file),
+                  min_similarity)
+
+
+def _search_rows(index, index_type: str, params: dict, queries: np.ndarray, k: int, info: DetectorInfo,
+                 path: Path, device: str, vectors_file: str) -> tuple[np.ndarray, np.ndarray]:
     if index_type == "hnsw":
         index.hnsw.efSearch = int(params.get("ef_search", 128))
     if index_type == "ivfpq":
@@ -188,30 +218,34 @@ def search_rows(index, index_type: str, params: dict, queries: np.ndarray, k: in
 
 
 def search(corpus: CorpusIndex, query_ids: list[str], vectors: np.ndarray, *, k: int = 5,
-           device: str = "auto", exact_stream: bool = False, ray_address: str | None = None) -> Neighbors:
-    """The k nearest corpus items of each query vector, most similar first, ties by corpus row.
+           device: str = "auto", exact_stream: bool = False, ray_address: str | None = None,
+           min_similarity: float | None = None) -> Neighbors:
+    """The k nearest corpus items of each query vector, most similar first, ties by corpus row; with
+    ``min_similarity``, only those at least that similar (the other slots empty: id None, similarity NaN).
 
     With ``exact_stream`` the stored shards are streamed past the queries (exact at any corpus size, memory
-    bounded by the queries plus one shard); otherwise the index is searched (exact for flat indexes).
-    With ``ray_address`` the stream runs as a map over shards on a Ray cluster.
+    bounded by the queries plus one shard); otherwise the index is searched (exact for flat indexes, and
+    for mih indexes, whose tables answer a ``min_similarity`` search by radius search). With
+    ``ray_address`` the stream runs as a map over shards on a Ray cluster.
     """
     info = corpus.manifest.detector
     k = max(1, int(k))
     dev = faiss_device(device)
     if ray_address and (exact_stream or corpus.index is None):
         connect(ray_address)
-        sims, rows = ray_stream_search(corpus.path, info, np.asarray(vectors), k)
+        sims, rows = within(*ray_stream_search(corpus.path, info, np.asarray(vectors), k), min_similarity)
     elif exact_stream or corpus.index is None:
         gpu = None
         if dev == "cuda" and info.metric == "cosine":
             import faiss
 
             gpu = faiss.StandardGpuResources()
-        sims, rows = stream_search(np.asarray(vectors), iter_shard_vectors(corpus.path, info), k, info.metric,
-                                   info.dim, gpu_resources=gpu)
+        sims, rows = within(*stream_search(np.asarray(vectors), iter_shard_vectors(corpus.path, info), k,
+                                           info.metric, info.dim, gpu_resources=gpu), min_similarity)
     else:
         sims, rows = search_rows(corpus.index, corpus.manifest.index_type, corpus.params, np.asarray(vectors), k,
-                                 info, corpus.path, dev, vectors_file=corpus.vectors_file)
+                                 info, corpus.path, dev, vectors_file=corpus.vectors_file,
+                                 min_similarity=min_similarity, tables_file=tables_name(corpus.manifest.index_file))
         if sims.shape[1] < k:
             pad = k - sims.shape[1]
             sims = np.pad(sims, ((0, 0), (0, pad)), constant_values=-np.inf)
