@@ -164,6 +164,7 @@ def test_the_library_refuses_them_too(small, tmp_path):
     from overlap_audit.api import ReportSettings, build_index, run_report
     from overlap_audit.errors import OutputDirError
     from overlap_audit.index import IndexSettings
+    from overlap_audit.match import MatchSettings
     from overlap_audit.review import review_pairs
     from overlap_audit.sources import source_location
 
@@ -177,7 +178,7 @@ def test_the_library_refuses_them_too(small, tmp_path):
         run_report(small / "index", [("val", str(ev))],
                    ReportSettings(out_dir=ev / "r", predictions=small / "preds.csv"))
     with pytest.raises(OutputDirError, match="index directory"):
-        review_pairs(small / "index", [("val", str(ev))], small / "index" / "pairs", workers=0)
+        review_pairs(small / "index", [("val", str(ev))], small / "index" / "pairs", match=MatchSettings(workers=0))
     assert not (corpus / "idx").exists() and not (ev / "r").exists() and not (small / "index" / "pairs").exists()
 
 
