@@ -300,7 +300,8 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
         raise click.UsageError("--classnames and --templates go with --model")
     if (verify_from is not None or verify_threshold is not None) and not verify:
         raise click.UsageError("--verify-from and --verify-threshold do not go with --no-verify")
-    from .decide.verify import VERIFY_THRESHOLD, VerifySettings
+    from .decide.rule import VerifySettings
+    from .decide.verify import VERIFY_THRESHOLD
 
     verification = (VerifySettings(threshold=VERIFY_THRESHOLD if verify_threshold is None else verify_threshold,
                                    first_stage=verify_from) if verify else None)
