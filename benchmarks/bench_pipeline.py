@@ -68,7 +68,7 @@ def main() -> None:
     from overlap_audit.api import ReportSettings, run_report
     from overlap_audit.index import IndexSettings, build_index
     from overlap_audit.match import MatchSettings
-    from overlap_audit.decide.verify import VerifySettings
+    from overlap_audit.decide.rule import VerifySettings
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:

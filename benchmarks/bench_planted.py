@@ -167,7 +167,8 @@ def score_detector(spec: str, data: PlantedSet, prepared: dict | None = None) ->
     """``spec``'s figures on ``data`` (a benchmark spec: ``phash``, ``clipdup@whole``, ...). ``prepared``
     caches ``verify.prepare`` of the images across detectors (keyed by id)."""
     from benchmarks.common import bench_detector
-    from overlap_audit.decide.verify import VERIFY_THRESHOLD, first_stage_threshold, prepare, relax_for, verify_prepared
+    from overlap_audit.decide.rule import first_stage_threshold, relax_for
+    from overlap_audit.decide.verify import VERIFY_THRESHOLD, prepare, verify_prepared
 
     det = bench_detector(spec)
     t0 = float(det.default_threshold)
@@ -221,7 +222,8 @@ SET_NAMES = {"bundled": "bundled (development)", "debian": "debian (held out)"}
 
 def main(argv: list[str] | None = None) -> list[tuple[str, PlantedScore]]:
     from benchmarks.bench_detectors import PHOTO_SETS, photo_set
-    from overlap_audit.decide.verify import RELAX, VERIFY_THRESHOLD
+    from overlap_audit.decide.rule import RELAX
+    from overlap_audit.decide.verify import VERIFY_THRESHOLD
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--photos", nargs="+", choices=PHOTO_SETS, default=list(PHOTO_SETS))

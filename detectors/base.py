@@ -66,7 +66,7 @@ class DetectorBase(ABC):
     decode_size: int | None = None
     content: str = "trim"
     # verification's first stage for this detector: 1 - verify_relax * (1 - threshold) (None: the default,
-    # overlap_audit.decide.verify.RELAX); a detector whose true copies lie far below its threshold relaxes further
+    # overlap_audit.decide.rule.RELAX); a detector whose true copies lie far below its threshold relaxes further
     verify_relax: float | None = None
 
     @property

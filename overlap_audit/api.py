@@ -4,7 +4,6 @@ or start at any stage (``embed_source``, ``search``, ``split``, ``overlap_stats`
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from collections.abc import Iterable, Mapping
@@ -15,38 +14,25 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .devices import torch_device
 from .atomic import atomic_write, create_temporary
-from .errors import EmptyEvalSetError, ModelError, OutputDirError, SourceError
+from .decide.rule import DecisionRule, VerifySettings
+from .decide.split import load_thresholds, resolve_thresholds
+from .errors import EmptyEvalSetError, OutputDirError, SourceError
+from .evidence import build_galleries
 from .index import build_index, content_boxes
 from .match import MatchSettings, check_eval_sets, check_report_apart, match_eval_sets, open_corpus
-from .predictions import PREDICTIONS, match_predictions, read_predictions, write_predictions
 from .matched import corpus_matches
+from .predictions import PREDICTIONS
 from .report import CORPUS_MATCHES, DatasetReport, Report, check_report_dir, load_report, write_report
-from .sources import as_source, source_spec
-from .decide.split import load_thresholds, resolve_thresholds, split
-from .decide.verify import VerifySettings, relax_for, verify_splits
+from .report.html import DEFAULT_GALLERY
+from .report.write import splits_table
+from .score import ZeroShotSettings, prepare_scoring, score
+from .sources import source_spec
 from .stats.overlap import RateEstimate, extended_stats, family_correction, overlap_stats
-from .zeroshot.scoring import TemplateSet, ZeroShotModel, ZeroShotScorer, load_classnames
+from .values import Split
 
 __all__ = ["MatchSettings", "ReportSettings", "StatsSettings", "VerifySettings", "ZeroShotSettings", "build_index",
            "run_report"]
-
-
-@dataclass(frozen=True)
-class ZeroShotSettings:
-    """A CLIP model scored zero-shot on each evaluation set, in the same decoding pass as the detector.
-
-    ``model`` is a spec for ``zeroshot.models.load_model``. The set's labels are its classes:
-    ``classnames`` (a file, or one per dataset) maps labels to readable names; ``templates`` (a file, or
-    one per dataset) are the prompts. A dataset given neither uses those its layout ships (``Source.classnames``,
-    ``Source.templates``), else its labels and the CLIP paper's 80 ImageNet templates.
-    """
-
-    model: str
-    classnames: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None
-    templates: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None
-    batch_size: int = 128
 
 
 @dataclass(frozen=True)
@@ -132,75 +118,25 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, object]]
     names = [n for n, _ in evals]
     corpus = open_corpus(index_dir, match)
     det = corpus.detector
-    zero_shot = _prepare_zero_shot(settings.zero_shot, evals, match.device) if settings.zero_shot else None
-    # read early: a malformed file fails before any embedding
-    predictions = settings.predictions
-    preds = read_predictions(predictions) if predictions is not None else None
-    if predictions is not None and not isinstance(predictions, (str, os.PathLike)):
-        predictions = f"in memory ({preds.source})"
-
+    # before any embedding: a malformed predictions file, classnames or templates file fails first
+    scoring = prepare_scoring(settings.predictions, settings.zero_shot, evals, device=match.device)
     thresholds = st.thresholds
     per_dataset = load_thresholds(thresholds) if isinstance(thresholds, (str, os.PathLike)) else thresholds
     cut = resolve_thresholds(names, det.default_threshold, threshold=st.threshold, per_dataset=per_dataset)
     errors = resolve_detector_error(names, st.precision, st.recall, st.detector_error)
+    rule = DecisionRule.for_detector(det, cut, settings.verify)
 
-    scorers = ({n: ZeroShotScorer(zero_shot.model, n, batch_size=settings.zero_shot.batch_size) for n in names}
-               if zero_shot is not None else None)
-    matches = match_eval_sets(corpus, evals, match, scorers=scorers)
-    splits = {n: split(n, m.embeddings, m.neighbors, cut[n]) for n, m in matches.items()}
-    if det.content == "trim":  # each pair's corpus side is shown with its content box
-        boxes = content_boxes(index_dir, {sp.neighbors.ids[i, 0] for sp in splits.values() for i in
-                                          range(len(sp.ids)) if sp.neighbors.k})
-        splits = {n: dataclasses.replace(sp, neighbor_boxes=[boxes.get(sp.neighbors.ids[i, 0]) if sp.neighbors.k
-                                                             else None for i in range(len(sp.ids))])
-                  for n, sp in splits.items()}
-    verification = None
-    if settings.verify is not None:
-        verify = settings.verify
-        if verify.relax is None:
-            verify = dataclasses.replace(verify, relax=relax_for(det))
-        splits, unreadable = verify_splits(splits, index_dir, dict(evals), verify, max_pixels=match.max_pixels)
-        verification = verify.to_dict(splits, unreadable)
+    matches = match_eval_sets(corpus, evals, match, scorers=scoring.scorers)
+    decision = rule.decide({n: (m.embeddings, m.neighbors) for n, m in matches.items()}, index_dir=index_dir,
+                           eval_sources=dict(evals), max_pixels=match.max_pixels)
+    splits = _with_neighbor_boxes(decision.splits, index_dir) if det.content == "trim" else decision.splits
     skipped = {n: m.skipped for n, m in matches.items()}
     _check_not_empty(splits, skipped)
-    extra_files: dict[str, Path] = {}
-    scored_file = matches_file = None
+    scores = matches_file = None
     try:
-        if zero_shot is not None:
-            scored = [scorers[n].result(zero_shot.classnames[n], zero_shot.templates[n].templates,
-                                        progress=match.progress) for n in names]
-            out_dir.parent.mkdir(parents=True, exist_ok=True)
-            scored_file = create_temporary(out_dir.parent / f"{out_dir.name}-{PREDICTIONS}", suffix=".parquet")
-            write_predictions(scored_file, scored)
-            preds = read_predictions(scored_file)  # from here on exactly as a given --predictions file
-            predictions = out_dir / PREDICTIONS
-            extra_files[PREDICTIONS] = scored_file
-        elif (isinstance(settings.predictions, (str, os.PathLike)) and (out_dir / PREDICTIONS).is_file()
-              and os.path.samefile(out_dir / PREDICTIONS, predictions)):
-            extra_files[PREDICTIONS] = Path(predictions)  # an earlier --model run's file, read again: kept
-        correctness = match_predictions(preds, splits, {n: {s.id for s in sk} for n, sk in skipped.items()})
-
-        stats = {}
-        for name, sp in splits.items():
-            ok = correctness[name]
-            stats[name] = overlap_stats(int(ok.sum()), len(ok), int(ok[sp.overlap].sum()), int(sp.overlap.sum()),
-                                        ci_level=st.ci_level)
-        p_values = [stats[n].p_value for n in names]
-        both = {m: family_correction(p_values, st.alpha, m) for m in ("bonferroni", "holm")}
-        deciding = both[st.correction]
-        power_alpha = st.alpha / max(1, deciding.m)  # the per-dataset level of Bonferroni and of Holm's first step
-        extended = {n: extended_stats(stats[n], power_alpha=power_alpha, precision=errors[n][0], recall=errors[n][1])
-                    for n in names}
-        two_sample = family_correction([extended[n].two_sample_p for n in names], st.alpha, st.correction)
-        datasets = [
-            DatasetReport(name=n, threshold=cut[n], stats=stats[n], p_value_adjusted=deciding.adjusted[i],
-                          significant=deciding.significant[i],
-                          n_low_information=int(np.asarray(splits[n].low_information).sum()), skipped=skipped[n],
-                          extended=extended[n], adjusted={m: r.adjusted[i] for m, r in both.items()},
-                          significant_by={m: r.significant[i] for m, r in both.items()},
-                          two_sample_p_adjusted=two_sample.adjusted[i], two_sample_significant=two_sample.significant[i])
-            for i, n in enumerate(names)
-        ]
+        scores = score(scoring, splits, skipped, out_dir=out_dir, progress=match.progress)
+        correctness = scores.correct
+        datasets = _dataset_reports(names, splits, correctness, skipped, cut, st, errors)
         m = corpus.manifest
         exact = match.exact
         report = Report(
@@ -211,27 +147,66 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, object]]
                               "exact (flat index)" if m.index_type == "flat" else f"approximate ({m.index_type})"),
                    "recall": ({"exact": True, "note": "streamed"} if exact else m.extra.get("recall", {}))},
             datasets=datasets, k=match.k, alpha=st.alpha, ci_level=st.ci_level, correction=st.correction,
-            predictions=str(predictions), package_version=__version__,
+            predictions=scores.source, package_version=__version__,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             evals={n: source_spec(s, name=n) for n, s in evals},
-            model=zero_shot.to_dict() if zero_shot is not None else None,
-            verify=verification,
+            model=scoring.zero_shot.to_dict() if scoring.zero_shot is not None else None,
+            verify=decision.verification,
         )
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         matches_file = create_temporary(out_dir.parent / f"{out_dir.name}-{CORPUS_MATCHES}", suffix=".parquet")
         import pyarrow.parquet as pq
 
         pq.write_table(corpus_matches(splits, index_dir), matches_file)  # a private temporary, moved in whole
-        extra_files[CORPUS_MATCHES] = matches_file
-        write_report(settings.out_dir, report, splits, correctness, gallery=settings.gallery,
-                     max_pixels=match.max_pixels, extra_files=extra_files, eval_sources=dict(evals))
+        extra_files = {CORPUS_MATCHES: matches_file} | ({PREDICTIONS: scores.file} if scores.file else {})
+        rows = splits_table(splits, correctness).to_pylist()
+        galleries = build_galleries(report, rows, eval_sources=dict(evals), index_dir=corpus.path,
+                                    limit=DEFAULT_GALLERY if settings.gallery is None else settings.gallery,
+                                    max_pixels=match.max_pixels)
+        write_report(settings.out_dir, report, splits, correctness, galleries=galleries, extra_files=extra_files)
         if settings.corpus_matches is not None:
             atomic_write(settings.corpus_matches, lambda tmp: shutil.copyfile(out_dir / CORPUS_MATCHES, tmp))
     finally:
-        for temporary in (scored_file, matches_file):
-            if temporary is not None:
-                temporary.unlink(missing_ok=True)
+        if scores is not None:
+            scores.discard()
+        if matches_file is not None:
+            matches_file.unlink(missing_ok=True)
     return replace(report, files=load_report(out_dir).files, directory=str(out_dir))
+
+
+def _with_neighbor_boxes(splits: dict[str, Split], index_dir) -> dict[str, Split]:
+    """The splits with each pair's corpus side's content box (a trimming detector), for the report to show."""
+    boxes = content_boxes(index_dir, {sp.neighbors.ids[i, 0] for sp in splits.values() for i in
+                                      range(len(sp.ids)) if sp.neighbors.k})
+    return {n: replace(sp, neighbor_boxes=[boxes.get(sp.neighbors.ids[i, 0]) if sp.neighbors.k else None
+                                           for i in range(len(sp.ids))])
+            for n, sp in splits.items()}
+
+
+def _dataset_reports(names: list[str], splits: dict[str, Split], correct: dict[str, np.ndarray], skipped: dict,
+                     cut: dict[str, float], st: StatsSettings, errors: dict) -> list[DatasetReport]:
+    """Each dataset's statistics, with the family-wise corrections across datasets."""
+    stats = {}
+    for name, sp in splits.items():
+        ok = correct[name]
+        stats[name] = overlap_stats(int(ok.sum()), len(ok), int(ok[sp.overlap].sum()), int(sp.overlap.sum()),
+                                    ci_level=st.ci_level)
+    p_values = [stats[n].p_value for n in names]
+    both = {m: family_correction(p_values, st.alpha, m) for m in ("bonferroni", "holm")}
+    deciding = both[st.correction]
+    power_alpha = st.alpha / max(1, deciding.m)  # the per-dataset level of Bonferroni and of Holm's first step
+    extended = {n: extended_stats(stats[n], power_alpha=power_alpha, precision=errors[n][0], recall=errors[n][1])
+                for n in names}
+    two_sample = family_correction([extended[n].two_sample_p for n in names], st.alpha, st.correction)
+    return [
+        DatasetReport(name=n, threshold=cut[n], stats=stats[n], p_value_adjusted=deciding.adjusted[i],
+                      significant=deciding.significant[i],
+                      n_low_information=int(np.asarray(splits[n].low_information).sum()), skipped=skipped[n],
+                      extended=extended[n], adjusted={m: r.adjusted[i] for m, r in both.items()},
+                      significant_by={m: r.significant[i] for m, r in both.items()},
+                      two_sample_p_adjusted=two_sample.adjusted[i], two_sample_significant=two_sample.significant[i])
+        for i, n in enumerate(names)
+    ]
 
 
 def _check_not_empty(splits: dict, skipped: dict) -> None:
@@ -242,64 +217,6 @@ def _check_not_empty(splits: dict, skipped: dict) -> None:
             first = f" (e.g. {sk[0].id}: {sk[0].reason})" if sk else ""
             raise EmptyEvalSetError(f"evaluation set {name!r} has no example to evaluate: {len(sk)} item(s) were "
                                     f"skipped{first}; fix its images or leave out --eval {name}=...")
-
-
-@dataclass(frozen=True, eq=False)
-class ZeroShotSetup:
-    """The model a report scores, and each dataset's class names and templates."""
-
-    spec: str
-    weights_sha256: str
-    device: str
-    model: ZeroShotModel
-    classnames: dict[str, dict[str, str] | None]    # per dataset: {label: name} from a file or the set, or None
-    classnames_files: dict[str, str | None]         # per dataset: the file, or a note naming the set's own
-    templates: dict[str, TemplateSet]
-
-    def to_dict(self) -> dict:
-        return {
-            "spec": self.spec, "weights_sha256": self.weights_sha256, "device": self.device,
-            "templates": {n: t.to_dict() for n, t in self.templates.items()},
-            "classnames": {n: (f or "the evaluation set's labels (underscores and hyphens read as spaces)")
-                           for n, f in self.classnames_files.items()},
-        }
-
-
-def _per_dataset(value, names: list[str], option: str) -> dict[str, str | None]:
-    if value is None or isinstance(value, (str, os.PathLike)):
-        return {n: (None if value is None else str(value)) for n in names}
-    unknown = sorted(set(value) - set(names))
-    if unknown:
-        raise ModelError(f"{option} names datasets that are not evaluated: {', '.join(unknown)}")
-    return {n: (None if value.get(n) is None else str(value[n])) for n in names}
-
-
-def _prepare_zero_shot(settings: ZeroShotSettings, evals: list[tuple[str, str]], device: str) -> ZeroShotSetup:
-    """Check the classnames and templates files, then load the model (files before the slow part). A set
-    given no file uses the class names and templates its own layout ships (``Source.classnames``,
-    ``Source.templates``), if any."""
-    from .zeroshot.loaders import load_model, parse_model_spec, weights_sha256
-
-    spec = settings.model
-    names = [n for n, _ in evals]
-    class_files = _per_dataset(settings.classnames, names, "--classnames")
-    template_files = _per_dataset(settings.templates, names, "--templates")
-    names_by = {n: (load_classnames(f) if f else None) for n, f in class_files.items()}
-    templates_by = {n: TemplateSet.load(f) for n, f in template_files.items()}
-    for n, given in evals:
-        if class_files[n] is not None and template_files[n] is not None:
-            continue
-        src = as_source(given, name=n, labels_from_folders=True)
-        if class_files[n] is None and src.classnames:
-            names_by[n] = {str(i): name for i, name in enumerate(src.classnames)}
-            class_files[n] = f"{src.spec} (the evaluation set's own class names)"
-        if template_files[n] is None and src.templates:
-            templates_by[n] = TemplateSet.of(src.templates, f"{src.spec} (the evaluation set's own templates)")
-    source = parse_model_spec(spec)
-    dev = torch_device(device)
-    model = load_model(spec, dev)
-    return ZeroShotSetup(spec=spec, weights_sha256=weights_sha256(source.weights), device=dev, model=model,
-                         classnames=names_by, classnames_files=class_files, templates=templates_by)
 
 
 # precision/recall (a rate or [K, N]), plus the fields of `overlap-audit threshold`'s evidence file

@@ -300,7 +300,8 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
         raise click.UsageError("--classnames and --templates go with --model")
     if (verify_from is not None or verify_threshold is not None) and not verify:
         raise click.UsageError("--verify-from and --verify-threshold do not go with --no-verify")
-    from .decide.verify import VERIFY_THRESHOLD, VerifySettings
+    from .decide.rule import VerifySettings
+    from .decide.verify import VERIFY_THRESHOLD
 
     verification = (VerifySettings(threshold=VERIFY_THRESHOLD if verify_threshold is None else verify_threshold,
                                    first_stage=verify_from) if verify else None)
@@ -473,12 +474,14 @@ def calibrate(source, detector, target, strength, max_images, seed, out_file, wo
 def pairs(index_dir, evals, around, n_pairs, out_dir, detector, batch_size, workers, device, max_pixels,
           quiet) -> None:
     """Write the pairs nearest a threshold as a review sheet (pairs.html) and a CSV to label (pairs.csv)."""
+    from .api import MatchSettings
     from .review import review_pairs
     from .sources import parse_eval_spec
 
+    match = MatchSettings(detector=detector, device=device, k=1, batch_size=batch_size, workers=workers,
+                          max_pixels=max_pixels, progress=not quiet)
     sheet = review_pairs(index_dir, [parse_eval_spec(e) for e in evals], out_dir, around=around, n=n_pairs,
-                         detector=detector, batch_size=batch_size, workers=workers, device=device,
-                         max_pixels=max_pixels, progress=not quiet)
+                         match=match)
     for name, count in sheet.n_pairs.items():
         _echo(f"{name}: {count} pairs nearest {sheet.around:.4f}")
     _echo(f"review {sheet.html}, fill in the is_duplicate column of {sheet.csv} (1 or 0), then run "

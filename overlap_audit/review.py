@@ -14,14 +14,17 @@ import csv
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .inert import csv_cell, csv_value
 from .errors import ThresholdError
-from .imaging import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from .match import MatchSettings
 
 PAIRS_CSV = "pairs.csv"
 PAIRS_HTML = "pairs.html"
@@ -58,11 +61,10 @@ def nearest_rows(similarities, around: float, n: int) -> list[int]:
 
 
 def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], out_dir: str | os.PathLike, *,
-                 around: float | None = None, n: int = 200, detector: str | None = None, batch_size: int = 256,
-                 workers: int | None = None, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 progress: bool = False) -> ReviewSheet:
+                 around: float | None = None, n: int = 200, match: MatchSettings | None = None) -> ReviewSheet:
     """Embed each evaluation set, find each example's nearest corpus item, and write the ``n`` pairs per
-    dataset nearest ``around`` (default: the detector's threshold) as pairs.csv and pairs.html."""
+    dataset nearest ``around`` (default: the detector's threshold) as pairs.csv and pairs.html. ``match`` says
+    how the sets are embedded and searched (its ``k`` aside: only the nearest item is reviewed)."""
     from .index import corpus_items
     from .match import MatchSettings, check_eval_sets, check_report_apart, match_eval_sets, open_corpus
     from .report.html import Gallery, GalleryPair, esc, render_review_html, thumbnail
@@ -77,8 +79,8 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
     if existing.exists() and _has_labels(existing):
         raise ThresholdError(f"{existing} already holds labels (is_duplicate filled in); give another --out, or "
                              "move it away first: writing the review sheet again would erase them")
-    settings = MatchSettings(detector=detector, device=device, k=1, batch_size=batch_size, workers=workers,
-                             max_pixels=max_pixels, progress=progress)
+    settings = replace(match or MatchSettings(), k=1)
+    max_pixels = settings.max_pixels
     corpus = open_corpus(index_dir, settings)
     if around is None:
         if corpus.detector.default_threshold is None:
@@ -89,8 +91,8 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
         raise ThresholdError("--around must be a finite number")
 
     picked: dict[str, list[tuple[str, str, float, bool]]] = {}  # eval id, corpus key, similarity, low-info
-    for name, match in match_eval_sets(corpus, evals, settings).items():
-        emb, nb = match.embeddings, match.neighbors
+    for name, matched in match_eval_sets(corpus, evals, settings).items():
+        emb, nb = matched.embeddings, matched.neighbors
         sims = nb.similarities[:, 0]
         low = np.asarray(emb.low_information, dtype=bool)
         picked[name] = [(emb.ids[r], nb.ids[r, 0], float(sims[r]), bool(low[r]))

@@ -142,7 +142,7 @@ class Split:
     low_information: np.ndarray  # bool [N]; never Overlap
     boxes: list = field(default_factory=list)  # per row, the content box of a trimming detector (or empty)
     neighbor_boxes: list = field(default_factory=list)  # per row, the nearest corpus item's content box
-    # verification (``verify.verify_splits``): per row, the score of the pair (NaN where it was not verified)
+    # verification (``decide.rule.DecisionRule``): per row, the score of the pair (NaN where it was not verified)
     # and whether it passed; None when verification was off
     verify_scores: np.ndarray | None = None  # float32 [N]
     verified: np.ndarray | None = None  # bool [N]; False where not verified

@@ -82,7 +82,7 @@ def test_report_rerun_replaces_its_own_report_as_a_whole(small, tmp_path):
 
 
 def test_an_interrupted_report_leaves_the_earlier_one_whole(small, tmp_path, monkeypatch):
-    import overlap_audit.report.html as html
+    import overlap_audit.report.html as html  # write_report draws the page with html.render_html
 
     out = tmp_path / "r"
     assert run(report_args(small, out)).exit_code == 0
@@ -91,7 +91,7 @@ def test_an_interrupted_report_leaves_the_earlier_one_whole(small, tmp_path, mon
     def killed(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(html, "write_html_report", killed)
+    monkeypatch.setattr(html, "render_html", killed)
     result = run(report_args(small, out, "--k", "2"))
     assert result.exit_code == 1 and result.output.strip() == "error: aborted"
     assert {p: (out / p).read_bytes() for p in os.listdir(out)} == before
@@ -164,6 +164,7 @@ def test_the_library_refuses_them_too(small, tmp_path):
     from overlap_audit.api import ReportSettings, build_index, run_report
     from overlap_audit.errors import OutputDirError
     from overlap_audit.index import IndexSettings
+    from overlap_audit.match import MatchSettings
     from overlap_audit.review import review_pairs
     from overlap_audit.sources import source_location
 
@@ -177,7 +178,7 @@ def test_the_library_refuses_them_too(small, tmp_path):
         run_report(small / "index", [("val", str(ev))],
                    ReportSettings(out_dir=ev / "r", predictions=small / "preds.csv"))
     with pytest.raises(OutputDirError, match="index directory"):
-        review_pairs(small / "index", [("val", str(ev))], small / "index" / "pairs", workers=0)
+        review_pairs(small / "index", [("val", str(ev))], small / "index" / "pairs", match=MatchSettings(workers=0))
     assert not (corpus / "idx").exists() and not (ev / "r").exists() and not (small / "index" / "pairs").exists()
 
 

@@ -19,7 +19,7 @@ from overlap_audit.errors import DuplicateIdError, OutputDirError, PredictionsEr
 from overlap_audit.sources.memory import memory_source
 from overlap_audit.predictions import read_predictions
 from overlap_audit.report import CORPUS_MATCHES, SPLITS, load_report
-from overlap_audit.decide.verify import VerifySettings
+from overlap_audit.decide.rule import VerifySettings
 
 from .conftest import write_predictions
 

@@ -8,6 +8,7 @@ import pytest
 
 from overlap_audit import api, match
 from overlap_audit.api import MatchSettings, ReportSettings, StatsSettings, build_index, run_report
+from overlap_audit.index import IndexSettings
 from overlap_audit.errors import IndexDirError, IndexMismatchError, SettingsError, SourceError
 from overlap_audit.match import check_eval_sets, match_eval_sets, open_corpus
 from overlap_audit.report import SPLITS
@@ -19,7 +20,7 @@ from .conftest import write_predictions
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory, corpus_dir):
     out = tmp_path_factory.mktemp("pipeline") / "index"
-    build_index([str(corpus_dir)], out, workers=0)
+    build_index([str(corpus_dir)], out, IndexSettings(workers=0))
     return out
 
 
@@ -44,7 +45,7 @@ def test_report_and_pairs_go_through_the_shared_step_and_agree(tmp_path, index_d
 
     monkeypatch.setattr(match, "match_eval_sets", spy)
     monkeypatch.setattr(api, "match_eval_sets", spy)
-    review_pairs(index_dir, [("val", str(root))], tmp_path / "rev", around=0.8, n=10, workers=0)
+    review_pairs(index_dir, [("val", str(root))], tmp_path / "rev", around=0.8, n=10, match=MatchSettings(workers=0))
     report = run_report(index_dir, [("val", str(root))],
                         ReportSettings(tmp_path / "rep", predictions=predictions, match=MatchSettings(workers=0)))
     assert len(calls) == 2
@@ -83,7 +84,7 @@ def test_the_shared_step_refuses_what_it_cannot_compare(tmp_path, index_dir):
 
     (tmp_path / "blank").mkdir()
     Image.new("RGB", (64, 64), "white").save(tmp_path / "blank" / "white.png")
-    build_index([str(tmp_path / "blank")], tmp_path / "empty", workers=0)
+    build_index([str(tmp_path / "blank")], tmp_path / "empty", IndexSettings(workers=0))
     with pytest.raises(IndexDirError, match="holds no items"):
         open_corpus(tmp_path / "empty")
     with pytest.raises(SourceError, match="at least one"):

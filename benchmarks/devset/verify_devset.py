@@ -2,7 +2,7 @@
 
 For each detector (and view), the scored pairs are those of score_devset.score: the labelled duplicate pairs
 and every other pair among each stamp's top k. The first stage keeps the pairs at or above
-``overlap_audit.decide.verify.first_stage_threshold`` of the detector's default threshold; ``verify_pair`` decides
+``overlap_audit.decide.rule.first_stage_threshold`` of the detector's default threshold; ``verify_pair`` decides
 each of them at ``VERIFY_THRESHOLD``; a pair is called a duplicate when it passes both. Each pair is decided
 on its own (the report verifies each example's nearest corpus item only). Images are decoded once, reduced
 as for the detectors, and ``prepare``d once; the cost per pair is ``verify_prepared``'s, on one core.
@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from overlap_audit.imaging import ImageRejected, decode_image
-from overlap_audit.decide.verify import RELAX, VERIFY_THRESHOLD, first_stage_threshold, prepare, relax_for, verify_prepared
+from overlap_audit.decide.rule import RELAX, first_stage_threshold, relax_for
+from overlap_audit.decide.verify import VERIFY_THRESHOLD, prepare, verify_prepared
 
 VERIFY_HEAD = ("| detector | default threshold: recall / precision | first stage (threshold): recall / precision "
                "| first stage + verification: recall / precision | pairs verified | first-stage recall at relax "

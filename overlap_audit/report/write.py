@@ -6,9 +6,10 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,11 +20,14 @@ from ..values import Split
 from .markdown import format_markdown
 from .value import REPORT_HTML, REPORT_JSON, REPORT_MD, SPLITS, Report
 
+if TYPE_CHECKING:
+    from .html import Gallery
 
-def write_splits(path: str | os.PathLike, splits: dict[str, Split], correct: dict[str, np.ndarray]) -> None:
-    """One row per evaluated example: its neighbours, similarity, Overlap flag and correctness."""
+
+def splits_table(splits: dict[str, Split], correct: dict[str, np.ndarray]):
+    """splits.parquet's table (pyarrow): one row per evaluated example, its neighbours, similarity, Overlap flag
+    and correctness."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     cols: dict[str, list] = {k: [] for k in ("dataset", "id", "label", "neighbor_ids", "neighbor_similarities",
                                              "similarity", "overlap", "low_information", "correct", "view",
@@ -50,7 +54,7 @@ def write_splits(path: str | os.PathLike, splits: dict[str, Split], correct: dic
             cols["overlap"].append(bool(sp.overlap[i]))
             cols["low_information"].append(bool(sp.low_information[i]))
             cols["correct"].append(bool(correct[name][i]))
-    table = pa.table({
+    return pa.table({
         "dataset": pa.array(cols["dataset"], pa.string()),
         "id": pa.array(cols["id"], pa.string()),
         "label": pa.array(cols["label"], pa.string()),
@@ -68,6 +72,13 @@ def write_splits(path: str | os.PathLike, splits: dict[str, Split], correct: dic
         "verify_score": pa.array(cols["verify_score"], pa.float32()),
         "verified": pa.array(cols["verified"], pa.bool_()),
     })
+
+
+def write_splits(path: str | os.PathLike, splits: dict[str, Split], correct: dict[str, np.ndarray]) -> None:
+    """Write splits.parquet (``splits_table``)."""
+    import pyarrow.parquet as pq
+
+    table = splits_table(splits, correct)
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
@@ -124,20 +135,17 @@ def _switch_in(stage: Path, out: Path) -> None:
 
 
 def write_report(out_dir: str | os.PathLike, report: Report, splits: dict[str, Split],
-                 correct: dict[str, np.ndarray], *, gallery: int | None = None,
-                 max_pixels: int | None = None, extra_files: Mapping[str, str | os.PathLike] | None = None,
-                 eval_sources: Mapping[str, object] | None = None) -> Path:
+                 correct: dict[str, np.ndarray], *, galleries: Sequence[Gallery] = (),
+                 extra_files: Mapping[str, str | os.PathLike] | None = None) -> Path:
     """Write report.json, report.md, splits.parquet and report.html (and a copy of each ``extra_files``
     ``{name: path}``) as one directory at ``out_dir``; returns it.
 
     The files are written into a new directory beside ``out_dir`` that is renamed into place once complete,
     so ``out_dir`` never mixes two runs. An earlier report there is replaced as a whole; a directory holding
-    anything else is refused (``check_report_dir``). report.json lists the files. ``gallery`` caps the
-    matched pairs report.html shows per dataset (default ``html.DEFAULT_GALLERY``); ``eval_sources`` (name -> spec
-    or in-memory source) is where its thumbnails are read (default: the specs report.json records).
+    anything else is refused (``check_report_dir``). report.json lists the files. report.html shows
+    ``galleries``, the matched pairs with their images (``evidence.build_galleries`` fetches them).
     """
-    from ..imaging import DEFAULT_MAX_PIXELS  # the page needs Pillow; importing the package does not
-    from .html import DEFAULT_GALLERY, write_html_report
+    from .html import render_html  # the page needs matplotlib; importing the package does not
 
     out = Path(out_dir)
     check_report_dir(out)
@@ -153,11 +161,10 @@ def write_report(out_dir: str | os.PathLike, report: Report, splits: dict[str, S
             atomic_write(stage / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
         write_splits(stage / SPLITS, splits, correct)
         atomic_write_text(stage / REPORT_MD, format_markdown(report))
-        atomic_write_json(stage / REPORT_JSON, replace(report, files=tuple(names)).to_dict())
+        written = replace(report, files=tuple(names))
+        atomic_write_json(stage / REPORT_JSON, written.to_dict())
         try:
-            write_html_report(stage, gallery=DEFAULT_GALLERY if gallery is None else gallery,
-                              max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                              eval_sources=dict(eval_sources) if eval_sources else None)
+            atomic_write_text(stage / REPORT_HTML, render_html(written, list(galleries)))
         except (OSError, ValueError, RuntimeError) as exc:
             names.remove(REPORT_HTML)
             atomic_write_json(stage / REPORT_JSON, replace(report, files=tuple(names)).to_dict())
@@ -165,7 +172,7 @@ def write_report(out_dir: str | os.PathLike, report: Report, splits: dict[str, S
             raise ReportError(f"report.json, report.md and splits.parquet are written in {out}, but report.html "
                               f"could not be drawn ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}); "
-                              "redraw it with overlap_audit.report.html.write_html_report") from None
+                              "redraw it with overlap_audit.evidence.write_html_report") from None
         _switch_in(stage, out)
     finally:
         if stage.exists():

@@ -1,0 +1,128 @@
+"""The images of matched pairs, fetched for display: each dataset's gallery for report.html, read back from
+the evaluation sources and the corpus index, and ``write_html_report`` to draw a report directory's page
+again.
+
+A source or an index that cannot be read leaves a note on the page instead of its thumbnails: the report's
+numbers never depend on them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_write_text
+from .errors import ModelError, OverlapAuditError
+from .imaging import DEFAULT_MAX_PIXELS
+from .index import corpus_items
+from .report.html import (DEFAULT_AROUND, DEFAULT_GALLERY, Gallery, GalleryPair, gallery_order, render_html,
+                          thumbnail)
+from .report.value import REPORT_HTML, SPLITS, Report, load_report
+from .sources import as_source, fetch_items, source_spec
+from .values import RawItem
+
+# the splits.parquet columns a gallery shows (the last five only where the report has them: a trimming
+# detector, a verified report)
+GALLERY_COLUMNS = ("dataset", "id", "label", "neighbor_ids", "similarity", "overlap", "low_information")
+OPTIONAL_COLUMNS = ("view", "content_box", "neighbor_content_box", "verify_score", "verified")
+
+
+def _class_names(report: Report, dataset: str) -> dict[str, str]:
+    """{label: name} from the classnames file a ``--model`` report records for ``dataset``; empty when it
+    records none or the file cannot be read any more."""
+    from .zeroshot.scoring import load_classnames
+
+    path = ((report.model or {}).get("classnames") or {}).get(dataset)
+    if not path or not os.path.isfile(path):
+        return {}
+    try:
+        return load_classnames(path)
+    except ModelError:
+        return {}
+
+
+def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str, object],
+                    index_dir: str | os.PathLike | None, limit: int = DEFAULT_GALLERY, around: int = DEFAULT_AROUND,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Gallery]:
+    """The gallery of every dataset of ``report`` from its splits rows (as in splits.parquet), with the
+    images read from ``eval_sources`` (name -> spec or in-memory source) and the index at ``index_dir``."""
+    chosen: dict[str, tuple[list[dict], int]] = {}
+    for d in report.datasets:
+        mine = [r for r in rows if r["dataset"] == d.name]
+        sims = [np.nan if r["similarity"] is None else r["similarity"] for r in mine]
+        order, n_deciding = gallery_order(sims, d.threshold, limit, around)
+        chosen[d.name] = ([mine[i] for i in order], n_deciding)
+
+    keys = {r["neighbor_ids"][0] for picked, _ in chosen.values() for r in picked if r["neighbor_ids"]}
+    corpus_note = None
+    corpus: dict[str, RawItem] = {}
+    if index_dir is None:
+        corpus_note = "the index directory is not known"
+    else:
+        try:
+            corpus = corpus_items(index_dir, keys)
+        except (OSError, OverlapAuditError) as exc:
+            corpus_note = f"the index {index_dir} cannot be read ({exc})"
+
+    galleries = []
+    for d in report.datasets:
+        picked, n_deciding = chosen[d.name]
+        n_total = sum(1 for r in rows if r["dataset"] == d.name)
+        n_none = sum(1 for r in rows if r["dataset"] == d.name and r["similarity"] is None)
+        evals: dict[str, RawItem] = {}
+        note = None
+        spec = eval_sources.get(d.name)
+        if spec is None:
+            note = "the evaluation source is not recorded in the report"
+        else:
+            try:
+                evals = fetch_items(as_source(spec, name=d.name, labels_from_folders=True), [r["id"] for r in picked])
+            except (OSError, OverlapAuditError) as exc:
+                note = f"the evaluation source {source_spec(spec, name=d.name)} cannot be read ({exc})"
+        names = _class_names(report, d.name)
+        pairs = []
+        for i, r in enumerate(picked):
+            key = r["neighbor_ids"][0]
+            ev = evals.get(r["id"])
+            co = corpus.get(key)
+            e_box, c_box = r.get("content_box"), r.get("neighbor_content_box")
+            e_uri, e_why = (thumbnail(ev, max_pixels=max_pixels, box=e_box) if ev is not None
+                            else (None, note or "not found"))
+            c_uri, c_why = (thumbnail(co, max_pixels=max_pixels, box=c_box) if co is not None
+                            else (None, corpus_note or "not found"))
+            pairs.append(GalleryPair(
+                eval_id=r["id"], eval_label=r.get("label"), eval_caption=ev.caption if ev else None,
+                corpus_key=key, corpus_caption=co.caption if co else None, similarity=float(r["similarity"]),
+                overlap=bool(r["overlap"]), low_information=bool(r["low_information"]),
+                eval_thumb=e_uri, eval_problem=e_why, corpus_thumb=c_uri, corpus_problem=c_why,
+                deciding=i < n_deciding, view=r.get("view"), eval_box=e_box, corpus_box=c_box,
+                eval_class_name=names.get(str(r.get("label"))), verify_score=r.get("verify_score"),
+                verified=r.get("verified")))
+        galleries.append(Gallery(d.name, d.threshold, pairs, n_total - n_none - len(pairs), n_none,
+                                 note or corpus_note))
+    return galleries
+
+
+def write_html_report(report_dir: str | os.PathLike, *, gallery: int = DEFAULT_GALLERY, around: int = DEFAULT_AROUND,
+                      eval_sources: dict[str, object] | None = None, index_dir: str | os.PathLike | None = None,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
+    """Write report.html from a report directory's report.json and splits.parquet; returns its path.
+
+    The evaluation sources (name -> spec, or an in-memory source) and the index default to those the report
+    records.
+    """
+    import pyarrow.parquet as pq
+
+    out = Path(report_dir)
+    report = load_report(out)
+    present = pq.read_schema(out / SPLITS).names
+    columns = [*GALLERY_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in present)]
+    rows = pq.read_table(out / SPLITS, columns=columns).to_pylist()
+    galleries = build_galleries(report, rows, eval_sources=eval_sources or report.evals,
+                                index_dir=index_dir or report.index.get("path"), limit=gallery, around=around,
+                                max_pixels=max_pixels)
+    path = out / REPORT_HTML
+    atomic_write_text(path, render_html(report, galleries))
+    return path
