@@ -1,70 +1,18 @@
-"""Small seeded fixtures made of real photos (scikit-image / scikit-learn) and real files in tmp_path."""
+"""Small seeded fixtures made of real photos (scikit-image / scikit-learn) and real files in tmp_path.
+
+Markers (pyproject.toml): ``slow`` (more than about 10 s), ``torch``, ``browser`` (headless Chromium),
+``network`` (a local server or sockets), ``install`` (a fresh virtualenv). ``pytest -m "not slow"`` is the
+quick loop.
+"""
 
 from __future__ import annotations
 
-import io
-import struct
-import zlib
-from pathlib import Path
-
-import numpy as np
 import pytest
 from PIL import Image
 
-from overlap_audit.demos.synthetic import augment, bundled_photos, tiles
+from overlap_audit.demos.synthetic import bundled_photos, tiles
 
-# Mild versions of each augmentation the foundation issue names; deterministic.
-PLANTED = {
-    "resize": lambda im: im.resize((int(im.width * 0.7), int(im.height * 0.7)), Image.Resampling.BILINEAR),
-    "jpeg": lambda im: jpeg(im, 75),
-    "crop": lambda im: im.crop((2, 2, im.width - 2, im.height - 2)),
-    "brighten": lambda im: augment(im, "brighten", np.random.default_rng(3)),
-}
-
-
-def jpeg(im: Image.Image, quality: int) -> Image.Image:
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
-def png_bytes(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def jpeg_bytes(im: Image.Image, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    im.convert("RGB").save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def huge_png_header(width: int = 20000, height: int = 10000) -> bytes:
-    """A tiny file whose PNG header claims width×height pixels (200 megapixels by default)."""
-    raw = png_bytes(Image.new("L", (1, 1)))
-    ihdr_data = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    chunk = b"IHDR" + ihdr_data
-    ihdr = struct.pack(">I", len(ihdr_data)) + chunk + struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF)
-    return raw[:8] + ihdr + raw[8 + 25:]
-
-
-BROKEN = {
-    "zero.png": b"",
-    "truncated.png": None,  # filled in by broken_files(): a real PNG cut short
-    "notes.jpg": b"this is not an image at all\n",
-    "bomb.png": None,  # a PNG header claiming 200 megapixels
-}
-
-
-def broken_files(photo: Image.Image) -> dict[str, bytes]:
-    good = png_bytes(photo.resize((64, 64)))
-    return {
-        "zero.png": b"",
-        "truncated.png": good[: len(good) // 2],
-        "notes.jpg": b"this is not an image at all\n",
-        "bomb.png": huge_png_header(),
-    }
+from .helpers import PLANTED, broken_files, write_folder
 
 
 @pytest.fixture(scope="session")
@@ -80,20 +28,6 @@ def tile_sets(photos):
         for t, tile in enumerate(tiles(photo, 4, 96)):
             (corpus if (t // 4 + t % 4) % 2 == 0 else other).append((f"{name}-{t:02d}", tile))
     return corpus, other
-
-
-def write_folder(root: Path, images: dict[str, Image.Image | bytes]) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for rel, im in images.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(im, bytes):
-            path.write_bytes(im)
-        elif rel.lower().endswith((".jpg", ".jpeg")):
-            im.convert("RGB").save(path, quality=95)
-        else:
-            im.save(path)
-    return root
 
 
 @pytest.fixture(scope="session")
@@ -125,7 +59,21 @@ def eval_set(tmp_path_factory, tile_sets):
     return root, planted, clean
 
 
-def write_predictions(path: Path, dataset: str, ids: list[str], correct: list[int]) -> Path:
-    lines = ["dataset,id,correct"] + [f"{dataset},{i},{c}" for i, c in zip(ids, correct)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+@pytest.fixture(scope="session")
+def corpus_index(tmp_path_factory, corpus_dir):
+    """The phash index of ``corpus_dir`` (shards of 50), built once for the tests that only read it; a test
+    that changes an index works on a copy."""
+    from overlap_audit.index import IndexSettings, build_index
+
+    out = tmp_path_factory.mktemp("corpus-index") / "index"
+    build_index([str(corpus_dir)], out, IndexSettings(workers=2, shard_size=50))
+    return out
+
+
+def pytest_collection_modifyitems(items):
+    """A test that uses the ``browser`` fixture is a browser test; an install test is slow as well."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
+        if item.get_closest_marker("install"):
+            item.add_marker(pytest.mark.slow)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import write_predictions
+from .helpers import write_predictions
 
 pytestmark = pytest.mark.install
 

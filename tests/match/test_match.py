@@ -1,0 +1,125 @@
+"""The matching step report and pairs share: open the index with its detector, embed and search each set."""
+
+import csv
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from overlap_audit import api, match
+from overlap_audit.api import MatchSettings, ReportSettings, StatsSettings, build_index, run_report
+from overlap_audit.index import IndexSettings
+from overlap_audit.errors import IndexDirError, IndexMismatchError, SettingsError, SourceError
+from overlap_audit.match import check_eval_sets, match_eval_sets, open_corpus
+from overlap_audit.report import SPLITS
+from overlap_audit.review import review_pairs
+
+from ..helpers import write_predictions
+
+
+@pytest.fixture(scope="module")
+def index_dir(corpus_index):
+    return corpus_index
+
+@pytest.fixture(scope="module")
+def predictions(tmp_path_factory, eval_set):
+    root, planted, clean = eval_set
+    ids = planted + clean
+    return write_predictions(tmp_path_factory.mktemp("preds") / "p.csv", "val", ids,
+                             [1] * len(planted) + [i % 2 for i in range(len(clean))])
+
+
+def test_report_and_pairs_go_through_the_shared_step_and_agree(tmp_path, index_dir, eval_set, predictions,
+                                                               monkeypatch):
+    root, planted, _ = eval_set
+    real = match.match_eval_sets
+    calls = []
+
+    def spy(corpus, evals, settings=None, **kwargs):
+        out = real(corpus, evals, settings, **kwargs)
+        calls.append((settings, out))
+        return out
+
+    monkeypatch.setattr(match, "match_eval_sets", spy)
+    monkeypatch.setattr(api, "match_eval_sets", spy)
+    review_pairs(index_dir, [("val", str(root))], tmp_path / "rev", around=0.8, n=10, match=MatchSettings(workers=0))
+    report = run_report(index_dir, [("val", str(root))],
+                        ReportSettings(tmp_path / "rep", predictions=predictions, match=MatchSettings(workers=0)))
+    assert len(calls) == 2
+    (pairs_settings, pairs_match), (report_settings, report_match) = calls
+    assert (pairs_settings.k, report_settings.k) == (1, 5)
+    a, b = pairs_match["val"], report_match["val"]
+    assert a.embeddings.ids == b.embeddings.ids and len(a.embeddings.ids) > 0
+    np.testing.assert_array_equal(a.neighbors.ids[:, 0], b.neighbors.ids[:, 0])
+    np.testing.assert_array_equal(a.neighbors.similarities[:, 0], b.neighbors.similarities[:, 0])
+    assert [s.id for s in a.skipped] == [s.id for s in b.skipped]
+
+    # what each command wrote comes from those neighbours
+    nearest = dict(zip(b.embeddings.ids, b.neighbors.ids[:, 0]))
+    with open(tmp_path / "rev" / "pairs.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(nearest[r["eval_id"]] == r["corpus_id"] for r in rows)
+    splits = pq.read_table(tmp_path / "rep" / SPLITS, columns=["id", "neighbor_ids"]).to_pylist()
+    assert all(r["neighbor_ids"] == list(b.neighbors.ids[b.embeddings.ids.index(r["id"])]) for r in splits)
+    assert report.k == 5 and report.dataset("val").stats.n_overlap >= 0.9 * len(planted)
+
+
+def test_open_corpus_and_match(index_dir, eval_set):
+    root, planted, clean = eval_set
+    corpus = open_corpus(index_dir, MatchSettings(device="cpu"))
+    assert corpus.path == str(index_dir) and corpus.detector.info.name == corpus.manifest.detector.name
+    matches = match_eval_sets(corpus, [("val", str(root))], MatchSettings(k=3, workers=0, device="cpu"))
+    m = matches["val"]
+    assert m.name == "val" and m.neighbors.k == 3 and m.neighbors.query_ids == m.embeddings.ids
+    assert set(m.embeddings.ids) == set(planted + clean)
+
+
+def test_the_shared_step_refuses_what_it_cannot_compare(tmp_path, index_dir):
+    with pytest.raises(IndexMismatchError):
+        open_corpus(index_dir, MatchSettings(detector="phash256"))
+    from PIL import Image
+
+    (tmp_path / "blank").mkdir()
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "blank" / "white.png")
+    build_index([str(tmp_path / "blank")], tmp_path / "empty", IndexSettings(workers=0))
+    with pytest.raises(IndexDirError, match="holds no items"):
+        open_corpus(tmp_path / "empty")
+    with pytest.raises(SourceError, match="at least one"):
+        check_eval_sets([])
+    with pytest.raises(SourceError, match="repeated: a"):
+        check_eval_sets([("a", "x"), ("a", "y"), ("b", "z")])
+
+
+def test_ray_address_needs_exact():
+    with pytest.raises(SettingsError, match="exact=True"):
+        MatchSettings(ray_address="local")
+    assert MatchSettings(ray_address="local", exact=True).exact
+
+
+def test_settings_are_checked_when_made(tmp_path):
+    with pytest.raises(SourceError, match="exactly one of --predictions"):
+        ReportSettings(tmp_path)
+    with pytest.raises(SourceError, match="bonferroni or holm"):
+        StatsSettings(correction="sidak")
+
+
+def test_best_view_takes_the_more_similar_view_per_query():
+    import numpy as np
+
+    from overlap_audit.match import best_view
+    from overlap_audit.values import Neighbors
+
+    ids = ["a", "b", "c", "d"]
+    trimmed = Neighbors(ids, np.array([["k1", "k2"], ["k3", "k4"], ["k5", "k6"], [None, None]], dtype=object),
+                        np.array([[0.9, 0.8], [0.5, 0.4], [0.7, 0.6], [np.nan, np.nan]], np.float32))
+    # whole views of the queries whose content box was trimmed: b (better), c (a tie), d (no trimmed match)
+    rows = np.array([1, 2, 3])
+    whole = Neighbors(["b", "c", "d"], np.array([["k9", "k8"], ["k7", "k6"], ["k2", "k1"]], dtype=object),
+                      np.array([[0.95, 0.3], [0.7, 0.2], [0.6, 0.5]], np.float32))
+    got = best_view(trimmed, whole, rows)
+    assert got.views == ["trimmed", "whole", "trimmed", "whole"]
+    assert list(got.ids[1]) == ["k9", "k8"] and got.similarities[1, 0] == np.float32(0.95)
+    assert list(got.ids[2]) == ["k5", "k6"]  # a tie keeps the trimmed view
+    assert list(got.ids[3]) == ["k2", "k1"] and got.similarities[3, 0] == np.float32(0.6)
+    assert list(got.ids[0]) == ["k1", "k2"] and got.query_ids == ids
+    assert list(trimmed.ids[1]) == ["k3", "k4"]  # the inputs are not changed
