@@ -7,6 +7,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from overlap_audit.content import MIN_SIDE, ContentBox, content_box, trim
+from overlap_audit.imaging import to_rgb
 
 # where drawing() puts its content inside a 120 x 90 drawing
 DRAWING_SIZE = (120, 90)
@@ -278,3 +279,18 @@ def test_padded_and_letterboxed_jpeg_copies_are_trimmed_to_the_pasted_picture(se
                                             np.random.default_rng(seed)), np.int16) for c in ("black", "white")]
         ys, xs = np.nonzero(np.abs(probes[1] - probes[0]).max(axis=2) > 128)
         assert_box_near(content_box(copy), (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), 8)
+
+
+def test_a_drawing_on_a_transparent_canvas_is_trimmed_despite_a_faint_reflection_beneath_it():
+    """A semi-transparent grey reflection under the drawing composites to a faint gradient on white, which an
+    opaque image would not be trimmed for; transparency says the band is canvas."""
+    at = (60, 40)
+    im = on_canvas(drawing(), (240, 260), at, (0, 0, 0, 0))
+    arr = np.asarray(im).copy()
+    fade = np.linspace(25, 0, 120).astype(np.uint8)  # alpha fading out downwards from under the drawing
+    arr[at[1] + 90:at[1] + 210, at[0]:at[0] + 120] = np.concatenate(
+        [np.full((120, 120, 3), 128, np.uint8), np.broadcast_to(fade[:, None, None], (120, 120, 1))], axis=2)
+    reflected = Image.fromarray(arr, "RGBA")
+    assert content_box(reflected).box == expected(at)
+    # the same pixels made opaque: a faint gradient below the drawing, not a flat canvas
+    assert not content_box(to_rgb(reflected)).trimmed
