@@ -7,6 +7,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from overlap_audit.content import MIN_SIDE, ContentBox, content_box, trim
+from overlap_audit.imaging import to_rgb
 
 # where drawing() puts its content inside a 120 x 90 drawing
 DRAWING_SIZE = (120, 90)
@@ -108,12 +109,17 @@ def test_a_soft_drop_shadow_keeps_the_box_close_to_the_object():
     assert box.left == want[0] and box.top == want[1]  # the shadow falls to the bottom right only
 
 
-def test_a_faint_gradient_background_is_margin():
+def test_a_gradient_backdrop_is_not_a_canvas_but_the_same_drawing_on_a_flat_one_is():
+    """A backdrop 20 grey levels from top to bottom is within the margin tolerance, but it is not flat: it is
+    a sky's kind of background, not a canvas, so the image stays whole; on a flat canvas of its top colour,
+    JPEG-compressed, the drawing is trimmed."""
     at = (70, 50)
-    ramp = np.linspace(255, 235, 260)[:, None, None]  # top to bottom, 20 grey levels
+    ramp = np.linspace(255, 235, 260)[:, None, None]  # top to bottom
     canvas = Image.fromarray(np.broadcast_to(ramp, (260, 300, 3)).astype(np.uint8))
     canvas.paste(drawing(), at, drawing())
-    assert_box_near(content_box(canvas), expected(at), 0)
+    assert content_box(canvas) == ContentBox.whole(300, 260)
+    flat = on_canvas(drawing(), (300, 260), at, (255, 255, 255))
+    assert_box_near(content_box(jpeg(flat, 40)), expected(at), 8)
 
 
 def test_an_image_without_margin_stays_whole():
@@ -215,7 +221,76 @@ def test_content_that_differs_only_faintly_from_the_margin_is_not_trimmed():
     faint[60:84, :] -= 25 + rng.normal(0, 2.0, (24, 128))  # within 3x the tolerance of the backdrop
     im = Image.fromarray(np.repeat(faint[..., None], 3, axis=2).clip(0, 255).astype(np.uint8))
     assert content_box(im) == ContentBox.whole(128, 128)
-    strong = backdrop.copy()
-    strong[60:84, :] -= 80  # clearly content
+    # clearly content, on a flat backdrop (a noisy one is not a canvas: see the photographs below)
+    strong = np.full((128, 128), 104.0)
+    strong[60:84, :] -= 80
     box = content_box(Image.fromarray(np.repeat(strong[..., None], 3, axis=2).clip(0, 255).astype(np.uint8)))
     assert box.trimmed and (box.top, box.bottom) == (60, 84)
+    assert not content_box(Image.fromarray(np.repeat(np.where(strong < 50, strong, backdrop)[..., None], 3,
+                                                     axis=2).clip(0, 255).astype(np.uint8))).trimmed
+
+
+# Crops of bundled photographs that are mostly sky, with a little of the picture at the bottom: the sky's
+# colour is uniform within the margin tolerance along three sides, and rule 2 of the content box cut each to
+# the strip of picture at its bottom (26% and 19% of the crop).
+SKY_CROPS = {"rocket": (192, 42, 384, 170), "camera": (307, 0, 460, 153)}
+
+
+@pytest.mark.parametrize("name", list(SKY_CROPS))
+def test_a_photograph_with_a_flat_sky_stays_whole(name):
+    from skimage import data
+
+    photo = Image.fromarray(getattr(data, name)()).crop(SKY_CROPS[name])
+    for im in (photo, photo.resize((photo.width * 2, photo.height * 2), Image.Resampling.BICUBIC),
+               jpeg(photo.convert("RGB"), 70)):
+        assert content_box(im) == ContentBox.whole(*im.size), name
+        view, _ = trim(im)
+        assert view.size == im.size
+
+
+def test_a_photograph_under_a_smooth_gradient_sky_stays_whole_and_the_same_on_a_canvas_is_trimmed():
+    """A real photograph (the bottom of skimage's astronaut) under a sky that darkens by 24 grey levels
+    towards the top, with a sensor's noise: three sides are sky of one colour within the tolerance. The same
+    photograph pasted on a flat canvas of the sky's colour at the top is trimmed to it, also JPEG-compressed."""
+    rng = np.random.default_rng(5)
+    photo = _astronaut().resize((160, 100))
+    top, horizon = np.array([96.0, 142, 204]), np.array([120.0, 166, 222])
+    t = np.linspace(0, 1, 300)[:, None, None]
+    sky = top + (horizon - top) * t + rng.normal(0, 1.2, (300, 400, 3))
+    sky = Image.fromarray(sky.clip(0, 255).astype(np.uint8))
+    sky.paste(photo, (120, 200))  # the photograph stands on the bottom edge
+    for im in (sky, jpeg(sky, 75)):
+        assert content_box(im) == ContentBox.whole(400, 300)
+    canvas = on_canvas(photo, (400, 300), (120, 200), (96, 142, 204))
+    assert content_box(canvas).box == (120, 200, 280, 300)
+    assert_box_near(content_box(jpeg(canvas, 75)), (120, 200, 280, 300), 8)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_padded_and_letterboxed_jpeg_copies_are_trimmed_to_the_pasted_picture(seed):
+    """augment's "pad" (a canvas of any colour) and "letterbox" (black bars) copies of a photograph, JPEG-
+    compressed: the box is the pasted rectangle, found by running the same draws on black and white."""
+    from overlap_audit.augment import augment_family
+
+    photo = Image.fromarray(np.asarray(_astronaut().resize((256, 192))))
+    for family in ("pad", "letterbox"):
+        copy = jpeg(augment_family(photo, family, "strong", np.random.default_rng(seed)), 60)
+        probes = [np.asarray(augment_family(Image.new("RGB", photo.size, c), family, "strong",
+                                            np.random.default_rng(seed)), np.int16) for c in ("black", "white")]
+        ys, xs = np.nonzero(np.abs(probes[1] - probes[0]).max(axis=2) > 128)
+        assert_box_near(content_box(copy), (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), 8)
+
+
+def test_a_drawing_on_a_transparent_canvas_is_trimmed_despite_a_faint_reflection_beneath_it():
+    """A semi-transparent grey reflection under the drawing composites to a faint gradient on white, which an
+    opaque image would not be trimmed for; transparency says the band is canvas."""
+    at = (60, 40)
+    im = on_canvas(drawing(), (240, 260), at, (0, 0, 0, 0))
+    arr = np.asarray(im).copy()
+    fade = np.linspace(25, 0, 120).astype(np.uint8)  # alpha fading out downwards from under the drawing
+    arr[at[1] + 90:at[1] + 210, at[0]:at[0] + 120] = np.concatenate(
+        [np.full((120, 120, 3), 128, np.uint8), np.broadcast_to(fade[:, None, None], (120, 120, 1))], axis=2)
+    reflected = Image.fromarray(arr, "RGBA")
+    assert content_box(reflected).box == expected(at)
+    # the same pixels made opaque: a faint gradient below the drawing, not a flat canvas
+    assert not content_box(to_rgb(reflected)).trimmed
