@@ -16,8 +16,8 @@ from ..values import DetectorInfo, Metric
 # detector's identity: the version of a trimming detector ends in "+trim" and the trimming rule's version
 # (``content.RULE_VERSION``), so an index built one way, or under another rule, is refused by the other.
 # Every detector trims by default: on real overlap (BENCHMARKS.md, the development set of real clip-art
-# copies) trimming lifts recall from about half to 0.8-0.93 for every detector, at a cost of about one point
-# on photographs whose flat background touches two opposite sides.
+# copies) trimming lifts recall from about half to 0.8-0.93 for every detector; a photograph is trimmed only
+# where its border is a flat canvas (the content module's rule), so a sky or a plain wall is kept.
 CONTENT_MODES = ("trim", "whole")
 # A JPEG is decoded at a reduced scale down to a detector's ``decode_size``; a trimming detector asks for this
 # many times more, so that a content box filling 17% of the area (41% of each side) still has its size.
