@@ -33,7 +33,8 @@ from scipy.special import expit, logit
 from scipy.stats import binom
 
 from overlap_audit.stats.overlap import two_sample_test
-from overlap_audit.stats.stratified import StrataCounts, compare_within_classes
+from overlap_audit.stats.strata import StrataCounts
+from overlap_audit.stats.stratified import compare_within_classes
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from scipy.stats import chi2_contingency, norm
 from statsmodels.stats.contingency_tables import StratifiedTable
 
 from overlap_audit.stats.overlap import overlap_stats
-from overlap_audit.stats.stratified import (EXACT_MAX_WORK, ClassTable, StrataCounts, Stratified, cmh_test,
-                                      compare_within_classes, disagreement, disagreements, exact_conditional_test,
-                                      mantel_fleiss, mh_odds_ratio, mh_risk_difference, mix_check, strata_counts,
-                                      stratified_inflation, stratify, unjudged)
+from overlap_audit.stats.strata import ClassTable, StrataCounts, mix_check, strata_counts, unjudged
+from overlap_audit.stats.stratified import (EXACT_MAX_WORK, Stratified, cmh_test, compare_within_classes, disagreement,
+                                            disagreements, exact_conditional_test, mantel_fleiss, mh_odds_ratio,
+                                            mh_risk_difference, stratified_inflation, stratify)
 from overlap_audit.values import Neighbors, Split
 
 # R's mantelhaen.test example (Agresti 1990, pp. 231-237, penicillin and rabbits): per stratum, immediate
