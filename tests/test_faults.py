@@ -81,6 +81,7 @@ def small(tmp_path_factory):
 
 
 @pytest.mark.skipif(EXE is None, reason="the overlap-audit console script is not installed")
+@pytest.mark.slow
 def test_a_kill_at_any_write_of_index_is_refused_or_resumed_to_the_clean_result(small, tmp_path):
     root, corpus, ev, preds, clean = small
     baseline = report(clean, ev, preds, tmp_path / "base")
@@ -119,6 +120,7 @@ def thousand(tmp_path_factory):
 
 
 @pytest.mark.skipif(EXE is None, reason="the overlap-audit console script is not installed")
+@pytest.mark.slow
 def test_a_kill_while_rebuilding_as_ivfpq_leaves_the_old_index_or_the_new_one(thousand, tmp_path):
     root, corpus, ev, preds, flat, results = thousand
     assert results["flat"][0] == "flat" and results["ivfpq"][0] == "ivfpq"
@@ -180,6 +182,7 @@ def _snapshot(directory):
 
 
 @pytest.mark.skipif(EXE is None, reason="the overlap-audit console script is not installed")
+@pytest.mark.slow
 def test_a_kill_at_any_write_of_report_leaves_the_old_report_or_the_new_one(small, tmp_path):
     root, corpus, ev, preds, clean = small
     new_preds = tmp_path / "preds-new.csv"  # other correctness: every number of the table changes

@@ -73,6 +73,7 @@ def test_report_json_round_trips(tmp_path, index_dir, eval_set, predictions):
     assert type(rep).from_dict(rep.to_dict()) == rep
 
 
+@pytest.mark.slow
 def test_report_says_where_each_threshold_comes_from(tmp_path, index_dir, eval_set, predictions):
     root, planted, clean = eval_set
     thresholds = tmp_path / "t.json"

@@ -120,6 +120,7 @@ def test_preprocessed_batches_are_checked(det):
         det.embed(np.zeros((2, 32), np.uint8))
 
 
+@pytest.mark.slow
 def test_index_and_report_with_pdq_through_the_cli(tmp_path, corpus_dir, eval_set):
     from overlap_audit.cli import main
 

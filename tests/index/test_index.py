@@ -163,6 +163,7 @@ def test_interrupted_index_resumes_without_redoing_or_duplicating(tmp_path, corp
     assert sorted(load_index(out).keys) == sorted(load_index(fresh_out).keys)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume(tmp_path, tile_sets):
     corpus, other = tile_sets
     images = {f"{tid}.png": im.resize((384, 384)) for tid, im in corpus + other}

@@ -169,6 +169,7 @@ def test_a_pair_labelled_twice_is_an_error(tmp_path):
         read_labels(labels)
 
 
+@pytest.mark.slow
 def test_report_names_with_pipes_and_stale_predictions(tmp_path, corpus_dir, eval_set):
     import pyarrow as pa
     import pyarrow.parquet as pq

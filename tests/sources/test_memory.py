@@ -89,6 +89,7 @@ def test_malformed_dataframes_fail_in_one_line_as_files_do(tmp_path, frame, mess
         read_predictions([("val", "a", 1)])
 
 
+@pytest.mark.slow
 def test_an_in_memory_eval_set_splits_as_the_same_images_in_a_folder(tmp_path, index_dir, eval_set):
     root, planted, clean = eval_set
     frame = _frame(eval_set)
@@ -160,6 +161,7 @@ def test_corpus_matches_list_the_pairs_at_or_above_the_threshold(tmp_path, index
     assert len(rows) == expected
 
 
+@pytest.mark.slow
 def test_verified_corpus_matches_are_the_verified_pairs(tmp_path, index_dir, eval_set):
     root, planted, clean = eval_set
     rep = run_report(index_dir, [("val", str(root))], ReportSettings(tmp_path / "rep", predictions=_frame(eval_set),
@@ -204,6 +206,7 @@ def test_corpus_matches_carry_url_and_uid_of_a_parquet_pool(tmp_path, tile_sets)
     assert set(pool["key"].to_pylist()) - set(kept["key"].to_pylist()) == set(matches["id"].to_pylist())
 
 
+@pytest.mark.slow
 def test_cli_writes_corpus_matches(tmp_path, index_dir, eval_set):
     root, planted, clean = eval_set
     preds = write_predictions(tmp_path / "p.csv", "val", planted + clean, [1] * (len(planted) + len(clean)))
