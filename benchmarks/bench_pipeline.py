@@ -66,8 +66,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from overlap_audit.api import ReportSettings, run_report
-    from overlap_audit.index import IndexSettings, build_index
-    from overlap_audit.match import MatchSettings
+    from overlap_audit.index import build_index
+    from overlap_audit.settings import IndexSettings, MatchSettings
     from overlap_audit.decide.rule import VerifySettings
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-pipeline-"))

@@ -91,8 +91,8 @@ def pipeline_audit(work: Path, oc_dir: str, tux_dir: str, rel: list[str], plante
 
     import pyarrow.parquet as pq
 
-    from overlap_audit.api import MatchSettings, ReportSettings, build_index, run_report
-    from overlap_audit.index import IndexSettings
+    from overlap_audit.api import ReportSettings, build_index, run_report
+    from overlap_audit.settings import IndexSettings, MatchSettings
 
     planted_dir, eval_dir = work / "corpus-planted", work / "eval-tuxpaint"
     for root, keep in ((planted_dir, planted), (eval_dir, np.ones(len(rel), bool))):
@@ -140,7 +140,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from overlap_audit.detectors import get_detector
-    from overlap_audit.zeroshot.smallclip import Pairs, PretrainConfig, caption_from_path, load, pretrain, zero_shot
+    from overlap_audit.zeroshot.smallclip import Pairs, caption_from_path, load, pretrain, zero_shot
+    from overlap_audit.settings import PretrainConfig
     from overlap_audit.zeroshot.smallclip_net import SmallClipNetConfig
     from overlap_audit.stats.overlap import overlap_stats
 

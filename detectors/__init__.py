@@ -51,12 +51,12 @@ def parse_detector_spec(spec: str) -> tuple[str, str | None]:
 def get_detector(spec: str, *, content: str | None = None, **options) -> Detector:
     """Import and build the detector a spec names; raises DetectorError for an unknown name.
 
-    ``content`` is the content normalisation (``base.CONTENT_MODES``; None: the detector's own default)."""
+    ``content`` is the content normalisation (``settings.CONTENT_MODES``; None: the detector's own default)."""
     from ..errors import DetectorError
-    from .base import CONTENT_MODES
+    from ..settings import CONTENT_MODES, check_choice
 
-    if content is not None and content not in CONTENT_MODES:
-        raise DetectorError(f"content must be one of {', '.join(CONTENT_MODES)} (got {content!r})")
+    if content is not None:
+        check_choice("content", content, CONTENT_MODES, DetectorError)
 
     name, arg = parse_detector_spec(spec)
     if name not in _REGISTRY:

@@ -11,14 +11,13 @@ from PIL import Image
 from ..content import RULE_VERSION
 from ..values import DetectorInfo, Metric
 
-# How an image is normalised before a detector sees it: "trim" embeds its content box (uniform or transparent
+# How an image is normalised before a detector sees it (``settings.CONTENT_MODES``): "trim" embeds its content box (uniform or transparent
 # margins and letterbox bars cut away: ``overlap_audit.content``), "whole" the image as it is. Part of the
 # detector's identity: the version of a trimming detector ends in "+trim" and the trimming rule's version
 # (``content.RULE_VERSION``), so an index built one way, or under another rule, is refused by the other.
 # Every detector trims by default: on real overlap (BENCHMARKS.md, the development set of real clip-art
 # copies) trimming lifts recall from about half to 0.8-0.93 for every detector; a photograph is trimmed only
 # where its border is a flat canvas (the content module's rule), so a sky or a plain wall is kept.
-CONTENT_MODES = ("trim", "whole")
 # A JPEG is decoded at a reduced scale down to a detector's ``decode_size``; a trimming detector asks for this
 # many times more, so that a content box filling 17% of the area (41% of each side) still has its size.
 TRIM_DECODE_SCALE = 2.5

@@ -79,10 +79,10 @@ class ClipImageDetector(DetectorBase):
 
 def make_clip_image(arg: str | None = None, *, spec: str = "clip-image", device: str = "auto", **_options):
     """``clip-image:MODEL_SPEC`` (a zero-shot model) or ``clip-image:PATH`` (a TorchScript image tower)."""
-    from ..errors import DetectorError
+    from ..errors import DetectorError, param
 
     if not arg:
-        raise DetectorError("clip-image needs a CLIP model: --detector clip-image:MODEL with MODEL a zero-shot model "
+        raise DetectorError(f"clip-image needs a CLIP model: {param('detector', 'clip-image:MODEL')} with MODEL a zero-shot model "
                             "spec (open_clip:ARCH:PATH, hf:DIR, overlap-audit:openclipart-small), or clip-image:PATH "
                             "to a TorchScript export of an image tower (with PATH.json giving its input_size, mean "
                             "and std)")

@@ -1,6 +1,6 @@
 """``clipdup``: the CLIP paper's learned near-duplicate detector (Appendix C) — the detector and its inputs.
 
-Training is in ``clipdup_train`` (``overlap-audit train-detector``). The input is RGB, luma or the HSV value max(R, G, B) (``INPUT_MODES``); the one-channel inputs are
+Training is in ``clipdup_train`` (``overlap-audit train-detector``). The input is RGB, luma or the HSV value max(R, G, B) (``settings.INPUT_MODES``); the one-channel inputs are
 standardised per image inside the network, so brightness and contrast changes do not reach it.
 
 ``--detector clipdup`` uses the small checkpoint shipped in ``weights/`` (its model card and recipe:
@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..devices import torch_device
+from ..settings import INPUT_MODES, check_choice
 from .base import DetectorBase
 
 SHIPPED = Path(__file__).parent / "weights" / "clipdup-small.pt"
@@ -48,7 +49,6 @@ def _torch():
 # CHANNEL_FLOORS): a hue rotation changes neither, and a saturation change (S scaled by k) scales the chroma
 # channel alone, which its own standardisation undoes — where maxmin's min = V(1 - S) moves towards the max
 # channel (a strongly desaturated copy of saturated clip art moved the min channel by a third of its range).
-INPUT_MODES = ("rgb", "luma", "value", "maxmin", "value-or-min", "maxchroma")
 INPUT_CHANNELS = {"rgb": 3, "luma": 1, "value": 1, "maxmin": 2, "value-or-min": 1, "maxchroma": 2}
 # per-channel standardisation floors (std, 0..1): 0.02 (about 5 grey levels) as for the joint standardisation;
 # 0.05 for the chroma, so that the faint colour noise of a near-grey image (JPEG chroma, a tint) is not blown
@@ -69,8 +69,7 @@ def _max_min_planes(image: Image.Image, size: int, chroma: bool = False) -> tupl
 
 def to_tensor_array(image: Image.Image, size: int, mode: str = "rgb") -> np.ndarray:
     """Image -> float32 [C, size, size] in 0..1 (bicubic resize of the whole image); C per INPUT_CHANNELS."""
-    if mode not in INPUT_MODES:
-        raise ValueError(f"input mode must be one of {', '.join(INPUT_MODES)}, got {mode!r}")
+    check_choice("input_mode", mode, INPUT_MODES, ValueError)
     if mode in ("maxmin", "maxchroma"):
         return np.stack(_max_min_planes(image, size, chroma=mode == "maxchroma"))
     if mode == "value-or-min":
@@ -161,11 +160,11 @@ class ClipDup(DetectorBase):
 
 
 def make_clipdup(arg: str | None = None, *, spec: str = "clipdup", device: str = "auto", **_options) -> ClipDup:
-    from ..errors import DetectorError
+    from ..errors import DetectorError, param
 
     if not arg:
         if not SHIPPED.exists():
             raise DetectorError("no default clipdup checkpoint is shipped with this install: train one with "
-                                "`overlap-audit train-detector SOURCE... --out DIR` and use --detector clipdup:DIR")
+                                f"`overlap-audit train-detector SOURCE... --out DIR` and use {param('detector', 'clipdup:DIR')}")
         return ClipDup(str(SHIPPED), device=device, spec="clipdup")
     return ClipDup(arg, device=device, spec=spec)

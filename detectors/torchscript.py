@@ -124,8 +124,8 @@ class TorchScriptDetector(DetectorBase):
 
 def make_torchscript(arg: str | None = None, *, spec: str = "torchscript", device: str = "auto",
                      **_options) -> TorchScriptDetector:
-    from ..errors import DetectorError
+    from ..errors import DetectorError, param
 
     if not arg:
-        raise DetectorError("torchscript needs a path: --detector torchscript:/path/to/model.pt")
+        raise DetectorError(f"torchscript needs a path: {param('detector', 'torchscript:/path/to/model.pt')}")
     return TorchScriptDetector(arg, device=device, spec=spec)

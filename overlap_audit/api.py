@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,47 +17,22 @@ from . import __version__
 from .atomic import atomic_write, create_temporary
 from .decide.rule import DecisionRule, VerifySettings
 from .decide.split import load_thresholds, resolve_thresholds
-from .errors import EmptyEvalSetError, OutputDirError, SourceError
+from .errors import EmptyEvalSetError, OutputDirError, SourceError, param
 from .evidence import build_galleries
 from .index import build_index, content_boxes
-from .match import MatchSettings, check_eval_sets, check_report_apart, match_eval_sets, open_corpus
+from .match import check_eval_sets, check_report_apart, match_eval_sets, open_corpus
 from .matched import corpus_matches
 from .predictions import PREDICTIONS
 from .report import CORPUS_MATCHES, DatasetReport, Report, check_report_dir, load_report, write_report
-from .report.html import DEFAULT_GALLERY
 from .report.write import splits_table
-from .score import ZeroShotSettings, prepare_scoring, score
+from .score import prepare_scoring, score
+from .settings import (CORRECTIONS, DEFAULT_GALLERY, MatchSettings, StatsSettings, ZeroShotSettings,
+                       check_datasets_named)
 from .sources import source_spec
 from .stats.overlap import RateEstimate, extended_stats, family_correction, overlap_stats
 from .values import Split
 
-__all__ = ["MatchSettings", "ReportSettings", "StatsSettings", "VerifySettings", "ZeroShotSettings", "build_index",
-           "run_report"]
-
-
-@dataclass(frozen=True)
-class StatsSettings:
-    """Where each dataset is split into Overlap / Clean, and how the statistics are tested.
-
-    ``thresholds`` (a ``{"NAME": t}`` file or dict) overrides ``threshold`` per dataset; both default to the
-    detector's threshold. ``correction`` (bonferroni or holm) decides ``significant``; both are reported.
-    ``precision`` and ``recall`` of the Overlap split (numbers or "k/n" counts) for every dataset, or
-    ``detector_error`` (a dict or JSON file ``{"NAME": {"precision": ..., "recall": ...}}``) per dataset,
-    add the detector-error correction.
-    """
-
-    threshold: float | None = None
-    thresholds: str | os.PathLike | Mapping[str, float] | None = None
-    alpha: float = 0.05
-    ci_level: float = 0.995
-    correction: str = "bonferroni"
-    precision: RateEstimate | str | None = None
-    recall: RateEstimate | str | None = None
-    detector_error: str | os.PathLike | Mapping | None = None
-
-    def __post_init__(self) -> None:
-        if self.correction not in ("bonferroni", "holm"):
-            raise SourceError(f"--correction must be bonferroni or holm (got {self.correction!r})")
+__all__ = ["ReportSettings", "build_index", "run_report"]
 
 
 @dataclass(frozen=True)
@@ -86,12 +61,13 @@ class ReportSettings:
 
     def __post_init__(self) -> None:
         if self.corpus_matches is not None and _inside(Path(self.corpus_matches), Path(self.out_dir)):
-            raise OutputDirError(f"--corpus-matches {self.corpus_matches} lies inside --out {self.out_dir}, which holds "
+            raise OutputDirError(f"{param('corpus_matches', self.corpus_matches)} lies inside "
+                                 f"{param('out_dir', self.out_dir)}, which holds "
                                  f"only the report's own files (it has {CORPUS_MATCHES} already): give a path "
                                  "outside it")
         if (self.predictions is None) == (self.zero_shot is None):
-            raise SourceError("give exactly one of --predictions FILE (the model's per-example results) and "
-                              "--model SPEC (score a CLIP model zero-shot here)")
+            raise SourceError(f"give exactly one of {param('predictions')} (the model's per-example results) and "
+                              f"{param('zero_shot')} (score a CLIP model zero-shot here)")
 
 
 def _inside(path: Path, directory: Path) -> bool:
@@ -192,7 +168,7 @@ def _dataset_reports(names: list[str], splits: dict[str, Split], correct: dict[s
         stats[name] = overlap_stats(int(ok.sum()), len(ok), int(ok[sp.overlap].sum()), int(sp.overlap.sum()),
                                     ci_level=st.ci_level)
     p_values = [stats[n].p_value for n in names]
-    both = {m: family_correction(p_values, st.alpha, m) for m in ("bonferroni", "holm")}
+    both = {m: family_correction(p_values, st.alpha, m) for m in CORRECTIONS}
     deciding = both[st.correction]
     power_alpha = st.alpha / max(1, deciding.m)  # the per-dataset level of Bonferroni and of Holm's first step
     extended = {n: extended_stats(stats[n], power_alpha=power_alpha, precision=errors[n][0], recall=errors[n][1])
@@ -216,7 +192,7 @@ def _check_not_empty(splits: dict, skipped: dict) -> None:
             sk = skipped.get(name, [])
             first = f" (e.g. {sk[0].id}: {sk[0].reason})" if sk else ""
             raise EmptyEvalSetError(f"evaluation set {name!r} has no example to evaluate: {len(sk)} item(s) were "
-                                    f"skipped{first}; fix its images or leave out --eval {name}=...")
+                                    f"skipped{first}; fix its images or leave it out of {param('evals')}")
 
 
 # precision/recall (a rate or [K, N]), plus the fields of `overlap-audit threshold`'s evidence file
@@ -249,9 +225,7 @@ def resolve_detector_error(names: list[str], precision=None, recall=None, per_da
     per_dataset = per_dataset or {}
     if not isinstance(per_dataset, dict) or not all(isinstance(v, dict) for v in per_dataset.values()):
         raise ThresholdError('the detector-error file must hold {"NAME": {"precision": ..., "recall": ...}}')
-    unknown = sorted(set(per_dataset) - set(names))
-    if unknown:
-        raise ThresholdError(f"the detector-error file names datasets that are not evaluated: {', '.join(unknown)}")
+    check_datasets_named(per_dataset, names, "the detector-error file", ThresholdError)
     out = {}
     for n in names:
         entry = per_dataset.get(n, {})

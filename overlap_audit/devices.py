@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from .errors import DeviceError
+from .errors import DeviceError, param
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -50,8 +50,9 @@ def faiss_device(device: str | None = "auto") -> str:
     if faiss_gpu_count() > 0:
         return "cuda"
     if device == "cuda":
-        raise DeviceError("--device cuda was asked for but FAISS sees no GPU (install the faiss-gpu-cu12 wheel, "
-                          "`pip install overlap-audit[gpu]`, on a machine with an NVIDIA driver), or use --device cpu")
+        raise DeviceError(f"{param('device', 'cuda')} was asked for but FAISS sees no GPU (install the faiss-gpu-cu12 "
+                          "wheel, `pip install overlap-audit[gpu]`, on a machine with an NVIDIA driver), or use "
+                          f"{param('device', 'cpu')}")
     return _fallback("FAISS")
 
 
@@ -65,6 +66,7 @@ def torch_device(device: str | None = "auto") -> str:
     if torch.cuda.is_available():
         return "cuda"
     if device == "cuda":
-        raise DeviceError("--device cuda was asked for but torch sees no GPU (a CUDA build of torch on a machine "
-                          "with an NVIDIA driver), or use --device cpu or auto")
+        raise DeviceError(f"{param('device', 'cuda')} was asked for but torch sees no GPU (a CUDA build of torch on a "
+                          f"machine with an NVIDIA driver), or use {param('device', 'cpu')} or "
+                          f"{param('device', 'auto')}")
     return _fallback("torch")

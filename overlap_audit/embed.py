@@ -31,8 +31,8 @@ import numpy as np
 
 from .detectors import Detector
 from .detectors.base import TRIM_DECODE_SCALE, prepare
-from .imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
-from .limits import DEFAULT_LIMITS, InputLimits, ReadRefused, read_file
+from .imaging import ImageRejected, decode_image
+from .limits import DEFAULT_LIMITS, DEFAULT_MAX_PIXELS, InputLimits, ReadRefused, read_file
 from .sources import Source
 from .values import Embeddings, RawItem, Skipped
 

@@ -1,10 +1,53 @@
-"""Errors a user can cause. Library code raises these; only the CLI turns them into exit codes."""
+"""Errors a user can cause. Library code raises these; only the CLI turns them into exit codes.
+
+A message names a parameter through ``param``: ``str(error)`` shows the Python name (``index_type``,
+``device='cuda'``), and the CLI's error line shows the flag the user typed (``--index-type``,
+``--device cuda``) through ``OverlapAuditError.render``.
+"""
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+# a parameter inside a message: MARK name MARK, or MARK name SEP repr(value) SEP the CLI's value text MARK
+# (control characters, which no message text holds, so a rendered message never shows them)
+_MARK, _SEP = "\x1f", "\x1e"
+_PARAM = re.compile(f"{_MARK}(\\w+)(?:{_SEP}([^{_SEP}{_MARK}]*){_SEP}([^{_MARK}]*))?{_MARK}")
+_UNSET = object()
+
+
+def param(name: str, value=_UNSET) -> str:
+    """``name`` (a parameter of the library's functions and settings), with ``value`` if given, marked for an
+    error message: rendered ``name`` or ``name=value`` in Python, ``--flag`` or ``--flag value`` on the command
+    line (a ``True`` value: the flag alone)."""
+    if value is _UNSET:
+        return f"{_MARK}{name}{_MARK}"
+    cli = "" if value is True else str(value).replace(_MARK, " ").replace(_SEP, " ")
+    return f"{_MARK}{name}{_SEP}{value!r}{_SEP}{cli}{_MARK}"
+
+
+def render(message: str, flag: Callable[[str], str] | None = None) -> str:
+    """``message`` with its ``param`` marks as Python names, or with ``flag(name)`` for each (the CLI's)."""
+
+    def one(m: re.Match) -> str:
+        name, value, cli = m.groups()
+        if flag is None:
+            return name if value is None else f"{name}={value}"
+        return flag(name) if not cli else f"{flag(name)} {cli}"
+
+    return _PARAM.sub(one, message)
 
 
 class OverlapAuditError(Exception):
     """Base of every error overlap-audit raises on purpose."""
+
+    def __str__(self) -> str:
+        return render(super().__str__())
+
+    def render(self, flag: Callable[[str], str]) -> str:
+        """The message with each parameter named by ``flag(name)`` (the CLI: the option's flag)."""
+        return render(super().__str__(), flag)
 
 
 class SourceError(OverlapAuditError):

@@ -15,9 +15,10 @@ import numpy as np
 
 from .atomic import atomic_write_text
 from .errors import ModelError, OverlapAuditError
-from .imaging import DEFAULT_MAX_PIXELS
+from .limits import DEFAULT_MAX_PIXELS
+from .settings import DEFAULT_GALLERY
 from .index import corpus_items
-from .report.html import (DEFAULT_AROUND, DEFAULT_GALLERY, Gallery, GalleryPair, gallery_order, render_html,
+from .report.html import (DEFAULT_AROUND, Gallery, GalleryPair, gallery_order, render_html,
                           thumbnail)
 from .report.value import REPORT_HTML, SPLITS, Report, load_report
 from .sources import as_source, fetch_items, source_spec

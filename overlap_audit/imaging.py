@@ -8,10 +8,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .limits import DEFAULT_LIMITS, ReadRefused, read_file
-
-# PIL's own default (about 89.5 megapixels): above it an image is treated as a decompression bomb.
-DEFAULT_MAX_PIXELS = 89_478_485
+from .limits import DEFAULT_LIMITS, DEFAULT_MAX_PIXELS, ReadRefused, read_file
 
 
 class ImageRejected(Exception):

@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass
 
 MB = 1 << 20
 
+# PIL's own default (about 89.5 megapixels): above it an image is treated as a decompression bomb.
+DEFAULT_MAX_PIXELS = 89_478_485
+
 
 @dataclass(frozen=True)
 class InputLimits:

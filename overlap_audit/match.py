@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,47 +17,18 @@ import numpy as np
 from .detectors import Detector, get_detector
 from .devices import faiss_device
 from .embed import embed_source
-from .errors import IndexDirError, SettingsError, SourceError
-from .imaging import DEFAULT_MAX_PIXELS
+from .errors import IndexDirError, SourceError, param
 from .index import CorpusIndex, IndexManifest, check_detector, load_index, search
-from .limits import InputLimits
 from .outputs import check_output_apart
+from .settings import MatchSettings
 from .sources import as_source, source_location
 from .values import Embeddings, Neighbors, Skipped
 
 if TYPE_CHECKING:
     from .zeroshot.scoring import ZeroShotScorer
 
-__all__ = ["Corpus", "EvalMatch", "MatchSettings", "check_eval_sets", "check_report_apart", "match_eval_sets",
+__all__ = ["Corpus", "EvalMatch", "check_eval_sets", "check_report_apart", "match_eval_sets",
            "open_corpus"]
-
-
-@dataclass(frozen=True)
-class MatchSettings:
-    """How evaluation sets are embedded and searched against the corpus.
-
-    ``detector`` None means the index's own. ``exact`` streams the stored corpus shards past the evaluation
-    embeddings instead of searching the index (exact whatever the index type); ``ray_address`` runs that
-    stream on a Ray cluster and so needs ``exact``. ``limits`` caps what one evaluation item may cost
-    (bytes read, decoding seconds); an item over a cap is skipped.
-    """
-
-    detector: str | None = None
-    device: str = "auto"
-    k: int = 5
-    batch_size: int = 256
-    workers: int | None = None
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    progress: bool = False
-    exact: bool = False
-    ray_address: str | None = None
-    views: bool = True  # a trimming detector also searches the whole image of each trimmed query
-    limits: InputLimits = field(default_factory=InputLimits)
-
-    def __post_init__(self) -> None:
-        if self.ray_address and not self.exact:
-            raise SettingsError(f"ray_address={self.ray_address!r} runs the exact stream over the corpus shards on a "
-                                "Ray cluster: give exact=True with it (the CLI's --ray does so)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,7 +63,7 @@ def check_eval_sets(evals: Iterable[tuple[str, object]]) -> list[tuple[str, obje
     in-memory source (``memory.memory_source``)."""
     evals = [(str(name), spec) for name, spec in evals]
     if not evals:
-        raise SourceError("give at least one evaluation set (--eval NAME=SOURCE)")
+        raise SourceError(f"give at least one evaluation set ({param('evals')})")
     names = [name for name, _ in evals]
     if len(set(names)) != len(names):
         repeated = sorted({name for name in names if names.count(name) > 1})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from .errors import OutputDirError
+from .errors import OutputDirError, param
 
 
 def _within(path: str, folder: str) -> bool:
@@ -24,8 +24,8 @@ def check_output_apart(out_dir: str | os.PathLike, reads: Iterable[tuple[str, st
         path = os.path.realpath(path)
         if is_folder and _within(out, path):
             where = "is" if out == path else "lies inside"
-            raise OutputDirError(f"--out {out} {where} the {what} {path}: files written there would be read as "
-                                 "part of it on a later run; give an --out outside it")
+            raise OutputDirError(f"{param('out_dir', out)} {where} the {what} {path}: files written there would be "
+                                 f"read as part of it on a later run; give an {param('out_dir')} outside it")
         if _within(path, out):
-            raise OutputDirError(f"the {what} {path} lies inside --out {out}: writing there would replace or mix "
-                                 "with what is read; give an --out that does not hold it")
+            raise OutputDirError(f"the {what} {path} lies inside {param('out_dir', out)}: writing there would replace "
+                                 f"or mix with what is read; give an {param('out_dir')} that does not hold it")

@@ -18,6 +18,7 @@ import sys
 import numpy as np
 
 from .errors import PredictionsError
+from .settings import check_datasets_named
 from .values import Predictions, Split
 
 _TRUE = {"1", "true", "t", "yes", "y", "1.0"}
@@ -182,10 +183,7 @@ def _from_columns(table: dict[str, list], path: str) -> Predictions:
 def match_predictions(predictions: Predictions, splits: dict[str, Split],
                       skipped_ids: dict[str, set[str]]) -> dict[str, np.ndarray]:
     """Correctness of each split's examples, row-aligned; raises on missing or extra ids."""
-    extra_sets = sorted(set(predictions.correct) - set(splits))
-    if extra_sets:
-        raise PredictionsError(f"{predictions.source}: predictions for datasets that are not evaluated: "
-                               f"{_few(extra_sets)} (evaluated: {', '.join(splits)})")
+    check_datasets_named(predictions.correct, splits, str(predictions.source), PredictionsError)
     out = {}
     problems = []
     for name, sp in splits.items():

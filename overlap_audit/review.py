@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .inert import csv_cell, csv_value
-from .errors import ThresholdError
+from .errors import ThresholdError, param
 
 if TYPE_CHECKING:
-    from .match import MatchSettings
+    from .settings import MatchSettings
 
 PAIRS_CSV = "pairs.csv"
 PAIRS_HTML = "pairs.html"
@@ -66,7 +66,8 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
     dataset nearest ``around`` (default: the detector's threshold) as pairs.csv and pairs.html. ``match`` says
     how the sets are embedded and searched (its ``k`` aside: only the nearest item is reviewed)."""
     from .index import corpus_items
-    from .match import MatchSettings, check_eval_sets, check_report_apart, match_eval_sets, open_corpus
+    from .match import check_eval_sets, check_report_apart, match_eval_sets, open_corpus
+    from .settings import MatchSettings
     from .report.html import Gallery, GalleryPair, esc, render_review_html, thumbnail
     from .atomic import atomic_write, atomic_write_text
     from .sources import as_source, fetch_items
@@ -74,21 +75,22 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
     evals = check_eval_sets(evals)
     check_report_apart(out_dir, index_dir, evals)
     if n < 1:
-        raise ThresholdError("--n must be at least 1")
+        raise ThresholdError(f"{param('n')} must be at least 1")
     existing = Path(out_dir) / PAIRS_CSV
     if existing.exists() and _has_labels(existing):
-        raise ThresholdError(f"{existing} already holds labels (is_duplicate filled in); give another --out, or "
-                             "move it away first: writing the review sheet again would erase them")
+        raise ThresholdError(f"{existing} already holds labels (is_duplicate filled in); give another "
+                             f"{param('out_dir')}, or move it away first: writing the review sheet again would "
+                             "erase them")
     settings = replace(match or MatchSettings(), k=1)
     max_pixels = settings.max_pixels
     corpus = open_corpus(index_dir, settings)
     if around is None:
         if corpus.detector.default_threshold is None:
-            raise ThresholdError("this detector has no default threshold: pass --around T")
+            raise ThresholdError(f"this detector has no default threshold: pass {param('around')}")
         around = corpus.detector.default_threshold
     around = float(around)
     if not math.isfinite(around):
-        raise ThresholdError("--around must be a finite number")
+        raise ThresholdError(f"{param('around')} must be a finite number")
 
     picked: dict[str, list[tuple[str, str, float, bool]]] = {}  # eval id, corpus key, similarity, low-info
     for name, matched in match_eval_sets(corpus, evals, settings).items():
@@ -226,7 +228,7 @@ def choose_threshold(dataset: str, similarities, labels, *, target_precision: fl
     from .decide.thresholds import threshold_at_precision
 
     if not 0.0 < target_precision <= 1.0:
-        raise ThresholdError(f"--precision must be in (0, 1], got {target_precision}")
+        raise ThresholdError(f"{param('target_precision')} must be in (0, 1], got {target_precision}")
     sims = np.asarray(similarities, dtype=np.float64)
     lab = np.asarray(labels, dtype=bool)
     pos, neg = np.sort(sims[lab]), np.sort(sims[~lab])

@@ -18,27 +18,12 @@ import numpy as np
 
 from .atomic import create_temporary
 from .devices import torch_device
-from .errors import ModelError
+from .errors import ModelError, param
+from .settings import ZeroShotSettings, check_datasets_named
 from .predictions import PREDICTIONS, match_predictions, read_predictions, write_predictions
 from .sources import as_source
 from .values import Predictions, Skipped, Split
 from .zeroshot.scoring import TemplateSet, ZeroShotModel, ZeroShotScorer, load_classnames
-
-
-@dataclass(frozen=True)
-class ZeroShotSettings:
-    """A CLIP model scored zero-shot on each evaluation set, in the same decoding pass as the detector.
-
-    ``model`` is a spec for ``zeroshot.loaders.load_model``. The set's labels are its classes:
-    ``classnames`` (a file, or one per dataset) maps labels to readable names; ``templates`` (a file, or
-    one per dataset) are the prompts. A dataset given neither uses those its layout ships (``Source.classnames``,
-    ``Source.templates``), else its labels and the CLIP paper's 80 ImageNet templates.
-    """
-
-    model: str
-    classnames: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None
-    templates: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None
-    batch_size: int = 128
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,9 +50,7 @@ class ZeroShotSetup:
 def _per_dataset(value, names: list[str], option: str) -> dict[str, str | None]:
     if value is None or isinstance(value, (str, os.PathLike)):
         return {n: (None if value is None else str(value)) for n in names}
-    unknown = sorted(set(value) - set(names))
-    if unknown:
-        raise ModelError(f"{option} names datasets that are not evaluated: {', '.join(unknown)}")
+    check_datasets_named(value, names, param(option), ModelError)
     return {n: (None if value.get(n) is None else str(value[n])) for n in names}
 
 
@@ -79,8 +62,8 @@ def prepare_zero_shot(settings: ZeroShotSettings, evals: list[tuple[str, object]
 
     spec = settings.model
     names = [n for n, _ in evals]
-    class_files = _per_dataset(settings.classnames, names, "--classnames")
-    template_files = _per_dataset(settings.templates, names, "--templates")
+    class_files = _per_dataset(settings.classnames, names, "classnames")
+    template_files = _per_dataset(settings.templates, names, "templates")
     names_by = {n: (load_classnames(f) if f else None) for n, f in class_files.items()}
     templates_by = {n: TemplateSet.load(f) for n, f in template_files.items()}
     for n, given in evals:

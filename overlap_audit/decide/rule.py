@@ -118,7 +118,8 @@ def _verify_splits(splits: dict[str, Split], index_dir, eval_sources: Mapping[st
     returns the splits with ``verify_scores``, ``verified`` and ``overlap = verified``, and per dataset the
     number of candidate pairs whose images could not be read. Such a pair keeps the first decision (Overlap
     at or above the detector's threshold): an image that cannot be read back never hides overlap."""
-    from ..imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+    from ..imaging import ImageRejected, decode_image
+    from ..limits import DEFAULT_MAX_PIXELS
     from ..index import corpus_items
     from ..sources import as_source, fetch_items
 

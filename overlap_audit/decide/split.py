@@ -14,7 +14,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..errors import ThresholdError
+from ..errors import ThresholdError, param
+from ..settings import check_datasets_named
 from ..values import Embeddings, Neighbors, Split
 
 
@@ -57,12 +58,9 @@ def resolve_thresholds(datasets: Iterable[str], default: float | None, *, thresh
     origins = threshold_origins(datasets, threshold=threshold, per_dataset=per_dataset)
     if default is None and "default" in origins.values():
         missing = [n for n, o in origins.items() if o == "default"]
-        raise ThresholdError("this detector has no calibrated default threshold: pass --threshold T or a "
-                             f"--thresholds file that names every dataset (not named: {', '.join(missing)})")
-    unknown = sorted(set(per_dataset) - set(datasets))
-    if unknown:
-        raise ThresholdError(f"the thresholds file names datasets that are not evaluated: {', '.join(unknown)} "
-                             f"(evaluated: {', '.join(datasets)})")
+        raise ThresholdError(f"this detector has no calibrated default threshold: pass {param('threshold')} or a "
+                             f"{param('thresholds')} file that names every dataset (not named: {', '.join(missing)})")
+    check_datasets_named(per_dataset, datasets, "the thresholds file", ThresholdError)
     value = {"threshold": threshold, "default": default}
     out = {name: float(per_dataset[name] if o == "file" else value[o]) for name, o in origins.items()}
     for name, t in out.items():

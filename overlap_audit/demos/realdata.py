@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import FetchError, OutputDirError
+from ..errors import FetchError, OutputDirError, param
 from . import check_demo_dir
 
 CORPUS_PACKAGE = "openclipart-png"
@@ -92,7 +92,7 @@ def fetch_debian_package(package: str, cache_dir: str | os.PathLike | None = Non
         found = sorted(glob.glob(str(Path(debs_dir).resolve() / f"{package}_*.deb")))
         if not found:
             raise FetchError(f"no {package}_*.deb in {debs_dir}; `apt-get download {package}` there, or leave out "
-                             "--debs to download it into the cache")
+                             f"{param('debs_dir')} to download it into the cache")
     else:
         found = sorted(glob.glob(str(debs / f"{package}_*.deb")))
     if not found:
@@ -250,8 +250,9 @@ def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | 
     ``templates`` default to the shipped drawing templates (``drawing_templates_path``)."""
     import json
 
-    from ..api import MatchSettings, ReportSettings, ZeroShotSettings, build_index, run_report
-    from ..index import IndexSettings, load_index
+    from ..api import ReportSettings, build_index, run_report
+    from ..index import load_index
+    from ..settings import IndexSettings, MatchSettings, ZeroShotSettings
     from ..report import check_report_dir
 
     out = Path(out_dir)

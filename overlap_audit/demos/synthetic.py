@@ -141,8 +141,8 @@ def run_demo(out_dir: str | os.PathLike, *, seed: int = 0, workers: int | None =
     """Generate the demo data, index the corpus and write the report under ``out_dir``/report."""
     import pyarrow.parquet as pq
 
-    from ..api import MatchSettings, ReportSettings, build_index, run_report
-    from ..index import IndexSettings
+    from ..api import ReportSettings, build_index, run_report
+    from ..settings import IndexSettings, MatchSettings
     from ..report import SPLITS
 
     from ..report import check_report_dir

@@ -9,7 +9,7 @@ the generation switch), ``build`` (embedding into shards, import from vectors).
 """
 
 from ..devices import faiss_device, faiss_gpu_count
-from .build import RECALL_QUERIES_PER_SHARD, IndexSettings, build_index, index_from_vector_blocks, index_from_vectors
+from .build import RECALL_QUERIES_PER_SHARD, build_index, index_from_vector_blocks, index_from_vectors
 from .finish import RECALL_QUERIES, finish_from_shards
 from .integrity import CheckResult, check_detector, check_index
 from .load import CorpusIndex, corpus_items, load_index
@@ -21,7 +21,7 @@ from .shards import content_boxes, corpus_key, iter_shard_vectors
 __all__ = [
     "content_boxes",
     "IDS_FILE", "INDEX_FILE", "MANIFEST", "PROGRESS", "RECALL_QUERIES", "RECALL_QUERIES_PER_SHARD", "SHARD_DIR",
-    "VECTORS_FILE", "CheckResult", "CorpusIndex", "IndexManifest", "IndexSettings", "build_index", "check_detector",
+    "VECTORS_FILE", "CheckResult", "CorpusIndex", "IndexManifest", "build_index", "check_detector",
     "check_index", "corpus_items", "corpus_key", "faiss_device", "faiss_gpu_count", "finish_from_shards",
     "index_from_vector_blocks", "index_from_vectors", "iter_shard_vectors", "load_index", "load_manifest", "search",
     "search_rows",

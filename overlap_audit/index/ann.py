@@ -24,11 +24,11 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from ..errors import IndexDirError
+from ..errors import IndexDirError, param
+from ..settings import INDEX_TYPES, check_choice
 from ..values import DetectorInfo
 from .mih import choose_substrings
 
-INDEX_TYPES = ("auto", "flat", "ivfpq", "hnsw", "mih")
 DEFAULT_BUDGET = 8 * 1024 ** 3
 HNSW_M = 32
 MIN_IVF_ITEMS = 1000
@@ -121,13 +121,12 @@ def _mih_params(n: int, info: DetectorInfo) -> dict:
 
 def choose_index(index_type: str, n: int, info: DetectorInfo, memory_budget: int | str | None) -> IndexPlan:
     """The index a corpus of n items gets: as asked, or by size and budget for ``auto``."""
-    if index_type not in INDEX_TYPES:
-        raise IndexDirError(f"--index-type must be one of {', '.join(INDEX_TYPES)} (got {index_type!r})")
+    check_choice("index_type", index_type, INDEX_TYPES, IndexDirError)
     budget = parse_bytes(memory_budget)
     flat_bytes = n * bytes_per_item("flat", info)
     hashes64 = info.metric == "hamming" and info.dim == 64
     if index_type == "mih" and not hashes64:
-        raise IndexDirError(f"--index-type mih is for 64-bit hashes (this detector gives {info.dim}-"
+        raise IndexDirError(f"{param('index_type', 'mih')} is for 64-bit hashes (this detector gives {info.dim}-"
                             f"{'bit hashes' if info.metric == 'hamming' else 'd vectors'}); use flat or ivfpq")
     if index_type == "auto" and hashes64 and n >= MIH_MIN_ITEMS:
         params = _mih_params(n, info)
@@ -153,7 +152,7 @@ def choose_index(index_type: str, n: int, info: DetectorInfo, memory_budget: int
         return IndexPlan("hnsw", params, reason)
     if n < MIN_IVF_ITEMS:
         raise IndexDirError(f"ivfpq needs at least {MIN_IVF_ITEMS:,} indexed items to train on (this corpus has "
-                            f"{n:,}); use --index-type flat")
+                            f"{n:,}); use {param('index_type', 'flat')}")
     params = _ivf_params(n, info)
     params["bytes_per_item"] = bytes_per_item("ivfpq", info, params)
     need = n * params["bytes_per_item"]

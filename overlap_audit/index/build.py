@@ -11,7 +11,6 @@ import os
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -21,13 +20,13 @@ from ..atomic import atomic_write_json, is_temporary, remove_stale_temporaries
 from ..detectors import Detector, get_detector
 from ..devices import faiss_device
 from ..embed import Decoder, embed_decoded
-from ..errors import IndexDamagedError, IndexDirError, ResumeError
-from ..imaging import DEFAULT_MAX_PIXELS
-from ..limits import InputLimits
+from ..errors import IndexDamagedError, IndexDirError, ResumeError, param
+from ..limits import DEFAULT_MAX_PIXELS, InputLimits
 from ..outputs import check_output_apart
+from ..settings import INDEX_TYPES, IndexSettings, check_choice
 from ..sources import Source, open_source, source_location
 from ..values import DetectorInfo, RawItem
-from .ann import INDEX_TYPES, parse_bytes
+from .ann import parse_bytes
 from .finish import finish_index
 from .integrity import check_faiss, check_files, read_faiss_index, stale_generation_files
 from .manifest import MANIFEST, PROGRESS, SHARD_DIR, IndexManifest, load_manifest
@@ -37,33 +36,6 @@ from .shards import corpus_key, finished_shards, item_bytes, same_item_bytes, sh
 # Augmented copies embedded per shard as recall queries for approximate indexes (``finish`` uses at most
 # RECALL_QUERIES of them).
 RECALL_QUERIES_PER_SHARD = 32
-
-
-@dataclass(frozen=True)
-class IndexSettings:
-    """How ``build_index`` embeds and indexes a corpus.
-
-    ``index_type`` is auto, flat, ivfpq or hnsw (see ``overlap_audit.index.ann``); ``memory_budget`` a
-    size such as "8GB" (None: the default budget). With ``resume`` the finished shards of an interrupted
-    run with the same settings are kept. With ``ray_address`` (``local``, ``auto`` or a cluster address)
-    the shards are embedded on a Ray cluster: same shards, same resumption, same result. ``content`` is the
-    detector's content normalisation (``trim``: each image is embedded as its content box; ``whole``; None:
-    the detector's own default). ``limits`` caps what one item may cost (bytes read, decoding seconds); an
-    item over a cap is recorded as skipped.
-    """
-
-    detector: str = "phash"
-    content: str | None = None
-    batch_size: int = 256
-    workers: int | None = None
-    device: str = "auto"
-    resume: bool = False
-    shard_size: int = 10_000
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    index_type: str = "auto"
-    memory_budget: int | str | None = None
-    ray_address: str | None = None
-    limits: InputLimits = field(default_factory=InputLimits)
 
 
 def _source_names(sources: list[Source]) -> list[Source]:
@@ -166,8 +138,7 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
     source (``OutputDirError``).
     """
     s = settings or IndexSettings()
-    if s.index_type not in INDEX_TYPES:
-        raise IndexDirError(f"--index-type must be one of {', '.join(INDEX_TYPES)} (got {s.index_type!r})")
+    check_choice("index_type", s.index_type, INDEX_TYPES, IndexDirError)
     parse_bytes(s.memory_budget)  # a malformed budget fails before any work
     if not sources:
         raise IndexDirError("give at least one corpus source")
@@ -186,12 +157,12 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
                      index_type=s.index_type, memory_budget=s.memory_budget, limits=recorded["limits"])
 
     if out.exists() and not out.is_dir():
-        raise IndexDirError(f"--out {out} exists and is not a directory")
+        raise IndexDirError(f"{param('out_dir', out)} exists and is not a directory")
     if s.resume and out.is_dir() and all(is_temporary(p) for p in out.iterdir()):
         remove_stale_temporaries(out)  # a run killed while writing its first file: start it afresh
     if out.exists() and any(out.iterdir()):
         if not s.resume:
-            raise ResumeError(f"{out} exists and is not empty; pass --resume to finish an interrupted run there, "
+            raise ResumeError(f"{out} exists and is not empty; pass {param('resume', True)} to finish an interrupted run there, "
                               "or choose a new directory")
         if not (out / PROGRESS).exists():
             raise ResumeError(f"{out} has no {PROGRESS}: it is not an interrupted overlap-audit index")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..errors import OverlapAuditError
+from ..errors import OverlapAuditError, param
 
 
 class RayError(OverlapAuditError):
@@ -27,7 +27,7 @@ def connect(address: str) -> dict:
     try:
         import ray
     except ImportError:
-        raise RayError("--ray needs Ray: pip install 'overlap-audit[ray]'") from None
+        raise RayError(f"{param('ray_address')} needs Ray: pip install 'overlap-audit[ray]'") from None
     if not ray.is_initialized():
         kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         try:

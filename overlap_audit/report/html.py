@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from ..imaging import ImageRejected, decode_image
+from ..limits import DEFAULT_MAX_PIXELS
 from ..values import RawItem
 from .format import (ci_level_text, dataset_cells, model_line, percent, recall_line, similarity_text,
                      verification_line)
 from .value import Report
 
-DEFAULT_GALLERY = 300  # pairs per dataset
 DEFAULT_AROUND = 8  # pairs just above and just below the threshold shown first
 THUMB_SIZE = 112
 THUMB_QUALITY = 60

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import ReportError
+from ..settings import CORRECTIONS
 from ..stats.overlap import ExtendedStats, OverlapStats
 from ..values import DetectorInfo, Skipped
 
@@ -46,7 +47,7 @@ class DatasetReport:
             "p_value_adjusted": self.p_value_adjusted,
             "significant": self.significant,
         }
-        for method in ("bonferroni", "holm"):
+        for method in CORRECTIONS:
             if method in self.adjusted:
                 d[f"p_value_adjusted_{method}"] = self.adjusted[method]
                 d[f"significant_{method}"] = self.significant_by.get(method)
@@ -63,7 +64,7 @@ class DatasetReport:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DatasetReport":
-        methods = [m for m in ("bonferroni", "holm") if f"p_value_adjusted_{m}" in d]
+        methods = [m for m in CORRECTIONS if f"p_value_adjusted_{m}" in d]
         return cls(
             name=d["name"],
             threshold=float(d["threshold"]),

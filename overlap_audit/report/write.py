@@ -15,7 +15,7 @@ import numpy as np
 
 from ..atomic import atomic_write, atomic_write_json, atomic_write_text, fsync_dir
 from ..content import box_arrow_type
-from ..errors import OutputDirError, ReportError
+from ..errors import OutputDirError, ReportError, param
 from ..values import Split
 from .markdown import format_markdown
 from .value import REPORT_HTML, REPORT_JSON, REPORT_MD, SPLITS, Report
@@ -107,13 +107,13 @@ def check_report_dir(out_dir: str | os.PathLike) -> None:
     if not os.path.lexists(out):
         return
     if out.is_symlink() or not out.is_dir():
-        raise OutputDirError(f"--out {out} exists and is not a directory; give a new directory or an earlier "
+        raise OutputDirError(f"{param('out_dir', out)} exists and is not a directory; give a new directory or an earlier "
                              "report directory")
     entries = sorted(os.listdir(out))
     foreign = [e for e in entries if e not in _owned_files(out)] if entries else []
     if foreign:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
-        raise OutputDirError(f"--out {out} holds {str(out / foreign[0])!r}{more}, which no earlier report wrote; "
+        raise OutputDirError(f"{param('out_dir', out)} holds {str(out / foreign[0])!r}{more}, which no earlier report wrote; "
                              "overlap-audit never deletes or overwrites such files: give a new or empty directory, "
                              "or move them away")
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..errors import DuplicateIdError, SourceError
+from ..errors import DuplicateIdError, SourceError, param
 from ..limits import DEFAULT_LIMITS, InputLimits
 from ..values import RawItem
 from .folder import count_folder, iter_folder
@@ -274,7 +274,7 @@ def parse_eval_spec(spec: str) -> tuple[str, str]:
     """Split ``NAME=SOURCE`` into its parts."""
     name, sep, source = spec.partition("=")
     if not sep or not name or not source:
-        raise SourceError(f"--eval {spec!r}: expected NAME=SOURCE, e.g. cifar10=/data/cifar10/test")
+        raise SourceError(f"{param('evals', spec)}: expected NAME=SOURCE, e.g. cifar10=/data/cifar10/test")
     return name.strip(), source.strip()
 
 

@@ -59,6 +59,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import binom, binomtest, boschloo_exact, fisher_exact
 
+from ..settings import CORRECTIONS, check_choice
+
 # Boschloo's test enumerates the (n1 + 1)(n2 + 1) tables for each nuisance value: about 2 s at 250,000 on a
 # 2-core machine (BENCHMARKS.md); beyond that, Fisher's exact test.
 BOSCHLOO_MAX_TABLES = 250_000
@@ -197,14 +199,10 @@ def holm(p_values: Sequence[float | None], alpha: float = 0.05) -> MultipleTestR
     return MultipleTestResult("holm", alpha, m, adjusted, significant)
 
 
-CORRECTIONS = {"bonferroni": bonferroni, "holm": holm}
-
-
 def family_correction(p_values: Sequence[float | None], alpha: float = 0.05, method: str = "bonferroni") -> MultipleTestResult:
-    """Apply the named correction (bonferroni or holm)."""
-    if method not in CORRECTIONS:
-        raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}, got {method!r}")
-    return CORRECTIONS[method](p_values, alpha)
+    """Apply the named correction (one of ``settings.CORRECTIONS``)."""
+    check_choice("correction", method, CORRECTIONS, ValueError)
+    return (bonferroni if method == "bonferroni" else holm)(p_values, alpha)
 
 
 # ---------------------------------------------------------------- beyond the paper

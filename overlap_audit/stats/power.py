@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binom
 
+from ..settings import CORRECTIONS
 from .overlap import BOSCHLOO_MAX_TABLES, family_correction, two_sample_test
 
 
@@ -103,7 +104,7 @@ def simulate_family(settings: Sequence[tuple[int, int, float] | tuple[int, int, 
     count_all = not true_null.any()
     out = {}
     for test, ps in (("paper", np.stack(p_paper, 1)), ("two_sample", np.stack(p_two, 1))):
-        for method in ("bonferroni", "holm"):
+        for method in CORRECTIONS:
             hits = 0
             for row in ps:
                 sig = np.array(family_correction(list(map(float, row)), alpha, method).significant, dtype=bool)

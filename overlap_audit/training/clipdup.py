@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,48 +21,9 @@ from PIL import Image
 
 from ..devices import torch_device
 from ..detectors.base import DetectorBase
-from ..detectors.clipdup import (CHANNEL_FLOORS, CHECKPOINT, INPUT_CHANNELS, INPUT_MODES, LOG, WEIGHTS, _torch, _weights_file,
+from ..detectors.clipdup import (CHANNEL_FLOORS, CHECKPOINT, INPUT_CHANNELS, LOG, WEIGHTS, _torch, _weights_file,
                       to_tensor_array)
-
-@dataclass(frozen=True)
-class DetectorTrainConfig:
-    arch: str = "small"
-    dim: int = 256
-    input_size: int = 96
-    batch_size: int = 64
-    steps: int = 1000
-    lr: float = 1e-3
-    strength: str = "medium"  # or "mixed": each copy's strength drawn from mild / medium / strong
-    seed: int = 0
-    max_images: int = 20_000
-    input_mode: str = "rgb"  # "luma" or "value": one channel, standardised per image (brightness/contrast invariant)
-    schedule: str = "constant"  # or "cosine": linear warm-up over 2% of the steps, then cosine decay to 0
-    # hard negatives: > 1 fills each batch with groups of this many look-alike images (each image with its
-    # nearest neighbours under the current network, re-mined every mine_every steps) instead of random ones
-    hard_negatives: int = 0
-    mine_every: int = 100
-    init: str | None = None  # start from these clipdup weights (fine-tuning) instead of random ones
-    # > 0 adds batch_global_nce with this weight to InfoNCE: no pair of two different images anywhere in the
-    # batch may be more similar than a true pair (the detector is used at one threshold for every query)
-    global_weight: float = 0.0
-    # how mining tells "the same picture again" (never a hard negative) from a look-alike: "mean16", the mean
-    # absolute difference of the 16x16 inputs below SAME_PICTURE; "z32", of the standardised 32x32 inputs
-    # below SAME_PICTURE_Z (contrast-free: two faint outlines on white differ by little in raw pixels, but
-    # as much as two bold ones once standardised)
-    same_picture: str = "mean16"
-    # train on the views the audit embeds: the anchor and its copy each cropped to its content box
-    # (``overlap_audit.content.trim``), the copy after it was augmented on its own canvas
-    trim: bool = False
-    # the chance that a copy is an edited one first (``augment_training``: one or two EDIT_FAMILIES, outline,
-    # colour, shading, drop shadow, zoomed out on a canvas) before the App. C pipeline
-    edit_p: float = 0.0
-
-    def lr_at(self, step: int) -> float:
-        if self.schedule == "constant":
-            return self.lr
-        warmup = max(1, self.steps // 50)
-        # a Python float: the optimiser state is saved in a weights-only checkpoint, which refuses numpy scalars
-        return float(self.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(step, self.steps) / self.steps)))
+from ..settings import INPUT_MODES, SAME_PICTURE_RULES, SCHEDULES, TRAIN_STRENGTHS, DetectorTrainConfig, check_choice
 
 
 def _load_images(sources: list[str], cfg: DetectorTrainConfig, workers: int | None) -> list[Image.Image]:
@@ -101,7 +61,6 @@ SAME_PICTURE = 0.02
 # the same, on standardised 32x32 thumbnails (``standardised_thumbnails``): a mild JPEG, rescaled or
 # recoloured copy of a drawing lies at a median 0.02-0.04 from it, 90% of them within 0.06-0.09
 SAME_PICTURE_Z = 0.1
-SAME_PICTURE_RULES = ("mean16", "z32")
 
 
 def standardised_thumbnails(x, size: int = 32):
@@ -214,7 +173,7 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: DetectorTrainConf
     torch = _torch()
     from ..augment import STRENGTHS, augment_training
     from ..content import trim
-    from ..errors import DetectorError
+    from ..errors import DetectorError, param
     from ..atomic import atomic_write, atomic_write_json
     from ..detectors.clipdup_net import DuplicateNet, DuplicateNetConfig, batch_global_nce, info_nce
 
@@ -223,31 +182,30 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: DetectorTrainConf
     dev = torch_device(device)
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not resume:
-        raise DetectorError(f"{out} already holds a checkpoint; pass --resume to continue it, or a new --out")
-    if cfg.input_mode not in INPUT_MODES:
-        raise DetectorError(f"input mode must be one of {', '.join(INPUT_MODES)}, got {cfg.input_mode!r}")
-    if cfg.strength not in (*STRENGTHS, "mixed") or cfg.schedule not in ("constant", "cosine"):
-        raise DetectorError(f"unknown strength {cfg.strength!r} or schedule {cfg.schedule!r}")
+        raise DetectorError(f"{out} already holds a checkpoint; pass {param('resume', True)} to continue it, or a "
+                            f"new {param('out_dir')}")
+    check_choice("input_mode", cfg.input_mode, INPUT_MODES, DetectorError)
+    check_choice("strength", cfg.strength, TRAIN_STRENGTHS, DetectorError)
+    check_choice("schedule", cfg.schedule, SCHEDULES, DetectorError)
+    check_choice("same_picture", cfg.same_picture, SAME_PICTURE_RULES, DetectorError)
     if not cfg.global_weight >= 0:
-        raise DetectorError(f"--global-weight must be a number >= 0 (got {cfg.global_weight})")
-    if cfg.same_picture not in SAME_PICTURE_RULES:
-        raise DetectorError(f"--same-picture must be one of {', '.join(SAME_PICTURE_RULES)}, got {cfg.same_picture!r}")
+        raise DetectorError(f"{param('global_weight')} must be a number >= 0 (got {cfg.global_weight})")
     if not 0 <= cfg.edit_p <= 1:
-        raise DetectorError(f"--edit-p must be a probability in 0..1 (got {cfg.edit_p})")
+        raise DetectorError(f"{param('edit_p')} must be a probability in 0..1 (got {cfg.edit_p})")
     if cfg.hard_negatives == 1 or cfg.hard_negatives < 0 or cfg.mine_every < 1:
-        raise DetectorError("--hard-negatives must be 0 (random batches) or a group size of at least 2, "
-                            "--mine-every at least 1")
+        raise DetectorError(f"{param('hard_negatives')} must be 0 (random batches) or a group size of at least 2, "
+                            f"{param('mine_every')} at least 1")
     torch.manual_seed(cfg.seed)
     init_digest = None
     if cfg.init:  # fine-tuning: the architecture is the initial weights' own
         init_file = _weights_file(cfg.init)
         if not init_file.is_file():
-            raise DetectorError(f"--init {cfg.init!r}: no clipdup weights there")
+            raise DetectorError(f"{param('init', cfg.init)}: no clipdup weights there")
         try:
             init = torch.load(init_file, map_location="cpu", weights_only=True)
             model_cfg = DuplicateNetConfig.from_dict(init["model_config"])
         except Exception as exc:  # noqa: BLE001 - not a clipdup weights file
-            raise DetectorError(f"--init {cfg.init!r} is not clipdup weights: {str(exc).splitlines()[0]}") from None
+            raise DetectorError(f"{param('init', cfg.init)} is not clipdup weights: {str(exc).splitlines()[0]}") from None
         widen = (model_cfg.channels, model_cfg.standardize, cfg.input_mode) == (1, True, "maxmin")
         if widen:  # one-channel (value) weights start a max-and-min run: see widen_to_maxmin
             init["model"], model_cfg = widen_to_maxmin(init["model"], model_cfg)
@@ -255,8 +213,9 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: DetectorTrainConf
             init["model"], model_cfg = maxmin_to_maxchroma(init["model"], model_cfg)
         if ((model_cfg.channels, model_cfg.standardize, model_cfg.channel_floors)
                 != (INPUT_CHANNELS[cfg.input_mode], cfg.input_mode != "rgb", CHANNEL_FLOORS.get(cfg.input_mode, ()))):
-            raise DetectorError(f"--init weights take {model_cfg.channels}-channel input (their input mode was "
-                                f"{init.get('input_mode', 'rgb')!r}); --input-mode {cfg.input_mode} does not fit")
+            raise DetectorError(f"{param('init')} weights take {model_cfg.channels}-channel input (their input mode "
+                                f"was {init.get('input_mode', 'rgb')!r}); {param('input_mode', cfg.input_mode)} does "
+                                "not fit")
         init_digest = hashlib.sha256(init_file.read_bytes()).hexdigest()
     else:
         model_cfg = DuplicateNetConfig.named(cfg.arch, dim=cfg.dim, channels=INPUT_CHANNELS[cfg.input_mode],
@@ -275,7 +234,7 @@ def train(sources: list[str], out_dir: str | os.PathLike, cfg: DetectorTrainConf
         previous = {k: v for k, v in {**DetectorTrainConfig().__dict__, **state["train_config"]}.items() if k not in free}
         if previous != {k: v for k, v in cfg.__dict__.items() if k not in free}:
             raise DetectorError(f"cannot resume {out}: it was trained with {state['train_config']} "
-                                "(only --steps and --init may change on --resume)")
+                                f"(only {param('steps')} and {param('init')} may change on {param('resume', True)})")
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])

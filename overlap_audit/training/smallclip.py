@@ -19,8 +19,9 @@ import numpy as np
 from PIL import Image
 
 from ..devices import torch_device
-from ..errors import ModelError
-from ..zeroshot.smallclip import (CAPTION_RULES, CAPTION_WRAPPERS, CHECKPOINT, FORMAT, LOG, WEIGHTS, _read_checkpoint, _torch,
+from ..errors import ModelError, param
+from ..settings import CAPTION_RULES, PretrainConfig, check_choice
+from ..zeroshot.smallclip import (CAPTION_WRAPPERS, CHECKPOINT, FORMAT, LOG, WEIGHTS, _read_checkpoint, _torch,
                         normalise, square_thumbnail)
 
 def _augment(pixels: Any, rng: np.random.Generator, min_scale: float = 0.6) -> Any:
@@ -93,11 +94,10 @@ def load_pairs(sources: Sequence[str], image_size: int = 64, *, caption_from: st
     an image or a caption are listed in ``skipped`` with the reason."""
     from ..detectors.base import DetectorBase
     from ..embed import Decoder
-    from ..imaging import DEFAULT_MAX_PIXELS
+    from ..limits import DEFAULT_MAX_PIXELS
     from ..sources import open_source
 
-    if caption_from not in CAPTION_RULES:
-        raise ModelError(f"caption_from must be one of {', '.join(CAPTION_RULES)} (got {caption_from!r})")
+    check_choice("caption_from", caption_from, CAPTION_RULES, ModelError)
 
     class _Thumbnail(DetectorBase):  # only its preprocessing is used: the shared decoding pool runs it
         name, version, dim, metric = "smallclip-thumbnail", "1", 0, "cosine"
@@ -144,23 +144,6 @@ def load_pairs(sources: Sequence[str], image_size: int = 64, *, caption_from: st
 
 
 # ---------------------------------------------------------------- training
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Training settings (the architecture is ``smallclip_model.SmallClipNetConfig``)."""
-
-    steps: int = 2000
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup: int = 100
-    seed: int = 0
-    caption_from: str = "auto"
-    max_items: int | None = None
-    part_dropout: float = 0.3   # chance to keep only a random subset of a caption's comma-separated parts
-    wrap: float = 0.3           # chance to put a caption into one of CAPTION_WRAPPERS
-    min_crop: float = 0.6       # smallest random crop side, as a fraction of the image
 
 
 @dataclass(frozen=True)
@@ -211,15 +194,14 @@ def pretrain(sources: Sequence[str], out_dir: str | os.PathLike, cfg: PretrainCo
     from ..zeroshot.smallclip_net import SmallClipNetConfig, SmallClipNet, contrastive_loss
 
     mcfg = model_config or SmallClipNetConfig()
-    if cfg.caption_from not in CAPTION_RULES:
-        raise ModelError(f"caption_from must be one of {', '.join(CAPTION_RULES)} (got {cfg.caption_from!r})")
+    check_choice("caption_from", cfg.caption_from, CAPTION_RULES, ModelError)
     if cfg.batch_size < 2:
         raise ModelError("the contrastive loss needs a batch of at least 2 pairs")
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not resume:
-        raise ModelError(f"{out} already holds a small CLIP checkpoint; pass --resume to continue it, or choose "
-                         "a new --out")
+        raise ModelError(f"{out} already holds a small CLIP checkpoint; pass {param('resume', True)} to continue it, "
+                         f"or choose a new {param('out_dir')}")
     dev = torch_device(device)
     old_threads = torch.get_num_threads()
     if threads is not None:
@@ -244,14 +226,14 @@ def _pretrain(torch, sources, out, ckpt_path, cfg, mcfg, dev, resume, workers, p
         state = _read_checkpoint(ckpt_path)
         if state["model_config"] != mcfg.to_dict():
             raise ModelError(f"cannot resume {out}: it was trained with the architecture {state['model_config']}, "
-                             f"not {mcfg.to_dict()} (architecture settings cannot change on --resume)")
+                             f"not {mcfg.to_dict()} (architecture settings cannot change on {param('resume', True)})")
         before = {k: v for k, v in state["train_config"].items() if k != "steps"}
         now = {k: v for k, v in train_config.items() if k != "steps"}
         if before != now:
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise ModelError(f"cannot resume {out}: {', '.join(changed)} changed since it was started "
-                             f"(was {', '.join(f'{k}={before.get(k)!r}' for k in changed)}); only --steps may "
-                             "change on --resume")
+                             f"(was {', '.join(f'{k}={before.get(k)!r}' for k in changed)}); only {param('steps')} "
+                             f"may change on {param('resume', True)}")
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])

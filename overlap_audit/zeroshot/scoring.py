@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, param
 
 __all__ = ["ZeroShotModel", "ZeroShotClassifier", "default_templates", "load_templates", "build_classifier",
            "classify", "load_classnames", "readable_name", "class_names", "assign_files", "ScoredSet",
@@ -207,7 +207,7 @@ def class_names(labels: Iterable[str], classnames: dict[str, str] | None = None)
     if bare:
         # "a photo of a 3." says nothing of the class: a model scored on such prompts measures nothing
         raise ModelError(f"the evaluation set's labels are bare integers ({', '.join(bare[:5])}"
-                         f"{', ...' if len(bare) > 5 else ''}) with no class names: give --classnames FILE "
+                         f"{', ...' if len(bare) > 5 else ''}) with no class names: give {param('classnames')} "
                          '(JSON {"0": "airplane", ...} or CSV label,name rows) so the prompts name the classes')
     if classnames and labels and not labels & set(classnames):
         # every real class would fall back to its raw label and the file's classes could never be right
@@ -317,7 +317,7 @@ class ZeroShotScorer:
         if label is None:
             raise ModelError(f"evaluation set {self.dataset!r}: item {item_id!r} has no label, so it cannot be scored "
                              "zero-shot; put each class's images in a sub-folder named after it (or give a label "
-                             "column), or score the model yourself and pass --predictions")
+                             f"column), or score the model yourself and pass {param('predictions')}")
         self.ids.append(item_id)
         self.labels.append(str(label))
         self._pending.append(pixels)

@@ -42,7 +42,6 @@ CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.pt"
 LOG = "train_log.jsonl"
 FORMAT = "overlap-audit-smallclip"
-CAPTION_RULES = ("caption", "path", "auto")
 # Generic wrappers put around a training caption now and then, so that words such as "a", "picture" or
 # "of" in a zero-shot prompt are words the text tower has learnt to give little weight.
 CAPTION_WRAPPERS = ("{}", "a picture of {}.", "an illustration of {}.", "clip art of {}.", "a drawing of {}.",

@@ -211,7 +211,7 @@ def test_bad_detector_error_values_are_named(tmp_path, index_dir, eval_set, pred
 
 def test_shared_options_are_declared_once():
     """--device, --workers, --batch-size, --max-pixels, --detector and --quiet mean the same in every command."""
-    from overlap_audit import cli_options
+    from overlap_audit.settings import DEVICES
 
     def params(command):
         return {p.name: p for p in command.params}
@@ -229,7 +229,7 @@ def test_shared_options_are_declared_once():
         assert r.exit_code == 0, r.output
         line = next(line for line in r.output.splitlines() if line.strip().startswith("--device"))
         assert "Where FAISS, torch detectors and a --model run." in line and "[default: auto]" in line, name
-    assert cli_options.DEVICE_CHOICES == ("auto", "cpu", "cuda")
+    assert params(commands["index"])["device"].type.choices == DEVICES == ("auto", "cpu", "cuda")
 
 
 def test_info_messages_go_to_stderr_unless_quiet(tmp_path, monkeypatch):

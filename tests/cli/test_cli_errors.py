@@ -163,8 +163,7 @@ def test_report_and_pairs_refuse_an_out_inside_an_evaluation_folder_or_the_index
 def test_the_library_refuses_them_too(small, tmp_path):
     from overlap_audit.api import ReportSettings, build_index, run_report
     from overlap_audit.errors import OutputDirError
-    from overlap_audit.index import IndexSettings
-    from overlap_audit.match import MatchSettings
+    from overlap_audit.settings import IndexSettings, MatchSettings
     from overlap_audit.review import review_pairs
     from overlap_audit.sources import source_location
 

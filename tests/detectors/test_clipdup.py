@@ -134,7 +134,7 @@ def test_luma_training_and_detector(tmp_path, tile_sets, photos):
 
 
 def test_learning_rate_schedule():
-    from overlap_audit.training.clipdup import DetectorTrainConfig
+    from overlap_audit.settings import DetectorTrainConfig
 
     const = DetectorTrainConfig(steps=100, lr=0.01)
     assert const.lr_at(0) == const.lr_at(99) == 0.01

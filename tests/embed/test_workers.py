@@ -228,7 +228,8 @@ def test_limits_are_validated():
 
 
 def test_the_index_manifest_records_the_limits(tmp_path, photos):
-    from overlap_audit.index import IndexSettings, build_index, load_manifest
+    from overlap_audit.index import build_index, load_manifest
+    from overlap_audit.settings import IndexSettings
 
     root = write_folder(tmp_path / "set", {f"{i}.png": photos["coffee"].resize((30 + i, 30 + i)) for i in range(4)})
     limits = InputLimits(max_file_bytes=1 << 20, decode_timeout_s=30.0)

@@ -6,7 +6,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from overlap_audit.index import IndexSettings, build_index, index_from_vectors, load_index, search  # noqa: E402
+from overlap_audit.index import build_index, index_from_vectors, load_index, search  # noqa: E402
+from overlap_audit.settings import IndexSettings
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,8 @@ import pytest
 from overlap_audit.detectors import get_detector
 from overlap_audit.embed import embed_source
 from overlap_audit.errors import IndexDirError, IndexMismatchError, ResumeError
-from overlap_audit.index import IndexSettings, build_index, check_detector, load_index, load_manifest, search
+from overlap_audit.index import build_index, check_detector, load_index, load_manifest, search
+from overlap_audit.settings import IndexSettings
 from overlap_audit.sources import open_source
 
 from ..helpers import write_folder
@@ -91,7 +92,7 @@ def test_several_sources_qualify_ids(tmp_path, photos):
 
 def test_existing_directory_needs_resume(built, corpus_dir):
     out, _ = built
-    with pytest.raises(ResumeError, match="--resume"):
+    with pytest.raises(ResumeError, match="pass resume=True"):
         build_index([str(corpus_dir)], out, IndexSettings(workers=0))
     same = build_index([str(corpus_dir)], out, IndexSettings(workers=0, resume=True, shard_size=50))
     assert same.n_indexed == load_manifest(out).n_indexed  # complete: nothing redone

@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from overlap_audit import api, match
-from overlap_audit.api import MatchSettings, ReportSettings, StatsSettings, build_index, run_report
-from overlap_audit.index import IndexSettings
+from overlap_audit.api import ReportSettings, build_index, run_report
+from overlap_audit.settings import IndexSettings, MatchSettings, StatsSettings
 from overlap_audit.errors import IndexDirError, IndexMismatchError, SettingsError, SourceError
 from overlap_audit.match import check_eval_sets, match_eval_sets, open_corpus
 from overlap_audit.report import SPLITS
@@ -97,9 +97,9 @@ def test_ray_address_needs_exact():
 
 
 def test_settings_are_checked_when_made(tmp_path):
-    with pytest.raises(SourceError, match="exactly one of --predictions"):
+    with pytest.raises(SourceError, match="exactly one of predictions .* and zero_shot"):
         ReportSettings(tmp_path)
-    with pytest.raises(SourceError, match="bonferroni or holm"):
+    with pytest.raises(SettingsError, match="correction must be one of bonferroni, holm"):
         StatsSettings(correction="sidak")
 
 

@@ -18,7 +18,8 @@ from PIL import Image
 
 from overlap_audit.api import build_index
 from overlap_audit.evidence import write_html_report
-from overlap_audit.index import IndexSettings, corpus_items
+from overlap_audit.index import corpus_items
+from overlap_audit.settings import IndexSettings
 from overlap_audit.report import format_markdown, format_table, load_report
 from overlap_audit.report.html import Gallery, GalleryPair, esc, gallery_order, render_html
 from overlap_audit.report.value import REPORT_HTML

@@ -10,7 +10,7 @@ from scipy.stats import binomtest
 
 from overlap_audit.api import build_index
 from overlap_audit.cli import main
-from overlap_audit.index import IndexSettings
+from overlap_audit.settings import IndexSettings
 from overlap_audit.errors import ThresholdError
 from overlap_audit.report import load_report
 from overlap_audit.review import choose_threshold, nearest_rows, pick_thresholds, read_labels, write_thresholds

@@ -57,7 +57,7 @@ def test_missing_extra_and_unknown_datasets_are_errors(tmp_path):
     assert "1 prediction(s) for 'A' name ids that are not in it: 'zzz'" in msg
     assert "broken" not in msg  # a prediction for a skipped (unreadable) example is accepted
     p.write_text("dataset,id,correct\nA,x,1\nB,x,1\n")
-    with pytest.raises(PredictionsError, match="datasets that are not evaluated: 'B'"):
+    with pytest.raises(PredictionsError, match="names datasets that are not evaluated: B"):
         match_predictions(read_predictions(p), {"A": make_split("A", ["x"])}, {})
 
 

@@ -18,7 +18,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from overlap_audit.api import MatchSettings, ReportSettings, ZeroShotSettings, run_report
+from overlap_audit.api import ReportSettings, run_report
+from overlap_audit.settings import MatchSettings, ZeroShotSettings
 from overlap_audit.cli import main
 from overlap_audit.errors import ModelError
 from overlap_audit.zeroshot.loaders import load_model, parse_model_spec, resolve_model_device, weights_sha256

@@ -280,7 +280,7 @@ def test_templates_with_c_and_bare_integer_labels(tmp_path):
     path.write_text("a {c} and a {}\n")
     with pytest.raises(ModelError, match="exactly one"):
         load_templates(path)
-    with pytest.raises(ModelError, match=r"bare integers \(0, 1, 10\).*--classnames FILE"):
+    with pytest.raises(ModelError, match=r"bare integers \(0, 1, 10\).*give classnames"):
         class_names(["10", "1", "0"])
     assert class_names(["1", "0"], {"0": "cat", "1": "dog"}) == (["0", "1"], ["cat", "dog"])
 

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from overlap_audit.api import MatchSettings, ReportSettings, StatsSettings, build_index, run_report
-from overlap_audit.index import IndexSettings
+from overlap_audit.api import ReportSettings, build_index, run_report
+from overlap_audit.settings import IndexSettings, MatchSettings, StatsSettings
 from overlap_audit.cli import main
 from overlap_audit.errors import DuplicateIdError, OutputDirError, PredictionsError, SourceError
 from overlap_audit.sources.memory import memory_source

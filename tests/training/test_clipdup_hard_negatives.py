@@ -13,7 +13,8 @@ from PIL import Image  # noqa: E402
 from overlap_audit.cli import main  # noqa: E402
 from overlap_audit.detectors import get_detector  # noqa: E402
 from overlap_audit.detectors.clipdup import to_tensor_array  # noqa: E402
-from overlap_audit.training.clipdup import DetectorTrainConfig, batch_indices, mine_neighbours  # noqa: E402
+from overlap_audit.training.clipdup import batch_indices, mine_neighbours  # noqa: E402
+from overlap_audit.settings import DetectorTrainConfig
 from overlap_audit.detectors.clipdup_net import DuplicateNet, DuplicateNetConfig  # noqa: E402
 
 from ..helpers import write_folder  # noqa: E402

@@ -17,7 +17,8 @@ from overlap_audit.cli import main
 from overlap_audit.errors import ModelError
 from overlap_audit.zeroshot.scoring import ZeroShotModel, build_classifier
 from overlap_audit.zeroshot.smallclip import load, resolve
-from overlap_audit.training.smallclip import Pairs, PretrainConfig, caption_from_path, load_pairs, pretrain
+from overlap_audit.training.smallclip import Pairs, caption_from_path, load_pairs, pretrain
+from overlap_audit.settings import PretrainConfig
 from overlap_audit.zeroshot.smallclip_net import (EMPTY_BUCKET, SmallClipNetConfig, SmallClipNet, contrastive_loss, token_ids,
                                            tokens)
 
@@ -162,7 +163,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path, caption_folder):
     kw = dict(device="cpu", threads=1, workers=0, checkpoint_every=3)
     straight = pretrain([str(caption_folder)], tmp_path / "straight", cfg, TINY, **kw)
     pretrain([str(caption_folder)], tmp_path / "split", PretrainConfig(**{**cfg.__dict__, "steps": 3}), TINY, **kw)
-    with pytest.raises(ModelError, match="--resume"):
+    with pytest.raises(ModelError, match="pass resume=True"):
         pretrain([str(caption_folder)], tmp_path / "split", cfg, TINY, **kw)
     with pytest.raises(ModelError, match="architecture"):
         pretrain([str(caption_folder)], tmp_path / "split", cfg, SmallClipNetConfig(**{**TINY.__dict__, "embed_dim": 8}),

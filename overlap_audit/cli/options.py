@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import click
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-
-
-def _max_pixels(ctx: click.Context, param: click.Parameter, value: int | None) -> int:
-    from .imaging import DEFAULT_MAX_PIXELS
-
-    return value or DEFAULT_MAX_PIXELS
+from ..settings import DEFAULT_GALLERY, DEVICES, IndexSettings, StatsSettings
 
 
 def out_dir(help: str):
@@ -25,21 +19,23 @@ def workers_option(default: int | None = None,
 
 
 def device_option(help: str):
-    return click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True, help=help)
+    return click.option("--device", type=click.Choice(DEVICES), default=IndexSettings.device, show_default=True,
+                        help=help)
 
 
 device = device_option("Where FAISS, torch detectors and a --model run.")
 training_device = device_option("Where torch trains (auto: the GPU when torch sees one).")
 workers = workers_option()
-batch_size = click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
-                          help="Images per detector batch.")
-max_pixels = click.option("--max-pixels", type=click.IntRange(min=1), default=None, callback=_max_pixels,
-                          help="Images larger than this are skipped as decompression bombs (default: PIL's, 89.5M).")
+batch_size = click.option("--batch-size", type=click.IntRange(min=1), default=IndexSettings.batch_size,
+                          show_default=True, help="Images per detector batch.")
+max_pixels = click.option("--max-pixels", type=click.IntRange(min=1), default=IndexSettings.max_pixels,
+                          show_default=True,
+                          help="Images larger than this are skipped as decompression bombs (the default is PIL's).")
 quiet = click.option("--quiet", is_flag=True, help="No progress bar, and no informational messages on stderr.")
 seed = click.option("--seed", type=int, default=0, show_default=True)
-ci_level = click.option("--ci-level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.995,
+ci_level = click.option("--ci-level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=StatsSettings.ci_level,
                         show_default=True, help="Confidence level of the Clopper–Pearson intervals.")
-gallery = click.option("--gallery", type=click.IntRange(min=0), default=300, show_default=True,
+gallery = click.option("--gallery", type=click.IntRange(min=0), default=DEFAULT_GALLERY, show_default=True,
                        help="Matched pairs shown per dataset in report.html (those nearest the threshold first).")
 
 # the commands that read an index and evaluation sets (report, pairs)

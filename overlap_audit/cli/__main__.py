@@ -1,0 +1,5 @@
+"""``python -m overlap_audit.cli``."""
+
+from . import main
+
+main()
