@@ -30,6 +30,7 @@ from .settings import (CORRECTIONS, DEFAULT_GALLERY, MatchSettings, StatsSetting
                        check_datasets_named)
 from .sources import source_spec
 from .stats.overlap import RateEstimate, extended_stats, family_correction, overlap_stats
+from .stats.stratified import disagreements, stratify
 from .values import Split
 
 __all__ = ["ReportSettings", "build_index", "run_report"]
@@ -174,13 +175,19 @@ def _dataset_reports(names: list[str], splits: dict[str, Split], correct: dict[s
     extended = {n: extended_stats(stats[n], power_alpha=power_alpha, precision=errors[n][0], recall=errors[n][1])
                 for n in names}
     two_sample = family_correction([extended[n].two_sample_p for n in names], st.alpha, st.correction)
+    # within classes wherever a label is known; a set without any label has no per-class comparison (None)
+    strat = {n: stratify(splits[n].labels, splits[n].overlap, correct[n], alpha=st.alpha, ci_level=st.ci_level)
+             if any(lab is not None for lab in splits[n].labels) else None for n in names}
+    rule = disagreements(names, p_values, [extended[n].gap for n in names], [strat[n] for n in names],
+                         alpha=st.alpha, correction=st.correction)
     return [
         DatasetReport(name=n, threshold=cut[n], stats=stats[n], p_value_adjusted=deciding.adjusted[i],
                       significant=deciding.significant[i],
                       n_low_information=int(np.asarray(splits[n].low_information).sum()), skipped=skipped[n],
                       extended=extended[n], adjusted={m: r.adjusted[i] for m, r in both.items()},
                       significant_by={m: r.significant[i] for m, r in both.items()},
-                      two_sample_p_adjusted=two_sample.adjusted[i], two_sample_significant=two_sample.significant[i])
+                      two_sample_p_adjusted=two_sample.adjusted[i], two_sample_significant=two_sample.significant[i],
+                      stratified=strat[n], disagreement=rule[i] if strat[n] is not None else None)
         for i, n in enumerate(names)
     ]
 

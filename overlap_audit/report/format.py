@@ -76,6 +76,16 @@ def dataset_cells(d: DatasetReport) -> dict[str, str]:
     }
 
 
+def corpus_set_aside(index: dict) -> str:
+    """What the index could not judge, as a parenthesis after its item count ("" when nothing)."""
+    parts = []
+    if index.get("n_low_information"):
+        parts.append(f"{index['n_low_information']} more set aside as low-information (never matched)")
+    if index.get("n_skipped"):
+        parts.append(f"{index['n_skipped']} skipped (unreadable)")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def recall_line(recall: dict) -> str:
     """What an approximate search may have missed, in one line."""
     if not recall or recall.get("exact"):

@@ -1,11 +1,12 @@
 """report.html: one self-contained page to check an audit by eye.
 
-The page holds the per-dataset table, a Figure-17-style plot (PNG, drawn with matplotlib) and, per
-dataset, a gallery of matched pairs (evaluation image beside its nearest corpus image) with the pairs
-just above and just below the threshold first. Thumbnails are small WebP data: URIs; the page loads
-nothing else and runs no script. Captions, ids, paths and dataset names come from the web: every one
-passes through ``esc`` (the one place text enters the page), and a Content-Security-Policy that allows
-only data: images and inline style is defence in depth.
+The page holds the per-dataset table, a Figure-17-style plot (PNG, drawn with matplotlib), per dataset
+its per-class table (sortable by a click on a heading) and a gallery of matched pairs (evaluation image
+beside its nearest corpus image) with the pairs just above and just below the threshold first. Thumbnails
+are small WebP data: URIs; the page loads nothing else, and its one script is the table sorter, admitted
+by its sha256 hash in the Content-Security-Policy (a page without a per-class table has none). Captions,
+ids, labels, paths and dataset names come from the web: every one passes through ``esc`` (the one place
+text enters the page), and the CSP (data: images, inline style, that one script) is defence in depth.
 
 The images come in as ``RawItem``s already fetched (``evidence.build_galleries`` reads them from the
 evaluation sources and the index); this module draws them. The page and the review sheet share the
@@ -15,6 +16,7 @@ thumbnails, galleries and the one escaping function, so all HTML is written in o
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 from dataclasses import dataclass
@@ -24,9 +26,9 @@ import numpy as np
 from ..imaging import ImageRejected, decode_image
 from ..limits import DEFAULT_MAX_PIXELS
 from ..values import RawItem
-from .format import (ci_level_text, dataset_cells, model_line, percent, recall_line, similarity_text,
-                     verification_line)
-from .value import Report
+from .format import (DASH, ci_level_text, corpus_set_aside, dataset_cells, interval, model_line, percent, pvalue,
+                     recall_line, signed_percent, similarity_text, verification_line)
+from .value import DatasetReport, Report
 
 DEFAULT_AROUND = 8  # pairs just above and just below the threshold shown first
 THUMB_SIZE = 112
@@ -43,7 +45,40 @@ th{background:#f3f3f3}td.name{text-align:left}tr.sig td{background:#fff1ee}
 .pair .imgs{display:flex;gap:4px}.pair img,.pair .missing{width:116px;height:116px;object-fit:contain;background:#eee}
 .pair .missing{display:flex;align-items:center;justify-content:center;text-align:center;font-size:10px;color:#900;overflow:hidden}
 .pair .t{overflow-wrap:anywhere}.sim{font-weight:bold}.note{color:#555}h3{margin-bottom:.3em}
+table.sortable th{cursor:pointer;user-select:none}table.sortable th[aria-sort=ascending]::after{content:" ▲"}
+table.sortable th[aria-sort=descending]::after{content:" ▼"}
 """
+
+# Sorts a table.sortable by the clicked column: numbers by data-v, text by it too; empty cells last either way.
+# The page's CSP admits exactly this text by its sha256 (``script_csp``), so no other script can run.
+SORT_SCRIPT = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  var heads = table.tHead.rows[0].cells;
+  Array.prototype.forEach.call(heads, function (th, col) {
+    th.addEventListener("click", function () {
+      var up = th.getAttribute("aria-sort") !== "ascending";
+      Array.prototype.forEach.call(heads, function (h) { h.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", up ? "ascending" : "descending");
+      var numeric = th.getAttribute("data-type") === "number";
+      var body = table.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {
+        var x = a.cells[col].getAttribute("data-v"), y = b.cells[col].getAttribute("data-v");
+        if (x === "" || y === "") { return (x === "") - (y === ""); }
+        var d = numeric ? Number(x) - Number(y) : x.localeCompare(y);
+        return up ? d : -d;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+"""
+
+
+def script_csp(script: str, csp: str = CSP) -> str:
+    """``csp`` that also runs exactly ``script`` (inline), named by its sha256 hash."""
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    return f"{csp}; script-src 'sha256-{digest}'"
 
 
 def esc(value) -> str:
@@ -187,6 +222,67 @@ def _table(report: Report) -> str:
     return "\n".join(out)
 
 
+# the per-class table: (column, heading, numeric, cell text)
+_CLASS_COLUMNS = (
+    ("label", "class", False, lambda r: r.label),
+    ("n", "n", True, lambda r: str(r.n)),
+    ("n_overlap", "Overlap", True, lambda r: str(r.n_overlap)),
+    ("n_clean", "Clean", True, lambda r: str(r.n_clean)),
+    ("acc_overlap", "acc. Overlap", True, lambda r: percent(r.acc_overlap)),
+    ("acc_clean", "acc. Clean", True, lambda r: percent(r.acc_clean)),
+    ("gap", "Overlap − Clean", True, lambda r: signed_percent(r.gap)),
+    ("inflation", "part of stratified All − Clean", True, lambda r: signed_percent(r.inflation)),
+    ("mix_residual", "class mix residual", True,
+     lambda r: DASH if r.mix_residual is None else f"{r.mix_residual:+.1f}"),
+)
+
+
+def _sort_value(value) -> str:
+    if value is None:
+        return ""
+    return repr(float(value)) if isinstance(value, (int, float)) else str(value)
+
+
+def _within_text(d: DatasetReport, level: str) -> str:
+    c, mix = d.stratified.comparison, d.stratified.mix
+    rd = c.risk_difference
+    parts = [f"{c.n_classes_informative} classes informative, {c.n_classes_dropped} dropped (no Overlap or no Clean "
+             f"example; {c.n_overlap_dropped} Overlap examples in them)"]
+    if rd is not None:
+        parts.append(f"Overlap − Clean within classes {signed_percent(rd.estimate)} points "
+                     f"{interval(rd.ci, signed=True)} ({level}), p = {pvalue(c.p_value)} ({c.method})")
+    if c.inflation is not None:
+        parts.append(f"stratified All − Clean {signed_percent(c.inflation)} {interval(c.ci_inflation, signed=True)}")
+    if mix.method:
+        parts.append(f"class mix p = {pvalue(mix.p_value)} ({mix.method})")
+    if mix.acc_overlap_expected is not None:
+        parts.append(f"Overlap accuracy {percent(mix.acc_overlap)}% observed, {percent(mix.acc_overlap_expected)}% "
+                     "expected from Clean's per-class accuracies")
+    return "Within classes: " + "; ".join(parts) + "."
+
+
+def _class_section(i: int, d: DatasetReport, level: str) -> str:
+    """One set's per-class table, sortable by a click on a column heading."""
+    out = [f'<section class="classes" id="classes-{i}"><h2>{esc(d.name)}: per class</h2>']
+    if d.stratified is None:
+        out.append('<p class="note">No example of this set has a label: nothing is compared within classes.</p>')
+        return "\n".join(out + ["</section>"])
+    out.append(f"<p>{esc(_within_text(d, level))}</p>")
+    if d.disagreement is not None and d.disagreement.disagrees:
+        out.append(f'<p class="disagrees"><b>{esc(d.disagreement.sentence)}</b></p>')
+    out.append(f'<p class="note">Click a column heading to sort ({len(d.stratified.table.rows)} classes, most Overlap '
+               'examples first).</p>')
+    out.append(f'<table class="sortable class-table" id="class-table-{i}"><thead><tr>'
+               + "".join(f'<th data-type="{"number" if num else "text"}" data-column="{key}">{esc(head)}</th>'
+                         for key, head, num, _ in _CLASS_COLUMNS) + "</tr></thead><tbody>")
+    for r in d.stratified.table.rows:
+        out.append("<tr>" + "".join(
+            f'<td{"" if num else " class=name"} data-v="{esc(_sort_value(getattr(r, key)))}">{esc(text(r))}</td>'
+            for key, _, num, text in _CLASS_COLUMNS) + "</tr>")
+    out.append("</tbody></table></section>")
+    return "\n".join(out)
+
+
 def _image(uri: str | None, problem: str | None, alt: str) -> str:
     if uri:
         return f'<img src="{esc(uri)}" alt="{esc(alt)}">'
@@ -260,6 +356,10 @@ def _gallery(i: int, g: Gallery) -> str:
 def render_html(report: Report, galleries: list[Gallery], title: str = "Data overlap report") -> str:
     """The whole page as one string."""
     det = report.detector
+    level = ci_level_text(report.ci_level)
+    classes = [_class_section(i, d, level) for i, d in enumerate(report.datasets)]
+    # the script only where there is a table to sort: a page without one runs none
+    sortable = any(d.stratified is not None for d in report.datasets)
     png = figure17_png(report)
     plot = (f'<img id="figure17" alt="overlap against All − Clean" src="data:image/png;base64,'
             f'{base64.b64encode(png).decode("ascii")}">' if png else
@@ -267,11 +367,12 @@ def render_html(report: Report, galleries: list[Gallery], title: str = "Data ove
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">',
+        f'<meta http-equiv="Content-Security-Policy" content="{esc(script_csp(SORT_SCRIPT) if sortable else CSP)}">',
         f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
         f"<p>Detector <code>{esc(det.spec)}</code> (version {esc(det.version)}, {esc(det.dim)}-d, {esc(det.metric)}); "
-        f"index <code>{esc(report.index.get('path'))}</code> with {esc(report.index.get('n_indexed'))} corpus items; "
+        f"index <code>{esc(report.index.get('path'))}</code> with {esc(report.index.get('n_indexed'))} corpus items"
+        f"{esc(corpus_set_aside(report.index))}; "
         f"k = {esc(report.k)}. Search: {esc(report.index.get('search', 'exact'))}; "
         f"{esc(recall_line(report.index.get('recall', {})))}.</p>",
         (f"<p>{esc(verification_line(report.verify))}</p>" if report.verify is not None else ""),
@@ -282,8 +383,10 @@ def render_html(report: Report, galleries: list[Gallery], title: str = "Data ove
          f"<p>Predictions read from <code>{esc(report.predictions)}</code>.</p>"),
         _table(report),
         plot,
+        *classes,
         *(_gallery(i, g) for i, g in enumerate(galleries)),
         f'<p class="note">overlap-audit {esc(report.package_version)}, {esc(report.created)}.</p>',
+        *([f"<script>{SORT_SCRIPT}</script>"] if sortable else []),
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from .format import (DASH, ci_level_text, dataset_cells, interval, model_line, percent, pvalue, recall_line,
-                     signed_percent, similarity_text, verification_line, yes_no)
+from .format import (DASH, ci_level_text, corpus_set_aside, dataset_cells, interval, model_line, percent, pvalue,
+                     recall_line, signed_percent, similarity_text, verification_line, yes_no)
 from ..inert import markdown
-from .value import Report
+from .value import DatasetReport, Report
+
+TOP_CLASSES = 5  # classes per set in report.md (all of them: report.json, report.html, Report.class_table)
 
 
 def _cell(text: str) -> str:
@@ -62,15 +64,29 @@ def format_extended_table(report: Report) -> str:
     return "\n".join(rows)
 
 
+def _rule_text(d: DatasetReport) -> str:
+    """The rule's sentence with the dataset's name escaped (the rest of it is numbers and fixed words)."""
+    sentence = d.disagreement.sentence
+    prefix = f"{d.name}: "
+    return f"{_cell(d.name)}: {sentence[len(prefix):]}" if sentence.startswith(prefix) else _cell(sentence)
+
+
 def interpretation(report: Report) -> list[str]:
-    """One sentence per dataset that reads its result the way a reader should."""
+    """One sentence per dataset that reads its result the way a reader should; where the comparison within
+    classes disagrees with the pooled one (``stats.stratified.disagreement``), that rule's sentence instead."""
     lines = []
     for d in report.datasets:
         e, s = d.extended, d.stats
         if s.p_value is None:
             lines.append(f"- {_cell(d.name)}: no test (no {'Overlap' if not s.n_overlap else 'Clean'} examples).")
             continue
-        if d.significant:
+        if d.disagreement is not None and d.disagreement.disagrees:
+            c = d.stratified.comparison
+            text = f"- {_rule_text(d)}"
+            if c.inflation is not None:
+                text += (f" Within classes, overlap changes All by {signed_percent(c.inflation)} points "
+                         f"({ci_level_text(report.ci_level)} interval {interval(c.ci_inflation, signed=True)}).")
+        elif d.significant:
             text = (f"- {_cell(d.name)}: Overlap accuracy exceeds Clean accuracy ({report.correction}-significant); "
                     f"overlap inflates the reported accuracy by {signed_percent(s.delta)} points "
                     f"({ci_level_text(report.ci_level)} interval {interval(s.ci_delta, signed=True)} paper-style"
@@ -90,6 +106,81 @@ def interpretation(report: Report) -> list[str]:
     return lines
 
 
+def format_within_classes(report: Report) -> str:
+    """The comparison within classes per set (Markdown), in percentage points."""
+    level = ci_level_text(report.ci_level)
+    rows = [
+        "| Dataset | classes informative / dropped | Overlap in dropped classes | Overlap − Clean within classes "
+        f"[{level} CI] | p (method) | sig. | stratified All − Clean [{level} CI] | class mix p (method) | "
+        "Overlap accuracy: expected from Clean's classes / observed |",
+        "|" + "---|" * 9,
+    ]
+    for d in report.datasets:
+        if d.stratified is None:
+            rows.append(f"| {_cell(d.name)} | no labels: not compared |" + f" {DASH} |" * 7)
+            continue
+        c, mix = d.stratified.comparison, d.stratified.mix
+        rd = c.risk_difference
+        gap = f"{signed_percent(rd.estimate)} {interval(rd.ci, signed=True)}" if rd is not None else DASH
+        p = f"{pvalue(c.p_value)} ({c.method})" if c.method else DASH
+        infl = f"{signed_percent(c.inflation)} {interval(c.ci_inflation, signed=True)}" if c.inflation is not None else DASH
+        mix_p = f"{pvalue(mix.p_value)} ({mix.method})" if mix.method else DASH
+        acc = (f"{percent(mix.acc_overlap_expected)} / {percent(mix.acc_overlap)}"
+               if mix.acc_overlap_expected is not None else DASH)
+        sig = yes_no(d.disagreement.stratified_significant if d.disagreement is not None else None)
+        rows.append(f"| {_cell(d.name)} | {c.n_classes_informative} / {c.n_classes_dropped} | {c.n_overlap_dropped} "
+                    f"| {gap} | {p} | {sig} | {infl} | {mix_p} | {acc} |")
+    return "\n".join(rows)
+
+
+def format_top_classes(d: DatasetReport, k: int = TOP_CLASSES) -> list[str]:
+    """The ``k`` classes of a set with the most Overlap examples (Markdown lines), and the classes driving the mix."""
+    if d.stratified is None:
+        return []
+    table = d.stratified.table
+    lines = [f"### {_cell(d.name)}: the {min(k, len(table.rows))} of {len(table.rows)} classes with most Overlap "
+             "examples", "",
+             "| class | n | Overlap | Clean | acc. Overlap | acc. Clean | Overlap − Clean | part of stratified "
+             "All − Clean | class mix residual |",
+             "|" + "---|" * 9]
+    for r in table.top(k):
+        resid = f"{r.mix_residual:+.1f}" if r.mix_residual is not None else DASH
+        lines.append(f"| {_cell(r.label)} | {r.n} | {r.n_overlap} | {r.n_clean} | {percent(r.acc_overlap)} "
+                     f"| {percent(r.acc_clean)} | {signed_percent(r.gap)} | {signed_percent(r.inflation)} | {resid} |")
+    drivers = d.stratified.mix.drivers
+    if drivers:
+        shown = ", ".join(f"{_cell(m.label)} ({m.n_overlap} Overlap, {m.expected_overlap:.1f} expected)"
+                          for m in drivers[:10])
+        lines += ["", f"Classes whose share of Overlap differs from their share of the set beyond chance: {shown}"
+                  + (f", and {len(drivers) - 10} more" if len(drivers) > 10 else "") + "."]
+    return lines
+
+
+def _within_classes_section(report: Report) -> list[str]:
+    """report.md's section on the comparison within classes."""
+    lines = [
+        "",
+        "## Within classes",
+        "",
+        "The pooled comparison treats Overlap and Clean as if they differed only in being seen; when Overlap sits "
+        "in easier or harder classes, its gap measures class difficulty too. Here each class is compared with "
+        "itself: Overlap − Clean within classes is the Mantel–Haenszel common difference (Sato's variance), its "
+        "p-value one-sided (Overlap more accurate), exact conditional where counts are small, "
+        "Cochran–Mantel–Haenszel otherwise, and sig. after the report's correction across the sets with labels. "
+        "Stratified All − Clean weights each class's gap by its Overlap count. A class with no Overlap or no "
+        "Clean example says nothing here and is dropped. The class mix compares Overlap's classes with Clean's "
+        "(Pearson's chi-square, Monte Carlo where counts are small); Clean's per-class accuracies predict the "
+        "expected Overlap accuracy. In percentage points.",
+        "",
+        format_within_classes(report),
+    ]
+    for d in report.datasets:
+        top = format_top_classes(d)
+        if top:
+            lines += ["", *top]
+    return lines
+
+
 def format_markdown(report: Report) -> str:
     """The whole report.md."""
     det = report.detector
@@ -97,7 +188,7 @@ def format_markdown(report: Report) -> str:
         "# Data overlap report",
         "",
         f"Detector `{det.spec}` (version {det.version}, {det.dim}-d, {det.metric}); index `{report.index.get('path')}` "
-        f"with {report.index.get('n_indexed')} corpus items; k = {report.k}.",
+        f"with {report.index.get('n_indexed')} corpus items{corpus_set_aside(report.index)}; k = {report.k}.",
         f"Search: {report.index.get('search', 'exact')}; {recall_line(report.index.get('recall', {}))}.",
         *([verification_line(report.verify)] if report.verify is not None else []),
         *([model_line(report.model)] if report.model else []),
@@ -111,12 +202,13 @@ def format_markdown(report: Report) -> str:
     ]
     verify = report.verify
     checked = (verify or {}).get("datasets", {})
-    lines += ["| Dataset | threshold | low-information (never Overlap) | skipped |"
+    lines += ["| Dataset | threshold | low-information (never Overlap, not judged) | skipped |"
               + (" verification first stage | pairs verified | accepted (Overlap) | unreadable (kept the first decision) |"
                  if verify is not None else ""),
               "|---|---|---|---|" + ("---|---|---|---|" if verify is not None else "")]
     for d in report.datasets:
-        row = f"| {_cell(d.name)} | {similarity_text(d.threshold)} | {d.n_low_information} | {len(d.skipped)} |"
+        share = f" ({percent(d.n_low_information / d.stats.n_all)}%)" if d.stats.n_all else ""
+        row = f"| {_cell(d.name)} | {similarity_text(d.threshold)} | {d.n_low_information}{share} | {len(d.skipped)} |"
         if verify is not None:
             v = checked.get(d.name)
             row += (f" {similarity_text(v['first_stage'])} | {v['n_verified']} | {v['n_accepted']} | {v['n_unreadable']} |"
@@ -138,6 +230,11 @@ def format_markdown(report: Report) -> str:
             "",
             *interpretation(report),
         ]
+    if all(d.stratified is None for d in report.datasets):
+        lines += ["", "## Within classes", "",
+                  "No example of any set has a label: nothing is compared within classes."]
+    else:
+        lines += _within_classes_section(report)
     skipped = [(d.name, s) for d in report.datasets for s in d.skipped]
     if skipped:
         lines += ["", "## Skipped evaluation items", ""]

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import ReportError
 from ..settings import CORRECTIONS
 from ..stats.overlap import ExtendedStats, OverlapStats
+from ..stats.stratified import Disagreement, Stratified
 from ..values import DetectorInfo, Skipped
 
 REPORT_JSON = "report.json"
@@ -18,7 +19,10 @@ SPLITS = "splits.parquet"
 REPORT_HTML = "report.html"
 CORPUS_MATCHES = "corpus_matches.parquet"
 # report.json's format version: written with every report and checked when one is read (like the index's)
-REPORT_FORMAT = 1
+REPORT_FORMAT = 2
+# the per-class table's columns (``Report.class_table``), in order
+CLASS_TABLE_COLUMNS = ("label", "n", "n_overlap", "n_clean", "k_overlap", "k_clean", "acc_overlap", "acc_clean", "gap",
+                       "informative", "mix_residual", "inflation")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,10 @@ class DatasetReport:
     significant_by: dict[str, bool | None] = field(default_factory=dict)
     two_sample_p_adjusted: float | None = None
     two_sample_significant: bool | None = None
+    # within classes (``stats.stratified``); None where no example has a label
+    stratified: Stratified | None = None
+    # the pooled against the within-class comparison, with the report's correction; None without labels
+    disagreement: Disagreement | None = None
 
     def to_dict(self) -> dict:
         d = {
@@ -59,6 +67,8 @@ class DatasetReport:
             "n_low_information": self.n_low_information,
             "n_skipped": len(self.skipped),
             "skipped": [s.to_dict() for s in self.skipped],
+            "stratified": self.stratified.to_dict() if self.stratified is not None else None,
+            "pooled_vs_stratified": self.disagreement.to_dict() if self.disagreement is not None else None,
         })
         return d
 
@@ -78,6 +88,9 @@ class DatasetReport:
             significant_by={m: d[f"significant_{m}"] for m in methods},
             two_sample_p_adjusted=d.get("two_sample_p_adjusted"),
             two_sample_significant=d.get("two_sample_significant"),
+            stratified=Stratified.from_dict(d["stratified"]) if d["stratified"] is not None else None,
+            disagreement=(Disagreement.from_dict(d["pooled_vs_stratified"]) if d["pooled_vs_stratified"] is not None
+                          else None),
         )
 
 
@@ -123,6 +136,20 @@ class Report:
         """corpus_matches.parquet of the report directory as a pyarrow Table: one row per (corpus item,
         evaluation example) pair at or above the dataset's threshold, the list decontamination filters by."""
         return self._table(CORPUS_MATCHES)
+
+    def class_table(self, name: str):
+        """The per-class table of dataset ``name`` as a pyarrow Table (one row per class, most Overlap
+        examples first; columns ``CLASS_TABLE_COLUMNS``). ``.to_pandas()`` gives a DataFrame."""
+        import pyarrow as pa
+
+        d = self.dataset(name)
+        if d.stratified is None:
+            raise ReportError(f"dataset {name!r} has no per-class table: none of its examples has a label")
+        rows = d.stratified.table.rows
+        types = {"label": pa.string(), "informative": pa.bool_(),
+                 **{c: pa.int64() for c in ("n", "n_overlap", "n_clean", "k_overlap", "k_clean")}}
+        return pa.table({c: pa.array([getattr(r, c) for r in rows], types.get(c, pa.float64()))
+                         for c in CLASS_TABLE_COLUMNS})
 
     @property
     def threshold(self) -> dict[str, float]:

@@ -51,6 +51,10 @@ class ClassRow:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClassRow":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
 
 @dataclass(frozen=True)
 class ClassTable:
@@ -60,6 +64,10 @@ class ClassTable:
 
     def to_dict(self) -> dict:
         return {"rows": [r.to_dict() for r in self.rows]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClassTable":
+        return cls(tuple(ClassRow.from_dict(r) for r in d["rows"]))
 
     def top(self, k: int, *, by: str = "n_overlap") -> list[ClassRow]:
         """The k rows with the largest ``by`` (absolute value for residuals and gaps; None last)."""
@@ -85,6 +93,10 @@ class MixDriver:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "MixDriver":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
 
 @dataclass(frozen=True)
 class MixCheck:
@@ -108,6 +120,12 @@ class MixCheck:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["drivers"] = [m.to_dict() for m in self.drivers]
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MixCheck":
+        fields = {k: d[k] for k in cls.__dataclass_fields__}
+        fields["drivers"] = tuple(MixDriver.from_dict(m) for m in d["drivers"])
+        return cls(**fields)
 
 
 @dataclass(frozen=True, eq=False)

@@ -74,6 +74,10 @@ class CMHTest:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "CMHTest":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
 
 @dataclass(frozen=True)
 class ExactConditionalTest:
@@ -86,6 +90,10 @@ class ExactConditionalTest:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExactConditionalTest":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,10 @@ class RiskDifference:
     def to_dict(self) -> dict:
         return {"estimate": self.estimate, "variance": self.variance, "ci": interval_list(self.ci),
                 "ci_level": self.ci_level}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RiskDifference":
+        return cls(d["estimate"], d["variance"], tuple(d["ci"]), d["ci_level"])
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,14 @@ class StratifiedComparison:
         d["ci_inflation"] = interval_list(self.ci_inflation)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "StratifiedComparison":
+        fields = {k: d[k] for k in cls.__dataclass_fields__}
+        for key, kind in (("cmh", CMHTest), ("exact", ExactConditionalTest), ("risk_difference", RiskDifference)):
+            fields[key] = kind.from_dict(d[key]) if d[key] is not None else None
+        fields["ci_inflation"] = tuple(d["ci_inflation"]) if d["ci_inflation"] is not None else None
+        return cls(**fields)
+
 
 @dataclass(frozen=True)
 class Stratified:
@@ -142,6 +162,11 @@ class Stratified:
 
     def to_dict(self) -> dict:
         return {"comparison": self.comparison.to_dict(), "mix": self.mix.to_dict(), "table": self.table.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Stratified":
+        return cls(StratifiedComparison.from_dict(d["comparison"]), MixCheck.from_dict(d["mix"]),
+                   ClassTable.from_dict(d["table"]))
 
 
 # ---------------------------------------------------------------- counts
@@ -338,6 +363,10 @@ class Disagreement:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Disagreement":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
 def _pts(x: float) -> str:

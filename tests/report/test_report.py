@@ -45,15 +45,15 @@ def test_json_round_trip_and_no_nan(tmp_path):
 def test_load_report_errors(tmp_path):
     with pytest.raises(ReportError, match="cannot read"):
         load_report(tmp_path / "missing.json")
-    (tmp_path / "report.json").write_text('{"format": 1}')
+    (tmp_path / "report.json").write_text('{"format": 2}')
     with pytest.raises(ReportError, match="not an overlap-audit report"):
         load_report(tmp_path)
 
 
 def test_a_report_of_another_format_is_refused_with_one_line(tmp_path):
     data = make_report().to_dict()
-    assert data["format"] == 1
-    for found in (None, 2):
+    assert data["format"] == 2  # 2: the comparison within classes (stratified, pooled_vs_stratified)
+    for found in (None, 1, 3):
         if found is None:
             data.pop("format")
         else:

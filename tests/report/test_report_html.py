@@ -21,12 +21,11 @@ from overlap_audit.evidence import write_html_report
 from overlap_audit.index import corpus_items
 from overlap_audit.settings import IndexSettings
 from overlap_audit.report import format_markdown, format_table, load_report
-from overlap_audit.report.html import Gallery, GalleryPair, esc, gallery_order, render_html
+from overlap_audit.report.html import SORT_SCRIPT, Gallery, GalleryPair, esc, gallery_order, render_html
 from overlap_audit.report.value import REPORT_HTML
 from overlap_audit.report.format import interval
 from overlap_audit.sources import fetch_items, open_source
 
-from ..browser import Browser, find_chromium
 from ..helpers import PLANTED, png_bytes, write_folder
 from .test_report import make_report
 from ..sources.test_sources import make_tar
@@ -155,7 +154,9 @@ def audit(tmp_path_factory, tile_sets):
 def test_report_html_is_written_small_and_escaped(audit):
     base, n = audit
     page = (base / "rep" / REPORT_HTML).read_text(encoding="utf-8")
-    assert "<script" not in page and "<img src=x" not in page and "<i>odd" not in page
+    # one script, the table sorter, admitted by its hash; every planted one is text
+    assert page.count("<script") == 1 and f"<script>{SORT_SCRIPT}</script>" in page
+    assert "<img src=x" not in page and "<i>odd" not in page
     assert "&lt;img src=x onerror=" in page and "&lt;i&gt;odd name.png" in page
     uris = re.findall(r'src="(data:image/webp;base64,[^"]+)"', page)
     assert len(uris) == 2 * 2 * 20  # two datasets, 20 pairs each, two images per pair
@@ -165,6 +166,22 @@ def test_report_html_is_written_small_and_escaped(audit):
     assert page.count(f"20 pair(s) shown at threshold {load_report(base / 'rep').datasets[0].threshold:.4f}; "
                       f"{n - 20} left out") == 2
     assert len(page) < 400_000
+
+
+def test_the_reports_within_class_numbers_are_stratify_on_its_splits(audit):
+    """The installed CLI's report: each set's stratified results equal stratify() on splits.parquet's columns."""
+    from overlap_audit.stats.stratified import stratify
+
+    base, n = audit
+    rep = load_report(base / "rep")
+    table = rep.splits_table()
+    for d in rep.datasets:
+        rows = [r for r in table.to_pylist() if r["dataset"] == d.name]
+        assert len(rows) == n and {r["label"] for r in rows} == {"seen", "new"}
+        direct = stratify([r["label"] for r in rows], [r["overlap"] for r in rows], [r["correct"] for r in rows],
+                          alpha=rep.alpha, ci_level=rep.ci_level)
+        assert d.stratified == direct
+        assert rep.class_table(d.name).column("label").to_pylist() == [r.label for r in direct.table.rows]
 
 
 def test_gallery_shows_deciding_pairs_first_in_the_page(audit, tmp_path):
@@ -225,26 +242,14 @@ def test_gallery_shows_class_names_from_the_reports_classnames_file(audit, tmp_p
 # ---------------------------------------------------------------- real Chromium
 
 
-@pytest.fixture(scope="module")
-def browser():
-    exe = find_chromium()
-    if exe is None:
-        if os.environ.get("OVERLAP_AUDIT_SKIP_BROWSER") == "1":
-            pytest.skip("OVERLAP_AUDIT_SKIP_BROWSER=1 and no Chromium installed")
-        pytest.fail("Chromium is needed for the report.html tests: `apt-get install -y chromium` "
-                    "(or set OVERLAP_AUDIT_SKIP_BROWSER=1 to skip them knowingly)")
-    b = Browser(exe)
-    yield b
-    b.close()
-
-
 def test_page_in_chromium(audit, browser):
     base, n = audit
     browser.open(base / "rep" / REPORT_HTML)
     assert browser.problems() == []
     assert browser.evaluate("document.title") == TITLE
     assert browser.evaluate("document.body.hasAttribute('data-pwned')") is False
-    assert browser.evaluate("document.querySelectorAll('script').length") == 0
+    assert browser.evaluate("document.querySelectorAll('script').length") == 1  # the table sorter
+    assert browser.evaluate("document.scripts[0].textContent") == SORT_SCRIPT
     assert browser.evaluate("document.querySelectorAll('img[src=\"x\"]').length") == 0
     rows = browser.evaluate("Array.from(document.querySelectorAll('#datasets tbody tr'), r => r.cells[0].textContent)")
     assert rows == ["val", XSS_NAME]
