@@ -328,6 +328,23 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
     _echo_report(rep, before=(_threshold_line(rep, threshold, thresholds),), search=True, skipped=True, after=after)
 
 
+@main.command(epilog=_example("overlap-audit decontaminate audit --out clean"))
+@click.argument("report_dir", type=click.Path(exists=True, file_okay=False))
+@options.out_dir("New or empty directory for the blocklist and the filtered Parquet files.")
+@click.option("--index", "index_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="The corpus index (default: the one report.json names).")
+def decontaminate(report_dir, out_dir, index_dir) -> None:
+    """Write the blocklist of REPORT_DIR's matched corpus items (Parquet and CSV) and copies of the corpus's
+    Parquet files (img2dataset's metadata beside the tars included) without them."""
+    from .decontaminate import BLOCKLIST, decontaminate as run
+
+    r = run(report_dir, out_dir, index_dir=index_dir)
+    _echo(f"{r.n_blocked} matched corpus item(s) in {out_dir}/{BLOCKLIST}.parquet and {BLOCKLIST}.csv")
+    _echo(f"{len(r.files)} Parquet file(s) filtered: {r.dropped} row(s) dropped, {r.kept} kept"
+          + (f"; {r.n_not_in_files} blocked item(s) are in no Parquet file (skip them by key)"
+             if r.n_not_in_files else ""))
+
+
 @main.command("train-detector", epilog=_example("overlap-audit train-detector /data/held-out/ --out my-detector"))
 @click.argument("sources", nargs=-1, required=True)
 @options.out_dir("Checkpoint directory.")
