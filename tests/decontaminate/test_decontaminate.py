@@ -170,3 +170,36 @@ def test_documented_snippets_drop_exactly_the_matched_rows(audited, tmp_path, mo
         else:
             kept = namespace["kept"].select(["key", "url"]).to_pylist()
             assert sorted(((r["key"] or ""), r["url"]) for r in kept) == _kept_rows(root, matched)
+
+
+def test_a_parquet_pool_is_copied_without_the_matched_rows(tmp_path, tile_sets):
+    """img2dataset's output_format=parquet: the images are in the Parquet files, which are copied whole but
+    for the matched rows; corpus_matches names each item's file and row."""
+    corpus, other = tile_sets
+    (tmp_path / "pool").mkdir()
+    files = {}
+    for s in range(2):
+        part = corpus[s * 15:(s + 1) * 15]
+        keys = [f"{s:05d}{i:04d}" for i in range(len(part))]
+        files[s] = pa.table({"key": keys, "url": [f"https://example.org/{k}.jpg" for k in keys],
+                             "caption": [tid for tid, _ in part], "status": ["success"] * len(part),
+                             "jpg": [jpeg_bytes(im, 95) for _, im in part]})
+        pq.write_table(files[s], tmp_path / "pool" / f"{s:05d}.parquet")
+        (tmp_path / "pool" / f"{s:05d}_stats.json").write_text("{}")
+    build_index([str(tmp_path / "pool")], tmp_path / "index", IndexSettings(workers=0))
+    copies = [("copy-a", corpus[4][1], "seen"), ("copy-b", corpus[15 + 9][1], "seen")]
+    fresh = [(f"new-{i}", other[i][1], "new") for i in range(4)]
+    preds = pa.table({"dataset": ["val"] * 6, "id": [c[0] for c in copies + fresh], "correct": [True] * 6})
+    run_report(tmp_path / "index", [("val", memory_source(copies + fresh))],
+               ReportSettings(tmp_path / "audit", predictions=preds, match=MATCH))
+    rows = pq.read_table(tmp_path / "audit" / "corpus_matches.parquet").to_pylist()
+    nearest = {r["eval_id"]: r for r in rows if r["rank"] == 1}
+    assert {(r["id"], r["shard"], r["row"]) for r in nearest.values()} == {("000000004", "00000.parquet", 4),
+                                                                         ("000010009", "00001.parquet", 9)}
+    assert all(r["member"] is None and r["url"] for r in rows)
+    matched = {r["id"] for r in rows}
+    result = decontaminate(tmp_path / "audit", tmp_path / "clean")
+    assert (result.dropped, result.kept) == (len(matched), 30 - len(matched))
+    for s in range(2):
+        copy = pq.read_table(tmp_path / "clean" / "pool" / f"{s:05d}.parquet")
+        assert copy.equals(files[s].filter(pa.array([k not in matched for k in files[s]["key"].to_pylist()])))
