@@ -282,13 +282,15 @@ def check(index_dir) -> None:
               help="Also write the matched corpus items (corpus key, source, id, url, uid, caption, the evaluation "
                    "example, similarity) to FILE, for removing them from a training pool; the report directory "
                    "always holds them as corpus_matches.parquet.")
+@click.option("--ignore-extra-sets", is_flag=True,
+              help="Leave out the --predictions rows of datasets not given with --eval, instead of refusing them.")
 @options.gallery
 @options.matching
 @options.quiet
 def report(index_dir, evals, predictions, model, classnames, templates, model_batch_size, out_dir, threshold,
            thresholds, k, alpha, ci_level, correction, precision, recall, detector_error, detector, exact, ray_address,
-           verify, verify_from, verify_threshold, corpus_matches, gallery, batch_size, workers, device, max_pixels,
-           quiet) -> None:
+           verify, verify_from, verify_threshold, corpus_matches, ignore_extra_sets, gallery, batch_size, workers,
+           device, max_pixels, quiet) -> None:
     """Split each evaluation set into Overlap / Clean against INDEX_DIR and report the statistics."""
     from .api import MatchSettings, ReportSettings, StatsSettings, ZeroShotSettings, run_report
     from .sources import parse_eval_spec
@@ -312,7 +314,7 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
                                      batch_size=model_batch_size)
     settings = ReportSettings(
         out_dir=out_dir, predictions=predictions, zero_shot=zero_shot, gallery=gallery, verify=verification,
-        corpus_matches=corpus_matches, match=MatchSettings(detector=detector, device=device, k=k, batch_size=batch_size, workers=workers,
+        corpus_matches=corpus_matches, ignore_extra_sets=ignore_extra_sets, match=MatchSettings(detector=detector, device=device, k=k, batch_size=batch_size, workers=workers,
                             max_pixels=max_pixels, progress=not quiet, exact=exact or bool(ray_address),
                             ray_address=ray_address),
         stats=StatsSettings(threshold=threshold, thresholds=thresholds, alpha=alpha, ci_level=ci_level,
