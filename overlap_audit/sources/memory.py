@@ -108,7 +108,7 @@ def _triple(entry, n: int, where: str) -> tuple:
     ``id`` column, else its index)."""
     if isinstance(entry, tuple) and len(entry) == 3:
         return entry
-    if isinstance(entry, tuple) and len(entry) == 2:
+    if isinstance(entry, tuple) and len(entry) == 2 and not isinstance(entry[0], str):  # ("id", image): no label
         return str(n), entry[0], entry[1]
     if isinstance(entry, dict):
         image = next((entry[k] for k in _IMAGE_KEYS if k in entry), None)
