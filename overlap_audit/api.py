@@ -59,6 +59,7 @@ class ReportSettings:
     gallery: int | None = None
     verify: VerifySettings | None = field(default_factory=VerifySettings)  # None: no verification
     corpus_matches: str | os.PathLike | None = None
+    ignore_extra_sets: bool = False  # predictions for sets not evaluated are left out instead of refused
 
     def __post_init__(self) -> None:
         if self.corpus_matches is not None and _inside(Path(self.corpus_matches), Path(self.out_dir)):
@@ -96,7 +97,8 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, object]]
     corpus = open_corpus(index_dir, match)
     det = corpus.detector
     # before any embedding: a malformed predictions file, classnames or templates file fails first
-    scoring = prepare_scoring(settings.predictions, settings.zero_shot, evals, device=match.device)
+    scoring = prepare_scoring(settings.predictions, settings.zero_shot, evals, device=match.device,
+                              ignore_extra_sets=settings.ignore_extra_sets)
     thresholds = st.thresholds
     per_dataset = load_thresholds(thresholds) if isinstance(thresholds, (str, os.PathLike)) else thresholds
     cut = resolve_thresholds(names, det.default_threshold, threshold=st.threshold, per_dataset=per_dataset)

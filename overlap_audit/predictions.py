@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 
 import numpy as np
 
-from .errors import PredictionsError
+from .errors import PredictionsError, param
 from .settings import check_datasets_named
 from .values import Predictions, Split
 
@@ -167,17 +168,91 @@ def _from_columns(table: dict[str, list], path: str) -> Predictions:
                                        "is a class of its own, e.g. 'none')")
         correct = [_same_class(p, lab) for p, lab in zip(preds, labels)]
     out: dict[str, dict[str, bool]] = {}
+    given_labels: dict[str, dict[str, str]] = {}
+    label_column = table.get("label", [None] * len(ids))
     dups = []
-    for row, (ds, ident, ok) in enumerate(zip(datasets, ids, correct)):
+    for row, (ds, ident, ok, lab) in enumerate(zip(datasets, ids, correct, label_column)):
         if not ds or not ident:
             raise PredictionsError(f"{path}: row {row + 1} has an empty dataset or id")
         per = out.setdefault(ds, {})
         if ident in per:
             dups.append(f"{ds}/{ident}")
         per[ident] = ok
+        if lab is not None and not (isinstance(lab, float) and lab != lab) and str(lab).strip():
+            given_labels.setdefault(ds, {})[ident] = _class_text(lab)
     if dups:
         raise PredictionsError(f"{path}: duplicated predictions for {_few(sorted(set(dups)))}")
-    return Predictions(correct=out, source=path)
+    return Predictions(correct=out, source=path, labels=given_labels)
+
+
+LABEL_MISMATCH_LIMIT = 0.05  # of the rows that carry a label: more disagreeing is an error
+
+
+def _label_readings(set_labels: list[str], classnames: tuple[str, ...] | None):
+    """The ways a predictions file may write a set's labels, each as a function (file's label, set's label)
+    -> agree: as the same text; as the index of the set's sorted labels (torchvision's ImageFolder); as the
+    index of, or the name in, the class names the set's layout ships."""
+    def index(text: str, names) -> str | None:
+        return names[int(text)] if text.isdigit() and int(text) < len(names) else None
+
+    ordered = sorted(set(set_labels))
+    readings = [lambda p, s: p == s, lambda p, s: index(p, ordered) == s]
+    if classnames:
+        readings += [lambda p, s: index(s, classnames) == p, lambda p, s: index(p, classnames) == s]
+    return readings
+
+
+def check_predictions(predictions: Predictions, sets: dict[str, dict[str, str | None] | None], *,
+                      ignore_extra_sets: bool = False,
+                      classnames: dict[str, tuple[str, ...] | None] | None = None) -> Predictions:
+    """Predictions checked against the evaluation sets before anything is embedded; returns them restricted to
+    the sets evaluated.
+
+    ``sets`` gives per evaluated set ``{id: label}`` of its items (None: not known before embedding, e.g. a
+    set read from a URL). Refused: predictions for sets not evaluated (unless ``ignore_extra_sets``), a set
+    with no prediction, ids that are not in their set, and a ``label`` column that disagrees with the set's
+    own labels in more than ``LABEL_MISMATCH_LIMIT`` of the rows that carry both (predictions not aligned
+    with the set). Missing ids are checked once the skipped items are known (``match_predictions``).
+    """
+    src = predictions.source
+    extra_sets = sorted(set(predictions.correct) - set(sets))
+    if extra_sets and not ignore_extra_sets:
+        raise PredictionsError(f"{src}: predictions for datasets that are not evaluated: {_few(extra_sets)} "
+                               f"(evaluated: {', '.join(sets)}); evaluate them too, leave their rows out, or pass "
+                               f"{param('ignore_extra_sets', True)}")
+    problems = []
+    for name, items in sets.items():
+        given = predictions.correct.get(name)
+        if not given:
+            others = sorted(set(predictions.correct) - set(sets))
+            hint = f" (it has predictions for {_few(others)}: is the set named differently?)" if others else ""
+            problems.append(f"no prediction for the evaluation set {name!r}{hint}")
+            continue
+        if items is None:
+            continue
+        unknown = [i for i in given if i not in items]
+        if unknown:
+            problems.append(f"{len(unknown)} prediction(s) for {name!r} name ids that are not in it: {_few(unknown)} "
+                            f"(its ids look like {_few(list(items)[:3])})")
+            continue
+        pairs = [(i, lab, _class_text(items[i])) for i, lab in predictions.labels.get(name, {}).items()
+                 if items.get(i) is not None]
+        if not pairs:
+            continue
+        readings = _label_readings([s for _, _, s in pairs], (classnames or {}).get(name))
+        wrong = min(([(i, p, s) for i, p, s in pairs if not agree(p, s)] for agree in readings), key=len)
+        if len(wrong) > LABEL_MISMATCH_LIMIT * len(pairs):
+            shown = ", ".join(f"{i!r} (label {p!r}, the set's {s!r})" for i, p, s in wrong[:3])
+            problems.append(f"the 'label' column disagrees with the labels of {name!r} in {len(wrong)} of the "
+                            f"{len(pairs)} rows that carry one ({len(wrong) / len(pairs):.0%}), e.g. {shown}: the "
+                            "predictions are not aligned with the set's ids; fix the id (or label) column, so "
+                            "that each row describes the example its id names")
+    if problems:
+        raise PredictionsError(f"{src}: " + "; ".join(problems))
+    if not extra_sets:
+        return predictions
+    return replace(predictions, correct={n: v for n, v in predictions.correct.items() if n in sets},
+                   labels={n: v for n, v in predictions.labels.items() if n in sets})
 
 
 def match_predictions(predictions: Predictions, splits: dict[str, Split],

@@ -20,8 +20,9 @@ from .atomic import create_temporary
 from .devices import torch_device
 from .errors import ModelError, param
 from .settings import ZeroShotSettings, check_datasets_named
-from .predictions import PREDICTIONS, match_predictions, read_predictions, write_predictions
+from .predictions import PREDICTIONS, check_predictions, match_predictions, read_predictions, write_predictions
 from .sources import as_source
+from .sources.remote import is_pipe, is_url
 from .values import Predictions, Skipped, Split
 from .zeroshot.scoring import TemplateSet, ZeroShotModel, ZeroShotScorer, load_classnames
 
@@ -95,15 +96,34 @@ class Scoring:
     scorers: dict[str, ZeroShotScorer] | None = None
 
 
+def open_eval_sets(evals: list[tuple[str, object]]) -> dict[str, object]:
+    """Each evaluation set opened as a source (its files found and its layout checked), by name."""
+    return {n: as_source(given, name=n, labels_from_folders=True) for n, given in evals}
+
+
+def set_labels(source) -> dict[str, str | None] | None:
+    """``{id: label}`` of a set's items as its source lists them (nothing is decoded); None for a set read from
+    a URL or a command, which is read once, while it is embedded."""
+    if any(is_url(str(p)) or is_pipe(str(p)) for p in getattr(source, "paths", ())):
+        return None
+    return {item.id: item.label for item in source.iter_items()}
+
+
 def prepare_scoring(predictions, zero_shot: ZeroShotSettings | None, evals: list[tuple[str, object]], *,
-                    device: str = "auto") -> Scoring:
-    """Read ``predictions`` (a file, a pandas DataFrame or a pyarrow Table), or check ``zero_shot``'s files and
-    load its model: before any embedding, so that a malformed input fails early. Give exactly one."""
+                    device: str = "auto", ignore_extra_sets: bool = False) -> Scoring:
+    """Open every evaluation set, then read ``predictions`` (a file, a pandas DataFrame or a pyarrow Table) and
+    check them against the sets (``predictions.check_predictions``; ``ignore_extra_sets`` drops the rows of
+    sets not evaluated), or check ``zero_shot``'s files and load its model: before any embedding, so that a
+    malformed input fails early. Give exactly one."""
+    sources = open_eval_sets(evals)
     if zero_shot is not None:
         setup = prepare_zero_shot(zero_shot, evals, device)
         scorers = {n: ZeroShotScorer(setup.model, n, batch_size=zero_shot.batch_size) for n, _ in evals}
         return Scoring(None, "", zero_shot=setup, scorers=scorers)
     preds = read_predictions(predictions)
+    preds = check_predictions(preds, {n: set_labels(src) for n, src in sources.items()},
+                              ignore_extra_sets=ignore_extra_sets,
+                              classnames={n: getattr(src, "classnames", None) for n, src in sources.items()})
     if isinstance(predictions, (str, os.PathLike)):
         return Scoring(preds, str(predictions), Path(predictions))
     return Scoring(preds, f"in memory ({preds.source})")

@@ -154,7 +154,9 @@ class Split:
 
 @dataclass(frozen=True)
 class Predictions:
-    """Per-example correctness of the audited model: ``correct[dataset][id] -> bool``."""
+    """Per-example correctness of the audited model: ``correct[dataset][id] -> bool``; ``labels[dataset][id]``
+    the label a predictions file gives (where it has a label column), to check against the set's own."""
 
     correct: dict[str, dict[str, bool]]
     source: str = ""
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)

@@ -2,7 +2,7 @@
 
 The group and its options are here; ``base`` holds what every command shares (the one-line error printer,
 logging), ``options`` the options several commands take, and the commands are grouped by job: ``audit``
-(index, check, report, pairs, threshold, detectors), ``training`` (train-detector, pretrain-clip,
+(index, check, report, decontaminate, pairs, threshold, detectors), ``training`` (train-detector, pretrain-clip,
 calibrate), ``demos`` (demo, demo-real).
 """
 
@@ -26,6 +26,6 @@ def main(debug, verbose, log_file) -> None:
     """How much of a reported accuracy comes from test examples already in the pretraining data."""
 
 
-for command in (audit.index, audit.check, audit.report, training.train_detector, training.pretrain_clip,
+for command in (audit.index, audit.check, audit.report, audit.decontaminate, training.train_detector, training.pretrain_clip,
                 training.calibrate, audit.pairs, audit.threshold, audit.detectors, demos.demo, demos.demo_real):
     main.add_command(command)

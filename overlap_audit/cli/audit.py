@@ -141,13 +141,15 @@ def check(index_dir) -> None:
               help="Also write the matched corpus items (corpus key, source, id, url, uid, caption, the evaluation "
                    "example, similarity) to FILE, for removing them from a training pool; the report directory "
                    "always holds them as corpus_matches.parquet.")
+@click.option("--ignore-extra-sets", is_flag=True,
+              help="Leave out the --predictions rows of datasets not given with --eval, instead of refusing them.")
 @options.gallery
 @options.matching
 @options.quiet
 def report(index_dir, evals, predictions, model, classnames, templates, model_batch_size, out_dir, threshold,
            thresholds, k, alpha, ci_level, correction, precision, recall, detector_error, detector, exact, ray_address,
-           verify, verify_from, verify_threshold, corpus_matches, gallery, batch_size, workers, device, max_pixels,
-           quiet) -> None:
+           verify, verify_from, verify_threshold, corpus_matches, ignore_extra_sets, gallery, batch_size, workers,
+           device, max_pixels, quiet) -> None:
     """Split each evaluation set into Overlap / Clean against INDEX_DIR and report the statistics."""
     from ..api import ReportSettings, run_report
     from ..sources import parse_eval_spec
@@ -170,7 +172,7 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
                                      batch_size=model_batch_size)
     settings = ReportSettings(
         out_dir=out_dir, predictions=predictions, zero_shot=zero_shot, gallery=gallery, verify=verification,
-        corpus_matches=corpus_matches, match=MatchSettings(detector=detector, device=device, k=k, batch_size=batch_size, workers=workers,
+        corpus_matches=corpus_matches, ignore_extra_sets=ignore_extra_sets, match=MatchSettings(detector=detector, device=device, k=k, batch_size=batch_size, workers=workers,
                             max_pixels=max_pixels, progress=not quiet, exact=exact or bool(ray_address),
                             ray_address=ray_address),
         stats=StatsSettings(threshold=threshold, thresholds=thresholds, alpha=alpha, ci_level=ci_level,
@@ -184,6 +186,23 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
              f"{n_matches} matched (corpus item, example) pair(s)"
              + (f" also written to {corpus_matches}" if corpus_matches else ""))
     echo_report(rep, before=(threshold_line(rep, threshold, thresholds),), search=True, skipped=True, after=after)
+
+
+@click.command(cls=Command, epilog=example("overlap-audit decontaminate audit --out clean"))
+@click.argument("report_dir", type=click.Path(exists=True, file_okay=False))
+@options.out_dir("New or empty directory for the blocklist and the filtered Parquet files.")
+@click.option("--index", "index_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="The corpus index (default: the one report.json names).")
+def decontaminate(report_dir, out_dir, index_dir) -> None:
+    """Write the blocklist of REPORT_DIR's matched corpus items (Parquet and CSV) and copies of the corpus's
+    Parquet files (img2dataset's metadata beside the tars included) without them."""
+    from ..decontaminate import BLOCKLIST, decontaminate as run
+
+    r = run(report_dir, out_dir, index_dir=index_dir)
+    echo(f"{r.n_blocked} matched corpus item(s) in {out_dir}/{BLOCKLIST}.parquet and {BLOCKLIST}.csv")
+    echo(f"{len(r.files)} Parquet file(s) filtered: {r.dropped} row(s) dropped, {r.kept} kept"
+         + (f"; {r.n_not_in_files} blocked item(s) are in no Parquet file (skip them by key)"
+            if r.n_not_in_files else ""))
 
 
 @click.command(cls=Command, epilog=example("overlap-audit pairs laion-index --eval cifar10=/data/cifar10/test --out review"))

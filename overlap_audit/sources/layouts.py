@@ -75,7 +75,7 @@ def open_layout(spec: str) -> Layout | None:
         return _open_hf(spec, path, None)
     if not os.path.isdir(path):
         return None
-    if _cifar_variant(path) is not None:
+    if _cifar_variant(path) is not None or _cifar_root(path):
         return _open_cifar(spec, path, None)
     if os.path.isfile(os.path.join(path, CLIP_BENCHMARK_CLASSNAMES)) and _clip_benchmark_splits(path):
         return _open_clip_benchmark(spec, path, None)
@@ -182,7 +182,26 @@ def _hub_files(root: str) -> list[str]:
         if found:
             return sorted(found)
     top = sorted(os.path.join(root, e) for e in os.listdir(root) if e.endswith(".parquet"))
-    return top if top and all(_is_hub_parquet(p) for p in top) else []
+    if top:
+        return top if all(_is_hub_parquet(p) for p in top) else []
+    # config folders, as `datasets` resolves them: plain_text/test-00000-of-00001.parquet, and the hub's
+    # auto-converted Parquet, default/test/0000.parquet
+    configs = {}
+    for config in sorted(os.listdir(root)):
+        folder = os.path.join(root, config)
+        if not os.path.isdir(folder) or config.startswith("."):
+            continue
+        files = [os.path.join(folder, e) for e in os.listdir(folder) if e.endswith(".parquet")]
+        for sub in os.listdir(folder):
+            if os.path.isdir(os.path.join(folder, sub)):
+                files += [os.path.join(folder, sub, e) for e in os.listdir(os.path.join(folder, sub))
+                          if e.endswith(".parquet")]
+        if files and _is_hub_parquet(sorted(files)[0]):
+            configs[config] = sorted(files)
+    if len(configs) > 1:
+        raise SourceError(f"{root!r} holds the hub configurations {', '.join(configs)}: name one, e.g. "
+                          f"hf:{os.path.join(root, next(iter(configs)))}")
+    return next(iter(configs.values()), [])
 
 
 def _hub_columns(path: str) -> tuple[str, str | None, tuple[str, ...] | None]:
@@ -221,7 +240,7 @@ def _open_hf(spec: str, path: str, split: str | None) -> Layout:
         for f in _hub_files(path):
             by_split.setdefault(_hub_split_of(f), []).append(f)
         if not by_split:
-            raise SourceError(f"source {spec!r}: no hub Parquet files (data/<split>-*.parquet) and no `datasets` "
+            raise SourceError(f"source {spec!r}: no hub Parquet files (data/<split>-*.parquet, CONFIG/<split>-*.parquet, "
                               "save_to_disk folder (state.json or dataset_dict.json) here")
         split = _pick_split(spec, split, sorted(by_split))
         files = by_split[split]
@@ -425,11 +444,26 @@ def _cifar_variant(root: str) -> str | None:
     return None
 
 
+def _cifar_root(path: str) -> bool:
+    """Whether a folder is torchvision's CIFAR ``root``: its only folder is cifar-10-batches-py or
+    cifar-100-python (beside it, at most the archive torchvision downloaded)."""
+    folders = [e for e in os.listdir(path) if os.path.isdir(os.path.join(path, e))]
+    return (len(folders) == 1 and folders[0] in ("cifar-10-batches-py", "cifar-100-python")
+            and _cifar_variant(os.path.join(path, folders[0])) is not None)
+
+
 def _open_cifar(spec: str, root: str, split: str | None) -> Layout:
     variant = _cifar_variant(root) if os.path.isdir(root) else None
+    if variant is None and os.path.isdir(root):  # torchvision's root: the folder that holds the batches' folder
+        inner = [os.path.join(root, d) for d in ("cifar-10-batches-py", "cifar-100-python")
+                 if _cifar_variant(os.path.join(root, d))]
+        if len(inner) == 1:
+            root = inner[0]
+            variant = _cifar_variant(root)
     if variant is None:
-        raise SourceError(f"source {spec!r}: not a CIFAR python folder (cifar-10-batches-py with test_batch and "
-                          "batches.meta, or cifar-100-python with test and meta)")
+        raise SourceError(f"source {spec!r}: not a CIFAR python folder: give cifar:DIR with DIR the folder "
+                          "cifar-10-batches-py (test_batch and batches.meta) or cifar-100-python (test and meta), "
+                          "or torchvision's root, the folder that holds one of them")
     test, train, meta, names_key, _ = CIFAR_LAYOUTS[variant]
     available = {"test": test}
     if all(os.path.isfile(os.path.join(root, f)) for f in train):

@@ -85,20 +85,59 @@ def _encode(image, where: str) -> bytes:
     return buf.getvalue()
 
 
+_IMAGE_KEYS = ("image", "img", "jpg", "png")
+_LABEL_KEYS = ("label", "fine_label", "cls")
+
+
+def _dataset_classnames(items) -> tuple[str, ...] | None:
+    """The class names a dataset object carries: a Hugging Face ``datasets.Dataset``'s ClassLabel feature, or
+    a torchvision dataset's ``classes``."""
+    features = getattr(items, "features", None)
+    if features is not None and hasattr(features, "get"):
+        for key in _LABEL_KEYS:
+            names = getattr(features.get(key), "names", None)
+            if names:
+                return tuple(str(n) for n in names)
+    classes = getattr(items, "classes", None)
+    return tuple(str(c) for c in classes) if isinstance(classes, (list, tuple)) and classes else None
+
+
+def _triple(entry, n: int, where: str) -> tuple:
+    """(id, image, label) of one entry: an (id, image, label) tuple, a torchvision dataset's (image, label)
+    (id: its index), or a ``datasets.Dataset`` row, a dict with an image and a label column (id: its
+    ``id`` column, else its index)."""
+    if isinstance(entry, tuple) and len(entry) == 3:
+        return entry
+    if isinstance(entry, tuple) and len(entry) == 2 and not isinstance(entry[0], str):  # ("id", image): no label
+        return str(n), entry[0], entry[1]
+    if isinstance(entry, dict):
+        image = next((entry[k] for k in _IMAGE_KEYS if k in entry), None)
+        if image is None:
+            raise SourceError(f"{where}: a row with no image column (looked for {', '.join(_IMAGE_KEYS)}; it has "
+                              f"{', '.join(map(str, entry))}); give (id, image, label) tuples")
+        label = next((entry[k] for k in _LABEL_KEYS if k in entry), None)
+        ident = entry.get("id")
+        return (str(ident) if ident is not None else str(n)), image, label
+    raise SourceError(f"{where}: expected an (id, image, label) tuple, an (image, label) pair (a torchvision "
+                      f"dataset) or a row dict (a datasets.Dataset), got {type(entry).__name__}"
+                      + (f" of length {len(entry)}" if isinstance(entry, tuple) else ""))
+
+
 def memory_source(items: Iterable, name: str = "memory", *, classnames: Iterable[str] | None = None,
                   templates: Iterable[str] | None = None) -> MemorySource:
-    """A ``MemorySource`` from (id, image, label) triples; ``image`` is a PIL image or encoded image bytes,
+    """A ``MemorySource`` from (id, image, label) triples, a torchvision-style dataset ((image, label) pairs, the
+    index as id) or a ``datasets.Dataset`` (rows with an image and a label column; ``id`` column or the index
+    as id; its ClassLabel names as ``classnames``); ``image`` is a PIL image or encoded image bytes,
     ``label`` a class (written as text) or None. ``classnames`` (label ``i`` is ``classnames[i]``) and
     ``templates`` serve zero-shot scoring as a layout's own do. Ids must be distinct, non-empty text."""
+    if classnames is None:
+        classnames = _dataset_classnames(items)
     out: list[RawItem] = []
     seen: set[str] = set()
     dups: list[str] = []
     for n, entry in enumerate(items):
         where = f"in-memory evaluation set {name!r}, item {n + 1}"
-        if not isinstance(entry, tuple) or len(entry) != 3:
-            raise SourceError(f"{where}: expected an (id, image, label) tuple, got {type(entry).__name__}"
-                              + (f" of length {len(entry)}" if isinstance(entry, tuple) else ""))
-        ident, image, label = entry
+        ident, image, label = _triple(entry, n, where)
         if not isinstance(ident, str) or not ident:
             raise SourceError(f"{where}: the id must be non-empty text, got {ident!r}; e.g. str(i)")
         if ident in seen:

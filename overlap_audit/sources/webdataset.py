@@ -23,7 +23,7 @@ WDS_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
-def _wds_split(name: str) -> tuple[str, str]:
+def wds_split(name: str) -> tuple[str, str]:
     """Split a member name into (key, extension) by WebDataset's rule: the first dot of the basename."""
     directory, base = os.path.split(name)
     if "." not in base:
@@ -201,7 +201,7 @@ def _shard_items(name: str, shard: str, limits: InputLimits) -> Iterator[RawItem
                         yield RawItem(name, f"{shard}#{member.name}",
                                       skip_reason=f"tar member is a {kind}, not a file: not read")
                         continue
-                    mkey, ext = _wds_split(member.name)
+                    mkey, ext = wds_split(member.name)
                     if key is not None and mkey != key:
                         yield _wds_item(name, key, parts)
                         parts = {}
