@@ -56,7 +56,7 @@ def test_labels_written_as_class_indices_or_with_a_few_errors_are_accepted(eval_
 def test_predictions_for_sets_not_evaluated_are_refused_or_ignored(eval_set):
     root, _, _ = eval_set
     rows = _rows(eval_set) + [("other", "x.png", "seen", "seen")]
-    with pytest.raises(PredictionsError, match=r"not evaluated: 'other'.*--ignore-extra-sets"):
+    with pytest.raises(PredictionsError, match=r"not evaluated: 'other'.*ignore_extra_sets=True"):
         prepare_scoring(_table(rows), None, [("val", str(root))])
     scoring = prepare_scoring(_table(rows), None, [("val", str(root))], ignore_extra_sets=True)
     assert set(scoring.predictions.correct) == {"val"}
