@@ -23,7 +23,7 @@ from .index import build_index, content_boxes
 from .match import check_eval_sets, check_report_apart, match_eval_sets, open_corpus
 from .matched import corpus_matches
 from .predictions import PREDICTIONS
-from .report import CORPUS_MATCHES, DatasetReport, Report, check_report_dir, load_report, write_report
+from .report import CORPUS_MATCHES, DatasetReport, Report, check_report_dir, load_report, report_lock, write_report
 from .report.write import splits_table
 from .score import prepare_scoring, score
 from .settings import (CORRECTIONS, DEFAULT_GALLERY, MatchSettings, StatsSettings, ZeroShotSettings,
@@ -88,11 +88,17 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, object]]
     """
     if not isinstance(settings, ReportSettings):
         raise TypeError("run_report() needs settings=ReportSettings(out_dir=...)")
-    match, st = settings.match, settings.stats
     out_dir = Path(settings.out_dir)
     evals = check_eval_sets(evals)
-    check_report_apart(out_dir, index_dir, evals)
+    check_report_apart(out_dir, index_dir, evals)  # before the lock file is made beside out_dir
     check_report_dir(out_dir)  # before any work: a directory of someone else's files is refused, not cleared
+    with report_lock(out_dir):  # one run at a time on an --out; leftovers of killed runs cleaned
+        return _run_report(index_dir, evals, settings)
+
+
+def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
+    match, st = settings.match, settings.stats
+    out_dir = Path(settings.out_dir)
     names = [n for n, _ in evals]
     corpus = open_corpus(index_dir, match)
     det = corpus.detector

@@ -1,5 +1,6 @@
 """Atomic writes: a temporary file in the same directory, then a rename, so a crash never leaves a
-half-written file under its final name.
+half-written file under its final name; the exchange of two directories (``exchange``); and the lock a run
+holds on the directory it writes (``hold_lock``).
 
 Test hook: with the environment variable ``OVERLAP_AUDIT_KILL_AT_WRITE=N`` the process kills itself
 (SIGKILL) at its N-th atomic write, after the temporary file is complete and before the rename; with
@@ -13,10 +14,11 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OverlapAuditError, WriteError
+from .errors import BusyError, OverlapAuditError, WriteError
 
 # O_NOFOLLOW: a link planted under the temporary name is refused, never written through
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -139,3 +141,106 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> int:
         p.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+# ---------------------------------------------------------------- exchanging two paths
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``, called through
+    ctypes); False where the platform, the C library or the filesystem cannot, and nothing changed."""
+    import ctypes
+    import errno
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # glibc 2.28 and later
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False  # an old kernel or a filesystem without the flag
+    raise OSError(err, os.strerror(err), str(a))
+
+
+# ---------------------------------------------------------------- the lock of a run
+
+_held_fds: set[int] = set()
+_fork_hook = False
+
+
+def _close_in_child() -> None:
+    # a forked child (a decoding worker) must not keep the lock alive after its parent: closing its copy
+    # of the descriptor releases nothing while the parent's copy is open (flock locks the open file)
+    for fd in list(_held_fds):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_fds.clear()
+
+
+def lock_path(directory: str | os.PathLike) -> Path:
+    """The lock file of a directory a run writes: ``.NAME.lock`` beside it (inside, it would be a file the
+    directory's own checks count as foreign)."""
+    directory = Path(directory).absolute()
+    return directory.with_name(f".{directory.name}.lock")
+
+
+def _open_locked(path: Path, what: str, directory) -> int:
+    """A descriptor of ``path`` holding its exclusive flock, or BusyError at once when another run has it."""
+    import fcntl
+
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
+                         0o644)
+        except OSError as exc:
+            raise WriteError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BusyError(f"{directory} is in use by another overlap-audit {what} run (it holds {path}); "
+                            "wait for it to finish, or choose another directory") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the run before removed this file as it released it: lock the new one
+
+
+@contextmanager
+def hold_lock(directory: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold the lock of ``directory`` (an flock on ``lock_path``) for the length of a run; a directory another
+    run holds is refused at once with BusyError (``what`` names the run: "index", "report").
+
+    The lock file is removed while still locked, as the run ends, so none is left behind; a run that opened it
+    meanwhile sees it gone and locks a new one."""
+    global _fork_hook
+    path = lock_path(directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = _open_locked(path, what, directory)
+    if not _fork_hook:
+        os.register_at_fork(after_in_child=_close_in_child)
+        _fork_hook = True
+    _held_fds.add(fd)
+    try:
+        yield
+    finally:
+        _held_fds.discard(fd)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.close(fd)

@@ -125,9 +125,31 @@ def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool =
     return array, None, duplicate, pixels, box, whole
 
 
+PARENT_POLL_S = 0.5  # how often a worker looks whether its parent still lives
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """End this worker as soon as its parent is gone (killed with SIGKILL, it cannot stop us itself).
+
+    Waiting for EOF on the task pipe is not enough: a forked worker inherits the parent's end of its own
+    pipe (and of its siblings'), so the pipe never closes. When the parent dies the worker is reparented, so
+    a thread watches ``getppid()``; it works with fork and spawn on every platform, unlike Linux's
+    PR_SET_PDEATHSIG, which fires when the parent *thread* that started the worker ends.
+    """
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _worker(conn, detector: Detector, max_pixels: int, model_input: Callable | None, views: bool,
-            max_bytes: int) -> None:
+            max_bytes: int, parent_pid: int) -> None:
     """A decoding worker: decodes each task's items in order, sending one message per item."""
+    _end_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is the parent's to handle
     _init_worker(model_input)
     while True:
@@ -192,7 +214,7 @@ class _Worker:
 
     def __init__(self, ctx, args: tuple):
         parent, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker, args=(child, *args), daemon=True)
+        self.process = ctx.Process(target=_worker, args=(child, *args, os.getpid()), daemon=True)
         self.process.start()
         child.close()
         self.conn = parent

@@ -130,3 +130,7 @@ class WriteError(OverlapAuditError):
 
 class EmptyEvalSetError(OverlapAuditError):
     """An evaluation set has no example left to evaluate (every item was skipped)."""
+
+
+class BusyError(OutputDirError):
+    """Another run holds the directory (an index being built, a report being written there)."""

@@ -4,6 +4,9 @@ again.
 
 A source or an index that cannot be read leaves a note on the page instead of its thumbnails: the report's
 numbers never depend on them.
+
+A report directory records its evaluation sources as specs, which are data: one that runs a command
+(``pipe:``) is read back only when the caller passes it again (``recorded_evals``), never from report.json.
 """
 
 from __future__ import annotations
@@ -14,15 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_text
-from .errors import ModelError, OverlapAuditError
+from .errors import FetchError, ModelError, OverlapAuditError
 from .limits import DEFAULT_MAX_PIXELS
 from .settings import DEFAULT_GALLERY
 from .index import corpus_items
 from .report.html import (DEFAULT_AROUND, Gallery, GalleryPair, gallery_order, render_html,
                           thumbnail)
 from .report.value import REPORT_HTML, SPLITS, Report, load_report
-from .sources import as_source, fetch_items, source_spec
+from .sources import Source, as_source, fetch_items, source_spec
 from .values import RawItem
+
+__all__ = ["build_galleries", "eval_items", "recorded_evals", "write_html_report"]
 
 # the splits.parquet columns a gallery shows (the last five only where the report has them: a trimming
 # detector, a verified report)
@@ -44,11 +49,55 @@ def _class_names(report: Report, dataset: str) -> dict[str, str]:
         return {}
 
 
+def _runs_command(spec: str, name: str) -> bool:
+    """Whether reading a recorded spec would run a command (a ``pipe:`` source)."""
+    from .sources.remote import is_pipe
+
+    try:
+        paths = as_source(spec, name=name).paths
+    except OverlapAuditError:
+        return spec.lstrip().startswith("pipe:")
+    return any(is_pipe(p) for p in paths) or spec.lstrip().startswith("pipe:")
+
+
+def _recorded(report: Report, name: str, given: dict) -> object:
+    if name in given:
+        return given[name]
+    spec = report.evals[name]
+    if _runs_command(str(spec), name):
+        raise FetchError(f"the evaluation source {name!r} recorded in report.json is a command ({spec!r}); "
+                         f"a recorded command is never run: pass the source again ({{{name!r}: ...}})")
+    return spec
+
+
+def recorded_evals(report: Report, given: dict[str, object] | None = None) -> dict[str, object]:
+    """The evaluation sources of ``report`` to read back: each one ``given`` (name -> spec or in-memory source,
+    typed by the caller) as given, else the spec report.json records, unless that spec runs a command.
+
+    A recorded ``pipe:`` spec is never run (report.json is data, and a shared report directory must not be
+    able to run a command): it raises FetchError unless the caller passes that source in ``given``.
+    """
+    given = dict(given or {})
+    return {name: _recorded(report, name, given) for name in report.evals} | given
+
+
+def eval_items(report: Report, name: str, ids, source: object | None = None) -> dict[str, RawItem]:
+    """The items ``ids`` of ``report``'s evaluation set ``name``, read from ``source`` (a spec or in-memory
+    source the caller gives) or else from the spec report.json records, which is never run as a command
+    (``recorded_evals``)."""
+    if source is None and name not in report.evals:
+        raise FetchError(f"the report records no evaluation set {name!r} ({', '.join(report.evals) or 'none'})")
+    spec = _recorded(report, name, {} if source is None else {name: source})
+    src = spec if isinstance(spec, Source) else as_source(spec, name=name, labels_from_folders=True)
+    return fetch_items(src, list(ids))
+
+
 def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str, object],
                     index_dir: str | os.PathLike | None, limit: int = DEFAULT_GALLERY, around: int = DEFAULT_AROUND,
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Gallery]:
+                    max_pixels: int = DEFAULT_MAX_PIXELS, eval_notes: dict[str, str] | None = None) -> list[Gallery]:
     """The gallery of every dataset of ``report`` from its splits rows (as in splits.parquet), with the
-    images read from ``eval_sources`` (name -> spec or in-memory source) and the index at ``index_dir``."""
+    images read from ``eval_sources`` (name -> spec or in-memory source) and the index at ``index_dir``;
+    ``eval_notes`` says why a dataset's source is not read."""
     chosen: dict[str, tuple[list[dict], int]] = {}
     for d in report.datasets:
         mine = [r for r in rows if r["dataset"] == d.name]
@@ -76,7 +125,7 @@ def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str,
         note = None
         spec = eval_sources.get(d.name)
         if spec is None:
-            note = "the evaluation source is not recorded in the report"
+            note = (eval_notes or {}).get(d.name, "the evaluation source is not recorded in the report")
         else:
             try:
                 evals = fetch_items(as_source(spec, name=d.name, labels_from_folders=True), [r["id"] for r in picked])
@@ -112,7 +161,8 @@ def write_html_report(report_dir: str | os.PathLike, *, gallery: int = DEFAULT_G
     """Write report.html from a report directory's report.json and splits.parquet; returns its path.
 
     The evaluation sources (name -> spec, or an in-memory source) and the index default to those the report
-    records.
+    records; a recorded source that runs a command (``pipe:``) is not run: its gallery shows a note unless
+    ``eval_sources`` gives it again.
     """
     import pyarrow.parquet as pq
 
@@ -121,7 +171,14 @@ def write_html_report(report_dir: str | os.PathLike, *, gallery: int = DEFAULT_G
     present = pq.read_schema(out / SPLITS).names
     columns = [*GALLERY_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in present)]
     rows = pq.read_table(out / SPLITS, columns=columns).to_pylist()
-    galleries = build_galleries(report, rows, eval_sources=eval_sources or report.evals,
+    given = dict(eval_sources or {})
+    sources, notes = dict(given), {}
+    for name in report.evals:  # a recorded command stays out: its gallery says it was not run
+        try:
+            sources[name] = _recorded(report, name, given)
+        except FetchError as exc:
+            notes[name] = str(exc)
+    galleries = build_galleries(report, rows, eval_sources=sources, eval_notes=notes,
                                 index_dir=index_dir or report.index.get("path"), limit=gallery, around=around,
                                 max_pixels=max_pixels)
     path = out / REPORT_HTML

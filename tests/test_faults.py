@@ -209,7 +209,7 @@ def test_a_kill_at_any_write_of_report_leaves_the_old_report_or_the_new_one(smal
         assert _report_run(out) == str(preds) and _snapshot(out) == old, point  # the old report, whole
         for path, data in user.items():
             assert path.read_bytes() == data, point
-        left = {p.name for p in parent.iterdir()} - {"r", "notes.txt", "mine"}
+        left = {p.name for p in parent.iterdir()} - {"r", "notes.txt", "mine", ".r.lock"}
         # only the tool's own temporaries: the staging directory, and the corpus-matches table written for it
         assert all(name.startswith((".r.tmp-", ".r-corpus_matches.parquet.tmp-")) for name in left), left
 
@@ -228,6 +228,8 @@ def test_a_kill_at_any_write_of_report_leaves_the_old_report_or_the_new_one(smal
     assert report_into(new_preds).returncode == 0 and _report_run(out) == str(new_preds)
     for path, data in user.items():
         assert path.read_bytes() == data
+    # the next run cleaned what the killed ones left (a killed run's lock file too)
+    assert sorted(p.name for p in parent.iterdir()) == ["mine", "notes.txt", "r"]
 
 
 # ---------------------------------------------------------------- files damaged by hand

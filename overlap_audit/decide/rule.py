@@ -56,8 +56,10 @@ class VerifySettings:
             return float(self.first_stage)
         return first_stage_threshold(dataset_threshold, RELAX if self.relax is None else self.relax)
 
-    def to_dict(self, splits: dict | None = None, unreadable: dict[str, int] | None = None) -> dict:
-        """The settings, and per dataset of ``splits`` (verified ones) its first stage and counts."""
+    def to_dict(self, splits: dict | None = None, unreadable: dict[str, int] | None = None,
+                changed: dict[str, int] | None = None) -> dict:
+        """The settings, and per dataset of ``splits`` (verified ones) its first stage and counts
+        (``n_changed``: the unreadable pairs whose corpus image changed since it was indexed)."""
         d = {"threshold": self.threshold,
              "relax": (RELAX if self.relax is None else self.relax) if self.first_stage is None else None,
              "first_stage": self.first_stage}
@@ -65,7 +67,8 @@ class VerifySettings:
             d["datasets"] = {n: {"first_stage": self.first_stage_for(sp.threshold),
                                  "n_verified": int(np.isfinite(sp.verify_scores).sum()),
                                  "n_accepted": int(np.asarray(sp.verified).sum()),
-                                 "n_unreadable": int((unreadable or {}).get(n, 0))}
+                                 "n_unreadable": int((unreadable or {}).get(n, 0)),
+                                 "n_changed": int((changed or {}).get(n, 0))}
                              for n, sp in splits.items() if sp.verify_scores is not None}
         return d
 
@@ -108,19 +111,22 @@ class DecisionRule:
         splits = {n: split(n, emb, nb, self.thresholds[n]) for n, (emb, nb) in matches.items()}
         if self.verify is None:
             return Decision(splits)
-        splits, unreadable = _verify_splits(splits, index_dir, eval_sources, self.verify, max_pixels=max_pixels)
-        return Decision(splits, self.verify.to_dict(splits, unreadable))
+        splits, unreadable, changed = _verify_splits(splits, index_dir, eval_sources, self.verify,
+                                                     max_pixels=max_pixels)
+        return Decision(splits, self.verify.to_dict(splits, unreadable, changed))
 
 
 def _verify_splits(splits: dict[str, Split], index_dir, eval_sources: Mapping[str, object],
-                   settings: VerifySettings, *, max_pixels: int | None = None) -> tuple[dict[str, Split], dict]:
+                   settings: VerifySettings, *, max_pixels: int | None = None
+                   ) -> tuple[dict[str, Split], dict, dict]:
     """Verify each split's candidate pairs (top similarity at or above the first stage, not low-information):
     returns the splits with ``verify_scores``, ``verified`` and ``overlap = verified``, and per dataset the
-    number of candidate pairs whose images could not be read. Such a pair keeps the first decision (Overlap
+    number of candidate pairs whose images could not be read, and of those whose corpus image changed since
+    it was indexed (``index.is_changed``: counted unreadable too, never compared). Such a pair keeps the first decision (Overlap
     at or above the detector's threshold): an image that cannot be read back never hides overlap."""
     from ..imaging import ImageRejected, decode_image
     from ..limits import DEFAULT_MAX_PIXELS
-    from ..index import corpus_items
+    from ..index import corpus_items, is_changed
     from ..sources import as_source, fetch_items
 
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
@@ -141,13 +147,13 @@ def _verify_splits(splits: dict[str, Split], index_dir, eval_sources: Mapping[st
         except ImageRejected:
             return None
 
-    out, unreadable = {}, {}
+    out, unreadable, changed = {}, {}, {}
     for name, sp in splits.items():
         rows = wanted[name]
         evals = (fetch_items(as_source(eval_sources[name], name=name, labels_from_folders=True),
                              [sp.ids[i] for i in rows]) if rows else {})
         scores = np.full(len(sp.ids), np.nan, np.float32)
-        unreadable[name] = 0
+        unreadable[name] = changed[name] = 0
         for i in rows:
             key = str(sp.neighbors.ids[i, 0])
             if key not in prepared:
@@ -155,6 +161,7 @@ def _verify_splits(splits: dict[str, Split], index_dir, eval_sources: Mapping[st
             a, b = load(evals.get(sp.ids[i])), prepared[key]
             if a is None or b is None:
                 unreadable[name] += 1
+                changed[name] += key in corpus and is_changed(corpus[key])
                 continue
             scores[i] = verify_prepared(a, b).score
         with np.errstate(invalid="ignore"):
@@ -163,4 +170,4 @@ def _verify_splits(splits: dict[str, Split], index_dir, eval_sources: Mapping[st
         unread[[i for i in rows if np.isnan(scores[i])]] = True
         overlap = np.where(unread, sp.overlap, verified) & ~np.asarray(sp.low_information, bool)
         out[name] = replace(sp, verify_scores=scores, verified=verified, overlap=overlap)
-    return out, unreadable
+    return out, unreadable, changed

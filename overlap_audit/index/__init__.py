@@ -12,14 +12,14 @@ from ..devices import faiss_device, faiss_gpu_count
 from .build import RECALL_QUERIES_PER_SHARD, build_index, index_from_vector_blocks, index_from_vectors
 from .finish import RECALL_QUERIES, finish_from_shards
 from .integrity import CheckResult, check_detector, check_index
-from .load import CorpusIndex, corpus_items, load_index
+from .load import CHANGED, CorpusIndex, corpus_items, is_changed, load_index
 from .manifest import (IDS_FILE, INDEX_FILE, MANIFEST, PROGRESS, SHARD_DIR, VECTORS_FILE, IndexManifest,
                        load_manifest)
 from .search import search, search_rows
 from .shards import content_boxes, corpus_key, iter_shard_vectors
 
 __all__ = [
-    "content_boxes",
+    "CHANGED", "content_boxes", "is_changed",
     "IDS_FILE", "INDEX_FILE", "MANIFEST", "PROGRESS", "RECALL_QUERIES", "RECALL_QUERIES_PER_SHARD", "SHARD_DIR",
     "VECTORS_FILE", "CheckResult", "CorpusIndex", "IndexManifest", "build_index", "check_detector",
     "check_index", "corpus_items", "corpus_key", "faiss_device", "faiss_gpu_count", "finish_from_shards",

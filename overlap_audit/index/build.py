@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write_json, is_temporary, remove_stale_temporaries
+from ..atomic import atomic_write_json, hold_lock, is_temporary, remove_stale_temporaries
 from ..detectors import Detector, get_detector
 from ..devices import faiss_device
 from ..embed import Decoder, embed_decoded
@@ -36,6 +36,9 @@ from .shards import corpus_key, finished_shards, item_bytes, same_item_bytes, sh
 # Augmented copies embedded per shard as recall queries for approximate indexes (``finish`` uses at most
 # RECALL_QUERIES of them).
 RECALL_QUERIES_PER_SHARD = 32
+# --resume trusts a file's unchanged size and mtime only when the mtime is older than its shard by more than
+# this (2 s: the coarsest common mtime granularity, FAT's); within it, the content hash decides
+MTIME_GRANULARITY_NS = 2_000_000_000
 
 
 def _source_names(sources: list[Source]) -> list[Source]:
@@ -133,7 +136,8 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
                 progress: bool = False, on_shard: Callable[[int, int], None] | None = None) -> IndexManifest:
     """Embed the corpus sources into shards and build the FAISS index in ``out_dir``.
 
-    ``on_shard(shard_number, items_done)`` is called after each shard is safely on disk. On a finished
+    ``on_shard(shard_number, items_done)`` is called after each shard is safely on disk. The run holds the
+    directory's lock (``atomic.hold_lock``): a second run on it is refused with BusyError. On a finished
     index resumed with another ``index_type``, only the index is rebuilt. ``out_dir`` may not be, or lie inside, a folder source, nor hold a
     source (``OutputDirError``).
     """
@@ -144,10 +148,16 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
         raise IndexDirError("give at least one corpus source")
     if s.shard_size < 1 or s.batch_size < 1:
         raise IndexDirError("shard_size and batch_size must be positive")
-    started = time.monotonic()
     out = Path(out_dir)
     # the index's own files must never become corpus items on a later run, nor the corpus its files
     check_output_apart(out, [("corpus source", *source_location(str(src))) for src in sources])
+    with hold_lock(out, "index"):  # one run at a time on a directory: a second is refused, not interleaved
+        return _build_locked(sources, out, s, progress=progress, on_shard=on_shard)
+
+
+def _build_locked(sources: list[str], out: Path, s: IndexSettings, *, progress: bool,
+                  on_shard: Callable[[int, int], None] | None) -> IndexManifest:
+    started = time.monotonic()
     det = get_detector(s.detector, device=s.device, content=s.content)
     faiss_dev = faiss_device(s.device)
     srcs = _source_names([open_source(src) for src in sources])
@@ -187,6 +197,7 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
     items = (item for src in srcs for item in src.iter_items(s.limits))
     items_done = 0
     for shard_no in done:  # the finished shards' items: read past, not decoded again, but checked
+        written_ns = shard_path(out, shard_no).stat().st_mtime_ns
         for source, ident, recorded in shard_items(shard_path(out, shard_no)):
             item = next(items, None)
             got = None if item is None else (item.source, item.id)
@@ -196,7 +207,11 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
                     f"holds {source}:{ident!r} where the sources now give "
                     f"{'nothing' if got is None else repr(got[0] + ':' + got[1])}); start again in a new directory"
                 )
-            if recorded is not None and not same_item_bytes(item, recorded):
+            # size and mtime vouch for a file only when its mtime is clearly older than the shard: a file
+            # rewritten within the filesystem's mtime granularity of being read keeps its mtime ("racy")
+            trust = recorded is not None and recorded.mtime_ns is not None and (
+                recorded.mtime_ns < written_ns - MTIME_GRANULARITY_NS)
+            if recorded is not None and not same_item_bytes(item, recorded, trust_mtime=trust):
                 raise ResumeError(
                     f"cannot resume {out}: the image of {source}:{ident!r} changed since shard {shard_no} embedded "
                     "it; start again in a new directory"

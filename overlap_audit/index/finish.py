@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..atomic import atomic_write, atomic_write_json
+from ..atomic import atomic_write, atomic_write_json, hold_lock
 from ..devices import faiss_device
 from ..errors import IndexDirError
 from ..values import DetectorInfo, Skipped
@@ -215,10 +215,11 @@ def _measure_recall(out: Path, info: DetectorInfo, index, plan, scan: _ShardScan
 
 
 def finish_from_shards(out_dir: str | os.PathLike, *, index_type: str = "auto") -> IndexManifest:
-    """(Re)build the FAISS index of a directory whose shards are written."""
+    """(Re)build the FAISS index of a directory whose shards are written, holding its lock."""
     out = Path(out_dir)
-    progress = json.loads((out / PROGRESS).read_text())
-    previous = load_manifest(out) if (out / MANIFEST).exists() else None
-    return finish_index(out, DetectorInfo.from_dict(progress["detector"]), progress["sources"],
-                        progress["shard_size"], faiss_device("auto"), 0.0, index_type=index_type,
-                        limits=progress.get("limits"), previous=previous)
+    with hold_lock(out, "index"):
+        progress = json.loads((out / PROGRESS).read_text())
+        previous = load_manifest(out) if (out / MANIFEST).exists() else None
+        return finish_index(out, DetectorInfo.from_dict(progress["detector"]), progress["sources"],
+                            progress["shard_size"], faiss_device("auto"), 0.0, index_type=index_type,
+                            limits=progress.get("limits"), previous=previous)

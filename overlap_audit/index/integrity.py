@@ -3,7 +3,11 @@ full check behind ``overlap-audit check`` (``check_index``), the files a killed 
 a detector's embeddings are comparable with the index's.
 
 Every reader checks what it loads (``check_files``): the shard set, sizes and row counts always, checksums of
-ids.parquet and of files under ``SMALL_FILE`` bytes; ``check_index`` checks every checksum.
+ids.parquet, of the FAISS index when it is loaded (read whole anyway: the checksum adds one pass over bytes
+in memory, xxh3 at several GB/s) and of files under ``SMALL_FILE`` bytes; shards check their own vectors
+whenever they are read (``shards.read_shard_vectors``). ``check_index`` checks every checksum, then holds
+the index to the shards (``check_against_shards``): the ids in row order, and a sample of vectors, so a
+manifest edited to match damaged files does not pass.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ FAISS_CLASSES = {"flat": ("IndexBinaryFlat", "IndexFlatIP"), "ivfpq": ("IndexBin
 
 
 def _damaged(path: Path, what: str, file: str = "") -> IndexDamagedError:
-    return IndexDamagedError(f"{path} is damaged: {what}; {REPAIR}", file)
+    # a shard holds embeddings nothing else has: no --resume brings them back (it refuses such a directory)
+    repair = "rebuild the index in a new directory" if file.startswith(f"{SHARD_DIR}/") else REPAIR
+    return IndexDamagedError(f"{path} is damaged: {what}; {repair}", file)
 
 
 def _parquet_rows(path: Path) -> int:
@@ -37,12 +43,14 @@ def _parquet_rows(path: Path) -> int:
     return pq.read_metadata(path).num_rows
 
 
-def check_files(index_dir: str | os.PathLike, manifest: IndexManifest, *, full: bool = False) -> tuple[int, int]:
+def check_files(index_dir: str | os.PathLike, manifest: IndexManifest, *, full: bool = False,
+                read: tuple[str, ...] = ()) -> tuple[int, int]:
     """Check the files of an index directory against its manifest; returns (files, bytes checksummed).
 
     Always: the shard set is exactly the recorded one, every recorded file exists with its recorded size,
     Parquet files hold their recorded rows, and the counts agree with each other. Checksums: every file with
-    ``full``, else ids.parquet and files up to ``SMALL_FILE`` bytes. The first mismatch raises IndexDirError.
+    ``full``, else ids.parquet, the files named in ``read`` (those the caller reads whole) and files up to
+    ``SMALL_FILE`` bytes. The first mismatch raises IndexDirError.
     """
     path = Path(index_dir)
     on_disk = {f"{SHARD_DIR}/{p.name}" for p in shard_paths(path)}
@@ -80,7 +88,7 @@ def check_files(index_dir: str | os.PathLike, manifest: IndexManifest, *, full: 
                 raise _damaged(path, f"{name} is not a readable array ({exc})", name) from None
             if rows != rec.rows:
                 raise _damaged(path, f"{name} holds {rows} rows where the manifest records {rec.rows}", name)
-        if full or name == manifest.ids_file or size <= SMALL_FILE:
+        if full or name == manifest.ids_file or name in read or size <= SMALL_FILE:
             if checksum_file(file) != rec.xxh3:
                 raise _damaged(path, f"{name} does not have the checksum the manifest records (its content "
                                      "changed)", name)
@@ -161,15 +169,95 @@ class CheckResult:
     seconds: float
 
 
+SAMPLE_ROWS = 1000  # index rows whose vectors ``check_against_shards`` compares with the shards'
+
+
+def _sample_rows(n: int, size: int = SAMPLE_ROWS) -> np.ndarray:
+    """Up to ``size`` rows spread over [0, n), first and last included (deterministic)."""
+    return np.unique(np.linspace(0, n - 1, num=min(size, n)).round().astype(np.int64)) if n else np.zeros(0, np.int64)
+
+
+def _stored_vectors(index, rows: np.ndarray) -> np.ndarray | None:
+    """The vectors a FAISS index stores for ``rows`` (codes for a binary index), or None for an index that
+    stores them only approximately (IVF-PQ over floats)."""
+    import faiss
+
+    if isinstance(index, faiss.IndexIVFPQ):
+        return None
+    if isinstance(index, faiss.IndexBinaryIVF):
+        index.make_direct_map()
+    return np.stack([index.reconstruct(int(r)) for r in rows])
+
+
+def check_against_shards(index_dir: str | os.PathLike, manifest: IndexManifest, index, keys: np.ndarray) -> int:
+    """Hold the index to its shards (each read whole, checking its own vectors): ids.parquet's keys are the
+    shards' indexed keys in row order, and a sample of rows (``SAMPLE_ROWS``) has the shards' vectors in the
+    FAISS index and in vectors.npy; returns the rows compared. The first mismatch raises IndexDamagedError."""
+    from .shards import iter_shard_vectors, read_shard, shard_paths
+
+    path = Path(index_dir)
+    info = manifest.detector
+    shard_keys = []
+    for p in shard_paths(path):
+        rows = read_shard(p, info)
+        shard_keys += [k for k, m in zip(rows.keys, rows.usable) if m]
+    if len(shard_keys) != len(keys) or any(a != b for a, b in zip(shard_keys, keys)):
+        first = next((i for i, (a, b) in enumerate(zip(shard_keys, keys)) if a != b), min(len(keys), len(shard_keys)))
+        raise _damaged(path, f"{manifest.ids_file} does not list the shards' items in index order (row {first})",
+                       manifest.ids_file)
+    sample = _sample_rows(len(keys))
+    parts = []
+    for first, vectors in iter_shard_vectors(path, info):  # every shard read: each checks its own vectors
+        local = sample[(sample >= first) & (sample < first + len(vectors))] - first
+        if len(local):
+            parts.append(np.array(vectors[local]))
+    if not len(sample):
+        return 0
+    wanted = np.concatenate(parts)
+    stored = _stored_vectors(index, sample)
+    if stored is not None and (stored.shape != wanted.shape or not np.array_equal(stored, wanted)):
+        differs = (stored != wanted).any(axis=1) if stored.shape == wanted.shape else np.ones(len(sample), bool)
+        bad = int(sample[np.flatnonzero(differs)[0]])
+        raise _damaged(path, f"{manifest.index_file} holds other vectors than the shards (row {bad})",
+                       manifest.index_file)
+    if manifest.vectors_file is not None:
+        exact = np.load(path / manifest.vectors_file, mmap_mode="r")
+        if not np.array_equal(np.asarray(exact[sample]), wanted):
+            raise _damaged(path, f"{manifest.vectors_file} holds other vectors than the shards",
+                           manifest.vectors_file)
+    if stored is None:  # IVF-PQ: each sampled vector must find itself among its neighbours
+        _check_finds_itself(path, manifest, index, sample, wanted)
+    return len(sample)
+
+
+def _check_finds_itself(path: Path, manifest: IndexManifest, index, sample: np.ndarray, wanted: np.ndarray) -> None:
+    """An approximate index whose vectors are not stored exactly: most sampled vectors must be found at their
+    own row within the nearest 10 (random or shuffled data finds almost none)."""
+    import faiss
+
+    probe = faiss.extract_index_ivf(index)
+    nprobe, probe.nprobe = probe.nprobe, max(probe.nprobe, 16)
+    try:
+        _, rows = index.search(np.ascontiguousarray(wanted, np.float32), min(10, index.ntotal))
+    finally:
+        probe.nprobe = nprobe
+    found = float((rows == sample[:, None]).any(axis=1).mean())
+    if found < 0.5:
+        raise _damaged(path, f"{manifest.index_file} finds only {found:.0%} of sampled corpus vectors at their own "
+                             "rows (it does not index the shards' vectors)", manifest.index_file)
+
+
 def check_index(index_dir: str | os.PathLike) -> CheckResult:
-    """Check every file of an index directory against its manifest: sizes, row counts and all checksums,
-    then the FAISS index's class, metric and size; the first mismatch raises IndexDirError."""
+    """Check every file of an index directory against its manifest (sizes, row counts and all checksums),
+    the FAISS index's class, metric and size, and the index against its shards (``check_against_shards``);
+    the first mismatch raises IndexDirError."""
     started = time.monotonic()
     path = Path(index_dir)
     manifest = load_manifest(path)
     n_files, n_bytes = check_files(path, manifest, full=True)
-    check_faiss(path, manifest, read_faiss_index(path, manifest))
-    read_ids(path, manifest)
+    index = read_faiss_index(path, manifest)
+    check_faiss(path, manifest, index)
+    check_against_shards(path, manifest, index, read_ids(path, manifest))
     return CheckResult(path, manifest.generation, manifest.index_type, manifest.n_indexed, n_files, n_bytes,
                        time.monotonic() - started)
 

@@ -1,5 +1,9 @@
 """Opening an index for reading: the FAISS index with each row's key (``load_index``), and the corpus
 items behind keys, read back from the sources the manifest records (``corpus_items``).
+
+``corpus_items`` is the one place corpus items are read back (verification, the gallery, pairs): each item
+is held to the size and xxh3 checksum its shard recorded when it was embedded, so a file replaced after
+``index`` is reported as changed (``CHANGED``), never compared as if it were the original.
 """
 
 from __future__ import annotations
@@ -11,11 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OverlapAuditError
+from ..limits import DEFAULT_LIMITS, ReadRefused, read_file
 from ..sources import SOURCE_KINDS, Source, fetch_items, readback_problem
 from ..values import RawItem
 from .integrity import check_faiss, check_files, read_faiss_index, read_ids
-from .manifest import VECTORS_FILE, IndexManifest, load_manifest
-from .shards import rows_by_key
+from .manifest import VECTORS_FILE, IndexManifest, checksum_bytes, load_manifest
+from .shards import ItemBytes, rows_by_key
+
+# the start of the skip reason of a corpus item whose bytes are not the ones that were indexed
+CHANGED = "changed since it was indexed"
+_FINGERPRINT = ["item_size", "item_mtime_ns", "item_xxh3"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,7 +53,9 @@ def load_index(index_dir: str | os.PathLike, *, load_faiss: bool = True) -> Corp
     against its manifest (``check_files``, ``check_faiss``)."""
     path = Path(index_dir)
     manifest = load_manifest(path)
-    check_files(path, manifest)
+    # the FAISS index (and mih's tables) are read whole when loaded: their checksums cost one pass in memory
+    read = (manifest.index_file, *(n for n in manifest.files if n.endswith(".mih"))) if load_faiss else ()
+    check_files(path, manifest, read=read)
     index = None
     if load_faiss:
         index = read_faiss_index(path, manifest)
@@ -59,15 +70,44 @@ def _recorded_source(entry: dict | None, name: str) -> Source | None:
     return Source(entry["kind"], tuple(entry.get("paths", ())), name, entry.get("spec", ""))
 
 
+def is_changed(item: RawItem) -> bool:
+    """Whether ``corpus_items`` found this item's bytes changed since it was indexed."""
+    return bool(item.skip_reason) and item.skip_reason.startswith(CHANGED)
+
+
+def _held_to(item: RawItem, recorded: ItemBytes | None) -> RawItem:
+    """``item`` with its bytes read once and checked against the fingerprint its shard recorded: the bytes
+    that passed are the ones returned (a file is not read again later, when it may have changed); an item
+    with other bytes becomes a skipped one whose reason starts with CHANGED."""
+    if item.skip_reason or recorded is None:
+        return item  # nothing to check against: a shard written from vectors, an item without bytes
+    data = item.data
+    if data is None and item.path is not None:
+        try:
+            data = read_file(item.path, DEFAULT_LIMITS.max_file_bytes)
+        except (OSError, ReadRefused) as exc:
+            return RawItem(item.source, item.id, skip_reason=f"cannot be read back ({exc})")
+    if data is None:
+        return item
+    if len(data) != recorded.size or checksum_bytes(data) != recorded.xxh3:
+        return RawItem(item.source, item.id, path=item.path,
+                       skip_reason=f"{CHANGED} ({len(data)} bytes, xxh3 {checksum_bytes(data)}, where the index "
+                                   f"recorded {recorded.size} bytes, xxh3 {recorded.xxh3})")
+    return RawItem(item.source, item.id, data=data, path=item.path, caption=item.caption, label=item.label)
+
+
 def corpus_items(index_dir: str | os.PathLike, keys) -> dict[str, RawItem]:
-    """The corpus items behind index keys, read back from the sources the manifest records.
+    """The corpus items behind index keys, read back from the sources the manifest records and held to the
+    fingerprint (size, xxh3) their shard recorded.
 
     Every key maps to a RawItem; one whose image cannot be read any more (a moved source, a removed file,
-    an index built from bare vectors) carries a ``skip_reason`` that says why.
+    an index built from bare vectors) carries a ``skip_reason`` that says why, and so does one whose bytes
+    changed since it was indexed (the reason starts with ``CHANGED``; ``is_changed``). An item that passes
+    carries the checked bytes as ``data``.
     """
     manifest = load_manifest(index_dir)
     wanted = {str(k) for k in keys if k is not None}
-    located = rows_by_key(index_dir, wanted, ["source", "id", "caption", "label"])
+    located = rows_by_key(index_dir, wanted, ["source", "id", "caption", "label", *_FINGERPRINT])
     out = {key: RawItem("", key, skip_reason="not in this index's shards") for key in wanted - located.keys()}
     by_source: dict[str, list[str]] = {}
     for key, row in located.items():
@@ -90,6 +130,10 @@ def corpus_items(index_dir: str | os.PathLike, keys) -> dict[str, RawItem]:
             item = items.get(row["id"])
             if item is None:
                 item = RawItem(source_name, row["id"], skip_reason=reason or "not found in its source")
+            else:
+                recorded = (None if row["item_xxh3"] is None else
+                            ItemBytes(int(row["item_size"]), row["item_xxh3"], row["item_mtime_ns"]))
+                item = _held_to(item, recorded)
             out[key] = RawItem(source_name, row["id"], data=item.data, path=item.path, caption=row["caption"],
                                label=row["label"], skip_reason=item.skip_reason)
     return out

@@ -1,6 +1,9 @@
 """The index's Parquet shards: writing them, reading them back (vectors, rows, items by key), their paths.
 
 A shard holds every item given, in input order; its columns are listed in ``overlap_audit.index.manifest``.
+A shard checks itself: its Parquet metadata records the xxh3-64 of its vectors (``VECTORS_XXH3``), and every
+read of its vectors (building, streaming search, recall, ``check``) holds them to it, so damaged vectors are
+never indexed or searched, whatever the manifest says.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..content import ContentBox, box_arrow_type
-from ..errors import ResumeError
+from ..errors import IndexDamagedError, ResumeError
 from ..values import DetectorInfo, RawItem, Skipped
 from .manifest import SHARD_DIR, checksum_bytes, checksum_file
 
 _SHARD_RE = re.compile(r"^shard-(\d{6})\.parquet$")
 _TEXT_COLUMNS = ["key", "source", "id", "caption", "label", "low_information", "skip_reason"]
+VECTORS_XXH3 = b"overlap_audit.vectors_xxh3"  # Parquet key-value metadata: the checksum of the shard's vectors
 
 
 def corpus_key(source_name: str, item_id: str, n_sources: int) -> str:
@@ -91,10 +95,10 @@ def item_bytes(item: RawItem) -> ItemBytes | None:
     return None
 
 
-def same_item_bytes(item: RawItem, recorded: ItemBytes) -> bool:
-    """Whether an item still has the bytes a shard recorded: a file's unchanged size and mtime suffice,
-    otherwise the checksum decides."""
-    if item.path is not None and item.data is None and recorded.mtime_ns is not None:
+def same_item_bytes(item: RawItem, recorded: ItemBytes, *, trust_mtime: bool = True) -> bool:
+    """Whether an item still has the bytes a shard recorded: with ``trust_mtime``, a file's unchanged size
+    and mtime suffice; otherwise (and for bytes that are not a file) the checksum decides."""
+    if trust_mtime and item.path is not None and item.data is None and recorded.mtime_ns is not None:
         try:
             st = os.stat(item.path)
         except OSError:
@@ -138,6 +142,7 @@ def write_shard(path: Path, info: DetectorInfo, *, keys: list[str], sources: lis
         "item_mtime_ns": pa.array([None if f is None else f.mtime_ns for f in fingerprints], pa.int64()),
         "item_xxh3": pa.array([None if f is None else f.xxh3 for f in fingerprints], pa.string()),
     })
+    table = table.replace_schema_metadata({VECTORS_XXH3: _vectors_checksum(table["vector"], info).encode()})
     # vectors do not compress, repeat or sort: no compression, dictionary or min/max statistics for them
     atomic_write(path, lambda tmp: pq.write_table(
         table, tmp, compression={c: ("snappy" if c in _TEXT_COLUMNS else "none") for c in table.column_names},
@@ -168,11 +173,27 @@ def _column_vectors(column, info: DetectorInfo) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
+def _vectors_checksum(column, info: DetectorInfo) -> str:
+    """The xxh3-64 of a vector column's non-null vectors, in row order."""
+    vectors = _column_vectors(column, info)
+    if column.null_count:
+        vectors = vectors[np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)]
+    return checksum_bytes(np.ascontiguousarray(vectors).data)
+
+
 def read_shard_vectors(path: Path, info: DetectorInfo) -> np.ndarray:
-    """The vectors of a shard's indexed items, in index row order."""
+    """The vectors of a shard's indexed items, in index row order, held to the checksum the shard records
+    (IndexDamagedError naming the shard when they differ or it records none)."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(path, columns=["vector", "low_information", "skip_reason"], memory_map=True)
+    recorded = (table.schema.metadata or {}).get(VECTORS_XXH3)
+    name = f"{path.parent.name}/{path.name}"
+    if recorded is None or _vectors_checksum(table["vector"], info) != recorded.decode():
+        what = ("records no checksum of its vectors" if recorded is None
+                else "has vectors that do not match the checksum it records")
+        raise IndexDamagedError(f"{path.parent.parent} is damaged: {name} {what} (its embeddings are lost); "
+                                "rebuild the index in a new directory", name)
     mask = usable_mask(table)
     vectors = _column_vectors(table["vector"], info)
     return vectors if mask.all() else vectors[mask]

@@ -8,11 +8,11 @@ renderings, ``write`` the report directory.
 from .format import model_line, recall_line
 from .markdown import format_extended_table, format_markdown, format_table, interpretation
 from .value import CORPUS_MATCHES, REPORT_JSON, REPORT_MD, SPLITS, DatasetReport, Report, load_report
-from .write import check_report_dir, write_report, write_splits
+from .write import check_report_dir, clean_leftovers, report_lock, write_report, write_splits
 
 __all__ = [
     "CORPUS_MATCHES", "REPORT_JSON", "REPORT_MD", "SPLITS", "DatasetReport", "Report", "load_report",
     "model_line", "recall_line",
     "format_table", "format_extended_table", "interpretation", "format_markdown",
-    "write_splits", "write_report",
+    "write_splits", "write_report", "clean_leftovers", "report_lock",
 ]

@@ -6,19 +6,21 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..atomic import atomic_write, atomic_write_json, atomic_write_text, fsync_dir
+from ..atomic import atomic_write, atomic_write_json, atomic_write_text, exchange, fsync_dir, hold_lock
 from ..content import box_arrow_type
 from ..errors import OutputDirError, ReportError, param
 from ..values import Split
 from .markdown import format_markdown
-from .value import REPORT_HTML, REPORT_JSON, REPORT_MD, SPLITS, Report
+from .value import CORPUS_MATCHES, REPORT_HTML, REPORT_JSON, REPORT_MD, SPLITS, Report
 
 if TYPE_CHECKING:
     from .html import Gallery
@@ -119,11 +121,23 @@ def check_report_dir(out_dir: str | os.PathLike) -> None:
 
 
 def _switch_in(stage: Path, out: Path) -> None:
-    """Put the finished directory ``stage`` at ``out``, replacing an earlier report there as a whole."""
+    """Put the finished directory ``stage`` at ``out``, replacing an earlier report there as a whole.
+
+    Where the system can (Linux's renameat2 RENAME_EXCHANGE), the two directories swap in one step, so
+    ``out`` is never absent; elsewhere the old report moves aside into ``.NAME.old-*`` first, and a run
+    killed between the two renames is put right by the next run (``clean_leftovers``).
+    """
     check_report_dir(out)  # again: files may have appeared while the report was computed
-    if os.path.lexists(out) and not any(out.iterdir()):
-        out.rmdir()
     if not os.path.lexists(out):
+        os.rename(stage, out)
+        fsync_dir(out.parent)
+        return
+    if exchange(stage, out):
+        fsync_dir(out.parent)
+        shutil.rmtree(stage, ignore_errors=True)  # the old report, now under the staging name
+        return
+    if not any(out.iterdir()):
+        out.rmdir()
         os.rename(stage, out)
         fsync_dir(out.parent)
         return
@@ -132,6 +146,40 @@ def _switch_in(stage: Path, out: Path) -> None:
     os.rename(stage, out)
     fsync_dir(out.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_leftovers(out_dir: str | os.PathLike) -> list[Path]:
+    """Remove what killed report runs left beside ``out_dir`` (their staging directories ``.NAME.tmp-*``, the
+    corpus-matches temporaries ``.NAME-corpus_matches.parquet.tmp-*``), after putting back an earlier report
+    that a kill between the fallback's two renames left only in ``.NAME.old-*``; returns what was removed.
+    Call it holding the lock (``report_lock``): a running report's staging files look the same."""
+    out = Path(out_dir)
+    parent = out.parent
+    if not parent.is_dir():
+        return []
+    removed = []
+    for old in sorted(parent.glob(glob_escape(f".{out.name}.old-") + "*")):
+        kept = old / out.name
+        if not os.path.lexists(out) and kept.is_dir() and not kept.is_symlink():
+            os.rename(kept, out)  # the earlier report, back in place
+            fsync_dir(parent)
+    for prefix in (f".{out.name}.old-", f".{out.name}.tmp-", f".{out.name}-{CORPUS_MATCHES}.tmp-"):
+        for p in parent.glob(glob_escape(prefix) + "*"):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+@contextmanager
+def report_lock(out_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the lock of a report's ``--out`` for the length of a run (a second run there is refused with
+    BusyError), after cleaning what killed runs left beside it (``clean_leftovers``)."""
+    with hold_lock(out_dir, "report"):
+        clean_leftovers(out_dir)
+        yield
 
 
 def write_report(out_dir: str | os.PathLike, report: Report, splits: dict[str, Split],

@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from overlap_audit.api import MatchSettings, ReportSettings, build_index, run_report
+from overlap_audit.api import ReportSettings, build_index, run_report
 from overlap_audit.cli import main
 from overlap_audit.decontaminate import decontaminate
 from overlap_audit.errors import OutputDirError
-from overlap_audit.index import IndexSettings
+from overlap_audit.settings import IndexSettings, MatchSettings
 from overlap_audit.sources.memory import memory_source
 
 from ..helpers import jpeg_bytes

@@ -8,7 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from overlap_audit.api import StatsSettings, _dataset_reports
+from overlap_audit.api import _dataset_reports
+from overlap_audit.settings import StatsSettings
 from overlap_audit.errors import ReportError
 from overlap_audit.report import Report, format_markdown, interpretation, load_report
 from overlap_audit.report.html import SORT_SCRIPT, render_html, script_csp

@@ -8,7 +8,8 @@ import random
 import pyarrow as pa
 import pytest
 
-from overlap_audit.api import MatchSettings, ReportSettings, run_report
+from overlap_audit.api import ReportSettings, run_report
+from overlap_audit.settings import MatchSettings
 from overlap_audit.errors import PredictionsError, SourceError
 from overlap_audit.predictions import LABEL_MISMATCH_LIMIT
 from overlap_audit.score import prepare_scoring
