@@ -55,10 +55,11 @@ ANGLES = (-5.0, 0.0, 5.0)  # rotations searched on the coarse grid, degrees (the
 FINE_ANGLES = (-2.5, -1.25, 0.0, 1.25, 2.5)  # around the coarse angle on the fine grid (at the coarse zoom)
 FINE_ZOOMS = (0.96, 1.0, 1.04)  # then around the coarse zoom (per axis) at the best fine angle
 CELLS = 3  # the aligned pair is cut into CELLS x CELLS cells for the consistency score
-MIN_CELLS = 3  # fewer textured cells than this: the consistency says nothing (1.0)
+MIN_CELLS = 3  # fewer textured cells than this: the aligned pair has too little texture to say anything
 MARGIN = 0.08  # share of each side of the copy left out of the template (a rotated copy's filled corners)
 BAND = (0.7, 4.0)  # the difference of Gaussians' sigmas, fine-grid pixels (scaled on the coarse grid)
 MIN_TEXTURE = 1.5 / 255  # band-passed standard deviation (grey levels in [0, 1]) under which a view says nothing
+MAX_FLAT = 0.3  # both images with at least this share of flat pixels: drawings, verify_prepared decides
 ACCEPT = 0.55  # photo score from which a pair is the same picture
 ACCEPT_CELLS = 0.2  # ... and whose every textured cell correlates at least this much
 REJECT = 0.35  # photo score under which an informative pair is evidence against a detector's match
@@ -72,6 +73,7 @@ class PhotoPrepared:
     grey: np.ndarray
     pair: Prepared
     trimmed: bool  # content.trim found a margin (a drawing on a canvas): the photo comparison does not apply
+    flat: float  # share of pixels with no grey-level change to any 4-neighbour (a drawing's fills: most)
 
     @property
     def aspect(self) -> float:
@@ -85,6 +87,7 @@ class PhotoVerification:
 
     score: float  # NaN where the photo comparison does not apply (either image trimmed: a drawing)
     texture: float  # band-passed std of the less textured image, grey levels in [0, 1]
+    # (of the aligned parts: the copy's template and the window of the other image it was found in)
     pair_score: float  # verify.verify_prepared's score of the trimmed views
     cells: float = float("nan")  # the lowest per-cell correlation at the best alignment
     angle: float = 0.0  # the copy's rotation found, degrees counter-clockwise (as PIL's rotate)
@@ -97,7 +100,7 @@ class PhotoVerification:
 
     @property
     def informative(self) -> bool:
-        return self.applies and self.texture >= MIN_TEXTURE
+        return self.applies and self.texture >= MIN_TEXTURE and not math.isnan(self.cells)
 
     @property
     def verdict(self) -> bool | None:
@@ -120,7 +123,10 @@ def prepare_photo(image: Image.Image) -> PhotoPrepared:
     grey = image.convert("L")
     if f < 1.0:
         grey = grey.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BOX)
-    return PhotoPrepared(np.asarray(grey, np.float32) / 255.0, prepare(image), content_box(image).trimmed)
+    g = np.asarray(grey, np.int16)
+    p = np.pad(g, 1, mode="edge")
+    still = ((p[1:-1, 2:] == g) & (p[1:-1, :-2] == g) & (p[2:, 1:-1] == g) & (p[:-2, 1:-1] == g))
+    return PhotoPrepared(g.astype(np.float32) / 255.0, prepare(image), content_box(image).trimmed, float(still.mean()))
 
 
 def _grid(aspect: float, size: int) -> tuple[int, int]:
@@ -188,8 +194,10 @@ def _search(t: np.ndarray, r: np.ndarray, size: int, hypotheses: list[tuple[floa
     s1 = fft.irfft2(cf * tf[-1], s=(ph, pw))
     s2 = fft.irfft2(fft.rfft2(canvas * canvas) * tf[-1], s=(ph, pw))
     n = th * tw
-    var = np.maximum(s2 - s1 * s1 / n, 1e-12)
-    full = np.where(valid[None], num / np.sqrt(var)[None], -1.0).reshape(len(angles), len(zooms), -1)
+    var = s2 - s1 * s1 / n
+    # a window with (next to) no texture correlates with anything by chance: it is no placement
+    ok = valid & (var >= n * MIN_TEXTURE ** 2)
+    full = np.where(ok[None], num / np.sqrt(np.maximum(var, 1e-12))[None], -1.0).reshape(len(angles), len(zooms), -1)
     ncc = full.max(axis=2)
     wanted = np.zeros_like(ncc, bool)
     ai, zi = {a: i for i, a in enumerate(angles)}, {z: i for i, z in enumerate(zooms)}
@@ -202,8 +210,9 @@ def _search(t: np.ndarray, r: np.ndarray, size: int, hypotheses: list[tuple[floa
 
 
 def _cells(t: np.ndarray, w: np.ndarray) -> float:
-    """The lowest correlation over the ``CELLS`` x ``CELLS`` cells of an aligned pair (band-passed) in which
-    either image has texture (``MIN_TEXTURE``); 1.0 when fewer than ``MIN_CELLS`` cells have any."""
+    """The second lowest correlation over the ``CELLS`` x ``CELLS`` cells of an aligned pair (band-passed) in
+    which either image has texture (``MIN_TEXTURE``; one cell may fail: a JPEG-smeared or rotated-in corner);
+    NaN when fewer than ``MIN_CELLS`` cells have any."""
     h, wd = t.shape
     ys, xs = np.linspace(0, h, CELLS + 1).round().astype(int), np.linspace(0, wd, CELLS + 1).round().astype(int)
     scores = []
@@ -215,7 +224,7 @@ def _cells(t: np.ndarray, w: np.ndarray) -> float:
             a, b = a - a.mean(), b - b.mean()
             d = float(np.sqrt((a * a).sum() * (b * b).sum()))
             scores.append(float((a * b).sum() / d) if d > 1e-12 else 0.0)
-    return min(scores) if len(scores) >= MIN_CELLS else 1.0
+    return sorted(scores)[1] if len(scores) >= MIN_CELLS else float("nan")
 
 
 def _coarse_hypotheses() -> list[tuple[float, float, float]]:
@@ -223,17 +232,13 @@ def _coarse_hypotheses() -> list[tuple[float, float, float]]:
             if max(zx, zy) / min(zx, zy) <= MAX_AXIS_RATIO + 1e-9]
 
 
-def _texture(a: np.ndarray) -> float:
-    gw, gh = _grid(a.shape[1] / a.shape[0], FINE)
-    return float(_band(_resize(a, gw, gh), 1.0).std())
-
-
 def verify_photo(a: PhotoPrepared, b: PhotoPrepared) -> PhotoVerification:
     """Compare two images as a copy found inside its source (see the module docstring)."""
     pair = verify_prepared(a.pair, b.pair).score
-    if a.trimmed or b.trimmed:
+    # drawings (a margin in either, or flat fills in both: a copy alone may be flat, upscaled by the nearest
+    # pixel) are verify_prepared's, as before
+    if a.trimmed or b.trimmed or min(a.flat, b.flat) >= MAX_FLAT:
         return PhotoVerification(float("nan"), 0.0, float(pair))
-    texture = min(_texture(a.grey), _texture(b.grey))
     hyps = _coarse_hypotheses()
     fwd = _search(a.grey, b.grey, COARSE, hyps)
     bwd = _search(b.grey, a.grey, COARSE, hyps)
@@ -243,6 +248,7 @@ def verify_photo(a: PhotoPrepared, b: PhotoPrepared) -> PhotoVerification:
     angle = _search(t, r, FINE, [(angle + da, zx, zy) for da in FINE_ANGLES])[1][0]
     score, (angle, zx, zy), tw, rw = _search(t, r, FINE, [(angle, zx * fx, zy * fy) for fx in FINE_ZOOMS
                                                           for fy in FINE_ZOOMS])
+    texture = min(float(tw.std()), float(rw.std())) if tw.size and rw.size else 0.0
     return PhotoVerification(float(min(1.0, max(0.0, score))), texture, float(pair), _cells(tw, rw), angle,
                              (zx, zy), first)
 
