@@ -49,11 +49,11 @@ from .verify import VERIFY_THRESHOLD, Prepared, prepare, verify_prepared
 KEEP = 160  # long side of the greyscale view kept per image, px
 COARSE = 32  # the coarse grid's size (sqrt of its area), px
 FINE = 64  # the fine grid's size, px
-SCALES = (1.0, 1.08, 1.17, 1.26, 1.36, 1.47, 1.59)  # per-axis zooms of R searched on the coarse grid
+SCALES = (1.0, 1.12, 1.25, 1.4, 1.57)  # per-axis zooms of R searched on the coarse grid
 MAX_AXIS_RATIO = 1.3  # the two axes' zooms differ by at most this factor (a crop's own aspect change)
 ANGLES = (-5.0, 0.0, 5.0)  # rotations searched on the coarse grid, degrees (then refined by 1-degree steps)
 FINE_ANGLES = (-2.5, -1.25, 0.0, 1.25, 2.5)  # around the coarse angle on the fine grid (at the coarse zoom)
-FINE_ZOOMS = (0.96, 1.0, 1.04)  # then around the coarse zoom (per axis) at the best fine angle
+FINE_ZOOMS = (0.95, 1.0, 1.05)  # then around the coarse zoom (per axis) at the best fine angle
 CELLS = 3  # the aligned pair is cut into CELLS x CELLS cells for the consistency score
 MIN_CELLS = 3  # fewer textured cells than this: the aligned pair has too little texture to say anything
 MARGIN = 0.08  # share of each side of the copy left out of the template (a rotated copy's filled corners)
@@ -168,7 +168,8 @@ def _search(t: np.ndarray, r: np.ndarray, size: int, hypotheses: list[tuple[floa
     zooms = sorted({(zx, zy) for _, zx, zy in hypotheses})
     angles = sorted({a for a, _, _ in hypotheses})
     sizes = [(round(gw * zx), round(gh * zy)) for zx, zy in zooms]
-    pw, ph = max(w for w, _ in sizes), max(h for _, h in sizes)
+    # the FFTs' size: the largest zoom, rounded up to a size pocketfft transforms fast (zeros beyond)
+    pw, ph = fft.next_fast_len(max(w for w, _ in sizes), True), fft.next_fast_len(max(h for _, h in sizes), True)
     # R band-passed once, at the middle of the zooms searched (the band moves by at most that factor)
     zm = math.sqrt(min(z for z, _ in zooms) * max(z for z, _ in zooms))
     zn = math.sqrt(min(z for _, z in zooms) * max(z for _, z in zooms))
