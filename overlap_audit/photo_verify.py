@@ -60,9 +60,9 @@ MARGIN = 0.08  # share of each side of the copy left out of the template (a rota
 BAND = (0.7, 4.0)  # the difference of Gaussians' sigmas, fine-grid pixels (scaled on the coarse grid)
 MIN_TEXTURE = 1.5 / 255  # band-passed standard deviation (grey levels in [0, 1]) under which a view says nothing
 MAX_FLAT = 0.3  # both images with at least this share of flat pixels: drawings, verify_prepared decides
-ACCEPT = 0.55  # photo score from which a pair is the same picture
-ACCEPT_CELLS = 0.2  # ... and whose every textured cell correlates at least this much
-REJECT = 0.35  # photo score under which an informative pair is evidence against a detector's match
+ACCEPT = 0.83  # photo score from which a pair is the same picture (chosen on the photo development set: see below)
+ACCEPT_CELLS = 0.2  # ... and whose textured cells (all but the worst) correlate at least this much
+REJECT = 0.4  # photo score under which an informative pair is evidence against a detector's match
 
 
 @dataclass(frozen=True, eq=False)
