@@ -16,29 +16,42 @@ other:
    fall out, edges and texture stay) and the inner part of the copy (``MARGIN`` trimmed per side: a rotated
    copy's filled corners) is the template. For every rotation and zoom, the normalised cross-correlation of the
    template with every placement inside ``R`` comes from FFTs (all hypotheses in one batch); the best is refined
-   on the finer grid in steps of a degree and 4% of zoom.
+   on the finer grid: the angle in steps of 1.25 degrees, then the zoom of each axis by 5%.
 3. Both directions are tried (either image may be the crop of the other); the better one is kept.
 
-``PhotoVerification.score`` is that correlation (clipped to [0, 1]); ``texture`` says how much band-passed
-signal the less textured image carries, in grey levels: under ``MIN_TEXTURE`` the comparison is noise against
-noise and says nothing (a flat sky, a blank wall), and ``verdict`` is None.
+``PhotoVerification.score`` is that correlation (clipped to [0, 1]); ``cells`` the second lowest correlation of
+the aligned pair's ``CELLS`` x ``CELLS`` cells; ``texture`` the band-passed standard deviation of the less
+textured of the two aligned parts: under ``MIN_TEXTURE`` (or with under ``MIN_CELLS`` textured cells) the
+comparison is noise against noise and says nothing (a flat sky, a blank wall). A placement whose window has
+no texture is not considered (it correlates with anything by chance).
 
-The decision (``decide_pairs``) joins it with ``verify.verify_prepared`` and the detector:
+The verdict (``PhotoVerification.verdict``):
 
-- a pair that ``verify_prepared`` accepts (``VERIFY_THRESHOLD``) is Overlap (clip art as before);
-- a pair whose photo score is at least ``ACCEPT`` is Overlap;
-- a confident detector match (at or above the detector's threshold) stays Overlap unless there is evidence
-  against it: both scores informative and low (photo score under ``REJECT`` and ``verify_prepared``'s under
-  its threshold);
-- below the detector's threshold (the relaxed first stage) only an accepting verification makes Overlap.
+- drawings (either image trimmed by ``content.trim``, or both mostly flat fills, ``MAX_FLAT``) are decided by
+  ``verify.verify_prepared`` alone, as before: the clip-art look-alikes it rejects stay rejected (a ball and
+  an apple line up under this wider geometric search; ``verify_prepared``'s box-shape gate and cells do not);
+- a photograph pair with texture is the same picture from a photo score of ``ACCEPT`` (and ``ACCEPT_CELLS``:
+  the aligned pair correlates cell by cell too), and evidence against under ``REJECT``;
+- in between, or without texture, ``verify_prepared``'s score is computed and accepts at its threshold
+  (it adds small tiles whose alignment is within its few per cent); otherwise the pair says nothing (None).
 
-numpy and scipy's FFT, Pillow for the resampling.
+The decision (``decide_pairs``) over a query's nearest items: Overlap when a verified item (at or above the
+relaxed first stage) is the same picture; a confident detector match (at or above the detector's threshold)
+stays Overlap unless its verdict is False (evidence against it).
+
+``ACCEPT``, ``ACCEPT_CELLS`` and ``REJECT`` were chosen on the photo development set
+(``benchmarks.photos``: bundled photos and mate-backgrounds, medium/strong/tiles96/cifar32 families) with the
+clip-art development set's labelled pairs as a constraint (no look-alike accepted); see
+``benchmarks/bench_photo_decision.py``.
+
+numpy and scipy's FFT, Pillow for the resampling. A photograph pair costs about 1.5x ``verify_prepared``
+(both directions at the coarse grid, then two refinements; ``verify_prepared`` only in the middle band).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -88,7 +101,7 @@ class PhotoVerification:
     score: float  # NaN where the photo comparison does not apply (either image trimmed: a drawing)
     texture: float  # band-passed std of the less textured image, grey levels in [0, 1]
     # (of the aligned parts: the copy's template and the window of the other image it was found in)
-    pair_score: float  # verify.verify_prepared's score of the trimmed views
+    pair_score: float  # verify.verify_prepared's score of the trimmed views (NaN: not needed, not computed)
     cells: float = float("nan")  # the lowest per-cell correlation at the best alignment
     angle: float = 0.0  # the copy's rotation found, degrees counter-clockwise (as PIL's rotate)
     zoom: tuple[float, float] = (1.0, 1.0)
@@ -105,15 +118,14 @@ class PhotoVerification:
     @property
     def verdict(self) -> bool | None:
         """True: the same picture; False: evidence that it is not; None: nothing to say either way."""
-        if self.pair_score >= VERIFY_THRESHOLD:
+        if self.applies and self.informative:
+            if self.score >= ACCEPT and self.cells >= ACCEPT_CELLS:
+                return True
+            if self.score < REJECT:
+                return False
+        if self.pair_score >= VERIFY_THRESHOLD:  # NaN (not computed) compares False
             return True
-        if not self.applies:  # drawings: verify_prepared decides, as before
-            return False
-        if self.informative and self.score >= ACCEPT and self.cells >= ACCEPT_CELLS:
-            return True
-        if self.informative and self.score < REJECT:
-            return False
-        return None
+        return False if not self.applies else None  # drawings: verify_prepared decides, as before
 
 
 def prepare_photo(image: Image.Image) -> PhotoPrepared:
@@ -235,11 +247,10 @@ def _coarse_hypotheses() -> list[tuple[float, float, float]]:
 
 def verify_photo(a: PhotoPrepared, b: PhotoPrepared) -> PhotoVerification:
     """Compare two images as a copy found inside its source (see the module docstring)."""
-    pair = verify_prepared(a.pair, b.pair).score
     # drawings (a margin in either, or flat fills in both: a copy alone may be flat, upscaled by the nearest
     # pixel) are verify_prepared's, as before
     if a.trimmed or b.trimmed or min(a.flat, b.flat) >= MAX_FLAT:
-        return PhotoVerification(float("nan"), 0.0, float(pair))
+        return PhotoVerification(float("nan"), 0.0, float(verify_prepared(a.pair, b.pair).score))
     hyps = _coarse_hypotheses()
     fwd = _search(a.grey, b.grey, COARSE, hyps)
     bwd = _search(b.grey, a.grey, COARSE, hyps)
@@ -250,8 +261,11 @@ def verify_photo(a: PhotoPrepared, b: PhotoPrepared) -> PhotoVerification:
     score, (angle, zx, zy), tw, rw = _search(t, r, FINE, [(angle, zx * fx, zy * fy) for fx in FINE_ZOOMS
                                                           for fy in FINE_ZOOMS])
     texture = min(float(tw.std()), float(rw.std())) if tw.size and rw.size else 0.0
-    return PhotoVerification(float(min(1.0, max(0.0, score))), texture, float(pair), _cells(tw, rw), angle,
-                             (zx, zy), first)
+    v = PhotoVerification(float(min(1.0, max(0.0, score))), texture, float("nan"), _cells(tw, rw), angle,
+                          (zx, zy), first)
+    if v.verdict is None:  # only where the photo comparison says nothing does verify_prepared's score count
+        v = replace(v, pair_score=float(verify_prepared(a.pair, b.pair).score))
+    return v
 
 
 def verify_photo_pair(a: Image.Image, b: Image.Image) -> PhotoVerification:
