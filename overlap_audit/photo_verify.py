@@ -27,7 +27,7 @@ no texture is not considered (it correlates with anything by chance).
 
 The verdict (``PhotoVerification.verdict``):
 
-- drawings (either image trimmed by ``content.trim``, or both mostly flat fills, ``MAX_FLAT``) are decided by
+- drawings (both mostly flat fills, ``MAX_FLAT``; or one, and either trimmed by ``content.trim``) are decided by
   ``verify.verify_prepared`` alone, as before: the clip-art look-alikes it rejects stay rejected (a ball and
   an apple line up under this wider geometric search; ``verify_prepared``'s box-shape gate and cells do not);
 - a photograph pair with texture is the same picture from a photo score of ``ACCEPT`` (and ``ACCEPT_CELLS``:
@@ -72,7 +72,7 @@ MIN_CELLS = 3  # fewer textured cells than this: the aligned pair has too little
 MARGIN = 0.08  # share of each side of the copy left out of the template (a rotated copy's filled corners)
 BAND = (0.7, 4.0)  # the difference of Gaussians' sigmas, fine-grid pixels (scaled on the coarse grid)
 MIN_TEXTURE = 1.5 / 255  # band-passed standard deviation (grey levels in [0, 1]) under which a view says nothing
-MAX_FLAT = 0.3  # both images with at least this share of flat pixels: drawings, verify_prepared decides
+MAX_FLAT = 0.3  # share of flat pixels from which an image is drawn (see verify_photo's drawing rule)
 ACCEPT = 0.83  # photo score from which a pair is the same picture (chosen on the photo development set: see below)
 ACCEPT_CELLS = 0.2  # ... and whose textured cells (all but the worst) correlate at least this much
 REJECT = 0.4  # photo score under which an informative pair is evidence against a detector's match
@@ -85,7 +85,7 @@ class PhotoPrepared:
 
     grey: np.ndarray
     pair: Prepared
-    trimmed: bool  # content.trim found a margin (a drawing on a canvas): the photo comparison does not apply
+    trimmed: bool  # content.trim found a margin (with flat fills: a drawing on a canvas)
     flat: float  # share of pixels with no grey-level change to any 4-neighbour (a drawing's fills: most)
 
     @property
@@ -98,7 +98,7 @@ class PhotoVerification:
     """The verdict on one pair: the photo score (best correlation of the copy inside the other image), the
     texture it rests on, ``verify_prepared``'s score, and the alignment found."""
 
-    score: float  # NaN where the photo comparison does not apply (either image trimmed: a drawing)
+    score: float  # NaN where the photo comparison does not apply (a drawing: see verify_photo)
     texture: float  # band-passed std of the less textured image, grey levels in [0, 1]
     # (of the aligned parts: the copy's template and the window of the other image it was found in)
     pair_score: float  # verify.verify_prepared's score of the trimmed views (NaN: not needed, not computed)
@@ -247,9 +247,10 @@ def _coarse_hypotheses() -> list[tuple[float, float, float]]:
 
 def verify_photo(a: PhotoPrepared, b: PhotoPrepared) -> PhotoVerification:
     """Compare two images as a copy found inside its source (see the module docstring)."""
-    # drawings (a margin in either, or flat fills in both: a copy alone may be flat, upscaled by the nearest
-    # pixel) are verify_prepared's, as before
-    if a.trimmed or b.trimmed or min(a.flat, b.flat) >= MAX_FLAT:
+    # drawings are verify_prepared's, as before: flat fills in both, or a margin in either and flat fills in
+    # one (a copy alone may be flat, upscaled by the nearest pixel; a photograph with a black sky has a margin)
+    flat = max(a.flat, b.flat) >= MAX_FLAT
+    if min(a.flat, b.flat) >= MAX_FLAT or (flat and (a.trimmed or b.trimmed)):
         return PhotoVerification(float("nan"), 0.0, float(verify_prepared(a.pair, b.pair).score))
     hyps = _coarse_hypotheses()
     fwd = _search(a.grey, b.grey, COARSE, hyps)
