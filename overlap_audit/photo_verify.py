@@ -1,0 +1,295 @@
+"""Verification that knows photographs: is one image a crop, squash, small rotation, colour jitter and JPEG
+re-encoding of the other (what App. C does to a photograph)?
+
+``verify_pair`` (``verify.py``) compares two content boxes on one grid of their mean aspect ratio and gives 0 to
+boxes whose shapes differ by 1.8x: right for clip art, whose look-alikes it must reject, wrong for a
+photograph squashed to a fixed size and cropped. Here the pair is compared as one image found *inside* the
+other:
+
+1. Both whole images (not trimmed: a flat sky is not a margin) are reduced to greyscale. The one taken as the
+   copy (``T``) defines a grid of its own aspect ratio (``COARSE`` px, then ``FINE`` px, as area); the other
+   (``R``) is stretched per axis onto the same grid. A copy that shows most of its source differs from it by
+   an anisotropic scale, which that stretch undoes; what is left is the crop (a per-axis zoom ``SCALES`` of
+   ``R`` by 1-1.6, the axes within ``MAX_AXIS_RATIO`` of each other), where it sits (any shift that keeps the
+   copy inside the source) and the rotation (``ANGLES``, +-6 degrees).
+2. Both are band-passed (a difference of Gaussians: a sky's gradient and the colour jitter's global shifts
+   fall out, edges and texture stay) and the inner part of the copy (``MARGIN`` trimmed per side: a rotated
+   copy's filled corners) is the template. For every rotation and zoom, the normalised cross-correlation of the
+   template with every placement inside ``R`` comes from FFTs (all hypotheses in one batch); the best is refined
+   on the finer grid: the angle in steps of 1.25 degrees, then the zoom of each axis by 5%.
+3. Both directions are tried (either image may be the crop of the other); the better one is kept.
+
+``PhotoVerification.score`` is that correlation (clipped to [0, 1]); ``cells`` the second lowest correlation of
+the aligned pair's ``CELLS`` x ``CELLS`` cells; ``texture`` the band-passed standard deviation of the less
+textured of the two aligned parts: under ``MIN_TEXTURE`` (or with under ``MIN_CELLS`` textured cells) the
+comparison is noise against noise and says nothing (a flat sky, a blank wall). A placement whose window has
+no texture is not considered (it correlates with anything by chance).
+
+The verdict (``PhotoVerification.verdict``):
+
+- drawings (both mostly flat fills, ``MAX_FLAT``; or one, and either trimmed by ``content.trim``) are decided by
+  ``verify.verify_prepared`` alone, as before: the clip-art look-alikes it rejects stay rejected (a ball and
+  an apple line up under this wider geometric search; ``verify_prepared``'s box-shape gate and cells do not);
+- a photograph pair with texture is the same picture from a photo score of ``ACCEPT`` (and ``ACCEPT_CELLS``:
+  the aligned pair correlates cell by cell too), and evidence against under ``REJECT``;
+- in between, or without texture, ``verify_prepared``'s score is computed and accepts at its threshold
+  (it adds small tiles whose alignment is within its few per cent); otherwise the pair says nothing (None).
+
+The decision (``decide_pairs``) over a query's nearest items: Overlap when a verified item (at or above the
+relaxed first stage) is the same picture; a confident detector match (at or above the detector's threshold)
+stays Overlap unless its verdict is False (evidence against it).
+
+``ACCEPT``, ``ACCEPT_CELLS`` and ``REJECT`` were chosen on the photo development set
+(``benchmarks.photos``: bundled photos and mate-backgrounds, medium/strong/tiles96/cifar32 families) with the
+clip-art development set's labelled pairs as a constraint (no look-alike accepted); see
+``benchmarks/bench_photo_decision.py``.
+
+numpy and scipy's FFT, Pillow for the resampling. A photograph pair costs about 1.5x ``verify_prepared``
+(both directions at the coarse grid, then two refinements; ``verify_prepared`` only in the middle band).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image
+
+from .content import content_box
+from .verify import VERIFY_THRESHOLD, Prepared, prepare, verify_prepared
+
+KEEP = 160  # long side of the greyscale view kept per image, px
+COARSE = 32  # the coarse grid's size (sqrt of its area), px
+FINE = 64  # the fine grid's size, px
+SCALES = (1.0, 1.12, 1.25, 1.4, 1.57)  # per-axis zooms of R searched on the coarse grid
+MAX_AXIS_RATIO = 1.3  # the two axes' zooms differ by at most this factor (a crop's own aspect change)
+ANGLES = (-5.0, 0.0, 5.0)  # rotations searched on the coarse grid, degrees (then refined by 1-degree steps)
+FINE_ANGLES = (-2.5, -1.25, 0.0, 1.25, 2.5)  # around the coarse angle on the fine grid (at the coarse zoom)
+FINE_ZOOMS = (0.95, 1.0, 1.05)  # then around the coarse zoom (per axis) at the best fine angle
+CELLS = 3  # the aligned pair is cut into CELLS x CELLS cells for the consistency score
+MIN_CELLS = 3  # fewer textured cells than this: the aligned pair has too little texture to say anything
+MARGIN = 0.08  # share of each side of the copy left out of the template (a rotated copy's filled corners)
+BAND = (0.7, 4.0)  # the difference of Gaussians' sigmas, fine-grid pixels (scaled on the coarse grid)
+MIN_TEXTURE = 1.5 / 255  # band-passed standard deviation (grey levels in [0, 1]) under which a view says nothing
+MAX_FLAT = 0.3  # share of flat pixels from which an image is drawn (see verify_photo's drawing rule)
+ACCEPT = 0.83  # photo score from which a pair is the same picture (chosen on the photo development set: see below)
+ACCEPT_CELLS = 0.2  # ... and whose textured cells (all but the worst) correlate at least this much
+REJECT = 0.4  # photo score under which an informative pair is evidence against a detector's match
+
+
+@dataclass(frozen=True, eq=False)
+class PhotoPrepared:
+    """One image ready to compare: its whole greyscale view (float32 [0, 1], at most KEEP px) and the
+    trimmed view ``verify.prepare`` gives."""
+
+    grey: np.ndarray
+    pair: Prepared
+    trimmed: bool  # content.trim found a margin (with flat fills: a drawing on a canvas)
+    flat: float  # share of pixels with no grey-level change to any 4-neighbour (a drawing's fills: most)
+
+    @property
+    def aspect(self) -> float:
+        return self.grey.shape[1] / self.grey.shape[0]
+
+
+@dataclass(frozen=True)
+class PhotoVerification:
+    """The verdict on one pair: the photo score (best correlation of the copy inside the other image), the
+    texture it rests on, ``verify_prepared``'s score, and the alignment found."""
+
+    score: float  # NaN where the photo comparison does not apply (a drawing: see verify_photo)
+    texture: float  # band-passed std of the less textured image, grey levels in [0, 1]
+    # (of the aligned parts: the copy's template and the window of the other image it was found in)
+    pair_score: float  # verify.verify_prepared's score of the trimmed views (NaN: not needed, not computed)
+    cells: float = float("nan")  # the lowest per-cell correlation at the best alignment
+    angle: float = 0.0  # the copy's rotation found, degrees counter-clockwise (as PIL's rotate)
+    zoom: tuple[float, float] = (1.0, 1.0)
+    copy_is_first: bool = True  # the first image was found inside the second (else the other way round)
+
+    @property
+    def applies(self) -> bool:
+        return not math.isnan(self.score)
+
+    @property
+    def informative(self) -> bool:
+        return self.applies and self.texture >= MIN_TEXTURE and not math.isnan(self.cells)
+
+    @property
+    def verdict(self) -> bool | None:
+        """True: the same picture; False: evidence that it is not; None: nothing to say either way."""
+        if self.applies and self.informative:
+            if self.score >= ACCEPT and self.cells >= ACCEPT_CELLS:
+                return True
+            if self.score < REJECT:
+                return False
+        if self.pair_score >= VERIFY_THRESHOLD:  # NaN (not computed) compares False
+            return True
+        return False if not self.applies else None  # drawings: verify_prepared decides, as before
+
+
+def prepare_photo(image: Image.Image) -> PhotoPrepared:
+    """The views ``verify_photo`` compares."""
+    w, h = image.size
+    f = min(1.0, KEEP / max(w, h))
+    grey = image.convert("L")
+    if f < 1.0:
+        grey = grey.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BOX)
+    g = np.asarray(grey, np.int16)
+    p = np.pad(g, 1, mode="edge")
+    still = ((p[1:-1, 2:] == g) & (p[1:-1, :-2] == g) & (p[2:, 1:-1] == g) & (p[:-2, 1:-1] == g))
+    return PhotoPrepared(g.astype(np.float32) / 255.0, prepare(image), content_box(image).trimmed, float(still.mean()))
+
+
+def _grid(aspect: float, size: int) -> tuple[int, int]:
+    """(width, height) of a grid of ``aspect`` whose area is size**2."""
+    return max(8, round(size * math.sqrt(aspect))), max(8, round(size / math.sqrt(aspect)))
+
+
+def _resize(a: np.ndarray, w: int, h: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(a, "F").resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0),
+                      np.float32)
+
+
+def _gauss(a: np.ndarray, sigma: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(a, sigma, mode="nearest", truncate=2.5)
+
+
+def _band(a: np.ndarray, scale: float) -> np.ndarray:
+    return _gauss(a, BAND[0] * scale) - _gauss(a, BAND[1] * scale)
+
+
+def _rotated(a: np.ndarray, angle: float) -> np.ndarray:
+    if angle == 0.0:
+        return a
+    return np.asarray(Image.fromarray(a, "F").rotate(angle, Image.Resampling.BILINEAR), np.float32)
+
+
+def _search(t: np.ndarray, r: np.ndarray, size: int, hypotheses: list[tuple[float, float, float]]):
+    """Best normalised cross-correlation of ``t`` (the copy) inside ``r`` over ``hypotheses`` (angle, zoom x,
+    zoom y): (correlation, hypothesis)."""
+    from scipy import fft
+
+    gw, gh = _grid(t.shape[1] / t.shape[0], size)
+    scale = size / FINE
+    tb = _band(_resize(t, gw, gh), scale)
+    mx, my = max(1, round(MARGIN * gw)), max(1, round(MARGIN * gh))
+    tw, th = gw - 2 * mx, gh - 2 * my
+    zooms = sorted({(zx, zy) for _, zx, zy in hypotheses})
+    angles = sorted({a for a, _, _ in hypotheses})
+    sizes = [(round(gw * zx), round(gh * zy)) for zx, zy in zooms]
+    # the FFTs' size: the largest zoom, rounded up to a size pocketfft transforms fast (zeros beyond)
+    pw, ph = fft.next_fast_len(max(w for w, _ in sizes), True), fft.next_fast_len(max(h for _, h in sizes), True)
+    # R band-passed once, at the middle of the zooms searched (the band moves by at most that factor)
+    zm = math.sqrt(min(z for z, _ in zooms) * max(z for z, _ in zooms))
+    zn = math.sqrt(min(z for _, z in zooms) * max(z for _, z in zooms))
+    rb = Image.fromarray(_band(_resize(r, round(gw * zm), round(gh * zn)), scale), "F")
+    canvas = np.zeros((len(zooms), ph, pw), np.float32)
+    valid = np.zeros((len(zooms), ph, pw), bool)
+    for i, (w, h) in enumerate(sizes):
+        canvas[i, :h, :w] = np.asarray(rb.resize((w, h), Image.Resampling.BILINEAR), np.float32)
+        valid[i, :h - th + 1, :w - tw + 1] = True
+    tpad = np.zeros((len(angles), ph, pw), np.float32)
+    for k, a in enumerate(angles):  # the copy turned back by the angle it was turned by, its inner part
+        inner = _rotated(tb, -a)[my:my + th, mx:mx + tw]
+        tpad[k, :th, :tw] = inner
+    raw = tpad[:, :th, :tw].copy()
+    inner = tpad[:, :th, :tw]
+    inner -= inner.mean(axis=(1, 2), keepdims=True)
+    inner /= np.maximum(np.sqrt((inner * inner).sum(axis=(1, 2), keepdims=True)), 1e-9)
+    ones = np.zeros((1, ph, pw), np.float32)
+    ones[0, :th, :tw] = 1.0
+    cf = fft.rfft2(canvas)
+    tf = np.conj(fft.rfft2(np.concatenate([tpad, ones])))
+    num = fft.irfft2(cf[None] * tf[:-1, None], s=(ph, pw))
+    s1 = fft.irfft2(cf * tf[-1], s=(ph, pw))
+    s2 = fft.irfft2(fft.rfft2(canvas * canvas) * tf[-1], s=(ph, pw))
+    n = th * tw
+    var = s2 - s1 * s1 / n
+    # a window with (next to) no texture correlates with anything by chance: it is no placement
+    ok = valid & (var >= n * MIN_TEXTURE ** 2)
+    full = np.where(ok[None], num / np.sqrt(np.maximum(var, 1e-12))[None], -1.0).reshape(len(angles), len(zooms), -1)
+    ncc = full.max(axis=2)
+    wanted = np.zeros_like(ncc, bool)
+    ai, zi = {a: i for i, a in enumerate(angles)}, {z: i for i, z in enumerate(zooms)}
+    for a, zx, zy in hypotheses:
+        wanted[ai[a], zi[(zx, zy)]] = True
+    ncc = np.where(wanted, ncc, -1.0)
+    k, j = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
+    y, x = np.unravel_index(int(np.argmax(full[k, j])), (ph, pw))
+    return float(ncc[k, j]), (angles[k], *zooms[j]), raw[k], canvas[j, y:y + th, x:x + tw]
+
+
+def _cells(t: np.ndarray, w: np.ndarray) -> float:
+    """The second lowest correlation over the ``CELLS`` x ``CELLS`` cells of an aligned pair (band-passed) in
+    which either image has texture (``MIN_TEXTURE``; one cell may fail: a JPEG-smeared or rotated-in corner);
+    NaN when fewer than ``MIN_CELLS`` cells have any."""
+    h, wd = t.shape
+    ys, xs = np.linspace(0, h, CELLS + 1).round().astype(int), np.linspace(0, wd, CELLS + 1).round().astype(int)
+    scores = []
+    for i in range(CELLS):
+        for j in range(CELLS):
+            a, b = t[ys[i]:ys[i + 1], xs[j]:xs[j + 1]], w[ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
+            if max(float(a.std()), float(b.std())) < MIN_TEXTURE:
+                continue
+            a, b = a - a.mean(), b - b.mean()
+            d = float(np.sqrt((a * a).sum() * (b * b).sum()))
+            scores.append(float((a * b).sum() / d) if d > 1e-12 else 0.0)
+    return sorted(scores)[1] if len(scores) >= MIN_CELLS else float("nan")
+
+
+def _coarse_hypotheses() -> list[tuple[float, float, float]]:
+    return [(a, zx, zy) for a in ANGLES for zx in SCALES for zy in SCALES
+            if max(zx, zy) / min(zx, zy) <= MAX_AXIS_RATIO + 1e-9]
+
+
+def verify_photo(a: PhotoPrepared, b: PhotoPrepared) -> PhotoVerification:
+    """Compare two images as a copy found inside its source (see the module docstring)."""
+    # drawings are verify_prepared's, as before: flat fills in both, or a margin in either and flat fills in
+    # one (a copy alone may be flat, upscaled by the nearest pixel; a photograph with a black sky has a margin)
+    flat = max(a.flat, b.flat) >= MAX_FLAT
+    if min(a.flat, b.flat) >= MAX_FLAT or (flat and (a.trimmed or b.trimmed)):
+        return PhotoVerification(float("nan"), 0.0, float(verify_prepared(a.pair, b.pair).score))
+    hyps = _coarse_hypotheses()
+    fwd = _search(a.grey, b.grey, COARSE, hyps)
+    bwd = _search(b.grey, a.grey, COARSE, hyps)
+    first = fwd[0] >= bwd[0]
+    t, r = (a.grey, b.grey) if first else (b.grey, a.grey)
+    angle, zx, zy = (fwd if first else bwd)[1]
+    angle = _search(t, r, FINE, [(angle + da, zx, zy) for da in FINE_ANGLES])[1][0]
+    score, (angle, zx, zy), tw, rw = _search(t, r, FINE, [(angle, zx * fx, zy * fy) for fx in FINE_ZOOMS
+                                                          for fy in FINE_ZOOMS])
+    texture = min(float(tw.std()), float(rw.std())) if tw.size and rw.size else 0.0
+    v = PhotoVerification(float(min(1.0, max(0.0, score))), texture, float("nan"), _cells(tw, rw), angle,
+                          (zx, zy), first)
+    if v.verdict is None:  # only where the photo comparison says nothing does verify_prepared's score count
+        v = replace(v, pair_score=float(verify_prepared(a.pair, b.pair).score))
+    return v
+
+
+def verify_photo_pair(a: Image.Image, b: Image.Image) -> PhotoVerification:
+    """``verify_photo`` of two images."""
+    return verify_photo(prepare_photo(a), prepare_photo(b))
+
+
+def decide_pairs(sims: np.ndarray, verdicts: np.ndarray, rows: np.ndarray, threshold: float,
+                 first_stage: float) -> tuple[np.ndarray, np.ndarray]:
+    """The decision per query over its nearest items (columns, nearest first): Overlap when a verified item
+    (at or above ``first_stage``) is the same picture, or when the nearest item is at or above ``threshold``
+    and its verification holds no evidence against it. ``verdicts`` holds each pair's ``PhotoVerification``
+    (None where not verified). Returns (overlap, the corpus row each query was decided on)."""
+    n, k = sims.shape
+    overlap = np.zeros(n, bool)
+    used = rows[:, 0].copy()
+    for q in range(n):
+        for j in range(k):
+            v = verdicts[q, j]
+            if sims[q, j] >= first_stage and v is not None and v.verdict is True:
+                overlap[q], used[q] = True, rows[q, j]
+                break
+        else:
+            v = verdicts[q, 0]
+            overlap[q] = bool(sims[q, 0] >= threshold and (v is None or v.verdict is not False))
+    return overlap, used

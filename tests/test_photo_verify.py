@@ -1,0 +1,94 @@
+"""Photo verification: App. C copies of photographs accepted, other regions of the same photograph and a
+clip-art look-alike rejected, and the decision never drops a confident match without evidence against it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from benchmarks.photos import MEDIUM, STRONG, appc_copy, quadrants
+from overlap_audit.photo_verify import (PhotoVerification, decide_pairs, prepare_photo, verify_photo,
+                                        verify_photo_pair)
+from overlap_audit.verify import VERIFY_THRESHOLD, verify_pair
+
+
+@pytest.fixture(scope="module")
+def photos():
+    from overlap_audit.demos.synthetic import bundled_photos
+
+    all_photos = bundled_photos()
+    return {name: all_photos[name] for name in ("astronaut", "coffee", "motorcycle_left", "chelsea")}
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "motorcycle_left", "chelsea"])
+@pytest.mark.parametrize("params", [MEDIUM, STRONG], ids=["medium", "strong"])
+def test_app_c_copies_of_a_photograph_are_accepted(photos, name, params):
+    quad = quadrants(photos[name])[0]
+    copy = appc_copy(quad, params, np.random.default_rng(0))
+    v = verify_photo_pair(copy, quad)
+    assert v.verdict is True, v
+    assert verify_photo_pair(quad, copy).verdict is True  # either side may be the copy
+
+
+def test_a_squashed_rotated_copy_is_accepted(photos):
+    quad = quadrants(photos["astronaut"])[0]  # 256 x 256
+    copy = quad.crop((10, 6, 250, 246)).resize((360, 150), Image.Resampling.BILINEAR)  # 2.4x the aspect
+    copy = copy.rotate(-5.5, Image.Resampling.BICUBIC, fillcolor=(0, 0, 0))
+    assert verify_pair(copy, quad).score < VERIFY_THRESHOLD  # the box-shape gate of verify_pair refuses it
+    v = verify_photo_pair(copy, quad)
+    assert v.verdict is True and abs(v.angle + 5.5) <= 1.5, v
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "motorcycle_left"])
+def test_the_opposite_quadrant_of_the_same_photograph_is_rejected(photos, name):
+    quads = quadrants(photos[name])
+    other = appc_copy(quads[3], MEDIUM, np.random.default_rng(0))
+    v = verify_photo_pair(other, quads[0])
+    assert v.verdict is False, v
+
+
+def _drawing(kind: str, size: int = 200) -> Image.Image:
+    im = Image.new("RGB", (size, size), "white")
+    d = ImageDraw.Draw(im)
+    if kind == "ball":
+        d.ellipse((30, 30, 170, 170), fill=(200, 40, 40), outline="black", width=4)
+        d.line((60, 100, 140, 100), fill="black", width=4)
+    else:  # an apple: nearly the same outline, another drawing
+        d.ellipse((30, 40, 170, 175), fill=(200, 40, 40), outline="black", width=4)
+        d.line((100, 20, 100, 50), fill="black", width=6)
+        d.ellipse((70, 70, 90, 90), fill="white")
+    return im
+
+
+def test_a_clip_art_look_alike_is_rejected():
+    v = verify_photo_pair(_drawing("ball"), _drawing("apple"))
+    assert v.verdict is False, v
+    assert verify_photo_pair(_drawing("apple"), _drawing("apple").resize((150, 150))).verdict is True
+
+
+def test_flat_images_say_nothing():
+    rng = np.random.default_rng(0)
+    sky = np.linspace(120, 200, 240)[:, None, None] + rng.normal(0, 0.4, (240, 320, 3))
+    a = Image.fromarray(np.clip(sky, 0, 255).astype(np.uint8))
+    b = Image.fromarray(np.clip(sky[::-1] - 30, 0, 255).astype(np.uint8))
+    v = verify_photo(prepare_photo(a), prepare_photo(b))
+    assert not v.informative and v.verdict is not False  # no evidence against a match
+
+
+def _v(score: float, texture: float = 0.05, pair: float = 0.0) -> PhotoVerification:
+    return PhotoVerification(score, texture, pair, cells=score)
+
+
+def test_decide_pairs_keeps_a_confident_match_without_evidence_against_it():
+    sims = np.array([[0.99, 0.5], [0.99, 0.5], [0.80, 0.79], [0.80, 0.79], [0.99, 0.5]])
+    rows = np.array([[0, 1], [0, 1], [2, 3], [2, 3], [4, 5]])
+    verdicts = np.array([[_v(0.5, texture=0.001), None],  # confident, nothing to say: Overlap
+                         [_v(0.1), None],  # confident, evidence against: Clean
+                         [_v(0.1), _v(0.95)],  # below threshold, the second item verified: Overlap through it
+                         [_v(0.5, texture=0.001), None],  # below threshold, nothing verified: Clean
+                         [None, None]],  # confident, not verified: Overlap
+                        dtype=object)
+    overlap, used = decide_pairs(sims, verdicts, rows, threshold=0.9, first_stage=0.7)
+    assert overlap.tolist() == [True, False, True, False, True]
+    assert used[2] == 3
