@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from overlap_audit.thresholds import recall_at_precision, threshold_at_precision
+from overlap_audit.decide.thresholds import recall_at_precision, threshold_at_precision
 
 K = 5
 TARGET = 0.99
@@ -113,7 +113,7 @@ def decide(name, called, source, rows_used, threshold) -> Decision:
 def main(argv=None):
     from benchmarks.common import bench_detector
     from benchmarks.photos import FAMILIES, dev_photos, family_set, heldout_photos
-    from overlap_audit import verify
+    from overlap_audit.decide import verify
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--photos", choices=("dev", "heldout"), default="dev")
@@ -202,19 +202,19 @@ class _PairVerifier:
 
     @staticmethod
     def prepare(image):
-        from overlap_audit.verify import prepare
+        from overlap_audit.decide.verify import prepare
 
         return prepare(image)
 
     @staticmethod
     def score(a, b):
-        from overlap_audit.verify import verify_prepared
+        from overlap_audit.decide.verify import verify_prepared
 
         return verify_prepared(a, b).score
 
     @staticmethod
     def decide(sims, sc, rows, t, first):
-        from overlap_audit.verify import VERIFY_THRESHOLD
+        from overlap_audit.decide.verify import VERIFY_THRESHOLD
 
         ok = (sims >= first) & (np.nan_to_num(sc, nan=-1) >= VERIFY_THRESHOLD)
         hit = ok.any(axis=1)
@@ -225,19 +225,19 @@ class _PairVerifier:
 class _PhotoVerifier:
     @staticmethod
     def prepare(image):
-        from overlap_audit.photo_verify import prepare_photo
+        from overlap_audit.decide.photo import prepare_photo
 
         return prepare_photo(image)
 
     @staticmethod
     def score(a, b):
-        from overlap_audit.photo_verify import verify_photo
+        from overlap_audit.decide.photo import verify_photo
 
         return verify_photo(a, b)  # the whole PhotoVerification
 
     @staticmethod
     def decide(sims, sc, rows, t, first):
-        from overlap_audit.photo_verify import decide_pairs
+        from overlap_audit.decide.photo import decide_pairs
 
         return decide_pairs(sims, sc, rows, t, first)
 

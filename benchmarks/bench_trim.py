@@ -44,7 +44,7 @@ from overlap_audit.augment import MARGIN_FAMILIES, STRENGTHS, augment_all, augme
 from overlap_audit.content import RULE_VERSION, content_box, trim
 from overlap_audit.demos.realdata import fetch_debian_package
 from overlap_audit.demos.synthetic import bundled_photos
-from overlap_audit.thresholds import threshold_at_precision
+from overlap_audit.decide.thresholds import threshold_at_precision
 
 MATE = ("mate-backgrounds", "usr/share/backgrounds/mate/nature")
 

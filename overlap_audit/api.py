@@ -113,7 +113,8 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
 
     matches = match_eval_sets(corpus, evals, match, scorers=scoring.scorers)
     decision = rule.decide({n: (m.embeddings, m.neighbors) for n, m in matches.items()}, index_dir=index_dir,
-                           eval_sources=dict(evals), max_pixels=match.max_pixels)
+                           eval_sources=dict(evals), max_pixels=match.max_pixels, workers=match.workers,
+                           progress=match.progress)
     splits = _with_neighbor_boxes(decision.splits, index_dir) if det.content == "trim" else decision.splits
     skipped = {n: m.skipped for n, m in matches.items()}
     _check_not_empty(splits, skipped)

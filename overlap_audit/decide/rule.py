@@ -1,11 +1,15 @@
 """The Overlap decision, as one object: each dataset's threshold, then (with verification) a relaxed first
-stage whose pairs are compared densely (``verify.verify_prepared``), then Overlap / Clean.
+stage whose pairs are compared (``photo.verify_photo``), then Overlap / Clean.
 
 ``DecisionRule`` holds the decision's settings; ``DecisionRule.decide`` turns the matches of a report's
-evaluation sets into their ``Split``s. Without verification an example is Overlap when its nearest corpus
-item is at or above its dataset's threshold (``split.split``). With it, the examples at or above the first
-stage (``VerifySettings.first_stage_for``) are compared with that item, and Overlap is those whose pair
-scores at least ``VerifySettings.threshold``; low-information examples are never Overlap.
+evaluation sets into their ``Split``s; the report, ``pairs``/``threshold``, the notebooks and the benchmarks
+all decide through it. Without verification an example is Overlap when its nearest corpus item is at or
+above its dataset's threshold (``split.split``). With it, the examples at or above the first stage
+(``VerifySettings.first_stage_for``) are compared with that item: Overlap is a pair verified as the same
+picture, or a match at or above the threshold that verification holds no evidence against (a photograph pair
+with too little texture, a sky, says nothing either way and keeps the detector's decision; a drawing pair is
+judged by ``verify.verify_prepared`` at ``VerifySettings.threshold``, which rejects look-alikes as before).
+Low-information examples are never Overlap.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import numpy as np
 
 from ..values import Embeddings, Neighbors, Split
 from .split import split
-from .verify import VERIFY_THRESHOLD, Prepared, prepare, verify_prepared
+from .photo import prepare_photo, verify_photo
+from .verify import VERIFY_THRESHOLD
 
 # the first stage proposes pairs at a relaxed threshold: a distance from 1 RELAX times the detector's,
 # 1 - RELAX * (1 - t); a detector may declare its own (``verify_relax``, detectors/base.py). On the development
@@ -67,6 +72,7 @@ class VerifySettings:
             d["datasets"] = {n: {"first_stage": self.first_stage_for(sp.threshold),
                                  "n_verified": int(np.isfinite(sp.verify_scores).sum()),
                                  "n_accepted": int(np.asarray(sp.verified).sum()),
+                                 "n_overlap": int(np.asarray(sp.overlap).sum()),
                                  "n_unreadable": int((unreadable or {}).get(n, 0)),
                                  "n_changed": int((changed or {}).get(n, 0))}
                              for n, sp in splits.items() if sp.verify_scores is not None}
@@ -104,29 +110,102 @@ class DecisionRule:
         return None if self.verify is None else self.verify.first_stage_for(self.thresholds[dataset])
 
     def decide(self, matches: Mapping[str, tuple[Embeddings, Neighbors]], *, index_dir: str | os.PathLike | None,
-               eval_sources: Mapping[str, object], max_pixels: int | None = None) -> Decision:
+               eval_sources: Mapping[str, object], max_pixels: int | None = None, workers: int | None = None,
+               progress: bool = False) -> Decision:
         """Split each evaluation set's (embeddings, neighbours) into Overlap / Clean. Verification reads the
         pairs' images back: the corpus items from ``index_dir``, the examples from ``eval_sources`` (name ->
-        spec or in-memory source); ``max_pixels`` caps their decoding."""
+        spec or in-memory source); ``max_pixels`` caps their decoding; the pairs are judged over ``workers``
+        processes (None: one per CPU, at most 8; 0: in this process)."""
         splits = {n: split(n, emb, nb, self.thresholds[n]) for n, (emb, nb) in matches.items()}
         if self.verify is None:
             return Decision(splits)
         splits, unreadable, changed = _verify_splits(splits, index_dir, eval_sources, self.verify,
-                                                     max_pixels=max_pixels)
+                                                     max_pixels=max_pixels, workers=workers, progress=progress)
         return Decision(splits, self.verify.to_dict(splits, unreadable, changed))
 
 
-def _verify_splits(splits: dict[str, Split], index_dir, eval_sources: Mapping[str, object],
-                   settings: VerifySettings, *, max_pixels: int | None = None
-                   ) -> tuple[dict[str, Split], dict, dict]:
-    """Verify each split's candidate pairs (top similarity at or above the first stage, not low-information):
-    returns the splits with ``verify_scores``, ``verified`` and ``overlap = verified``, and per dataset the
-    number of candidate pairs whose images could not be read, and of those whose corpus image changed since
-    it was indexed (``index.is_changed``: counted unreadable too, never compared). Such a pair keeps the first decision (Overlap
-    at or above the detector's threshold): an image that cannot be read back never hides overlap."""
+# Pairs verified per task sent to a worker process, and the fewest pairs worth starting workers for.
+VERIFY_CHUNK = 8
+VERIFY_PARALLEL_FROM = 24
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """One candidate pair as a worker judges it: both images' bytes (decoded there) and the caps."""
+
+    eval_data: bytes | None  # None: read from eval_path
+    eval_path: str | None
+    corpus_data: bytes | None
+    corpus_path: str | None
+    max_pixels: int
+    pair_threshold: float
+
+
+def _judge(pair: _Pair) -> tuple[float, bool | None, bool]:
+    """(score, verdict, readable) of one pair: ``photo.verify_photo``'s verdict (True: the same picture;
+    False: evidence that it is not; None: nothing to say), its score (the photo score, or the drawing
+    comparison's where the photo comparison does not apply). Byte-identical images are the same picture
+    whatever their shape (a 3000 x 10 strip has too little grid for the comparison)."""
     from ..imaging import ImageRejected, decode_image
-    from ..limits import DEFAULT_MAX_PIXELS
+    from ..limits import DEFAULT_LIMITS, ReadRefused, read_file
+
+    try:
+        data = [d if d is not None else read_file(p, DEFAULT_LIMITS.max_file_bytes)
+                for d, p in ((pair.eval_data, pair.eval_path), (pair.corpus_data, pair.corpus_path))]
+    except (OSError, ReadRefused):
+        return float("nan"), None, False
+    if data[0] == data[1]:
+        return 1.0, True, True
+    try:
+        a = decode_image(data[0], pair.eval_path, max_pixels=pair.max_pixels)
+        b = decode_image(data[1], pair.corpus_path, max_pixels=pair.max_pixels)
+    except ImageRejected:
+        return float("nan"), None, False
+    v = verify_photo(prepare_photo(a), prepare_photo(b))
+    return (v.score if v.applies else v.pair_score), v.verdict_at(pair.pair_threshold), True
+
+
+def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool) -> list[tuple[float, bool | None, bool]]:
+    """``_judge`` of every pair, over ``workers`` processes (None: one per CPU, at most 8; 0: here), with a
+    progress bar."""
+    from tqdm import tqdm
+
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    bar = tqdm(total=len(pairs), desc="verify", unit="pair", disable=not progress, leave=False)
+    try:
+        if workers <= 1 or len(pairs) < VERIFY_PARALLEL_FROM:
+            out = []
+            for p in pairs:
+                out.append(_judge(p))
+                bar.update()
+            return out
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            out = []
+            for result in pool.map(_judge, pairs, chunksize=VERIFY_CHUNK):
+                out.append(result)
+                bar.update()
+            return out
+    finally:
+        bar.close()
+
+
+def _verify_splits(splits: dict[str, Split], index_dir, eval_sources: Mapping[str, object],
+                   settings: VerifySettings, *, max_pixels: int | None = None, workers: int | None = None,
+                   progress: bool = False) -> tuple[dict[str, Split], dict, dict]:
+    """Verify each split's candidate pairs (top similarity at or above the first stage, not low-information)
+    and decide: Overlap is a pair verified as the same picture, or a match at or above the dataset's threshold
+    that verification holds no evidence against. Returns the splits with ``verify_scores``, ``verified`` and
+    ``overlap``, and per dataset the number of candidate pairs whose images could not be read, and of those
+    whose corpus image changed since it was indexed (``index.is_changed``: counted unreadable too, never
+    compared). Such a pair keeps the first decision (Overlap at or above the detector's threshold): an image
+    that cannot be read back never hides overlap."""
     from ..index import corpus_items, is_changed
+    from ..limits import DEFAULT_MAX_PIXELS
     from ..sources import as_source, fetch_items
 
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
@@ -137,37 +216,43 @@ def _verify_splits(splits: dict[str, Split], index_dir, eval_sources: Mapping[st
         wanted[name] = [int(i) for i in np.flatnonzero(ok)] if sp.neighbors.k else []
     keys = {splits[n].neighbors.ids[i, 0] for n, rows in wanted.items() for i in rows}
     corpus = corpus_items(index_dir, keys) if keys else {}
-    prepared: dict[str, Prepared | None] = {}
 
-    def load(item) -> Prepared | None:
-        if item is None or item.skip_reason:
-            return None
-        try:
-            return prepare(decode_image(item.data, item.path, max_pixels=max_pixels))
-        except ImageRejected:
-            return None
+    def usable(item) -> bool:
+        return item is not None and not item.skip_reason and (item.data is not None or item.path is not None)
 
-    out, unreadable, changed = {}, {}, {}
+    pairs: list[_Pair] = []
+    where: list[tuple[str, int]] = []
+    unreadable, changed = {n: 0 for n in splits}, {n: 0 for n in splits}
     for name, sp in splits.items():
         rows = wanted[name]
         evals = (fetch_items(as_source(eval_sources[name], name=name, labels_from_folders=True),
                              [sp.ids[i] for i in rows]) if rows else {})
-        scores = np.full(len(sp.ids), np.nan, np.float32)
-        unreadable[name] = changed[name] = 0
         for i in rows:
             key = str(sp.neighbors.ids[i, 0])
-            if key not in prepared:
-                prepared[key] = load(corpus.get(key))
-            a, b = load(evals.get(sp.ids[i])), prepared[key]
-            if a is None or b is None:
+            a, b = evals.get(sp.ids[i]), corpus.get(key)
+            if not (usable(a) and usable(b)):
                 unreadable[name] += 1
                 changed[name] += key in corpus and is_changed(corpus[key])
                 continue
-            scores[i] = verify_prepared(a, b).score
-        with np.errstate(invalid="ignore"):
-            verified = np.nan_to_num(scores, nan=-np.inf) >= settings.threshold
-        unread = np.zeros(len(sp.ids), bool)
-        unread[[i for i in rows if np.isnan(scores[i])]] = True
-        overlap = np.where(unread, sp.overlap, verified) & ~np.asarray(sp.low_information, bool)
+            pairs.append(_Pair(a.data, a.path, b.data, b.path, max_pixels, settings.threshold))
+            where.append((name, i))
+    judged = dict(zip(where, _judge_all(pairs, workers, progress)))
+
+    out = {}
+    for name, sp in splits.items():
+        n = len(sp.ids)
+        scores = np.full(n, np.nan, np.float32)
+        verified, against, unread = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
+        for i in wanted[name]:
+            score, verdict, readable = judged.get((name, i), (float("nan"), None, False))
+            if not readable:
+                unread[i] = True
+                if (name, i) in judged:
+                    unreadable[name] += 1
+                continue
+            scores[i] = score
+            verified[i], against[i] = verdict is True, verdict is False
+        confident = np.asarray(sp.overlap, bool)  # at or above the dataset's threshold
+        overlap = (verified | (confident & ~against)) & ~np.asarray(sp.low_information, bool)
         out[name] = replace(sp, verify_scores=scores, verified=verified, overlap=overlap)
     return out, unreadable, changed

@@ -56,7 +56,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from .content import content_box
+from ..content import content_box
 from .verify import VERIFY_THRESHOLD, Prepared, prepare, verify_prepared
 
 KEEP = 160  # long side of the greyscale view kept per image, px
@@ -76,6 +76,7 @@ MAX_FLAT = 0.3  # share of flat pixels from which an image is drawn (see verify_
 ACCEPT = 0.83  # photo score from which a pair is the same picture (chosen on the photo development set: see below)
 ACCEPT_CELLS = 0.2  # ... and whose textured cells (all but the worst) correlate at least this much
 REJECT = 0.4  # photo score under which an informative pair is evidence against a detector's match
+UNIQUE = 0.05  # an accepted copy matches its source this much better than itself a quarter-side away
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +107,7 @@ class PhotoVerification:
     angle: float = 0.0  # the copy's rotation found, degrees counter-clockwise (as PIL's rotate)
     zoom: tuple[float, float] = (1.0, 1.0)
     copy_is_first: bool = True  # the first image was found inside the second (else the other way round)
+    elsewhere: float = -1.0  # how well the copy matches itself a quarter of its side or more away (``_repeats``)
 
     @property
     def applies(self) -> bool:
@@ -116,14 +118,26 @@ class PhotoVerification:
         return self.applies and self.texture >= MIN_TEXTURE and not math.isnan(self.cells)
 
     @property
+    def unique(self) -> bool:
+        """The pair matches clearly better than the copy matches itself elsewhere (``_repeats``, at least
+        ``UNIQUE`` under the score): in a repetitive texture another part of the same wall lines up about as
+        well as the copy's own part, so a match there says nothing."""
+        return self.elsewhere < self.score - UNIQUE
+
+    @property
     def verdict(self) -> bool | None:
         """True: the same picture; False: evidence that it is not; None: nothing to say either way."""
+        return self.verdict_at(VERIFY_THRESHOLD)
+
+    def verdict_at(self, pair_threshold: float) -> bool | None:
+        """``verdict`` with ``pair_threshold`` in place of ``verify.VERIFY_THRESHOLD`` for the drawing
+        comparison's score."""
         if self.applies and self.informative:
-            if self.score >= ACCEPT and self.cells >= ACCEPT_CELLS:
+            if self.score >= ACCEPT and self.cells >= ACCEPT_CELLS and self.unique:
                 return True
             if self.score < REJECT:
                 return False
-        if self.pair_score >= VERIFY_THRESHOLD:  # NaN (not computed) compares False
+        if self.pair_score >= pair_threshold:  # NaN (not computed) compares False
             return True
         return False if not self.applies else None  # drawings: verify_prepared decides, as before
 
@@ -222,6 +236,28 @@ def _search(t: np.ndarray, r: np.ndarray, size: int, hypotheses: list[tuple[floa
     return float(ncc[k, j]), (angles[k], *zooms[j]), raw[k], canvas[j, y:y + th, x:x + tw]
 
 
+def _repeats(t: np.ndarray) -> float:
+    """How well the middle half of ``t`` (band-passed) matches ``t`` itself a quarter of its side or more
+    away: the best normalised correlation there. A repetitive texture (a brick wall, blinds, a tiled floor)
+    matches itself shifted by its period, so a copy of another part of it lines up as well as a copy of this
+    part; a photograph's content does not repeat."""
+    h, w = t.shape
+    ph, pw = h // 2, w // 2
+    if ph < 4 or pw < 4:
+        return -1.0
+    y0, x0 = (h - ph) // 2, (w - pw) // 2
+    patch = t[y0:y0 + ph, x0:x0 + pw] - t[y0:y0 + ph, x0:x0 + pw].mean()
+    pn = float(np.sqrt((patch * patch).sum()))
+    if pn < 1e-9:
+        return -1.0
+    win = np.lib.stride_tricks.sliding_window_view(t, (ph, pw))  # [h - ph + 1, w - pw + 1, ph, pw]
+    wc = win - win.mean(axis=(2, 3), keepdims=True)
+    ncc = (wc * patch).sum(axis=(2, 3)) / np.maximum(np.sqrt((wc * wc).sum(axis=(2, 3))) * pn, 1e-9)
+    yy, xx = np.mgrid[:ncc.shape[0], :ncc.shape[1]]
+    far = (np.abs(yy - y0) >= max(1, h // 4)) | (np.abs(xx - x0) >= max(1, w // 4))
+    return float(ncc[far].max()) if far.any() else -1.0
+
+
 def _cells(t: np.ndarray, w: np.ndarray) -> float:
     """The second lowest correlation over the ``CELLS`` x ``CELLS`` cells of an aligned pair (band-passed) in
     which either image has texture (``MIN_TEXTURE``; one cell may fail: a JPEG-smeared or rotated-in corner);
@@ -261,9 +297,10 @@ def verify_photo(a: PhotoPrepared, b: PhotoPrepared) -> PhotoVerification:
     angle = _search(t, r, FINE, [(angle + da, zx, zy) for da in FINE_ANGLES])[1][0]
     score, (angle, zx, zy), tw, rw = _search(t, r, FINE, [(angle, zx * fx, zy * fy) for fx in FINE_ZOOMS
                                                           for fy in FINE_ZOOMS])
+    elsewhere = _repeats(tw)
     texture = min(float(tw.std()), float(rw.std())) if tw.size and rw.size else 0.0
     v = PhotoVerification(float(min(1.0, max(0.0, score))), texture, float("nan"), _cells(tw, rw), angle,
-                          (zx, zy), first)
+                          (zx, zy), first, elsewhere=elsewhere)
     if v.verdict is None:  # only where the photo comparison says nothing does verify_prepared's score count
         v = replace(v, pair_score=float(verify_prepared(a.pair, b.pair).score))
     return v

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from benchmarks.photos import MEDIUM, STRONG, appc_copy, quadrants
-from overlap_audit.photo_verify import (PhotoVerification, decide_pairs, prepare_photo, verify_photo,
+from overlap_audit.decide.photo import (PhotoVerification, decide_pairs, prepare_photo, verify_photo,
                                         verify_photo_pair)
-from overlap_audit.verify import VERIFY_THRESHOLD, verify_pair
+from overlap_audit.decide.verify import VERIFY_THRESHOLD, verify_pair
 
 
 @pytest.fixture(scope="module")
