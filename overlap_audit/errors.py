@@ -13,7 +13,7 @@ from collections.abc import Callable
 # a parameter inside a message: MARK name MARK, or MARK name SEP repr(value) SEP the CLI's value text MARK
 # (control characters, which no message text holds, so a rendered message never shows them)
 _MARK, _SEP = "\x1f", "\x1e"
-_PARAM = re.compile(f"{_MARK}(\\w+)(?:{_SEP}([^{_SEP}{_MARK}]*){_SEP}([^{_MARK}]*))?{_MARK}")
+_PARAM = re.compile(f"{_MARK}([\\w.]+)(?:{_SEP}([^{_SEP}{_MARK}]*){_SEP}([^{_MARK}]*))?{_MARK}")
 _UNSET = object()
 
 

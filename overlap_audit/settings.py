@@ -4,6 +4,9 @@ not import numpy, torch or FAISS)."""
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +33,17 @@ def check_choice(name: str, value, choices: tuple, error: type[Exception] = Sett
     """Raise ``error`` when ``value`` of the parameter ``name`` is not one of ``choices``."""
     if value not in choices:
         raise error(f"{param(name)} must be one of {', '.join(choices)} (got {value!r})")
+
+
+def check_similarity(what: str, value, error: type[Exception] = SettingsError) -> None:
+    """Raise ``error`` when ``value`` (a similarity: a threshold, a first stage) is not a finite number in
+    [0, 1]; ``what`` names it in the message (a ``param`` mark, or words). A value that looks like a percentage
+    is named as one (85.9 -> 0.859?)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise error(f"{what} must be a number in [0, 1] (got {value!r})")
+    if not 0.0 <= value <= 1.0:
+        hint = f"; a percentage? {value / 100:g}" if 1.0 < value <= 100.0 else ""
+        raise error(f"{what} must be a similarity in [0, 1] (got {value:g}{hint})")
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,8 @@ class StatsSettings:
 
     def __post_init__(self) -> None:
         check_choice("correction", self.correction, CORRECTIONS)
+        if self.threshold is not None:
+            check_similarity(param("threshold"), self.threshold)
 
 
 @dataclass(frozen=True)

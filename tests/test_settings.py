@@ -53,3 +53,45 @@ def test_the_command_line_module_stays_light():
              "print(sorted(m for m in ('numpy', 'PIL', 'faiss', 'torch', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_similarities_out_of_range_are_refused_where_they_are_parsed(tmp_path):
+    """A threshold, a thresholds file's value and a first stage are similarities in [0, 1]: a value outside
+    is refused with a one-line message, a percentage named as one."""
+    import json
+
+    import pytest
+
+    from overlap_audit.decide.rule import VerifySettings
+    from overlap_audit.decide.split import load_thresholds
+    from overlap_audit.errors import SettingsError, ThresholdError
+    from overlap_audit.settings import StatsSettings
+
+    with pytest.raises(SettingsError, match=r"threshold must be a similarity in \[0, 1\] \(got 85.9; a percentage\? 0.859\)"):
+        StatsSettings(threshold=85.9)
+    with pytest.raises(SettingsError, match="verify.first_stage"):
+        VerifySettings(first_stage=5)
+    with pytest.raises(SettingsError, match=r"got -0.1\)"):
+        VerifySettings(threshold=-0.1)
+    assert StatsSettings(threshold=0.9).threshold == 0.9 and VerifySettings(first_stage=0).first_stage == 0
+    path = tmp_path / "t.json"
+    for bad in (1.5, -1, "0.9"):
+        path.write_text(json.dumps({"val": bad}))
+        with pytest.raises(ThresholdError, match="the threshold of 'val'"):
+            load_thresholds(path)
+
+
+def test_the_cli_names_the_flag_of_an_out_of_range_similarity(tmp_path):
+    from click.testing import CliRunner
+
+    from overlap_audit.cli import main
+
+    (tmp_path / "idx").mkdir()
+    (tmp_path / "e").mkdir()
+    r = CliRunner().invoke(main, ["report", str(tmp_path / "idx"), "--eval", f"v={tmp_path / 'e'}", "--predictions",
+                                  __file__, "--out", str(tmp_path / "r"), "--threshold", "85.9"])
+    assert r.exit_code == 2 and "--threshold must be a similarity" in r.output and "0.859" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(main, ["report", str(tmp_path / "idx"), "--eval", f"v={tmp_path / 'e'}", "--predictions",
+                                  __file__, "--out", str(tmp_path / "r"), "--verify-from", "5"])
+    assert r.exit_code == 2 and "--verify-from must be a similarity" in r.output

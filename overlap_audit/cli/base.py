@@ -19,6 +19,8 @@ FLAGS = {
     "target_precision": "--precision",
     "ray_address": "--ray",
     "debs_dir": "--debs",
+    "verify.threshold": "--verify-threshold",
+    "verify.first_stage": "--verify-from",
 }
 
 

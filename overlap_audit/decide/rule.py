@@ -56,6 +56,14 @@ class VerifySettings:
     first_stage: float | None = None
     relax: float | None = None  # the first stage's relaxation when ``first_stage`` is None (None: ``RELAX``)
 
+    def __post_init__(self) -> None:
+        from ..errors import param
+        from ..settings import check_similarity
+
+        check_similarity(param("verify.threshold"), self.threshold)
+        if self.first_stage is not None:
+            check_similarity(param("verify.first_stage"), self.first_stage)
+
     def first_stage_for(self, dataset_threshold: float) -> float:
         if self.first_stage is not None:
             return float(self.first_stage)

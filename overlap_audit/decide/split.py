@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..errors import ThresholdError, param
-from ..settings import check_datasets_named
+from ..settings import check_datasets_named, check_similarity
 from ..values import Embeddings, Neighbors, Split
 
 
@@ -32,8 +32,7 @@ def load_thresholds(path: str | os.PathLike) -> dict[str, float]:
         raise ThresholdError(f'thresholds file {path} must hold one object {{"NAME": threshold, ...}}')
     out = {}
     for name, value in data.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ThresholdError(f"thresholds file {path}: the threshold of {name!r} is not a number ({value!r})")
+        check_similarity(f"thresholds file {path}: the threshold of {name!r}", value, ThresholdError)
         out[str(name)] = float(value)
     return out
 
