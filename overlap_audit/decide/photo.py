@@ -76,6 +76,7 @@ MAX_FLAT = 0.3  # share of flat pixels from which an image is drawn (see verify_
 ACCEPT = 0.83  # photo score from which a pair is the same picture (chosen on the photo development set: see below)
 ACCEPT_CELLS = 0.2  # ... and whose textured cells (all but the worst) correlate at least this much
 REJECT = 0.4  # photo score under which an informative pair is evidence against a detector's match
+MAX_ASPECT = 12.0  # an image longer than this many times its width is a strip: no grid keeps its content
 UNIQUE = 0.05  # an accepted copy matches its source this much better than itself a quarter-side away
 
 
@@ -107,6 +108,7 @@ class PhotoVerification:
     angle: float = 0.0  # the copy's rotation found, degrees counter-clockwise (as PIL's rotate)
     zoom: tuple[float, float] = (1.0, 1.0)
     copy_is_first: bool = True  # the first image was found inside the second (else the other way round)
+    degenerate: bool = False  # a shape neither comparison can judge (a strip beyond MAX_ASPECT): says nothing
     elsewhere: float = -1.0  # how well the copy matches itself a quarter of its side or more away (``_repeats``)
 
     @property
@@ -132,6 +134,8 @@ class PhotoVerification:
     def verdict_at(self, pair_threshold: float) -> bool | None:
         """``verdict`` with ``pair_threshold`` in place of ``verify.VERIFY_THRESHOLD`` for the drawing
         comparison's score."""
+        if self.degenerate:
+            return None
         if self.applies and self.informative:
             if self.score >= ACCEPT and self.cells >= ACCEPT_CELLS and self.unique:
                 return True
@@ -283,6 +287,8 @@ def _coarse_hypotheses() -> list[tuple[float, float, float]]:
 
 def verify_photo(a: PhotoPrepared, b: PhotoPrepared) -> PhotoVerification:
     """Compare two images as a copy found inside its source (see the module docstring)."""
+    if max(a.aspect, 1 / a.aspect, b.aspect, 1 / b.aspect) > MAX_ASPECT:  # a strip: neither grid holds it
+        return PhotoVerification(float("nan"), 0.0, float("nan"), degenerate=True)
     # drawings are verify_prepared's, as before: flat fills in both, or a margin in either and flat fills in
     # one (a copy alone may be flat, upscaled by the nearest pixel; a photograph with a black sky has a margin)
     flat = max(a.flat, b.flat) >= MAX_FLAT

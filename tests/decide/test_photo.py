@@ -92,3 +92,21 @@ def test_decide_pairs_keeps_a_confident_match_without_evidence_against_it():
     overlap, used = decide_pairs(sims, verdicts, rows, threshold=0.9, first_stage=0.7)
     assert overlap.tolist() == [True, False, True, False, True]
     assert used[2] == 3
+
+
+def test_an_extreme_strip_says_nothing_so_a_confident_match_stands():
+    """A 3000 x 10 strip and its re-encoded copy: no grid holds their content, so verification has no verdict
+    (the detector's decision stands); byte-identical strips are the same picture."""
+    import io
+
+    from overlap_audit.decide.rule import _judge, _Pair
+
+    rng = np.random.default_rng(0)
+    strip = Image.fromarray(rng.integers(0, 255, (10, 3000, 3), dtype=np.uint8))
+    png, jpg = io.BytesIO(), io.BytesIO()
+    strip.save(png, format="PNG")
+    strip.save(jpg, format="JPEG", quality=90)
+    v = verify_photo(prepare_photo(strip), prepare_photo(Image.open(io.BytesIO(jpg.getvalue())).convert("RGB")))
+    assert v.degenerate and v.verdict is None
+    assert _judge(_Pair(png.getvalue(), None, png.getvalue(), None, 10 ** 8, 0.8))[1] is True
+    assert _judge(_Pair(png.getvalue(), None, jpg.getvalue(), None, 10 ** 8, 0.8))[1] is None

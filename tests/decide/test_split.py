@@ -25,8 +25,8 @@ def test_threshold_origins_follow_the_precedence():
 
 @pytest.mark.parametrize("content,match", [
     ("[1, 2]", "one object"),
-    ('{"a": "high"}', "not a number"),
-    ('{"a": true}', "not a number"),
+    ('{"a": "high"}', "must be a number in \\[0, 1\\]"),
+    ('{"a": true}', "must be a number in \\[0, 1\\]"),
     ("{", "not valid JSON"),
 ])
 def test_bad_thresholds_files(tmp_path, content, match):
