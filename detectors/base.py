@@ -67,6 +67,9 @@ class DetectorBase(ABC):
     # verification's first stage for this detector: 1 - verify_relax * (1 - threshold) (None: the default,
     # overlap_audit.decide.rule.RELAX); a detector whose true copies lie far below its threshold relaxes further
     verify_relax: float | None = None
+    # the smallest image side at which the report's decision with this detector was measured (the 32-px copies
+    # of benchmarks/photos.py, BENCHMARKS.md); a report warns about a set whose images are mostly smaller
+    measured_min_side: int | None = 32
 
     @property
     def info(self) -> DetectorInfo:

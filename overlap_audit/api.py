@@ -123,6 +123,8 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
         scores = score(scoring, splits, skipped, out_dir=out_dir, progress=match.progress)
         correctness = scores.correct
         datasets = _dataset_reports(names, splits, correctness, skipped, cut, st, errors)
+        datasets = [replace(d, warnings=small_image_warnings(splits[d.name], det.measured_min_side))
+                    for d in datasets]
         m = corpus.manifest
         exact = match.exact
         report = Report(
@@ -158,6 +160,20 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
         if matches_file is not None:
             matches_file.unlink(missing_ok=True)
     return replace(report, files=load_report(out_dir).files, directory=str(out_dir))
+
+
+def small_image_warnings(sp: Split, measured_min_side: int | None) -> list[str]:
+    """A warning when most of a set's images are smaller (shorter side, as decoded) than the smallest size at
+    which the detector's decision was measured; none where the sizes are not known (an untrimmed view)."""
+    sides = [min(b.width, b.height) for b in sp.boxes if b is not None]
+    if not sides or measured_min_side is None:
+        return []
+    median = float(np.median(sides))
+    if median >= measured_min_side:
+        return []
+    return [f"half of the images are under {median:g} px on their shorter side, smaller than the "
+            f"{measured_min_side} px at which this detector's decision was measured: its precision and recall "
+            "here are unknown; review the pairs by eye"]
 
 
 def _with_neighbor_boxes(splits: dict[str, Split], index_dir) -> dict[str, Split]:

@@ -235,6 +235,9 @@ def format_markdown(report: Report) -> str:
                   "No example of any set has a label: nothing is compared within classes."]
     else:
         lines += _within_classes_section(report)
+    warned = [(d.name, w) for d in report.datasets for w in d.warnings]
+    if warned:
+        lines += ["", "## Warnings", ""] + [f"- {_cell(name)}: {_cell(w)}" for name, w in warned]
     skipped = [(d.name, s) for d in report.datasets for s in d.skipped]
     if skipped:
         lines += ["", "## Skipped evaluation items", ""]

@@ -46,6 +46,7 @@ class DatasetReport:
     stratified: Stratified | None = None
     # the pooled against the within-class comparison, with the report's correction; None without labels
     disagreement: Disagreement | None = None
+    warnings: list[str] = field(default_factory=list)  # what a reader must know before trusting the numbers
 
     def to_dict(self) -> dict:
         d = {
@@ -69,6 +70,7 @@ class DatasetReport:
             "skipped": [s.to_dict() for s in self.skipped],
             "stratified": self.stratified.to_dict() if self.stratified is not None else None,
             "pooled_vs_stratified": self.disagreement.to_dict() if self.disagreement is not None else None,
+            "warnings": list(self.warnings),
         })
         return d
 
@@ -91,6 +93,7 @@ class DatasetReport:
             stratified=Stratified.from_dict(d["stratified"]) if d["stratified"] is not None else None,
             disagreement=(Disagreement.from_dict(d["pooled_vs_stratified"]) if d["pooled_vs_stratified"] is not None
                           else None),
+            warnings=[str(w) for w in d["warnings"]],
         )
 
 
