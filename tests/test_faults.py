@@ -299,7 +299,16 @@ def test_check_passes_an_intact_index(two_indexes):
     clean = two_indexes[0]
     result = CliRunner().invoke(main, ["check", str(clean)])
     assert result.exit_code == 0, result.output
-    assert f"{clean}: intact (generation 1, flat, 12 indexed; " in result.output
+    assert f"{clean}: intact (generation 1, flat, 12 indexed; " in result.output and "note:" not in result.output
+
+
+def test_check_names_the_files_a_killed_rebuild_left_behind(two_indexes, tmp_path):
+    index = tmp_path / "index"
+    shutil.copytree(two_indexes[0], index)
+    (index / "index.g2.faiss").write_bytes(b"half-written")  # a rebuild killed before its switch
+    result = CliRunner().invoke(main, ["check", str(index)])
+    assert result.exit_code == 0, result.output
+    assert "note: 1 file(s) of an interrupted rebuild" in result.output and "index.g2.faiss" in result.output
 
 
 @pytest.mark.parametrize("case", sorted(DAMAGE))

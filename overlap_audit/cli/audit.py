@@ -88,6 +88,9 @@ def check(index_dir) -> None:
     r = check_index(index_dir)
     click.echo(f"{r.path}: intact (generation {r.generation}, {r.index_type}, {r.n_indexed} indexed; "
                f"{r.n_files} files, {r.n_bytes / 1e6:.1f} MB checksummed in {r.seconds:.2f} s)")
+    if r.stale:
+        click.echo(f"note: {len(r.stale)} file(s) of an interrupted rebuild are left beside it and unused "
+                   f"({', '.join(r.stale)}); the next `overlap-audit index ... --resume` removes them")
 
 
 @click.command(cls=Command, epilog=example("overlap-audit report laion-index --eval cifar10=/data/cifar10/test --predictions "

@@ -167,6 +167,9 @@ class CheckResult:
     n_files: int
     n_bytes: int
     seconds: float
+    # files of another generation the manifest does not use (a rebuild killed before or after its switch);
+    # the next ``index --resume`` removes them
+    stale: tuple[str, ...] = ()
 
 
 SAMPLE_ROWS = 1000  # index rows whose vectors ``check_against_shards`` compares with the shards'
@@ -258,8 +261,9 @@ def check_index(index_dir: str | os.PathLike) -> CheckResult:
     index = read_faiss_index(path, manifest)
     check_faiss(path, manifest, index)
     check_against_shards(path, manifest, index, read_ids(path, manifest))
+    stale = tuple(sorted(p.name for p in stale_generation_files(path, manifest)))
     return CheckResult(path, manifest.generation, manifest.index_type, manifest.n_indexed, n_files, n_bytes,
-                       time.monotonic() - started)
+                       time.monotonic() - started, stale)
 
 
 def stale_generation_files(index_dir: str | os.PathLike, manifest: IndexManifest | None) -> list[Path]:
