@@ -18,10 +18,8 @@ and template handling.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import pickle
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from pathlib import Path
 
 from ..errors import SourceError
 from ..values import RawItem
+from .cifar import CIFAR_LAYOUTS, cifar_root, cifar_variant, iter_cifar, load_batch
 
 __all__ = ["LAYOUT_KINDS", "LAYOUT_PREFIXES", "Layout", "iter_layout", "layout_path", "open_layout"]
 
@@ -39,12 +38,6 @@ DEFAULT_SPLIT = "test"
 HUB_IMAGE_COLUMNS = ("image", "img")
 CLIP_BENCHMARK_CLASSNAMES = "classnames.txt"
 CLIP_BENCHMARK_TEMPLATES = "zeroshot_classification_templates.txt"
-# torchvision's folder names and files: (test files, train files, meta file, its names key, the labels key)
-CIFAR_LAYOUTS = {
-    "cifar-10": (("test_batch",), tuple(f"data_batch_{i}" for i in range(1, 6)), "batches.meta", "label_names",
-                 "labels"),
-    "cifar-100": (("test",), ("train",), "meta", "fine_label_names", "fine_labels"),
-}
 HF_DATASETS_EXTRA = "pip install 'overlap-audit[hf-datasets]' (the `datasets` package)"
 
 
@@ -75,7 +68,7 @@ def open_layout(spec: str) -> Layout | None:
         return _open_hf(spec, path, None)
     if not os.path.isdir(path):
         return None
-    if _cifar_variant(path) is not None or _cifar_root(path):
+    if cifar_variant(path) is not None or cifar_root(path):
         return _open_cifar(spec, path, None)
     if os.path.isfile(os.path.join(path, CLIP_BENCHMARK_CLASSNAMES)) and _clip_benchmark_splits(path):
         return _open_clip_benchmark(spec, path, None)
@@ -98,7 +91,7 @@ def iter_layout(kind: str, paths: tuple[str, ...], source_name: str) -> Iterator
     if kind == "hf-disk":
         return _iter_saved(paths[0], source_name)
     if kind == "cifar":
-        return _iter_cifar(paths, source_name)
+        return iter_cifar(paths, source_name)
     raise SourceError(f"unknown evaluation-set layout {kind!r}")
 
 
@@ -254,8 +247,33 @@ def _label_text(value) -> str | None:
     return str(value)
 
 
-def _hub_image(value) -> tuple[bytes | None, str | None, str | None]:
-    """(bytes, path, skip reason) of a hub image cell: a ``{bytes, path}`` struct or plain bytes."""
+def _dataset_root(path: str) -> str:
+    """The folder of the dataset a hub Parquet file belongs to: the nearest folder above it (at most three
+    levels: ``data/``, ``CONFIG/``, ``default/SPLIT/``) that holds the repository's README.md or
+    dataset_info.json, else the file's own folder."""
+    folder = os.path.dirname(os.path.realpath(path))
+    up = folder
+    for _ in range(3):
+        if any(os.path.isfile(os.path.join(up, f)) for f in ("README.md", "dataset_info.json", "dataset_dict.json")):
+            return up
+        up = os.path.dirname(up)
+    return folder
+
+
+def _readable_roots(dataset: str) -> list[str]:
+    """Where a dataset's rows may point for their image files: the dataset's own folder and the Hugging Face
+    caches (``datasets`` records absolute paths into them when it saves a set whose images it downloaded)."""
+    home = os.path.expanduser("~")
+    roots = [_dataset_root(dataset) if os.path.isfile(dataset) else os.path.realpath(dataset),
+             os.environ.get("HF_DATASETS_CACHE") or "", os.environ.get("HF_HOME") or "",
+             os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache"), "huggingface")]
+    return [os.path.realpath(r) for r in roots if r]
+
+
+def _hub_image(value, roots: list[str]) -> tuple[bytes | None, str | None, str | None]:
+    """(bytes, path, skip reason) of a hub image cell: a ``{bytes, path}`` struct or plain bytes. A path is
+    read only inside ``roots`` (``_readable_roots``): a shared file naming another file (``/etc/...``, a
+    private folder) must not have it read into a report."""
     if value is None:
         return None, None, "no image in this row"
     if isinstance(value, dict):
@@ -263,7 +281,11 @@ def _hub_image(value) -> tuple[bytes | None, str | None, str | None]:
         if data:
             return bytes(data), None, None
         if where and os.path.isabs(where) and os.path.isfile(where):
-            return None, where, None
+            real = os.path.realpath(where)
+            if any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
+                return None, where, None
+            return None, None, (f"the row's image path {where!r} lies outside the dataset's folder and the "
+                                "Hugging Face cache: not read")
         return None, None, f"the row holds no image bytes (only the path {where!r}, which is not a file here)"
     if isinstance(value, (bytes, bytearray)):
         return bytes(value), None, None
@@ -277,10 +299,11 @@ def _iter_hub(paths: tuple[str, ...], source_name: str) -> Iterator[RawItem]:
     for path in paths:
         image, label, _ = _hub_columns(path)
         columns = [image] + ([label] if label else [])
+        roots = _readable_roots(path)
         for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=columns):
             data = batch.to_pydict()
             for i in range(batch.num_rows):
-                raw, where, reason = _hub_image(data[image][i])
+                raw, where, reason = _hub_image(data[image][i], roots)
                 lab = _label_text(data[label][i]) if label else None
                 yield RawItem(source_name, str(row), data=raw, path=where, label=lab, skip_reason=reason)
                 row += 1
@@ -358,9 +381,10 @@ def _iter_saved(folder: str, source_name: str) -> Iterator[RawItem]:
     if isinstance(ds.features[image], datasets.Image):
         ds = ds.cast_column(image, datasets.Image(decode=False))  # bytes as stored: decoding is the workers'
     row = 0
+    roots = _readable_roots(folder)
     for batch in ds.iter(batch_size=256):
         for i in range(len(batch[image])):
-            raw, where, reason = _hub_image(batch[image][i])
+            raw, where, reason = _hub_image(batch[image][i], roots)
             lab = _label_text(batch[label][i]) if label else None
             yield RawItem(source_name, str(row), data=raw, path=where, label=lab, skip_reason=reason)
             row += 1
@@ -410,56 +434,14 @@ def _open_clip_benchmark(spec: str, root: str, split: str | None) -> Layout:
 # ---------------------------------------------------------------- CIFAR python batches
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Builds only numpy arrays besides plain Python values, so a batch file cannot run code on load."""
-
-    ALLOWED = {("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
-               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR batch")
-        return super().find_class(module, name)
-
-
-def _load_batch(path: str) -> dict[str, object]:
-    """A CIFAR python batch (a dict pickled by Python 2) with text keys."""
-    try:
-        with open(path, "rb") as fh:
-            # latin1, as torchvision reads them: Python 2 strings (the array's raw data among them) as text
-            raw = _ArrayUnpickler(fh, encoding="latin1").load()
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-        raise SourceError(f"cannot read the CIFAR batch {path!r}: {exc}") from None
-    if not isinstance(raw, dict):
-        raise SourceError(f"the CIFAR batch {path!r} does not hold a dict")
-    return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in raw.items()}
-
-
-def _cifar_variant(root: str) -> str | None:
-    for variant, (test, _, meta, *_rest) in CIFAR_LAYOUTS.items():
-        if all(os.path.isfile(os.path.join(root, f)) for f in (*test, meta)):
-            return variant
-    return None
-
-
-def _cifar_root(path: str) -> bool:
-    """Whether a folder is torchvision's CIFAR ``root``: its only folder is cifar-10-batches-py or
-    cifar-100-python (beside it, at most the archive torchvision downloaded)."""
-    folders = [e for e in os.listdir(path) if os.path.isdir(os.path.join(path, e))]
-    return (len(folders) == 1 and folders[0] in ("cifar-10-batches-py", "cifar-100-python")
-            and _cifar_variant(os.path.join(path, folders[0])) is not None)
-
-
 def _open_cifar(spec: str, root: str, split: str | None) -> Layout:
-    variant = _cifar_variant(root) if os.path.isdir(root) else None
+    variant = cifar_variant(root) if os.path.isdir(root) else None
     if variant is None and os.path.isdir(root):  # torchvision's root: the folder that holds the batches' folder
         inner = [os.path.join(root, d) for d in ("cifar-10-batches-py", "cifar-100-python")
-                 if _cifar_variant(os.path.join(root, d))]
+                 if cifar_variant(os.path.join(root, d))]
         if len(inner) == 1:
             root = inner[0]
-            variant = _cifar_variant(root)
+            variant = cifar_variant(root)
     if variant is None:
         raise SourceError(f"source {spec!r}: not a CIFAR python folder: give cifar:DIR with DIR the folder "
                           "cifar-10-batches-py (test_batch and batches.meta) or cifar-100-python (test and meta), "
@@ -469,36 +451,9 @@ def _open_cifar(spec: str, root: str, split: str | None) -> Layout:
     if all(os.path.isfile(os.path.join(root, f)) for f in train):
         available["train"] = train
     split = _pick_split(spec, split, sorted(available))
-    names = _load_batch(os.path.join(root, meta)).get(names_key)
+    names = load_batch(os.path.join(root, meta)).get(names_key)
     if not isinstance(names, list) or not names:
         raise SourceError(f"{os.path.join(root, meta)} has no {names_key!r} list")
     classnames = tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
     return Layout("cifar", tuple(os.path.abspath(os.path.join(root, f)) for f in available[split]),
                   _folder_name(root), classnames=classnames)
-
-
-def _png(row) -> bytes:
-    """A CIFAR row (3072 bytes: the red, green and blue 32x32 planes) as PNG bytes (lossless)."""
-    from PIL import Image
-
-    pixels = row.reshape(3, 32, 32).transpose(1, 2, 0)
-    buf = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _iter_cifar(paths: tuple[str, ...], source_name: str) -> Iterator[RawItem]:
-    import numpy as np
-
-    for path in paths:
-        batch = _load_batch(path)
-        key = "fine_labels" if "fine_labels" in batch else "labels"
-        data, labels = batch.get("data"), batch.get(key)
-        if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or labels is None:
-            raise SourceError(f"the CIFAR batch {path!r} needs 'data' (uint8 [N, 3072]) and {key!r}")
-        if len(labels) != len(data):
-            raise SourceError(f"the CIFAR batch {path!r} has {len(data)} images and {len(labels)} labels")
-        pixels = data.astype(np.uint8, copy=False)
-        file = os.path.basename(path)
-        for i in range(len(pixels)):
-            yield RawItem(source_name, f"{file}:{i}", data=_png(pixels[i]), label=str(int(labels[i])))

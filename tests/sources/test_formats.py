@@ -315,3 +315,26 @@ def test_report_on_a_clip_benchmark_folder_uses_its_names_and_templates(tmp_path
     assert model["templates"]["c10"]["templates"] == ["a photo of a {}.", "a blurry photo of a {}."]
     assert "own templates" in model["templates"]["c10"]["source"]
     assert "own class names" in model["classnames"]["c10"]
+
+
+def test_a_hub_row_naming_a_file_outside_the_dataset_is_not_read(tmp_path):
+    """A row with no bytes and an absolute image path is read only inside the dataset's folder (or the
+    Hugging Face cache): a shared file must not have another file read into a report."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    outside = tmp_path / "private" / "secret.png"
+    outside.parent.mkdir()
+    _image(7).save(outside)
+    root = tmp_path / "ds"
+    inside = root / "images" / "ok.png"
+    inside.parent.mkdir(parents=True)
+    _image(8).save(inside)
+    schema = pa.schema([("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), ("label", pa.int64())])
+    rows = {"image": [{"bytes": None, "path": str(outside)}, {"bytes": None, "path": str(inside)}], "label": [0, 1]}
+    (root / "data").mkdir()
+    (root / "README.md").write_text("---\nlicense: mit\n---\n")
+    pq.write_table(pa.table(rows, schema=schema), root / "data" / "test-00000-of-00001.parquet")
+    items = list(open_source(f"hf:{root}").iter_items())
+    assert items[0].path is None and items[0].data is None and "outside the dataset" in items[0].skip_reason
+    assert items[1].path == str(inside) and items[1].skip_reason is None
