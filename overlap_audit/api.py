@@ -15,7 +15,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import atomic_write, create_temporary
-from .decide.rule import DecisionRule, VerifySettings
+from .decide.rule import DecisionRule, VerifySettings, check_decision_version
 from .decide.split import load_thresholds, resolve_thresholds
 from .errors import EmptyEvalSetError, OutputDirError, SourceError, param
 from .evidence import build_galleries
@@ -230,7 +230,7 @@ def _check_not_empty(splits: dict, skipped: dict) -> None:
 # precision/recall (a rate or [K, N]), plus the fields of `overlap-audit threshold`'s evidence file
 _DETECTOR_ERROR_KEYS = {"precision", "recall", "precision_counts", "recall_counts", "dataset", "target_precision",
                         "threshold", "tp", "fp", "n_positive", "n_negative", "n_unlabelled", "precision_ci",
-                        "recall_ci", "ci_level", "note"}
+                        "recall_ci", "ci_level", "note", "first_stage", "decision"}
 
 
 def resolve_detector_error(names: list[str], precision=None, recall=None, per_dataset=None
@@ -264,6 +264,9 @@ def resolve_detector_error(names: list[str], precision=None, recall=None, per_da
         unknown_keys = sorted(set(entry) - _DETECTOR_ERROR_KEYS)
         if unknown_keys:
             raise ThresholdError(f"the detector-error file's entry for {n} has unknown keys: {', '.join(unknown_keys)}")
+        if isinstance(entry.get("decision"), dict):  # measured by `threshold`: under this rule only
+            check_decision_version(entry["decision"].get("decision_version"),
+                                   where=f"the detector-error file's entry for {n}")
 
         def pick(key: str, default):
             # counts carry their uncertainty: `threshold`'s evidence file holds both a rate and [K, N]

@@ -2,8 +2,11 @@
 them, keep precision high while maximising recall.
 
 ``review_pairs`` writes the candidate pairs nearest a threshold as an HTML review sheet (pairs.html) and a
-CSV (pairs.csv) with an empty ``is_duplicate`` column. ``pick_thresholds`` reads the filled-in CSV and
-gives, per dataset, the lowest threshold whose labelled precision is at or above a target, with the recall
+CSV (pairs.csv) with an empty ``is_duplicate`` column. Each pair is judged by the report's own decision rule
+(``decide.rule.DecisionRule.judge_pairs``): its verification score and verdict, and the decision at the
+threshold under review; pairs.json beside them records that rule. ``pick_thresholds`` reads the filled-in
+CSV and gives, per dataset, the lowest threshold at which the decision (that threshold, the first stage that
+follows from it, the recorded verdicts) keeps the labelled precision at or above a target, with its recall
 among the labelled duplicates and Clopper–Pearson intervals. ``write_thresholds`` writes the
 ``{"NAME": t}`` file ``report --thresholds`` reads, and the evidence beside it.
 """
@@ -23,12 +26,22 @@ import numpy as np
 from .inert import csv_cell, csv_value
 from .errors import ThresholdError, param
 
+from .decide.rule import VerifySettings
+
 if TYPE_CHECKING:
     from .settings import MatchSettings
 
 PAIRS_CSV = "pairs.csv"
 PAIRS_HTML = "pairs.html"
-CSV_COLUMNS = ("pair", "dataset", "eval_id", "corpus_id", "similarity", "is_duplicate")
+PAIRS_RULE = "pairs.json"  # the decision rule the sheet's pairs were judged by
+# verify_score, verdict and overlap are the decision rule's; a labels file without them still reads (its
+# threshold is then the similarity's alone, as `report --no-verify` decides)
+CSV_COLUMNS = ("pair", "dataset", "eval_id", "corpus_id", "similarity", "verify_score", "verdict", "overlap",
+               "is_duplicate")
+# a verdict as pairs.csv writes it: the same picture, evidence against, nothing to say either way, images that
+# could not be read back (kept as nothing to say: the threshold decides, as in a report); empty: not judged
+VERDICT_WORDS = {True: "same", False: "different", None: "none"}
+UNREADABLE = "unreadable"
 TRUE_WORDS = {"1", "y", "yes", "true", "dup", "duplicate"}
 FALSE_WORDS = {"0", "n", "no", "false"}
 
@@ -48,8 +61,11 @@ class ReviewSheet:
 
     csv: Path
     html: Path
+    rule: Path  # pairs.json
     around: float
     n_pairs: dict[str, int]  # per dataset
+    n_overlap: dict[str, int]  # of them, Overlap by the decision at ``around``
+    verified: bool  # whether the pairs were verified (the rule has verification)
 
 
 def nearest_rows(similarities, around: float, n: int) -> list[int]:
@@ -61,15 +77,20 @@ def nearest_rows(similarities, around: float, n: int) -> list[int]:
 
 
 def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], out_dir: str | os.PathLike, *,
-                 around: float | None = None, n: int = 200, match: MatchSettings | None = None) -> ReviewSheet:
+                 around: float | None = None, n: int = 200, match: MatchSettings | None = None,
+                 verify: VerifySettings | None = VerifySettings()) -> ReviewSheet:
     """Embed each evaluation set, find each example's nearest corpus item, and write the ``n`` pairs per
-    dataset nearest ``around`` (default: the detector's threshold) as pairs.csv and pairs.html. ``match`` says
-    how the sets are embedded and searched (its ``k`` aside: only the nearest item is reviewed)."""
+    dataset nearest ``around`` (default: the detector's threshold) as pairs.csv and pairs.html, each judged by
+    the report's decision rule at ``around`` (``DecisionRule.for_detector`` with ``verify``, by default
+    ``VerifySettings()``; None: the threshold alone, as ``report --no-verify``), and the
+    rule as pairs.json. ``match`` says how the sets are embedded and searched (its ``k`` aside: only the
+    nearest item is reviewed)."""
+    from .decide.rule import DECISION_VERSION, DecisionRule
     from .index import corpus_items
     from .match import check_eval_sets, check_report_apart, match_eval_sets, open_corpus
     from .settings import MatchSettings
     from .report.html import Gallery, GalleryPair, esc, render_review_html, thumbnail
-    from .atomic import atomic_write, atomic_write_text
+    from .atomic import atomic_write, atomic_write_json, atomic_write_text
     from .sources import as_source, fetch_items
 
     evals = check_eval_sets(evals)
@@ -100,26 +121,36 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
         picked[name] = [(emb.ids[r], nb.ids[r, 0], float(sims[r]), bool(low[r]))
                         for r in nearest_rows(np.where(low, np.nan, sims), around, n)]
 
+    rule = DecisionRule.for_detector(corpus.detector, {name: around for name in picked}, verify)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     corpus_found = corpus_items(index_dir, {key for rows in picked.values() for _, key, _, _ in rows})
-    lines, galleries, number = [], [], 0
+    lines, galleries, number, n_overlap = [], [], 0, {}
     for name, spec in evals:
         eval_found = fetch_items(as_source(spec, name=name, labels_from_folders=True),
                                  [e for e, _, _, _ in picked[name]])
+        judged = rule.judge_pairs(name, [(eval_found.get(e), corpus_found.get(key), sim)
+                                         for e, key, sim, _ in picked[name]],
+                                  max_pixels=max_pixels, workers=settings.workers, progress=settings.progress)
+        n_overlap[name] = sum(j.overlap for j in judged)
         pairs = []
-        for eval_id, key, sim, _ in picked[name]:
+        for (eval_id, key, sim, _), j in zip(picked[name], judged):
             number += 1
-            lines.append([number, csv_cell(name), csv_cell(eval_id), csv_cell(key), repr(sim), ""])
+            checked = j.readable is True
+            verdict = "" if j.readable is None else VERDICT_WORDS[j.verdict] if checked else UNREADABLE
+            lines.append([number, csv_cell(name), csv_cell(eval_id), csv_cell(key), repr(sim),
+                          repr(j.verify_score) if checked else "", verdict, "true" if j.overlap else "false", ""])
             ev, co = eval_found.get(eval_id), corpus_found.get(key)
             e_uri, e_why = thumbnail(ev, max_pixels=max_pixels)
             c_uri, c_why = thumbnail(co, max_pixels=max_pixels)
             pairs.append(GalleryPair(eval_id=eval_id, eval_label=ev.label if ev else None,
                                      eval_caption=ev.caption if ev else None, corpus_key=key,
                                      corpus_caption=co.caption if co else None, similarity=sim,
-                                     overlap=bool(np.float32(sim) >= np.float32(around)), low_information=False, eval_thumb=e_uri,
+                                     overlap=j.overlap, low_information=False, eval_thumb=e_uri,
                                      eval_problem=e_why, corpus_thumb=c_uri, corpus_problem=c_why,
-                                     deciding=False, number=number))
+                                     deciding=False, number=number,
+                                     verify_score=j.verify_score if checked else None,
+                                     verified=j.verdict if checked else None))
         galleries.append(Gallery(name, around, pairs, 0, 0))
     csv_path = out / PAIRS_CSV
 
@@ -129,21 +160,28 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
             w.writerow(CSV_COLUMNS)
             w.writerows(lines)
 
+    # the rule first: a pairs.csv is never left beside the record of another rule
+    rule_path = out / PAIRS_RULE
+    atomic_write_json(rule_path, {"decision_version": DECISION_VERSION, "detector": corpus.detector.info.spec,
+                                  "around": around, "verify": rule.verify.to_dict() if rule.verify else None})
     atomic_write(csv_path, write_csv)
     html_path = out / PAIRS_HTML
     atomic_write_text(html_path, render_review_html(galleries, around, esc(PAIRS_CSV)))
-    return ReviewSheet(csv_path, html_path, around, {name: len(rows) for name, rows in picked.items()})
+    return ReviewSheet(csv_path, html_path, rule_path, around, {name: len(rows) for name, rows in picked.items()},
+                       n_overlap, rule.verify is not None)
 
 
 @dataclass(frozen=True)
 class ThresholdChoice:
-    """One dataset's threshold from labelled pairs, and the evidence for it."""
+    """One dataset's threshold from labelled pairs, and the evidence for it: the counts, precision and recall
+    are those of the decision at that threshold (with verification: its first stage and the recorded
+    verdicts), on the labelled pairs."""
 
     dataset: str
     target_precision: float
     threshold: float | None  # None: no threshold keeps the labelled precision at the target
-    tp: int  # labelled duplicates at or above the threshold
-    fp: int  # labelled non-duplicates at or above the threshold
+    tp: int  # labelled duplicates the decision calls Overlap
+    fp: int  # labelled non-duplicates the decision calls Overlap
     n_positive: int
     n_negative: int
     n_unlabelled: int
@@ -153,6 +191,10 @@ class ThresholdChoice:
     recall_ci: tuple[float, float] | None
     ci_level: float
     note: str = ""
+    first_stage: float | None = None  # the first stage that follows from the threshold (None: no verification)
+    # the rule measured: {"decision_version", "verify": its settings or None}; None: the labels carry no
+    # verdicts, so the similarity's decision alone was measured (as `report --no-verify` decides)
+    decision: dict | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -162,6 +204,16 @@ class ThresholdChoice:
         d["precision_counts"] = [self.tp, self.tp + self.fp] if self.threshold is not None else None
         d["recall_counts"] = [self.tp, self.n_positive] if self.threshold is not None else None
         return d
+
+
+@dataclass(frozen=True)
+class LabelledPairs:
+    """One dataset's labelled pairs of a pairs.csv, in file order."""
+
+    similarities: list[float]
+    labels: list[bool]
+    verdicts: list[bool | None] | None  # None: the file has no verdict column (a sheet from before verdicts)
+    n_unlabelled: int
 
 
 def _label(value: str, line: int, path) -> bool | None:
@@ -176,13 +228,25 @@ def _label(value: str, line: int, path) -> bool | None:
                          "(leave it empty for a pair not reviewed)")
 
 
-def read_labels(path: str | os.PathLike) -> dict[str, tuple[list[float], list[bool], int]]:
-    """Per dataset (in file order): the labelled similarities, their labels, and the unlabelled count."""
+_VERDICTS = {w: v for v, w in VERDICT_WORDS.items()} | {UNREADABLE: None, "": None}
+
+
+def _verdict(value: str, line: int, path) -> bool | None:
+    v = value.strip().lower()
+    if v not in _VERDICTS:
+        raise ThresholdError(f"{path}, line {line}: verdict {value!r} is not one `overlap-audit pairs` writes "
+                             f"({', '.join(w for w in _VERDICTS if w)} or empty)")
+    return _VERDICTS[v]
+
+
+def read_labels(path: str | os.PathLike) -> dict[str, LabelledPairs]:
+    """Per dataset (in file order): the labelled pairs' similarities, labels and verdicts, and the unlabelled
+    count. A file without the verdict column reads too (its ``verdicts`` are None)."""
     try:
         fh = open(path, newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise ThresholdError(f"cannot read labels file {path}: {exc.strerror or exc}") from None
-    out: dict[str, tuple[list[float], list[bool], int]] = {}
+    out: dict[str, LabelledPairs] = {}
     try:
         with fh:
             reader = csv.DictReader(fh)
@@ -190,6 +254,7 @@ def read_labels(path: str | os.PathLike) -> dict[str, tuple[list[float], list[bo
             if missing:
                 raise ThresholdError(f"{path} lacks the column(s) {', '.join(missing)}: use the pairs.csv that "
                                      "`overlap-audit pairs` wrote, with is_duplicate filled in")
+            has_verdicts = "verdict" in (reader.fieldnames or [])
             seen: dict[tuple[str, str, str], int] = {}
             for row in reader:
                 line = reader.line_num
@@ -201,10 +266,10 @@ def read_labels(path: str | os.PathLike) -> dict[str, tuple[list[float], list[bo
                     raise ThresholdError(f"{path}, line {line}: the pair {pair[1]!r} / {pair[2]!r} of {name} is also on "
                                          f"line {seen[pair]}; keep one")
                 seen.setdefault(pair, line)
-                sims, labels, unlabelled = out.setdefault(name, ([], [], 0))
+                got = out.setdefault(name, LabelledPairs([], [], [] if has_verdicts else None, 0))
                 label = _label(row["is_duplicate"] or "", line, path)
                 if label is None:
-                    out[name] = (sims, labels, unlabelled + 1)
+                    out[name] = replace(got, n_unlabelled=got.n_unlabelled + 1)
                     continue
                 try:
                     sim = float(row["similarity"])
@@ -212,18 +277,73 @@ def read_labels(path: str | os.PathLike) -> dict[str, tuple[list[float], list[bo
                     sim = float("nan")
                 if not math.isfinite(sim):
                     raise ThresholdError(f"{path}, line {line}: similarity {row['similarity']!r} is not a number")
-                sims.append(sim)
-                labels.append(label)
+                got.similarities.append(sim)
+                got.labels.append(label)
+                if has_verdicts:
+                    got.verdicts.append(_verdict(row["verdict"] or "", line, path))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ThresholdError(f"cannot read labels file {path}: it is not a UTF-8 CSV ({exc}); save it from the "
                              "spreadsheet as CSV UTF-8") from None
     return out
 
 
-def choose_threshold(dataset: str, similarities, labels, *, target_precision: float = 0.99,
-                     ci_level: float = 0.995, n_unlabelled: int = 0) -> ThresholdChoice:
-    """The lowest threshold (a labelled duplicate's similarity) at which the labelled pairs at or above it
-    have precision >= ``target_precision``; recall is among the labelled duplicates."""
+def load_rule_record(path: str | os.PathLike) -> dict:
+    """A review sheet's pairs.json (the decision rule its pairs were judged by), refused when it was written
+    under another version of the rule."""
+    import json
+
+    from .decide.rule import check_decision_version
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except OSError as exc:
+        raise ThresholdError(f"cannot read the review sheet's rule {path}: {exc.strerror or exc}; give the "
+                             f"{PAIRS_RULE} that `overlap-audit pairs` wrote beside the labelled pairs.csv "
+                             f"({param('rule')})") from None
+    except ValueError as exc:
+        raise ThresholdError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(record, dict) or "verify" not in record:
+        raise ThresholdError(f"{path} is not a review sheet's {PAIRS_RULE}")
+    check_decision_version(record.get("decision_version"), where=str(path))
+    return record
+
+
+def _effective_thresholds(dataset: str, sims: np.ndarray, verdicts, verify: VerifySettings | None
+                          ) -> np.ndarray:
+    """Per pair, the highest candidate threshold at which the rule calls it Overlap (-inf: none). The
+    decision only thins out as the threshold rises (the first stage rises with it), so a pair is Overlap at a
+    candidate t exactly when this is >= t: ``threshold_at_precision`` then applies to it as to a score.
+    Candidates: the pairs' similarities and, for a verified pair, the threshold whose first stage it sits on."""
+    from .decide.rule import RELAX, DecisionRule
+
+    candidates = set(sims.tolist())
+    if verify is not None and verify.first_stage is None:
+        relax = RELAX if verify.relax is None else verify.relax  # as VerifySettings.first_stage_for
+        for sim, verdict in zip(sims, verdicts):
+            if verdict is True:
+                t = 1.0 - (1.0 - float(sim)) / relax
+                for _ in range(4):  # the inverse in floating point may overshoot by an ulp
+                    if DecisionRule({dataset: t}, verify).overlap(dataset, [sim], [True])[0]:
+                        candidates.add(t)
+                        break
+                    t = float(np.nextafter(t, -np.inf))
+    best = np.full(len(sims), -np.inf)
+    for t in sorted(candidates):
+        called = DecisionRule({dataset: t}, verify).overlap(dataset, sims, verdicts)
+        best[called] = t
+    return best
+
+
+def choose_threshold(dataset: str, similarities, labels, *, verdicts=None, verify: VerifySettings | None = None,
+                     decision: dict | None = None, target_precision: float = 0.99, ci_level: float = 0.995,
+                     n_unlabelled: int = 0) -> ThresholdChoice:
+    """The lowest threshold at which the decision keeps the labelled precision >= ``target_precision``
+    (``decide.thresholds.threshold_at_precision``), recall among the labelled duplicates. The decision at t
+    is the report's (``DecisionRule.overlap``): a pair verified as the same picture at or above the first
+    stage of t (``verify``), or a pair at or above t whose verdict is not against it. Without ``verdicts`` (or
+    ``verify``), the similarity alone decides. ``decision`` is recorded as the rule measured."""
+    from .decide.rule import DecisionRule
     from .stats.overlap import clopper_pearson
     from .decide.thresholds import threshold_at_precision
 
@@ -231,29 +351,49 @@ def choose_threshold(dataset: str, similarities, labels, *, target_precision: fl
         raise ThresholdError(f"{param('target_precision')} must be in (0, 1], got {target_precision}")
     sims = np.asarray(similarities, dtype=np.float64)
     lab = np.asarray(labels, dtype=bool)
-    pos, neg = np.sort(sims[lab]), np.sort(sims[~lab])
-    base = dict(dataset=dataset, target_precision=target_precision, n_positive=len(pos), n_negative=len(neg),
-                n_unlabelled=n_unlabelled, ci_level=ci_level)
+    if verdicts is None:
+        verdicts, verify, decision = [None] * len(sims), None, None
+    elif len(verdicts) != len(sims):
+        raise ValueError("similarities and verdicts are not row-aligned")
+    verdicts = list(verdicts)
+    base = dict(dataset=dataset, target_precision=target_precision, n_positive=int(lab.sum()),
+                n_negative=int((~lab).sum()), n_unlabelled=n_unlabelled, ci_level=ci_level, decision=decision)
     none = dict(threshold=None, tp=0, fp=0, precision=None, precision_ci=None, recall=None, recall_ci=None)
-    if len(pos) == 0:
+    if not lab.any():
         return ThresholdChoice(**base, **none, note="no pair labelled a duplicate: no threshold keeps precision; "
                                "label pairs nearer the duplicates (or keep the default threshold)")
-    point = threshold_at_precision(pos, neg, target_precision)
+    reach = _effective_thresholds(dataset, sims, verdicts, verify)
+    found = np.isfinite(reach)  # a pair verification holds evidence against is Overlap at no threshold
+    point = threshold_at_precision(reach[lab & found], reach[~lab & found], target_precision)
     if point is None:
         return ThresholdChoice(**base, **none, note=f"no threshold reaches precision {target_precision:g} on the "
-                               "labelled pairs")
-    t, k, f = point.threshold, point.tp, point.fp
-    return ThresholdChoice(**base, threshold=t, tp=k, fp=f, precision=k / (k + f),
-                           precision_ci=clopper_pearson(k, k + f, ci_level), recall=k / len(pos),
-                           recall_ci=clopper_pearson(k, len(pos), ci_level))
+                               "labelled pairs" + (" (verification holds evidence against every duplicate)"
+                                                   if not (lab & found).any() else ""))
+    rule = DecisionRule({dataset: point.threshold}, verify)
+    called = rule.overlap(dataset, sims, verdicts)  # the decision itself, counted
+    k, f, n_pos = int((called & lab).sum()), int((called & ~lab).sum()), int(lab.sum())
+    return ThresholdChoice(**base, threshold=point.threshold, tp=k, fp=f, precision=k / (k + f),
+                           precision_ci=clopper_pearson(k, k + f, ci_level), recall=k / n_pos,
+                           recall_ci=clopper_pearson(k, n_pos, ci_level), first_stage=rule.first_stage(dataset))
 
 
-def pick_thresholds(path: str | os.PathLike, *, target_precision: float = 0.99,
+def pick_thresholds(path: str | os.PathLike, *, rule: str | os.PathLike | None = None, target_precision: float = 0.99,
                     ci_level: float = 0.995) -> dict[str, ThresholdChoice]:
-    """``choose_threshold`` for every dataset of a filled-in pairs.csv."""
-    return {name: choose_threshold(name, sims, labels, target_precision=target_precision, ci_level=ci_level,
-                                   n_unlabelled=unlabelled)
-            for name, (sims, labels, unlabelled) in read_labels(path).items()}
+    """``choose_threshold`` for every dataset of a filled-in pairs.csv, under the decision rule of ``rule``
+    (the sheet's pairs.json; default: the one beside ``path``). A labels file without verdicts needs no rule:
+    its similarities alone decide."""
+    from .decide.rule import rule_from_record
+
+    data = read_labels(path)
+    verify = decision = None
+    if any(d.verdicts is not None for d in data.values()):
+        record = load_rule_record(rule if rule is not None else Path(path).with_name(PAIRS_RULE))
+        verify = rule_from_record(record["verify"], {}, where=str(rule or PAIRS_RULE)).verify
+        decision = {"decision_version": record["decision_version"], "verify": record["verify"]}
+    return {name: choose_threshold(name, d.similarities, d.labels, verdicts=d.verdicts, verify=verify,
+                                   decision=decision, target_precision=target_precision, ci_level=ci_level,
+                                   n_unlabelled=d.n_unlabelled)
+            for name, d in data.items()}
 
 
 def write_thresholds(choices: dict[str, ThresholdChoice], path: str | os.PathLike) -> tuple[Path, Path]:

@@ -215,21 +215,34 @@ def decontaminate(report_dir, out_dir, index_dir) -> None:
               "(default: the detector's threshold).")
 @click.option("--n", "n_pairs", type=click.IntRange(min=1), default=200, show_default=True,
               help="Pairs per dataset.")
-@options.out_dir("Directory for pairs.html and pairs.csv.")
+@options.out_dir("Directory for pairs.html, pairs.csv and pairs.json (the decision rule the pairs were judged by).")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Judge each pair as `report` does (its verification score and verdict, and the decision at "
+                   "--around); --no-verify: the threshold alone, as `report --no-verify`.")
+@click.option("--verify-from", type=float, default=None, metavar="T", help="As `report --verify-from`.")
+@click.option("--verify-threshold", type=click.FloatRange(0, 1), default=None, metavar="S",
+              help="As `report --verify-threshold`.")
 @options.matching
 @options.quiet
-def pairs(index_dir, evals, around, n_pairs, out_dir, detector, batch_size, workers, device, max_pixels,
-          quiet) -> None:
-    """Write the pairs nearest a threshold as a review sheet (pairs.html) and a CSV to label (pairs.csv)."""
+def pairs(index_dir, evals, around, n_pairs, out_dir, verify, verify_from, verify_threshold, detector, batch_size,
+          workers, device, max_pixels, quiet) -> None:
+    """Write the pairs nearest a threshold as a review sheet (pairs.html) and a CSV to label (pairs.csv), each
+    pair judged by the report's decision rule at that threshold."""
+    from ..decide.rule import VerifySettings
     from ..review import review_pairs
     from ..sources import parse_eval_spec
 
+    if (verify_from is not None or verify_threshold is not None) and not verify:
+        raise click.UsageError("--verify-from and --verify-threshold do not go with --no-verify")
     match = MatchSettings(detector=detector, device=device, k=1, batch_size=batch_size, workers=workers,
                           max_pixels=max_pixels, progress=not quiet)
+    given = {} if verify_threshold is None else {"threshold": verify_threshold}
     sheet = review_pairs(index_dir, [parse_eval_spec(e) for e in evals], out_dir, around=around, n=n_pairs,
-                         match=match)
+                         match=match, verify=VerifySettings(first_stage=verify_from, **given) if verify else None)
+    how = "verified; " if sheet.verified else ""
     for name, count in sheet.n_pairs.items():
-        echo(f"{name}: {count} pairs nearest {sheet.around:.4f}")
+        echo(f"{name}: {count} pairs nearest {sheet.around:.4f} ({how}{sheet.n_overlap[name]} Overlap by the "
+             f"decision at {sheet.around:.4f})")
     echo(f"review {sheet.html}, fill in the is_duplicate column of {sheet.csv} (1 or 0), then run "
           f"`overlap-audit threshold {sheet.csv}`")
 
@@ -241,26 +254,47 @@ def pairs(index_dir, evals, around, n_pairs, out_dir, detector, batch_size, work
 @options.ci_level
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
               help="Thresholds file for `report --thresholds` (default: thresholds.json beside LABELS).")
-def threshold(labels, target, ci_level, out_file) -> None:
-    """Per dataset, the lowest threshold whose labelled precision in LABELS (a filled-in pairs.csv) is at
-    least --precision."""
+@click.option("--rule", "rule_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The review sheet's pairs.json: the decision rule its pairs were judged by (default: the one "
+                   "beside LABELS).")
+def threshold(labels, target, ci_level, out_file, rule_file) -> None:
+    """Per dataset, the lowest threshold at which the report's decision (the threshold, the first stage that
+    follows from it, and the verdicts recorded in LABELS, a filled-in pairs.csv) keeps the labelled precision
+    at least --precision."""
     from pathlib import Path
 
+    from ..decide.verify import VERIFY_THRESHOLD
     from ..review import pick_thresholds, write_thresholds
 
-    choices = pick_thresholds(labels, target_precision=target, ci_level=ci_level)
+    choices = pick_thresholds(labels, rule=rule_file, target_precision=target, ci_level=ci_level)
     path, evidence = write_thresholds(choices, out_file or Path(labels).with_name("thresholds.json"))
     level = f"{100 * ci_level:g}%"
+    fixed = set()
     for c in choices.values():
         counts = (f"{c.n_positive} duplicate(s), {c.n_negative} not, {c.n_unlabelled} unlabelled")
+        verify = (c.decision or {}).get("verify")
         if c.threshold is None:
             echo(f"{c.dataset}: no threshold ({counts}): {c.note}")
+            continue
+        if c.decision is None:
+            knobs = "the similarity alone (LABELS has no verdicts: as `report --no-verify` decides)"
+        elif verify is None:
+            knobs = "the threshold alone (the pairs were written with --no-verify)"
         else:
-            echo(f"{c.dataset}: threshold {c.threshold:.4f}: precision {c.precision:.3f} "
-                  f"({c.tp}/{c.tp + c.fp}; {level} CI [{c.precision_ci[0]:.3f}, {c.precision_ci[1]:.3f}]), "
-                  f"recall {c.recall:.3f} of the labelled duplicates ({c.tp}/{c.n_positive}; {level} CI "
-                  f"[{c.recall_ci[0]:.3f}, {c.recall_ci[1]:.3f}]); {counts}")
-    echo(f"thresholds written to {path} (use `report --thresholds {path}`); evidence in {evidence}")
+            stage = (f"--verify-from {c.first_stage:.4f}" if verify.get("first_stage") is not None
+                     else f"1 - {verify['relax']:g} (1 - threshold)")
+            knobs = f"first stage {c.first_stage:.4f} ({stage}), verification score {verify['threshold']:.4f}"
+            if verify.get("first_stage") is not None:
+                fixed.add(f"--verify-from {verify['first_stage']}")
+            if verify["threshold"] != VERIFY_THRESHOLD:
+                fixed.add(f"--verify-threshold {verify['threshold']}")
+        echo(f"{c.dataset}: threshold {c.threshold:.4f}; {knobs}: the decision's precision {c.precision:.3f} "
+             f"({c.tp}/{c.tp + c.fp}; {level} CI [{c.precision_ci[0]:.3f}, {c.precision_ci[1]:.3f}]), "
+             f"recall {c.recall:.3f} of the labelled duplicates ({c.tp}/{c.n_positive}; {level} CI "
+             f"[{c.recall_ci[0]:.3f}, {c.recall_ci[1]:.3f}]); {counts}")
+    also = " ".join(sorted(fixed))  # the knobs the report needs besides the thresholds
+    echo(f"thresholds written to {path} (use `report --thresholds {path}{' ' + also if also else ''}`); "
+         f"evidence in {evidence}")
 
 
 @click.command(cls=Command, epilog=example("overlap-audit detectors"))

@@ -15,12 +15,13 @@ Low-information examples are never Overlap.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..values import Embeddings, Neighbors, Split
+from ..errors import ReportError
+from ..values import Embeddings, Neighbors, RawItem, Split
 from .split import split
 from .photo import prepare_photo, verify_photo
 from .verify import VERIFY_THRESHOLD
@@ -31,6 +32,11 @@ from .verify import VERIFY_THRESHOLD
 # clipdup (0.9639) it keeps 60 of 75, and the copies clipdup misses lie far below its threshold (66 of 75 at
 # RELAX = 5; BENCHMARKS.md), so there verification adds precision, not recall
 RELAX = 2.0
+
+# The version of the rule below; report.json's "verify" record and the review sheet (pairs.json) carry it, and
+# whatever decides again from them (the notebooks, ``threshold``) refuses another. Raise it whenever the same
+# similarities and verdicts could decide differently.
+DECISION_VERSION = 1
 
 
 def relax_for(detector) -> float:
@@ -75,7 +81,7 @@ class VerifySettings:
         (``n_changed``: the unreadable pairs whose corpus image changed since it was indexed)."""
         d = {"threshold": self.threshold,
              "relax": (RELAX if self.relax is None else self.relax) if self.first_stage is None else None,
-             "first_stage": self.first_stage}
+             "first_stage": self.first_stage, "decision_version": DECISION_VERSION}
         if splits:
             d["datasets"] = {n: {"first_stage": self.first_stage_for(sp.threshold),
                                  "n_verified": int(np.isfinite(sp.verify_scores).sum()),
@@ -130,6 +136,90 @@ class DecisionRule:
         splits, unreadable, changed = _verify_splits(splits, index_dir, eval_sources, self.verify,
                                                      max_pixels=max_pixels, workers=workers, progress=progress)
         return Decision(splits, self.verify.to_dict(splits, unreadable, changed))
+
+    def overlap(self, dataset: str, similarities, verdicts: Sequence[bool | None],
+                low_information=None) -> np.ndarray:
+        """The decision for pairs whose verdicts are known (True: the same picture; False: evidence against;
+        None: nothing to say, not judged or unreadable): a verdict counts only at or above ``dataset``'s first
+        stage, as in ``decide``."""
+        sims = np.nan_to_num(np.asarray(similarities, np.float32), nan=-np.inf)
+        low = np.zeros(len(sims), bool) if low_information is None else np.asarray(low_information, bool)
+        confident = sims >= self.thresholds[dataset]  # as ``split.split`` compares: float32 similarities
+        if self.verify is None:
+            return _combine(confident, np.zeros_like(confident), np.zeros_like(confident), low)
+        candidate = sims.astype(np.float64) >= self.first_stage(dataset)  # as ``_verify_splits`` compares
+        v = list(verdicts)
+        if len(v) != len(sims):
+            raise ValueError("similarities and verdicts are not row-aligned")
+        same = np.array([x is True for x in v], bool)
+        against = np.array([x is False for x in v], bool)
+        return _combine(confident, candidate & same, candidate & against, low)
+
+    def judge_pairs(self, dataset: str, pairs: Sequence[tuple[RawItem | None, RawItem | None, float]], *,
+                    low_information=None, max_pixels: int | None = None, workers: int | None = None,
+                    progress: bool = False) -> list[PairJudgement]:
+        """Verify each (evaluation item, corpus item, similarity) pair, whatever its similarity (so that its
+        verdict serves other thresholds too), and decide it at ``dataset``'s threshold (``overlap``). Without
+        verification no pair is judged. Low-information pairs are not judged and never Overlap."""
+        from ..limits import DEFAULT_MAX_PIXELS
+
+        low = (np.zeros(len(pairs), bool) if low_information is None else np.asarray(low_information, bool))
+        todo, judged = [], {}
+        if self.verify is not None:
+            for i, (a, b, _) in enumerate(pairs):
+                if low[i]:
+                    continue
+                if _usable(a) and _usable(b):
+                    todo.append((i, _Pair(a.data, a.path, b.data, b.path, max_pixels or DEFAULT_MAX_PIXELS,
+                                          self.verify.threshold)))
+                else:
+                    judged[i] = (float("nan"), None, False)
+            judged.update(zip([i for i, _ in todo], _judge_all([p for _, p in todo], workers, progress)))
+        sims = [float(s) for _, _, s in pairs]
+        verdicts = [judged[i][1] if i in judged else None for i in range(len(pairs))]
+        overlap = self.overlap(dataset, sims, verdicts, low)
+        return [PairJudgement(sims[i], judged[i][0] if i in judged else float("nan"), verdicts[i],
+                              judged[i][2] if i in judged else None, bool(overlap[i]))
+                for i in range(len(pairs))]
+
+
+@dataclass(frozen=True)
+class PairJudgement:
+    """One pair as ``DecisionRule.judge_pairs`` judged it."""
+
+    similarity: float
+    verify_score: float  # NaN: not judged, or unreadable
+    verdict: bool | None  # True: the same picture; False: evidence against; None: nothing to say / not judged
+    readable: bool | None  # None: not judged (no verification, or low-information)
+    overlap: bool  # the decision at the rule's threshold
+
+
+def rule_from_record(verify: dict | None, thresholds: Mapping[str, float], *, where: str) -> DecisionRule:
+    """The rule a report or review sheet recorded (its "verify" record; None: no verification) at
+    ``thresholds``; one recorded by another version of the rule is refused (``where`` names the file)."""
+    if verify is None:
+        return DecisionRule(dict(thresholds), None)
+    check_decision_version(verify.get("decision_version"), where=where)
+    return DecisionRule(dict(thresholds), VerifySettings(threshold=float(verify["threshold"]),
+                                                         first_stage=verify.get("first_stage"),
+                                                         relax=verify.get("relax")))
+
+
+def check_decision_version(version, *, where: str) -> None:
+    """Refuse what another version of the rule decided (``where`` names it)."""
+    if version != DECISION_VERSION:
+        raise ReportError(f"{where} was decided by another version of the Overlap decision rule "
+                          f"({version or 'unversioned'}; this is {DECISION_VERSION}): make it again with this version")
+
+
+def _combine(confident: np.ndarray, same: np.ndarray, against: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """Overlap: a pair verified as the same picture, or a match at or above the threshold (``confident``) that
+    verification holds no evidence against; never a low-information example."""
+    return (same | (confident & ~against)) & ~low
+
+
+def _usable(item) -> bool:
+    return item is not None and not item.skip_reason and (item.data is not None or item.path is not None)
 
 
 # Pairs verified per task sent to a worker process, and the fewest pairs worth starting workers for.
@@ -225,9 +315,6 @@ def _verify_splits(splits: dict[str, Split], index_dir, eval_sources: Mapping[st
     keys = {splits[n].neighbors.ids[i, 0] for n, rows in wanted.items() for i in rows}
     corpus = corpus_items(index_dir, keys) if keys else {}
 
-    def usable(item) -> bool:
-        return item is not None and not item.skip_reason and (item.data is not None or item.path is not None)
-
     pairs: list[_Pair] = []
     where: list[tuple[str, int]] = []
     unreadable, changed = {n: 0 for n in splits}, {n: 0 for n in splits}
@@ -238,7 +325,7 @@ def _verify_splits(splits: dict[str, Split], index_dir, eval_sources: Mapping[st
         for i in rows:
             key = str(sp.neighbors.ids[i, 0])
             a, b = evals.get(sp.ids[i]), corpus.get(key)
-            if not (usable(a) and usable(b)):
+            if not (_usable(a) and _usable(b)):
                 unreadable[name] += 1
                 changed[name] += key in corpus and is_changed(corpus[key])
                 continue
@@ -261,6 +348,6 @@ def _verify_splits(splits: dict[str, Split], index_dir, eval_sources: Mapping[st
             scores[i] = score
             verified[i], against[i] = verdict is True, verdict is False
         confident = np.asarray(sp.overlap, bool)  # at or above the dataset's threshold
-        overlap = (verified | (confident & ~against)) & ~np.asarray(sp.low_information, bool)
+        overlap = _combine(confident, verified, against, np.asarray(sp.low_information, bool))
         out[name] = replace(sp, verify_scores=scores, verified=verified, overlap=overlap)
     return out, unreadable, changed

@@ -159,7 +159,7 @@ class GalleryPair:
     corpus_box: dict | None = None
     eval_class_name: str | None = None  # the label's readable name, from the report's --classnames file
     verify_score: float | None = None  # verification (report --verify); None where the pair was not verified
-    verified: bool | None = None
+    verified: bool | None = None  # the verdict: True same picture, False evidence against, None nothing to say
 
 
 @dataclass(frozen=True)
@@ -313,8 +313,9 @@ def _pair(p: GalleryPair) -> str:
                      f'{esc(box_text(p.corpus_box))}' + (f"; matched on the {esc(p.view)} view" if p.view else "")
                      + "</div>")
     if p.verify_score is not None:
-        lines.append(f'<div class="t verify">verification: {p.verify_score:.3f}, '
-                     f'{"verified (same picture)" if p.verified else "rejected (a different picture)"}</div>')
+        verdict = ("nothing to say either way (the threshold decides)" if p.verified is None
+                   else "verified (same picture)" if p.verified else "rejected (a different picture)")
+        lines.append(f'<div class="t verify">verification: {p.verify_score:.3f}, {verdict}</div>')
     lines.append("</figcaption></figure>")
     return "\n".join(lines)
 
@@ -400,7 +401,8 @@ def render_review_html(galleries: list[Gallery], around: float, csv_name: str) -
         f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">',
         f"<title>Pairs to review</title><style>{_STYLE}</style></head><body>",
         "<h1>Pairs to review</h1>",
-        f"<p>The pairs nearest similarity {esc(similarity_text(around))}, most similar first; red border: at or above it. "
+        f"<p>The pairs nearest similarity {esc(similarity_text(around))}, most similar first; red border: Overlap by the "
+        f"report's decision at that threshold (the threshold and, where on, verification). "
         f"For each pair, write 1 (the same image) or 0 (not) in the <code>is_duplicate</code> column of "
         f"<code>{esc(csv_name)}</code> on the line with its number, then run <code>overlap-audit threshold "
         f"{esc(csv_name)}</code>. Leave a pair empty to skip it.</p>",

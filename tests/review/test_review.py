@@ -11,9 +11,11 @@ from scipy.stats import binomtest
 from overlap_audit.api import build_index
 from overlap_audit.cli import main
 from overlap_audit.settings import IndexSettings
-from overlap_audit.errors import ThresholdError
+from overlap_audit.errors import ReportError, ThresholdError
 from overlap_audit.report import load_report
-from overlap_audit.review import choose_threshold, nearest_rows, pick_thresholds, read_labels, write_thresholds
+from overlap_audit.review import (LabelledPairs, choose_threshold, nearest_rows, pick_thresholds, read_labels,
+                                  write_thresholds)
+from overlap_audit.decide.rule import DECISION_VERSION, DecisionRule, VerifySettings, rule_from_record
 from overlap_audit.decide.split import load_thresholds
 
 from ..helpers import write_predictions
@@ -61,14 +63,16 @@ def test_labels_file_unlabelled_rows_are_counted_and_bad_values_named(tmp_path):
     rows = [("a", s, "1") for s in POS] + [("a", s, "no") for s in NEG] + [("a", 0.99, ""), ("b", 0.97, " "),
                                                                            ("b", 0.96, "FALSE")]
     path = write_labels(tmp_path / "l.csv", rows)
-    data = read_labels(path)
-    assert data["a"][2] == 1 and len(data["a"][0]) == 9 and data["b"] == ([0.96], [False], 1)
+    data = read_labels(path)  # a file from before the verdict columns still reads
+    assert data["a"].n_unlabelled == 1 and len(data["a"].similarities) == 9
+    assert data["b"] == LabelledPairs([0.96], [False], None, 1)
     choices = pick_thresholds(path, target_precision=0.9)
     assert choices["a"].threshold == 0.93 and choices["a"].n_unlabelled == 1 and choices["b"].threshold is None
     out, evidence = write_thresholds(choices, tmp_path / "t" / "thresholds.json")
     assert load_thresholds(out) == {"a": 0.93}  # what `report --thresholds` reads
     ev = json.loads(evidence.read_text())
     assert ev["a"]["precision_counts"] == [2, 2] and ev["b"]["threshold"] is None and ev["b"]["note"]
+    assert ev["a"]["decision"] is None and ev["a"]["first_stage"] is None  # no verdicts: the similarity alone
 
     write_labels(tmp_path / "bad.csv", [("a", 0.9, "1"), ("a", 0.8, "maybe")])
     with pytest.raises(ThresholdError, match=r"line 3: is_duplicate 'maybe'"):
@@ -79,6 +83,29 @@ def test_labels_file_unlabelled_rows_are_counted_and_bad_values_named(tmp_path):
     (tmp_path / "bad3.csv").write_text("dataset,similarity\na,0.9\n")
     with pytest.raises(ThresholdError, match="is_duplicate"):
         read_labels(tmp_path / "bad3.csv")
+
+
+def test_threshold_measures_the_decision_not_the_similarity():
+    """With verdicts, a pair verification holds evidence against is Overlap at no threshold, and a verified
+    pair is Overlap down to the first stage: the chosen threshold and its counts are the decision's."""
+    verify = VerifySettings(relax=2)
+    sims = [0.95, 0.80, 0.93, 0.85]
+    labels = [True, True, False, False]
+    verdicts = [None, True, False, None]
+    raw = choose_threshold("a", sims, labels, target_precision=1.0)
+    assert (raw.threshold, raw.recall) == (0.95, 0.5)  # the similarity alone
+    c = choose_threshold("a", sims, labels, verdicts=verdicts, verify=verify, target_precision=1.0)
+    # at t = 0.9 the first stage is 0.8: the verified 0.80 duplicate is found, the rejected 0.93 and the
+    # 0.85 below t are not called
+    assert c.threshold == pytest.approx(0.9) and c.first_stage == pytest.approx(0.8)
+    assert (c.tp, c.fp, c.precision, c.recall) == (2, 0, 1.0, 1.0)
+    assert DecisionRule({"a": c.threshold}, verify).overlap("a", sims, verdicts).tolist() == [True, True, False, False]
+    # a duplicate verification rejects is a miss at every threshold
+    c = choose_threshold("a", sims, [True, True, True, False], verdicts=verdicts, verify=verify,
+                         target_precision=1.0)
+    assert (c.tp, c.fp, c.recall) == (2, 0, pytest.approx(2 / 3))
+    c = choose_threshold("a", [0.93], [True], verdicts=[False], verify=verify, target_precision=0.9)
+    assert c.threshold is None and "evidence against every duplicate" in c.note
 
 
 def test_nearest_rows():
@@ -111,11 +138,13 @@ def test_pairs_label_threshold_report_round_trip(tmp_path, corpus_dir, eval_set)
         w.writeheader()
         w.writerows(rows)
     r = runner.invoke(main, ["threshold", str(tmp_path / "labels.csv"), "--precision", "0.95"])
+    assert r.exit_code == 2 and "pairs.json" in r.output  # the labels were moved away from the sheet's rule
+    r = runner.invoke(main, ["threshold", str(tmp_path / "labels.csv"), "--precision", "0.95", "--rule",
+                             str(tmp_path / "rev" / "pairs.json")])
     assert r.exit_code == 0, r.output
     chosen = load_thresholds(tmp_path / "thresholds.json")["val"]
     assert "2 unlabelled" in r.output and f"threshold {chosen:.4f}" in r.output
-    dup_sims = [float(row["similarity"]) for row in rows if row["is_duplicate"] == "1"]
-    assert chosen in dup_sims
+    assert "first stage" in r.output and "the decision's precision" in r.output
     preds = write_predictions(tmp_path / "p.csv", "val", planted + clean, [1] * len(planted + clean))
     r = runner.invoke(main, ["report", str(idx), "--eval", f"val={root}", "--predictions", str(preds), "--out",
                              str(tmp_path / "rep"), "--thresholds", str(tmp_path / "thresholds.json"),
@@ -198,3 +227,104 @@ def test_ids_in_the_review_csv_cannot_run_as_spreadsheet_formulas():
     assert _inert('=HYPERLINK("http://x","y")') == '\'=HYPERLINK("http://x","y")'
     assert [_inert(x) for x in ("+1", "-1", "@a", "\tx")] == ["'+1", "'-1", "'@a", "'\tx"]
     assert _inert("cat/001.png") == "cat/001.png"
+
+
+def test_report_pairs_threshold_and_report_again_decide_by_one_rule(tmp_path):
+    """A look-alike above the threshold that verification rejects, and a padded copy below it (above the first
+    stage) that verification accepts: the report, pairs.csv / pairs.html and `threshold` all decide them by
+    the rule, not by the similarity; a sheet or evidence file of another version of the rule is refused."""
+    import pyarrow.parquet as pq
+
+    from ..decide.test_verify import copies, drawing
+    from ..detectors.test_detectors import pictogram_signs
+
+    corpus, evals = tmp_path / "corpus", tmp_path / "evals" / "x"
+    corpus.mkdir()
+    evals.mkdir(parents=True)
+    signs = pictogram_signs()
+    signs["bar"].save(corpus / "sign_bar.png")
+    drawing(10).save(corpus / "drawing10.png")
+    for i in range(20, 26):
+        drawing(i).save(corpus / f"filler{i}.png")
+    signs["arrow"].save(evals / "sign_arrow.png")  # another pictogram on the same sign
+    copies(drawing(10))["padded"].save(evals / "drawing10_padded.png")
+    drawing(11).save(evals / "new.png")
+    ids = ["x/sign_arrow.png", "x/drawing10_padded.png", "x/new.png"]
+    preds = write_predictions(tmp_path / "preds.csv", "val", ids, [1, 1, 0])
+    runner = CliRunner()
+    index = tmp_path / "index"
+    # whole images: the hash ranks the look-alike sign first
+    assert runner.invoke(main, ["index", str(corpus), "--out", str(index), "--workers", "0", "--quiet",
+                                "--content", "whole"]).exit_code == 0
+    t = 0.7
+    common = [str(index), "--eval", f"val={tmp_path / 'evals'}", "--workers", "0", "--quiet"]
+    r = runner.invoke(main, ["report", *common, "--predictions", str(preds), "--threshold", str(t), "--out",
+                             str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    rows = {row["id"]: row for row in pq.read_table(tmp_path / "rep" / "splits.parquet").to_pylist()}
+    look, copy = rows["x/sign_arrow.png"], rows["x/drawing10_padded.png"]
+    # the cases that tell the rule from the similarity: default first stage 1 - 2 (1 - 0.7) = 0.4
+    assert look["similarity"] >= t and look["verified"] is False and not look["overlap"]
+    assert 0.4 <= copy["similarity"] < t and copy["verified"] is True and copy["overlap"]
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["verify"]["decision_version"] == DECISION_VERSION
+
+    r = runner.invoke(main, ["pairs", *common, "--around", str(t), "--out", str(tmp_path / "rev")])
+    assert r.exit_code == 0, r.output
+    assert "1 Overlap by the decision at 0.7000" in r.output
+    with open(tmp_path / "rev" / "pairs.csv", newline="") as fh:
+        sheet = list(csv.DictReader(fh))
+    by_id = {row["eval_id"]: row for row in sheet}
+    for i in ids:  # pairs.csv's decision is the report's
+        assert by_id[i]["overlap"] == ("true" if rows[i]["overlap"] else "false")
+    assert by_id["x/sign_arrow.png"]["verdict"] == "different" and by_id["x/drawing10_padded.png"]["verdict"] == "same"
+    assert float(by_id["x/drawing10_padded.png"]["verify_score"]) == pytest.approx(copy["verify_score"], abs=1e-6)
+    page = (tmp_path / "rev" / "pairs.html").read_text()
+    assert "rejected (a different picture)" in page and "verified (same picture)" in page
+
+    # the reviewer agrees with verification; `threshold` measures the decision
+    for row in sheet:
+        row["is_duplicate"] = "1" if row["eval_id"] == "x/drawing10_padded.png" else "0"
+    with open(tmp_path / "rev" / "pairs.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(sheet[0]))
+        w.writeheader()
+        w.writerows(sheet)
+    r = runner.invoke(main, ["threshold", str(tmp_path / "rev" / "pairs.csv"), "--precision", "0.95"])
+    assert r.exit_code == 0, r.output
+    chosen = load_thresholds(tmp_path / "rev" / "thresholds.json")["val"]
+    # the highest threshold whose first stage still reaches the copy; by the similarity alone the look-alike
+    # above the copy would leave no threshold at precision 0.95
+    assert chosen == pytest.approx(1 - (1 - copy["similarity"]) / 2)
+    evidence = json.loads((tmp_path / "rev" / "thresholds.evidence.json").read_text())["val"]
+    assert evidence["first_stage"] == pytest.approx(copy["similarity"])
+    assert (evidence["tp"], evidence["fp"], evidence["recall"]) == (1, 0, 1.0)
+    assert evidence["decision"]["decision_version"] == DECISION_VERSION
+    assert f"threshold {chosen:.4f}; first stage {copy['similarity']:.4f}" in r.output
+    assert pick_thresholds(tmp_path / "rev" / "pairs.csv", target_precision=0.95)["val"].threshold == chosen
+    sims = [float(row["similarity"]) for row in sheet]
+    assert choose_threshold("val", sims, [row["is_duplicate"] == "1" for row in sheet],
+                            target_precision=0.95).threshold is None
+
+    # the report at the chosen threshold decides as `threshold` measured, and takes its evidence
+    r = runner.invoke(main, ["report", *common, "--predictions", str(preds), "--thresholds",
+                             str(tmp_path / "rev" / "thresholds.json"), "--detector-error",
+                             str(tmp_path / "rev" / "thresholds.evidence.json"), "--out", str(tmp_path / "rep2")])
+    assert r.exit_code == 0, r.output
+    again = {row["id"]: row["overlap"] for row in pq.read_table(tmp_path / "rep2" / "splits.parquet").to_pylist()}
+    assert again == {"x/sign_arrow.png": False, "x/drawing10_padded.png": True, "x/new.png": False}
+
+    # another version of the rule: the sheet, the evidence and the report are refused, in one line
+    rule = json.loads((tmp_path / "rev" / "pairs.json").read_text())
+    (tmp_path / "rev" / "pairs.json").write_text(json.dumps(rule | {"decision_version": DECISION_VERSION + 1}))
+    r = runner.invoke(main, ["threshold", str(tmp_path / "rev" / "pairs.csv")])
+    assert r.exit_code == 2 and "another version of the Overlap decision rule" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    ev = json.loads((tmp_path / "rev" / "thresholds.evidence.json").read_text())
+    ev["val"]["decision"]["decision_version"] = None
+    (tmp_path / "old.evidence.json").write_text(json.dumps(ev))
+    r = runner.invoke(main, ["report", *common, "--predictions", str(preds), "--detector-error",
+                             str(tmp_path / "old.evidence.json"), "--out", str(tmp_path / "rep3")])
+    assert r.exit_code == 2 and "another version of the Overlap decision rule" in r.output
+    recorded = json.loads((tmp_path / "rep" / "report.json").read_text())["verify"]
+    with pytest.raises(ReportError, match="another version"):
+        rule_from_record({k: v for k, v in recorded.items() if k != "decision_version"}, {"val": t}, where="old")
+    assert rule_from_record(recorded, {"val": t}, where="r").verify == VerifySettings(relax=2)
