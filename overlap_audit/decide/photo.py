@@ -74,8 +74,13 @@ BAND = (0.7, 4.0)  # the difference of Gaussians' sigmas, fine-grid pixels (scal
 MIN_TEXTURE = 1.5 / 255  # band-passed standard deviation (grey levels in [0, 1]) under which a view says nothing
 MAX_FLAT = 0.3  # share of flat pixels from which an image is drawn (see verify_photo's drawing rule)
 ACCEPT = 0.83  # photo score from which a pair is the same picture (chosen on the photo development set: see below)
+# below the detector's threshold the photo score needed grows linearly to ACCEPT + GRADE at its first stage
+# (``rule.VerifySettings.accept_for``): on the photo development set this keeps tiles of one brick wall or one
+# tray of coins apart at a cost of 2-4 points of recall on App. C copies (BENCHMARKS.md)
+GRADE = 0.08
 ACCEPT_CELLS = 0.2  # ... and whose textured cells (all but the worst) correlate at least this much
 REJECT = 0.4  # photo score under which an informative pair is evidence against a detector's match
+REJECT_TEXTURE = 4 / 255  # ... where its texture stands this far above the noise (a flat retina scan does not)
 MAX_ASPECT = 12.0  # an image longer than this many times its width is a strip: no grid keeps its content
 UNIQUE = 0.05  # an accepted copy matches its source this much better than itself a quarter-side away
 
@@ -131,13 +136,16 @@ class PhotoVerification:
         """True: the same picture; False: evidence that it is not; None: nothing to say either way."""
         return self.verdict_at(VERIFY_THRESHOLD)
 
-    def verdict_at(self, pair_threshold: float) -> bool | None:
+    def verdict_at(self, pair_threshold: float, accept: float = None) -> bool | None:
         """``verdict`` with ``pair_threshold`` in place of ``verify.VERIFY_THRESHOLD`` for the drawing
-        comparison's score."""
+        comparison's score, and ``accept`` in place of ``ACCEPT`` for the photo score."""
+        accept = ACCEPT if accept is None else accept
         if self.degenerate:
             return None
         if self.applies and self.informative:
-            if self.score >= ACCEPT and self.cells >= ACCEPT_CELLS and self.unique:
+            if self.score < REJECT and self.texture < REJECT_TEXTURE:
+                return None  # texture near the noise floor: a low correlation is JPEG noise, not evidence
+            if self.score >= accept and self.cells >= ACCEPT_CELLS and self.unique:
                 return True
             if self.score < REJECT:
                 return False

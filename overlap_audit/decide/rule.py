@@ -14,6 +14,7 @@ Low-information examples are never Overlap.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -61,6 +62,21 @@ class VerifySettings:
     threshold: float = VERIFY_THRESHOLD
     first_stage: float | None = None
     relax: float | None = None  # the first stage's relaxation when ``first_stage`` is None (None: ``RELAX``)
+    # the detector's own threshold: a photograph pair whose similarity lies below it needs a photo score that
+    # grows towards ``photo.ACCEPT + photo.GRADE`` at that threshold's first stage (``accept_for``); None: flat
+    anchor: float | None = None
+
+    def accept_for(self, similarity: float) -> float:
+        """The photo score a photograph pair at ``similarity`` needs to be verified as the same picture: the
+        less similar the detector finds the pair, the stronger the evidence verification needs (two tiles of
+        one brick wall or one tray of coins correlate about as well as a strongly edited copy)."""
+        from .photo import ACCEPT, GRADE
+
+        if self.anchor is None or not math.isfinite(similarity) or similarity >= self.anchor:
+            return ACCEPT
+        low = first_stage_threshold(self.anchor, RELAX if self.relax is None else self.relax)
+        share = min(1.0, (self.anchor - similarity) / max(self.anchor - low, 1e-9))
+        return ACCEPT + GRADE * share
 
     def __post_init__(self) -> None:
         from ..errors import param
@@ -81,7 +97,7 @@ class VerifySettings:
         (``n_changed``: the unreadable pairs whose corpus image changed since it was indexed)."""
         d = {"threshold": self.threshold,
              "relax": (RELAX if self.relax is None else self.relax) if self.first_stage is None else None,
-             "first_stage": self.first_stage, "decision_version": DECISION_VERSION}
+             "first_stage": self.first_stage, "anchor": self.anchor, "decision_version": DECISION_VERSION}
         if splits:
             d["datasets"] = {n: {"first_stage": self.first_stage_for(sp.threshold),
                                  "n_verified": int(np.isfinite(sp.verify_scores).sum()),
@@ -117,6 +133,8 @@ class DecisionRule:
         (``relax_for``)."""
         if verify is not None and verify.relax is None:
             verify = replace(verify, relax=relax_for(detector))
+        if verify is not None and verify.anchor is None and detector.default_threshold is not None:
+            verify = replace(verify, anchor=float(detector.default_threshold))
         return cls(dict(thresholds), verify)
 
     def first_stage(self, dataset: str) -> float | None:
@@ -171,7 +189,7 @@ class DecisionRule:
                     continue
                 if _usable(a) and _usable(b):
                     todo.append((i, _Pair(a.data, a.path, b.data, b.path, max_pixels or DEFAULT_MAX_PIXELS,
-                                          self.verify.threshold)))
+                                          self.verify.threshold, self.verify.accept_for(float(pairs[i][2])))))
                 else:
                     judged[i] = (float("nan"), None, False)
             judged.update(zip([i for i, _ in todo], _judge_all([p for _, p in todo], workers, progress)))
@@ -202,7 +220,7 @@ def rule_from_record(verify: dict | None, thresholds: Mapping[str, float], *, wh
     check_decision_version(verify.get("decision_version"), where=where)
     return DecisionRule(dict(thresholds), VerifySettings(threshold=float(verify["threshold"]),
                                                          first_stage=verify.get("first_stage"),
-                                                         relax=verify.get("relax")))
+                                                         relax=verify.get("relax"), anchor=verify.get("anchor")))
 
 
 def check_decision_version(version, *, where: str) -> None:
@@ -237,6 +255,7 @@ class _Pair:
     corpus_path: str | None
     max_pixels: int
     pair_threshold: float
+    accept: float  # the photo score that verifies this pair (``VerifySettings.accept_for`` its similarity)
 
 
 def _judge(pair: _Pair) -> tuple[float, bool | None, bool]:
@@ -260,7 +279,7 @@ def _judge(pair: _Pair) -> tuple[float, bool | None, bool]:
     except ImageRejected:
         return float("nan"), None, False
     v = verify_photo(prepare_photo(a), prepare_photo(b))
-    return (v.score if v.applies else v.pair_score), v.verdict_at(pair.pair_threshold), True
+    return (v.score if v.applies else v.pair_score), v.verdict_at(pair.pair_threshold, pair.accept), True
 
 
 def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool) -> list[tuple[float, bool | None, bool]]:
@@ -329,7 +348,8 @@ def _verify_splits(splits: dict[str, Split], index_dir, eval_sources: Mapping[st
                 unreadable[name] += 1
                 changed[name] += key in corpus and is_changed(corpus[key])
                 continue
-            pairs.append(_Pair(a.data, a.path, b.data, b.path, max_pixels, settings.threshold))
+            pairs.append(_Pair(a.data, a.path, b.data, b.path, max_pixels, settings.threshold,
+                               settings.accept_for(float(sp.top_similarity[i]))))
             where.append((name, i))
     judged = dict(zip(where, _judge_all(pairs, workers, progress)))
 

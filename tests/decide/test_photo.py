@@ -108,5 +108,5 @@ def test_an_extreme_strip_says_nothing_so_a_confident_match_stands():
     strip.save(jpg, format="JPEG", quality=90)
     v = verify_photo(prepare_photo(strip), prepare_photo(Image.open(io.BytesIO(jpg.getvalue())).convert("RGB")))
     assert v.degenerate and v.verdict is None
-    assert _judge(_Pair(png.getvalue(), None, png.getvalue(), None, 10 ** 8, 0.8))[1] is True
-    assert _judge(_Pair(png.getvalue(), None, jpg.getvalue(), None, 10 ** 8, 0.8))[1] is None
+    assert _judge(_Pair(png.getvalue(), None, png.getvalue(), None, 10 ** 8, 0.8, 0.83))[1] is True
+    assert _judge(_Pair(png.getvalue(), None, jpg.getvalue(), None, 10 ** 8, 0.8, 0.83))[1] is None

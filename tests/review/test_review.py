@@ -327,4 +327,4 @@ def test_report_pairs_threshold_and_report_again_decide_by_one_rule(tmp_path):
     recorded = json.loads((tmp_path / "rep" / "report.json").read_text())["verify"]
     with pytest.raises(ReportError, match="another version"):
         rule_from_record({k: v for k, v in recorded.items() if k != "decision_version"}, {"val": t}, where="old")
-    assert rule_from_record(recorded, {"val": t}, where="r").verify == VerifySettings(relax=2)
+    assert rule_from_record(recorded, {"val": t}, where="r").verify == VerifySettings(relax=2, anchor=1 - 9 / 64)
