@@ -4,8 +4,10 @@ or start at any stage (``embed_source``, ``search``, ``split``, ``overlap_stats`
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -17,6 +19,7 @@ from . import __version__
 from .atomic import atomic_write, create_temporary
 from .decide.rule import DecisionRule, VerifySettings, check_decision_version
 from .decide.split import load_thresholds, resolve_thresholds
+from .evalcache import default_cache_dir
 from .errors import EmptyEvalSetError, OutputDirError, SourceError, param
 from .evidence import build_galleries
 from .index import build_index, content_boxes
@@ -35,6 +38,8 @@ from .values import Split
 
 __all__ = ["ReportSettings", "build_index", "run_report"]
 
+_log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ReportSettings:
@@ -48,7 +53,8 @@ class ReportSettings:
     verifies each example whose nearest corpus item is at or above a relaxed first stage, and Overlap becomes
     the verified ones. The report directory
     always holds ``corpus_matches.parquet`` (``matches.corpus_matches``); ``corpus_matches`` names a further
-    copy of it, outside ``out_dir``.
+    copy of it, outside ``out_dir``. ``cache_dir`` keeps each evaluation set's embeddings and neighbours
+    between runs (``evalcache``; default ``evalcache.default_cache_dir()``, None: no cache).
     """
 
     out_dir: str | os.PathLike
@@ -60,6 +66,7 @@ class ReportSettings:
     verify: VerifySettings | None = field(default_factory=VerifySettings)  # None: no verification
     corpus_matches: str | os.PathLike | None = None
     ignore_extra_sets: bool = False  # predictions for sets not evaluated are left out instead of refused
+    cache_dir: str | os.PathLike | None = field(default_factory=default_cache_dir)
 
     def __post_init__(self) -> None:
         if self.corpus_matches is not None and _inside(Path(self.corpus_matches), Path(self.out_dir)):
@@ -96,11 +103,29 @@ def run_report(index_dir: str | os.PathLike, evals: Iterable[tuple[str, object]]
         return _run_report(index_dir, evals, settings)
 
 
+class _Phases:
+    """Seconds per phase of one run, each logged as it ends."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.start = self._last = time.perf_counter()
+
+    def done(self, phase: str, note: str = "") -> None:
+        spent = (now := time.perf_counter()) - self._last
+        self.seconds[phase], self._last = round(spent, 3), now
+        _log.debug("phase %s: %.2f s%s", phase, spent, note and f" ({note})")
+
+    def table(self, sets: dict) -> dict:
+        return {"seconds": dict(self.seconds, total=round(time.perf_counter() - self.start, 3)), "sets": sets}
+
+
 def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
     match, st = settings.match, settings.stats
     out_dir = Path(settings.out_dir)
     names = [n for n, _ in evals]
+    phases = _Phases()
     corpus = open_corpus(index_dir, match)
+    phases.done("open_index")
     det = corpus.detector
     # before any embedding: a malformed predictions file, classnames or templates file fails first
     scoring = prepare_scoring(settings.predictions, settings.zero_shot, evals, device=match.device,
@@ -110,21 +135,32 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
     cut = resolve_thresholds(names, det.default_threshold, threshold=st.threshold, per_dataset=per_dataset)
     errors = resolve_detector_error(names, st.precision, st.recall, st.detector_error)
     rule = DecisionRule.for_detector(det, cut, settings.verify)
+    phases.done("check_inputs")
 
-    matches = match_eval_sets(corpus, evals, match, scorers=scoring.scorers)
+    matches = match_eval_sets(corpus, evals, match, scorers=scoring.scorers, cache_dir=settings.cache_dir)
+    for name, m in matches.items():
+        phases.seconds[f"embed:{name}"] = round(m.seconds["embed"], 3)
+        phases.seconds[f"search:{name}"] = round(m.seconds["search"], 3)
+    phases.done("match", f"{sum(m.cached for m in matches.values())} of {len(matches)} set(s) from the cache")
     decision = rule.decide({n: (m.embeddings, m.neighbors) for n, m in matches.items()}, index_dir=index_dir,
                            eval_sources=dict(evals), max_pixels=match.max_pixels, workers=match.workers,
                            progress=match.progress)
     splits = _with_neighbor_boxes(decision.splits, index_dir) if det.content == "trim" else decision.splits
     skipped = {n: m.skipped for n, m in matches.items()}
     _check_not_empty(splits, skipped)
+    phases.done("decide")
+    sets = {n: {"n_items": len(m.embeddings) + len(m.skipped), "n_embedded": len(m.embeddings),
+                "n_skipped": len(m.skipped), "n_overlap": int(splits[n].overlap.sum()), "from_cache": m.cached,
+                "cache_dir": str(settings.cache_dir) if m.cached else None} for n, m in matches.items()}
     scores = matches_file = None
     try:
         scores = score(scoring, splits, skipped, out_dir=out_dir, progress=match.progress)
         correctness = scores.correct
+        phases.done("score")
         datasets = _dataset_reports(names, splits, correctness, skipped, cut, st, errors)
         datasets = [replace(d, warnings=small_image_warnings(splits[d.name], det.measured_min_side))
                     for d in datasets]
+        phases.done("stats")
         m = corpus.manifest
         exact = match.exact
         report = Report(
@@ -150,7 +186,9 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
         rows = splits_table(splits, correctness).to_pylist()
         galleries = build_galleries(report, rows, eval_sources=dict(evals), index_dir=corpus.path,
                                     limit=DEFAULT_GALLERY if settings.gallery is None else settings.gallery,
-                                    max_pixels=match.max_pixels)
+                                    max_pixels=match.max_pixels, progress=match.progress)
+        phases.done("gallery")
+        report = replace(report, timings=phases.table(sets))
         write_report(settings.out_dir, report, splits, correctness, galleries=galleries, extra_files=extra_files)
         if settings.corpus_matches is not None:
             atomic_write(settings.corpus_matches, lambda tmp: shutil.copyfile(out_dir / CORPUS_MATCHES, tmp))
@@ -159,7 +197,8 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
             scores.discard()
         if matches_file is not None:
             matches_file.unlink(missing_ok=True)
-    return replace(report, files=load_report(out_dir).files, directory=str(out_dir))
+    phases.done("write")
+    return replace(report, files=load_report(out_dir).files, directory=str(out_dir), timings=phases.table(sets))
 
 
 def small_image_warnings(sp: Split, measured_min_side: int | None) -> list[str]:

@@ -94,10 +94,13 @@ def eval_items(report: Report, name: str, ids, source: object | None = None) -> 
 
 def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str, object],
                     index_dir: str | os.PathLike | None, limit: int = DEFAULT_GALLERY, around: int = DEFAULT_AROUND,
-                    max_pixels: int = DEFAULT_MAX_PIXELS, eval_notes: dict[str, str] | None = None) -> list[Gallery]:
+                    max_pixels: int = DEFAULT_MAX_PIXELS, eval_notes: dict[str, str] | None = None,
+                    progress: bool = False) -> list[Gallery]:
     """The gallery of every dataset of ``report`` from its splits rows (as in splits.parquet), with the
     images read from ``eval_sources`` (name -> spec or in-memory source) and the index at ``index_dir``;
-    ``eval_notes`` says why a dataset's source is not read."""
+    ``eval_notes`` says why a dataset's source is not read; ``progress`` shows a bar over the pairs drawn."""
+    from tqdm import tqdm
+
     chosen: dict[str, tuple[list[dict], int]] = {}
     for d in report.datasets:
         mine = [r for r in rows if r["dataset"] == d.name]
@@ -117,6 +120,8 @@ def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str,
             corpus_note = f"the index {index_dir} cannot be read ({exc})"
 
     galleries = []
+    bar = tqdm(total=sum(len(p) for p, _ in chosen.values()), desc="gallery", unit="pair", disable=not progress,
+               leave=False)
     for d in report.datasets:
         picked, n_deciding = chosen[d.name]
         n_total = sum(1 for r in rows if r["dataset"] == d.name)
@@ -150,8 +155,10 @@ def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str,
                 deciding=i < n_deciding, view=r.get("view"), eval_box=e_box, corpus_box=c_box,
                 eval_class_name=names.get(str(r.get("label"))), verify_score=r.get("verify_score"),
                 verified=r.get("verified")))
+            bar.update()
         galleries.append(Gallery(d.name, d.threshold, pairs, n_total - n_none - len(pairs), n_none,
                                  note or corpus_note))
+    bar.close()
     return galleries
 
 

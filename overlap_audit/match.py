@@ -7,9 +7,11 @@ comparable with the index's; ``match_eval_sets`` gives, per evaluation set, its 
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,6 +19,7 @@ import numpy as np
 from .detectors import Detector, get_detector
 from .devices import faiss_device
 from .embed import embed_source
+from .evalcache import cacheable, index_identity, load_cached, save_cached, set_key
 from .errors import IndexDirError, SourceError, param
 from .index import CorpusIndex, IndexManifest, check_detector, load_index, search
 from .outputs import check_output_apart
@@ -26,6 +29,8 @@ from .values import Embeddings, Neighbors, Skipped
 
 if TYPE_CHECKING:
     from .zeroshot.scoring import ZeroShotScorer
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["Corpus", "EvalMatch", "check_eval_sets", "check_report_apart", "match_eval_sets",
            "open_corpus"]
@@ -51,6 +56,9 @@ class EvalMatch:
     name: str
     embeddings: Embeddings
     neighbors: Neighbors
+    cached: bool = False  # read from the evaluation cache (``evalcache``) instead of embedded and searched
+    # seconds spent: "embed" (or, from the cache, fingerprinting the items and reading the file), "search"
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def skipped(self) -> list[Skipped]:
@@ -97,24 +105,47 @@ def open_corpus(index_dir: str | os.PathLike, settings: MatchSettings | None = N
 
 
 def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, object]], settings: MatchSettings | None = None, *,
-                    scorers: Mapping[str, ZeroShotScorer] | None = None) -> dict[str, EvalMatch]:
+                    scorers: Mapping[str, ZeroShotScorer] | None = None,
+                    cache_dir: str | os.PathLike | None = None) -> dict[str, EvalMatch]:
     """Embed each evaluation set with the corpus's detector and find each item's ``settings.k`` nearest
-    corpus items. A set's scorer in ``scorers`` is fed its images in the same decoding pass."""
+    corpus items. A set's scorer in ``scorers`` is fed its images in the same decoding pass.
+
+    With ``cache_dir`` a set's embeddings and neighbours are read from the evaluation cache (``evalcache``)
+    when its key matches (same index, detector, settings and item bytes), and written there otherwise; a set
+    with a scorer is always decoded (the model needs its pixels), and its result still stored."""
     settings = settings or MatchSettings()
     scorers = scorers or {}
+    identity = (index_identity(corpus.manifest.to_dict(), corpus.detector.info.to_dict()) if cache_dir is not None
+                else None)
     out: dict[str, EvalMatch] = {}
     for name, spec in evals:
         source = as_source(spec, name=name, labels_from_folders=True)
+        started = time.perf_counter()
+        key = set_key(source, identity, settings) if identity is not None and cacheable(source) else None
+        if key is not None and name not in scorers:
+            hit = load_cached(cache_dir, key)
+            if hit is not None:
+                _log.debug("%s: %d item(s) from the evaluation cache %s", name, key.n_items, cache_dir)
+                out[name] = EvalMatch(name, *hit, cached=True,
+                                      seconds={"embed": time.perf_counter() - started, "search": 0.0})
+                continue
         emb = embed_source(source, corpus.detector, batch_size=settings.batch_size, workers=settings.workers,
                            max_pixels=settings.max_pixels, progress=settings.progress, scorer=scorers.get(name),
                            views=settings.views, limits=settings.limits)
+        embedded = time.perf_counter()
         neighbors = search(corpus.index, emb.ids, emb.vectors, k=settings.k, device=settings.device,
-                           exact_stream=settings.exact, ray_address=settings.ray_address)
+                           exact_stream=settings.exact, ray_address=settings.ray_address, progress=settings.progress)
         if emb.whole_rows is not None:
             whole = search(corpus.index, [emb.ids[r] for r in emb.whole_rows], emb.whole_vectors, k=settings.k,
-                           device=settings.device, exact_stream=settings.exact, ray_address=settings.ray_address)
+                           device=settings.device, exact_stream=settings.exact, ray_address=settings.ray_address,
+                           progress=settings.progress)
             neighbors = best_view(neighbors, whole, emb.whole_rows)
-        out[name] = EvalMatch(name, emb, neighbors)
+        if key is not None:
+            save_cached(cache_dir, key, emb, neighbors)
+        out[name] = EvalMatch(name, emb, neighbors, seconds={"embed": embedded - started,
+                                                             "search": time.perf_counter() - embedded})
+        _log.debug("%s: %d item(s) embedded in %.2f s, searched in %.2f s", name, len(emb) + len(emb.skipped),
+                   *out[name].seconds.values())
     return out
 
 

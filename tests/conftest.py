@@ -15,6 +15,13 @@ from overlap_audit.demos.synthetic import bundled_photos, tiles
 from .helpers import PLANTED, broken_files, write_folder
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory, monkeypatch):
+    """Each test its own evaluation cache (``evalcache.default_cache_dir`` follows XDG_CACHE_HOME): no test
+    reads what another embedded, and none writes into the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
+
 @pytest.fixture(scope="session")
 def photos() -> dict[str, Image.Image]:
     return bundled_photos()

@@ -146,13 +146,17 @@ def check(index_dir) -> None:
                    "always holds them as corpus_matches.parquet.")
 @click.option("--ignore-extra-sets", is_flag=True,
               help="Leave out the --predictions rows of datasets not given with --eval, instead of refusing them.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Keep the evaluation sets' embeddings and search results here for the next report on the same "
+                   "index and sets [default: $XDG_CACHE_HOME/overlap-audit/eval].")
+@click.option("--no-cache", is_flag=True, help="Embed and search every evaluation set again; store nothing.")
 @options.gallery
 @options.matching
 @options.quiet
 def report(index_dir, evals, predictions, model, classnames, templates, model_batch_size, out_dir, threshold,
            thresholds, k, alpha, ci_level, correction, precision, recall, detector_error, detector, exact, ray_address,
-           verify, verify_from, verify_threshold, corpus_matches, ignore_extra_sets, gallery, batch_size, workers,
-           device, max_pixels, quiet) -> None:
+           verify, verify_from, verify_threshold, corpus_matches, ignore_extra_sets, cache_dir, no_cache, gallery,
+           batch_size, workers, device, max_pixels, quiet) -> None:
     """Split each evaluation set into Overlap / Clean against INDEX_DIR and report the statistics."""
     from ..api import ReportSettings, run_report
     from ..sources import parse_eval_spec
@@ -173,8 +177,11 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
         zero_shot = ZeroShotSettings(model, classnames=assign_files(classnames, names, "--classnames"),
                                      templates=assign_files(templates, names, "--templates"),
                                      batch_size=model_batch_size)
+    if no_cache and cache_dir:
+        raise click.UsageError("--cache-dir does not go with --no-cache")
+    cache = {"cache_dir": None} if no_cache else {"cache_dir": cache_dir} if cache_dir else {}  # {}: the default
     settings = ReportSettings(
-        out_dir=out_dir, predictions=predictions, zero_shot=zero_shot, gallery=gallery, verify=verification,
+        **cache, out_dir=out_dir, predictions=predictions, zero_shot=zero_shot, gallery=gallery, verify=verification,
         corpus_matches=corpus_matches, ignore_extra_sets=ignore_extra_sets, match=MatchSettings(detector=detector, device=device, k=k, batch_size=batch_size, workers=workers,
                             max_pixels=max_pixels, progress=not quiet, exact=exact or bool(ray_address),
                             ray_address=ray_address),
@@ -188,7 +195,25 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
              f"corpus_matches.parquet{extra})",
              f"{n_matches} matched (corpus item, example) pair(s)"
              + (f" also written to {corpus_matches}" if corpus_matches else ""))
-    echo_report(rep, before=(threshold_line(rep, threshold, thresholds),), search=True, skipped=True, after=after)
+    echo_report(rep, before=(threshold_line(rep, threshold, thresholds), cache_line(rep)), search=True, skipped=True,
+                after=after + (phases_line(rep),))
+
+
+def cache_line(rep) -> str:
+    """Which evaluation sets came from the evaluation cache, in one line."""
+    sets = rep.timings.get("sets", {})
+    hits = [f"{n} ({s['n_items']} items)" for n, s in sets.items() if s.get("from_cache")]
+    if not hits:
+        return f"evaluation cache: not used; {len(sets)} set(s) embedded and searched"
+    where = next(s["cache_dir"] for s in sets.values() if s.get("from_cache"))
+    return (f"evaluation cache: {', '.join(hits)} read from {where} (not embedded again); "
+            f"{len(sets) - len(hits)} set(s) embedded")
+
+
+def phases_line(rep) -> str:
+    """Seconds per phase, in one line."""
+    seconds = rep.timings.get("seconds", {})
+    return "seconds: " + ", ".join(f"{p} {s:.1f}" for p, s in seconds.items() if ":" not in p)
 
 
 @click.command(cls=Command, epilog=example("overlap-audit decontaminate audit --out clean"))

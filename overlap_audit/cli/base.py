@@ -34,14 +34,30 @@ def echo(message: str = "", *, err: bool = False) -> None:
     from ..inert import terminal
 
     click.echo(terminal(message, keep_newlines=True), err=err)
+    _to_log_file(message)
+
+
+def _to_log_file(message: str) -> None:
+    """What a command prints (its summary, skipped items, thresholds, errors) into the --log-file as well."""
+    log = logging.getLogger("overlap_audit")
+    files = [h for h in log.handlers if isinstance(h, _FileHandler)]
+    if files and message.strip():
+        from ..inert import terminal
+
+        record = log.makeRecord("overlap_audit.output", logging.INFO, __file__, 0,
+                                terminal(message.strip("\n"), keep_newlines=True), None, None)
+        for h in files:
+            h.handle(record)
 
 
 class _EchoHandler(logging.Handler):
     """Log records as lines on stderr (the one click is writing to at the time)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
-            echo(self.format(record), err=True)
+        from ..inert import terminal
+
+        try:  # click.echo, not echo: the --log-file has the record already
+            click.echo(terminal(self.format(record), keep_newlines=True), err=True)
         except Exception:  # noqa: BLE001 - logging must not break the command
             self.handleError(record)
 

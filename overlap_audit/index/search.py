@@ -219,14 +219,15 @@ def _search_rows(index, index_type: str, params: dict, queries: np.ndarray, k: i
 
 def search(corpus: CorpusIndex, query_ids: list[str], vectors: np.ndarray, *, k: int = 5,
            device: str = "auto", exact_stream: bool = False, ray_address: str | None = None,
-           min_similarity: float | None = None) -> Neighbors:
+           min_similarity: float | None = None, progress: bool = False) -> Neighbors:
     """The k nearest corpus items of each query vector, most similar first, ties by corpus row; with
     ``min_similarity``, only those at least that similar (the other slots empty: id None, similarity NaN).
 
     With ``exact_stream`` the stored shards are streamed past the queries (exact at any corpus size, memory
     bounded by the queries plus one shard); otherwise the index is searched (exact for flat indexes, and
     for mih indexes, whose tables answer a ``min_similarity`` search by radius search). With
-    ``ray_address`` the stream runs as a map over shards on a Ray cluster.
+    ``ray_address`` the stream runs as a map over shards on a Ray cluster. ``progress`` shows a bar over the
+    shards of the stream.
     """
     info = corpus.manifest.detector
     k = max(1, int(k))
@@ -240,8 +241,12 @@ def search(corpus: CorpusIndex, query_ids: list[str], vectors: np.ndarray, *, k:
             import faiss
 
             gpu = faiss.StandardGpuResources()
-        sims, rows = within(*stream_search(np.asarray(vectors), iter_shard_vectors(corpus.path, info), k,
-                                           info.metric, info.dim, gpu_resources=gpu), min_similarity)
+        from tqdm import tqdm
+
+        blocks = tqdm(iter_shard_vectors(corpus.path, info), total=corpus.manifest.n_shards, desc="search",
+                      unit="shard", disable=not progress, leave=False)
+        sims, rows = within(*stream_search(np.asarray(vectors), blocks, k, info.metric, info.dim,
+                                           gpu_resources=gpu), min_similarity)
     else:
         sims, rows = search_rows(corpus.index, corpus.manifest.index_type, corpus.params, np.asarray(vectors), k,
                                  info, corpus.path, dev, vectors_file=corpus.vectors_file,

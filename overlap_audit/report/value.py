@@ -19,8 +19,13 @@ SPLITS = "splits.parquet"
 REPORT_HTML = "report.html"
 CORPUS_MATCHES = "corpus_matches.parquet"
 # report.json's format version: written with every report and checked when one is read (like the index's)
-REPORT_FORMAT = 2
+# 3: "timings" (seconds per phase, per-set counts and whether the evaluation cache was used)
+REPORT_FORMAT = 3
 # the per-class table's columns (``Report.class_table``), in order
+# the summary table's columns (``Report.summary_table``), in order: one row per dataset
+SUMMARY_COLUMNS = ("dataset", "threshold", "n", "n_overlap", "n_clean", "overlap_rate", "acc_all", "acc_overlap",
+                   "acc_clean", "delta", "ci_delta_low", "ci_delta_high", "p_value", "p_value_adjusted", "significant",
+                   "n_low_information", "n_skipped")
 CLASS_TABLE_COLUMNS = ("label", "n", "n_overlap", "n_clean", "k_overlap", "k_clean", "acc_overlap", "acc_clean", "gap",
                        "informative", "mix_residual", "inflation")
 
@@ -115,6 +120,9 @@ class Report:
     model: dict | None = None  # report --model: spec, weights_sha256, device, templates, classnames
     files: tuple[str, ...] = ()  # every file the report directory holds, all written by this run
     verify: dict | None = None  # verification: its threshold, first stage and per-dataset counts (None: off)
+    # seconds per phase ("seconds") and, per set, its counts, seconds and whether the evaluation cache was used
+    # ("sets"); report.json holds every phase up to the write, the returned value the write too
+    timings: dict = field(default_factory=dict)
     # the report directory this value was written to or read from (not part of report.json); None: not known
     directory: str | None = field(default=None, compare=False)
 
@@ -154,6 +162,26 @@ class Report:
         return pa.table({c: pa.array([getattr(r, c) for r in rows], types.get(c, pa.float64()))
                          for c in CLASS_TABLE_COLUMNS})
 
+    def summary_table(self):
+        """The report's main table as a pyarrow Table: one row per dataset (columns ``SUMMARY_COLUMNS``;
+        rates as fractions, null where undefined). ``.to_pandas()`` gives a DataFrame."""
+        import pyarrow as pa
+
+        def row(d: DatasetReport) -> dict:
+            s = d.stats
+            ci = s.ci_delta or (None, None)
+            return {"dataset": d.name, "threshold": d.threshold, "n": s.n_all, "n_overlap": s.n_overlap,
+                    "n_clean": s.n_clean, "overlap_rate": s.overlap_rate, "acc_all": s.acc_all,
+                    "acc_overlap": s.acc_overlap, "acc_clean": s.acc_clean, "delta": s.delta,
+                    "ci_delta_low": ci[0], "ci_delta_high": ci[1], "p_value": s.p_value,
+                    "p_value_adjusted": d.p_value_adjusted, "significant": d.significant,
+                    "n_low_information": d.n_low_information, "n_skipped": len(d.skipped)}
+
+        rows = [row(d) for d in self.datasets]
+        types = {"dataset": pa.string(), "significant": pa.bool_(),
+                 **{c: pa.int64() for c in ("n", "n_overlap", "n_clean", "n_low_information", "n_skipped")}}
+        return pa.table({c: pa.array([r[c] for r in rows], types.get(c, pa.float64())) for c in SUMMARY_COLUMNS})
+
     @property
     def threshold(self) -> dict[str, float]:
         return {d.name: d.threshold for d in self.datasets}
@@ -183,6 +211,7 @@ class Report:
             **({"model": self.model} if self.model is not None else {}),
             **({"verify": self.verify} if self.verify is not None else {}),
             **({"files": list(self.files)} if self.files else {}),
+            **({"timings": self.timings} if self.timings else {}),
         }
 
     @classmethod
@@ -202,6 +231,7 @@ class Report:
             model=d.get("model"),
             files=tuple(d.get("files", ())),
             verify=d.get("verify"),
+            timings=dict(d.get("timings", {})),
         )
 
 

@@ -300,3 +300,34 @@ def test_verbose_and_log_file(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "Traceback" in r.stderr and r.stderr.rstrip().splitlines()[-1].startswith("error: ")
     r = runner.invoke(main, args)
     assert r.exit_code == 2 and "Traceback" not in r.stderr
+
+
+def test_report_again_reads_the_cache_and_the_log_file_has_the_summary(tmp_path, index_dir, eval_set, predictions,
+                                                                       corpus_dir):
+    root, _, _ = eval_set
+    log, cache = tmp_path / "run.log", tmp_path / "cache"
+    args = ["report", str(index_dir), "--eval", f"val={root}", "--predictions", str(predictions), "--workers", "0",
+            "--cache-dir", str(cache), "--quiet"]
+    runner = CliRunner()
+    first = runner.invoke(main, ["--log-file", str(log), *args, "--out", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    assert "evaluation cache: not used; 1 set(s) embedded and searched" in first.stdout
+    text = log.read_text()
+    for expected in ("thresholds: val 0.", "| val |", "phase decide:", "phase match:", "val: 50 item(s) embedded",
+                     "report written to", "seconds: open_index"):
+        assert expected in text, expected
+    second = runner.invoke(main, ["--log-file", str(log), *args, "--out", str(tmp_path / "b")])
+    assert second.exit_code == 0, second.output
+    assert f"evaluation cache: val (50 items) read from {cache} (not embedded again)" in second.stdout
+    assert "read from" in log.read_text()
+    def tables(out: str) -> str:
+        return out[out.index("search:"):out.index("report written to")]
+
+    assert tables(first.stdout) == tables(second.stdout)
+    nocache = runner.invoke(main, [*args, "--no-cache", "--out", str(tmp_path / "c")])
+    assert nocache.exit_code == 2 and "--cache-dir does not go with --no-cache" in nocache.stderr
+    index_log = tmp_path / "index.log"
+    r = runner.invoke(main, ["--log-file", str(index_log), "index", str(corpus_dir), "--out", str(tmp_path / "i"),
+                             "--workers", "0", "--quiet"])
+    assert r.exit_code == 0 and "indexed 120 of 124 items" in index_log.read_text()
+    assert "skipped broken/bomb.png" in index_log.read_text() or "bomb.png" in index_log.read_text()

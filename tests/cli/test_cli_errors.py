@@ -340,4 +340,4 @@ def test_a_huge_brace_pattern_is_refused_before_expansion(tmp_path):
     started = time.monotonic()
     with pytest.raises(SourceError, match="more than"):
         open_source(f"wds:{tmp_path}/s-{{0..999999}}-{{0..999999}}.tar")
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 30  # a bound on a hang only: expanding 10^12 names would never end

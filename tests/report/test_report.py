@@ -45,15 +45,15 @@ def test_json_round_trip_and_no_nan(tmp_path):
 def test_load_report_errors(tmp_path):
     with pytest.raises(ReportError, match="cannot read"):
         load_report(tmp_path / "missing.json")
-    (tmp_path / "report.json").write_text('{"format": 2}')
+    (tmp_path / "report.json").write_text('{"format": 3}')
     with pytest.raises(ReportError, match="not an overlap-audit report"):
         load_report(tmp_path)
 
 
 def test_a_report_of_another_format_is_refused_with_one_line(tmp_path):
     data = make_report().to_dict()
-    assert data["format"] == 2  # 2: the comparison within classes (stratified, pooled_vs_stratified)
-    for found in (None, 1, 3):
+    assert data["format"] == 3  # 3: timings (seconds per phase, the evaluation cache's use)
+    for found in (None, 2, 4):
         if found is None:
             data.pop("format")
         else:
@@ -76,3 +76,32 @@ def test_report_modules_import_only_downwards():
         used |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1 and not n.module
                  for a in n.names}
         assert used <= may, (name, used - may)
+
+
+def test_summary_table_has_a_row_per_dataset_with_nulls_for_undefined():
+    from overlap_audit.report.value import SUMMARY_COLUMNS
+
+    table = make_report().summary_table()
+    assert table.column_names == list(SUMMARY_COLUMNS)
+    rows = table.to_pylist()
+    assert [r["dataset"] for r in rows] == ["a", "b"]
+    assert (rows[0]["n"], rows[0]["n_overlap"], rows[0]["n_skipped"], rows[0]["significant"]) == (100, 20, 1, True)
+    assert rows[0]["acc_overlap"] == pytest.approx(0.9) and rows[0]["acc_clean"] == pytest.approx(52 / 80)
+    assert rows[1]["acc_overlap"] is None and rows[1]["p_value"] is None and rows[1]["significant"] is None
+    pd = pytest.importorskip("pandas")
+    frame = table.to_pandas()
+    assert isinstance(frame, pd.DataFrame) and list(frame["dataset"]) == ["a", "b"]
+
+
+def test_timings_round_trip_through_report_json(tmp_path):
+    from dataclasses import replace
+
+    from overlap_audit.atomic import atomic_write_json
+
+    timings = {"seconds": {"open_index": 0.1, "embed:a": 2.0, "total": 3.0},
+               "sets": {"a": {"n_items": 101, "from_cache": True, "cache_dir": "/c"}}}
+    atomic_write_json(tmp_path / "report.json", replace(make_report(), timings=timings).to_dict())
+    assert load_report(tmp_path).timings == timings
+    atomic_write_json(tmp_path / "report.json", make_report().to_dict())
+    assert "timings" not in json.loads((tmp_path / "report.json").read_text())
+    assert load_report(tmp_path).timings == {}

@@ -134,7 +134,7 @@ def test_report_json_round_trip_and_class_table(confounded_report, tmp_path):
     report, _, _ = confounded_report
     atomic_write_json(tmp_path / "report.json", report.to_dict())
     text = (tmp_path / "report.json").read_text()
-    assert "NaN" not in text and json.loads(text)["format"] == REPORT_FORMAT == 2
+    assert "NaN" not in text and json.loads(text)["format"] == REPORT_FORMAT == 3
     data = json.loads(text)["datasets"][0]
     assert data["stratified"]["comparison"]["method"] in ("exact", "cmh")
     assert data["pooled_vs_stratified"]["sentence"].startswith("confounded: ")
