@@ -282,9 +282,18 @@ def _judge(pair: _Pair) -> tuple[float, bool | None, bool]:
     return (v.score if v.applies else v.pair_score), v.verdict_at(pair.pair_threshold, pair.accept), True
 
 
+def _one_blas_thread() -> None:
+    """A verification worker's BLAS runs on one thread: a pair's matrices are small (96 px), and threads that
+    wait for each other made a pair ten times slower on a busy machine."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
+
+
 def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool) -> list[tuple[float, bool | None, bool]]:
     """``_judge`` of every pair, over ``workers`` processes (None: one per CPU, at most 8; 0: here), with a
     progress bar."""
+    from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
     if workers is None:
@@ -293,15 +302,16 @@ def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool) -> list[
     try:
         if workers <= 1 or len(pairs) < VERIFY_PARALLEL_FROM:
             out = []
-            for p in pairs:
-                out.append(_judge(p))
-                bar.update()
+            with threadpool_limits(limits=1):  # a pair's matrices are small: BLAS threads only wait
+                for p in pairs:
+                    out.append(_judge(p))
+                    bar.update()
             return out
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_blas_thread) as pool:
             out = []
             for result in pool.map(_judge, pairs, chunksize=VERIFY_CHUNK):
                 out.append(result)
