@@ -31,10 +31,12 @@ def markdown(text) -> str:
 
 
 def csv_cell(text) -> str:
-    """A CSV cell a spreadsheet will not run as a formula: one starting with = + - @ (or a tab or carriage
-    return) gets a leading ' (OWASP's CSV-injection advice)."""
+    """A CSV cell a spreadsheet will not run as a formula and a terminal will not act on: one starting with
+    = + - @ (or a tab or carriage return) gets a leading ' (OWASP's CSV-injection advice), and control
+    characters become visible escapes, as ``terminal`` shows them (``cat`` on the file runs no escape
+    sequence). The exact text stays in the Parquet files beside such a CSV."""
     text = str(text)
-    return "'" + text if text[:1] in FORMULA_STARTS else text
+    return terminal("'" + text if text[:1] in FORMULA_STARTS else text)
 
 
 def csv_value(cell: str) -> str:
