@@ -213,14 +213,15 @@ def _margin(view: Image.Image) -> _Margin | None:
     margin on two opposite sides."""
     width, height = view.size
     channels = len(view.getbands())
-    # the four outer lines as two pairs of equal length, [2, n, C] each: (top, bottom) and (left, right) (PIL
-    # crops: no copy of the whole image); numpy works on a pair at once (its per-call cost is most of the time)
-    pairs = [np.stack([np.asarray(view.crop(box)).reshape(-1, channels) for box in pair])
+    # the four outer lines as two pairs of equal length, [2, C, n] each: (top, bottom) and (left, right) (PIL
+    # crops: no copy of the whole image). numpy works on a pair at once, with the channels before the pixels:
+    # its per-call cost, and its reductions over a last axis of three, were most of the time
+    pairs = [np.stack([np.asarray(view.crop(box)).reshape(-1, channels).T for box in pair])
              for pair in (((0, 0, width, 1), (0, height - 1, width, height)),
                           ((0, 0, 1, height), (width - 1, 0, width, height)))]
-    medians = [np.median(pair, axis=1) for pair in pairs]
+    medians = [np.median(pair, axis=2) for pair in pairs]
     colours = [c for m in medians for c in m]
-    deviations = [d for pair, m in zip(pairs, medians) for d in np.abs(pair.astype(np.int16) - m[:, None]).max(axis=2)]
+    deviations = [d for pair, m in zip(pairs, medians) for d in np.abs(pair.astype(np.int16) - m[:, :, None]).max(axis=1)]
     # a margin side is a candidate below, which needs (tolerance <= MAX_TOLERANCE) that it be quiet here: an
     # image without two opposite quiet sides has no margin, whatever the noise
     quiet_sides = [s for s in range(4) if (deviations[s] > MAX_TOLERANCE).mean() <= SIDE_OUTLIERS]
@@ -228,7 +229,7 @@ def _margin(view: Image.Image) -> _Margin | None:
         return None
     # the margin's own noise, from the lines that look like margin at all: neighbouring pixels' differences
     # (a gradient along the line is not noise), as a robust standard deviation
-    quiet = [np.abs(np.diff(pairs[s // 2][s % 2].astype(np.int16), axis=0)).max(axis=1) for s in quiet_sides]
+    quiet = [np.abs(np.diff(pairs[s // 2][s % 2].astype(np.int16), axis=1)).max(axis=0) for s in quiet_sides]
     noise = 1.4826 * float(np.median(np.concatenate(quiet))) / math.sqrt(2)
     tolerance = min(MAX_TOLERANCE, max(BASE_TOLERANCE, NOISE_FACTOR * noise))
     candidates = [s for s in range(4) if (deviations[s] > tolerance).mean() <= SIDE_OUTLIERS]

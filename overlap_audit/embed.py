@@ -312,6 +312,8 @@ class Decoder:
                 if not window:
                     return
                 if window[0].done:
+                    for worker in self._procs:  # take what has arrived: a worker whose pipe is full waits idle
+                        self._receive(worker)
                     yield from window.popleft().results
                 else:
                     self._watch()
