@@ -16,6 +16,9 @@ checksums, shards, the FAISS index), timed end to end; "loop" leaves out the sta
 worker start, FAISS index and manifest), measured on a one-image run. The runs alternate (decode, index,
 decode, index, ...) so both see the same load; each rate is the best of ``--repeats``.
 
+It also prints where one worker's time goes (decode, EXIF orientation, RGB conversion, content box,
+the detector's preprocessing), each as a multiple of the decoding time, measured in this process.
+
 ``--digest`` prints a checksum of every shard's vectors, low-information flags and content boxes: equal
 digests before and after a change mean the change left every embedding as it was.
 """
@@ -46,7 +49,7 @@ JPEG_VERSION = 1  # bump when the JPEG corpus's recipe changes (its folder is re
 
 
 def png_corpus(cache: Path, n: int, work: Path) -> Path:
-    """A folder of the first ``n`` openclipart-png drawings (symbolic links left out) (hard links where possible, else copies)."""
+    """A folder of the first ``n`` openclipart-png drawings, symbolic links left out (hard-linked, else copied)."""
     src = fetch_deb("openclipart-png", cache, "usr/share/openclipart/png")
     files = sorted(p for p in src.rglob("*.png") if not p.is_symlink())[:n]  # links repeat drawings
     out = work / "png"
@@ -117,6 +120,38 @@ def decode_rate(files: list[str], workers: int, min_size: int) -> float:
         return len(files) / (time.perf_counter() - t)
 
 
+def stages(files: list[str], min_size: int, n: int = 300) -> dict[str, float]:
+    """Where one worker's time goes, in this process on the first ``n`` files: each stage's time as a
+    multiple of PIL's decoding (read and open included in it)."""
+    from PIL import ImageOps
+
+    from overlap_audit.content import content_box
+    from overlap_audit.detectors import get_detector
+    from overlap_audit.imaging import to_rgb
+
+    det = get_detector("phash")
+    spent = dict.fromkeys(("decode", "exif", "rgb", "box", "preprocess"), 0.0)
+    for path in files[:n]:
+        t0 = time.perf_counter()
+        with open(path, "rb") as fh:
+            im = Image.open(io.BytesIO(fh.read()))
+        if im.format == "JPEG":
+            im.draft(im.mode, (min_size, min_size))
+        im.load()
+        t1 = time.perf_counter()
+        im = ImageOps.exif_transpose(im)
+        t2 = time.perf_counter()
+        rgb = to_rgb(im)
+        t3 = time.perf_counter()
+        box = content_box(rgb)
+        t4 = time.perf_counter()
+        det.preprocess(rgb.crop(box.box) if box.trimmed else rgb)
+        t5 = time.perf_counter()
+        for key, a, b in zip(spent, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
+            spent[key] += b - a
+    return {key: value / spent["decode"] for key, value in spent.items()}
+
+
 def index_seconds(folder: Path, out: Path, workers: int) -> float:
     from overlap_audit.index import build_index
     from overlap_audit.settings import IndexSettings
@@ -181,6 +216,8 @@ def main() -> None:
                 if args.digest and r == 0:
                     print(f"digest {name}: {digest(out)}")
                 shutil.rmtree(out)
+            share = stages(files, min_size)
+            print(f"stages {name} (x PIL decode, one process): " + ", ".join(f"{k} {v:.2f}" for k, v in share.items()))
             best_pil, best = max(pil), min(idx)
             loop = len(files) / max(1e-9, best - overhead)
             print(f"| {name} | {len(files)} | {best_pil:,.0f} | {len(files) / best:,.0f} | "

@@ -51,10 +51,11 @@ Not trimmed (``trimmed=False``, the box is the whole image):
   ``MIN_AREA_FRACTION`` of the image (a speck on a blank page); the whole, near-blank image is kept and left
   to the detectors' low-information rules.
 
-Cost: two lookup-table passes of PIL over the pixels, plus numpy on the four outer lines and on the few
-lines between the box of faint and the box of strong differences: about 1.3-1.7 ms for a 512-px RGB image
-with a margin, 0.3 ms without one (a loaded 2-core machine; decoding the same image as PNG took 2-12 ms, as
-JPEG 1-3 ms). Step 4 adds, where there is a margin, one box average and one lookup pass over the bands
+Cost: where the outer lines allow a margin, one lookup-table pass of PIL over the pixels and one grey
+conversion, plus numpy on the four outer lines and on the few lines between the box of faint and the box of
+strong differences; without two opposite quiet outer lines (most photographs), the outer lines only. On
+openclipart-png drawings about 1.2x the time PIL takes to decode them, on JPEG photographs decoded at a
+reduced scale about 0.4x (benchmarks/bench_index_speed.py, BENCHMARKS.md "Indexing against the decoder"). Step 4 adds, where there is a margin, one box average and one lookup pass over the bands
 cut: on a photograph padded to 512 px 12.7 ms against 5.2 ms without step 4, measured together on a busier
 2-core machine; nothing for an image without a margin. In the audit it runs on the image as decoded for the
 detector, often a reduced JPEG decode.
@@ -221,7 +222,8 @@ def _margin(view: Image.Image) -> _Margin | None:
                           ((0, 0, 1, height), (width - 1, 0, width, height)))]
     medians = [np.median(pair, axis=2) for pair in pairs]
     colours = [c for m in medians for c in m]
-    deviations = [d for pair, m in zip(pairs, medians) for d in np.abs(pair.astype(np.int16) - m[:, :, None]).max(axis=1)]
+    deviations = [d for pair, m in zip(pairs, medians)
+                  for d in np.abs(pair.astype(np.int16) - m[:, :, None]).max(axis=1)]
     # a margin side is a candidate below, which needs (tolerance <= MAX_TOLERANCE) that it be quiet here: an
     # image without two opposite quiet sides has no margin, whatever the noise
     quiet_sides = [s for s in range(4) if (deviations[s] > MAX_TOLERANCE).mean() <= SIDE_OUTLIERS]
@@ -247,8 +249,8 @@ def _find_box(view: Image.Image) -> tuple[tuple[int, int, int, int], _Margin] | 
     """(top, bottom, left, right) of the content of an RGB or L image and the margin it was found against,
     or None when there is no margin to trim or no content at all.
 
-    PIL finds, in one C pass each (a lookup table), the bounding boxes of the pixels beyond the tolerance
-    (``loose``) and beyond the strong tolerance (``tight``). A line holding a strong pixel is content, so
+    PIL finds, in one C pass (a lookup table, then a grey conversion to one band), the bounding boxes of the
+    pixels beyond the tolerance (``loose``) and, within it, beyond the strong tolerance (``tight``). A line holding a strong pixel is content, so
     each edge of the content box lies between the two boxes' edges; only the lines in between
     (anti-aliasing, a shadow, usually a few) are counted in numpy.
     """
