@@ -51,10 +51,11 @@ Not trimmed (``trimmed=False``, the box is the whole image):
   ``MIN_AREA_FRACTION`` of the image (a speck on a blank page); the whole, near-blank image is kept and left
   to the detectors' low-information rules.
 
-Cost: two lookup-table passes of PIL over the pixels, plus numpy on the four outer lines and on the few
-lines between the box of faint and the box of strong differences: about 1.3-1.7 ms for a 512-px RGB image
-with a margin, 0.3 ms without one (a loaded 2-core machine; decoding the same image as PNG took 2-12 ms, as
-JPEG 1-3 ms). Step 4 adds, where there is a margin, one box average and one lookup pass over the bands
+Cost: where the outer lines allow a margin, one lookup-table pass of PIL over the pixels and one grey
+conversion, plus numpy on the four outer lines and on the few lines between the box of faint and the box of
+strong differences; without two opposite quiet outer lines (most photographs), the outer lines only. On
+openclipart-png drawings about 1.2x the time PIL takes to decode them, on JPEG photographs decoded at a
+reduced scale about 0.4x (benchmarks/bench_index_speed.py, BENCHMARKS.md "Indexing against the decoder"). Step 4 adds, where there is a margin, one box average and one lookup pass over the bands
 cut: on a photograph padded to 512 px 12.7 ms against 5.2 ms without step 4, measured together on a busier
 2-core machine; nothing for an image without a margin. In the audit it runs on the image as decoded for the
 detector, often a reduced JPEG decode.
@@ -213,18 +214,24 @@ def _margin(view: Image.Image) -> _Margin | None:
     margin on two opposite sides."""
     width, height = view.size
     channels = len(view.getbands())
-    # the four outer lines, [n, C] each: top, bottom, left, right (PIL crops: no copy of the whole image)
-    lines = [np.asarray(view.crop(box)).reshape(-1, channels)
-             for box in ((0, 0, width, 1), (0, height - 1, width, height), (0, 0, 1, height),
-                         (width - 1, 0, width, height))]
-    colours = [np.median(line, axis=0) for line in lines]
-    deviations = [np.abs(line.astype(np.int16) - c).max(axis=1) for line, c in zip(lines, colours)]
+    # the four outer lines as two pairs of equal length, [2, C, n] each: (top, bottom) and (left, right) (PIL
+    # crops: no copy of the whole image). numpy works on a pair at once, with the channels before the pixels:
+    # its per-call cost, and its reductions over a last axis of three, were most of the time
+    pairs = [np.stack([np.asarray(view.crop(box)).reshape(-1, channels).T for box in pair])
+             for pair in (((0, 0, width, 1), (0, height - 1, width, height)),
+                          ((0, 0, 1, height), (width - 1, 0, width, height)))]
+    medians = [np.median(pair, axis=2) for pair in pairs]
+    colours = [c for m in medians for c in m]
+    deviations = [d for pair, m in zip(pairs, medians)
+                  for d in np.abs(pair.astype(np.int16) - m[:, :, None]).max(axis=1)]
+    # a margin side is a candidate below, which needs (tolerance <= MAX_TOLERANCE) that it be quiet here: an
+    # image without two opposite quiet sides has no margin, whatever the noise
+    quiet_sides = [s for s in range(4) if (deviations[s] > MAX_TOLERANCE).mean() <= SIDE_OUTLIERS]
+    if not ({_TOP, _BOTTOM} <= set(quiet_sides) or {_LEFT, _RIGHT} <= set(quiet_sides)):
+        return None
     # the margin's own noise, from the lines that look like margin at all: neighbouring pixels' differences
     # (a gradient along the line is not noise), as a robust standard deviation
-    quiet = [np.abs(np.diff(line.astype(np.int16), axis=0)).max(axis=1)
-             for line, d in zip(lines, deviations) if (d > MAX_TOLERANCE).mean() <= SIDE_OUTLIERS]
-    if not quiet:
-        return None
+    quiet = [np.abs(np.diff(pairs[s // 2][s % 2].astype(np.int16), axis=1)).max(axis=0) for s in quiet_sides]
     noise = 1.4826 * float(np.median(np.concatenate(quiet))) / math.sqrt(2)
     tolerance = min(MAX_TOLERANCE, max(BASE_TOLERANCE, NOISE_FACTOR * noise))
     candidates = [s for s in range(4) if (deviations[s] > tolerance).mean() <= SIDE_OUTLIERS]
@@ -242,8 +249,8 @@ def _find_box(view: Image.Image) -> tuple[tuple[int, int, int, int], _Margin] | 
     """(top, bottom, left, right) of the content of an RGB or L image and the margin it was found against,
     or None when there is no margin to trim or no content at all.
 
-    PIL finds, in one C pass each (a lookup table), the bounding boxes of the pixels beyond the tolerance
-    (``loose``) and beyond the strong tolerance (``tight``). A line holding a strong pixel is content, so
+    PIL finds, in one C pass (a lookup table, then a grey conversion to one band), the bounding boxes of the
+    pixels beyond the tolerance (``loose``) and, within it, beyond the strong tolerance (``tight``). A line holding a strong pixel is content, so
     each edge of the content box lies between the two boxes' edges; only the lines in between
     (anti-aliasing, a shadow, usually a few) are counted in numpy.
     """
@@ -252,15 +259,17 @@ def _find_box(view: Image.Image) -> tuple[tuple[int, int, int, int], _Margin] | 
         return None
     width, height = view.size
     tolerance, sides = margin.tolerance, margin.sides
-    strong = STRONG_FACTOR * tolerance
-    faint = view.point(_beyond(margin.fill, tolerance))  # 255 where a channel is beyond the tolerance
+    # one lookup pass for both tolerances: in one band, 0 within the tolerance, 1..FAINT beyond it, more
+    # than FAINT beyond the strong tolerance (``_levels``)
+    faint = _any_band(view.point(_levels(margin.fill, tolerance, STRONG_FACTOR * tolerance)))
     loose = faint.getbbox()
     if loose is None:
         return None  # blank: nothing but margin
-    tight = view.point(_beyond(margin.fill, strong)).getbbox()
+    left, top, right, bottom = loose
+    tight = faint.crop(loose).point(_STRONG).getbbox()
     if tight is None:
         return None  # nothing stands out clearly from the margin: a faint box moves with noise and brightness
-    left, top, right, bottom = loose
+    tight = (tight[0] + left, tight[1] + top, tight[2] + left, tight[3] + top)
     rows, cols = np.zeros(bottom - top, bool), np.zeros(right - left, bool)
     # lines with a strong pixel are content; the lines between the two boxes are counted
     t_left, t_top, t_right, t_bottom = tight
@@ -351,9 +360,8 @@ def _flat(view: Image.Image, box: tuple[int, int, int, int], fill: int | tuple[i
         return False
     if not pixels:
         return True
-    off = np.asarray(region.point(_beyond(fill, PIXEL_TOLERANCE)))
-    hit = off.any(axis=2) if off.ndim == 3 else off > 0
-    return float(hit.mean()) <= PIXEL_OUTLIERS
+    off = _any_band(region.point(_beyond(fill, PIXEL_TOLERANCE)))
+    return (region.width * region.height - off.histogram()[0]) / (region.width * region.height) <= PIXEL_OUTLIERS
 
 
 @functools.lru_cache(maxsize=256)
@@ -364,8 +372,30 @@ def _beyond(fill: int | tuple[int, ...], limit: float) -> tuple[int, ...]:
     return tuple(int(v) for c in np.atleast_1d(fill) for v in np.where(np.abs(values - int(c)) > limit, 255, 0))
 
 
+# _levels' value for a channel beyond the tolerance but within the strong one: the smallest that keeps a pixel
+# faint in only its blue channel non-zero in PIL's grey conversion (blue weighs 7471/65536, rounded: 5 -> 1),
+# while a channel at 255 gives at least 29 and three faint ones at most 5
+FAINT = 5
+_STRONG = tuple(255 if v > FAINT else 0 for v in range(256))  # the strong pixels of a one-band ``_levels``
+
+
+@functools.lru_cache(maxsize=256)
+def _levels(fill: int | tuple[int, ...], limit: float, strong: float) -> tuple[int, ...]:
+    """A lookup table for ``Image.point``: 255 where a channel value differs from the border colour's by
+    more than ``strong``, ``FAINT`` where by more than ``limit``, else 0 (one table per band)."""
+    values = np.arange(256)
+    return tuple(int(v) for c in np.atleast_1d(fill) for v in np.select(
+        [np.abs(values - int(c)) > strong, np.abs(values - int(c)) > limit], [255, FAINT], 0))
+
+
 def _faint_counts(faint: Image.Image, box: tuple[int, int, int, int], axis: int) -> np.ndarray:
     """Per row (axis=1) or column (axis=0) of ``box``: how many pixels are beyond the tolerance."""
-    pixels = np.asarray(faint.crop(box))
-    hit = pixels.any(axis=2) if pixels.ndim == 3 else pixels > 0
-    return np.count_nonzero(hit, axis=axis)
+    return np.count_nonzero(np.asarray(_any_band(faint.crop(box))), axis=axis)
+
+
+def _any_band(flags: Image.Image) -> Image.Image:
+    """One band, non-zero where any band of ``flags`` (0 or 255 per band, ``_beyond``'s output) is.
+
+    PIL's grey conversion in one C pass instead of numpy's ``any`` over a last axis of three (several times
+    slower): 255 in any one channel gives at least 29 grey levels, so nothing non-zero becomes zero."""
+    return flags if flags.mode == "L" else flags.convert("L")

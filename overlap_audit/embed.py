@@ -76,11 +76,14 @@ class Decoded(NamedTuple):
     pixels: Any = None  # the zero-shot model's pixels, with a model_input
     box: Any = None  # the content box (``content.ContentBox``) of a trimming detector
     whole: np.ndarray | None = None  # with views: the whole image's input where the content box was trimmed
+    # with a checksum: (size, checksum, the file's mtime_ns or None) of the bytes decoded, read once for both
+    fingerprint: tuple[int, str, int | None] | None = None
 
 
 def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool = False,
                 model_input: Callable | None = None, views: bool = False,
-                max_bytes: int = DEFAULT_LIMITS.max_file_bytes) -> tuple:
+                max_bytes: int = DEFAULT_LIMITS.max_file_bytes, checksum: Callable[[bytes], str] | None = None
+                ) -> tuple:
     """Decoded's fields after ``item``."""
     if item.skip_reason is not None:
         return _skipped(item.skip_reason)
@@ -88,20 +91,24 @@ def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool =
     if decode_size and getattr(detector, "content", "whole") == "trim":
         decode_size = int(decode_size * TRIM_DECODE_SCALE)
     data, path = item.data, item.path
-    if model_input is not None and data is None and path is not None:
-        try:  # read once for both decodes; a failure is left for decode_image to report
+    mtime_ns = None
+    if (model_input is not None or checksum is not None) and data is None and path is not None:
+        try:  # read once for every use; a failure is left for decode_image to report
+            mtime_ns = os.stat(path).st_mtime_ns  # before the read: a later change shows as a newer mtime
             data, path = read_file(path, max_bytes), None
         except (OSError, ReadRefused):
-            pass
+            mtime_ns = None
+    fingerprint = None if checksum is None or data is None else (len(data), checksum(data), mtime_ns)
     try:
         image = decode_image(data, path, max_pixels=max_pixels, min_size=decode_size, max_bytes=max_bytes)
     except ImageRejected as exc:
-        return None, str(exc), None, None, None, None
+        return None, str(exc), None, None, None, None, fingerprint
     try:
         array, box = prepare(detector, image)
         whole = detector.preprocess(image) if views and box is not None and box.trimmed else None
     except Exception as exc:  # noqa: BLE001 - one bad image must not end a corpus run
-        return None, f"detector preprocessing failed: {type(exc).__name__}: {exc}", None, None, None, None
+        return (None, f"detector preprocessing failed: {type(exc).__name__}: {exc}", None, None, None, None,
+                fingerprint)
     pixels = None
     if model_input is not None:
         try:
@@ -110,9 +117,10 @@ def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool =
             full = decode_image(data, path, max_pixels=max_pixels, max_bytes=max_bytes) if reduced else image
             pixels = model_input(full)
         except ImageRejected as exc:  # pragma: no cover - the same bytes decoded a moment ago
-            return None, str(exc), None, None, None, None
+            return None, str(exc), None, None, None, None, fingerprint
         except Exception as exc:  # noqa: BLE001 - as above; skipped for the detector too, so both agree
-            return None, f"model preprocessing failed: {type(exc).__name__}: {exc}", None, None, None, None
+            return (None, f"model preprocessing failed: {type(exc).__name__}: {exc}", None, None, None, None,
+                    fingerprint)
     duplicate = None
     if copy:  # a near-duplicate query of this item, for measuring an approximate index's recall
         from .augment import augment
@@ -122,7 +130,7 @@ def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool =
             duplicate = prepare(detector, augment(image, "resize+jpeg", np.random.default_rng(seed)))[0]
         except Exception:  # noqa: BLE001 - the copy is optional; the item itself is fine
             duplicate = None
-    return array, None, duplicate, pixels, box, whole
+    return array, None, duplicate, pixels, box, whole, fingerprint
 
 
 PARENT_POLL_S = 0.5  # how often a worker looks whether its parent still lives
@@ -147,7 +155,7 @@ def _end_with_parent(parent_pid: int) -> None:
 
 
 def _worker(conn, detector: Detector, max_pixels: int, model_input: Callable | None, views: bool,
-            max_bytes: int, parent_pid: int) -> None:
+            max_bytes: int, checksum: Callable[[bytes], str] | None, parent_pid: int) -> None:
     """A decoding worker: decodes each task's items in order, sending one message per item."""
     _end_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is the parent's to handle
@@ -161,7 +169,7 @@ def _worker(conn, detector: Detector, max_pixels: int, model_input: Callable | N
             return
         for item, copy in task:
             try:
-                result = _decode_one(item, detector, max_pixels, copy, model_input, views, max_bytes)
+                result = _decode_one(item, detector, max_pixels, copy, model_input, views, max_bytes, checksum)
             except Exception as exc:  # noqa: BLE001 - one bad image must not end a corpus run
                 result = _skipped(f"decoding failed: {type(exc).__name__}: {exc}")
             try:
@@ -173,7 +181,7 @@ def _worker(conn, detector: Detector, max_pixels: int, model_input: Callable | N
 
 
 def _skipped(reason: str) -> tuple:
-    return None, reason, None, None, None, None
+    return None, reason, None, None, None, None, None
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -240,12 +248,16 @@ class Decoder:
     The workers are watched: a worker that dies (killed, out of memory, a crash in a native decoder) is
     replaced, and the item it was decoding is tried once more in the fresh worker, then skipped with the
     reason; an item that takes longer than ``limits.decode_timeout_s`` has its worker stopped and is skipped.
+    With ``checksum`` (bytes -> str) each item read also comes with the size and checksum of its bytes
+    (``Decoded.fingerprint``), taken in the worker from the bytes it decodes: no second read of the file.
     """
 
     def __init__(self, detector: Detector, *, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  chunk_size: int = 32, start_method: str | None = None, model_input: Callable | None = None,
-                 views: bool = False, limits: InputLimits | None = None):
+                 views: bool = False, limits: InputLimits | None = None,
+                 checksum: Callable[[bytes], str] | None = None):
         self.detector = detector
+        self.checksum = checksum
         self.model_input = model_input  # PIL image -> a zero-shot model's pixels, made beside the detector's
         self.views = views  # also the whole image's input where a trimming detector trimmed
         self.workers = default_workers() if workers is None else int(workers)
@@ -269,7 +281,7 @@ class Decoder:
 
     def _start(self) -> _Worker:
         return _Worker(self._ctx, (self.detector, self.max_pixels, self.model_input, self.views,
-                                   self.limits.max_file_bytes))
+                                   self.limits.max_file_bytes, self.checksum))
 
     def decode(self, items: Iterable[RawItem], copies: set[tuple[str, str]] | None = None
                ) -> Iterator[Decoded]:
@@ -282,7 +294,7 @@ class Decoder:
         if not self._procs:
             for item, copy in flagged:
                 yield Decoded(item, *_decode_one(item, self.detector, self.max_pixels, copy, self.model_input,
-                                                 self.views, self.limits.max_file_bytes))
+                                                 self.views, self.limits.max_file_bytes, self.checksum))
             return
         chunks = _chunks(flagged, self.chunk_size)
         window: deque[_Chunk] = deque()  # chunks read ahead, in input order
@@ -300,6 +312,8 @@ class Decoder:
                 if not window:
                     return
                 if window[0].done:
+                    for worker in self._procs:  # take what has arrived: a worker whose pipe is full waits idle
+                        self._receive(worker)
                     yield from window.popleft().results
                 else:
                     self._watch()
@@ -395,6 +409,7 @@ class EmbeddedItems:
     copies: list[np.ndarray | None] = field(default_factory=list)  # embedded augmented copies, where made
     boxes: list = field(default_factory=list)  # content boxes (``content.ContentBox``) or None
     wholes: list[np.ndarray | None] = field(default_factory=list)  # the whole image's vector, where trimmed
+    fingerprints: list = field(default_factory=list)  # Decoded.fingerprint per item
 
 
 def embed_decoded(decoded: Iterable[Decoded], detector: Detector, *, batch_size: int = 256) -> EmbeddedItems:
@@ -429,6 +444,7 @@ def embed_decoded(decoded: Iterable[Decoded], detector: Detector, *, batch_size:
         out.copies.append(None)
         out.boxes.append(entry.box)
         out.wholes.append(None)
+        out.fingerprints.append(entry.fingerprint)
         idx = len(out.items) - 1
         for arr, what in ((entry.array, "item"), (entry.copy, "copy"), (entry.whole, "whole")):
             if arr is not None:

@@ -16,7 +16,7 @@ class ImageRejected(Exception):
 
 
 def _composite_on_white(img: Image.Image) -> Image.Image:
-    rgba = img.convert("RGBA")
+    rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # convert() would copy an RGBA image
     background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(background, rgba).convert("RGB")
 

@@ -29,9 +29,10 @@ from ..values import DetectorInfo, RawItem
 from .ann import parse_bytes
 from .finish import finish_index
 from .integrity import check_faiss, check_files, read_faiss_index, stale_generation_files
-from .manifest import MANIFEST, PROGRESS, SHARD_DIR, IndexManifest, load_manifest
+from .manifest import MANIFEST, PROGRESS, SHARD_DIR, IndexManifest, checksum_bytes, load_manifest
 from .ray import connect, embed_shards
-from .shards import corpus_key, finished_shards, item_bytes, same_item_bytes, shard_items, shard_path, write_shard
+from .shards import (ItemBytes, corpus_key, finished_shards, item_bytes, same_item_bytes, shard_items, shard_path,
+                     write_shard)
 
 # Augmented copies embedded per shard as recall queries for approximate indexes (``finish`` uses at most
 # RECALL_QUERIES of them).
@@ -90,20 +91,21 @@ def embed_shard(detector: Detector, items: list[RawItem], shard_no: int, *, out_
     """Decode, embed and write one shard (with its recall-query copies): the unit of work of the local and
     the Ray paths. Without ``decoder`` one is made in this process; ``tick()`` follows each decoded item."""
     if decoder is None:
-        with Decoder(detector, workers=0, max_pixels=max_pixels, limits=limits) as own:
+        with Decoder(detector, workers=0, max_pixels=max_pixels, limits=limits, checksum=checksum_bytes) as own:
             return embed_shard(detector, items, shard_no, out_dir=out_dir, n_sources=n_sources,
                                batch_size=batch_size, decoder=own, tick=tick)
     decoded = decoder.decode(items, copies=_copy_picks(items, RECALL_QUERIES_PER_SHARD))
     if tick is not None:
         decoded = _counting(decoded, tick)
     r = embed_decoded(decoded, detector, batch_size=batch_size)
-    fingerprints = {(it.source, it.id): item_bytes(it) for it in items}
+    # taken by the decoder from the bytes it decoded; read here only where it did not read them (refused)
+    fingerprints = [item_bytes(it) if f is None else ItemBytes(*f) for it, f in zip(r.items, r.fingerprints)]
     write_shard(shard_path(out_dir, shard_no), detector.info,
                 keys=[corpus_key(it.source, it.id, n_sources) for it in r.items],
                 sources=[it.source for it in r.items], ids=[it.id for it in r.items],
                 captions=[it.caption for it in r.items], labels=[it.label for it in r.items],
                 vectors=r.vectors, low_information=r.low_information, reasons=r.reasons, copies=r.copies,
-                boxes=r.boxes, fingerprints=[fingerprints.get((it.source, it.id)) for it in r.items])
+                boxes=r.boxes, fingerprints=fingerprints)
     return None
 
 
@@ -243,7 +245,8 @@ def _build_locked(sources: list[str], out: Path, s: IndexSettings, *, progress: 
             bar.close()
         finished_shards(out)  # all present and contiguous
         return finish(time.monotonic() - started)
-    with Decoder(det, workers=s.workers, max_pixels=s.max_pixels, limits=s.limits) as decoder:
+    with Decoder(det, workers=s.workers, max_pixels=s.max_pixels, limits=s.limits,
+                 checksum=checksum_bytes) as decoder:
         for shard_no, chunk in enumerate(_chunked(items, s.shard_size), start=len(done)):
             work(det, chunk, shard_no, decoder=decoder, tick=None if bar is None else partial(bar.update, 1))
             items_done += len(chunk)
