@@ -10,7 +10,7 @@ import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from .errors import SettingsError, param
+from .errors import OverlapAuditError, SettingsError, param, render
 from .limits import DEFAULT_MAX_PIXELS, InputLimits
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -32,7 +32,9 @@ DEFAULT_GALLERY = 300  # matched pairs report.html shows per dataset
 def check_choice(name: str, value, choices: tuple, error: type[Exception] = SettingsError) -> None:
     """Raise ``error`` when ``value`` of the parameter ``name`` is not one of ``choices``."""
     if value not in choices:
-        raise error(f"{param(name)} must be one of {', '.join(choices)} (got {value!r})")
+        message = f"{param(name)} must be one of {', '.join(choices)} (got {value!r})"
+        # only our own errors carry the parameter marks for the CLI to render; any other shows the Python name
+        raise error(message if issubclass(error, OverlapAuditError) else render(message))
 
 
 def check_similarity(what: str, value, error: type[Exception] = SettingsError) -> None:

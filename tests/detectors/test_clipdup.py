@@ -160,7 +160,7 @@ def test_value_input_ignores_hue_and_saturation(photos):
     assert v.shape == (1, 32, 32) and np.abs(v - v2).max() < 1e-6
     luma, luma2 = to_tensor_array(coffee, 32, "luma"), to_tensor_array(edited, 32, "luma")
     assert np.abs(luma - luma2).mean() > 0.01  # luma is not invariant to these edits
-    with pytest.raises(ValueError, match="input mode"):
+    with pytest.raises(ValueError, match="input_mode must be one of"):
         to_tensor_array(coffee, 32, "cmyk")
 
 
