@@ -1,11 +1,17 @@
-"""The verification rows of score_devset.py --verify: the relaxed first stage, then overlap_audit.decide.verify.
+"""The verification rows of score_devset.py --verify: the report's decision (``overlap_audit.decide.rule``) on the
+development set's pairs.
 
-For each detector (and view), the scored pairs are those of score_devset.score: the labelled duplicate pairs
-and every other pair among each stamp's top k. The first stage keeps the pairs at or above
-``overlap_audit.decide.rule.first_stage_threshold`` of the detector's default threshold; ``verify_pair`` decides
-each of them at ``VERIFY_THRESHOLD``; a pair is called a duplicate when it passes both. Each pair is decided
-on its own (the report verifies each example's nearest corpus item only). Images are decoded once, reduced
-as for the detectors, and ``prepare``d once; the cost per pair is ``verify_prepared``'s, on one core.
+For each detector (and view), the scored pairs are those of score_devset.score: the labelled duplicate pairs and
+every other pair among each stamp's top k. ``DecisionRule.for_detector`` gives the first stage and the drawing
+comparison's threshold, as ``run_report`` makes them with default settings; every pair at or above the first stage
+is judged by ``photo.verify_photo`` (drawings go to ``verify.verify_prepared`` inside it) and its verdict taken at
+that threshold; a pair is then called a duplicate as ``rule._verify_splits`` calls an example Overlap: when its
+verdict is True, or when it is at or above the detector's threshold and its verdict is not False (the rule's "a
+confident match stays Overlap unless verification holds evidence against it"). Each pair is decided on its own
+(the report verifies each example's nearest corpus item only); the low-information flag is not applied. Images are
+decoded once, reduced as for the detectors (384 px unless ``--full-size``; the report decodes them whole, and
+``prepare_photo`` reduces both to its own sizes), and prepared once; the cost per pair is ``verify_photo``'s, on
+one core.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ import time
 import numpy as np
 from PIL import Image
 
+from overlap_audit.decide.photo import prepare_photo, verify_photo
+from overlap_audit.decide.rule import DecisionRule
 from overlap_audit.imaging import ImageRejected, decode_image
-from overlap_audit.decide.rule import RELAX, first_stage_threshold, relax_for
-from overlap_audit.decide.verify import VERIFY_THRESHOLD, prepare, verify_prepared
 
 VERIFY_HEAD = ("| detector | default threshold: recall / precision | first stage (threshold): recall / precision "
-               "| first stage + verification: recall / precision | pairs verified | first-stage recall at relax "
-               "1.5 / 2 / 3 |\n|---|---|---|---|---|---|")
+               "| the report's decision: recall / precision | pairs verified | positives' verdicts: same / "
+               "against / nothing to say | copies not called Overlap | look-alikes called Overlap |\n"
+               "|---|---|---|---|---|---|---|---|")
 
 
 def _pairs(sim, stamps, corpus, labels, k):
@@ -41,6 +48,15 @@ def _rp(called: np.ndarray, label: np.ndarray) -> tuple[float, float]:
     return tp / max(1, int((label == 1).sum())), (tp / (tp + fp) if tp + fp else 1.0)
 
 
+def _why(sim: float, first_stage: float, v) -> str:
+    """Why a pair was not called: below the first stage, or its verification's scores."""
+    if sim < first_stage:
+        return f"{sim:.4f}, below the first stage"
+    if v is None:
+        return f"{sim:.4f}, unreadable"
+    return f"{sim:.4f}, photo score {v.score:.2f}, drawing score {v.pair_score:.3f}"
+
+
 def verify_table(sims, detectors, stamps, corpus, labels, *, k, stamp_path, corpus_path, work_size) -> None:
     prepared: dict[str, object] = {}
     prep_seconds: list[float] = []
@@ -56,41 +72,54 @@ def verify_table(sims, detectors, stamps, corpus, labels, *, k, stamp_path, corp
             if work_size:
                 img.thumbnail((work_size,) * 2, Image.Resampling.BICUBIC, reducing_gap=2.0)
             t = time.perf_counter()
-            prepared[key] = prepare(img)
+            prepared[key] = prepare_photo(img)
             prep_seconds.append(time.perf_counter() - t)
         return prepared[key]
 
+    judged: dict[tuple[str, str], object] = {}
     pair_seconds: list[float] = []
     rows = []
     for (spec, trim), sim in sims.items():
         det = detectors[spec]
-        t0 = det.default_threshold
+        t0 = float(det.default_threshold)
+        rule = DecisionRule.for_detector(det, {"devset": t0})
+        first_t = rule.first_stage("devset")
         pairs = _pairs(sim, stamps, corpus, labels, k)
         s = np.array([sim[i, j] for i, j, _ in pairs])
         label = np.array([lab for _, _, lab in pairs])
-        relaxed = first_stage_threshold(t0, relax_for(det))
-        first = s >= relaxed
-        verified = np.zeros(len(pairs), bool)
+        first = s >= first_t
+        verdicts = np.full(len(pairs), None, object)
         for n in np.flatnonzero(first):
             i, j, _ = pairs[n]
-            a, b = get(stamp_path(stamps[i])), get(corpus_path(corpus[j]))
-            if a is None or b is None:
-                continue
-            t = time.perf_counter()
-            v = verify_prepared(a, b)
-            pair_seconds.append(time.perf_counter() - t)
-            verified[n] = v.score >= VERIFY_THRESHOLD
+            key = (str(stamp_path(stamps[i])), str(corpus_path(corpus[j])))
+            if key not in judged:
+                a, b = get(key[0]), get(key[1])
+                t = time.perf_counter()
+                judged[key] = None if a is None or b is None else verify_photo(a, b)
+                pair_seconds.append(time.perf_counter() - t)
+            verdicts[n] = judged[key]
+        verdict = [None if v is None else v.verdict_at(rule.verify.threshold) for v in verdicts]
+        same = np.array([v is True for v in verdict], bool)
+        against = np.array([v is False for v in verdict], bool)
+        called = (first & same) | ((s >= t0) & ~against)  # rule._verify_splits' Overlap, pair by pair
         r0, p0 = _rp(s >= t0, label)
         r1, p1 = _rp(first, label)
-        r2, p2 = _rp(first & verified, label)
-        at = " / ".join(f"{_rp(s >= first_stage_threshold(t0, f), label)[0]:.3f}" for f in (1.5, 2.0, 3.0))
+        r2, p2 = _rp(called, label)
+        on_pos = [verdict[n] for n in np.flatnonzero(first & (label == 1))]
+        missed = ", ".join(f"{stamps[pairs[n][0]]} ({_why(s[n], first_t, verdicts[n])})"
+                           for n in np.flatnonzero(~called & (label == 1)))
+        looks = ", ".join(f"{stamps[pairs[n][0]]} ~ {corpus[pairs[n][1]]}"
+                          for n in np.flatnonzero(called & (label == 0)))
         rows.append(f"| {spec}{', trimmed' if trim else ''} | {r0:.3f} / {p0:.3f} ({t0:.4f}) | {r1:.3f} / {p1:.3f} "
-                    f"({relaxed:.4f}) | {r2:.3f} / {p2:.3f} | {int(first.sum())} of {len(pairs)} | {at} |")
-    print(f"\nverification: relax {RELAX} (or the detector's own: clipdup 5), VERIFY_THRESHOLD {VERIFY_THRESHOLD}")
+                    f"({first_t:.4f}) | {r2:.3f} / {p2:.3f} | {int(first.sum())} of {len(pairs)} | "
+                    f"{on_pos.count(True)} / {on_pos.count(False)} / {on_pos.count(None)} | {missed or '-'} | "
+                    f"{looks or '-'} |")
+    print(f"\nthe report's decision (overlap_audit.decide.rule.DecisionRule, default VerifySettings: pair threshold "
+          f"{rule.verify.threshold})")
     print(VERIFY_HEAD)
     print("\n".join(rows))
     ps = np.array(pair_seconds) * 1000
     if len(ps):
-        print(f"\nverify_prepared per pair: median {np.median(ps):.1f} ms, mean {ps.mean():.1f} ms, 95th percentile "
-              f"{np.percentile(ps, 95):.1f} ms over {len(ps)} pairs; prepare per image: median "
+        print(f"\nverify_photo per pair: median {np.median(ps):.1f} ms, mean {ps.mean():.1f} ms, 95th percentile "
+              f"{np.percentile(ps, 95):.1f} ms over {len(ps)} pairs; prepare_photo per image: median "
               f"{np.median(np.array(prep_seconds) * 1000):.1f} ms over {len(prep_seconds)} images (one core)")

@@ -1,0 +1,177 @@
+"""The default decision end to end on the photograph families of ``benchmarks.photos``: the corpus and the
+evaluation images are written to folders, indexed with ``build_index`` (``IndexSettings`` defaults but the
+detector) and audited with ``run_report`` (default ``ReportSettings``: trimming, verification), then
+``splits.parquet`` is read back and counted. Nothing of the decision is re-implemented here.
+
+Per family: recall (true copies called Overlap / true copies) and precision (true copies called Overlap / all
+called Overlap) of the report's decision, with verification (the default) and without
+(``ReportSettings(verify=None)``); "wrong" counts true copies called Overlap through a corpus item other than
+their source; the ranking's recall at 99% precision from the reported top-1 similarities (a low-information
+example counts as similarity -inf); the wall time of each report (the same run, the same machine; the report
+with verification runs first, so it alone pays for a cold file cache).
+
+Positives are the copies (``source >= 0``); negatives the distractors (other quadrants / tiles of the same
+photos), which must be Clean. The predictions file says every example is correct (the statistics are not
+what is measured here).
+
+    python -m benchmarks.bench_photo_report [--photos dev|heldout] [--families ...] [--detector phash|clipdup]
+        [--max-photos N] [--work DIR] [--json FILE]
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:
+    import os
+    import sys
+
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.bench_photo_report", *sys.argv[1:]])
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+TARGET = 0.99
+DATASET = "photos"
+
+
+@dataclass(frozen=True)
+class Counted:
+    """One report's decision on one family."""
+
+    recall: float
+    precision: float
+    tp: int
+    fp: int
+    wrong: int
+    n_overlap: int
+    seconds: float
+
+
+def write_family(data, root: Path) -> tuple[Path, Path]:
+    """The family's corpus and evaluation images as PNG folders under ``root`` (c00000.png, q00000.png)."""
+    corpus, evals = root / "corpus", root / "eval"
+    for folder, images, stem in ((corpus, data.corpus, "c"), (evals, data.queries, "q")):
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, im in enumerate(images):
+            im.save(folder / f"{stem}{i:05d}.png")
+    return corpus, evals
+
+
+def count(splits_file: Path, source: np.ndarray, seconds: float) -> tuple[Counted, np.ndarray, np.ndarray]:
+    """The decision's counts from a report's splits.parquet, and each query's top-1 similarity and Overlap flag
+    (query order)."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(splits_file).to_pydict()
+    row = {ident: n for n, ident in enumerate(t["id"])}
+    n = len(source)
+    missing = [f"q{i:05d}.png" for i in range(n) if f"q{i:05d}.png" not in row]
+    if missing:
+        raise SystemExit(f"{len(missing)} queries missing from {splits_file} (e.g. {missing[:3]}): skipped?")
+    order = [row[f"q{i:05d}.png"] for i in range(n)]
+    overlap = np.array([t["overlap"][r] for r in order], bool)
+    sim = np.array([np.nan if t["similarity"][r] is None else t["similarity"][r] for r in order], np.float64)
+    sim[np.array([t["low_information"][r] for r in order], bool)] = np.nan
+    near = [t["neighbor_ids"][r][0] if t["neighbor_ids"][r] else "" for r in order]
+    pos = source >= 0
+    tp, fp = int((overlap & pos).sum()), int((overlap & ~pos).sum())
+    wrong = sum(1 for i in np.flatnonzero(overlap & pos) if Path(near[i]).name != f"c{source[i]:05d}.png")
+    return (Counted(tp / max(1, int(pos.sum())), tp / (tp + fp) if tp + fp else 1.0, tp, fp, int(wrong),
+                    int(overlap.sum()), seconds), sim, overlap)
+
+
+def run_family(data, family: str, detector: str, work: Path) -> dict:
+    """Index, report with and without verification, count."""
+    import pandas as pd
+
+    from overlap_audit.api import ReportSettings, build_index, run_report
+    from overlap_audit.decide.thresholds import recall_at_precision
+    from overlap_audit.settings import IndexSettings
+
+    root = work / family
+    shutil.rmtree(root, ignore_errors=True)
+    corpus, evals = write_family(data, root)
+    t = time.perf_counter()
+    build_index([str(corpus)], root / "index", IndexSettings(detector=detector))
+    index_s = time.perf_counter() - t
+    preds = pd.DataFrame({"dataset": DATASET, "id": [f"q{i:05d}.png" for i in range(len(data.queries))],
+                          "correct": 1})
+    out: dict = {"family": family, "detector": detector, "n_true": data.n_true,
+                 "n_distractors": int((data.source < 0).sum()), "n_corpus": len(data.corpus),
+                 "index_seconds": index_s}
+    sims = None
+    for name, verify in (("verify", "default"), ("no_verify", None)):
+        settings = (ReportSettings(out_dir=root / f"report-{name}", predictions=preds) if verify else
+                    ReportSettings(out_dir=root / f"report-{name}", predictions=preds, verify=None))
+        t = time.perf_counter()
+        report = run_report(root / "index", [(DATASET, str(evals))], settings)
+        seconds = time.perf_counter() - t
+        counted, sim, _ = count(root / f"report-{name}" / "splits.parquet", data.source, seconds)
+        out[name] = asdict(counted)
+        if verify:
+            out["threshold"] = report.datasets[0].threshold
+            v = (report.verify or {}).get("datasets", {}).get(DATASET, {})
+            out["first_stage"], out["n_verified_pairs"] = v.get("first_stage"), v.get("n_verified")
+        sims = sim
+    pos = data.source >= 0
+    top = np.nan_to_num(sims, nan=-np.inf)
+    out["ranking_recall_p99"] = recall_at_precision(top[pos], top[~pos], TARGET)
+    return out
+
+
+def _print(line: dict) -> None:
+    v, nv = line["verify"], line["no_verify"]
+    print(f"| {line['photos']} | {line['family']} | {line['detector']} | {line['n_true']} / {line['n_distractors']} "
+          f"| {v['recall']:.3f} / {v['precision']:.3f} ({v['wrong']}) | {nv['recall']:.3f} / {nv['precision']:.3f} "
+          f"({nv['wrong']}) | {line['ranking_recall_p99']:.3f} | {line['threshold']:.4f} / {line['first_stage']:.4f} "
+          f"| {line['n_verified_pairs']} | {v['seconds']:.1f} / {nv['seconds']:.1f} "
+          f"({v['seconds'] / nv['seconds']:.2f}x) |", flush=True)
+
+
+HEAD = ("| photos | family | detector | copies / distractors | default decision: recall / precision (wrong) "
+        "| no verification: recall / precision (wrong) | ranking recall@99%P | threshold / first stage "
+        "| pairs verified | report s: verify / none (ratio) |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def main(argv=None) -> list[dict]:
+    from benchmarks.photos import FAMILIES, dev_photos, family_set, heldout_photos
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--photos", choices=("dev", "heldout"), default="dev")
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    ap.add_argument("--detector", default="phash")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-photos", type=int, default=None, help="a seeded sample of this many photos")
+    ap.add_argument("--work", default=None, help="keep the folders, indexes and reports here (default: temporary)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    photos = dev_photos() if args.photos == "dev" else heldout_photos()
+    if args.max_photos is not None and args.max_photos < len(photos):
+        keep = sorted(np.random.default_rng(args.seed).choice(sorted(photos), args.max_photos, replace=False))
+        photos = {k: photos[k] for k in keep}
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_photo_report-"))
+    print(f"{args.photos} photos: {len(photos)}; detector {args.detector}; work {work}")
+    print(HEAD, flush=True)
+    results = []
+    try:
+        for family in args.families:
+            line = {"photos": args.photos, "n_photos": len(photos), **run_family(
+                family_set(photos, family, args.seed), family, args.detector, work / args.detector)}
+            results.append(line)
+            _print(line)
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
