@@ -237,9 +237,27 @@ class _PhotoVerifier:
 
     @staticmethod
     def decide(sims, sc, rows, t, first):
-        from overlap_audit.decide.photo import decide_pairs
+        return decide_top_k(sims, sc, rows, t, first)
 
-        return decide_pairs(sims, sc, rows, t, first)
+
+def decide_top_k(sims, verdicts, rows, threshold, first_stage):
+    """A research variant of the report's rule (``overlap_audit.decide.rule``) over each query's k nearest items,
+    for measuring whether verifying more than the nearest pays (the report verifies the nearest only):
+    Overlap when a verified item at or above ``first_stage`` is the same picture, or when the nearest item is at
+    or above ``threshold`` and verification holds no evidence against it. Returns (overlap, the row decided on)."""
+    n, k = sims.shape
+    overlap = np.zeros(n, bool)
+    used = rows[:, 0].copy()
+    for q in range(n):
+        for j in range(k):
+            v = verdicts[q, j]
+            if sims[q, j] >= first_stage and v is not None and v.verdict is True:
+                overlap[q], used[q] = True, rows[q, j]
+                break
+        else:
+            v = verdicts[q, 0]
+            overlap[q] = bool(sims[q, 0] >= threshold and (v is None or v.verdict is not False))
+    return overlap, used
 
 
 def _verifier(name):

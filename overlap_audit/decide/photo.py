@@ -35,7 +35,7 @@ The verdict (``PhotoVerification.verdict``):
 - in between, or without texture, ``verify_prepared``'s score is computed and accepts at its threshold
   (it adds small tiles whose alignment is within its few per cent); otherwise the pair says nothing (None).
 
-The decision (``decide_pairs``) over a query's nearest items: Overlap when a verified item (at or above the
+The decision is ``rule.DecisionRule``'s (the one rule; see its module): Overlap when a verified item (at or above the
 relaxed first stage) is the same picture; a confident detector match (at or above the detector's threshold)
 stays Overlap unless its verdict is False (evidence against it).
 
@@ -323,24 +323,3 @@ def verify_photo(a: PhotoPrepared, b: PhotoPrepared) -> PhotoVerification:
 def verify_photo_pair(a: Image.Image, b: Image.Image) -> PhotoVerification:
     """``verify_photo`` of two images."""
     return verify_photo(prepare_photo(a), prepare_photo(b))
-
-
-def decide_pairs(sims: np.ndarray, verdicts: np.ndarray, rows: np.ndarray, threshold: float,
-                 first_stage: float) -> tuple[np.ndarray, np.ndarray]:
-    """The decision per query over its nearest items (columns, nearest first): Overlap when a verified item
-    (at or above ``first_stage``) is the same picture, or when the nearest item is at or above ``threshold``
-    and its verification holds no evidence against it. ``verdicts`` holds each pair's ``PhotoVerification``
-    (None where not verified). Returns (overlap, the corpus row each query was decided on)."""
-    n, k = sims.shape
-    overlap = np.zeros(n, bool)
-    used = rows[:, 0].copy()
-    for q in range(n):
-        for j in range(k):
-            v = verdicts[q, j]
-            if sims[q, j] >= first_stage and v is not None and v.verdict is True:
-                overlap[q], used[q] = True, rows[q, j]
-                break
-        else:
-            v = verdicts[q, 0]
-            overlap[q] = bool(sims[q, 0] >= threshold and (v is None or v.verdict is not False))
-    return overlap, used

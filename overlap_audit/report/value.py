@@ -122,7 +122,9 @@ class Report:
     verify: dict | None = None  # verification: its threshold, first stage and per-dataset counts (None: off)
     # seconds per phase ("seconds") and, per set, its counts, seconds and whether the evaluation cache was used
     # ("sets"); report.json holds every phase up to the write, the returned value the write too
-    timings: dict = field(default_factory=dict)
+    # seconds per phase and per-set counts: how this run went, not what it found (the returned Report also
+    # times the writing, which report.json cannot hold), so two Reports of the same audit compare equal
+    timings: dict = field(default_factory=dict, compare=False)
     # the report directory this value was written to or read from (not part of report.json); None: not known
     directory: str | None = field(default=None, compare=False)
 

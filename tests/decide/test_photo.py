@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from benchmarks.photos import MEDIUM, STRONG, appc_copy, quadrants
-from overlap_audit.decide.photo import (PhotoVerification, decide_pairs, prepare_photo, verify_photo,
+from overlap_audit.decide.photo import (PhotoVerification, prepare_photo, verify_photo,
                                         verify_photo_pair)
 from overlap_audit.decide.verify import VERIFY_THRESHOLD, verify_pair
 
@@ -80,18 +80,22 @@ def _v(score: float, texture: float = 0.05, pair: float = 0.0) -> PhotoVerificat
     return PhotoVerification(score, texture, pair, cells=score)
 
 
-def test_decide_pairs_keeps_a_confident_match_without_evidence_against_it():
-    sims = np.array([[0.99, 0.5], [0.99, 0.5], [0.80, 0.79], [0.80, 0.79], [0.99, 0.5]])
-    rows = np.array([[0, 1], [0, 1], [2, 3], [2, 3], [4, 5]])
-    verdicts = np.array([[_v(0.5, texture=0.001), None],  # confident, nothing to say: Overlap
-                         [_v(0.1), None],  # confident, evidence against: Clean
-                         [_v(0.1), _v(0.95)],  # below threshold, the second item verified: Overlap through it
-                         [_v(0.5, texture=0.001), None],  # below threshold, nothing verified: Clean
-                         [None, None]],  # confident, not verified: Overlap
-                        dtype=object)
-    overlap, used = decide_pairs(sims, verdicts, rows, threshold=0.9, first_stage=0.7)
-    assert overlap.tolist() == [True, False, True, False, True]
-    assert used[2] == 3
+def test_the_rule_keeps_a_confident_match_without_evidence_against_it():
+    """The one rule (``rule.DecisionRule.overlap``) on known verdicts: a confident match stays Overlap unless
+    verification holds evidence against it; below the threshold only a verified pair at or above the first
+    stage is Overlap."""
+    from overlap_audit.decide.rule import DecisionRule, VerifySettings
+
+    rule = DecisionRule({"s": 0.9}, VerifySettings(first_stage=0.7))
+    sims = [0.99, 0.99, 0.80, 0.80, 0.99, 0.60]
+    verdicts = [_v(0.5, texture=0.001).verdict,  # confident, nothing to say: Overlap
+                _v(0.1).verdict,  # confident, evidence against: Clean
+                _v(0.95).verdict,  # below the threshold, verified: Overlap
+                _v(0.5, texture=0.001).verdict,  # below the threshold, nothing verified: Clean
+                None,  # confident, not verified: Overlap
+                True]  # below the first stage: never verified, Clean
+    assert verdicts[:4] == [None, False, True, None]
+    assert rule.overlap("s", sims, verdicts).tolist() == [True, False, True, False, True, False]
 
 
 def test_an_extreme_strip_says_nothing_so_a_confident_match_stands():
