@@ -70,7 +70,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .imaging import to_rgb
+from .imaging import ALPHA_INFO, to_rgb
 
 BASE_TOLERANCE = 16  # grey levels per channel from the border colour that still count as margin
 MAX_TOLERANCE = 48  # the tolerance never widens beyond this, however noisy the margin
@@ -293,7 +293,11 @@ def _find_box(view: Image.Image) -> tuple[tuple[int, int, int, int], _Margin] | 
 
 
 def _alpha(image: Image.Image) -> Image.Image | None:
-    """The alpha band of an image with transparency, else None."""
+    """The alpha band of an image with transparency (or of the transparent image it was composited from:
+    ``imaging.ALPHA_INFO``), else None."""
+    kept = image.info.get(ALPHA_INFO)
+    if isinstance(kept, Image.Image) and kept.size == image.size:
+        return kept
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         return image.getchannel("A")
     if image.mode == "P" and "transparency" in image.info:

@@ -15,10 +15,17 @@ class ImageRejected(Exception):
     """An image cannot be used; the message is the reason recorded for it."""
 
 
+# where a composited image keeps the alpha band it was composited from: content.content_box reads it, so a
+# drawing's transparent canvas is still known as one after decoding (its soft shadow, white now, is no sky)
+ALPHA_INFO = "overlap_audit.alpha"
+
+
 def _composite_on_white(img: Image.Image) -> Image.Image:
     rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # convert() would copy an RGBA image
     background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
+    out = Image.alpha_composite(background, rgba).convert("RGB")
+    out.info[ALPHA_INFO] = rgba.getchannel("A")
+    return out
 
 
 def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:

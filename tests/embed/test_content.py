@@ -293,4 +293,5 @@ def test_a_drawing_on_a_transparent_canvas_is_trimmed_despite_a_faint_reflection
     reflected = Image.fromarray(arr, "RGBA")
     assert content_box(reflected).box == expected(at)
     # the same pixels made opaque: a faint gradient below the drawing, not a flat canvas
-    assert not content_box(to_rgb(reflected)).trimmed
+    assert not content_box(Image.fromarray(np.asarray(to_rgb(reflected)))).trimmed  # pixels only, no alpha kept
+    assert content_box(to_rgb(reflected)).box == expected(at)  # decoded (composited), it keeps its alpha
