@@ -296,8 +296,8 @@ def _alpha(image: Image.Image) -> Image.Image | None:
     """The alpha band of an image with transparency (or of the transparent image it was composited from:
     ``imaging.ALPHA_INFO``), else None."""
     kept = image.info.get(ALPHA_INFO)
-    if isinstance(kept, Image.Image) and kept.size == image.size:
-        return kept
+    if isinstance(kept, Image.Image):  # resized with the image (a thumbnail keeps its info): resized too
+        return kept if kept.size == image.size else kept.resize(image.size, Image.Resampling.BOX)
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         return image.getchannel("A")
     if image.mode == "P" and "transparency" in image.info:
