@@ -225,7 +225,7 @@ def test_ids_in_the_review_csv_cannot_run_as_spreadsheet_formulas():
     from overlap_audit.inert import csv_cell as _inert
 
     assert _inert('=HYPERLINK("http://x","y")') == '\'=HYPERLINK("http://x","y")'
-    assert [_inert(x) for x in ("+1", "-1", "@a", "\tx")] == ["'+1", "'-1", "'@a", "'\tx"]
+    assert [_inert(x) for x in ("+1", "-1", "@a", "\tx")] == ["'+1", "'-1", "'@a", "'\\x09x"]  # a tab shown, never run
     assert _inert("cat/001.png") == "cat/001.png"
 
 
