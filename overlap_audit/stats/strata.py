@@ -27,12 +27,23 @@ if TYPE_CHECKING:
 MIX_MONTE_CARLO_DRAWS = 10_000
 
 
+class FlatRecord:
+    """A frozen dataclass of plain fields that round-trips through report.json as it is."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
 def interval_list(v: tuple[float, float] | None) -> list[float] | None:
     return list(v) if v is not None else None
 
 
 @dataclass(frozen=True)
-class ClassRow:
+class ClassRow(FlatRecord):
     """One class: its counts and accuracies in Overlap and Clean; None where undefined."""
 
     label: str
@@ -48,12 +59,6 @@ class ClassRow:
     mix_residual: float | None  # adjusted residual of the Overlap count (the mix check)
     inflation: float | None  # n_overlap · gap / n_all: this class's part of the stratified inflation
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ClassRow":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ class ClassTable:
 
 
 @dataclass(frozen=True)
-class MixDriver:
+class MixDriver(FlatRecord):
     """A class whose share of Overlap differs from its share of Clean beyond chance."""
 
     label: str
@@ -90,12 +95,6 @@ class MixDriver:
     expected_overlap: float  # if Overlap had All's class distribution
     residual: float
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MixDriver":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)

@@ -44,13 +44,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import chi2, hypergeom, norm
 
 from .overlap import family_correction
-from .strata import ClassTable, MixCheck, StrataCounts, interval_list, class_table, mix_check, strata_counts
+from .strata import (ClassTable, FlatRecord, MixCheck, StrataCounts, class_table, interval_list, mix_check,
+                     strata_counts)
 
 # The exact conditional test convolves one hypergeometric per class: its cost is about Σ (length of the
 # running distribution × support of the next class); below this it takes well under a second on one core.
@@ -63,7 +64,7 @@ MANTEL_FLEISS_MIN = 5.0
 
 
 @dataclass(frozen=True)
-class CMHTest:
+class CMHTest(FlatRecord):
     """Cochran–Mantel–Haenszel test of Overlap against Clean within classes."""
 
     statistic: float  # chi-square, 1 degree of freedom
@@ -71,16 +72,10 @@ class CMHTest:
     p_greater: float  # alternative: Overlap more accurate
     correction: bool
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CMHTest":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
-class ExactConditionalTest:
+class ExactConditionalTest(FlatRecord):
     """Exact conditional test: the sum over classes of Overlap's correct counts, given all margins."""
 
     t_observed: int
@@ -88,12 +83,6 @@ class ExactConditionalTest:
     p_greater: float
     p_two_sided: float
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ExactConditionalTest":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -347,7 +336,7 @@ def stratify(labels: Sequence[str | None], overlap: Sequence[bool] | np.ndarray,
 
 
 @dataclass(frozen=True)
-class Disagreement:
+class Disagreement(FlatRecord):
     """Whether the pooled and the within-class comparison of one set disagree, and the report's sentence."""
 
     dataset: str
@@ -361,12 +350,6 @@ class Disagreement:
     def disagrees(self) -> bool:
         return self.sentence is not None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Disagreement":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
 def _pts(x: float) -> str:
