@@ -23,74 +23,21 @@ mate-backgrounds, ``usr/share/backgrounds/mate/nature``) is the development set;
 
 from __future__ import annotations
 
-import io
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from overlap_audit.augment import APPC_MEDIUM as MEDIUM, APPC_STRENGTHS as STRENGTHS, APPC_STRONG as STRONG
+from overlap_audit.augment import CopyParams, appc_copy
+
+__all__ = ["MEDIUM", "STRONG", "STRENGTHS", "CopyParams", "appc_copy"]  # the library's, for the benches and tests
+
 LONGEST = 1024  # photos are reduced to this long side first (a quadrant is then at most 512 px)
 DEV_PACKAGES = {"mate-backgrounds": ("usr/share/backgrounds/mate/nature", (
     "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
     "TwoWings", "Wood", "YellowFlower"))}
-_INTERPOLATIONS = (Image.Resampling.NEAREST, Image.Resampling.BILINEAR, Image.Resampling.BICUBIC,
-                   Image.Resampling.BOX, Image.Resampling.LANCZOS)
-
-
-@dataclass(frozen=True)
-class CopyParams:
-    """One strength of ``appc_copy``: the smallest crop area, the crop's aspect spread (+-share), the smallest
-    downscale, the final width and height range (px), the largest rotation (degrees), the HSV jitter (hue as
-    a share of the colour circle; saturation and value factors 1 +- share) and the JPEG quality range."""
-
-    area: float
-    aspect: float
-    scale: float
-    size: tuple[int, int]
-    rotate: float
-    hue: float
-    sat: float
-    val: float
-    quality: tuple[int, int]
-
-
-MEDIUM = CopyParams(area=0.79, aspect=0.12, scale=0.55, size=(160, 400), rotate=3.6, hue=0.02, sat=0.1, val=0.1,
-                    quality=(54, 90))
-STRONG = CopyParams(area=0.65, aspect=0.20, scale=0.25, size=(160, 400), rotate=6.0, hue=0.04, sat=0.2, val=0.2,
-                    quality=(30, 90))
-STRENGTHS = {"medium": MEDIUM, "strong": STRONG}
-
-
-def _resize(image: Image.Image, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
-    return image.resize((max(1, int(size[0])), max(1, int(size[1]))),
-                        _INTERPOLATIONS[int(rng.integers(len(_INTERPOLATIONS)))])
-
-
-def appc_copy(image: Image.Image, p: CopyParams, rng: np.random.Generator) -> Image.Image:
-    """An App. C-style copy of ``image`` (RGB) under ``p``, drawn from ``rng``."""
-    w, h = image.size
-    area = rng.uniform(p.area, 1.0)
-    ratio = rng.uniform(1 - p.aspect, 1 + p.aspect)  # the crop's aspect relative to the image's
-    cw = min(w, max(8, round(w * np.sqrt(area * ratio))))
-    ch = min(h, max(8, round(h * np.sqrt(area / ratio))))
-    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    im = image.crop((x, y, x + cw, y + ch))
-    s = rng.uniform(p.scale, 1.0)
-    im = _resize(im, (round(cw * s), round(ch * s)), rng)
-    im = _resize(im, (rng.integers(p.size[0], p.size[1] + 1), rng.integers(p.size[0], p.size[1] + 1)), rng)
-    angle = float(rng.uniform(-p.rotate, p.rotate))
-    im = im.rotate(angle, resample=Image.Resampling.BICUBIC, expand=False, fillcolor=(0, 0, 0))
-    hsv = np.asarray(im.convert("HSV"), dtype=np.float32)
-    hsv[..., 0] = (hsv[..., 0] + 255 * rng.uniform(-p.hue, p.hue)) % 256
-    hsv[..., 1] *= 1 + rng.uniform(-p.sat, p.sat)
-    hsv[..., 2] *= 1 + rng.uniform(-p.val, p.val)
-    im = Image.fromarray(np.clip(hsv, 0, 255).astype(np.uint8), mode="HSV").convert("RGB")
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=int(rng.integers(p.quality[0], p.quality[1] + 1)))
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
 def _reduced(image: Image.Image, longest: int = LONGEST) -> Image.Image:
     image = image.convert("RGB")
     image.thumbnail((longest, longest), Image.Resampling.LANCZOS)

@@ -4,6 +4,7 @@ index's recall. Deterministic under a seeded generator."""
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
@@ -262,3 +263,66 @@ def augment_training(image: Image.Image, strength: str = "medium", rng: np.rando
         for family in rng.choice(EDIT_FAMILIES, size=count, replace=False):
             out = _family(out, str(family), STRENGTHS[strength], rng)
     return augment_all(out, strength, rng)
+
+
+# ---------------------------------------------------------------- App. C copies of photographs
+
+# one interpolation of these per resize of ``appc_copy``
+_APPC_INTERPOLATIONS = (Image.Resampling.NEAREST, Image.Resampling.BILINEAR, Image.Resampling.BICUBIC,
+                        Image.Resampling.BOX, Image.Resampling.LANCZOS)
+
+
+@dataclass(frozen=True)
+class CopyParams:
+    """One strength of ``appc_copy``: the smallest crop area, the crop's aspect spread (+-share), the smallest
+    downscale, the final width and height range (px), the largest rotation (degrees), the HSV jitter (hue as
+    a share of the colour circle; saturation and value factors 1 +- share) and the JPEG quality range."""
+
+    area: float
+    aspect: float
+    scale: float
+    size: tuple[int, int]
+    rotate: float
+    hue: float
+    sat: float
+    val: float
+    quality: tuple[int, int]
+
+
+# a resize to an independent width and height of 160-400 px squashes the aspect ratio by up to 2.5x, as when a
+# dataset stores its images at one fixed size
+APPC_MEDIUM = CopyParams(area=0.79, aspect=0.12, scale=0.55, size=(160, 400), rotate=3.6, hue=0.02, sat=0.1,
+                         val=0.1, quality=(54, 90))
+APPC_STRONG = CopyParams(area=0.65, aspect=0.20, scale=0.25, size=(160, 400), rotate=6.0, hue=0.04, sat=0.2,
+                         val=0.2, quality=(30, 90))
+APPC_STRENGTHS = {"medium": APPC_MEDIUM, "strong": APPC_STRONG}
+
+
+def _appc_resize(image: Image.Image, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    return image.resize((max(1, int(size[0])), max(1, int(size[1]))),
+                        _APPC_INTERPOLATIONS[int(rng.integers(len(_APPC_INTERPOLATIONS)))])
+
+
+def appc_copy(image: Image.Image, p: CopyParams, rng: np.random.Generator) -> Image.Image:
+    """An App. C-style copy of ``image`` (RGB) under ``p``, drawn from ``rng``: crop, downscale, resize to an
+    independent width and height, rotate, HSV jitter, JPEG."""
+    w, h = image.size
+    area = rng.uniform(p.area, 1.0)
+    ratio = rng.uniform(1 - p.aspect, 1 + p.aspect)  # the crop's aspect relative to the image's
+    cw = min(w, max(8, round(w * np.sqrt(area * ratio))))
+    ch = min(h, max(8, round(h * np.sqrt(area / ratio))))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    im = image.crop((x, y, x + cw, y + ch))
+    s = rng.uniform(p.scale, 1.0)
+    im = _appc_resize(im, (round(cw * s), round(ch * s)), rng)
+    im = _appc_resize(im, (rng.integers(p.size[0], p.size[1] + 1), rng.integers(p.size[0], p.size[1] + 1)), rng)
+    angle = float(rng.uniform(-p.rotate, p.rotate))
+    im = im.rotate(angle, resample=Image.Resampling.BICUBIC, expand=False, fillcolor=(0, 0, 0))
+    hsv = np.asarray(im.convert("HSV"), dtype=np.float32)
+    hsv[..., 0] = (hsv[..., 0] + 255 * rng.uniform(-p.hue, p.hue)) % 256
+    hsv[..., 1] *= 1 + rng.uniform(-p.sat, p.sat)
+    hsv[..., 2] *= 1 + rng.uniform(-p.val, p.val)
+    im = Image.fromarray(np.clip(hsv, 0, 255).astype(np.uint8), mode="HSV").convert("RGB")
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=int(rng.integers(p.quality[0], p.quality[1] + 1)))
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
