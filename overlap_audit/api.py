@@ -17,8 +17,9 @@ import numpy as np
 
 from . import __version__
 from .atomic import atomic_write, create_temporary
-from .decide.rule import DecisionRule, VerifySettings, check_decision_version
-from .decide.split import load_thresholds, resolve_thresholds
+from .calibrate import calibrate_sets
+from .decide.rule import DECISION_VERSION, DecisionRule, VerifySettings, check_decision_version
+from .decide.split import load_thresholds, resolve_thresholds, threshold_origins
 from .evalcache import default_cache_dir
 from .errors import EmptyEvalSetError, OutputDirError, SourceError, param
 from .evidence import build_galleries
@@ -29,8 +30,8 @@ from .predictions import PREDICTIONS
 from .report import CORPUS_MATCHES, DatasetReport, Report, check_report_dir, load_report, report_lock, write_report
 from .report.write import splits_table
 from .score import prepare_scoring, score
-from .settings import (CORRECTIONS, DEFAULT_GALLERY, MatchSettings, StatsSettings, ZeroShotSettings,
-                       check_datasets_named)
+from .settings import (CORRECTIONS, DEFAULT_GALLERY, CalibrationSettings, MatchSettings, StatsSettings,
+                       ZeroShotSettings, check_datasets_named)
 from .sources import source_spec
 from .stats.overlap import RateEstimate, extended_stats, family_correction, overlap_stats
 from .stats.stratified import disagreements, stratify
@@ -64,6 +65,9 @@ class ReportSettings:
     stats: StatsSettings = field(default_factory=StatsSettings)
     gallery: int | None = None
     verify: VerifySettings | None = field(default_factory=VerifySettings)  # None: no verification
+    # each set's threshold calibrated on its own images where neither --thresholds nor --threshold gives one;
+    # None: the detector's default threshold
+    calibrate: CalibrationSettings | None = field(default_factory=CalibrationSettings)
     corpus_matches: str | os.PathLike | None = None
     ignore_extra_sets: bool = False  # predictions for sets not evaluated are left out instead of refused
     cache_dir: str | os.PathLike | None = field(default_factory=default_cache_dir)
@@ -132,9 +136,12 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
                               ignore_extra_sets=settings.ignore_extra_sets)
     thresholds = st.thresholds
     per_dataset = load_thresholds(thresholds) if isinstance(thresholds, (str, os.PathLike)) else thresholds
-    cut = resolve_thresholds(names, det.default_threshold, threshold=st.threshold, per_dataset=per_dataset)
+    origins = threshold_origins(names, threshold=st.threshold, per_dataset=per_dataset)
+    to_calibrate = [n for n, o in origins.items() if o == "default"] if settings.calibrate is not None else []
+    # a set to calibrate needs no default threshold; every other one does
+    cut = resolve_thresholds(names, det.default_threshold if det.default_threshold is not None or not to_calibrate
+                             else 0.0, threshold=st.threshold, per_dataset=per_dataset)
     errors = resolve_detector_error(names, st.precision, st.recall, st.detector_error)
-    rule = DecisionRule.for_detector(det, cut, settings.verify)
     phases.done("check_inputs")
 
     matches = match_eval_sets(corpus, evals, match, scorers=scoring.scorers, cache_dir=settings.cache_dir)
@@ -142,6 +149,16 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
         phases.seconds[f"embed:{name}"] = round(m.seconds["embed"], 3)
         phases.seconds[f"search:{name}"] = round(m.seconds["search"], 3)
     phases.done("match", f"{sum(m.cached for m in matches.values())} of {len(matches)} set(s) from the cache")
+    calibrations = {}
+    if to_calibrate:
+        calibrations = calibrate_sets(corpus, index_dir, {n: matches[n] for n in to_calibrate}, dict(evals),
+                                      lambda t: DecisionRule.for_detector(det, t, settings.verify),
+                                      settings.calibrate, match)
+        for n, c in calibrations.items():
+            cut[n] = c.used
+            origins[n] = "calibrated" if c.threshold is not None else "default"
+        phases.done("calibrate")
+    rule = DecisionRule.for_detector(det, cut, settings.verify)
     decision = rule.decide({n: (m.embeddings, m.neighbors) for n, m in matches.items()}, index_dir=index_dir,
                            eval_sources=dict(evals), max_pixels=match.max_pixels, workers=match.workers,
                            progress=match.progress)
@@ -149,6 +166,8 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
     skipped = {n: m.skipped for n, m in matches.items()}
     _check_not_empty(splits, skipped)
     phases.done("decide")
+    calibration = _calibration_record(origins, calibrations, splits, settings.calibrate, det)
+    errors = _with_calibrated_errors(errors, calibration, st)
     sets = {n: {"n_items": len(m.embeddings) + len(m.skipped), "n_embedded": len(m.embeddings),
                 "n_skipped": len(m.skipped), "n_overlap": int(splits[n].overlap.sum()), "from_cache": m.cached,
                 "cache_dir": str(settings.cache_dir) if m.cached else None} for n, m in matches.items()}
@@ -175,7 +194,7 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             evals={n: source_spec(s, name=n) for n, s in evals},
             model=scoring.zero_shot.to_dict() if scoring.zero_shot is not None else None,
-            verify=decision.verification,
+            verify=decision.verification, calibration=calibration,
         )
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         matches_file = create_temporary(out_dir.parent / f"{out_dir.name}-{CORPUS_MATCHES}", suffix=".parquet")
@@ -254,6 +273,42 @@ def _dataset_reports(names: list[str], splits: dict[str, Split], correct: dict[s
                       stratified=strat[n], disagreement=rule[i] if strat[n] is not None else None)
         for i, n in enumerate(names)
     ]
+
+
+def _calibration_record(origins: dict[str, str], calibrations: dict, splits: dict[str, Split],
+                        settings: CalibrationSettings | None, det) -> dict:
+    """report.json's record of where each threshold came from ("file", "threshold", "calibrated" or
+    "default") and, per calibrated set, the calibration's estimates at the threshold used."""
+    record: dict = {"origins": dict(origins)}
+    if settings is not None:
+        record.update({"target_precision": settings.target_precision, "strength": settings.strength,
+                       "seed": settings.seed, "positives": settings.positives, "negatives": settings.negatives,
+                       "ci_level": settings.ci_level,
+                       "versions": {"package": __version__, "detector": det.info.spec,
+                                    "detector_version": det.info.version, "decision_version": DECISION_VERSION}})
+    if calibrations:
+        record["datasets"] = {
+            n: {"threshold": c.threshold, "used": c.used, "bounds": [c.lower, c.upper],
+                "n_positives": len(c.positive_overlap), "n_negatives": len(c.negative_overlap),
+                "seconds": round(c.seconds, 3),
+                **c.estimates(int(np.asarray(splits[n].overlap).sum()), settings.ci_level)}
+            for n, c in calibrations.items()}
+    return record
+
+
+def _with_calibrated_errors(errors: dict, calibration: dict, st: StatsSettings) -> dict:
+    """The detector-error correction's (precision, recall) per set: the user's where given, else a calibrated
+    set's estimates (precision as a rate, recall as counts)."""
+    if st.precision is not None or st.recall is not None:
+        return errors
+    out = dict(errors)
+    for n, c in calibration.get("datasets", {}).items():
+        if out[n] != (None, None):
+            continue  # the detector-error file names this set
+        p, r = c["precision"], c["recall"]
+        out[n] = (RateEstimate(p["value"]) if p and p["value"] > 0 else None,
+                  RateEstimate.from_counts(r["successes"], r["trials"]) if r and r["successes"] > 0 else None)
+    return out
 
 
 def _check_not_empty(splits: dict, skipped: dict) -> None:

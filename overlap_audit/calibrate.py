@@ -107,3 +107,200 @@ def calibrate(source: str, detector: str = "phash", *, target_precision: float =
         n_images=int(n), n_low_information=int((~keep).sum()), strength=strength, curve=curve,
     )
 
+
+
+# ---------------------------------------------------------------- each evaluation set's threshold in a report
+
+# images are reduced to this longest side before they are copied or turned (the detectors look at far less)
+CALIBRATION_SIDE = 1024
+
+
+@dataclass(frozen=True, eq=False)
+class SetCalibration:
+    """One evaluation set's calibration: the threshold chosen (``threshold``; None: none in [``lower``,
+    ``upper``] reached the target, and ``used`` is the detector's default), and what the whole decision did
+    with the positives (each an App. C copy against its source image) and the negatives (mirrored or turned
+    images against their nearest corpus item) at ``used``."""
+
+    dataset: str
+    threshold: float | None
+    used: float
+    lower: float
+    upper: float
+    target_precision: float
+    n_eval: int
+    positive_overlap: np.ndarray  # bool per positive: called Overlap by the decision at ``used``
+    negative_overlap: np.ndarray  # bool per negative: a false match at ``used``
+    seconds: float
+
+    def estimates(self, n_overlap: int, level: float) -> dict:
+        """The estimated precision and recall of the set's Overlap split (``n_overlap`` examples) with their
+        Clopper-Pearson intervals at ``level``."""
+        from .decide.calibrate_set import clopper_pearson, estimate_precision
+
+        k, n = int(self.positive_overlap.sum()), len(self.positive_overlap)
+        recall = None
+        if n:
+            low, high = clopper_pearson(k, n, level)
+            recall = {"value": k / n, "low": low, "high": high, "successes": k, "trials": n, "level": level}
+        precision = estimate_precision(int(self.negative_overlap.sum()), len(self.negative_overlap), n_overlap,
+                                       self.n_eval, level)
+        return {"precision": None if precision is None else precision.to_dict(), "recall": recall}
+
+
+def _reduced(image):
+    image = image.convert("RGB")
+    image.thumbnail((CALIBRATION_SIDE, CALIBRATION_SIDE))
+    return image
+
+
+def _png(image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, settings, match_settings
+                   ) -> dict[str, SetCalibration]:
+    """Each evaluation set's threshold (``decide.calibrate_set.pick_threshold``) and what the decision does at
+    it with known copies and known non-copies.
+
+    ``corpus`` is the opened index (``match.Corpus``), ``matches`` the sets' ``match.EvalMatch`` by name,
+    ``evals`` their sources by name, ``rule_for(thresholds)`` the report's ``DecisionRule`` at the given
+    thresholds, ``settings`` a ``settings.CalibrationSettings``, ``match_settings`` the report's
+    ``MatchSettings`` (the negatives are searched as the set's own images were). A set's sample is drawn with
+    ``np.random.default_rng([seed, crc32(name)])`` among its examples that are not low-information: the
+    ``positives`` first, each with one App. C copy (``augment.appc_copy``) compared with its image by the
+    detector and, with verification, judged by the rule; the ``negatives`` (a superset of those images) each
+    mirrored and turned by 90 degrees, searched in the corpus and, at or above the first stage, judged against
+    their nearest corpus item. The threshold lies between the first stage of the detector's default (below it
+    verification would take nearly every example) and 1."""
+    import time
+    import zlib
+
+    from PIL import Image
+
+    from .augment import APPC_STRENGTHS, appc_copy
+    from .decide.calibrate_set import pick_threshold, threshold_candidates
+    from .decide.rule import first_stage_threshold, relax_for
+    from .embed import embed_source
+    from .errors import ThresholdError, param
+    from .imaging import ImageRejected, decode_image
+    from .index import corpus_items
+    from .match import match_eval_sets
+    from .sources import as_source, fetch_items
+    from .sources.memory import MemorySource
+    from .values import RawItem
+
+    det = corpus.detector
+    default = det.default_threshold
+    lower = 0.0 if default is None else first_stage_threshold(default, relax_for(det))
+    upper = 1.0 if default is None else float(default)
+    out = {}
+    for name, m in matches.items():
+        started = time.perf_counter()
+        emb, nb = m.embeddings, m.neighbors
+        top = (nb.similarities[:, 0] if nb.k else np.full(len(emb), np.nan, np.float32)).astype(np.float32)
+        low = np.asarray(emb.low_information, bool)
+        observed = np.where(low, np.nan, top)
+        rng = np.random.default_rng([settings.seed, zlib.crc32(name.encode())])
+        rows = rng.permutation(np.flatnonzero(~low))[:max(settings.positives, settings.negatives)]
+        fetched = fetch_items(as_source(evals[name], name=name, labels_from_folders=True),
+                              [emb.ids[i] for i in rows])
+        images, originals, kept = [], [], []
+        for i in rows:
+            item = fetched.get(emb.ids[i])
+            if item is None or item.skip_reason:
+                continue
+            try:
+                images.append(_reduced(decode_image(item.data, item.path, max_pixels=match_settings.max_pixels)))
+            except ImageRejected:
+                continue
+            originals.append(RawItem(name, str(len(originals)), data=item.data, path=item.path))
+            kept.append(int(i))
+        tag = f"{name} (calibration)"
+        turned = []
+        # each image turned by 90 degrees and mirrored (transposed along one diagonal or the other): a mirror
+        # alone of a left-right symmetric scene is another part of the same scene, which may be in the corpus
+        for j, im in enumerate(images[:settings.negatives]):
+            turned.append(RawItem(tag, f"t{j}", data=_png(im.transpose(Image.Transpose.TRANSPOSE))))
+            turned.append(RawItem(tag, f"v{j}", data=_png(im.transpose(Image.Transpose.TRANSVERSE))))
+        neg = match_eval_sets(corpus, [(tag, MemorySource(tuple(turned), tag))], match_settings)[tag]
+        neg_top = (neg.neighbors.similarities[:, 0] if neg.neighbors.k else
+                   np.full(len(neg.embeddings), np.nan, np.float32))
+        neg_low = np.asarray(neg.embeddings.low_information, bool)
+        neg_sims = np.where(neg_low, np.nan, neg_top)
+        # a turned image the detector still finds close to the image it was turned from is no known non-copy (a
+        # symmetric picture: a mirrored phantom, a colour chart) and is left out
+        own = {f"{k}{j}": r for j, r in enumerate(kept[:settings.negatives]) for k in "tv"}
+        source_rows = np.array([own[i] for i in neg.embeddings.ids], int)
+        to_own = np.array([det.similarity(neg.embeddings.vectors[r:r + 1], emb.vectors[source_rows[r]:source_rows[r] + 1])[0, 0]
+                           for r in range(len(neg_sims))], np.float32)
+        distinct = to_own < lower
+        neg_sims, neg_low = neg_sims[distinct], neg_low[distinct]
+        neg_rows = np.flatnonzero(distinct)
+        # the negatives from the lowest threshold up, judged against their nearest corpus item (a verdict does not
+        # depend on the threshold: ``VerifySettings.accept_for`` is anchored at the detector's default). Those
+        # below it, down to its first stage, are not judged, to save the time: verification would have to accept
+        # a pair of two different pictures there on strong evidence (none of 286 on the demo's sets)
+        lowest_rule = rule_for({name: lower})
+        first = lowest_rule.first_stage(name)
+        verdicts: list = [None] * len(neg_sims)
+        if first is not None:
+            todo = [r for r in range(len(neg_sims)) if np.nan_to_num(neg_sims[r], nan=-np.inf) >= lower]
+            keys = {str(neg.neighbors.ids[neg_rows[r], 0]) for r in todo}
+            items = corpus_items(index_dir, keys) if keys else {}
+            by_id = {it.id: it for it in turned}
+            judged_neg = lowest_rule.judge_pairs(
+                name, [(by_id[neg.embeddings.ids[neg_rows[r]]], items[str(neg.neighbors.ids[neg_rows[r], 0])],
+                        float(neg_sims[r])) for r in todo],
+                max_pixels=match_settings.max_pixels, workers=match_settings.workers)
+            for r, p in zip(todo, judged_neg):
+                verdicts[r] = p.verdict
+
+        def false_matches(t: float) -> np.ndarray:
+            return np.asarray(rule_for({name: float(t)}).overlap(name, neg_sims, verdicts, neg_low), bool)
+
+        candidates = threshold_candidates(neg_sims, observed, lower=lower, upper=upper)
+        chosen = pick_threshold(candidates, [int(false_matches(t).sum()) for t in candidates], len(neg_sims),
+                                [int((observed >= np.float32(t)).sum()) for t in candidates], len(emb),
+                                settings.target_precision)
+        used = chosen if chosen is not None else default
+        if used is None:
+            raise ThresholdError(f"{name}: no threshold reached the estimated precision "
+                                 f"{settings.target_precision} and this detector has no default: pass "
+                                 f"{param('threshold')} or a {param('thresholds')} file")
+        rule = rule_for({name: used})
+        negative_overlap = false_matches(used)
+
+        # the positives: one App. C copy of each image, compared with it and judged by the rule
+        params = APPC_STRENGTHS[settings.strength]
+        n_pos = min(settings.positives, len(images))
+        copies = [RawItem(tag, f"c{j}", data=_png(appc_copy(images[j], params, rng))) for j in range(n_pos)]
+        sources = [RawItem(tag, f"s{j}", data=o.data, path=o.path) for j, o in enumerate(originals[:n_pos])]
+        both = embed_source(MemorySource(tuple(copies + sources), tag), det, workers=match_settings.workers,
+                            max_pixels=match_settings.max_pixels, limits=match_settings.limits)
+        row = {ident: r for r, ident in enumerate(both.ids)}
+        pairs, pos_low = [], []
+        for j in range(n_pos):
+            a, b = row.get(f"c{j}"), row.get(f"s{j}")
+            sim = (float(det.similarity(both.vectors[a:a + 1], both.vectors[b:b + 1])[0, 0])
+                   if a is not None and b is not None else float("nan"))
+            pairs.append((copies[j], sources[j], sim))
+            pos_low.append(a is None or bool(both.low_information[a]))
+        # below the first stage a copy is Clean whatever verification would say: only those above are judged
+        pos_sims = np.array([p[2] for p in pairs], np.float64)
+        todo = [j for j in range(n_pos) if np.nan_to_num(pos_sims[j], nan=-np.inf) >= rule.first_stage(name)] \
+            if rule.verify is not None else []
+        pos_verdicts: list = [None] * n_pos
+        for j, p in zip(todo, rule.judge_pairs(name, [pairs[j] for j in todo],
+                                               low_information=[pos_low[j] for j in todo],
+                                               max_pixels=match_settings.max_pixels, workers=match_settings.workers)):
+            pos_verdicts[j] = p.verdict
+        positive_overlap = np.asarray(rule.overlap(name, pos_sims, pos_verdicts, pos_low), bool)
+        out[name] = SetCalibration(name, chosen, float(used), float(lower), upper, settings.target_precision,
+                                   len(emb), positive_overlap, np.asarray(negative_overlap, bool),
+                                   time.perf_counter() - started)
+    return out

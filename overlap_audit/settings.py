@@ -129,6 +129,32 @@ class StatsSettings:
 
 
 @dataclass(frozen=True)
+class CalibrationSettings:
+    """How ``report`` calibrates each evaluation set's threshold (``calibrate.calibrate_sets``): the lowest
+    threshold whose estimated precision reaches ``target_precision``, from ``positives`` of the set's images
+    (a seeded sample; each with one App. C copy of ``strength`` compared with it: the recall estimate) and
+    ``negatives`` of them mirrored and turned by 90 degrees and searched in the corpus (no copy of them can be
+    there: the false-match rate). ``ci_level`` is the level of the intervals reported with the estimates."""
+
+    target_precision: float = 0.99
+    positives: int = 50
+    negatives: int = 100
+    strength: str = "medium"
+    seed: int = 0
+    ci_level: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target_precision <= 1.0:
+            raise SettingsError(f"{param('calibrate.target_precision', self.target_precision)} must be in (0, 1]")
+        if self.positives < 1 or self.negatives < 1:
+            raise SettingsError(f"{param('calibrate.positives')} and {param('calibrate.negatives')} must be at "
+                                "least 1")
+        check_choice("calibrate.strength", self.strength, ("medium", "strong"))
+        if not 0.0 < self.ci_level < 1.0:
+            raise SettingsError(f"{param('calibrate.ci_level', self.ci_level)} must be in (0, 1)")
+
+
+@dataclass(frozen=True)
 class ZeroShotSettings:
     """A CLIP model scored zero-shot on each evaluation set, in the same decoding pass as the detector.
 

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from ..settings import (CONTENT_MODES, CORRECTIONS, INDEX_TYPES, IndexSettings, MatchSettings, StatsSettings,
-                        ZeroShotSettings)
+from ..settings import (CONTENT_MODES, CORRECTIONS, INDEX_TYPES, CalibrationSettings, IndexSettings, MatchSettings,
+                        StatsSettings, ZeroShotSettings)
 from . import options
 from .base import Command, echo, echo_report, example
 
@@ -19,11 +19,13 @@ def threshold_line(rep, threshold: float | None, thresholds_file: str | None) ->
     per_dataset = load_thresholds(thresholds_file) if thresholds_file else {}
     names = [d.name for d in rep.datasets]
     origins = threshold_origins(names, threshold=threshold, per_dataset=per_dataset)
-    fallback = {"threshold": "--threshold", "default": f"the default of {rep.detector.spec}"}
+    origins.update((rep.calibration or {}).get("origins", {}))  # the report knows which were calibrated
+    fallback = {"threshold": "from --threshold", "default": f"from the default of {rep.detector.spec}",
+                "calibrated": "calibrated on the set's own images"}
     parts = []
     for d in rep.datasets:
         origin = origins[d.name]
-        where = f"from {thresholds_file}" if origin == "file" else f"from {fallback[origin]}"
+        where = f"from {thresholds_file}" if origin == "file" else fallback[origin]
         if thresholds_file and origin != "file":
             where += f", not named in {thresholds_file}"
         parts.append(f"{d.name} {d.threshold:.4f} ({where})")
@@ -140,6 +142,13 @@ def check(index_dir) -> None:
                    "relaxation: 2, or 5 for clipdup].")
 @click.option("--verify-threshold", type=click.FloatRange(0, 1), default=None, metavar="S",
               help="The verification score a pair needs [default: overlap_audit.decide.verify.VERIFY_THRESHOLD].")
+@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
+              help="Calibrate the threshold of each dataset that --thresholds and --threshold leave open on its own "
+                   "images: the lowest threshold whose estimated precision reaches --calibrate-precision (App. C "
+                   "copies of a seeded sample for recall, the sample mirrored and turned by 90 degrees and searched "
+                   "in the corpus for false matches). --no-calibrate: the detector's default threshold.")
+@click.option("--calibrate-precision", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="P",
+              help="The precision a calibrated threshold must reach [default: 0.99].")
 @click.option("--corpus-matches", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Also write the matched corpus items (corpus key, source, id, url, uid, caption, the evaluation "
                    "example, similarity) to FILE, for removing them from a training pool; the report directory "
@@ -155,8 +164,8 @@ def check(index_dir) -> None:
 @options.quiet
 def report(index_dir, evals, predictions, model, classnames, templates, model_batch_size, out_dir, threshold,
            thresholds, k, alpha, ci_level, correction, precision, recall, detector_error, detector, exact, ray_address,
-           verify, verify_from, verify_threshold, corpus_matches, ignore_extra_sets, cache_dir, no_cache, gallery,
-           batch_size, workers, device, max_pixels, quiet) -> None:
+           verify, verify_from, verify_threshold, calibrate, calibrate_precision, corpus_matches, ignore_extra_sets,
+           cache_dir, no_cache, gallery, batch_size, workers, device, max_pixels, quiet) -> None:
     """Split each evaluation set into Overlap / Clean against INDEX_DIR and report the statistics."""
     from ..api import ReportSettings, run_report
     from ..sources import parse_eval_spec
@@ -180,8 +189,11 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
     if no_cache and cache_dir:
         raise click.UsageError("--cache-dir does not go with --no-cache")
     cache = {"cache_dir": None} if no_cache else {"cache_dir": cache_dir} if cache_dir else {}  # {}: the default
+    if calibrate_precision is not None and not calibrate:
+        raise click.UsageError("--calibrate-precision does not go with --no-calibrate")
+    target = {} if calibrate_precision is None else {"target_precision": calibrate_precision}
     settings = ReportSettings(
-        **cache, out_dir=out_dir, predictions=predictions, zero_shot=zero_shot, gallery=gallery, verify=verification,
+        **cache, calibrate=CalibrationSettings(**target) if calibrate else None, out_dir=out_dir, predictions=predictions, zero_shot=zero_shot, gallery=gallery, verify=verification,
         corpus_matches=corpus_matches, ignore_extra_sets=ignore_extra_sets, match=MatchSettings(detector=detector, device=device, k=k, batch_size=batch_size, workers=workers,
                             max_pixels=max_pixels, progress=not quiet, exact=exact or bool(ray_address),
                             ray_address=ray_address),

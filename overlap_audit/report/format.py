@@ -116,3 +116,35 @@ def verification_line(verify: dict) -> str:
             f"was compared with it densely on the content-trimmed views (overlap_audit.decide.verify); Overlap is the "
             f"pairs scoring at least {verify['threshold']:.4f}; a pair whose images could not be read keeps the "
             f"detector's decision.")
+
+
+_ORIGIN_TEXT = {"file": "from the thresholds file", "threshold": "from --threshold",
+                "default": "the detector's default", "calibrated": "calibrated on this set"}
+
+
+def threshold_origin_parts(report) -> list[tuple[str, str]]:
+    """Per dataset (name, text): its threshold, where it came from and, where calibrated, the estimated
+    precision and recall of its Overlap split with their intervals (report.md and report.html; the name is
+    returned apart so that each page makes it inert its own way)."""
+    cal = report.calibration or {}
+    origins, per_set = cal.get("origins", {}), cal.get("datasets", {})
+    out = []
+    for d in report.datasets:
+        origin = origins.get(d.name)
+        text = f"{similarity_text(d.threshold)} ({_ORIGIN_TEXT.get(origin, 'origin not recorded')}"
+        c = per_set.get(d.name)
+        if c is not None:
+            if c["threshold"] is None:
+                text += (f": calibration found no threshold from {similarity_text(c['bounds'][0])} up whose "
+                         f"estimated precision reaches {cal['target_precision']:g}")
+            p, r = c["precision"], c["recall"]
+            level = ci_level_text(cal["ci_level"])
+            text += "; estimated precision " + (
+                f"{p['value']:.3f} [{p['low']:.3f}, {p['high']:.3f}] ({p['false_matches']} false matches of "
+                f"{p['n_negatives']} mirrored or turned images)" if p else "not known (nothing called Overlap)")
+            if r:
+                text += (f", recall of {cal['strength']} App. C copies {r['value']:.3f} [{r['low']:.3f}, "
+                         f"{r['high']:.3f}] ({r['successes']} of {r['trials']})")
+            text += f", intervals at {level}; seed {cal['seed']}"
+        out.append((d.name, text + ")"))
+    return out

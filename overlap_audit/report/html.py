@@ -27,7 +27,7 @@ from ..imaging import ImageRejected, decode_image
 from ..limits import DEFAULT_MAX_PIXELS
 from ..values import RawItem
 from .format import (DASH, ci_level_text, corpus_set_aside, dataset_cells, interval, model_line, percent, pvalue,
-                     recall_line, signed_percent, similarity_text, verification_line)
+                     recall_line, signed_percent, similarity_text, threshold_origin_parts, verification_line)
 from .value import DatasetReport, Report
 
 DEFAULT_AROUND = 8  # pairs just above and just below the threshold shown first
@@ -377,6 +377,7 @@ def render_html(report: Report, galleries: list[Gallery], title: str = "Data ove
         f"k = {esc(report.k)}. Search: {esc(report.index.get('search', 'exact'))}; "
         f"{esc(recall_line(report.index.get('recall', {})))}.</p>",
         (f"<p>{esc(verification_line(report.verify))}</p>" if report.verify is not None else ""),
+        "<p>Thresholds: " + "; ".join(f"{esc(n)} {esc(t)}" for n, t in threshold_origin_parts(report)) + ".</p>",
         f"<p>p-value: one-sided binomial test (Overlap accuracy greater than Clean); significance after "
         f"{esc(report.correction)} correction at alpha = {esc(f'{report.alpha:g}')}. Intervals: Clopper–Pearson at "
         f"{esc(ci_level_text(report.ci_level))}. Accuracies in %.</p>",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .format import (DASH, ci_level_text, corpus_set_aside, dataset_cells, interval, model_line, percent, pvalue,
+from .format import (DASH, threshold_origin_parts, ci_level_text, corpus_set_aside, dataset_cells, interval, model_line, percent, pvalue,
                      recall_line, signed_percent, similarity_text, verification_line, yes_no)
 from ..inert import markdown
 from .value import DatasetReport, Report
@@ -191,6 +191,7 @@ def format_markdown(report: Report) -> str:
         f"with {report.index.get('n_indexed')} corpus items{corpus_set_aside(report.index)}; k = {report.k}.",
         f"Search: {report.index.get('search', 'exact')}; {recall_line(report.index.get('recall', {}))}.",
         *([verification_line(report.verify)] if report.verify is not None else []),
+        "Thresholds: " + "; ".join(f"{_cell(n)} {t}" for n, t in threshold_origin_parts(report)) + ".",
         *([model_line(report.model)] if report.model else []),
         f"p-value: one-sided binomial test, H0 Overlap accuracy = Clean accuracy (alternative: greater). "
         f"Significance after {report.correction.capitalize()} correction at alpha = {report.alpha:g} across "

@@ -120,6 +120,8 @@ class Report:
     model: dict | None = None  # report --model: spec, weights_sha256, device, templates, classnames
     files: tuple[str, ...] = ()  # every file the report directory holds, all written by this run
     verify: dict | None = None  # verification: its threshold, first stage and per-dataset counts (None: off)
+    # where each dataset's threshold came from ("origins") and, per calibrated set, its estimates; None: not known
+    calibration: dict | None = None
     # seconds per phase ("seconds") and, per set, its counts, seconds and whether the evaluation cache was used
     # ("sets"); report.json holds every phase up to the write, the returned value the write too
     # seconds per phase and per-set counts: how this run went, not what it found (the returned Report also
@@ -212,6 +214,7 @@ class Report:
             "datasets": [d.to_dict() for d in self.datasets],
             **({"model": self.model} if self.model is not None else {}),
             **({"verify": self.verify} if self.verify is not None else {}),
+            **({"calibration": self.calibration} if self.calibration is not None else {}),
             **({"files": list(self.files)} if self.files else {}),
             **({"timings": self.timings} if self.timings else {}),
         }
@@ -233,6 +236,7 @@ class Report:
             model=d.get("model"),
             files=tuple(d.get("files", ())),
             verify=d.get("verify"),
+            calibration=d.get("calibration"),
             timings=dict(d.get("timings", {})),
         )
 
