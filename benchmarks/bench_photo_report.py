@@ -10,12 +10,15 @@ their source; the ranking's recall at 99% precision from the reported top-1 simi
 example counts as similarity -inf); the wall time of each report (the same run, the same machine; the report
 with verification runs first, so it alone pays for a cold file cache).
 
+Each report calibrates its set's threshold as ``report`` does by default (``ReportSettings.calibrate``;
+``--no-calibrate``: the detector's default); "threshold" is the one the report used.
+
 Positives are the copies (``source >= 0``); negatives the distractors (other quadrants / tiles of the same
 photos), which must be Clean. The predictions file says every example is correct (the statistics are not
 what is measured here).
 
     python -m benchmarks.bench_photo_report [--photos dev|heldout] [--families ...] [--detector phash|clipdup]
-        [--max-photos N] [--work DIR] [--json FILE]
+        [--max-photos N] [--work DIR] [--json FILE] [--no-calibrate]
 """
 
 from __future__ import annotations
@@ -86,8 +89,9 @@ def count(splits_file: Path, source: np.ndarray, seconds: float) -> tuple[Counte
                     int(overlap.sum()), seconds), sim, overlap)
 
 
-def run_family(data, family: str, detector: str, work: Path) -> dict:
-    """Index, report with and without verification, count."""
+def run_family(data, family: str, detector: str, work: Path, calibrate: bool = True) -> dict:
+    """Index, report with and without verification, count. ``calibrate`` False: the detector's default
+    threshold (``ReportSettings(calibrate=None)``) instead of each report's calibrated one."""
     import pandas as pd
 
     from overlap_audit.api import ReportSettings, build_index, run_report
@@ -107,13 +111,17 @@ def run_family(data, family: str, detector: str, work: Path) -> dict:
                  "index_seconds": index_s}
     sims = None
     for name, verify in (("verify", "default"), ("no_verify", None)):
-        settings = (ReportSettings(out_dir=root / f"report-{name}", predictions=preds) if verify else
-                    ReportSettings(out_dir=root / f"report-{name}", predictions=preds, verify=None))
+        cal = {} if calibrate else {"calibrate": None}
+        settings = (ReportSettings(out_dir=root / f"report-{name}", predictions=preds, **cal) if verify else
+                    ReportSettings(out_dir=root / f"report-{name}", predictions=preds, verify=None, **cal))
         t = time.perf_counter()
         report = run_report(root / "index", [(DATASET, str(evals))], settings)
         seconds = time.perf_counter() - t
         counted, sim, _ = count(root / f"report-{name}" / "splits.parquet", data.source, seconds)
         out[name] = asdict(counted)
+        out[name]["threshold"] = report.datasets[0].threshold
+        out[name]["calibration"] = (report.calibration or {}).get("datasets", {}).get(DATASET)
+        out[name]["calibrate_seconds"] = report.timings.get("seconds", {}).get("calibrate")
         if verify:
             out["threshold"] = report.datasets[0].threshold
             v = (report.verify or {}).get("datasets", {}).get(DATASET, {})
@@ -130,6 +138,7 @@ def _print(line: dict) -> None:
     print(f"| {line['photos']} | {line['family']} | {line['detector']} | {line['n_true']} / {line['n_distractors']} "
           f"| {v['recall']:.3f} / {v['precision']:.3f} ({v['wrong']}) | {nv['recall']:.3f} / {nv['precision']:.3f} "
           f"({nv['wrong']}) | {line['ranking_recall_p99']:.3f} | {line['threshold']:.4f} / {line['first_stage']:.4f} "
+          f"(no verification {nv['threshold']:.4f}) "
           f"| {line['n_verified_pairs']} | {v['seconds']:.1f} / {nv['seconds']:.1f} "
           f"({v['seconds'] / nv['seconds']:.2f}x) |", flush=True)
 
@@ -150,6 +159,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--max-photos", type=int, default=None, help="a seeded sample of this many photos")
     ap.add_argument("--work", default=None, help="keep the folders, indexes and reports here (default: temporary)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-calibrate", action="store_true", help="the detector's default threshold in every report")
     args = ap.parse_args(argv)
     photos = dev_photos() if args.photos == "dev" else heldout_photos()
     if args.max_photos is not None and args.max_photos < len(photos):
@@ -162,7 +172,8 @@ def main(argv=None) -> list[dict]:
     try:
         for family in args.families:
             line = {"photos": args.photos, "n_photos": len(photos), **run_family(
-                family_set(photos, family, args.seed), family, args.detector, work / args.detector)}
+                family_set(photos, family, args.seed), family, args.detector, work / args.detector,
+                not args.no_calibrate)}
             results.append(line)
             _print(line)
             if args.json:

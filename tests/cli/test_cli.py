@@ -54,7 +54,10 @@ def test_report_finds_planted_duplicates_and_only_them(tmp_path, index_dir, eval
     data = json.loads((out / "report.json").read_text())
     (ds,) = data["datasets"]
     assert ds["n_all"] == 50 and ds["n_overlap"] == len(overlap) and ds["acc_overlap"] == 1.0
-    assert ds["significant"] is True and data["detector"]["name"] == "phash" and data["threshold"] == {"val": 1 - 9 / 64}
+    assert ds["significant"] is True and data["detector"]["name"] == "phash"
+    # calibrated on the set (never above the detector's default), or the default where calibration found none
+    assert data["calibration"]["origins"]["val"] in ("calibrated", "default")
+    assert data["threshold"]["val"] == data["calibration"]["datasets"]["val"]["used"] <= 1 - 9 / 64
     assert "| val |" in (out / "report.md").read_text()
 
 
@@ -86,7 +89,13 @@ def test_report_says_where_each_threshold_comes_from(tmp_path, index_dir, eval_s
     assert r.exit_code == 0, r.output
     line = next(line for line in r.output.splitlines() if line.startswith("thresholds: "))
     assert f"val 0.9000 (from {thresholds})" in line
-    assert f"other {1 - 9 / 64:.4f} (from the default of phash, not named in {thresholds})" in line
+    other = load_report(tmp_path / "a").threshold["other"]
+    assert (f"other {other:.4f} (calibrated on the set's own images, not named in {thresholds})" in line
+            or f"other {1 - 9 / 64:.4f} (from the default of phash, not named in {thresholds})" in line)
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "c"), "--thresholds", str(thresholds),
+                                         "--no-calibrate"])
+    assert r.exit_code == 0, r.output
+    assert f"other {1 - 9 / 64:.4f} (from the default of phash, not named in {thresholds})" in r.output
     r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "b"), "--thresholds", str(thresholds),
                                          "--threshold", "0.8"])
     assert r.exit_code == 0, r.output
