@@ -158,7 +158,7 @@ def _png(image) -> bytes:
     import io
 
     buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)
+    image.save(buf, format="PNG", compress_level=0)  # lossless and fast: the bytes stay in memory
     return buf.getvalue()
 
 

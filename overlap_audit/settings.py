@@ -138,7 +138,7 @@ class CalibrationSettings:
 
     target_precision: float = 0.99
     positives: int = 50
-    negatives: int = 100
+    negatives: int = 200
     strength: str = "medium"
     seed: int = 0
     ci_level: float = 0.95

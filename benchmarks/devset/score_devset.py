@@ -113,6 +113,40 @@ TABLE_HEAD = ("| detector | positives | negatives | default threshold | recall t
               "true sources ranked 1 / top 5 / top 10 |\n|---|---|---|---|---|---|---|---|---|")
 
 
+def calibrated_thresholds(work: Path, stamp_files, corpus_files, detectors) -> dict[str, float]:
+    """Per detector, the threshold ``run_report`` would use for the stamps as an evaluation set: the corpus
+    files and the stamps copied into ``work``, the corpus indexed (``IndexSettings`` defaults but the detector),
+    the stamps matched and calibrated as a report does (``calibrate.calibrate_sets``, default settings)."""
+    import shutil
+
+    from overlap_audit.calibrate import calibrate_sets
+    from overlap_audit.decide.rule import DecisionRule
+    from overlap_audit.index import build_index
+    from overlap_audit.match import match_eval_sets, open_corpus
+    from overlap_audit.settings import CalibrationSettings, IndexSettings, MatchSettings
+
+    folders = {"corpus": corpus_files, "stamps": stamp_files}
+    for name, files in folders.items():
+        folder = work / name
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            for n, f in enumerate(files):
+                shutil.copyfile(f, folder / f"{n:05d}{Path(f).suffix}")
+    out = {}
+    for spec in detectors:
+        index = work / f"index-{spec}"
+        if not (index / "manifest.json").exists():
+            build_index([str(work / "corpus")], index, IndexSettings(detector=spec))
+        settings = MatchSettings()
+        corpus = open_corpus(index, settings)
+        evals = {"stamps": str(work / "stamps")}
+        matches = match_eval_sets(corpus, list(evals.items()), settings)
+        cal = calibrate_sets(corpus, index, matches, evals,
+                             lambda t: DecisionRule.for_detector(corpus.detector, t), CalibrationSettings(), settings)
+        out[spec] = cal["stamps"].used
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, type=Path, help="make_devset.py's --out folder")
@@ -130,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
                          "crop to pixels darker than 245 (the rule the candidates were found with)")
     ap.add_argument("--verify", action="store_true",
                     help="also score the relaxed first stage + overlap_audit.decide.verify.verify_pair (a second table)")
+    ap.add_argument("--calibrate", type=Path, default=None, metavar="WORK",
+                    help="score at the threshold a report calibrates for the stamps (calibrate.calibrate_sets, "
+                         "default CalibrationSettings) against an index of this corpus, built in WORK")
     args = ap.parse_args(argv)
     from benchmarks.devset.make_devset import WORK_SIZE, embed_views, eval_png
 
@@ -161,24 +198,29 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(stamps)} stamps; {len(corpus)} corpus images: {n_named} named in pairs.csv and "
           f"{len(corpus) - n_named} random distractors; top {args.k}; "
           f"{'whole images' if size is None else f'images reduced to {size} px'}")
+    cut = {}
+    if args.calibrate is not None:
+        cut = calibrated_thresholds(args.calibrate, [eval_png(args.data, s) for s in stamps],
+                                    [corpus_pkg / c for c in corpus], detectors)
+        print("calibrated thresholds: " + "; ".join(f"{spec} {t:.4f}" for spec, t in cut.items()), flush=True)
     print(TABLE_HEAD)
     trims = {"no": (False,), "yes": (True,), "both": (False, True)}[args.trim]
     sims = {}
     for spec, det in detectors.items():
         for trim in trims:
             sim = sims[(spec, trim)] = det.similarity(s_emb[(spec, trim)], c_emb[(spec, trim)])
-            result = score(sim, stamps, corpus, labels, det.default_threshold, args.k)
+            result = score(sim, stamps, corpus, labels, cut.get(spec, det.default_threshold), args.k)
             print(table_row(spec + (f", trimmed ({args.trim_rule})" if trim else ""), result), flush=True)
             if trim:  # the audit's two query views: the better of the trimmed and the whole stamp
                 both = np.maximum(sim, det.similarity(s_emb[(spec, False)], c_emb[(spec, True)]))
-                result = score(both, stamps, corpus, labels, det.default_threshold, args.k)
+                result = score(both, stamps, corpus, labels, cut.get(spec, det.default_threshold), args.k)
                 print(table_row(spec + f", trimmed ({args.trim_rule}), 2 query views", result), flush=True)
     if args.verify:
         from benchmarks.devset.verify_devset import verify_table
 
         verify_table(sims, detectors, stamps, corpus, labels, k=args.k,
                      stamp_path=lambda s: eval_png(args.data, s), corpus_path=lambda c: corpus_pkg / c,
-                     work_size=size)
+                     work_size=size, thresholds=cut)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,9 @@ def _why(sim: float, first_stage: float, v) -> str:
     return f"{sim:.4f}, photo score {v.score:.2f}, drawing score {v.pair_score:.3f}"
 
 
-def verify_table(sims, detectors, stamps, corpus, labels, *, k, stamp_path, corpus_path, work_size) -> None:
+def verify_table(sims, detectors, stamps, corpus, labels, *, k, stamp_path, corpus_path, work_size,
+                 thresholds: dict | None = None) -> None:
+    """The decision's table; ``thresholds`` (detector spec -> threshold) replaces a detector's default."""
     prepared: dict[str, object] = {}
     prep_seconds: list[float] = []
 
@@ -81,7 +83,7 @@ def verify_table(sims, detectors, stamps, corpus, labels, *, k, stamp_path, corp
     rows = []
     for (spec, trim), sim in sims.items():
         det = detectors[spec]
-        t0 = float(det.default_threshold)
+        t0 = float((thresholds or {}).get(spec, det.default_threshold))
         rule = DecisionRule.for_detector(det, {"devset": t0})
         first_t = rule.first_stage("devset")
         pairs = _pairs(sim, stamps, corpus, labels, k)
