@@ -221,6 +221,13 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
             originals.append(RawItem(name, str(len(originals)), data=item.data, path=item.path))
             kept.append(int(i))
         tag = f"{name} (calibration)"
+        if not images:  # nothing to sample (every example low-information or unreadable): the default stays
+            if default is None:
+                raise ThresholdError(f"{name}: no image to calibrate a threshold on and this detector has no "
+                                     f"default: pass {param('threshold')} or a {param('thresholds')} file")
+            out[name] = SetCalibration(name, None, float(default), float(lower), upper, settings.target_precision,
+                                       len(emb), np.zeros(0, bool), np.zeros(0, bool), time.perf_counter() - started)
+            continue
         turned = []
         # each image turned by 90 degrees and mirrored (transposed along one diagonal or the other): a mirror
         # alone of a left-right symmetric scene is another part of the same scene, which may be in the corpus
