@@ -137,10 +137,10 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
     thresholds = st.thresholds
     per_dataset = load_thresholds(thresholds) if isinstance(thresholds, (str, os.PathLike)) else thresholds
     origins = threshold_origins(names, threshold=st.threshold, per_dataset=per_dataset)
+    # a detector without a default threshold is refused here as before: calibration looks between the default's
+    # first stage and the default, and has no measured range without one
+    cut = resolve_thresholds(names, det.default_threshold, threshold=st.threshold, per_dataset=per_dataset)
     to_calibrate = [n for n, o in origins.items() if o == "default"] if settings.calibrate is not None else []
-    # a set to calibrate needs no default threshold; every other one does
-    cut = resolve_thresholds(names, det.default_threshold if det.default_threshold is not None or not to_calibrate
-                             else 0.0, threshold=st.threshold, per_dataset=per_dataset)
     errors = resolve_detector_error(names, st.precision, st.recall, st.detector_error)
     phases.done("check_inputs")
 
