@@ -119,8 +119,8 @@ CALIBRATION_SIDE = 1024
 class SetCalibration:
     """One evaluation set's calibration: the threshold chosen (``threshold``; None: none in [``lower``,
     ``upper``] reached the target, and ``used`` is the detector's default), and what the whole decision did
-    with the positives (each an App. C copy against its source image) and the negatives (mirrored or turned
-    images against their nearest corpus item) at ``used``."""
+    with the positives (each an App. C copy against its source image) and the negatives (transposed images
+    against their nearest corpus item) at ``used``."""
 
     dataset: str
     threshold: float | None
@@ -174,9 +174,9 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
     ``np.random.default_rng([seed, crc32(name)])`` among its examples that are not low-information: the
     ``positives`` first, each with one App. C copy (``augment.appc_copy``) compared with its image by the
     detector and, with verification, judged by the rule; the ``negatives`` (a superset of those images) each
-    mirrored and turned by 90 degrees, searched in the corpus and, at or above the first stage, judged against
-    their nearest corpus item. The threshold lies between the first stage of the detector's default (below it
-    verification would take nearly every example) and 1."""
+    transposed along either diagonal (turned by 90 degrees and mirrored), searched in the corpus and, at or above
+    the lowest threshold tried, judged against their nearest corpus item. The threshold lies between the first
+    stage of the detector's default (below it verification would take nearly every example) and the default."""
     import time
     import zlib
 
@@ -239,11 +239,12 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
                    np.full(len(neg.embeddings), np.nan, np.float32))
         neg_low = np.asarray(neg.embeddings.low_information, bool)
         neg_sims = np.where(neg_low, np.nan, neg_top)
-        # a turned image the detector still finds close to the image it was turned from is no known non-copy (a
-        # symmetric picture: a mirrored phantom, a colour chart) and is left out
+        # a transposed image the detector still finds close to the image it came from is no known non-copy (a
+        # symmetric picture) and is left out
         own = {f"{k}{j}": r for j, r in enumerate(kept[:settings.negatives]) for k in "tv"}
         source_rows = np.array([own[i] for i in neg.embeddings.ids], int)
-        to_own = np.array([det.similarity(neg.embeddings.vectors[r:r + 1], emb.vectors[source_rows[r]:source_rows[r] + 1])[0, 0]
+        to_own = np.array([det.similarity(neg.embeddings.vectors[r:r + 1],
+                                          emb.vectors[source_rows[r]:source_rows[r] + 1])[0, 0]
                            for r in range(len(neg_sims))], np.float32)
         distinct = to_own < lower
         neg_sims, neg_low = neg_sims[distinct], neg_low[distinct]
@@ -251,7 +252,8 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
         # the negatives from the lowest threshold up, judged against their nearest corpus item (a verdict does not
         # depend on the threshold: ``VerifySettings.accept_for`` is anchored at the detector's default). Those
         # below it, down to its first stage, are not judged, to save the time: verification would have to accept
-        # a pair of two different pictures there on strong evidence (none of 286 on the demo's sets)
+        # a pair of two different pictures there on strong evidence (none of 286 mirrored or turned images of the
+        # demo's sets were)
         lowest_rule = rule_for({name: lower})
         first = lowest_rule.first_stage(name)
         verdicts: list = [None] * len(neg_sims)

@@ -133,8 +133,8 @@ class CalibrationSettings:
     """How ``report`` calibrates each evaluation set's threshold (``calibrate.calibrate_sets``): the lowest
     threshold whose estimated precision reaches ``target_precision``, from ``positives`` of the set's images
     (a seeded sample; each with one App. C copy of ``strength`` compared with it: the recall estimate) and
-    ``negatives`` of them mirrored and turned by 90 degrees and searched in the corpus (no copy of them can be
-    there: the false-match rate). ``ci_level`` is the level of the intervals reported with the estimates."""
+    ``negatives`` of them transposed (turned by 90 degrees and mirrored) and searched in the corpus (no copy of
+    them can be there: the false-match rate). ``ci_level`` is the level of the intervals reported with the estimates."""
 
     target_precision: float = 0.99
     positives: int = 50

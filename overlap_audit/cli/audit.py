@@ -145,8 +145,8 @@ def check(index_dir) -> None:
 @click.option("--calibrate/--no-calibrate", default=True, show_default=True,
               help="Calibrate the threshold of each dataset that --thresholds and --threshold leave open on its own "
                    "images: the lowest threshold whose estimated precision reaches --calibrate-precision (App. C "
-                   "copies of a seeded sample for recall, the sample mirrored and turned by 90 degrees and searched "
-                   "in the corpus for false matches). --no-calibrate: the detector's default threshold.")
+                   "copies of a seeded sample for recall, the sample transposed (turned by 90 degrees and mirrored) and "
+                   "searched in the corpus for false matches). --no-calibrate: the detector's default threshold.")
 @click.option("--calibrate-precision", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="P",
               help="The precision a calibrated threshold must reach [default: 0.99].")
 @click.option("--corpus-matches", type=click.Path(dir_okay=False), default=None, metavar="FILE",

@@ -2,8 +2,8 @@
 reaches a target.
 
 Three kinds of similarity go in. ``negatives``: the top-1 corpus similarity of images known to have no copy in
-the corpus (the set's own images mirrored or turned by 90 degrees: their statistics stay the set's, but no
-corpus item can be the same picture); the share of them at or above t estimates the false-match rate per
+the corpus (the set's own images transposed, i.e. turned by 90 degrees and mirrored: their statistics stay
+the set's, but no corpus item can be the same picture); the share of them at or above t estimates the false-match rate per
 query FPR(t). ``observed``: the set's own top-1 similarities; O(t) of them are at or above t. ``n_eval``:
 the set's size. The estimated precision at t is
 
@@ -19,9 +19,9 @@ never chosen: a set without overlap keeps the detector's default.
 Why these negatives: a set's own nearest corpus neighbours include its true copies wherever it is
 contaminated, so taking them as negatives makes the threshold strictest exactly where overlap exists; and a
 set's own other images are poor negatives when the set holds several copies of one picture. The bias of
-mirrored and turned images: a picture that is nearly symmetric (a texture, a centred object) can stay close
-to its own corpus copy, which counts a false match too often (a stricter threshold); an image turned by 90
-degrees is less like any natural corpus image than the set's images are (a looser one). Both are measured in
+transposed images: a symmetric scene (a pattern whose parts are each other's transposes) can match another
+part of itself in the corpus, which counts a false match too often (a stricter threshold); a transposed
+image is less like the corpus's images than the set's own are (a looser one). Both are measured in
 BENCHMARKS.md.
 """
 

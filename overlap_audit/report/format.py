@@ -141,7 +141,7 @@ def threshold_origin_parts(report) -> list[tuple[str, str]]:
             level = ci_level_text(cal["ci_level"])
             text += "; estimated precision " + (
                 f"{p['value']:.3f} [{p['low']:.3f}, {p['high']:.3f}] ({p['false_matches']} false matches of "
-                f"{p['n_negatives']} mirrored or turned images)" if p else "not known (nothing called Overlap)")
+                f"{p['n_negatives']} transposed images)" if p else "not known (nothing called Overlap)")
             if r:
                 text += (f", recall of {cal['strength']} App. C copies {r['value']:.3f} [{r['low']:.3f}, "
                          f"{r['high']:.3f}] ({r['successes']} of {r['trials']})")
