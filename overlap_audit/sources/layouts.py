@@ -109,11 +109,14 @@ def _path_and_split(rest: str) -> tuple[str, str | None]:
     if os.path.exists(whole):
         return whole, None
     head, sep, tail = rest.rpartition(":")
-    if is_url(rest) and (not is_url(head) or not urlsplit(head).path):
-        return rest, None  # https://host:8443 is a port, not a split
+    if is_url(rest):
+        port = tail.isdigit() and not urlsplit(head).path  # https://host:8443 ends with a port, not a split
+        if sep and is_url(head) and tail and "/" not in tail and not port:
+            return head, tail
+        return rest, None
     if sep and head and tail and "/" not in tail:
-        return (head if is_url(head) else os.path.expanduser(head)), tail
-    return (rest if is_url(rest) else whole), None
+        return os.path.expanduser(head), tail
+    return whole, None
 
 
 def _folder_name(path: str) -> str:
