@@ -192,7 +192,8 @@ def url_problem(url: str) -> str | None:
         if _is_http(fs):
             _RANGED[url] = _probe_http(fs, url)
             return None
-        return None if fs.exists(url) else "not found"
+        fs.info(url)  # not exists(): it answers False for a denied or unreachable URL as well
+        return None
     except SourceError:
         raise
     except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own types for an unreachable host
