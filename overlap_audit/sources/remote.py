@@ -120,9 +120,10 @@ def _causes(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
-def describe_failure(exc: BaseException, url: str) -> str:
+def describe_failure(exc: BaseException, url: str, waited_s: float | None = None) -> str:
     """Why reading ``url`` failed, in words a user can act on: the certificate check, the HTTP status, a
-    refused connection, a timeout, an unknown host; else the exception's own text."""
+    refused connection, a timeout (after ``waited_s`` seconds, where known), an unknown host; else the
+    exception's own text."""
     host = urlsplit(url).netloc or url
     for cause in _causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
@@ -139,7 +140,7 @@ def describe_failure(exc: BaseException, url: str) -> str:
         if isinstance(cause, socket.gaierror):
             return f"the host {urlsplit(url).hostname or host!r} cannot be resolved (check its name)"
         if isinstance(cause, TimeoutError):
-            return f"no answer from {host} within {PROBE_TIMEOUT_S:g} s (timeout)"
+            return f"no answer from {host}" + (f" within {waited_s:g} s" if waited_s else "") + " (timeout)"
     for cause in _causes(exc):
         if isinstance(cause, FileNotFoundError):
             return "not found"
@@ -176,6 +177,8 @@ def _probe_http(fs, url: str) -> bool:
         async with session.get(fs.encode_url(url), headers={"Range": "bytes=0-0"},
                                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S), **options) as r:
             try:
+                if r.status == 416:  # an empty file has no first byte: readable, and read whole
+                    return False
                 r.raise_for_status()
                 return r.status == 206
             finally:
@@ -187,6 +190,12 @@ def _probe_http(fs, url: str) -> bool:
 def url_problem(url: str) -> str | None:
     """Why ``url`` cannot be read (``describe_failure``), or None when it can. An http(s) URL is asked for
     its first byte, which also tells whether its server answers range requests."""
+    found = _url_problem(url)
+    return None if found is None else found[0]
+
+
+def _url_problem(url: str) -> tuple[str, bool] | None:
+    """(why, whether the host itself failed: certificate, connection, timeout) or None."""
     fs = filesystem(url)
     try:
         if _is_http(fs):
@@ -197,18 +206,23 @@ def url_problem(url: str) -> str | None:
     except SourceError:
         raise
     except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own types for an unreachable host
-        return describe_failure(exc, url)
+        answered = any(isinstance(getattr(c, "status", None), int) for c in _causes(exc)) or _not_found(exc)
+        return describe_failure(exc, url, PROBE_TIMEOUT_S), not answered
 
 
 def unreadable_urls(urls: list[str], check_all: int = 32) -> list[tuple[str, str]]:
     """(URL, why) for the URLs that cannot be read: all of them checked when there are at most
-    ``check_all``, else the first and the last (a shard missing in between fails when it is read)."""
+    ``check_all``, else the first and the last (a shard missing in between fails when it is read). A host
+    that fails (certificate, connection, timeout) ends the check: its other URLs would fail the same way,
+    each after its own timeout."""
     chosen = urls if len(urls) <= check_all else [urls[0], urls[-1]]
     found = []
     for url in chosen:
-        problem = url_problem(url)
+        problem = _url_problem(url)
         if problem is not None:
-            found.append((url, problem))
+            found.append((url, problem[0]))
+            if problem[1]:
+                break
     return found
 
 
@@ -322,7 +336,7 @@ class _Reads:
         except OSError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise OSError(f"reading {self.url} failed: {describe_failure(exc, self.url)}") from None
+            raise OSError(f"reading {self.url} failed: {describe_failure(exc, self.url, STALL_TIMEOUT_S)}") from None
 
     def __getattr__(self, name):  # seek, tell, size, ... for pyarrow
         return getattr(self._fh, name)

@@ -159,8 +159,10 @@ def test_a_url_that_cannot_be_read_says_why(https_root, cert, monkeypatch):
     root, url = https_root
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)  # the system's CAs: the certificate is not trusted
     with pytest.raises(SourceError, match=r"certificate verify failed \(self-signed certificate\) for "
-                                          r"127\.0\.0\.1:\d+: to trust it, name .* in SSL_CERT_FILE"):
+                                          r"127\.0\.0\.1:\d+: to trust it, name .* in SSL_CERT_FILE") as err:
         open_source(f"{url}/test/{{0..1}}.tar")
+    # the first URL is named; the host's other URLs are not tried (each would fail the same way)
+    assert f": {url}/test/0.tar: certificate" in str(err.value) and "URLs cannot be read" not in str(err.value)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert[0]))
     with pytest.raises(SourceError, match=re.escape(f"'{url}/test/7.tar': HTTP 404 File not found (check the URL)")):
         open_source(f"{url}/test/7.tar")
