@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import re
 import shutil
@@ -195,9 +196,9 @@ def test_cli_names_the_cause_on_one_line_even_with_verbose(https_root, tmp_path,
 
 
 @pytest.mark.slow
-def test_a_new_process_trusts_the_certificate_named_by_ssl_cert_file(https_root, cert, tmp_path):
+def test_a_new_process_trusts_the_certificate_named_by_ssl_cert_file(https_root, cert, tmp_path, monkeypatch):
     """SSL_CERT_FILE as a user sets it, before the process starts: the same CLIP_benchmark URL is refused
-    without it and indexed with it."""
+    without it and indexed with it; a report on it scores with the folder's own class names and templates."""
     root, url = https_root
     env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
     command = [sys.executable, "-m", "overlap_audit.cli", "index", f"clip_benchmark:{url}", "--out",
@@ -210,3 +211,15 @@ def test_a_new_process_trusts_the_certificate_named_by_ssl_cert_file(https_root,
     shards = sorted((tmp_path / "index").glob("shards/*.parquet"))
     rows = [row for shard in shards for row in pq.read_table(shard).to_pylist()]
     assert sorted(row["id"] for row in rows) == [f"s{n:07d}" for n in range(6)]
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert[0]))
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "index"), "--eval", f"c10=clip_benchmark:{url}",
+                                       "--model", "overlap-audit:openclipart-small", "--out", str(out),
+                                       "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    predictions = pq.read_table(out / "predictions.parquet").to_pylist()
+    assert sorted(row["id"] for row in predictions) == [f"s{n:07d}" for n in range(6)]
+    assert all(set(row["top5"]) == {"0", "1", "2"} for row in predictions)  # every class of classnames.txt
+    model = json.loads((out / "report.json").read_text())["model"]
+    assert model["templates"]["c10"]["templates"] == ["a photo of a {}.", "a blurry photo of a {}."]
+    assert "own class names" in model["classnames"]["c10"]
