@@ -140,12 +140,13 @@ def describe_failure(exc: BaseException, url: str, waited_s: float | None = None
         if isinstance(cause, socket.gaierror):
             return f"the host {urlsplit(url).hostname or host!r} cannot be resolved (check its name)"
         if isinstance(cause, TimeoutError):
-            return f"no answer from {host}" + (f" within {waited_s:g} s" if waited_s else "") + " (timeout)"
+            return (f"no answer from {host}" + (f" within {waited_s:g} s" if waited_s else "")
+                    + " (timeout): check that the server is up and the host and port are right")
     for cause in _causes(exc):
         if isinstance(cause, FileNotFoundError):
             return "not found"
         if isinstance(cause, PermissionError):
-            return f"access denied ({cause})"
+            return f"access denied ({cause}): check the credentials {url_protocol(url) or 'this'}:// reads with"
     text = str(exc) or type(exc).__name__
     return text if text != url else type(exc).__name__
 
