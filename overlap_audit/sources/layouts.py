@@ -509,7 +509,8 @@ def _open_clip_benchmark_url(spec: str, url: str, split: str | None) -> Layout:
     classnames = tuple(line.strip() for line in (names or "").splitlines() if line.strip())
     if not classnames:
         raise SourceError(f"source {spec!r}: {names_url} " + ("does not exist" if names is None else "names no class")
-                          + f": a CLIP_benchmark classification folder holds {CLIP_BENCHMARK_CLASSNAMES}")
+                          + f": a CLIP_benchmark classification folder holds {CLIP_BENCHMARK_CLASSNAMES} (or give "
+                          f"the tars as wds:{tars}/{split}/{{0..{nshards - 1}}}.tar, without class names)")
     templates = _url_text(f"{meta}/{CLIP_BENCHMARK_TEMPLATES}", "template file")
     shards = [f"{tars}/{split}/{n}.tar" for n in range(nshards)]
     check_urls(spec, shards)
