@@ -20,7 +20,8 @@ from ..atomic import atomic_write
 from ..content import ContentBox, box_arrow_type
 from ..errors import IndexDamagedError, ResumeError
 from ..values import DetectorInfo, RawItem, Skipped
-from .manifest import SHARD_DIR, checksum_bytes, checksum_file
+from .items import ItemTable
+from .manifest import MANIFEST, SHARD_DIR, checksum_bytes, checksum_file, load_manifest
 
 _SHARD_RE = re.compile(r"^shard-(\d{6})\.parquet$")
 _TEXT_COLUMNS = ["key", "source", "id", "caption", "label", "low_information", "skip_reason"]
@@ -285,14 +286,23 @@ def iter_shard_vectors(index_dir: str | os.PathLike, info: DetectorInfo) -> Iter
             row += len(vectors)
 
 
-def rows_by_key(index_dir: str | os.PathLike, keys: Iterable, columns: Iterable[str]) -> dict[str, dict]:
+def rows_by_key(index_dir: str | os.PathLike, keys: Iterable, columns: Iterable[str], *,
+                items_file: str | None | bool = True) -> dict[str, dict]:
     """``{key: {column: value}}`` of the shard rows holding ``keys``, for the columns asked (a column a shard
-    does not have reads as None); a key in no shard is absent. The one scan of the shards for keys."""
+    does not have reads as None); a key in no shard is absent.
+
+    Read from the index's item table (``items_file``, or with True the one its manifest names), looked up by
+    key and row (``overlap_audit.index.items``); an index without one (None, False) has its shards scanned.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     columns = list(columns)
+    if items_file is True:
+        items_file = load_manifest(index_dir).items_file if (Path(index_dir) / MANIFEST).exists() else None
+    if items_file:
+        return ItemTable(index_dir, items_file).by_key(keys, columns)
     wanted = {str(k) for k in keys if k is not None}
     found: dict[str, dict] = {}
     for path in shard_paths(index_dir):
