@@ -43,6 +43,51 @@ def shard_paths(index_dir: str | os.PathLike) -> list[Path]:
     return sorted((Path(index_dir) / SHARD_DIR).glob("shard-*.parquet"))
 
 
+def pending_shard_path(index_dir: str | os.PathLike, shard_no: int) -> Path:
+    """Where a shard embedded out of order waits until every shard before it is written (``ShardsInOrder``);
+    not a shard of the index until renamed to ``shard_path``."""
+    return Path(index_dir) / SHARD_DIR / f"pending-{shard_no:06d}.parquet"
+
+
+def remove_pending_shards(index_dir: str | os.PathLike) -> int:
+    """Delete the pending shards an interrupted run left behind (their items are embedded again); returns
+    how many."""
+    found = list((Path(index_dir) / SHARD_DIR).glob("pending-*.parquet"))
+    for p in found:
+        p.unlink(missing_ok=True)
+    return len(found)
+
+
+class ShardsInOrder:
+    """Shards written as pending files in whatever order they finish, each renamed into the index only once
+    every shard before it is: so the shards on disk are always a contiguous run from 0, which is what
+    ``--resume`` reads past, however a run of many workers is interrupted.
+
+    ``first`` is the next shard to commit; ``done(shard_no, n_items)`` records one finished pending shard and
+    commits what it completes, calling ``on_commit(shard_no, items committed so far)`` after each rename.
+    """
+
+    def __init__(self, index_dir: str | os.PathLike, first: int, items_before: int = 0,
+                 on_commit=None) -> None:
+        self.index_dir, self.next, self.items = Path(index_dir), first, items_before
+        self.on_commit = on_commit
+        self._ready: dict[int, int] = {}
+
+    def done(self, shard_no: int, n_items: int) -> None:
+        self._ready[int(shard_no)] = int(n_items)
+        while self.next in self._ready:
+            os.replace(pending_shard_path(self.index_dir, self.next), shard_path(self.index_dir, self.next))
+            self.items += self._ready.pop(self.next)
+            self.next += 1
+            if self.on_commit is not None:
+                self.on_commit(self.next - 1, self.items)
+
+    @property
+    def waiting(self) -> list[int]:
+        """Finished shards not yet committed (a shard before them is still running)."""
+        return sorted(self._ready)
+
+
 def finished_shards(index_dir: str | os.PathLike) -> list[int]:
     """The numbers of the shards on disk; they must run contiguously from 0."""
     shard_dir = Path(index_dir) / SHARD_DIR
