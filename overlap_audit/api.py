@@ -137,8 +137,8 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
     rule = DecisionRule.for_detector(det, cut, settings.verify)
     phases.done("check_inputs")
 
-    # neighbours below both a set's threshold and its first stage cannot change its decision: the search
-    # leaves them out (a mih index then answers by radius instead of scanning every hash)
+    # neighbours below both a set's threshold and its first stage cannot change its decision: a mih index is
+    # searched from there, by radius, instead of scanning every hash (``match_eval_sets``)
     floors = {n: cut[n] if rule.first_stage(n) is None else min(cut[n], rule.first_stage(n)) for n in names}
     matches = match_eval_sets(corpus, evals, match, scorers=scoring.scorers, cache_dir=settings.cache_dir,
                               min_similarity=floors)

@@ -21,7 +21,7 @@ import numpy as np
 from ..atomic import atomic_write
 from ..errors import IndexDamagedError
 
-ITEM_BATCH = 1 << 16
+ITEM_BATCH = 1 << 20  # a lookup's cost grows with the batches its rows fall in, not with their size
 VECTOR_COLUMNS = ("vector", "query_vector")  # read from the shards (or the FAISS index), never from here
 
 
@@ -112,28 +112,30 @@ class ItemTable:
         return len(self._hashes)
 
     def read(self, rows: np.ndarray, columns: Iterable[str]) -> dict[str, list]:
-        """The asked columns at ``rows`` (ascending or not), one list per column, row-aligned; a column the
+        """The asked columns at ``rows`` (in any order), one list per column, row-aligned; a column the
         table does not have reads as None."""
         import pyarrow as pa
 
         rows = np.asarray(rows, np.int64)
         columns = list(columns)
+        have = [c for c in columns if c in self.names]
         if len(rows) and (rows.min() < 0 or rows.max() >= self.n_rows):
             raise IndexDamagedError(f"{self.path} is damaged: row {int(rows.max())} asked of an item table of "
                                     f"{self.n_rows} rows; rebuild the index with `overlap-audit index ... --resume`",
                                     self.path.name)
-        have = [c for c in columns if c in self.names]
-        out: dict[str, list] = {c: [None] * len(rows) for c in columns}
-        batch_of = rows // ITEM_BATCH
-        for b in np.unique(batch_of):
-            at = np.flatnonzero(batch_of == b)
-            batch = self._reader.get_batch(int(b)).select(have)
-            picked = batch.take(pa.array(rows[at] - int(b) * ITEM_BATCH))
-            for c in have:
-                values = picked.column(c).to_pylist()
-                for j, v in zip(at, values):
-                    out[c][j] = v
-        return out
+        if not len(rows) or not have:
+            return {c: [None] * len(rows) for c in columns}
+        # one take per record batch the rows fall in, in row order, then one take back into the asked order
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        batch_of = ordered // ITEM_BATCH
+        cuts = np.flatnonzero(np.diff(batch_of)) + 1
+        parts = [self._reader.get_batch(int(b)).select(have).take(pa.array(part - int(b) * ITEM_BATCH))
+                 for b, part in zip(batch_of[np.r_[0, cuts]], np.split(ordered, cuts))]
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        picked = pa.Table.from_batches(parts).take(pa.array(back))
+        return {c: picked.column(c).to_pylist() if c in have else [None] * len(rows) for c in columns}
 
     def rows_of(self, keys: Iterable[str]) -> dict[str, int]:
         """The table row of each key it holds (keys it does not hold are absent)."""
@@ -142,12 +144,15 @@ class ItemTable:
             return {}
         wanted = key_hashes(keys)
         lo = np.searchsorted(self._hashes, wanted, side="left")
-        hi = np.searchsorted(self._hashes, wanted, side="right")
-        candidates = [(key, int(self._rows[i])) for key, a, b in zip(keys, lo, hi) for i in range(a, b)]
-        if not candidates:
+        n = np.searchsorted(self._hashes, wanted, side="right") - lo
+        # every stored entry with a wanted key's hash (one, unless two keys share it), confirmed by its key
+        owner = np.repeat(np.arange(len(keys)), n)
+        at = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+        if not len(at):
             return {}
-        stored = self.read(np.array([r for _, r in candidates]), ["key"])["key"]
-        return {key: row for (key, row), found in zip(candidates, stored) if found == key}
+        rows = np.asarray(self._rows[at], np.int64)
+        stored = self.read(rows, ["key"])["key"]
+        return {keys[o]: int(r) for o, r, found in zip(owner, rows, stored) if found == keys[o]}
 
     def by_key(self, keys: Iterable, columns: Iterable[str]) -> dict[str, dict]:
         """``{key: {column: value}}`` of the rows holding ``keys``, as ``shards.rows_by_key`` gives them."""
