@@ -137,32 +137,34 @@ class ItemTable:
         picked = pa.Table.from_batches(parts).take(pa.array(back))
         return {c: picked.column(c).to_pylist() if c in have else [None] * len(rows) for c in columns}
 
-    def rows_of(self, keys: Iterable[str]) -> dict[str, int]:
-        """The table row of each key it holds (keys it does not hold are absent)."""
-        keys = sorted({str(k) for k in keys})
+    def _candidates(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(index into ``keys``, table row) of every stored entry with a wanted key's hash: one per key it
+        holds, unless two keys share a hash; the row's ``key`` confirms it."""
         if not keys or not len(self._hashes):
-            return {}
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
         wanted = key_hashes(keys)
         lo = np.searchsorted(self._hashes, wanted, side="left")
         n = np.searchsorted(self._hashes, wanted, side="right") - lo
-        # every stored entry with a wanted key's hash (one, unless two keys share it), confirmed by its key
         owner = np.repeat(np.arange(len(keys)), n)
         at = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
-        if not len(at):
-            return {}
-        rows = np.asarray(self._rows[at], np.int64)
+        return owner, np.asarray(self._rows[at], np.int64)
+
+    def rows_of(self, keys: Iterable[str]) -> dict[str, int]:
+        """The table row of each key it holds (keys it does not hold are absent)."""
+        keys = sorted({str(k) for k in keys})
+        owner, rows = self._candidates(keys)
         stored = self.read(rows, ["key"])["key"]
         return {keys[o]: int(r) for o, r, found in zip(owner, rows, stored) if found == keys[o]}
 
     def by_key(self, keys: Iterable, columns: Iterable[str]) -> dict[str, dict]:
         """``{key: {column: value}}`` of the rows holding ``keys``, as ``shards.rows_by_key`` gives them."""
         columns = list(columns)
-        rows = self.rows_of(k for k in keys if k is not None)
-        if not rows:
-            return {}
-        keys = list(rows)
-        values = self.read(np.array([rows[k] for k in keys]), columns)
-        return {key: {c: values[c][i] for c in columns} for i, key in enumerate(keys)}
+        keys = sorted({str(k) for k in keys if k is not None})
+        owner, rows = self._candidates(keys)
+        # the key that confirms a row is read with its columns
+        values = self.read(rows, ["key", *(c for c in columns if c != "key")])
+        return {keys[o]: {c: values[c][i] for c in columns}
+                for i, (o, found) in enumerate(zip(owner, values["key"])) if found == keys[o]}
 
 
 def check_items(index_dir: str | os.PathLike, items_file: str, paths: list[Path],
