@@ -1,5 +1,5 @@
 """The item table: every shard row's columns but the vectors, addressable by row and by key, so that reading
-a report's matched items back costs the same whatever the corpus size.
+a report's matched items back costs per item read rather than per corpus item.
 
 Written when an index is finished, beside the FAISS index of the same generation: ``items.arrow``, an Arrow
 IPC file of the shards' rows in shard order (every item given; record batches of ``ITEM_BATCH`` rows, so row
