@@ -137,7 +137,11 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
     rule = DecisionRule.for_detector(det, cut, settings.verify)
     phases.done("check_inputs")
 
-    matches = match_eval_sets(corpus, evals, match, scorers=scoring.scorers, cache_dir=settings.cache_dir)
+    # neighbours below both a set's threshold and its first stage cannot change its decision: a mih index is
+    # searched from there, by radius, instead of scanning every hash (``match_eval_sets``)
+    floors = {n: cut[n] if rule.first_stage(n) is None else min(cut[n], rule.first_stage(n)) for n in names}
+    matches = match_eval_sets(corpus, evals, match, scorers=scoring.scorers, cache_dir=settings.cache_dir,
+                              min_similarity=floors)
     for name, m in matches.items():
         phases.seconds[f"embed:{name}"] = round(m.seconds["embed"], 3)
         phases.seconds[f"search:{name}"] = round(m.seconds["search"], 3)
