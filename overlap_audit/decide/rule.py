@@ -411,7 +411,11 @@ def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool,
             import multiprocessing
             from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-            ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+            from ..embed import default_start_method
+
+            # as the decoding workers start (fork on Linux): in milliseconds, with the comparison's modules
+            # already imported, and without importing the caller's __main__ again
+            ctx = multiprocessing.get_context(default_start_method())
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_blas_thread) as pool:
                 running = {pool.submit(_compare_task, [(p, e, c) for _, p, e, c in task]): task for task in tasks}
                 while running:
