@@ -386,6 +386,8 @@ def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool,
     keys = {i: comparison_key(e, c, max_pixels=p.max_pixels, long_side=DECODE_SIDE,
                               decision_version=DECISION_VERSION) for i, p, e, c in todo} if cache else {}
     stored = cache.get(list(keys.values())) if cache else {}
+    if cache is not None:
+        cache.close()  # no open database in the workers forked below; ``put`` opens it again
     for i, pair, _, _ in todo:
         if keys.get(i) in stored:
             out[i], from_cache[i] = _outcome(pair, stored[keys[i]]), True
