@@ -87,8 +87,8 @@ def main(argv=None) -> dict:
            "ratio_second": med["verify:second"] / med["no_verify:second"],
            "second_over_first": med["verify:second"] / med["verify:first"],
            "n_verified": runs["verify:first"][0]["n_verified"], "n_cached": runs["verify:second"][0]["n_cached"],
-           "n_overlap": {"verify": len(runs["verify:first"][0]["overlap"]),
-                         "no_verify": len(runs["no_verify:first"][0]["overlap"])},
+           "overlap_ids": {"verify": runs["verify:first"][0]["overlap"],
+                           "no_verify": runs["no_verify:first"][0]["overlap"]},
            "repeat": args.repeat, "workers": args.workers}
     print("| report | without verification, s | with verification, s (decide) | ratio |\n|---|---|---|---|")
     print(f"| first (empty cache) | {med['no_verify:first']:.1f} | {med['verify:first']:.1f} "
