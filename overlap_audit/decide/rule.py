@@ -384,8 +384,8 @@ def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool,
         todo.append((i, read, fingerprint(read.eval_data), fingerprint(read.corpus_data)))
     cache = VerdictCache(cache_dir) if cache_dir is not None else None
     keys = {i: comparison_key(e, c, max_pixels=p.max_pixels, long_side=DECODE_SIDE,
-                              decision_version=DECISION_VERSION) for i, p, e, c in todo} if cache else {}
-    stored = cache.get(list(keys.values())) if cache else {}
+                              decision_version=DECISION_VERSION) for i, p, e, c in todo} if cache is not None else {}
+    stored = cache.get(list(keys.values())) if cache is not None else {}
     if cache is not None:
         cache.close()  # no open database in the workers forked below; ``put`` opens it again
     for i, pair, _, _ in todo:

@@ -75,7 +75,8 @@ def comparison_key(eval_fingerprint: str, corpus_fingerprint: str, *, max_pixels
     rule's version (``rule.DECISION_VERSION``)."""
     import xxhash
 
-    text = json.dumps([_identity(decision_version), eval_fingerprint, corpus_fingerprint, int(max_pixels), int(long_side)])
+    text = json.dumps([_identity(decision_version), eval_fingerprint, corpus_fingerprint, int(max_pixels),
+                       int(long_side)])
     return xxhash.xxh3_128_hexdigest(text.encode("utf-8"))
 
 
