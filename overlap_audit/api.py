@@ -54,7 +54,8 @@ class ReportSettings:
     the verified ones. The report directory
     always holds ``corpus_matches.parquet`` (``matches.corpus_matches``); ``corpus_matches`` names a further
     copy of it, outside ``out_dir``. ``cache_dir`` keeps each evaluation set's embeddings and neighbours
-    between runs (``evalcache``; default ``evalcache.default_cache_dir()``, None: no cache).
+    (``evalcache``) and the verified pairs' comparisons (``decide.verdicts``) between runs (default
+    ``evalcache.default_cache_dir()``, None: no cache).
     """
 
     out_dir: str | os.PathLike
@@ -148,7 +149,7 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
     phases.done("match", f"{sum(m.cached for m in matches.values())} of {len(matches)} set(s) from the cache")
     decision = rule.decide({n: (m.embeddings, m.neighbors) for n, m in matches.items()}, index_dir=index_dir,
                            eval_sources=dict(evals), max_pixels=match.max_pixels, workers=match.workers,
-                           progress=match.progress)
+                           progress=match.progress, cache_dir=settings.cache_dir)
     splits = _with_neighbor_boxes(decision.splits, index_dir) if det.content == "trim" else decision.splits
     skipped = {n: m.skipped for n, m in matches.items()}
     _check_not_empty(splits, skipped)
