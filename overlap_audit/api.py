@@ -55,7 +55,8 @@ class ReportSettings:
     the verified ones. The report directory
     always holds ``corpus_matches.parquet`` (``matches.corpus_matches``); ``corpus_matches`` names a further
     copy of it, outside ``out_dir``. ``cache_dir`` keeps each evaluation set's embeddings and neighbours
-    between runs (``evalcache``; default ``evalcache.default_cache_dir()``, None: no cache).
+    (``evalcache``) and the verified pairs' comparisons (``decide.verdicts``) between runs (default
+    ``evalcache.default_cache_dir()``, None: no cache).
     """
 
     out_dir: str | os.PathLike
@@ -144,7 +145,11 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
     errors = resolve_detector_error(names, st.precision, st.recall, st.detector_error)
     phases.done("check_inputs")
 
-    matches = match_eval_sets(corpus, evals, match, scorers=scoring.scorers, cache_dir=settings.cache_dir)
+    # neighbours below both a set's threshold and its first stage cannot change its decision: a mih index is
+    # searched from there, by radius, instead of scanning every hash (``match_eval_sets``)
+    floors = {n: cut[n] if rule.first_stage(n) is None else min(cut[n], rule.first_stage(n)) for n in names}
+    matches = match_eval_sets(corpus, evals, match, scorers=scoring.scorers, cache_dir=settings.cache_dir,
+                              min_similarity=floors)
     for name, m in matches.items():
         phases.seconds[f"embed:{name}"] = round(m.seconds["embed"], 3)
         phases.seconds[f"search:{name}"] = round(m.seconds["search"], 3)
@@ -161,7 +166,7 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
     rule = DecisionRule.for_detector(det, cut, settings.verify)
     decision = rule.decide({n: (m.embeddings, m.neighbors) for n, m in matches.items()}, index_dir=index_dir,
                            eval_sources=dict(evals), max_pixels=match.max_pixels, workers=match.workers,
-                           progress=match.progress)
+                           progress=match.progress, cache_dir=settings.cache_dir)
     splits = _with_neighbor_boxes(decision.splits, index_dir) if det.content == "trim" else decision.splits
     skipped = {n: m.skipped for n, m in matches.items()}
     _check_not_empty(splits, skipped)

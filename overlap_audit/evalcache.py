@@ -9,6 +9,9 @@ label, caption, skip reason and an xxh3-128 fingerprint of its bytes. The file h
 well and is used only when that text matches the current one exactly; an unreadable or mismatching file is
 a miss (and is replaced by the next write). Sources read from URLs or ``pipe:`` commands are not cached:
 fingerprinting them would read every shard twice.
+
+Neighbours searched with a floor (``min_similarity``: those less similar left out) are stored with it and
+serve a later run whose floor is as high or higher (its caller cuts them there); a lower floor is a miss.
 """
 
 from __future__ import annotations
@@ -105,9 +108,11 @@ def _path(cache_dir: str | os.PathLike, key: CacheKey) -> Path:
     return Path(cache_dir) / f"{key.digest}.npz"
 
 
-def load_cached(cache_dir: str | os.PathLike, key: CacheKey) -> tuple[Embeddings, Neighbors] | None:
-    """The set's embeddings and neighbours stored under ``key``; None when there is none, or the file cannot
-    be read or was written under another key."""
+def load_cached(cache_dir: str | os.PathLike, key: CacheKey,
+                min_similarity: float | None = None) -> tuple[Embeddings, Neighbors] | None:
+    """The set's embeddings and neighbours stored under ``key``; None when there is none, the file cannot
+    be read or was written under another key, or its neighbours were searched with a floor above
+    ``min_similarity`` (None: no floor)."""
     path = _path(cache_dir, key)
     if not path.is_file():
         return None
@@ -116,6 +121,10 @@ def load_cached(cache_dir: str | os.PathLike, key: CacheKey) -> tuple[Embeddings
             meta = json.loads(bytes(z["meta"]).decode("utf-8"))
             if meta.get("key") != key.text:
                 _log.debug("eval cache %s: written under another key; not used", path)
+                return None
+            stored = meta.get("min_similarity")
+            if stored is not None and (min_similarity is None or float(min_similarity) < stored):
+                _log.debug("eval cache %s: neighbours searched from similarity %s only; not used", path, stored)
                 return None
             return _decode(meta, {name: z[name] for name in z.files})
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:  # a miss, not an error
@@ -139,11 +148,13 @@ def _decode(meta: dict, arrays: dict) -> tuple[Embeddings, Neighbors]:
     return emb, neighbors
 
 
-def save_cached(cache_dir: str | os.PathLike, key: CacheKey, emb: Embeddings, neighbors: Neighbors) -> bool:
-    """Store a set's embeddings and neighbours under ``key`` (atomically); False, with a warning logged,
-    when the cache directory cannot be written (the run goes on without it)."""
+def save_cached(cache_dir: str | os.PathLike, key: CacheKey, emb: Embeddings, neighbors: Neighbors,
+                min_similarity: float | None = None) -> bool:
+    """Store a set's embeddings and neighbours (searched with the floor ``min_similarity``) under ``key``
+    (atomically); False, with a warning logged, when the cache directory cannot be written (the run goes on
+    without it)."""
     has_whole = emb.whole_rows is not None
-    meta = {"key": key.text, "ids": list(emb.ids), "labels": list(emb.labels), "captions": list(emb.captions),
+    meta = {"key": key.text, "min_similarity": min_similarity, "ids": list(emb.ids), "labels": list(emb.labels), "captions": list(emb.captions),
             "skipped": [s.to_dict() for s in emb.skipped],
             "boxes": [None if b is None else asdict(b) for b in emb.boxes], "has_whole": has_whole,
             "query_ids": list(neighbors.query_ids), "neighbor_ids": [None if v is None else str(v)

@@ -59,15 +59,34 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# modes Image.reduce takes (a palette image is expanded first, as ``to_rgb`` would; the rest decode whole)
+_REDUCIBLE = ("L", "LA", "RGB", "RGBA", "I", "F", "CMYK")
+
+
+def _reduced(img: Image.Image, long_side: int) -> Image.Image:
+    """``img`` shrunk by the largest integer factor that keeps its long side at least ``long_side`` (means of
+    factor x factor blocks; transparency premultiplied, as PIL's reduce does)."""
+    factor = max(img.size) // long_side
+    if factor < 2:
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    return img.reduce(factor) if img.mode in _REDUCIBLE else img
+
+
 def decode_image(data: bytes | None = None, path: str | None = None,
                  *, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int | None = None,
-                 max_bytes: int = DEFAULT_LIMITS.max_file_bytes) -> Image.Image:
+                 max_bytes: int = DEFAULT_LIMITS.max_file_bytes, long_side: int | None = None) -> Image.Image:
     """Decode image bytes (or a file) into an RGB image, or raise ImageRejected with the reason.
 
     A file is read only when it is a regular file of at most ``max_bytes``.
 
     With ``min_size``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at
     least ``min_size`` pixels: much faster for large photos, for detectors that need no more.
+
+    With ``long_side``, the image is shrunk by the largest integer factor that keeps its long side at least
+    ``long_side`` pixels (a JPEG at a DCT scale where one fits, then by block means), before transparency is
+    composited: for comparisons that work on smaller views anyway. ``max_pixels`` applies to the stored size.
     """
     if data is None and path is None:
         raise ImageRejected("no image data")
@@ -97,7 +116,12 @@ def decode_image(data: bytes | None = None, path: str | None = None,
                 raise ImageRejected(f"empty image ({width}x{height})")
             if min_size is not None and img.format == "JPEG":
                 img.draft(img.mode, (min_size, min_size))
+            if long_side is not None and img.format == "JPEG":
+                factor = max(1, max(width, height) // long_side)  # draft keeps both sides >= the size asked
+                img.draft(img.mode, (-(-width // factor), -(-height // factor)))
             img.load()
+            if long_side is not None:
+                img = _reduced(img, long_side)
             img = ImageOps.exif_transpose(img)
             return to_rgb(img)
     except ImageRejected:

@@ -106,9 +106,15 @@ def open_corpus(index_dir: str | os.PathLike, settings: MatchSettings | None = N
 
 def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, object]], settings: MatchSettings | None = None, *,
                     scorers: Mapping[str, ZeroShotScorer] | None = None,
-                    cache_dir: str | os.PathLike | None = None) -> dict[str, EvalMatch]:
+                    cache_dir: str | os.PathLike | None = None,
+                    min_similarity: Mapping[str, float] | None = None) -> dict[str, EvalMatch]:
     """Embed each evaluation set with the corpus's detector and find each item's ``settings.k`` nearest
     corpus items. A set's scorer in ``scorers`` is fed its images in the same decoding pass.
+
+    ``min_similarity`` (set name -> similarity) is the lowest similarity the caller's decision uses; a
+    ``mih`` index is searched with it (a radius search instead of a scan of every hash) and leaves out the
+    less similar neighbours (id None, similarity NaN); any other index, and the exact stream, cost the same
+    either way and return every neighbour.
 
     With ``cache_dir`` a set's embeddings and neighbours are read from the evaluation cache (``evalcache``)
     when its key matches (same index, detector, settings and item bytes), and written there otherwise; a set
@@ -117,16 +123,22 @@ def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, object]], setting
     scorers = scorers or {}
     identity = (index_identity(corpus.manifest.to_dict(), corpus.detector.info.to_dict()) if cache_dir is not None
                 else None)
+    # only a mih index answers faster with a floor; elsewhere the neighbours beyond it are kept for the report
+    # (its gallery and splits show each example's nearest item, however far)
+    radius_pays = corpus.manifest.index_type == "mih" and not settings.exact
     out: dict[str, EvalMatch] = {}
     for name, spec in evals:
         source = as_source(spec, name=name, labels_from_folders=True)
         started = time.perf_counter()
+        floor = None
+        if min_similarity is not None and name in min_similarity and radius_pays:
+            floor = float(min_similarity[name])
         key = set_key(source, identity, settings) if identity is not None and cacheable(source) else None
         if key is not None and name not in scorers:
-            hit = load_cached(cache_dir, key)
+            hit = load_cached(cache_dir, key, floor)
             if hit is not None:
                 _log.debug("%s: %d item(s) from the evaluation cache %s", name, key.n_items, cache_dir)
-                out[name] = EvalMatch(name, *hit, cached=True,
+                out[name] = EvalMatch(name, hit[0], at_least(hit[1], floor), cached=True,
                                       seconds={"embed": time.perf_counter() - started, "search": 0.0})
                 continue
         emb = embed_source(source, corpus.detector, batch_size=settings.batch_size, workers=settings.workers,
@@ -134,19 +146,37 @@ def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, object]], setting
                            views=settings.views, limits=settings.limits)
         embedded = time.perf_counter()
         neighbors = search(corpus.index, emb.ids, emb.vectors, k=settings.k, device=settings.device,
-                           exact_stream=settings.exact, ray_address=settings.ray_address, progress=settings.progress)
+                           exact_stream=settings.exact, ray_address=settings.ray_address, min_similarity=floor,
+                           progress=settings.progress)
         if emb.whole_rows is not None:
             whole = search(corpus.index, [emb.ids[r] for r in emb.whole_rows], emb.whole_vectors, k=settings.k,
                            device=settings.device, exact_stream=settings.exact, ray_address=settings.ray_address,
-                           progress=settings.progress)
+                           min_similarity=floor, progress=settings.progress)
             neighbors = best_view(neighbors, whole, emb.whole_rows)
         if key is not None:
-            save_cached(cache_dir, key, emb, neighbors)
+            save_cached(cache_dir, key, emb, neighbors, floor)
         out[name] = EvalMatch(name, emb, neighbors, seconds={"embed": embedded - started,
                                                              "search": time.perf_counter() - embedded})
         _log.debug("%s: %d item(s) embedded in %.2f s, searched in %.2f s", name, len(emb) + len(emb.skipped),
                    *out[name].seconds.values())
     return out
+
+
+def at_least(neighbors: Neighbors, min_similarity: float | None) -> Neighbors:
+    """The neighbours at least ``min_similarity`` similar (the others: id None, similarity NaN), as a search
+    with that floor gives them: a query left with none is counted under its trimmed view, as ``best_view``
+    counts a query whose views both found none."""
+    if min_similarity is None:
+        return neighbors
+    sims = neighbors.similarities
+    with np.errstate(invalid="ignore"):
+        cut = ~(sims >= np.float32(min_similarity))
+    ids = neighbors.ids.copy()
+    ids[cut] = None
+    views = neighbors.views
+    if views is not None and neighbors.k:
+        views = ["trimmed" if cut[r, 0] else v for r, v in enumerate(views)]
+    return Neighbors(neighbors.query_ids, ids, np.where(cut, np.nan, sims).astype(np.float32), views=views)
 
 
 def best_view(trimmed: Neighbors, whole: Neighbors, rows) -> Neighbors:

@@ -86,10 +86,11 @@ def test_a_kill_at_any_write_of_index_is_refused_or_resumed_to_the_clean_result(
     root, corpus, ev, preds, clean = small
     baseline = report(clean, ev, preds, tmp_path / "base")
     assert baseline != "refused"
-    # the writes of this run: progress.json, three shards, index.faiss, ids.parquet, manifest.json
-    points = [str(n) for n in range(1, 8)] + ["7+"]
+    # the writes of this run: progress.json, three shards, index.faiss, ids.parquet, items.arrow,
+    # items.keys.npy, manifest.json
+    points = [str(n) for n in range(1, 10)] + ["9+"]
     out = tmp_path / "past-the-last"
-    assert run("index", corpus, "--out", out, "--workers", "0", "--shard-size", "5", kill=8).returncode == 0
+    assert run("index", corpus, "--out", out, "--workers", "0", "--shard-size", "5", kill=10).returncode == 0
     for point in points:
         out = tmp_path / f"p{point}"
         r = run("index", corpus, "--out", out, "--workers", "0", "--shard-size", "5", kill=point)
@@ -126,19 +127,21 @@ def test_a_kill_while_rebuilding_as_ivfpq_leaves_the_old_index_or_the_new_one(th
     assert results["flat"][0] == "flat" and results["ivfpq"][0] == "ivfpq"
     args = ("index", corpus, "--out", None, "--workers", "0", "--shard-size", "500", "--resume", "--index-type",
             "ivfpq")
-    for point in ["1", "2", "3", "3+"]:  # index.g2.faiss, ids.g2.parquet, the manifest (before / after its rename)
+    # index.g2.faiss, ids.g2.parquet, items.g2.arrow, items.g2.keys.npy, the manifest (before / after its rename)
+    for point in ["1", "2", "3", "4", "5", "5+"]:
         out = tmp_path / f"p{point}"
         shutil.copytree(flat, out)
         r = run(*[out if a is None else a for a in args], kill=point)
         assert r.returncode == -9, (point, r.stderr)
         after = report(out, ev, preds, tmp_path / f"r{point}")
         assert after != "refused" and after == results[after[0]], point
-        assert (after[0] == "ivfpq") == (point == "3+")
+        assert (after[0] == "ivfpq") == (point == "5+")
     # the next resume finishes the switch and leaves only the new generation's files
     r = run(*[tmp_path / "p2" if a is None else a for a in args])
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "p2").iterdir()) == [
-        "ids.g2.parquet", "index.g2.faiss", "manifest.json", "progress.json", "shards"]
+        "ids.g2.parquet", "index.g2.faiss", "items.g2.arrow", "items.g2.keys.npy", "manifest.json", "progress.json",
+        "shards"]
     assert report(tmp_path / "p2", ev, preds, tmp_path / "again") == results["ivfpq"]
 
 
@@ -277,6 +280,9 @@ DAMAGE = {
     "index truncated": lambda d, o: _truncate(d / "index.faiss"),
     "index corrupted": lambda d, o: _flip(d / "index.faiss"),
     "index from another index": lambda d, o: shutil.copy(o / "index.faiss", d / "index.faiss"),
+    "item table corrupted": lambda d, o: _flip(d / "items.arrow"),
+    "item table from another index": lambda d, o: shutil.copy(o / "items.arrow", d / "items.arrow"),
+    "key index deleted": lambda d, o: (d / "items.keys.npy").unlink(),
     "manifest deleted": lambda d, o: (d / "manifest.json").unlink(),
     "manifest truncated": lambda d, o: _truncate(d / "manifest.json"),
     "manifest corrupted": lambda d, o: (d / "manifest.json").write_bytes(b"\x00garbage"),

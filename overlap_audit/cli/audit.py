@@ -156,9 +156,11 @@ def check(index_dir) -> None:
 @click.option("--ignore-extra-sets", is_flag=True,
               help="Leave out the --predictions rows of datasets not given with --eval, instead of refusing them.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="Keep the evaluation sets' embeddings and search results here for the next report on the same "
-                   "index and sets [default: $XDG_CACHE_HOME/overlap-audit/eval].")
-@click.option("--no-cache", is_flag=True, help="Embed and search every evaluation set again; store nothing.")
+              help="Keep the evaluation sets' embeddings and search results, and the verified pairs' comparisons, "
+                   "here for the next report on the same index and sets "
+                   "[default: $XDG_CACHE_HOME/overlap-audit/eval].")
+@click.option("--no-cache", is_flag=True,
+              help="Embed and search every evaluation set and compare every verified pair again; store nothing.")
 @options.gallery
 @options.matching
 @options.quiet
@@ -212,14 +214,22 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
 
 
 def cache_line(rep) -> str:
-    """Which evaluation sets came from the evaluation cache, in one line."""
+    """Which evaluation sets came from the evaluation cache, and how many verified pairs' comparisons, in one
+    line."""
     sets = rep.timings.get("sets", {})
     hits = [f"{n} ({s['n_items']} items)" for n, s in sets.items() if s.get("from_cache")]
     if not hits:
-        return f"evaluation cache: not used; {len(sets)} set(s) embedded and searched"
-    where = next(s["cache_dir"] for s in sets.values() if s.get("from_cache"))
-    return (f"evaluation cache: {', '.join(hits)} read from {where} (not embedded again); "
-            f"{len(sets) - len(hits)} set(s) embedded")
+        line = f"evaluation cache: not used; {len(sets)} set(s) embedded and searched"
+    else:
+        where = next(s["cache_dir"] for s in sets.values() if s.get("from_cache"))
+        line = (f"evaluation cache: {', '.join(hits)} read from {where} (not embedded again); "
+                f"{len(sets) - len(hits)} set(s) embedded")
+    verified = (rep.verify or {}).get("datasets", {})
+    if verified:
+        n_cached = sum(d.get("n_cached", 0) for d in verified.values())
+        n_verified = sum(d.get("n_verified", 0) for d in verified.values())
+        line += f"; {n_cached} of {n_verified} verified pair(s) compared by an earlier run (not compared again)"
+    return line
 
 
 def phases_line(rep) -> str:

@@ -24,8 +24,8 @@ import numpy as np
 from ..errors import ReportError
 from ..values import Embeddings, Neighbors, RawItem, Split
 from .split import split
-from .photo import prepare_photo, verify_photo
-from .verify import VERIFY_THRESHOLD
+from .photo import PhotoVerification, prepare_photo, verify_photo
+from .verify import KEEP as PAIR_KEEP, VERIFY_THRESHOLD
 
 # the first stage proposes pairs at a relaxed threshold: a distance from 1 RELAX times the detector's,
 # 1 - RELAX * (1 - t); a detector may declare its own (``verify_relax``, detectors/base.py). On the development
@@ -92,9 +92,10 @@ class VerifySettings:
         return first_stage_threshold(dataset_threshold, RELAX if self.relax is None else self.relax)
 
     def to_dict(self, splits: dict | None = None, unreadable: dict[str, int] | None = None,
-                changed: dict[str, int] | None = None) -> dict:
+                changed: dict[str, int] | None = None, cached: dict[str, int] | None = None) -> dict:
         """The settings, and per dataset of ``splits`` (verified ones) its first stage and counts
-        (``n_changed``: the unreadable pairs whose corpus image changed since it was indexed)."""
+        (``n_changed``: the unreadable pairs whose corpus image changed since it was indexed; ``n_cached``:
+        the pairs whose comparison an earlier run had stored, ``verdicts``)."""
         d = {"threshold": self.threshold,
              "relax": (RELAX if self.relax is None else self.relax) if self.first_stage is None else None,
              "first_stage": self.first_stage, "anchor": self.anchor, "decision_version": DECISION_VERSION}
@@ -104,7 +105,8 @@ class VerifySettings:
                                  "n_accepted": int(np.asarray(sp.verified).sum()),
                                  "n_overlap": int(np.asarray(sp.overlap).sum()),
                                  "n_unreadable": int((unreadable or {}).get(n, 0)),
-                                 "n_changed": int((changed or {}).get(n, 0))}
+                                 "n_changed": int((changed or {}).get(n, 0)),
+                                 "n_cached": int((cached or {}).get(n, 0))}
                              for n, sp in splits.items() if sp.verify_scores is not None}
         return d
 
@@ -143,17 +145,19 @@ class DecisionRule:
 
     def decide(self, matches: Mapping[str, tuple[Embeddings, Neighbors]], *, index_dir: str | os.PathLike | None,
                eval_sources: Mapping[str, object], max_pixels: int | None = None, workers: int | None = None,
-               progress: bool = False) -> Decision:
+               progress: bool = False, cache_dir: str | os.PathLike | None = None) -> Decision:
         """Split each evaluation set's (embeddings, neighbours) into Overlap / Clean. Verification reads the
         pairs' images back: the corpus items from ``index_dir``, the examples from ``eval_sources`` (name ->
         spec or in-memory source); ``max_pixels`` caps their decoding; the pairs are judged over ``workers``
-        processes (None: one per CPU, at most 8; 0: in this process)."""
+        processes (None: one per CPU, at most 8; 0: in this process); with ``cache_dir`` the comparisons of
+        an earlier run there are reused (``verdicts``), and new ones stored."""
         splits = {n: split(n, emb, nb, self.thresholds[n]) for n, (emb, nb) in matches.items()}
         if self.verify is None:
             return Decision(splits)
-        splits, unreadable, changed = _verify_splits(splits, index_dir, eval_sources, self.verify,
-                                                     max_pixels=max_pixels, workers=workers, progress=progress)
-        return Decision(splits, self.verify.to_dict(splits, unreadable, changed))
+        splits, unreadable, changed, cached = _verify_splits(splits, index_dir, eval_sources, self.verify,
+                                                             max_pixels=max_pixels, workers=workers,
+                                                             progress=progress, cache_dir=cache_dir)
+        return Decision(splits, self.verify.to_dict(splits, unreadable, changed, cached))
 
     def overlap(self, dataset: str, similarities, verdicts: Sequence[bool | None],
                 low_information=None) -> np.ndarray:
@@ -175,10 +179,11 @@ class DecisionRule:
 
     def judge_pairs(self, dataset: str, pairs: Sequence[tuple[RawItem | None, RawItem | None, float]], *,
                     low_information=None, max_pixels: int | None = None, workers: int | None = None,
-                    progress: bool = False) -> list[PairJudgement]:
+                    progress: bool = False, cache_dir: str | os.PathLike | None = None) -> list[PairJudgement]:
         """Verify each (evaluation item, corpus item, similarity) pair, whatever its similarity (so that its
         verdict serves other thresholds too), and decide it at ``dataset``'s threshold (``overlap``). Without
-        verification no pair is judged. Low-information pairs are not judged and never Overlap."""
+        verification no pair is judged. Low-information pairs are not judged and never Overlap. ``cache_dir``:
+        as for ``decide``."""
         from ..limits import DEFAULT_MAX_PIXELS
 
         low = (np.zeros(len(pairs), bool) if low_information is None else np.asarray(low_information, bool))
@@ -192,7 +197,8 @@ class DecisionRule:
                                           self.verify.threshold, self.verify.accept_for(float(pairs[i][2])))))
                 else:
                     judged[i] = (float("nan"), None, False)
-            judged.update(zip([i for i, _ in todo], _judge_all([p for _, p in todo], workers, progress)))
+            found, _ = _judge_all([p for _, p in todo], workers, progress, cache_dir)
+            judged.update(zip([i for i, _ in todo], found))
         sims = [float(s) for _, _, s in pairs]
         verdicts = [judged[i][1] if i in judged else None for i in range(len(pairs))]
         overlap = self.overlap(dataset, sims, verdicts, low)
@@ -240,9 +246,14 @@ def _usable(item) -> bool:
     return item is not None and not item.skip_reason and (item.data is not None or item.path is not None)
 
 
-# Pairs verified per task sent to a worker process, and the fewest pairs worth starting workers for.
+# Pairs verified per task sent to a worker process (pairs that share a corpus image stay in one task, which
+# prepares it once), and the fewest pairs worth starting workers for.
 VERIFY_CHUNK = 8
 VERIFY_PARALLEL_FROM = 24
+# The long side images are decoded at (at least; by an integer factor, ``imaging.decode_image``): the
+# comparisons work on views of at most ``photo.KEEP`` (the whole image) and ``verify.KEEP`` pixels (its content
+# box), so twice ``verify.KEEP`` keeps a content box of half the image's side at full detail.
+DECODE_SIDE = 2 * PAIR_KEEP
 
 
 @dataclass(frozen=True)
@@ -258,28 +269,72 @@ class _Pair:
     accept: float  # the photo score that verifies this pair (``VerifySettings.accept_for`` its similarity)
 
 
-def _judge(pair: _Pair) -> tuple[float, bool | None, bool]:
-    """(score, verdict, readable) of one pair: ``photo.verify_photo``'s verdict (True: the same picture;
-    False: evidence that it is not; None: nothing to say), its score (the photo score, or the drawing
-    comparison's where the photo comparison does not apply). Byte-identical images are the same picture
-    whatever their shape (a 3000 x 10 strip has too little grid for the comparison)."""
+_IDENTICAL = "identical"  # the comparison of byte-identical images: the same picture, whatever their shape
+
+
+def _prepared(data: bytes, max_pixels: int):
+    """The view ``photo.verify_photo`` compares, decoded at ``DECODE_SIDE``; None when it cannot be decoded."""
     from ..imaging import ImageRejected, decode_image
+
+    try:
+        return prepare_photo(decode_image(data, max_pixels=max_pixels, long_side=DECODE_SIDE))
+    except ImageRejected:
+        return None
+
+
+def _compare(pair: _Pair, views: dict | None = None, names: tuple[str, str] | None = None):
+    """The comparison of one pair whose bytes are given: ``photo.verify_photo``'s result, ``_IDENTICAL``, or
+    None when an image cannot be decoded. ``views`` keeps prepared views by ``names`` (the images'
+    fingerprints) for the pairs that follow."""
+    if pair.eval_data == pair.corpus_data:
+        return _IDENTICAL
+    views = {} if views is None else views
+    names = names or ("eval", "corpus")
+    for name, data in zip(names, (pair.eval_data, pair.corpus_data)):
+        if name not in views:
+            views[name] = _prepared(data, pair.max_pixels)
+    a, b = views[names[0]], views[names[1]]
+    return None if a is None or b is None else verify_photo(a, b)
+
+
+def _outcome(pair: _Pair, comparison) -> tuple[float, bool | None, bool]:
+    """(score, verdict, readable) of a pair from its comparison (``_compare``) under the pair's settings: the
+    photo score, or the drawing comparison's where the photo comparison does not apply; the verdict at the
+    pair's drawing threshold and photo acceptance (``PhotoVerification.verdict_at``)."""
+    if comparison is None:
+        return float("nan"), None, False
+    if comparison == _IDENTICAL:
+        return 1.0, True, True
+    v = comparison
+    return (v.score if v.applies else v.pair_score), v.verdict_at(pair.pair_threshold, pair.accept), True
+
+
+def _with_bytes(pair: _Pair) -> _Pair | None:
+    """``pair`` with both images' bytes read (files once, here); None when one cannot be read."""
     from ..limits import DEFAULT_LIMITS, ReadRefused, read_file
 
     try:
         data = [d if d is not None else read_file(p, DEFAULT_LIMITS.max_file_bytes)
                 for d, p in ((pair.eval_data, pair.eval_path), (pair.corpus_data, pair.corpus_path))]
     except (OSError, ReadRefused):
-        return float("nan"), None, False
-    if data[0] == data[1]:
-        return 1.0, True, True
-    try:
-        a = decode_image(data[0], pair.eval_path, max_pixels=pair.max_pixels)
-        b = decode_image(data[1], pair.corpus_path, max_pixels=pair.max_pixels)
-    except ImageRejected:
-        return float("nan"), None, False
-    v = verify_photo(prepare_photo(a), prepare_photo(b))
-    return (v.score if v.applies else v.pair_score), v.verdict_at(pair.pair_threshold, pair.accept), True
+        return None
+    return replace(pair, eval_data=data[0], corpus_data=data[1])
+
+
+def _judge(pair: _Pair) -> tuple[float, bool | None, bool]:
+    """(score, verdict, readable) of one pair: ``photo.verify_photo``'s verdict (True: the same picture;
+    False: evidence that it is not; None: nothing to say), its score (the photo score, or the drawing
+    comparison's where the photo comparison does not apply). Byte-identical images are the same picture
+    whatever their shape (a 3000 x 10 strip has too little grid for the comparison)."""
+    read = _with_bytes(pair)
+    return _outcome(pair, None if read is None else _compare(read))
+
+
+def _compare_task(task: list[tuple[_Pair, str, str]]) -> list:
+    """``_compare`` of each (pair, eval fingerprint, corpus fingerprint) of one worker task, each image
+    prepared once."""
+    views: dict = {}
+    return [_compare(pair, views, (e, c)) for pair, e, c in task]
 
 
 def _one_blas_thread() -> None:
@@ -290,47 +345,105 @@ def _one_blas_thread() -> None:
     threadpool_limits(limits=1)
 
 
-def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool) -> list[tuple[float, bool | None, bool]]:
+def _tasks(todo: list[tuple[int, _Pair, str, str]]) -> list[list[tuple[int, _Pair, str, str]]]:
+    """``todo`` cut into worker tasks of about ``VERIFY_CHUNK`` pairs, the pairs of one corpus image together."""
+    by_corpus: dict[str, list] = {}
+    for t in todo:
+        by_corpus.setdefault(t[3], []).append(t)
+    tasks, task = [], []
+    for group in by_corpus.values():
+        if task and len(task) + len(group) > VERIFY_CHUNK:
+            tasks.append(task)
+            task = []
+        task = task + group
+    return tasks + ([task] if task else [])
+
+
+def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool,
+               cache_dir: str | os.PathLike | None = None) -> tuple[list[tuple[float, bool | None, bool]], list[bool]]:
     """``_judge`` of every pair, over ``workers`` processes (None: one per CPU, at most 8; 0: here), with a
-    progress bar."""
+    progress bar; with ``cache_dir``, comparisons stored there by an earlier run are used (``verdicts``), and
+    new ones stored. Returns the outcomes and, per pair, whether its comparison came from the cache."""
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
+    from .verdicts import VerdictCache, comparison_key, fingerprint
+
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
-    bar = tqdm(total=len(pairs), desc="verify", unit="pair", disable=not progress, leave=False)
-    try:
-        if workers <= 1 or len(pairs) < VERIFY_PARALLEL_FROM:
-            out = []
-            with threadpool_limits(limits=1):  # a pair's matrices are small: BLAS threads only wait
-                for p in pairs:
-                    out.append(_judge(p))
-                    bar.update()
-            return out
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+    out: list = [(float("nan"), None, False)] * len(pairs)
+    from_cache = [False] * len(pairs)
+    todo: list[tuple[int, _Pair, str, str]] = []
+    for i, pair in enumerate(pairs):  # each file read once, here: the bytes compared are the bytes keyed
+        read = _with_bytes(pair)
+        if read is None:
+            continue
+        if read.eval_data == read.corpus_data:
+            out[i] = _outcome(read, _IDENTICAL)
+            continue
+        todo.append((i, read, fingerprint(read.eval_data), fingerprint(read.corpus_data)))
+    cache = VerdictCache(cache_dir) if cache_dir is not None else None
+    keys = {i: comparison_key(e, c, max_pixels=p.max_pixels, long_side=DECODE_SIDE,
+                              decision_version=DECISION_VERSION) for i, p, e, c in todo} if cache is not None else {}
+    stored = cache.get(list(keys.values())) if cache is not None else {}
+    if cache is not None:
+        cache.close()  # no open database in the workers forked below; ``put`` opens it again
+    for i, pair, _, _ in todo:
+        if keys.get(i) in stored:
+            out[i], from_cache[i] = _outcome(pair, stored[keys[i]]), True
+    todo = [t for t in todo if not from_cache[t[0]]]
+    tasks = _tasks(todo)
+    bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="verify", unit="pair", disable=not progress,
+               leave=False)
+    new: dict[str, object] = {}
 
-        ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_blas_thread) as pool:
-            out = []
-            for result in pool.map(_judge, pairs, chunksize=VERIFY_CHUNK):
-                out.append(result)
-                bar.update()
-            return out
+    def take(task, found) -> None:
+        for (i, pair, _, _), comparison in zip(task, found):
+            out[i] = _outcome(pair, comparison)
+            if cache is not None and isinstance(comparison, PhotoVerification):
+                new[keys[i]] = comparison
+        bar.update(len(task))
+
+    try:
+        if workers <= 1 or len(todo) < VERIFY_PARALLEL_FROM:
+            with threadpool_limits(limits=1):  # a pair's matrices are small: BLAS threads only wait
+                for task in tasks:
+                    take(task, _compare_task([(p, e, c) for _, p, e, c in task]))
+        else:
+            import multiprocessing
+            from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+            from ..embed import default_start_method
+
+            # as the decoding workers start (fork on Linux): in milliseconds, with the comparison's modules
+            # already imported, and without importing the caller's __main__ again
+            ctx = multiprocessing.get_context(default_start_method())
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_blas_thread) as pool:
+                running = {pool.submit(_compare_task, [(p, e, c) for _, p, e, c in task]): task for task in tasks}
+                while running:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        take(running.pop(future), future.result())
+        if cache is not None:
+            cache.put(new)
     finally:
         bar.close()
+        if cache is not None:
+            cache.close()
+    return out, from_cache
 
 
 def _verify_splits(splits: dict[str, Split], index_dir, eval_sources: Mapping[str, object],
                    settings: VerifySettings, *, max_pixels: int | None = None, workers: int | None = None,
-                   progress: bool = False) -> tuple[dict[str, Split], dict, dict]:
+                   progress: bool = False, cache_dir: str | os.PathLike | None = None
+                   ) -> tuple[dict[str, Split], dict, dict, dict]:
     """Verify each split's candidate pairs (top similarity at or above the first stage, not low-information)
     and decide: Overlap is a pair verified as the same picture, or a match at or above the dataset's threshold
     that verification holds no evidence against. Returns the splits with ``verify_scores``, ``verified`` and
     ``overlap``, and per dataset the number of candidate pairs whose images could not be read, and of those
     whose corpus image changed since it was indexed (``index.is_changed``: counted unreadable too, never
-    compared). Such a pair keeps the first decision (Overlap at or above the detector's threshold): an image
-    that cannot be read back never hides overlap."""
+    compared), and of those whose comparison came from ``cache_dir``. Such a pair keeps the first decision
+    (Overlap at or above the detector's threshold): an image that cannot be read back never hides overlap."""
     from ..index import corpus_items, is_changed
     from ..limits import DEFAULT_MAX_PIXELS
     from ..sources import as_source, fetch_items
@@ -361,7 +474,11 @@ def _verify_splits(splits: dict[str, Split], index_dir, eval_sources: Mapping[st
             pairs.append(_Pair(a.data, a.path, b.data, b.path, max_pixels, settings.threshold,
                                settings.accept_for(float(sp.top_similarity[i]))))
             where.append((name, i))
-    judged = dict(zip(where, _judge_all(pairs, workers, progress)))
+    found, from_cache = _judge_all(pairs, workers, progress, cache_dir)
+    judged = dict(zip(where, found))
+    cached = {n: 0 for n in splits}
+    for (name, _), hit in zip(where, from_cache):
+        cached[name] += hit
 
     out = {}
     for name, sp in splits.items():
@@ -380,4 +497,4 @@ def _verify_splits(splits: dict[str, Split], index_dir, eval_sources: Mapping[st
         confident = np.asarray(sp.overlap, bool)  # at or above the dataset's threshold
         overlap = _combine(confident, verified, against, np.asarray(sp.low_information, bool))
         out[name] = replace(sp, verify_scores=scores, verified=verified, overlap=overlap)
-    return out, unreadable, changed
+    return out, unreadable, changed, cached

@@ -31,8 +31,8 @@ from .finish import finish_index
 from .integrity import check_faiss, check_files, read_faiss_index, stale_generation_files
 from .manifest import MANIFEST, PROGRESS, SHARD_DIR, IndexManifest, checksum_bytes, load_manifest
 from .ray import connect, embed_shards
-from .shards import (ItemBytes, corpus_key, finished_shards, item_bytes, same_item_bytes, shard_items, shard_path,
-                     write_shard)
+from .shards import (ItemBytes, ShardsInOrder, corpus_key, finished_shards, item_bytes, pending_shard_path,
+                     remove_pending_shards, same_item_bytes, shard_items, shard_path, write_shard)
 
 # Augmented copies embedded per shard as recall queries for approximate indexes (``finish`` uses at most
 # RECALL_QUERIES of them).
@@ -87,20 +87,22 @@ def _counting(decoded, tick: Callable[[], None]):
 
 def embed_shard(detector: Detector, items: list[RawItem], shard_no: int, *, out_dir: str | os.PathLike,
                 n_sources: int, batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, decoder: Decoder | None = None,
-                tick: Callable[[], None] | None = None, limits: InputLimits | None = None) -> None:
+                tick: Callable[[], None] | None = None, limits: InputLimits | None = None,
+                pending: bool = False) -> None:
     """Decode, embed and write one shard (with its recall-query copies): the unit of work of the local and
-    the Ray paths. Without ``decoder`` one is made in this process; ``tick()`` follows each decoded item."""
+    the Ray paths. Without ``decoder`` one is made in this process; ``tick()`` follows each decoded item.
+    With ``pending`` the shard is written as a pending file, for ``ShardsInOrder`` to commit."""
     if decoder is None:
         with Decoder(detector, workers=0, max_pixels=max_pixels, limits=limits, checksum=checksum_bytes) as own:
             return embed_shard(detector, items, shard_no, out_dir=out_dir, n_sources=n_sources,
-                               batch_size=batch_size, decoder=own, tick=tick)
+                               batch_size=batch_size, decoder=own, tick=tick, pending=pending)
     decoded = decoder.decode(items, copies=_copy_picks(items, RECALL_QUERIES_PER_SHARD))
     if tick is not None:
         decoded = _counting(decoded, tick)
     r = embed_decoded(decoded, detector, batch_size=batch_size)
     # taken by the decoder from the bytes it decoded; read here only where it did not read them (refused)
     fingerprints = [item_bytes(it) if f is None else ItemBytes(*f) for it, f in zip(r.items, r.fingerprints)]
-    write_shard(shard_path(out_dir, shard_no), detector.info,
+    write_shard((pending_shard_path if pending else shard_path)(out_dir, shard_no), detector.info,
                 keys=[corpus_key(it.source, it.id, n_sources) for it in r.items],
                 sources=[it.source for it in r.items], ids=[it.id for it in r.items],
                 captions=[it.caption for it in r.items], labels=[it.label for it in r.items],
@@ -195,6 +197,7 @@ def _build_locked(sources: list[str], out: Path, s: IndexSettings, *, progress: 
     atomic_write_json(out / PROGRESS, recorded)
     (out / SHARD_DIR).mkdir(exist_ok=True)
 
+    remove_pending_shards(out)  # finished out of order by an interrupted Ray run: embedded again below
     done = finished_shards(out)
     items = (item for src in srcs for item in src.iter_items(s.limits))
     items_done = 0
@@ -231,18 +234,25 @@ def _build_locked(sources: list[str], out: Path, s: IndexSettings, *, progress: 
                    limits=s.limits)
     if s.ray_address:
         connect(s.ray_address)
+        # actors finish shards in any order: each is written pending and committed once those before it are
+        in_order = ShardsInOrder(out, len(done), items_done, on_shard)
+        sizes: dict[int, int] = {}
 
         def shards():
             nonlocal items_done
             for number, chunk in enumerate(_chunked(items, s.shard_size), start=len(done)):
                 items_done += len(chunk)
+                sizes[number] = len(chunk)
                 if bar is not None:
                     bar.update(len(chunk))
                 yield number, chunk
 
-        embed_shards(shards(), work, detector=s.detector, device=s.device, on_shard=on_shard, content=s.content)
+        embed_shards(shards(), partial(work, pending=True), detector=s.detector, device=s.device,
+                     on_shard=lambda number, _: in_order.done(number, sizes[number]), content=s.content)
         if bar is not None:
             bar.close()
+        if in_order.waiting:
+            raise IndexDirError(f"{out}: shards {in_order.waiting} finished but shard {in_order.next} never did")
         finished_shards(out)  # all present and contiguous
         return finish(time.monotonic() - started)
     with Decoder(det, workers=s.workers, max_pixels=s.max_pixels, limits=s.limits,

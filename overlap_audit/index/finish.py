@@ -22,6 +22,7 @@ from ..errors import IndexDirError
 from ..values import DetectorInfo, Skipped
 from .ann import choose_index, new_index
 from .integrity import stale_generation_files
+from .items import keys_name, write_items
 from .manifest import MANIFEST, PROGRESS, SHARD_DIR, GenerationFiles, IndexManifest, file_record, load_manifest
 from .search import search_rows, stream_search
 from .shards import iter_shard_vectors, read_shard, shard_paths, vector_width
@@ -135,6 +136,8 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
         write_mih(out / tables, table_set)
     atomic_write(out / names.ids, lambda tmp: pq.write_table(pa.table({"key": pa.array(scan.keys, pa.string())}),
                                                               tmp))
+    # the shards' rows, addressable by row and key: a report reads its matched items without scanning shards
+    n_items = write_items(out, names.items, shard_paths(out))
     build_seconds = time.monotonic() - started
     vectors_file = names.vectors if (out / names.vectors).exists() and plan.index_type == "ivfpq" else None
     recall = _measure_recall(out, info, index, plan, scan, device, vectors_file) if plan.approximate else {
@@ -147,13 +150,17 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
         files[vectors_file] = file_record(out / vectors_file, len(scan.keys))
     if tables is not None:
         files[tables] = file_record(out / tables, len(scan.keys))
+    files[names.items] = file_record(out / names.items, n_items)
+    files[keys_name(names.items)] = file_record(out / keys_name(names.items))
     superseded = []
     if previous is not None:
         from .mih import tables_name
 
-        now = {names.index, names.ids, vectors_file, tables}
+        now = {names.index, names.ids, vectors_file, tables, names.items, keys_name(names.items)}
+        before = previous.items_file
         superseded = [name for name in (previous.index_file, previous.ids_file, previous.vectors_file,
-                                        tables_name(previous.index_file))
+                                        tables_name(previous.index_file), before,
+                                        keys_name(before) if before else None)
                       if name is not None and name not in now and (out / name).exists()]
     manifest = IndexManifest(
         detector=info,
@@ -179,6 +186,7 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
         index_file=names.index,
         ids_file=names.ids,
         vectors_file=vectors_file,
+        items_file=names.items,
         superseded=superseded,
     )
     atomic_write_json(out / MANIFEST, manifest.to_dict())  # the switch

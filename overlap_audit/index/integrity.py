@@ -60,7 +60,7 @@ def check_files(index_dir: str | os.PathLike, manifest: IndexManifest, *, full: 
         what = f"{missing[0]} is missing" if missing else f"{extra[0]} is not one of its recorded shards"
         raise _damaged(path, what + f" ({len(recorded)} shards recorded, {len(on_disk)} present)",
                        (missing or extra)[0])
-    for name in (manifest.index_file, manifest.ids_file, manifest.vectors_file):
+    for name in (manifest.index_file, manifest.ids_file, manifest.vectors_file, manifest.items_file):
         if name is not None and name not in manifest.files:
             raise _damaged(path, f"its manifest names {name} but records no size or checksum for it")
     if manifest.n_shards != len(recorded):
@@ -261,6 +261,11 @@ def check_index(index_dir: str | os.PathLike) -> CheckResult:
     index = read_faiss_index(path, manifest)
     check_faiss(path, manifest, index)
     check_against_shards(path, manifest, index, read_ids(path, manifest))
+    if manifest.items_file is not None:
+        from .items import check_items
+        from .shards import shard_paths
+
+        check_items(path, manifest.items_file, shard_paths(path), _sample_rows(manifest.n_given))
     stale = tuple(sorted(p.name for p in stale_generation_files(path, manifest)))
     return CheckResult(path, manifest.generation, manifest.index_type, manifest.n_indexed, n_files, n_bytes,
                        time.monotonic() - started, stale)
@@ -272,7 +277,8 @@ def stale_generation_files(index_dir: str | os.PathLike, manifest: IndexManifest
     path = Path(index_dir)
     if manifest is None:
         return []
-    named = {manifest.index_file, manifest.ids_file, manifest.vectors_file}
+    named = {manifest.index_file, manifest.ids_file, manifest.vectors_file, manifest.items_file,
+             *(name for name in manifest.files if not name.startswith(f"{SHARD_DIR}/"))}
     out = [path / name for name in manifest.superseded if name not in named and (path / name).exists()]
     for p in path.iterdir():
         m = GENERATION_FILE_RE.match(p.name)

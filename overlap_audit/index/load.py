@@ -107,7 +107,8 @@ def corpus_items(index_dir: str | os.PathLike, keys) -> dict[str, RawItem]:
     """
     manifest = load_manifest(index_dir)
     wanted = {str(k) for k in keys if k is not None}
-    located = rows_by_key(index_dir, wanted, ["source", "id", "caption", "label", *_FINGERPRINT])
+    located = rows_by_key(index_dir, wanted, ["source", "id", "caption", "label", *_FINGERPRINT],
+                          items_file=manifest.items_file)
     out = {key: RawItem("", key, skip_reason="not in this index's shards") for key in wanted - located.keys()}
     by_source: dict[str, list[str]] = {}
     for key, row in located.items():

@@ -42,8 +42,9 @@ INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 SHARD_DIR = "shards"
 VECTORS_FILE = "vectors.npy"
+ITEMS_FILE = "items.arrow"
 # the files of a generation after the first (``GenerationFiles``): what a builder may leave behind when killed
-GENERATION_FILE_RE = re.compile(r"^(index|ids|vectors)\.g(\d+)\.(faiss|parquet|npy|mih)$")
+GENERATION_FILE_RE = re.compile(r"^(index|ids|vectors|items)\.g(\d+)\.(faiss|parquet|npy|mih|arrow|keys\.npy)$")
 FORMAT = 2
 _HASH_BLOCK = 4 << 20
 REPAIR = ("repair it with `overlap-audit index ... --resume` (the same command that built it), "
@@ -68,17 +69,19 @@ class FileRecord:
 
 @dataclass(frozen=True)
 class GenerationFiles:
-    """The names of one generation's index, ids and vectors files."""
+    """The names of one generation's index, ids, vectors and item table files."""
 
     index: str
     ids: str
     vectors: str
+    items: str
 
     @classmethod
     def of(cls, generation: int) -> "GenerationFiles":
         if generation <= 1:
-            return cls(INDEX_FILE, IDS_FILE, VECTORS_FILE)
-        return cls(f"index.g{generation}.faiss", f"ids.g{generation}.parquet", f"vectors.g{generation}.npy")
+            return cls(INDEX_FILE, IDS_FILE, VECTORS_FILE, ITEMS_FILE)
+        return cls(f"index.g{generation}.faiss", f"ids.g{generation}.parquet", f"vectors.g{generation}.npy",
+                   f"items.g{generation}.arrow")
 
 
 def checksum_file(path: str | os.PathLike) -> str:
@@ -129,6 +132,7 @@ class IndexManifest:
     index_file: str = INDEX_FILE
     ids_file: str = IDS_FILE
     vectors_file: str | None = None
+    items_file: str | None = None  # the item table (``overlap_audit.index.items``); None: look items up in the shards
     superseded: list[str] = field(default_factory=list)  # the replaced generation's files, removed after the switch
 
     def to_dict(self) -> dict:
@@ -149,6 +153,7 @@ class IndexManifest:
             "index_file": self.index_file,
             "ids_file": self.ids_file,
             "vectors_file": self.vectors_file,
+            "items_file": self.items_file,
             "format": FORMAT,
             "generation": self.generation,
             "files": {name: rec.to_dict() for name, rec in self.files.items()},
@@ -186,6 +191,7 @@ class IndexManifest:
             index_file=str(d.get("index_file", INDEX_FILE)),
             ids_file=str(d.get("ids_file", IDS_FILE)),
             vectors_file=d.get("vectors_file"),
+            items_file=d.get("items_file"),
             superseded=[str(x) for x in d.get("superseded", [])],
         )
 

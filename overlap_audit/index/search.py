@@ -189,7 +189,7 @@ def search_rows(index, index_type: str, params: dict, queries: np.ndarray, k: in
     either way.
     """
     if index_type == "mih" and min_similarity is not None:
-        radius = hash_radius(min_similarity, info.dim)
+        radius = hash_radius(float(np.float32(min_similarity)), info.dim)  # compared in float32, as ``within``
         tables = read_mih(Path(path) / (tables_file or tables_name(INDEX_FILE)))
         if tables_pay(len(tables), len(tables.widths), radius):
             dist, rows = radius_search(tables, np.asarray(queries), k, radius)

@@ -20,7 +20,8 @@ from ..atomic import atomic_write
 from ..content import ContentBox, box_arrow_type
 from ..errors import IndexDamagedError, ResumeError
 from ..values import DetectorInfo, RawItem, Skipped
-from .manifest import SHARD_DIR, checksum_bytes, checksum_file
+from .items import ItemTable
+from .manifest import MANIFEST, SHARD_DIR, checksum_bytes, checksum_file, load_manifest
 
 _SHARD_RE = re.compile(r"^shard-(\d{6})\.parquet$")
 _TEXT_COLUMNS = ["key", "source", "id", "caption", "label", "low_information", "skip_reason"]
@@ -40,6 +41,51 @@ def shard_path(index_dir: str | os.PathLike, shard_no: int) -> Path:
 def shard_paths(index_dir: str | os.PathLike) -> list[Path]:
     """The shard files of an index directory, in shard order."""
     return sorted((Path(index_dir) / SHARD_DIR).glob("shard-*.parquet"))
+
+
+def pending_shard_path(index_dir: str | os.PathLike, shard_no: int) -> Path:
+    """Where a shard embedded out of order waits until every shard before it is written (``ShardsInOrder``);
+    not a shard of the index until renamed to ``shard_path``."""
+    return Path(index_dir) / SHARD_DIR / f"pending-{shard_no:06d}.parquet"
+
+
+def remove_pending_shards(index_dir: str | os.PathLike) -> int:
+    """Delete the pending shards an interrupted run left behind (their items are embedded again); returns
+    how many."""
+    found = list((Path(index_dir) / SHARD_DIR).glob("pending-*.parquet"))
+    for p in found:
+        p.unlink(missing_ok=True)
+    return len(found)
+
+
+class ShardsInOrder:
+    """Shards written as pending files in whatever order they finish, each renamed into the index only once
+    every shard before it is: so the shards on disk are always a contiguous run from 0, which is what
+    ``--resume`` reads past, however a run of many workers is interrupted.
+
+    ``first`` is the next shard to commit; ``done(shard_no, n_items)`` records one finished pending shard and
+    commits what it completes, calling ``on_commit(shard_no, items committed so far)`` after each rename.
+    """
+
+    def __init__(self, index_dir: str | os.PathLike, first: int, items_before: int = 0,
+                 on_commit=None) -> None:
+        self.index_dir, self.next, self.items = Path(index_dir), first, items_before
+        self.on_commit = on_commit
+        self._ready: dict[int, int] = {}
+
+    def done(self, shard_no: int, n_items: int) -> None:
+        self._ready[int(shard_no)] = int(n_items)
+        while self.next in self._ready:
+            os.replace(pending_shard_path(self.index_dir, self.next), shard_path(self.index_dir, self.next))
+            self.items += self._ready.pop(self.next)
+            self.next += 1
+            if self.on_commit is not None:
+                self.on_commit(self.next - 1, self.items)
+
+    @property
+    def waiting(self) -> list[int]:
+        """Finished shards not yet committed (a shard before them is still running)."""
+        return sorted(self._ready)
 
 
 def finished_shards(index_dir: str | os.PathLike) -> list[int]:
@@ -285,14 +331,23 @@ def iter_shard_vectors(index_dir: str | os.PathLike, info: DetectorInfo) -> Iter
             row += len(vectors)
 
 
-def rows_by_key(index_dir: str | os.PathLike, keys: Iterable, columns: Iterable[str]) -> dict[str, dict]:
+def rows_by_key(index_dir: str | os.PathLike, keys: Iterable, columns: Iterable[str], *,
+                items_file: str | None | bool = True) -> dict[str, dict]:
     """``{key: {column: value}}`` of the shard rows holding ``keys``, for the columns asked (a column a shard
-    does not have reads as None); a key in no shard is absent. The one scan of the shards for keys."""
+    does not have reads as None); a key in no shard is absent.
+
+    Read from the index's item table (``items_file``, or with True the one its manifest names), looked up by
+    key and row (``overlap_audit.index.items``); an index without one (None, False) has its shards scanned.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     columns = list(columns)
+    if items_file is True:
+        items_file = load_manifest(index_dir).items_file if (Path(index_dir) / MANIFEST).exists() else None
+    if items_file:
+        return ItemTable(index_dir, items_file).by_key(keys, columns)
     wanted = {str(k) for k in keys if k is not None}
     found: dict[str, dict] = {}
     for path in shard_paths(index_dir):

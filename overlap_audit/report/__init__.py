@@ -14,5 +14,5 @@ __all__ = [
     "CORPUS_MATCHES", "REPORT_JSON", "REPORT_MD", "SPLITS", "DatasetReport", "Report", "load_report",
     "model_line", "recall_line",
     "format_table", "format_extended_table", "interpretation", "format_markdown",
-    "write_splits", "write_report", "clean_leftovers", "report_lock",
+    "write_splits", "write_report", "check_report_dir", "clean_leftovers", "report_lock",
 ]

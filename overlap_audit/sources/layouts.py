@@ -24,10 +24,12 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..errors import SourceError
 from ..values import RawItem
 from .cifar import CIFAR_LAYOUTS, cifar_root, cifar_variant, iter_cifar, load_batch
+from .remote import check_urls, is_url, open_url, url_name
 
 __all__ = ["LAYOUT_KINDS", "LAYOUT_PREFIXES", "Layout", "iter_layout", "layout_path", "open_layout"]
 
@@ -59,6 +61,12 @@ def open_layout(spec: str) -> Layout | None:
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in LAYOUT_PREFIXES:
         path, split = _path_and_split(rest)
+        if is_url(path):
+            if prefix == "clip_benchmark":
+                return _open_clip_benchmark_url(spec, path, split)
+            raise SourceError(f"source {spec!r}: {prefix}: reads a local folder; download it and give its path "
+                              "(a URL is read as WebDataset tars, Parquet files with an id column, or a "
+                              "CLIP_benchmark folder: clip_benchmark:URL)")
         if not os.path.exists(path):
             raise SourceError(f"source {spec!r}: no such file or directory {path!r}")
         opener = {"hf": _open_hf, "clip_benchmark": _open_clip_benchmark, "cifar": _open_cifar}[prefix]
@@ -101,6 +109,11 @@ def _path_and_split(rest: str) -> tuple[str, str | None]:
     if os.path.exists(whole):
         return whole, None
     head, sep, tail = rest.rpartition(":")
+    if is_url(rest):
+        port = tail.isdigit() and not urlsplit(head).path  # https://host:8443 ends with a port, not a split
+        if sep and is_url(head) and tail and "/" not in tail and not port:
+            return head, tail
+        return rest, None
     if sep and head and tail and "/" not in tail:
         return os.path.expanduser(head), tail
     return whole, None
@@ -429,6 +442,80 @@ def _open_clip_benchmark(spec: str, root: str, split: str | None) -> Layout:
     templates = _text_lines(templates_file) if os.path.isfile(templates_file) else None
     return Layout("wds", tuple(os.path.abspath(t) for t in splits[split]), _folder_name(root),
                   classnames=classnames, templates=templates or None)
+
+
+CLIP_BENCHMARK_NSHARDS = "nshards.txt"
+CLIP_BENCHMARK_TYPE = "dataset_type.txt"
+MAX_TEXT_BYTES = 16 << 20  # a class-name, template or shard-count file larger than this is not one
+
+
+def _clip_benchmark_roots(url: str) -> tuple[str, str, str]:
+    """(metadata root, tar root, dataset name) of a CLIP_benchmark folder URL. A Hugging Face hub folder as
+    the browser shows it (``https://huggingface.co/datasets/USER/REPO/tree/BRANCH``) is read as
+    CLIP_benchmark reads it: its text files from ``raw/BRANCH``, its tars (Git LFS) from ``resolve/BRANCH``."""
+    url = url.rstrip("/")
+    parts = urlsplit(url)
+    segments = parts.path.strip("/").split("/")
+    if parts.hostname == "huggingface.co" and len(segments) >= 5 and segments[0] == "datasets":
+        base = f"{parts.scheme}://{parts.netloc}/" + "/".join(segments[:3])
+        rest = "/".join(segments[4:])
+        if segments[3] in ("tree", "raw", "resolve"):
+            return f"{base}/raw/{rest}", f"{base}/resolve/{rest}", segments[2]
+    return url, url, url_name(url)
+
+
+def _url_text(url: str, what: str) -> str | None:
+    """The text of a small file at ``url``; None when it does not exist; SourceError when it cannot be read."""
+    try:
+        with open_url(url, stream=True) as fh:
+            data = fh.read(MAX_TEXT_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SourceError(f"the CLIP_benchmark {what} {url} cannot be read: {exc}") from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise SourceError(f"the CLIP_benchmark {what} {url} is over {MAX_TEXT_BYTES:,} bytes: not a {what}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"the CLIP_benchmark {what} {url} is not UTF-8 text: {exc}") from None
+
+
+def _open_clip_benchmark_url(spec: str, url: str, split: str | None) -> Layout:
+    """A CLIP_benchmark folder over a URL, by CLIP_benchmark's own rule: ``<split>/nshards.txt`` gives the
+    shards ``<split>/0.tar`` ... ``N-1.tar``, ``classnames.txt`` the class names, and
+    ``zeroshot_classification_templates.txt`` (optional) the templates. A server has no listing, so a split
+    other than ``test`` is named (``clip_benchmark:URL:train``)."""
+    meta, tars, name = _clip_benchmark_roots(url)
+    split = split or DEFAULT_SPLIT
+    nshards_url = f"{meta}/{split}/{CLIP_BENCHMARK_NSHARDS}"
+    text = _url_text(nshards_url, "shard count")
+    if text is None:
+        raise SourceError(f"source {spec!r}: {nshards_url} does not exist: a CLIP_benchmark folder holds "
+                          f"<split>/{CLIP_BENCHMARK_NSHARDS}; name the split if it is not {DEFAULT_SPLIT!r} "
+                          f"(clip_benchmark:URL:SPLIT), or give the tars themselves (URL/{split}/{{0..N}}.tar)")
+    try:
+        nshards = int(text.strip())
+    except ValueError:
+        raise SourceError(f"{nshards_url} holds {text.strip()[:40]!r}, not a number of shards") from None
+    if nshards < 1:
+        raise SourceError(f"{nshards_url} says {nshards} shards: nothing to read")
+    kind = _url_text(f"{meta}/{CLIP_BENCHMARK_TYPE}", "dataset type")
+    if kind is not None and kind.strip().lower() == "retrieval":
+        raise SourceError(f"source {spec!r} is a CLIP_benchmark retrieval set ({CLIP_BENCHMARK_TYPE}), which has "
+                          "no classes to score zero-shot; give its tars as a plain source (wds:URL/...)")
+    names_url = f"{meta}/{CLIP_BENCHMARK_CLASSNAMES}"
+    names = _url_text(names_url, "class-name file")
+    classnames = tuple(line.strip() for line in (names or "").splitlines() if line.strip())
+    if not classnames:
+        raise SourceError(f"source {spec!r}: {names_url} " + ("does not exist" if names is None else "names no class")
+                          + f": a CLIP_benchmark classification folder holds {CLIP_BENCHMARK_CLASSNAMES} (or give "
+                          f"the tars as wds:{tars}/{split}/{{0..{nshards - 1}}}.tar, without class names)")
+    templates = _url_text(f"{meta}/{CLIP_BENCHMARK_TEMPLATES}", "template file")
+    shards = [f"{tars}/{split}/{n}.tar" for n in range(nshards)]
+    check_urls(spec, shards)
+    return Layout("wds", tuple(shards), name, classnames=classnames,
+                  templates=tuple(t.strip() for t in (templates or "").splitlines() if t.strip()) or None)
 
 
 # ---------------------------------------------------------------- CIFAR python batches

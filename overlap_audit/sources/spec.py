@@ -31,7 +31,8 @@ from ..values import RawItem
 from .folder import count_folder, iter_folder
 from .layouts import LAYOUT_KINDS, iter_layout, layout_path, open_layout
 from .parquet import check_parquet_ids, count_rows, iter_parquet
-from .remote import PIPE_PREFIX, expand_glob, is_pipe, is_url, list_dir, missing_urls, pipe_argv, url_name, url_protocol
+from .remote import (PIPE_PREFIX, check_urls, expand_glob, is_pipe, is_url, list_dir, pipe_argv, url_name,
+                     url_protocol)
 from .webdataset import TAR_SUFFIXES, iter_wds, stats_count
 
 SOURCE_KINDS = ("folder", "parquet", "wds", *LAYOUT_KINDS)
@@ -250,11 +251,8 @@ def _open_streamed(spec: str, kind: str | None, path: str, name: str | None, lab
             kind = "wds"
         else:
             raise SourceError(f"source {spec!r}: a URL of neither .parquet nor .tar files; prefix it with its "
-                              "kind, wds: or parquet:")
-    missing = missing_urls(urls)
-    if missing:
-        raise SourceError(f"source {spec!r}: {len(missing)} shard(s) do not exist or cannot be reached, "
-                          f"e.g. {missing[0]!r}")
+                              "kind, wds: or parquet: (clip_benchmark: for a CLIP_benchmark folder)")
+    check_urls(spec, urls)
     return Source(kind, tuple(urls), name or default_name, spec, labels_from_folders)
 
 
@@ -292,6 +290,8 @@ def source_location(spec: str) -> tuple[str, bool]:
     if path is None:
         prefix, sep, rest = spec.partition(":")
         path = os.path.expanduser(rest if sep and prefix in ("folder", "parquet", "wds") else spec)
+    if is_url(path) or is_pipe(path):
+        return path, False  # nothing here is written to
     if not os.path.exists(path) and (any(ch in path for ch in "*?[") or re.search(r"\{\d+\.\.\d+\}", path)):
         parts = Path(path).parts
         fixed = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?[{"))

@@ -185,7 +185,7 @@ def _shard_items(name: str, shard: str, limits: InputLimits) -> Iterator[RawItem
     try:
         stream = _Tracked(_open_shard(shard))
     except OSError as exc:
-        why = exc.strerror or ("not found" if isinstance(exc, FileNotFoundError) else str(exc))
+        why = exc.strerror or str(exc) or ("not found" if isinstance(exc, FileNotFoundError) else repr(exc))
         yield RawItem(name, f"{shard}#unreadable-after-start",
                       skip_reason=f"WebDataset shard {shard_name!r} cannot be opened: {why}; not read")
         return

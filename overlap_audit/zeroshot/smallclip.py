@@ -135,7 +135,7 @@ class SmallClipModel:
 def load(path: str | os.PathLike, device: str = "cpu") -> SmallClipModel:
     """Load a small CLIP checkpoint (``model.pt`` or ``checkpoint.pt``; a name or directory goes through
     ``resolve``)."""
-    torch = _torch()
+    _torch()  # a missing torch is named before the checkpoint is read
     from .smallclip_net import SmallClipNetConfig, SmallClipNet
 
     file = resolve(str(path))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -328,6 +329,9 @@ def test_report_again_reads_the_cache_and_the_log_file_has_the_summary(tmp_path,
     second = runner.invoke(main, ["--log-file", str(log), *args, "--out", str(tmp_path / "b")])
     assert second.exit_code == 0, second.output
     assert f"evaluation cache: val (50 items) read from {cache} (not embedded again)" in second.stdout
+    compared = [re.search(r"; (\d+) of (\d+) verified pair\(s\) compared by an earlier run", r.stdout)
+                for r in (first, second)]
+    assert compared[0][1] == "0" and int(compared[0][2]) > 0 and compared[1][1] == compared[1][2] == compared[0][2]
     assert "read from" in log.read_text()
     def tables(out: str) -> str:
         return out[out.index("search:"):out.index("report written to")]

@@ -105,6 +105,37 @@ def test_jpeg_draft_decoding_keeps_at_least_min_size(photos):
     assert png.size == (1000, 800)  # only JPEG has scaled decoding
 
 
+def test_long_side_shrinks_by_an_integer_factor_before_transparency_is_composited(photos):
+    from overlap_audit.content import content_box
+    from overlap_audit.imaging import ALPHA_INFO
+
+    canvas = Image.new("RGBA", (1700, 1100), (0, 0, 0, 0))  # a transparent canvas, black where transparent
+    canvas.paste(photos["astronaut"].resize((850, 550)).convert("RGBA"), (425, 275))
+    out = decode_image(encode(canvas), long_side=512)
+    assert out.size == (567, 367)  # 1700 // 512 = 3: the long side stays at least 512
+    assert out.info[ALPHA_INFO].size == out.size  # the alpha a content box reads is the reduced one
+    assert out.getpixel((5, 5)) == (255, 255, 255)  # premultiplied: no dark fringe from the transparent black
+    box = content_box(out)
+    assert box.trimmed and abs(box.left - 425 / 3) <= 1 and abs(box.right - box.left - 850 / 3) <= 1
+    palette = Image.new("P", (1200, 600), 1)
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    assert decode_image(encode(palette), long_side=300).getpixel((10, 10)) == (255, 0, 0)
+    small = photos["astronaut"].resize((600, 400))
+    assert decode_image(encode(small), long_side=512).size == (600, 400)  # under twice the side: whole
+
+
+def test_long_side_decodes_a_jpeg_at_a_dct_scale_and_keeps_its_orientation(photos):
+    big = photos["astronaut"].resize((2000, 1000))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: shown rotated by 90 degrees
+    buf = io.BytesIO()
+    big.save(buf, format="JPEG", quality=90, exif=exif.tobytes())
+    out = decode_image(buf.getvalue(), long_side=512)
+    full = decode_image(buf.getvalue())
+    assert full.size == (1000, 2000)
+    assert out.size == (500, 1000)  # at half the DCT scale (a quarter would be under 512), turned upright
+
+
 def test_signed_and_float_images_use_their_range():
     signed = Image.fromarray(np.array([[-100, 100]], dtype=np.int32), mode="I")
     out = to_rgb(signed)

@@ -85,7 +85,7 @@ def _ids(root) -> list[str]:
 def test_a_worker_killed_by_an_item_is_retried_then_the_item_skipped(folder_with_bad_image):
     started = time.monotonic()
     emb = embed_source(open_source(str(folder_with_bad_image)), KillingHash(), workers=2)
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 60
     assert [(s.id, s.reason) for s in emb.skipped] == [("img-05b.png", "decoding worker died (signal 9) twice")]
     assert emb.ids == [i for i in _ids(folder_with_bad_image) if i != "img-05b.png"]
     reference = embed_source(open_source(str(folder_with_bad_image)), PHash(), workers=0)
@@ -112,23 +112,23 @@ def test_decoder_keeps_order_and_types_across_a_worker_death(folder_with_bad_ima
 
 
 def test_an_item_that_hangs_a_worker_is_skipped_after_the_timeout(folder_with_bad_image):
-    limits = InputLimits(decode_timeout_s=1.5)
+    limits = InputLimits(decode_timeout_s=5)  # a bound a busy machine's normal decodes stay under
     started = time.monotonic()
     emb = embed_source(open_source(str(folder_with_bad_image)), HangingHash(), workers=2, limits=limits)
-    assert time.monotonic() - started < 30
-    assert [(s.id, s.reason) for s in emb.skipped] == [("img-05b.png", "decoding took longer than 1.5 s: stopped")]
+    assert time.monotonic() - started < 60
+    assert [(s.id, s.reason) for s in emb.skipped] == [("img-05b.png", "decoding took longer than 5 s: stopped")]
     assert len(emb.ids) == 12
 
 
 def test_a_slow_consumer_does_not_make_workers_time_out(folder_with_bad_image):
-    items = list(open_source(str(folder_with_bad_image)).iter_items())[:6]
-    limits = InputLimits(decode_timeout_s=0.3)
+    items = list(open_source(str(folder_with_bad_image)).iter_items())[:3]
+    limits = InputLimits(decode_timeout_s=2)
     with Decoder(PHash(), workers=1, chunk_size=1, limits=limits) as decoder:
         out = []
         for decoded in decoder.decode(items):
             out.append(decoded)
-            time.sleep(0.5)  # longer than the timeout, while the worker's results wait to be read
-    assert [d.reason for d in out] == [None] * 6
+            time.sleep(3)  # longer than the timeout, while the worker's results wait to be read
+    assert [d.reason for d in out] == [None] * 3
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")

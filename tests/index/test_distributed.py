@@ -45,6 +45,8 @@ def test_ray_index_equals_single_process_and_resumes(cluster, tmp_path, corpus_d
                     on_shard=stop_after_first)
     finished = sorted(p.name for p in (tmp_path / "ray" / "shards").glob("shard-*.parquet"))
     assert finished and not (tmp_path / "ray" / "manifest.json").exists()
+    # whichever actor finished first, the shards in the index are a run from 0 (later ones wait as pending)
+    assert seen == [0] and finished == [f"shard-{i:06d}.parquet" for i in range(len(finished))]
     distributed = build_index([str(corpus_dir)], tmp_path / "ray",
                               IndexSettings(shard_size=40, ray_address="local", resume=True))
     assert shard_table(tmp_path / "single") == shard_table(tmp_path / "ray")

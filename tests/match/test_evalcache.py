@@ -136,3 +136,22 @@ def test_round_trip_keeps_boxes_views_skips_and_missing_neighbours(tmp_path):
     assert got_nb.ids.tolist() == ids.tolist() and got_nb.views == ["whole", "trimmed"]
     np.testing.assert_array_equal(got_nb.similarities, sims)
     assert load_cached(tmp_path, CacheKey(json.dumps({"x": 2}), "d" * 32, 2)) is None
+
+
+def test_neighbours_searched_from_a_floor_serve_only_floors_as_high(tmp_path):
+    """A result searched with a floor is used for that floor or a higher one (cut there, as a search with
+    that floor answers), never for a lower floor or none."""
+    emb = Embeddings(ids=["a", "b"], vectors=np.eye(2, 4, dtype=np.float32), low_information=np.zeros(2, bool),
+                     labels=[None, None], captions=[None, None], skipped=[], boxes=[None, None],
+                     whole_rows=np.array([1]), whole_vectors=np.ones((1, 4), np.float32))
+    ids = np.array([["k1", "k2"], ["k3", None]], dtype=object)
+    sims = np.array([[0.9, 0.75], [0.72, np.nan]], dtype=np.float32)
+    key = CacheKey(json.dumps({"x": 1}), "e" * 32, 2)
+    assert save_cached(tmp_path, key, emb, Neighbors(["a", "b"], ids, sims, views=["trimmed", "whole"]), 0.7)
+    assert load_cached(tmp_path, key) is None and load_cached(tmp_path, key, 0.69) is None
+    assert load_cached(tmp_path, key, 0.7) is not None
+    _, nb = load_cached(tmp_path, key, 0.8)
+    cut = match.at_least(nb, 0.8)
+    assert cut.ids.tolist() == [["k1", None], [None, None]] and cut.views == ["trimmed", "trimmed"]
+    np.testing.assert_array_equal(cut.similarities, np.array([[0.9, np.nan], [np.nan, np.nan]], np.float32))
+    assert match.at_least(nb, None) is nb

@@ -125,3 +125,56 @@ def test_best_view_takes_the_more_similar_view_per_query():
     assert list(got.ids[3]) == ["k2", "k1"] and got.similarities[3, 0] == np.float32(0.6)
     assert list(got.ids[0]) == ["k1", "k2"] and got.query_ids == ids
     assert list(trimmed.ids[1]) == ["k3", "k4"]  # the inputs are not changed
+
+
+def test_a_mih_index_answers_the_decisions_floor_by_radius_as_flat_search_does(tmp_path, corpus_dir, index_dir,
+                                                                              eval_set, predictions, monkeypatch):
+    """A mih index built through the library is searched from the decision's floor (the report passes each
+    set's first stage) and answers it from its tables (radius search) with the neighbours of the flat index
+    cut at that floor; a flat index keeps every neighbour."""
+    import importlib
+
+    from overlap_audit.index import mih
+    from overlap_audit.index.ann import hash_radius
+
+    search_module = importlib.import_module("overlap_audit.index.search")  # the package exports search()
+    root, planted, _ = eval_set
+    build_index([str(corpus_dir)], tmp_path / "mih", IndexSettings(workers=0, shard_size=50, index_type="mih"))
+    # 120 items: the flat scan costs less than the tables; made dearer so that the tables answer here
+    monkeypatch.setattr(mih, "SCAN_COST", 1e6)
+    radii = []
+    real = search_module.radius_search
+
+    def counted(tables, queries, k, radius, **kw):
+        radii.append(radius)
+        return real(tables, queries, k, radius, **kw)
+
+    monkeypatch.setattr(search_module, "radius_search", counted)
+    settings = MatchSettings(workers=0, device="cpu")
+    tables, flat = open_corpus(tmp_path / "mih", settings), open_corpus(index_dir, settings)
+    assert tables.manifest.index_type == "mih" and flat.manifest.index_type == "flat"
+    evals = [("val", str(root))]
+    whole = match_eval_sets(flat, evals, settings)["val"]
+    for floor in (1 - 9 / 64, 1 - 18 / 64):
+        got = match_eval_sets(tables, evals, settings, min_similarity={"val": floor})["val"]
+        assert radii[-1] == hash_radius(floor, 64)
+        want = match.at_least(whole.neighbors, floor)
+        np.testing.assert_array_equal(got.neighbors.ids, want.ids)
+        np.testing.assert_array_equal(got.neighbors.similarities, want.similarities)
+        found = ~np.isnan(got.neighbors.similarities)
+        assert found[:, 0].sum() >= len(planted) // 2 and not found.all()
+        # the flat index is not cut: its scan costs the same either way
+        kept = match_eval_sets(flat, evals, settings, min_similarity={"val": floor})["val"]
+        np.testing.assert_array_equal(kept.neighbors.ids, whole.neighbors.ids)
+    # without a floor nothing is cut: the flat scan answers
+    n_radius = len(radii)
+    full = match_eval_sets(tables, evals, settings)["val"]
+    assert len(radii) == n_radius and all(x is not None for x in full.neighbors.ids.ravel())
+    # a report searches from each set's first stage, and decides as it does on the flat index
+    rep = {}
+    for name, index in (("mih", tmp_path / "mih"), ("flat", index_dir)):
+        rep[name] = run_report(index, evals, ReportSettings(tmp_path / f"rep-{name}", predictions=predictions,
+                                                            match=settings, cache_dir=None))
+    first_stage = rep["mih"].verify["datasets"]["val"]["first_stage"]
+    assert radii[-1] == hash_radius(first_stage, 64) and len(radii) > n_radius
+    assert rep["mih"].dataset("val").stats == rep["flat"].dataset("val").stats

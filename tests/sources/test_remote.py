@@ -125,7 +125,8 @@ def test_http_shards_and_parquet_give_the_local_items(served):
     # a shard gone after the source was opened is listed as not read; the other shards are read
     gone = Source("wds", (f"{url}/gone.tar", f"{url}/shard-000.tar"), "s", "s")
     items = list(gone.iter_items())
-    assert items[0].skip_reason == "WebDataset shard 'gone.tar' cannot be opened: not found; not read"
+    assert items[0].skip_reason == ("WebDataset shard 'gone.tar' cannot be opened: HTTP 404 Not Found (check "
+                                      "the URL); not read")
     assert [it.id for it in items[1:]] == [it[0] for it in local[:12]]
 
 
@@ -163,7 +164,7 @@ def test_cli_errors_for_a_failing_command_and_a_missing_url(served, tmp_path):
     root, url, _, _ = served
     cases = {
         f"pipe:cat {root}/missing-000.tar": r"exit status 1: .*missing-000\.tar",
-        f"{url}/missing-{{000..001}}.tar": r"2 shard\(s\) do not exist or cannot be reached",
+        f"{url}/missing-{{000..001}}.tar": r"2 URLs cannot be read, the first .*/missing-000\.tar: HTTP 404",
     }
     for spec, pattern in cases.items():
         result = CliRunner().invoke(main, ["index", spec, "--out", str(tmp_path / "i"), "--workers", "0",

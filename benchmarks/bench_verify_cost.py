@@ -1,0 +1,106 @@
+"""What verification costs a report on the real-data demo: the same report (the demo's index, evaluation set
+and predictions) without and with verification, each with an empty cache, then each again on its filled cache
+(the second report of the review loop: embeddings, search results and the verified pairs' comparisons read
+back). Seconds per phase from report.json; the ratios are the goal's (with verification / without).
+
+    overlap-audit demo-real DEMO --quiet   # once: the index and the predictions
+    python benchmarks/bench_verify_cost.py --demo DEMO [--workers N] [--repeat 2] [--json FILE]
+
+The predictions are the ones the demo's zero-shot run wrote (DEMO/report/predictions.parquet), so neither
+report scores the model; the evaluation set is the one DEMO/report/report.json records. With ``--repeat``
+the four reports run that many times, alternating, and the median of each is kept (the machine is shared).
+The Overlap ids of the cached report must equal those of the first (checked).
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # python benchmarks/bench_verify_cost.py: run as the module
+    import os
+    import sys
+
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.bench_verify_cost", *sys.argv[1:]])
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+RUNS = (("no_verify", False), ("verify", True))
+
+
+def _report(demo: Path, out: Path, cache: Path, verify: bool, workers: int | None) -> dict:
+    import pyarrow.parquet as pq
+
+    from overlap_audit.api import ReportSettings, run_report
+    from overlap_audit.settings import MatchSettings
+
+    evals = [("tuxpaint", json.loads((demo / "report" / "report.json").read_text())["evals"]["tuxpaint"])]
+    kw = {} if verify else {"verify": None}
+    t = time.perf_counter()
+    rep = run_report(demo / "index", evals,
+                     ReportSettings(out, predictions=str(demo / "report" / "predictions.parquet"), cache_dir=cache,
+                                    match=MatchSettings(workers=workers), **kw))
+    seconds = time.perf_counter() - t
+    table = pq.read_table(out / "splits.parquet", columns=["id", "overlap"]).to_pydict()
+    v = (rep.verify or {}).get("datasets", {}).get("tuxpaint", {})
+    return {"seconds": seconds, "phases": rep.timings["seconds"], "n_verified": v.get("n_verified", 0),
+            "n_cached": v.get("n_cached", 0), "from_cache": rep.timings["sets"]["tuxpaint"]["from_cache"],
+            "overlap": sorted(i for i, o in zip(table["id"], table["overlap"]) if o)}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--demo", required=True, type=Path, help="an `overlap-audit demo-real` output directory")
+    ap.add_argument("--workers", type=int, default=None, help="worker processes (default: the report's own)")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="bench-verify-cost-"))
+    runs: dict[str, list[dict]] = {}
+    try:
+        for r in range(args.repeat):
+            for name, verify in RUNS:
+                cache = work / f"cache-{name}-{r}"
+                for when in ("first", "second"):  # an empty cache, then the one the first report filled
+                    out = work / f"{name}-{when}-{r}"
+                    res = _report(args.demo, out, cache, verify, args.workers)
+                    runs.setdefault(f"{name}:{when}", []).append(res)
+                    print(f"{name:9s} {when:6s} {res['seconds']:6.1f} s  verified {res['n_verified']} "
+                          f"(cached {res['n_cached']})  overlap {len(res['overlap'])}  "
+                          f"decide {res['phases'].get('decide', 0):.1f} s", flush=True)
+                    shutil.rmtree(out)
+        for name, _ in RUNS:
+            first, second = runs[f"{name}:first"], runs[f"{name}:second"]
+            if any(a["overlap"] != b["overlap"] for a, b in zip(first, second)):
+                raise SystemExit(f"{name}: the second report's Overlap differs from the first's")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    med = {k: statistics.median(x["seconds"] for x in v) for k, v in runs.items()}
+    decide = {k: statistics.median(x["phases"].get("decide", 0.0) for x in v) for k, v in runs.items()}
+    out = {"seconds": med, "decide_seconds": decide,
+           "ratio_first": med["verify:first"] / med["no_verify:first"],
+           "ratio_second": med["verify:second"] / med["no_verify:second"],
+           "second_over_first": med["verify:second"] / med["verify:first"],
+           "n_verified": runs["verify:first"][0]["n_verified"], "n_cached": runs["verify:second"][0]["n_cached"],
+           "overlap_ids": {"verify": runs["verify:first"][0]["overlap"],
+                           "no_verify": runs["no_verify:first"][0]["overlap"]},
+           "repeat": args.repeat, "workers": args.workers}
+    print("| report | without verification, s | with verification, s (decide) | ratio |\n|---|---|---|---|")
+    print(f"| first (empty cache) | {med['no_verify:first']:.1f} | {med['verify:first']:.1f} "
+          f"({decide['verify:first']:.1f}) | {out['ratio_first']:.2f} |")
+    print(f"| second (cache filled) | {med['no_verify:second']:.1f} | {med['verify:second']:.1f} "
+          f"({decide['verify:second']:.1f}) | {out['ratio_second']:.2f} |")
+    print(f"{out['n_verified']} pairs verified; the second report took {out['n_cached']} comparisons from the cache "
+          f"and ran in {out['second_over_first']:.2f}x the first's time")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
