@@ -18,7 +18,8 @@ import numpy as np
 from . import __version__
 from .atomic import atomic_write, create_temporary
 from .calibrate import calibrate_sets
-from .decide.rule import DECISION_VERSION, DecisionRule, VerifySettings, check_decision_version
+from .decide.rule import (DECISION_VERSION, DecisionRule, VerifySettings, check_decision_version,
+                          first_stage_threshold, relax_for)
 from .decide.split import load_thresholds, resolve_thresholds, threshold_origins
 from .evalcache import default_cache_dir
 from .errors import EmptyEvalSetError, OutputDirError, SourceError, param
@@ -147,7 +148,12 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
 
     # neighbours below both a set's threshold and its first stage cannot change its decision: a mih index is
     # searched from there, by radius, instead of scanning every hash (``match_eval_sets``)
-    floors = {n: cut[n] if rule.first_stage(n) is None else min(cut[n], rule.first_stage(n)) for n in names}
+    # a set to calibrate may end at any threshold from the first stage of the detector's default up
+    # (``calibrate.calibrate_sets``): it is searched from the first stage of that lowest one
+    search_cut = dict(cut) | {n: first_stage_threshold(det.default_threshold, relax_for(det)) for n in to_calibrate}
+    rule = DecisionRule.for_detector(det, search_cut, settings.verify)
+    floors = {n: search_cut[n] if rule.first_stage(n) is None else min(search_cut[n], rule.first_stage(n))
+              for n in names}
     matches = match_eval_sets(corpus, evals, match, scorers=scoring.scorers, cache_dir=settings.cache_dir,
                               min_similarity=floors)
     for name, m in matches.items():
