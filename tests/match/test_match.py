@@ -175,6 +175,7 @@ def test_a_mih_index_answers_the_decisions_floor_by_radius_as_flat_search_does(t
     for name, index in (("mih", tmp_path / "mih"), ("flat", index_dir)):
         rep[name] = run_report(index, evals, ReportSettings(tmp_path / f"rep-{name}", predictions=predictions,
                                                             match=settings, cache_dir=None))
-    first_stage = rep["mih"].verify["datasets"]["val"]["first_stage"]
-    assert radii[-1] == hash_radius(first_stage, 64) and len(radii) > n_radius
+    # calibrated (the default): searched from the first stage of the lowest threshold calibration may choose,
+    # itself the first stage of phash's default: 1 - 2 (1 - (1 - 2 * 9 / 64)) = 1 - 36 / 64
+    assert radii[-1] == hash_radius(1 - 36 / 64, 64) and len(radii) > n_radius
     assert rep["mih"].dataset("val").stats == rep["flat"].dataset("val").stats
