@@ -204,15 +204,16 @@ def format_markdown(report: Report) -> str:
     checked = (verify or {}).get("datasets", {})
     lines += ["| Dataset | threshold | low-information (never Overlap, not judged) | skipped |"
               + (" verification first stage | pairs verified | accepted (Overlap) | unreadable (kept the first decision) |"
+                 " of which the corpus image changed since indexing |"
                  if verify is not None else ""),
-              "|---|---|---|---|" + ("---|---|---|---|" if verify is not None else "")]
+              "|---|---|---|---|" + ("---|---|---|---|---|" if verify is not None else "")]
     for d in report.datasets:
         share = f" ({percent(d.n_low_information / d.stats.n_all)}%)" if d.stats.n_all else ""
         row = f"| {_cell(d.name)} | {similarity_text(d.threshold)} | {d.n_low_information}{share} | {len(d.skipped)} |"
         if verify is not None:
             v = checked.get(d.name)
             row += (f" {similarity_text(v['first_stage'])} | {v['n_verified']} | {v['n_accepted']} | {v['n_unreadable']} |"
-                    if v else " – | – | – | – |")
+                    f" {v['n_changed']} |" if v else " – | – | – | – | – |")
         lines.append(row)
     if any(d.extended is not None for d in report.datasets):
         lines += [
