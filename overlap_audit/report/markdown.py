@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from .format import (DASH, ci_level_text, corpus_set_aside, dataset_cells, interval, model_line, percent, pvalue,
-                     recall_line, signed_percent, similarity_text, verification_line, yes_no)
+from .format import (DASH, EDGE_TEXT, ci_level_text, corpus_set_aside, dataset_cells, edge_cells, edge_head, interval,
+                     model_line, percent, pvalue, recall_line, signed_percent, similarity_text, verification_line,
+                     yes_no)
 from ..inert import markdown
 from .value import DatasetReport, Report
 
@@ -181,6 +182,20 @@ def _within_classes_section(report: Report) -> list[str]:
     return lines
 
 
+def _edge_section(report: Report, listed: int = 20) -> list[str]:
+    """report.md's section on the Overlap pairs at the detector's size limit or nearly uniform."""
+    head = edge_head(report)
+    lines = ["", "## Overlap at the detector's limits", "", EDGE_TEXT, "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    edged = [d for d in report.datasets if d.edge is not None]
+    lines += ["| " + " | ".join(_cell(c) for c in edge_cells(d)) + " |" for d in edged]
+    for d in edged:
+        if d.edge.ids:
+            more = f" … and {len(d.edge.ids) - listed} more (all in report.json)" if len(d.edge.ids) > listed else ""
+            lines += ["", f"{_cell(d.name)}: " + ", ".join(_cell(i) for i in d.edge.ids[:listed]) + more]
+    return lines
+
+
 def format_markdown(report: Report) -> str:
     """The whole report.md."""
     det = report.detector
@@ -236,6 +251,8 @@ def format_markdown(report: Report) -> str:
                   "No example of any set has a label: nothing is compared within classes."]
     else:
         lines += _within_classes_section(report)
+    if any(d.edge is not None for d in report.datasets):
+        lines += _edge_section(report)
     warned = [(d.name, w) for d in report.datasets for w in d.warnings]
     if warned:
         lines += ["", "## Warnings", ""] + [f"- {_cell(name)}: {_cell(w)}" for name, w in warned]
