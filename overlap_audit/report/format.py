@@ -142,6 +142,19 @@ def edge_cells(d: DatasetReport) -> list[str]:
             f"{yes_no(d.significant)} / {yes_no(e.significant_without)}"]
 
 
+def edge_sentence(d: DatasetReport) -> str | None:
+    """One sentence when leaving the edge-case pairs out changes the set's conclusion (None when it does not)."""
+    e = d.edge
+    if e is None or e.n_flagged == 0 or d.significant is None or e.significant_without is None:
+        return None
+    if d.significant == e.significant_without:
+        return None
+    now = "significant" if d.significant else "not significant"
+    then = "significant" if e.significant_without else "not significant"
+    return (f"{d.name}: {now} with its {e.n_flagged} edge-case Overlap pair(s), {then} without them: the "
+            "conclusion rests on the pairs the detector is least sure of; review them by eye.")
+
+
 EDGE_TEXT = ("Overlap pairs whose evaluation image is smaller on its shorter side than the sizes the detector's "
              "decision was measured at, or nearly uniform (little to match on), are the least certain Overlap. "
              "\"without\": the paper's statistics with those examples left out of the set (counted neither "

@@ -27,7 +27,8 @@ from ..imaging import ImageRejected, decode_image
 from ..limits import DEFAULT_MAX_PIXELS
 from ..values import RawItem
 from .format import (DASH, EDGE_TEXT, ci_level_text, corpus_set_aside, dataset_cells, edge_cells, edge_head,
-                     interval, model_line, percent, pvalue, recall_line, signed_percent, similarity_text, verification_line)
+                     edge_sentence, interval, model_line, percent, pvalue, recall_line, signed_percent,
+                     similarity_text, verification_line)
 from .value import DatasetReport, Report
 
 DEFAULT_AROUND = 8  # pairs just above and just below the threshold shown first
@@ -297,6 +298,7 @@ def _edge_section(report: Report) -> str:
         out.append(f'<tr><td class="name">{esc(cells[0])}</td>' + "".join(f"<td>{esc(c)}</td>" for c in cells[1:])
                    + "</tr>")
     out.append("</tbody></table>")
+    out += [f'<p class="disagrees"><b>{esc(t)}</b></p>' for t in (edge_sentence(d) for d in edged) if t]
     for d in edged:
         if d.edge.ids:
             out.append(f'<p class="note">{esc(d.name)}: {esc(", ".join(d.edge.ids[:50]))}'

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .format import (DASH, EDGE_TEXT, ci_level_text, corpus_set_aside, dataset_cells, edge_cells, edge_head, interval,
-                     model_line, percent, pvalue, recall_line, signed_percent, similarity_text, verification_line,
-                     yes_no)
+from .format import (DASH, EDGE_TEXT, ci_level_text, corpus_set_aside, dataset_cells, edge_cells, edge_head,
+                     edge_sentence, interval, model_line, percent, pvalue, recall_line, signed_percent,
+                     similarity_text, verification_line, yes_no)
 from ..inert import markdown
 from .value import DatasetReport, Report
 
@@ -189,6 +189,9 @@ def _edge_section(report: Report, listed: int = 20) -> list[str]:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     edged = [d for d in report.datasets if d.edge is not None]
     lines += ["| " + " | ".join(_cell(c) for c in edge_cells(d)) + " |" for d in edged]
+    changed = [t for t in (edge_sentence(d) for d in edged) if t]
+    if changed:
+        lines += [""] + [f"**{_cell(t)}**" for t in changed]
     for d in edged:
         if d.edge.ids:
             more = f" … and {len(d.edge.ids) - listed} more (all in report.json)" if len(d.edge.ids) > listed else ""

@@ -110,3 +110,17 @@ def test_edge_cases_count_only_overlap_examples():
                    measured_min_side=32, uniform_std=UNIFORM_STD)
     assert (e.n_small, e.n_uniform, e.n_flagged, e.n_unread, e.ids) == (1, 2, 2, 1, ("a", "e"))
     assert e.without == overlap_stats(1, 3, 0, 1)
+
+
+def test_a_sentence_says_so_when_the_conclusion_rests_on_the_edge_cases(audited):
+    from dataclasses import replace
+
+    from overlap_audit.report import format_markdown
+
+    report, _ = audited
+    d = report.dataset("val")
+    assert d.significant is False and d.edge.significant_without is False
+    assert "edge-case Overlap pair" not in format_markdown(report)
+    flipped = replace(report, datasets=[replace(d, significant=True)])
+    md = format_markdown(flipped)
+    assert "val: significant with its 2 edge-case Overlap pair(s), not significant without them" in md
