@@ -19,6 +19,7 @@ Each seed's numbers go to ``DIR/seeds.json`` as soon as they are measured, so a 
 what it finished.
 
     python benchmarks/smallclip_seeds.py --work DIR [--seeds 0 1 2 3 4] [--steps 600] [--threads 1]
+    python benchmarks/smallclip_seeds.py --work DIR --table   # DIR/seeds.json as BENCHMARKS.md's table
 """
 
 from __future__ import annotations
@@ -92,6 +93,36 @@ def summary(per_seed: list[dict]) -> dict:
     return out
 
 
+def table(res: dict) -> str:
+    """seeds.json as a markdown table: one row per seed, then the mean and sd over seeds (points)."""
+
+    def pt(x):
+        return f"{100 * x:+.1f}"
+
+    def ci(v):
+        return f"[{pt(v[0])}, {pt(v[1])}]"
+
+    lines = ["| training seed | A: All / planted / other | C: All / planted / other | audit: All − Clean on A "
+             "[95% bootstrap] | duplicates' own inflation [95% bootstrap] | own − audit [95% bootstrap] |",
+             "|---|---|---|---|---|---|"]
+    for seed, r in sorted(res["per_seed"].items(), key=lambda kv: int(kv[0])):
+        a, c, b = r["acc_A"], r["acc_C"], r["ci95_bootstrap"]
+        lines.append(f"| {seed} | {100 * a['all']:.1f} / {100 * a['planted']:.1f} / {100 * a['other']:.1f} "
+                     f"| {100 * c['all']:.1f} / {100 * c['planted']:.1f} / {100 * c['other']:.1f} "
+                     f"| {pt(r['audit_all_minus_clean'])} {ci(b['audit'])} "
+                     f"| {pt(r['duplicate_inflation'])} {ci(b['duplicate_inflation'])} "
+                     f"| {pt(r['dup_minus_audit'])} {ci(b['dup_minus_audit'])} |")
+    sm = summary(list(res["per_seed"].values()))
+
+    def msd(key):
+        sd = sm[key]["sd"]
+        return f"{pt(sm[key]['mean'])} (sd {100 * sd:.1f})" if sd is not None else pt(sm[key]["mean"])
+
+    lines.append(f"| mean (sd) over {len(res['per_seed'])} seeds | | | {msd('audit_all_minus_clean')} "
+                 f"| {msd('duplicate_inflation')} | {msd('dup_minus_audit')} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True)
@@ -104,7 +135,11 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--cache", default=None)
     ap.add_argument("--openclipart", default=None)
+    ap.add_argument("--table", action="store_true", help="print DIR/seeds.json as a markdown table and stop")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads((Path(args.work) / "seeds.json").read_text())))
+        return
 
     import torch
 
