@@ -93,6 +93,19 @@ def summary(per_seed: list[dict]) -> dict:
     return out
 
 
+def mirror(r: dict) -> float:
+    """The audit on C (Overlap = the other half, which C saw): C's All − Clean."""
+    return r["acc_C"]["all"] - r["acc_C"]["planted"]
+
+
+def both_ways(r: dict) -> float:
+    """Each model's gain on the half it saw over the model that did not see it, averaged over A and C and
+    scaled by the overlap rate (one half): a fixed planted half's own difficulty, and a model-wide offset
+    between A and C, cancel. Also the mean of A's and C's audits."""
+    gain = ((r["acc_A"]["planted"] - r["acc_C"]["planted"]) + (r["acc_C"]["other"] - r["acc_A"]["other"])) / 2
+    return 0.5 * gain
+
+
 def table(res: dict) -> str:
     """seeds.json as a markdown table: one row per seed, then the mean and sd over seeds (points)."""
 
@@ -103,23 +116,32 @@ def table(res: dict) -> str:
         return f"[{pt(v[0])}, {pt(v[1])}]"
 
     lines = ["| training seed | A: All / planted / other | C: All / planted / other | audit: All − Clean on A "
-             "[95% bootstrap] | duplicates' own inflation [95% bootstrap] | own − audit [95% bootstrap] |",
-             "|---|---|---|---|---|---|"]
+             "[95% bootstrap] | duplicates' own inflation [95% bootstrap] | own − audit [95% bootstrap] "
+             "| mirror: All − Clean on C | both-ways inflation |",
+             "|---|---|---|---|---|---|---|---|"]
+    extra = {}
     for seed, r in sorted(res["per_seed"].items(), key=lambda kv: int(kv[0])):
         a, c, b = r["acc_A"], r["acc_C"], r["ci95_bootstrap"]
         lines.append(f"| {seed} | {100 * a['all']:.1f} / {100 * a['planted']:.1f} / {100 * a['other']:.1f} "
                      f"| {100 * c['all']:.1f} / {100 * c['planted']:.1f} / {100 * c['other']:.1f} "
                      f"| {pt(r['audit_all_minus_clean'])} {ci(b['audit'])} "
                      f"| {pt(r['duplicate_inflation'])} {ci(b['duplicate_inflation'])} "
-                     f"| {pt(r['dup_minus_audit'])} {ci(b['dup_minus_audit'])} |")
+                     f"| {pt(r['dup_minus_audit'])} {ci(b['dup_minus_audit'])} "
+                     f"| {pt(mirror(r))} | {pt(both_ways(r))} |")
+        extra.setdefault("mirror", []).append(mirror(r))
+        extra.setdefault("both", []).append(both_ways(r))
     sm = summary(list(res["per_seed"].values()))
 
     def msd(key):
         sd = sm[key]["sd"]
         return f"{pt(sm[key]['mean'])} (sd {100 * sd:.1f})" if sd is not None else pt(sm[key]["mean"])
 
+    def msd_of(v):
+        return f"{pt(float(np.mean(v)))} (sd {100 * float(np.std(v, ddof=1)):.1f})" if len(v) > 1 else pt(v[0])
+
     lines.append(f"| mean (sd) over {len(res['per_seed'])} seeds | | | {msd('audit_all_minus_clean')} "
-                 f"| {msd('duplicate_inflation')} | {msd('dup_minus_audit')} |")
+                 f"| {msd('duplicate_inflation')} | {msd('dup_minus_audit')} | {msd_of(extra['mirror'])} "
+                 f"| {msd_of(extra['both'])} |")
     return "\n".join(lines)
 
 
