@@ -55,7 +55,7 @@ from benchmarks.common import cache_dir, fetch_deb
 
 
 def cached_pairs(path: Path, sources: list[str], image_size: int, caption_from: str):
-    from overlap_audit.zeroshot.smallclip import Pairs, load_pairs
+    from overlap_audit.training.smallclip import Pairs, load_pairs
 
     if path.exists():
         d = np.load(path)
@@ -140,7 +140,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from overlap_audit.detectors import get_detector
-    from overlap_audit.zeroshot.smallclip import Pairs, caption_from_path, load, pretrain, zero_shot
+    from overlap_audit.training.smallclip import Pairs, caption_from_path, pretrain
+    from overlap_audit.zeroshot.smallclip import load, zero_shot
     from overlap_audit.settings import PretrainConfig
     from overlap_audit.zeroshot.smallclip_net import SmallClipNetConfig
     from overlap_audit.stats.overlap import overlap_stats

@@ -18,6 +18,7 @@ import numpy as np
 from . import __version__
 from .atomic import atomic_write, create_temporary
 from .calibrate import calibrate_sets
+from .decide.edge import UNIFORM_STD, edge_flags, measure_overlap
 from .decide.rule import (DECISION_VERSION, DecisionRule, VerifySettings, check_decision_version,
                           first_stage_threshold, relax_for)
 from .decide.split import load_thresholds, resolve_thresholds, threshold_origins
@@ -34,6 +35,7 @@ from .score import prepare_scoring, score
 from .settings import (CORRECTIONS, DEFAULT_GALLERY, CalibrationSettings, MatchSettings, StatsSettings,
                        ZeroShotSettings, check_datasets_named)
 from .sources import source_spec
+from .stats.edge import edge_cases
 from .stats.overlap import RateEstimate, extended_stats, family_correction, overlap_stats
 from .stats.stratified import disagreements, stratify
 from .values import Split
@@ -190,6 +192,8 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
         datasets = _dataset_reports(names, splits, correctness, skipped, cut, st, errors)
         datasets = [replace(d, warnings=small_image_warnings(splits[d.name], det.measured_min_side))
                     for d in datasets]
+        measured = measure_overlap(splits, dict(evals), max_pixels=match.max_pixels)
+        datasets = _with_edge_cases(datasets, splits, correctness, measured, det.measured_min_side, st)
         phases.done("stats")
         m = corpus.manifest
         exact = match.exact
@@ -243,6 +247,23 @@ def small_image_warnings(sp: Split, measured_min_side: int | None) -> list[str]:
     return [f"half of the images are under {median:g} px on their shorter side, smaller than the "
             f"{measured_min_side} px at which this detector's decision was measured: its precision and recall "
             "here are unknown; review the pairs by eye"]
+
+
+def _with_edge_cases(datasets: list[DatasetReport], splits: dict[str, Split], correct: dict[str, np.ndarray],
+                     measured: dict, measured_min_side: int | None, st: StatsSettings) -> list[DatasetReport]:
+    """Each dataset with its edge-case Overlap pairs (``decide.edge``) and the statistics without them, the
+    paper's p-values without them corrected across the sets as the report's are."""
+    edges = {}
+    for d in datasets:
+        sp = splits[d.name]
+        f = edge_flags(sp, measured.get(d.name, {}), measured_min_side)
+        edges[d.name] = edge_cases(sp.ids, sp.overlap, correct[d.name], f.small, f.uniform, f.unread,
+                                   measured_min_side=measured_min_side, uniform_std=UNIFORM_STD,
+                                   ci_level=st.ci_level)
+    fam = family_correction([edges[d.name].without.p_value for d in datasets], st.alpha, st.correction)
+    return [replace(d, edge=replace(edges[d.name], p_value_adjusted_without=fam.adjusted[i],
+                                    significant_without=fam.significant[i]))
+            for i, d in enumerate(datasets)]
 
 
 def _with_neighbor_boxes(splits: dict[str, Split], index_dir) -> dict[str, Split]:

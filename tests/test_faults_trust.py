@@ -133,6 +133,10 @@ def test_a_corpus_file_replaced_after_index_is_counted_changed_never_compared(au
     counts = data["verify"]["datasets"]["val"]
     assert counts["n_changed"] == 1 and counts["n_unreadable"] >= 1
     assert data["datasets"][0]["n_overlap"] == 4  # the detector's decision stands for the changed pair
+    md = (out / "report.md").read_text().splitlines()
+    head = next(line for line in md if "changed since indexing" in line).split("|")
+    row = next(line for line in md if line.startswith("| val |") and len(line.split("|")) == len(head)).split("|")
+    assert row[head.index(" of which the corpus image changed since indexing ")].strip() == "1"
 
 
 @needs_exe

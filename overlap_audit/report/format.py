@@ -148,3 +148,46 @@ def threshold_origin_parts(report) -> list[tuple[str, str]]:
             text += f", intervals at {level}; seed {cal['seed']}"
         out.append((d.name, text + ")"))
     return out
+
+
+def edge_head(report) -> list[str]:
+    """The headings of the edge-case table (``edge_cells``), with the report's size and uniformity limits."""
+    edges = [d.edge for d in report.datasets if d.edge is not None]
+    side = next((e.measured_min_side for e in edges if e.measured_min_side is not None), None)
+    std = edges[0].uniform_std if edges else None
+    return ["Dataset", f"Overlap under {side} px" if side is not None else "Overlap small (size limit unknown)",
+            f"Overlap nearly uniform (grey s.d. < {std:g})" if std is not None else "Overlap nearly uniform",
+            "left out", "not read back", "Overlap % with / without", "All − Clean with / without",
+            "p with / without", "p adjusted with / without", "significant with / without"]
+
+
+def edge_cells(d: DatasetReport) -> list[str]:
+    """One set's row of the edge-case table: counts, then the paper's statistics with and without the flagged
+    Overlap examples (in percent and points)."""
+    e, s = d.edge, d.stats
+    w = e.without
+    return [d.name, str(e.n_small), str(e.n_uniform), str(e.n_flagged), str(e.n_unread),
+            f"{percent(s.overlap_rate)} / {percent(w.overlap_rate)}",
+            f"{signed_percent(s.delta)} / {signed_percent(w.delta)}",
+            f"{pvalue(s.p_value)} / {pvalue(w.p_value)}",
+            f"{pvalue(d.p_value_adjusted)} / {pvalue(e.p_value_adjusted_without)}",
+            f"{yes_no(d.significant)} / {yes_no(e.significant_without)}"]
+
+
+def edge_sentence(d: DatasetReport) -> str | None:
+    """One sentence when leaving the edge-case pairs out changes the set's conclusion (None when it does not)."""
+    e = d.edge
+    if e is None or e.n_flagged == 0 or d.significant is None or e.significant_without is None:
+        return None
+    if d.significant == e.significant_without:
+        return None
+    now = "significant" if d.significant else "not significant"
+    then = "significant" if e.significant_without else "not significant"
+    return (f"{d.name}: {now} with its {e.n_flagged} edge-case Overlap pair(s), {then} without them: the "
+            "conclusion rests on the pairs the detector is least sure of; review them by eye.")
+
+
+EDGE_TEXT = ("Overlap pairs whose evaluation image is smaller on its shorter side than the sizes the detector's "
+             "decision was measured at, or nearly uniform (little to match on), are the least certain Overlap. "
+             "\"without\": the paper's statistics with those examples left out of the set (counted neither "
+             "Overlap nor Clean); p adjusted by the report's correction across the sets either way.")

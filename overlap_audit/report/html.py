@@ -26,8 +26,9 @@ import numpy as np
 from ..imaging import ImageRejected, decode_image
 from ..limits import DEFAULT_MAX_PIXELS
 from ..values import RawItem
-from .format import (DASH, ci_level_text, corpus_set_aside, dataset_cells, interval, model_line, percent, pvalue,
-                     recall_line, signed_percent, similarity_text, threshold_origin_parts, verification_line)
+from .format import (DASH, EDGE_TEXT, ci_level_text, corpus_set_aside, dataset_cells, edge_cells, edge_head,
+                     edge_sentence, interval, model_line, percent, pvalue, recall_line, signed_percent,
+                     similarity_text, threshold_origin_parts, verification_line)
 from .value import DatasetReport, Report
 
 DEFAULT_AROUND = 8  # pairs just above and just below the threshold shown first
@@ -283,6 +284,29 @@ def _class_section(i: int, d: DatasetReport, level: str) -> str:
     return "\n".join(out)
 
 
+def _edge_section(report: Report) -> str:
+    """The Overlap pairs at the detector's size limit or nearly uniform, and the statistics without them."""
+    edged = [d for d in report.datasets if d.edge is not None]
+    if not edged:
+        return ""
+    out = ['<section class="edge" id="edge-cases"><h2>Overlap at the detector\'s limits</h2>',
+           f"<p>{esc(EDGE_TEXT)}</p>",
+           '<table id="edge-table"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in edge_head(report))
+           + "</tr></thead><tbody>"]
+    for d in edged:
+        cells = edge_cells(d)
+        out.append(f'<tr><td class="name">{esc(cells[0])}</td>' + "".join(f"<td>{esc(c)}</td>" for c in cells[1:])
+                   + "</tr>")
+    out.append("</tbody></table>")
+    out += [f'<p class="disagrees"><b>{esc(t)}</b></p>' for t in (edge_sentence(d) for d in edged) if t]
+    for d in edged:
+        if d.edge.ids:
+            out.append(f'<p class="note">{esc(d.name)}: {esc(", ".join(d.edge.ids[:50]))}'
+                       f'{esc(f" … and {len(d.edge.ids) - 50} more (all in report.json)") if len(d.edge.ids) > 50 else ""}</p>')
+    out.append("</section>")
+    return "\n".join(out)
+
+
 def _image(uri: str | None, problem: str | None, alt: str) -> str:
     if uri:
         return f'<img src="{esc(uri)}" alt="{esc(alt)}">'
@@ -385,6 +409,7 @@ def render_html(report: Report, galleries: list[Gallery], title: str = "Data ove
          f"<p>Predictions read from <code>{esc(report.predictions)}</code>.</p>"),
         _table(report),
         plot,
+        _edge_section(report),
         *classes,
         *(_gallery(i, g) for i, g in enumerate(galleries)),
         f'<p class="note">overlap-audit {esc(report.package_version)}, {esc(report.created)}.</p>',

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from .format import (DASH, threshold_origin_parts, ci_level_text, corpus_set_aside, dataset_cells, interval, model_line, percent, pvalue,
-                     recall_line, signed_percent, similarity_text, verification_line, yes_no)
+from .format import (DASH, EDGE_TEXT, ci_level_text, corpus_set_aside, dataset_cells, edge_cells, edge_head,
+                     edge_sentence, interval, model_line, percent, pvalue, recall_line, signed_percent,
+                     similarity_text, threshold_origin_parts, verification_line, yes_no)
 from ..inert import markdown
 from .value import DatasetReport, Report
 
@@ -181,6 +182,23 @@ def _within_classes_section(report: Report) -> list[str]:
     return lines
 
 
+def _edge_section(report: Report, listed: int = 20) -> list[str]:
+    """report.md's section on the Overlap pairs at the detector's size limit or nearly uniform."""
+    head = edge_head(report)
+    lines = ["", "## Overlap at the detector's limits", "", EDGE_TEXT, "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    edged = [d for d in report.datasets if d.edge is not None]
+    lines += ["| " + " | ".join(_cell(c) for c in edge_cells(d)) + " |" for d in edged]
+    changed = [t for t in (edge_sentence(d) for d in edged) if t]
+    if changed:
+        lines += [""] + [f"**{_cell(t)}**" for t in changed]
+    for d in edged:
+        if d.edge.ids:
+            more = f" … and {len(d.edge.ids) - listed} more (all in report.json)" if len(d.edge.ids) > listed else ""
+            lines += ["", f"{_cell(d.name)}: " + ", ".join(_cell(i) for i in d.edge.ids[:listed]) + more]
+    return lines
+
+
 def format_markdown(report: Report) -> str:
     """The whole report.md."""
     det = report.detector
@@ -205,15 +223,16 @@ def format_markdown(report: Report) -> str:
     checked = (verify or {}).get("datasets", {})
     lines += ["| Dataset | threshold | low-information (never Overlap, not judged) | skipped |"
               + (" verification first stage | pairs verified | accepted (Overlap) | unreadable (kept the first decision) |"
+                 " of which the corpus image changed since indexing |"
                  if verify is not None else ""),
-              "|---|---|---|---|" + ("---|---|---|---|" if verify is not None else "")]
+              "|---|---|---|---|" + ("---|---|---|---|---|" if verify is not None else "")]
     for d in report.datasets:
         share = f" ({percent(d.n_low_information / d.stats.n_all)}%)" if d.stats.n_all else ""
         row = f"| {_cell(d.name)} | {similarity_text(d.threshold)} | {d.n_low_information}{share} | {len(d.skipped)} |"
         if verify is not None:
             v = checked.get(d.name)
             row += (f" {similarity_text(v['first_stage'])} | {v['n_verified']} | {v['n_accepted']} | {v['n_unreadable']} |"
-                    if v else " – | – | – | – |")
+                    f" {v['n_changed']} |" if v else " – | – | – | – | – |")
         lines.append(row)
     if any(d.extended is not None for d in report.datasets):
         lines += [
@@ -236,6 +255,8 @@ def format_markdown(report: Report) -> str:
                   "No example of any set has a label: nothing is compared within classes."]
     else:
         lines += _within_classes_section(report)
+    if any(d.edge is not None for d in report.datasets):
+        lines += _edge_section(report)
     warned = [(d.name, w) for d in report.datasets for w in d.warnings]
     if warned:
         lines += ["", "## Warnings", ""] + [f"- {_cell(name)}: {_cell(w)}" for name, w in warned]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import ReportError
 from ..settings import CORRECTIONS
+from ..stats.edge import EdgeCases
 from ..stats.overlap import ExtendedStats, OverlapStats
 from ..stats.stratified import Disagreement, Stratified
 from ..values import DetectorInfo, Skipped
@@ -51,6 +52,9 @@ class DatasetReport:
     stratified: Stratified | None = None
     # the pooled against the within-class comparison, with the report's correction; None without labels
     disagreement: Disagreement | None = None
+    # Overlap pairs under the detector's measured size or nearly uniform, and the statistics without them;
+    # None where they were not measured
+    edge: EdgeCases | None = None
     warnings: list[str] = field(default_factory=list)  # what a reader must know before trusting the numbers
 
     def to_dict(self) -> dict:
@@ -75,6 +79,7 @@ class DatasetReport:
             "skipped": [s.to_dict() for s in self.skipped],
             "stratified": self.stratified.to_dict() if self.stratified is not None else None,
             "pooled_vs_stratified": self.disagreement.to_dict() if self.disagreement is not None else None,
+            "edge_cases": self.edge.to_dict() if self.edge is not None else None,
             "warnings": list(self.warnings),
         })
         return d
@@ -98,6 +103,7 @@ class DatasetReport:
             stratified=Stratified.from_dict(d["stratified"]) if d["stratified"] is not None else None,
             disagreement=(Disagreement.from_dict(d["pooled_vs_stratified"]) if d["pooled_vs_stratified"] is not None
                           else None),
+            edge=EdgeCases.from_dict(d["edge_cases"]) if d["edge_cases"] is not None else None,
             warnings=[str(w) for w in d["warnings"]],
         )
 
