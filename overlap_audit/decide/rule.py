@@ -72,11 +72,11 @@ class VerifySettings:
         """The photo score a photograph pair at ``similarity`` needs to be verified as the same picture: the
         less similar the detector finds the pair, the stronger the evidence verification needs (two tiles of
         one brick wall or one tray of coins correlate about as well as a strongly edited copy)."""
-        from .photo import ACCEPT, GRADE
+        from .photo import ACCEPT, GRADE, GRADE_SPAN
 
         if self.anchor is None or not math.isfinite(similarity) or similarity >= self.anchor:
             return ACCEPT
-        low = first_stage_threshold(self.anchor, RELAX if self.relax is None else self.relax)
+        low = first_stage_threshold(self.anchor, GRADE_SPAN)
         share = min(1.0, (self.anchor - similarity) / max(self.anchor - low, 1e-9))
         return ACCEPT + GRADE * share
 
