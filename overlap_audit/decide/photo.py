@@ -56,7 +56,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from ..content import content_box
 from .verify import VERIFY_THRESHOLD, Prepared, prepare, verify_prepared
 
 KEEP = 160  # long side of the greyscale view kept per image, px
@@ -168,7 +167,8 @@ def prepare_photo(image: Image.Image) -> PhotoPrepared:
     g = np.asarray(grey, np.int16)
     p = np.pad(g, 1, mode="edge")
     still = ((p[1:-1, 2:] == g) & (p[1:-1, :-2] == g) & (p[2:, 1:-1] == g) & (p[:-2, 1:-1] == g))
-    return PhotoPrepared(g.astype(np.float32) / 255.0, prepare(image), content_box(image).trimmed, float(still.mean()))
+    pair = prepare(image)  # its content box is the one trimming found: not searched again
+    return PhotoPrepared(g.astype(np.float32) / 255.0, pair, pair.trimmed, float(still.mean()))
 
 
 def _grid(aspect: float, size: int) -> tuple[int, int]:
