@@ -25,12 +25,22 @@ tiles of a drawn photo: the tiles of one photo are not independent; the same res
 interval of the difference in recall and in AP, and the share of resamples in which the detector beats
 ``--versus``.
 
+The default decision (``--decision``, default: the default detector; ``none`` skips it): what a report decides,
+not the similarity alone. The checkerboard half of each photo's tiles is indexed (``build_index``,
+``IndexSettings`` defaults but the detector) and every query set of every App. C, margin and edit family at
+every strength is audited in one ``run_report`` (default ``ReportSettings``: the default thresholds,
+trimming, verification); the copies of the indexed tiles are the positives, the copies of the other half (the
+same photos, other content) the distractors, which must be Clean. Per family: recall (copies called Overlap /
+copies), precision (copies called Overlap / all called Overlap; "wrong": a copy called Overlap through another
+tile), the pairs verified, and beside them the same detector's ranking (recall at 99% precision of the
+similarity alone, every tile against every copy, as in the first table); then the families pooled.
+
 Second photo set (``--photos debian``): 16 photographs from Debian's lomiri-wallpapers packages (DEBIAN_PHOTOS),
 cut the same way; no weights, threshold or run choice was made on them, so they check that the bundled set's
 findings carry over (the bundled set has 24 photos, and a few of them — a brick wall — decide several cells).
 
     python benchmarks/bench_detectors.py [--detectors phash phash256 tiny clipdup clip-image:MODEL] [--size 128]
-        [--bootstrap 1000 --versus phash] [--leave-out brick] [--photos debian]
+        [--bootstrap 1000 --versus phash] [--leave-out brick] [--photos debian] [--decision phash|none]
 """
 
 from __future__ import annotations
@@ -49,9 +59,9 @@ import numpy as np
 
 from benchmarks.common import (TARGET, at_shipped_threshold, bench_detector, held_out_images, held_out_photo_of_each, low_information,
                                print_bootstrap, print_family_table, query_sets, recall_and_ap, similarity_matrix)
-from overlap_audit.augment import MARGIN_FAMILIES, STRENGTHS
+from overlap_audit.augment import EDIT_FAMILIES, MARGIN_FAMILIES, STRENGTHS
 from overlap_audit.demos.synthetic import bundled_photos
-from overlap_audit.decide.thresholds import threshold_at_precision
+from overlap_audit.decide.thresholds import recall_at_precision, threshold_at_precision
 
 
 class ImagededupCNN:
@@ -132,6 +142,79 @@ def photo_set(which: str = "bundled", cache: str | None = None) -> dict:
     return bundled_photos() if which == "bundled" else debian_photos(cache)
 
 
+def _in_corpus(n_tiles: int) -> np.ndarray:
+    """The decision's corpus: the checkerboard half of each photo's 4x4 tiles (held_out_images' order)."""
+    t = np.arange(n_tiles) % 16
+    return (t // 4 + t % 4) % 2 == 0
+
+
+def default_decision(images: list, sets: list, detector: str, work) -> dict:
+    """{(family, strength): counts} of the default decision (see the module docstring) on ``sets``, a list of
+    (family, strength, copies) with one copy per image of ``images``."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+    from pathlib import Path
+
+    from overlap_audit.api import ReportSettings, build_index, run_report
+    from overlap_audit.settings import IndexSettings
+
+    work = Path(work)
+    corpus = _in_corpus(len(images))
+    (work / "corpus").mkdir(parents=True, exist_ok=True)
+    for i in np.flatnonzero(corpus):
+        images[i].save(work / "corpus" / f"c{i:05d}.png")
+    evals, ids = [], [f"q{i:05d}.png" for i in range(len(images))]
+    for family, strength, copies in sets:
+        folder = work / "eval" / f"{family}-{strength}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for ident, im in zip(ids, copies):
+            im.save(folder / ident)
+        evals.append((f"{family}-{strength}", str(folder)))
+    build_index([str(work / "corpus")], work / "index", IndexSettings(detector=detector))
+    preds = pd.DataFrame({"dataset": [n for n, _ in evals for _ in ids], "id": ids * len(evals), "correct": 1})
+    report = run_report(work / "index", evals, ReportSettings(out_dir=work / "report", predictions=preds,
+                                                              cache_dir=None))
+    verified = {n: d.get("n_verified", 0) for n, d in (report.verify or {}).get("datasets", {}).items()}
+    t = pq.read_table(work / "report" / "splits.parquet").to_pydict()
+    out = {}
+    for (family, strength, _), (name, _) in zip(sets, evals):
+        rows = {t["id"][r]: r for r in range(len(t["id"])) if t["dataset"][r] == name}
+        order = [rows[ident] for ident in ids]
+        overlap = np.array([bool(t["overlap"][r]) for r in order])
+        near = [Path(t["neighbor_ids"][r][0]).name if t["neighbor_ids"][r] else "" for r in order]
+        tp, fp = int((overlap & corpus).sum()), int((overlap & ~corpus).sum())
+        wrong = sum(near[i] != f"c{i:05d}.png" for i in np.flatnonzero(overlap & corpus))
+        out[(family, strength)] = {"tp": tp, "fp": fp, "wrong": wrong, "n": int(corpus.sum()),
+                                   "verified": int(verified.get(name, 0))}
+    return out
+
+
+def print_decision_table(detector: str, decided: dict, ranking: dict) -> None:
+    """Per family and strength, then pooled: the default decision beside the ranking (``default_decision``)."""
+    def cell(counts: list[dict]) -> str:
+        tp, fp, wrong, n = (sum(c[k] for c in counts) for k in ("tp", "fp", "wrong", "n"))
+        return (f"{tp / max(1, n):.3f} / {tp / (tp + fp) if tp + fp else 1.0:.3f} ({wrong}) | "
+                f"{sum(c['verified'] for c in counts)}")
+
+    def ranked(keys: list) -> str:
+        pos, neg = (np.concatenate([ranking[k][j] for k in keys]) for j in (0, 1))
+        return f"{recall_at_precision(pos, neg, TARGET):.3f}"
+
+    print(f"\n# the default decision ({detector}, default thresholds, trimming, verification); the checkerboard half "
+          "of the tiles indexed, copies of the other half as distractors")
+    print("| family | strength | ranking recall@99%P (similarity alone) | default decision: recall / precision "
+          "(wrong) | pairs verified |\n|---|---|---|---|---|")
+    for key, counts in decided.items():
+        print(f"| {key[0]} | {key[1]} | {ranked([key])} | {cell([counts])} |")
+    groups = {"App. C families (and all)": [k for k in decided if k[0] not in MARGIN_FAMILIES + EDIT_FAMILIES],
+              "margin families": [k for k in decided if k[0] in MARGIN_FAMILIES],
+              "edit families": [k for k in decided if k[0] in EDIT_FAMILIES], "every family": list(decided)}
+    for label, keys in groups.items():
+        if keys:
+            print(f"| **{label}, pooled** | {', '.join(dict.fromkeys(k[1] for k in keys))} | {ranked(keys)} | "
+                  f"{cell([decided[k] for k in keys])} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--detectors", nargs="+",
@@ -151,7 +234,14 @@ def main() -> None:
                          "held-out set that no threshold or weights were chosen on (downloaded once)")
     ap.add_argument("--leave-out", nargs="+", default=[], metavar="PHOTO",
                     help="a diagnosis, not the benchmark: drop these photos' tiles (e.g. brick)")
+    ap.add_argument("--decision", default=None, metavar="DETECTOR",
+                    help="the detector whose default decision (report defaults) is measured per family (default: "
+                         "the default detector; none: skip)")
     args = ap.parse_args()
+    if args.decision is None:
+        from overlap_audit.settings import IndexSettings
+
+        args.decision = IndexSettings().detector
     photos = photo_set(args.photos)
     every, groups = held_out_images(args.size, photos), held_out_photo_of_each(args.size, photos)
     keep = np.ones(len(every), bool)
@@ -185,8 +275,19 @@ def main() -> None:
     all_medium = {}
     by_family = defaultdict(lambda: defaultdict(lambda: ([], [])))  # family -> detector -> (pos, neg) per strength
     compared = []  # (family, strength, {detector: similarity matrix}) for --bootstrap
-    for family, strength, copies in query_sets(every, args.strengths, margins=True):  # seeded on the full set
+    decision_sets, ranking = [], {}  # the query sets the decision is measured on; its detector's (pos, neg)
+    decider = dets.get(args.decision) if args.decision != "none" else None
+    if args.decision != "none" and decider is None:
+        decider = bench_detector(args.decision)
+        base[args.decision], base_low[args.decision] = decider.embed_images(images), low_information(decider, images)
+    for family, strength, copies in query_sets(every, args.strengths, margins=True, edits=True):  # seeded on the full set
         copies = [c for c, k in zip(copies, keep) if k]
+        if decider is not None:
+            sims = similarity_matrix(decider, base[args.decision], copies, base_low[args.decision])
+            ranking[(family, strength)] = (np.diag(sims), sims[~np.eye(len(images), dtype=bool)])
+            decision_sets.append((family, strength, copies))
+        if family in EDIT_FAMILIES:  # measured for the decision; the ranking tables keep their families
+            continue
         app_c = family not in MARGIN_FAMILIES  # the default threshold is set on the App. C families alone
         cells, matrices = [], {}
         for name, d in dets.items():
@@ -205,6 +306,15 @@ def main() -> None:
         print(f"| {family} | {strength} | " + " | ".join(cells) + " |", flush=True)
         compared.append((family, strength, matrices))
     print_family_table(by_family)
+    if decider is not None:
+        import shutil
+        import tempfile
+
+        work = tempfile.mkdtemp(prefix="bench_detectors-decision-")
+        try:
+            print_decision_table(args.decision, default_decision(images, decision_sets, args.decision, work), ranking)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     if args.bootstrap:
         print_bootstrap(compared, args.versus, args.bootstrap, groups)
     print(f"\n# default threshold: lowest with precision >= 99% on the App. C queries pooled "

@@ -18,7 +18,13 @@ photos), which must be Clean. The predictions file says every example is correct
 what is measured here).
 
     python -m benchmarks.bench_photo_report [--photos dev|heldout] [--families ...] [--detector phash|clipdup]
-        [--max-photos N] [--work DIR] [--json FILE] [--no-calibrate]
+        [--max-photos N] [--work DIR] [--json FILE] [--breakdown] [--no-calibrate]
+
+``--breakdown`` says, for every true copy the default decision misses, where the decision lost it: its source
+absent from the reported top-k; in the top-k but not the nearest item (at or above the first stage, or below
+it); the nearest item but below the first stage; the nearest item judged with verdict False (evidence
+against) or None (nothing to say). Each missed source pair is judged again (``DecisionRule.judge_pairs``, the
+report's own rule, at the pair's similarity) to say what verification would have said had it been judged.
 """
 
 from __future__ import annotations
@@ -89,7 +95,66 @@ def count(splits_file: Path, source: np.ndarray, seconds: float) -> tuple[Counte
                     int(overlap.sum()), seconds), sim, overlap)
 
 
-def run_family(data, family: str, detector: str, work: Path, calibrate: bool = True) -> dict:
+MISS_KINDS = ("low information", "absent from top-k", "top-k, not nearest, at or above first stage",
+              "top-k, not nearest, below first stage", "nearest, below first stage", "nearest, judged: False",
+              "nearest, judged: None")
+
+
+def breakdown(splits_file: Path, source: np.ndarray, corpus: Path, evals: Path, detector: str,
+              threshold: float) -> dict:
+    """Where the report's decision lost each missed true copy (``MISS_KINDS``), and per kind the verdicts that
+    judging the copy with its source (at their similarity, or the first stage's where the source is not in the
+    top-k) would give, with the median photo score. A nearest pair judged again is the pair the report judged,
+    at the same similarity: its verdict is the report's (True never occurs: it would be Overlap)."""
+    import pyarrow.parquet as pq
+
+    from overlap_audit.decide.rule import DecisionRule
+    from overlap_audit.detectors import get_detector
+    from overlap_audit.values import RawItem
+
+    rule = DecisionRule.for_detector(get_detector(detector), {DATASET: threshold})
+    stage = rule.first_stage(DATASET)
+    t = pq.read_table(splits_file).to_pydict()
+    row = {ident: n for n, ident in enumerate(t["id"])}
+    kinds, pairs = [], []
+    for q in np.flatnonzero(source >= 0):
+        r = row[f"q{q:05d}.png"]
+        if t["overlap"][r]:
+            continue
+        ids = [Path(x).name for x in (t["neighbor_ids"][r] or [])]
+        sims = list(t["neighbor_similarities"][r] or [])
+        want = f"c{source[q]:05d}.png"
+        rank = ids.index(want) if want in ids else None
+        sim = float(sims[rank]) if rank is not None else stage
+        if t["low_information"][r]:
+            kind = MISS_KINDS[0]
+        elif rank is None:
+            kind = MISS_KINDS[1]
+        elif rank > 0:
+            kind = MISS_KINDS[2] if sim >= stage else MISS_KINDS[3]
+        elif sim < stage:
+            kind = MISS_KINDS[4]
+        else:
+            kind = "judged"  # the same pair at the same similarity as the report judged it: its verdict below
+        kinds.append(kind)
+        pairs.append((RawItem(DATASET, want, path=str(evals / f"q{q:05d}.png")),
+                      RawItem("corpus", want, path=str(corpus / want)), sim))
+    judged = rule.judge_pairs(DATASET, pairs, workers=0)
+    out: dict = {}
+    for kind, j in zip(kinds, judged):
+        if kind == "judged":
+            kind = MISS_KINDS[5] if j.verdict is False else MISS_KINDS[6]
+        o = out.setdefault(kind, {"n": 0, "would be True": 0, "would be False": 0, "would be None": 0, "scores": []})
+        o["n"] += 1
+        o[f"would be {j.verdict}"] += 1
+        o["scores"].append(j.verify_score)
+    for o in out.values():
+        o["median score"] = float(np.nanmedian(o.pop("scores"))) if o["n"] else float("nan")
+    return {k: out[k] for k in MISS_KINDS if k in out}
+
+
+def run_family(data, family: str, detector: str, work: Path, with_breakdown: bool = False,
+               calibrate: bool = True) -> dict:
     """Index, report with and without verification, count. ``calibrate`` False: the detector's default
     threshold (``ReportSettings(calibrate=None)``) instead of each report's calibrated one."""
     import pandas as pd
@@ -124,6 +189,9 @@ def run_family(data, family: str, detector: str, work: Path, calibrate: bool = T
         out[name]["calibrate_seconds"] = report.timings.get("seconds", {}).get("calibrate")
         if verify:
             out["threshold"] = report.datasets[0].threshold
+            if with_breakdown:
+                out["breakdown"] = breakdown(root / f"report-{name}" / "splits.parquet", data.source, corpus, evals,
+                                             detector, out["threshold"])
             v = (report.verify or {}).get("datasets", {}).get(DATASET, {})
             out["first_stage"], out["n_verified_pairs"] = v.get("first_stage"), v.get("n_verified")
         sims = sim
@@ -143,6 +211,15 @@ def _print(line: dict) -> None:
           f"({v['seconds'] / nv['seconds']:.2f}x) |", flush=True)
 
 
+def _print_breakdown(line: dict) -> None:
+    missed = line["n_true"] - line["verify"]["tp"]
+    print(f"  missed {missed} of {line['n_true']} ({line['family']}, {line['detector']}):", flush=True)
+    for kind, o in line["breakdown"].items():
+        print(f"    {kind}: {o['n']} (judged with the source: True {o['would be True']}, False "
+              f"{o['would be False']}, None {o['would be None']}; median photo score {o['median score']:.2f})",
+              flush=True)
+
+
 HEAD = ("| photos | family | detector | copies / distractors | default decision: recall / precision (wrong) "
         "| no verification: recall / precision (wrong) | ranking recall@99%P | threshold / first stage "
         "| pairs verified | report s: verify / none (ratio) |\n|---|---|---|---|---|---|---|---|---|---|")
@@ -160,6 +237,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--work", default=None, help="keep the folders, indexes and reports here (default: temporary)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-calibrate", action="store_true", help="the detector's default threshold in every report")
+    ap.add_argument("--breakdown", action="store_true", help="where the decision lost each missed true copy")
     args = ap.parse_args(argv)
     photos = dev_photos() if args.photos == "dev" else heldout_photos()
     if args.max_photos is not None and args.max_photos < len(photos):
@@ -172,10 +250,12 @@ def main(argv=None) -> list[dict]:
     try:
         for family in args.families:
             line = {"photos": args.photos, "n_photos": len(photos), **run_family(
-                family_set(photos, family, args.seed), family, args.detector, work / args.detector,
+                family_set(photos, family, args.seed), family, args.detector, work / args.detector, args.breakdown,
                 not args.no_calibrate)}
             results.append(line)
             _print(line)
+            if args.breakdown:
+                _print_breakdown(line)
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
     finally:

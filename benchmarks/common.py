@@ -57,13 +57,15 @@ def held_out_photo_of_each(size: int = 128, photos: dict | None = None) -> np.nd
     return np.array([k for k, p in enumerate(photos.values()) for _ in tiles(p, 4, size)])
 
 
-def query_sets(images: list, strengths=None, margins: bool = False):
+def query_sets(images: list, strengths=None, margins: bool = False, edits: bool = False):
     """Yield (family, strength, copies): one augmented copy per image, per family and "all", per strength
-    (default: every strength); with ``margins`` the margin families too (after "all")."""
-    from overlap_audit.augment import FAMILIES, MARGIN_FAMILIES, STRENGTHS, augment_all, augment_family
+    (default: every strength); with ``margins`` the margin families too (after "all"), with ``edits`` the edit
+    families (after those)."""
+    from overlap_audit.augment import (EDIT_FAMILIES, FAMILIES, MARGIN_FAMILIES, STRENGTHS, augment_all,
+                                       augment_family)
 
     for strength in STRENGTHS if strengths is None else strengths:
-        for family in (*FAMILIES, "all", *(MARGIN_FAMILIES if margins else ())):
+        for family in (*FAMILIES, "all", *(MARGIN_FAMILIES if margins else ()), *(EDIT_FAMILIES if edits else ())):
             # a stable seed per query set (Python's str hash changes from run to run)
             rng = np.random.default_rng(zlib.crc32(f"{family}/{strength}".encode()))
             seeds = rng.integers(2**32, size=len(images))

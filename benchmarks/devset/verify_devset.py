@@ -100,10 +100,9 @@ def verify_table(sims, detectors, stamps, corpus, labels, *, k, stamp_path, corp
                 judged[key] = None if a is None or b is None else verify_photo(a, b)
                 pair_seconds.append(time.perf_counter() - t)
             verdicts[n] = judged[key]
-        verdict = [None if v is None else v.verdict_at(rule.verify.threshold) for v in verdicts]
-        same = np.array([v is True for v in verdict], bool)
-        against = np.array([v is False for v in verdict], bool)
-        called = (first & same) | ((s >= t0) & ~against)  # rule._verify_splits' Overlap, pair by pair
+        verdict = [None if v is None else v.verdict_at(rule.verify.threshold, rule.verify.accept_for(float(s[n])))
+                   for n, v in enumerate(verdicts)]  # as rule._judge at each pair's similarity
+        called = rule.overlap("devset", s, verdict)  # rule._verify_splits' Overlap, pair by pair
         r0, p0 = _rp(s >= t0, label)
         r1, p1 = _rp(first, label)
         r2, p2 = _rp(called, label)

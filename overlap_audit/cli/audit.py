@@ -139,7 +139,7 @@ def check(index_dir) -> None:
               "above the threshold.")
 @click.option("--verify-from", type=float, default=None, metavar="T",
               help="The first stage of verification [default: 1 - R (1 - threshold) per dataset, R the detector's "
-                   "relaxation: 2, or 5 for clipdup].")
+                   "relaxation: 2.5, or 14 for clipdup].")
 @click.option("--verify-threshold", type=click.FloatRange(0, 1), default=None, metavar="S",
               help="The verification score a pair needs [default: overlap_audit.decide.verify.VERIFY_THRESHOLD].")
 @click.option("--calibrate/--no-calibrate", default=True, show_default=True,

@@ -114,6 +114,7 @@ class Prepared:
 
     grey: Image.Image  # mode "F"
     aspect: float  # width / height of the content box
+    trimmed: bool = False  # ``content.trim`` found a margin
 
     @property
     def blank(self) -> bool:
@@ -130,7 +131,7 @@ def prepare(image: Image.Image) -> Prepared:
         view = view.resize((max(1, round(w * KEEP / max(w, h))), max(1, round(h * KEEP / max(w, h)))),
                            Image.Resampling.BOX)
     grey = view.convert("L").point(lambda v: v / 255.0, "F")
-    return Prepared(grey, aspect)
+    return Prepared(grey, aspect, box.trimmed)
 
 
 def _grid_size(aspect: float, grid: int = GRID) -> tuple[int, int]:

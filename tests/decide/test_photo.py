@@ -114,3 +114,32 @@ def test_an_extreme_strip_says_nothing_so_a_confident_match_stands():
     assert v.degenerate and v.verdict is None
     assert _judge(_Pair(png.getvalue(), None, png.getvalue(), None, 10 ** 8, 0.8, 0.83))[1] is True
     assert _judge(_Pair(png.getvalue(), None, jpg.getvalue(), None, 10 ** 8, 0.8, 0.83))[1] is None
+
+
+def _item(image: Image.Image, ident: str):
+    import io
+
+    from overlap_audit.values import RawItem
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return RawItem("s", ident, data=buf.getvalue())
+
+
+def test_a_photograph_copy_far_below_the_threshold_is_verified(photos):
+    """phash's rule verifies from 42 of 64 bits (an App. C copy of a photograph keeps little of its hash): a
+    copy there is the same picture; another region of the same photograph there is not."""
+    from overlap_audit.decide.rule import DecisionRule
+    from overlap_audit.detectors import get_detector
+
+    t = 1 - 9 / 64
+    rule = DecisionRule.for_detector(get_detector("phash"), {"s": t})
+    assert 1 - 23 / 64 < rule.first_stage("s") <= 1 - 22 / 64
+    sim = 1 - 22 / 64  # below the earlier first stage, 1 - 2 (1 - t) = 46 of 64 bits
+    quads = quadrants(photos["coffee"])
+    copy = appc_copy(quads[0], STRONG, np.random.default_rng(1))
+    other = appc_copy(quads[3], MEDIUM, np.random.default_rng(1))
+    judged = rule.judge_pairs("s", [(_item(copy, "a"), _item(quads[0], "b"), sim),
+                                    (_item(other, "c"), _item(quads[0], "d"), sim)], workers=0)
+    assert [j.verdict for j in judged] == [True, False]
+    assert [j.overlap for j in judged] == [True, False]

@@ -204,11 +204,11 @@ def test_blank_images_are_not_verified():
 
 
 def test_first_stage_is_a_relaxation():
-    assert first_stage_threshold(0.9) == pytest.approx(0.8)
-    assert VerifySettings().first_stage_for(0.95) == pytest.approx(0.9)
+    assert first_stage_threshold(0.9) == pytest.approx(0.75)
+    assert VerifySettings().first_stage_for(0.95) == pytest.approx(0.875)
     assert VerifySettings(first_stage=0.5).first_stage_for(0.95) == 0.5
     assert VerifySettings(relax=5).first_stage_for(0.98) == pytest.approx(0.9)
-    assert VerifySettings(relax=5).to_dict()["relax"] == 5 and VerifySettings().to_dict()["relax"] == 2
+    assert VerifySettings(relax=5).to_dict()["relax"] == 5 and VerifySettings().to_dict()["relax"] == 2.5
 
 
 def test_verification_is_on_by_default_and_no_verify_turns_it_off(tmp_path):
@@ -231,7 +231,7 @@ def test_verification_is_on_by_default_and_no_verify_turns_it_off(tmp_path):
     r = runner.invoke(main, base + [str(tmp_path / "on")])
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "on" / "report.json").read_text())
-    assert rep["verify"]["relax"] == 2 and rep["verify"]["datasets"]["val"]["n_accepted"] == 1
+    assert rep["verify"]["relax"] == 2.5 and rep["verify"]["datasets"]["val"]["n_accepted"] == 1
     rows = {r["id"]: r for r in pq.read_table(tmp_path / "on" / "splits.parquet").to_pylist()}
     assert rows["x/copy.png"]["verified"] is True and rows["x/copy.png"]["overlap"]
     r = runner.invoke(main, base + [str(tmp_path / "off"), "--no-verify"])

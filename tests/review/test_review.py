@@ -263,9 +263,9 @@ def test_report_pairs_threshold_and_report_again_decide_by_one_rule(tmp_path):
     assert r.exit_code == 0, r.output
     rows = {row["id"]: row for row in pq.read_table(tmp_path / "rep" / "splits.parquet").to_pylist()}
     look, copy = rows["x/sign_arrow.png"], rows["x/drawing10_padded.png"]
-    # the cases that tell the rule from the similarity: default first stage 1 - 2 (1 - 0.7) = 0.4
+    # the cases that tell the rule from the similarity: default first stage 1 - 2.5 (1 - 0.7) = 0.25
     assert look["similarity"] >= t and look["verified"] is False and not look["overlap"]
-    assert 0.4 <= copy["similarity"] < t and copy["verified"] is True and copy["overlap"]
+    assert 0.25 <= copy["similarity"] < t and copy["verified"] is True and copy["overlap"]
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["verify"]["decision_version"] == DECISION_VERSION
 
     r = runner.invoke(main, ["pairs", *common, "--around", str(t), "--out", str(tmp_path / "rev")])
@@ -293,7 +293,7 @@ def test_report_pairs_threshold_and_report_again_decide_by_one_rule(tmp_path):
     chosen = load_thresholds(tmp_path / "rev" / "thresholds.json")["val"]
     # the highest threshold whose first stage still reaches the copy; by the similarity alone the look-alike
     # above the copy would leave no threshold at precision 0.95
-    assert chosen == pytest.approx(1 - (1 - copy["similarity"]) / 2)
+    assert chosen == pytest.approx(1 - (1 - copy["similarity"]) / 2.5)
     evidence = json.loads((tmp_path / "rev" / "thresholds.evidence.json").read_text())["val"]
     assert evidence["first_stage"] == pytest.approx(copy["similarity"])
     assert (evidence["tp"], evidence["fp"], evidence["recall"]) == (1, 0, 1.0)
@@ -327,4 +327,4 @@ def test_report_pairs_threshold_and_report_again_decide_by_one_rule(tmp_path):
     recorded = json.loads((tmp_path / "rep" / "report.json").read_text())["verify"]
     with pytest.raises(ReportError, match="another version"):
         rule_from_record({k: v for k, v in recorded.items() if k != "decision_version"}, {"val": t}, where="old")
-    assert rule_from_record(recorded, {"val": t}, where="r").verify == VerifySettings(relax=2, anchor=1 - 9 / 64)
+    assert rule_from_record(recorded, {"val": t}, where="r").verify == VerifySettings(relax=2.5, anchor=1 - 9 / 64)
