@@ -17,10 +17,9 @@ import numpy as np
 
 from . import __version__
 from .atomic import atomic_write, create_temporary
-from .calibrate import calibrate_sets
+from .calibrate import calibrate_sets, lowest_threshold
 from .decide.edge import UNIFORM_STD, edge_flags, measure_overlap
-from .decide.rule import (DECISION_VERSION, DecisionRule, VerifySettings, check_decision_version,
-                          first_stage_threshold, relax_for)
+from .decide.rule import DECISION_VERSION, DecisionRule, VerifySettings, check_decision_version
 from .decide.split import load_thresholds, resolve_thresholds, threshold_origins
 from .evalcache import default_cache_dir
 from .errors import EmptyEvalSetError, OutputDirError, SourceError, param
@@ -152,7 +151,7 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
     # searched from there, by radius, instead of scanning every hash (``match_eval_sets``)
     # a set to calibrate may end at any threshold from the first stage of the detector's default up
     # (``calibrate.calibrate_sets``): it is searched from the first stage of that lowest one
-    search_cut = dict(cut) | {n: first_stage_threshold(det.default_threshold, relax_for(det)) for n in to_calibrate}
+    search_cut = dict(cut) | {n: lowest_threshold(det.default_threshold) for n in to_calibrate}
     rule = DecisionRule.for_detector(det, search_cut, settings.verify)
     floors = {n: search_cut[n] if rule.first_stage(n) is None else min(search_cut[n], rule.first_stage(n))
               for n in names}

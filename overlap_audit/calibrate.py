@@ -15,6 +15,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+# calibration may relax a set's threshold down to the default's first stage at this relaxation, the range it was
+# measured over (phash 0.7188-0.8594). It is fixed apart from verification's own relaxation: a threshold below it
+# would also move that set's first stage (``DecisionRule.first_stage``), and the two would compound.
+CALIBRATION_RELAX = 2.0
+
+
+def lowest_threshold(default: float) -> float:
+    """The lowest threshold calibration may choose for a detector whose default is ``default``."""
+    from .decide.rule import first_stage_threshold
+
+    return first_stage_threshold(default, CALIBRATION_RELAX)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """The chosen threshold and the precision/recall curve it came from."""
@@ -184,7 +197,6 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
 
     from .augment import APPC_STRENGTHS, appc_copy
     from .decide.calibrate_set import pick_threshold, threshold_candidates
-    from .decide.rule import first_stage_threshold, relax_for
     from .embed import embed_source
     from .errors import ThresholdError, param
     from .imaging import ImageRejected, decode_image
@@ -196,7 +208,7 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
 
     det = corpus.detector
     default = det.default_threshold
-    lower = 0.0 if default is None else first_stage_threshold(default, relax_for(det))
+    lower = 0.0 if default is None else lowest_threshold(default)
     upper = 1.0 if default is None else float(default)
     out = {}
     for name, m in matches.items():

@@ -8,6 +8,9 @@ import pytest
 
 from overlap_audit import api, match
 from overlap_audit.api import ReportSettings, build_index, run_report
+from overlap_audit.calibrate import lowest_threshold
+from overlap_audit.decide.rule import first_stage_threshold, relax_for
+from overlap_audit.detectors import get_detector
 from overlap_audit.settings import IndexSettings, MatchSettings, StatsSettings
 from overlap_audit.errors import IndexDirError, IndexMismatchError, SettingsError, SourceError
 from overlap_audit.match import check_eval_sets, match_eval_sets, open_corpus
@@ -175,7 +178,8 @@ def test_a_mih_index_answers_the_decisions_floor_by_radius_as_flat_search_does(t
     for name, index in (("mih", tmp_path / "mih"), ("flat", index_dir)):
         rep[name] = run_report(index, evals, ReportSettings(tmp_path / f"rep-{name}", predictions=predictions,
                                                             match=settings, cache_dir=None))
-    # calibrated (the default): searched from the first stage of the lowest threshold calibration may choose,
-    # itself the first stage of phash's default: 1 - 2 (1 - (1 - 2 * 9 / 64)) = 1 - 36 / 64
-    assert radii[-1] == hash_radius(1 - 36 / 64, 64) and len(radii) > n_radius
+    # calibrated (the default): searched from the first stage of the lowest threshold calibration may choose
+    phash = get_detector("phash")
+    lowest = lowest_threshold(phash.default_threshold)
+    assert radii[-1] == hash_radius(first_stage_threshold(lowest, relax_for(phash)), 64) and len(radii) > n_radius
     assert rep["mih"].dataset("val").stats == rep["flat"].dataset("val").stats

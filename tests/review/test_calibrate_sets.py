@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from overlap_audit.api import ReportSettings, run_report
-from overlap_audit.decide.rule import first_stage_threshold, relax_for
+from overlap_audit.calibrate import lowest_threshold
 from overlap_audit.detectors import get_detector
 from overlap_audit.settings import CalibrationSettings, MatchSettings, StatsSettings
 
@@ -35,7 +35,7 @@ def test_a_set_is_calibrated_by_default_and_the_report_says_so(tmp_path, corpus_
     cal = report.calibration
     assert cal["origins"]["val"] in ("calibrated", "default")
     rec = cal["datasets"]["val"]
-    lower = first_stage_threshold(phash.default_threshold, relax_for(phash))
+    lower = lowest_threshold(phash.default_threshold)
     assert rec["bounds"] == [pytest.approx(lower), pytest.approx(phash.default_threshold)]
     assert lower <= report.dataset("val").threshold <= phash.default_threshold
     assert rec["used"] == report.dataset("val").threshold
