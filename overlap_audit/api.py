@@ -165,7 +165,7 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
     if to_calibrate:
         calibrations = calibrate_sets(corpus, index_dir, {n: matches[n] for n in to_calibrate}, dict(evals),
                                       lambda t: DecisionRule.for_detector(det, t, settings.verify),
-                                      settings.calibrate, match)
+                                      settings.calibrate, match, cache_dir=settings.cache_dir)
         for n, c in calibrations.items():
             cut[n] = c.used
             origins[n] = "calibrated" if c.threshold is not None else "default"

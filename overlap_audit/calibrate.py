@@ -10,6 +10,7 @@ never calls them Overlap anyway).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -175,15 +176,17 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
-def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, settings, match_settings
-                   ) -> dict[str, SetCalibration]:
+def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, settings, match_settings, *,
+                   cache_dir: str | os.PathLike | None = None) -> dict[str, SetCalibration]:
     """Each evaluation set's threshold (``decide.calibrate_set.pick_threshold``) and what the decision does at
     it with known copies and known non-copies.
 
     ``corpus`` is the opened index (``match.Corpus``), ``matches`` the sets' ``match.EvalMatch`` by name,
     ``evals`` their sources by name, ``rule_for(thresholds)`` the report's ``DecisionRule`` at the given
     thresholds, ``settings`` a ``settings.CalibrationSettings``, ``match_settings`` the report's
-    ``MatchSettings`` (the negatives are searched as the set's own images were). A set's sample is drawn with
+    ``MatchSettings`` (the negatives are searched as the set's own images were); with ``cache_dir`` the pairs'
+    comparisons are kept there between reports (``decide.verdicts``: the copies and transposes are seeded, so
+    their bytes repeat). A set's sample is drawn with
     ``np.random.default_rng([seed, crc32(name)])`` among its examples that are not low-information: the
     ``positives`` first, each with one App. C copy (``augment.appc_copy``) compared with its image by the
     detector and, with verification, judged by the rule; the ``negatives`` (a superset of those images) each
@@ -277,7 +280,7 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
             judged_neg = lowest_rule.judge_pairs(
                 name, [(by_id[neg.embeddings.ids[neg_rows[r]]], items[str(neg.neighbors.ids[neg_rows[r], 0])],
                         float(neg_sims[r])) for r in todo],
-                max_pixels=match_settings.max_pixels, workers=match_settings.workers)
+                max_pixels=match_settings.max_pixels, workers=match_settings.workers, cache_dir=cache_dir)
             for r, p in zip(todo, judged_neg):
                 verdicts[r] = p.verdict
 
@@ -318,7 +321,8 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
         pos_verdicts: list = [None] * n_pos
         for j, p in zip(todo, rule.judge_pairs(name, [pairs[j] for j in todo],
                                                low_information=[pos_low[j] for j in todo],
-                                               max_pixels=match_settings.max_pixels, workers=match_settings.workers)):
+                                               max_pixels=match_settings.max_pixels, workers=match_settings.workers,
+                                               cache_dir=cache_dir)):
             pos_verdicts[j] = p.verdict
         positive_overlap = np.asarray(rule.overlap(name, pos_sims, pos_verdicts, pos_low), bool)
         out[name] = SetCalibration(name, chosen, float(used), float(lower), upper, settings.target_precision,

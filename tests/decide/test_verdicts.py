@@ -137,3 +137,25 @@ def test_judge_pairs_takes_the_cache_too(tmp_path, tile_sets):
     b.write_bytes(_png(im2))  # the corpus image is another picture now: compared again, not taken from the cache
     third = rule.judge_pairs("val", pairs, workers=0, cache_dir=tmp_path / "cache")
     assert third[0].verdict is not True
+
+
+def test_calibrations_comparisons_are_kept_too(tmp_path, corpus_index, eval_set, predictions):
+    """Calibration judges its seeded copies and transposes through the same cache: a second report adds no
+    comparison to it, and a report without calibration stores fewer."""
+    import sqlite3
+
+    from overlap_audit.settings import CalibrationSettings
+
+    root, _, _ = eval_set
+
+    def stored(cache, out, calibrate):
+        run_report(corpus_index, [("val", str(root))],
+                   ReportSettings(tmp_path / out, predictions=predictions, cache_dir=cache, calibrate=calibrate,
+                                  match=MatchSettings(workers=0)))
+        with sqlite3.connect(cache / VERDICTS_FILE) as db:
+            return db.execute("SELECT COUNT(*) FROM comparisons").fetchone()[0]
+
+    settings = CalibrationSettings(positives=8, negatives=8)
+    first = stored(tmp_path / "c", "a", settings)
+    assert stored(tmp_path / "c", "b", settings) == first
+    assert stored(tmp_path / "plain", "p", None) < first
