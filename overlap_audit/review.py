@@ -78,13 +78,15 @@ def nearest_rows(similarities, around: float, n: int) -> list[int]:
 
 def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]], out_dir: str | os.PathLike, *,
                  around: float | None = None, n: int = 200, match: MatchSettings | None = None,
-                 verify: VerifySettings | None = VerifySettings()) -> ReviewSheet:
+                 verify: VerifySettings | None = VerifySettings(),
+                 cache_dir: str | os.PathLike | None = None) -> ReviewSheet:
     """Embed each evaluation set, find each example's nearest corpus item, and write the ``n`` pairs per
     dataset nearest ``around`` (default: the detector's threshold) as pairs.csv and pairs.html, each judged by
     the report's decision rule at ``around`` (``DecisionRule.for_detector`` with ``verify``, by default
     ``VerifySettings()``; None: the threshold alone, as ``report --no-verify``), and the
     rule as pairs.json. ``match`` says how the sets are embedded and searched (its ``k`` aside: only the
-    nearest item is reviewed)."""
+    nearest item is reviewed). With ``cache_dir`` the sets' embeddings and neighbours and the pairs'
+    comparisons are read from and kept in that cache, as ``report`` does (``evalcache``, ``decide.verdicts``)."""
     from .decide.rule import DECISION_VERSION, DecisionRule
     from .index import corpus_items
     from .match import check_eval_sets, check_report_apart, match_eval_sets, open_corpus
@@ -114,7 +116,7 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
         raise ThresholdError(f"{param('around')} must be a finite number")
 
     picked: dict[str, list[tuple[str, str, float, bool]]] = {}  # eval id, corpus key, similarity, low-info
-    for name, matched in match_eval_sets(corpus, evals, settings).items():
+    for name, matched in match_eval_sets(corpus, evals, settings, cache_dir=cache_dir).items():
         emb, nb = matched.embeddings, matched.neighbors
         sims = nb.similarities[:, 0]
         low = np.asarray(emb.low_information, dtype=bool)
@@ -131,7 +133,8 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
                                  [e for e, _, _, _ in picked[name]])
         judged = rule.judge_pairs(name, [(eval_found.get(e), corpus_found.get(key), sim)
                                          for e, key, sim, _ in picked[name]],
-                                  max_pixels=max_pixels, workers=settings.workers, progress=settings.progress)
+                                  max_pixels=max_pixels, workers=settings.workers, progress=settings.progress,
+                                  cache_dir=cache_dir)
         n_overlap[name] = sum(j.overlap for j in judged)
         pairs = []
         for (eval_id, key, sim, _), j in zip(picked[name], judged):

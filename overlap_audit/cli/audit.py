@@ -155,12 +155,7 @@ def check(index_dir) -> None:
                    "always holds them as corpus_matches.parquet.")
 @click.option("--ignore-extra-sets", is_flag=True,
               help="Leave out the --predictions rows of datasets not given with --eval, instead of refusing them.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="Keep the evaluation sets' embeddings and search results, and the verified pairs' comparisons, "
-                   "here for the next report on the same index and sets "
-                   "[default: $XDG_CACHE_HOME/overlap-audit/eval].")
-@click.option("--no-cache", is_flag=True,
-              help="Embed and search every evaluation set and compare every verified pair again; store nothing.")
+@options.cache
 @options.gallery
 @options.matching
 @options.quiet
@@ -188,9 +183,7 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
         zero_shot = ZeroShotSettings(model, classnames=assign_files(classnames, names, "--classnames"),
                                      templates=assign_files(templates, names, "--templates"),
                                      batch_size=model_batch_size)
-    if no_cache and cache_dir:
-        raise click.UsageError("--cache-dir does not go with --no-cache")
-    cache = {"cache_dir": None} if no_cache else {"cache_dir": cache_dir} if cache_dir else {}  # {}: the default
+    cache = options.cache_setting(cache_dir, no_cache)
     if calibrate_precision is not None and not calibrate:
         raise click.UsageError("--calibrate-precision does not go with --no-calibrate")
     target = {} if calibrate_precision is None else {"target_precision": calibrate_precision}
@@ -269,13 +262,15 @@ def decontaminate(report_dir, out_dir, index_dir) -> None:
 @click.option("--verify-from", type=float, default=None, metavar="T", help="As `report --verify-from`.")
 @click.option("--verify-threshold", type=click.FloatRange(0, 1), default=None, metavar="S",
               help="As `report --verify-threshold`.")
+@options.cache
 @options.matching
 @options.quiet
-def pairs(index_dir, evals, around, n_pairs, out_dir, verify, verify_from, verify_threshold, detector, batch_size,
-          workers, device, max_pixels, quiet) -> None:
+def pairs(index_dir, evals, around, n_pairs, out_dir, verify, verify_from, verify_threshold, cache_dir, no_cache,
+          detector, batch_size, workers, device, max_pixels, quiet) -> None:
     """Write the pairs nearest a threshold as a review sheet (pairs.html) and a CSV to label (pairs.csv), each
     pair judged by the report's decision rule at that threshold."""
     from ..decide.rule import VerifySettings
+    from ..evalcache import default_cache_dir
     from ..review import review_pairs
     from ..sources import parse_eval_spec
 
@@ -284,8 +279,10 @@ def pairs(index_dir, evals, around, n_pairs, out_dir, verify, verify_from, verif
     match = MatchSettings(detector=detector, device=device, k=1, batch_size=batch_size, workers=workers,
                           max_pixels=max_pixels, progress=not quiet)
     given = {} if verify_threshold is None else {"threshold": verify_threshold}
+    cache = options.cache_setting(cache_dir, no_cache) or {"cache_dir": default_cache_dir()}
     sheet = review_pairs(index_dir, [parse_eval_spec(e) for e in evals], out_dir, around=around, n=n_pairs,
-                         match=match, verify=VerifySettings(first_stage=verify_from, **given) if verify else None)
+                         match=match, verify=VerifySettings(first_stage=verify_from, **given) if verify else None,
+                         **cache)
     how = "verified; " if sheet.verified else ""
     for name, count in sheet.n_pairs.items():
         echo(f"{name}: {count} pairs nearest {sheet.around:.4f} ({how}{sheet.n_overlap[name]} Overlap by the "

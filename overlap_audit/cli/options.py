@@ -53,3 +53,24 @@ def matching(f):
     for option in reversed((index_detector, batch_size, workers, device, max_pixels)):
         f = option(f)
     return f
+
+
+cache_dir = click.option("--cache-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+                         help="Keep the evaluation sets' embeddings and search results, and the verified pairs' "
+                              "comparisons, here for the next run on the same index and sets "
+                              "[default: $XDG_CACHE_HOME/overlap-audit/eval].")
+no_cache = click.option("--no-cache", is_flag=True,
+                        help="Embed and search every evaluation set and compare every verified pair again; store "
+                             "nothing.")
+
+
+def cache(f):
+    """--cache-dir and --no-cache."""
+    return cache_dir(no_cache(f))
+
+
+def cache_setting(cache_dir: str | None, no_cache: bool) -> dict:
+    """The ``cache_dir`` keyword the two options give ({}: the library's default cache)."""
+    if no_cache and cache_dir:
+        raise click.UsageError("--cache-dir does not go with --no-cache")
+    return {"cache_dir": None} if no_cache else {"cache_dir": cache_dir} if cache_dir else {}

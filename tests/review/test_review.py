@@ -328,3 +328,28 @@ def test_report_pairs_threshold_and_report_again_decide_by_one_rule(tmp_path):
     with pytest.raises(ReportError, match="another version"):
         rule_from_record({k: v for k, v in recorded.items() if k != "decision_version"}, {"val": t}, where="old")
     assert rule_from_record(recorded, {"val": t}, where="r").verify == VerifySettings(relax=2.5, anchor=1 - 9 / 64)
+
+
+def test_pairs_keeps_its_comparisons_in_the_cache_as_report_does(tmp_path, corpus_dir, eval_set):
+    import sqlite3
+
+    from overlap_audit.decide.verdicts import VERDICTS_FILE
+    from overlap_audit.evalcache import default_cache_dir
+
+    root, _, _ = eval_set
+    idx = tmp_path / "index"
+    build_index([str(corpus_dir)], idx, IndexSettings(workers=0))
+
+    def pairs(out, *flags):
+        r = CliRunner().invoke(main, ["pairs", str(idx), "--eval", f"val={root}", "--around", "0.8", "--n", "10",
+                                      "--out", str(tmp_path / out), "--workers", "0", "--quiet", *flags])
+        assert r.exit_code == 0, r.output
+
+    pairs("none", "--no-cache")
+    assert not (default_cache_dir() / VERDICTS_FILE).exists()
+    pairs("a", "--cache-dir", str(tmp_path / "c"))
+    with sqlite3.connect(tmp_path / "c" / VERDICTS_FILE) as db:
+        assert db.execute("SELECT COUNT(*) FROM comparisons").fetchone()[0] > 0
+    r = CliRunner().invoke(main, ["pairs", str(idx), "--eval", f"val={root}", "--out", str(tmp_path / "x"),
+                                  "--cache-dir", str(tmp_path / "c"), "--no-cache"])
+    assert r.exit_code == 2 and "--cache-dir does not go with --no-cache" in r.output
