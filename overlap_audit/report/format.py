@@ -101,10 +101,14 @@ def recall_line(recall: dict) -> str:
 
 def model_line(model: dict) -> str:
     """What report --model scored, in one line."""
-    counts = sorted({t["count"] for t in model.get("templates", {}).values()})
+    templates = model.get("templates", {})
+    counts = {t["count"] for t in templates.values()}
+    if len(counts) == 1:
+        which = f"{counts.pop()} prompt template(s) per class"
+    else:  # sets with different templates: say which set had how many
+        which = "prompt templates per class: " + ", ".join(f"{n} {t['count']}" for n, t in templates.items())
     return (f"Model `{model['spec']}` (weights sha256 {model['weights_sha256'][:12]}…, {model['device']}) scored "
-            f"zero-shot with {'/'.join(map(str, counts))} prompt template(s) per class; its predictions are in "
-            f"predictions.parquet.")
+            f"zero-shot with {which}; its predictions are in predictions.parquet.")
 
 
 def verification_line(verify: dict) -> str:

@@ -175,6 +175,16 @@ class Gallery:
     note: str | None = None
 
 
+def figure17_labels(datasets) -> dict[tuple[float, float], str]:
+    """One label per plotted point (overlap %, All − Clean %, to 0.1): datasets at the same point share it,
+    their names joined, instead of printing over each other; a significant one is marked " *"."""
+    labels: dict[tuple[float, float], list[str]] = {}
+    for d in datasets:
+        point = (round(100 * d.stats.overlap_rate, 1), round(100 * d.stats.delta, 1))
+        labels.setdefault(point, []).append(d.name + (" *" if d.significant else ""))
+    return {point: ", ".join(names) for point, names in labels.items()}
+
+
 def figure17_png(report: Report) -> bytes | None:
     """The Figure-17-style plot as PNG bytes: overlap % against All − Clean with its interval;
     significant datasets filled. None when no dataset has both numbers."""
@@ -192,7 +202,8 @@ def figure17_png(report: Report) -> bytes | None:
         color = "#c0392b" if d.significant else "#2c3e50"
         ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], fmt="o", color=color, capsize=3,
                     markerfacecolor=color if d.significant else "white")
-        ax.annotate(d.name + (" *" if d.significant else ""), (x, y), textcoords="offset points", xytext=(5, 5),
+    for (x, y), text in figure17_labels(points).items():
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 5),
                     fontsize=8, parse_math=False)  # a name is text: "$x$" must not be read as mathtext
     ax.axhline(0, color="#999", linewidth=0.8)
     ax.set_xlim(left=0)

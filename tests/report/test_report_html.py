@@ -287,6 +287,19 @@ def test_plot_draws_dataset_names_as_text_not_mathtext():
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
 
 
+def test_plot_labels_sets_at_one_point_once():
+    from types import SimpleNamespace
+
+    from overlap_audit.report.html import figure17_labels
+
+    same = SimpleNamespace(delta=0.02, overlap_rate=0.1, ci_delta=None)
+    other = SimpleNamespace(delta=-0.01, overlap_rate=0.3, ci_delta=None)
+    labels = figure17_labels([SimpleNamespace(name="a", stats=same, significant=False),
+                              SimpleNamespace(name="b", stats=same, significant=True),
+                              SimpleNamespace(name="c", stats=other, significant=False)])
+    assert labels == {(10.0, 2.0): "a, b *", (30.0, -1.0): "c"}
+
+
 def test_gallery_groups_pairs_by_the_splits_float32_rule():
     import numpy as np
 
@@ -304,3 +317,13 @@ def test_gallery_groups_pairs_by_the_splits_float32_rule():
                    similarities=np.array([[s] for s in sims], np.float32))
     overlap = split("d", emb, nb, t).overlap
     assert bool(overlap[1]) and rows[:2] == [1, 2] and deciding == 2  # b is the lowest above, c the highest below
+
+
+def test_model_line_says_which_set_had_how_many_templates():
+    from overlap_audit.report import model_line
+
+    model = {"spec": "m", "weights_sha256": "0" * 64, "device": "cpu",
+             "templates": {"cifar10": {"count": 18}, "tuxpaint": {"count": 1}}}
+    assert "prompt templates per class: cifar10 18, tuxpaint 1;" in model_line(model)
+    model["templates"]["tuxpaint"]["count"] = 18
+    assert "with 18 prompt template(s) per class;" in model_line(model)
