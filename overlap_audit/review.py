@@ -499,7 +499,7 @@ def choose_threshold(dataset: str, similarities, labels, *, verdicts=None, verif
     stages: list[float | None] = [None]
     accepts: list[float | None] = [None]
     if verify is not None:
-        stages += _spread(sims[lab].tolist())
+        stages += _spread(sims[lab].astype(np.float32).tolist())  # the rule compares float32 similarities
         if floor_verdicts is not None:
             accepts += _spread([_accept_from(verify, sims[i], scores[i]) for i in np.flatnonzero(lab)
                                 if floor_verdicts[i] is True and verdicts[i] is not True
