@@ -588,7 +588,7 @@ def _knobs(dataset: str, cls, best: dict, sheet, p: _Point, verify: VerifySettin
     if cls[0]:
         g = p.tp - (best[other[0]].tp if other[0] in best else 0)
         out.append(KnobChoice("first_stage", p.first_stage, sheet_stage, True,
-                              f"chosen: {g} more labelled duplicate(s) than at the sheet's first stage"))
+                              f"keeps {g} more labelled duplicate(s) than the sheet's first stage"))
     else:
         reason = ("no labelled duplicate below the first stage" if not below
                   else why_left(0, "lower first stage"))
@@ -596,7 +596,7 @@ def _knobs(dataset: str, cls, best: dict, sheet, p: _Point, verify: VerifySettin
     if cls[1]:
         g = p.tp - (best[other[1]].tp if other[1] in best else 0)
         out.append(KnobChoice("accept", p.accept, sheet_accept, True,
-                              f"chosen: {g} more labelled duplicate(s) than at the sheet's photo accept"))
+                              f"keeps {g} more labelled duplicate(s) than the sheet's photo accept"))
     else:
         if floor is None:
             reason = "LABELS records no verdict at a lower photo accept (a sheet written before them)"

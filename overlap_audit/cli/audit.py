@@ -125,7 +125,9 @@ def check(index_dir) -> None:
 @click.option("--threshold", type=float, default=None, help="Similarity threshold for every dataset "
               "(default: the detector's).")
 @click.option("--thresholds", type=click.Path(exists=True, dir_okay=False), default=None,
-              help='JSON file {"NAME": threshold} (overrides --threshold per dataset).')
+              help='JSON file {"NAME": threshold}, or the operating points `threshold` writes (threshold, '
+                   'first stage, photo accept per dataset); overrides --threshold and the verification settings '
+                   'per dataset.')
 @click.option("--k", type=click.IntRange(min=1), default=MatchSettings.k, show_default=True, help="Neighbours kept per example.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=StatsSettings.alpha,
               show_default=True, help="Family-wise significance level (Bonferroni across datasets).")
@@ -342,8 +344,8 @@ def threshold(labels, target, ci_level, out_file, rule_file) -> None:
              f"[{c.recall_ci[0]:.3f}, {c.recall_ci[1]:.3f}]); {counts}")
         for k in c.knobs:
             what = KNOB_WORDS[KNOBS[k.name]]
-            echo(f"  {what}: {k.reason}" + (f" ({k.default:.4f} -> {k.value:.4f})" if k.moved
-                                            else f": left at {k.value:.4f}"))
+            echo(f"  {what} {k.default:.4f} -> {k.value:.4f}: {k.reason}" if k.moved
+                 else f"  {what} left at {k.value:.4f}: {k.reason}")
     echo(f"operating points written to {path} (use `report --thresholds {path}`); evidence in {evidence}")
 
 

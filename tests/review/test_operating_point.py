@@ -180,8 +180,8 @@ def test_labels_that_pay_for_a_lower_accept_and_first_stage_and_report_decides_a
                and r["verdict_floor"] == "same"}
     assert len(gainers) >= MIN_GAIN, rows
     out = _cli("threshold", str(tmp_path / "rev" / "labels.csv"), "--precision", "0.99")
-    assert "photo accept: chosen:" in out and "(0.8300 -> " in out
-    assert "drawing verification score: not chosen from labels" in out and "left at 0.8144" in out
+    assert "photo accept 0.8300 -> " in out and "more labelled duplicate(s) than the sheet's photo accept" in out
+    assert "drawing verification score left at 0.8144: not chosen from labels" in out
     file = tmp_path / "rev" / "thresholds.json"
     points = json.loads(file.read_text())
     point = points["datasets"]["val"]
@@ -206,7 +206,7 @@ def test_labels_that_pay_for_a_lower_accept_and_first_stage_and_report_decides_a
              and float(r["similarity"]) < 0.8}
     assert len(below) >= MIN_GAIN
     out = _cli("threshold", str(tmp_path / "rev2" / "labels.csv"), "--precision", "0.99")
-    assert "first stage: chosen:" in out and "(0.8000 -> " in out
+    assert "first stage 0.8000 -> " in out
     point = json.loads((tmp_path / "rev2" / "thresholds.json").read_text())["datasets"]["val"]
     evidence = json.loads((tmp_path / "rev2" / "thresholds.evidence.json").read_text())["val"]
     assert point["first_stage"] < 0.8
