@@ -4,11 +4,13 @@ them, keep precision high while maximising recall.
 ``review_pairs`` writes the candidate pairs nearest a threshold as an HTML review sheet (pairs.html) and a
 CSV (pairs.csv) with an empty ``is_duplicate`` column. Each pair is judged by the report's own decision rule
 (``decide.rule.DecisionRule.judge_pairs``): its verification score and verdict, and the decision at the
-threshold under review; pairs.json beside them records that rule. ``pick_thresholds`` reads the filled-in
-CSV and gives, per dataset, the lowest threshold at which the decision (that threshold, the first stage that
-follows from it, the recorded verdicts) keeps the labelled precision at or above a target, with its recall
-among the labelled duplicates and Clopper–Pearson intervals. ``write_thresholds`` writes the
-``{"NAME": t}`` file ``report --thresholds`` reads, and the evidence beside it.
+threshold under review, and its verdict at the lowest photo accept; pairs.json beside them records that rule.
+``pick_thresholds`` reads the filled-in CSV and gives, per dataset, the operating point of the decision (the
+threshold, the first stage, the photo accept; the recorded verdicts) that keeps the most labelled duplicates
+at a labelled precision at or above a target, each knob besides the threshold moved from the sheet's value
+only where the labels support it (``MIN_GAIN``), with its recall among the labelled duplicates and
+Clopper–Pearson intervals. ``write_thresholds`` writes the points for ``report --thresholds``
+(``decide.points``), and the evidence beside them.
 """
 
 from __future__ import annotations

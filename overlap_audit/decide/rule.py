@@ -130,7 +130,8 @@ class Decision:
 @dataclass(frozen=True)
 class DecisionRule:
     """The rule that makes an evaluation example Overlap: its dataset's threshold (``thresholds``, one per
-    dataset) and, unless ``verify`` is None, pair verification from a relaxed first stage."""
+    dataset) and, unless ``verify`` is None, pair verification from a relaxed first stage (a dataset of
+    ``per_set`` under its own verification settings)."""
 
     thresholds: Mapping[str, float]
     verify: VerifySettings | None = field(default_factory=VerifySettings)
