@@ -582,8 +582,11 @@ def _knobs(dataset: str, cls, best: dict, sheet, p: _Point, verify: VerifySettin
         if g < MIN_GAIN:
             return (f"a {what} keeps {max(g, 0)} more labelled duplicate(s) at precision {target:g}, fewer than "
                     f"{MIN_GAIN}")
-        return (f"a {what} lowers the labelled precision's lower bound to {best[moved].lower:.3f} from "
-                f"{sheet.lower:.3f}")
+        if sheet is not None and best[moved].lower < sheet.lower:
+            return (f"a {what} lowers the labelled precision's lower bound to {best[moved].lower:.3f} from "
+                    f"{sheet.lower:.3f}")
+        return (f"a {what} keeps {g} more labelled duplicate(s) only where the other knob's move then keeps "
+                f"fewer than {MIN_GAIN} more")
 
     out = []
     below = [i for i in np.flatnonzero(lab) if sims[i] < sheet_stage]
