@@ -142,6 +142,9 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
     points = (load_points(thresholds) if isinstance(thresholds, (str, os.PathLike))
               else OperatingPoints(dict(thresholds or {})))
     per_dataset = points.thresholds
+    if points.detector is not None and points.detector != det.info.spec:
+        raise ThresholdError(f"{param('thresholds', thresholds)} was chosen for the detector {points.detector}, and "
+                             f"this index is {det.info.spec}: its similarities are not on the same scale")
     if points.verify and settings.verify is None:
         raise ThresholdError(f"{param('thresholds', thresholds)} sets the verification of "
                              f"{', '.join(points.verify)}, and this report has no verification: verify "

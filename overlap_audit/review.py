@@ -485,8 +485,10 @@ def choose_threshold(dataset: str, similarities, labels, *, verdicts=None, verif
         raise ThresholdError(f"{param('target_precision')} must be in (0, 1], got {target_precision}")
     sims = np.asarray(similarities, dtype=np.float64)
     lab = np.asarray(labels, dtype=bool)
-    if verdicts is None or verify is None:
-        verdicts, verify, decision, floor_verdicts = [None] * len(sims), None, None, None
+    if verdicts is None:
+        verdicts, verify, decision = [None] * len(sims), None, None
+    if verify is None:  # no verification: the similarity decides, whatever the verdicts
+        verdicts, floor_verdicts = [None] * len(sims), None
     elif len(verdicts) != len(sims):
         raise ValueError("similarities and verdicts are not row-aligned")
     verdicts = list(verdicts)

@@ -194,6 +194,14 @@ def test_labels_that_pay_for_a_lower_accept_and_first_stage_and_report_decides_a
     found = report("rep", file)
     assert len(found) == evidence["tp"] + evidence["fp"] and found <= labelled_dup and gainers <= found
     assert (tmp_path / "rep" / "report.md").read_text().count("set the first stage and the photo accept") == 1
+    # a file chosen for another detector is refused, in one line
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(points | {"detector": "clipdup"}))
+    exe = str(Path(sys.executable).with_name("overlap-audit"))
+    r = subprocess.run([exe, "report", *common, "--predictions", str(root / "preds.csv"), "--thresholds", str(other),
+                        "--out", str(tmp_path / "rep-other")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "chosen for the detector clipdup" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
     # a thresholds file of the threshold alone still works, and decides at the report's accept: no gainer
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"val": point["threshold"]}))
@@ -213,3 +221,16 @@ def test_labels_that_pay_for_a_lower_accept_and_first_stage_and_report_decides_a
     found = report("rep2", tmp_path / "rev2" / "thresholds.json")
     assert len(found) == evidence["tp"] + evidence["fp"] and found <= labelled_dup
     assert below & found
+
+
+def test_a_sheet_without_verification_sets_the_threshold_alone(tmp_path):
+    from overlap_audit.review import write_thresholds
+
+    decision = {"decision_version": DECISION_VERSION, "verify": None, "detector": "phash"}
+    c = choose_threshold("a", SIMS, LABELS, verdicts=[None] * 6, verify=None, decision=decision,
+                         target_precision=0.99)
+    assert c.decision == decision and c.knobs == () and c.first_stage is None and c.accept is None
+    assert c.threshold == 0.93 and (c.tp, c.fp) == (2, 0)
+    path, _ = write_thresholds({"a": c}, tmp_path / "t.json")
+    assert json.loads(path.read_text())["datasets"] == {"a": {"threshold": 0.93}}
+    assert load_points(path).verify == {}
