@@ -106,8 +106,9 @@ class MatchSettings:
 class StatsSettings:
     """Where each dataset is split into Overlap / Clean, and how the statistics are tested.
 
-    ``thresholds`` (a ``{"NAME": t}`` file or dict) overrides ``threshold`` per dataset; both default to the
-    detector's threshold. ``correction`` (one of ``CORRECTIONS``) decides ``significant``; all are reported.
+    ``thresholds`` (a ``{"NAME": t}`` dict, or a thresholds file in either form of ``decide.points``: a file
+    of operating points also sets those datasets' verification) overrides ``threshold`` per dataset; both
+    default to the detector's threshold. ``correction`` (one of ``CORRECTIONS``) decides ``significant``; all are reported.
     ``precision`` and ``recall`` of the Overlap split (numbers or "k/n" counts) for every dataset, or
     ``detector_error`` (a dict or JSON file ``{"NAME": {"precision": ..., "recall": ...}}``) per dataset,
     add the detector-error correction.

@@ -67,6 +67,7 @@ class VerifySettings:
     # the detector's own threshold: a photograph pair whose similarity lies below it needs a photo score that
     # grows towards ``photo.ACCEPT + photo.GRADE`` at that threshold's first stage (``accept_for``); None: flat
     anchor: float | None = None
+    accept: float | None = None  # the photo score that verifies a pair at or above ``anchor`` (None: ``photo.ACCEPT``)
 
     def accept_for(self, similarity: float) -> float:
         """The photo score a photograph pair at ``similarity`` needs to be verified as the same picture: the
@@ -74,11 +75,12 @@ class VerifySettings:
         one brick wall or one tray of coins correlate about as well as a strongly edited copy)."""
         from .photo import ACCEPT, GRADE, GRADE_SPAN
 
+        base = ACCEPT if self.accept is None else self.accept
         if self.anchor is None or not math.isfinite(similarity) or similarity >= self.anchor:
-            return ACCEPT
+            return base
         low = first_stage_threshold(self.anchor, GRADE_SPAN)
         share = min(1.0, (self.anchor - similarity) / max(self.anchor - low, 1e-9))
-        return ACCEPT + GRADE * share
+        return base + GRADE * share
 
     def __post_init__(self) -> None:
         from ..errors import param
@@ -87,6 +89,8 @@ class VerifySettings:
         check_similarity(param("verify.threshold"), self.threshold)
         if self.first_stage is not None:
             check_similarity(param("verify.first_stage"), self.first_stage)
+        if self.accept is not None:
+            check_similarity(param("verify.accept"), self.accept)
 
     def first_stage_for(self, dataset_threshold: float) -> float:
         if self.first_stage is not None:
@@ -100,7 +104,8 @@ class VerifySettings:
         the pairs whose comparison an earlier run had stored, ``verdicts``)."""
         d = {"threshold": self.threshold,
              "relax": (RELAX if self.relax is None else self.relax) if self.first_stage is None else None,
-             "first_stage": self.first_stage, "anchor": self.anchor, "decision_version": DECISION_VERSION}
+             "first_stage": self.first_stage, "anchor": self.anchor, "accept": self.accept,
+             "decision_version": DECISION_VERSION}
         if splits:
             d["datasets"] = {n: {"first_stage": self.first_stage_for(sp.threshold),
                                  "n_verified": int(np.isfinite(sp.verify_scores).sum()),
@@ -125,25 +130,37 @@ class Decision:
 @dataclass(frozen=True)
 class DecisionRule:
     """The rule that makes an evaluation example Overlap: its dataset's threshold (``thresholds``, one per
-    dataset) and, unless ``verify`` is None, pair verification from a relaxed first stage."""
+    dataset) and, unless ``verify`` is None, pair verification from a relaxed first stage (a dataset of
+    ``per_set`` under its own verification settings)."""
 
     thresholds: Mapping[str, float]
     verify: VerifySettings | None = field(default_factory=VerifySettings)
+    # a dataset's own verification settings in place of ``verify`` (a thresholds file that ``threshold``
+    # wrote: its first stage and photo accept); unused without verification
+    per_set: Mapping[str, VerifySettings] = field(default_factory=dict)
 
     @classmethod
     def for_detector(cls, detector, thresholds: Mapping[str, float],
-                     verify: VerifySettings | None = VerifySettings()) -> DecisionRule:
+                     verify: VerifySettings | None = VerifySettings(),
+                     per_set: Mapping[str, Mapping[str, float]] | None = None) -> DecisionRule:
         """The rule for ``detector``'s matches: a ``verify`` without its own ``relax`` takes the detector's
-        (``relax_for``)."""
+        (``relax_for``). ``per_set``: per dataset, the ``VerifySettings`` fields it sets in place of
+        ``verify``'s (``decide.points``)."""
         if verify is not None and verify.relax is None:
             verify = replace(verify, relax=relax_for(detector))
         if verify is not None and verify.anchor is None and detector.default_threshold is not None:
             verify = replace(verify, anchor=float(detector.default_threshold))
-        return cls(dict(thresholds), verify)
+        own = {n: replace(verify, **knobs) for n, knobs in (per_set or {}).items()} if verify is not None else {}
+        return cls(dict(thresholds), verify, own)
+
+    def verify_for(self, dataset: str) -> VerifySettings | None:
+        """``dataset``'s verification settings (None: no verification)."""
+        return None if self.verify is None else self.per_set.get(dataset, self.verify)
 
     def first_stage(self, dataset: str) -> float | None:
         """The similarity from which ``dataset``'s examples are verified (None: no verification)."""
-        return None if self.verify is None else self.verify.first_stage_for(self.thresholds[dataset])
+        verify = self.verify_for(dataset)
+        return None if verify is None else verify.first_stage_for(self.thresholds[dataset])
 
     def decide(self, matches: Mapping[str, tuple[Embeddings, Neighbors]], *, index_dir: str | os.PathLike | None,
                eval_sources: Mapping[str, object], max_pixels: int | None = None, workers: int | None = None,
@@ -156,10 +173,20 @@ class DecisionRule:
         splits = {n: split(n, emb, nb, self.thresholds[n]) for n, (emb, nb) in matches.items()}
         if self.verify is None:
             return Decision(splits)
-        splits, unreadable, changed, cached = _verify_splits(splits, index_dir, eval_sources, self.verify,
-                                                             max_pixels=max_pixels, workers=workers,
-                                                             progress=progress, cache_dir=cache_dir)
-        return Decision(splits, self.verify.to_dict(splits, unreadable, changed, cached))
+        groups: dict[VerifySettings, dict[str, Split]] = {}  # the sets verified under the same settings
+        for n, sp in splits.items():
+            groups.setdefault(self.verify_for(n), {})[n] = sp
+        decided, checked = {}, {}
+        for verify, part in groups.items():
+            part, unreadable, changed, cached = _verify_splits(part, index_dir, eval_sources, verify,
+                                                               max_pixels=max_pixels, workers=workers,
+                                                               progress=progress, cache_dir=cache_dir)
+            decided.update(part)
+            checked.update(verify.to_dict(part, unreadable, changed, cached).get("datasets", {}))
+        record = self.verify.to_dict()
+        record["datasets"] = {n: checked[n] | ({"settings": _own_settings(self.per_set[n])} if n in self.per_set
+                                               else {}) for n in splits if n in checked}
+        return Decision({n: decided[n] for n in splits}, record)
 
     def overlap(self, dataset: str, similarities, verdicts: Sequence[bool | None],
                 low_information=None) -> np.ndarray:
@@ -190,13 +217,14 @@ class DecisionRule:
 
         low = (np.zeros(len(pairs), bool) if low_information is None else np.asarray(low_information, bool))
         todo, judged = [], {}
-        if self.verify is not None:
+        verify = self.verify_for(dataset)
+        if verify is not None:
             for i, (a, b, _) in enumerate(pairs):
                 if low[i]:
                     continue
                 if _usable(a) and _usable(b):
                     todo.append((i, _Pair(a.data, a.path, b.data, b.path, max_pixels or DEFAULT_MAX_PIXELS,
-                                          self.verify.threshold, self.verify.accept_for(float(pairs[i][2])))))
+                                          verify.threshold, verify.accept_for(float(pairs[i][2])))))
                 else:
                     judged[i] = (float("nan"), None, False)
             found, _ = _judge_all([p for _, p in todo], workers, progress, cache_dir)
@@ -226,9 +254,18 @@ def rule_from_record(verify: dict | None, thresholds: Mapping[str, float], *, wh
     if verify is None:
         return DecisionRule(dict(thresholds), None)
     check_decision_version(verify.get("decision_version"), where=where)
-    return DecisionRule(dict(thresholds), VerifySettings(threshold=float(verify["threshold"]),
-                                                         first_stage=verify.get("first_stage"),
-                                                         relax=verify.get("relax"), anchor=verify.get("anchor")))
+
+    def settings(d: dict) -> VerifySettings:
+        return VerifySettings(threshold=float(d["threshold"]), first_stage=d.get("first_stage"),
+                              relax=d.get("relax"), anchor=d.get("anchor"), accept=d.get("accept"))
+
+    per_set = {n: settings(d["settings"]) for n, d in (verify.get("datasets") or {}).items() if d.get("settings")}
+    return DecisionRule(dict(thresholds), settings(verify), per_set)
+
+
+def _own_settings(verify: VerifySettings) -> dict:
+    """A dataset's own verification settings as the report records them (``rule_from_record`` reads them)."""
+    return {k: v for k, v in verify.to_dict().items() if k != "decision_version"}
 
 
 def check_decision_version(version, *, where: str) -> None:
