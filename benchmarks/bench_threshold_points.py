@@ -23,7 +23,6 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def _write_half(root: Path, name: str, ps, first_row: int) -> tuple[list[str], dict[str, int]]:
