@@ -69,3 +69,15 @@ def test_a_changed_seed_or_image_misses_the_cache(tmp_path, corpus_index, eval_s
     changed.paste((255, 0, 0), (0, 0, changed.width // 4, changed.height // 4))
     changed.save(path)
     assert not _calibrate(corpus_index, root, cache).embeddings_cached
+
+
+def test_calibrations_verification_shows_its_progress(tmp_path, corpus_index, eval_set, capsys):
+    root = _small_set(eval_set, tmp_path / "val")
+    settings = MatchSettings(workers=0, progress=True)
+    corpus = open_corpus(corpus_index, settings)
+    matches = match_eval_sets(corpus, [("val", str(root))], settings)
+    capsys.readouterr()
+    calibrate_sets(corpus, corpus_index, matches, {"val": str(root)},
+                   lambda t: DecisionRule.for_detector(corpus.detector, t, VerifySettings()), SMALL, settings)
+    err = capsys.readouterr().err
+    assert "verify val (calibration negatives)" in err and "verify val (calibration positives)" in err
