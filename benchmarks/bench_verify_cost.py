@@ -86,8 +86,8 @@ def main(argv=None) -> dict:
                     out = work / f"{name}-{when}-{r}"
                     res = _report(args.demo, out, cache, verify, args.workers)
                     runs.setdefault(f"{name}:{when}", []).append(res)
-                    print(f"{name:9s} {when:6s} {res['seconds']:6.1f} s (cpu {res['cpu']:6.1f} s)  verified {res['n_verified']} "
-                          f"(cached {res['n_cached']})  overlap {len(res['overlap'])}  "
+                    print(f"{name:9s} {when:6s} {res['seconds']:6.1f} s (cpu {res['cpu']:6.1f} s)  "
+                          f"verified {res['n_verified']} (cached {res['n_cached']})  overlap {len(res['overlap'])}  "
                           f"calibrate {res['phases'].get('calibrate', 0):.1f} s  "
                           f"decide {res['phases'].get('decide', 0):.1f} s  load {res['load']:.1f}", flush=True)
                     shutil.rmtree(out)

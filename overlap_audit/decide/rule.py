@@ -366,8 +366,8 @@ def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool,
                cache_dir: str | os.PathLike | None = None,
                desc: str = "verify") -> tuple[list[tuple[float, bool | None, bool]], list[bool]]:
     """``_judge`` of every pair, over ``workers`` processes (None: one per CPU, at most 8; 0: here), with a
-    progress bar labelled ``desc``; with ``cache_dir``, comparisons stored there by an earlier run are used (``verdicts``), and
-    new ones stored. Returns the outcomes and, per pair, whether its comparison came from the cache."""
+    progress bar labelled ``desc``; with ``cache_dir``, comparisons stored there by an earlier run are used
+    (``verdicts``), and new ones stored. Returns the outcomes and, per pair, whether its comparison came from the cache."""
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
