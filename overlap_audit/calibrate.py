@@ -146,6 +146,8 @@ class SetCalibration:
     positive_overlap: np.ndarray  # bool per positive: called Overlap by the decision at ``used``
     negative_overlap: np.ndarray  # bool per negative: a false match at ``used``
     seconds: float
+    # both generated sets' embeddings (and the transposes' neighbours) read from the evaluation cache
+    embeddings_cached: bool = False
 
     def estimates(self, n_overlap: int, level: float) -> dict:
         """The estimated precision and recall of the set's Overlap split (``n_overlap`` examples) with their
@@ -168,6 +170,30 @@ def _reduced(image):
     return image
 
 
+def _embedded(corpus, source, match_settings, cache_dir) -> tuple:
+    """(embeddings, read from the cache) of an in-memory set of generated images that is compared pair by pair
+    and never searched; with ``cache_dir`` kept in the evaluation cache (``evalcache``) under the images'
+    bytes."""
+    from .embed import embed_source
+    from .evalcache import index_identity, load_cached, save_cached, set_key
+    from .values import Neighbors
+
+    key = None
+    if cache_dir is not None:
+        identity = index_identity(corpus.manifest.to_dict(), corpus.detector.info.to_dict())
+        key = set_key(source, identity, match_settings, purpose="calibration: embeddings only")
+        hit = load_cached(cache_dir, key)
+        if hit is not None:
+            return hit[0], True
+    emb = embed_source(source, corpus.detector, workers=match_settings.workers, max_pixels=match_settings.max_pixels,
+                       limits=match_settings.limits)
+    if key is not None:
+        n = len(emb.ids)
+        save_cached(cache_dir, key, emb, Neighbors(list(emb.ids), np.empty((n, 0), object),
+                                                   np.empty((n, 0), np.float32)))
+    return emb, False
+
+
 def _png(image) -> bytes:
     import io
 
@@ -184,9 +210,10 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
     ``corpus`` is the opened index (``match.Corpus``), ``matches`` the sets' ``match.EvalMatch`` by name,
     ``evals`` their sources by name, ``rule_for(thresholds)`` the report's ``DecisionRule`` at the given
     thresholds, ``settings`` a ``settings.CalibrationSettings``, ``match_settings`` the report's
-    ``MatchSettings`` (the negatives are searched as the set's own images were); with ``cache_dir`` the pairs'
-    comparisons are kept there between reports (``decide.verdicts``: the copies and transposes are seeded, so
-    their bytes repeat). A set's sample is drawn with
+    ``MatchSettings`` (the negatives are searched as the set's own images were); with ``cache_dir`` the
+    generated images' embeddings and the transposes' neighbours (``evalcache``) and the pairs' comparisons
+    (``decide.verdicts``) are kept there between reports, keyed by the generated images' bytes (the copies and
+    transposes are seeded, so their bytes repeat). A set's sample is drawn with
     ``np.random.default_rng([seed, crc32(name)])`` among its examples that are not low-information: the
     ``positives`` first, each with one App. C copy (``augment.appc_copy``) compared with its image by the
     detector and, with verification, judged by the rule; the ``negatives`` (a superset of those images) each
@@ -200,7 +227,6 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
 
     from .augment import APPC_STRENGTHS, appc_copy
     from .decide.calibrate_set import pick_threshold, threshold_candidates
-    from .embed import embed_source
     from .errors import ThresholdError, param
     from .imaging import ImageRejected, decode_image
     from .index import corpus_items
@@ -249,7 +275,8 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
         for j, im in enumerate(images[:settings.negatives]):
             turned.append(RawItem(tag, f"t{j}", data=_png(im.transpose(Image.Transpose.TRANSPOSE))))
             turned.append(RawItem(tag, f"v{j}", data=_png(im.transpose(Image.Transpose.TRANSVERSE))))
-        neg = match_eval_sets(corpus, [(tag, MemorySource(tuple(turned), tag))], match_settings)[tag]
+        neg = match_eval_sets(corpus, [(tag, MemorySource(tuple(turned), tag))], match_settings,
+                              cache_dir=cache_dir)[tag]
         neg_top = (neg.neighbors.similarities[:, 0] if neg.neighbors.k else
                    np.full(len(neg.embeddings), np.nan, np.float32))
         neg_low = np.asarray(neg.embeddings.low_information, bool)
@@ -280,7 +307,8 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
             judged_neg = lowest_rule.judge_pairs(
                 name, [(by_id[neg.embeddings.ids[neg_rows[r]]], items[str(neg.neighbors.ids[neg_rows[r], 0])],
                         float(neg_sims[r])) for r in todo],
-                max_pixels=match_settings.max_pixels, workers=match_settings.workers, cache_dir=cache_dir)
+                max_pixels=match_settings.max_pixels, workers=match_settings.workers, cache_dir=cache_dir,
+                progress=match_settings.progress, desc=f"verify {name} (calibration negatives)")
             for r, p in zip(todo, judged_neg):
                 verdicts[r] = p.verdict
 
@@ -304,8 +332,8 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
         n_pos = min(settings.positives, len(images))
         copies = [RawItem(tag, f"c{j}", data=_png(appc_copy(images[j], params, rng))) for j in range(n_pos)]
         sources = [RawItem(tag, f"s{j}", data=o.data, path=o.path) for j, o in enumerate(originals[:n_pos])]
-        both = embed_source(MemorySource(tuple(copies + sources), tag), det, workers=match_settings.workers,
-                            max_pixels=match_settings.max_pixels, limits=match_settings.limits)
+        both, copies_cached = _embedded(corpus, MemorySource(tuple(copies + sources), tag), match_settings,
+                                        cache_dir)
         row = {ident: r for r, ident in enumerate(both.ids)}
         pairs, pos_low = [], []
         for j in range(n_pos):
@@ -322,10 +350,11 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
         for j, p in zip(todo, rule.judge_pairs(name, [pairs[j] for j in todo],
                                                low_information=[pos_low[j] for j in todo],
                                                max_pixels=match_settings.max_pixels, workers=match_settings.workers,
-                                               cache_dir=cache_dir)):
+                                               cache_dir=cache_dir, progress=match_settings.progress,
+                                               desc=f"verify {name} (calibration positives)")):
             pos_verdicts[j] = p.verdict
         positive_overlap = np.asarray(rule.overlap(name, pos_sims, pos_verdicts, pos_low), bool)
         out[name] = SetCalibration(name, chosen, float(used), float(lower), upper, settings.target_precision,
                                    len(emb), positive_overlap, np.asarray(negative_overlap, bool),
-                                   time.perf_counter() - started)
+                                   time.perf_counter() - started, embeddings_cached=neg.cached and copies_cached)
     return out

@@ -208,11 +208,12 @@ class DecisionRule:
 
     def judge_pairs(self, dataset: str, pairs: Sequence[tuple[RawItem | None, RawItem | None, float]], *,
                     low_information=None, max_pixels: int | None = None, workers: int | None = None,
-                    progress: bool = False, cache_dir: str | os.PathLike | None = None) -> list[PairJudgement]:
+                    progress: bool = False, cache_dir: str | os.PathLike | None = None,
+                    desc: str = "verify") -> list[PairJudgement]:
         """Verify each (evaluation item, corpus item, similarity) pair, whatever its similarity (so that its
         verdict serves other thresholds too), and decide it at ``dataset``'s threshold (``overlap``). Without
         verification no pair is judged. Low-information pairs are not judged and never Overlap. ``cache_dir``:
-        as for ``decide``."""
+        as for ``decide``; ``desc`` labels the progress bar."""
         from ..limits import DEFAULT_MAX_PIXELS
 
         low = (np.zeros(len(pairs), bool) if low_information is None else np.asarray(low_information, bool))
@@ -227,7 +228,7 @@ class DecisionRule:
                                           verify.threshold, verify.accept_for(float(pairs[i][2])))))
                 else:
                     judged[i] = (float("nan"), None, False)
-            found, _ = _judge_all([p for _, p in todo], workers, progress, cache_dir)
+            found, _ = _judge_all([p for _, p in todo], workers, progress, cache_dir, desc)
             judged.update(zip([i for i, _ in todo], found))
         sims = [float(s) for _, _, s in pairs]
         verdicts = [judged[i][1] if i in judged else None for i in range(len(pairs))]
@@ -399,10 +400,11 @@ def _tasks(todo: list[tuple[int, _Pair, str, str]]) -> list[list[tuple[int, _Pai
 
 
 def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool,
-               cache_dir: str | os.PathLike | None = None) -> tuple[list[tuple[float, bool | None, bool]], list[bool]]:
+               cache_dir: str | os.PathLike | None = None,
+               desc: str = "verify") -> tuple[list[tuple[float, bool | None, bool]], list[bool]]:
     """``_judge`` of every pair, over ``workers`` processes (None: one per CPU, at most 8; 0: here), with a
-    progress bar; with ``cache_dir``, comparisons stored there by an earlier run are used (``verdicts``), and
-    new ones stored. Returns the outcomes and, per pair, whether its comparison came from the cache."""
+    progress bar labelled ``desc``; with ``cache_dir``, comparisons stored there by an earlier run are used
+    (``verdicts``), and new ones stored. Returns the outcomes and, per pair, whether its comparison came from the cache."""
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
@@ -432,7 +434,7 @@ def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool,
             out[i], from_cache[i] = _outcome(pair, stored[keys[i]]), True
     todo = [t for t in todo if not from_cache[t[0]]]
     tasks = _tasks(todo)
-    bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="verify", unit="pair", disable=not progress,
+    bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc=desc, unit="pair", disable=not progress,
                leave=False)
     new: dict[str, object] = {}
 
