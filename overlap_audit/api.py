@@ -161,7 +161,8 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
     # searched from there, by radius, instead of scanning every hash (``match_eval_sets``)
     # a set to calibrate may end at any threshold from the first stage of the detector's default up
     # (``calibrate.calibrate_sets``): it is searched from the first stage of that lowest one
-    search_cut = dict(cut) | {n: lowest_threshold(det.default_threshold) for n in to_calibrate}
+    search_cut = dict(cut) | {n: lowest_threshold(det.default_threshold, verifying=settings.verify is not None)
+                              for n in to_calibrate}
     rule = DecisionRule.for_detector(det, search_cut, settings.verify, points.verify)
     floors = {n: search_cut[n] if rule.first_stage(n) is None else min(search_cut[n], rule.first_stage(n))
               for n in names}

@@ -22,11 +22,18 @@ import numpy as np
 CALIBRATION_RELAX = 2.0
 
 
-def lowest_threshold(default: float) -> float:
-    """The lowest threshold calibration may choose for a detector whose default is ``default``."""
+def lowest_threshold(default: float, *, verifying: bool = False) -> float:
+    """The lowest threshold calibration may choose for a detector whose default is ``default``: with
+    verification (``verifying``) the default itself, and calibration only estimates the decision's precision
+    and recall there. A threshold below the default would keep, unverified, the pairs between the two that
+    verification has nothing to say about; the transposed images calibration measures precision with are
+    chance matches, not the look-alikes verification exists to judge (on the clip-art development set the
+    threshold calibration chose, 0.8125, let a look-alike through that the default kept out), and the lower
+    threshold would also lower the set's first stage, verifying more pairs. Without verification, the
+    default's first stage at ``CALIBRATION_RELAX``."""
     from .decide.rule import first_stage_threshold
 
-    return first_stage_threshold(default, CALIBRATION_RELAX)
+    return float(default) if verifying else first_stage_threshold(default, CALIBRATION_RELAX)
 
 
 @dataclass(frozen=True)
@@ -218,8 +225,8 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
     ``positives`` first, each with one App. C copy (``augment.appc_copy``) compared with its image by the
     detector and, with verification, judged by the rule; the ``negatives`` (a superset of those images) each
     transposed along either diagonal (turned by 90 degrees and mirrored), searched in the corpus and, at or above
-    the lowest threshold tried, judged against their nearest corpus item. The threshold lies between the first
-    stage of the detector's default (below it verification would take nearly every example) and the default."""
+    the lowest threshold tried, judged against their nearest corpus item. The threshold lies between
+    ``lowest_threshold`` (with verification: the default) and the default."""
     import time
     import zlib
 
@@ -237,7 +244,8 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
 
     det = corpus.detector
     default = det.default_threshold
-    lower = 0.0 if default is None else lowest_threshold(default)
+    verifying = rule_for({}).verify is not None
+    lower = 0.0 if default is None else lowest_threshold(default, verifying=verifying)
     upper = 1.0 if default is None else float(default)
     out = {}
     for name, m in matches.items():
