@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,12 +157,12 @@ def content_box(image: Image.Image) -> ContentBox:
     it is idempotent: a picture whose own flat border was trimmed in one copy and which sits on a padded
     canvas in another comes to the same box in both."""
     width, height = image.size
-    view, alpha = _analysis_view(image), _alpha(image)
-    box, found = _one_pass(view, alpha, None)
+    view = _analysis_view(image)
+    box, found = _one_pass(view, lambda: _alpha(image), None)
     for _ in range(MAX_PASSES - 1):
         if not box.trimmed:
             break
-        inner, found = _one_pass(view.crop(box.box), _cropped_alpha(image, alpha, box.box), found)
+        inner, found = _one_pass(view.crop(box.box), functools.partial(_cropped_alpha, image, box.box), found)
         if not inner.trimmed:
             break
         box = ContentBox(box.left + inner.left, box.top + inner.top, box.left + inner.right,
@@ -179,15 +180,16 @@ class _Found:
     box: tuple[int, int, int, int]  # (left, top, right, bottom) in the pass's view
 
 
-def _one_pass(view: Image.Image, alpha: Image.Image | None, before: "_Found | None"
+def _one_pass(view: Image.Image, alpha: Callable[[], Image.Image | None], before: "_Found | None"
               ) -> tuple[ContentBox, "_Found | None"]:
+    """One pass of the rule on ``view``; ``alpha`` gives its alpha band (made only when a box is found)."""
     width, height = view.size
     found = _find_box(view, before) if min(width, height) >= 3 else None
     if found is None:
         return ContentBox.whole(width, height), None
     (top, bottom, left, right), margin, faint = found
     after = _Found(margin, faint, (left, top, right, bottom))
-    if not _is_canvas(view, alpha, margin, (left, top, right, bottom)):
+    if not _is_canvas(view, alpha(), margin, (left, top, right, bottom)):
         return ContentBox.whole(width, height), None
     if (right - left < MIN_SIDE or bottom - top < MIN_SIDE
             or (right - left) * (bottom - top) < MIN_AREA_FRACTION * width * height):
@@ -350,8 +352,7 @@ def _alpha(image: Image.Image) -> Image.Image | None:
     return None
 
 
-def _cropped_alpha(image: Image.Image, alpha: Image.Image | None, box: tuple[int, int, int, int]
-                   ) -> Image.Image | None:
+def _cropped_alpha(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image | None:
     """``_alpha(image.crop(box))`` without cropping the image. A crop keeps the image's info, so a kept alpha
     band (``imaging.ALPHA_INFO``) is resized to the crop's size, not cropped: the boxes found since
     ``RULE_VERSION`` 3 depend on it (cropping it changes 3 of 2,000 openclipart-png boxes)."""
@@ -359,6 +360,7 @@ def _cropped_alpha(image: Image.Image, alpha: Image.Image | None, box: tuple[int
     if isinstance(kept, Image.Image):
         size = (box[2] - box[0], box[3] - box[1])
         return kept if kept.size == size else kept.resize(size, Image.Resampling.BOX)
+    alpha = _alpha(image)
     return None if alpha is None else alpha.crop(box)
 
 
