@@ -228,14 +228,15 @@ class _Margin:
 WHOLE_ARRAY_PIXELS = 1 << 16
 
 
-def _outer_lines(view: Image.Image, channels: int) -> list[np.ndarray]:
+def _outer_lines(image: Image.Image) -> list[np.ndarray]:
     """The four outer lines as two pairs of equal length, [2, C, n] each: (top, bottom) and (left, right)."""
-    width, height = view.size
+    width, height = image.size
+    channels = len(image.getbands())
     if width * height <= WHOLE_ARRAY_PIXELS:
-        a = np.asarray(view).reshape(height, width, channels)
+        a = np.asarray(image).reshape(height, width, channels)
         return [np.stack([a[0], a[-1]]).transpose(0, 2, 1), np.stack([a[:, 0], a[:, -1]]).transpose(0, 2, 1)]
     # PIL crops of a large image: no copy of the whole image
-    return [np.stack([np.asarray(view.crop(box)).reshape(-1, channels).T for box in pair])
+    return [np.stack([np.asarray(image.crop(box)).reshape(-1, channels).T for box in pair])
             for pair in (((0, 0, width, 1), (0, height - 1, width, height)),
                          ((0, 0, 1, height), (width - 1, 0, width, height)))]
 
@@ -256,7 +257,7 @@ def _margin(view: Image.Image) -> _Margin | None:
     channels = len(view.getbands())
     # numpy works on a pair of lines at once, with the channels before the pixels: its per-call cost, and its
     # reductions over a last axis of three, were most of the time
-    pairs = _outer_lines(view, channels)
+    pairs = _outer_lines(view)
     medians = [_median(pair) for pair in pairs]
     colours = [c for m in medians for c in m]
     deviations = [np.abs(pair.astype(np.int16) - m[:, :, None]).max(axis=1) for pair, m in zip(pairs, medians)]
@@ -398,9 +399,7 @@ def _is_canvas(view: Image.Image, alpha: Image.Image | None, margin: _Margin,
 
 def _transparent_border(alpha: Image.Image) -> bool:
     """Whether at least half of the pixels on the image's four outer lines are transparent."""
-    width, height = alpha.size
-    border = np.concatenate([np.asarray(alpha.crop(box)).ravel() for box in (
-        (0, 0, width, 1), (0, height - 1, width, height), (0, 0, 1, height), (width - 1, 0, width, height))])
+    border = np.concatenate([pair.ravel() for pair in _outer_lines(alpha)])
     return bool((border <= ALPHA_CLEAR).mean() >= 0.5)
 
 
