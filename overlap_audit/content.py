@@ -188,14 +188,16 @@ def _one_pass(view: Image.Image, alpha: Callable[[], Image.Image | None], before
     if found is None:
         return ContentBox.whole(width, height), None
     (top, bottom, left, right), margin, faint = found
-    after = _Found(margin, faint, (left, top, right, bottom))
-    if not _is_canvas(view, alpha(), margin, (left, top, right, bottom)):
-        return ContentBox.whole(width, height), None
+    # the cheap reasons to keep the image whole first: the canvas test (and the alpha band it reads) is then
+    # needed only for a box that would be used
     if (right - left < MIN_SIDE or bottom - top < MIN_SIDE
             or (right - left) * (bottom - top) < MIN_AREA_FRACTION * width * height):
         return ContentBox.whole(width, height), None
     if (left, top, right, bottom) == (0, 0, width, height):
         return ContentBox.whole(width, height), None
+    if not _is_canvas(view, alpha(), margin, (left, top, right, bottom)):
+        return ContentBox.whole(width, height), None
+    after = _Found(margin, faint, (left, top, right, bottom))
     return ContentBox(left, top, right, bottom, width, height, True), after
 
 

@@ -41,13 +41,13 @@ def _palette_on_white(img: Image.Image) -> Image.Image:
     indices.info["transparency"] = img.info["transparency"]
     entries = indices.convert("RGBA")
     composited = _composite_on_white(entries)
-    alpha = entries.getchannel("A").tobytes()
+    alpha = np.frombuffer(entries.getchannel("A").tobytes(), dtype=np.uint8)
     out = img.copy()
     out.info = {}
     out.putpalette(composited.tobytes(), rawmode="RGB")
     mask = img.copy()
     mask.info = {}
-    mask.putpalette(bytes(v for a in alpha for v in (a, a, a)), rawmode="RGB")
+    mask.putpalette(np.repeat(alpha, 3).tobytes(), rawmode="RGB")
     rgb = out.convert("RGB")
     rgb.info = {ALPHA_INFO: mask.convert("L")}  # L of a grey palette is its grey value exactly
     return rgb
