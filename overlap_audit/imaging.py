@@ -21,7 +21,7 @@ ALPHA_INFO = "overlap_audit.alpha"
 
 
 def _composite_on_white(img: Image.Image) -> Image.Image:
-    if img.mode == "P":
+    if img.mode == "P" and img.palette is not None and img.palette.mode == "RGB":
         return _palette_on_white(img)
     rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # convert() would copy an RGBA image
     out = Image.new("RGB", rgba.size, (255, 255, 255))
