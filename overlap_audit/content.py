@@ -181,8 +181,8 @@ class _Found:
     box: tuple[int, int, int, int]  # (left, top, right, bottom) in the pass's view
 
 
-def _one_pass(view: Image.Image, alpha: Callable[[], Image.Image | None], before: "_Found | None"
-              ) -> tuple[ContentBox, "_Found | None"]:
+def _one_pass(view: Image.Image, alpha: Callable[[], Image.Image | None], before: _Found | None
+              ) -> tuple[ContentBox, _Found | None]:
     """One pass of the rule on ``view``; ``alpha`` gives its alpha band (made only when a box is found)."""
     width, height = view.size
     found = _find_box(view, before) if min(width, height) >= 3 else None
