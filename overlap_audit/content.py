@@ -56,9 +56,10 @@ conversion, plus numpy on the four outer lines and on the few lines between the 
 strong differences; without two opposite quiet outer lines (most photographs), the outer lines only. A
 repeated pass whose margin is the same crops the first pass's map instead of mapping its pixels again. On
 openclipart-png drawings about 0.9x the CPU time PIL takes to decode them, on JPEG photographs decoded at a
-reduced scale about 0.5x (benchmarks/bench_index_speed.py, BENCHMARKS.md "Indexing against the decoder"). Step 4 adds, where there is a margin, one box average and one lookup pass over the bands
-cut: on a photograph padded to 512 px 12.7 ms against 5.2 ms without step 4, measured together on a busier
-2-core machine; nothing for an image without a margin. In the audit it runs on the image as decoded for the
+reduced scale about 0.5x (benchmarks/bench_index_speed.py, BENCHMARKS.md "Indexing against the decoder").
+Step 4 adds, where there is a margin, one box average and one lookup pass over the bands cut: on a photograph
+padded to 512 px 12.7 ms against 5.2 ms without step 4, measured together on a busier 2-core machine; nothing
+for an image without a margin. In the audit it runs on the image as decoded for the
 detector, often a reduced JPEG decode.
 """
 
