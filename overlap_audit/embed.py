@@ -15,9 +15,11 @@ loop with one in-order contract; the pool is most of it.
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
+import select
 import signal
 import sys
 import time
@@ -217,6 +219,16 @@ class _Chunk:
         self.results.append(Decoded(self.pairs[len(self.results)][0], *fields))
 
 
+def _readable(conn) -> Callable[[], bool]:
+    """Whether ``conn`` has a message (or its end) waiting, without waiting. ``Connection.poll`` builds a
+    selector on every call, which the decoder's loop paid several times per item; a poll object is made once."""
+    if not hasattr(select, "poll"):  # pragma: no cover - not Linux or macOS
+        return conn.poll
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return lambda: bool(poller.poll(0))
+
+
 class _Worker:
     """One decoding process and the chunk it is working through (None when idle)."""
 
@@ -226,6 +238,7 @@ class _Worker:
         self.process.start()
         child.close()
         self.conn = parent
+        self.readable = _readable(parent)
         self.chunk: _Chunk | None = None
         self.silent = 0.0  # seconds watched since this worker last delivered an item
 
@@ -267,6 +280,7 @@ class Decoder:
         self.start_method = start_method or default_start_method()
         self._ctx = None
         self._procs: list[_Worker] = []
+        self._poller: tuple[list[_Worker], Any] | None = None  # (the workers it watches, a select.poll)
 
     def __enter__(self) -> "Decoder":
         if self.workers > 0:
@@ -348,8 +362,7 @@ class Decoder:
         busy = [w for w in self._procs if w.chunk is not None]
         wait_for = None if timeout is None or not busy else max(0.0, timeout - max(w.silent for w in busy))
         started = time.monotonic()
-        ready = set(mp_connection.wait([w.conn for w in busy] + [w.process.sentinel for w in self._procs],
-                                       timeout=wait_for))
+        ready = self._wait([w.conn for w in busy] + [w.process.sentinel for w in self._procs], wait_for)
         # only time spent waiting here counts towards a timeout: a worker whose results wait to be read
         # while the caller embeds is never stopped
         watched = time.monotonic() - started
@@ -365,11 +378,27 @@ class Decoder:
             elif worker.chunk is not None and timeout is not None and worker.silent >= timeout:
                 self._replace(i, f"decoding took longer than {timeout:g} s: stopped", timed_out=True)
 
+    def _wait(self, objects: list, timeout: float | None) -> set:
+        """The connections and sentinels among ``objects`` that are ready, after at most ``timeout`` seconds:
+        ``multiprocessing.connection.wait``, with one poll object kept while the workers stay the same (that
+        function builds a selector on every call, and the loop calls it about once per item)."""
+        if not hasattr(select, "poll"):  # pragma: no cover - not Linux or macOS
+            return set(mp_connection.wait(objects, timeout=timeout))
+        if self._poller is None or self._poller[0] != self._procs:
+            poller = select.poll()
+            for worker in self._procs:
+                poller.register(worker.conn.fileno(), select.POLLIN)
+                poller.register(worker.process.sentinel, select.POLLIN)
+            self._poller = (list(self._procs), poller)
+        events = self._poller[1].poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
+        fds = {fd for fd, _ in events}
+        return {obj for obj in objects if (obj if isinstance(obj, int) else obj.fileno()) in fds}
+
     @staticmethod
     def _receive(worker: _Worker) -> None:
         chunk = worker.chunk
         try:
-            while chunk is not None and worker.conn.poll():
+            while chunk is not None and worker.readable():
                 fields = worker.conn.recv()
                 chunk.add(fields)
                 worker.silent = 0.0
