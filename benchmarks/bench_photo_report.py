@@ -154,9 +154,10 @@ def breakdown(splits_file: Path, source: np.ndarray, corpus: Path, evals: Path, 
 
 
 def run_family(data, family: str, detector: str, work: Path, with_breakdown: bool = False,
-               calibrate: bool = True) -> dict:
+               calibrate: bool = True, views: tuple[float, ...] | None = None) -> dict:
     """Index, report with and without verification, count. ``calibrate`` False: the detector's default
-    threshold (``ReportSettings(calibrate=None)``) instead of each report's calibrated one."""
+    threshold (``ReportSettings(calibrate=None)``) instead of each report's calibrated one. ``views``: the
+    index's corpus views (None: the detector's default)."""
     import pandas as pd
 
     from overlap_audit.api import ReportSettings, build_index, run_report
@@ -167,7 +168,7 @@ def run_family(data, family: str, detector: str, work: Path, with_breakdown: boo
     shutil.rmtree(root, ignore_errors=True)
     corpus, evals = write_family(data, root)
     t = time.perf_counter()
-    build_index([str(corpus)], root / "index", IndexSettings(detector=detector))
+    build_index([str(corpus)], root / "index", IndexSettings(detector=detector, views=views))
     index_s = time.perf_counter() - t
     preds = pd.DataFrame({"dataset": DATASET, "id": [f"q{i:05d}.png" for i in range(len(data.queries))],
                           "correct": 1})
@@ -238,6 +239,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-calibrate", action="store_true", help="the detector's default threshold in every report")
     ap.add_argument("--breakdown", action="store_true", help="where the decision lost each missed true copy")
+    ap.add_argument("--views", type=float, nargs="*", default=None,
+                    help="the index's corpus views (areas; none given: no views; default: the detector's)")
     args = ap.parse_args(argv)
     photos = dev_photos() if args.photos == "dev" else heldout_photos()
     if args.max_photos is not None and args.max_photos < len(photos):
@@ -251,7 +254,7 @@ def main(argv=None) -> list[dict]:
         for family in args.families:
             line = {"photos": args.photos, "n_photos": len(photos), **run_family(
                 family_set(photos, family, args.seed), family, args.detector, work / args.detector, args.breakdown,
-                not args.no_calibrate)}
+                not args.no_calibrate, None if args.views is None else tuple(args.views))}
             results.append(line)
             _print(line)
             if args.breakdown:

@@ -153,6 +153,7 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
     s = settings or IndexSettings()
     check_choice("index_type", s.index_type, INDEX_TYPES, IndexDirError)
     parse_bytes(s.memory_budget)  # a malformed budget fails before any work
+    index_views(s.detector, s.views)  # and so do malformed views
     if not sources:
         raise IndexDirError("give at least one corpus source")
     if s.shard_size < 1 or s.batch_size < 1:
