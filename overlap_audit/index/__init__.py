@@ -18,10 +18,10 @@ from .manifest import (IDS_FILE, INDEX_FILE, MANIFEST, PROGRESS, SHARD_DIR, VECT
                        load_manifest)
 from .search import search, search_rows
 from .shards import content_boxes, corpus_key, iter_shard_vectors
-from .views import DEFAULT_VIEWS, index_views, view_tag
+from .views import DEFAULT_VIEWS, index_views, view_tag, views_line
 
 __all__ = [
-    "CHANGED", "DEFAULT_VIEWS", "content_boxes", "index_views", "is_changed", "view_tag",
+    "CHANGED", "DEFAULT_VIEWS", "content_boxes", "index_views", "is_changed", "view_tag", "views_line",
     "IDS_FILE", "INDEX_FILE", "MANIFEST", "PROGRESS", "RECALL_QUERIES", "RECALL_QUERIES_PER_SHARD", "SHARD_DIR",
     "VECTORS_FILE", "CheckResult", "CorpusIndex", "IndexManifest", "build_index", "check_detector",
     "check_index", "corpus_items", "corpus_key", "faiss_device", "faiss_gpu_count", "finish_from_shards",
