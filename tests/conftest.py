@@ -74,7 +74,8 @@ def corpus_index(tmp_path_factory, corpus_dir):
     from overlap_audit.settings import IndexSettings
 
     out = tmp_path_factory.mktemp("corpus-index") / "index"
-    build_index([str(corpus_dir)], out, IndexSettings(workers=2, shard_size=50))
+    # without corpus views: these tests compare the primary vectors (tests/index/test_views.py covers views)
+    build_index([str(corpus_dir)], out, IndexSettings(workers=2, shard_size=50, views=()))
     return out
 
 
