@@ -74,8 +74,7 @@ def corpus_index(tmp_path_factory, corpus_dir):
     from overlap_audit.settings import IndexSettings
 
     out = tmp_path_factory.mktemp("corpus-index") / "index"
-    # without corpus views: these tests compare the primary vectors (tests/index/test_views.py covers views)
-    build_index([str(corpus_dir)], out, IndexSettings(workers=2, shard_size=50, views=()))
+    build_index([str(corpus_dir)], out, IndexSettings(workers=2, shard_size=50))
     return out
 
 
