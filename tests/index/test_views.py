@@ -142,3 +142,39 @@ def test_views_are_checked(tmp_path):
                            view_vectors=np.zeros((3, 2, 8), np.uint8))
     with pytest.raises(IndexDirError, match="views"):
         build_index(["/nonexistent"], tmp_path / "b", IndexSettings(views=(1.5,)))
+
+
+def test_queries_search_their_centre_view_against_an_index_with_views(photo_indexes, tmp_path):
+    from overlap_audit.match import match_eval_sets, open_corpus
+    from overlap_audit.settings import MatchSettings
+
+    root, photos = photo_indexes[0], photo_indexes[1]
+    (tmp_path / "ev").mkdir()
+    for name in ("moon", "camera"):
+        im = photos[name].convert("RGB")
+        w, h = im.size
+        im.crop((int(w * .1), int(h * .06), int(w * .94), int(h * .9))).save(tmp_path / "ev" / f"{name}.png")
+    got = {}
+    for which, settings in (("with", MatchSettings(workers=0)), ("plain", MatchSettings(workers=0, query_views=())),
+                            ("without", MatchSettings(workers=0))):
+        index = root / ("without" if which == "without" else "with")
+        m = match_eval_sets(open_corpus(index, settings), [("ev", str(tmp_path / "ev"))], settings)["ev"]
+        got[which] = m
+    assert got["with"].embeddings.crop_vectors.shape == (2, 1, 8)  # one centre view of each query
+    assert got["without"].embeddings.crop_vectors is None  # no query views without corpus views
+    assert got["plain"].embeddings.crop_vectors is None
+    for which in ("with", "plain"):
+        assert list(got[which].neighbors.ids[:, 0]) == ["camera.png", "moon.png"]
+    # the best of the views is kept, never a worse one
+    assert (got["with"].neighbors.similarities[:, 0] >= got["plain"].neighbors.similarities[:, 0]).all()
+    assert set(got["with"].neighbors.views) <= {"trimmed", "whole", "view80"}
+
+
+def test_index_command_refuses_views_and_no_views(tmp_path):
+    from click.testing import CliRunner
+
+    from overlap_audit.cli import main
+
+    result = CliRunner().invoke(main, ["index", str(tmp_path), "--out", str(tmp_path / "i"), "--views", "0.7",
+                                       "--no-views"])
+    assert result.exit_code != 0 and "--views or --no-views" in result.output
