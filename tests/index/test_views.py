@@ -178,3 +178,21 @@ def test_index_command_refuses_views_and_no_views(tmp_path):
     result = CliRunner().invoke(main, ["index", str(tmp_path), "--out", str(tmp_path / "i"), "--views", "0.7",
                                        "--no-views"])
     assert result.exit_code != 0 and "--views or --no-views" in result.output
+
+
+def test_a_rebuilt_index_keeps_its_views_in_the_next_generation(tmp_path):
+    from overlap_audit.index import finish_from_shards
+
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 256, (200, 8), dtype=np.uint8)
+    views = rng.integers(0, 256, (200, 1, 8), dtype=np.uint8)
+    index_from_vectors(tmp_path / "idx", codes, metric="hamming", views=(0.7,), view_vectors=views)
+    queries = views[:10, 0]
+    before = search(load_index(tmp_path / "idx"), [str(i) for i in range(10)], queries, k=3)
+    m = finish_from_shards(tmp_path / "idx", index_type="flat")
+    assert m.generation == 2 and m.views == (0.7,) and "index.g2.view70.faiss" in m.files
+    assert not (tmp_path / "idx" / "index.view70.faiss").exists()  # the replaced generation's view index
+    check_index(tmp_path / "idx")
+    after = search(load_index(tmp_path / "idx"), [str(i) for i in range(10)], queries, k=3)
+    np.testing.assert_array_equal(after.similarities, before.similarities)
+    assert (after.similarities[:, 0] == 1).all()  # each query is an item's view
