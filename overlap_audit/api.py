@@ -25,7 +25,7 @@ from .decide.split import resolve_thresholds, threshold_origins
 from .evalcache import default_cache_dir
 from .errors import EmptyEvalSetError, OutputDirError, SourceError, ThresholdError, param
 from .evidence import build_galleries
-from .index import build_index, content_boxes
+from .index import build_index, content_boxes, views_line
 from .match import check_eval_sets, check_report_apart, match_eval_sets, open_corpus
 from .matched import corpus_matches
 from .predictions import PREDICTIONS
@@ -212,7 +212,9 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
             index={"path": corpus.path, "n_indexed": m.n_indexed, "n_skipped": m.n_skipped,
                    "n_low_information": m.n_low_information, "index_type": m.index_type, "created": m.created,
                    "search": ("exact (streamed shards)" if exact else
-                              "exact (flat index)" if m.index_type == "flat" else f"approximate ({m.index_type})"),
+                              "exact (flat index)" if m.index_type == "flat" else f"approximate ({m.index_type})")
+                   + views_line(m.views, match.query_views),
+                   "views": list(m.views),
                    "recall": ({"exact": True, "note": "streamed"} if exact else m.extra.get("recall", {}))},
             datasets=datasets, k=match.k, alpha=st.alpha, ci_level=st.ci_level, correction=st.correction,
             predictions=scores.source, package_version=__version__,

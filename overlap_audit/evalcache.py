@@ -102,7 +102,8 @@ def set_key(source, identity: dict, settings: MatchSettings, purpose: str | None
     text = json.dumps({
         "format": CACHE_FORMAT, "package_version": __version__, "index": identity,
         "match": {"detector": settings.detector, "device": settings.device, "k": settings.k,
-                  "exact": settings.exact, "views": settings.views, "max_pixels": settings.max_pixels,
+                  "exact": settings.exact, "views": settings.views, "query_views": list(settings.query_views),
+                  "max_pixels": settings.max_pixels,
                   "limits": asdict(limits)},
         "set": source.name, "items": items, **({"purpose": purpose} if purpose is not None else {}),
     }, sort_keys=True, default=str)

@@ -72,6 +72,9 @@ class IndexSettings:
     memory_budget: int | str | None = None
     ray_address: str | None = None
     limits: InputLimits = field(default_factory=InputLimits)
+    # corpus views (``index.views``): one more vector per item for the centre crop of each of these fractions
+    # of its area; None: the detector's default (``index.views.DEFAULT_VIEWS``), () none
+    views: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class MatchSettings:
     exact: bool = False
     ray_address: str | None = None
     views: bool = True  # a trimming detector also searches the whole image of each trimmed query
+    # against an index with corpus views, each query's centre crop at these fractions of its area is searched too
+    query_views: tuple[float, ...] = (0.8,)
     limits: InputLimits = field(default_factory=InputLimits)
 
     def __post_init__(self) -> None:

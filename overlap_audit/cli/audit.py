@@ -61,19 +61,27 @@ def threshold_line(rep, threshold: float | None, thresholds_file: str | None) ->
               help="auto: exact flat while it fits --memory-budget, else IVF-PQ (multi-index hash tables for a "
                    "large corpus of 64-bit hashes); the others on request.")
 @click.option("--memory-budget", default="8GB", show_default=True, help="Memory the index may use (8GB, 512MB).")
+@click.option("--views", "views", type=float, multiple=True, metavar="AREA",
+              help="Corpus views: also index each item's centre crop holding this fraction of its area (repeat for "
+                   "several), so a copy that is a crop of it is found; reports then search each query's centre "
+                   "80% too (measured in BENCHMARKS.md, Corpus views). Default: none.")
+@click.option("--no-views", is_flag=True, help="Index no corpus views (one vector per item).")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|local",
               help="Embed the shards on a Ray cluster (pip install 'overlap-audit[ray]').")
 @options.quiet
 def index(sources, out_dir, detector, content, batch_size, workers, device, resume, shard_size, max_pixels,
-          index_type, memory_budget, ray_address, quiet) -> None:
+          index_type, memory_budget, views, no_views, ray_address, quiet) -> None:
     """Embed the corpus SOURCES (image folders, Parquet, WebDataset shards) and build the FAISS index."""
-    from ..index import build_index
+    from ..index import build_index, views_line
     from ..inert import terminal
     from ..report import recall_line
 
+    if views and no_views:
+        raise click.UsageError("give --views or --no-views, not both")
     settings = IndexSettings(detector=detector, content=content, batch_size=batch_size, workers=workers,
                              device=device, resume=resume, shard_size=shard_size, max_pixels=max_pixels,
-                             index_type=index_type, memory_budget=memory_budget, ray_address=ray_address)
+                             index_type=index_type, memory_budget=memory_budget, ray_address=ray_address,
+                             views=() if no_views else (tuple(views) or None))
     try:
         m = build_index(list(sources), out_dir, settings, progress=not quiet)
     except KeyboardInterrupt:
@@ -81,7 +89,8 @@ def index(sources, out_dir, detector, content, batch_size, workers, device, resu
         sys.exit(130)
     echo(f"index: {m.index_type} ({m.extra.get('index_choice', '')}); {recall_line(m.extra.get('recall', {}))}")
     echo(f"indexed {m.n_indexed} of {m.n_given} items with {m.detector.spec} into {out_dir} "
-          f"({m.index_type}); {m.n_skipped} skipped, {m.n_low_information} low-information not indexed")
+          f"({m.index_type}{views_line(m.views, ())}); {m.n_skipped} skipped, {m.n_low_information} "
+          "low-information not indexed")
     if m.n_indexed == 0:
         echo("warning: the index holds no items; a report against it would have nothing to compare", err=True)
     for s in m.skipped[:20]:
@@ -94,10 +103,11 @@ def index(sources, out_dir, detector, content, batch_size, workers, device, resu
 @options.index_dir
 def check(index_dir) -> None:
     """Check every file of INDEX_DIR against its manifest: sizes, row counts, checksums, the FAISS index."""
-    from ..index import check_index
+    from ..index import check_index, views_line
 
     r = check_index(index_dir)
-    click.echo(f"{r.path}: intact (generation {r.generation}, {r.index_type}, {r.n_indexed} indexed; "
+    click.echo(f"{r.path}: intact (generation {r.generation}, {r.index_type}{views_line(r.views, ())}, "
+               f"{r.n_indexed} indexed; "
                f"{r.n_files} files, {r.n_bytes / 1e6:.1f} MB checksummed in {r.seconds:.2f} s)")
     if r.stale:
         click.echo(f"note: {len(r.stale)} file(s) of an interrupted rebuild are left beside it and unused "

@@ -26,6 +26,7 @@ from .items import keys_name, write_items
 from .manifest import MANIFEST, PROGRESS, SHARD_DIR, GenerationFiles, IndexManifest, file_record, load_manifest
 from .search import search_rows, stream_search
 from .shards import iter_shard_vectors, read_shard, shard_paths, vector_width
+from .views import build_view_indexes, view_index_name
 
 # At most this many recall queries (augmented corpus copies, ``build.RECALL_QUERIES_PER_SHARD`` per shard)
 # measure an approximate index's recall at RECALL_K.
@@ -109,9 +110,11 @@ def _build_faiss(out: Path, info: DetectorInfo, plan, n: int, vectors_file: str)
 
 def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size: int, device: str,
                   seconds: float, *, index_type: str = "auto", memory_budget: int | str | None = None,
-                  limits: dict | None = None, previous: IndexManifest | None = None) -> IndexManifest:
+                  limits: dict | None = None, previous: IndexManifest | None = None,
+                  views: tuple[float, ...] = ()) -> IndexManifest:
     """Build the FAISS index over the shards as the generation after ``previous`` (or the first), write
-    the manifest that switches to it (the last write), then remove the generation it replaced."""
+    the manifest that switches to it (the last write), then remove the generation it replaced. With
+    ``views`` (areas) the shards' view vectors get an index each too (``views.build_view_indexes``)."""
     import faiss
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -152,15 +155,18 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
         files[tables] = file_record(out / tables, len(scan.keys))
     files[names.items] = file_record(out / names.items, n_items)
     files[keys_name(names.items)] = file_record(out / keys_name(names.items))
+    if views:
+        files.update(build_view_indexes(out, info, views, names.index, len(scan.keys)))
     superseded = []
     if previous is not None:
         from .mih import tables_name
 
-        now = {names.index, names.ids, vectors_file, tables, names.items, keys_name(names.items)}
+        now = {names.index, names.ids, vectors_file, tables, names.items, keys_name(names.items), *files}
         before = previous.items_file
         superseded = [name for name in (previous.index_file, previous.ids_file, previous.vectors_file,
                                         tables_name(previous.index_file), before,
-                                        keys_name(before) if before else None)
+                                        keys_name(before) if before else None,
+                                        *(view_index_name(previous.index_file, a) for a in previous.views))
                       if name is not None and name not in now and (out / name).exists()]
     manifest = IndexManifest(
         detector=info,
@@ -188,6 +194,7 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
         vectors_file=vectors_file,
         items_file=names.items,
         superseded=superseded,
+        views=tuple(views),
     )
     atomic_write_json(out / MANIFEST, manifest.to_dict())  # the switch
     for stale in stale_generation_files(out, manifest):
@@ -230,4 +237,5 @@ def finish_from_shards(out_dir: str | os.PathLike, *, index_type: str = "auto") 
         previous = load_manifest(out) if (out / MANIFEST).exists() else None
         return finish_index(out, DetectorInfo.from_dict(progress["detector"]), progress["sources"],
                             progress["shard_size"], faiss_device("auto"), 0.0, index_type=index_type,
-                            limits=progress.get("limits"), previous=previous)
+                            limits=progress.get("limits"), previous=previous,
+                            views=tuple(progress.get("views", ())))

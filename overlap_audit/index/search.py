@@ -32,6 +32,7 @@ from .ray import connect, map_shards
 from .load import CorpusIndex
 from .manifest import INDEX_FILE, VECTORS_FILE
 from .shards import iter_shard_vectors, read_shard_vectors, shard_first_rows
+from .views import iter_view_vectors
 
 NO_ROW = -1
 SEARCH_BATCH = 8192  # queries per FAISS index search call
@@ -54,6 +55,19 @@ def order_topk(sims: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, 
 def merge_topk(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], k: int):
     """Merge two top-k candidate sets (sims, rows) of the same queries."""
     return order_topk(np.concatenate([a[0], b[0]], axis=1), np.concatenate([a[1], b[1]], axis=1), k)
+
+
+def merge_max(results: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge top-k (sims, rows) of the same queries over several views: each corpus row once, with its
+    highest similarity; then the k best, similarity descending and row ascending."""
+    sims = np.concatenate([np.where(r == NO_ROW, -np.inf, s) for s, r in results], axis=1).astype(np.float32)
+    rows = np.concatenate([r for _, r in results], axis=1)
+    order = np.lexsort((-sims, rows), axis=-1)  # by row, the most similar first within a row
+    sims, rows = np.take_along_axis(sims, order, axis=1), np.take_along_axis(rows, order, axis=1)
+    repeat = np.zeros(rows.shape, dtype=bool)
+    repeat[:, 1:] = (rows[:, 1:] == rows[:, :-1]) & (rows[:, 1:] != NO_ROW)
+    rows = np.where(repeat, NO_ROW, rows)
+    return order_topk(sims, rows, k)
 
 
 def similarity_from_faiss(values: np.ndarray, metric: str, dim: int) -> np.ndarray:
@@ -217,6 +231,25 @@ def _search_rows(index, index_type: str, params: dict, queries: np.ndarray, k: i
     return search_index(index, queries, k, info.metric, info.dim)
 
 
+def with_views(corpus: CorpusIndex, queries: np.ndarray, primary: tuple[np.ndarray, np.ndarray], k: int,
+               device: str = "cpu", *, stream: bool = False,
+               min_similarity: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The primary top-k merged with each corpus view's (``overlap_audit.index.views``): per corpus item its
+    most similar view. Exact: an item of the merged top-k is in the top-k of the view that gives its
+    similarity. The views are searched through their flat indexes, or streamed from their shard files
+    (``stream``: the exact stream and Ray paths; the views' stream runs here)."""
+    info = corpus.manifest.detector
+    results = [primary]
+    for v in range(len(corpus.manifest.views)):
+        if stream or not corpus.view_indexes:
+            found = stream_search(queries, iter_view_vectors(corpus.path, v), k, info.metric, info.dim)
+        else:
+            found = search_index(to_device(corpus.view_indexes[v], info.metric, device), queries, k, info.metric,
+                                 info.dim)
+        results.append(within(*found, min_similarity))
+    return merge_max(results, k)
+
+
 def search(corpus: CorpusIndex, query_ids: list[str], vectors: np.ndarray, *, k: int = 5,
            device: str = "auto", exact_stream: bool = False, ray_address: str | None = None,
            min_similarity: float | None = None, progress: bool = False) -> Neighbors:
@@ -227,7 +260,7 @@ def search(corpus: CorpusIndex, query_ids: list[str], vectors: np.ndarray, *, k:
     bounded by the queries plus one shard); otherwise the index is searched (exact for flat indexes, and
     for mih indexes, whose tables answer a ``min_similarity`` search by radius search). With
     ``ray_address`` the stream runs as a map over shards on a Ray cluster. ``progress`` shows a bar over the
-    shards of the stream.
+    shards of the stream. An index with corpus views gives each item its most similar view (``with_views``).
     """
     info = corpus.manifest.detector
     k = max(1, int(k))
@@ -255,6 +288,9 @@ def search(corpus: CorpusIndex, query_ids: list[str], vectors: np.ndarray, *, k:
             pad = k - sims.shape[1]
             sims = np.pad(sims, ((0, 0), (0, pad)), constant_values=-np.inf)
             rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=NO_ROW)
+    if corpus.manifest.views:
+        sims, rows = with_views(corpus, np.asarray(vectors), (sims, rows), k, dev,
+                                stream=exact_stream or corpus.index is None, min_similarity=min_similarity)
     ids = np.full(rows.shape, None, dtype=object)
     valid = rows != NO_ROW
     ids[valid] = corpus.keys[rows[valid]]
