@@ -37,6 +37,7 @@ from .views import iter_view_vectors
 NO_ROW = -1
 SEARCH_BATCH = 8192  # queries per FAISS index search call
 STREAM_BATCH = 16384  # queries per brute-force block search
+RERANK_BATCH = 1024  # queries whose shortlist rows are gathered at once (shortlist·1 KB each)
 
 
 def order_topk(sims: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -221,14 +222,24 @@ def _search_rows(index, index_type: str, params: dict, queries: np.ndarray, k: i
         index.nprobe = int(params.get("nprobe", 16))
     index = to_device(index, info.metric, device)
     if index_type == "ivfpq" and info.metric == "cosine":
-        shortlist = max(4 * k, k + int(params.get("rerank_extra", 32)))
-        _, cand = search_index(index, queries, shortlist, info.metric, info.dim)
         vectors = np.load(Path(path) / vectors_file, mmap_mode="r")
-        safe = np.where(cand < 0, 0, cand)
-        exact = np.einsum("qd,qcd->qc", queries.astype(np.float32), np.asarray(vectors[safe.reshape(-1)]).reshape(
-            len(queries), shortlist, -1)).astype(np.float32)
+        exact, cand = rerank_candidates(index, queries, max(k, int(params["shortlist"])), info, vectors)
         return order_topk(exact, cand, k)
     return search_index(index, queries, k, info.metric, info.dim)
+
+
+def rerank_candidates(index, queries: np.ndarray, shortlist: int, info: DetectorInfo,
+                      vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The index's first ``shortlist`` candidates of each query in its own order, with their exact
+    similarities from ``vectors`` (the corpus rows, memory-mapped): (similarities, rows), −inf / −1 where none."""
+    _, cand = search_index(index, queries, shortlist, info.metric, info.dim)
+    exact = np.full(cand.shape, -np.inf, dtype=np.float32)
+    for start in range(0, len(queries), RERANK_BATCH):
+        rows = cand[start:start + RERANK_BATCH]
+        gathered = np.asarray(vectors[np.where(rows < 0, 0, rows).reshape(-1)]).reshape(*rows.shape, -1)
+        sims = np.einsum("qd,qcd->qc", np.asarray(queries[start:start + RERANK_BATCH], np.float32), gathered)
+        exact[start:start + RERANK_BATCH] = np.where(rows < 0, -np.inf, sims)
+    return exact, cand
 
 
 def with_views(corpus: CorpusIndex, queries: np.ndarray, primary: tuple[np.ndarray, np.ndarray], k: int,
