@@ -26,7 +26,7 @@ from .shards import shard_paths
 
 SMALL_FILE = 4 << 20  # files up to this size are checksummed on every load
 # the FAISS classes each index type is built as (``overlap_audit.index.ann.new_index``): binary, float
-FAISS_CLASSES = {"flat": ("IndexBinaryFlat", "IndexFlatIP"), "ivfpq": ("IndexBinaryIVF", "IndexIVFPQ"),
+FAISS_CLASSES = {"flat": ("IndexBinaryFlat", "IndexFlatIP"), "ivfpq": ("IndexBinaryIVF", "IndexIVFPQFastScan"),
                  "hnsw": ("IndexBinaryHNSW", "IndexHNSWFlat"),
                  "mih": ("IndexBinaryFlat", "")}  # mih: 64-bit hashes only, the tables in index.gG.mih
 
@@ -186,7 +186,7 @@ def _stored_vectors(index, rows: np.ndarray) -> np.ndarray | None:
     stores them only approximately (IVF-PQ over floats)."""
     import faiss
 
-    if isinstance(index, faiss.IndexIVFPQ):
+    if isinstance(index, faiss.IndexIVFPQFastScan):
         return None
     if isinstance(index, faiss.IndexBinaryIVF):
         index.make_direct_map()

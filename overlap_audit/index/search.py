@@ -168,7 +168,8 @@ def ray_stream_search(index_dir: str | os.PathLike, info: DetectorInfo, queries:
 
 
 def to_device(index, metric: str, device: str):
-    """Move an index to the GPU when asked and possible (HNSW has no GPU version and stays on the CPU)."""
+    """Move an index to the GPU when asked and possible (HNSW and fast-scan IVF-PQ have no GPU version and
+    stay on the CPU)."""
     if device != "cuda":
         return index
     import faiss
@@ -178,7 +179,7 @@ def to_device(index, metric: str, device: str):
         if isinstance(index, faiss.IndexBinaryFlat):
             return faiss.GpuIndexBinaryFlat(res, index)
         return index
-    if "HNSW" in type(index).__name__:
+    if "HNSW" in type(index).__name__ or "FastScan" in type(index).__name__:
         return index
     return faiss.index_cpu_to_gpu(res, 0, index)
 
