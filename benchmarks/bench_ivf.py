@@ -148,7 +148,7 @@ def corpus_stats(root: Path, sample: int = 2000) -> dict:
 
 def child(kind: str, root: Path, n_exact: int) -> dict:
     """One measurement in its own process."""
-    queries, rows = np.load(root / "queries.npy"), np.load(root / "rows.npy")
+    queries = np.load(root / "queries.npy")
     out: dict = {"kind": kind}
     if kind == "build":
         from overlap_audit.index import finish_from_shards
