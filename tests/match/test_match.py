@@ -179,7 +179,8 @@ def test_a_mih_index_answers_the_decisions_floor_by_radius_as_flat_search_does(t
         rep[name] = run_report(index, evals, ReportSettings(tmp_path / f"rep-{name}", predictions=predictions,
                                                             match=settings, cache_dir=None))
     # calibrated (the default): searched from the first stage of the lowest threshold calibration may choose
+    # (with verification, the default's)
     phash = get_detector("phash")
-    lowest = lowest_threshold(phash.default_threshold)
+    lowest = lowest_threshold(phash.default_threshold, verifying=True)
     assert radii[-1] == hash_radius(first_stage_threshold(lowest, relax_for(phash)), 64) and len(radii) > n_radius
     assert rep["mih"].dataset("val").stats == rep["flat"].dataset("val").stats
