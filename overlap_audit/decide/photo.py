@@ -43,7 +43,7 @@ The verdict (``PhotoVerification.verdict``):
   before the refinement);
 - drawings by their flat fills that have no margin (a phantom or a logo on a plain ground, squashed) and that
   the drawing comparison refuses are the same picture where the photo comparison is near perfect
-  (``FLAT_ACCEPT``, ``FLAT_CELLS``, ``FLAT_DETAIL``);
+  (``FLAT_ACCEPT``, ``FLAT_CELLS``, ``FLAT_DETAIL``; refined only from ``FLAT_COARSE`` at the coarse grid);
 - in between, or without texture, ``verify_prepared``'s score is computed and accepts at its threshold
   (it adds small tiles whose alignment is within its few per cent); otherwise the pair says nothing (None).
 
@@ -109,6 +109,7 @@ ACCEPT_DETAIL = 0.75  # below the detector's threshold (accept above ACCEPT) the
 REPEATS = 0.75  # ``elsewhere`` from which the copy's texture repeats itself (see ``_second_evidence``)
 FLAT_ACCEPT = 0.95  # a drawing without a margin is the same picture from this photo score ...
 FLAT_CELLS = 0.85  # ... with its cells
+FLAT_COARSE = 0.75  # ... not refined where the coarse grid correlates less (the true pairs: 0.84 and up)
 FLAT_DETAIL = 0.9  # ... and its detail level agreeing this much
 UNIQUE = 0.05  # an accepted copy matches its source this much better than itself a quarter-side away
 
@@ -414,11 +415,14 @@ def _coarse_hypotheses() -> list[tuple[float, float, float]]:
             if max(zx, zy) / min(zx, zy) <= MAX_AXIS_RATIO + 1e-9]
 
 
-def _compare(a: PhotoPrepared, b: PhotoPrepared) -> PhotoVerification:
-    """The photo comparison of two images (steps 1-3 of the module docstring), without ``verify_prepared``."""
+def _compare(a: PhotoPrepared, b: PhotoPrepared, at_least: float = -1.0) -> PhotoVerification | None:
+    """The photo comparison of two images (steps 1-4 of the module docstring), without ``verify_prepared``;
+    None where the coarse grid's best correlation is under ``at_least`` (not worth refining)."""
     hyps = _coarse_hypotheses()
     fwd = _search(a.grey, b.grey, COARSE, hyps)
     bwd = _search(b.grey, a.grey, COARSE, hyps)
+    if max(fwd[0], bwd[0]) < at_least:
+        return None
     first = fwd[0] >= bwd[0]
     t, r = (a.grey, b.grey) if first else (b.grey, a.grey)
     angle, zx, zy = (fwd if first else bwd)[1]
@@ -449,9 +453,10 @@ def verify_photo(a: PhotoPrepared, b: PhotoPrepared) -> PhotoVerification:
             # flat fills but no margin: a photograph of flat areas (a logo or a phantom on a plain ground, a
             # black sky) squashed, which verify_prepared's box-shape gate refuses; an almost perfect photo
             # comparison, detail included, says it is the same picture
-            w = _compare(a, b)
-            v = replace(v, flat_match=bool(w.informative and w.score >= FLAT_ACCEPT and w.cells >= FLAT_CELLS
-                                           and w.detail >= FLAT_DETAIL and w.unique))
+            w = _compare(a, b, FLAT_COARSE)
+            match = (w is not None and w.informative and w.score >= FLAT_ACCEPT and w.cells >= FLAT_CELLS
+                     and w.detail >= FLAT_DETAIL and w.unique)
+            v = replace(v, flat_match=bool(match))
         return v
     v = _compare(a, b)
     if v.verdict is None:  # only where the photo comparison says nothing does verify_prepared's score count
