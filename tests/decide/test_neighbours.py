@@ -81,8 +81,8 @@ def test_the_source_second_behind_a_look_alike_is_overlap_and_named(corpus, near
     # verifying the nearest item only, the copy is lost: the look-alike is refused
     alone = _decide(corpus, _rule(neighbours=1), near_sim).splits["s"]
     assert not alone.overlap[0] and alone.match_key(0) == "look_alike.png"
-    assert decision.verification["neighbours"] == 5 and rule_from_record(
-        decision.verification, {"s": T}, where="report.json").verify.neighbours == 5
+    assert decision.verification["neighbours"] == 3 and rule_from_record(
+        decision.verification, {"s": T}, where="report.json").verify.neighbours == 3
 
 
 def _item(image: Image.Image, ident: str) -> RawItem:
