@@ -129,3 +129,12 @@ def test_the_number_of_neighbours_is_checked():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(SettingsError, match="neighbours"):
             VerifySettings(neighbours=bad)
+
+
+def test_an_item_past_the_nearest_needs_the_photograph_acceptance():
+    """A drawing comparison's acceptance at a low photo score counts for the nearest item only."""
+    from overlap_audit.decide.rule import beyond_nearest
+
+    assert beyond_nearest(0.95, True, 0.91) is True
+    assert beyond_nearest(0.28, True, 0.91) is None and beyond_nearest(float("nan"), True, 0.91) is None
+    assert beyond_nearest(0.2, False, 0.91) is False and beyond_nearest(0.5, None, 0.91) is None
