@@ -85,7 +85,7 @@ def real_clustering(n: int) -> dict:
 
     det = get_detector("phash")
     paths = sorted(fetch_openclipart(cache_dir()).rglob("*.png"))[:n]
-    xs, lows = [], []
+    xs = []
     for p in paths:
         with Image.open(p) as im:
             x, _ = prepare(det, im.convert("RGB"))

@@ -16,6 +16,10 @@ checksums, shards, the FAISS index), timed end to end; "loop" leaves out the sta
 worker start, FAISS index and manifest), measured on a one-image run. The runs alternate (decode, index,
 decode, index, ...) so both see the same load; each rate is the best of ``--repeats``.
 
+Beside the rates, the CPU time (user + system, every process of the run: the pool's or the decoder's workers
+and this process) per image of each, and their ratio: on a machine shared with other jobs the wall-clock rates
+move with the load, the CPU time much less. Each is the least of ``--repeats``.
+
 It also prints where one worker's time goes (decode, EXIF orientation, RGB conversion, content box,
 the detector's preprocessing), each as a multiple of the decoding time, measured in this process.
 
@@ -122,7 +126,7 @@ def decode_rate(files: list[str], workers: int, min_size: int) -> float:
 
 def stages(files: list[str], min_size: int, n: int = 300) -> dict[str, float]:
     """Where one worker's time goes, in this process on the first ``n`` files: each stage's time as a
-    multiple of PIL's decoding (read and open included in it)."""
+    multiple of PIL's decoding (read and open included in it), in CPU time."""
     from PIL import ImageOps
 
     from overlap_audit.content import content_box
@@ -132,24 +136,32 @@ def stages(files: list[str], min_size: int, n: int = 300) -> dict[str, float]:
     det = get_detector("phash")
     spent = dict.fromkeys(("decode", "exif", "rgb", "box", "preprocess"), 0.0)
     for path in files[:n]:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         with open(path, "rb") as fh:
             im = Image.open(io.BytesIO(fh.read()))
         if im.format == "JPEG":
             im.draft(im.mode, (min_size, min_size))
         im.load()
-        t1 = time.perf_counter()
-        im = ImageOps.exif_transpose(im)
-        t2 = time.perf_counter()
+        t1 = time.process_time()
+        ImageOps.exif_transpose(im, in_place=True)
+        t2 = time.process_time()
         rgb = to_rgb(im)
-        t3 = time.perf_counter()
+        t3 = time.process_time()
         box = content_box(rgb)
-        t4 = time.perf_counter()
+        t4 = time.process_time()
         det.preprocess(rgb.crop(box.box) if box.trimmed else rgb)
-        t5 = time.perf_counter()
+        t5 = time.process_time()
         for key, a, b in zip(spent, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
             spent[key] += b - a
     return {key: value / spent["decode"] for key, value in spent.items()}
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its children that have ended."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def index_seconds(folder: Path, out: Path, workers: int) -> float:
@@ -204,15 +216,20 @@ def main() -> None:
         print(f"load average before: {os.getloadavg()}; cores: {len(os.sched_getaffinity(0))}; "
               f"start-up + finish (one image): {overhead:.2f} s")
         print("| corpus | images | PIL decode-only img/s | index end to end img/s | ratio | index loop img/s "
-              "| ratio (loop) |")
-        print("|---|---|---|---|---|---|---|")
+              "| ratio (loop) | decode-only CPU ms/img | index CPU ms/img | ratio (CPU) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for name, folder in corpora.items():
             files = sorted(str(p) for p in folder.iterdir() if not p.name.startswith("."))
-            pil, idx = [], []
+            pil, idx, pil_cpu, idx_cpu = [], [], [], []
             for r in range(args.repeats):
+                c0 = cpu_seconds()
                 pil.append(decode_rate(files, args.workers, min_size))
+                c1 = cpu_seconds()
                 out = work / f"index-{len(idx)}-{folder.name}"
                 idx.append(index_seconds(folder, out, args.workers))
+                c2 = cpu_seconds()
+                pil_cpu.append(c1 - c0)
+                idx_cpu.append(c2 - c1)
                 if args.digest and r == 0:
                     print(f"digest {name}: {digest(out)}")
                 shutil.rmtree(out)
@@ -220,8 +237,10 @@ def main() -> None:
             print(f"stages {name} (x PIL decode, one process): " + ", ".join(f"{k} {v:.2f}" for k, v in share.items()))
             best_pil, best = max(pil), min(idx)
             loop = len(files) / max(1e-9, best - overhead)
+            cpu_ratio = min(pil_cpu) / min(idx_cpu)
             print(f"| {name} | {len(files)} | {best_pil:,.0f} | {len(files) / best:,.0f} | "
-                  f"{len(files) / best / best_pil:.2f}x | {loop:,.0f} | {loop / best_pil:.2f}x |")
+                  f"{len(files) / best / best_pil:.2f}x | {loop:,.0f} | {loop / best_pil:.2f}x | "
+                  f"{min(pil_cpu) / len(files) * 1e3:.2f} | {min(idx_cpu) / len(files) * 1e3:.2f} | {cpu_ratio:.2f}x |")
         print(f"load average after: {os.getloadavg()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -158,21 +158,23 @@ def breakdown(splits_file: Path, source: np.ndarray, corpus: Path, evals: Path, 
 
 
 def run_family(data, family: str, detector: str, work: Path, with_breakdown: bool = False,
-               calibrate: bool = True, neighbours: int | None = None) -> dict:
+               calibrate: bool = True, views: tuple[float, ...] | None = None,
+               query_views: tuple[float, ...] | None = None, neighbours: int | None = None) -> dict:
     """Index, report with and without verification, count. ``calibrate`` False: the detector's default
-    threshold (``ReportSettings(calibrate=None)``) instead of each report's calibrated one."""
+    threshold (``ReportSettings(calibrate=None)``) instead of each report's calibrated one. ``views``: the
+    index's corpus views (None: the detector's default); ``query_views``: each query's (None: the default)."""
     import pandas as pd
 
     from overlap_audit.api import ReportSettings, build_index, run_report
     from overlap_audit.decide.rule import VerifySettings
     from overlap_audit.decide.thresholds import recall_at_precision
-    from overlap_audit.settings import IndexSettings
+    from overlap_audit.settings import IndexSettings, MatchSettings
 
     root = work / family
     shutil.rmtree(root, ignore_errors=True)
     corpus, evals = write_family(data, root)
     t = time.perf_counter()
-    build_index([str(corpus)], root / "index", IndexSettings(detector=detector))
+    build_index([str(corpus)], root / "index", IndexSettings(detector=detector, views=views))
     index_s = time.perf_counter() - t
     preds = pd.DataFrame({"dataset": DATASET, "id": [f"q{i:05d}.png" for i in range(len(data.queries))],
                           "correct": 1})
@@ -182,6 +184,8 @@ def run_family(data, family: str, detector: str, work: Path, with_breakdown: boo
     sims = None
     for name, verify in (("verify", "default"), ("no_verify", None)):
         cal = {} if calibrate else {"calibrate": None}
+        if query_views is not None:
+            cal["match"] = MatchSettings(query_views=query_views)
         given = VerifySettings() if neighbours is None else VerifySettings(neighbours=neighbours)
         settings = (ReportSettings(out_dir=root / f"report-{name}", predictions=preds, verify=given, **cal)
                     if verify else
@@ -247,6 +251,10 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-calibrate", action="store_true", help="the detector's default threshold in every report")
     ap.add_argument("--breakdown", action="store_true", help="where the decision lost each missed true copy")
+    ap.add_argument("--views", type=float, nargs="*", default=None,
+                    help="the index's corpus views (areas; none given: no views; default: the detector's)")
+    ap.add_argument("--query-views", type=float, nargs="*", default=None,
+                    help="each query's centre-crop views against an index with views (none given: none)")
     ap.add_argument("--neighbours", type=int, default=None, help="verify up to this many nearest items")
     args = ap.parse_args(argv)
     photos = dev_photos() if args.photos == "dev" else heldout_photos()
@@ -261,7 +269,8 @@ def main(argv=None) -> list[dict]:
         for family in args.families:
             line = {"photos": args.photos, "n_photos": len(photos), **run_family(
                 family_set(photos, family, args.seed), family, args.detector, work / args.detector, args.breakdown,
-                not args.no_calibrate, args.neighbours)}
+                not args.no_calibrate, None if args.views is None else tuple(args.views),
+                None if args.query_views is None else tuple(args.query_views), args.neighbours)}
             results.append(line)
             _print(line)
             if args.breakdown:

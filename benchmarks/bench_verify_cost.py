@@ -1,7 +1,11 @@
 """What verification costs a report on the real-data demo: the same report (the demo's index, evaluation set
-and predictions) without and with verification, each with an empty cache, then each again on its filled cache
-(the second report of the review loop: embeddings, search results and the verified pairs' comparisons read
-back). Seconds per phase from report.json; the ratios are the goal's (with verification / without).
+and predictions) without and with verification, each with an empty cache (cold), then each again on its filled
+cache (warm: the second report of the review loop: embeddings, search results, calibration's generated images'
+embeddings and the verified pairs' comparisons read back). Both calibrate the set's threshold (the default), so
+the one with verification also judges calibration's pairs. Seconds per phase from report.json; the ratios are
+the goal's (with verification / without), each from the same run; the load average is printed with each report
+(the machine may be shared), and so are the CPU seconds each report took (its process and worker processes),
+which a busy machine changes far less than the wall time.
 
     overlap-audit demo-real DEMO --quiet   # once: the index and the predictions
     python benchmarks/bench_verify_cost.py --demo DEMO [--workers N] [--repeat 2] [--json FILE]
@@ -22,6 +26,7 @@ if __name__ == "__main__" and not __package__:  # python benchmarks/bench_verify
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -29,6 +34,15 @@ import time
 from pathlib import Path
 
 RUNS = (("no_verify", False), ("verify", True))
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds (user and system) of this process and of its finished worker processes: what a report costs
+    whatever else the machine runs."""
+    import resource
+
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def _report(demo: Path, out: Path, cache: Path, verify: bool, workers: int | None) -> dict:
@@ -39,14 +53,17 @@ def _report(demo: Path, out: Path, cache: Path, verify: bool, workers: int | Non
 
     evals = [("tuxpaint", json.loads((demo / "report" / "report.json").read_text())["evals"]["tuxpaint"])]
     kw = {} if verify else {"verify": None}
+    cpu = _cpu_seconds()
     t = time.perf_counter()
     rep = run_report(demo / "index", evals,
                      ReportSettings(out, predictions=str(demo / "report" / "predictions.parquet"), cache_dir=cache,
                                     match=MatchSettings(workers=workers), **kw))
     seconds = time.perf_counter() - t
+    cpu = _cpu_seconds() - cpu
     table = pq.read_table(out / "splits.parquet", columns=["id", "overlap"]).to_pydict()
     v = (rep.verify or {}).get("datasets", {}).get("tuxpaint", {})
-    return {"seconds": seconds, "phases": rep.timings["seconds"], "n_verified": v.get("n_verified", 0),
+    return {"seconds": seconds, "cpu": cpu, "phases": rep.timings["seconds"], "n_verified": v.get("n_verified", 0),
+            "load": os.getloadavg()[0], "threshold": rep.dataset("tuxpaint").threshold,
             "n_cached": v.get("n_cached", 0), "from_cache": rep.timings["sets"]["tuxpaint"]["from_cache"],
             "overlap": sorted(i for i, o in zip(table["id"], table["overlap"]) if o)}
 
@@ -69,20 +86,32 @@ def main(argv=None) -> dict:
                     out = work / f"{name}-{when}-{r}"
                     res = _report(args.demo, out, cache, verify, args.workers)
                     runs.setdefault(f"{name}:{when}", []).append(res)
-                    print(f"{name:9s} {when:6s} {res['seconds']:6.1f} s  verified {res['n_verified']} "
-                          f"(cached {res['n_cached']})  overlap {len(res['overlap'])}  "
-                          f"decide {res['phases'].get('decide', 0):.1f} s", flush=True)
+                    print(f"{name:9s} {when:6s} {res['seconds']:6.1f} s (cpu {res['cpu']:6.1f} s)  "
+                          f"verified {res['n_verified']} (cached {res['n_cached']})  overlap {len(res['overlap'])}  "
+                          f"calibrate {res['phases'].get('calibrate', 0):.1f} s  "
+                          f"decide {res['phases'].get('decide', 0):.1f} s  load {res['load']:.1f}", flush=True)
                     shutil.rmtree(out)
         for name, _ in RUNS:
             first, second = runs[f"{name}:first"], runs[f"{name}:second"]
-            if any(a["overlap"] != b["overlap"] for a, b in zip(first, second)):
+            if any(a["overlap"] != b["overlap"] or a["threshold"] != b["threshold"] for a, b in zip(first, second)):
                 raise SystemExit(f"{name}: the second report's Overlap differs from the first's")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     med = {k: statistics.median(x["seconds"] for x in v) for k, v in runs.items()}
     decide = {k: statistics.median(x["phases"].get("decide", 0.0) for x in v) for k, v in runs.items()}
-    out = {"seconds": med, "decide_seconds": decide,
+    cpu = {k: statistics.median(x["cpu"] for x in v) for k, v in runs.items()}
+    calib = {k: statistics.median(x["phases"].get("calibrate", 0.0) for x in v) for k, v in runs.items()}
+    loads = [x["load"] for v in runs.values() for x in v]
+    out = {"seconds": med, "cpu_seconds": cpu, "decide_seconds": decide,
+           "cpu_ratio_first": cpu["verify:first"] / cpu["no_verify:first"],
+           "cpu_ratio_second": cpu["verify:second"] / cpu["no_verify:second"], "calibrate_seconds": calib,
+           "load": {"min": min(loads), "max": max(loads)},
+           "ratios": {when: [b["seconds"] / a["seconds"]
+                             for a, b in zip(runs[f"no_verify:{when}"], runs[f"verify:{when}"])]
+                      for when in ("first", "second")},
+           "thresholds": {"verify": runs["verify:first"][0]["threshold"],
+                          "no_verify": runs["no_verify:first"][0]["threshold"]},
            "ratio_first": med["verify:first"] / med["no_verify:first"],
            "ratio_second": med["verify:second"] / med["no_verify:second"],
            "second_over_first": med["verify:second"] / med["verify:first"],
@@ -90,11 +119,18 @@ def main(argv=None) -> dict:
            "overlap_ids": {"verify": runs["verify:first"][0]["overlap"],
                            "no_verify": runs["no_verify:first"][0]["overlap"]},
            "repeat": args.repeat, "workers": args.workers}
-    print("| report | without verification, s | with verification, s (decide) | ratio |\n|---|---|---|---|")
-    print(f"| first (empty cache) | {med['no_verify:first']:.1f} | {med['verify:first']:.1f} "
-          f"({decide['verify:first']:.1f}) | {out['ratio_first']:.2f} |")
-    print(f"| second (cache filled) | {med['no_verify:second']:.1f} | {med['verify:second']:.1f} "
-          f"({decide['verify:second']:.1f}) | {out['ratio_second']:.2f} |")
+    print("| report | without verification, s (calibrate) | with verification, s (calibrate, decide) | ratio |"
+          "\n|---|---|---|---|")
+    for when, label in (("first", "first (empty cache)"), ("second", "second (cache filled)")):
+        print(f"| {label} | {med[f'no_verify:{when}']:.1f} ({calib[f'no_verify:{when}']:.1f}) | "
+              f"{med[f'verify:{when}']:.1f} ({calib[f'verify:{when}']:.1f}, {decide[f'verify:{when}']:.1f}) | "
+              f"{out[f'ratio_{when}']:.2f} |")
+    print("ratios per round (same round, back to back): " + "; ".join(
+        f"{when} " + ", ".join(f"{r:.2f}" for r in out["ratios"][when]) for when in ("first", "second"))
+          + f"; load average {out['load']['min']:.1f}-{out['load']['max']:.1f}")
+    print(f"CPU seconds (this process and its workers), medians: first {cpu['no_verify:first']:.1f} / "
+          f"{cpu['verify:first']:.1f} ({out['cpu_ratio_first']:.2f}x), second {cpu['no_verify:second']:.1f} / "
+          f"{cpu['verify:second']:.1f} ({out['cpu_ratio_second']:.2f}x)")
     print(f"{out['n_verified']} pairs verified; the second report took {out['n_cached']} comparisons from the cache "
           f"and ran in {out['second_over_first']:.2f}x the first's time")
     if args.json:

@@ -115,3 +115,27 @@ def prepare(detector, image: Image.Image):
 
     view, box = trim(image)
     return detector.preprocess(view), box
+
+
+def centre_crop(image: Image.Image, area: float) -> Image.Image:
+    """The centred crop of ``image`` holding the fraction ``area`` of its area (each side scaled by its
+    square root), at least one pixel a side."""
+    w, h = image.size
+    side = float(area) ** 0.5
+    cw, ch = max(1, round(w * side)), max(1, round(h * side))
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return image.crop((left, top, left + cw, top + ch))
+
+
+def prepare_views(detector, image: Image.Image, areas: tuple[float, ...]):
+    """``prepare``'s input and box, plus the input of the centre crop at each of ``areas`` of what the
+    detector embeds (the content box of a trimming detector, else the whole image): a copy that is a crop of
+    its source is nearer to a crop of it than to the whole."""
+    if getattr(detector, "content", "whole") == "trim":
+        from ..content import trim
+
+        view, box = trim(image)
+    else:
+        view, box = image, None
+    crops = tuple(detector.preprocess(centre_crop(view, a)) for a in areas)
+    return detector.preprocess(view), box, crops

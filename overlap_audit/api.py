@@ -20,11 +20,12 @@ from .atomic import atomic_write, create_temporary
 from .calibrate import calibrate_sets, lowest_threshold
 from .decide.edge import UNIFORM_STD, edge_flags, measure_overlap
 from .decide.rule import DECISION_VERSION, DecisionRule, VerifySettings, check_decision_version
-from .decide.split import load_thresholds, resolve_thresholds, threshold_origins
+from .decide.points import OperatingPoints, load_points
+from .decide.split import resolve_thresholds, threshold_origins
 from .evalcache import default_cache_dir
-from .errors import EmptyEvalSetError, OutputDirError, SourceError, param
+from .errors import EmptyEvalSetError, OutputDirError, SourceError, ThresholdError, param
 from .evidence import build_galleries
-from .index import build_index, content_boxes
+from .index import build_index, content_boxes, views_line
 from .match import check_eval_sets, check_report_apart, match_eval_sets, open_corpus
 from .matched import corpus_matches
 from .predictions import PREDICTIONS
@@ -138,7 +139,16 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
     scoring = prepare_scoring(settings.predictions, settings.zero_shot, evals, device=match.device,
                               ignore_extra_sets=settings.ignore_extra_sets)
     thresholds = st.thresholds
-    per_dataset = load_thresholds(thresholds) if isinstance(thresholds, (str, os.PathLike)) else thresholds
+    points = (load_points(thresholds) if isinstance(thresholds, (str, os.PathLike))
+              else OperatingPoints(dict(thresholds or {})))
+    per_dataset = points.thresholds
+    if points.detector is not None and points.detector != det.info.spec:
+        raise ThresholdError(f"{param('thresholds', thresholds)} was chosen for the detector {points.detector}, and "
+                             f"this index is {det.info.spec}: its similarities are not on the same scale")
+    if points.verify and settings.verify is None:
+        raise ThresholdError(f"{param('thresholds', thresholds)} sets the verification of "
+                             f"{', '.join(points.verify)}, and this report has no verification: verify "
+                             f"(drop --no-verify), or give a file of thresholds alone")
     origins = threshold_origins(names, threshold=st.threshold, per_dataset=per_dataset)
     # a detector without a default threshold is refused here as before: calibration looks between the default's
     # first stage and the default, and has no measured range without one
@@ -151,8 +161,9 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
     # searched from there, by radius, instead of scanning every hash (``match_eval_sets``)
     # a set to calibrate may end at any threshold from the first stage of the detector's default up
     # (``calibrate.calibrate_sets``): it is searched from the first stage of that lowest one
-    search_cut = dict(cut) | {n: lowest_threshold(det.default_threshold) for n in to_calibrate}
-    rule = DecisionRule.for_detector(det, search_cut, settings.verify)
+    search_cut = dict(cut) | {n: lowest_threshold(det.default_threshold, verifying=settings.verify is not None)
+                              for n in to_calibrate}
+    rule = DecisionRule.for_detector(det, search_cut, settings.verify, points.verify)
     floors = {n: search_cut[n] if rule.first_stage(n) is None else min(search_cut[n], rule.first_stage(n))
               for n in names}
     matches = match_eval_sets(corpus, evals, match, scorers=scoring.scorers, cache_dir=settings.cache_dir,
@@ -170,7 +181,7 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
             cut[n] = c.used
             origins[n] = "calibrated" if c.threshold is not None else "default"
         phases.done("calibrate")
-    rule = DecisionRule.for_detector(det, cut, settings.verify)
+    rule = DecisionRule.for_detector(det, cut, settings.verify, points.verify)
     decision = rule.decide({n: (m.embeddings, m.neighbors) for n, m in matches.items()}, index_dir=index_dir,
                            eval_sources=dict(evals), max_pixels=match.max_pixels, workers=match.workers,
                            progress=match.progress, cache_dir=settings.cache_dir)
@@ -201,7 +212,9 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
             index={"path": corpus.path, "n_indexed": m.n_indexed, "n_skipped": m.n_skipped,
                    "n_low_information": m.n_low_information, "index_type": m.index_type, "created": m.created,
                    "search": ("exact (streamed shards)" if exact else
-                              "exact (flat index)" if m.index_type == "flat" else f"approximate ({m.index_type})"),
+                              "exact (flat index)" if m.index_type == "flat" else f"approximate ({m.index_type})")
+                   + views_line(m.views, match.query_views),
+                   "views": list(m.views),
                    "recall": ({"exact": True, "note": "streamed"} if exact else m.extra.get("recall", {}))},
             datasets=datasets, k=match.k, alpha=st.alpha, ci_level=st.ci_level, correction=st.correction,
             predictions=scores.source, package_version=__version__,
@@ -355,7 +368,8 @@ def _check_not_empty(splits: dict, skipped: dict) -> None:
 # precision/recall (a rate or [K, N]), plus the fields of `overlap-audit threshold`'s evidence file
 _DETECTOR_ERROR_KEYS = {"precision", "recall", "precision_counts", "recall_counts", "dataset", "target_precision",
                         "threshold", "tp", "fp", "n_positive", "n_negative", "n_unlabelled", "precision_ci",
-                        "recall_ci", "ci_level", "note", "first_stage", "decision"}
+                        "recall_ci", "ci_level", "note", "first_stage", "decision",
+                        "accept", "verify_threshold", "knobs"}
 
 
 def resolve_detector_error(names: list[str], precision=None, recall=None, per_dataset=None

@@ -22,11 +22,18 @@ import numpy as np
 CALIBRATION_RELAX = 2.0
 
 
-def lowest_threshold(default: float) -> float:
-    """The lowest threshold calibration may choose for a detector whose default is ``default``."""
+def lowest_threshold(default: float, *, verifying: bool = False) -> float:
+    """The lowest threshold calibration may choose for a detector whose default is ``default``: with
+    verification (``verifying``) the default itself, and calibration only estimates the decision's precision
+    and recall there. A threshold below the default would keep, unverified, the pairs between the two that
+    verification has nothing to say about; the transposed images calibration measures precision with are
+    chance matches, not the look-alikes verification exists to judge (on the clip-art development set the
+    threshold calibration chose, 0.8125, let a look-alike through that the default kept out), and the lower
+    threshold would also lower the set's first stage, verifying more pairs. Without verification, the
+    default's first stage at ``CALIBRATION_RELAX``."""
     from .decide.rule import first_stage_threshold
 
-    return first_stage_threshold(default, CALIBRATION_RELAX)
+    return float(default) if verifying else first_stage_threshold(default, CALIBRATION_RELAX)
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,8 @@ class SetCalibration:
     positive_overlap: np.ndarray  # bool per positive: called Overlap by the decision at ``used``
     negative_overlap: np.ndarray  # bool per negative: a false match at ``used``
     seconds: float
+    # both generated sets' embeddings (and the transposes' neighbours) read from the evaluation cache
+    embeddings_cached: bool = False
 
     def estimates(self, n_overlap: int, level: float) -> dict:
         """The estimated precision and recall of the set's Overlap split (``n_overlap`` examples) with their
@@ -168,6 +177,30 @@ def _reduced(image):
     return image
 
 
+def _embedded(corpus, source, match_settings, cache_dir) -> tuple:
+    """(embeddings, read from the cache) of an in-memory set of generated images that is compared pair by pair
+    and never searched; with ``cache_dir`` kept in the evaluation cache (``evalcache``) under the images'
+    bytes."""
+    from .embed import embed_source
+    from .evalcache import index_identity, load_cached, save_cached, set_key
+    from .values import Neighbors
+
+    key = None
+    if cache_dir is not None:
+        identity = index_identity(corpus.manifest.to_dict(), corpus.detector.info.to_dict())
+        key = set_key(source, identity, match_settings, purpose="calibration: embeddings only")
+        hit = load_cached(cache_dir, key)
+        if hit is not None:
+            return hit[0], True
+    emb = embed_source(source, corpus.detector, workers=match_settings.workers, max_pixels=match_settings.max_pixels,
+                       limits=match_settings.limits)
+    if key is not None:
+        n = len(emb.ids)
+        save_cached(cache_dir, key, emb, Neighbors(list(emb.ids), np.empty((n, 0), object),
+                                                   np.empty((n, 0), np.float32)))
+    return emb, False
+
+
 def _png(image) -> bytes:
     import io
 
@@ -184,15 +217,16 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
     ``corpus`` is the opened index (``match.Corpus``), ``matches`` the sets' ``match.EvalMatch`` by name,
     ``evals`` their sources by name, ``rule_for(thresholds)`` the report's ``DecisionRule`` at the given
     thresholds, ``settings`` a ``settings.CalibrationSettings``, ``match_settings`` the report's
-    ``MatchSettings`` (the negatives are searched as the set's own images were); with ``cache_dir`` the pairs'
-    comparisons are kept there between reports (``decide.verdicts``: the copies and transposes are seeded, so
-    their bytes repeat). A set's sample is drawn with
+    ``MatchSettings`` (the negatives are searched as the set's own images were); with ``cache_dir`` the
+    generated images' embeddings and the transposes' neighbours (``evalcache``) and the pairs' comparisons
+    (``decide.verdicts``) are kept there between reports, keyed by the generated images' bytes (the copies and
+    transposes are seeded, so their bytes repeat). A set's sample is drawn with
     ``np.random.default_rng([seed, crc32(name)])`` among its examples that are not low-information: the
     ``positives`` first, each with one App. C copy (``augment.appc_copy``) compared with its image by the
     detector and, with verification, judged by the rule; the ``negatives`` (a superset of those images) each
     transposed along either diagonal (turned by 90 degrees and mirrored), searched in the corpus and, at or above
-    the lowest threshold tried, judged against their nearest corpus item. The threshold lies between the first
-    stage of the detector's default (below it verification would take nearly every example) and the default."""
+    the lowest threshold tried, judged against their nearest corpus item. The threshold lies between
+    ``lowest_threshold`` (with verification: the default) and the default."""
     import time
     import zlib
 
@@ -200,7 +234,6 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
 
     from .augment import APPC_STRENGTHS, appc_copy
     from .decide.calibrate_set import pick_threshold, threshold_candidates
-    from .embed import embed_source
     from .errors import ThresholdError, param
     from .imaging import ImageRejected, decode_image
     from .index import corpus_items
@@ -211,7 +244,8 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
 
     det = corpus.detector
     default = det.default_threshold
-    lower = 0.0 if default is None else lowest_threshold(default)
+    verifying = rule_for({}).verify is not None
+    lower = 0.0 if default is None else lowest_threshold(default, verifying=verifying)
     upper = 1.0 if default is None else float(default)
     out = {}
     for name, m in matches.items():
@@ -249,7 +283,8 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
         for j, im in enumerate(images[:settings.negatives]):
             turned.append(RawItem(tag, f"t{j}", data=_png(im.transpose(Image.Transpose.TRANSPOSE))))
             turned.append(RawItem(tag, f"v{j}", data=_png(im.transpose(Image.Transpose.TRANSVERSE))))
-        neg = match_eval_sets(corpus, [(tag, MemorySource(tuple(turned), tag))], match_settings)[tag]
+        neg = match_eval_sets(corpus, [(tag, MemorySource(tuple(turned), tag))], match_settings,
+                              cache_dir=cache_dir)[tag]
         neg_top = (neg.neighbors.similarities[:, 0] if neg.neighbors.k else
                    np.full(len(neg.embeddings), np.nan, np.float32))
         neg_low = np.asarray(neg.embeddings.low_information, bool)
@@ -280,7 +315,8 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
             judged_neg = lowest_rule.judge_pairs(
                 name, [(by_id[neg.embeddings.ids[neg_rows[r]]], items[str(neg.neighbors.ids[neg_rows[r], 0])],
                         float(neg_sims[r])) for r in todo],
-                max_pixels=match_settings.max_pixels, workers=match_settings.workers, cache_dir=cache_dir)
+                max_pixels=match_settings.max_pixels, workers=match_settings.workers, cache_dir=cache_dir,
+                progress=match_settings.progress, desc=f"verify {name} (calibration negatives)")
             for r, p in zip(todo, judged_neg):
                 verdicts[r] = p.verdict
 
@@ -304,8 +340,8 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
         n_pos = min(settings.positives, len(images))
         copies = [RawItem(tag, f"c{j}", data=_png(appc_copy(images[j], params, rng))) for j in range(n_pos)]
         sources = [RawItem(tag, f"s{j}", data=o.data, path=o.path) for j, o in enumerate(originals[:n_pos])]
-        both = embed_source(MemorySource(tuple(copies + sources), tag), det, workers=match_settings.workers,
-                            max_pixels=match_settings.max_pixels, limits=match_settings.limits)
+        both, copies_cached = _embedded(corpus, MemorySource(tuple(copies + sources), tag), match_settings,
+                                        cache_dir)
         row = {ident: r for r, ident in enumerate(both.ids)}
         pairs, pos_low = [], []
         for j in range(n_pos):
@@ -322,10 +358,11 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
         for j, p in zip(todo, rule.judge_pairs(name, [pairs[j] for j in todo],
                                                low_information=[pos_low[j] for j in todo],
                                                max_pixels=match_settings.max_pixels, workers=match_settings.workers,
-                                               cache_dir=cache_dir)):
+                                               cache_dir=cache_dir, progress=match_settings.progress,
+                                               desc=f"verify {name} (calibration positives)")):
             pos_verdicts[j] = p.verdict
         positive_overlap = np.asarray(rule.overlap(name, pos_sims, pos_verdicts, pos_low), bool)
         out[name] = SetCalibration(name, chosen, float(used), float(lower), upper, settings.target_precision,
                                    len(emb), positive_overlap, np.asarray(negative_overlap, bool),
-                                   time.perf_counter() - started)
+                                   time.perf_counter() - started, embeddings_cached=neg.cached and copies_cached)
     return out

@@ -53,11 +53,13 @@ Not trimmed (``trimmed=False``, the box is the whole image):
 
 Cost: where the outer lines allow a margin, one lookup-table pass of PIL over the pixels and one grey
 conversion, plus numpy on the four outer lines and on the few lines between the box of faint and the box of
-strong differences; without two opposite quiet outer lines (most photographs), the outer lines only. On
-openclipart-png drawings about 1.2x the time PIL takes to decode them, on JPEG photographs decoded at a
-reduced scale about 0.4x (benchmarks/bench_index_speed.py, BENCHMARKS.md "Indexing against the decoder"). Step 4 adds, where there is a margin, one box average and one lookup pass over the bands
-cut: on a photograph padded to 512 px 12.7 ms against 5.2 ms without step 4, measured together on a busier
-2-core machine; nothing for an image without a margin. In the audit it runs on the image as decoded for the
+strong differences; without two opposite quiet outer lines (most photographs), the outer lines only. A
+repeated pass whose margin is the same crops the first pass's map instead of mapping its pixels again. On
+openclipart-png drawings about 0.9x the CPU time PIL takes to decode them, on JPEG photographs decoded at a
+reduced scale about 0.5x (benchmarks/bench_index_speed.py, BENCHMARKS.md "Indexing against the decoder").
+Step 4 adds, where there is a margin, one box average and one lookup pass over the bands cut: on a photograph
+padded to 512 px 12.7 ms against 5.2 ms without step 4, measured together on a busier 2-core machine; nothing
+for an image without a margin. In the audit it runs on the image as decoded for the
 detector, often a reduced JPEG decode.
 """
 
@@ -65,6 +67,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,11 +159,12 @@ def content_box(image: Image.Image) -> ContentBox:
     it is idempotent: a picture whose own flat border was trimmed in one copy and which sits on a padded
     canvas in another comes to the same box in both."""
     width, height = image.size
-    box = _one_pass(image)
+    view = _analysis_view(image)
+    box, found = _one_pass(view, lambda: _alpha(image), None)
     for _ in range(MAX_PASSES - 1):
         if not box.trimmed:
             break
-        inner = _one_pass(image.crop(box.box))
+        inner, found = _one_pass(view.crop(box.box), functools.partial(_cropped_alpha, image, box.box), found)
         if not inner.trimmed:
             break
         box = ContentBox(box.left + inner.left, box.top + inner.top, box.left + inner.right,
@@ -168,21 +172,35 @@ def content_box(image: Image.Image) -> ContentBox:
     return box
 
 
-def _one_pass(image: Image.Image) -> ContentBox:
-    width, height = image.size
-    view = _analysis_view(image)
-    found = _find_box(view) if min(width, height) >= 3 else None
+@dataclass(frozen=True)
+class _Found:
+    """What one pass found: its margin and its map of pixels beyond the tolerance (``_find_box``'s ``faint``),
+    which the next pass crops instead of mapping the pixels again when its margin is the same."""
+
+    margin: _Margin
+    faint: Image.Image
+    box: tuple[int, int, int, int]  # (left, top, right, bottom) in the pass's view
+
+
+def _one_pass(view: Image.Image, alpha: Callable[[], Image.Image | None], before: _Found | None
+              ) -> tuple[ContentBox, _Found | None]:
+    """One pass of the rule on ``view``; ``alpha`` gives its alpha band (made only when a box is found)."""
+    width, height = view.size
+    found = _find_box(view, before) if min(width, height) >= 3 else None
     if found is None:
-        return ContentBox.whole(width, height)
-    (top, bottom, left, right), margin = found
-    if not _is_canvas(view, _alpha(image), margin, (left, top, right, bottom)):
-        return ContentBox.whole(width, height)
+        return ContentBox.whole(width, height), None
+    (top, bottom, left, right), margin, faint = found
+    # the cheap reasons to keep the image whole first: the canvas test (and the alpha band it reads) is then
+    # needed only for a box that would be used
     if (right - left < MIN_SIDE or bottom - top < MIN_SIDE
             or (right - left) * (bottom - top) < MIN_AREA_FRACTION * width * height):
-        return ContentBox.whole(width, height)
+        return ContentBox.whole(width, height), None
     if (left, top, right, bottom) == (0, 0, width, height):
-        return ContentBox.whole(width, height)
-    return ContentBox(left, top, right, bottom, width, height, True)
+        return ContentBox.whole(width, height), None
+    if not _is_canvas(view, alpha(), margin, (left, top, right, bottom)):
+        return ContentBox.whole(width, height), None
+    after = _Found(margin, faint, (left, top, right, bottom))
+    return ContentBox(left, top, right, bottom, width, height, True), after
 
 
 def trim(image: Image.Image) -> tuple[Image.Image, ContentBox]:
@@ -209,35 +227,64 @@ class _Margin:
     sides: frozenset[int]
 
 
+# below this many pixels the outer lines come from one array of the whole image: numpy's and PIL's per-call cost
+# of four crops is more than copying a small image once
+WHOLE_ARRAY_PIXELS = 1 << 16
+
+
+def _outer_lines(image: Image.Image) -> list[np.ndarray]:
+    """The four outer lines as two pairs of equal length, [2, C, n] each: (top, bottom) and (left, right)."""
+    width, height = image.size
+    channels = len(image.getbands())
+    if width * height <= WHOLE_ARRAY_PIXELS:
+        a = np.asarray(image).reshape(height, width, channels)
+        return [np.stack([a[0], a[-1]]).transpose(0, 2, 1), np.stack([a[:, 0], a[:, -1]]).transpose(0, 2, 1)]
+    # PIL crops of a large image: no copy of the whole image
+    return [np.stack([np.asarray(image.crop(box)).reshape(-1, channels).T for box in pair])
+            for pair in (((0, 0, width, 1), (0, height - 1, width, height)),
+                         ((0, 0, 1, height), (width - 1, 0, width, height)))]
+
+
+def _median(a: np.ndarray) -> np.ndarray:
+    """``np.median(a, axis=-1)`` (the same values) without its per-call cost."""
+    n = a.shape[-1]
+    k = n // 2
+    if n % 2:
+        return np.partition(a, k, axis=-1)[..., k].astype(np.float64)
+    part = np.partition(a, (k - 1, k), axis=-1)
+    return (part[..., k - 1].astype(np.float64) + part[..., k]) / 2
+
+
 def _margin(view: Image.Image) -> _Margin | None:
     """The border colour, tolerance and margin sides from the four outer lines, or None when the image has no
     margin on two opposite sides."""
-    width, height = view.size
     channels = len(view.getbands())
-    # the four outer lines as two pairs of equal length, [2, C, n] each: (top, bottom) and (left, right) (PIL
-    # crops: no copy of the whole image). numpy works on a pair at once, with the channels before the pixels:
-    # its per-call cost, and its reductions over a last axis of three, were most of the time
-    pairs = [np.stack([np.asarray(view.crop(box)).reshape(-1, channels).T for box in pair])
-             for pair in (((0, 0, width, 1), (0, height - 1, width, height)),
-                          ((0, 0, 1, height), (width - 1, 0, width, height)))]
-    medians = [np.median(pair, axis=2) for pair in pairs]
+    # numpy works on a pair of lines at once, with the channels before the pixels: its per-call cost, and its
+    # reductions over a last axis of three, were most of the time
+    pairs = _outer_lines(view)
+    medians = [_median(pair) for pair in pairs]
     colours = [c for m in medians for c in m]
-    deviations = [d for pair, m in zip(pairs, medians)
-                  for d in np.abs(pair.astype(np.int16) - m[:, :, None]).max(axis=1)]
+    deviations = [np.abs(pair.astype(np.int16) - m[:, :, None]).max(axis=1) for pair, m in zip(pairs, medians)]
+
+    def uniform(limit: float) -> list[int]:  # the sides with at most SIDE_OUTLIERS of their pixels beyond limit
+        shares = [np.count_nonzero(d > limit, axis=1) / d.shape[1] for d in deviations]
+        return [s for s in range(4) if shares[s // 2][s % 2] <= SIDE_OUTLIERS]
+
     # a margin side is a candidate below, which needs (tolerance <= MAX_TOLERANCE) that it be quiet here: an
     # image without two opposite quiet sides has no margin, whatever the noise
-    quiet_sides = [s for s in range(4) if (deviations[s] > MAX_TOLERANCE).mean() <= SIDE_OUTLIERS]
+    quiet_sides = uniform(MAX_TOLERANCE)
     if not ({_TOP, _BOTTOM} <= set(quiet_sides) or {_LEFT, _RIGHT} <= set(quiet_sides)):
         return None
     # the margin's own noise, from the lines that look like margin at all: neighbouring pixels' differences
     # (a gradient along the line is not noise), as a robust standard deviation
-    quiet = [np.abs(np.diff(pairs[s // 2][s % 2].astype(np.int16), axis=1)).max(axis=0) for s in quiet_sides]
-    noise = 1.4826 * float(np.median(np.concatenate(quiet))) / math.sqrt(2)
+    steps = [np.abs(np.diff(pair.astype(np.int16), axis=2)).max(axis=1) for pair in pairs]
+    quiet = np.concatenate([steps[s // 2][s % 2] for s in quiet_sides])
+    noise = 1.4826 * float(_median(quiet)) / math.sqrt(2)
     tolerance = min(MAX_TOLERANCE, max(BASE_TOLERANCE, NOISE_FACTOR * noise))
-    candidates = [s for s in range(4) if (deviations[s] > tolerance).mean() <= SIDE_OUTLIERS]
+    candidates = quiet_sides if tolerance == MAX_TOLERANCE else uniform(tolerance)
     if not candidates:
         return None
-    border = np.median(np.stack([colours[s] for s in candidates]), axis=0)
+    border = _median(np.stack([colours[s] for s in candidates]).T)
     sides = frozenset(s for s in candidates if np.abs(colours[s] - border).max() <= tolerance)
     if not ({_TOP, _BOTTOM} <= sides or {_LEFT, _RIGHT} <= sides):
         return None
@@ -245,9 +292,11 @@ def _margin(view: Image.Image) -> _Margin | None:
     return _Margin(fill[0] if channels == 1 else fill, tolerance, sides)
 
 
-def _find_box(view: Image.Image) -> tuple[tuple[int, int, int, int], _Margin] | None:
-    """(top, bottom, left, right) of the content of an RGB or L image and the margin it was found against,
-    or None when there is no margin to trim or no content at all.
+def _find_box(view: Image.Image, before: _Found | None = None
+              ) -> tuple[tuple[int, int, int, int], _Margin, Image.Image] | None:
+    """(top, bottom, left, right) of the content of an RGB or L image, the margin it was found against and
+    the map of pixels beyond its tolerance, or None when there is no margin to trim or no content at all.
+    ``before``: what the pass before found on the image this ``view`` was cropped from.
 
     PIL finds, in one C pass (a lookup table, then a grey conversion to one band), the bounding boxes of the
     pixels beyond the tolerance (``loose``) and, within it, beyond the strong tolerance (``tight``). A line holding a strong pixel is content, so
@@ -261,7 +310,10 @@ def _find_box(view: Image.Image) -> tuple[tuple[int, int, int, int], _Margin] | 
     tolerance, sides = margin.tolerance, margin.sides
     # one lookup pass for both tolerances: in one band, 0 within the tolerance, 1..FAINT beyond it, more
     # than FAINT beyond the strong tolerance (``_levels``)
-    faint = _any_band(view.point(_levels(margin.fill, tolerance, STRONG_FACTOR * tolerance)))
+    if before is not None and (before.margin.fill, before.margin.tolerance) == (margin.fill, tolerance):
+        faint = before.faint.crop(before.box)  # the same table: the map is the same pixel by pixel
+    else:
+        faint = _any_band(view.point(_levels(margin.fill, tolerance, STRONG_FACTOR * tolerance)))
     loose = faint.getbbox()
     if loose is None:
         return None  # blank: nothing but margin
@@ -289,7 +341,7 @@ def _find_box(view: Image.Image) -> tuple[tuple[int, int, int, int], _Margin] | 
     return (top + int(content_rows[0]) if _TOP in sides else 0,
             top + int(content_rows[-1]) + 1 if _BOTTOM in sides else height,
             left + int(content_cols[0]) if _LEFT in sides else 0,
-            left + int(content_cols[-1]) + 1 if _RIGHT in sides else width), margin
+            left + int(content_cols[-1]) + 1 if _RIGHT in sides else width), margin, faint
 
 
 def _alpha(image: Image.Image) -> Image.Image | None:
@@ -303,6 +355,18 @@ def _alpha(image: Image.Image) -> Image.Image | None:
     if image.mode == "P" and "transparency" in image.info:
         return image.convert("RGBA").getchannel("A")
     return None
+
+
+def _cropped_alpha(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image | None:
+    """``_alpha(image.crop(box))`` without cropping the image. A crop keeps the image's info, so a kept alpha
+    band (``imaging.ALPHA_INFO``) is resized to the crop's size, not cropped: the boxes found since
+    ``RULE_VERSION`` 3 depend on it (cropping it changes 3 of 2,000 openclipart-png boxes)."""
+    kept = image.info.get(ALPHA_INFO)
+    if isinstance(kept, Image.Image):
+        size = (box[2] - box[0], box[3] - box[1])
+        return kept if kept.size == size else kept.resize(size, Image.Resampling.BOX)
+    alpha = _alpha(image)
+    return None if alpha is None else alpha.crop(box)
 
 
 def _is_canvas(view: Image.Image, alpha: Image.Image | None, margin: _Margin,
@@ -339,8 +403,7 @@ def _is_canvas(view: Image.Image, alpha: Image.Image | None, margin: _Margin,
 
 def _transparent_border(alpha: Image.Image) -> bool:
     """Whether at least half of the pixels on the image's four outer lines are transparent."""
-    a = np.asarray(alpha)
-    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    border = np.concatenate([pair.ravel() for pair in _outer_lines(alpha)])
     return bool((border <= ALPHA_CLEAR).mean() >= 0.5)
 
 

@@ -15,9 +15,11 @@ loop with one in-order contract; the pool is most of it.
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
+import select
 import signal
 import sys
 import time
@@ -30,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .detectors import Detector
-from .detectors.base import TRIM_DECODE_SCALE, prepare
+from .detectors.base import TRIM_DECODE_SCALE, prepare, prepare_views
 from .imaging import ImageRejected, decode_image
 from .limits import DEFAULT_LIMITS, DEFAULT_MAX_PIXELS, InputLimits, ReadRefused, read_file
 from .sources import Source
@@ -78,12 +80,13 @@ class Decoded(NamedTuple):
     whole: np.ndarray | None = None  # with views: the whole image's input where the content box was trimmed
     # with a checksum: (size, checksum, the file's mtime_ns or None) of the bytes decoded, read once for both
     fingerprint: tuple[int, str, int | None] | None = None
+    crops: tuple = ()  # with crop areas: the input of each centre crop (``detectors.base.prepare_views``)
 
 
 def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool = False,
                 model_input: Callable | None = None, views: bool = False,
-                max_bytes: int = DEFAULT_LIMITS.max_file_bytes, checksum: Callable[[bytes], str] | None = None
-                ) -> tuple:
+                max_bytes: int = DEFAULT_LIMITS.max_file_bytes, checksum: Callable[[bytes], str] | None = None,
+                crops: tuple[float, ...] = ()) -> tuple:
     """Decoded's fields after ``item``."""
     if item.skip_reason is not None:
         return _skipped(item.skip_reason)
@@ -104,7 +107,7 @@ def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool =
     except ImageRejected as exc:
         return None, str(exc), None, None, None, None, fingerprint
     try:
-        array, box = prepare(detector, image)
+        array, box, crop_arrays = prepare_views(detector, image, crops) if crops else (*prepare(detector, image), ())
         whole = detector.preprocess(image) if views and box is not None and box.trimmed else None
     except Exception as exc:  # noqa: BLE001 - one bad image must not end a corpus run
         return (None, f"detector preprocessing failed: {type(exc).__name__}: {exc}", None, None, None, None,
@@ -130,7 +133,7 @@ def _decode_one(item: RawItem, detector: Detector, max_pixels: int, copy: bool =
             duplicate = prepare(detector, augment(image, "resize+jpeg", np.random.default_rng(seed)))[0]
         except Exception:  # noqa: BLE001 - the copy is optional; the item itself is fine
             duplicate = None
-    return array, None, duplicate, pixels, box, whole, fingerprint
+    return array, None, duplicate, pixels, box, whole, fingerprint, crop_arrays
 
 
 PARENT_POLL_S = 0.5  # how often a worker looks whether its parent still lives
@@ -155,7 +158,8 @@ def _end_with_parent(parent_pid: int) -> None:
 
 
 def _worker(conn, detector: Detector, max_pixels: int, model_input: Callable | None, views: bool,
-            max_bytes: int, checksum: Callable[[bytes], str] | None, parent_pid: int) -> None:
+            max_bytes: int, checksum: Callable[[bytes], str] | None, crops: tuple[float, ...],
+            parent_pid: int) -> None:
     """A decoding worker: decodes each task's items in order, sending one message per item."""
     _end_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is the parent's to handle
@@ -169,7 +173,8 @@ def _worker(conn, detector: Detector, max_pixels: int, model_input: Callable | N
             return
         for item, copy in task:
             try:
-                result = _decode_one(item, detector, max_pixels, copy, model_input, views, max_bytes, checksum)
+                result = _decode_one(item, detector, max_pixels, copy, model_input, views, max_bytes, checksum,
+                                     crops)
             except Exception as exc:  # noqa: BLE001 - one bad image must not end a corpus run
                 result = _skipped(f"decoding failed: {type(exc).__name__}: {exc}")
             try:
@@ -217,6 +222,16 @@ class _Chunk:
         self.results.append(Decoded(self.pairs[len(self.results)][0], *fields))
 
 
+def _readable(conn) -> Callable[[], bool]:
+    """Whether ``conn`` has a message (or its end) waiting, without waiting. ``Connection.poll`` builds a
+    selector on every call, which the decoder's loop paid several times per item; a poll object is made once."""
+    if not hasattr(select, "poll"):  # pragma: no cover - not Linux or macOS
+        return conn.poll
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return lambda: bool(poller.poll(0))
+
+
 class _Worker:
     """One decoding process and the chunk it is working through (None when idle)."""
 
@@ -226,6 +241,7 @@ class _Worker:
         self.process.start()
         child.close()
         self.conn = parent
+        self.readable = _readable(parent)
         self.chunk: _Chunk | None = None
         self.silent = 0.0  # seconds watched since this worker last delivered an item
 
@@ -255,8 +271,9 @@ class Decoder:
     def __init__(self, detector: Detector, *, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  chunk_size: int = 32, start_method: str | None = None, model_input: Callable | None = None,
                  views: bool = False, limits: InputLimits | None = None,
-                 checksum: Callable[[bytes], str] | None = None):
+                 checksum: Callable[[bytes], str] | None = None, crops: tuple[float, ...] = ()):
         self.detector = detector
+        self.crops = tuple(crops)  # also the centre crop at each of these areas (``Decoded.crops``)
         self.checksum = checksum
         self.model_input = model_input  # PIL image -> a zero-shot model's pixels, made beside the detector's
         self.views = views  # also the whole image's input where a trimming detector trimmed
@@ -267,6 +284,7 @@ class Decoder:
         self.start_method = start_method or default_start_method()
         self._ctx = None
         self._procs: list[_Worker] = []
+        self._poller: tuple[list[_Worker], Any] | None = None  # (the workers it watches, a select.poll)
 
     def __enter__(self) -> "Decoder":
         if self.workers > 0:
@@ -281,7 +299,7 @@ class Decoder:
 
     def _start(self) -> _Worker:
         return _Worker(self._ctx, (self.detector, self.max_pixels, self.model_input, self.views,
-                                   self.limits.max_file_bytes, self.checksum))
+                                   self.limits.max_file_bytes, self.checksum, self.crops))
 
     def decode(self, items: Iterable[RawItem], copies: set[tuple[str, str]] | None = None
                ) -> Iterator[Decoded]:
@@ -294,7 +312,8 @@ class Decoder:
         if not self._procs:
             for item, copy in flagged:
                 yield Decoded(item, *_decode_one(item, self.detector, self.max_pixels, copy, self.model_input,
-                                                 self.views, self.limits.max_file_bytes, self.checksum))
+                                                 self.views, self.limits.max_file_bytes, self.checksum,
+                                                 self.crops))
             return
         chunks = _chunks(flagged, self.chunk_size)
         window: deque[_Chunk] = deque()  # chunks read ahead, in input order
@@ -348,8 +367,7 @@ class Decoder:
         busy = [w for w in self._procs if w.chunk is not None]
         wait_for = None if timeout is None or not busy else max(0.0, timeout - max(w.silent for w in busy))
         started = time.monotonic()
-        ready = set(mp_connection.wait([w.conn for w in busy] + [w.process.sentinel for w in self._procs],
-                                       timeout=wait_for))
+        ready = self._wait([w.conn for w in busy] + [w.process.sentinel for w in self._procs], wait_for)
         # only time spent waiting here counts towards a timeout: a worker whose results wait to be read
         # while the caller embeds is never stopped
         watched = time.monotonic() - started
@@ -365,11 +383,27 @@ class Decoder:
             elif worker.chunk is not None and timeout is not None and worker.silent >= timeout:
                 self._replace(i, f"decoding took longer than {timeout:g} s: stopped", timed_out=True)
 
+    def _wait(self, objects: list, timeout: float | None) -> set:
+        """The connections and sentinels among ``objects`` that are ready, after at most ``timeout`` seconds:
+        ``multiprocessing.connection.wait``, with one poll object kept while the workers stay the same (that
+        function builds a selector on every call, and the loop calls it about once per item)."""
+        if not hasattr(select, "poll"):  # pragma: no cover - not Linux or macOS
+            return set(mp_connection.wait(objects, timeout=timeout))
+        if self._poller is None or self._poller[0] != self._procs:
+            poller = select.poll()
+            for worker in self._procs:
+                poller.register(worker.conn.fileno(), select.POLLIN)
+                poller.register(worker.process.sentinel, select.POLLIN)
+            self._poller = (list(self._procs), poller)
+        events = self._poller[1].poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
+        fds = {fd for fd, _ in events}
+        return {obj for obj in objects if (obj if isinstance(obj, int) else obj.fileno()) in fds}
+
     @staticmethod
     def _receive(worker: _Worker) -> None:
         chunk = worker.chunk
         try:
-            while chunk is not None and worker.conn.poll():
+            while chunk is not None and worker.readable():
                 fields = worker.conn.recv()
                 chunk.add(fields)
                 worker.silent = 0.0
@@ -410,6 +444,7 @@ class EmbeddedItems:
     boxes: list = field(default_factory=list)  # content boxes (``content.ContentBox``) or None
     wholes: list[np.ndarray | None] = field(default_factory=list)  # the whole image's vector, where trimmed
     fingerprints: list = field(default_factory=list)  # Decoded.fingerprint per item
+    crop_vectors: list[list | None] = field(default_factory=list)  # per item, its centre crops' vectors
 
 
 def embed_decoded(decoded: Iterable[Decoded], detector: Detector, *, batch_size: int = 256) -> EmbeddedItems:
@@ -430,6 +465,8 @@ def embed_decoded(decoded: Iterable[Decoded], detector: Detector, *, batch_size:
                 out.copies[idx] = vectors[j]
             elif what == "whole":
                 out.wholes[idx] = vectors[j]
+            elif what.startswith("crop"):
+                out.crop_vectors[idx][int(what[4:])] = vectors[j]
             else:
                 out.vectors[idx] = vectors[j]
                 out.low_information[idx] = bool(low[j])
@@ -445,8 +482,10 @@ def embed_decoded(decoded: Iterable[Decoded], detector: Detector, *, batch_size:
         out.boxes.append(entry.box)
         out.wholes.append(None)
         out.fingerprints.append(entry.fingerprint)
+        out.crop_vectors.append([None] * len(entry.crops) if entry.crops else None)
         idx = len(out.items) - 1
-        for arr, what in ((entry.array, "item"), (entry.copy, "copy"), (entry.whole, "whole")):
+        crops = tuple((arr, f"crop{c}") for c, arr in enumerate(entry.crops or ()))
+        for arr, what in ((entry.array, "item"), (entry.copy, "copy"), (entry.whole, "whole"), *crops):
             if arr is not None:
                 pending.append((idx, what))
                 pending_arrays.append(arr)
@@ -458,17 +497,18 @@ def embed_decoded(decoded: Iterable[Decoded], detector: Detector, *, batch_size:
 
 def embed_source(source: Source, detector: Detector, *, batch_size: int = 256, workers: int | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False, scorer=None,
-                 views: bool = False, limits: InputLimits | None = None) -> Embeddings:
+                 views: bool = False, limits: InputLimits | None = None, crops: tuple[float, ...] = ()) -> Embeddings:
     """Embed a whole source in memory (evaluation sets are small); skipped items are listed, not dropped.
 
     ``scorer`` (a ``scoring.ZeroShotScorer``) is fed each decoded image's model pixels as well, from the
     same decoding pass. With ``views`` a trimming detector also embeds the whole image of every item whose
     content box it trimmed (``Embeddings.whole_rows`` / ``whole_vectors``). ``limits`` caps what one item
-    may cost (default ``InputLimits()``)."""
+    may cost (default ``InputLimits()``). With ``crops`` every item's centre crop at each of those areas is
+    embedded too (``Embeddings.crop_vectors``)."""
     items: Iterable[RawItem] = source.iter_items(limits)
     model_input = scorer.preprocessor() if scorer is not None else None
     with Decoder(detector, workers=workers, max_pixels=max_pixels, model_input=model_input, views=views,
-                 limits=limits) as decoder:
+                 limits=limits, crops=crops) as decoder:
         decoded = decoder.decode(items)
         if scorer is not None:
             decoded = _feed(decoded, scorer)
@@ -500,6 +540,9 @@ def to_embeddings(result: EmbeddedItems, detector: Detector) -> Embeddings:
         vectors = np.zeros((0, width), dtype=np.uint8 if detector.metric == "hamming" else np.float32)
     whole = [(row, result.wholes[i]) for row, i in enumerate(keep) if result.wholes[i] is not None]
     boxes = [result.boxes[i] for i in keep]
+    crop_vectors = None
+    if keep and result.crop_vectors[keep[0]] is not None:  # [rows, crops, width]
+        crop_vectors = np.stack([np.stack(result.crop_vectors[i]) for i in keep])
     return Embeddings(
         ids=[result.items[i].id for i in keep],
         vectors=vectors,
@@ -510,4 +553,5 @@ def to_embeddings(result: EmbeddedItems, detector: Detector) -> Embeddings:
         boxes=boxes if any(b is not None for b in boxes) else [],
         whole_rows=np.array([row for row, _ in whole], dtype=np.int64) if whole else None,
         whole_vectors=np.stack([v for _, v in whole]) if whole else None,
+        crop_vectors=crop_vectors,
     )

@@ -10,6 +10,10 @@ well and is used only when that text matches the current one exactly; an unreada
 a miss (and is replaced by the next write). Sources read from URLs or ``pipe:`` commands are not cached:
 fingerprinting them would read every shard twice.
 
+Calibration's generated images (``calibrate.calibrate_sets``: each sampled image transposed, and App. C
+copies beside their sources) are kept the same way, as in-memory sets keyed by their bytes: the bytes follow
+from the sampled images' contents, the seed and the generator's code, so a change to any of them is a miss.
+
 Neighbours searched with a floor (``min_similarity``: those less similar left out) are stored with it and
 serve a later run whose floor is as high or higher (its caller cuts them there); a lower floor is a miss.
 """
@@ -86,9 +90,10 @@ def index_identity(manifest: dict, detector: dict) -> dict:
     return {"manifest_xxh3": xxhash.xxh3_128_hexdigest(text.encode("utf-8")), "detector": detector}
 
 
-def set_key(source, identity: dict, settings: MatchSettings) -> CacheKey:
+def set_key(source, identity: dict, settings: MatchSettings, purpose: str | None = None) -> CacheKey:
     """The key of one evaluation set (an opened source) against an index (``identity``: ``index_identity``)
-    under ``settings``; reads every item's bytes once."""
+    under ``settings``; reads every item's bytes once. ``purpose`` names an entry that is not a set's search
+    result (calibration's copies, stored with their embeddings only), so the two never share a key."""
     import xxhash
 
     limits = settings.limits or DEFAULT_LIMITS
@@ -97,9 +102,10 @@ def set_key(source, identity: dict, settings: MatchSettings) -> CacheKey:
     text = json.dumps({
         "format": CACHE_FORMAT, "package_version": __version__, "index": identity,
         "match": {"detector": settings.detector, "device": settings.device, "k": settings.k,
-                  "exact": settings.exact, "views": settings.views, "max_pixels": settings.max_pixels,
+                  "exact": settings.exact, "views": settings.views, "query_views": list(settings.query_views),
+                  "max_pixels": settings.max_pixels,
                   "limits": asdict(limits)},
-        "set": source.name, "items": items,
+        "set": source.name, "items": items, **({"purpose": purpose} if purpose is not None else {}),
     }, sort_keys=True, default=str)
     return CacheKey(text, xxhash.xxh3_128_hexdigest(text.encode("utf-8")), len(items))
 

@@ -21,11 +21,36 @@ ALPHA_INFO = "overlap_audit.alpha"
 
 
 def _composite_on_white(img: Image.Image) -> Image.Image:
+    if img.mode == "P" and img.palette is not None and img.palette.mode == "RGB":
+        return _palette_on_white(img)
     rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # convert() would copy an RGBA image
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    out = Image.alpha_composite(background, rgba).convert("RGB")
+    out = Image.new("RGB", rgba.size, (255, 255, 255))
+    # a paste through the alpha band: one pass, and the same pixels as Image.alpha_composite over opaque
+    # white (both round c*a + 255*(255-a) over 255 to nearest; checked for every colour and alpha value)
+    out.paste(rgba, (0, 0), rgba)
     out.info[ALPHA_INFO] = rgba.getchannel("A")
     return out
+
+
+def _palette_on_white(img: Image.Image) -> Image.Image:
+    """A palette image with transparency composited on white through its palette: a pixel's result depends
+    only on its index, so the 256 entries are composited and the image converted once (same pixels)."""
+    indices = Image.new("P", (256, 1))
+    indices.putdata(range(256))
+    indices.putpalette(img.getpalette(rawmode="RGB") or [], rawmode="RGB")
+    indices.info["transparency"] = img.info["transparency"]
+    entries = indices.convert("RGBA")
+    composited = _composite_on_white(entries)
+    alpha = np.frombuffer(entries.getchannel("A").tobytes(), dtype=np.uint8)
+    out = img.copy()
+    out.info = {}
+    out.putpalette(composited.tobytes(), rawmode="RGB")
+    mask = img.copy()
+    mask.info = {}
+    mask.putpalette(np.repeat(alpha, 3).tobytes(), rawmode="RGB")
+    rgb = out.convert("RGB")
+    rgb.info = {ALPHA_INFO: mask.convert("L")}  # L of a grey palette is its grey value exactly
+    return rgb
 
 
 def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
@@ -122,7 +147,7 @@ def decode_image(data: bytes | None = None, path: str | None = None,
             img.load()
             if long_side is not None:
                 img = _reduced(img, long_side)
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # returns a copy of an image it leaves as it is
             return to_rgb(img)
     except ImageRejected:
         raise

@@ -21,7 +21,7 @@ from .devices import faiss_device
 from .embed import embed_source
 from .evalcache import cacheable, index_identity, load_cached, save_cached, set_key
 from .errors import IndexDirError, SourceError, param
-from .index import CorpusIndex, IndexManifest, check_detector, load_index, search
+from .index import CorpusIndex, IndexManifest, check_detector, load_index, search, view_tag
 from .outputs import check_output_apart
 from .settings import MatchSettings
 from .sources import as_source, source_location
@@ -141,9 +141,11 @@ def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, object]], setting
                 out[name] = EvalMatch(name, hit[0], at_least(hit[1], floor), cached=True,
                                       seconds={"embed": time.perf_counter() - started, "search": 0.0})
                 continue
+        # query views pay only beside corpus views (alone they find no more: BENCHMARKS.md, "Corpus views")
+        crops = tuple(settings.query_views) if corpus.manifest.views else ()
         emb = embed_source(source, corpus.detector, batch_size=settings.batch_size, workers=settings.workers,
                            max_pixels=settings.max_pixels, progress=settings.progress, scorer=scorers.get(name),
-                           views=settings.views, limits=settings.limits)
+                           views=settings.views, limits=settings.limits, crops=crops)
         embedded = time.perf_counter()
         neighbors = search(corpus.index, emb.ids, emb.vectors, k=settings.k, device=settings.device,
                            exact_stream=settings.exact, ray_address=settings.ray_address, min_similarity=floor,
@@ -153,6 +155,11 @@ def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, object]], setting
                            device=settings.device, exact_stream=settings.exact, ray_address=settings.ray_address,
                            min_similarity=floor, progress=settings.progress)
             neighbors = best_view(neighbors, whole, emb.whole_rows)
+        for c, area in enumerate(crops if emb.crop_vectors is not None else ()):
+            crop = search(corpus.index, emb.ids, emb.crop_vectors[:, c], k=settings.k, device=settings.device,
+                          exact_stream=settings.exact, ray_address=settings.ray_address, min_similarity=floor,
+                          progress=settings.progress)
+            neighbors = best_view(neighbors, crop, np.arange(len(emb.ids)), view_tag(area))
         if key is not None:
             save_cached(cache_dir, key, emb, neighbors, floor)
         out[name] = EvalMatch(name, emb, neighbors, seconds={"embed": embedded - started,
@@ -179,16 +186,17 @@ def at_least(neighbors: Neighbors, min_similarity: float | None) -> Neighbors:
     return Neighbors(neighbors.query_ids, ids, np.where(cut, np.nan, sims).astype(np.float32), views=views)
 
 
-def best_view(trimmed: Neighbors, whole: Neighbors, rows) -> Neighbors:
+def best_view(trimmed: Neighbors, whole: Neighbors, rows, name: str = "whole") -> Neighbors:
     """Per query, the neighbours of the view whose nearest item is more similar: ``trimmed`` has every query
-    (its content box), ``whole`` the queries ``rows`` (their whole image). A tie keeps the trimmed view."""
+    (its content box, or the best of the views merged into it so far), ``whole`` the queries ``rows`` in
+    another view (their whole image, or a centre crop: ``name``). A tie keeps the first."""
     ids, sims = trimmed.ids.copy(), trimmed.similarities.copy()
-    views = ["trimmed"] * len(trimmed.query_ids)
+    views = list(trimmed.views) if trimmed.views is not None else ["trimmed"] * len(trimmed.query_ids)
     if trimmed.k:
         a = np.nan_to_num(sims[rows, 0], nan=-np.inf)
         b = np.nan_to_num(whole.similarities[:, 0], nan=-np.inf)
         for j in np.nonzero(b > a)[0]:
             r = int(rows[j])
             ids[r], sims[r] = whole.ids[j], whole.similarities[j]
-            views[r] = "whole"
+            views[r] = name
     return Neighbors(trimmed.query_ids, ids, sims, views=views)

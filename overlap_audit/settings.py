@@ -72,6 +72,9 @@ class IndexSettings:
     memory_budget: int | str | None = None
     ray_address: str | None = None
     limits: InputLimits = field(default_factory=InputLimits)
+    # corpus views (``index.views``): one more vector per item for the centre crop of each of these fractions
+    # of its area; None: the detector's default (``index.views.DEFAULT_VIEWS``), () none
+    views: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class MatchSettings:
     exact: bool = False
     ray_address: str | None = None
     views: bool = True  # a trimming detector also searches the whole image of each trimmed query
+    # against an index with corpus views, each query's centre crop at these fractions of its area is searched too
+    query_views: tuple[float, ...] = (0.8,)
     limits: InputLimits = field(default_factory=InputLimits)
 
     def __post_init__(self) -> None:
@@ -106,8 +111,9 @@ class MatchSettings:
 class StatsSettings:
     """Where each dataset is split into Overlap / Clean, and how the statistics are tested.
 
-    ``thresholds`` (a ``{"NAME": t}`` file or dict) overrides ``threshold`` per dataset; both default to the
-    detector's threshold. ``correction`` (one of ``CORRECTIONS``) decides ``significant``; all are reported.
+    ``thresholds`` (a ``{"NAME": t}`` dict, or a thresholds file in either form of ``decide.points``: a file
+    of operating points also sets those datasets' verification) overrides ``threshold`` per dataset; both
+    default to the detector's threshold. ``correction`` (one of ``CORRECTIONS``) decides ``significant``; all are reported.
     ``precision`` and ``recall`` of the Overlap split (numbers or "k/n" counts) for every dataset, or
     ``detector_error`` (a dict or JSON file ``{"NAME": {"precision": ..., "recall": ...}}``) per dataset,
     add the detector-error correction.

@@ -104,6 +104,8 @@ class Embeddings:
     # a second view: the whole image's vectors of the rows ``whole_rows`` (those whose content box was trimmed)
     whole_rows: np.ndarray | None = None
     whole_vectors: np.ndarray | None = None
+    # further views: the vectors [rows, views, width] of each row's centre crops, where they were asked for
+    crop_vectors: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -121,7 +123,8 @@ class Neighbors:
     query_ids: list[str]
     ids: np.ndarray
     similarities: np.ndarray
-    # per query, the view of it that matched ("trimmed" or "whole"); None when only one view was searched
+    # per query, the view of it that matched ("trimmed", "whole" or a centre crop "view80"); None when only one
+    # view was searched
     views: list[str] | None = None
 
     @property

@@ -63,7 +63,7 @@ def test_similarities_out_of_range_are_refused_where_they_are_parsed(tmp_path):
     import pytest
 
     from overlap_audit.decide.rule import VerifySettings
-    from overlap_audit.decide.split import load_thresholds
+    from overlap_audit.decide.points import load_points
     from overlap_audit.errors import SettingsError, ThresholdError
     from overlap_audit.settings import StatsSettings
 
@@ -78,7 +78,7 @@ def test_similarities_out_of_range_are_refused_where_they_are_parsed(tmp_path):
     for bad in (1.5, -1, "0.9"):
         path.write_text(json.dumps({"val": bad}))
         with pytest.raises(ThresholdError, match="the threshold of 'val'"):
-            load_thresholds(path)
+            load_points(path).thresholds
 
 
 def test_the_cli_names_the_flag_of_an_out_of_range_similarity(tmp_path):

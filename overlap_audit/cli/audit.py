@@ -12,11 +12,17 @@ from . import options
 from .base import Command, echo, echo_report, example
 
 
+# the VerifySettings fields a thresholds file may set per dataset, as the commands name them
+KNOB_WORDS = {"first_stage": "first stage", "accept": "photo accept", "threshold": "drawing verification score"}
+
+
 def threshold_line(rep, threshold: float | None, thresholds_file: str | None) -> str:
     """One line: each dataset's threshold and where it came from (a thresholds file may name only some)."""
-    from ..decide.split import load_thresholds, threshold_origins
+    from ..decide.points import load_points
+    from ..decide.split import threshold_origins
 
-    per_dataset = load_thresholds(thresholds_file) if thresholds_file else {}
+    points = load_points(thresholds_file) if thresholds_file else None
+    per_dataset = points.thresholds if points else {}
     names = [d.name for d in rep.datasets]
     origins = threshold_origins(names, threshold=threshold, per_dataset=per_dataset)
     origins.update((rep.calibration or {}).get("origins", {}))  # the report knows which were calibrated
@@ -28,6 +34,9 @@ def threshold_line(rep, threshold: float | None, thresholds_file: str | None) ->
         where = f"from {thresholds_file}" if origin == "file" else fallback[origin]
         if thresholds_file and origin != "file":
             where += f", not named in {thresholds_file}"
+        knobs = points.verify.get(d.name, {}) if points and origin == "file" else {}
+        if knobs:
+            where += "; " + ", ".join(f"{KNOB_WORDS[k]} {v:.4f}" for k, v in knobs.items())
         parts.append(f"{d.name} {d.threshold:.4f} ({where})")
     return "thresholds: " + "; ".join(parts)
 
@@ -52,19 +61,27 @@ def threshold_line(rep, threshold: float | None, thresholds_file: str | None) ->
               help="auto: exact flat while it fits --memory-budget, else IVF-PQ (multi-index hash tables for a "
                    "large corpus of 64-bit hashes); the others on request.")
 @click.option("--memory-budget", default="8GB", show_default=True, help="Memory the index may use (8GB, 512MB).")
+@click.option("--views", "views", type=float, multiple=True, metavar="AREA",
+              help="Corpus views: also index each item's centre crop holding this fraction of its area (repeat for "
+                   "several), so a copy that is a crop of it is found; reports then search each query's centre "
+                   "80% too (measured in BENCHMARKS.md, Corpus views). Default: none.")
+@click.option("--no-views", is_flag=True, help="Index no corpus views (one vector per item).")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|local",
               help="Embed the shards on a Ray cluster (pip install 'overlap-audit[ray]').")
 @options.quiet
 def index(sources, out_dir, detector, content, batch_size, workers, device, resume, shard_size, max_pixels,
-          index_type, memory_budget, ray_address, quiet) -> None:
+          index_type, memory_budget, views, no_views, ray_address, quiet) -> None:
     """Embed the corpus SOURCES (image folders, Parquet, WebDataset shards) and build the FAISS index."""
-    from ..index import build_index
+    from ..index import build_index, views_line
     from ..inert import terminal
     from ..report import recall_line
 
+    if views and no_views:
+        raise click.UsageError("give --views or --no-views, not both")
     settings = IndexSettings(detector=detector, content=content, batch_size=batch_size, workers=workers,
                              device=device, resume=resume, shard_size=shard_size, max_pixels=max_pixels,
-                             index_type=index_type, memory_budget=memory_budget, ray_address=ray_address)
+                             index_type=index_type, memory_budget=memory_budget, ray_address=ray_address,
+                             views=() if no_views else (tuple(views) or None))
     try:
         m = build_index(list(sources), out_dir, settings, progress=not quiet)
     except KeyboardInterrupt:
@@ -72,7 +89,8 @@ def index(sources, out_dir, detector, content, batch_size, workers, device, resu
         sys.exit(130)
     echo(f"index: {m.index_type} ({m.extra.get('index_choice', '')}); {recall_line(m.extra.get('recall', {}))}")
     echo(f"indexed {m.n_indexed} of {m.n_given} items with {m.detector.spec} into {out_dir} "
-          f"({m.index_type}); {m.n_skipped} skipped, {m.n_low_information} low-information not indexed")
+          f"({m.index_type}{views_line(m.views, ())}); {m.n_skipped} skipped, {m.n_low_information} "
+          "low-information not indexed")
     if m.n_indexed == 0:
         echo("warning: the index holds no items; a report against it would have nothing to compare", err=True)
     for s in m.skipped[:20]:
@@ -85,10 +103,11 @@ def index(sources, out_dir, detector, content, batch_size, workers, device, resu
 @options.index_dir
 def check(index_dir) -> None:
     """Check every file of INDEX_DIR against its manifest: sizes, row counts, checksums, the FAISS index."""
-    from ..index import check_index
+    from ..index import check_index, views_line
 
     r = check_index(index_dir)
-    click.echo(f"{r.path}: intact (generation {r.generation}, {r.index_type}, {r.n_indexed} indexed; "
+    click.echo(f"{r.path}: intact (generation {r.generation}, {r.index_type}{views_line(r.views, ())}, "
+               f"{r.n_indexed} indexed; "
                f"{r.n_files} files, {r.n_bytes / 1e6:.1f} MB checksummed in {r.seconds:.2f} s)")
     if r.stale:
         click.echo(f"note: {len(r.stale)} file(s) of an interrupted rebuild are left beside it and unused "
@@ -116,7 +135,9 @@ def check(index_dir) -> None:
 @click.option("--threshold", type=float, default=None, help="Similarity threshold for every dataset "
               "(default: the detector's).")
 @click.option("--thresholds", type=click.Path(exists=True, dir_okay=False), default=None,
-              help='JSON file {"NAME": threshold} (overrides --threshold per dataset).')
+              help='JSON file {"NAME": threshold}, or the operating points `threshold` writes (threshold, '
+                   'first stage, photo accept per dataset); overrides --threshold and the verification settings '
+                   'per dataset.')
 @click.option("--k", type=click.IntRange(min=1), default=MatchSettings.k, show_default=True, help="Neighbours kept per example.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=StatsSettings.alpha,
               show_default=True, help="Family-wise significance level (Bonferroni across datasets).")
@@ -302,43 +323,40 @@ def pairs(index_dir, evals, around, n_pairs, out_dir, verify, verify_from, verif
               help="The review sheet's pairs.json: the decision rule its pairs were judged by (default: the one "
                    "beside LABELS).")
 def threshold(labels, target, ci_level, out_file, rule_file) -> None:
-    """Per dataset, the lowest threshold at which the report's decision (the threshold, the first stage that
-    follows from it, and the verdicts recorded in LABELS, a filled-in pairs.csv) keeps the labelled precision
-    at least --precision."""
+    """Per dataset, the operating point of the report's decision (the threshold and, with verification, the
+    first stage and the photo accept) that keeps the most labelled duplicates at a labelled precision of at
+    least --precision, from LABELS (a filled-in pairs.csv and the verdicts recorded in it). A knob other than
+    the threshold moves from the review sheet's value only when that keeps at least two more labelled
+    duplicates and does not lower the precision's lower confidence bound; the command says which knobs it
+    chose and why it left the others."""
     from pathlib import Path
 
-    from ..decide.verify import VERIFY_THRESHOLD
+    from ..decide.points import KNOBS
     from ..review import pick_thresholds, write_thresholds
 
     choices = pick_thresholds(labels, rule=rule_file, target_precision=target, ci_level=ci_level)
     path, evidence = write_thresholds(choices, out_file or Path(labels).with_name("thresholds.json"))
     level = f"{100 * ci_level:g}%"
-    fixed = set()
     for c in choices.values():
         counts = (f"{c.n_positive} duplicate(s), {c.n_negative} not, {c.n_unlabelled} unlabelled")
-        verify = (c.decision or {}).get("verify")
         if c.threshold is None:
-            echo(f"{c.dataset}: no threshold ({counts}): {c.note}")
+            echo(f"{c.dataset}: no operating point ({counts}): {c.note}")
             continue
         if c.decision is None:
             knobs = "the similarity alone (LABELS has no verdicts: as `report --no-verify` decides)"
-        elif verify is None:
+        elif c.decision.get("verify") is None:
             knobs = "the threshold alone (the pairs were written with --no-verify)"
         else:
-            stage = (f"--verify-from {c.first_stage:.4f}" if verify.get("first_stage") is not None
-                     else f"1 - {verify['relax']:g} (1 - threshold)")
-            knobs = f"first stage {c.first_stage:.4f} ({stage}), verification score {verify['threshold']:.4f}"
-            if verify.get("first_stage") is not None:
-                fixed.add(f"--verify-from {verify['first_stage']}")
-            if verify["threshold"] != VERIFY_THRESHOLD:
-                fixed.add(f"--verify-threshold {verify['threshold']}")
+            knobs = ", ".join(f"{KNOB_WORDS[KNOBS[k.name]]} {k.value:.4f}" for k in c.knobs)
         echo(f"{c.dataset}: threshold {c.threshold:.4f}; {knobs}: the decision's precision {c.precision:.3f} "
              f"({c.tp}/{c.tp + c.fp}; {level} CI [{c.precision_ci[0]:.3f}, {c.precision_ci[1]:.3f}]), "
              f"recall {c.recall:.3f} of the labelled duplicates ({c.tp}/{c.n_positive}; {level} CI "
              f"[{c.recall_ci[0]:.3f}, {c.recall_ci[1]:.3f}]); {counts}")
-    also = " ".join(sorted(fixed))  # the knobs the report needs besides the thresholds
-    echo(f"thresholds written to {path} (use `report --thresholds {path}{' ' + also if also else ''}`); "
-         f"evidence in {evidence}")
+        for k in c.knobs:
+            what = KNOB_WORDS[KNOBS[k.name]]
+            echo(f"  {what} {k.default:.4f} -> {k.value:.4f}: {k.reason}" if k.moved
+                 else f"  {what} left at {k.value:.4f}: {k.reason}")
+    echo(f"operating points written to {path} (use `report --thresholds {path}`); evidence in {evidence}")
 
 
 @click.command(cls=Command, epilog=example("overlap-audit detectors"))

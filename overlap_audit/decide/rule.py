@@ -76,6 +76,7 @@ class VerifySettings:
     # the detector's own threshold: a photograph pair whose similarity lies below it needs a photo score that
     # grows towards ``photo.ACCEPT + photo.GRADE`` at that threshold's first stage (``accept_for``); None: flat
     anchor: float | None = None
+    accept: float | None = None  # the photo score that verifies a pair at or above ``anchor`` (None: ``photo.ACCEPT``)
     neighbours: int = NEIGHBOURS  # an example's nearest items verified at most, most similar first
 
     def accept_for(self, similarity: float) -> float:
@@ -84,11 +85,12 @@ class VerifySettings:
         one brick wall or one tray of coins correlate about as well as a strongly edited copy)."""
         from .photo import ACCEPT, GRADE, GRADE_SPAN
 
+        base = ACCEPT if self.accept is None else self.accept
         if self.anchor is None or not math.isfinite(similarity) or similarity >= self.anchor:
-            return ACCEPT
+            return base
         low = first_stage_threshold(self.anchor, GRADE_SPAN)
         share = min(1.0, (self.anchor - similarity) / max(self.anchor - low, 1e-9))
-        return ACCEPT + GRADE * share
+        return base + GRADE * share
 
     def __post_init__(self) -> None:
         from ..errors import SettingsError, param
@@ -97,6 +99,8 @@ class VerifySettings:
         check_similarity(param("verify.threshold"), self.threshold)
         if self.first_stage is not None:
             check_similarity(param("verify.first_stage"), self.first_stage)
+        if self.accept is not None:
+            check_similarity(param("verify.accept"), self.accept)
         if isinstance(self.neighbours, bool) or not isinstance(self.neighbours, int) or self.neighbours < 1:
             raise SettingsError(f"{param('verify.neighbours')} must be a whole number of at least 1, "
                                 f"not {self.neighbours!r}")
@@ -116,7 +120,8 @@ class VerifySettings:
         comparison an earlier run had stored, ``verdicts``)."""
         d = {"threshold": self.threshold,
              "relax": (RELAX if self.relax is None else self.relax) if self.first_stage is None else None,
-             "first_stage": self.first_stage, "anchor": self.anchor, "neighbours": self.neighbours,
+             "first_stage": self.first_stage, "anchor": self.anchor, "accept": self.accept,
+             "neighbours": self.neighbours,
              "decision_version": DECISION_VERSION}
         if splits:
             d["datasets"] = {n: {"first_stage": self.first_stage_for(sp.threshold),
@@ -144,25 +149,37 @@ class Decision:
 @dataclass(frozen=True)
 class DecisionRule:
     """The rule that makes an evaluation example Overlap: its dataset's threshold (``thresholds``, one per
-    dataset) and, unless ``verify`` is None, pair verification from a relaxed first stage."""
+    dataset) and, unless ``verify`` is None, pair verification from a relaxed first stage (a dataset of
+    ``per_set`` under its own verification settings)."""
 
     thresholds: Mapping[str, float]
     verify: VerifySettings | None = field(default_factory=VerifySettings)
+    # a dataset's own verification settings in place of ``verify`` (a thresholds file that ``threshold``
+    # wrote: its first stage and photo accept); unused without verification
+    per_set: Mapping[str, VerifySettings] = field(default_factory=dict)
 
     @classmethod
     def for_detector(cls, detector, thresholds: Mapping[str, float],
-                     verify: VerifySettings | None = VerifySettings()) -> DecisionRule:
+                     verify: VerifySettings | None = VerifySettings(),
+                     per_set: Mapping[str, Mapping[str, float]] | None = None) -> DecisionRule:
         """The rule for ``detector``'s matches: a ``verify`` without its own ``relax`` takes the detector's
-        (``relax_for``)."""
+        (``relax_for``). ``per_set``: per dataset, the ``VerifySettings`` fields it sets in place of
+        ``verify``'s (``decide.points``)."""
         if verify is not None and verify.relax is None:
             verify = replace(verify, relax=relax_for(detector))
         if verify is not None and verify.anchor is None and detector.default_threshold is not None:
             verify = replace(verify, anchor=float(detector.default_threshold))
-        return cls(dict(thresholds), verify)
+        own = {n: replace(verify, **knobs) for n, knobs in (per_set or {}).items()} if verify is not None else {}
+        return cls(dict(thresholds), verify, own)
+
+    def verify_for(self, dataset: str) -> VerifySettings | None:
+        """``dataset``'s verification settings (None: no verification)."""
+        return None if self.verify is None else self.per_set.get(dataset, self.verify)
 
     def first_stage(self, dataset: str) -> float | None:
         """The similarity from which ``dataset``'s examples are verified (None: no verification)."""
-        return None if self.verify is None else self.verify.first_stage_for(self.thresholds[dataset])
+        verify = self.verify_for(dataset)
+        return None if verify is None else verify.first_stage_for(self.thresholds[dataset])
 
     def decide(self, matches: Mapping[str, tuple[Embeddings, Neighbors]], *, index_dir: str | os.PathLike | None,
                eval_sources: Mapping[str, object], max_pixels: int | None = None, workers: int | None = None,
@@ -178,7 +195,13 @@ class DecisionRule:
         splits, unreadable, changed, cached, pairs = _verify_splits(
             self, splits, index_dir, eval_sources, max_pixels=max_pixels, workers=workers, progress=progress,
             cache_dir=cache_dir)
-        return Decision(splits, self.verify.to_dict(splits, unreadable, changed, cached, pairs))
+        record = self.verify.to_dict()
+        # each dataset's counts under its own settings (a thresholds file that ``threshold`` wrote)
+        counted = {n: self.verify_for(n).to_dict({n: sp}, unreadable, changed, cached, pairs)["datasets"][n]
+                   for n, sp in splits.items()}
+        record["datasets"] = {n: c | ({"settings": _own_settings(self.per_set[n])} if n in self.per_set else {})
+                              for n, c in counted.items()}
+        return Decision(splits, record)
 
     def choose(self, dataset: str, similarities, verdicts: Mapping[tuple[int, int], bool | None],
                low_information=None) -> Choice:
@@ -202,7 +225,7 @@ class DecisionRule:
         match = np.zeros(n, np.int64)
         if self.verify is None or not k:
             return Choice(confident & ~low, match, [])
-        depth = min(k, self.verify.neighbours)
+        depth = min(k, self.verify_for(dataset).neighbours)
         candidate = sims[:, :depth].astype(np.float64) >= self.first_stage(dataset)
         overlap = confident & ~candidate[:, 0] & ~low  # a first stage above the threshold: as without it
         todo: list[tuple[int, int]] = []
@@ -233,25 +256,27 @@ class DecisionRule:
 
     def judge_pairs(self, dataset: str, pairs: Sequence[tuple[RawItem | None, RawItem | None, float]], *,
                     low_information=None, max_pixels: int | None = None, workers: int | None = None,
-                    progress: bool = False, cache_dir: str | os.PathLike | None = None) -> list[PairJudgement]:
+                    progress: bool = False, cache_dir: str | os.PathLike | None = None,
+                    desc: str = "verify") -> list[PairJudgement]:
         """Verify each (evaluation item, corpus item, similarity) pair, whatever its similarity (so that its
         verdict serves other thresholds too), and decide it at ``dataset``'s threshold (``overlap``). Without
         verification no pair is judged. Low-information pairs are not judged and never Overlap. ``cache_dir``:
-        as for ``decide``."""
+        as for ``decide``; ``desc`` labels the progress bar."""
         from ..limits import DEFAULT_MAX_PIXELS
 
         low = (np.zeros(len(pairs), bool) if low_information is None else np.asarray(low_information, bool))
         todo, judged = [], {}
-        if self.verify is not None:
+        verify = self.verify_for(dataset)
+        if verify is not None:
             for i, (a, b, _) in enumerate(pairs):
                 if low[i]:
                     continue
                 if _usable(a) and _usable(b):
                     todo.append((i, _Pair(a.data, a.path, b.data, b.path, max_pixels or DEFAULT_MAX_PIXELS,
-                                          self.verify.threshold, self.verify.accept_for(float(pairs[i][2])))))
+                                          verify.threshold, verify.accept_for(float(pairs[i][2])))))
                 else:
                     judged[i] = (float("nan"), None, False)
-            found, _ = _judge_all([p for _, p in todo], workers, progress, cache_dir)
+            found, _ = _judge_all([p for _, p in todo], workers, progress, cache_dir, desc)
             judged.update(zip([i for i, _ in todo], found))
         sims = [float(s) for _, _, s in pairs]
         verdicts = [judged[i][1] if i in judged else None for i in range(len(pairs))]
@@ -283,8 +308,8 @@ class DecisionRule:
                                      max_pixels=max_pixels, workers=workers, progress=progress,
                                      cache_dir=cache_dir)
             judged.update(zip(todo, found))
-            todo = self.choose(dataset, sims, self._verdicts(judged), low).todo
-        choice = self.choose(dataset, sims, self._verdicts(judged), low)
+            todo = self.choose(dataset, sims, self._verdicts(dataset, judged), low).todo
+        choice = self.choose(dataset, sims, self._verdicts(dataset, judged), low)
         out = []
         for i in range(n):
             j = int(choice.match[i])
@@ -293,11 +318,12 @@ class DecisionRule:
             out.append((j, replace(found, overlap=bool(choice.overlap[i]))))
         return out
 
-    def _verdicts(self, judged: Mapping[tuple[int, int], PairJudgement]) -> dict[tuple[int, int], bool | None]:
+    def _verdicts(self, dataset: str, judged: Mapping[tuple[int, int], PairJudgement]
+                  ) -> dict[tuple[int, int], bool | None]:
         """The verdicts ``choose`` takes from judged (row, column) pairs (``beyond_nearest`` past the nearest)."""
+        verify = self.verify_for(dataset)
         return {p: j.verdict if p[1] == 0 else
-                beyond_nearest(j.verify_score, j.verdict, self.verify.accept_for(j.similarity))
-                for p, j in judged.items()}
+                beyond_nearest(j.verify_score, j.verdict, verify.accept_for(j.similarity)) for p, j in judged.items()}
 
 
 def beyond_nearest(score: float, verdict: bool | None, accept: float) -> bool | None:
@@ -338,10 +364,19 @@ def rule_from_record(verify: dict | None, thresholds: Mapping[str, float], *, wh
     if verify is None:
         return DecisionRule(dict(thresholds), None)
     check_decision_version(verify.get("decision_version"), where=where)
-    return DecisionRule(dict(thresholds), VerifySettings(threshold=float(verify["threshold"]),
-                                                         first_stage=verify.get("first_stage"),
-                                                         relax=verify.get("relax"), anchor=verify.get("anchor"),
-                                                         neighbours=int(verify["neighbours"])))
+
+    def settings(d: dict) -> VerifySettings:
+        return VerifySettings(threshold=float(d["threshold"]), first_stage=d.get("first_stage"),
+                              relax=d.get("relax"), anchor=d.get("anchor"), accept=d.get("accept"),
+                              neighbours=int(d["neighbours"]))
+
+    per_set = {n: settings(d["settings"]) for n, d in (verify.get("datasets") or {}).items() if d.get("settings")}
+    return DecisionRule(dict(thresholds), settings(verify), per_set)
+
+
+def _own_settings(verify: VerifySettings) -> dict:
+    """A dataset's own verification settings as the report records them (``rule_from_record`` reads them)."""
+    return {k: v for k, v in verify.to_dict().items() if k != "decision_version"}
 
 
 def check_decision_version(version, *, where: str) -> None:
@@ -469,10 +504,11 @@ def _tasks(todo: list[tuple[int, _Pair, str, str]]) -> list[list[tuple[int, _Pai
 
 
 def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool,
-               cache_dir: str | os.PathLike | None = None) -> tuple[list[tuple[float, bool | None, bool]], list[bool]]:
+               cache_dir: str | os.PathLike | None = None,
+               desc: str = "verify") -> tuple[list[tuple[float, bool | None, bool]], list[bool]]:
     """``_judge`` of every pair, over ``workers`` processes (None: one per CPU, at most 8; 0: here), with a
-    progress bar; with ``cache_dir``, comparisons stored there by an earlier run are used (``verdicts``), and
-    new ones stored. Returns the outcomes and, per pair, whether its comparison came from the cache."""
+    progress bar labelled ``desc``; with ``cache_dir``, comparisons stored there by an earlier run are used
+    (``verdicts``), and new ones stored. Returns the outcomes and, per pair, whether its comparison came from the cache."""
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
@@ -502,7 +538,7 @@ def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool,
             out[i], from_cache[i] = _outcome(pair, stored[keys[i]]), True
     todo = [t for t in todo if not from_cache[t[0]]]
     tasks = _tasks(todo)
-    bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="verify", unit="pair", disable=not progress,
+    bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc=desc, unit="pair", disable=not progress,
                leave=False)
     new: dict[str, object] = {}
 
@@ -557,7 +593,6 @@ def _verify_splits(rule: DecisionRule, splits: dict[str, Split], index_dir, eval
     from ..limits import DEFAULT_MAX_PIXELS
     from ..sources import as_source, fetch_items
 
-    settings = rule.verify
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     zero = {n: 0 for n in splits}
     unreadable, changed, cached, n_pairs = dict(zero), dict(zero), dict(zero), dict(zero)
@@ -579,7 +614,7 @@ def _verify_splits(rule: DecisionRule, splits: dict[str, Split], index_dir, eval
         pairs: list[_Pair] = []
         where: list[tuple[str, int, int]] = []
         for name, c in chosen.items():
-            sp = splits[name]
+            sp, settings = splits[name], rule.verify_for(name)
             want = sorted({sp.ids[i] for i, _ in c.todo} - fetched[name])
             if want:  # each example read once, whichever round first compares it
                 evals[name].update(fetch_items(as_source(eval_sources[name], name=name, labels_from_folders=True),

@@ -7,34 +7,14 @@ each other whatever they show, the CLIP paper's Kinetics-700 black frames). Ever
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Iterable
 
 import numpy as np
 
 from ..errors import ThresholdError, param
-from ..settings import check_datasets_named, check_similarity
+from ..settings import check_datasets_named
 from ..values import Embeddings, Neighbors, Split
-
-
-def load_thresholds(path: str | os.PathLike) -> dict[str, float]:
-    """Read a JSON thresholds file ``{"NAME": t, ...}``."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except OSError as exc:
-        raise ThresholdError(f"cannot read thresholds file {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise ThresholdError(f"thresholds file {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ThresholdError(f'thresholds file {path} must hold one object {{"NAME": threshold, ...}}')
-    out = {}
-    for name, value in data.items():
-        check_similarity(f"thresholds file {path}: the threshold of {name!r}", value, ThresholdError)
-        out[str(name)] = float(value)
-    return out
 
 
 THRESHOLD_ORIGINS = ("file", "threshold", "default")  # the order of precedence

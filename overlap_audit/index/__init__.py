@@ -2,7 +2,8 @@
 
 Modules, each importing only those listed before it: ``manifest`` (the directory format: file names,
 checksums, the manifest), ``shards`` (writing and reading shards, rows by key), ``integrity`` (files held
-to the manifest, ``check_index``, detector comparability), ``load`` (a loaded index, corpus items by key),
+to the manifest, ``check_index``, detector comparability), ``views`` (corpus views: the centre crops' vectors
+and indexes), ``load`` (a loaded index, corpus items by key),
 ``ann`` (index choice), ``ray`` (per-shard work on a Ray cluster), ``search`` (the tie rule, flat and
 streaming kNN, search over a loaded index), ``finish`` (the FAISS index over written shards, its recall,
 the generation switch), ``build`` (embedding into shards, import from vectors).
@@ -17,9 +18,10 @@ from .manifest import (IDS_FILE, INDEX_FILE, MANIFEST, PROGRESS, SHARD_DIR, VECT
                        load_manifest)
 from .search import search, search_rows
 from .shards import content_boxes, corpus_key, iter_shard_vectors
+from .views import DEFAULT_VIEWS, index_views, view_tag, views_line
 
 __all__ = [
-    "CHANGED", "content_boxes", "is_changed",
+    "CHANGED", "DEFAULT_VIEWS", "content_boxes", "index_views", "is_changed", "view_tag", "views_line",
     "IDS_FILE", "INDEX_FILE", "MANIFEST", "PROGRESS", "RECALL_QUERIES", "RECALL_QUERIES_PER_SHARD", "SHARD_DIR",
     "VECTORS_FILE", "CheckResult", "CorpusIndex", "IndexManifest", "build_index", "check_detector",
     "check_index", "corpus_items", "corpus_key", "faiss_device", "faiss_gpu_count", "finish_from_shards",

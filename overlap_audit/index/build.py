@@ -31,6 +31,7 @@ from .finish import finish_index
 from .integrity import check_faiss, check_files, read_faiss_index, stale_generation_files
 from .manifest import MANIFEST, PROGRESS, SHARD_DIR, IndexManifest, checksum_bytes, load_manifest
 from .ray import connect, embed_shards
+from .views import check_views, index_views, write_view_shard
 from .shards import (ItemBytes, ShardsInOrder, corpus_key, finished_shards, item_bytes, pending_shard_path,
                      remove_pending_shards, same_item_bytes, shard_items, shard_path, write_shard)
 
@@ -88,20 +89,24 @@ def _counting(decoded, tick: Callable[[], None]):
 def embed_shard(detector: Detector, items: list[RawItem], shard_no: int, *, out_dir: str | os.PathLike,
                 n_sources: int, batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, decoder: Decoder | None = None,
                 tick: Callable[[], None] | None = None, limits: InputLimits | None = None,
-                pending: bool = False) -> None:
+                pending: bool = False, views: tuple[float, ...] = ()) -> None:
     """Decode, embed and write one shard (with its recall-query copies): the unit of work of the local and
     the Ray paths. Without ``decoder`` one is made in this process; ``tick()`` follows each decoded item.
-    With ``pending`` the shard is written as a pending file, for ``ShardsInOrder`` to commit."""
+    With ``pending`` the shard is written as a pending file, for ``ShardsInOrder`` to commit. With ``views``
+    (areas; the decoder must make the same crops) the view vectors are written first (``views``)."""
     if decoder is None:
-        with Decoder(detector, workers=0, max_pixels=max_pixels, limits=limits, checksum=checksum_bytes) as own:
+        with Decoder(detector, workers=0, max_pixels=max_pixels, limits=limits, checksum=checksum_bytes,
+                     crops=views) as own:
             return embed_shard(detector, items, shard_no, out_dir=out_dir, n_sources=n_sources,
-                               batch_size=batch_size, decoder=own, tick=tick, pending=pending)
+                               batch_size=batch_size, decoder=own, tick=tick, pending=pending, views=views)
     decoded = decoder.decode(items, copies=_copy_picks(items, RECALL_QUERIES_PER_SHARD))
     if tick is not None:
         decoded = _counting(decoded, tick)
     r = embed_decoded(decoded, detector, batch_size=batch_size)
     # taken by the decoder from the bytes it decoded; read here only where it did not read them (refused)
     fingerprints = [item_bytes(it) if f is None else ItemBytes(*f) for it, f in zip(r.items, r.fingerprints)]
+    if views:  # named after the finished shard: a pending shard's views wait under its final name
+        write_view_shard(shard_path(out_dir, shard_no), detector.info, len(views), r.crop_vectors)
     write_shard((pending_shard_path if pending else shard_path)(out_dir, shard_no), detector.info,
                 keys=[corpus_key(it.source, it.id, n_sources) for it in r.items],
                 sources=[it.source for it in r.items], ids=[it.id for it in r.items],
@@ -148,6 +153,7 @@ def build_index(sources: list[str], out_dir: str | os.PathLike, settings: IndexS
     s = settings or IndexSettings()
     check_choice("index_type", s.index_type, INDEX_TYPES, IndexDirError)
     parse_bytes(s.memory_budget)  # a malformed budget fails before any work
+    index_views(s.detector, s.views)  # and so do malformed views
     if not sources:
         raise IndexDirError("give at least one corpus source")
     if s.shard_size < 1 or s.batch_size < 1:
@@ -165,10 +171,12 @@ def _build_locked(sources: list[str], out: Path, s: IndexSettings, *, progress: 
     det = get_detector(s.detector, device=s.device, content=s.content)
     faiss_dev = faiss_device(s.device)
     srcs = _source_names([open_source(src) for src in sources])
+    views = index_views(s.detector, s.views)
     recorded = {"detector": det.info.to_dict(), "sources": [src.to_dict() for src in srcs],
-                "shard_size": s.shard_size, "max_pixels": s.max_pixels, "limits": s.limits.to_dict()}
+                "shard_size": s.shard_size, "max_pixels": s.max_pixels, "limits": s.limits.to_dict(),
+                **({"views": list(views)} if views else {})}
     finish = partial(finish_index, out, det.info, recorded["sources"], s.shard_size, faiss_dev,
-                     index_type=s.index_type, memory_budget=s.memory_budget, limits=recorded["limits"])
+                     index_type=s.index_type, memory_budget=s.memory_budget, limits=recorded["limits"], views=views)
 
     if out.exists() and not out.is_dir():
         raise IndexDirError(f"{param('out_dir', out)} exists and is not a directory")
@@ -231,7 +239,7 @@ def _build_locked(sources: list[str], out: Path, s: IndexSettings, *, progress: 
         bar = tqdm(desc="index", unit="img", initial=items_done,
                    total=None if None in counts else sum(counts))  # with a total, tqdm shows the ETA
     work = partial(embed_shard, out_dir=out, n_sources=len(srcs), batch_size=s.batch_size, max_pixels=s.max_pixels,
-                   limits=s.limits)
+                   limits=s.limits, views=views)
     if s.ray_address:
         connect(s.ray_address)
         # actors finish shards in any order: each is written pending and committed once those before it are
@@ -256,7 +264,7 @@ def _build_locked(sources: list[str], out: Path, s: IndexSettings, *, progress: 
         finished_shards(out)  # all present and contiguous
         return finish(time.monotonic() - started)
     with Decoder(det, workers=s.workers, max_pixels=s.max_pixels, limits=s.limits,
-                 checksum=checksum_bytes) as decoder:
+                 checksum=checksum_bytes, crops=views) as decoder:
         for shard_no, chunk in enumerate(_chunked(items, s.shard_size), start=len(done)):
             work(det, chunk, shard_no, decoder=decoder, tick=None if bar is None else partial(bar.update, 1))
             items_done += len(chunk)
@@ -275,12 +283,13 @@ _VECTORS_THRESHOLD = 0.95
 
 def index_from_vectors(out_dir: str | os.PathLike, vectors: np.ndarray, *, keys: list[str] | None = None,
                        metric: str = "cosine", shard_size: int = 100_000, index_type: str = "auto",
-                       recall_queries: tuple[np.ndarray, np.ndarray] | None = None) -> IndexManifest:
+                       recall_queries: tuple[np.ndarray, np.ndarray] | None = None,
+                       views: tuple[float, ...] = (), view_vectors: np.ndarray | None = None) -> IndexManifest:
     """An index directory from precomputed embeddings (float32 unit vectors, or packed uint8 hashes).
 
     For benchmarks and for users who embed elsewhere; ``keys`` are the items' ids (default: row numbers).
     ``recall_queries`` = (corpus rows, query vectors): near-duplicates of those rows, used to measure an
-    approximate index's recall.
+    approximate index's recall. ``view_vectors`` [items, len(views), width] are the items' corpus views.
     """
     vectors = np.asarray(vectors)
     keys = keys or [str(i) for i in range(len(vectors))]
@@ -291,18 +300,20 @@ def index_from_vectors(out_dir: str | os.PathLike, vectors: np.ndarray, *, keys:
     def blocks():
         for start in range(0, len(vectors), shard_size):
             stop = min(start + shard_size, len(vectors))
-            yield keys[start:stop], vectors[start:stop], [copies.get(i) for i in range(start, stop)]
+            block = (keys[start:stop], vectors[start:stop], [copies.get(i) for i in range(start, stop)])
+            yield block + ((list(view_vectors[start:stop]),) if views else ())
 
     dim = vectors.shape[1] * 8 if metric == "hamming" else vectors.shape[1]
     return index_from_vector_blocks(out_dir, blocks(), dim=dim, metric=metric, shard_size=shard_size,
-                                    index_type=index_type)
+                                    index_type=index_type, views=views)
 
 
 def index_from_vector_blocks(out_dir: str | os.PathLike, blocks: Iterable, *, dim: int, metric: str = "cosine",
                              shard_size: int = 100_000, index_type: str = "auto",
-                             build: bool = True) -> IndexManifest | None:
+                             build: bool = True, views: tuple[float, ...] = ()) -> IndexManifest | None:
     """Like ``index_from_vectors`` from an iterable of (keys, vectors, recall copies or None) blocks, one
-    shard each, so a corpus larger than memory can be written. ``build=False`` writes only the shards."""
+    shard each, so a corpus larger than memory can be written. ``build=False`` writes only the shards. With
+    ``views`` each block has a fourth element: its items' view vectors."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ResumeError(f"{out} exists and is not empty; choose a new directory")
@@ -311,14 +322,18 @@ def index_from_vector_blocks(out_dir: str | os.PathLike, blocks: Iterable, *, di
                         default_threshold=_VECTORS_THRESHOLD)
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    for shard_no, (keys, vectors, copies) in enumerate(blocks):
+    views = check_views(views) if views else ()
+    for shard_no, (keys, vectors, copies, *more) in enumerate(blocks):
         n = len(keys)
+        if views:
+            write_view_shard(shard_path(out, shard_no), info, len(views), list(more[0]))
         write_shard(shard_path(out, shard_no), info, keys=list(keys), sources=[name] * n, ids=list(keys),
                     captions=[None] * n, labels=[None] * n, vectors=list(vectors), low_information=[False] * n,
                     reasons=[None] * n, copies=list(copies) if copies is not None else [None] * n)
     sources = [{"kind": "vectors", "name": name}]
-    atomic_write_json(out / PROGRESS, {"detector": info.to_dict(), "sources": sources, "shard_size": shard_size})
+    atomic_write_json(out / PROGRESS, {"detector": info.to_dict(), "sources": sources, "shard_size": shard_size,
+                                       **({"views": list(views)} if views else {})})
     if not build:
         return None
     return finish_index(out, info, sources, shard_size, faiss_device("auto"), time.monotonic() - started,
-                        index_type=index_type)
+                        index_type=index_type, views=views)

@@ -9,7 +9,7 @@ import json
 import os
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,12 +20,13 @@ from ..atomic import atomic_write, atomic_write_json, hold_lock
 from ..devices import faiss_device
 from ..errors import IndexDirError
 from ..values import DetectorInfo, Skipped
-from .ann import choose_index, new_index
+from .ann import SHORTLISTS, IndexPlan, calibrate_probes, choose_index, new_index
 from .integrity import stale_generation_files
 from .items import keys_name, write_items
 from .manifest import MANIFEST, PROGRESS, SHARD_DIR, GenerationFiles, IndexManifest, file_record, load_manifest
-from .search import search_rows, stream_search
+from .search import rerank_candidates, search_index, search_rows, stream_search
 from .shards import iter_shard_vectors, read_shard, shard_paths, vector_width
+from .views import build_view_indexes, view_index_name
 
 # At most this many recall queries (augmented corpus copies, ``build.RECALL_QUERIES_PER_SHARD`` per shard)
 # measure an approximate index's recall at RECALL_K.
@@ -109,9 +110,11 @@ def _build_faiss(out: Path, info: DetectorInfo, plan, n: int, vectors_file: str)
 
 def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size: int, device: str,
                   seconds: float, *, index_type: str = "auto", memory_budget: int | str | None = None,
-                  limits: dict | None = None, previous: IndexManifest | None = None) -> IndexManifest:
+                  limits: dict | None = None, previous: IndexManifest | None = None,
+                  views: tuple[float, ...] = ()) -> IndexManifest:
     """Build the FAISS index over the shards as the generation after ``previous`` (or the first), write
-    the manifest that switches to it (the last write), then remove the generation it replaced."""
+    the manifest that switches to it (the last write), then remove the generation it replaced. With
+    ``views`` (areas) the shards' view vectors get an index each too (``views.build_view_indexes``)."""
     import faiss
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -140,8 +143,9 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
     n_items = write_items(out, names.items, shard_paths(out))
     build_seconds = time.monotonic() - started
     vectors_file = names.vectors if (out / names.vectors).exists() and plan.index_type == "ivfpq" else None
-    recall = _measure_recall(out, info, index, plan, scan, device, vectors_file) if plan.approximate else {
-        "exact": True, "note": "flat index: exact search"}
+    recall = {"exact": True, "note": "flat index: exact search"}
+    if plan.approximate:
+        recall, plan = _measure_recall(out, info, index, plan, scan, device, vectors_file)
     files = {f"{SHARD_DIR}/{path.name}": file_record(path, rows)
              for path, rows in zip(shard_paths(out), scan.shard_rows)}
     files[names.index] = file_record(out / names.index, int(index.ntotal))
@@ -152,15 +156,18 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
         files[tables] = file_record(out / tables, len(scan.keys))
     files[names.items] = file_record(out / names.items, n_items)
     files[keys_name(names.items)] = file_record(out / keys_name(names.items))
+    if views:
+        files.update(build_view_indexes(out, info, views, names.index, len(scan.keys)))
     superseded = []
     if previous is not None:
         from .mih import tables_name
 
-        now = {names.index, names.ids, vectors_file, tables, names.items, keys_name(names.items)}
+        now = {names.index, names.ids, vectors_file, tables, names.items, keys_name(names.items), *files}
         before = previous.items_file
         superseded = [name for name in (previous.index_file, previous.ids_file, previous.vectors_file,
                                         tables_name(previous.index_file), before,
-                                        keys_name(before) if before else None)
+                                        keys_name(before) if before else None,
+                                        *(view_index_name(previous.index_file, a) for a in previous.views))
                       if name is not None and name not in now and (out / name).exists()]
     manifest = IndexManifest(
         detector=info,
@@ -188,6 +195,7 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
         vectors_file=vectors_file,
         items_file=names.items,
         superseded=superseded,
+        views=tuple(views),
     )
     atomic_write_json(out / MANIFEST, manifest.to_dict())  # the switch
     for stale in stale_generation_files(out, manifest):
@@ -195,31 +203,65 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
     return manifest
 
 
-def _measure_recall(out: Path, info: DetectorInfo, index, plan, scan: _ShardScan, device: str,
-                    vectors_file: str | None) -> dict:
-    """Recall of the approximate index against exact search, on augmented copies of corpus items."""
+def _measure_recall(out: Path, info: DetectorInfo, index, plan: IndexPlan, scan: _ShardScan, device: str,
+                    vectors_file: str | None) -> tuple[dict, IndexPlan]:
+    """Recall of the approximate index against exact search, on augmented copies of corpus items. An IVF
+    index is first calibrated (``ann.calibrate_probes``) on every other copy, and its recall measured on the
+    others; the plan comes back with the calibrated nprobe and shortlist."""
     if not scan.query_vectors:
-        return {"exact": False, "n_queries": 0, "note": "no augmented corpus copies to measure recall with"}
+        return {"exact": False, "n_queries": 0, "note": "no augmented corpus copies to measure recall with"}, plan
     queries = np.concatenate(scan.query_vectors)
     order = np.argsort(np.array(scan.query_crc, dtype=np.int64), kind="stable")[:RECALL_QUERIES]
     queries, source_rows = queries[order], np.array(scan.query_rows, dtype=np.int64)[order]
     k = min(RECALL_K, len(scan.keys))
     exact_sims, exact_rows = stream_search(queries, iter_shard_vectors(out, info), k, info.metric, info.dim)
-    approx_sims, approx_rows = search_rows(index, plan.index_type, plan.params, queries, k, info, out, device,
-                                           **({"vectors_file": vectors_file} if vectors_file else {}))
     # Tie-aware: a returned neighbour counts when its (exact) similarity reaches the exact k-th one, so
     # equally similar items (common with Hamming distances) are interchangeable.
     # (within float rounding: the two searches compute inner products with differently blocked BLAS calls)
     tol = 1e-5 if info.metric == "cosine" else 0.0
+    calibration = None
+    if plan.index_type == "ivfpq" and len(queries) >= 2:
+        held = np.arange(len(queries)) % 2 == 1
+        calibration = _calibrate(out, info, index, plan, queries[~held], exact_sims[~held, 0], vectors_file, tol)
+        chosen = {"nprobe": calibration["nprobe"]}
+        if "shortlist" in plan.params:
+            chosen["shortlist"] = calibration["shortlist"]
+        plan = replace(plan, params={**plan.params, **chosen, "calibrated": True})
+        queries, exact_sims, exact_rows, source_rows = (queries[held], exact_sims[held], exact_rows[held],
+                                                        source_rows[held])
+    approx_sims, approx_rows = search_rows(index, plan.index_type, plan.params, queries, k, info, out, device,
+                                           **({"vectors_file": vectors_file} if vectors_file else {}))
     recall_1 = float((approx_sims[:, 0] >= exact_sims[:, 0] - tol).mean())
     overlap = np.minimum((approx_sims >= exact_sims[:, k - 1:k] - tol).sum(axis=1), k) / k
     found_exact = float((exact_rows == source_rows[:, None]).any(axis=1).mean())
     found_approx = float((approx_rows == source_rows[:, None]).any(axis=1).mean())
-    return {"exact": False, "n_queries": int(len(queries)), "k": int(k), "recall_at_1": recall_1,
-            "recall_at_k": float(overlap.mean()), "source_found_at_k_exact": found_exact,
-            "source_found_at_k": found_approx,
-            "queries": "augmented copies (resize + JPEG) of corpus items, embedded during indexing"}
+    recall = {"exact": False, "n_queries": int(len(queries)), "k": int(k), "recall_at_1": recall_1,
+              "recall_at_k": float(overlap.mean()), "source_found_at_k_exact": found_exact,
+              "source_found_at_k": found_approx,
+              "queries": "augmented copies (resize + JPEG) of corpus items, embedded during indexing"
+                         + ("; those not used to calibrate" if calibration else "")}
+    if calibration is not None:
+        recall["calibration"] = calibration
+    return recall, plan
 
+
+def _calibrate(out: Path, info: DetectorInfo, index, plan: IndexPlan, queries: np.ndarray, best: np.ndarray,
+               vectors_file: str | None, tolerance: float) -> dict:
+    """``ann.calibrate_probes`` on these copies: the index's candidates at each nprobe, exactly re-ranked."""
+    before = index.nprobe
+    vectors = np.load(out / vectors_file, mmap_mode="r") if vectors_file else None
+
+    def candidates(nprobe: int, shortlist: int) -> np.ndarray:
+        index.nprobe = nprobe
+        if vectors is None:  # binary IVF: its distances are exact already
+            return search_index(index, queries, shortlist, info.metric, info.dim)[0]
+        return rerank_candidates(index, queries, shortlist, info, vectors)[0]
+
+    try:
+        return calibrate_probes(candidates, best, n=int(index.ntotal), nlist=int(plan.params["nlist"]),
+                                shortlists=SHORTLISTS if vectors is not None else (1,), tolerance=tolerance)
+    finally:
+        index.nprobe = before
 
 
 def finish_from_shards(out_dir: str | os.PathLike, *, index_type: str = "auto") -> IndexManifest:
@@ -230,4 +272,5 @@ def finish_from_shards(out_dir: str | os.PathLike, *, index_type: str = "auto") 
         previous = load_manifest(out) if (out / MANIFEST).exists() else None
         return finish_index(out, DetectorInfo.from_dict(progress["detector"]), progress["sources"],
                             progress["shard_size"], faiss_device("auto"), 0.0, index_type=index_type,
-                            limits=progress.get("limits"), previous=previous)
+                            limits=progress.get("limits"), previous=previous,
+                            views=tuple(progress.get("views", ())))

@@ -26,7 +26,7 @@ from .shards import shard_paths
 
 SMALL_FILE = 4 << 20  # files up to this size are checksummed on every load
 # the FAISS classes each index type is built as (``overlap_audit.index.ann.new_index``): binary, float
-FAISS_CLASSES = {"flat": ("IndexBinaryFlat", "IndexFlatIP"), "ivfpq": ("IndexBinaryIVF", "IndexIVFPQ"),
+FAISS_CLASSES = {"flat": ("IndexBinaryFlat", "IndexFlatIP"), "ivfpq": ("IndexBinaryIVF", "IndexIVFPQFastScan"),
                  "hnsw": ("IndexBinaryHNSW", "IndexHNSWFlat"),
                  "mih": ("IndexBinaryFlat", "")}  # mih: 64-bit hashes only, the tables in index.gG.mih
 
@@ -170,6 +170,7 @@ class CheckResult:
     # files of another generation the manifest does not use (a rebuild killed before or after its switch);
     # the next ``index --resume`` removes them
     stale: tuple[str, ...] = ()
+    views: tuple[float, ...] = ()  # the corpus views' areas (``overlap_audit.index.views``)
 
 
 SAMPLE_ROWS = 1000  # index rows whose vectors ``check_against_shards`` compares with the shards'
@@ -185,7 +186,7 @@ def _stored_vectors(index, rows: np.ndarray) -> np.ndarray | None:
     stores them only approximately (IVF-PQ over floats)."""
     import faiss
 
-    if isinstance(index, faiss.IndexIVFPQ):
+    if isinstance(index, faiss.IndexIVFPQFastScan):
         return None
     if isinstance(index, faiss.IndexBinaryIVF):
         index.make_direct_map()
@@ -268,7 +269,7 @@ def check_index(index_dir: str | os.PathLike) -> CheckResult:
         check_items(path, manifest.items_file, shard_paths(path), _sample_rows(manifest.n_given))
     stale = tuple(sorted(p.name for p in stale_generation_files(path, manifest)))
     return CheckResult(path, manifest.generation, manifest.index_type, manifest.n_indexed, n_files, n_bytes,
-                       time.monotonic() - started, stale)
+                       time.monotonic() - started, stale, manifest.views)
 
 
 def stale_generation_files(index_dir: str | os.PathLike, manifest: IndexManifest | None) -> list[Path]:

@@ -21,6 +21,7 @@ from ..values import RawItem
 from .integrity import check_faiss, check_files, read_faiss_index, read_ids
 from .manifest import VECTORS_FILE, IndexManifest, checksum_bytes, load_manifest
 from .shards import ItemBytes, rows_by_key
+from .views import read_view_indexes, view_index_name
 
 # the start of the skip reason of a corpus item whose bytes are not the ones that were indexed
 CHANGED = "changed since it was indexed"
@@ -35,6 +36,7 @@ class CorpusIndex:
     manifest: IndexManifest
     index: object
     keys: np.ndarray
+    view_indexes: tuple = ()  # the FAISS index of each of the manifest's views (none when loaded for streaming)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -54,13 +56,15 @@ def load_index(index_dir: str | os.PathLike, *, load_faiss: bool = True) -> Corp
     path = Path(index_dir)
     manifest = load_manifest(path)
     # the FAISS index (and mih's tables) are read whole when loaded: their checksums cost one pass in memory
-    read = (manifest.index_file, *(n for n in manifest.files if n.endswith(".mih"))) if load_faiss else ()
+    view_files = tuple(view_index_name(manifest.index_file, a) for a in manifest.views)
+    read = (manifest.index_file, *(n for n in manifest.files if n.endswith(".mih")), *view_files) if load_faiss else ()
     check_files(path, manifest, read=read)
-    index = None
+    index, views = None, ()
     if load_faiss:
         index = read_faiss_index(path, manifest)
         check_faiss(path, manifest, index)
-    return CorpusIndex(path, manifest, index, read_ids(path, manifest))
+        views = read_view_indexes(path, manifest.detector, manifest.views, manifest.index_file, manifest.n_indexed)
+    return CorpusIndex(path, manifest, index, read_ids(path, manifest), views)
 
 
 def _recorded_source(entry: dict | None, name: str) -> Source | None:

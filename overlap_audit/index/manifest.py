@@ -9,6 +9,8 @@ An index directory holds:
 - ``index.faiss``: the FAISS index over the indexed vectors (see ``overlap_audit.index.ann``);
 - ``ids.parquet``: the corpus key of each index row, in row order;
 - ``vectors.npy``: the exact vectors, for IVF-PQ over float vectors only (its shortlist is re-ranked);
+- with corpus views (``overlap_audit.index.views``): ``views/shard-NNNNNN.npy`` beside each shard and one
+  FAISS index per view (``index.view70.faiss``);
 - ``progress.json``: the settings of the run (checked on resume);
 - ``manifest.json``: detector, sources, counts, skipped items, the index type and parameters, a
   generation number, and the size, xxh3-64 checksum and row count of every file above; written last, so
@@ -44,7 +46,8 @@ SHARD_DIR = "shards"
 VECTORS_FILE = "vectors.npy"
 ITEMS_FILE = "items.arrow"
 # the files of a generation after the first (``GenerationFiles``): what a builder may leave behind when killed
-GENERATION_FILE_RE = re.compile(r"^(index|ids|vectors|items)\.g(\d+)\.(faiss|parquet|npy|mih|arrow|keys\.npy)$")
+GENERATION_FILE_RE = re.compile(
+    r"^(index|ids|vectors|items)\.g(\d+)\.(?:view\d+\.)?(faiss|parquet|npy|mih|arrow|keys\.npy)$")
 FORMAT = 2
 _HASH_BLOCK = 4 << 20
 REPAIR = ("repair it with `overlap-audit index ... --resume` (the same command that built it), "
@@ -134,6 +137,8 @@ class IndexManifest:
     vectors_file: str | None = None
     items_file: str | None = None  # the item table (``overlap_audit.index.items``); None: look items up in the shards
     superseded: list[str] = field(default_factory=list)  # the replaced generation's files, removed after the switch
+    # the corpus views' areas (``overlap_audit.index.views``); an index written without views has none
+    views: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -158,6 +163,7 @@ class IndexManifest:
             "generation": self.generation,
             "files": {name: rec.to_dict() for name, rec in self.files.items()},
             "superseded": self.superseded,
+            "views": list(self.views),
             "faiss_version": self.faiss_version,
             "package_version": self.package_version,
             "created": self.created,
@@ -193,6 +199,7 @@ class IndexManifest:
             vectors_file=d.get("vectors_file"),
             items_file=d.get("items_file"),
             superseded=[str(x) for x in d.get("superseded", [])],
+            views=tuple(float(a) for a in d.get("views", [])),
         )
 
 

@@ -32,10 +32,12 @@ from .ray import connect, map_shards
 from .load import CorpusIndex
 from .manifest import INDEX_FILE, VECTORS_FILE
 from .shards import iter_shard_vectors, read_shard_vectors, shard_first_rows
+from .views import iter_view_vectors
 
 NO_ROW = -1
 SEARCH_BATCH = 8192  # queries per FAISS index search call
 STREAM_BATCH = 16384  # queries per brute-force block search
+RERANK_BATCH = 1024  # queries whose shortlist rows are gathered at once (shortlist·1 KB each)
 
 
 def order_topk(sims: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +56,19 @@ def order_topk(sims: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, 
 def merge_topk(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], k: int):
     """Merge two top-k candidate sets (sims, rows) of the same queries."""
     return order_topk(np.concatenate([a[0], b[0]], axis=1), np.concatenate([a[1], b[1]], axis=1), k)
+
+
+def merge_max(results: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge top-k (sims, rows) of the same queries over several views: each corpus row once, with its
+    highest similarity; then the k best, similarity descending and row ascending."""
+    sims = np.concatenate([np.where(r == NO_ROW, -np.inf, s) for s, r in results], axis=1).astype(np.float32)
+    rows = np.concatenate([r for _, r in results], axis=1)
+    order = np.lexsort((-sims, rows), axis=-1)  # by row, the most similar first within a row
+    sims, rows = np.take_along_axis(sims, order, axis=1), np.take_along_axis(rows, order, axis=1)
+    repeat = np.zeros(rows.shape, dtype=bool)
+    repeat[:, 1:] = (rows[:, 1:] == rows[:, :-1]) & (rows[:, 1:] != NO_ROW)
+    rows = np.where(repeat, NO_ROW, rows)
+    return order_topk(sims, rows, k)
 
 
 def similarity_from_faiss(values: np.ndarray, metric: str, dim: int) -> np.ndarray:
@@ -153,7 +168,8 @@ def ray_stream_search(index_dir: str | os.PathLike, info: DetectorInfo, queries:
 
 
 def to_device(index, metric: str, device: str):
-    """Move an index to the GPU when asked and possible (HNSW has no GPU version and stays on the CPU)."""
+    """Move an index to the GPU when asked and possible (HNSW and fast-scan IVF-PQ have no GPU version and
+    stay on the CPU)."""
     if device != "cuda":
         return index
     import faiss
@@ -163,7 +179,7 @@ def to_device(index, metric: str, device: str):
         if isinstance(index, faiss.IndexBinaryFlat):
             return faiss.GpuIndexBinaryFlat(res, index)
         return index
-    if "HNSW" in type(index).__name__:
+    if "HNSW" in type(index).__name__ or "FastScan" in type(index).__name__:
         return index
     return faiss.index_cpu_to_gpu(res, 0, index)
 
@@ -207,14 +223,43 @@ def _search_rows(index, index_type: str, params: dict, queries: np.ndarray, k: i
         index.nprobe = int(params.get("nprobe", 16))
     index = to_device(index, info.metric, device)
     if index_type == "ivfpq" and info.metric == "cosine":
-        shortlist = max(4 * k, k + int(params.get("rerank_extra", 32)))
-        _, cand = search_index(index, queries, shortlist, info.metric, info.dim)
         vectors = np.load(Path(path) / vectors_file, mmap_mode="r")
-        safe = np.where(cand < 0, 0, cand)
-        exact = np.einsum("qd,qcd->qc", queries.astype(np.float32), np.asarray(vectors[safe.reshape(-1)]).reshape(
-            len(queries), shortlist, -1)).astype(np.float32)
+        exact, cand = rerank_candidates(index, queries, max(k, int(params["shortlist"])), info, vectors)
         return order_topk(exact, cand, k)
     return search_index(index, queries, k, info.metric, info.dim)
+
+
+def rerank_candidates(index, queries: np.ndarray, shortlist: int, info: DetectorInfo,
+                      vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The index's first ``shortlist`` candidates of each query in its own order, with their exact
+    similarities from ``vectors`` (the corpus rows, memory-mapped): (similarities, rows), −inf / −1 where none."""
+    _, cand = search_index(index, queries, shortlist, info.metric, info.dim)
+    exact = np.full(cand.shape, -np.inf, dtype=np.float32)
+    for start in range(0, len(queries), RERANK_BATCH):
+        rows = cand[start:start + RERANK_BATCH]
+        gathered = np.asarray(vectors[np.where(rows < 0, 0, rows).reshape(-1)]).reshape(*rows.shape, -1)
+        sims = np.einsum("qd,qcd->qc", np.asarray(queries[start:start + RERANK_BATCH], np.float32), gathered)
+        exact[start:start + RERANK_BATCH] = np.where(rows < 0, -np.inf, sims)
+    return exact, cand
+
+
+def with_views(corpus: CorpusIndex, queries: np.ndarray, primary: tuple[np.ndarray, np.ndarray], k: int,
+               device: str = "cpu", *, stream: bool = False,
+               min_similarity: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The primary top-k merged with each corpus view's (``overlap_audit.index.views``): per corpus item its
+    most similar view. Exact: an item of the merged top-k is in the top-k of the view that gives its
+    similarity. The views are searched through their flat indexes, or streamed from their shard files
+    (``stream``: the exact stream and Ray paths; the views' stream runs here)."""
+    info = corpus.manifest.detector
+    results = [primary]
+    for v in range(len(corpus.manifest.views)):
+        if stream or not corpus.view_indexes:
+            found = stream_search(queries, iter_view_vectors(corpus.path, v), k, info.metric, info.dim)
+        else:
+            found = search_index(to_device(corpus.view_indexes[v], info.metric, device), queries, k, info.metric,
+                                 info.dim)
+        results.append(within(*found, min_similarity))
+    return merge_max(results, k)
 
 
 def search(corpus: CorpusIndex, query_ids: list[str], vectors: np.ndarray, *, k: int = 5,
@@ -227,7 +272,7 @@ def search(corpus: CorpusIndex, query_ids: list[str], vectors: np.ndarray, *, k:
     bounded by the queries plus one shard); otherwise the index is searched (exact for flat indexes, and
     for mih indexes, whose tables answer a ``min_similarity`` search by radius search). With
     ``ray_address`` the stream runs as a map over shards on a Ray cluster. ``progress`` shows a bar over the
-    shards of the stream.
+    shards of the stream. An index with corpus views gives each item its most similar view (``with_views``).
     """
     info = corpus.manifest.detector
     k = max(1, int(k))
@@ -255,6 +300,9 @@ def search(corpus: CorpusIndex, query_ids: list[str], vectors: np.ndarray, *, k:
             pad = k - sims.shape[1]
             sims = np.pad(sims, ((0, 0), (0, pad)), constant_values=-np.inf)
             rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=NO_ROW)
+    if corpus.manifest.views:
+        sims, rows = with_views(corpus, np.asarray(vectors), (sims, rows), k, dev,
+                                stream=exact_stream or corpus.index is None, min_similarity=min_similarity)
     ids = np.full(rows.shape, None, dtype=object)
     valid = rows != NO_ROW
     ids[valid] = corpus.keys[rows[valid]]

@@ -119,7 +119,18 @@ def verification_line(verify: dict) -> str:
     return (f"Verification: every example whose nearest corpus item scores at least the first stage ({first}) "
             f"was compared with it densely on the content-trimmed views (overlap_audit.decide.verify); Overlap is the "
             f"pairs scoring at least {verify['threshold']:.4f}; a pair whose images could not be read keeps the "
-            f"detector's decision.")
+            f"detector's decision." + _own_points(verify))
+
+
+def _own_points(verify: dict) -> str:
+    """How many datasets the thresholds file gave their own verification (``decide.points``), in one sentence."""
+    own = [d["settings"] for d in (verify.get("datasets") or {}).values() if d.get("settings")]
+    if not own:
+        return ""
+    accepts = sorted({similarity_text(s["accept"]) for s in own if s.get("accept") is not None})
+    return (f" The thresholds file set the first stage and the photo accept (the photo score that verifies a "
+            f"photograph pair at the detector's threshold: {', '.join(accepts) or 'the default'}) of {len(own)} "
+            "dataset(s) (report.json's verify record holds each).")
 
 
 _ORIGIN_TEXT = {"file": "from the thresholds file", "threshold": "from --threshold",

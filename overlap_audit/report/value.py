@@ -24,9 +24,12 @@ CORPUS_MATCHES = "corpus_matches.parquet"
 REPORT_FORMAT = 3
 # the per-class table's columns (``Report.class_table``), in order
 # the summary table's columns (``Report.summary_table``), in order: one row per dataset
-SUMMARY_COLUMNS = ("dataset", "threshold", "n", "n_overlap", "n_clean", "overlap_rate", "acc_all", "acc_overlap",
-                   "acc_clean", "delta", "ci_delta_low", "ci_delta_high", "p_value", "p_value_adjusted", "significant",
-                   "n_low_information", "n_skipped")
+# (threshold_origin: "file", "threshold", "calibrated" or "default"; the calibrated set's estimated precision and
+# recall of its Overlap split; n_edge and the *_without_edge columns: the set without its edge-case Overlap pairs)
+SUMMARY_COLUMNS = ("dataset", "threshold", "threshold_origin", "n", "n_overlap", "n_clean", "overlap_rate", "acc_all",
+                   "acc_overlap", "acc_clean", "delta", "ci_delta_low", "ci_delta_high", "p_value", "p_value_adjusted",
+                   "significant", "n_low_information", "n_skipped", "estimated_precision", "estimated_recall",
+                   "n_edge", "delta_without_edge", "significant_without_edge")
 CLASS_TABLE_COLUMNS = ("label", "n", "n_overlap", "n_clean", "k_overlap", "k_clean", "acc_overlap", "acc_clean", "gap",
                        "informative", "mix_residual", "inflation")
 
@@ -177,10 +180,21 @@ class Report:
         rates as fractions, null where undefined). ``.to_pandas()`` gives a DataFrame."""
         import pyarrow as pa
 
+        cal = self.calibration or {}
+
         def row(d: DatasetReport) -> dict:
             s = d.stats
             ci = s.ci_delta or (None, None)
-            return {"dataset": d.name, "threshold": d.threshold, "n": s.n_all, "n_overlap": s.n_overlap,
+            est = cal.get("datasets", {}).get(d.name) or {}
+            e = d.edge
+            return {"dataset": d.name, "threshold": d.threshold,
+                    "threshold_origin": cal.get("origins", {}).get(d.name),
+                    "estimated_precision": (est.get("precision") or {}).get("value"),
+                    "estimated_recall": (est.get("recall") or {}).get("value"),
+                    "n_edge": e.n_flagged if e is not None else None,
+                    "delta_without_edge": e.without.delta if e is not None else None,
+                    "significant_without_edge": e.significant_without if e is not None else None,
+                    "n": s.n_all, "n_overlap": s.n_overlap,
                     "n_clean": s.n_clean, "overlap_rate": s.overlap_rate, "acc_all": s.acc_all,
                     "acc_overlap": s.acc_overlap, "acc_clean": s.acc_clean, "delta": s.delta,
                     "ci_delta_low": ci[0], "ci_delta_high": ci[1], "p_value": s.p_value,
@@ -188,8 +202,9 @@ class Report:
                     "n_low_information": d.n_low_information, "n_skipped": len(d.skipped)}
 
         rows = [row(d) for d in self.datasets]
-        types = {"dataset": pa.string(), "significant": pa.bool_(),
-                 **{c: pa.int64() for c in ("n", "n_overlap", "n_clean", "n_low_information", "n_skipped")}}
+        types = {"dataset": pa.string(), "threshold_origin": pa.string(), "significant": pa.bool_(),
+                 "significant_without_edge": pa.bool_(),
+                 **{c: pa.int64() for c in ("n", "n_overlap", "n_clean", "n_low_information", "n_skipped", "n_edge")}}
         return pa.table({c: pa.array([r[c] for r in rows], types.get(c, pa.float64())) for c in SUMMARY_COLUMNS})
 
     @property

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from overlap_audit.errors import ThresholdError
-from overlap_audit.decide.split import load_thresholds, resolve_thresholds, split, threshold_origins
+from overlap_audit.decide.points import load_points
+from overlap_audit.decide.split import resolve_thresholds, split, threshold_origins
 from overlap_audit.values import Embeddings, Neighbors
 
 
@@ -33,13 +34,13 @@ def test_bad_thresholds_files(tmp_path, content, match):
     p = tmp_path / "t.json"
     p.write_text(content)
     with pytest.raises(ThresholdError, match=match):
-        load_thresholds(p)
+        load_points(p).thresholds
 
 
 def test_thresholds_file(tmp_path):
     p = tmp_path / "t.json"
     p.write_text(json.dumps({"cifar": 0.9, "imagenet": 1}))
-    assert load_thresholds(p) == {"cifar": 0.9, "imagenet": 1.0}
+    assert load_points(p).thresholds == {"cifar": 0.9, "imagenet": 1.0}
 
 
 def test_split_at_threshold_inclusive_and_low_information_never_overlaps():

@@ -71,7 +71,7 @@ def test_a_cache_that_cannot_be_written_leaves_the_report_as_it_is(tmp_path, cor
     rep = run_report(corpus_index, [("val", str(root))],
                      ReportSettings(tmp_path / "a", predictions=predictions, cache_dir=blocked / "cache",
                                     match=MatchSettings(workers=0)))
-    plain = run_report(corpus_index, [("val", str(root))],
+    run_report(corpus_index, [("val", str(root))],
                        ReportSettings(tmp_path / "b", predictions=predictions, cache_dir=None,
                                       match=MatchSettings(workers=0)))
     assert rep.verify["datasets"]["val"]["n_cached"] == 0
@@ -125,7 +125,7 @@ def test_workers_judge_as_this_process_does_with_corpus_images_shared(tmp_path, 
 
 def test_judge_pairs_takes_the_cache_too(tmp_path, tile_sets):
     corpus, _ = tile_sets
-    (tid, im), (tid2, im2) = corpus[0], corpus[1]
+    (_, im), (_, im2) = corpus[0], corpus[1]
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     a.write_bytes(_png(im.resize((70, 70))))
     b.write_bytes(_png(im))

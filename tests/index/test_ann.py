@@ -63,9 +63,9 @@ def test_each_index_type_builds_loads_and_searches(built_float, float_corpus):
 def test_recall_is_measured_and_recorded(built_float):
     _, manifests = built_float
     assert manifests["flat"].extra["recall"]["exact"] is True
-    for kind in ("ivfpq", "hnsw"):
+    for kind, measured in (("ivfpq", 100), ("hnsw", 200)):  # ivfpq: the half not used to calibrate it
         r = manifests[kind].extra["recall"]
-        assert r["n_queries"] == 200 and 0.8 <= r["recall_at_1"] <= 1.0 and 0 < r["recall_at_k"] <= 1.0
+        assert r["n_queries"] == measured and 0.8 <= r["recall_at_1"] <= 1.0 and 0 < r["recall_at_k"] <= 1.0
         assert r["source_found_at_k_exact"] >= 0.99  # a few sources hide among 41 exact duplicates
 
 

@@ -94,8 +94,10 @@ def test_existing_directory_needs_resume(built, corpus_dir):
     out, _ = built
     with pytest.raises(ResumeError, match="pass resume=True"):
         build_index([str(corpus_dir)], out, IndexSettings(workers=0))
-    same = build_index([str(corpus_dir)], out, IndexSettings(workers=0, resume=True, shard_size=50))
+    same = build_index([str(corpus_dir)], out, IndexSettings(workers=0, resume=True, shard_size=50, views=()))
     assert same.n_indexed == load_manifest(out).n_indexed  # complete: nothing redone
+    with pytest.raises(ResumeError, match="different views"):  # built without corpus views
+        build_index([str(corpus_dir)], out, IndexSettings(workers=0, resume=True, shard_size=50, views=(0.7,)))
     with pytest.raises(ResumeError, match="different detector"):
         build_index([str(corpus_dir)], out, IndexSettings(workers=0, resume=True, shard_size=50, detector="tiny"))
 

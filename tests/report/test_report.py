@@ -2,6 +2,7 @@ import ast
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import overlap_audit.report
@@ -88,6 +89,7 @@ def test_summary_table_has_a_row_per_dataset_with_nulls_for_undefined():
     assert (rows[0]["n"], rows[0]["n_overlap"], rows[0]["n_skipped"], rows[0]["significant"]) == (100, 20, 1, True)
     assert rows[0]["acc_overlap"] == pytest.approx(0.9) and rows[0]["acc_clean"] == pytest.approx(52 / 80)
     assert rows[1]["acc_overlap"] is None and rows[1]["p_value"] is None and rows[1]["significant"] is None
+    assert rows[0]["threshold_origin"] is None and rows[0]["n_edge"] is None  # not recorded in this report
     pd = pytest.importorskip("pandas")
     frame = table.to_pandas()
     assert isinstance(frame, pd.DataFrame) and list(frame["dataset"]) == ["a", "b"]
@@ -105,3 +107,32 @@ def test_timings_round_trip_through_report_json(tmp_path):
     atomic_write_json(tmp_path / "report.json", make_report().to_dict())
     assert "timings" not in json.loads((tmp_path / "report.json").read_text())
     assert load_report(tmp_path).timings == {}
+
+
+def test_summary_table_names_each_thresholds_origin_estimates_and_edge_cases():
+    from dataclasses import replace
+
+    from overlap_audit.stats.edge import edge_cases
+
+    rep = make_report()
+    # set a: 20 Overlap of 100; two of its Overlap examples are flagged (one small, one nearly uniform)
+    overlap = np.zeros(100, bool)
+    overlap[:20] = True
+    correct = np.zeros(100, bool)
+    correct[:18] = True
+    correct[20:72] = True
+    small, uniform = np.zeros(100, bool), np.zeros(100, bool)
+    small[0], uniform[1], small[50] = True, True, True  # 50 is Clean: not counted
+    edge = edge_cases([str(i) for i in range(100)], overlap, correct, small, uniform, np.zeros(100, bool),
+                      measured_min_side=32, uniform_std=8.0)
+    cal = {"origins": {"a": "calibrated", "b": "file"},
+           "datasets": {"a": {"precision": {"value": 0.995, "low": 0.98, "high": 1.0},
+                              "recall": {"value": 0.8, "low": 0.7, "high": 0.9}}}}
+    rep = replace(rep, datasets=[replace(rep.datasets[0], edge=edge), rep.datasets[1]], calibration=cal)
+    a, b = rep.summary_table().to_pylist()
+    assert (a["threshold_origin"], b["threshold_origin"]) == ("calibrated", "file")
+    assert (a["estimated_precision"], a["estimated_recall"]) == (0.995, 0.8)
+    assert b["estimated_precision"] is None and b["n_edge"] is None
+    assert a["n_edge"] == 2
+    # without the two flagged (both correct) Overlap examples: All 68/98, Clean 52/80
+    assert a["delta_without_edge"] == pytest.approx(68 / 98 - 52 / 80)

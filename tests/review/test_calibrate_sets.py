@@ -35,9 +35,11 @@ def test_a_set_is_calibrated_by_default_and_the_report_says_so(tmp_path, corpus_
     cal = report.calibration
     assert cal["origins"]["val"] in ("calibrated", "default")
     rec = cal["datasets"]["val"]
-    lower = lowest_threshold(phash.default_threshold)
-    assert rec["bounds"] == [pytest.approx(lower), pytest.approx(phash.default_threshold)]
-    assert lower <= report.dataset("val").threshold <= phash.default_threshold
+    # with verification (the default) below the default a pair must be verified: calibration keeps the default
+    # and estimates the decision's precision and recall there
+    assert lowest_threshold(phash.default_threshold, verifying=True) == phash.default_threshold
+    assert rec["bounds"] == [pytest.approx(phash.default_threshold)] * 2
+    assert report.dataset("val").threshold == pytest.approx(phash.default_threshold)
     assert rec["used"] == report.dataset("val").threshold
     assert (cal["seed"], cal["positives"], cal["negatives"]) == (3, 8, 12)
     assert cal["versions"]["detector"] == "phash" and cal["versions"]["decision_version"] >= 1
@@ -56,6 +58,16 @@ def test_a_set_is_calibrated_by_default_and_the_report_says_so(tmp_path, corpus_
     assert "estimated precision" in md and "Thresholds: val" in html
     # the estimates feed the detector-error correction
     assert report.dataset("val").extended.detector is not None
+
+
+def test_without_verification_calibration_may_lower_the_threshold(tmp_path, corpus_index, eval_set, predictions):
+    report = _report(tmp_path, corpus_index, eval_set, predictions, calibrate=SMALL, verify=None)
+    phash = get_detector("phash")
+    rec = report.calibration["datasets"]["val"]
+    lower = lowest_threshold(phash.default_threshold)
+    assert lower < phash.default_threshold
+    assert rec["bounds"] == [pytest.approx(lower), pytest.approx(phash.default_threshold)]
+    assert lower <= report.dataset("val").threshold <= phash.default_threshold
 
 
 def test_the_same_seed_gives_the_same_calibration(tmp_path, corpus_index, eval_set, predictions):

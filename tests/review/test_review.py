@@ -16,7 +16,7 @@ from overlap_audit.report import load_report
 from overlap_audit.review import (LabelledPairs, choose_threshold, nearest_rows, pick_thresholds, read_labels,
                                   write_thresholds)
 from overlap_audit.decide.rule import DECISION_VERSION, DecisionRule, VerifySettings, rule_from_record
-from overlap_audit.decide.split import load_thresholds
+from overlap_audit.decide.points import load_points
 
 from ..helpers import write_predictions
 
@@ -69,7 +69,7 @@ def test_labels_file_unlabelled_rows_are_counted_and_bad_values_named(tmp_path):
     choices = pick_thresholds(path, target_precision=0.9)
     assert choices["a"].threshold == 0.93 and choices["a"].n_unlabelled == 1 and choices["b"].threshold is None
     out, evidence = write_thresholds(choices, tmp_path / "t" / "thresholds.json")
-    assert load_thresholds(out) == {"a": 0.93}  # what `report --thresholds` reads
+    assert load_points(out).thresholds == {"a": 0.93}  # what `report --thresholds` reads
     ev = json.loads(evidence.read_text())
     assert ev["a"]["precision_counts"] == [2, 2] and ev["b"]["threshold"] is None and ev["b"]["note"]
     assert ev["a"]["decision"] is None and ev["a"]["first_stage"] is None  # no verdicts: the similarity alone
@@ -142,7 +142,7 @@ def test_pairs_label_threshold_report_round_trip(tmp_path, corpus_dir, eval_set)
     r = runner.invoke(main, ["threshold", str(tmp_path / "labels.csv"), "--precision", "0.95", "--rule",
                              str(tmp_path / "rev" / "pairs.json")])
     assert r.exit_code == 0, r.output
-    chosen = load_thresholds(tmp_path / "thresholds.json")["val"]
+    chosen = load_points(tmp_path / "thresholds.json").thresholds["val"]
     assert "2 unlabelled" in r.output and f"threshold {chosen:.4f}" in r.output
     assert "first stage" in r.output and "the decision's precision" in r.output
     preds = write_predictions(tmp_path / "p.csv", "val", planted + clean, [1] * len(planted + clean))
@@ -290,7 +290,7 @@ def test_report_pairs_threshold_and_report_again_decide_by_one_rule(tmp_path):
         w.writerows(sheet)
     r = runner.invoke(main, ["threshold", str(tmp_path / "rev" / "pairs.csv"), "--precision", "0.95"])
     assert r.exit_code == 0, r.output
-    chosen = load_thresholds(tmp_path / "rev" / "thresholds.json")["val"]
+    chosen = load_points(tmp_path / "rev" / "thresholds.json").thresholds["val"]
     # the highest threshold whose first stage still reaches the copy; by the similarity alone the look-alike
     # above the copy would leave no threshold at precision 0.95
     assert chosen == pytest.approx(1 - (1 - copy["similarity"]) / 2.5)

@@ -10,7 +10,7 @@ from overlap_audit.errors import SourceError
 from overlap_audit.sources import open_source
 from overlap_audit.sources.memory import memory_source
 
-from .test_formats import NAMES, _image, _write_hub, cifar10_dir  # noqa: F401 - cifar10_dir is a fixture
+from .test_formats import NAMES, _image, _write_hub, write_cifar10
 
 
 @pytest.mark.parametrize("layout", ["plain_text/test-00000-of-00001.parquet", "default/test/0000.parquet"])
@@ -34,7 +34,8 @@ def test_several_hub_configs_are_named(tmp_path):
     assert len(list(open_source(f"hf:{root / 'plain_text'}").iter_items())) == 1
 
 
-def test_cifar_at_torchvisions_root(cifar10_dir, tmp_path):
+def test_cifar_at_torchvisions_root(tmp_path):
+    cifar10_dir = write_cifar10(tmp_path)
     root = cifar10_dir.parent  # torchvision's CIFAR10(root=...): the folder holding cifar-10-batches-py
     (root / "cifar-10-python.tar.gz").write_bytes(b"")
     for spec in (str(root), f"cifar:{root}"):

@@ -219,7 +219,12 @@ def _pickle(path, obj: dict) -> None:
 
 @pytest.fixture
 def cifar10_dir(tmp_path):
-    root = tmp_path / "cifar-10-batches-py"
+    return write_cifar10(tmp_path)
+
+
+def write_cifar10(parent):
+    """CIFAR-10's python batches (three test images, one per training batch) in ``parent``/cifar-10-batches-py."""
+    root = parent / "cifar-10-batches-py"
     root.mkdir()
     _pickle(root / "batches.meta", {b"num_cases_per_batch": 3, b"num_vis": 3072,
                                     b"label_names": [n.encode() for n in NAMES]})

@@ -1,0 +1,198 @@
+"""Corpus views: centre-crop vectors per item, searched beside the primary ones (max per item)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from overlap_audit.demos.synthetic import bundled_photos
+from overlap_audit.detectors import get_detector
+from overlap_audit.detectors.base import prepare
+from overlap_audit.errors import IndexDamagedError, IndexDirError
+from overlap_audit.index import build_index, check_index, index_from_vectors, load_index, load_manifest, search
+from overlap_audit.index.search import search_index
+from overlap_audit.settings import IndexSettings
+
+CORPUS = ("moon", "astronaut", "brick", "camera", "chelsea", "coffee", "grass", "rocket")
+
+
+@pytest.fixture(scope="module")
+def photo_indexes(tmp_path_factory):
+    """The same eight real photographs indexed with a 70% centre-crop view and without views."""
+    root = tmp_path_factory.mktemp("views")
+    photos = bundled_photos()
+    (root / "corpus").mkdir()
+    for name in CORPUS:
+        photos[name].convert("RGB").save(root / "corpus" / f"{name}.png")
+    with_views = build_index([str(root / "corpus")], root / "with", IndexSettings(workers=0, views=(0.7,)))
+    without = build_index([str(root / "corpus")], root / "without", IndexSettings(workers=0, views=()))
+    return root, photos, with_views, without
+
+
+def test_a_crop_far_from_the_whole_is_found_through_the_view(photo_indexes):
+    root, photos, with_views, without = photo_indexes
+    assert with_views.views == (0.7,) and without.views == ()
+    det = get_detector("phash")
+    moon = photos["moon"].convert("RGB")
+    w, h = moon.size
+    # 71% of the area, off centre, then downscaled: an App. C-style crop of the corpus photograph
+    copy = moon.crop((int(w * .1), int(h * .06), int(w * .1) + int(w * .84), int(h * .06) + int(h * .84)))
+    copy = copy.resize((int(w * .6), int(h * .6)))
+    vector = det.embed(prepare(det, copy)[0][None])
+    threshold = det.info.default_threshold
+    found = search(load_index(root / "with"), ["copy"], vector, k=3)
+    assert found.ids[0, 0] == "moon.png" and found.similarities[0, 0] >= threshold
+    plain = search(load_index(root / "without"), ["copy"], vector, k=len(CORPUS))
+    moon_sim = plain.similarities[0, list(plain.ids[0]).index("moon.png")]
+    assert moon_sim < threshold - 0.15  # the whole photograph's hash is far from the crop's
+    # the exact stream over the shards' view files answers the same
+    streamed = search(load_index(root / "with", load_faiss=False), ["copy"], vector, k=3)
+    assert list(streamed.ids[0]) == list(found.ids[0])
+    np.testing.assert_array_equal(streamed.similarities, found.similarities)
+
+
+def test_check_catches_a_changed_view_file(photo_indexes, tmp_path):
+    import shutil
+
+    root = photo_indexes[0]
+    copy = tmp_path / "idx"
+    shutil.copytree(root / "with", copy)
+    check_index(copy)
+    view_file = copy / "views" / "shard-000000.npy"
+    data = bytearray(view_file.read_bytes())
+    data[-1] ^= 0xFF  # the last byte of the last vector: same size, other content
+    view_file.write_bytes(bytes(data))
+    with pytest.raises(IndexDamagedError, match="views/shard-000000.npy"):
+        check_index(copy)
+    view_file.unlink()
+    with pytest.raises(IndexDamagedError, match="views/shard-000000.npy is missing"):
+        load_index(copy)
+
+
+def _brute_force_max(queries, primary, views, k, metric):
+    """Exact top-k by the best of each item's vectors, similarity descending then row ascending."""
+    allv = [primary] + [views[:, v] for v in range(views.shape[1])]
+    if metric == "hamming":
+        def sims(a, b):
+            bits = np.unpackbits(a[:, None, :] ^ b[None, :, :], axis=2).sum(axis=2)
+            return 1.0 - bits / (8 * a.shape[1])
+    else:
+        def sims(a, b):
+            return a @ b.T
+    best = np.max(np.stack([sims(queries, v) for v in allv]), axis=0).astype(np.float32)
+    rows = np.arange(best.shape[1])
+    order = np.array([np.lexsort((rows, -row))[:k] for row in best])
+    return np.take_along_axis(best, order, axis=1), order
+
+
+@pytest.mark.parametrize("metric", ["hamming", "cosine"])
+def test_search_with_views_is_brute_force_max_over_views(tmp_path, metric):
+    rng = np.random.default_rng(7)
+    n, k, n_views = 700, 6, 2
+    if metric == "hamming":
+        vectors = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+        views = rng.integers(0, 256, (n, n_views, 8), dtype=np.uint8)
+        queries = rng.integers(0, 256, (40, 8), dtype=np.uint8)
+        queries[:5] = views[:5, 1]  # some queries equal a view exactly
+    else:
+        def unit(x):
+            return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+        vectors, views, queries = unit(rng.normal(size=(n, 16))), unit(rng.normal(size=(n, n_views, 16))), \
+            unit(rng.normal(size=(40, 16)))
+    index_from_vectors(tmp_path / "idx", vectors, metric=metric, shard_size=256, views=(0.7, 0.5),
+                       view_vectors=views)
+    want_sims, want_rows = _brute_force_max(queries, vectors, views, k, metric)
+    ids = [f"q{i}" for i in range(len(queries))]
+    tol = 0 if metric == "hamming" else 1e-5
+    for corpus in (load_index(tmp_path / "idx"), load_index(tmp_path / "idx", load_faiss=False)):
+        got = search(corpus, ids, queries, k=k)
+        np.testing.assert_allclose(got.similarities, want_sims, atol=tol)
+        if metric == "hamming":  # ties (common in Hamming) broken by row, lowest first
+            np.testing.assert_array_equal(got.ids.astype(int), want_rows)
+        floor = float(np.median(want_sims[:, 0]))
+        cut = search(corpus, ids, queries, k=k, min_similarity=floor)
+        keep = want_sims >= np.float32(floor) - tol
+        np.testing.assert_allclose(np.where(keep, cut.similarities, 0), np.where(keep, want_sims, 0), atol=tol)
+        assert np.isnan(cut.similarities[~keep]).all() if metric == "hamming" else True
+
+
+def test_an_index_without_views_loads_and_searches_as_before(tmp_path):
+    rng = np.random.default_rng(3)
+    vectors = rng.integers(0, 256, (300, 8), dtype=np.uint8)
+    queries = rng.integers(0, 256, (20, 8), dtype=np.uint8)
+    index_from_vectors(tmp_path / "idx", vectors, metric="hamming")
+    # a manifest written before views existed has no "views" entry
+    path = tmp_path / "idx" / "manifest.json"
+    raw = json.loads(path.read_text())
+    raw.pop("views")
+    path.write_text(json.dumps(raw))
+    corpus = load_index(tmp_path / "idx")
+    assert load_manifest(tmp_path / "idx").views == () and corpus.view_indexes == ()
+    assert not (tmp_path / "idx" / "views").exists()
+    got = search(corpus, [str(i) for i in range(20)], queries, k=4)
+    sims, rows = search_index(corpus.index, queries, 4, "hamming", 64)
+    np.testing.assert_array_equal(got.similarities, sims)
+    np.testing.assert_array_equal(got.ids.astype(int), rows)
+    check_index(tmp_path / "idx")
+
+
+def test_views_are_checked(tmp_path):
+    with pytest.raises(IndexDirError, match="views"):
+        index_from_vectors(tmp_path / "a", np.zeros((3, 8), np.uint8), metric="hamming", views=(0.7, 0.7),
+                           view_vectors=np.zeros((3, 2, 8), np.uint8))
+    with pytest.raises(IndexDirError, match="views"):
+        build_index(["/nonexistent"], tmp_path / "b", IndexSettings(views=(1.5,)))
+
+
+def test_queries_search_their_centre_view_against_an_index_with_views(photo_indexes, tmp_path):
+    from overlap_audit.match import match_eval_sets, open_corpus
+    from overlap_audit.settings import MatchSettings
+
+    root, photos = photo_indexes[0], photo_indexes[1]
+    (tmp_path / "ev").mkdir()
+    for name in ("moon", "camera"):
+        im = photos[name].convert("RGB")
+        w, h = im.size
+        im.crop((int(w * .1), int(h * .06), int(w * .94), int(h * .9))).save(tmp_path / "ev" / f"{name}.png")
+    got = {}
+    for which, settings in (("with", MatchSettings(workers=0)), ("plain", MatchSettings(workers=0, query_views=())),
+                            ("without", MatchSettings(workers=0))):
+        index = root / ("without" if which == "without" else "with")
+        m = match_eval_sets(open_corpus(index, settings), [("ev", str(tmp_path / "ev"))], settings)["ev"]
+        got[which] = m
+    assert got["with"].embeddings.crop_vectors.shape == (2, 1, 8)  # one centre view of each query
+    assert got["without"].embeddings.crop_vectors is None  # no query views without corpus views
+    assert got["plain"].embeddings.crop_vectors is None
+    for which in ("with", "plain"):
+        assert list(got[which].neighbors.ids[:, 0]) == ["camera.png", "moon.png"]
+    # the best of the views is kept, never a worse one
+    assert (got["with"].neighbors.similarities[:, 0] >= got["plain"].neighbors.similarities[:, 0]).all()
+    assert set(got["with"].neighbors.views) <= {"trimmed", "whole", "view80"}
+
+
+def test_index_command_refuses_views_and_no_views(tmp_path):
+    from click.testing import CliRunner
+
+    from overlap_audit.cli import main
+
+    result = CliRunner().invoke(main, ["index", str(tmp_path), "--out", str(tmp_path / "i"), "--views", "0.7",
+                                       "--no-views"])
+    assert result.exit_code != 0 and "--views or --no-views" in result.output
+
+
+def test_a_rebuilt_index_keeps_its_views_in_the_next_generation(tmp_path):
+    from overlap_audit.index import finish_from_shards
+
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 256, (200, 8), dtype=np.uint8)
+    views = rng.integers(0, 256, (200, 1, 8), dtype=np.uint8)
+    index_from_vectors(tmp_path / "idx", codes, metric="hamming", views=(0.7,), view_vectors=views)
+    queries = views[:10, 0]
+    before = search(load_index(tmp_path / "idx"), [str(i) for i in range(10)], queries, k=3)
+    m = finish_from_shards(tmp_path / "idx", index_type="flat")
+    assert m.generation == 2 and m.views == (0.7,) and "index.g2.view70.faiss" in m.files
+    assert not (tmp_path / "idx" / "index.view70.faiss").exists()  # the replaced generation's view index
+    check_index(tmp_path / "idx")
+    after = search(load_index(tmp_path / "idx"), [str(i) for i in range(10)], queries, k=3)
+    np.testing.assert_array_equal(after.similarities, before.similarities)
+    assert (after.similarities[:, 0] == 1).all()  # each query is an item's view
