@@ -18,7 +18,10 @@ photos), which must be Clean. The predictions file says every example is correct
 what is measured here).
 
     python -m benchmarks.bench_photo_report [--photos dev|heldout] [--families ...] [--detector phash|clipdup]
-        [--max-photos N] [--work DIR] [--json FILE] [--breakdown] [--no-calibrate]
+        [--max-photos N] [--work DIR] [--json FILE] [--breakdown] [--no-calibrate] [--neighbours K]
+
+``--neighbours K``: verify up to K of each example's nearest items (``VerifySettings.neighbours``; default the
+rule's). "by neighbour" counts the Overlap examples whose match is not their nearest item.
 
 ``--breakdown`` says, for every true copy the default decision misses, where the decision lost it: its source
 absent from the reported top-k; in the top-k but not the nearest item (at or above the first stage, or below
@@ -87,7 +90,8 @@ def count(splits_file: Path, source: np.ndarray, seconds: float) -> tuple[Counte
     overlap = np.array([t["overlap"][r] for r in order], bool)
     sim = np.array([np.nan if t["similarity"][r] is None else t["similarity"][r] for r in order], np.float64)
     sim[np.array([t["low_information"][r] for r in order], bool)] = np.nan
-    near = [t["neighbor_ids"][r][0] if t["neighbor_ids"][r] else "" for r in order]
+    # the corpus item the decision names (match_rank: 1 the nearest, later where verification accepted it)
+    near = [t["neighbor_ids"][r][(t["match_rank"][r] or 1) - 1] if t["neighbor_ids"][r] else "" for r in order]
     pos = source >= 0
     tp, fp = int((overlap & pos).sum()), int((overlap & ~pos).sum())
     wrong = sum(1 for i in np.flatnonzero(overlap & pos) if Path(near[i]).name != f"c{source[i]:05d}.png")
@@ -101,7 +105,7 @@ MISS_KINDS = ("low information", "absent from top-k", "top-k, not nearest, at or
 
 
 def breakdown(splits_file: Path, source: np.ndarray, corpus: Path, evals: Path, detector: str,
-              threshold: float) -> dict:
+              threshold: float, verify) -> dict:
     """Where the report's decision lost each missed true copy (``MISS_KINDS``), and per kind the verdicts that
     judging the copy with its source (at their similarity, or the first stage's where the source is not in the
     top-k) would give, with the median photo score. A nearest pair judged again is the pair the report judged,
@@ -112,7 +116,7 @@ def breakdown(splits_file: Path, source: np.ndarray, corpus: Path, evals: Path, 
     from overlap_audit.detectors import get_detector
     from overlap_audit.values import RawItem
 
-    rule = DecisionRule.for_detector(get_detector(detector), {DATASET: threshold})
+    rule = DecisionRule.for_detector(get_detector(detector), {DATASET: threshold}, verify)
     stage = rule.first_stage(DATASET)
     t = pq.read_table(splits_file).to_pydict()
     row = {ident: n for n, ident in enumerate(t["id"])}
@@ -155,13 +159,14 @@ def breakdown(splits_file: Path, source: np.ndarray, corpus: Path, evals: Path, 
 
 def run_family(data, family: str, detector: str, work: Path, with_breakdown: bool = False,
                calibrate: bool = True, views: tuple[float, ...] | None = None,
-               query_views: tuple[float, ...] | None = None) -> dict:
+               query_views: tuple[float, ...] | None = None, neighbours: int | None = None) -> dict:
     """Index, report with and without verification, count. ``calibrate`` False: the detector's default
     threshold (``ReportSettings(calibrate=None)``) instead of each report's calibrated one. ``views``: the
     index's corpus views (None: the detector's default); ``query_views``: each query's (None: the default)."""
     import pandas as pd
 
     from overlap_audit.api import ReportSettings, build_index, run_report
+    from overlap_audit.decide.rule import VerifySettings
     from overlap_audit.decide.thresholds import recall_at_precision
     from overlap_audit.settings import IndexSettings, MatchSettings
 
@@ -181,7 +186,9 @@ def run_family(data, family: str, detector: str, work: Path, with_breakdown: boo
         cal = {} if calibrate else {"calibrate": None}
         if query_views is not None:
             cal["match"] = MatchSettings(query_views=query_views)
-        settings = (ReportSettings(out_dir=root / f"report-{name}", predictions=preds, **cal) if verify else
+        given = VerifySettings() if neighbours is None else VerifySettings(neighbours=neighbours)
+        settings = (ReportSettings(out_dir=root / f"report-{name}", predictions=preds, verify=given, **cal)
+                    if verify else
                     ReportSettings(out_dir=root / f"report-{name}", predictions=preds, verify=None, **cal))
         t = time.perf_counter()
         report = run_report(root / "index", [(DATASET, str(evals))], settings)
@@ -195,9 +202,10 @@ def run_family(data, family: str, detector: str, work: Path, with_breakdown: boo
             out["threshold"] = report.datasets[0].threshold
             if with_breakdown:
                 out["breakdown"] = breakdown(root / f"report-{name}" / "splits.parquet", data.source, corpus, evals,
-                                             detector, out["threshold"])
+                                             detector, out["threshold"], given)
             v = (report.verify or {}).get("datasets", {}).get(DATASET, {})
-            out["first_stage"], out["n_verified_pairs"] = v.get("first_stage"), v.get("n_verified")
+            out["first_stage"], out["n_verified_pairs"] = v.get("first_stage"), v.get("n_pairs")
+            out["n_by_neighbour"] = v.get("n_by_neighbour")
         sims = sim
     pos = data.source >= 0
     top = np.nan_to_num(sims, nan=-np.inf)
@@ -211,7 +219,8 @@ def _print(line: dict) -> None:
           f"| {v['recall']:.3f} / {v['precision']:.3f} ({v['wrong']}) | {nv['recall']:.3f} / {nv['precision']:.3f} "
           f"({nv['wrong']}) | {line['ranking_recall_p99']:.3f} | {line['threshold']:.4f} / {line['first_stage']:.4f} "
           f"(no verification {nv['threshold']:.4f}) "
-          f"| {line['n_verified_pairs']} | {v['seconds']:.1f} / {nv['seconds']:.1f} "
+          f"| {line['n_verified_pairs']} ({line.get('n_by_neighbour')} by neighbour) "
+          f"| {v['seconds']:.1f} / {nv['seconds']:.1f} "
           f"({v['seconds'] / nv['seconds']:.2f}x) |", flush=True)
 
 
@@ -246,6 +255,7 @@ def main(argv=None) -> list[dict]:
                     help="the index's corpus views (areas; none given: no views; default: the detector's)")
     ap.add_argument("--query-views", type=float, nargs="*", default=None,
                     help="each query's centre-crop views against an index with views (none given: none)")
+    ap.add_argument("--neighbours", type=int, default=None, help="verify up to this many nearest items")
     args = ap.parse_args(argv)
     photos = dev_photos() if args.photos == "dev" else heldout_photos()
     if args.max_photos is not None and args.max_photos < len(photos):
@@ -260,7 +270,7 @@ def main(argv=None) -> list[dict]:
             line = {"photos": args.photos, "n_photos": len(photos), **run_family(
                 family_set(photos, family, args.seed), family, args.detector, work / args.detector, args.breakdown,
                 not args.no_calibrate, None if args.views is None else tuple(args.views),
-                None if args.query_views is None else tuple(args.query_views))}
+                None if args.query_views is None else tuple(args.query_views), args.neighbours)}
             results.append(line)
             _print(line)
             if args.breakdown:

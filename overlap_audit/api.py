@@ -279,11 +279,11 @@ def _with_edge_cases(datasets: list[DatasetReport], splits: dict[str, Split], co
 
 
 def _with_neighbor_boxes(splits: dict[str, Split], index_dir) -> dict[str, Split]:
-    """The splits with each pair's corpus side's content box (a trimming detector), for the report to show."""
-    boxes = content_boxes(index_dir, {sp.neighbors.ids[i, 0] for sp in splits.values() for i in
-                                      range(len(sp.ids)) if sp.neighbors.k})
-    return {n: replace(sp, neighbor_boxes=[boxes.get(sp.neighbors.ids[i, 0]) if sp.neighbors.k else None
-                                           for i in range(len(sp.ids))])
+    """The splits with each matched pair's corpus side's content box (a trimming detector), for the report to
+    show."""
+    boxes = content_boxes(index_dir, {sp.match_key(i) for sp in splits.values() for i in range(len(sp.ids))}
+                          - {None})
+    return {n: replace(sp, neighbor_boxes=[boxes.get(sp.match_key(i)) for i in range(len(sp.ids))])
             for n, sp in splits.items()}
 
 

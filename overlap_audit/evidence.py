@@ -27,12 +27,20 @@ from .report.value import REPORT_HTML, SPLITS, Report, load_report
 from .sources import Source, as_source, fetch_items, source_spec
 from .values import RawItem
 
-__all__ = ["build_galleries", "eval_items", "recorded_evals", "write_html_report"]
+__all__ = ["build_galleries", "eval_items", "matched", "recorded_evals", "write_html_report"]
 
-# the splits.parquet columns a gallery shows (the last five only where the report has them: a trimming
-# detector, a verified report)
-GALLERY_COLUMNS = ("dataset", "id", "label", "neighbor_ids", "similarity", "overlap", "low_information")
-OPTIONAL_COLUMNS = ("view", "content_box", "neighbor_content_box", "verify_score", "verified")
+# the splits.parquet columns a gallery shows (the optional ones only where the report has them: a trimming
+# detector, a verified report; without match_rank the match is the nearest item)
+GALLERY_COLUMNS = ("dataset", "id", "label", "neighbor_ids", "neighbor_similarities", "similarity",
+                   "overlap", "low_information")
+OPTIONAL_COLUMNS = ("view", "content_box", "neighbor_content_box", "verify_score", "verified", "match_rank")
+
+
+def matched(row: dict) -> tuple[str | None, float | None]:
+    """The corpus key and similarity of a splits.parquet row's match (the item the decision names)."""
+    j = (row.get("match_rank") or 1) - 1
+    ids, sims = row["neighbor_ids"] or [], row["neighbor_similarities"] or []
+    return (ids[j] if j < len(ids) else None), (sims[j] if j < len(sims) else None)
 
 
 def _class_names(report: Report, dataset: str) -> dict[str, str]:
@@ -108,7 +116,7 @@ def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str,
         order, n_deciding = gallery_order(sims, d.threshold, limit, around)
         chosen[d.name] = ([mine[i] for i in order], n_deciding)
 
-    keys = {r["neighbor_ids"][0] for picked, _ in chosen.values() for r in picked if r["neighbor_ids"]}
+    keys = {matched(r)[0] for picked, _ in chosen.values() for r in picked} - {None}
     corpus_note = None
     corpus: dict[str, RawItem] = {}
     if index_dir is None:
@@ -139,7 +147,7 @@ def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str,
         names = _class_names(report, d.name)
         pairs = []
         for i, r in enumerate(picked):
-            key = r["neighbor_ids"][0]
+            key, sim = matched(r)
             ev = evals.get(r["id"])
             co = corpus.get(key)
             e_box, c_box = r.get("content_box"), r.get("neighbor_content_box")
@@ -149,7 +157,7 @@ def build_galleries(report: Report, rows: list[dict], *, eval_sources: dict[str,
                             else (None, corpus_note or "not found"))
             pairs.append(GalleryPair(
                 eval_id=r["id"], eval_label=r.get("label"), eval_caption=ev.caption if ev else None,
-                corpus_key=key, corpus_caption=co.caption if co else None, similarity=float(r["similarity"]),
+                corpus_key=key, corpus_caption=co.caption if co else None, similarity=float(sim),
                 overlap=bool(r["overlap"]), low_information=bool(r["low_information"]),
                 eval_thumb=e_uri, eval_problem=e_why, corpus_thumb=c_uri, corpus_problem=c_why,
                 deciding=i < n_deciding, view=r.get("view"), eval_box=e_box, corpus_box=c_box,

@@ -3,15 +3,16 @@
 
 One row per (corpus item, evaluation example) pair among each example's k neighbours whose similarity is at
 or above the dataset's threshold (low-information examples, which are never Overlap, give none). Under
-verification (``report --verify``) the rows are the Overlap examples' nearest pairs: verified, or kept by
-the first decision because an image could not be read back (``verify_score`` null).
+verification (``report --verify``) the rows are the Overlap examples' matched pairs (``Split.match``: the
+item verification accepted, else the nearest): verified, or kept by the first decision because verification
+had nothing to say or an image could not be read back (``verify_score`` null).
 
 Columns: ``corpus_key`` (the index key), ``source`` and ``id`` (the corpus source's name and the item's id
 in it: img2dataset's ``key``, a folder item's relative path), ``url``, ``uid`` and ``caption`` where the
 source has them (null otherwise), where the item lies (``shard``: the tar or Parquet file's name;
 ``member``: a WebDataset sample's image member; ``row``: the row in a Parquet file; ``path``: a folder
 item's relative path), ``item_xxh3`` (the xxh3 of the item's bytes the index recorded), ``dataset`` and
-``eval_id`` (the evaluation example), ``rank`` (1 = its nearest corpus item), ``similarity`` and
+``eval_id`` (the evaluation example), ``rank`` (1 = its nearest corpus item; the matched item's rank), ``similarity`` and
 ``verify_score``.
 
 The location and metadata are read for the matched items only: a Parquet source's ``url`` / ``uid`` columns
@@ -60,10 +61,11 @@ def matched_pairs(splits: dict[str, Split]) -> list[tuple[str, str, int, str, fl
         sims = np.asarray(sp.neighbors.similarities, np.float64)
         low = np.asarray(sp.low_information, bool)
         for i, ident in enumerate(sp.ids):
-            if sp.verify_scores is not None:  # verified: the Overlap example's nearest pair only
+            if sp.verify_scores is not None:  # verified: the Overlap example's matched pair only
                 if sp.overlap[i]:
                     score = float(sp.verify_scores[i])
-                    out.append((name, ident, 1, str(sp.neighbors.ids[i, 0]), float(sims[i, 0]),
+                    j = int(sp.match_column[i])
+                    out.append((name, ident, j + 1, sp.match_key(i), float(sims[i, j]),
                                 None if np.isnan(score) else score))
                 continue
             if low[i]:

@@ -91,9 +91,12 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
     dataset nearest ``around`` (default: the detector's threshold) as pairs.csv and pairs.html, each judged by
     the report's decision rule at ``around`` (``DecisionRule.for_detector`` with ``verify``, by default
     ``VerifySettings()``; None: the threshold alone, as ``report --no-verify``), and the
-    rule as pairs.json. ``match`` says how the sets are embedded and searched (its ``k`` aside: only the
-    nearest item is reviewed). With ``cache_dir`` the sets' embeddings and neighbours and the pairs'
-    comparisons are read from and kept in that cache, as ``report`` does (``evalcache``, ``decide.verdicts``)."""
+    rule as pairs.json. Each row shows the example's match as the rule names it (``DecisionRule.judge_examples``:
+    the item verification accepted among its ``VerifySettings.neighbours`` nearest, else the nearest; the
+    examples are picked by the nearest item's similarity). ``match`` says how the sets are embedded and
+    searched (its ``k`` aside: the rule's neighbours are searched). With ``cache_dir`` the sets' embeddings and
+    neighbours and the pairs' comparisons are read from and kept in that cache, as ``report`` does
+    (``evalcache``, ``decide.verdicts``)."""
     from .decide.rule import DECISION_VERSION, DecisionRule
     from .index import corpus_items
     from .match import check_eval_sets, check_report_apart, match_eval_sets, open_corpus
@@ -111,7 +114,7 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
         raise ThresholdError(f"{existing} already holds labels (is_duplicate filled in); give another "
                              f"{param('out_dir')}, or move it away first: writing the review sheet again would "
                              "erase them")
-    settings = replace(match or MatchSettings(), k=1)
+    settings = replace(match or MatchSettings(), k=verify.neighbours if verify is not None else 1)
     max_pixels = settings.max_pixels
     corpus = open_corpus(index_dir, settings)
     if around is None:
@@ -122,25 +125,33 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
     if not math.isfinite(around):
         raise ThresholdError(f"{param('around')} must be a finite number")
 
-    picked: dict[str, list[tuple[str, str, float, bool]]] = {}  # eval id, corpus key, similarity, low-info
+    # eval id, its neighbours' (corpus key, similarity), low-info
+    picked: dict[str, list[tuple[str, list[tuple[str, float]], bool]]] = {}
     for name, matched in match_eval_sets(corpus, evals, settings, cache_dir=cache_dir).items():
         emb, nb = matched.embeddings, matched.neighbors
         sims = nb.similarities[:, 0]
         low = np.asarray(emb.low_information, dtype=bool)
-        picked[name] = [(emb.ids[r], nb.ids[r, 0], float(sims[r]), bool(low[r]))
+        picked[name] = [(emb.ids[r], [(str(nb.ids[r, j]), float(nb.similarities[r, j])) for j in range(nb.k)
+                                      if nb.ids[r, j] is not None and np.isfinite(nb.similarities[r, j])],
+                         bool(low[r]))
                         for r in nearest_rows(np.where(low, np.nan, sims), around, n)]
 
     rule = DecisionRule.for_detector(corpus.detector, {name: around for name in picked}, verify)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    corpus_found = corpus_items(index_dir, {key for rows in picked.values() for _, key, _, _ in rows})
+    corpus_found = corpus_items(index_dir, {key for rows in picked.values() for _, near, _ in rows
+                                            for key, _ in near})
     lines, galleries, number, n_overlap = [], [], 0, {}
     for name, spec in evals:
         eval_found = fetch_items(as_source(spec, name=name, labels_from_folders=True),
-                                 [e for e, _, _, _ in picked[name]])
-        given = [(eval_found.get(e), corpus_found.get(key), sim) for e, key, sim, _ in picked[name]]
+                                 [e for e, _, _ in picked[name]])
         how = dict(max_pixels=max_pixels, workers=settings.workers, progress=settings.progress, cache_dir=cache_dir)
-        judged = rule.judge_pairs(name, given, **how)
+        judged = rule.judge_examples(name, [(eval_found.get(e), [(corpus_found.get(key), sim) for key, sim in near])
+                                            for e, near, _ in picked[name]], **how)
+        # each row shows the example's match (the item verified, else the nearest)
+        shown = [near[col] for (_, near, _), (col, _) in zip(picked[name], judged)]
+        given = [(eval_found.get(e), corpus_found.get(key), sim) for (e, _, _), (key, sim) in zip(picked[name], shown)]
+        judged = [j for _, j in judged]
         # the verdicts at the lowest photo accept, from which every accept above it follows: judged again only
         # where a lower accept could change the verdict (the comparisons come from the cache when one is kept)
         floor = {i: j.verdict for i, j in enumerate(judged)}
@@ -151,7 +162,7 @@ def review_pairs(index_dir: str | os.PathLike, evals: Iterable[tuple[str, str]],
                                                                              **how))))
         n_overlap[name] = sum(j.overlap for j in judged)
         pairs = []
-        for r, ((eval_id, key, sim, _), j) in enumerate(zip(picked[name], judged)):
+        for r, ((eval_id, _, _), (key, sim), j) in enumerate(zip(picked[name], shown, judged)):
             number += 1
             checked = j.readable is True
             verdict = "" if j.readable is None else VERDICT_WORDS[j.verdict] if checked else UNREADABLE

@@ -144,15 +144,36 @@ class Split:
     overlap: np.ndarray  # bool [N]
     low_information: np.ndarray  # bool [N]; never Overlap
     boxes: list = field(default_factory=list)  # per row, the content box of a trimming detector (or empty)
-    neighbor_boxes: list = field(default_factory=list)  # per row, the nearest corpus item's content box
-    # verification (``decide.rule.DecisionRule``): per row, the score of the pair (NaN where it was not verified)
-    # and whether it passed; None when verification was off
+    neighbor_boxes: list = field(default_factory=list)  # per row, the matched corpus item's content box
+    # verification (``decide.rule.DecisionRule``): per row, the score of the matched pair (NaN where it was not
+    # verified) and whether it passed; None when verification was off
     verify_scores: np.ndarray | None = None  # float32 [N]
     verified: np.ndarray | None = None  # bool [N]; False where not verified
+    # per row, the column of ``neighbors`` the decision names as the example's match (0: the nearest item; a
+    # later one where verification accepted it); None: the nearest for every row
+    match: np.ndarray | None = None  # int [N]
 
     @property
     def top_similarity(self) -> np.ndarray:
         return self.neighbors.similarities[:, 0] if self.neighbors.k else np.zeros(len(self.ids), np.float32)
+
+    @property
+    def match_column(self) -> np.ndarray:
+        """Per row, the column of ``neighbors`` of the corpus item the decision names."""
+        return np.zeros(len(self.ids), np.int64) if self.match is None else np.asarray(self.match, np.int64)
+
+    def match_key(self, row: int) -> str | None:
+        """The corpus key of ``row``'s match (None: no neighbour)."""
+        if not self.neighbors.k:
+            return None
+        key = self.neighbors.ids[row, int(self.match_column[row])]
+        return None if key is None else str(key)
+
+    def match_similarity(self, row: int) -> float:
+        """The similarity of ``row``'s match (NaN: no neighbour)."""
+        if not self.neighbors.k:
+            return float("nan")
+        return float(self.neighbors.similarities[row, int(self.match_column[row])])
 
 
 @dataclass(frozen=True)

@@ -241,8 +241,8 @@ def cache_line(rep) -> str:
     verified = (rep.verify or {}).get("datasets", {})
     if verified:
         n_cached = sum(d.get("n_cached", 0) for d in verified.values())
-        n_verified = sum(d.get("n_verified", 0) for d in verified.values())
-        line += f"; {n_cached} of {n_verified} verified pair(s) compared by an earlier run (not compared again)"
+        n_pairs = sum(d.get("n_pairs", 0) for d in verified.values())
+        line += f"; {n_cached} of {n_pairs} verified pair(s) compared by an earlier run (not compared again)"
     return line
 
 

@@ -27,13 +27,14 @@ if TYPE_CHECKING:
 
 
 def splits_table(splits: dict[str, Split], correct: dict[str, np.ndarray]):
-    """splits.parquet's table (pyarrow): one row per evaluated example, its neighbours, similarity, Overlap flag
-    and correctness."""
+    """splits.parquet's table (pyarrow): one row per evaluated example, its neighbours, similarity (the
+    nearest item's), the rank of its match among the neighbours, Overlap flag and correctness."""
     import pyarrow as pa
 
     cols: dict[str, list] = {k: [] for k in ("dataset", "id", "label", "neighbor_ids", "neighbor_similarities",
                                              "similarity", "overlap", "low_information", "correct", "view",
-                                             "content_box", "neighbor_content_box", "verify_score", "verified")}
+                                             "content_box", "neighbor_content_box", "verify_score", "verified",
+                                             "match_rank")}
     for name, sp in splits.items():
         sims = sp.neighbors.similarities
         views = sp.neighbors.views
@@ -53,6 +54,7 @@ def splits_table(splits: dict[str, Split], correct: dict[str, np.ndarray]):
             cols["neighbor_ids"].append(list(sp.neighbors.ids[i]))
             cols["neighbor_similarities"].append(row_sims)
             cols["similarity"].append(row_sims[0] if row_sims else None)
+            cols["match_rank"].append(int(sp.match_column[i]) + 1 if row_sims else None)
             cols["overlap"].append(bool(sp.overlap[i]))
             cols["low_information"].append(bool(sp.low_information[i]))
             cols["correct"].append(bool(correct[name][i]))
@@ -73,6 +75,9 @@ def splits_table(splits: dict[str, Split], correct: dict[str, np.ndarray]):
         # verification (report --verify): the pair's score and decision; null where it was not verified
         "verify_score": pa.array(cols["verify_score"], pa.float32()),
         "verified": pa.array(cols["verified"], pa.bool_()),
+        # the rank among neighbor_ids of the corpus item the decision names (1: the nearest; a later one where
+        # verification accepted it and not the nearest); neighbor_content_box, verify_score and verified are its
+        "match_rank": pa.array(cols["match_rank"], pa.int32()),
     })
 
 

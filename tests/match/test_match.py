@@ -9,7 +9,7 @@ import pytest
 from overlap_audit import api, match
 from overlap_audit.api import ReportSettings, build_index, run_report
 from overlap_audit.calibrate import lowest_threshold
-from overlap_audit.decide.rule import first_stage_threshold, relax_for
+from overlap_audit.decide.rule import VerifySettings, first_stage_threshold, relax_for
 from overlap_audit.detectors import get_detector
 from overlap_audit.settings import IndexSettings, MatchSettings, StatsSettings
 from overlap_audit.errors import IndexDirError, IndexMismatchError, SettingsError, SourceError
@@ -52,7 +52,8 @@ def test_report_and_pairs_go_through_the_shared_step_and_agree(tmp_path, index_d
                                        calibrate=None))
     assert len(calls) == 2
     (pairs_settings, pairs_match), (report_settings, report_match) = calls
-    assert (pairs_settings.k, report_settings.k) == (1, 5)
+    # pairs searches the neighbours the rule may verify (``VerifySettings.neighbours``), the report its k
+    assert (pairs_settings.k, report_settings.k) == (VerifySettings().neighbours, 5)
     a, b = pairs_match["val"], report_match["val"]
     assert a.embeddings.ids == b.embeddings.ids and len(a.embeddings.ids) > 0
     np.testing.assert_array_equal(a.neighbors.ids[:, 0], b.neighbors.ids[:, 0])
