@@ -66,4 +66,5 @@ def test_ray_streaming_equals_single_process(cluster, tmp_path):
     local = search(idx, ids, queries, k=6, exact_stream=True)
     remote = search(idx, ids, queries, k=6, exact_stream=True, ray_address="local")
     assert (local.ids == remote.ids).all()
-    np.testing.assert_array_equal(local.similarities, remote.similarities)
+    # BLAS's sums may differ in the last bit between processes (their thread counts): the neighbours may not
+    np.testing.assert_allclose(local.similarities, remote.similarities, rtol=0, atol=1e-6)
