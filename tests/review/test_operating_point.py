@@ -192,7 +192,11 @@ def test_labels_that_pay_for_a_lower_accept_and_first_stage_and_report_decides_a
     labelled_dup = {r["eval_id"] for r in rows if r["is_duplicate"] == "1"}
     # the report at that point calls Overlap exactly what `threshold` counted, the gainers among them
     found = report("rep", file)
-    assert len(found) == evidence["tp"] + evidence["fp"] and found <= labelled_dup and gainers <= found
+    # `threshold` judges each labelled row by the pair its sheet shows; the report may also find a row's copy
+    # past its nearest item (report.json's n_by_neighbour): those come on top of what `threshold` counted
+    walked = json.loads((tmp_path / "rep" / "report.json").read_text())["verify"]["datasets"]["val"]["n_by_neighbour"]
+    counted = evidence["tp"] + evidence["fp"]
+    assert counted <= len(found) <= counted + walked and found <= labelled_dup and gainers <= found
     assert (tmp_path / "rep" / "report.md").read_text().count("set the first stage and the photo accept") == 1
     # a file chosen for another detector is refused, in one line
     other = tmp_path / "other.json"
@@ -219,7 +223,9 @@ def test_labels_that_pay_for_a_lower_accept_and_first_stage_and_report_decides_a
     evidence = json.loads((tmp_path / "rev2" / "thresholds.evidence.json").read_text())["val"]
     assert point["first_stage"] < 0.8
     found = report("rep2", tmp_path / "rev2" / "thresholds.json")
-    assert len(found) == evidence["tp"] + evidence["fp"] and found <= labelled_dup
+    walked = json.loads((tmp_path / "rep2" / "report.json").read_text())["verify"]["datasets"]["val"]["n_by_neighbour"]
+    counted = evidence["tp"] + evidence["fp"]
+    assert counted <= len(found) <= counted + walked and found <= labelled_dup
     assert below & found
 
 
