@@ -85,7 +85,7 @@ def _ids(root) -> list[str]:
 def test_a_worker_killed_by_an_item_is_retried_then_the_item_skipped(folder_with_bad_image):
     started = time.monotonic()
     emb = embed_source(open_source(str(folder_with_bad_image)), KillingHash(), workers=2)
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 60  # a bound on a hang: a killed worker must not stall the run
     assert [(s.id, s.reason) for s in emb.skipped] == [("img-05b.png", "decoding worker died (signal 9) twice")]
     assert emb.ids == [i for i in _ids(folder_with_bad_image) if i != "img-05b.png"]
     reference = embed_source(open_source(str(folder_with_bad_image)), PHash(), workers=0)
