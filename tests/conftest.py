@@ -68,13 +68,13 @@ def eval_set(tmp_path_factory, tile_sets):
 
 @pytest.fixture(scope="session")
 def corpus_index(tmp_path_factory, corpus_dir):
-    """The phash index of ``corpus_dir`` (shards of 50), built once for the tests that only read it; a test
-    that changes an index works on a copy."""
+    """The phash index of ``corpus_dir`` (shards of 50, without corpus views: tests/index/test_views.py builds
+    them), built once for the tests that only read it; a test that changes an index works on a copy."""
     from overlap_audit.index import build_index
     from overlap_audit.settings import IndexSettings
 
     out = tmp_path_factory.mktemp("corpus-index") / "index"
-    build_index([str(corpus_dir)], out, IndexSettings(workers=2, shard_size=50))
+    build_index([str(corpus_dir)], out, IndexSettings(workers=2, shard_size=50, views=()))
     return out
 
 

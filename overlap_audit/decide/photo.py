@@ -45,7 +45,14 @@ The verdict (``PhotoVerification.verdict``):
   the drawing comparison refuses are the same picture where the photo comparison is near perfect
   (``FLAT_ACCEPT``, ``FLAT_CELLS``, ``FLAT_DETAIL``; refined only from ``FLAT_COARSE`` at the coarse grid);
 - in between, or without texture, ``verify_prepared``'s score is computed and accepts at its threshold
-  (it adds small tiles whose alignment is within its few per cent); otherwise the pair says nothing (None).
+  (it adds small tiles whose alignment is within its few per cent); otherwise the pair says nothing (None);
+- a pair in which either image has no texture at all on the fine grid (``MIN_TEXTURE``: a clear sky, a blank
+  wall, a grey card) looks like any other such image of its tone: it is the same picture only where the
+  drawing comparison agrees almost perfectly (``FEATURELESS_ACCEPT``) and the detector's similarity lies above
+  the low end of the photo grade; otherwise it says nothing;
+- a photo score verifies nothing where the copy would show less of its source than App. C's strongest crop
+  leaves (``MAX_ZOOM_AREA``): two tiles of one brick wall, or two regions of one photograph, line up under a
+  large zoom.
 
 The decision is ``rule.DecisionRule``'s (the one rule; see its module): Overlap when a verified item (at or above the
 relaxed first stage) is the same picture; a confident detector match (at or above the detector's threshold)
@@ -112,6 +119,17 @@ FLAT_CELLS = 0.85  # ... with its cells
 FLAT_COARSE = 0.75  # ... not refined where the coarse grid correlates less (the true pairs: 0.84 and up)
 FLAT_DETAIL = 0.9  # ... and its detail level agreeing this much
 UNIQUE = 0.05  # an accepted copy matches its source this much better than itself a quarter-side away
+REPEAT_MARGIN = 0.02  # below the threshold a repeating texture's grid score must clear the photo accept by this
+# The largest area zoom (zoom x * zoom y) at which a photo score verifies a pair: the copy shows at least 1/1.75
+# (57%) of its source. App. C's strongest crop keeps 65% of the area; on the photo development set the true
+# copies verified below the detector's threshold reach 1.58, while two tiles of one brick wall lined up at 1.96
+# and other regions of one photograph at 1.96-2.59
+MAX_ZOOM_AREA = 1.75
+# A featureless pair (``MIN_TEXTURE``: a clear sky, a blank wall) is the same picture only where the drawing
+# comparison agrees this much and the detector's similarity lies above the grade's low end: on the photo
+# development set the true featureless tile copies scored 0.96-1.00, their sibling tiles 0.82-0.93 (and one
+# 0.99, two grey tiles of one background, at 44 of 64 bits)
+FEATURELESS_ACCEPT = 0.95
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,6 +141,7 @@ class PhotoPrepared:
     pair: Prepared
     trimmed: bool  # content.trim found a margin (with flat fills: a drawing on a canvas)
     flat: float  # share of pixels with no grey-level change to any 4-neighbour (a drawing's fills: most)
+    texture: float = float("inf")  # band-passed standard deviation of the whole view on the fine grid
 
     @property
     def aspect(self) -> float:
@@ -143,6 +162,7 @@ class PhotoVerification:
     zoom: tuple[float, float] = (1.0, 1.0)
     copy_is_first: bool = True  # the first image was found inside the second (else the other way round)
     degenerate: bool = False  # a shape neither comparison can judge (a strip beyond MAX_ASPECT): says nothing
+    featureless: bool = False  # an image without texture (a blank wall, a clear sky): says nothing
     flat_match: bool = False  # a drawing by its flat fills, without a margin, that the photo comparison matches
     grid_score: float = float("nan")  # the correlation before the refinement (the search's grid alone)
     detail: float = float("nan")  # the correlation at DETAIL times the fine grid (``_detail``; NaN: not computed)
@@ -176,20 +196,25 @@ class PhotoVerification:
         0.98 after)."""
         if self.detail < ACCEPT_DETAIL:
             return False
-        return self.elsewhere < REPEATS or self.grid_score >= accept
+        return self.elsewhere < REPEATS or self.grid_score >= accept + REPEAT_MARGIN
 
-    def verdict_at(self, pair_threshold: float, accept: float = None) -> bool | None:
+    def verdict_at(self, pair_threshold: float, accept: float = None, near: bool = True) -> bool | None:
         """``verdict`` with ``pair_threshold`` in place of ``verify.VERIFY_THRESHOLD`` for the drawing
-        comparison's score, and ``accept`` in place of ``ACCEPT`` for the photo score."""
+        comparison's score, and ``accept`` in place of ``ACCEPT`` for the photo score. ``near``: the pair's
+        similarity lies above the low end of the photo acceptance's grade (``rule.VerifySettings.near``),
+        where a featureless pair may be verified."""
         accept = ACCEPT if accept is None else accept
         if self.degenerate:
             return None
+        if self.featureless:
+            return True if near and self.pair_score >= FEATURELESS_ACCEPT else None
         if self.applies and self.informative:
             if self.score < REJECT and self.texture < REJECT_TEXTURE:
                 return None  # texture near the noise floor: a low correlation is JPEG noise, not evidence
             if self.score >= accept and self.cells >= ACCEPT_CELLS and self.unique and (
                     accept <= ACCEPT or self._second_evidence(accept)):
-                return True
+                # a copy showing less of its source than App. C's strongest crop leaves says nothing
+                return True if self.zoom[0] * self.zoom[1] <= MAX_ZOOM_AREA else None
             if self.score < REJECT:
                 return False
         if self.pair_score >= pair_threshold or self.flat_match:  # NaN (not computed) compares False
@@ -208,7 +233,10 @@ def prepare_photo(image: Image.Image) -> PhotoPrepared:
     p = np.pad(g, 1, mode="edge")
     still = ((p[1:-1, 2:] == g) & (p[1:-1, :-2] == g) & (p[2:, 1:-1] == g) & (p[:-2, 1:-1] == g))
     pair = prepare(image)  # its content box is the one trimming found: not searched again
-    return PhotoPrepared(g.astype(np.float32) / 255.0, pair, pair.trimmed, float(still.mean()))
+    grey01 = g.astype(np.float32) / 255.0
+    gw, gh = _grid(grey01.shape[1] / grey01.shape[0], FINE)
+    texture = float(_band(_resize(grey01, gw, gh), 1.0).std())
+    return PhotoPrepared(grey01, pair, pair.trimmed, float(still.mean()), texture)
 
 
 def _grid(aspect: float, size: int) -> tuple[int, int]:
@@ -444,6 +472,12 @@ def verify_photo(a: PhotoPrepared, b: PhotoPrepared) -> PhotoVerification:
     """Compare two images as a copy found inside its source (see the module docstring)."""
     if max(a.aspect, 1 / a.aspect, b.aspect, 1 / b.aspect) > MAX_ASPECT:  # a strip: neither grid holds it
         return PhotoVerification(float("nan"), 0.0, float("nan"), degenerate=True)
+    if min(a.texture, b.texture) < MIN_TEXTURE:
+        # an image with no texture on the fine grid (a blank wall, a clear sky, a grey card) looks like any
+        # other such image of its tone: only the drawing comparison's near-perfect agreement counts, and only
+        # near the detector's threshold (``verdict_at``'s ``near``)
+        return PhotoVerification(float("nan"), min(a.texture, b.texture),
+                                 float(verify_prepared(a.pair, b.pair).score), featureless=True)
     # drawings are verify_prepared's, as before: flat fills in both, or a margin in either and flat fills in
     # one (a copy alone may be flat, upscaled by the nearest pixel; a photograph with a black sky has a margin)
     flat = max(a.flat, b.flat) >= MAX_FLAT

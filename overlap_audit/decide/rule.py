@@ -92,6 +92,15 @@ class VerifySettings:
         share = min(1.0, (self.anchor - similarity) / max(self.anchor - low, 1e-9))
         return base + GRADE * share
 
+    def near(self, similarity: float) -> bool:
+        """Whether a pair at ``similarity`` lies above the low end of ``accept_for``'s grade (always, without an
+        ``anchor``): only there may a featureless pair be verified (``photo.FEATURELESS_ACCEPT``)."""
+        from .photo import GRADE_SPAN
+
+        if self.anchor is None or not math.isfinite(similarity):
+            return self.anchor is None
+        return similarity > first_stage_threshold(self.anchor, GRADE_SPAN)
+
     def __post_init__(self) -> None:
         from ..errors import SettingsError, param
         from ..settings import check_similarity
@@ -278,7 +287,8 @@ class DecisionRule:
                     continue
                 if _usable(a) and _usable(b):
                     todo.append((i, _Pair(a.data, a.path, b.data, b.path, max_pixels or DEFAULT_MAX_PIXELS,
-                                          verify.threshold, verify.accept_for(float(pairs[i][2])))))
+                                          verify.threshold, verify.accept_for(float(pairs[i][2])),
+                                          verify.near(float(pairs[i][2])))))
                 else:
                     judged[i] = (float("nan"), None, False, False)
             found, _ = _judge_all([p for _, p in todo], workers, progress, cache_dir, desc)
@@ -423,6 +433,7 @@ class _Pair:
     max_pixels: int
     pair_threshold: float
     accept: float  # the photo score that verifies this pair (``VerifySettings.accept_for`` its similarity)
+    near: bool = True  # ``VerifySettings.near`` its similarity
 
 
 _IDENTICAL = "identical"  # the comparison of byte-identical images: the same picture, whatever their shape
@@ -462,8 +473,8 @@ def _outcome(pair: _Pair, comparison) -> tuple[float, bool | None, bool, bool]:
     if comparison == _IDENTICAL:
         return 1.0, True, True, True
     v = comparison
-    return ((v.score if v.applies else v.pair_score), v.verdict_at(pair.pair_threshold, pair.accept), True,
-            bool(v.applies))
+    return ((v.score if v.applies else v.pair_score), v.verdict_at(pair.pair_threshold, pair.accept, pair.near),
+            True, bool(v.applies))
 
 
 def _with_bytes(pair: _Pair) -> _Pair | None:
@@ -644,8 +655,9 @@ def _verify_splits(rule: DecisionRule, splits: dict[str, Split], index_dir, eval
                     changed[name] += key in corpus and is_changed(corpus[key])
                     continue
                 accept[name][(i, j)] = settings.accept_for(float(sp.neighbors.similarities[i, j]))
+                sim = float(sp.neighbors.similarities[i, j])
                 pairs.append(_Pair(a.data, a.path, b.data, b.path, max_pixels, settings.threshold,
-                                   accept[name][(i, j)]))
+                                   accept[name][(i, j)], settings.near(sim)))
                 where.append((name, i, j))
         found, from_cache = _judge_all(pairs, workers, progress, cache_dir)
         for (name, i, j), outcome, hit in zip(where, found, from_cache):

@@ -194,3 +194,37 @@ def test_a_photograph_copy_far_below_the_threshold_is_verified(photos):
                                     (_item(other, "c"), _item(quads[0], "d"), sim)], workers=0)
     assert [j.verdict for j in judged] == [True, False]
     assert [j.overlap for j in judged] == [True, False]
+
+
+def test_featureless_tiles_say_nothing_far_below_the_threshold(skimage_photos):
+    """Two grey tiles of one background (the synthetic demo's clock_motion 1 and 8) have no texture: the
+    drawing comparison lines them up almost perfectly, which verifies nothing far below the detector's
+    threshold; a close copy of one of them (downscaled, JPEG quality 95) is verified near it (at quality 80
+    the drawing comparison no longer agrees: the pair then says nothing and the detector decides)."""
+    import io
+
+    from overlap_audit.demos.synthetic import tiles
+
+    parts = tiles(skimage_photos["clock_motion"], 4, 128)
+    v = verify_photo_pair(parts[1], parts[8])
+    assert v.featureless and v.verdict_at(VERIFY_THRESHOLD, ACCEPT + GRADE, near=False) is None, v
+    buf = io.BytesIO()
+    parts[1].resize((100, 100), Image.Resampling.BILINEAR).save(buf, format="JPEG", quality=95)
+    copy = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    w = verify_photo_pair(copy, parts[1])
+    assert w.featureless and w.verdict_at(VERIFY_THRESHOLD, ACCEPT, near=True) is True, w
+
+
+def test_a_crop_smaller_than_app_c_leaves_is_not_verified(photos):
+    """The photo comparison finds a 40% crop inside its source, but App. C's strongest crop keeps 65% of the
+    area: the pair says nothing (two tiles of one wall line up the same way); a 75% crop is verified."""
+    quad = quadrants(photos["coffee"])[0]
+    w, h = quad.size
+
+    def centre(share: float) -> Image.Image:
+        cw, ch = round(w * share ** 0.5), round(h * share ** 0.5)
+        return quad.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch)).resize((w, h))
+
+    small = verify_photo_pair(centre(0.4), quad)
+    assert small.score >= ACCEPT and small.verdict is None, small
+    assert verify_photo_pair(centre(0.75), quad).verdict is True

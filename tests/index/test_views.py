@@ -18,13 +18,14 @@ CORPUS = ("moon", "astronaut", "brick", "camera", "chelsea", "coffee", "grass", 
 
 @pytest.fixture(scope="module")
 def photo_indexes(tmp_path_factory):
-    """The same eight real photographs indexed with a 70% centre-crop view and without views."""
+    """The same eight real photographs indexed with phash's default views (a 70% centre crop) and without
+    views."""
     root = tmp_path_factory.mktemp("views")
     photos = bundled_photos()
     (root / "corpus").mkdir()
     for name in CORPUS:
         photos[name].convert("RGB").save(root / "corpus" / f"{name}.png")
-    with_views = build_index([str(root / "corpus")], root / "with", IndexSettings(workers=0, views=(0.7,)))
+    with_views = build_index([str(root / "corpus")], root / "with", IndexSettings(workers=0))
     without = build_index([str(root / "corpus")], root / "without", IndexSettings(workers=0, views=()))
     return root, photos, with_views, without
 
@@ -114,6 +115,14 @@ def test_search_with_views_is_brute_force_max_over_views(tmp_path, metric):
         keep = want_sims >= np.float32(floor) - tol
         np.testing.assert_allclose(np.where(keep, cut.similarities, 0), np.where(keep, want_sims, 0), atol=tol)
         assert np.isnan(cut.similarities[~keep]).all() if metric == "hamming" else True
+
+
+def test_phash_indexes_a_centre_view_by_default_other_detectors_none(photo_indexes, tmp_path):
+    _, photos, with_views, without = photo_indexes
+    assert with_views.views == (0.7,) and without.views == ()
+    (tmp_path / "c").mkdir()
+    photos["moon"].convert("RGB").save(tmp_path / "c" / "moon.png")
+    assert build_index([str(tmp_path / "c")], tmp_path / "i", IndexSettings(detector="tiny", workers=0)).views == ()
 
 
 def test_an_index_without_views_loads_and_searches_as_before(tmp_path):
