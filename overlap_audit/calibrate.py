@@ -177,10 +177,11 @@ def _reduced(image):
     return image
 
 
-def _embedded(corpus, source, match_settings, cache_dir) -> tuple:
+def _embedded(corpus, source, match_settings, cache_dir, *, views: bool = False,
+              crops: tuple[float, ...] = ()) -> tuple:
     """(embeddings, read from the cache) of an in-memory set of generated images that is compared pair by pair
     and never searched; with ``cache_dir`` kept in the evaluation cache (``evalcache``) under the images'
-    bytes."""
+    bytes. ``views`` and ``crops``: as ``embed.embed_source``'s (the views a report's search compares)."""
     from .embed import embed_source
     from .evalcache import index_identity, load_cached, save_cached, set_key
     from .values import Neighbors
@@ -188,17 +189,33 @@ def _embedded(corpus, source, match_settings, cache_dir) -> tuple:
     key = None
     if cache_dir is not None:
         identity = index_identity(corpus.manifest.to_dict(), corpus.detector.info.to_dict())
-        key = set_key(source, identity, match_settings, purpose="calibration: embeddings only")
+        key = set_key(source, identity, match_settings,
+                      purpose=f"calibration: embeddings only; whole {bool(views)}; crops {tuple(crops)}")
         hit = load_cached(cache_dir, key)
         if hit is not None:
             return hit[0], True
     emb = embed_source(source, corpus.detector, workers=match_settings.workers, max_pixels=match_settings.max_pixels,
-                       limits=match_settings.limits)
+                       limits=match_settings.limits, views=views, crops=crops)
     if key is not None:
         n = len(emb.ids)
         save_cached(cache_dir, key, emb, Neighbors(list(emb.ids), np.empty((n, 0), object),
                                                    np.empty((n, 0), np.float32)))
     return emb, False
+
+
+def _view_similarity(det, copies, a: int, sources, b: int) -> float:
+    """The similarity a report's search gives copy ``a`` and corpus item ``b``: the most similar of the copy's
+    views (its vector; its whole image where trimmed; its centre crops) against the item's (its vector and its
+    corpus views), as ``match.best_view`` and ``index.search.with_views`` take them."""
+    query = [copies.vectors[a:a + 1]]
+    if copies.whole_rows is not None:
+        hit = np.flatnonzero(np.asarray(copies.whole_rows) == a)
+        if len(hit):
+            query.append(copies.whole_vectors[hit[0]:hit[0] + 1])
+    if copies.crop_vectors is not None:
+        query.append(copies.crop_vectors[a])
+    item = [sources.vectors[b:b + 1]] + ([sources.crop_vectors[b]] if sources.crop_vectors is not None else [])
+    return float(np.max(det.similarity(np.concatenate(query), np.concatenate(item))))
 
 
 def _png(image) -> bytes:
@@ -223,7 +240,7 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
     transposes are seeded, so their bytes repeat). A set's sample is drawn with
     ``np.random.default_rng([seed, crc32(name)])`` among its examples that are not low-information: the
     ``positives`` first, each with one App. C copy (``augment.appc_copy``) compared with its image by the
-    detector and, with verification, judged by the rule; the ``negatives`` (a superset of those images) each
+    detector (through the views a report's search compares, ``_view_similarity``) and, with verification, judged by the rule; the ``negatives`` (a superset of those images) each
     transposed along either diagonal (turned by 90 degrees and mirrored), searched in the corpus and, at or above
     the lowest threshold tried, judged against their nearest corpus item. The threshold lies between
     ``lowest_threshold`` (with verification: the default) and the default."""
@@ -340,16 +357,23 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
         n_pos = min(settings.positives, len(images))
         copies = [RawItem(tag, f"c{j}", data=_png(appc_copy(images[j], params, rng))) for j in range(n_pos)]
         sources = [RawItem(tag, f"s{j}", data=o.data, path=o.path) for j, o in enumerate(originals[:n_pos])]
-        both, copies_cached = _embedded(corpus, MemorySource(tuple(copies + sources), tag), match_settings,
-                                        cache_dir)
-        row = {ident: r for r, ident in enumerate(both.ids)}
+        # each copy as a report embeds a query (its whole image where trimmed, its centre crops beside an index
+        # with corpus views), each image as the index embeds a corpus item (its corpus views)
+        views = tuple(corpus.manifest.views)
+        embedded_copies, copies_cached = _embedded(
+            corpus, MemorySource(tuple(copies), tag), match_settings, cache_dir, views=match_settings.views,
+            crops=tuple(match_settings.query_views) if views else ())
+        embedded_sources, sources_cached = _embedded(corpus, MemorySource(tuple(sources), tag), match_settings,
+                                                     cache_dir, crops=views)
+        copy_row = {ident: r for r, ident in enumerate(embedded_copies.ids)}
+        source_row = {ident: r for r, ident in enumerate(embedded_sources.ids)}
         pairs, pos_low = [], []
         for j in range(n_pos):
-            a, b = row.get(f"c{j}"), row.get(f"s{j}")
-            sim = (float(det.similarity(both.vectors[a:a + 1], both.vectors[b:b + 1])[0, 0])
+            a, b = copy_row.get(f"c{j}"), source_row.get(f"s{j}")
+            sim = (_view_similarity(det, embedded_copies, a, embedded_sources, b)
                    if a is not None and b is not None else float("nan"))
             pairs.append((copies[j], sources[j], sim))
-            pos_low.append(a is None or bool(both.low_information[a]))
+            pos_low.append(a is None or bool(embedded_copies.low_information[a]))
         # below the first stage a copy is Clean whatever verification would say: only those above are judged
         pos_sims = np.array([p[2] for p in pairs], np.float64)
         todo = [j for j in range(n_pos) if np.nan_to_num(pos_sims[j], nan=-np.inf) >= rule.first_stage(name)] \
@@ -364,5 +388,5 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
         positive_overlap = np.asarray(rule.overlap(name, pos_sims, pos_verdicts, pos_low), bool)
         out[name] = SetCalibration(name, chosen, float(used), float(lower), upper, settings.target_precision,
                                    len(emb), positive_overlap, np.asarray(negative_overlap, bool),
-                                   time.perf_counter() - started, embeddings_cached=neg.cached and copies_cached)
+                                   time.perf_counter() - started, embeddings_cached=neg.cached and copies_cached and sources_cached)
     return out

@@ -96,3 +96,42 @@ def test_without_calibration_the_detectors_default(tmp_path, corpus_index, eval_
     assert report.dataset("val").threshold == get_detector("phash").default_threshold
     assert report.calibration == {"origins": {"val": "default"}}
     assert "(the detector's default)" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_a_positive_pair_is_as_similar_as_a_reports_search_finds_it(tmp_path):
+    """Calibration compares each App. C copy with its image through the views a report's search compares (the
+    copy's whole image and centre crop, the image's corpus view): the same similarity as searching the copy in
+    an index (with phash's default views) that holds only the image."""
+    import numpy as np
+
+    from benchmarks.photos import MEDIUM, appc_copy, quadrants
+    from overlap_audit.calibrate import _view_similarity
+    from overlap_audit.demos.synthetic import bundled_photos
+    from overlap_audit.embed import embed_source
+    from overlap_audit.index import build_index
+    from overlap_audit.match import match_eval_sets, open_corpus
+    from overlap_audit.settings import IndexSettings
+    from overlap_audit.sources import as_source
+
+    photos = bundled_photos()
+    settings = MatchSettings(workers=0)
+    primary, searched = [], []
+    for n, name in enumerate(("coffee", "astronaut", "rocket")):
+        image = quadrants(photos[name])[1].convert("RGB")
+        copy = appc_copy(image, MEDIUM, np.random.default_rng(n))
+        (tmp_path / f"c{n}").mkdir()
+        (tmp_path / f"q{n}").mkdir()
+        image.save(tmp_path / f"c{n}" / "image.png")
+        copy.save(tmp_path / f"q{n}" / "copy.png")
+        m = build_index([str(tmp_path / f"c{n}")], tmp_path / f"i{n}", IndexSettings(workers=0))
+        assert m.views == (0.7,)
+        corpus = open_corpus(tmp_path / f"i{n}", settings)
+        found = match_eval_sets(corpus, [("q", str(tmp_path / f"q{n}"))], settings)["q"].neighbors
+        det = corpus.detector
+        copies = embed_source(as_source(str(tmp_path / f"q{n}"), name="q"), det, workers=0, views=True,
+                              crops=settings.query_views)
+        sources = embed_source(as_source(str(tmp_path / f"c{n}"), name="c"), det, workers=0, crops=m.views)
+        assert _view_similarity(det, copies, 0, sources, 0) == pytest.approx(float(found.similarities[0, 0]))
+        primary.append(float(det.similarity(copies.vectors[:1], sources.vectors[:1])[0, 0]))
+        searched.append(float(found.similarities[0, 0]))
+    assert any(p < s for p, s in zip(primary, searched))  # the views matter for these copies
