@@ -143,7 +143,8 @@ def test_a_mih_index_answers_the_decisions_floor_by_radius_as_flat_search_does(t
 
     search_module = importlib.import_module("overlap_audit.index.search")  # the package exports search()
     root, planted, _ = eval_set
-    build_index([str(corpus_dir)], tmp_path / "mih", IndexSettings(workers=0, shard_size=50, index_type="mih"))
+    build_index([str(corpus_dir)], tmp_path / "mih", IndexSettings(workers=0, shard_size=50, index_type="mih",
+                                                                    views=()))
     # 120 items: the flat scan costs less than the tables; made dearer so that the tables answer here
     monkeypatch.setattr(mih, "SCAN_COST", 1e6)
     radii = []

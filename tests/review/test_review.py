@@ -253,9 +253,9 @@ def test_report_pairs_threshold_and_report_again_decide_by_one_rule(tmp_path):
     preds = write_predictions(tmp_path / "preds.csv", "val", ids, [1, 1, 0])
     runner = CliRunner()
     index = tmp_path / "index"
-    # whole images: the hash ranks the look-alike sign first
+    # whole images, one vector each: the hash ranks the look-alike sign first and the copy below the threshold
     assert runner.invoke(main, ["index", str(corpus), "--out", str(index), "--workers", "0", "--quiet",
-                                "--content", "whole"]).exit_code == 0
+                                "--content", "whole", "--no-views"]).exit_code == 0
     t = 0.7
     common = [str(index), "--eval", f"val={tmp_path / 'evals'}", "--workers", "0", "--quiet"]
     r = runner.invoke(main, ["report", *common, "--predictions", str(preds), "--threshold", str(t), "--out",
