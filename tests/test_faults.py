@@ -86,11 +86,11 @@ def test_a_kill_at_any_write_of_index_is_refused_or_resumed_to_the_clean_result(
     root, corpus, ev, preds, clean = small
     baseline = report(clean, ev, preds, tmp_path / "base")
     assert baseline != "refused"
-    # the writes of this run: progress.json, three shards, index.faiss, ids.parquet, items.arrow,
-    # items.keys.npy, manifest.json
-    points = [str(n) for n in range(1, 10)] + ["9+"]
+    # the writes of this run: progress.json, three shards each after its corpus-view vectors, index.faiss,
+    # its view index, ids.parquet, items.arrow, items.keys.npy, manifest.json
+    points = [str(n) for n in range(1, 14)] + ["13+"]
     out = tmp_path / "past-the-last"
-    assert run("index", corpus, "--out", out, "--workers", "0", "--shard-size", "5", kill=10).returncode == 0
+    assert run("index", corpus, "--out", out, "--workers", "0", "--shard-size", "5", kill=14).returncode == 0
     for point in points:
         out = tmp_path / f"p{point}"
         r = run("index", corpus, "--out", out, "--workers", "0", "--shard-size", "5", kill=point)
@@ -127,21 +127,22 @@ def test_a_kill_while_rebuilding_as_ivfpq_leaves_the_old_index_or_the_new_one(th
     assert results["flat"][0] == "flat" and results["ivfpq"][0] == "ivfpq"
     args = ("index", corpus, "--out", None, "--workers", "0", "--shard-size", "500", "--resume", "--index-type",
             "ivfpq")
-    # index.g2.faiss, ids.g2.parquet, items.g2.arrow, items.g2.keys.npy, the manifest (before / after its rename)
-    for point in ["1", "2", "3", "4", "5", "5+"]:
+    # index.g2.faiss, its corpus view's index, ids.g2.parquet, items.g2.arrow, items.g2.keys.npy, the manifest
+    # (before / after its rename)
+    for point in ["1", "2", "3", "4", "5", "6", "6+"]:
         out = tmp_path / f"p{point}"
         shutil.copytree(flat, out)
         r = run(*[out if a is None else a for a in args], kill=point)
         assert r.returncode == -9, (point, r.stderr)
         after = report(out, ev, preds, tmp_path / f"r{point}")
         assert after != "refused" and after == results[after[0]], point
-        assert (after[0] == "ivfpq") == (point == "5+")
+        assert (after[0] == "ivfpq") == (point == "6+")
     # the next resume finishes the switch and leaves only the new generation's files
     r = run(*[tmp_path / "p2" if a is None else a for a in args])
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "p2").iterdir()) == [
-        "ids.g2.parquet", "index.g2.faiss", "items.g2.arrow", "items.g2.keys.npy", "manifest.json", "progress.json",
-        "shards"]
+        "ids.g2.parquet", "index.g2.faiss", "index.g2.view70.faiss", "items.g2.arrow", "items.g2.keys.npy",
+        "manifest.json", "progress.json", "shards", "views"]
     assert report(tmp_path / "p2", ev, preds, tmp_path / "again") == results["ivfpq"]
 
 
@@ -149,7 +150,8 @@ def test_a_kill_while_rebuilding_as_ivfpq_leaves_the_old_index_or_the_new_one(th
 def test_resume_refuses_an_item_changed_under_a_finished_shard(tmp_path):
     corpus = _images(tmp_path / "corpus", 12, seed=3)
     out = tmp_path / "i"
-    r = run("index", corpus, "--out", out, "--workers", "0", "--shard-size", "5", kill=3)  # after two shards
+    # killed after two shards: the writes are progress.json, then each shard's view vectors and the shard
+    r = run("index", corpus, "--out", out, "--workers", "0", "--shard-size", "5", kill=6)
     assert r.returncode == -9
     _images(tmp_path / "other", 1, seed=4)
     shutil.copy(tmp_path / "other" / "0000.png", corpus / "0002.png")  # an item of the finished shard 0
@@ -305,7 +307,8 @@ def test_check_passes_an_intact_index(two_indexes):
     clean = two_indexes[0]
     result = CliRunner().invoke(main, ["check", str(clean)])
     assert result.exit_code == 0, result.output
-    assert f"{clean}: intact (generation 1, flat, 12 indexed; " in result.output and "note:" not in result.output
+    assert (f"{clean}: intact (generation 1, flat; corpus views: centre 70% of each item's area, 12 indexed; "
+            in result.output and "note:" not in result.output)
 
 
 def test_check_names_the_files_a_killed_rebuild_left_behind(two_indexes, tmp_path):

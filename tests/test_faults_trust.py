@@ -146,7 +146,8 @@ def test_resume_hashes_an_item_whose_mtime_leaves_doubt(tmp_path):
     for p in corpus.iterdir():
         os.utime(p, ns=(future, future))
     out = tmp_path / "i"
-    env = {**os.environ, "OVERLAP_AUDIT_KILL_AT_WRITE": "3"}  # killed after two shards
+    # killed after two shards: the writes are progress.json, then each shard's view vectors and the shard
+    env = {**os.environ, "OVERLAP_AUDIT_KILL_AT_WRITE": "6"}
     args = [EXE, "index", str(corpus), "--out", str(out), "--workers", "0", "--shard-size", "5", "--quiet"]
     assert subprocess.run(args, env=env, capture_output=True, timeout=180).returncode == -9
     victim = corpus / "0002.png"
