@@ -26,7 +26,7 @@ from .items import keys_name, write_items
 from .manifest import MANIFEST, PROGRESS, SHARD_DIR, GenerationFiles, IndexManifest, file_record, load_manifest
 from .search import rerank_candidates, search_index, search_rows, stream_search
 from .shards import iter_shard_vectors, read_shard, shard_paths, vector_width
-from .views import build_view_indexes, view_index_name
+from .views import build_view_indexes, view_index_name, view_tables_name
 
 # At most this many recall queries (augmented corpus copies, ``build.RECALL_QUERIES_PER_SHARD`` per shard)
 # measure an approximate index's recall at RECALL_K.
@@ -157,7 +157,8 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
     files[names.items] = file_record(out / names.items, n_items)
     files[keys_name(names.items)] = file_record(out / keys_name(names.items))
     if views:
-        files.update(build_view_indexes(out, info, views, names.index, len(scan.keys)))
+        files.update(build_view_indexes(out, info, views, names.index, len(scan.keys),
+                                        plan.params["substrings"] if plan.index_type == "mih" else None))
     superseded = []
     if previous is not None:
         from .mih import tables_name
@@ -167,7 +168,8 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
         superseded = [name for name in (previous.index_file, previous.ids_file, previous.vectors_file,
                                         tables_name(previous.index_file), before,
                                         keys_name(before) if before else None,
-                                        *(view_index_name(previous.index_file, a) for a in previous.views))
+                                        *(view_index_name(previous.index_file, a) for a in previous.views),
+                                        *(view_tables_name(previous.index_file, a) for a in previous.views))
                       if name is not None and name not in now and (out / name).exists()]
     manifest = IndexManifest(
         detector=info,

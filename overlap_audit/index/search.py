@@ -32,7 +32,7 @@ from .ray import connect, map_shards
 from .load import CorpusIndex
 from .manifest import INDEX_FILE, VECTORS_FILE
 from .shards import iter_shard_vectors, read_shard_vectors, shard_first_rows
-from .views import iter_view_vectors
+from .views import iter_view_vectors, view_tables_name
 
 NO_ROW = -1
 SEARCH_BATCH = 8192  # queries per FAISS index search call
@@ -265,14 +265,20 @@ def with_views(corpus: CorpusIndex, queries: np.ndarray, primary: tuple[np.ndarr
     similarity. The views are searched through their flat indexes, or streamed from their shard files
     (``stream``: the exact stream and Ray paths; the views' stream runs here)."""
     info = corpus.manifest.detector
+    m = corpus.manifest
     results = [primary]
-    for v in range(len(corpus.manifest.views)):
+    for v, area in enumerate(m.views):
         if stream or not corpus.view_indexes:
-            found = stream_search(queries, iter_view_vectors(corpus.path, v), k, info.metric, info.dim)
+            found = within(*stream_search(queries, iter_view_vectors(corpus.path, v), k, info.metric, info.dim),
+                           min_similarity)
+        elif m.index_type == "mih" and view_tables_name(m.index_file, area) in m.files:
+            # the view's own tables: a radius search at the decision's floor, as for the primary vectors
+            found = search_rows(corpus.view_indexes[v], "mih", {}, queries, k, info, corpus.path, device,
+                                min_similarity=min_similarity, tables_file=view_tables_name(m.index_file, area))
         else:
-            found = search_index(to_device(corpus.view_indexes[v], info.metric, device), queries, k, info.metric,
-                                 info.dim)
-        results.append(within(*found, min_similarity))
+            found = within(*search_index(to_device(corpus.view_indexes[v], info.metric, device), queries, k,
+                                         info.metric, info.dim), min_similarity)
+        results.append(found)
     return merge_max(results, k)
 
 

@@ -109,10 +109,19 @@ def iter_view_vectors(index_dir: str | os.PathLike, view: int) -> Iterator[tuple
         row += len(block)
 
 
+def view_tables_name(index_file: str, area: float) -> str:
+    """The multi-index hash tables of one view (an index of type ``mih``), beside its FAISS index."""
+    from .mih import tables_name
+
+    return tables_name(view_index_name(index_file, area))
+
+
 def build_view_indexes(out: Path, info: DetectorInfo, areas: tuple[float, ...], index_file: str,
-                       n_indexed: int) -> dict[str, FileRecord]:
-    """Write a flat FAISS index per view over the shards' view vectors; returns the manifest records of the
-    view files (the per-shard arrays and the indexes)."""
+                       n_indexed: int, substrings: int | None = None) -> dict[str, FileRecord]:
+    """Write a flat FAISS index per view over the shards' view vectors, and with ``substrings`` (a ``mih``
+    index's) the view's multi-index hash tables too, so that a radius search answers the views as it answers
+    the primary vectors; returns the manifest records of the view files (the per-shard arrays, the indexes
+    and tables)."""
     import faiss
 
     files: dict[str, FileRecord] = {}
@@ -133,6 +142,13 @@ def build_view_indexes(out: Path, info: DetectorInfo, areas: tuple[float, ...], 
         name = view_index_name(index_file, area)
         atomic_write(out / name, lambda tmp, index=index: writer(index, tmp))
         files[name] = file_record(out / name, int(index.ntotal))
+        if substrings is not None:
+            from .mih import build_mih, write_mih
+
+            tables = view_tables_name(index_file, area)
+            codes = faiss.vector_to_array(index.xb).reshape(-1, index.code_size)
+            write_mih(out / tables, build_mih(codes, substrings))
+            files[tables] = file_record(out / tables, int(index.ntotal))
     return files
 
 

@@ -205,3 +205,40 @@ def test_a_rebuilt_index_keeps_its_views_in_the_next_generation(tmp_path):
     after = search(load_index(tmp_path / "idx"), [str(i) for i in range(10)], queries, k=3)
     np.testing.assert_array_equal(after.similarities, before.similarities)
     assert (after.similarities[:, 0] == 1).all()  # each query is an item's view
+
+
+def test_a_mih_index_answers_its_views_by_radius_search_as_flat_search_does(tmp_path, corpus_dir, monkeypatch):
+    """A mih index with corpus views holds multi-index hash tables for each view too: a search from the
+    decision's floor reads the views' tables (radius search), with the neighbours a flat index with the same
+    views gives above that floor."""
+    import importlib
+
+    from overlap_audit.index import mih
+    from overlap_audit.index.views import view_tables_name
+
+    search_module = importlib.import_module("overlap_audit.index.search")
+    tables = build_index([str(corpus_dir)], tmp_path / "mih", IndexSettings(workers=0, index_type="mih"))
+    flat = build_index([str(corpus_dir)], tmp_path / "flat", IndexSettings(workers=0))
+    assert tables.views == flat.views == (0.7,)
+    assert view_tables_name(tables.index_file, 0.7) in tables.files
+    monkeypatch.setattr(mih, "SCAN_COST", 1e6)  # 120 items: made dear so that the tables answer here
+    answered = []
+    real = search_module.radius_search
+
+    def counted(t, queries, k, radius, **kw):
+        answered.append(radius)
+        return real(t, queries, k, radius, **kw)
+
+    monkeypatch.setattr(search_module, "radius_search", counted)
+    det = get_detector("phash")
+    from overlap_audit.demos.synthetic import bundled_photos, tiles
+
+    queries = det.embed_images([t.resize((100, 90)) for t in tiles(bundled_photos()["coffee"], 4, 128)[:8]])
+    ids = [str(i) for i in range(len(queries))]
+    for floor in (1 - 9 / 64, 1 - 22 / 64):
+        got = search(load_index(tmp_path / "mih"), ids, queries, k=5, min_similarity=floor)
+        want = search(load_index(tmp_path / "flat"), ids, queries, k=5, min_similarity=floor)
+        np.testing.assert_array_equal(got.similarities, want.similarities)
+        np.testing.assert_array_equal(got.ids, want.ids)
+    assert len(answered) == 4  # the primary tables and the view's, at each floor
+    check_index(tmp_path / "mih")
