@@ -228,7 +228,9 @@ def _kernel(sigma: float) -> np.ndarray:
     r = int(2.5 * sigma + 0.5)
     x = np.arange(-r, r + 1)
     k = np.exp(-0.5 / (sigma * sigma) * x ** 2)
-    return k / k.sum()
+    k /= k.sum()
+    k.flags.writeable = False  # shared by every call with this sigma
+    return k
 
 
 def _gauss(a: np.ndarray, sigma: float) -> np.ndarray:
