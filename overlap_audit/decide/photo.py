@@ -72,6 +72,7 @@ middle band).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -249,10 +250,25 @@ def _resize(a: np.ndarray, w: int, h: int) -> np.ndarray:
                       np.float32)
 
 
-def _gauss(a: np.ndarray, sigma: float) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
+@functools.cache
+def _kernel(sigma: float) -> np.ndarray:
+    """The normalised Gaussian of ``sigma`` to 2.5 sigma, as scipy's ``gaussian_filter(truncate=2.5)`` makes it."""
+    r = int(2.5 * sigma + 0.5)
+    x = np.arange(-r, r + 1)
+    k = np.exp(-0.5 / (sigma * sigma) * x ** 2)
+    k /= k.sum()
+    k.flags.writeable = False  # shared by every call with this sigma
+    return k
 
-    return gaussian_filter(a, sigma, mode="nearest", truncate=2.5)
+
+def _gauss(a: np.ndarray, sigma: float) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(a, sigma, mode="nearest", truncate=2.5)``, the same numbers: its two
+    passes with the kernel made once (making it was half of each call's time on these small grids)."""
+    from scipy.ndimage import correlate1d
+
+    k = _kernel(float(sigma))
+    out = correlate1d(a, k, 0, mode="nearest")
+    return correlate1d(out, k, 1, output=out, mode="nearest")
 
 
 def _band(a: np.ndarray, scale: float) -> np.ndarray:
@@ -265,14 +281,22 @@ def _rotated(a: np.ndarray, angle: float) -> np.ndarray:
     return np.asarray(Image.fromarray(a, "F").rotate(angle, Image.Resampling.BILINEAR), np.float32)
 
 
-def _search(t: np.ndarray, r: np.ndarray, size: int, hypotheses: list[tuple[float, float, float]]):
+def _template(t: np.ndarray, size: int) -> np.ndarray:
+    """``t`` on the grid of its own aspect ratio of ``size`` px (as area), band-passed: the copy ``_search``
+    looks for."""
+    gw, gh = _grid(t.shape[1] / t.shape[0], size)
+    return _band(_resize(t, gw, gh), size / FINE)
+
+
+def _search(t: np.ndarray, r: np.ndarray, size: int, hypotheses: list[tuple[float, float, float]],
+            tb: np.ndarray | None = None):
     """Best normalised cross-correlation of ``t`` (the copy) inside ``r`` over ``hypotheses`` (angle, zoom x,
-    zoom y): (correlation, hypothesis)."""
+    zoom y): (correlation, hypothesis). ``tb``: ``_template(t, size)`` when the caller has it already."""
     from scipy import fft
 
     gw, gh = _grid(t.shape[1] / t.shape[0], size)
     scale = size / FINE
-    tb = _band(_resize(t, gw, gh), scale)
+    tb = _template(t, size) if tb is None else tb
     mx, my = max(1, round(MARGIN * gw)), max(1, round(MARGIN * gh))
     tw, th = gw - 2 * mx, gh - 2 * my
     zooms = sorted({(zx, zy) for _, zx, zy in hypotheses})
@@ -305,10 +329,16 @@ def _search(t: np.ndarray, r: np.ndarray, size: int, hypotheses: list[tuple[floa
     s1 = fft.irfft2(cf * tf[-1], s=(ph, pw))
     s2 = fft.irfft2(fft.rfft2(canvas * canvas) * tf[-1], s=(ph, pw))
     n = th * tw
-    var = s2 - s1 * s1 / n
+    # only placements inside R count: the normalisation is computed where any zoom has one (the rest of the
+    # transform is zero padding, a quarter to a half of it)
+    rows, cols = np.flatnonzero(valid.any(axis=(0, 2))), np.flatnonzero(valid.any(axis=(0, 1)))
+    vh, vw = (int(rows[-1]) + 1 if len(rows) else 1), (int(cols[-1]) + 1 if len(cols) else 1)
+    s1 = s1[:, :vh, :vw]
+    var = s2[:, :vh, :vw] - s1 * s1 / n
     # a window with (next to) no texture correlates with anything by chance: it is no placement
-    ok = valid & (var >= n * MIN_TEXTURE ** 2)
-    full = np.where(ok[None], num / np.sqrt(np.maximum(var, 1e-12))[None], -1.0).reshape(len(angles), len(zooms), -1)
+    ok = valid[:, :vh, :vw] & (var >= n * MIN_TEXTURE ** 2)
+    full = np.where(ok[None], num[:, :, :vh, :vw] / np.sqrt(np.maximum(var, 1e-12))[None],
+                    -1.0).reshape(len(angles), len(zooms), -1)
     ncc = full.max(axis=2)
     wanted = np.zeros_like(ncc, bool)
     ai, zi = {a: i for i, a in enumerate(angles)}, {z: i for i, z in enumerate(zooms)}
@@ -316,7 +346,7 @@ def _search(t: np.ndarray, r: np.ndarray, size: int, hypotheses: list[tuple[floa
         wanted[ai[a], zi[(zx, zy)]] = True
     ncc = np.where(wanted, ncc, -1.0)
     k, j = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
-    y, x = np.unravel_index(int(np.argmax(full[k, j])), (ph, pw))
+    y, x = np.unravel_index(int(np.argmax(full[k, j])), (vh, vw))
     h, w = sizes[j][1], sizes[j][0]
     return float(ncc[k, j]), (angles[k], *zooms[j]), raw[k], canvas[j, y:y + th, x:x + tw], (canvas[j, :h, :w], x, y)
 
@@ -412,9 +442,22 @@ def _repeats(t: np.ndarray) -> float:
     pn = float(np.sqrt((patch * patch).sum()))
     if pn < 1e-9:
         return -1.0
-    win = np.lib.stride_tricks.sliding_window_view(t, (ph, pw))  # [h - ph + 1, w - pw + 1, ph, pw]
-    wc = win - win.mean(axis=(2, 3), keepdims=True)
-    ncc = (wc * patch).sum(axis=(2, 3)) / np.maximum(np.sqrt((wc * wc).sum(axis=(2, 3))) * pn, 1e-9)
+    # every window's correlation with the patch without forming the windows: sums of (x - mean) p = sums of x p
+    # - mean * sum p, of (x - mean)^2 = sums of x^2 - n mean^2; the sums of x and x^2 from integral images, those
+    # of x p from FFTs (the windows wholly inside t never wrap around), in float64
+    from scipy import fft
+
+    a, p = t.astype(np.float64), patch.astype(np.float64)
+    n = ph * pw
+
+    def box(c: np.ndarray) -> np.ndarray:  # [h - ph + 1, w - pw + 1] window sums from an integral image
+        c = np.pad(c.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        return c[ph:, pw:] - c[:-ph, pw:] - c[ph:, :-pw] + c[:-ph, :-pw]
+
+    s1, s2 = box(a), box(a * a)
+    cross = fft.irfft2(fft.rfft2(a) * np.conj(fft.rfft2(p, s=(h, w))), s=(h, w))[:h - ph + 1, :w - pw + 1]
+    num = cross - s1 * (p.sum() / n)
+    ncc = num / np.maximum(np.sqrt(np.maximum(s2 - s1 * s1 / n, 0.0)) * pn, 1e-9)
     yy, xx = np.mgrid[:ncc.shape[0], :ncc.shape[1]]
     far = (np.abs(yy - y0) >= max(1, h // 4)) | (np.abs(xx - x0) >= max(1, w // 4))
     return float(ncc[far].max()) if far.any() else -1.0
@@ -454,9 +497,11 @@ def _compare(a: PhotoPrepared, b: PhotoPrepared, at_least: float = -1.0) -> Phot
     first = fwd[0] >= bwd[0]
     t, r = (a.grey, b.grey) if first else (b.grey, a.grey)
     angle, zx, zy = (fwd if first else bwd)[1]
-    angle = _search(t, r, FINE, [(angle + da, zx, zy) for da in FINE_ANGLES])[1][0]
+    tb = _template(t, FINE)  # both fine searches look for the same copy
+    angle = _search(t, r, FINE, [(angle + da, zx, zy) for da in FINE_ANGLES], tb)[1][0]
     score, (angle, zx, zy), tw, rw, (canvas, x, y) = _search(t, r, FINE, [(angle, zx * fx, zy * fy)
-                                                                          for fx in FINE_ZOOMS for fy in FINE_ZOOMS])
+                                                                          for fx in FINE_ZOOMS for fy in FINE_ZOOMS],
+                                                             tb)
     grid_score = score
     rho, win, aff = _refine(tw, canvas, np.array([[1.0, 0.0, x], [0.0, 1.0, y]]), REFINE_STEPS)
     if rho > score:

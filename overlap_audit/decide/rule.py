@@ -16,6 +16,7 @@ the item verified, else the nearest. Low-information examples are never Overlap 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -513,6 +514,27 @@ def _one_blas_thread() -> None:
     threadpool_limits(limits=1)
 
 
+@contextlib.contextmanager
+def _pool(workers: int):
+    """``workers`` processes for ``_compare_task``, each running BLAS on one thread (``_one_blas_thread``)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    from ..embed import default_start_method
+
+    # as the decoding workers start (fork on Linux): in milliseconds, with the comparison's modules already
+    # imported, and without importing the caller's __main__ again. Forked workers (started at the first task,
+    # inside this block) inherit the limit set here; others set it themselves: threadpoolctl's first call in a
+    # process takes a tenth of a second, paid again by each worker of each judging run
+    method = default_start_method()
+    with threadpool_limits(limits=1), ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context(method),
+            initializer=None if method == "fork" else _one_blas_thread) as pool:
+        yield pool
+
+
 def _tasks(todo: list[tuple[int, _Pair, str, str]]) -> list[list[tuple[int, _Pair, str, str]]]:
     """``todo`` cut into worker tasks of about ``VERIFY_CHUNK`` pairs, the pairs of one corpus image together."""
     by_corpus: dict[str, list] = {}
@@ -579,15 +601,9 @@ def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool,
                 for task in tasks:
                     take(task, _compare_task([(p, e, c) for _, p, e, c in task]))
         else:
-            import multiprocessing
-            from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+            from concurrent.futures import FIRST_COMPLETED, wait
 
-            from ..embed import default_start_method
-
-            # as the decoding workers start (fork on Linux): in milliseconds, with the comparison's modules
-            # already imported, and without importing the caller's __main__ again
-            ctx = multiprocessing.get_context(default_start_method())
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_blas_thread) as pool:
+            with _pool(workers) as pool:
                 running = {pool.submit(_compare_task, [(p, e, c) for _, p, e, c in task]): task for task in tasks}
                 while running:
                     done, _ = wait(running, return_when=FIRST_COMPLETED)

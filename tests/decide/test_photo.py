@@ -228,3 +228,55 @@ def test_a_crop_smaller_than_app_c_leaves_is_not_verified(photos):
     small = verify_photo_pair(centre(0.4), quad)
     assert small.score >= ACCEPT and small.verdict is None, small
     assert verify_photo_pair(centre(0.75), quad).verdict is True
+
+
+@pytest.mark.parametrize("sigma", [0.35, 0.7, 1.4, 2.0, 2.5, 4.0])
+def test_the_band_pass_blurs_as_scipy_does(sigma):
+    """``photo._gauss`` (its kernel made once) gives scipy's ``gaussian_filter`` to the last bit, so the photo
+    comparison's numbers do not depend on which of the two computed them."""
+    from scipy.ndimage import gaussian_filter
+
+    from overlap_audit.decide.photo import _gauss
+
+    rng = np.random.default_rng(int(sigma * 10))
+    for shape in [(9, 31), (64, 64), (101, 57)]:
+        a = rng.random(shape).astype(np.float32)
+        ours = _gauss(a, sigma)
+        assert ours.dtype == np.float32
+        assert np.array_equal(ours, gaussian_filter(a, sigma, mode="nearest", truncate=2.5))
+
+
+def _repeats_by_windows(t: np.ndarray) -> float:
+    """``photo._repeats`` as its docstring defines it, window by window."""
+    h, w = t.shape
+    ph, pw = h // 2, w // 2
+    y0, x0 = (h - ph) // 2, (w - pw) // 2
+    patch = t[y0:y0 + ph, x0:x0 + pw].astype(np.float64)
+    patch -= patch.mean()
+    best = -1.0
+    for y in range(h - ph + 1):
+        for x in range(w - pw + 1):
+            if abs(y - y0) < max(1, h // 4) and abs(x - x0) < max(1, w // 4):
+                continue
+            win = t[y:y + ph, x:x + pw].astype(np.float64)
+            win -= win.mean()
+            d = np.sqrt((win * win).sum()) * np.sqrt((patch * patch).sum())
+            best = max(best, float((win * patch).sum() / max(d, 1e-9)))
+    return best
+
+
+def test_how_well_a_texture_repeats_itself_matches_the_window_by_window_definition(skimage_photos):
+    """``photo._repeats`` (integral images and FFTs) against the plain sum over every window: a brick wall
+    repeats itself, a photograph's detail does not, and both numbers agree to float precision."""
+    from overlap_audit.decide.photo import _band, _repeats, _resize
+    from overlap_audit.demos.synthetic import tiles
+
+    brick = tiles(skimage_photos["brick"], 4, 128)[9]
+    face = quadrants(skimage_photos["astronaut"])[0]
+    found = {}
+    for name, im in (("brick", brick), ("face", face)):
+        grey = np.asarray(im.convert("L"), np.float32) / 255.0
+        t = _band(_resize(grey, 54, 50), 1.0)
+        found[name] = _repeats(t)
+        assert abs(found[name] - _repeats_by_windows(t)) < 1e-6
+    assert found["brick"] > found["face"]
