@@ -87,10 +87,10 @@ def test_a_kill_at_any_write_of_index_is_refused_or_resumed_to_the_clean_result(
     baseline = report(clean, ev, preds, tmp_path / "base")
     assert baseline != "refused"
     # the writes of this run: progress.json, three shards each after its corpus-view vectors, index.faiss,
-    # its view index, ids.parquet, items.arrow, items.keys.npy, manifest.json
-    points = [str(n) for n in range(1, 14)] + ["13+"]
+    # its view index, ids.parquet, items.rows, items.offsets.npy, items.keys.npy, items.buckets.npy, manifest.json
+    points = [str(n) for n in range(1, 16)] + ["15+"]
     out = tmp_path / "past-the-last"
-    assert run("index", corpus, "--out", out, "--workers", "0", "--shard-size", "5", kill=14).returncode == 0
+    assert run("index", corpus, "--out", out, "--workers", "0", "--shard-size", "5", kill=16).returncode == 0
     for point in points:
         out = tmp_path / f"p{point}"
         r = run("index", corpus, "--out", out, "--workers", "0", "--shard-size", "5", kill=point)
@@ -282,8 +282,8 @@ DAMAGE = {
     "index truncated": lambda d, o: _truncate(d / "index.faiss"),
     "index corrupted": lambda d, o: _flip(d / "index.faiss"),
     "index from another index": lambda d, o: shutil.copy(o / "index.faiss", d / "index.faiss"),
-    "item table corrupted": lambda d, o: _flip(d / "items.arrow"),
-    "item table from another index": lambda d, o: shutil.copy(o / "items.arrow", d / "items.arrow"),
+    "item table corrupted": lambda d, o: _flip(d / "items.rows"),
+    "item table from another index": lambda d, o: shutil.copy(o / "items.rows", d / "items.rows"),
     "key index deleted": lambda d, o: (d / "items.keys.npy").unlink(),
     "manifest deleted": lambda d, o: (d / "manifest.json").unlink(),
     "manifest truncated": lambda d, o: _truncate(d / "manifest.json"),

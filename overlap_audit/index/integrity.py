@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import IndexDamagedError, IndexMismatchError
 from ..values import DetectorInfo
 from .manifest import GENERATION_FILE_RE, MANIFEST, REPAIR, SHARD_DIR, IndexManifest, checksum_file, load_manifest
+from .items import is_item_table
 from .shards import shard_paths
 
 SMALL_FILE = 4 << 20  # files up to this size are checksummed on every load
@@ -262,11 +263,11 @@ def check_index(index_dir: str | os.PathLike) -> CheckResult:
     index = read_faiss_index(path, manifest)
     check_faiss(path, manifest, index)
     check_against_shards(path, manifest, index, read_ids(path, manifest))
-    if manifest.items_file is not None:
+    if is_item_table(manifest.items_file):  # an item table of an earlier layout is not read, only checksummed
         from .items import check_items
         from .shards import shard_paths
 
-        check_items(path, manifest.items_file, shard_paths(path), _sample_rows(manifest.n_given))
+        check_items(path, manifest.items_file, shard_paths(path))
     stale = tuple(sorted(p.name for p in stale_generation_files(path, manifest)))
     return CheckResult(path, manifest.generation, manifest.index_type, manifest.n_indexed, n_files, n_bytes,
                        time.monotonic() - started, stale, manifest.views)
