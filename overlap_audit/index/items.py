@@ -13,10 +13,11 @@ Written when an index is finished, beside the FAISS index of the same generation
 - ``items.buckets.npy``: uint64 [2^B + 1], the entries of ``items.keys.npy`` whose hash's top B bits are b
   lie at ``buckets[b]:buckets[b + 1]``; B is chosen so that a bucket holds 2-4 entries on average.
 
-A key is looked up in its bucket (one page of the directory, one of the entries), its record read through its
-offset (one page each), and confirmed against the key it holds (two keys may share a hash): a constant number
-of page touches per key, where a binary search over sorted hashes and columnar buffers touched one page per
-step and per column once the corpus outgrew the pages its lookups shared.
+A key is looked up in its bucket (a positioned read of the directory's two bounds, one of the bucket's
+entries), its record read through its offsets (one read each), and confirmed against the key it holds (two keys
+may share a hash): four small reads per key at any corpus size, where a binary search over sorted hashes and
+columnar buffers touched one page per step and per column once the corpus outgrew the pages its lookups
+shared.
 """
 
 from __future__ import annotations
@@ -197,30 +198,47 @@ def _unescape(text: str) -> str:
 _CONVERT = {"string": _unescape, "int": int, "bool": lambda s: s == "true"}
 
 
+def _npy_data(fh, items_file: str) -> tuple[int, tuple[int, ...]]:
+    """(byte offset of the data, shape) of an open little-endian uint64 .npy file."""
+    fmt = np.lib.format
+    read = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
+    shape, fortran, dtype = read(fh)
+    if fortran or dtype != np.dtype("<u8"):
+        raise ValueError(f"a side file of {items_file} is not a C-ordered uint64 array")
+    return fh.tell(), shape
+
+
 class ItemTable:
-    """An item table opened memory-mapped: rows by key (``rows_of``) and columns by row (``read``)."""
+    """An item table opened for positioned reads: rows by key (``rows_of``) and columns by row (``read``).
+
+    Every read is a ``pread`` of the bytes it needs (a bucket's bounds, its entries, a row's offsets, its record):
+    nothing is memory-mapped, so a lookup costs the same few system calls at any corpus size, where faulting in
+    mapped pages cost more per key as the files outgrew the pages their lookups shared."""
 
     def __init__(self, index_dir: str | os.PathLike, items_file: str) -> None:
         path = Path(index_dir) / items_file
-        names = side_files(items_file)
         self.path = path
+        self._files = []
         try:
-            with open(path, "rb") as fh:
-                header = json.loads(fh.readline())
-                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            self._offsets = np.load(path.parent / names["offsets"], mmap_mode="r")
-            self._entries = np.load(path.parent / names["keys"], mmap_mode="r")
-            self._buckets = np.load(path.parent / names["buckets"], mmap_mode="r")
-            layout = header["columns"]
-            self.n_rows = int(header["rows"])
+            self._rows_fh = self._open(path)
+            header = json.loads(self._rows_fh.readline())
+            layout, self.n_rows = header["columns"], int(header["rows"])
             ok = header.get("format") == _FORMAT
+            side = {part: self._open(path.parent / name) for part, name in side_files(items_file).items()}
+            (self._offsets_at, offsets_shape), (self._entries_at, entries_shape), (self._buckets_at, buckets_shape) = (
+                _npy_data(side[part], items_file) for part in _SIDE_FILES)
         except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.close()
             raise self._damaged(f"cannot read the item table ({exc})") from None
-        if not ok or self._offsets.shape != (self.n_rows + 1,) or self._entries.ndim != 2 \
-                or self._entries.shape[1] != 2 or len(self._buckets) < 3 or \
-                len(self._buckets) - 1 != 1 << int(np.log2(len(self._buckets) - 1)):
+        self._offsets_fd, self._entries_fd, self._buckets_fd = (side[part].fileno() for part in _SIDE_FILES)
+        self._fd = self._rows_fh.fileno()
+        n_buckets = buckets_shape[0] - 1 if len(buckets_shape) == 1 else 0
+        if not ok or offsets_shape != (self.n_rows + 1,) or len(entries_shape) != 2 or entries_shape[1] != 2 \
+                or n_buckets < 2 or n_buckets & (n_buckets - 1):
+            self.close()
             raise self._damaged("its files do not have the shapes its header records")
-        self._bits = int(np.log2(len(self._buckets) - 1))
+        self._n_entries = entries_shape[0]
+        self._bits = n_buckets.bit_length() - 1
         # (column, position of its first field, converters: one, or the struct's children)
         self._columns: dict[str, tuple[int, object]] = {}
         at = 0
@@ -234,23 +252,43 @@ class ItemTable:
         self._n_fields = at
         self.names = list(self._columns)
 
+    def _open(self, path: Path):
+        fh = open(path, "rb")
+        self._files.append(fh)
+        return fh
+
+    def close(self) -> None:
+        for fh in self._files:
+            fh.close()
+
+    def __enter__(self) -> "ItemTable":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _damaged(self, what: str) -> IndexDamagedError:
         return IndexDamagedError(f"{self.path} is damaged: {what}; rebuild the index with "
                                  "`overlap-audit index ... --resume`", self.path.name)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._n_entries
 
-    def records(self, rows: np.ndarray) -> list[list[str]]:
+    def _pread(self, fd: int, size: int, at: int) -> bytes:
+        data = os.pread(fd, size, at)
+        if len(data) != size:
+            raise self._damaged(f"a read of {size} bytes at byte {at} came back short (a truncated file)")
+        return data
+
+    def records(self, rows: Iterable[int]) -> list[list[str]]:
         """The raw fields of each row's record."""
-        rows = np.asarray(rows, np.int64)
-        if len(rows) and (rows.min() < 0 or rows.max() >= self.n_rows):
-            raise self._damaged(f"row {int(rows.max())} asked of an item table of {self.n_rows} rows")
-        starts = np.asarray(self._offsets[rows], np.int64)
-        stops = np.asarray(self._offsets[rows + 1], np.int64)
         out = []
-        for a, b in zip(starts.tolist(), stops.tolist()):
-            fields = self._map[a:b].decode("utf-8", "surrogatepass").split(_SEP)
+        for row in rows:
+            row = int(row)
+            if not 0 <= row < self.n_rows:
+                raise self._damaged(f"row {row} asked of an item table of {self.n_rows} rows")
+            a, b = np.frombuffer(self._pread(self._offsets_fd, 16, self._offsets_at + 8 * row), "<u8").tolist()
+            fields = self._pread(self._fd, b - a, a).decode("utf-8", "surrogatepass").split(_SEP)
             if len(fields) != self._n_fields:
                 raise self._damaged(f"a record at byte {a} holds {len(fields)} fields where it should hold "
                                     f"{self._n_fields}")
@@ -270,38 +308,42 @@ class ItemTable:
         f = fields[at]
         return None if not f else convert(f[1:])
 
-    def read(self, rows: np.ndarray, columns: Iterable[str]) -> dict[str, list]:
+    def read(self, rows: Iterable[int], columns: Iterable[str]) -> dict[str, list]:
         """The asked columns at ``rows`` (in any order), one list per column, row-aligned; a column the
         table does not have reads as None."""
         columns = list(columns)
         records = self.records(rows)
         return {c: [self._value(f, c) for f in records] for c in columns}
 
-    def _candidates(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(index into ``keys``, table row) of every stored entry in a wanted key's bucket with its hash: one
-        per key it holds, unless two keys share a hash; the row's ``key`` confirms it."""
-        if not keys or not len(self._entries):
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        wanted = key_hashes(keys)
-        bucket = (wanted >> np.uint64(64 - self._bits)).astype(np.int64)
-        lo = np.asarray(self._buckets[bucket], np.int64)
-        n = np.asarray(self._buckets[bucket + 1], np.int64) - lo
-        owner = np.repeat(np.arange(len(keys)), n)
-        at = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
-        entries = np.asarray(self._entries[at])
-        same = entries[:, 0] == wanted[owner] if len(at) else np.zeros(0, bool)
-        return owner[same], entries[same, 1].astype(np.int64)
+    def _candidates(self, key: str, wanted: int) -> list[int]:
+        """The table rows of the stored entries in ``key``'s bucket with its hash ``wanted``: one if the table
+        holds the key, unless two keys share a hash; the row's ``key`` confirms it."""
+        bucket = wanted >> (64 - self._bits)
+        lo, hi = np.frombuffer(self._pread(self._buckets_fd, 16, self._buckets_at + 8 * bucket), "<u8").tolist()
+        if hi <= lo:
+            return []
+        if hi > self._n_entries:
+            raise self._damaged(f"bucket {bucket} ends at entry {hi} of {self._n_entries}")
+        entries = np.frombuffer(self._pread(self._entries_fd, 16 * (hi - lo), self._entries_at + 16 * lo), "<u8")
+        return [row for h, row in entries.reshape(-1, 2).tolist() if h == wanted]
+
+    def _found(self, keys: Iterable) -> dict[str, tuple[int, list[str]]]:
+        keys = sorted({str(k) for k in keys if k is not None})
+        if not keys or not self._n_entries:
+            return {}
+        key_at = self._columns["key"][0]
+        out = {}
+        for key, wanted in zip(keys, key_hashes(keys).tolist()):
+            for row in self._candidates(key, wanted):
+                (fields,) = self.records([row])
+                if fields[key_at] and _unescape(fields[key_at][1:]) == key:
+                    out[key] = (row, fields)
+                    break
+        return out
 
     def rows_of(self, keys: Iterable[str]) -> dict[str, int]:
         """The table row of each key it holds (keys it does not hold are absent)."""
         return {k: r for k, (r, _) in self._found(keys).items()}
-
-    def _found(self, keys: Iterable) -> dict[str, tuple[int, list[str]]]:
-        keys = sorted({str(k) for k in keys if k is not None})
-        owner, rows = self._candidates(keys)
-        key_at = self._columns["key"][0]
-        return {keys[o]: (int(r), f) for o, r, f in zip(owner, rows, self.records(rows))
-                if f[key_at] and _unescape(f[key_at][1:]) == keys[o]}
 
     def by_key(self, keys: Iterable, columns: Iterable[str]) -> dict[str, dict]:
         """``{key: {column: value}}`` of the rows holding ``keys``, as ``shards.rows_by_key`` gives them."""
@@ -314,27 +356,30 @@ def check_items(index_dir: str | os.PathLike, items_file: str, paths: list[Path]
     once), the offsets, and the key index and its buckets those of the shards' keys. Returns the rows
     compared; the first mismatch raises IndexDamagedError."""
     path = Path(index_dir)
-    table = ItemTable(path, items_file)
-    damaged = table._damaged
-    with open(table.path, "rb") as fh:
+    with ItemTable(path, items_file) as table:  # the header and the side files' shapes
+        damaged, n_rows = table._damaged, table.n_rows
+    side = {part: np.load(path / name, mmap_mode="r") for part, name in side_files(items_file).items()}
+    offsets = side["offsets"]
+    with open(path / items_file, "rb") as fh:
         layout = json.loads(fh.readline())["columns"]
+        stored_bytes = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     row = 0
     hashes = []
     for shard, want in _shard_tables(paths):
-        if row + len(want) > table.n_rows:
-            raise damaged(f"holds {table.n_rows} rows where the shards hold more")
+        if row + len(want) > n_rows:
+            raise damaged(f"holds {n_rows} rows where the shards hold more")
         records = encode_records(want, layout)
         bounds = np.frombuffer(records.buffers()[1], np.int64, len(records) + 1, records.offset * 8)
-        start = int(table._offsets[row])
-        stored = np.asarray(table._offsets[row:row + len(records) + 1], np.int64)
+        start = int(offsets[row])
+        stored = np.asarray(offsets[row:row + len(records) + 1], np.int64)
         data = memoryview(records.buffers()[2]).cast("B")[bounds[0]:bounds[-1]]  # bytes, not signed chars
-        if not np.array_equal(stored - start, bounds - bounds[0]) or table._map[start:start + len(data)] != data:
+        if not np.array_equal(stored - start, bounds - bounds[0]) or stored_bytes[start:start + len(data)] != data:
             raise damaged(f"does not hold the rows of {shard.name} (rows {row}..{row + len(want) - 1})")
         hashes.append(key_hashes(want["key"].to_pylist()))
         row += len(want)
-    if row != table.n_rows or len(table._map) != int(table._offsets[-1]):
-        raise damaged(f"holds {table.n_rows} rows where the shards hold {row}")
+    if row != n_rows or len(stored_bytes) != int(offsets[-1]):
+        raise damaged(f"holds {n_rows} rows where the shards hold {row}")
     entries, buckets = key_index(np.concatenate(hashes) if hashes else np.zeros(0, np.uint64))
-    if not np.array_equal(entries, table._entries) or not np.array_equal(buckets, table._buckets):
+    if not np.array_equal(entries, side["keys"]) or not np.array_equal(buckets, side["buckets"]):
         raise damaged("has a key index that is not that of its keys")
     return row

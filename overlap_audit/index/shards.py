@@ -348,7 +348,8 @@ def rows_by_key(index_dir: str | os.PathLike, keys: Iterable, columns: Iterable[
     if items_file is True:
         items_file = load_manifest(index_dir).items_file if (Path(index_dir) / MANIFEST).exists() else None
     if is_item_table(items_file):
-        return ItemTable(index_dir, items_file).by_key(keys, columns)
+        with ItemTable(index_dir, items_file) as table:
+            return table.by_key(keys, columns)
     wanted = {str(k) for k in keys if k is not None}
     found: dict[str, dict] = {}
     for path in shard_paths(index_dir):
