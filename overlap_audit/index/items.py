@@ -26,6 +26,7 @@ import json
 import mmap
 import os
 import re
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -40,6 +41,7 @@ _FORMAT = "overlap_audit.items/1"
 _SEP = "\x00"
 _ESCAPED = re.compile(r"\\(.)", re.S)
 _SIDE_FILES = ("offsets", "keys", "buckets")
+_TWO = struct.Struct("<QQ")
 
 
 def side_files(items_file: str) -> dict[str, str]:
@@ -282,18 +284,17 @@ class ItemTable:
 
     def records(self, rows: Iterable[int]) -> list[list[str]]:
         """The raw fields of each row's record."""
-        out = []
-        for row in rows:
-            row = int(row)
-            if not 0 <= row < self.n_rows:
-                raise self._damaged(f"row {row} asked of an item table of {self.n_rows} rows")
-            a, b = np.frombuffer(self._pread(self._offsets_fd, 16, self._offsets_at + 8 * row), "<u8").tolist()
-            fields = self._pread(self._fd, b - a, a).decode("utf-8", "surrogatepass").split(_SEP)
-            if len(fields) != self._n_fields:
-                raise self._damaged(f"a record at byte {a} holds {len(fields)} fields where it should hold "
-                                    f"{self._n_fields}")
-            out.append(fields)
-        return out
+        return [self._record(int(row)) for row in rows]
+
+    def _record(self, row: int) -> list[str]:
+        if not 0 <= row < self.n_rows:
+            raise self._damaged(f"row {row} asked of an item table of {self.n_rows} rows")
+        a, b = _TWO.unpack(self._pread(self._offsets_fd, 16, self._offsets_at + 8 * row))
+        fields = self._pread(self._fd, b - a, a).decode("utf-8", "surrogatepass").split(_SEP)
+        if len(fields) != self._n_fields:
+            raise self._damaged(f"a record at byte {a} holds {len(fields)} fields where it should hold "
+                                f"{self._n_fields}")
+        return fields
 
     def _value(self, fields: list[str], column: str):
         spot = self._columns.get(column)
@@ -319,13 +320,14 @@ class ItemTable:
         """The table rows of the stored entries in ``key``'s bucket with its hash ``wanted``: one if the table
         holds the key, unless two keys share a hash; the row's ``key`` confirms it."""
         bucket = wanted >> (64 - self._bits)
-        lo, hi = np.frombuffer(self._pread(self._buckets_fd, 16, self._buckets_at + 8 * bucket), "<u8").tolist()
+        lo, hi = _TWO.unpack(self._pread(self._buckets_fd, 16, self._buckets_at + 8 * bucket))
         if hi <= lo:
             return []
         if hi > self._n_entries:
             raise self._damaged(f"bucket {bucket} ends at entry {hi} of {self._n_entries}")
-        entries = np.frombuffer(self._pread(self._entries_fd, 16 * (hi - lo), self._entries_at + 16 * lo), "<u8")
-        return [row for h, row in entries.reshape(-1, 2).tolist() if h == wanted]
+        entries = struct.unpack(f"<{2 * (hi - lo)}Q", self._pread(self._entries_fd, 16 * (hi - lo),
+                                                                  self._entries_at + 16 * lo))
+        return [entries[i + 1] for i in range(0, len(entries), 2) if entries[i] == wanted]
 
     def _found(self, keys: Iterable) -> dict[str, tuple[int, list[str]]]:
         keys = sorted({str(k) for k in keys if k is not None})
@@ -335,7 +337,7 @@ class ItemTable:
         out = {}
         for key, wanted in zip(keys, key_hashes(keys).tolist()):
             for row in self._candidates(key, wanted):
-                (fields,) = self.records([row])
+                fields = self._record(row)
                 if fields[key_at] and _unescape(fields[key_at][1:]) == key:
                     out[key] = (row, fields)
                     break
