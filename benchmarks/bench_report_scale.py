@@ -15,10 +15,10 @@ seeded random corpus rows (the search is not run: what follows it is measured). 
 - ``open``: ``load_index(load_faiss=False)``, what a report pays to open an index besides the FAISS index
   itself (the manifest, the file checks, every row's key).
 
-Each size is measured in fresh processes: once with the index's files evicted from the page cache
-(``posix_fadvise(DONTNEED)`` on each file; dropping the whole cache needs root), then warm (best of
-``--repeats``); each process first makes each call with no keys, so imports and opening the files are not
-counted as lookups. The disk's sequential read rate and random 4 KiB read rate are measured on the same
+Each size is measured in fresh processes: once cold, each part with the index's files evicted from the page
+cache just before it (``posix_fadvise(DONTNEED)`` on each file; dropping the whole cache needs root), then warm
+(the parts interleaved, each the best of ``--repeats``); each process first makes each call with no keys, so
+imports are not counted as lookups. The disk's sequential read rate and random 4 KiB read rate are measured on the same
 machine in the same run, on the shards evicted the same way. ``--baseline PATH`` also measures the code at PATH
 (another checkout of overlap-audit) on the same shards, finished by that code.
 
@@ -155,20 +155,20 @@ def child(root: Path, examples: int, k: int, repeats: int, cold: bool) -> dict:
     content_boxes(root, []), corpus_metadata(root, []), corpus_items(root, [])
     work = {"boxes": lambda: content_boxes(root, matched), "matches": lambda: corpus_metadata(root, neighbours),
             "items": lambda: corpus_items(root, matched), "open": lambda: load_index(root, load_faiss=False)}
-    out: dict = {}
-    for name, fn in work.items():
-        times = []
-        for _ in range(1 if cold else repeats):
+    out: dict = {name: float("inf") for name in work}
+    for _ in range(1 if cold else repeats):  # the parts interleaved, so a burst of load spreads over them all
+        for name, fn in work.items():
+            if cold:
+                evict(root)
             t = time.perf_counter()
             got = fn()
-            times.append(time.perf_counter() - t)
-        out[name] = min(times)
-        if name == "boxes":
-            assert len(got) == len(set(matched)), "every matched item has a content box"
-            out["answer"] = sorted((key, box.to_dict()) for key, box in got.items())[:50]
-        if name == "matches":
-            assert len(got) == len(set(neighbours))
-            out["answer_matches"] = sorted((key, sorted(row.items())) for key, row in got.items())[:50]
+            out[name] = min(out[name], time.perf_counter() - t)
+            if name == "boxes":
+                assert len(got) == len(set(matched)), "every matched item has a content box"
+                out["answer"] = sorted((key, box.to_dict()) for key, box in got.items())[:50]
+            if name == "matches":
+                assert len(got) == len(set(neighbours))
+                out["answer_matches"] = sorted((key, sorted(row.items())) for key, row in got.items())[:50]
     return out
 
 
@@ -196,7 +196,7 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", type=float, default=[1e5, 1e6, 1e7])
     ap.add_argument("--examples", type=int, default=1000)
     ap.add_argument("--k", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--baseline", default=None, help="another overlap-audit checkout, measured on the same shards")
     ap.add_argument("--work-dir", default=None, help="where the synthetic indexes go (default: a temporary folder)")
     ap.add_argument("--json", default=None, help="append results to this JSON-lines file")

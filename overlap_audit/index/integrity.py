@@ -143,18 +143,24 @@ def read_faiss_index(path: Path, manifest: IndexManifest):
         raise _damaged(path, f"cannot read {manifest.index_file} ({first[:200]})", manifest.index_file) from None
 
 
-def read_ids(path: Path, manifest: IndexManifest) -> np.ndarray:
-    """The corpus key of each index row (ids.parquet); an unreadable file or a wrong count is IndexDamagedError."""
+def read_id_column(path: Path, manifest: IndexManifest):
+    """The corpus key of each index row (ids.parquet) as one Arrow string array; an unreadable file or a wrong
+    count is IndexDamagedError."""
     import pyarrow.parquet as pq
 
     try:
-        keys = np.array(pq.read_table(path / manifest.ids_file)["key"].to_pylist(), dtype=object)
+        keys = pq.read_table(path / manifest.ids_file, columns=["key"])["key"].combine_chunks()
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
         raise _damaged(path, f"cannot read {manifest.ids_file} ({type(exc).__name__})") from None
     if len(keys) != manifest.n_indexed:
         raise _damaged(path, f"{manifest.ids_file} holds {len(keys)} ids where the manifest counts "
                              f"{manifest.n_indexed} indexed items")
     return keys
+
+
+def read_ids(path: Path, manifest: IndexManifest) -> np.ndarray:
+    """The corpus key of each index row (ids.parquet), as Python strings."""
+    return np.array(read_id_column(path, manifest).to_pylist(), dtype=object)
 
 
 @dataclass(frozen=True)
