@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from overlap_audit.errors import IndexDamagedError
-from overlap_audit.index import check_index, index_from_vectors, load_manifest
+from overlap_audit.index import check_index, index_from_vectors, load_index, load_manifest
 from overlap_audit.index import items as items_module
 from overlap_audit.index.items import ItemTable, check_items, side_files, write_items
 from overlap_audit.index.shards import content_boxes, rows_by_key, shard_paths
@@ -39,6 +39,17 @@ def test_a_real_index_reads_its_items_by_key_as_the_shard_scan_does(corpus_index
     boxes = content_boxes(corpus_index, keys[:40])
     assert boxes and all(boxes[k].to_dict() == by_table[k]["content_box"] for k in boxes)
     assert rows_by_key(corpus_index, [], ["id"]) == {}
+    # by row: the table's rows are the shards' rows in order, and a loaded index's row keys those of ids.parquet
+    with ItemTable(corpus_index, manifest.items_file) as table:
+        assert table.read(range(len(keys))[::-1], ["key"])["key"] == keys[::-1]
+        assert table.rows_of(keys) == {k: i for i, k in enumerate(keys)}
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(corpus_index / manifest.ids_file)["key"].to_pylist()
+    loaded = load_index(corpus_index, load_faiss=False).keys
+    rows = np.array([[len(ids) - 1, 0], [1, 1]])
+    assert list(loaded) == ids and loaded[rows].tolist() == [[ids[-1], ids[0]], [ids[1], ids[1]]]
+    assert loaded[np.zeros((0,), np.int64)].shape == (0,) and loaded[np.int64(2)] == ids[2]
 
 
 def test_shared_hashes_and_awkward_text_are_looked_up_right(tmp_path, monkeypatch):
