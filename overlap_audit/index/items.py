@@ -1,13 +1,14 @@
 """The item table: every shard row's columns but the vectors, stored row by row and addressable by row and by
-key, so that reading a report's matched items back touches a few pages per item whatever the corpus size.
+key, so that reading a report's matched items back costs a few positioned reads per item whatever the corpus
+size.
 
 Written when an index is finished, beside the FAISS index of the same generation, four files:
 
 - ``items.rows``: a JSON header line (the columns and their Arrow types, the row count), then one record per
   shard row in shard order. A record is its fields joined by NUL; a field is empty for null, else ``v``
   followed by the value as text with ``\\`` and NUL escaped (``\\\\``, ``\\0``); a struct column is one field
-  for the struct's validity followed by one per child. Records are built column-wise by Arrow, so writing
-  costs about what reading the shards does.
+  for the struct's validity followed by one per child. Records are built column-wise by Arrow compute: no
+  Python work per row but hashing its key.
 - ``items.offsets.npy``: uint64 [n + 1], record r is bytes ``offsets[r]:offsets[r + 1]`` of ``items.rows``.
 - ``items.keys.npy``: uint64 [n, 2], (xxh3-64 of the key, row) sorted by hash.
 - ``items.buckets.npy``: uint64 [2^B + 1], the entries of ``items.keys.npy`` whose hash's top B bits are b
@@ -106,8 +107,8 @@ def _field(values):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    text = values if pa.types.is_string(values.type) else pc.cast(values, pa.string())
-    if pa.types.is_string(values.type):
+    text = pc.cast(values, pa.string())
+    if _type_name(values.type) == "string":  # only text can hold the separator or the escape
         text = pc.replace_substring(pc.replace_substring(text, "\\", "\\\\"), _SEP, "\\0")
     return pc.binary_join_element_wise("v", text, "").fill_null("")
 
