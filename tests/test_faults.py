@@ -127,22 +127,22 @@ def test_a_kill_while_rebuilding_as_ivfpq_leaves_the_old_index_or_the_new_one(th
     assert results["flat"][0] == "flat" and results["ivfpq"][0] == "ivfpq"
     args = ("index", corpus, "--out", None, "--workers", "0", "--shard-size", "500", "--resume", "--index-type",
             "ivfpq")
-    # index.g2.faiss, its corpus view's index, ids.g2.parquet, items.g2.arrow, items.g2.keys.npy, the manifest
-    # (before / after its rename)
-    for point in ["1", "2", "3", "4", "5", "6", "6+"]:
+    # index.g2.faiss, its corpus view's index, ids.g2.parquet, items.g2.rows and its three .npy files, the
+    # manifest (before / after its rename)
+    for point in ["1", "2", "3", "4", "5", "6", "7", "8", "8+"]:
         out = tmp_path / f"p{point}"
         shutil.copytree(flat, out)
         r = run(*[out if a is None else a for a in args], kill=point)
         assert r.returncode == -9, (point, r.stderr)
         after = report(out, ev, preds, tmp_path / f"r{point}")
         assert after != "refused" and after == results[after[0]], point
-        assert (after[0] == "ivfpq") == (point == "6+")
+        assert (after[0] == "ivfpq") == (point == "8+")
     # the next resume finishes the switch and leaves only the new generation's files
     r = run(*[tmp_path / "p2" if a is None else a for a in args])
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "p2").iterdir()) == [
-        "ids.g2.parquet", "index.g2.faiss", "index.g2.view70.faiss", "items.g2.arrow", "items.g2.keys.npy",
-        "manifest.json", "progress.json", "shards", "views"]
+        "ids.g2.parquet", "index.g2.faiss", "index.g2.view70.faiss", "items.g2.buckets.npy", "items.g2.keys.npy",
+        "items.g2.offsets.npy", "items.g2.rows", "manifest.json", "progress.json", "shards", "views"]
     assert report(tmp_path / "p2", ev, preds, tmp_path / "again") == results["ivfpq"]
 
 
