@@ -87,10 +87,10 @@ def test_a_kill_at_any_write_of_index_is_refused_or_resumed_to_the_clean_result(
     baseline = report(clean, ev, preds, tmp_path / "base")
     assert baseline != "refused"
     # the writes of this run: progress.json, three shards each after its corpus-view vectors, index.faiss,
-    # its view index, ids.parquet, items.arrow, items.keys.npy, manifest.json
-    points = [str(n) for n in range(1, 14)] + ["13+"]
+    # its view index, ids.parquet, items.rows, items.offsets.npy, items.keys.npy, items.buckets.npy, manifest.json
+    points = [str(n) for n in range(1, 16)] + ["15+"]
     out = tmp_path / "past-the-last"
-    assert run("index", corpus, "--out", out, "--workers", "0", "--shard-size", "5", kill=14).returncode == 0
+    assert run("index", corpus, "--out", out, "--workers", "0", "--shard-size", "5", kill=16).returncode == 0
     for point in points:
         out = tmp_path / f"p{point}"
         r = run("index", corpus, "--out", out, "--workers", "0", "--shard-size", "5", kill=point)
@@ -127,22 +127,22 @@ def test_a_kill_while_rebuilding_as_ivfpq_leaves_the_old_index_or_the_new_one(th
     assert results["flat"][0] == "flat" and results["ivfpq"][0] == "ivfpq"
     args = ("index", corpus, "--out", None, "--workers", "0", "--shard-size", "500", "--resume", "--index-type",
             "ivfpq")
-    # index.g2.faiss, its corpus view's index, ids.g2.parquet, items.g2.arrow, items.g2.keys.npy, the manifest
-    # (before / after its rename)
-    for point in ["1", "2", "3", "4", "5", "6", "6+"]:
+    # index.g2.faiss, its corpus view's index, ids.g2.parquet, items.g2.rows and its three .npy files, the
+    # manifest (before / after its rename)
+    for point in ["1", "2", "3", "4", "5", "6", "7", "8", "8+"]:
         out = tmp_path / f"p{point}"
         shutil.copytree(flat, out)
         r = run(*[out if a is None else a for a in args], kill=point)
         assert r.returncode == -9, (point, r.stderr)
         after = report(out, ev, preds, tmp_path / f"r{point}")
         assert after != "refused" and after == results[after[0]], point
-        assert (after[0] == "ivfpq") == (point == "6+")
+        assert (after[0] == "ivfpq") == (point == "8+")
     # the next resume finishes the switch and leaves only the new generation's files
     r = run(*[tmp_path / "p2" if a is None else a for a in args])
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "p2").iterdir()) == [
-        "ids.g2.parquet", "index.g2.faiss", "index.g2.view70.faiss", "items.g2.arrow", "items.g2.keys.npy",
-        "manifest.json", "progress.json", "shards", "views"]
+        "ids.g2.parquet", "index.g2.faiss", "index.g2.view70.faiss", "items.g2.buckets.npy", "items.g2.keys.npy",
+        "items.g2.offsets.npy", "items.g2.rows", "manifest.json", "progress.json", "shards", "views"]
     assert report(tmp_path / "p2", ev, preds, tmp_path / "again") == results["ivfpq"]
 
 
@@ -282,8 +282,8 @@ DAMAGE = {
     "index truncated": lambda d, o: _truncate(d / "index.faiss"),
     "index corrupted": lambda d, o: _flip(d / "index.faiss"),
     "index from another index": lambda d, o: shutil.copy(o / "index.faiss", d / "index.faiss"),
-    "item table corrupted": lambda d, o: _flip(d / "items.arrow"),
-    "item table from another index": lambda d, o: shutil.copy(o / "items.arrow", d / "items.arrow"),
+    "item table corrupted": lambda d, o: _flip(d / "items.rows"),
+    "item table from another index": lambda d, o: shutil.copy(o / "items.rows", d / "items.rows"),
     "key index deleted": lambda d, o: (d / "items.keys.npy").unlink(),
     "manifest deleted": lambda d, o: (d / "manifest.json").unlink(),
     "manifest truncated": lambda d, o: _truncate(d / "manifest.json"),

@@ -22,7 +22,7 @@ from ..errors import IndexDirError
 from ..values import DetectorInfo, Skipped
 from .ann import SHORTLISTS, IndexPlan, calibrate_probes, choose_index, new_index
 from .integrity import stale_generation_files
-from .items import keys_name, write_items
+from .items import side_files, write_items
 from .manifest import MANIFEST, PROGRESS, SHARD_DIR, GenerationFiles, IndexManifest, file_record, load_manifest
 from .search import rerank_candidates, search_index, search_rows, stream_search
 from .shards import iter_shard_vectors, read_shard, shard_paths, vector_width
@@ -155,7 +155,8 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
     if tables is not None:
         files[tables] = file_record(out / tables, len(scan.keys))
     files[names.items] = file_record(out / names.items, n_items)
-    files[keys_name(names.items)] = file_record(out / keys_name(names.items))
+    for side in side_files(names.items).values():
+        files[side] = file_record(out / side)
     if views:
         files.update(build_view_indexes(out, info, views, names.index, len(scan.keys),
                                         plan.params["substrings"] if plan.index_type == "mih" else None))
@@ -163,11 +164,11 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
     if previous is not None:
         from .mih import tables_name
 
-        now = {names.index, names.ids, vectors_file, tables, names.items, keys_name(names.items), *files}
+        now = {names.index, names.ids, vectors_file, tables, names.items, *files}
         before = previous.items_file
         superseded = [name for name in (previous.index_file, previous.ids_file, previous.vectors_file,
                                         tables_name(previous.index_file), before,
-                                        keys_name(before) if before else None,
+                                        *(side_files(before).values() if before else ()),
                                         *(view_index_name(previous.index_file, a) for a in previous.views),
                                         *(view_tables_name(previous.index_file, a) for a in previous.views))
                       if name is not None and name not in now and (out / name).exists()]

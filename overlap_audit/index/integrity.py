@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import IndexDamagedError, IndexMismatchError
 from ..values import DetectorInfo
 from .manifest import GENERATION_FILE_RE, MANIFEST, REPAIR, SHARD_DIR, IndexManifest, checksum_file, load_manifest
+from .items import is_item_table
 from .shards import shard_paths
 
 SMALL_FILE = 4 << 20  # files up to this size are checksummed on every load
@@ -142,18 +143,24 @@ def read_faiss_index(path: Path, manifest: IndexManifest):
         raise _damaged(path, f"cannot read {manifest.index_file} ({first[:200]})", manifest.index_file) from None
 
 
-def read_ids(path: Path, manifest: IndexManifest) -> np.ndarray:
-    """The corpus key of each index row (ids.parquet); an unreadable file or a wrong count is IndexDamagedError."""
+def read_id_column(path: Path, manifest: IndexManifest):
+    """The corpus key of each index row (ids.parquet) as one Arrow string array; an unreadable file or a wrong
+    count is IndexDamagedError."""
     import pyarrow.parquet as pq
 
     try:
-        keys = np.array(pq.read_table(path / manifest.ids_file)["key"].to_pylist(), dtype=object)
+        keys = pq.read_table(path / manifest.ids_file, columns=["key"])["key"].combine_chunks()
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
         raise _damaged(path, f"cannot read {manifest.ids_file} ({type(exc).__name__})") from None
     if len(keys) != manifest.n_indexed:
         raise _damaged(path, f"{manifest.ids_file} holds {len(keys)} ids where the manifest counts "
                              f"{manifest.n_indexed} indexed items")
     return keys
+
+
+def read_ids(path: Path, manifest: IndexManifest) -> np.ndarray:
+    """The corpus key of each index row (ids.parquet), as Python strings."""
+    return np.array(read_id_column(path, manifest).to_pylist(), dtype=object)
 
 
 @dataclass(frozen=True)
@@ -262,11 +269,11 @@ def check_index(index_dir: str | os.PathLike) -> CheckResult:
     index = read_faiss_index(path, manifest)
     check_faiss(path, manifest, index)
     check_against_shards(path, manifest, index, read_ids(path, manifest))
-    if manifest.items_file is not None:
+    if is_item_table(manifest.items_file):  # an item table of an earlier layout is not read, only checksummed
         from .items import check_items
         from .shards import shard_paths
 
-        check_items(path, manifest.items_file, shard_paths(path), _sample_rows(manifest.n_given))
+        check_items(path, manifest.items_file, shard_paths(path))
     stale = tuple(sorted(p.name for p in stale_generation_files(path, manifest)))
     return CheckResult(path, manifest.generation, manifest.index_type, manifest.n_indexed, n_files, n_bytes,
                        time.monotonic() - started, stale, manifest.views)

@@ -18,7 +18,7 @@ from ..errors import OverlapAuditError
 from ..limits import DEFAULT_LIMITS, ReadRefused, read_file
 from ..sources import SOURCE_KINDS, Source, fetch_items, readback_problem
 from ..values import RawItem
-from .integrity import check_faiss, check_files, read_faiss_index, read_ids
+from .integrity import check_faiss, check_files, read_faiss_index, read_id_column
 from .manifest import VECTORS_FILE, IndexManifest, checksum_bytes, load_manifest
 from .shards import ItemBytes, rows_by_key
 from .views import read_view_indexes, view_index_name
@@ -28,6 +28,32 @@ CHANGED = "changed since it was indexed"
 _FINGERPRINT = ["item_size", "item_mtime_ns", "item_xxh3"]
 
 
+class RowKeys:
+    """Each index row's key, held as ids.parquet's Arrow column: Python strings are made only for the rows asked
+    (a corpus of 10^8 keys as Python objects would take about 10 GB and a minute to build per report)."""
+
+    def __init__(self, column) -> None:
+        self._column = column
+
+    def __len__(self) -> int:
+        return len(self._column)
+
+    def __getitem__(self, rows):
+        """The key of one row (an int), or an object array of the keys of an array of rows, in its shape."""
+        import pyarrow as pa
+
+        if isinstance(rows, (int, np.integer)):
+            return self._column[int(rows)].as_py()
+        rows = np.asarray(rows, np.int64)
+        picked = self._column.take(pa.array(rows.ravel())).to_pylist() if rows.size else []
+        out = np.empty(rows.size, dtype=object)
+        out[:] = picked
+        return out.reshape(rows.shape)
+
+    def __iter__(self):
+        return iter(self._column.to_pylist())
+
+
 @dataclass(frozen=True, eq=False)
 class CorpusIndex:
     """A loaded index: its manifest, the FAISS index (None when loaded for streaming) and each row's key."""
@@ -35,7 +61,7 @@ class CorpusIndex:
     path: Path
     manifest: IndexManifest
     index: object
-    keys: np.ndarray
+    keys: RowKeys
     view_indexes: tuple = ()  # the FAISS index of each of the manifest's views (none when loaded for streaming)
 
     def __len__(self) -> int:
@@ -64,7 +90,7 @@ def load_index(index_dir: str | os.PathLike, *, load_faiss: bool = True) -> Corp
         index = read_faiss_index(path, manifest)
         check_faiss(path, manifest, index)
         views = read_view_indexes(path, manifest.detector, manifest.views, manifest.index_file, manifest.n_indexed)
-    return CorpusIndex(path, manifest, index, read_ids(path, manifest), views)
+    return CorpusIndex(path, manifest, index, RowKeys(read_id_column(path, manifest)), views)
 
 
 def _recorded_source(entry: dict | None, name: str) -> Source | None:

@@ -44,10 +44,10 @@ INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 SHARD_DIR = "shards"
 VECTORS_FILE = "vectors.npy"
-ITEMS_FILE = "items.arrow"
+ITEMS_FILE = "items.rows"
 # the files of a generation after the first (``GenerationFiles``): what a builder may leave behind when killed
 GENERATION_FILE_RE = re.compile(
-    r"^(index|ids|vectors|items)\.g(\d+)\.(?:view\d+\.)?(faiss|parquet|npy|mih|arrow|keys\.npy)$")
+    r"^(index|ids|vectors|items)\.g(\d+)\.(?:view\d+\.)?(faiss|parquet|npy|mih|rows|(?:offsets|keys|buckets)\.npy)$")
 FORMAT = 2
 _HASH_BLOCK = 4 << 20
 REPAIR = ("repair it with `overlap-audit index ... --resume` (the same command that built it), "
@@ -84,7 +84,7 @@ class GenerationFiles:
         if generation <= 1:
             return cls(INDEX_FILE, IDS_FILE, VECTORS_FILE, ITEMS_FILE)
         return cls(f"index.g{generation}.faiss", f"ids.g{generation}.parquet", f"vectors.g{generation}.npy",
-                   f"items.g{generation}.arrow")
+                   f"items.g{generation}.rows")
 
 
 def checksum_file(path: str | os.PathLike) -> str:
@@ -135,7 +135,8 @@ class IndexManifest:
     index_file: str = INDEX_FILE
     ids_file: str = IDS_FILE
     vectors_file: str | None = None
-    items_file: str | None = None  # the item table (``overlap_audit.index.items``); None: look items up in the shards
+    # the item table (``overlap_audit.index.items``); None (or one of an earlier layout): items are read from the shards
+    items_file: str | None = None
     superseded: list[str] = field(default_factory=list)  # the replaced generation's files, removed after the switch
     # the corpus views' areas (``overlap_audit.index.views``); an index written without views has none
     views: tuple[float, ...] = ()

@@ -20,7 +20,7 @@ from ..atomic import atomic_write
 from ..content import ContentBox, box_arrow_type
 from ..errors import IndexDamagedError, ResumeError
 from ..values import DetectorInfo, RawItem, Skipped
-from .items import ItemTable
+from .items import ItemTable, is_item_table
 from .manifest import MANIFEST, SHARD_DIR, checksum_bytes, checksum_file, load_manifest
 
 _SHARD_RE = re.compile(r"^shard-(\d{6})\.parquet$")
@@ -337,7 +337,8 @@ def rows_by_key(index_dir: str | os.PathLike, keys: Iterable, columns: Iterable[
     does not have reads as None); a key in no shard is absent.
 
     Read from the index's item table (``items_file``, or with True the one its manifest names), looked up by
-    key and row (``overlap_audit.index.items``); an index without one (None, False) has its shards scanned.
+    key and row (``overlap_audit.index.items``); an index without one (None, False, or a table of an earlier
+    development layout) has its shards scanned.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -346,8 +347,9 @@ def rows_by_key(index_dir: str | os.PathLike, keys: Iterable, columns: Iterable[
     columns = list(columns)
     if items_file is True:
         items_file = load_manifest(index_dir).items_file if (Path(index_dir) / MANIFEST).exists() else None
-    if items_file:
-        return ItemTable(index_dir, items_file).by_key(keys, columns)
+    if is_item_table(items_file):
+        with ItemTable(index_dir, items_file) as table:
+            return table.by_key(keys, columns)
     wanted = {str(k) for k in keys if k is not None}
     found: dict[str, dict] = {}
     for path in shard_paths(index_dir):

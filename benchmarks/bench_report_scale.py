@@ -1,0 +1,256 @@
+"""A report's work outside the search, against corpus size, for a fixed evaluation set.
+
+Synthetic indexes written through the index format (``write_shard`` then ``finish_index``, as
+``index_from_vector_blocks`` does, but with every column a real index has: keys like
+``laion/00123/001234567.jpg``, sources and ids, captions, content boxes and fingerprints), 64-bit hashes, shards
+of 100,000 items. The evaluation set is fixed: ``--examples`` examples with ``--k`` neighbours each, drawn as
+seeded random corpus rows (the search is not run: what follows it is measured). Per report, as
+``api.run_report`` calls them:
+
+- ``boxes``: ``index.content_boxes`` of each example's matched item (trimmed views, the report's pairs);
+- ``matches``: ``matched.corpus_metadata`` of every neighbour (corpus_matches.parquet; the synthetic source is
+  bare vectors, so no source file is opened: the index's own lookups only);
+- ``items``: ``index.corpus_items`` of each example's matched item (verification, the gallery, ``pairs``;
+  again the index's lookups and fingerprints, not the images: a bare-vector source has none to read back);
+- ``open``: ``load_index(load_faiss=False)``, what a report pays to open an index besides the FAISS index
+  itself (the manifest, the file checks, every row's key).
+
+Each size is measured in fresh processes: once cold, each part with the index's files evicted from the page
+cache just before it (``posix_fadvise(DONTNEED)`` on each file; dropping the whole cache needs root), then warm
+(the parts interleaved, each the best of ``--repeats``); each process first makes each call with no keys, so
+imports are not counted as lookups. The disk's sequential read rate and random 4 KiB read rate are measured on the same
+machine in the same run, on the shards evicted the same way. ``--baseline PATH`` also measures the code at PATH
+(another checkout of overlap-audit) on the same shards, finished by that code.
+
+    python benchmarks/bench_report_scale.py --sizes 1e5 1e6 1e7 [--baseline /path/to/main] [--work-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARD = 100_000
+PARTS = ("boxes", "matches", "items")
+
+
+def key_of(i: int) -> str:
+    return f"laion/{i // 10_000:05d}/{i:09d}.jpg"
+
+
+def write_shards(root: Path, n: int) -> float:
+    """Shards of n items with every column a trimming detector's index has; returns the seconds spent."""
+    from overlap_audit.content import ContentBox
+    from overlap_audit.index.manifest import SHARD_DIR
+    from overlap_audit.index.shards import ItemBytes, shard_path, write_shard
+    from overlap_audit.values import DetectorInfo
+
+    info = DetectorInfo(spec="vectors", name="vectors", version="1", dim=64, metric="hamming",
+                        default_threshold=0.85)
+    (root / SHARD_DIR).mkdir(parents=True)
+    t = time.perf_counter()
+    for s, start in enumerate(range(0, n, SHARD)):
+        stop = min(start + SHARD, n)
+        rng = np.random.default_rng(s)
+        m = stop - start
+        codes = rng.integers(0, 256, (m, 8), dtype=np.uint8)
+        size = rng.integers(20_000, 400_000, m)
+        wh = rng.integers(64, 1024, (m, 2))
+        cut = rng.integers(0, 32, (m, 4))
+        keys = [key_of(i) for i in range(start, stop)]
+        boxes = [ContentBox(int(c[0]), int(c[1]), int(w - c[2]), int(h - c[3]), int(w), int(h), bool(c[0] % 2))
+                 for c, (w, h) in zip(cut, wh)]
+        prints = [ItemBytes(int(z), f"{int(h):016x}", 1_700_000_000_000_000_000 + i)
+                  for i, (z, h) in enumerate(zip(size, rng.integers(0, 2**63, m)))]
+        write_shard(shard_path(root, s), info, keys=keys, sources=["laion"] * m, ids=keys,
+                    captions=[f"a picture number {i}" for i in range(start, stop)], labels=[None] * m,
+                    vectors=list(codes), low_information=[False] * m, reasons=[None] * m, copies=[None] * m,
+                    boxes=boxes, fingerprints=prints)
+    return time.perf_counter() - t
+
+
+def finish(root: Path) -> float:
+    """The index over the shards (flat), finished by the code this process imports; returns the seconds."""
+    from overlap_audit.index.finish import finish_index
+    from overlap_audit.index.manifest import MANIFEST, SHARD_DIR
+    from overlap_audit.values import DetectorInfo
+
+    for p in root.iterdir():  # another code's finished files: this code writes its own
+        if p.name != SHARD_DIR:
+            p.unlink()
+    info = DetectorInfo(spec="vectors", name="vectors", version="1", dim=64, metric="hamming",
+                        default_threshold=0.85)
+    t = time.perf_counter()
+    finish_index(root, info, [{"kind": "vectors", "name": "laion"}], SHARD, "cpu", 0.0, index_type="flat")
+    assert (root / MANIFEST).exists()
+    return time.perf_counter() - t
+
+
+def evict(root: Path) -> None:
+    """Drop the index's files from the page cache (written and synced already)."""
+    for p in root.rglob("*"):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def disk_rates(root: Path, limit: int = 2 << 30) -> dict:
+    """Sequential MB/s over the shards (up to ``limit`` bytes) and random 4 KiB reads/s, both evicted first."""
+    files = sorted((root / "shards").glob("*.parquet"))
+    evict(root)
+    t, total = time.perf_counter(), 0
+    for p in files:
+        with open(p, "rb", buffering=0) as fh:
+            while block := fh.read(8 << 20):
+                total += len(block)
+        if total >= limit:
+            break
+    seq = total / (time.perf_counter() - t) / 1e6
+    evict(root)
+    rng = np.random.default_rng(0)
+    sizes = [p.stat().st_size for p in files]
+    picks = rng.integers(0, len(files), 2000)
+    t = time.perf_counter()
+    fds = {}
+    try:
+        for f in picks:
+            fd = fds.get(f) or fds.setdefault(f, os.open(files[f], os.O_RDONLY))
+            os.pread(fd, 4096, int(rng.integers(0, max(1, sizes[f] - 4096))) & ~4095)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return {"seq_mb_s": seq, "random_4k_per_s": len(picks) / (time.perf_counter() - t)}
+
+
+def evaluation_set(n: int, examples: int, k: int) -> tuple[list[str], list[str]]:
+    """(each example's matched key, every neighbour's key) of a fixed seeded evaluation set."""
+    rows = np.random.default_rng(12345).integers(0, n, (examples, k))
+    return [key_of(int(r)) for r in rows[:, 0]], [key_of(int(r)) for r in rows.ravel()]
+
+
+def child(root: Path, examples: int, k: int, repeats: int, cold: bool) -> dict:
+    """One report's lookups in this fresh process: cold (once) or warm (best of ``repeats``)."""
+    from overlap_audit.index import content_boxes, load_index, load_manifest
+    from overlap_audit.index.load import corpus_items
+    from overlap_audit.matched import corpus_metadata
+
+    n = load_manifest(root).n_given
+    matched, neighbours = evaluation_set(n, examples, k)
+    import pyarrow.parquet  # noqa: F401 - imports are not the lookups' cost
+    import xxhash  # noqa: F401
+
+    content_boxes(root, []), corpus_metadata(root, []), corpus_items(root, [])
+    work = {"boxes": lambda: content_boxes(root, matched), "matches": lambda: corpus_metadata(root, neighbours),
+            "items": lambda: corpus_items(root, matched), "open": lambda: load_index(root, load_faiss=False)}
+    out: dict = {name: float("inf") for name in work}
+    for _ in range(1 if cold else repeats):  # the parts interleaved, so a burst of load spreads over them all
+        for name, fn in work.items():
+            if cold:
+                evict(root)
+            t = time.perf_counter()
+            got = fn()
+            out[name] = min(out[name], time.perf_counter() - t)
+            if name == "boxes":
+                assert len(got) == len(set(matched)), "every matched item has a content box"
+                out["answer"] = sorted((key, box.to_dict()) for key, box in got.items())[:50]
+            if name == "matches":
+                assert len(got) == len(set(neighbours))
+                out["answer_matches"] = sorted((key, sorted(row.items())) for key, row in got.items())[:50]
+    return out
+
+
+def measure(root: Path, code: str, args) -> dict:
+    env = dict(os.environ, PYTHONPATH=code, OMP_NUM_THREADS="1")
+
+    def call(*extra: str) -> dict:
+        r = subprocess.run([sys.executable, __file__, "--child", str(root), "--examples", str(args.examples),
+                            "--k", str(args.k), "--repeats", str(args.repeats), *extra], capture_output=True,
+                           text=True, env=env)
+        if r.returncode:
+            raise RuntimeError(r.stderr.strip()[-2000:])
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    finished = call("--finish")
+    evict(root)
+    cold = call("--cold")
+    warm = call()
+    size = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
+    return {"finish_s": finished["finish_s"], "cold": cold, "warm": warm, "bytes_beside_shards": size}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", nargs="+", type=float, default=[1e5, 1e6, 1e7])
+    ap.add_argument("--examples", type=int, default=1000)
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--baseline", default=None, help="another overlap-audit checkout, measured on the same shards")
+    ap.add_argument("--work-dir", default=None, help="where the synthetic indexes go (default: a temporary folder)")
+    ap.add_argument("--json", default=None, help="append results to this JSON-lines file")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--finish", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        root = Path(args.child)
+        result = ({"finish_s": finish(root)} if args.finish
+                  else child(root, args.examples, args.k, args.repeats, args.cold))
+        print(json.dumps(result))
+        return
+    with tempfile.TemporaryDirectory(prefix="overlap-audit-report-scale-") as tmp:
+        run(args, Path(args.work_dir) if args.work_dir else Path(tmp))
+
+
+def run(args: argparse.Namespace, work_dir: Path) -> None:
+    here = str(Path(__file__).resolve().parent.parent)
+    codes = {"this": here, **({"baseline": str(Path(args.baseline).resolve())} if args.baseline else {})}
+    print(f"# {os.cpu_count()} CPUs; {args.examples} examples x k={args.k}; warm: best of {args.repeats}; "
+          f"cold: files evicted with posix_fadvise")
+    print("| corpus | code | cache | boxes s | matches s | items s | report lookups s | ratio to first size | "
+          "open s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    first: dict = {}
+    for size in args.sizes:
+        n = int(size)
+        root = work_dir / f"n{n}"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        wrote = write_shards(root, n)
+        rates = disk_rates(root)
+        results = {name: measure(root, code, args) for name, code in codes.items()}
+        for name, res in results.items():
+            for cache in ("cold", "warm"):
+                r = res[cache]
+                total = sum(r[p] for p in PARTS)
+                base = first.setdefault((name, cache), total)
+                print(f"| {n:,} | {name} | {cache} | " + " | ".join(f"{r[p]:.3f}" for p in PARTS)
+                      + f" | {total:.3f} | {total / base:.2f} | {r['open']:.3f} |", flush=True)
+        if len(results) == 2:
+            same = results["this"]["warm"]["answer"] == results["baseline"]["warm"]["answer"] and \
+                results["this"]["warm"]["answer_matches"] == results["baseline"]["warm"]["answer_matches"]
+            print(f"| {n:,} | | | same answers as the baseline: {same} | | | | | |")
+        print(f"| {n:,} | | | disk: {rates['seq_mb_s']:.0f} MB/s sequential, {rates['random_4k_per_s']:.0f} "
+              f"random 4 KiB reads/s; shards written in {wrote:.0f} s; finish "
+              + ", ".join(f"{k} {v['finish_s']:.0f} s ({v['bytes_beside_shards'] / n:.0f} B/item beside the shards)"
+                          for k, v in results.items()) + " | | | | | |", flush=True)
+        if args.json:
+            with open(args.json, "a") as fh:
+                fh.write(json.dumps({"n": n, "disk": rates, "shards_s": wrote, **results}) + "\n")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
