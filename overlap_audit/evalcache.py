@@ -41,7 +41,7 @@ from .values import Embeddings, Neighbors, Skipped
 __all__ = ["CACHE_FORMAT", "CacheKey", "cacheable", "default_cache_dir", "index_identity", "load_cached",
            "save_cached", "set_key"]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 _log = logging.getLogger(__name__)
 
 
@@ -145,7 +145,8 @@ def _decode(meta: dict, arrays: dict) -> tuple[Embeddings, Neighbors]:
         labels=meta["labels"], captions=meta["captions"], skipped=[Skipped.from_dict(s) for s in meta["skipped"]],
         boxes=[None if b is None else ContentBox(**b) for b in meta["boxes"]],
         whole_rows=arrays["whole_rows"] if has_whole else None,
-        whole_vectors=arrays["whole_vectors"] if has_whole else None)
+        whole_vectors=arrays["whole_vectors"] if has_whole else None,
+        crop_vectors=arrays["crop_vectors"] if meta["has_crops"] else None)
     ids = np.empty(arrays["similarities"].shape, dtype=object)
     ids.reshape(-1)[:] = meta["neighbor_ids"]
     if not len(ids) == len(emb.ids) == len(emb.vectors) == len(meta["query_ids"]):
@@ -163,6 +164,7 @@ def save_cached(cache_dir: str | os.PathLike, key: CacheKey, emb: Embeddings, ne
     meta = {"key": key.text, "min_similarity": min_similarity, "ids": list(emb.ids), "labels": list(emb.labels), "captions": list(emb.captions),
             "skipped": [s.to_dict() for s in emb.skipped],
             "boxes": [None if b is None else asdict(b) for b in emb.boxes], "has_whole": has_whole,
+            "has_crops": emb.crop_vectors is not None,
             "query_ids": list(neighbors.query_ids), "neighbor_ids": [None if v is None else str(v)
                                                                      for v in neighbors.ids.reshape(-1)],
             "views": neighbors.views}
@@ -170,7 +172,9 @@ def save_cached(cache_dir: str | os.PathLike, key: CacheKey, emb: Embeddings, ne
               "vectors": emb.vectors, "low_information": np.asarray(emb.low_information, dtype=bool),
               "similarities": neighbors.similarities,
               "whole_rows": emb.whole_rows if has_whole else np.zeros(0, np.int64),
-              "whole_vectors": emb.whole_vectors if has_whole else np.zeros((0, 0), emb.vectors.dtype)}
+              "whole_vectors": emb.whole_vectors if has_whole else np.zeros((0, 0), emb.vectors.dtype),
+              "crop_vectors": (emb.crop_vectors if emb.crop_vectors is not None
+                               else np.zeros((0, 0, 0), emb.vectors.dtype))}
 
     def write(tmp: str) -> None:
         buf = io.BytesIO()

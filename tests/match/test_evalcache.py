@@ -120,7 +120,8 @@ def test_round_trip_keeps_boxes_views_skips_and_missing_neighbours(tmp_path):
     emb = Embeddings(ids=["a", "b"], vectors=np.eye(2, 4, dtype=np.float32), low_information=np.array([False, True]),
                      labels=["x", None], captions=[None, "c"], skipped=[Skipped("s", "z", "broken")],
                      boxes=[ContentBox(1, 2, 10, 12, 20, 20, True), None], whole_rows=np.array([0]),
-                     whole_vectors=np.ones((1, 4), np.float32))
+                     whole_vectors=np.ones((1, 4), np.float32),
+                     crop_vectors=np.arange(16, dtype=np.float32).reshape(2, 2, 4))
     ids = np.array([["k1", None], ["k2", "k3"]], dtype=object)
     sims = np.array([[0.9, np.nan], [0.5, 0.4]], dtype=np.float32)
     neighbors = Neighbors(["a", "b"], ids, sims, views=["whole", "trimmed"])
@@ -133,6 +134,7 @@ def test_round_trip_keeps_boxes_views_skips_and_missing_neighbours(tmp_path):
     np.testing.assert_array_equal(got_emb.low_information, emb.low_information)
     np.testing.assert_array_equal(got_emb.whole_rows, [0])
     np.testing.assert_array_equal(got_emb.whole_vectors, emb.whole_vectors)
+    np.testing.assert_array_equal(got_emb.crop_vectors, emb.crop_vectors)  # the centre crops (query views)
     assert got_nb.ids.tolist() == ids.tolist() and got_nb.views == ["whole", "trimmed"]
     np.testing.assert_array_equal(got_nb.similarities, sims)
     assert load_cached(tmp_path, CacheKey(json.dumps({"x": 2}), "d" * 32, 2)) is None
