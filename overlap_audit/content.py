@@ -250,20 +250,30 @@ def _median(a: np.ndarray) -> np.ndarray:
     return (part[..., k - 1].astype(np.float64) + part[..., k]) / 2
 
 
+def _outer_lines(pixels: np.ndarray) -> np.ndarray:
+    """The four outer lines of ``pixels`` ([H, W, K]: ``_pixels``) one after the other (top, bottom, left,
+    right), channels first: int16 [C, 2W + 2H]. An RGB pixel's four bytes are gathered as one number."""
+    if pixels.shape[2] == 4:
+        whole = pixels.view(np.uint32)[:, :, 0]
+        lines = np.concatenate([whole[0], whole[-1], whole[:, 0], whole[:, -1]])
+        return lines.view(np.uint8).reshape(-1, 4)[:, :3].T.astype(np.int16, order="C")
+    grey = pixels[:, :, 0]
+    return np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])[None].astype(np.int16)
+
+
 def _margin(pixels: np.ndarray) -> _Margin | None:
-    """The border colour, tolerance and margin sides from the four outer lines of ``pixels`` ([H, W, C]), or
-    None when the image has no margin on two opposite sides."""
+    """The border colour, tolerance and margin sides from the four outer lines of ``pixels`` ([H, W, K]:
+    ``_pixels``), or None when the image has no margin on two opposite sides."""
     height, width = pixels.shape[:2]
-    pixels = pixels[:, :, :3]  # RGB's unused fourth byte left out
-    channels = pixels.shape[2]
-    # the four lines one after the other, channels first: numpy's per-call cost, and its reductions over a
-    # last axis of three, were most of the time; each line's statistics come from one call over all four
-    lines = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).T.astype(np.int16, order="C")
+    # numpy's per-call cost, and its reductions over a last axis of three, were most of the time: each
+    # statistic comes from one call over the four lines, channels first
+    lines = _outer_lines(pixels)
+    channels = lines.shape[0]
     lengths = (width, width, height, height)
     starts = (0, width, 2 * width, 2 * width + height)
     medians = np.concatenate([_median(lines[:, :2 * width].reshape(channels, 2, width)),
                               _median(lines[:, 2 * width:].reshape(channels, 2, height))], axis=1)  # [C, 4]
-    colours = list(medians.T)
+    colours = medians.T  # [4, C]: each side's colour
     # a pixel's deviation from its line's median, doubled: the median may be a half, and twice it is whole
     doubled = np.abs(2 * lines - np.repeat((2 * medians).astype(np.int16), lengths, axis=1)).max(axis=0)
 
@@ -285,8 +295,9 @@ def _margin(pixels: np.ndarray) -> _Margin | None:
     candidates = quiet_sides if tolerance == MAX_TOLERANCE else uniform(tolerance)
     if not candidates:
         return None
-    border = _median(np.stack([colours[s] for s in candidates]).T)
-    sides = frozenset(s for s in candidates if np.abs(colours[s] - border).max() <= tolerance)
+    border = _median(colours[candidates].T)
+    near = np.abs(colours[candidates] - border).max(axis=1) <= tolerance
+    sides = frozenset(s for s, ok in zip(candidates, near) if ok)
     if not ({_TOP, _BOTTOM} <= sides or {_LEFT, _RIGHT} <= sides):
         return None
     fill = tuple(int(v) for v in np.rint(border))
@@ -311,25 +322,35 @@ class _Beyond:
         self.strong = self._range(fill, STRONG_FACTOR * margin.tolerance, width, k)
 
     @staticmethod
-    def _range(fill: tuple[int, ...], limit: float, width: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Each channel's lowest value within the limit, and the range's width, repeated along a row of
-        ``width`` pixels of ``k`` bytes (RGB's fourth byte: the whole range, never outside)."""
+    def _range(fill: tuple[int, ...], limit: float, width: int, k: int) -> tuple:
+        """How to find the values outside each channel's range ``c - floor(limit) .. c + floor(limit)``, along
+        a row of ``width`` pixels of ``k`` bytes (RGB's fourth byte: the whole range, never outside): (a
+        comparison and the range's low or high end) where the range reaches 255 or 0 in every channel (a
+        white or black canvas), else (None, its low end, its width)."""
         reach = math.floor(limit)
-        low = [max(0, c - reach) for c in fill]
-        span = [min(255, c + reach) - lo for c, lo in zip(fill, low)]
+        low, high = [max(0, c - reach) for c in fill], [min(255, c + reach) for c in fill]
         if k == 4:
-            low, span = low + [0], span + [255]
-        return (np.frombuffer(bytes(low) * width, dtype=np.uint8),
-                np.frombuffer(bytes(span) * width, dtype=np.uint8))
+            low, high = low + [0], high + [255]
 
-    def flags(self, pixels: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        """[H, W], non-zero where some channel lies outside the range: one subtraction in uint8 (a value below
-        the range wraps round above its width) along whole rows, and RGB's four flags of a pixel read as one
-        number."""
+        def row(values: list[int]) -> np.ndarray:
+            return np.frombuffer(bytes(values) * width, dtype=np.uint8)
+
+        if all(h == 255 for h in high):
+            return np.less, row(low), None
+        if all(lo == 0 for lo in low):
+            return np.greater, row(high), None
+        return None, row(low), row([h - lo for h, lo in zip(high, low)])
+
+    def flags(self, pixels: np.ndarray, bounds: tuple) -> np.ndarray:
+        """[H, W], non-zero where some channel lies outside the range, along whole rows (numpy's loops over
+        a last axis of three or four are slow), RGB's four flags of a pixel read as one number. Outside a
+        range open at neither end: one subtraction in uint8 (a value below the range wraps round above its
+        width)."""
         height, width = pixels.shape[:2]
-        low, span = bounds
         n = width * self.k
-        out = np.subtract(pixels.reshape(height, n), low[:n], dtype=np.uint8) > span[:n]
+        rows = pixels.reshape(height, n)
+        compare, end, span = bounds
+        out = compare(rows, end[:n]) if compare is not None else np.subtract(rows, end[:n], dtype=np.uint8) > span[:n]
         return out.view(np.uint32) if self.k == 4 else out
 
     def lines(self, pixels: np.ndarray, axis: int, limit: float, extra: np.ndarray | None = None
