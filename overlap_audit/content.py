@@ -220,15 +220,19 @@ def _pixels(image: Image.Image) -> np.ndarray:
 
     width, height = image.size
     k = 1 if image.mode == "L" else 4
-    try:
-        flat = np.frombuffer(pa.array(image).buffers()[-1], dtype=np.uint8)
-    except ValueError:  # a large image, kept by PIL in several blocks
-        if k == 1:
-            return np.asarray(image).reshape(height, width, 1)
-        out = np.zeros((height, width, 4), dtype=np.uint8)
-        out[:, :, :3] = np.asarray(image)
-        return out
-    return flat[:height * width * k].reshape(height, width, k)
+    flat = None
+    if hasattr(image, "__arrow_c_array__"):  # Pillow 11.2 and later
+        try:
+            flat = np.frombuffer(pa.array(image).buffers()[-1], dtype=np.uint8)
+        except ValueError:  # a large image, kept by PIL in several blocks
+            pass
+    if flat is not None:
+        return flat[:height * width * k].reshape(height, width, k)
+    if k == 1:
+        return np.asarray(image).reshape(height, width, 1)
+    out = np.zeros((height, width, 4), dtype=np.uint8)
+    out[:, :, :3] = np.asarray(image)
+    return out
 
 
 @dataclass(frozen=True)
