@@ -181,7 +181,24 @@ def _one_pass(pixels: np.ndarray, view: Callable[[], Image.Image], alpha: Callab
     """One pass of the rule on a view's ``pixels`` (``_pixels``); ``view`` and ``alpha`` give the view and its
     alpha band, for the canvas test (made only when a box is found)."""
     height, width = pixels.shape[:2]
-    found = _find_box(pixels) if min(width, height) >= 3 else None
+    judged: dict[tuple[int, int, int, int], bool] = {}  # outer parts of bands: canvas or not
+    judge = None
+    if height * width > WHOLE_MAP_PIXELS:  # read from the sides: each band is judged as soon as it is known
+        view, alpha = functools.cache(view), functools.cache(alpha)
+        transparent_border = functools.cache(lambda: alpha() is not None and _transparent_border(alpha()))
+
+        def picture(margin: _Margin, side: int, depth: int) -> bool:
+            """Whether the band cut on ``side`` is picture (the canvas test, step 4, then keeps the image
+            whole)."""
+            if depth <= GUARD or transparent_border():
+                return False  # a thin band is never held against trimming; a transparent canvas is a canvas
+            outer = _outer_part(side, depth, width, height)
+            judged[outer] = (_transparent(alpha(), outer)
+                             or _flat(view(), outer, margin.fill, FLAT_TOLERANCE, pixels=True))
+            return not judged[outer]
+
+        judge = picture
+    found = _find_box(pixels, judge) if min(width, height) >= 3 else None
     if found is None:
         return ContentBox.whole(width, height)
     (top, bottom, left, right), margin = found
@@ -192,9 +209,21 @@ def _one_pass(pixels: np.ndarray, view: Callable[[], Image.Image], alpha: Callab
         return ContentBox.whole(width, height)
     if (left, top, right, bottom) == (0, 0, width, height):
         return ContentBox.whole(width, height)
-    if not _is_canvas(view(), alpha(), margin, (left, top, right, bottom)):
+    if not _is_canvas(view(), alpha(), margin, (left, top, right, bottom), judged):
         return ContentBox.whole(width, height)
     return ContentBox(left, top, right, bottom, width, height, True)
+
+
+def _outer_part(side: int, depth: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """The outer part of the band ``depth`` lines deep on ``side`` (further than ``GUARD`` from the box), as
+    a PIL crop box."""
+    if side == _TOP:
+        return 0, 0, width, depth - GUARD
+    if side == _BOTTOM:
+        return 0, height - depth + GUARD, width, height
+    if side == _LEFT:
+        return 0, 0, depth - GUARD, height
+    return width - depth + GUARD, 0, width, height
 
 
 def trim(image: Image.Image) -> tuple[Image.Image, ContentBox]:
@@ -384,7 +413,8 @@ class _Beyond:
         return strong | (counts > limit), strong, faint
 
 
-def _find_box(pixels: np.ndarray) -> tuple[tuple[int, int, int, int], _Margin] | None:
+def _find_box(pixels: np.ndarray, picture: Callable[[_Margin, int, int], bool] | None = None
+              ) -> tuple[tuple[int, int, int, int], _Margin] | None:
     """(top, bottom, left, right) of the content of ``pixels`` ([H, W, K]: ``_pixels``) and the margin it was
     found against, or None when there is no margin to trim or no content at all.
 
@@ -393,7 +423,8 @@ def _find_box(pixels: np.ndarray) -> tuple[tuple[int, int, int, int], _Margin] |
     content line, and there is content only where some pixel is strong (a faint box moves with noise and
     brightness). A large image is read from each margin side inwards, so the cost follows the margin: first
     the rows, then the columns between the box's top and bottom (the faint pixels of the rows above and below
-    are counted while those are read).
+    are counted while those are read). ``picture(margin, side, depth)`` is asked about each band of a large
+    image as soon as its depth is known: a band that is picture (a sky) ends the pass there, None.
     """
     margin = _margin(pixels)
     if margin is None:
@@ -428,6 +459,9 @@ def _find_box(pixels: np.ndarray) -> tuple[tuple[int, int, int, int], _Margin] |
             return None  # no content line at all: nothing strong anywhere
         edges[side], strong_here = found
         strong = strong or strong_here
+        depth = edges[side] if side in (_TOP, _LEFT) else (height if side == _BOTTOM else width) - edges[side]
+        if picture is not None and picture(margin, side, depth):
+            return None  # the canvas test would keep the image whole whatever the other sides
     if not strong and not beyond.flags(pixels, beyond.strong).any():
         return None  # the first content lines held only faint pixels, and nothing anywhere is strong
     return (edges[_TOP], edges[_BOTTOM], edges[_LEFT], edges[_RIGHT]), margin
@@ -492,7 +526,7 @@ def _cropped_alpha(image: Image.Image, box: tuple[int, int, int, int]) -> Image.
 
 
 def _is_canvas(view: Image.Image, alpha: Image.Image | None, margin: _Margin,
-               box: tuple[int, int, int, int]) -> bool:
+               box: tuple[int, int, int, int], judged: dict[tuple[int, int, int, int], bool] | None = None) -> bool:
     """Whether the bands between the image's sides and ``box`` are a canvas (see the module docstring, step 4).
 
     Each band that is cut is judged on its outer part, the pixels further than ``GUARD`` from the box: it is
@@ -500,7 +534,8 @@ def _is_canvas(view: Image.Image, alpha: Image.Image | None, margin: _Margin,
     border colour, all but ``PIXEL_OUTLIERS`` of its pixels within ``PIXEL_TOLERANCE``), and picture when it
     is neither. A band with no outer part is never judged picture; it is canvas when it is transparent, its
     colour near white or near black, or its cell means are within ``THIN_FLAT_TOLERANCE``. The image is a
-    canvas when no band is picture and at least one is canvas."""
+    canvas when no band is picture and at least one is canvas. ``judged``: outer parts already judged
+    (canvas or not)."""
     width, height = view.size
     left, top, right, bottom = box
     if alpha is not None and _transparent_border(alpha):
@@ -517,7 +552,10 @@ def _is_canvas(view: Image.Image, alpha: Image.Image | None, margin: _Margin,
             evidence = (evidence or _transparent(alpha, band) or _canvas_colour(margin.fill)
                         or _flat(view, band, margin.fill, THIN_FLAT_TOLERANCE, pixels=False))
             continue
-        if not (_transparent(alpha, outer) or _flat(view, outer, margin.fill, FLAT_TOLERANCE, pixels=True)):
+        canvas = judged.get(outer) if judged else None
+        if canvas is None:
+            canvas = _transparent(alpha, outer) or _flat(view, outer, margin.fill, FLAT_TOLERANCE, pixels=True)
+        if not canvas:
             return False  # this band has the border's colour but not a canvas's flatness: a sky, a wall
         evidence = True
     return evidence
