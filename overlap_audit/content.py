@@ -55,9 +55,11 @@ Cost: the pixels are read in place (PIL's Arrow export, no copy) with numpy. Wit
 outer lines (most photographs), the outer lines only. With a margin, a small image (up to
 ``WHOLE_MAP_PIXELS``) is mapped whole at once; a larger one is read from each margin side inwards, in strips,
 only as far as its margin goes, and the lines without a pixel beyond the tolerance are not counted: the cost
-follows the margin, not the image. A repeated pass reads the box's pixels in place. On openclipart-png
-drawings about 0.6x the CPU time PIL takes to decode them, on JPEG photographs decoded at a reduced scale
-about 0.3x (benchmarks/bench_index_speed.py, BENCHMARKS.md "Indexing against the decoder").
+follows the margin, not the image; each band it would cut is judged (step 4) as soon as its depth is known,
+so a sky ends the pass before the other sides are read. A repeated pass reads the box's pixels in place.
+On openclipart-png drawings about 0.6x the CPU time PIL takes to decode them, on JPEG photographs decoded
+at a reduced scale about 0.3x (benchmarks/bench_index_speed.py, BENCHMARKS.md "Indexing against the
+decoder").
 Step 4 adds, where there is a margin, one box average and one lookup pass over the bands cut: on a photograph
 padded to 512 px 12.7 ms against 5.2 ms without step 4, measured together on a busier 2-core machine; nothing
 for an image without a margin. In the audit it runs on the image as decoded for the
