@@ -51,12 +51,15 @@ Not trimmed (``trimmed=False``, the box is the whole image):
   ``MIN_AREA_FRACTION`` of the image (a speck on a blank page); the whole, near-blank image is kept and left
   to the detectors' low-information rules.
 
-Cost: where the outer lines allow a margin, one lookup-table pass of PIL over the pixels and one grey
-conversion, plus numpy on the four outer lines and on the few lines between the box of faint and the box of
-strong differences; without two opposite quiet outer lines (most photographs), the outer lines only. A
-repeated pass whose margin is the same crops the first pass's map instead of mapping its pixels again. On
-openclipart-png drawings about 0.9x the CPU time PIL takes to decode them, on JPEG photographs decoded at a
-reduced scale about 0.5x (benchmarks/bench_index_speed.py, BENCHMARKS.md "Indexing against the decoder").
+Cost: the pixels are read in place (PIL's Arrow export, no copy) with numpy. Without two opposite quiet
+outer lines (most photographs), the outer lines only. With a margin, a small image (up to
+``WHOLE_MAP_PIXELS``) is mapped whole at once; a larger one is read from each margin side inwards, in strips,
+only as far as its margin goes, and the lines without a pixel beyond the tolerance are not counted: the cost
+follows the margin, not the image; each band it would cut is judged (step 4) as soon as its depth is known,
+so a sky ends the pass before the other sides are read. A repeated pass reads the box's pixels in place.
+On openclipart-png drawings about 0.6x the CPU time PIL takes to decode them, on JPEG photographs decoded
+at a reduced scale about 0.3x (benchmarks/bench_index_speed.py, BENCHMARKS.md "Indexing against the
+decoder").
 Step 4 adds, where there is a margin, one box average and one lookup pass over the bands cut: on a photograph
 padded to 512 px 12.7 ms against 5.2 ms without step 4, measured together on a busier 2-core machine; nothing
 for an image without a margin. In the audit it runs on the image as decoded for the
@@ -160,11 +163,14 @@ def content_box(image: Image.Image) -> ContentBox:
     canvas in another comes to the same box in both."""
     width, height = image.size
     view = _analysis_view(image)
-    box, found = _one_pass(view, lambda: _alpha(image), None)
+    pixels = _pixels(view)
+    box = _one_pass(pixels, lambda: view, lambda: _alpha(image))
     for _ in range(MAX_PASSES - 1):
         if not box.trimmed:
             break
-        inner, found = _one_pass(view.crop(box.box), functools.partial(_cropped_alpha, image, box.box), found)
+        # the next pass reads the box's pixels in place; PIL crops its view only for the canvas test
+        inner = _one_pass(pixels[box.top:box.bottom, box.left:box.right], functools.partial(view.crop, box.box),
+                          functools.partial(_cropped_alpha, image, box.box))
         if not inner.trimmed:
             break
         box = ContentBox(box.left + inner.left, box.top + inner.top, box.left + inner.right,
@@ -172,35 +178,54 @@ def content_box(image: Image.Image) -> ContentBox:
     return box
 
 
-@dataclass(frozen=True)
-class _Found:
-    """What one pass found: its margin and its map of pixels beyond the tolerance (``_find_box``'s ``faint``),
-    which the next pass crops instead of mapping the pixels again when its margin is the same."""
+def _one_pass(pixels: np.ndarray, view: Callable[[], Image.Image], alpha: Callable[[], Image.Image | None]
+              ) -> ContentBox:
+    """One pass of the rule on a view's ``pixels`` (``_pixels``); ``view`` and ``alpha`` give the view and its
+    alpha band, for the canvas test (made only when a box is found)."""
+    height, width = pixels.shape[:2]
+    judged: dict[tuple[int, int, int, int], bool] = {}  # outer parts of bands: canvas or not
+    judge = None
+    if height * width > WHOLE_MAP_PIXELS:  # read from the sides: each band is judged as soon as it is known
+        view, alpha = functools.cache(view), functools.cache(alpha)
+        transparent_border = functools.cache(lambda: alpha() is not None and _transparent_border(alpha()))
 
-    margin: _Margin
-    faint: Image.Image
-    box: tuple[int, int, int, int]  # (left, top, right, bottom) in the pass's view
+        def picture(margin: _Margin, side: int, depth: int) -> bool:
+            """Whether the band cut on ``side`` is picture (the canvas test, step 4, then keeps the image
+            whole)."""
+            if depth <= GUARD or transparent_border():
+                return False  # a thin band is never held against trimming; a transparent canvas is a canvas
+            outer = _outer_part(side, depth, width, height)
+            judged[outer] = (_transparent(alpha(), outer)
+                             or _flat(view(), outer, margin.fill, FLAT_TOLERANCE, pixels=True))
+            return not judged[outer]
 
-
-def _one_pass(view: Image.Image, alpha: Callable[[], Image.Image | None], before: _Found | None
-              ) -> tuple[ContentBox, _Found | None]:
-    """One pass of the rule on ``view``; ``alpha`` gives its alpha band (made only when a box is found)."""
-    width, height = view.size
-    found = _find_box(view, before) if min(width, height) >= 3 else None
+        judge = picture
+    found = _find_box(pixels, judge) if min(width, height) >= 3 else None
     if found is None:
-        return ContentBox.whole(width, height), None
-    (top, bottom, left, right), margin, faint = found
+        return ContentBox.whole(width, height)
+    (top, bottom, left, right), margin = found
     # the cheap reasons to keep the image whole first: the canvas test (and the alpha band it reads) is then
     # needed only for a box that would be used
     if (right - left < MIN_SIDE or bottom - top < MIN_SIDE
             or (right - left) * (bottom - top) < MIN_AREA_FRACTION * width * height):
-        return ContentBox.whole(width, height), None
+        return ContentBox.whole(width, height)
     if (left, top, right, bottom) == (0, 0, width, height):
-        return ContentBox.whole(width, height), None
-    if not _is_canvas(view, alpha(), margin, (left, top, right, bottom)):
-        return ContentBox.whole(width, height), None
-    after = _Found(margin, faint, (left, top, right, bottom))
-    return ContentBox(left, top, right, bottom, width, height, True), after
+        return ContentBox.whole(width, height)
+    if not _is_canvas(view(), alpha(), margin, (left, top, right, bottom), judged):
+        return ContentBox.whole(width, height)
+    return ContentBox(left, top, right, bottom, width, height, True)
+
+
+def _outer_part(side: int, depth: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """The outer part of the band ``depth`` lines deep on ``side`` (further than ``GUARD`` from the box), as
+    a PIL crop box."""
+    if side == _TOP:
+        return 0, 0, width, depth - GUARD
+    if side == _BOTTOM:
+        return 0, height - depth + GUARD, width, height
+    if side == _LEFT:
+        return 0, 0, depth - GUARD, height
+    return width - depth + GUARD, 0, width, height
 
 
 def trim(image: Image.Image) -> tuple[Image.Image, ContentBox]:
@@ -218,6 +243,29 @@ def _analysis_view(image: Image.Image) -> Image.Image:
     return to_rgb(image)
 
 
+def _pixels(image: Image.Image) -> np.ndarray:
+    """The pixels of an L or RGB image as a read-only array [H, W, K]: K 1 for L, 4 for RGB (PIL's own layout,
+    the fourth byte unused). In place where PIL keeps the image in one block (through its Arrow export:
+    ``np.asarray`` copies every pixel, which cost as much as the rule itself), else copied."""
+    import pyarrow as pa
+
+    width, height = image.size
+    k = 1 if image.mode == "L" else 4
+    flat = None
+    if hasattr(image, "__arrow_c_array__"):  # Pillow 11.2 and later
+        try:
+            flat = np.frombuffer(pa.array(image).buffers()[-1], dtype=np.uint8)
+        except ValueError:  # a large image, kept by PIL in several blocks
+            pass
+    if flat is not None:
+        return flat[:height * width * k].reshape(height, width, k)
+    if k == 1:
+        return np.asarray(image).reshape(height, width, 1)
+    out = np.zeros((height, width, 4), dtype=np.uint8)
+    out[:, :, :3] = np.asarray(image)
+    return out
+
+
 @dataclass(frozen=True)
 class _Margin:
     """What the outer lines say: the border colour, the tolerance and the sides that are margin."""
@@ -225,24 +273,6 @@ class _Margin:
     fill: int | tuple[int, ...]
     tolerance: float
     sides: frozenset[int]
-
-
-# below this many pixels the outer lines come from one array of the whole image: numpy's and PIL's per-call cost
-# of four crops is more than copying a small image once
-WHOLE_ARRAY_PIXELS = 1 << 16
-
-
-def _outer_lines(image: Image.Image) -> list[np.ndarray]:
-    """The four outer lines as two pairs of equal length, [2, C, n] each: (top, bottom) and (left, right)."""
-    width, height = image.size
-    channels = len(image.getbands())
-    if width * height <= WHOLE_ARRAY_PIXELS:
-        a = np.asarray(image).reshape(height, width, channels)
-        return [np.stack([a[0], a[-1]]).transpose(0, 2, 1), np.stack([a[:, 0], a[:, -1]]).transpose(0, 2, 1)]
-    # PIL crops of a large image: no copy of the whole image
-    return [np.stack([np.asarray(image.crop(box)).reshape(-1, channels).T for box in pair])
-            for pair in (((0, 0, width, 1), (0, height - 1, width, height)),
-                         ((0, 0, 1, height), (width - 1, 0, width, height)))]
 
 
 def _median(a: np.ndarray) -> np.ndarray:
@@ -255,20 +285,36 @@ def _median(a: np.ndarray) -> np.ndarray:
     return (part[..., k - 1].astype(np.float64) + part[..., k]) / 2
 
 
-def _margin(view: Image.Image) -> _Margin | None:
-    """The border colour, tolerance and margin sides from the four outer lines, or None when the image has no
-    margin on two opposite sides."""
-    channels = len(view.getbands())
-    # numpy works on a pair of lines at once, with the channels before the pixels: its per-call cost, and its
-    # reductions over a last axis of three, were most of the time
-    pairs = _outer_lines(view)
-    medians = [_median(pair) for pair in pairs]
-    colours = [c for m in medians for c in m]
-    deviations = [np.abs(pair.astype(np.int16) - m[:, :, None]).max(axis=1) for pair, m in zip(pairs, medians)]
+def _outer_lines(pixels: np.ndarray) -> np.ndarray:
+    """The four outer lines of ``pixels`` ([H, W, K]: ``_pixels``) one after the other (top, bottom, left,
+    right), channels first: int16 [C, 2W + 2H]. An RGB pixel's four bytes are gathered as one number."""
+    if pixels.shape[2] == 4:
+        whole = pixels.view(np.uint32)[:, :, 0]
+        lines = np.concatenate([whole[0], whole[-1], whole[:, 0], whole[:, -1]])
+        return lines.view(np.uint8).reshape(-1, 4)[:, :3].T.astype(np.int16, order="C")
+    grey = pixels[:, :, 0]
+    return np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])[None].astype(np.int16)
+
+
+def _margin(pixels: np.ndarray) -> _Margin | None:
+    """The border colour, tolerance and margin sides from the four outer lines of ``pixels`` ([H, W, K]:
+    ``_pixels``), or None when the image has no margin on two opposite sides."""
+    height, width = pixels.shape[:2]
+    # numpy's per-call cost, and its reductions over a last axis of three, were most of the time: each
+    # statistic comes from one call over the four lines, channels first
+    lines = _outer_lines(pixels)
+    channels = lines.shape[0]
+    lengths = (width, width, height, height)
+    starts = (0, width, 2 * width, 2 * width + height)
+    medians = np.concatenate([_median(lines[:, :2 * width].reshape(channels, 2, width)),
+                              _median(lines[:, 2 * width:].reshape(channels, 2, height))], axis=1)  # [C, 4]
+    colours = medians.T  # [4, C]: each side's colour
+    # a pixel's deviation from its line's median, doubled: the median may be a half, and twice it is whole
+    doubled = np.abs(2 * lines - np.repeat((2 * medians).astype(np.int16), lengths, axis=1)).max(axis=0)
 
     def uniform(limit: float) -> list[int]:  # the sides with at most SIDE_OUTLIERS of their pixels beyond limit
-        shares = [np.count_nonzero(d > limit, axis=1) / d.shape[1] for d in deviations]
-        return [s for s in range(4) if shares[s // 2][s % 2] <= SIDE_OUTLIERS]
+        beyond = np.add.reduceat(doubled > 2 * limit, starts, dtype=np.intp)
+        return [s for s in range(4) if beyond[s] / lengths[s] <= SIDE_OUTLIERS]
 
     # a margin side is a candidate below, which needs (tolerance <= MAX_TOLERANCE) that it be quiet here: an
     # image without two opposite quiet sides has no margin, whatever the noise
@@ -277,71 +323,183 @@ def _margin(view: Image.Image) -> _Margin | None:
         return None
     # the margin's own noise, from the lines that look like margin at all: neighbouring pixels' differences
     # (a gradient along the line is not noise), as a robust standard deviation
-    steps = [np.abs(np.diff(pair.astype(np.int16), axis=2)).max(axis=1) for pair in pairs]
-    quiet = np.concatenate([steps[s // 2][s % 2] for s in quiet_sides])
+    steps = np.abs(np.diff(lines, axis=1)).max(axis=0)  # within each line, and one across each line's end
+    quiet = np.concatenate([steps[starts[s]:starts[s] + lengths[s] - 1] for s in quiet_sides])
     noise = 1.4826 * float(_median(quiet)) / math.sqrt(2)
     tolerance = min(MAX_TOLERANCE, max(BASE_TOLERANCE, NOISE_FACTOR * noise))
     candidates = quiet_sides if tolerance == MAX_TOLERANCE else uniform(tolerance)
     if not candidates:
         return None
-    border = _median(np.stack([colours[s] for s in candidates]).T)
-    sides = frozenset(s for s in candidates if np.abs(colours[s] - border).max() <= tolerance)
+    border = _median(colours[candidates].T)
+    near = np.abs(colours[candidates] - border).max(axis=1) <= tolerance
+    sides = frozenset(s for s, ok in zip(candidates, near) if ok)
     if not ({_TOP, _BOTTOM} <= sides or {_LEFT, _RIGHT} <= sides):
         return None
     fill = tuple(int(v) for v in np.rint(border))
     return _Margin(fill[0] if channels == 1 else fill, tolerance, sides)
 
 
-def _find_box(view: Image.Image, before: _Found | None = None
-              ) -> tuple[tuple[int, int, int, int], _Margin, Image.Image] | None:
-    """(top, bottom, left, right) of the content of an RGB or L image, the margin it was found against and
-    the map of pixels beyond its tolerance, or None when there is no margin to trim or no content at all.
-    ``before``: what the pass before found on the image this ``view`` was cropped from.
+# up to this many pixels the rule maps the whole image at once; a larger one is read from each margin side
+# inwards, as far as its margin goes (numpy's per-call cost against its per-pixel cost)
+WHOLE_MAP_PIXELS = 1 << 16
+FIRST_LINES = 16  # the first strip read from a side, in lines; each next strip is twice as deep
 
-    PIL finds, in one C pass (a lookup table, then a grey conversion to one band), the bounding boxes of the
-    pixels beyond the tolerance (``loose``) and, within it, beyond the strong tolerance (``tight``). A line holding a strong pixel is content, so
-    each edge of the content box lies between the two boxes' edges; only the lines in between
-    (anti-aliasing, a shadow, usually a few) are counted in numpy.
+
+class _Beyond:
+    """Which pixels differ from the border colour by more than the tolerance (``faint``) and by more than the
+    strong tolerance (``strong``), in any channel: a channel value differs by more than a tolerance ``t``
+    from ``c`` exactly when it lies outside ``c - floor(t) .. c + floor(t)``."""
+
+    def __init__(self, margin: _Margin, width: int, k: int):
+        fill = (margin.fill,) if isinstance(margin.fill, int) else margin.fill
+        self.k = k
+        self.faint = self._range(fill, margin.tolerance, width, k)
+        self.strong = self._range(fill, STRONG_FACTOR * margin.tolerance, width, k)
+
+    @staticmethod
+    def _range(fill: tuple[int, ...], limit: float, width: int, k: int) -> tuple:
+        """How to find the values outside each channel's range ``c - floor(limit) .. c + floor(limit)``, along
+        a row of ``width`` pixels of ``k`` bytes (RGB's fourth byte: the whole range, never outside): (a
+        comparison and the range's low or high end) where the range reaches 255 or 0 in every channel (a
+        white or black canvas), else (None, its low end, its width)."""
+        reach = math.floor(limit)
+        low, high = [max(0, c - reach) for c in fill], [min(255, c + reach) for c in fill]
+        if k == 4:
+            low, high = low + [0], high + [255]
+
+        def row(values: list[int]) -> np.ndarray:
+            return np.frombuffer(bytes(values) * width, dtype=np.uint8)
+
+        if all(h == 255 for h in high):
+            return np.less, row(low), None
+        if all(lo == 0 for lo in low):
+            return np.greater, row(high), None
+        return None, row(low), row([h - lo for h, lo in zip(high, low)])
+
+    def flags(self, pixels: np.ndarray, bounds: tuple) -> np.ndarray:
+        """[H, W], non-zero where some channel lies outside the range, along whole rows (numpy's loops over
+        a last axis of three or four are slow), RGB's four flags of a pixel read as one number. Outside a
+        range open at neither end: one subtraction in uint8 (a value below the range wraps round above its
+        width)."""
+        height, width = pixels.shape[:2]
+        n = width * self.k
+        rows = pixels.reshape(height, n)
+        compare, end, span = bounds
+        out = compare(rows, end[:n]) if compare is not None else np.subtract(rows, end[:n], dtype=np.uint8) > span[:n]
+        return out.view(np.uint32) if self.k == 4 else out
+
+    def lines(self, pixels: np.ndarray, axis: int, limit: float, extra: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row (axis=1) or column (axis=0) of ``pixels``: whether it is content, i.e. holds a strong pixel
+        or more than ``limit`` faint ones (``extra`` more per line, counted elsewhere), and whether it holds a
+        strong pixel; and the map of faint pixels. Only the lines with a faint pixel are counted and looked
+        at for strong ones (a strong pixel is faint too): in a margin, few or none."""
+        faint = self.flags(pixels, self.faint)
+        touched = faint.any(axis=axis)
+        if extra is not None:
+            touched |= extra > 0
+        content, strong = np.zeros(len(touched), dtype=bool), np.zeros(len(touched), dtype=bool)
+        at = np.flatnonzero(touched)
+        if len(at) * 4 > len(touched):  # most lines: all of them at once
+            counts = np.count_nonzero(faint, axis=axis)
+            strong = self.flags(pixels, self.strong).any(axis=axis)
+        elif len(at):
+            picked = (lambda a: a[at]) if axis == 1 else (lambda a: a[:, at])
+            counts = np.zeros(len(touched), dtype=np.intp)
+            counts[at] = np.count_nonzero(picked(faint), axis=axis)
+            strong[at] = self.flags(picked(pixels), self.strong).any(axis=axis)
+        else:
+            return content, strong, faint
+        if extra is not None:
+            counts += extra
+        return strong | (counts > limit), strong, faint
+
+
+def _find_box(pixels: np.ndarray, picture: Callable[[_Margin, int, int], bool] | None = None
+              ) -> tuple[tuple[int, int, int, int], _Margin] | None:
+    """(top, bottom, left, right) of the content of ``pixels`` ([H, W, K]: ``_pixels``) and the margin it was
+    found against, or None when there is no margin to trim or no content at all.
+
+    A line (row or column) is content when it holds a pixel beyond the strong tolerance, or more than
+    ``FAINT_FRACTION`` of its pixels beyond the tolerance; a margin side's edge of the box is its first
+    content line, and there is content only where some pixel is strong (a faint box moves with noise and
+    brightness). A large image is read from each margin side inwards, so the cost follows the margin: first
+    the rows, then the columns between the box's top and bottom (the faint pixels of the rows above and below
+    are counted while those are read). ``picture(margin, side, depth)`` is asked about each band of a large
+    image as soon as its depth is known: a band that is picture (a sky) ends the pass there, None.
     """
-    margin = _margin(view)
+    margin = _margin(pixels)
     if margin is None:
         return None
-    width, height = view.size
-    tolerance, sides = margin.tolerance, margin.sides
-    # one lookup pass for both tolerances: in one band, 0 within the tolerance, 1..FAINT beyond it, more
-    # than FAINT beyond the strong tolerance (``_levels``)
-    if before is not None and (before.margin.fill, before.margin.tolerance) == (margin.fill, tolerance):
-        faint = before.faint.crop(before.box)  # the same table: the map is the same pixel by pixel
-    else:
-        faint = _any_band(view.point(_levels(margin.fill, tolerance, STRONG_FACTOR * tolerance)))
-    loose = faint.getbbox()
-    if loose is None:
-        return None  # blank: nothing but margin
-    left, top, right, bottom = loose
-    tight = faint.crop(loose).point(_STRONG).getbbox()
-    if tight is None:
-        return None  # nothing stands out clearly from the margin: a faint box moves with noise and brightness
-    tight = (tight[0] + left, tight[1] + top, tight[2] + left, tight[3] + top)
-    rows, cols = np.zeros(bottom - top, bool), np.zeros(right - left, bool)
-    # lines with a strong pixel are content; the lines between the two boxes are counted
-    t_left, t_top, t_right, t_bottom = tight
-    rows[t_top - top:t_bottom - top] = True
-    cols[t_left - left:t_right - left] = True
-    bands_r, bands_c = [(top, t_top), (t_bottom, bottom)], [(left, t_left), (t_right, right)]
-    # pixels outside ``loose`` are all within the tolerance: counting inside it counts whole lines
-    for lo, hi in bands_r:
-        if hi > lo:
-            rows[lo - top:hi - top] = _faint_counts(faint, (left, lo, right, hi), 1) > FAINT_FRACTION * width
-    for lo, hi in bands_c:
-        if hi > lo:
-            cols[lo - left:hi - left] = _faint_counts(faint, (lo, top, hi, bottom), 0) > FAINT_FRACTION * height
-    content_rows, content_cols = np.flatnonzero(rows), np.flatnonzero(cols)
-    if len(content_rows) == 0 or len(content_cols) == 0:
-        return None  # only faint specks: blank
-    return (top + int(content_rows[0]) if _TOP in sides else 0,
-            top + int(content_rows[-1]) + 1 if _BOTTOM in sides else height,
-            left + int(content_cols[0]) if _LEFT in sides else 0,
-            left + int(content_cols[-1]) + 1 if _RIGHT in sides else width), margin, faint
+    height, width = pixels.shape[:2]
+    sides = margin.sides
+    beyond = _Beyond(margin, width, pixels.shape[2])
+    col_limit, row_limit = FAINT_FRACTION * height, FAINT_FRACTION * width
+    if height * width <= WHOLE_MAP_PIXELS:
+        strong = beyond.flags(pixels, beyond.strong)
+        strong_rows = strong.any(axis=1)
+        if not strong_rows.any():
+            return None  # nothing stands out clearly from the margin (or nothing at all): blank
+        faint = beyond.flags(pixels, beyond.faint)
+        rows = strong_rows | (np.count_nonzero(faint, axis=1) > row_limit)
+        cols = strong.any(axis=0) | (np.count_nonzero(faint, axis=0) > col_limit)
+        return (int(np.argmax(rows)) if _TOP in sides else 0,
+                height - int(np.argmax(rows[::-1])) if _BOTTOM in sides else height,
+                int(np.argmax(cols)) if _LEFT in sides else 0,
+                width - int(np.argmax(cols[::-1])) if _RIGHT in sides else width), margin
+    edges = {_TOP: 0, _BOTTOM: height, _LEFT: 0, _RIGHT: width}
+    extra = np.zeros(width, dtype=np.intp)  # per column: faint pixels in the rows above and below the box
+    strong = False
+    for side in (_TOP, _BOTTOM, _LEFT, _RIGHT):
+        if side not in sides:
+            continue
+        if side in (_TOP, _BOTTOM):
+            found = _scan(pixels, side, beyond, row_limit, extra)
+        else:
+            found = _scan(pixels[edges[_TOP]:edges[_BOTTOM]], side, beyond, col_limit, extra)
+        if found is None:
+            return None  # no content line at all: nothing strong anywhere
+        edges[side], strong_here = found
+        strong = strong or strong_here
+        depth = edges[side] if side in (_TOP, _LEFT) else (height if side == _BOTTOM else width) - edges[side]
+        if picture is not None and picture(margin, side, depth):
+            return None  # the canvas test would keep the image whole whatever the other sides
+    if not strong and not beyond.flags(pixels, beyond.strong).any():
+        return None  # the first content lines held only faint pixels, and nothing anywhere is strong
+    return (edges[_TOP], edges[_BOTTOM], edges[_LEFT], edges[_RIGHT]), margin
+
+
+def _scan(pixels: np.ndarray, side: int, beyond: _Beyond, limit: float, extra: np.ndarray
+          ) -> tuple[int, bool] | None:
+    """From ``side`` inwards, in strips of lines twice as deep each time: the box's edge on that side (its first
+    content line; for the bottom and right sides the index after it) and whether that line holds a strong
+    pixel, or None when no line is content. Reading rows adds each column's faint pixels in the rows that are
+    not content to ``extra``; reading columns counts them in."""
+    rows = side in (_TOP, _BOTTOM)
+    axis = 1 if rows else 0  # rows are reduced along axis 1, columns along axis 0
+    size = pixels.shape[0 if rows else 1]
+    forwards = side in (_TOP, _LEFT)
+    done, depth = 0, FIRST_LINES
+    while done < size:
+        depth = min(depth, size - done)
+        lo, hi = (done, done + depth) if forwards else (size - done - depth, size - done)
+        if rows:
+            content, strong, faint = beyond.lines(pixels[lo:hi], 1, limit)
+        else:
+            content, strong, faint = beyond.lines(pixels[:, lo:hi], 0, limit, extra[lo:hi])
+        if not forwards:  # inwards is backwards
+            content, strong = content[::-1], strong[::-1]
+        at = int(np.argmax(content)) if content.any() else depth
+        if rows:  # the rows passed over, in the strip's own order
+            passed = faint[:at] if forwards else faint[depth - at:]
+            if passed.any():
+                extra += np.count_nonzero(passed, axis=0)
+        if at < depth:
+            edge = done + at
+            return (edge if forwards else size - edge), bool(strong[at])
+        done += depth
+        depth *= 2
+    return None
 
 
 def _alpha(image: Image.Image) -> Image.Image | None:
@@ -370,7 +528,7 @@ def _cropped_alpha(image: Image.Image, box: tuple[int, int, int, int]) -> Image.
 
 
 def _is_canvas(view: Image.Image, alpha: Image.Image | None, margin: _Margin,
-               box: tuple[int, int, int, int]) -> bool:
+               box: tuple[int, int, int, int], judged: dict[tuple[int, int, int, int], bool] | None = None) -> bool:
     """Whether the bands between the image's sides and ``box`` are a canvas (see the module docstring, step 4).
 
     Each band that is cut is judged on its outer part, the pixels further than ``GUARD`` from the box: it is
@@ -378,7 +536,8 @@ def _is_canvas(view: Image.Image, alpha: Image.Image | None, margin: _Margin,
     border colour, all but ``PIXEL_OUTLIERS`` of its pixels within ``PIXEL_TOLERANCE``), and picture when it
     is neither. A band with no outer part is never judged picture; it is canvas when it is transparent, its
     colour near white or near black, or its cell means are within ``THIN_FLAT_TOLERANCE``. The image is a
-    canvas when no band is picture and at least one is canvas."""
+    canvas when no band is picture and at least one is canvas. ``judged``: outer parts already judged
+    (canvas or not)."""
     width, height = view.size
     left, top, right, bottom = box
     if alpha is not None and _transparent_border(alpha):
@@ -395,7 +554,10 @@ def _is_canvas(view: Image.Image, alpha: Image.Image | None, margin: _Margin,
             evidence = (evidence or _transparent(alpha, band) or _canvas_colour(margin.fill)
                         or _flat(view, band, margin.fill, THIN_FLAT_TOLERANCE, pixels=False))
             continue
-        if not (_transparent(alpha, outer) or _flat(view, outer, margin.fill, FLAT_TOLERANCE, pixels=True)):
+        canvas = judged.get(outer) if judged else None
+        if canvas is None:
+            canvas = _transparent(alpha, outer) or _flat(view, outer, margin.fill, FLAT_TOLERANCE, pixels=True)
+        if not canvas:
             return False  # this band has the border's colour but not a canvas's flatness: a sky, a wall
         evidence = True
     return evidence
@@ -403,7 +565,8 @@ def _is_canvas(view: Image.Image, alpha: Image.Image | None, margin: _Margin,
 
 def _transparent_border(alpha: Image.Image) -> bool:
     """Whether at least half of the pixels on the image's four outer lines are transparent."""
-    border = np.concatenate([pair.ravel() for pair in _outer_lines(alpha)])
+    a = _pixels(alpha)[:, :, 0] if alpha.mode == "L" else np.asarray(alpha.convert("L"))
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
     return bool((border <= ALPHA_CLEAR).mean() >= 0.5)
 
 
@@ -437,27 +600,6 @@ def _beyond(fill: int | tuple[int, ...], limit: float) -> tuple[int, ...]:
     more than ``limit``, else 0 (one table per band)."""
     values = np.arange(256)
     return tuple(int(v) for c in np.atleast_1d(fill) for v in np.where(np.abs(values - int(c)) > limit, 255, 0))
-
-
-# _levels' value for a channel beyond the tolerance but within the strong one: the smallest that keeps a pixel
-# faint in only its blue channel non-zero in PIL's grey conversion (blue weighs 7471/65536, rounded: 5 -> 1),
-# while a channel at 255 gives at least 29 and three faint ones at most 5
-FAINT = 5
-_STRONG = tuple(255 if v > FAINT else 0 for v in range(256))  # the strong pixels of a one-band ``_levels``
-
-
-@functools.lru_cache(maxsize=256)
-def _levels(fill: int | tuple[int, ...], limit: float, strong: float) -> tuple[int, ...]:
-    """A lookup table for ``Image.point``: 255 where a channel value differs from the border colour's by
-    more than ``strong``, ``FAINT`` where by more than ``limit``, else 0 (one table per band)."""
-    values = np.arange(256)
-    return tuple(int(v) for c in np.atleast_1d(fill) for v in np.select(
-        [np.abs(values - int(c)) > strong, np.abs(values - int(c)) > limit], [255, FAINT], 0))
-
-
-def _faint_counts(faint: Image.Image, box: tuple[int, int, int, int], axis: int) -> np.ndarray:
-    """Per row (axis=1) or column (axis=0) of ``box``: how many pixels are beyond the tolerance."""
-    return np.count_nonzero(np.asarray(_any_band(faint.crop(box))), axis=axis)
 
 
 def _any_band(flags: Image.Image) -> Image.Image:

@@ -90,14 +90,21 @@ def read_file(path: str, max_bytes: int) -> bytes:
     for anything else (and OSError when the file cannot be opened)."""
     # O_NONBLOCK: opening a FIFO does not wait for a writer; it is refused by fstat right after
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as fh:
+    try:
         st = os.fstat(fd)
         kind = _kind(st.st_mode)
         if kind is not None:
             raise ReadRefused(f"not a regular file ({kind}): not read")
         if st.st_size > max_bytes:
             raise ReadRefused(_too_large(st.st_size, max_bytes, "file"))
-        data = fh.read(max_bytes + 1)  # the file may have grown since fstat
-    if len(data) > max_bytes:
-        raise ReadRefused(f"file grew past the limit of {max_bytes:,} bytes while read: not read")
-    return data
+        # reads of the size fstat gave, plus one byte to see whether the file has grown since: a buffered
+        # read of max_bytes + 1 allocates that much for every file (0.2 ms of a 15 kB PNG's read)
+        chunks, total = [], 0
+        while chunk := os.read(fd, min(st.st_size, max_bytes - total) + 1):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise ReadRefused(f"file grew past the limit of {max_bytes:,} bytes while read: not read")
+    finally:
+        os.close(fd)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

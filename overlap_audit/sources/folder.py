@@ -55,8 +55,9 @@ def _walk(root: str) -> tuple[list[str], list[tuple[str, str]]]:
             continue
         seen_dirs.add(real)
         dirnames.sort()
-        for fn in filenames:
-            files.append(os.path.relpath(os.path.join(dirpath, fn), root))
+        # one relpath per directory, not per file (it normalises both paths every call)
+        rel_dir = os.path.relpath(dirpath, root)
+        files.extend(filenames if rel_dir == os.curdir else [os.path.join(rel_dir, fn) for fn in filenames])
     files.sort()
     return files, unreadable
 
@@ -78,6 +79,7 @@ def iter_folder(name: str, root: str, labels_from_folders: bool = False,
     for rel, why in unreadable:
         yield RawItem(name, printable_id(rel) + "/", skip_reason=f"unreadable directory: {why}")
     image_stems = _image_stems(files)
+    listed = set(files)
     for rel in files:
         rel_id = printable_id(rel)
         full = os.path.join(root, rel)
@@ -91,8 +93,9 @@ def iter_folder(name: str, root: str, labels_from_folders: bool = False,
             if problem is not None:
                 yield RawItem(name, rel_id, label=label, skip_reason=problem)
                 continue
-            txt = os.path.join(root, stem + ".txt")
-            caption = read_text(txt, limits.max_file_bytes) if os.path.exists(txt) else None
+            # a caption is looked for only where the listing has one (no stat per image)
+            caption = (read_text(os.path.join(root, stem + ".txt"), limits.max_file_bytes)
+                       if stem + ".txt" in listed else None)
             yield RawItem(name, rel_id, path=full, caption=caption, label=label)
         elif _is_sidecar(rel, image_stems):
             continue  # read together with its image

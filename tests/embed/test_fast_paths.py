@@ -112,12 +112,13 @@ def _plain_box(image: Image.Image) -> content.ContentBox:
     its alpha band is the crop's own (``_alpha`` of the cropped image, as the rule has it)."""
     width, height = image.size
     view = content._analysis_view(image)
-    box, _ = content._one_pass(view, lambda: content._alpha(image), None)
+    box = content._one_pass(content._pixels(view), lambda: view, lambda: content._alpha(image))
     for _ in range(content.MAX_PASSES - 1):
         if not box.trimmed:
             break
         crop = image.crop(box.box)
-        inner, _ = content._one_pass(content._analysis_view(crop), lambda: content._alpha(crop), None)
+        crop_view = content._analysis_view(crop)
+        inner = content._one_pass(content._pixels(crop_view), lambda: crop_view, lambda: content._alpha(crop))
         if not inner.trimmed:
             break
         box = content.ContentBox(box.left + inner.left, box.top + inner.top, box.left + inner.right,
@@ -132,7 +133,7 @@ def test_content_boxes_equal_the_plain_passes_on_real_images(photos, monkeypatch
     assert any(boxes[n].trimmed and "framed" in n for n in boxes)
     for name, im in fixtures:
         assert boxes[name] == _plain_box(im), name
-    # the outer lines from crops (large images) equal those from one array (small ones)
-    monkeypatch.setattr(content, "WHOLE_ARRAY_PIXELS", 0)
+    # read from the sides inwards (large images) as on the whole map at once (small ones)
+    monkeypatch.setattr(content, "WHOLE_MAP_PIXELS", 0)
     for name, im in fixtures:
         assert content_box(im) == boxes[name], name
