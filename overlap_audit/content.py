@@ -476,7 +476,6 @@ def _scan(pixels: np.ndarray, side: int, beyond: _Beyond, limit: float, extra: n
     pixel, or None when no line is content. Reading rows adds each column's faint pixels in the rows that are
     not content to ``extra``; reading columns counts them in."""
     rows = side in (_TOP, _BOTTOM)
-    axis = 1 if rows else 0  # rows are reduced along axis 1, columns along axis 0
     size = pixels.shape[0 if rows else 1]
     forwards = side in (_TOP, _LEFT)
     done, depth = 0, FIRST_LINES
