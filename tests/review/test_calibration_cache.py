@@ -46,7 +46,7 @@ def test_a_second_calibration_reads_the_generated_images_embeddings_from_the_cac
     first = _calibrate(corpus_index, root, tmp_path / "cache")
     assert not first.embeddings_cached
     stored = sorted(p.name for p in (tmp_path / "cache").glob("*.npz"))
-    assert len(stored) == 2  # the transposes (embeddings and neighbours), the copies with their sources
+    assert len(stored) == 3  # the transposes (embeddings and neighbours), the copies, their sources
     second = _calibrate(corpus_index, root, tmp_path / "cache")
     assert second.embeddings_cached
     _same(first, second)
