@@ -21,7 +21,6 @@ if __name__ == "__main__" and not __package__:
 
 import argparse
 import json
-import random
 import shutil
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     import pyarrow.parquet as pq
 
     from benchmarks.devset.make_devset import eval_png
-    from benchmarks.devset.score_devset import PAIRS, read_pairs
+    from benchmarks.devset.score_devset import PAIRS, devset_corpus
     from overlap_audit.api import ReportSettings, build_index, run_report
     from overlap_audit.settings import IndexSettings
 
@@ -46,16 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-views", action="store_true", help="index without corpus views")
     args = ap.parse_args(argv)
 
-    manifest = json.loads((args.data / "manifest.json").read_text())
-    labels = read_pairs(args.pairs)
-    stamps = sorted({s for s, _ in labels})
-    named = sorted({c for _, c in labels})
-    corpus_pkg = Path(manifest["corpus_root"])
-    skipped = {c for c, _ in manifest["corpus_skipped"]}
-    every = sorted(str(p.relative_to(corpus_pkg)) for p in (corpus_pkg / "usr/share/openclipart/png").rglob("*.png"))
-    rest = [c for c in every if c not in set(named) and c not in skipped]
-    if 0 <= args.distractors < len(rest):
-        rest = sorted(random.Random(args.seed).sample(rest, args.distractors))
+    labels, stamps, named, rest, corpus_pkg, skipped = devset_corpus(args.data, args.pairs, args.distractors,
+                                                                     args.seed)
     corpus = [c for c in named if c not in skipped] + rest
     names = {}
     for folder, files, path in (("corpus", corpus, lambda c: corpus_pkg / c), ("stamps", stamps, lambda s: eval_png(args.data, s))):

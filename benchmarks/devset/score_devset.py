@@ -147,6 +147,24 @@ def calibrated_thresholds(work: Path, stamp_files, corpus_files, detectors) -> d
     return out
 
 
+def devset_corpus(data: Path, pairs: Path, distractors: int, seed: int):
+    """(labels, stamps, the corpus images pairs.csv names, ``distractors`` other openclipart-png images drawn
+    with ``seed`` (-1: all), the corpus package's root, the corpus images make_devset skipped) of the
+    development set rendered into ``data``; corpus images as paths relative to the package's root."""
+    manifest = json.loads((data / "manifest.json").read_text())
+    labels = read_pairs(pairs)
+    stamps = sorted({s for s, _ in labels})
+    named = sorted({c for _, c in labels})
+    corpus_pkg = Path(manifest["corpus_root"])
+    skipped = {c for c, _ in manifest["corpus_skipped"]}
+    named_set = set(named)
+    every = sorted(str(p.relative_to(corpus_pkg)) for p in (corpus_pkg / "usr/share/openclipart/png").rglob("*.png"))
+    rest = [c for c in every if c not in named_set and c not in skipped]
+    if 0 <= distractors < len(rest):
+        rest = sorted(random.Random(seed).sample(rest, distractors))
+    return labels, stamps, named, rest, corpus_pkg, skipped
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, type=Path, help="make_devset.py's --out folder")
@@ -172,17 +190,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from overlap_audit.detectors import get_detector
 
-    manifest = json.loads((args.data / "manifest.json").read_text())
-    labels = read_pairs(args.pairs)
-    stamps = sorted({s for s, _ in labels})
-    named = sorted({c for _, c in labels})
-    corpus_pkg = Path(manifest["corpus_root"])
-    skipped = {c for c, _ in manifest["corpus_skipped"]}
+    labels, stamps, named, rest, corpus_pkg, _ = devset_corpus(args.data, args.pairs, args.distractors, args.seed)
     named_set = set(named)
-    every = sorted(str(p.relative_to(corpus_pkg)) for p in (corpus_pkg / "usr/share/openclipart/png").rglob("*.png"))
-    rest = [c for c in every if c not in named_set and c not in skipped]
-    if 0 <= args.distractors < len(rest):
-        rest = sorted(random.Random(args.seed).sample(rest, args.distractors))
     corpus = named + rest
     detectors = {spec: get_detector(spec) for spec in args.detector}
     size = None if args.full_size else WORK_SIZE
