@@ -34,8 +34,9 @@ no texture is not considered (it correlates with anything by chance).
 The verdict (``PhotoVerification.verdict``):
 
 - drawings (both mostly flat fills, ``MAX_FLAT``; or one, and either trimmed by ``content.trim``) are decided by
-  ``verify.verify_prepared`` alone, as before: the clip-art look-alikes it rejects stay rejected (a ball and
-  an apple line up under this wider geometric search; ``verify_prepared``'s box-shape gate and cells do not);
+  ``verify.verify_prepared`` alone: the same picture from the pair threshold, evidence against under
+  ``verify.VERIFY_REJECT``, nothing to say in between (the clip-art look-alikes it rejects stay rejected: a ball
+  and an apple line up under this wider geometric search; ``verify_prepared``'s box-shape gate and cells do not);
 - a photograph pair with texture is the same picture from a photo score of ``ACCEPT`` (and ``ACCEPT_CELLS``:
   the aligned pair correlates cell by cell too), and evidence against under ``REJECT``; below the detector's
   threshold the score needed grows (``GRADE``) and a second piece of evidence must agree
@@ -79,7 +80,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from .verify import VERIFY_THRESHOLD, Prepared, prepare, verify_prepared
+from .verify import VERIFY_REJECT, VERIFY_THRESHOLD, Prepared, prepare, verify_prepared
 
 KEEP = 160  # long side of the greyscale view kept per image, px
 COARSE = 32  # the coarse grid's size (sqrt of its area), px
@@ -220,7 +221,10 @@ class PhotoVerification:
                 return False
         if self.pair_score >= pair_threshold or self.flat_match:  # NaN (not computed) compares False
             return True
-        return False if not self.applies else None  # drawings: verify_prepared decides, as before
+        if self.applies:
+            return None
+        # drawings: verify_prepared decides; a score between its reject level and the pair threshold says nothing
+        return False if not self.pair_score >= min(VERIFY_REJECT, pair_threshold) else None
 
 
 def prepare_photo(image: Image.Image) -> PhotoPrepared:

@@ -9,8 +9,8 @@ that are at or above the first stage (``VerifySettings.first_stage_for``), at mo
 ``VerifySettings.neighbours`` of them, most similar first, until one is verified as the same picture. Overlap
 is an example with a verified item, or whose nearest item is at or above the threshold and verification holds
 no evidence against that pair (a photograph pair with too little texture, a sky, says nothing either way and
-keeps the detector's decision; a drawing pair is judged by ``verify.verify_prepared`` at
-``VerifySettings.threshold``, which rejects look-alikes as before). The example's match (``Split.match``) is
+keeps the detector's decision; a drawing pair is judged by ``verify.verify_prepared``: the same picture at
+``VerifySettings.threshold``, evidence against under ``verify.VERIFY_REJECT``, which rejects look-alikes). The example's match (``Split.match``) is
 the item verified, else the nearest. Low-information examples are never Overlap (``DecisionRule.choose``).
 """
 
@@ -42,7 +42,7 @@ RELAX = 2.5
 # The version of the rule below; report.json's "verify" record and the review sheet (pairs.json) carry it, and
 # whatever decides again from them (the notebooks, ``threshold``) refuses another. Raise it whenever the same
 # similarities and verdicts could decide differently.
-DECISION_VERSION = 3
+DECISION_VERSION = 4
 
 # How many of an example's nearest corpus items (at or above the first stage) verification may compare with it.
 # An App. C copy's source is often not its nearest item under phash (a squashed, cropped photograph lands nearer

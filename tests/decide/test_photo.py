@@ -149,6 +149,28 @@ def test_the_rule_keeps_a_confident_match_without_evidence_against_it():
     assert rule.overlap("s", sims, verdicts).tolist() == [True, False, True, False, True, False]
 
 
+def test_a_drawing_score_between_reject_and_accept_keeps_a_confident_match():
+    """A drawing pair (the photo comparison does not apply) is the same picture from the pair threshold and
+    evidence against only under ``VERIFY_REJECT``; in between it says nothing, so a confident detector match
+    stays Overlap and a pair below the threshold stays Clean."""
+    from overlap_audit.decide.rule import DecisionRule, VerifySettings
+    from overlap_audit.decide.verify import VERIFY_REJECT
+
+    def drawing(pair: float) -> PhotoVerification:
+        return PhotoVerification(float("nan"), 0.05, pair)
+
+    between = (VERIFY_REJECT + VERIFY_THRESHOLD) / 2
+    assert not drawing(between).applies
+    verdicts = [drawing(VERIFY_THRESHOLD).verdict, drawing(between).verdict, drawing(VERIFY_REJECT - 0.01).verdict,
+                drawing(between).verdict]
+    assert verdicts == [True, None, False, None]
+    # a lower pair threshold than the reject level asked for (``threshold`` may choose one) rejects only under it
+    assert drawing(VERIFY_REJECT - 0.01).verdict_at(VERIFY_REJECT - 0.05) is True
+    assert drawing(VERIFY_REJECT - 0.06).verdict_at(VERIFY_REJECT - 0.05) is False
+    rule = DecisionRule({"s": 0.9}, VerifySettings(first_stage=0.7))
+    assert rule.overlap("s", [0.95, 0.95, 0.95, 0.85], verdicts).tolist() == [True, True, False, False]
+
+
 def test_an_extreme_strip_says_nothing_so_a_confident_match_stands():
     """A 3000 x 10 strip and its re-encoded copy: no grid holds their content, so verification has no verdict
     (the detector's decision stands); byte-identical strips are the same picture."""
