@@ -2,8 +2,10 @@
 items behind keys, read back from the sources the manifest records (``corpus_items``).
 
 ``corpus_items`` is the one place corpus items are read back (verification, the gallery, pairs): each item
-is held to the size and xxh3 checksum its shard recorded when it was embedded, so a file replaced after
-``index`` is reported as changed (``CHANGED``), never compared as if it were the original.
+is read at the location its shard recorded (a tar member's offset and size, a Parquet row group and row;
+``values.ItemLocation``) where there is one, else looked for by id in its source, and held to the size and
+xxh3 checksum its shard recorded when it was embedded, so a file replaced after ``index`` is reported as
+changed (``CHANGED``), never compared as if it were the original.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from ..errors import OverlapAuditError
 from ..limits import DEFAULT_LIMITS, ReadRefused, read_file
 from ..sources import SOURCE_KINDS, Source, fetch_items, readback_problem
-from ..values import RawItem
+from ..values import ItemLocation, RawItem
 from .integrity import check_faiss, check_files, read_faiss_index, read_id_column
 from .manifest import VECTORS_FILE, IndexManifest, checksum_bytes, load_manifest
 from .shards import ItemBytes, rows_by_key
@@ -137,7 +139,7 @@ def corpus_items(index_dir: str | os.PathLike, keys) -> dict[str, RawItem]:
     """
     manifest = load_manifest(index_dir)
     wanted = {str(k) for k in keys if k is not None}
-    located = rows_by_key(index_dir, wanted, ["source", "id", "caption", "label", *_FINGERPRINT],
+    located = rows_by_key(index_dir, wanted, ["source", "id", "caption", "label", "location", *_FINGERPRINT],
                           items_file=manifest.items_file)
     out = {key: RawItem("", key, skip_reason="not in this index's shards") for key in wanted - located.keys()}
     by_source: dict[str, list[str]] = {}
@@ -150,10 +152,15 @@ def corpus_items(index_dir: str | os.PathLike, keys) -> dict[str, RawItem]:
         if src is None:
             reason = f"source {source_name!r} is not recorded in the manifest (an index built from vectors)"
         else:
-            reason = readback_problem(src)
+            places = {located[k]["id"]: ItemLocation.from_dict(located[k]["location"])
+                      for k in source_keys if located[k]["location"] is not None}
+            # every item recorded where it lies: only the files that hold them need to be there still
+            files = ({p.file for p in places.values()} if len(places) == len(source_keys)
+                     and all(0 <= p.file < len(src.paths) for p in places.values()) else None)
+            reason = readback_problem(src, files)
             if reason is None:
                 try:
-                    items = fetch_items(src, [located[k]["id"] for k in source_keys])
+                    items = fetch_items(src, [located[k]["id"] for k in source_keys], locations=places)
                 except (OSError, OverlapAuditError) as exc:
                     reason = f"source {src.spec!r} is no longer readable ({exc})"
         for key in source_keys:

@@ -40,6 +40,10 @@ def fetch_items(source: Source, ids: Iterable[str], limits: InputLimits | None =
     located = _usable_locations(source, wanted, locations or {})
     if located:
         found = _fetch_located(source, located, limits)
+        moved = located.keys() - found.keys()
+        if moved:  # rows of a rewritten Parquet file: looked for in the files they were in first
+            files = tuple(source.paths[i] for i in sorted({located[i].file for i in moved}))
+            found.update(_fetch_parquet(source, moved, limits, files))
         wanted -= found.keys()
     if not wanted:
         return found
@@ -48,11 +52,13 @@ def fetch_items(source: Source, ids: Iterable[str], limits: InputLimits | None =
     elif source.kind == "parquet":
         found.update(_fetch_parquet(source, wanted, limits))
     else:
+        left = set(wanted)
         for item in (iter_wds(source.name, source.paths, limits) if source.kind == "wds"
                      else source.iter_items(limits)):
-            if item.id in wanted and item.id not in found:
+            if item.id in left:
                 found[item.id] = item
-                if len(found) == len(wanted):
+                left.discard(item.id)
+                if not left:
                     break
     for ident in wanted - set(found):
         found[ident] = RawItem(source.name, ident, skip_reason=f"no longer in source {source.spec!r}")
@@ -113,13 +119,15 @@ def _inside(path: str, root: str) -> bool:
     return rel != "." and not os.path.isabs(rel) and ".." not in Path(rel).parts
 
 
-def _fetch_parquet(source: Source, wanted: set[str], limits: InputLimits = DEFAULT_LIMITS) -> dict[str, RawItem]:
+def _fetch_parquet(source: Source, wanted: set[str], limits: InputLimits = DEFAULT_LIMITS,
+                   paths: tuple[str, ...] | None = None) -> dict[str, RawItem]:
+    """The rows of the wanted ids, looked for in ``paths`` (default: every file of the source)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     found: dict[str, RawItem] = {}
     keys = pa.array(sorted(wanted), pa.string())
-    for path in source.paths:
+    for path in source.paths if paths is None else paths:
         with parquet_file(path) as pf:
             cols = parquet_columns(path, pf)
             # the ids first; then only the row groups that hold a wanted one (a remote file is not read whole)
