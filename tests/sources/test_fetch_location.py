@@ -10,6 +10,7 @@ import tarfile
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from overlap_audit.limits import InputLimits
@@ -17,6 +18,7 @@ from overlap_audit.sources import fetch_items, open_source
 from overlap_audit.values import ItemLocation
 
 from ..helpers import png_bytes
+from .test_remote import served  # noqa: F401 - the HTTP server fixture
 from .test_sources import add_member, make_tar
 
 
@@ -161,3 +163,17 @@ def test_a_parquet_row_that_holds_another_id_now_is_looked_for_by_id(tmp_path):
     got = fetch_items(src, ["k0001", "k0020", "gone"], locations={**located, "gone": located["k0002"]})
     assert got["k0001"].data == _png(1) and got["k0020"].data == _png(20)
     assert "no longer in source" in got["gone"].skip_reason
+
+
+@pytest.mark.network
+def test_items_of_remote_tars_and_parquet_are_read_at_their_location_by_range_requests(served):
+    root, url, _, _ = served
+    for spec in ("shard-{000..001}.tar", "corpus.parquet"):
+        src = open_source(f"{url}/{spec}")
+        items = {it.id: it for it in src.iter_items()}
+        assert all(it.location is not None for it in items.values())
+        local = {it.id: it for it in open_source(str(root / spec)).iter_items()}
+        assert {i: it.location for i, it in items.items()} == {i: it.location for i, it in local.items()}
+        wanted = sorted(items)[1::3]
+        got = fetch_items(src, wanted, locations={i: items[i].location for i in wanted})
+        assert {i: _view(it) for i, it in got.items()} == {i: _view(local[i]) for i in wanted}
