@@ -78,10 +78,27 @@ def test_a_replaced_tar_reads_as_changed_never_as_other_bytes(tmp_path, tars):
     keys = [f"s4-{i}" for i in range(4)]
     make_tar(corpus / "00004.tar", [(k, {"png": samples[k]["png"] if k in keys[2:] else _png(900 + i),
                                          "txt": b"other"}) for i, k in reversed(list(enumerate(keys)))])
+    located = {k: rows_by_key(index, [k], ["location"])[k]["location"] for k in keys}
     got = corpus_items(index, keys + ["s3-1"])
-    for key in keys:
+    for key in keys[:2]:
         assert got[key].data is None and is_changed(got[key]), got[key]
+    # the two with their own bytes, elsewhere in the re-packed tar: found there, by key in that tar alone
+    assert [got[k].data for k in keys[2:]] == [samples[k]["png"] for k in keys[2:]]
     assert got["s3-1"].data == samples["s3-1"]["png"]  # the other shards are as they were
+    for shard in (0, 1, 2, 3, 5, 6, 7, 8):
+        os.remove(corpus / f"{shard:05d}.tar")
+    assert corpus_items(index, keys[2:]) == {k: got[k] for k in keys[2:]}
+    assert all(loc["file"] == 4 for loc in located.values())
+
+
+def test_items_of_two_sources_are_each_read_from_their_own(tmp_path, tars):
+    corpus, samples = tars
+    _parquet(tmp_path / "more.parquet", 0, 6)
+    out = tmp_path / "both"
+    build_index([str(corpus), str(tmp_path / "more.parquet")], out, IndexSettings(workers=0, shard_size=7, views=()))
+    got = corpus_items(out, ["corpus/s2-1", "more.parquet/k0004", "corpus/s7-3"])
+    assert got["corpus/s2-1"].data == samples["s2-1"]["png"] and got["corpus/s7-3"].data == samples["s7-3"]["png"]
+    assert got["more.parquet/k0004"].data == _png(4) and got["more.parquet/k0004"].caption == "c4"
 
 
 def _strip_locations(index: str) -> None:
