@@ -15,11 +15,41 @@ Metric = Literal["cosine", "hamming"]
 
 
 @dataclass(frozen=True)
+class ItemLocation:
+    """Where an item lies in its source, recorded when it is indexed so that it can be read back without listing
+    or scanning the source: ``file`` is the tar's or Parquet file's position in the source's paths; a WebDataset
+    sample's ``members`` are (extension, offset of the member's data in the tar, its size) of each member read
+    (the image, and the ``.txt`` / ``.json`` / ``.cls`` caption and label); a Parquet row is its ``row_group``
+    and its ``row`` within it."""
+
+    file: int
+    members: tuple[tuple[str, int, int], ...] = ()
+    row_group: int | None = None
+    row: int | None = None
+
+    def to_dict(self) -> dict:
+        """As stored in an index shard: the members as ``ext@offset+size`` joined by spaces (None when none)."""
+        members = " ".join(f"{ext}@{offset}+{size}" for ext, offset, size in self.members)
+        return {"file": self.file, "members": members or None, "row_group": self.row_group, "row": self.row}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ItemLocation":
+        members = []
+        for part in (d.get("members") or "").split():
+            ext, _, span = part.partition("@")
+            offset, _, size = span.partition("+")
+            members.append((ext, int(offset), int(size)))
+        return cls(int(d["file"]), tuple(members), d.get("row_group"), d.get("row"))
+
+
+@dataclass(frozen=True)
 class RawItem:
     """One undecoded record of a source: its id and where its image bytes are.
 
     Exactly one of ``data`` (bytes) and ``path`` (a file to read) is set, unless ``skip_reason``
-    already says why the item cannot be used (e.g. a failed download recorded by img2dataset).
+    already says why the item cannot be used (e.g. a failed download recorded by img2dataset). ``location``
+    is where a tar or Parquet source holds it (None where it cannot be read back by location: a folder, a
+    ``pipe:`` stream, a compressed tar).
     """
 
     source: str
@@ -29,6 +59,7 @@ class RawItem:
     caption: str | None = None
     label: str | None = None
     skip_reason: str | None = None
+    location: ItemLocation | None = None
 
 
 @dataclass(frozen=True)

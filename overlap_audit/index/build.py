@@ -112,7 +112,7 @@ def embed_shard(detector: Detector, items: list[RawItem], shard_no: int, *, out_
                 sources=[it.source for it in r.items], ids=[it.id for it in r.items],
                 captions=[it.caption for it in r.items], labels=[it.label for it in r.items],
                 vectors=r.vectors, low_information=r.low_information, reasons=r.reasons, copies=r.copies,
-                boxes=r.boxes, fingerprints=fingerprints)
+                boxes=r.boxes, fingerprints=fingerprints, locations=[it.location for it in r.items])
     return None
 
 

@@ -2,12 +2,16 @@
 items behind keys, read back from the sources the manifest records (``corpus_items``).
 
 ``corpus_items`` is the one place corpus items are read back (verification, the gallery, pairs): each item
-is held to the size and xxh3 checksum its shard recorded when it was embedded, so a file replaced after
-``index`` is reported as changed (``CHANGED``), never compared as if it were the original.
+is read at the location its shard recorded (a tar member's offset and size, a Parquet row group and row;
+``values.ItemLocation``) where there is one, else looked for by id in its source, and held to the size and
+xxh3 checksum its shard recorded when it was embedded, so a file replaced after ``index`` is reported as
+changed (``CHANGED``), never compared as if it were the original. A tar sample whose recorded offset holds
+other bytes is looked for by key in its own tar (a re-packed tar still holds it), never in the whole source.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +21,7 @@ import numpy as np
 from ..errors import OverlapAuditError
 from ..limits import DEFAULT_LIMITS, ReadRefused, read_file
 from ..sources import SOURCE_KINDS, Source, fetch_items, readback_problem
-from ..values import RawItem
+from ..values import ItemLocation, RawItem
 from .integrity import check_faiss, check_files, read_faiss_index, read_id_column
 from .manifest import VECTORS_FILE, IndexManifest, checksum_bytes, load_manifest
 from .shards import ItemBytes, rows_by_key
@@ -137,34 +141,69 @@ def corpus_items(index_dir: str | os.PathLike, keys) -> dict[str, RawItem]:
     """
     manifest = load_manifest(index_dir)
     wanted = {str(k) for k in keys if k is not None}
-    located = rows_by_key(index_dir, wanted, ["source", "id", "caption", "label", *_FINGERPRINT],
+    located = rows_by_key(index_dir, wanted, ["source", "id", "caption", "label", "location", *_FINGERPRINT],
                           items_file=manifest.items_file)
     out = {key: RawItem("", key, skip_reason="not in this index's shards") for key in wanted - located.keys()}
     by_source: dict[str, list[str]] = {}
     for key, row in located.items():
         by_source.setdefault(row["source"], []).append(key)
-    recorded = {s.get("name"): s for s in manifest.sources}
+    sources = {s.get("name"): s for s in manifest.sources}
     for source_name, source_keys in by_source.items():
-        src = _recorded_source(recorded.get(source_name), source_name)
+        src = _recorded_source(sources.get(source_name), source_name)
         items: dict[str, RawItem] = {}
+        places: dict[str, ItemLocation] = {}
         if src is None:
             reason = f"source {source_name!r} is not recorded in the manifest (an index built from vectors)"
         else:
-            reason = readback_problem(src)
+            places = {located[k]["id"]: ItemLocation.from_dict(located[k]["location"])
+                      for k in source_keys if located[k]["location"] is not None}
+            # every item recorded where it lies: only the files that hold them need to be there still
+            files = ({p.file for p in places.values()} if len(places) == len(source_keys)
+                     and all(0 <= p.file < len(src.paths) for p in places.values()) else None)
+            reason = readback_problem(src, files)
             if reason is None:
                 try:
-                    items = fetch_items(src, [located[k]["id"] for k in source_keys])
+                    items = fetch_items(src, [located[k]["id"] for k in source_keys], locations=places)
                 except (OSError, OverlapAuditError) as exc:
                     reason = f"source {src.spec!r} is no longer readable ({exc})"
         for key in source_keys:
-            row = located[key]
-            item = items.get(row["id"])
-            if item is None:
-                item = RawItem(source_name, row["id"], skip_reason=reason or "not found in its source")
-            else:
-                recorded = (None if row["item_xxh3"] is None else
-                            ItemBytes(int(row["item_size"]), row["item_xxh3"], row["item_mtime_ns"]))
-                item = _held_to(item, recorded)
-            out[key] = RawItem(source_name, row["id"], data=item.data, path=item.path, caption=row["caption"],
-                               label=row["label"], skip_reason=item.skip_reason)
+            out[key] = _checked(located[key], source_name, items.get(located[key]["id"]), reason)
+        if src is not None and src.kind == "wds":  # read at their location, but not the bytes indexed
+            retry = [k for k in source_keys if out[k].skip_reason and located[k]["id"] in items]
+            _look_in_their_tars(src, located, retry, places, out)
     return out
+
+
+def _checked(row: dict, source_name: str, item: RawItem | None, reason: str | None) -> RawItem:
+    """The item read back for an item table ``row``, held to its fingerprint, with the caption and label the
+    index recorded."""
+    if item is None:
+        item = RawItem(source_name, row["id"], skip_reason=reason or "not found in its source")
+    else:
+        fingerprint = (None if row["item_xxh3"] is None else
+                       ItemBytes(int(row["item_size"]), row["item_xxh3"], row["item_mtime_ns"]))
+        item = _held_to(item, fingerprint)
+    return RawItem(source_name, row["id"], data=item.data, path=item.path, caption=row["caption"],
+                   label=row["label"], skip_reason=item.skip_reason)
+
+
+def _look_in_their_tars(src: Source, located: dict[str, dict], keys: list[str], places: dict[str, ItemLocation],
+                        out: dict[str, RawItem]) -> None:
+    """Tar samples whose recorded offsets no longer hold the indexed bytes (their tar was rewritten, or cut
+    short): each looked for by key in its own tar only (a re-packed tar still holds it); one found with its
+    indexed bytes replaces the skipped item in ``out``, the others stay as they are (CHANGED)."""
+    by_file: dict[int, list[str]] = {}
+    for key in keys:
+        place = places.get(located[key]["id"])
+        if place is not None:
+            by_file.setdefault(place.file, []).append(key)
+    for file, file_keys in by_file.items():
+        one = dataclasses.replace(src, paths=(src.paths[file],))
+        try:
+            again = fetch_items(one, [located[k]["id"] for k in file_keys])
+        except (OSError, OverlapAuditError):
+            continue  # the CHANGED items say enough
+        for key in file_keys:
+            item = _checked(located[key], src.name, again.get(located[key]["id"]), None)
+            if item.skip_reason is None:
+                out[key] = item

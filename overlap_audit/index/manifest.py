@@ -3,7 +3,8 @@
 An index directory holds:
 
 - ``shards/shard-NNNNNN.parquet``: every item given, in input order (key, source, id, caption, label,
-  vector, low_information, skip_reason, query_vector, content_box, item_size, item_mtime_ns, item_xxh3);
+  vector, low_information, skip_reason, query_vector, content_box, item_size, item_mtime_ns, item_xxh3,
+  location);
   each written atomically, so an interrupted run resumes after the last finished shard
   (``overlap_audit.index.shards``);
 - ``index.faiss``: the FAISS index over the indexed vectors (see ``overlap_audit.index.ann``);

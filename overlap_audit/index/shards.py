@@ -19,7 +19,7 @@ import numpy as np
 from ..atomic import atomic_write
 from ..content import ContentBox, box_arrow_type
 from ..errors import IndexDamagedError, ResumeError
-from ..values import DetectorInfo, RawItem, Skipped
+from ..values import DetectorInfo, ItemLocation, RawItem, Skipped
 from .items import ItemTable, is_item_table
 from .manifest import MANIFEST, SHARD_DIR, checksum_bytes, checksum_file, load_manifest
 
@@ -155,10 +155,19 @@ def same_item_bytes(item: RawItem, recorded: ItemBytes, *, trust_mtime: bool = T
     return now is not None and now.size == recorded.size and now.xxh3 == recorded.xxh3
 
 
+def location_arrow_type():
+    """The Arrow struct an ``ItemLocation`` is stored as (``ItemLocation.to_dict``)."""
+    import pyarrow as pa
+
+    return pa.struct([("file", pa.int32()), ("members", pa.string()), ("row_group", pa.int32()),
+                      ("row", pa.int64())])
+
+
 def write_shard(path: Path, info: DetectorInfo, *, keys: list[str], sources: list[str], ids: list[str],
                 captions: list[str | None], labels: list[str | None], vectors: list[np.ndarray | None],
                 low_information: list[bool], reasons: list[str | None], copies: list[np.ndarray | None],
-                boxes: list | None = None, fingerprints: list[ItemBytes | None] | None = None) -> None:
+                boxes: list | None = None, fingerprints: list[ItemBytes | None] | None = None,
+                locations: list[ItemLocation | None] | None = None) -> None:
     """Write one shard atomically: every item given, embedded or skipped, plus any recall-query copies.
 
     ``boxes`` are the items' content boxes (``content.ContentBox`` or None) under a trimming detector: the
@@ -166,12 +175,15 @@ def write_shard(path: Path, info: DetectorInfo, *, keys: list[str], sources: lis
     whether the embedded view was cut to it (null where the detector does not trim or the item was skipped).
     ``fingerprints`` (``item_size``, ``item_mtime_ns``, ``item_xxh3``) let a resumed run check that a finished
     shard's items are unchanged (null where an item had no bytes, or the shard came from vectors).
+    ``locations`` (``location``) are where a tar or Parquet source holds each item, to read it back without a
+    scan (null where the source gave none).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     boxes = boxes if boxes is not None else [None] * len(keys)
     fingerprints = fingerprints if fingerprints is not None else [None] * len(keys)
+    locations = locations if locations is not None else [None] * len(keys)
 
     table = pa.table({
         "key": pa.array(keys, pa.string()),
@@ -187,6 +199,7 @@ def write_shard(path: Path, info: DetectorInfo, *, keys: list[str], sources: lis
         "item_size": pa.array([None if f is None else f.size for f in fingerprints], pa.int64()),
         "item_mtime_ns": pa.array([None if f is None else f.mtime_ns for f in fingerprints], pa.int64()),
         "item_xxh3": pa.array([None if f is None else f.xxh3 for f in fingerprints], pa.string()),
+        "location": pa.array([None if loc is None else loc.to_dict() for loc in locations], location_arrow_type()),
     })
     table = table.replace_schema_metadata({VECTORS_XXH3: _vectors_checksum(table["vector"], info).encode()})
     # vectors do not compress, repeat or sort: no compression, dictionary or min/max statistics for them

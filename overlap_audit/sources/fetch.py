@@ -1,42 +1,92 @@
 """Reading items back by id: the one place that gets a recorded item's bytes again, for every kind of source
-(the report's gallery, pair verification, ``pairs`` and ``index.corpus_items`` read through it)."""
+(the report's gallery, pair verification, ``pairs`` and ``index.corpus_items`` read through it).
+
+An item whose location its index recorded (``values.ItemLocation``: a tar member's offset and size, a Parquet
+row group and row) is read there, touching nothing else of the source; the others are looked for by id, which
+for a tar source means reading its shards in order until every wanted sample has been seen.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..limits import DEFAULT_LIMITS, InputLimits, file_problem
-from ..values import RawItem
+from ..values import ItemLocation, RawItem
 from .folder import id_path, read_text
-from .parquet import cell_problem, cell_sizes, image_bytes, parquet_columns, parquet_file
+from .parquet import parquet_columns, parquet_file, rows_items
+from .parquet import read_located as parquet_located
 from .spec import Source
 from .webdataset import iter_wds
+from .webdataset import read_located as wds_located
 
 
-def fetch_items(source: Source, ids: Iterable[str], limits: InputLimits | None = None) -> dict[str, RawItem]:
+def fetch_items(source: Source, ids: Iterable[str], limits: InputLimits | None = None,
+                locations: Mapping[str, ItemLocation | None] | None = None) -> dict[str, RawItem]:
     """The items of ``source`` with the given ids; an id the source no longer has maps to a RawItem whose
-    ``skip_reason`` says so. Folders and Parquet are read directly; WebDataset and the evaluation-set
-    layouts in one streaming pass that keeps only the wanted samples. Caps as in ``Source.iter_items``."""
+    ``skip_reason`` says so. Caps as in ``Source.iter_items``.
+
+    An id with a recorded location in ``locations`` (a tar or Parquet source) is read there (``read_located``
+    of ``webdataset`` / ``parquet``): a tar sample's members by offset and size, whatever the tar holds there
+    now; a Parquet row from its row group, if it still holds the id (else it is looked for as below). Other ids
+    are looked for: folders and Parquet read directly; WebDataset and the evaluation-set layouts in one
+    streaming pass that keeps only the wanted samples."""
     limits = limits or DEFAULT_LIMITS
     wanted = set(ids)
     found: dict[str, RawItem] = {}
     if not wanted:
         return found
+    located = _usable_locations(source, wanted, locations or {})
+    if located:
+        found = _fetch_located(source, located, limits)
+        moved = located.keys() - found.keys()
+        if moved:  # rows of a rewritten Parquet file: looked for in the files they were in first
+            files = tuple(source.paths[i] for i in sorted({located[i].file for i in moved}))
+            found.update(_fetch_parquet(source, moved, limits, files))
+        wanted -= found.keys()
+    if not wanted:
+        return found
     if source.kind == "folder":
-        found = _fetch_folder(source, wanted, limits)
+        found.update(_fetch_folder(source, wanted, limits))
     elif source.kind == "parquet":
-        found = _fetch_parquet(source, wanted, limits)
+        found.update(_fetch_parquet(source, wanted, limits))
     else:
+        left = set(wanted)
         for item in (iter_wds(source.name, source.paths, limits) if source.kind == "wds"
                      else source.iter_items(limits)):
-            if item.id in wanted and item.id not in found:
+            if item.id in left:
                 found[item.id] = item
-                if len(found) == len(wanted):
+                left.discard(item.id)
+                if not left:
                     break
     for ident in wanted - set(found):
         found[ident] = RawItem(source.name, ident, skip_reason=f"no longer in source {source.spec!r}")
+    return found
+
+
+def _usable_locations(source: Source, wanted: set[str],
+                      locations: Mapping[str, ItemLocation | None]) -> dict[str, ItemLocation]:
+    """The wanted ids' locations that name one of the source's files in the way its kind records them."""
+    out = {}
+    for ident in wanted:
+        loc = locations.get(ident)
+        if loc is None or not 0 <= loc.file < len(source.paths):
+            continue
+        if (source.kind == "wds" and loc.members) or (
+                source.kind == "parquet" and loc.row_group is not None and loc.row is not None):
+            out[ident] = loc
+    return out
+
+
+def _fetch_located(source: Source, located: dict[str, ItemLocation], limits: InputLimits) -> dict[str, RawItem]:
+    by_file: dict[int, dict[str, ItemLocation]] = {}
+    for ident, loc in located.items():
+        by_file.setdefault(loc.file, {})[ident] = loc
+    read = wds_located if source.kind == "wds" else parquet_located
+    found: dict[str, RawItem] = {}
+    for file, items in sorted(by_file.items()):
+        found.update(read(source.name, source.paths[file], items, limits))
     return found
 
 
@@ -69,13 +119,15 @@ def _inside(path: str, root: str) -> bool:
     return rel != "." and not os.path.isabs(rel) and ".." not in Path(rel).parts
 
 
-def _fetch_parquet(source: Source, wanted: set[str], limits: InputLimits = DEFAULT_LIMITS) -> dict[str, RawItem]:
+def _fetch_parquet(source: Source, wanted: set[str], limits: InputLimits = DEFAULT_LIMITS,
+                   paths: tuple[str, ...] | None = None) -> dict[str, RawItem]:
+    """The rows of the wanted ids, looked for in ``paths`` (default: every file of the source)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     found: dict[str, RawItem] = {}
     keys = pa.array(sorted(wanted), pa.string())
-    for path in source.paths:
+    for path in source.paths if paths is None else paths:
         with parquet_file(path) as pf:
             cols = parquet_columns(path, pf)
             # the ids first; then only the row groups that hold a wanted one (a remote file is not read whole)
@@ -88,16 +140,5 @@ def _fetch_parquet(source: Source, wanted: set[str], limits: InputLimits = DEFAU
             continue
         table = pa.concat_tables(parts)
         table = table.filter(pc.is_in(pc.cast(table[cols["id"]], pa.string()), value_set=keys))
-        images = table[cols["image"]]
-        sizes = cell_sizes(images)
-        for i, row in enumerate(table.drop_columns([cols["image"]]).to_pylist()):
-            ident = str(row[cols["id"]])
-            reason = cell_problem(sizes[i], cols["image"], limits)
-            image = None if reason is not None else image_bytes(images[i].as_py())
-            caption = row[cols["caption"]] if cols["caption"] else None
-            label = row[cols["label"]] if cols["label"] else None
-            found[ident] = RawItem(source.name, ident, data=image,
-                                   caption=None if caption is None else str(caption),
-                                   label=None if label is None else str(label),
-                                   skip_reason=reason or (None if image is not None else "no image data"))
+        found.update((item.id, item) for item in rows_items(source.name, path, cols, table, limits))
     return found

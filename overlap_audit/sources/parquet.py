@@ -2,17 +2,19 @@
 ``{bytes, path}`` struct), an id column and optionally a caption and a label.
 
 A local path is read through pyarrow, a URL through fsspec in byte ranges (the footer, then the column
-chunks asked for). An image cell over ``limits.InputLimits.max_cell_bytes`` is listed as skipped.
+chunks asked for). An image cell over ``limits.InputLimits.max_cell_bytes`` is listed as skipped. Each item
+carries its ``values.ItemLocation`` (file, row group, row in it), from which ``read_located`` reads it back.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..errors import DuplicateIdError, SourceError
 from ..limits import DEFAULT_LIMITS, InputLimits, file_problem
-from ..values import RawItem
+from ..values import ItemLocation, RawItem
 from .remote import is_url, open_url
 
 PARQUET_IMAGE_COLUMNS = ("jpg", "png", "webp", "image")
@@ -154,37 +156,94 @@ def cell_problem(size: int, column: str, limits: InputLimits) -> str | None:
 
 def iter_parquet(name: str, paths: tuple[str, ...], limits: InputLimits = DEFAULT_LIMITS) -> Iterator[RawItem]:
     """The rows of the Parquet files as items of the source ``name``, file by file in row order."""
-    for path in paths:
+    for number, path in enumerate(paths):
         with parquet_file(path) as pf:
-            yield from _parquet_items(name, path, pf, limits)
+            yield from _parquet_items(name, path, pf, limits, number)
 
 
-def _parquet_items(name: str, path: str, pf, limits: InputLimits) -> Iterator[RawItem]:
+def _group_starts(pf) -> list[int]:
+    """The file row of each row group's first row."""
+    starts, at = [], 0
+    for g in range(pf.num_row_groups):
+        starts.append(at)
+        at += pf.metadata.row_group(g).num_rows
+    return starts
+
+
+def _parquet_items(name: str, path: str, pf, limits: InputLimits, number: int) -> Iterator[RawItem]:
     cols = parquet_columns(path, pf)
     wanted = [c for c in cols.values() if c]
+    starts = _group_starts(pf)
+    row = 0
     for batch in pf.iter_batches(batch_size=256, columns=wanted):
-        images = batch.column(wanted.index(cols["image"]))
-        sizes = cell_sizes(images)
-        # the image cells are turned into Python bytes one at a time, and only those within the cap
-        data = batch.drop_columns([cols["image"]]).to_pydict()
-        for i in range(batch.num_rows):
-            ident = data[cols["id"]][i]
-            if ident is None:
-                raise SourceError(f"Parquet file {path!r}: row with a null {cols['id']!r}")
-            ident = str(ident)
-            caption = data[cols["caption"]][i] if cols["caption"] else None
-            caption = None if caption is None else str(caption)
-            label = data[cols["label"]][i] if cols["label"] else None
-            label = None if label is None else str(label)
-            reason = cell_problem(sizes[i], cols["image"], limits)
-            image = None if reason is not None else image_bytes(images[i].as_py())
-            if image is None and reason is None:
-                status = data[cols["status"]][i] if cols["status"] else None
-                error = data[cols["error"]][i] if cols["error"] else None
-                reason = "no image data in column " + repr(cols["image"])
-                if status and status != "success":
-                    reason += f" (img2dataset status {status!r}{': ' + str(error) if error else ''})"
-            yield RawItem(name, ident, data=image, caption=caption, label=label, skip_reason=reason)
+        groups = [bisect.bisect_right(starts, r) - 1 for r in range(row, row + batch.num_rows)]
+        yield from rows_items(name, path, cols, batch, limits,
+                               [ItemLocation(number, row_group=g, row=r - starts[g])
+                                for g, r in zip(groups, range(row, row + batch.num_rows))])
+        row += batch.num_rows
+
+
+def rows_items(name: str, path: str, cols: dict[str, str | None], batch, limits: InputLimits,
+                locations: list[ItemLocation] | None = None) -> list[RawItem]:
+    """The items of a batch (or table) of rows read with the columns ``cols``, in row order, each with its
+    location where ``locations`` are given."""
+    images = batch.column(cols["image"])
+    sizes = cell_sizes(images)
+    # the image cells are turned into Python bytes one at a time, and only those within the cap
+    data = batch.drop_columns([cols["image"]]).to_pydict()
+    out = []
+    for i in range(batch.num_rows):
+        ident = data[cols["id"]][i]
+        if ident is None:
+            raise SourceError(f"Parquet file {path!r}: row with a null {cols['id']!r}")
+        ident = str(ident)
+        caption = data[cols["caption"]][i] if cols["caption"] else None
+        caption = None if caption is None else str(caption)
+        label = data[cols["label"]][i] if cols["label"] else None
+        label = None if label is None else str(label)
+        reason = cell_problem(sizes[i], cols["image"], limits)
+        image = None if reason is not None else image_bytes(images[i].as_py())
+        if image is None and reason is None:
+            status = data[cols["status"]][i] if cols["status"] else None
+            error = data[cols["error"]][i] if cols["error"] else None
+            reason = "no image data in column " + repr(cols["image"])
+            if status and status != "success":
+                reason += f" (img2dataset status {status!r}{': ' + str(error) if error else ''})"
+        out.append(RawItem(name, ident, data=image, caption=caption, label=label, skip_reason=reason,
+                           location=None if locations is None else locations[i]))
+    return out
+
+
+def read_located(name: str, path: str, located: dict[str, ItemLocation],
+                 limits: InputLimits = DEFAULT_LIMITS) -> dict[str, RawItem]:
+    """The rows of one Parquet file (a local path or a URL, read in byte ranges) at their recorded locations:
+    only the row groups that hold them are read, and of those only the rows asked for become items. An id whose
+    recorded row holds another id now (the file was rewritten) is absent: the caller looks for it otherwise."""
+    import pyarrow as pa
+
+    out: dict[str, RawItem] = {}
+    with parquet_file(path) as pf:
+        cols = parquet_columns(path, pf)
+        by_group: dict[int, list[tuple[int, str]]] = {}
+        for ident, location in located.items():
+            if location.row_group is not None and location.row is not None \
+                    and 0 <= location.row_group < pf.num_row_groups:
+                by_group.setdefault(location.row_group, []).append((location.row, ident))
+        for group, rows in sorted(by_group.items()):
+            n = pf.metadata.row_group(group).num_rows
+            rows = sorted((r, ident) for r, ident in rows if 0 <= r < n)
+            if not rows:
+                continue
+            table = pf.read_row_group(group, columns=[c for c in cols.values() if c])
+            picked = table.take(pa.array([r for r, _ in rows], pa.int64()))
+            ids = picked[cols["id"]].to_pylist()
+            # only the rows still holding their id are turned into items (a null id among them does not raise)
+            keep = [i for i, ((_, ident), now) in enumerate(zip(rows, ids)) if now is not None and str(now) == ident]
+            if len(keep) < len(rows):
+                picked = picked.take(pa.array(keep, pa.int64()))
+            for item in rows_items(name, path, cols, picked, limits):
+                out[item.id] = item
+    return out
 
 
 def count_rows(paths: tuple[str, ...]) -> int | None:

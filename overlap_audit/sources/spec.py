@@ -20,7 +20,7 @@ import dataclasses
 import glob
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -256,10 +256,11 @@ def _open_streamed(spec: str, kind: str | None, path: str, name: str | None, lab
     return Source(kind, tuple(urls), name or default_name, spec, labels_from_folders)
 
 
-def readback_problem(source: Source) -> str | None:
+def readback_problem(source: Source, files: Iterable[int] | None = None) -> str | None:
     """Why the items of a source recorded in an index manifest cannot be read back, or None when they can:
-    a local file that no longer exists, or a ``pipe:`` command (a command recorded in a file is not run)."""
-    for path in source.paths:
+    a local file that no longer exists, or a ``pipe:`` command (a command recorded in a file is not run).
+    With ``files`` (positions in its paths: where the wanted items were recorded) only those are checked."""
+    for path in source.paths if files is None else (source.paths[i] for i in sorted(set(files))):
         if is_pipe(path):
             return (f"source {source.spec!r} is a pipe: command, which is run only when given on the command "
                     "line, never from an index manifest")

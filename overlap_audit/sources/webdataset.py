@@ -5,6 +5,9 @@ the first dot of its basename); its image is the first of ``WDS_IMAGE_EXTENSIONS
 A shard is read once as a stream (a local file, a URL through fsspec, or a ``pipe:`` command's output), so
 truncation and garbled headers are found where reading stops. A member over
 ``limits.InputLimits.max_member_bytes``, a link or a special file is listed as skipped.
+
+A sample of an uncompressed tar file (local or a URL) carries its ``values.ItemLocation``: the offset and size of
+each member read, so that ``read_located`` reads it back with one positioned read per member, no tar walk.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Iterator
 
 from ..errors import SourceError
 from ..limits import DEFAULT_LIMITS, InputLimits, file_problem
-from ..values import RawItem
+from ..values import ItemLocation, RawItem
 from .remote import PIPE_PREFIX, PipeStream, is_pipe, is_url, open_url, url_name
 
 WDS_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -40,7 +43,10 @@ class _Refused(str):
     """A member that was not read: the reason."""
 
 
-def _wds_item(name: str, key: str, parts: dict[str, bytes]) -> RawItem:
+def _wds_item(name: str, key: str, parts: dict[str, bytes], file: int | None = None,
+              spans: dict[str, tuple[int, int]] | None = None) -> RawItem:
+    """The item of a sample's members ``parts`` (by extension); with ``spans`` (extension -> the member's data
+    offset and size in tar file number ``file``) an item with an image carries its location."""
     refused = {ext: parts.pop(ext) for ext in list(parts) if isinstance(parts[ext], _Refused)}
     caption = label = None
     if "txt" in parts:
@@ -64,7 +70,11 @@ def _wds_item(name: str, key: str, parts: dict[str, bytes]) -> RawItem:
         found = ", ".join(sorted([*parts, *refused])) or "nothing"
         return RawItem(name, key, caption=caption, label=label,
                        skip_reason=f"no image in the sample (found {found})")
-    return RawItem(name, key, data=parts[image_ext], caption=caption, label=label)
+    location = None
+    if spans is not None and file is not None:
+        read = [ext for ext in (image_ext, "txt", "json", "cls") if ext in parts and ext in spans]
+        location = ItemLocation(file, tuple((ext, *spans[ext]) for ext in read))
+    return RawItem(name, key, data=parts[image_ext], caption=caption, label=label, location=location)
 
 
 class _Tracked:
@@ -153,8 +163,8 @@ def _wds_member(tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str, limits:
 
 def iter_wds(name: str, shards: tuple[str, ...], limits: InputLimits = DEFAULT_LIMITS) -> Iterator[RawItem]:
     """The samples of the shards as items of the source ``name``, shard by shard in tar order."""
-    for shard in shards:
-        yield from _shard_items(name, shard, limits)
+    for number, shard in enumerate(shards):
+        yield from _shard_items(name, shard, limits, number)
 
 
 def _shard_name(shard: str) -> str:
@@ -172,10 +182,11 @@ def _open_shard(shard: str):
     return open(shard, "rb")
 
 
-def _shard_items(name: str, shard: str, limits: InputLimits) -> Iterator[RawItem]:
+def _shard_items(name: str, shard: str, limits: InputLimits, number: int) -> Iterator[RawItem]:
     shard_name = _shard_name(shard)
     key: str | None = None
     parts: dict[str, bytes] = {}
+    spans: dict[str, tuple[int, int]] | None = None  # where each member's data lies, when it can be read back there
     if not is_pipe(shard) and not is_url(shard):
         problem = file_problem(shard, 1 << 62)
         if problem is not None:
@@ -193,6 +204,9 @@ def _shard_items(name: str, shard: str, limits: InputLimits) -> Iterator[RawItem
         try:
             # "r|*" reads the shard as a stream (no seeking, no extraction to disk), compressed or not.
             with tarfile.open(fileobj=stream, mode="r|*") as tar:
+                # a compressed tar's offsets are in its decompressed stream, and a command's output is gone
+                locate = not is_pipe(shard) and getattr(tar.fileobj, "comptype", "tar") == "tar"
+                spans = {} if locate else None
                 for member in tar:
                     if member.isdir():
                         continue
@@ -203,10 +217,13 @@ def _shard_items(name: str, shard: str, limits: InputLimits) -> Iterator[RawItem
                         continue
                     mkey, ext = wds_split(member.name)
                     if key is not None and mkey != key:
-                        yield _wds_item(name, key, parts)
+                        yield _wds_item(name, key, parts, number, spans)
                         parts = {}
+                        spans = {} if locate else None
                     key = mkey
                     parts[ext] = _wds_member(tar, member, ext, limits)
+                    if spans is not None:
+                        spans[ext] = (member.offset_data, member.size)
             end_problem = _tar_end_problem(stream, tar)
             if isinstance(stream.raw, PipeStream):
                 end_problem = end_problem or stream.raw.finish()  # raises if the command failed
@@ -223,8 +240,53 @@ def _shard_items(name: str, shard: str, limits: InputLimits) -> Iterator[RawItem
                                       "the rest of this shard was not read")
             return
         if key is not None:
-            yield _wds_item(name, key, parts)
+            yield _wds_item(name, key, parts, number, spans)
         if end_problem:
             yield RawItem(name, f"{shard}#unreadable-after-{key or 'start'}", skip_reason=end_problem)
     finally:
         stream.raw.close()  # a command still running (the reader stopped early) is killed
+
+
+def read_located(name: str, shard: str, located: dict[str, ItemLocation],
+                 limits: InputLimits = DEFAULT_LIMITS) -> dict[str, RawItem]:
+    """The samples of one tar file (a local path or a URL, read in byte ranges) at their recorded locations:
+    each recorded member is one positioned read of its recorded size, with no tar walk. The bytes are whatever
+    lies there now: ``index.corpus_items`` holds them to the fingerprint the index recorded, so a tar that was
+    replaced reads as changed. A shard that cannot be opened leaves its samples skipped, saying why."""
+    shard_name = _shard_name(shard)
+    try:
+        fh = open_url(shard, stream=False) if is_url(shard) else open(shard, "rb")
+    except OSError as exc:
+        why = exc.strerror or str(exc) or repr(exc)
+        return {key: RawItem(name, key, skip_reason=f"WebDataset shard {shard_name!r} cannot be opened: {why}; "
+                                                    "not read") for key in located}
+    out: dict[str, RawItem] = {}
+    cap = limits.max_member_bytes
+    try:
+        # in tar order, so that a local file and a range-reading remote one are read forwards
+        for key, location in sorted(located.items(), key=lambda kv: min((m[1] for m in kv[1].members), default=0)):
+            parts: dict[str, bytes] = {}
+            short = None
+            for ext, offset, size in location.members:
+                if size > cap:
+                    parts[ext] = _Refused(f"tar member {f'{key}.{ext}'!r} of {size:,} bytes exceeds the limit of "
+                                          f"{cap:,} bytes: not read")
+                    continue
+                fh.seek(offset)
+                data = fh.read(size)
+                if len(data) != size:
+                    short = ext
+                    break
+                parts[ext] = data
+            if short is not None:
+                out[key] = RawItem(name, key, skip_reason=f"WebDataset shard {shard_name!r} ends before the member "
+                                                          f"{f'{key}.{short}'!r} recorded at indexing: it changed since")
+            else:
+                out[key] = _wds_item(name, key, parts)
+    except OSError as exc:
+        why = exc.strerror or str(exc) or repr(exc)
+        for key in located.keys() - out.keys():
+            out[key] = RawItem(name, key, skip_reason=f"WebDataset shard {shard_name!r} cannot be read: {why}")
+    finally:
+        fh.close()
+    return out

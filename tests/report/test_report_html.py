@@ -105,7 +105,7 @@ def test_fetch_items_from_folder_parquet_and_webdataset(tmp_path, photos):
                              "caption": ["c1", "c2", "c3"]}), tmp_path / "p.parquet")
     got = fetch_items(open_source(str(tmp_path / "p.parquet")), ["k3", "k2", "zz"])
     assert got["k3"].data[:4] == b"\x89PNG" and got["k3"].caption == "c3"
-    assert got["k2"].skip_reason == "no image data" and "no longer" in got["zz"].skip_reason
+    assert got["k2"].skip_reason == "no image data in column 'jpg'" and "no longer" in got["zz"].skip_reason
 
     make_tar(tmp_path / "s.tar", [("s/0", {"png": png_bytes(small["coffee"]), "txt": b"first"}),
                                   ("s/1", {"png": png_bytes(small["rocket"]), "txt": b"second"})])
