@@ -20,7 +20,8 @@ and row numbers (read without the images); a WebDataset shard's member headers a
 ``.json`` (img2dataset writes ``url``, ``key`` and, for DataComp, ``uid`` there), the shard found through
 the metadata Parquet file img2dataset writes beside it where there is one; an image folder's ``.json``
 sidecar (img2dataset's ``files`` output). A remote shard is not read again: its ``member`` and ``url``
-stay null unless its metadata Parquet file is local.
+stay null unless its metadata Parquet file is local. Where the index recorded the file that holds an item
+(``location``), only that tar or Parquet file is read for it, not the source's others.
 """
 
 from __future__ import annotations
@@ -206,31 +207,45 @@ def _folder_metadata(root: str, ids: set[str]) -> dict[str, dict]:
     return out
 
 
-def _source_metadata(entry: dict, ids: set[str]) -> dict[str, dict]:
-    """Per wanted id of one recorded corpus source: where it lies and its ``url`` / ``uid`` (what it has)."""
+def _source_metadata(entry: dict, ids: set[str], files: dict[str, int] | None = None) -> dict[str, dict]:
+    """Per wanted id of one recorded corpus source: where it lies and its ``url`` / ``uid`` (what it has).
+    ``files``: the position in the source's paths of the file that holds an id (the index recorded it): only
+    that file is read for it; the other ids are looked for file by file."""
     kind, paths = entry.get("kind"), [str(p) for p in entry.get("paths", ())]
-    if kind == "parquet":
-        return _parquet_metadata(paths, ids)
-    if kind == "wds":
-        return _wds_metadata(paths, ids)
     if kind == "folder" and paths:
         return _folder_metadata(paths[0], ids)
-    return {}
+    if kind not in ("parquet", "wds"):
+        return {}
+    read = _parquet_metadata if kind == "parquet" else _wds_metadata
+    by_file: dict[int, set[str]] = {}
+    for ident in ids:
+        f = (files or {}).get(ident)
+        if f is not None and 0 <= f < len(paths):
+            by_file.setdefault(f, set()).add(ident)
+    out: dict[str, dict] = {}
+    for f, held in sorted(by_file.items()):
+        out.update(read([paths[f]], held))
+    rest = ids - out.keys()  # not located, or not where the index recorded it (a source re-packed since)
+    return out | (read(paths, rest) if rest else {})
 
 
 def corpus_metadata(index_dir: str | os.PathLike, keys) -> dict[str, dict]:
     """Per index key: ``source``, ``id``, ``caption``, ``item_xxh3`` (from the shards) and ``url``, ``uid``,
     ``shard``, ``member``, ``row``, ``path`` (from the source, where it has them; else None)."""
     blank = dict.fromkeys((*_META, *_WHERE))
-    out = {key: {**row, **blank}
-           for key, row in rows_by_key(index_dir, keys, ["source", "id", "caption", "item_xxh3"]).items()}
+    located = rows_by_key(index_dir, keys, ["source", "id", "caption", "item_xxh3", "location"])
+    out = {key: {**{c: v for c, v in row.items() if c != "location"}, **blank} for key, row in located.items()}
     if not out:
         return out
     by_source: dict[str, set[str]] = {}
-    for row in out.values():
+    files: dict[str, dict[str, int]] = {}
+    for row in located.values():
         by_source.setdefault(row["source"], set()).add(row["id"])
+        if row.get("location") is not None:
+            files.setdefault(row["source"], {})[row["id"]] = int(row["location"]["file"])
     recorded = {s.get("name"): s for s in load_manifest(index_dir).sources}
-    found = {name: _source_metadata(recorded[name], ids) for name, ids in by_source.items() if name in recorded}
+    found = {name: _source_metadata(recorded[name], ids, files.get(name))
+             for name, ids in by_source.items() if name in recorded}
     for row in out.values():
         row.update(found.get(row["source"], {}).get(row["id"], {}))
     return out

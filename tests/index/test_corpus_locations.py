@@ -148,3 +148,34 @@ def test_parquet_items_are_read_back_from_their_row_group(tmp_path):
     _parquet(corpus / "part-2.parquet", 200, 10, reverse=True)  # rewritten: its rows found by id, bytes unchanged
     got = corpus_items(index, ["k0105", "k0209", "k0200"])
     assert [got[k].data for k in ("k0105", "k0209", "k0200")] == [_png(105), _png(209), _png(200)]
+
+
+def test_corpus_matches_metadata_reads_only_the_files_that_hold_the_matched_items(tmp_path, tars):
+    """corpus_matches.parquet's location columns: the same with and without recorded locations, and with them
+    the tars and Parquet files that hold no matched item are never opened (here: removed)."""
+    from overlap_audit.index import load_index
+    from overlap_audit.matched import corpus_metadata
+
+    corpus, _ = tars
+    (tmp_path / "pq").mkdir()
+    for f in range(3):
+        _parquet(tmp_path / "pq" / f"part-{f}.parquet", 100 * f, 10)
+    sources = [str(corpus), str(tmp_path / "pq" / "part-{0..2}.parquet")]
+    indexes = [tmp_path / "index", tmp_path / "index2"]
+    for out in indexes:
+        build_index(sources, out, IndexSettings(workers=0, shard_size=7, views=()))
+    wanted = [k for k in load_index(indexes[0], load_faiss=False).keys if k.endswith(("s8-1", "s8-2", "k0003"))]
+    assert len(wanted) == 3
+    located = corpus_metadata(indexes[0], wanted)
+    by_id = {row["id"]: row for row in located.values()}
+    assert by_id["s8-2"]["shard"] == "00008.tar" and by_id["s8-2"]["member"] == "s8-2.png"
+    assert by_id["k0003"]["shard"] == "part-0.parquet" and by_id["k0003"]["row"] == 3
+    _strip_locations(str(indexes[0]))
+    assert corpus_metadata(indexes[0], wanted) == located  # the scan of every file finds the same
+    # decoys: the first tar and the last Parquet file replaced by ones that hold the wanted ids too; the scan
+    # names them (the first tar that holds a key, the last Parquet file); the recorded locations never open them
+    make_tar(corpus / "00000.tar", [(k, {"png": _png(500 + i), "txt": b"decoy"}) for i, k in enumerate(("s8-1", "s8-2"))])
+    _parquet(tmp_path / "pq" / "part-2.parquet", 3, 1)
+    assert corpus_metadata(indexes[1], wanted) == located
+    decoyed = corpus_metadata(indexes[0], wanted)
+    assert {row["shard"] for row in decoyed.values()} == {"00000.tar", "part-2.parquet"}
