@@ -267,10 +267,13 @@ def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     return float((a * b).sum() / d) if d > 1e-12 else 0.0
 
 
-def _peak_offset(left: float, centre: float, right: float) -> float:
-    """Where a parabola through three equally spaced samples peaks, relative to the centre one (in [-0.5, 0.5])."""
+def _peak_offset(left: np.ndarray, centre: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Where a parabola through three equally spaced samples peaks, relative to the centre one (in [-0.5, 0.5];
+    0 where they hold no peak), element by element."""
     curve = left - 2 * centre + right
-    return float(min(max(0.5 * (left - right) / curve, -0.5), 0.5)) if curve < 0 else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):  # where there is no peak, the quotient is not used
+        offset = np.clip(0.5 * (left - right) / curve, -0.5, 0.5)
+    return np.where(curve < 0, offset, 0)
 
 
 def _cells(ea: np.ndarray, eb: np.ndarray, mask: np.ndarray, ma: np.ndarray, mb: np.ndarray) -> float:
@@ -338,15 +341,18 @@ def _correlate(ea: np.ndarray, eb: np.ndarray, scales: list[tuple[float, float]]
     corr = fft.irfft2(fa[None] * np.conj(fft.rfft2(stack)), s=(h, w))
     window = np.concatenate([corr[:, -ry:], corr[:, :ry + 1]], axis=1)
     window = np.concatenate([window[:, :, -rx:], window[:, :, :rx + 1]], axis=2)
-    out = {}
-    for sc, c, win in zip(scales, corr, window):
-        iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
-        dy, dx = int(iy) - ry, int(ix) - rx
-        # the shift to a fraction of a pixel: a parabola through the peak and its neighbours
-        fx = _peak_offset(c[dy % h, (dx - 1) % w], c[dy % h, dx % w], c[dy % h, (dx + 1) % w])
-        fy = _peak_offset(c[(dy - 1) % h, dx % w], c[dy % h, dx % w], c[(dy + 1) % h, dx % w])
-        out[sc] = (float(win[iy, ix]), dx + fx, dy + fy)
-    return out
+    # each rescaling's peak in its window (the first where several tie, as np.argmax finds it)
+    n = np.arange(len(scales))
+    best = window.reshape(len(scales), -1).argmax(axis=1)
+    iy, ix = np.unravel_index(best, window.shape[1:])
+    dy, dx = iy - ry, ix - rx
+    y, x = dy % h, dx % w
+    # the shift to a fraction of a pixel: a parabola through the peak and its neighbours
+    fx = _peak_offset(corr[n, y, (dx - 1) % w], corr[n, y, x], corr[n, y, (dx + 1) % w])
+    fy = _peak_offset(corr[n, (dy - 1) % h, x], corr[n, y, x], corr[n, (dy + 1) % h, x])
+    peak = window[n, iy, ix]
+    return {sc: (float(peak[i]), int(dx[i]) + float(fx[i]), int(dy[i]) + float(fy[i]))
+            for i, sc in enumerate(scales)}
 
 
 def verify_prepared(a: Prepared, b: Prepared) -> Verification:
