@@ -14,14 +14,16 @@ texture), ``photo.verify_photo`` split by the branch the pair takes, and what pi
 costs; with ``--cprofile N`` the N functions with the most cumulative time too.
 
 ``dump`` writes each captured pair's comparison (every field of its ``PhotoVerification``, or ``identical``
-/ ``None``) and outcome (``rule._outcome``), ``compare`` checks that two dumps agree exactly. Run ``dump``
+/ ``None``) and outcome (``rule._outcome``), with ``--drawing`` also every field of the pair's drawing
+comparison (``verify.verify_prepared``'s ``Verification``, whichever branch the pair took); ``compare``
+checks that two dumps agree exactly. Run ``dump``
 with two versions of the code (e.g. a ``git worktree`` of the older one on ``PYTHONPATH``) and ``compare``.
 
     python benchmarks/bench_verify_pairs.py capture --demo DEMO --out PAIRS.pkl
     python benchmarks/bench_verify_pairs.py capture --synthetic EMPTY_DIR --out PAIRS.pkl
     python benchmarks/bench_verify_pairs.py capture --photos medium strong tiles96 cifar32 --out PAIRS.pkl
     python benchmarks/bench_verify_pairs.py profile --pairs PAIRS.pkl [--cprofile 30]
-    python benchmarks/bench_verify_pairs.py dump --pairs PAIRS.pkl --out A.pkl
+    python benchmarks/bench_verify_pairs.py dump --pairs PAIRS.pkl --out A.pkl [--drawing]
     python benchmarks/bench_verify_pairs.py compare A.pkl B.pkl
 
 The demo is a held-out set: only timings and whether two versions agree are read, never its images or
@@ -237,10 +239,12 @@ def _plain(v):
     return repr(v)
 
 
-def dump(path: Path, out: Path) -> None:
+def dump(path: Path, out: Path, drawing: bool = False) -> None:
     from threadpoolctl import threadpool_limits
 
     from overlap_audit.decide import rule
+
+    from overlap_audit.decide.verify import verify_prepared
 
     rows = []
     t = time.process_time()
@@ -249,7 +253,12 @@ def dump(path: Path, out: Path) -> None:
             for pair in pairs:
                 read = rule._with_bytes(pair)
                 comparison = None if read is None else rule._compare(read)
-                rows.append((desc, _plain(comparison), rule._outcome(pair, comparison)))
+                row = (desc, _plain(comparison), rule._outcome(pair, comparison))
+                if drawing and read is not None and comparison is not None:
+                    views = [rule._prepared(d, read.max_pixels) for d in (read.eval_data, read.corpus_data)]
+                    if None not in views:  # the drawing comparison's every field, whatever the branch
+                        row += (_plain(verify_prepared(views[0].pair, views[1].pair)),)
+                rows.append(row)
     out.write_bytes(pickle.dumps(rows))
     print(f"{len(rows)} pairs, {time.process_time() - t:.1f} CPU s")
 
@@ -271,7 +280,7 @@ def compare(a: Path, b: Path) -> int:
         return 1
     bad = [i for i, (x, y) in enumerate(zip(ra, rb)) if not _same(x, y)]
     kinds = defaultdict(int)
-    for _, c, _ in ra:
+    for _, c, *_ in ra:
         kinds[c if c is None or isinstance(c, str) else ("photo" if not math.isnan(c["score"]) else "drawing")] += 1
     print(f"{len(ra)} pairs ({dict(kinds)}): {len(bad)} differ (every field compared exactly)")
     for i in bad[:10]:
@@ -295,6 +304,8 @@ def main(argv=None) -> int:
     d = sub.add_parser("dump")
     d.add_argument("--pairs", required=True, type=Path)
     d.add_argument("--out", required=True, type=Path)
+    d.add_argument("--drawing", action="store_true",
+                   help="also every field of each pair's drawing comparison (verify.verify_prepared)")
     k = sub.add_parser("compare")
     k.add_argument("a", type=Path)
     k.add_argument("b", type=Path)
@@ -304,7 +315,7 @@ def main(argv=None) -> int:
     elif args.command == "profile":
         profile(args.pairs, args.cprofile)
     elif args.command == "dump":
-        dump(args.pairs, args.out)
+        dump(args.pairs, args.out, args.drawing)
     else:
         return compare(args.a, args.b)
     return 0

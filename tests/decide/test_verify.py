@@ -345,3 +345,36 @@ def test_the_resampling_matrix_is_the_scatter_of_its_weights():
         m[:, 1] += m[:, 0]
         m[:, n] += m[:, n + 1]
         assert np.array_equal(_resampling(n, scale, shift), m[:, 1:n + 1])
+
+
+def test_the_rescalings_peaks_are_found_as_one_by_one():
+    """``verify._correlate`` finds every rescaling's peak and its sub-pixel shift at once; the same numbers as
+    taking the rescalings one at a time (the first of tied maxima, a parabola through each axis's
+    neighbours, none where they hold no peak)."""
+    from scipy import fft
+
+    from overlap_audit.decide.verify import _correlate, _standardise, _warp
+
+    rng = np.random.default_rng(5)
+    scales = [(1.0, 1.0), (1.05, 0.95), (1.1, 1.1), (0.9, 1.05)]
+    for h, w in [(48, 40), (61, 96)]:
+        a = rng.random((h, w)).astype(np.float32)
+        b = np.roll(a, (2, -1), axis=(0, 1)) + 0.1 * rng.random((h, w)).astype(np.float32)
+        for ea, eb in [(a, b), (a, np.zeros_like(a))]:  # a flat map: every shift ties
+            rx, ry = max(1, round(0.04 * w)), max(1, round(0.04 * h))
+            found = _correlate(ea, eb, scales, rx, ry)
+            stack = np.stack([_standardise(_warp(eb, sc)) for sc in scales])
+            corr = fft.irfft2(fft.rfft2(_standardise(ea))[None] * np.conj(fft.rfft2(stack)), s=(h, w))
+            for sc, c in zip(scales, corr):
+                win = np.concatenate([c[-ry:], c[:ry + 1]], axis=0)
+                win = np.concatenate([win[:, -rx:], win[:, :rx + 1]], axis=1)
+                iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
+                dy, dx = int(iy) - ry, int(ix) - rx
+
+                def offset(left, centre, right):
+                    curve = left - 2 * centre + right
+                    return float(np.clip(0.5 * (left - right) / curve, -0.5, 0.5)) if curve < 0 else 0.0
+
+                fx = offset(c[dy % h, (dx - 1) % w], c[dy % h, dx % w], c[dy % h, (dx + 1) % w])
+                fy = offset(c[(dy - 1) % h, dx % w], c[dy % h, dx % w], c[(dy + 1) % h, dx % w])
+                assert found[sc] == (float(win[iy, ix]), dx + fx, dy + fy)
