@@ -294,3 +294,87 @@ def test_report_verify_end_to_end(tmp_path):
     assert "Verification: every example whose nearest corpus item" in html
     n = rep["verify"]["datasets"]["val"]["n_verified"]
     assert n >= 2 and "| val | " in md and f" | {n} | 1 | 0 |" in md  # pairs verified, accepted, unreadable
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_blur_sums_its_taps_in_order(dtype):
+    """``verify._blur`` (one buffer per pass) gives the plain formula's numbers to the last bit: the taps'
+    products summed one after the other, rows then columns."""
+    from overlap_audit.decide.verify import _blur
+
+    rng = np.random.default_rng(3)
+    for sigma in (0.5, 1.0, 2.0):
+        r = max(1, math.ceil(2.5 * sigma))
+        k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+        k /= k.sum()
+        for shape in [(9, 8), (48, 61), (96, 80)]:
+            a = rng.random(shape).astype(dtype)
+            p = np.pad(a, r, mode="edge")
+            p = sum(k[i] * p[:, i:i + shape[1]] for i in range(2 * r + 1))
+            plain = sum(k[i] * p[i:i + shape[0], :] for i in range(2 * r + 1))
+            ours = _blur(a, sigma)
+            assert ours.dtype == plain.dtype and np.array_equal(ours, plain)
+
+
+def test_the_mean_is_numpys():
+    """``verify._mean`` is ``ndarray.mean`` to the last bit, float32 and float64, whole arrays and masked
+    selections."""
+    from overlap_audit.decide.verify import _mean
+
+    rng = np.random.default_rng(4)
+    for dtype in (np.float32, np.float64):
+        for n in (2, 7, 255, 4096, 9216):
+            a = (rng.random(n) * rng.choice([1e-3, 1.0, 300.0])).astype(dtype)
+            for x in (a, a.reshape(-1, 1), a[::2], a[a > 0.5 * a.max()]):
+                assert type(_mean(x)) is type(x.mean()) and _mean(x) == x.mean()
+
+
+def test_the_resampling_matrix_is_the_scatter_of_its_weights():
+    """``verify._resampling`` holds each row's two bilinear weights where ``np.add.at`` would put them
+    (summed where both fall beyond an edge), the edges folded in, to the last bit."""
+    from overlap_audit.decide.verify import _resampling
+
+    for n, scale, shift in [(8, 1.0, 0.0), (48, 1.1, 0.0), (96, 0.9, 2.37), (61, 1.25, -3.5), (20, 0.5, 9.0)]:
+        pos = (np.arange(n) + 0.5 - n / 2 - shift) / scale + n / 2 - 0.5
+        lo = np.floor(pos).astype(int)
+        frac = (pos - lo).astype(np.float32)
+        m = np.zeros((n, n + 2), np.float32)
+        inside = (pos >= -0.5) & (pos <= n - 0.5)
+        np.add.at(m, (np.arange(n), np.clip(lo, -1, n) + 1), np.where(inside, 1 - frac, 0))
+        np.add.at(m, (np.arange(n), np.clip(lo + 1, -1, n) + 1), np.where(inside, frac, 0))
+        m[:, 1] += m[:, 0]
+        m[:, n] += m[:, n + 1]
+        assert np.array_equal(_resampling(n, scale, shift), m[:, 1:n + 1])
+
+
+def test_the_rescalings_peaks_are_found_as_one_by_one():
+    """``verify._correlate`` finds every rescaling's peak and its sub-pixel shift at once; the same numbers as
+    taking the rescalings one at a time (the first of tied maxima, a parabola through each axis's
+    neighbours, none where they hold no peak)."""
+    from scipy import fft
+
+    from overlap_audit.decide.verify import _correlate, _standardise, _warp
+
+    rng = np.random.default_rng(5)
+    scales = [(1.0, 1.0), (1.05, 0.95), (1.1, 1.1), (0.9, 1.05)]
+    for h, w in [(48, 40), (61, 96)]:
+        a = rng.random((h, w)).astype(np.float32)
+        b = np.roll(a, (2, -1), axis=(0, 1)) + 0.1 * rng.random((h, w)).astype(np.float32)
+        for ea, eb in [(a, b), (a, np.zeros_like(a))]:  # a flat map: every shift ties
+            rx, ry = max(1, round(0.04 * w)), max(1, round(0.04 * h))
+            found = _correlate(ea, eb, scales, rx, ry)
+            stack = np.stack([_standardise(_warp(eb, sc)) for sc in scales])
+            corr = fft.irfft2(fft.rfft2(_standardise(ea))[None] * np.conj(fft.rfft2(stack)), s=(h, w))
+            for sc, c in zip(scales, corr):
+                win = np.concatenate([c[-ry:], c[:ry + 1]], axis=0)
+                win = np.concatenate([win[:, -rx:], win[:, :rx + 1]], axis=1)
+                iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
+                dy, dx = int(iy) - ry, int(ix) - rx
+
+                def offset(left, centre, right):
+                    curve = left - 2 * centre + right
+                    return float(np.clip(0.5 * (left - right) / curve, -0.5, 0.5)) if curve < 0 else 0.0
+
+                fx = offset(c[dy % h, (dx - 1) % w], c[dy % h, dx % w], c[dy % h, (dx + 1) % w])
+                fy = offset(c[(dy - 1) % h, dx % w], c[dy % h, dx % w], c[(dy + 1) % h, dx % w])
+                assert found[sc] == (float(win[iy, ix]), dx + fx, dy + fy)
