@@ -211,7 +211,7 @@ def profile(path: Path, top: int) -> None:
           + "; ".join(f"{d} {k} pairs {s:.2f} s" for d, k, s in per_run))
     print(", ".join(f"{k} {v}" for k, v in counts.items()))
     all_s = sum(total.values())
-    print(f"| stage | CPU s | ms per pair | share |\n|---|---|---|---|")
+    print("| stage | CPU s | ms per pair | share |\n|---|---|---|---|")
     for k, v in sorted(total.items(), key=lambda kv: -kv[1]):
         print(f"| {k} | {v:.2f} | {1000 * v / n:.2f} | {v / all_s:.0%} |")
     print(f"| all | {all_s:.2f} | {1000 * all_s / n:.2f} | |")
