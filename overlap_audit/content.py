@@ -304,6 +304,12 @@ def _margin(pixels: np.ndarray) -> _Margin | None:
     # statistic comes from one call over the four lines, channels first
     lines = _outer_lines(pixels)
     channels = lines.shape[0]
+    first = lines[:, :1]
+    if (lines == first).all():
+        # one colour all round (a drawing's white or transparent canvas): what the steps below come to when
+        # every deviation and every step is zero, without their dozen numpy calls
+        fill = tuple(int(v) for v in first[:, 0])
+        return _Margin(fill[0] if channels == 1 else fill, BASE_TOLERANCE, frozenset(range(4)))
     lengths = (width, width, height, height)
     starts = (0, width, 2 * width, 2 * width + height)
     medians = np.concatenate([_median(lines[:, :2 * width].reshape(channels, 2, width)),
