@@ -18,6 +18,16 @@ class ImageRejected(Exception):
 # where a composited image keeps the alpha band it was composited from: content.content_box reads it, so a
 # drawing's transparent canvas is still known as one after decoding (its soft shadow, white now, is no sky)
 ALPHA_INFO = "overlap_audit.alpha"
+# the attribute where a composite keeps the box outside which it is white (``white_outside``): on the object
+# itself, not in its info, so that no copy, crop or transform of it (which carry the info over) claims it
+_WHITE_OUTSIDE = "_overlap_audit_white_outside"
+
+
+def white_outside(image: Image.Image) -> tuple[int, int, int, int] | None:
+    """The box (left, top, right, bottom) outside which ``image`` is white: the bounding box of the pixels that
+    were not fully transparent, for an image ``to_rgb`` composited on white and returned as it is (drawing on
+    it in place afterwards would make this untrue); None for any other image."""
+    return getattr(image, _WHITE_OUTSIDE, None)
 
 
 def _composite_on_white(img: Image.Image) -> Image.Image:
@@ -35,6 +45,7 @@ def _composite_on_white(img: Image.Image) -> Image.Image:
             region = img if box == (0, 0, *img.size) else img.crop(box)
             rgba = region if region.mode == "RGBA" else region.convert("RGBA")
             out.paste(rgba, box[:2], rgba)
+            setattr(out, _WHITE_OUTSIDE, box)
         out.info[ALPHA_INFO] = alpha
         return out
     rgba = img.convert("RGBA")

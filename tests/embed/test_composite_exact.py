@@ -127,3 +127,51 @@ def test_a_one_colour_border_gives_the_plain_rules_margin_and_box(photos):
         assert (found is None) == (expected is None), name
         if found is not None:
             assert found[0] == tuple(int(v) for v in expected[0]) and found[1] == expected[1], name
+
+
+def transparent_canvases(photos) -> list[tuple[str, Image.Image]]:
+    """Photographs and drawn shapes on transparent canvases, large and small, as RGBA and grey with alpha."""
+    rng = np.random.default_rng(24)
+    out = []
+    for name, photo in some(photos):
+        for kind, im in with_alpha(photo, rng):
+            out.append((f"{name} {kind}", im))
+        small = photo.resize((40, 30))
+        canvas = Image.new("RGBA", (60, 50), (0, 0, 0, 0))
+        canvas.paste(small, (int(rng.integers(1, 20)), int(rng.integers(1, 20))))
+        out.append((f"{name} small on transparency", canvas))
+        faint = Image.new("RGBA", photo.size, (0, 0, 0, 0))
+        faint.paste(Image.new("RGBA", (photo.width // 2, 3), (250, 250, 250, 255)), (photo.width // 4, 9))
+        faint.paste(photo.resize((photo.width // 3, photo.height // 3)), (5, photo.height // 2))
+        out.append((f"{name} a faint line above", faint))  # a faint band the box must not stop at
+    return out
+
+
+def test_a_box_read_inside_the_white_outside_equals_the_whole_read_and_the_plain_rule(photos):
+    used = 0
+    for name, im in transparent_canvases(photos):
+        view = to_rgb(im)
+        window = content._white_outside(view)
+        used += window is not None
+        whole = view.copy()  # a copy keeps the pixels and info, not the box outside which it is white
+        assert imaging.white_outside(whole) is None
+        assert content.content_box(view) == content.content_box(whole), name
+        found, expected = content._find_box(content._pixels(view), None, window), plain_find_box(view)
+        assert (found is None) == (expected is None), name
+        if found is not None:
+            assert found[0] == tuple(int(v) for v in expected[0]), name
+        # and through the decoder, from a PNG file, as the index reads it
+        assert content.content_box(decode_image(_png(im))) == content.content_box(whole), name
+    assert used >= 10  # most of these are read inside their window
+
+
+def test_only_the_composite_itself_claims_a_white_outside(photos):
+    name, photo = some(photos)[0]
+    canvas = Image.new("RGBA", (photo.width + 40, photo.height + 40), (0, 0, 0, 0))
+    canvas.paste(photo.convert("RGBA"), (20, 20))
+    view = to_rgb(canvas)
+    assert imaging.white_outside(view) == (20, 20, 20 + photo.width, 20 + photo.height)
+    turned = view.rotate(90)  # same size, same info, other pixels
+    for derived in (turned, view.crop((0, 0, *view.size)), view.copy(), view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)):
+        assert imaging.white_outside(derived) is None
+    assert imaging.white_outside(to_rgb(photo.convert("RGB"))) is None
