@@ -61,7 +61,7 @@ Outer lines of one colour (a drawing's white or transparent canvas) give the mar
 and a drawing that ``imaging.to_rgb`` composited from a transparent canvas is read only inside the bounding box
 of its pixels that were not fully transparent (``imaging.white_outside``): outside it every pixel is white, so
 no line there is content or holds a faint pixel, and the box is the same.
-On openclipart-png drawings about 0.4x the CPU time PIL takes to decode them, on JPEG photographs decoded
+On openclipart-png drawings 0.4-0.65x the CPU time PIL takes to decode them, on JPEG photographs decoded
 at a reduced scale about 0.3x (benchmarks/bench_index_speed.py, BENCHMARKS.md "Indexing against the
 decoder").
 Step 4 adds, where there is a margin, one box average and one lookup pass over the bands cut: on a photograph
