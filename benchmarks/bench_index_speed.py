@@ -25,6 +25,11 @@ the detector's preprocessing), each as a multiple of the decoding time, measured
 
 ``--digest`` prints a checksum of every shard's vectors, low-information flags and content boxes: equal
 digests before and after a change mean the change left every embedding as it was.
+
+``--baseline DIR`` also times `index` with the code of another checkout (DIR, e.g. a git worktree of the commit
+before a change) in each repeat, right after this code's run, in a fresh process that imports the package from
+DIR and times the same ``build_index`` call after a warm-up (its start-up left out, as this process's is): its
+CPU time per image and ratio are printed beside this code's, and its digest with ``--digest``.
 """
 
 from __future__ import annotations
@@ -156,6 +161,10 @@ def stages(files: list[str], min_size: int, n: int = 300) -> dict[str, float]:
     return {key: value / spent["decode"] for key, value in spent.items()}
 
 
+def fmt(seconds: list[float], n: int) -> str:
+    return " / ".join(f"{v / n * 1e3:.2f}" for v in seconds)
+
+
 def cpu_seconds() -> float:
     """CPU time (user + system) of this process and of its children that have ended."""
     import resource
@@ -171,6 +180,37 @@ def index_seconds(folder: Path, out: Path, workers: int) -> float:
     t = time.perf_counter()
     build_index([str(folder)], out, IndexSettings(workers=workers))
     return time.perf_counter() - t
+
+
+_BASELINE_RUN = """
+import resource, sys, time
+from pathlib import Path
+from overlap_audit.index import build_index
+from overlap_audit.settings import IndexSettings
+
+def cpu():
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+folder, one, out, workers = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+build_index([one], out / "warm", IndexSettings(workers=workers))  # imports, the detector: not timed
+c, t = cpu(), time.perf_counter()
+build_index([folder], out / "index", IndexSettings(workers=workers))
+print(time.perf_counter() - t, cpu() - c)
+"""
+
+
+def baseline_index(code: Path, folder: Path, one: Path, out: Path, workers: int) -> tuple[float, float]:
+    """(seconds, CPU seconds) of `index` on ``folder`` with the package of the checkout ``code``, in a fresh
+    process (its imports and a one-image warm-up not counted); the index is left in ``out / "index"``."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    done = subprocess.run([sys.executable, "-c", _BASELINE_RUN, str(folder), str(one), str(out), str(workers)],
+                          env=env, check=True, capture_output=True, text=True, cwd=code)
+    seconds, cpu = (float(v) for v in done.stdout.split()[-2:])
+    return seconds, cpu
 
 
 def digest(index_dir: Path) -> str:
@@ -196,6 +236,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--cache", default=None, help="default: the project's cache folder")
     ap.add_argument("--digest", action="store_true", help="print a checksum of the shards' embeddings")
+    ap.add_argument("--baseline", default=None, help="a checkout whose `index` is timed beside this code's")
     args = ap.parse_args()
 
     from overlap_audit.detectors import get_detector
@@ -216,11 +257,12 @@ def main() -> None:
         print(f"load average before: {os.getloadavg()}; cores: {len(os.sched_getaffinity(0))}; "
               f"start-up + finish (one image): {overhead:.2f} s")
         print("| corpus | images | PIL decode-only img/s | index end to end img/s | ratio | index loop img/s "
-              "| ratio (loop) | decode-only CPU ms/img | index CPU ms/img | ratio (CPU) |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "| ratio (loop) | decode-only CPU ms/img | index CPU ms/img | ratio (CPU) |"
+              + (" baseline index CPU ms/img | baseline ratio (CPU) |" if args.baseline else ""))
+        print("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if args.baseline else ""))
         for name, folder in corpora.items():
             files = sorted(str(p) for p in folder.iterdir() if not p.name.startswith("."))
-            pil, idx, pil_cpu, idx_cpu = [], [], [], []
+            pil, idx, pil_cpu, idx_cpu, base_cpu = [], [], [], [], []
             for r in range(args.repeats):
                 c0 = cpu_seconds()
                 pil.append(decode_rate(files, args.workers, min_size))
@@ -233,14 +275,25 @@ def main() -> None:
                 if args.digest and r == 0:
                     print(f"digest {name}: {digest(out)}")
                 shutil.rmtree(out)
+                if args.baseline:
+                    base = work / f"baseline-{len(base_cpu)}-{folder.name}"
+                    base_cpu.append(baseline_index(Path(args.baseline), folder, one, base, args.workers)[1])
+                    if args.digest and r == 0:
+                        print(f"digest {name} (baseline): {digest(base / 'index')}")
+                    shutil.rmtree(base)
             share = stages(files, min_size)
             print(f"stages {name} (x PIL decode, one process): " + ", ".join(f"{k} {v:.2f}" for k, v in share.items()))
             best_pil, best = max(pil), min(idx)
             loop = len(files) / max(1e-9, best - overhead)
             cpu_ratio = min(pil_cpu) / min(idx_cpu)
-            print(f"| {name} | {len(files)} | {best_pil:,.0f} | {len(files) / best:,.0f} | "
-                  f"{len(files) / best / best_pil:.2f}x | {loop:,.0f} | {loop / best_pil:.2f}x | "
-                  f"{min(pil_cpu) / len(files) * 1e3:.2f} | {min(idx_cpu) / len(files) * 1e3:.2f} | {cpu_ratio:.2f}x |")
+            row = (f"| {name} | {len(files)} | {best_pil:,.0f} | {len(files) / best:,.0f} | "
+                   f"{len(files) / best / best_pil:.2f}x | {loop:,.0f} | {loop / best_pil:.2f}x | "
+                   f"{min(pil_cpu) / len(files) * 1e3:.2f} | {min(idx_cpu) / len(files) * 1e3:.2f} | {cpu_ratio:.2f}x |")
+            if base_cpu:
+                row += f" {min(base_cpu) / len(files) * 1e3:.2f} | {min(pil_cpu) / min(base_cpu):.2f}x |"
+            print(row)
+            print(f"  per repeat, CPU ms/img: decode-only {fmt(pil_cpu, len(files))}; index {fmt(idx_cpu, len(files))}"
+                  + (f"; baseline index {fmt(base_cpu, len(files))}" if base_cpu else ""))
         print(f"load average after: {os.getloadavg()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -57,7 +57,11 @@ outer lines (most photographs), the outer lines only. With a margin, a small ima
 only as far as its margin goes, and the lines without a pixel beyond the tolerance are not counted: the cost
 follows the margin, not the image; each band it would cut is judged (step 4) as soon as its depth is known,
 so a sky ends the pass before the other sides are read. A repeated pass reads the box's pixels in place.
-On openclipart-png drawings about 0.6x the CPU time PIL takes to decode them, on JPEG photographs decoded
+Outer lines of one colour (a drawing's white or transparent canvas) give the margin without its statistics,
+and a drawing that ``imaging.to_rgb`` composited from a transparent canvas is read only inside the bounding box
+of its pixels that were not fully transparent (``imaging.white_outside``): outside it every pixel is white, so
+no line there is content or holds a faint pixel, and the box is the same.
+On openclipart-png drawings 0.4-0.65x the CPU time PIL takes to decode them, on JPEG photographs decoded
 at a reduced scale about 0.3x (benchmarks/bench_index_speed.py, BENCHMARKS.md "Indexing against the
 decoder").
 Step 4 adds, where there is a margin, one box average and one lookup pass over the bands cut: on a photograph
@@ -76,7 +80,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .imaging import ALPHA_INFO, to_rgb
+from .imaging import ALPHA_INFO, to_rgb, white_outside
 
 BASE_TOLERANCE = 16  # grey levels per channel from the border colour that still count as margin
 MAX_TOLERANCE = 48  # the tolerance never widens beyond this, however noisy the margin
@@ -164,7 +168,7 @@ def content_box(image: Image.Image) -> ContentBox:
     width, height = image.size
     view = _analysis_view(image)
     pixels = _pixels(view)
-    box = _one_pass(pixels, lambda: view, lambda: _alpha(image))
+    box = _one_pass(pixels, lambda: view, lambda: _alpha(image), _white_outside(view))
     for _ in range(MAX_PASSES - 1):
         if not box.trimmed:
             break
@@ -178,10 +182,10 @@ def content_box(image: Image.Image) -> ContentBox:
     return box
 
 
-def _one_pass(pixels: np.ndarray, view: Callable[[], Image.Image], alpha: Callable[[], Image.Image | None]
-              ) -> ContentBox:
+def _one_pass(pixels: np.ndarray, view: Callable[[], Image.Image], alpha: Callable[[], Image.Image | None],
+              window: tuple[int, int, int, int] | None = None) -> ContentBox:
     """One pass of the rule on a view's ``pixels`` (``_pixels``); ``view`` and ``alpha`` give the view and its
-    alpha band, for the canvas test (made only when a box is found)."""
+    alpha band, for the canvas test (made only when a box is found); ``window``: ``_white_outside``."""
     height, width = pixels.shape[:2]
     judged: dict[tuple[int, int, int, int], bool] = {}  # outer parts of bands: canvas or not
     judge = None
@@ -200,7 +204,7 @@ def _one_pass(pixels: np.ndarray, view: Callable[[], Image.Image], alpha: Callab
             return not judged[outer]
 
         judge = picture
-    found = _find_box(pixels, judge) if min(width, height) >= 3 else None
+    found = _find_box(pixels, judge, window) if min(width, height) >= 3 else None
     if found is None:
         return ContentBox.whole(width, height)
     (top, bottom, left, right), margin = found
@@ -304,6 +308,12 @@ def _margin(pixels: np.ndarray) -> _Margin | None:
     # statistic comes from one call over the four lines, channels first
     lines = _outer_lines(pixels)
     channels = lines.shape[0]
+    first = lines[:, :1]
+    if (lines == first).all():
+        # one colour all round (a drawing's white or transparent canvas): what the steps below come to when
+        # every deviation and every step is zero, without their dozen numpy calls
+        fill = tuple(int(v) for v in first[:, 0])
+        return _Margin(fill[0] if channels == 1 else fill, BASE_TOLERANCE, frozenset(range(4)))
     lengths = (width, width, height, height)
     starts = (0, width, 2 * width, 2 * width + height)
     medians = np.concatenate([_median(lines[:, :2 * width].reshape(channels, 2, width)),
@@ -415,8 +425,19 @@ class _Beyond:
         return strong | (counts > limit), strong, faint
 
 
-def _find_box(pixels: np.ndarray, picture: Callable[[_Margin, int, int], bool] | None = None
-              ) -> tuple[tuple[int, int, int, int], _Margin] | None:
+def _white_outside(view: Image.Image) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of the part of a composited view outside which every pixel is white
+    (``imaging.white_outside``), where that part lies strictly inside the view (its four outer lines white)."""
+    box = white_outside(view)
+    if box is None:
+        return None
+    left, top, right, bottom = box
+    width, height = view.size
+    return (top, bottom, left, right) if 0 < left < right < width and 0 < top < bottom < height else None
+
+
+def _find_box(pixels: np.ndarray, picture: Callable[[_Margin, int, int], bool] | None = None,
+              window: tuple[int, int, int, int] | None = None) -> tuple[tuple[int, int, int, int], _Margin] | None:
     """(top, bottom, left, right) of the content of ``pixels`` ([H, W, K]: ``_pixels``) and the margin it was
     found against, or None when there is no margin to trim or no content at all.
 
@@ -427,6 +448,9 @@ def _find_box(pixels: np.ndarray, picture: Callable[[_Margin, int, int], bool] |
     the rows, then the columns between the box's top and bottom (the faint pixels of the rows above and below
     are counted while those are read). ``picture(margin, side, depth)`` is asked about each band of a large
     image as soon as its depth is known: a band that is picture (a sky) ends the pass there, None.
+
+    ``window`` (top, bottom, left, right): outside it every pixel is white (``_white_outside``); on a white
+    margin those lines are neither content nor hold a faint pixel, so only the window is read (the same box).
     """
     margin = _margin(pixels)
     if margin is None:
@@ -435,18 +459,22 @@ def _find_box(pixels: np.ndarray, picture: Callable[[_Margin, int, int], bool] |
     sides = margin.sides
     beyond = _Beyond(margin, width, pixels.shape[2])
     col_limit, row_limit = FAINT_FRACTION * height, FAINT_FRACTION * width
+    top, bottom, left, right = 0, height, 0, width  # the part read
+    if window is not None and margin.fill == (255, 255, 255):
+        top, bottom, left, right = window
+    inner = pixels[top:bottom, left:right]
     if height * width <= WHOLE_MAP_PIXELS:
-        strong = beyond.flags(pixels, beyond.strong)
+        strong = beyond.flags(inner, beyond.strong)
         strong_rows = strong.any(axis=1)
         if not strong_rows.any():
             return None  # nothing stands out clearly from the margin (or nothing at all): blank
-        faint = beyond.flags(pixels, beyond.faint)
+        faint = beyond.flags(inner, beyond.faint)
         rows = strong_rows | (np.count_nonzero(faint, axis=1) > row_limit)
         cols = strong.any(axis=0) | (np.count_nonzero(faint, axis=0) > col_limit)
-        return (int(np.argmax(rows)) if _TOP in sides else 0,
-                height - int(np.argmax(rows[::-1])) if _BOTTOM in sides else height,
-                int(np.argmax(cols)) if _LEFT in sides else 0,
-                width - int(np.argmax(cols[::-1])) if _RIGHT in sides else width), margin
+        return (top + int(np.argmax(rows)) if _TOP in sides else 0,
+                bottom - int(np.argmax(rows[::-1])) if _BOTTOM in sides else height,
+                left + int(np.argmax(cols)) if _LEFT in sides else 0,
+                right - int(np.argmax(cols[::-1])) if _RIGHT in sides else width), margin
     edges = {_TOP: 0, _BOTTOM: height, _LEFT: 0, _RIGHT: width}
     extra = np.zeros(width, dtype=np.intp)  # per column: faint pixels in the rows above and below the box
     strong = False
@@ -454,17 +482,20 @@ def _find_box(pixels: np.ndarray, picture: Callable[[_Margin, int, int], bool] |
         if side not in sides:
             continue
         if side in (_TOP, _BOTTOM):
-            found = _scan(pixels, side, beyond, row_limit, extra)
+            found = _scan(inner, side, beyond, row_limit, extra[left:right])
+            offset = top
         else:
-            found = _scan(pixels[edges[_TOP]:edges[_BOTTOM]], side, beyond, col_limit, extra)
+            found = _scan(pixels[edges[_TOP]:edges[_BOTTOM], left:right], side, beyond, col_limit, extra[left:right])
+            offset = left
         if found is None:
             return None  # no content line at all: nothing strong anywhere
         edges[side], strong_here = found
+        edges[side] += offset
         strong = strong or strong_here
         depth = edges[side] if side in (_TOP, _LEFT) else (height if side == _BOTTOM else width) - edges[side]
         if picture is not None and picture(margin, side, depth):
             return None  # the canvas test would keep the image whole whatever the other sides
-    if not strong and not beyond.flags(pixels, beyond.strong).any():
+    if not strong and not beyond.flags(inner, beyond.strong).any():
         return None  # the first content lines held only faint pixels, and nothing anywhere is strong
     return (edges[_TOP], edges[_BOTTOM], edges[_LEFT], edges[_RIGHT]), margin
 

@@ -18,38 +18,65 @@ class ImageRejected(Exception):
 # where a composited image keeps the alpha band it was composited from: content.content_box reads it, so a
 # drawing's transparent canvas is still known as one after decoding (its soft shadow, white now, is no sky)
 ALPHA_INFO = "overlap_audit.alpha"
+# the attribute where a composite keeps the box outside which it is white (``white_outside``): on the object
+# itself, not in its info, so that no copy, crop or transform of it (which carry the info over) claims it
+_WHITE_OUTSIDE = "_overlap_audit_white_outside"
+
+
+def white_outside(image: Image.Image) -> tuple[int, int, int, int] | None:
+    """The box (left, top, right, bottom) outside which ``image`` is white: the bounding box of the pixels that
+    were not fully transparent, for an image ``to_rgb`` composited on white and returned as it is (drawing on
+    it in place afterwards would make this untrue); None for any other image."""
+    return getattr(image, _WHITE_OUTSIDE, None)
 
 
 def _composite_on_white(img: Image.Image) -> Image.Image:
     if img.mode == "P" and img.palette is not None and img.palette.mode == "RGB":
         return _palette_on_white(img)
-    rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # convert() would copy an RGBA image
-    out = Image.new("RGB", rgba.size, (255, 255, 255))
     # a paste through the alpha band: one pass, and the same pixels as Image.alpha_composite over opaque
     # white (both round c*a + 255*(255-a) over 255 to nearest; checked for every colour and alpha value)
+    out = Image.new("RGB", img.size, (255, 255, 255))
+    if img.mode in ("RGBA", "LA"):
+        alpha = img.getchannel("A")
+        # only the bounding box of the pixels that are not fully transparent is composited: outside it alpha
+        # is 0 and the result white (drawings on a transparent canvas: about a third of their pixels)
+        box = alpha.getbbox()
+        if box is not None:
+            region = img if box == (0, 0, *img.size) else img.crop(box)
+            rgba = region if region.mode == "RGBA" else region.convert("RGBA")
+            out.paste(rgba, box[:2], rgba)
+            setattr(out, _WHITE_OUTSIDE, box)
+        out.info[ALPHA_INFO] = alpha
+        return out
+    rgba = img.convert("RGBA")
     out.paste(rgba, (0, 0), rgba)
     out.info[ALPHA_INFO] = rgba.getchannel("A")
     return out
 
 
+def _on_white(entries: np.ndarray) -> np.ndarray:
+    """RGBA values [N, 4] composited on white as the paste through the alpha band does: c*a + 255*(255-a)
+    over 255, rounded to nearest (PIL's DIV255: add 128, then add the result shifted right by 8 bits and
+    shift right by 8 bits again)."""
+    a = entries[:, 3:].astype(np.int32)
+    t = entries[:, :3].astype(np.int32) * a + 255 * (255 - a) + 128
+    return ((t + (t >> 8)) >> 8).astype(np.uint8)
+
+
 def _palette_on_white(img: Image.Image) -> Image.Image:
     """A palette image with transparency composited on white through its palette: a pixel's result depends
     only on its index, so the 256 entries are composited and the image converted once (same pixels)."""
-    indices = Image.new("P", (256, 1))
-    indices.putdata(range(256))
+    indices = Image.frombytes("P", (256, 1), bytes(range(256)))
     indices.putpalette(img.getpalette(rawmode="RGB") or [], rawmode="RGB")
     indices.info["transparency"] = img.info["transparency"]
-    entries = indices.convert("RGBA")
-    composited = _composite_on_white(entries)
-    alpha = np.frombuffer(entries.getchannel("A").tobytes(), dtype=np.uint8)
+    entries = np.frombuffer(indices.convert("RGBA").tobytes(), dtype=np.uint8).reshape(256, 4)
     out = img.copy()
     out.info = {}
-    out.putpalette(composited.tobytes(), rawmode="RGB")
-    mask = img.copy()
-    mask.info = {}
-    mask.putpalette(np.repeat(alpha, 3).tobytes(), rawmode="RGB")
+    out.putpalette(_on_white(entries).tobytes(), rawmode="RGB")
     rgb = out.convert("RGB")
-    rgb.info = {ALPHA_INFO: mask.convert("L")}  # L of a grey palette is its grey value exactly
+    mask = img.point(entries[:, 3].tolist(), "L")  # each index through the entries' alpha
+    mask.info = {}
+    rgb.info = {ALPHA_INFO: mask}
     return rgb
 
 
