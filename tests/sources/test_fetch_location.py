@@ -166,7 +166,8 @@ def test_a_parquet_row_that_holds_another_id_now_is_looked_for_by_id(tmp_path):
 
 
 @pytest.mark.network
-def test_items_of_remote_tars_and_parquet_are_read_at_their_location_by_range_requests(served):
+def test_items_of_remote_tars_and_parquet_are_read_at_their_location_by_range_requests(
+        served):  # noqa: F811 - the fixture imported above
     root, url, _, _ = served
     for spec in ("shard-{000..001}.tar", "corpus.parquet"):
         src = open_source(f"{url}/{spec}")
