@@ -42,9 +42,12 @@ The verdict (``PhotoVerification.verdict``):
   threshold the score needed grows (``GRADE``) and a second piece of evidence must agree
   (``PhotoVerification._second_evidence``: the detail level, and for a texture that repeats itself the score
   before the refinement);
-- drawings by their flat fills that have no margin (a phantom or a logo on a plain ground, squashed) and that
-  the drawing comparison refuses are the same picture where the photo comparison is near perfect
-  (``FLAT_ACCEPT``, ``FLAT_CELLS``, ``FLAT_DETAIL``; refined only from ``FLAT_COARSE`` at the coarse grid);
+- drawings by their flat fills that have no margin in either image (an illustration, a phantom or a logo on a
+  plain ground; ``PhotoVerification.frame``) and that the drawing comparison does not accept are judged by the
+  photo comparison as photographs, and are the same picture where it is near perfect whatever the photo accept
+  (``FLAT_ACCEPT``, ``FLAT_CELLS``, ``FLAT_DETAIL``). Their boxes are the frames, whose shape a dataset's resize
+  sets: the drawing comparison's content agreement (its score without the box-shape factor) under
+  ``verify.VERIFY_REJECT`` is evidence against, its box-shape gate is not;
 - in between, or without texture, ``verify_prepared``'s score is computed and accepts at its threshold
   (it adds small tiles whose alignment is within its few per cent); otherwise the pair says nothing (None);
 - a pair in which either image has no texture at all on the fine grid (``MIN_TEXTURE``: a clear sky, a blank
@@ -118,7 +121,6 @@ ACCEPT_DETAIL = 0.75  # below the detector's threshold (accept above ACCEPT) the
 REPEATS = 0.75  # ``elsewhere`` from which the copy's texture repeats itself (see ``_second_evidence``)
 FLAT_ACCEPT = 0.95  # a drawing without a margin is the same picture from this photo score ...
 FLAT_CELLS = 0.85  # ... with its cells
-FLAT_COARSE = 0.75  # ... not refined where the coarse grid correlates less (the true pairs: 0.84 and up)
 FLAT_DETAIL = 0.9  # ... and its detail level agreeing this much
 UNIQUE = 0.05  # an accepted copy matches its source this much better than itself a quarter-side away
 REPEAT_MARGIN = 0.02  # below the threshold a repeating texture's grid score must clear the photo accept by this
@@ -166,6 +168,10 @@ class PhotoVerification:
     degenerate: bool = False  # a shape neither comparison can judge (a strip beyond MAX_ASPECT): says nothing
     featureless: bool = False  # an image without texture (a blank wall, a clear sky): says nothing
     flat_match: bool = False  # a drawing by its flat fills, without a margin, that the photo comparison matches
+    # flat fills up to the edges in both images (no margin): the drawing comparison's boxes are the frames, whose
+    # shape a dataset's resize sets, so its box-shape factor is no evidence against, only its content agreement
+    frame: bool = False
+    pair_aspect: float = float("nan")  # the drawing comparison's box-shape factor (1: the same shape; 0: gated)
     grid_score: float = float("nan")  # the correlation before the refinement (the search's grid alone)
     detail: float = float("nan")  # the correlation at DETAIL times the fine grid (``_detail``; NaN: not computed)
     elsewhere: float = -1.0  # how well the copy matches itself a quarter of its side or more away (``_repeats``)
@@ -208,6 +214,16 @@ class PhotoVerification:
         accept = ACCEPT if accept is None else accept
         if self.degenerate:
             return None
+        if self.frame:
+            if self.pair_score >= pair_threshold or self.flat_match:
+                return True
+            photo = replace(self, frame=False, pair_score=float("nan")).verdict_at(pair_threshold, accept, near)
+            if photo is not None:
+                return photo
+            # the drawing comparison's content agreement (its score without the box-shape factor) is evidence
+            # against; where the shapes differ past its gate (factor 0) it compared nothing
+            return False if self.pair_aspect > 0 and not (
+                self.pair_score / self.pair_aspect >= min(VERIFY_REJECT, pair_threshold)) else None
         if self.featureless:
             return True if near and self.pair_score >= FEATURELESS_ACCEPT else None
         if self.applies and self.informative:
@@ -531,16 +547,18 @@ def verify_photo(a: PhotoPrepared, b: PhotoPrepared) -> PhotoVerification:
     # one (a copy alone may be flat, upscaled by the nearest pixel; a photograph with a black sky has a margin)
     flat = max(a.flat, b.flat) >= MAX_FLAT
     if min(a.flat, b.flat) >= MAX_FLAT or (flat and (a.trimmed or b.trimmed)):
-        v = PhotoVerification(float("nan"), 0.0, float(verify_prepared(a.pair, b.pair).score))
-        if v.pair_score < VERIFY_THRESHOLD and not (a.trimmed or b.trimmed):
-            # flat fills but no margin: a photograph of flat areas (a logo or a phantom on a plain ground, a
-            # black sky) squashed, which verify_prepared's box-shape gate refuses; an almost perfect photo
-            # comparison, detail included, says it is the same picture
-            w = _compare(a, b, FLAT_COARSE)
-            match = (w is not None and w.informative and w.score >= FLAT_ACCEPT and w.cells >= FLAT_CELLS
-                     and w.detail >= FLAT_DETAIL and w.unique)
-            v = replace(v, flat_match=bool(match))
-        return v
+        d = verify_prepared(a.pair, b.pair)
+        v = PhotoVerification(float("nan"), 0.0, float(d.score))
+        if v.pair_score >= VERIFY_THRESHOLD or a.trimmed or b.trimmed:
+            return v
+        # flat fills but no margin: an illustration, or a photograph of flat areas (a logo or a phantom on a plain
+        # ground, a black sky), often squashed, which verify_prepared's box-shape gate refuses. The photo
+        # comparison judges it as a photograph (its own verdict, ``verdict_at``); an almost perfect one, detail
+        # included, is the same picture whatever the photo accept (``flat_match``)
+        w = _compare(a, b)
+        match = (w.informative and w.score >= FLAT_ACCEPT and w.cells >= FLAT_CELLS and w.detail >= FLAT_DETAIL
+                 and w.unique)
+        return replace(w, pair_score=v.pair_score, flat_match=bool(match), frame=True, pair_aspect=float(d.aspect))
     v = _compare(a, b)
     if v.verdict is None:  # only where the photo comparison says nothing does verify_prepared's score count
         v = replace(v, pair_score=float(verify_prepared(a.pair, b.pair).score))

@@ -4,7 +4,7 @@ Two forms. ``{"NAME": t, ...}`` gives each named set its similarity threshold; t
 report's. The form ``overlap-audit threshold`` writes gives each set the whole operating point of the decision
 rule it was chosen under::
 
-    {"decision_version": 4, "detector": "phash",
+    {"decision_version": 5, "detector": "phash",
      "datasets": {"NAME": {"threshold": t, "first_stage": f, "accept": a, "verify_threshold": s}, ...}}
 
 ``first_stage`` (the similarity from which pairs are verified), ``accept`` (the photo score that verifies a

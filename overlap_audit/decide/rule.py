@@ -42,7 +42,7 @@ RELAX = 2.5
 # The version of the rule below; report.json's "verify" record and the review sheet (pairs.json) carry it, and
 # whatever decides again from them (the notebooks, ``threshold``) refuses another. Raise it whenever the same
 # similarities and verdicts could decide differently.
-DECISION_VERSION = 4
+DECISION_VERSION = 5
 
 # How many of an example's nearest corpus items (at or above the first stage) verification may compare with it.
 # An App. C copy's source is often not its nearest item under phash (a squashed, cropped photograph lands nearer

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from benchmarks.photos import MEDIUM, STRONG, appc_copy, quadrants
-from overlap_audit.decide.photo import (ACCEPT, GRADE, PhotoVerification, prepare_photo, verify_photo,
+from overlap_audit.decide.photo import (ACCEPT, FLAT_ACCEPT, GRADE, PhotoVerification, prepare_photo, verify_photo,
                                         verify_photo_pair)
-from overlap_audit.decide.verify import VERIFY_THRESHOLD, verify_pair
+from overlap_audit.decide.verify import VERIFY_REJECT, VERIFY_THRESHOLD, verify_pair
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +99,40 @@ def test_a_squashed_copy_of_a_flat_photograph_is_verified(skimage_photos):
     assert v.flat_match and v.verdict is True, v
 
 
+def _posterised(image: Image.Image, colours: int = 6) -> Image.Image:
+    """An illustration made from a photograph: a few flat fills up to the edges, no margin."""
+    return image.convert("RGB").quantize(colours, dither=Image.Dither.NONE).convert("RGB")
+
+
+def test_a_squashed_copy_of_an_illustration_without_margin_is_judged_as_a_photograph(skimage_photos):
+    """Flat fills up to the edges: the drawing comparison's boxes are the frames, and App. C's resize changes
+    their shape (its box-shape gate gives 0). The photo comparison judges the pair instead: the copy is the same
+    picture, another quadrant of the same illustration is not."""
+    quads = quadrants(_posterised(skimage_photos["rocket"]))
+    copy = appc_copy(quads[0], MEDIUM, np.random.default_rng(1))
+    v = verify_photo_pair(copy, quads[0])
+    assert v.frame and v.pair_score < VERIFY_REJECT and v.pair_aspect == 0.0, v
+    assert v.score < FLAT_ACCEPT  # not near perfect: accepted by the photo comparison's own rule
+    assert v.verdict is True, v
+    assert verify_photo_pair(copy, quads[3]).verdict is not True
+
+
+def test_a_frame_pairs_box_shape_is_no_evidence_against_it():
+    """A frame pair the photo comparison says nothing about: the drawing comparison's content agreement (its
+    score without the box-shape factor) under the reject level rejects it; frames whose shapes differ past the
+    gate (factor 0: nothing compared) or whose content agrees once the factor is taken out say nothing, so a
+    confident detector match stands."""
+    from overlap_audit.decide.rule import DecisionRule, VerifySettings
+
+    def frame(pair: float, aspect: float) -> PhotoVerification:
+        return PhotoVerification(0.6, 0.001, pair, frame=True, pair_aspect=aspect)  # too little texture to judge
+
+    verdicts = [frame(0.1, 1.0).verdict, frame(0.2, 0.5).verdict, frame(0.0, 0.0).verdict, frame(0.45, 0.5).verdict]
+    assert verdicts == [False, False, None, None]
+    rule = DecisionRule({"s": 0.9}, VerifySettings(first_stage=0.7))
+    assert rule.overlap("s", [0.95] * 4, verdicts).tolist() == [False, False, True, True]
+
+
 def _drawing(kind: str, size: int = 200) -> Image.Image:
     im = Image.new("RGB", (size, size), "white")
     d = ImageDraw.Draw(im)
@@ -154,7 +188,6 @@ def test_a_drawing_score_between_reject_and_accept_keeps_a_confident_match():
     evidence against only under ``VERIFY_REJECT``; in between it says nothing, so a confident detector match
     stays Overlap and a pair below the threshold stays Clean."""
     from overlap_audit.decide.rule import DecisionRule, VerifySettings
-    from overlap_audit.decide.verify import VERIFY_REJECT
 
     def drawing(pair: float) -> PhotoVerification:
         return PhotoVerification(float("nan"), 0.05, pair)
