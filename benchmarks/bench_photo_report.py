@@ -239,10 +239,11 @@ HEAD = ("| photos | family | detector | copies / distractors | default decision:
 
 
 def main(argv=None) -> list[dict]:
-    from benchmarks.photos import FAMILIES, dev_photos, family_set, heldout_photos
+    from benchmarks.photos import FAMILIES, art_photos, dev_photos, family_set, heldout_photos
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--photos", choices=("dev", "heldout"), default="dev")
+    ap.add_argument("--photos", choices=("dev", "art", "heldout"), default="dev",
+                    help="dev: photographs; art: illustrations and abstract wallpapers (development); heldout")
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     ap.add_argument("--detector", default="phash")
     ap.add_argument("--seed", type=int, default=0)
@@ -257,7 +258,7 @@ def main(argv=None) -> list[dict]:
                     help="each query's centre-crop views against an index with views (none given: none)")
     ap.add_argument("--neighbours", type=int, default=None, help="verify up to this many nearest items")
     args = ap.parse_args(argv)
-    photos = dev_photos() if args.photos == "dev" else heldout_photos()
+    photos = {"dev": dev_photos, "art": art_photos, "heldout": heldout_photos}[args.photos]()
     if args.max_photos is not None and args.max_photos < len(photos):
         keep = sorted(np.random.default_rng(args.seed).choice(sorted(photos), args.max_photos, replace=False))
         photos = {k: photos[k] for k in keep}

@@ -38,6 +38,21 @@ LONGEST = 1024  # photos are reduced to this long side first (a quadrant is then
 DEV_PACKAGES = {"mate-backgrounds": ("usr/share/backgrounds/mate/nature", (
     "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
     "TwoWings", "Wood", "YellowFlower"))}
+# a second development set: wallpapers that are illustrations, abstract art and smooth gradients rather than
+# photographs (flat fills, soft shading, repeating patterns), one of each light/dark pair
+ART_PACKAGES = {
+    "mate-backgrounds": ("usr/share/backgrounds/mate", (
+        "abstract/Gulp", "abstract/Flow", "abstract/Waves", "abstract/Spring", "abstract/Silk", "abstract/Elephants",
+        "desktop/Ubuntu-Mate-Warm-no-logo", "desktop/Ubuntu-Mate-Cold-no-logo", "desktop/GreenTraditional",
+        "desktop/Float-into-MATE", "desktop/MATE-Stripes-Light")),
+    "gnome-backgrounds": ("usr/share/backgrounds/gnome", (
+        "adwaita-l", "grid-d", "licorice-l", "pixels-l", "symbolic-d", "truchet-l", "wood-l")),
+    "desktop-base": ("usr/share/desktop-base", (
+        "softwaves-theme/grub/grub-16x9", "emerald-theme/grub/grub-16x9", "spacefun-theme/grub/grub-16x9",
+        "homeworld-theme/grub/grub-16x9", "joy-theme/grub/grub-16x9")),
+}
+
+
 def _reduced(image: Image.Image, longest: int = LONGEST) -> Image.Image:
     image = image.convert("RGB")
     image.thumbnail((longest, longest), Image.Resampling.LANCZOS)
@@ -67,6 +82,11 @@ def dev_photos(cache=None, longest: int = LONGEST) -> dict[str, Image.Image]:
     out = {k: _reduced(v, longest) for k, v in bundled_photos().items()}
     out.update(package_photos(DEV_PACKAGES, cache, longest))
     return out
+
+
+def art_photos(cache=None, longest: int = LONGEST) -> dict[str, Image.Image]:
+    """The second development set: illustrations, abstract art and gradients from Debian's wallpaper packages."""
+    return {name.replace("/", "-"): im for name, im in package_photos(ART_PACKAGES, cache, longest).items()}
 
 
 def heldout_photos(cache=None, longest: int = LONGEST) -> dict[str, Image.Image]:
