@@ -122,6 +122,11 @@ REPEATS = 0.75  # ``elsewhere`` from which the copy's texture repeats itself (se
 FLAT_ACCEPT = 0.95  # a drawing without a margin is the same picture from this photo score ...
 FLAT_CELLS = 0.85  # ... with its cells
 FLAT_DETAIL = 0.9  # ... and its detail level agreeing this much
+# The most two frames' shapes (aspect ratios) may differ for a frame pair to be judged as photographs: App. C's
+# resize to an independent width and height of 160-400 px turns a source of aspect 1.6 into a copy of aspect
+# 0.4-2.5, up to 4x apart (on the photo development sets 99% of the copies lie within 3.8x). Frames further apart
+# are judged by the drawing comparison alone, as drawings: a letter "i" is not a squashed flag
+MAX_FRAME_SQUASH = 4.0
 UNIQUE = 0.05  # an accepted copy matches its source this much better than itself a quarter-side away
 REPEAT_MARGIN = 0.02  # below the threshold a repeating texture's grid score must clear the photo accept by this
 # The largest area zoom (zoom x * zoom y) at which a photo score verifies a pair: the copy shows at least 1/1.75
@@ -549,7 +554,8 @@ def verify_photo(a: PhotoPrepared, b: PhotoPrepared) -> PhotoVerification:
     if min(a.flat, b.flat) >= MAX_FLAT or (flat and (a.trimmed or b.trimmed)):
         d = verify_prepared(a.pair, b.pair)
         v = PhotoVerification(float("nan"), 0.0, float(d.score))
-        if v.pair_score >= VERIFY_THRESHOLD or a.trimmed or b.trimmed:
+        if v.pair_score >= VERIFY_THRESHOLD or a.trimmed or b.trimmed or max(a.aspect / b.aspect,
+                                                                             b.aspect / a.aspect) > MAX_FRAME_SQUASH:
             return v
         # flat fills but no margin: an illustration, or a photograph of flat areas (a logo or a phantom on a plain
         # ground, a black sky), often squashed, which verify_prepared's box-shape gate refuses. The photo

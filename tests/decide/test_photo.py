@@ -115,6 +115,10 @@ def test_a_squashed_copy_of_an_illustration_without_margin_is_judged_as_a_photog
     assert v.score < FLAT_ACCEPT  # not near perfect: accepted by the photo comparison's own rule
     assert v.verdict is True, v
     assert verify_photo_pair(copy, quads[3]).verdict is not True
+    # frames further apart in shape than App. C's resize makes are drawings again: the gate's 0 rejects
+    strip = quads[0].resize((40, 200))
+    far = verify_photo_pair(strip, quads[0])
+    assert not far.frame and far.verdict is False, far
 
 
 def test_a_frame_pairs_box_shape_is_no_evidence_against_it():
