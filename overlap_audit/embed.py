@@ -458,8 +458,7 @@ def embed_decoded(decoded: Iterable[Decoded], detector: Detector, *, batch_size:
         if not pending:
             return
         batch = np.stack(pending_arrays)
-        vectors = detector.embed(batch)
-        low = detector.low_information(batch)
+        vectors, low = detector.embed_flagged(batch)
         for j, (idx, what) in enumerate(pending):
             if what == "copy":
                 out.copies[idx] = vectors[j]
