@@ -156,6 +156,9 @@ def test_a_box_read_inside_the_white_outside_equals_the_whole_read_and_the_plain
         whole = view.copy()  # a copy keeps the pixels and info, not the box outside which it is white
         assert imaging.white_outside(whole) is None
         assert content.content_box(view) == content.content_box(whole), name
+        if window is not None:  # the margin and the transparent border taken without reading them: as read
+            assert content._margin(content._pixels(whole)) == content._WHITE_MARGIN, name
+            assert content._transparent_border(view.info[ALPHA_INFO]), name
         found, expected = content._find_box(content._pixels(view), None, window), plain_find_box(view)
         assert (found is None) == (expected is None), name
         if found is not None:
