@@ -60,7 +60,8 @@ so a sky ends the pass before the other sides are read. A repeated pass reads th
 Outer lines of one colour (a drawing's white or transparent canvas) give the margin without its statistics,
 and a drawing that ``imaging.to_rgb`` composited from a transparent canvas is read only inside the bounding box
 of its pixels that were not fully transparent (``imaging.white_outside``): outside it every pixel is white, so
-no line there is content or holds a faint pixel, and the box is the same.
+no line there is content or holds a faint pixel, and the box is the same; where that box lies strictly inside the
+image, the white margin and the transparent border are known without reading the outer lines.
 On openclipart-png drawings 0.4-0.65x the CPU time PIL takes to decode them, on JPEG photographs decoded
 at a reduced scale about 0.3x (benchmarks/bench_index_speed.py, BENCHMARKS.md "Indexing against the
 decoder").
