@@ -17,8 +17,9 @@ worker start, FAISS index and manifest), measured on a one-image run. The runs a
 decode, index, ...) so both see the same load; each rate is the best of ``--repeats``.
 
 Beside the rates, the CPU time (user + system, every process of the run: the pool's or the decoder's workers
-and this process) per image of each, and their ratio (and, per repeat, the main process's share of `index`): on a machine shared with other jobs the wall-clock rates
-move with the load, the CPU time much less. Each is the least of ``--repeats``.
+and this process) per image of each, and their ratio (per repeat also the main process's share of `index`): on
+a machine shared with other jobs the wall-clock rates move with the load, the CPU time much less. Each is the
+least of ``--repeats``.
 
 It also prints where one worker's time goes (decode, EXIF orientation, RGB conversion, content box,
 the detector's preprocessing), each as a multiple of the decoding time, measured in this process.
