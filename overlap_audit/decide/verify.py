@@ -334,6 +334,29 @@ def _spectrum(ea: np.ndarray) -> np.ndarray:
     return fft.rfft2(_standardise(ea))
 
 
+def _standardised_stack(eb: np.ndarray, scales: list[tuple[float, float]]) -> np.ndarray:
+    """``_standardise(_warp(eb, sc))`` for each rescaling, stacked, the same numbers: each row resampling
+    (``_resampling(h, sy) @ eb``) made once for the rescalings that share it, and the standardisation done for
+    the whole stack at once (per-slice sums over the same contiguous pixels, in the same order)."""
+    h, w = eb.shape
+    stack = np.empty((len(scales), h, w), np.float32)
+    rows: dict[float, np.ndarray] = {}
+    for i, (sx, sy) in enumerate(scales):
+        if (sx, sy) == (1.0, 1.0):
+            stack[i] = eb
+            continue
+        if sy not in rows:
+            rows[sy] = _resampling(h, sy, 0.0) @ eb
+        np.matmul(rows[sy], _resampling(w, sx, 0.0).T, out=stack[i])
+    flat = stack.reshape(len(scales), -1)
+    # as ``_mean``: numpy's sum of each slice, divided in float64 as numpy divides a float32 sum by an intp
+    flat -= (np.add.reduce(flat, axis=1).astype(np.float64) / flat.shape[1]).astype(np.float32)[:, None]
+    norm = np.sqrt(np.add.reduce(flat * flat, axis=1))
+    scaled = norm > 1e-9
+    flat[scaled] /= norm[scaled, None]
+    return stack
+
+
 def _correlate(ea: np.ndarray, eb: np.ndarray, scales: list[tuple[float, float]], rx: int, ry: int,
                spectrum: np.ndarray | None = None) -> dict:
     """For each rescaling of ``eb``, the best shift onto ``ea`` within (rx, ry) pixels: {scale: (correlation,
@@ -343,7 +366,7 @@ def _correlate(ea: np.ndarray, eb: np.ndarray, scales: list[tuple[float, float]]
     if not scales:
         return {}
     h, w = ea.shape
-    stack = np.stack([_standardise(_warp(eb, sc)) for sc in scales])
+    stack = _standardised_stack(eb, scales)
     fa = _spectrum(ea) if spectrum is None else spectrum
     # circular cross-correlation, all rescalings at once: corr[dy, dx] = sum a[y, x] * b[y - dy, x - dx]
     corr = fft.irfft2(fa[None] * np.conj(fft.rfft2(stack)), s=(h, w))
