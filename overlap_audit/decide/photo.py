@@ -234,9 +234,14 @@ def prepare_photo(image: Image.Image) -> PhotoPrepared:
     grey = image.convert("L")
     if f < 1.0:
         grey = grey.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BOX)
-    g = np.asarray(grey, np.int16)
-    p = np.pad(g, 1, mode="edge")
-    still = ((p[1:-1, 2:] == g) & (p[1:-1, :-2] == g) & (p[2:, 1:-1] == g) & (p[:-2, 1:-1] == g))
+    g = np.asarray(grey)
+    # a pixel equal to each of its 4-neighbours (an edge pixel has none beyond the edge to differ from)
+    still = np.ones(g.shape, bool)
+    across, down = g[:, 1:] == g[:, :-1], g[1:] == g[:-1]
+    still[:, 1:] &= across
+    still[:, :-1] &= across
+    still[1:] &= down
+    still[:-1] &= down
     pair = prepare(image)  # its content box is the one trimming found: not searched again
     grey01 = g.astype(np.float32) / 255.0
     gw, gh = _grid(grey01.shape[1] / grey01.shape[0], FINE)
