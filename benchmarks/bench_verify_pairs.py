@@ -50,8 +50,9 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 # a captured pair: (eval bytes or None, eval path, corpus bytes or None, corpus path, max_pixels, pair threshold,
-# photo accept, near)
-FIELDS = ("eval_data", "eval_path", "corpus_data", "corpus_path", "max_pixels", "pair_threshold", "accept", "near")
+# photo accept, near, eval content box, corpus content box); a capture without the boxes reads as None
+FIELDS = ("eval_data", "eval_path", "corpus_data", "corpus_path", "max_pixels", "pair_threshold", "accept", "near",
+          "eval_box", "corpus_box")
 
 
 def capture(out: Path, *, demo: Path | None = None, synthetic: Path | None = None, photos: list[str] | None = None,
@@ -147,18 +148,22 @@ def profile(path: Path, top: int) -> None:
         total[name] += clock() - t
         return out
 
-    def prepare_photo(image):  # ``photo.prepare_photo``, its three parts timed (checked equal below)
+    def prepare_photo(image, box):  # ``photo.prepare_photo``, its three parts timed
         t = clock()
         w, h = image.size
         f = min(1.0, photo.KEEP / max(w, h))
         grey = image.convert("L")
         if f < 1.0:
             grey = grey.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BOX)
-        g = np.asarray(grey, np.int16)
-        p = np.pad(g, 1, mode="edge")
-        still = ((p[1:-1, 2:] == g) & (p[1:-1, :-2] == g) & (p[2:, 1:-1] == g) & (p[:-2, 1:-1] == g))
+        g = np.asarray(grey)
+        still = np.ones(g.shape, bool)
+        across, down = g[:, 1:] == g[:, :-1], g[1:] == g[:-1]
+        still[:, 1:] &= across
+        still[:, :-1] &= across
+        still[1:] &= down
+        still[:-1] &= down
         t1 = clock()
-        pair = verify.prepare(image)
+        pair = verify.prepare(image, box)
         t2 = clock()
         grey01 = g.astype(np.float32) / 255.0
         gw, gh = photo._grid(grey01.shape[1] / grey01.shape[0], photo.FINE)
@@ -188,13 +193,14 @@ def profile(path: Path, top: int) -> None:
                 timed("pickle a task for a worker", pickle.dumps, [(p, e, c) for _, p, e, c in task])
                 views: dict = {}
                 for _, pair, e, c in task:
-                    for name, data in ((e, pair.eval_data), (c, pair.corpus_data)):
+                    for name, data, box in ((e, pair.eval_data, pair.eval_box),
+                                            (c, pair.corpus_data, pair.corpus_box)):
                         if name in views:
                             counts["views reused within a task"] += 1
                             continue
                         image = timed("decode", decode_image, data, None, max_pixels=pair.max_pixels,
                                       long_side=rule.DECODE_SIDE) if data is not None else None
-                        views[name] = prepare_photo(image)
+                        views[name] = prepare_photo(image, box)
                         counts["images prepared"] += 1
                     a, b = views[e], views[c]
                     kind = _branch(a, b)
@@ -255,7 +261,8 @@ def dump(path: Path, out: Path, drawing: bool = False) -> None:
                 comparison = None if read is None else rule._compare(read)
                 row = (desc, _plain(comparison), rule._outcome(pair, comparison))
                 if drawing and read is not None and comparison is not None:
-                    views = [rule._prepared(d, read.max_pixels) for d in (read.eval_data, read.corpus_data)]
+                    views = [rule._prepared(d, read.max_pixels, box) for d, box in
+                             ((read.eval_data, read.eval_box), (read.corpus_data, read.corpus_box))]
                     if None not in views:  # the drawing comparison's every field, whatever the branch
                         row += (_plain(verify_prepared(views[0].pair, views[1].pair)),)
                 rows.append(row)

@@ -80,6 +80,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
+from ..content import ContentBox
 from .verify import VERIFY_REJECT, VERIFY_THRESHOLD, Prepared, prepare, verify_prepared
 
 KEEP = 160  # long side of the greyscale view kept per image, px
@@ -227,8 +228,8 @@ class PhotoVerification:
         return False if not self.pair_score >= min(VERIFY_REJECT, pair_threshold) else None
 
 
-def prepare_photo(image: Image.Image) -> PhotoPrepared:
-    """The views ``verify_photo`` compares."""
+def prepare_photo(image: Image.Image, box: ContentBox | None = None) -> PhotoPrepared:
+    """The views ``verify_photo`` compares (``box``: the image's recorded content box, ``verify.prepare``)."""
     w, h = image.size
     f = min(1.0, KEEP / max(w, h))
     grey = image.convert("L")
@@ -242,7 +243,7 @@ def prepare_photo(image: Image.Image) -> PhotoPrepared:
     still[:, :-1] &= across
     still[1:] &= down
     still[:-1] &= down
-    pair = prepare(image)  # its content box is the one trimming found: not searched again
+    pair = prepare(image, box)  # its content box is the one trimming found: not searched again
     grey01 = g.astype(np.float32) / 255.0
     gw, gh = _grid(grey01.shape[1] / grey01.shape[0], FINE)
     texture = float(_band(_resize(grey01, gw, gh), 1.0).std())

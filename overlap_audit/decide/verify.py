@@ -67,7 +67,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..content import trim
+from ..content import ContentBox, trim
+from ..imaging import to_rgb
 
 GRID = 96  # long side of the common grid, pixels (at most: see MIN_GRID)
 MIN_GRID = 48  # a pair whose smaller view is under GRID px is compared on a grid of that size, not under this
@@ -134,9 +135,16 @@ class Prepared:
         return hi - lo < 1e-3
 
 
-def prepare(image: Image.Image) -> Prepared:
-    """Trim ``image`` to its content box and keep a greyscale view of at most ``KEEP`` px on the long side."""
-    view, box = trim(image)
+def prepare(image: Image.Image, box: ContentBox | None = None) -> Prepared:
+    """Trim ``image`` to its content box and keep a greyscale view of at most ``KEEP`` px on the long side.
+    ``box``: the box ``content.trim`` found for this image as decoded at this size (the index's record of a
+    corpus item, the evaluation embeddings' of an example), used instead of searching again; one recorded for
+    another size is not used."""
+    if box is not None and (box.width, box.height) == image.size:
+        rgb = to_rgb(image)  # as ``trim`` gives it
+        view = rgb.crop(box.box) if box.trimmed else rgb
+    else:
+        view, box = trim(image)
     w, h = view.size
     aspect = w / max(h, 1)
     if max(w, h) > KEEP:
