@@ -496,9 +496,12 @@ def _coarse_hypotheses() -> list[tuple[float, float, float]]:
             if max(zx, zy) / min(zx, zy) <= MAX_AXIS_RATIO + 1e-9]
 
 
-def _compare(a: PhotoPrepared, b: PhotoPrepared, at_least: float = -1.0) -> PhotoVerification | None:
+def _compare(a: PhotoPrepared, b: PhotoPrepared, at_least: float = -1.0,
+             accept_from: float = -math.inf) -> PhotoVerification | None:
     """The photo comparison of two images (steps 1-4 of the module docstring), without ``verify_prepared``;
-    None where the coarse grid's best correlation is under ``at_least`` (not worth refining)."""
+    None where the coarse grid's best correlation is under ``at_least`` (not worth refining) or the refined
+    one under ``accept_from`` (for a caller that accepts nothing below it: the detail level, the repeats and
+    the cells are not computed)."""
     hyps = _coarse_hypotheses()
     fwd = _search(a.grey, b.grey, COARSE, hyps)
     bwd = _search(b.grey, a.grey, COARSE, hyps)
@@ -516,6 +519,8 @@ def _compare(a: PhotoPrepared, b: PhotoPrepared, at_least: float = -1.0) -> Phot
     rho, win, aff = _refine(tw, canvas, np.array([[1.0, 0.0, x], [0.0, 1.0, y]]), REFINE_STEPS)
     if rho > score:
         score, rw = rho, win
+    if score < accept_from:
+        return None
     detail = _detail(t, r, angle, (zx, zy), aff) if score >= ACCEPT else float("nan")
     elsewhere = _repeats(tw)
     texture = min(float(tw.std()), float(rw.std())) if tw.size and rw.size else 0.0
@@ -542,7 +547,7 @@ def verify_photo(a: PhotoPrepared, b: PhotoPrepared) -> PhotoVerification:
             # flat fills but no margin: a photograph of flat areas (a logo or a phantom on a plain ground, a
             # black sky) squashed, which verify_prepared's box-shape gate refuses; an almost perfect photo
             # comparison, detail included, says it is the same picture
-            w = _compare(a, b, FLAT_COARSE)
+            w = _compare(a, b, FLAT_COARSE, FLAT_ACCEPT)
             match = (w is not None and w.informative and w.score >= FLAT_ACCEPT and w.cells >= FLAT_CELLS
                      and w.detail >= FLAT_DETAIL and w.unique)
             v = replace(v, flat_match=bool(match))
