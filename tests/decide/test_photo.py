@@ -302,3 +302,15 @@ def test_how_well_a_texture_repeats_itself_matches_the_window_by_window_definiti
         found[name] = _repeats(t)
         assert abs(found[name] - _repeats_by_windows(t)) < 1e-6
     assert found["brick"] > found["face"]
+
+
+def test_a_comparison_cut_short_below_the_acceptance_is_the_full_ones_refusal(photos):
+    """``photo._compare`` with ``accept_from`` stops only where the refined score lies under it (the flat
+    drawing's acceptance asks no more); at or under the full comparison's score it gives the full result."""
+    from overlap_audit.decide.photo import _compare
+
+    quad = quadrants(photos["astronaut"])[0]
+    a, b = prepare_photo(appc_copy(quad, MEDIUM, np.random.default_rng(0))), prepare_photo(quad)
+    full = _compare(a, b)
+    assert _compare(a, b, accept_from=full.score + 1e-3) is None
+    assert repr(_compare(a, b, accept_from=full.score - 1e-3)) == repr(full)  # NaN fields compare by text
