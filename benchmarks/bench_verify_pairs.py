@@ -13,6 +13,10 @@ prepared once), and times each stage with ``time.process_time``: reading, finger
 texture), ``photo.verify_photo`` split by the branch the pair takes, and what pickling a task for a worker
 costs; with ``--cprofile N`` the N functions with the most cumulative time too.
 
+``judge`` judges the captured pairs once the way ``rule._judge_all`` does without workers (each task's images
+prepared once) and prints the CPU seconds: run it alternately with two versions of the code on ``PYTHONPATH``
+(the file's ``FIELDS`` that a version's ``rule._Pair`` lacks are left out).
+
 ``dump`` writes each captured pair's comparison (every field of its ``PhotoVerification``, or ``identical``
 / ``None``) and outcome (``rule._outcome``), with ``--drawing`` also every field of the pair's drawing
 comparison (``verify.verify_prepared``'s ``Verification``, whichever branch the pair took); ``compare``
@@ -23,6 +27,7 @@ with two versions of the code (e.g. a ``git worktree`` of the older one on ``PYT
     python benchmarks/bench_verify_pairs.py capture --synthetic EMPTY_DIR --out PAIRS.pkl
     python benchmarks/bench_verify_pairs.py capture --photos medium strong tiles96 cifar32 --out PAIRS.pkl
     python benchmarks/bench_verify_pairs.py profile --pairs PAIRS.pkl [--cprofile 30]
+    python benchmarks/bench_verify_pairs.py judge --pairs PAIRS.pkl
     python benchmarks/bench_verify_pairs.py dump --pairs PAIRS.pkl --out A.pkl [--drawing]
     python benchmarks/bench_verify_pairs.py compare A.pkl B.pkl
 
@@ -106,10 +111,38 @@ def capture(out: Path, *, demo: Path | None = None, synthetic: Path | None = Non
 
 
 def _pairs(path: Path):
+    from dataclasses import fields
+
     from overlap_audit.decide import rule
 
+    known = {f.name for f in fields(rule._Pair)}
     runs = pickle.loads(path.read_bytes())
-    return [(desc, [rule._Pair(**dict(zip(FIELDS, p))) for p in pairs]) for desc, pairs in runs]
+    return [(desc, [rule._Pair(**{k: v for k, v in zip(FIELDS, p) if k in known}) for p in pairs])
+            for desc, pairs in runs]
+
+
+def judge(path: Path) -> None:
+    from threadpoolctl import threadpool_limits
+
+    from overlap_audit.decide import rule
+    from overlap_audit.decide.verdicts import fingerprint
+
+    runs = []
+    for _, pairs in _pairs(path):
+        todo = []
+        for i, pair in enumerate(pairs):
+            read = rule._with_bytes(pair)
+            if read is not None and read.eval_data != read.corpus_data:
+                todo.append((i, read, fingerprint(read.eval_data), fingerprint(read.corpus_data)))
+        runs.append(todo)
+    n, t = 0, time.process_time()
+    with threadpool_limits(limits=1):
+        for todo in runs:
+            for task in rule._tasks(todo):
+                rule._compare_task([(p, e, c) for _, p, e, c in task])
+                n += len(task)
+    took = time.process_time() - t
+    print(f"{n} pairs judged: {took:.2f} CPU s, {1000 * took / max(n, 1):.2f} ms per pair")
 
 
 def _branch(a, b) -> str:
@@ -308,6 +341,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("profile")
     p.add_argument("--pairs", required=True, type=Path)
     p.add_argument("--cprofile", type=int, default=0)
+    j = sub.add_parser("judge")
+    j.add_argument("--pairs", required=True, type=Path)
     d = sub.add_parser("dump")
     d.add_argument("--pairs", required=True, type=Path)
     d.add_argument("--out", required=True, type=Path)
@@ -321,6 +356,8 @@ def main(argv=None) -> int:
         capture(args.out, demo=args.demo, synthetic=args.synthetic, photos=args.photos, workers=args.workers)
     elif args.command == "profile":
         profile(args.pairs, args.cprofile)
+    elif args.command == "judge":
+        judge(args.pairs)
     elif args.command == "dump":
         dump(args.pairs, args.out, args.drawing)
     else:
