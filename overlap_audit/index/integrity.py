@@ -29,7 +29,7 @@ from .items import is_item_table
 from .shards import shard_paths
 
 SMALL_FILE = 4 << 20  # the index's own files (not those beside each shard) up to this size: checksummed on every load
-SMALL_INDEX = 64 << 20  # an index up to this size in all has every file checksummed on every load
+SMALL_INDEX = 16 << 20  # an index up to this size in all (some 10^4 items) has every file checksummed on every load
 # the FAISS classes each index type is built as (``overlap_audit.index.ann.new_index``): binary, float
 FAISS_CLASSES = {"flat": ("IndexBinaryFlat", "IndexFlatIP"), "ivfpq": ("IndexBinaryIVF", "IndexIVFPQFastScan"),
                  "hnsw": ("IndexBinaryHNSW", "IndexHNSWFlat"),

@@ -463,20 +463,25 @@ def check_items(index_dir: str | os.PathLike, items_file: str, paths: list[Path]
 
 class KeysByRow:
     """The keys of index rows (record r of the item table is index row r), read a batch of rows at a time: the
-    records' places gathered from the memory-mapped offsets with numpy, each key cut out of its memory-mapped
-    record and confirmed against the key index (its hash's bucket must hold it at that row), so a table
-    replaced or damaged after indexing is an IndexDamagedError, never a wrong key. Opening reads the header
-    line and the side files' headers only."""
+    table memory-mapped as one Arrow string array over its offsets, the rows' records taken and their key
+    fields cut out by Arrow, each key confirmed against the key index (its hash's bucket must hold it at that
+    row), so a table replaced or damaged after indexing is an IndexDamagedError, never a wrong key. Opening
+    reads the header line and the side files' headers only."""
 
     def __init__(self, index_dir: str | os.PathLike, items_file: str, n_indexed: int) -> None:
+        import pyarrow as pa
+
         path = Path(index_dir) / items_file
         self.path = path
         names = side_files(items_file)
         try:
             with open(path, "rb") as fh:
                 header = json.loads(fh.readline())
+                self._start = fh.tell()
                 self._bytes = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            side = [np.load(path.parent / names[part], mmap_mode="r", allow_pickle=False) for part in _SIDE_FILES]
+            # plain arrays over the maps: numpy's memmap class costs more per gather than the gather
+            side = [np.asarray(np.load(path.parent / names[part], mmap_mode="r", allow_pickle=False))
+                    for part in _SIDE_FILES]
             n_rows, indexed = int(header["rows"]), int(header["indexed"])
             columns = header["columns"]
             width = [1 + len(col.get("fields", [])) if col["type"] == "struct" else 1 for col in columns]
@@ -491,6 +496,12 @@ class KeysByRow:
                 or n_buckets & (n_buckets - 1) or indexed != n_indexed or n_indexed > n_rows:
             raise self._damaged(f"its files do not have the shapes its header records, or it holds {indexed} "
                                 f"index rows where the manifest counts {n_indexed}")
+        # the records as Arrow sees a large_string array: its offsets and data buffers, both mapped, not read
+        try:
+            self._records = pa.LargeStringArray.from_buffers(
+                n_indexed, pa.py_buffer(self._offsets[:n_indexed + 1].view(np.int64)), pa.py_buffer(self._bytes))
+        except pa.ArrowException:  # its first or last offset lies outside the file
+            raise self._damaged("its offsets point outside its records") from None
         self._shift = np.uint64(64 - (n_buckets.bit_length() - 1))
         self.n_indexed = n_indexed
 
@@ -503,21 +514,29 @@ class KeysByRow:
 
     def keys(self, rows) -> list[str]:
         """The key of each index row in ``rows`` (a 1-d integer array), in order."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         rows = np.asarray(rows, np.int64)
         if not rows.size:
             return []
         if rows.min() < 0 or rows.max() >= self.n_indexed:
             raise IndexError(f"index rows must lie in [0, {self.n_indexed})")
+        # Arrow trusts offsets: ones past the file or out of order are refused before it reads through them
         starts, ends = self._offsets[rows], self._offsets[rows + 1]
-        data, key_at = self._bytes, self._key_at
+        if np.any(starts < self._start) or np.any(ends < starts) or np.any(ends > len(self._bytes)):
+            raise self._damaged("its offsets point outside its records (the table changed since it was indexed)")
+        taken = self._records.take(pa.array(rows))
         try:
-            fields = [data[a:b].split(b"\0", key_at + 1)[key_at] for a, b in zip(starts.tolist(), ends.tolist())]
-            keys = [f[1:].decode("utf-8", "surrogatepass") if f[:1] == b"v" else None for f in fields]
-        except (IndexError, ValueError):  # a record cut short, bytes that are not UTF-8
-            keys = None
-        if keys is None or None in keys:
-            raise self._damaged("an index row's record holds no key (the table changed since it was indexed)")
-        keys = [_unescape(k) for k in keys]
+            fields = pc.list_element(pc.split_pattern(taken, _SEP, max_splits=self._key_at + 1), self._key_at)
+            if not pc.all(pc.starts_with(fields, "v")).as_py():
+                raise ValueError("a record with a null key")
+            keys = pc.utf8_slice_codeunits(fields, 1).to_pylist()
+        except (pa.ArrowException, ValueError):  # a record cut short, bytes that are not UTF-8, no key
+            raise self._damaged("an index row's record holds no key (the table changed since it was "
+                                "indexed)") from None
+        if pc.any(pc.match_substring(fields, "\\")).as_py():  # escapes are rare in keys: undone in Python
+            keys = [_unescape(k) for k in keys]
         self._confirm(keys, rows)
         return keys
 

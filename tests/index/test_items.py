@@ -268,3 +268,18 @@ def test_an_item_table_in_shard_order_is_read_as_an_earlier_layout(tmp_path):
     loaded = load_index(tmp_path / "i", load_faiss=False).keys
     assert loaded._table is None and list(loaded) == indexed
     assert rows_by_key(tmp_path / "i", keys, COLUMNS) == want
+
+
+def test_offsets_changed_after_indexing_are_refused_never_read_through(tmp_path, at_scale):
+    """items.offsets.npy overwritten in place: offsets past the file or out of order are refused before any
+    record is read through them; offsets in order but one record off give keys the key index refuses."""
+    indexed = _index_with_gaps(tmp_path / "i", np.random.default_rng(4))
+    offsets_file = tmp_path / "i" / "items.offsets.npy"
+    offsets = np.load(offsets_file)
+    for damaged, what in ((offsets + np.uint64(1 << 40), "offsets point outside"),
+                          (offsets[::-1].copy(), "offsets point outside"),
+                          (np.concatenate([offsets[1:], offsets[-1:]]), "does not place there")):
+        np.save(offsets_file, damaged)
+        with pytest.raises(IndexDamagedError, match=what) as exc:  # when opened, or when the rows are read
+            load_index(tmp_path / "i", load_faiss=False).keys[np.arange(len(indexed))]
+        _one_line(exc)
