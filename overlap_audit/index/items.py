@@ -48,6 +48,7 @@ _SEP = "\x00"
 _ESCAPED = re.compile(r"\\(.)", re.S)
 _SIDE_FILES = ("offsets", "keys", "buckets")
 _TWO = struct.Struct("<QQ")
+_SPAN_GAP = 4096  # records closer than this are read together by ``KeysByRow``
 
 
 def side_files(items_file: str) -> dict[str, str]:
@@ -463,14 +464,16 @@ def check_items(index_dir: str | os.PathLike, items_file: str, paths: list[Path]
 
 class KeysByRow:
     """The keys of index rows (record r of the item table is index row r), read a batch of rows at a time: the
-    table memory-mapped as one Arrow string array over its offsets, the rows' records taken and their key
-    fields cut out by Arrow, each key confirmed against the key index (its hash's bucket must hold it at that
-    row), so a table replaced or damaged after indexing is an IndexDamagedError, never a wrong key. Opening
-    reads the header line and the side files' headers only."""
+    records' places gathered from the memory-mapped offsets with numpy, the records read with one ``pread``
+    each (those less than a page apart together, in file order) and their keys cut out, each key confirmed against the key index (its hash's bucket must hold
+    it at that row), so a table replaced or damaged after indexing is an IndexDamagedError, never a wrong key.
+    Opening reads the header line and the side files' headers only.
+
+    The records are read, not mapped: on the 2-core VM of BENCHMARKS.md a first touch of a mapped page cost
+    about 20 µs and a ``pread`` about 6 (cutting the keys out with Arrow cost more than this loop, in fresh
+    memory); the side files are mapped, where neighbouring keys share pages."""
 
     def __init__(self, index_dir: str | os.PathLike, items_file: str, n_indexed: int) -> None:
-        import pyarrow as pa
-
         path = Path(index_dir) / items_file
         self.path = path
         names = side_files(items_file)
@@ -478,7 +481,7 @@ class KeysByRow:
             with open(path, "rb") as fh:
                 header = json.loads(fh.readline())
                 self._start = fh.tell()
-                self._bytes = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                self._size = os.fstat(fh.fileno()).st_size
             # plain arrays over the maps: numpy's memmap class costs more per gather than the gather
             side = [np.asarray(np.load(path.parent / names[part], mmap_mode="r", allow_pickle=False))
                     for part in _SIDE_FILES]
@@ -496,12 +499,6 @@ class KeysByRow:
                 or n_buckets & (n_buckets - 1) or indexed != n_indexed or n_indexed > n_rows:
             raise self._damaged(f"its files do not have the shapes its header records, or it holds {indexed} "
                                 f"index rows where the manifest counts {n_indexed}")
-        # the records as Arrow sees a large_string array: its offsets and data buffers, both mapped, not read
-        try:
-            self._records = pa.LargeStringArray.from_buffers(
-                n_indexed, pa.py_buffer(self._offsets[:n_indexed + 1].view(np.int64)), pa.py_buffer(self._bytes))
-        except pa.ArrowException:  # its first or last offset lies outside the file
-            raise self._damaged("its offsets point outside its records") from None
         self._shift = np.uint64(64 - (n_buckets.bit_length() - 1))
         self.n_indexed = n_indexed
 
@@ -514,29 +511,40 @@ class KeysByRow:
 
     def keys(self, rows) -> list[str]:
         """The key of each index row in ``rows`` (a 1-d integer array), in order."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         rows = np.asarray(rows, np.int64)
         if not rows.size:
             return []
         if rows.min() < 0 or rows.max() >= self.n_indexed:
             raise IndexError(f"index rows must lie in [0, {self.n_indexed})")
-        # Arrow trusts offsets: ones past the file or out of order are refused before it reads through them
         starts, ends = self._offsets[rows], self._offsets[rows + 1]
-        if np.any(starts < self._start) or np.any(ends < starts) or np.any(ends > len(self._bytes)):
+        if np.any(starts < self._start) or np.any(ends < starts) or np.any(ends > self._size):
             raise self._damaged("its offsets point outside its records (the table changed since it was indexed)")
-        taken = self._records.take(pa.array(rows))
+        order = np.argsort(starts, kind="stable")
+        first, last = starts[order].astype(np.int64), ends[order].astype(np.int64)
+        # records less than a page apart are read in one span (a small corpus's keys share their pages)
+        new_span = np.ones(len(first), bool)
+        new_span[1:] = first[1:] - np.maximum.accumulate(last)[:-1] >= _SPAN_GAP
+        span_of = np.cumsum(new_span) - 1
+        span_first = first[new_span]
+        span_last = np.maximum.reduceat(last, np.flatnonzero(new_span))
+        keys: list = [None] * len(rows)
+        key_at = self._key_at
         try:
-            fields = pc.list_element(pc.split_pattern(taken, _SEP, max_splits=self._key_at + 1), self._key_at)
-            if not pc.all(pc.starts_with(fields, "v")).as_py():
-                raise ValueError("a record with a null key")
-            keys = pc.utf8_slice_codeunits(fields, 1).to_pylist()
-        except (pa.ArrowException, ValueError):  # a record cut short, bytes that are not UTF-8, no key
-            raise self._damaged("an index row's record holds no key (the table changed since it was "
+            with open(self.path, "rb") as fh:
+                fd, pread = fh.fileno(), os.pread
+                spans = [pread(fd, b - a, a) for a, b in zip(span_first.tolist(), span_last.tolist())]
+            begin = (first - span_first[span_of]).tolist()
+            end = (last - span_first[span_of]).tolist()
+            for i, span, a, b in zip(order.tolist(), span_of.tolist(), begin, end):
+                field = spans[span][a:b].split(b"\0", key_at + 1)[key_at]
+                if field[:1] == b"v":
+                    keys[i] = field[1:].decode("utf-8", "surrogatepass")
+        except (OSError, IndexError, ValueError):  # a record cut short, bytes that are not UTF-8
+            raise self._damaged("an index row's record cannot be read (the table changed since it was "
                                 "indexed)") from None
-        if pc.any(pc.match_substring(fields, "\\")).as_py():  # escapes are rare in keys: undone in Python
-            keys = [_unescape(k) for k in keys]
+        if None in keys:
+            raise self._damaged("an index row's record holds no key (the table changed since it was indexed)")
+        keys = [_unescape(k) for k in keys]
         self._confirm(keys, rows)
         return keys
 
