@@ -20,7 +20,7 @@ seeded random corpus rows (the search is not run: what follows it is measured). 
 
 Each size is measured in fresh processes: once cold, each part with the index's files evicted from the page
 cache just before it (``posix_fadvise(DONTNEED)`` on each file; dropping the whole cache needs root), then warm
-(the parts interleaved, each the best of ``--repeats``); each process first makes each call with no keys, so
+(every file read once first; the parts interleaved, each the best of ``--repeats``); each process first makes each call with no keys, so
 imports are not counted as lookups. The disk's sequential read rate and random 4 KiB read rate are measured on the same
 machine in the same run, on the shards evicted the same way. ``--baseline PATH`` also measures the code at PATH
 (another checkout of overlap-audit) on the same shards, finished by that code.
@@ -210,6 +210,11 @@ def measure(root: Path, code: str, args) -> dict:
     finished = call("--finish")
     evict(root)
     cold = call("--cold")
+    for p in root.rglob("*"):  # back into the page cache, as the warm process expects (without mapping them)
+        if p.is_file():
+            with open(p, "rb", buffering=0) as fh:
+                while fh.read(8 << 20):
+                    pass
     warm = call()
     size = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
     return {"finish_s": finished["finish_s"], "cold": cold, "warm": warm, "bytes_beside_shards": size}
