@@ -20,8 +20,8 @@ seeded random corpus rows (the search is not run: what follows it is measured). 
 
 Each size is measured in fresh processes: once cold, each part with the index's files evicted from the page
 cache just before it (``posix_fadvise(DONTNEED)`` on each file; dropping the whole cache needs root), then warm
-(every file read once first; the parts interleaved, each the best of ``--repeats``); each process first makes each call with no keys, so
-imports are not counted as lookups. The disk's sequential read rate and random 4 KiB read rate are measured on the same
+(every file read once first; the parts interleaved, each the best of ``--repeats``); each process first makes
+each call with no keys, so imports are not counted as lookups. The disk's sequential read rate and random 4 KiB read rate are measured on the same
 machine in the same run, on the shards evicted the same way. ``--baseline PATH`` also measures the code at PATH
 (another checkout of overlap-audit) on the same shards, finished by that code.
 
@@ -267,8 +267,8 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
                 total = sum(r[p] for p in PARTS)
                 base = first.setdefault((name, cache), total)
                 print(f"| {n:,} | {name} | {cache} | " + " | ".join(f"{r[p]:.3f}" for p in PARTS)
-                      + f" | {total:.3f} | {total / base:.2f} | {r['keys'] / args.key_rows * 1e6:.2f} | {r['keys_first']:.3f} |",
-                      flush=True)
+                      + f" | {total:.3f} | {total / base:.2f} | {r['keys'] / args.key_rows * 1e6:.2f} "
+                      f"| {r['keys_first']:.3f} |", flush=True)
         if len(results) == 2:
             same = all(results["this"][c][a] == results["baseline"][c][a] for c in ("warm", "cold")
                        for a in ("answer", "answer_matches", "answer_keys"))

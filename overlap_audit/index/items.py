@@ -6,8 +6,8 @@ Written when an index is finished, beside the FAISS index of the same generation
 
 - ``items.rows``: a JSON header line (the columns and their Arrow types, the row count, the indexed rows), then
   one record per shard row: the indexed items first, in index row order (record r is index row r), then the
-  items not indexed (skipped or low-information), in shard order. A record is its fields joined by NUL; a field is empty for null, else ``v``
-  followed by the value as text with ``\\`` and NUL escaped (``\\\\``, ``\\0``); a struct column is one field
+  items not indexed (skipped or low-information), in shard order. A record is its fields joined by NUL; a
+  field is empty for null, else ``v`` followed by the value as text with ``\\`` and NUL escaped (``\\\\``, ``\\0``); a struct column is one field
   for the struct's validity followed by one per child. Records are built column-wise by Arrow compute: no
   Python work per row but hashing its key.
 - ``items.offsets.npy``: uint64 [n + 1], record r is bytes ``offsets[r]:offsets[r + 1]`` of ``items.rows``.
@@ -446,8 +446,9 @@ def check_items(index_dir: str | os.PathLike, items_file: str, paths: list[Path]
             stored = np.asarray(offsets[first:first + k + 1], np.int64)
             start = int(stored[0])
             if not np.array_equal(stored - start, bounds) or stored_bytes[start:start + len(data)] != data:
-                raise damaged(f"does not hold the rows of {shard.name} (its {'other' if first >= n_indexed else 'index'}"
-                              f" rows at table rows {first}..{first + k - 1})")
+                which = "other" if first >= n_indexed else "index"
+                raise damaged(f"does not hold the rows of {shard.name} (its {which} rows at table rows "
+                              f"{first}..{first + k - 1})")
         keys = key_hashes(want["key"].to_pylist())
         hashes.append(keys[indexed])
         rest_hashes.append(keys[~indexed])
@@ -465,8 +466,9 @@ def check_items(index_dir: str | os.PathLike, items_file: str, paths: list[Path]
 class KeysByRow:
     """The keys of index rows (record r of the item table is index row r), read a batch of rows at a time: the
     records' places gathered from the memory-mapped offsets with numpy, the records read with one ``pread``
-    each (those less than a page apart together, in file order) and their keys cut out, each key confirmed against the key index (its hash's bucket must hold
-    it at that row), so a table replaced or damaged after indexing is an IndexDamagedError, never a wrong key.
+    each (those less than a page apart together, in file order) and their keys cut out, each key confirmed
+    against the key index (its hash's bucket must hold it at that row), so a table replaced or damaged after
+    indexing is an IndexDamagedError, never a wrong key.
     Opening reads the header line and the side files' headers only.
 
     The records are read, not mapped: on the 2-core VM of BENCHMARKS.md a first touch of a mapped page cost

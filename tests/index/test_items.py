@@ -76,7 +76,8 @@ def test_shared_hashes_and_awkward_text_are_looked_up_right(tmp_path, monkeypatc
     assert n == len(keys) == 20
     table = ItemTable(tmp_path, "items.rows")
     # each shard's rows 0, 1 and 4 are indexed: they come first, the skipped and low-information ones after
-    in_order = [k for i, k in enumerate(keys) if i % 5 in (0, 1, 4)] + [k for i, k in enumerate(keys) if i % 5 in (2, 3)]
+    in_order = [k for i, k in enumerate(keys) if i % 5 in (0, 1, 4)] + [k for i, k in enumerate(keys)
+                                                                         if i % 5 in (2, 3)]
     assert table.n_indexed == 12 and table.rows_of(keys) == {k: i for i, k in enumerate(in_order)}
     asked = keys + ["src/nope", None]
     got = rows_by_key(tmp_path, asked, COLUMNS, items_file="items.rows")
