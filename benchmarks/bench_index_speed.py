@@ -17,8 +17,9 @@ worker start, FAISS index and manifest), measured on a one-image run. The runs a
 decode, index, ...) so both see the same load; each rate is the best of ``--repeats``.
 
 Beside the rates, the CPU time (user + system, every process of the run: the pool's or the decoder's workers
-and this process) per image of each, and their ratio: on a machine shared with other jobs the wall-clock rates
-move with the load, the CPU time much less. Each is the least of ``--repeats``.
+and this process) per image of each, and their ratio (per repeat also the main process's share of `index`): on
+a machine shared with other jobs the wall-clock rates move with the load, the CPU time much less. Each is the
+least of ``--repeats``.
 
 It also prints where one worker's time goes (decode, EXIF orientation, RGB conversion, content box,
 the detector's preprocessing), each as a multiple of the decoding time, measured in this process.
@@ -131,14 +132,18 @@ def decode_rate(files: list[str], workers: int, min_size: int) -> float:
 
 def stages(files: list[str], min_size: int, n: int = 300) -> dict[str, float]:
     """Where one worker's time goes, in this process on the first ``n`` files: each stage's time as a
-    multiple of PIL's decoding (read and open included in it), in CPU time."""
+    multiple of PIL's decoding (read and open included in it), in CPU time. "preprocess" is the crop to the
+    content box and the detector's input of it and of each corpus view (``prepare_views``'s steps)."""
     from PIL import ImageOps
 
     from overlap_audit.content import content_box
     from overlap_audit.detectors import get_detector
+    from overlap_audit.detectors.base import centre_crop
     from overlap_audit.imaging import to_rgb
+    from overlap_audit.index.views import index_views
 
     det = get_detector("phash")
+    views = index_views("phash", None)
     spent = dict.fromkeys(("decode", "exif", "rgb", "box", "preprocess"), 0.0)
     for path in files[:n]:
         t0 = time.process_time()
@@ -154,7 +159,12 @@ def stages(files: list[str], min_size: int, n: int = 300) -> dict[str, float]:
         t3 = time.process_time()
         box = content_box(rgb)
         t4 = time.process_time()
-        det.preprocess(rgb.crop(box.box) if box.trimmed else rgb)
+        view = rgb.crop(box.box) if box.trimmed else rgb
+        if views and det.preprocess_mode:
+            view = view.convert(det.preprocess_mode)
+        det.preprocess(view)
+        for area in views:
+            det.preprocess(centre_crop(view, area))
         t5 = time.process_time()
         for key, a, b in zip(spent, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
             spent[key] += b - a
@@ -165,12 +175,13 @@ def fmt(seconds: list[float], n: int) -> str:
     return " / ".join(f"{v / n * 1e3:.2f}" for v in seconds)
 
 
-def cpu_seconds() -> float:
-    """CPU time (user + system) of this process and of its children that have ended."""
+def cpu_seconds(own_only: bool = False) -> float:
+    """CPU time (user + system) of this process and of its children that have ended (``own_only``: this
+    process's alone)."""
     import resource
 
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime + (0 if own_only else children.ru_utime + children.ru_stime)
 
 
 def index_seconds(folder: Path, out: Path, workers: int) -> float:
@@ -262,16 +273,17 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if args.baseline else ""))
         for name, folder in corpora.items():
             files = sorted(str(p) for p in folder.iterdir() if not p.name.startswith("."))
-            pil, idx, pil_cpu, idx_cpu, base_cpu = [], [], [], [], []
+            pil, idx, pil_cpu, idx_cpu, base_cpu, main_cpu = [], [], [], [], [], []
             for r in range(args.repeats):
                 c0 = cpu_seconds()
                 pil.append(decode_rate(files, args.workers, min_size))
-                c1 = cpu_seconds()
+                c1, m1 = cpu_seconds(), cpu_seconds(own_only=True)
                 out = work / f"index-{len(idx)}-{folder.name}"
                 idx.append(index_seconds(folder, out, args.workers))
-                c2 = cpu_seconds()
+                c2, m2 = cpu_seconds(), cpu_seconds(own_only=True)
                 pil_cpu.append(c1 - c0)
                 idx_cpu.append(c2 - c1)
+                main_cpu.append(m2 - m1)
                 if args.digest and r == 0:
                     print(f"digest {name}: {digest(out)}")
                 shutil.rmtree(out)
@@ -293,6 +305,7 @@ def main() -> None:
                 row += f" {min(base_cpu) / len(files) * 1e3:.2f} | {min(pil_cpu) / min(base_cpu):.2f}x |"
             print(row)
             print(f"  per repeat, CPU ms/img: decode-only {fmt(pil_cpu, len(files))}; index {fmt(idx_cpu, len(files))}"
+                  f" (its main process {fmt(main_cpu, len(files))})"
                   + (f"; baseline index {fmt(base_cpu, len(files))}" if base_cpu else ""))
         print(f"load average after: {os.getloadavg()}")
     finally:

@@ -12,13 +12,16 @@ seeded random corpus rows (the search is not run: what follows it is measured). 
   bare vectors, so no source file is opened: the index's own lookups only);
 - ``items``: ``index.corpus_items`` of each example's matched item (verification, the gallery, ``pairs``;
   again the index's lookups and fingerprints, not the images: a bare-vector source has none to read back);
+- ``keys``: the keys of ``--key-rows`` index rows (the search's answers: a report of 10^4 examples × k = 5
+  asks 50,000 rows at once), ``CorpusIndex.keys[rows]`` on an index already opened; the first such call in
+  the process is reported apart (``keys first``: what a report pays), the parts then as below;
 - ``open``: ``load_index(load_faiss=False)``, what a report pays to open an index besides the FAISS index
-  itself (the manifest, the file checks, every row's key).
+  itself (the manifest, the file checks, whatever its row keys need read up front).
 
 Each size is measured in fresh processes: once cold, each part with the index's files evicted from the page
 cache just before it (``posix_fadvise(DONTNEED)`` on each file; dropping the whole cache needs root), then warm
-(the parts interleaved, each the best of ``--repeats``); each process first makes each call with no keys, so
-imports are not counted as lookups. The disk's sequential read rate and random 4 KiB read rate are measured on the same
+(every file read once first; the parts interleaved, each the best of ``--repeats``); each process first makes
+each call with no keys, so imports are not counted as lookups. The disk's sequential read rate and random 4 KiB read rate are measured on the same
 machine in the same run, on the shards evicted the same way. ``--baseline PATH`` also measures the code at PATH
 (another checkout of overlap-audit) on the same shards, finished by that code.
 
@@ -40,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 SHARD = 100_000
-PARTS = ("boxes", "matches", "items")
+PARTS = ("open", "keys", "boxes", "matches", "items")  # a report's time outside the search, in its order
 
 
 def key_of(i: int) -> str:
@@ -141,28 +144,48 @@ def evaluation_set(n: int, examples: int, k: int) -> tuple[list[str], list[str]]
     return [key_of(int(r)) for r in rows[:, 0]], [key_of(int(r)) for r in rows.ravel()]
 
 
-def child(root: Path, examples: int, k: int, repeats: int, cold: bool) -> dict:
+def child(root: Path, examples: int, k: int, key_rows: int, repeats: int, cold: bool) -> dict:
     """One report's lookups in this fresh process: cold (once) or warm (best of ``repeats``)."""
+    import hashlib
+
     from overlap_audit.index import content_boxes, load_index, load_manifest
     from overlap_audit.index.load import corpus_items
     from overlap_audit.matched import corpus_metadata
 
-    n = load_manifest(root).n_given
+    manifest = load_manifest(root)
+    n = manifest.n_given
     matched, neighbours = evaluation_set(n, examples, k)
+    rows = np.random.default_rng(54321).integers(0, manifest.n_indexed, key_rows)
     import pyarrow.parquet  # noqa: F401 - imports are not the lookups' cost
     import xxhash  # noqa: F401
 
     content_boxes(root, []), corpus_metadata(root, []), corpus_items(root, [])
-    work = {"boxes": lambda: content_boxes(root, matched), "matches": lambda: corpus_metadata(root, neighbours),
-            "items": lambda: corpus_items(root, matched), "open": lambda: load_index(root, load_faiss=False)}
+    load_index(root, load_faiss=False).keys[rows[:1]]
+    opened = load_index(root, load_faiss=False)
+    if cold:
+        evict(root)
+    t = time.perf_counter()
+    opened.keys[rows]  # the first call in a process (a report's), before any repeat
+    first_keys = time.perf_counter() - t
+    work = {"open": lambda: load_index(root, load_faiss=False), "keys": lambda: opened.keys[rows],
+            "boxes": lambda: content_boxes(root, matched), "matches": lambda: corpus_metadata(root, neighbours),
+            "items": lambda: corpus_items(root, matched)}
     out: dict = {name: float("inf") for name in work}
+    out["keys_first"] = first_keys
     for _ in range(1 if cold else repeats):  # the parts interleaved, so a burst of load spreads over them all
         for name, fn in work.items():
             if cold:
                 evict(root)
+            if name == "keys":  # keys are asked of an opened index (its opening is ``open``)
+                opened = load_index(root, load_faiss=False)
+                if cold:
+                    evict(root)
             t = time.perf_counter()
             got = fn()
             out[name] = min(out[name], time.perf_counter() - t)
+            if name == "keys":
+                assert len(got) == len(rows) and all(isinstance(key, str) for key in got)
+                out["answer_keys"] = [got[:20].tolist(), hashlib.sha256("\n".join(got).encode()).hexdigest()]
             if name == "boxes":
                 assert len(got) == len(set(matched)), "every matched item has a content box"
                 out["answer"] = sorted((key, box.to_dict()) for key, box in got.items())[:50]
@@ -177,7 +200,8 @@ def measure(root: Path, code: str, args) -> dict:
 
     def call(*extra: str) -> dict:
         r = subprocess.run([sys.executable, __file__, "--child", str(root), "--examples", str(args.examples),
-                            "--k", str(args.k), "--repeats", str(args.repeats), *extra], capture_output=True,
+                            "--k", str(args.k), "--key-rows", str(args.key_rows), "--repeats", str(args.repeats),
+                            *extra], capture_output=True,
                            text=True, env=env)
         if r.returncode:
             raise RuntimeError(r.stderr.strip()[-2000:])
@@ -186,6 +210,11 @@ def measure(root: Path, code: str, args) -> dict:
     finished = call("--finish")
     evict(root)
     cold = call("--cold")
+    for p in root.rglob("*"):  # back into the page cache, as the warm process expects (without mapping them)
+        if p.is_file():
+            with open(p, "rb", buffering=0) as fh:
+                while fh.read(8 << 20):
+                    pass
     warm = call()
     size = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
     return {"finish_s": finished["finish_s"], "cold": cold, "warm": warm, "bytes_beside_shards": size}
@@ -196,6 +225,7 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", type=float, default=[1e5, 1e6, 1e7])
     ap.add_argument("--examples", type=int, default=1000)
     ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--key-rows", type=int, default=50_000, help="index rows whose keys are asked at once")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--baseline", default=None, help="another overlap-audit checkout, measured on the same shards")
     ap.add_argument("--work-dir", default=None, help="where the synthetic indexes go (default: a temporary folder)")
@@ -207,7 +237,7 @@ def main() -> None:
     if args.child:
         root = Path(args.child)
         result = ({"finish_s": finish(root)} if args.finish
-                  else child(root, args.examples, args.k, args.repeats, args.cold))
+                  else child(root, args.examples, args.k, args.key_rows, args.repeats, args.cold))
         print(json.dumps(result))
         return
     with tempfile.TemporaryDirectory(prefix="overlap-audit-report-scale-") as tmp:
@@ -217,11 +247,11 @@ def main() -> None:
 def run(args: argparse.Namespace, work_dir: Path) -> None:
     here = str(Path(__file__).resolve().parent.parent)
     codes = {"this": here, **({"baseline": str(Path(args.baseline).resolve())} if args.baseline else {})}
-    print(f"# {os.cpu_count()} CPUs; {args.examples} examples x k={args.k}; warm: best of {args.repeats}; "
-          f"cold: files evicted with posix_fadvise")
-    print("| corpus | code | cache | boxes s | matches s | items s | report lookups s | ratio to first size | "
-          "open s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"# {os.cpu_count()} CPUs; {args.examples} examples x k={args.k}; keys of {args.key_rows} rows; "
+          f"warm: best of {args.repeats}; cold: files evicted with posix_fadvise")
+    print("| corpus | code | cache | open s | keys s | boxes s | matches s | items s | outside the search s | "
+          "ratio to first size | µs per key | keys, first call s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     first: dict = {}
     for size in args.sizes:
         n = int(size)
@@ -237,15 +267,16 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
                 total = sum(r[p] for p in PARTS)
                 base = first.setdefault((name, cache), total)
                 print(f"| {n:,} | {name} | {cache} | " + " | ".join(f"{r[p]:.3f}" for p in PARTS)
-                      + f" | {total:.3f} | {total / base:.2f} | {r['open']:.3f} |", flush=True)
+                      + f" | {total:.3f} | {total / base:.2f} | {r['keys'] / args.key_rows * 1e6:.2f} "
+                      f"| {r['keys_first']:.3f} |", flush=True)
         if len(results) == 2:
-            same = results["this"]["warm"]["answer"] == results["baseline"]["warm"]["answer"] and \
-                results["this"]["warm"]["answer_matches"] == results["baseline"]["warm"]["answer_matches"]
-            print(f"| {n:,} | | | same answers as the baseline: {same} | | | | | |")
+            same = all(results["this"][c][a] == results["baseline"][c][a] for c in ("warm", "cold")
+                       for a in ("answer", "answer_matches", "answer_keys"))
+            print(f"| {n:,} | | | same answers as the baseline: {same} | | | | | | | | |")
         print(f"| {n:,} | | | disk: {rates['seq_mb_s']:.0f} MB/s sequential, {rates['random_4k_per_s']:.0f} "
               f"random 4 KiB reads/s; shards written in {wrote:.0f} s; finish "
               + ", ".join(f"{k} {v['finish_s']:.0f} s ({v['bytes_beside_shards'] / n:.0f} B/item beside the shards)"
-                          for k, v in results.items()) + " | | | | | |", flush=True)
+                          for k, v in results.items()) + " | | | | | | | | |", flush=True)
         if args.json:
             with open(args.json, "a") as fh:
                 fh.write(json.dumps({"n": n, "disk": rates, "shards_s": wrote, **results}) + "\n")

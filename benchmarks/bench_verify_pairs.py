@@ -13,6 +13,10 @@ prepared once), and times each stage with ``time.process_time``: reading, finger
 texture), ``photo.verify_photo`` split by the branch the pair takes, and what pickling a task for a worker
 costs; with ``--cprofile N`` the N functions with the most cumulative time too.
 
+``judge`` judges the captured pairs once the way ``rule._judge_all`` does without workers (each task's images
+prepared once) and prints the CPU seconds: run it alternately with two versions of the code on ``PYTHONPATH``
+(the file's ``FIELDS`` that a version's ``rule._Pair`` lacks are left out).
+
 ``dump`` writes each captured pair's comparison (every field of its ``PhotoVerification``, or ``identical``
 / ``None``) and outcome (``rule._outcome``), with ``--drawing`` also every field of the pair's drawing
 comparison (``verify.verify_prepared``'s ``Verification``, whichever branch the pair took); ``compare``
@@ -23,6 +27,7 @@ with two versions of the code (e.g. a ``git worktree`` of the older one on ``PYT
     python benchmarks/bench_verify_pairs.py capture --synthetic EMPTY_DIR --out PAIRS.pkl
     python benchmarks/bench_verify_pairs.py capture --photos medium strong tiles96 cifar32 --out PAIRS.pkl
     python benchmarks/bench_verify_pairs.py profile --pairs PAIRS.pkl [--cprofile 30]
+    python benchmarks/bench_verify_pairs.py judge --pairs PAIRS.pkl
     python benchmarks/bench_verify_pairs.py dump --pairs PAIRS.pkl --out A.pkl [--drawing]
     python benchmarks/bench_verify_pairs.py compare A.pkl B.pkl
 
@@ -50,8 +55,9 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 # a captured pair: (eval bytes or None, eval path, corpus bytes or None, corpus path, max_pixels, pair threshold,
-# photo accept, near)
-FIELDS = ("eval_data", "eval_path", "corpus_data", "corpus_path", "max_pixels", "pair_threshold", "accept", "near")
+# photo accept, near, eval content box, corpus content box); a capture without the boxes reads as None
+FIELDS = ("eval_data", "eval_path", "corpus_data", "corpus_path", "max_pixels", "pair_threshold", "accept", "near",
+          "eval_box", "corpus_box")
 
 
 def capture(out: Path, *, demo: Path | None = None, synthetic: Path | None = None, photos: list[str] | None = None,
@@ -105,10 +111,38 @@ def capture(out: Path, *, demo: Path | None = None, synthetic: Path | None = Non
 
 
 def _pairs(path: Path):
+    from dataclasses import fields
+
     from overlap_audit.decide import rule
 
+    known = {f.name for f in fields(rule._Pair)}
     runs = pickle.loads(path.read_bytes())
-    return [(desc, [rule._Pair(**dict(zip(FIELDS, p))) for p in pairs]) for desc, pairs in runs]
+    return [(desc, [rule._Pair(**{k: v for k, v in zip(FIELDS, p) if k in known}) for p in pairs])
+            for desc, pairs in runs]
+
+
+def judge(path: Path) -> None:
+    from threadpoolctl import threadpool_limits
+
+    from overlap_audit.decide import rule
+    from overlap_audit.decide.verdicts import fingerprint
+
+    runs = []
+    for _, pairs in _pairs(path):
+        todo = []
+        for i, pair in enumerate(pairs):
+            read = rule._with_bytes(pair)
+            if read is not None and read.eval_data != read.corpus_data:
+                todo.append((i, read, fingerprint(read.eval_data), fingerprint(read.corpus_data)))
+        runs.append(todo)
+    n, t = 0, time.process_time()
+    with threadpool_limits(limits=1):
+        for todo in runs:
+            for task in rule._tasks(todo):
+                rule._compare_task([(p, e, c) for _, p, e, c in task])
+                n += len(task)
+    took = time.process_time() - t
+    print(f"{n} pairs judged: {took:.2f} CPU s, {1000 * took / max(n, 1):.2f} ms per pair")
 
 
 def _branch(a, b) -> str:
@@ -147,18 +181,22 @@ def profile(path: Path, top: int) -> None:
         total[name] += clock() - t
         return out
 
-    def prepare_photo(image):  # ``photo.prepare_photo``, its three parts timed (checked equal below)
+    def prepare_photo(image, box):  # ``photo.prepare_photo``, its three parts timed
         t = clock()
         w, h = image.size
         f = min(1.0, photo.KEEP / max(w, h))
         grey = image.convert("L")
         if f < 1.0:
             grey = grey.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BOX)
-        g = np.asarray(grey, np.int16)
-        p = np.pad(g, 1, mode="edge")
-        still = ((p[1:-1, 2:] == g) & (p[1:-1, :-2] == g) & (p[2:, 1:-1] == g) & (p[:-2, 1:-1] == g))
+        g = np.asarray(grey)
+        still = np.ones(g.shape, bool)
+        across, down = g[:, 1:] == g[:, :-1], g[1:] == g[:-1]
+        still[:, 1:] &= across
+        still[:, :-1] &= across
+        still[1:] &= down
+        still[:-1] &= down
         t1 = clock()
-        pair = verify.prepare(image)
+        pair = verify.prepare(image, box)
         t2 = clock()
         grey01 = g.astype(np.float32) / 255.0
         gw, gh = photo._grid(grey01.shape[1] / grey01.shape[0], photo.FINE)
@@ -188,13 +226,14 @@ def profile(path: Path, top: int) -> None:
                 timed("pickle a task for a worker", pickle.dumps, [(p, e, c) for _, p, e, c in task])
                 views: dict = {}
                 for _, pair, e, c in task:
-                    for name, data in ((e, pair.eval_data), (c, pair.corpus_data)):
+                    for name, data, box in ((e, pair.eval_data, pair.eval_box),
+                                            (c, pair.corpus_data, pair.corpus_box)):
                         if name in views:
                             counts["views reused within a task"] += 1
                             continue
                         image = timed("decode", decode_image, data, None, max_pixels=pair.max_pixels,
                                       long_side=rule.DECODE_SIDE) if data is not None else None
-                        views[name] = prepare_photo(image)
+                        views[name] = prepare_photo(image, box)
                         counts["images prepared"] += 1
                     a, b = views[e], views[c]
                     kind = _branch(a, b)
@@ -255,7 +294,8 @@ def dump(path: Path, out: Path, drawing: bool = False) -> None:
                 comparison = None if read is None else rule._compare(read)
                 row = (desc, _plain(comparison), rule._outcome(pair, comparison))
                 if drawing and read is not None and comparison is not None:
-                    views = [rule._prepared(d, read.max_pixels) for d in (read.eval_data, read.corpus_data)]
+                    views = [rule._prepared(d, read.max_pixels, box) for d, box in
+                             ((read.eval_data, read.eval_box), (read.corpus_data, read.corpus_box))]
                     if None not in views:  # the drawing comparison's every field, whatever the branch
                         row += (_plain(verify_prepared(views[0].pair, views[1].pair)),)
                 rows.append(row)
@@ -301,6 +341,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("profile")
     p.add_argument("--pairs", required=True, type=Path)
     p.add_argument("--cprofile", type=int, default=0)
+    j = sub.add_parser("judge")
+    j.add_argument("--pairs", required=True, type=Path)
     d = sub.add_parser("dump")
     d.add_argument("--pairs", required=True, type=Path)
     d.add_argument("--out", required=True, type=Path)
@@ -314,6 +356,8 @@ def main(argv=None) -> int:
         capture(args.out, demo=args.demo, synthetic=args.synthetic, photos=args.photos, workers=args.workers)
     elif args.command == "profile":
         profile(args.pairs, args.cprofile)
+    elif args.command == "judge":
+        judge(args.pairs)
     elif args.command == "dump":
         dump(args.pairs, args.out, args.drawing)
     else:

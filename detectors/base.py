@@ -49,6 +49,8 @@ class Detector(Protocol):
 
     def low_information(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def embed_flagged(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
 
 
@@ -70,6 +72,9 @@ class DetectorBase(ABC):
     # the smallest image side at which the report's decision with this detector was measured (the 32-px copies
     # of benchmarks/photos.py, BENCHMARKS.md); a report warns about a set whose images are mostly smaller
     measured_min_side: int | None = 32
+    # the PIL mode ``preprocess`` converts every image to first (None: it converts as it needs); ``prepare_views``
+    # converts the view once for it and its centre crops (a conversion per pixel commutes with cropping)
+    preprocess_mode: str | None = None
 
     @property
     def info(self) -> DetectorInfo:
@@ -88,6 +93,10 @@ class DetectorBase(ABC):
     def low_information(self, batch: np.ndarray) -> np.ndarray:
         """Mark near-uniform inputs that carry too little signal to match anything (none by default)."""
         return np.zeros(len(batch), dtype=bool)
+
+    def embed_flagged(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``embed(batch)`` and ``low_information(batch)`` together (a detector may share their work)."""
+        return self.embed(batch), self.low_information(batch)
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """Embed RGB PIL images directly (in this process); a convenience for notebooks and tests."""
@@ -137,5 +146,8 @@ def prepare_views(detector, image: Image.Image, areas: tuple[float, ...]):
         view, box = trim(image)
     else:
         view, box = image, None
+    mode = getattr(detector, "preprocess_mode", None)
+    if areas and mode is not None and view.mode != mode:
+        view = view.convert(mode)
     crops = tuple(detector.preprocess(centre_crop(view, a)) for a in areas)
     return detector.preprocess(view), box, crops

@@ -40,6 +40,7 @@ class PHash(DetectorBase):
 
     version = "1"
     metric = "hamming"
+    preprocess_mode = "L"
 
     def __init__(self, hash_size: int = 8, *, highfreq_factor: int = 4, min_std: float = 2.0,
                  max_tie_fraction: float = 0.25, reducing_gap: float | None = 3.0, spec: str = ""):
@@ -58,34 +59,37 @@ class PHash(DetectorBase):
         self.decode_size = self.image_size * 4
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """Grey-scale and resize one image: float32 [S, S] in 0..255."""
-        grey = image.convert("L").resize((self.image_size, self.image_size), Image.Resampling.LANCZOS,
-                                         reducing_gap=self.reducing_gap)
-        return np.asarray(grey, dtype=np.float32)
+        """Grey-scale and resize one image: uint8 [S, S] (a quarter of float32's bytes to send between processes)."""
+        grey = image if image.mode == "L" else image.convert("L")
+        grey = grey.resize((self.image_size, self.image_size), Image.Resampling.LANCZOS,
+                           reducing_gap=self.reducing_gap)
+        return np.asarray(grey)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """Hash a batch [N, S, S] into packed bits uint8 [N, bits/8]."""
-        batch = np.asarray(batch, dtype=np.float64)
-        if batch.ndim != 3 or batch.shape[1:] != (self.image_size, self.image_size):
-            raise ValueError(f"expected a batch of shape [N, {self.image_size}, {self.image_size}], got {batch.shape}")
-        coeffs = self._low_frequencies(batch)
-        median = np.median(coeffs, axis=1, keepdims=True)
-        return np.packbits(coeffs > median, axis=1)
-
-    def _low_frequencies(self, batch: np.ndarray) -> np.ndarray:
-        h = self.hash_size
-        return scipy.fft.dctn(batch, type=2, axes=(1, 2))[:, :h, :h].reshape(len(batch), h * h)
+        return self.embed_flagged(batch)[0]
 
     def low_information(self, batch: np.ndarray) -> np.ndarray:
         """Near-uniform images, and images whose hash is mostly decided by ties with the median."""
+        return self.embed_flagged(batch)[1]
+
+    def embed_flagged(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``embed`` and ``low_information`` of a batch from one DCT (the batch's cost in the main process)."""
         batch = np.asarray(batch, dtype=np.float64)
-        flat_image = batch.reshape(len(batch), -1).std(axis=1) < self.min_std
-        coeffs = self._low_frequencies(batch)
+        if batch.ndim != 3 or batch.shape[1:] != (self.image_size, self.image_size):
+            raise ValueError(f"expected a batch of shape [N, {self.image_size}, {self.image_size}], got {batch.shape}")
+        h = self.hash_size
+        # the 2-D DCT-II as scipy.fft.dctn(axes=(1, 2)) computes it (along axis 1, then axis 2), the second only
+        # on the h rows kept: the same numbers in a third of the time
+        coeffs = scipy.fft.dct(scipy.fft.dct(batch, type=2, axis=1)[:, :h], type=2, axis=2)[:, :, :h]
+        coeffs = coeffs.reshape(len(batch), h * h)
         median = np.median(coeffs, axis=1, keepdims=True)
+        bits = np.packbits(coeffs > median, axis=1)
+        flat_image = batch.reshape(len(batch), -1).std(axis=1) < self.min_std
         # "a hair": relative to the image's own coefficient scale (DCT-II of 0..255 pixels is large)
         scale = np.abs(coeffs).max(axis=1, keepdims=True)
         ties = (np.abs(coeffs - median) <= 1e-6 * scale + 1e-9).mean(axis=1)
-        return flat_image | (ties > self.max_tie_fraction)
+        return bits, flat_image | (ties > self.max_tie_fraction)
 
 
 def make_phash64(arg: str | None = None, *, spec: str = "phash", **_options) -> PHash:

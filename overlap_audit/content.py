@@ -60,7 +60,8 @@ so a sky ends the pass before the other sides are read. A repeated pass reads th
 Outer lines of one colour (a drawing's white or transparent canvas) give the margin without its statistics,
 and a drawing that ``imaging.to_rgb`` composited from a transparent canvas is read only inside the bounding box
 of its pixels that were not fully transparent (``imaging.white_outside``): outside it every pixel is white, so
-no line there is content or holds a faint pixel, and the box is the same.
+no line there is content or holds a faint pixel, and the box is the same; where that box lies strictly inside the
+image, the white margin and the transparent border are known without reading the outer lines.
 On openclipart-png drawings 0.4-0.65x the CPU time PIL takes to decode them, on JPEG photographs decoded
 at a reduced scale about 0.3x (benchmarks/bench_index_speed.py, BENCHMARKS.md "Indexing against the
 decoder").
@@ -189,9 +190,13 @@ def _one_pass(pixels: np.ndarray, view: Callable[[], Image.Image], alpha: Callab
     height, width = pixels.shape[:2]
     judged: dict[tuple[int, int, int, int], bool] = {}  # outer parts of bands: canvas or not
     judge = None
+    view, alpha = functools.cache(view), functools.cache(alpha)
+    # a window strictly inside the view is the bounding box of the alpha band's non-zero pixels: every pixel on
+    # the outer lines is fully transparent, and the border transparent without reading it (its columns are a
+    # cache line per pixel)
+    transparent_border = functools.cache(
+        lambda: window is not None or (alpha() is not None and _transparent_border(alpha())))
     if height * width > WHOLE_MAP_PIXELS:  # read from the sides: each band is judged as soon as it is known
-        view, alpha = functools.cache(view), functools.cache(alpha)
-        transparent_border = functools.cache(lambda: alpha() is not None and _transparent_border(alpha()))
 
         def picture(margin: _Margin, side: int, depth: int) -> bool:
             """Whether the band cut on ``side`` is picture (the canvas test, step 4, then keeps the image
@@ -215,7 +220,7 @@ def _one_pass(pixels: np.ndarray, view: Callable[[], Image.Image], alpha: Callab
         return ContentBox.whole(width, height)
     if (left, top, right, bottom) == (0, 0, width, height):
         return ContentBox.whole(width, height)
-    if not _is_canvas(view(), alpha(), margin, (left, top, right, bottom), judged):
+    if not _is_canvas(view(), alpha(), margin, (left, top, right, bottom), judged, transparent_border()):
         return ContentBox.whole(width, height)
     return ContentBox(left, top, right, bottom, width, height, True)
 
@@ -349,6 +354,8 @@ def _margin(pixels: np.ndarray) -> _Margin | None:
     return _Margin(fill[0] if channels == 1 else fill, tolerance, sides)
 
 
+_WHITE_MARGIN = _Margin((255, 255, 255), BASE_TOLERANCE, frozenset(range(4)))  # outer lines all white (RGB)
+
 # up to this many pixels the rule maps the whole image at once; a larger one is read from each margin side
 # inwards, as far as its margin goes (numpy's per-call cost against its per-pixel cost)
 WHOLE_MAP_PIXELS = 1 << 16
@@ -452,7 +459,8 @@ def _find_box(pixels: np.ndarray, picture: Callable[[_Margin, int, int], bool] |
     ``window`` (top, bottom, left, right): outside it every pixel is white (``_white_outside``); on a white
     margin those lines are neither content nor hold a faint pixel, so only the window is read (the same box).
     """
-    margin = _margin(pixels)
+    # outside a window every pixel is white, the outer lines too: what ``_margin`` finds for them, unread
+    margin = _WHITE_MARGIN if window is not None else _margin(pixels)
     if margin is None:
         return None
     height, width = pixels.shape[:2]
@@ -558,7 +566,8 @@ def _cropped_alpha(image: Image.Image, box: tuple[int, int, int, int]) -> Image.
 
 
 def _is_canvas(view: Image.Image, alpha: Image.Image | None, margin: _Margin,
-               box: tuple[int, int, int, int], judged: dict[tuple[int, int, int, int], bool] | None = None) -> bool:
+               box: tuple[int, int, int, int], judged: dict[tuple[int, int, int, int], bool] | None = None,
+               transparent_border: bool | None = None) -> bool:
     """Whether the bands between the image's sides and ``box`` are a canvas (see the module docstring, step 4).
 
     Each band that is cut is judged on its outer part, the pixels further than ``GUARD`` from the box: it is
@@ -567,10 +576,12 @@ def _is_canvas(view: Image.Image, alpha: Image.Image | None, margin: _Margin,
     is neither. A band with no outer part is never judged picture; it is canvas when it is transparent, its
     colour near white or near black, or its cell means are within ``THIN_FLAT_TOLERANCE``. The image is a
     canvas when no band is picture and at least one is canvas. ``judged``: outer parts already judged
-    (canvas or not)."""
+    (canvas or not); ``transparent_border``: ``_transparent_border(alpha)`` where already known."""
     width, height = view.size
     left, top, right, bottom = box
-    if alpha is not None and _transparent_border(alpha):
+    if transparent_border is None:
+        transparent_border = alpha is not None and _transparent_border(alpha)
+    if transparent_border:
         return True  # a drawing on a transparent canvas; its semi-transparent shadows and glows are not a sky
     evidence = False
     # (the band cut, its outer part) per side, as PIL crop boxes

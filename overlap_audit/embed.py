@@ -157,13 +157,85 @@ def _end_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+# a worker holds finished results back until its task is done, or until the item it is working on has taken this
+# long: the parent then wakes once per task instead of once per item (half its CPU time), while a slow or hung
+# item still finds every result before it delivered, so a timeout is charged to the item that took the time
+HOLD_S = 0.05
+
+
+class _Outbox:
+    """A worker's results on their way to the parent, sent as lists: at the end of each task, and by a thread
+    once the item being decoded has run ``HOLD_S`` (``careful``: each result as soon as it is made)."""
+
+    def __init__(self, conn):
+        import threading
+
+        self.conn = conn
+        self.held: list = []
+        self.started = time.monotonic()  # when the item being decoded started
+        self.ready = threading.Condition()
+        threading.Thread(target=self._flush_slow, name="result-flush", daemon=True).start()
+
+    def begin(self) -> None:
+        """An item starts."""
+        with self.ready:
+            self.started = time.monotonic()
+
+    def put(self, result: tuple, *, last: bool) -> None:
+        """Hold ``result``; send what is held when it is the task's ``last``. Raises OSError/EOFError when the
+        parent is gone."""
+        with self.ready:
+            self.held.append(result)
+            if last:
+                self._send()
+            elif len(self.held) == 1:  # the thread waits for a first result, then wakes every HOLD_S at most
+                self.ready.notify()
+
+    def _send(self) -> None:
+        held, self.held = self.held, []
+        try:
+            self.conn.send(held)
+        except (EOFError, OSError):
+            raise
+        except Exception:  # noqa: BLE001 - a result that cannot be pickled: found one by one (nothing was sent)
+            self.conn.send([_sendable(result) for result in held])
+
+    def _flush_slow(self) -> None:
+        with self.ready:
+            while True:
+                if not self.held:
+                    self.ready.wait()
+                    continue
+                wait = self.started + HOLD_S - time.monotonic()
+                if wait > 0:
+                    self.ready.wait(wait)
+                    continue
+                try:
+                    self._send()
+                except Exception:  # noqa: BLE001 - the parent is gone: the decoding thread finds out and ends
+                    return
+
+
+def _sendable(result: tuple) -> tuple:
+    import pickle
+
+    try:
+        pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+        return result
+    except Exception as exc:  # noqa: BLE001 - as the worker would send it: skipped with the reason
+        return _skipped(f"decoding failed: the result cannot be sent: {type(exc).__name__}: {exc}")
+
+
 def _worker(conn, detector: Detector, max_pixels: int, model_input: Callable | None, views: bool,
             max_bytes: int, checksum: Callable[[bytes], str] | None, crops: tuple[float, ...],
             parent_pid: int) -> None:
-    """A decoding worker: decodes each task's items in order, sending one message per item."""
+    """A decoding worker: decodes each task's items in order and sends their results in order, in lists
+    (``_Outbox``); a task marked careful (the retry after a worker died) one result per list, so that the
+    parent knows which item a second death happened on."""
     _end_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is the parent's to handle
     _init_worker(model_input)
+    outbox = _Outbox(conn)
     while True:
         try:
             task = conn.recv()
@@ -171,18 +243,18 @@ def _worker(conn, detector: Detector, max_pixels: int, model_input: Callable | N
             return
         if task is None:
             return
-        for item, copy in task:
+        pairs, careful = task
+        for i, (item, copy) in enumerate(pairs):
+            outbox.begin()
             try:
                 result = _decode_one(item, detector, max_pixels, copy, model_input, views, max_bytes, checksum,
                                      crops)
             except Exception as exc:  # noqa: BLE001 - one bad image must not end a corpus run
                 result = _skipped(f"decoding failed: {type(exc).__name__}: {exc}")
             try:
-                conn.send(result)
+                outbox.put(result, last=careful or i == len(pairs) - 1)
             except (EOFError, OSError):
                 return
-            except Exception as exc:  # noqa: BLE001 - a result that cannot be pickled
-                conn.send(_skipped(f"decoding failed: the result cannot be sent: {type(exc).__name__}: {exc}"))
 
 
 def _skipped(reason: str) -> tuple:
@@ -357,7 +429,8 @@ class Decoder:
     def _give(self, worker: _Worker, chunk: _Chunk) -> None:
         worker.chunk, worker.silent = chunk, 0.0
         try:
-            worker.conn.send(chunk.pairs[len(chunk.results):])
+            # a chunk retried after a worker died on it comes back one result at a time (``_worker``)
+            worker.conn.send((chunk.pairs[len(chunk.results):], bool(chunk.died_on)))
         except (OSError, ValueError):
             pass  # the worker is gone: noticed by the next watch
 
@@ -404,8 +477,8 @@ class Decoder:
         chunk = worker.chunk
         try:
             while chunk is not None and worker.readable():
-                fields = worker.conn.recv()
-                chunk.add(fields)
+                for fields in worker.conn.recv():
+                    chunk.add(fields)
                 worker.silent = 0.0
                 if chunk.done:
                     worker.chunk = chunk = None
@@ -458,8 +531,7 @@ def embed_decoded(decoded: Iterable[Decoded], detector: Detector, *, batch_size:
         if not pending:
             return
         batch = np.stack(pending_arrays)
-        vectors = detector.embed(batch)
-        low = detector.low_information(batch)
+        vectors, low = detector.embed_flagged(batch)
         for j, (idx, what) in enumerate(pending):
             if what == "copy":
                 out.copies[idx] = vectors[j]

@@ -77,6 +77,9 @@ def _palette_on_white(img: Image.Image) -> Image.Image:
     mask = img.point(entries[:, 3].tolist(), "L")  # each index through the entries' alpha
     mask.info = {}
     rgb.info = {ALPHA_INFO: mask}
+    box = mask.getbbox()
+    if box is not None:  # an entry with alpha 0 composites to white (c*0 + 255*255, rounded): white outside it
+        setattr(rgb, _WHITE_OUTSIDE, box)
     return rgb
 
 

@@ -83,6 +83,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
+from ..content import ContentBox
 from .verify import VERIFY_REJECT, VERIFY_THRESHOLD, Prepared, prepare, verify_prepared
 
 KEEP = 160  # long side of the greyscale view kept per image, px
@@ -248,17 +249,22 @@ class PhotoVerification:
         return False if not self.pair_score >= min(VERIFY_REJECT, pair_threshold) else None
 
 
-def prepare_photo(image: Image.Image) -> PhotoPrepared:
-    """The views ``verify_photo`` compares."""
+def prepare_photo(image: Image.Image, box: ContentBox | None = None) -> PhotoPrepared:
+    """The views ``verify_photo`` compares (``box``: the image's recorded content box, ``verify.prepare``)."""
     w, h = image.size
     f = min(1.0, KEEP / max(w, h))
     grey = image.convert("L")
     if f < 1.0:
         grey = grey.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BOX)
-    g = np.asarray(grey, np.int16)
-    p = np.pad(g, 1, mode="edge")
-    still = ((p[1:-1, 2:] == g) & (p[1:-1, :-2] == g) & (p[2:, 1:-1] == g) & (p[:-2, 1:-1] == g))
-    pair = prepare(image)  # its content box is the one trimming found: not searched again
+    g = np.asarray(grey)
+    # a pixel equal to each of its 4-neighbours (an edge pixel has none beyond the edge to differ from)
+    still = np.ones(g.shape, bool)
+    across, down = g[:, 1:] == g[:, :-1], g[1:] == g[:-1]
+    still[:, 1:] &= across
+    still[:, :-1] &= across
+    still[1:] &= down
+    still[:-1] &= down
+    pair = prepare(image, box)  # its content box is the one trimming found: not searched again
     grey01 = g.astype(np.float32) / 255.0
     gw, gh = _grid(grey01.shape[1] / grey01.shape[0], FINE)
     texture = float(_band(_resize(grey01, gw, gh), 1.0).std())
@@ -511,14 +517,11 @@ def _coarse_hypotheses() -> list[tuple[float, float, float]]:
             if max(zx, zy) / min(zx, zy) <= MAX_AXIS_RATIO + 1e-9]
 
 
-def _compare(a: PhotoPrepared, b: PhotoPrepared, at_least: float = -1.0) -> PhotoVerification | None:
-    """The photo comparison of two images (steps 1-4 of the module docstring), without ``verify_prepared``;
-    None where the coarse grid's best correlation is under ``at_least`` (not worth refining)."""
+def _compare(a: PhotoPrepared, b: PhotoPrepared) -> PhotoVerification:
+    """The photo comparison of two images (steps 1-4 of the module docstring), without ``verify_prepared``."""
     hyps = _coarse_hypotheses()
     fwd = _search(a.grey, b.grey, COARSE, hyps)
     bwd = _search(b.grey, a.grey, COARSE, hyps)
-    if max(fwd[0], bwd[0]) < at_least:
-        return None
     first = fwd[0] >= bwd[0]
     t, r = (a.grey, b.grey) if first else (b.grey, a.grey)
     angle, zx, zy = (fwd if first else bwd)[1]

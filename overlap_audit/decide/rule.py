@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..content import ContentBox
 from ..errors import ReportError
 from ..values import Embeddings, Neighbors, RawItem, Split
 from .split import split
@@ -435,17 +436,22 @@ class _Pair:
     pair_threshold: float
     accept: float  # the photo score that verifies this pair (``VerifySettings.accept_for`` its similarity)
     near: bool = True  # ``VerifySettings.near`` its similarity
+    # each image's content box as recorded when it was embedded (``content.ContentBox``; None: not recorded),
+    # so that preparing it does not search for the box again (``verify.prepare``)
+    eval_box: ContentBox | None = None
+    corpus_box: ContentBox | None = None
 
 
 _IDENTICAL = "identical"  # the comparison of byte-identical images: the same picture, whatever their shape
 
 
-def _prepared(data: bytes, max_pixels: int):
-    """The view ``photo.verify_photo`` compares, decoded at ``DECODE_SIDE``; None when it cannot be decoded."""
+def _prepared(data: bytes, max_pixels: int, box=None):
+    """The view ``photo.verify_photo`` compares, decoded at ``DECODE_SIDE`` (``box``: its recorded content box,
+    ``verify.prepare``); None when it cannot be decoded."""
     from ..imaging import ImageRejected, decode_image
 
     try:
-        return prepare_photo(decode_image(data, max_pixels=max_pixels, long_side=DECODE_SIDE))
+        return prepare_photo(decode_image(data, max_pixels=max_pixels, long_side=DECODE_SIDE), box)
     except ImageRejected:
         return None
 
@@ -458,9 +464,9 @@ def _compare(pair: _Pair, views: dict | None = None, names: tuple[str, str] | No
         return _IDENTICAL
     views = {} if views is None else views
     names = names or ("eval", "corpus")
-    for name, data in zip(names, (pair.eval_data, pair.corpus_data)):
+    for name, data, box in zip(names, (pair.eval_data, pair.corpus_data), (pair.eval_box, pair.corpus_box)):
         if name not in views:
-            views[name] = _prepared(data, pair.max_pixels)
+            views[name] = _prepared(data, pair.max_pixels, box)
     a, b = views[names[0]], views[names[1]]
     return None if a is None or b is None else verify_photo(a, b)
 
@@ -629,7 +635,7 @@ def _verify_splits(rule: DecisionRule, splits: dict[str, Split], index_dir, eval
     indexed (``index.is_changed``: counted unreadable too, never compared), of those whose comparison came
     from ``cache_dir``, and of all pairs compared. An unreadable pair has nothing to say: a nearest item at or
     above the threshold stays Overlap (an image that cannot be read back never hides overlap)."""
-    from ..index import corpus_items, is_changed
+    from ..index import content_boxes, corpus_items, is_changed
     from ..limits import DEFAULT_MAX_PIXELS
     from ..sources import as_source, fetch_items
 
@@ -641,6 +647,7 @@ def _verify_splits(rule: DecisionRule, splits: dict[str, Split], index_dir, eval
     evals: dict[str, dict] = {n: {} for n in splits}
     fetched: dict[str, set] = {n: set() for n in splits}
     corpus: dict = {}
+    boxes: dict = {}  # the corpus items' recorded content boxes
 
     def choices() -> dict[str, Choice]:
         return {n: rule.choose(n, sp.neighbors.similarities,
@@ -653,6 +660,7 @@ def _verify_splits(rule: DecisionRule, splits: dict[str, Split], index_dir, eval
     while any(c.todo for c in chosen.values()):
         keys = {str(splits[n].neighbors.ids[i, j]) for n, c in chosen.items() for i, j in c.todo} - corpus.keys()
         corpus.update(corpus_items(index_dir, keys) if keys else {})
+        boxes.update(content_boxes(index_dir, keys) if keys else {})
         pairs: list[_Pair] = []
         where: list[tuple[str, int, int]] = []
         for name, c in chosen.items():
@@ -673,7 +681,8 @@ def _verify_splits(rule: DecisionRule, splits: dict[str, Split], index_dir, eval
                 accept[name][(i, j)] = settings.accept_for(float(sp.neighbors.similarities[i, j]))
                 sim = float(sp.neighbors.similarities[i, j])
                 pairs.append(_Pair(a.data, a.path, b.data, b.path, max_pixels, settings.threshold,
-                                   accept[name][(i, j)], settings.near(sim)))
+                                   accept[name][(i, j)], settings.near(sim), sp.boxes[i] if sp.boxes else None,
+                                   boxes.get(key)))
                 where.append((name, i, j))
         found, from_cache = _judge_all(pairs, workers, progress, cache_dir)
         for (name, i, j), outcome, hit in zip(where, found, from_cache):

@@ -67,7 +67,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..content import trim
+from ..content import ContentBox, trim
+from ..imaging import to_rgb
 
 GRID = 96  # long side of the common grid, pixels (at most: see MIN_GRID)
 MIN_GRID = 48  # a pair whose smaller view is under GRID px is compared on a grid of that size, not under this
@@ -134,9 +135,16 @@ class Prepared:
         return hi - lo < 1e-3
 
 
-def prepare(image: Image.Image) -> Prepared:
-    """Trim ``image`` to its content box and keep a greyscale view of at most ``KEEP`` px on the long side."""
-    view, box = trim(image)
+def prepare(image: Image.Image, box: ContentBox | None = None) -> Prepared:
+    """Trim ``image`` to its content box and keep a greyscale view of at most ``KEEP`` px on the long side.
+    ``box``: the box ``content.trim`` found for this image as decoded at this size (the index's record of a
+    corpus item, the evaluation embeddings' of an example), used instead of searching again; one recorded for
+    another size is not used."""
+    if box is not None and (box.width, box.height) == image.size:
+        rgb = to_rgb(image)  # as ``trim`` gives it
+        view = rgb.crop(box.box) if box.trimmed else rgb
+    else:
+        view, box = trim(image)
     w, h = view.size
     aspect = w / max(h, 1)
     if max(w, h) > KEEP:
@@ -334,6 +342,29 @@ def _spectrum(ea: np.ndarray) -> np.ndarray:
     return fft.rfft2(_standardise(ea))
 
 
+def _standardised_stack(eb: np.ndarray, scales: list[tuple[float, float]]) -> np.ndarray:
+    """``_standardise(_warp(eb, sc))`` for each rescaling, stacked, the same numbers: each row resampling
+    (``_resampling(h, sy) @ eb``) made once for the rescalings that share it, and the standardisation done for
+    the whole stack at once (per-slice sums over the same contiguous pixels, in the same order)."""
+    h, w = eb.shape
+    stack = np.empty((len(scales), h, w), np.float32)
+    rows: dict[float, np.ndarray] = {}
+    for i, (sx, sy) in enumerate(scales):
+        if (sx, sy) == (1.0, 1.0):
+            stack[i] = eb
+            continue
+        if sy not in rows:
+            rows[sy] = _resampling(h, sy, 0.0) @ eb
+        np.matmul(rows[sy], _resampling(w, sx, 0.0).T, out=stack[i])
+    flat = stack.reshape(len(scales), -1)
+    # as ``_mean``: numpy's sum of each slice, divided in float64 as numpy divides a float32 sum by an intp
+    flat -= (np.add.reduce(flat, axis=1).astype(np.float64) / flat.shape[1]).astype(np.float32)[:, None]
+    norm = np.sqrt(np.add.reduce(flat * flat, axis=1))
+    scaled = norm > 1e-9
+    flat[scaled] /= norm[scaled, None]
+    return stack
+
+
 def _correlate(ea: np.ndarray, eb: np.ndarray, scales: list[tuple[float, float]], rx: int, ry: int,
                spectrum: np.ndarray | None = None) -> dict:
     """For each rescaling of ``eb``, the best shift onto ``ea`` within (rx, ry) pixels: {scale: (correlation,
@@ -343,7 +374,7 @@ def _correlate(ea: np.ndarray, eb: np.ndarray, scales: list[tuple[float, float]]
     if not scales:
         return {}
     h, w = ea.shape
-    stack = np.stack([_standardise(_warp(eb, sc)) for sc in scales])
+    stack = _standardised_stack(eb, scales)
     fa = _spectrum(ea) if spectrum is None else spectrum
     # circular cross-correlation, all rescalings at once: corr[dy, dx] = sum a[y, x] * b[y - dy, x - dx]
     corr = fft.irfft2(fa[None] * np.conj(fft.rfft2(stack)), s=(h, w))

@@ -2,10 +2,13 @@
 full check behind ``overlap-audit check`` (``check_index``), the files a killed build left behind, and whether
 a detector's embeddings are comparable with the index's.
 
-Every reader checks what it loads (``check_files``): the shard set, sizes and row counts always, checksums of
-ids.parquet, of the FAISS index when it is loaded (read whole anyway: the checksum adds one pass over bytes
-in memory, xxh3 at several GB/s) and of files under ``SMALL_FILE`` bytes; shards check their own vectors
-whenever they are read (``shards.read_shard_vectors``). ``check_index`` checks every checksum, then holds
+Every reader checks what it loads (``check_files``), at a cost that does not grow with the corpus but for one
+``stat`` per file: the shard set and every file's size always; checksums (and row counts) of what it reads
+whole (the FAISS index when it is loaded: the checksum adds one pass over bytes in memory, xxh3 at several
+GB/s), of the index's own files up to ``SMALL_FILE`` bytes, and of every file of an index up to ``SMALL_INDEX``
+bytes in all. The rest check what they give as they are read: shards their vectors
+(``shards.read_shard_vectors``), the item table each row's key against its key index (``items.KeysByRow``).
+``check_index`` checks every checksum, then holds
 the index to the shards (``check_against_shards``): the ids in row order, and a sample of vectors, so a
 manifest edited to match damaged files does not pass.
 """
@@ -25,7 +28,8 @@ from .manifest import GENERATION_FILE_RE, MANIFEST, REPAIR, SHARD_DIR, IndexMani
 from .items import is_item_table
 from .shards import shard_paths
 
-SMALL_FILE = 4 << 20  # files up to this size are checksummed on every load
+SMALL_FILE = 4 << 20  # the index's own files (not those beside each shard) up to this size: checksummed on every load
+SMALL_INDEX = 16 << 20  # an index up to this size in all (some 10^4 items) has every file checksummed on every load
 # the FAISS classes each index type is built as (``overlap_audit.index.ann.new_index``): binary, float
 FAISS_CLASSES = {"flat": ("IndexBinaryFlat", "IndexFlatIP"), "ivfpq": ("IndexBinaryIVF", "IndexIVFPQFastScan"),
                  "hnsw": ("IndexBinaryHNSW", "IndexHNSWFlat"),
@@ -48,10 +52,11 @@ def check_files(index_dir: str | os.PathLike, manifest: IndexManifest, *, full: 
                 read: tuple[str, ...] = ()) -> tuple[int, int]:
     """Check the files of an index directory against its manifest; returns (files, bytes checksummed).
 
-    Always: the shard set is exactly the recorded one, every recorded file exists with its recorded size,
-    Parquet files hold their recorded rows, and the counts agree with each other. Checksums: every file with
-    ``full``, else ids.parquet, the files named in ``read`` (those the caller reads whole) and files up to
-    ``SMALL_FILE`` bytes. The first mismatch raises IndexDirError.
+    Always: the shard set is exactly the recorded one, every recorded file exists with its recorded size, and
+    the counts the manifest records agree with each other. Checksums, and the rows of Parquet and .npy files:
+    every file with ``full``; else the files named in ``read`` (those the caller reads whole), the index's own
+    files (at its top level, not one per shard) up to ``SMALL_FILE`` bytes, and every file of an index up to
+    ``SMALL_INDEX`` bytes in all. The first mismatch raises IndexDirError.
     """
     path = Path(index_dir)
     on_disk = {f"{SHARD_DIR}/{p.name}" for p in shard_paths(path)}
@@ -66,6 +71,7 @@ def check_files(index_dir: str | os.PathLike, manifest: IndexManifest, *, full: 
             raise _damaged(path, f"its manifest names {name} but records no size or checksum for it")
     if manifest.n_shards != len(recorded):
         raise _damaged(path, f"the manifest counts {manifest.n_shards} shards but records {len(recorded)}")
+    small_index = sum(rec.size for rec in manifest.files.values()) <= SMALL_INDEX
     checked = 0
     for name, rec in manifest.files.items():
         file = path / name
@@ -75,21 +81,8 @@ def check_files(index_dir: str | os.PathLike, manifest: IndexManifest, *, full: 
             raise _damaged(path, f"{name} is missing", name) from None
         if size != rec.size:
             raise _damaged(path, f"{name} is {size} bytes where the manifest records {rec.size}", name)
-        if name.endswith(".parquet") and rec.rows is not None:
-            try:
-                rows = _parquet_rows(file)
-            except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad footer
-                raise _damaged(path, f"{name} is not a readable Parquet file ({type(exc).__name__})", name) from None
-            if rows != rec.rows:
-                raise _damaged(path, f"{name} holds {rows} rows where the manifest records {rec.rows}", name)
-        if name.endswith(".npy") and rec.rows is not None:
-            try:
-                rows = len(np.load(file, mmap_mode="r"))
-            except (OSError, ValueError) as exc:
-                raise _damaged(path, f"{name} is not a readable array ({exc})", name) from None
-            if rows != rec.rows:
-                raise _damaged(path, f"{name} holds {rows} rows where the manifest records {rec.rows}", name)
-        if full or name == manifest.ids_file or name in read or size <= SMALL_FILE:
+        if full or small_index or name in read or (size <= SMALL_FILE and "/" not in name):
+            _check_rows(path, name, rec)
             if checksum_file(file) != rec.xxh3:
                 raise _damaged(path, f"{name} does not have the checksum the manifest records (its content "
                                      "changed)", name)
@@ -103,6 +96,20 @@ def check_files(index_dir: str | os.PathLike, manifest: IndexManifest, *, full: 
             raise _damaged(path, f"{name} records {rows} rows where the manifest counts {manifest.n_indexed} "
                                  "indexed items")
     return len(manifest.files), checked
+
+
+def _check_rows(path: Path, name: str, rec) -> None:
+    """Refuse a Parquet or .npy file that does not hold the rows the manifest records for it."""
+    if rec.rows is None or not name.endswith((".parquet", ".npy")):
+        return
+    file = path / name
+    try:
+        rows = _parquet_rows(file) if name.endswith(".parquet") else len(np.load(file, mmap_mode="r"))
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad footer, numpy a few
+        what = "Parquet file" if name.endswith(".parquet") else "array"
+        raise _damaged(path, f"{name} is not a readable {what} ({type(exc).__name__})", name) from None
+    if rows != rec.rows:
+        raise _damaged(path, f"{name} holds {rows} rows where the manifest records {rec.rows}", name)
 
 
 def check_faiss(index_dir: str | os.PathLike, manifest: IndexManifest, index) -> None:
@@ -269,7 +276,7 @@ def check_index(index_dir: str | os.PathLike) -> CheckResult:
     index = read_faiss_index(path, manifest)
     check_faiss(path, manifest, index)
     check_against_shards(path, manifest, index, read_ids(path, manifest))
-    if is_item_table(manifest.items_file):  # an item table of an earlier layout is not read, only checksummed
+    if is_item_table(path, manifest.items_file):  # an item table of an earlier layout is not read, only checksummed
         from .items import check_items
         from .shards import shard_paths
 

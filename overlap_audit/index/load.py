@@ -23,6 +23,7 @@ from ..limits import DEFAULT_LIMITS, ReadRefused, read_file
 from ..sources import SOURCE_KINDS, Source, fetch_items, readback_problem
 from ..values import ItemLocation, RawItem
 from .integrity import check_faiss, check_files, read_faiss_index, read_id_column
+from .items import KeysByRow, is_item_table
 from .manifest import VECTORS_FILE, IndexManifest, checksum_bytes, load_manifest
 from .shards import ItemBytes, rows_by_key
 from .views import read_view_indexes, view_index_name
@@ -33,29 +34,43 @@ _FINGERPRINT = ["item_size", "item_mtime_ns", "item_xxh3"]
 
 
 class RowKeys:
-    """Each index row's key, held as ids.parquet's Arrow column: Python strings are made only for the rows asked
-    (a corpus of 10^8 keys as Python objects would take about 10 GB and a minute to build per report)."""
+    """Each index row's key, read for the rows asked only: from the item table (``items.KeysByRow``: a batch of
+    rows costs a few µs a key at any corpus size, and opening reads nothing whole), or for an index without
+    one, from ids.parquet's Arrow column (Python strings are made only for the rows asked)."""
 
-    def __init__(self, column) -> None:
-        self._column = column
+    _BATCH = 1 << 16  # rows per read when iterating over every key
+
+    def __init__(self, path: Path, manifest: IndexManifest, by_row: bool) -> None:
+        self._n = manifest.n_indexed
+        self._table = self._column = None
+        if by_row:
+            self._table = KeysByRow(path, manifest.items_file, manifest.n_indexed)
+        else:
+            self._column = read_id_column(path, manifest)
 
     def __len__(self) -> int:
-        return len(self._column)
+        return self._n
+
+    def _keys(self, rows: np.ndarray) -> list[str]:
+        if self._table is not None:
+            return self._table.keys(rows)
+        import pyarrow as pa
+
+        return self._column.take(pa.array(rows)).to_pylist()
 
     def __getitem__(self, rows):
         """The key of one row (an int), or an object array of the keys of an array of rows, in its shape."""
-        import pyarrow as pa
-
         if isinstance(rows, (int, np.integer)):
-            return self._column[int(rows)].as_py()
+            row = int(rows)
+            return self._keys(np.array([row + self._n if row < 0 else row], np.int64))[0]
         rows = np.asarray(rows, np.int64)
-        picked = self._column.take(pa.array(rows.ravel())).to_pylist() if rows.size else []
         out = np.empty(rows.size, dtype=object)
-        out[:] = picked
+        out[:] = self._keys(rows.ravel()) if rows.size else []
         return out.reshape(rows.shape)
 
     def __iter__(self):
-        return iter(self._column.to_pylist())
+        for start in range(0, self._n, self._BATCH):
+            yield from self._keys(np.arange(start, min(start + self._BATCH, self._n), dtype=np.int64))
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,19 +97,23 @@ class CorpusIndex:
 
 def load_index(index_dir: str | os.PathLike, *, load_faiss: bool = True) -> CorpusIndex:
     """Load a complete index directory (without the FAISS index itself when only streaming), checked
-    against its manifest (``check_files``, ``check_faiss``)."""
+    against its manifest (``check_files``, ``check_faiss``); row keys are read as they are asked for."""
     path = Path(index_dir)
     manifest = load_manifest(path)
-    # the FAISS index (and mih's tables) are read whole when loaded: their checksums cost one pass in memory
+    # the FAISS index (and mih's tables) are read whole when loaded: their checksums cost one pass in memory;
+    # so is ids.parquet where there is no item table to read keys from
     view_files = tuple(view_index_name(manifest.index_file, a) for a in manifest.views)
     read = (manifest.index_file, *(n for n in manifest.files if n.endswith(".mih")), *view_files) if load_faiss else ()
+    by_row = is_item_table(path, manifest.items_file)
+    if not by_row:
+        read += (manifest.ids_file,)
     check_files(path, manifest, read=read)
     index, views = None, ()
     if load_faiss:
         index = read_faiss_index(path, manifest)
         check_faiss(path, manifest, index)
         views = read_view_indexes(path, manifest.detector, manifest.views, manifest.index_file, manifest.n_indexed)
-    return CorpusIndex(path, manifest, index, RowKeys(read_id_column(path, manifest)), views)
+    return CorpusIndex(path, manifest, index, RowKeys(path, manifest, by_row), views)
 
 
 def _recorded_source(entry: dict | None, name: str) -> Source | None:

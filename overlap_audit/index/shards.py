@@ -20,7 +20,7 @@ from ..atomic import atomic_write
 from ..content import ContentBox, box_arrow_type
 from ..errors import IndexDamagedError, ResumeError
 from ..values import DetectorInfo, ItemLocation, RawItem, Skipped
-from .items import ItemTable, is_item_table
+from .items import ItemTable, is_item_table, usable_mask
 from .manifest import MANIFEST, SHARD_DIR, checksum_bytes, checksum_file, load_manifest
 
 _SHARD_RE = re.compile(r"^shard-(\d{6})\.parquet$")
@@ -208,13 +208,6 @@ def write_shard(path: Path, info: DetectorInfo, *, keys: list[str], sources: lis
         use_dictionary=_TEXT_COLUMNS, write_statistics=_TEXT_COLUMNS))
 
 
-def usable_mask(table) -> np.ndarray:
-    """Rows of a shard table that are indexed: embedded (no skip reason) and not low-information."""
-    skipped = np.asarray(table["skip_reason"].is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-    low = np.asarray(table["low_information"].fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
-    return ~skipped & ~low
-
-
 def _column_vectors(column, info: DetectorInfo) -> np.ndarray:
     """All rows of a vector column as one [rows, width] array (null rows hold zeros or garbage)."""
     dtype = _vector_dtype(info)
@@ -360,7 +353,7 @@ def rows_by_key(index_dir: str | os.PathLike, keys: Iterable, columns: Iterable[
     columns = list(columns)
     if items_file is True:
         items_file = load_manifest(index_dir).items_file if (Path(index_dir) / MANIFEST).exists() else None
-    if is_item_table(items_file):
+    if is_item_table(index_dir, items_file):
         with ItemTable(index_dir, items_file) as table:
             return table.by_key(keys, columns)
     wanted = {str(k) for k in keys if k is not None}

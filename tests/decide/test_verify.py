@@ -378,3 +378,33 @@ def test_the_rescalings_peaks_are_found_as_one_by_one():
                 fx = offset(c[dy % h, (dx - 1) % w], c[dy % h, dx % w], c[dy % h, (dx + 1) % w])
                 fy = offset(c[(dy - 1) % h, dx % w], c[dy % h, dx % w], c[(dy + 1) % h, dx % w])
                 assert found[sc] == (float(win[iy, ix]), dx + fx, dy + fy)
+
+
+def test_the_rescalings_are_standardised_as_one_by_one():
+    """``verify._standardised_stack`` gives ``_standardise(_warp(eb, sc))`` of each rescaling to the last bit
+    (rescalings that share a row resampling, the identity, a flat map that cannot be standardised)."""
+    from overlap_audit.decide.verify import _standardise, _standardised_stack, _warp
+
+    rng = np.random.default_rng(6)
+    scales = [(1.0, 1.0), (1.05, 0.95), (1.1, 0.95), (0.9, 1.05), (1.025, 1.0)]
+    for h, w in [(48, 40), (61, 96)]:
+        for eb in (rng.random((h, w)).astype(np.float32), np.zeros((h, w), np.float32)):
+            plain = np.stack([_standardise(_warp(eb, sc)) for sc in scales])
+            assert np.array_equal(_standardised_stack(eb, scales), plain)
+
+
+def test_a_recorded_content_box_prepares_the_same_view():
+    """``prepare`` with the box ``content.trim`` found for the image gives the view it finds itself (a
+    padded drawing, a photograph with nothing to trim); a box recorded at another size is not used."""
+    from overlap_audit.content import trim
+
+    padded = copies(drawing(11))["padded"]
+    for im in (padded, photos()["coffee"]):
+        _, box = trim(im)
+        found, given = prepare(im), prepare(im, box)
+        assert given.trimmed == found.trimmed and given.aspect == found.aspect
+        assert np.array_equal(np.asarray(given.grey), np.asarray(found.grey))
+    _, box = trim(padded)
+    small = padded.resize((padded.width // 2, padded.height // 2))
+    assert np.array_equal(np.asarray(prepare(small, box).grey), np.asarray(prepare(small).grey))
+    assert box.trimmed  # the padded drawing's box is a real crop

@@ -147,22 +147,36 @@ def transparent_canvases(photos) -> list[tuple[str, Image.Image]]:
     return out
 
 
+def as_palette(canvases: list[tuple[str, Image.Image]]) -> list[tuple[str, Image.Image]]:
+    """The RGBA canvases as palette images with an alpha per entry (PNG's tRNS), as drawings are often saved."""
+    out = []
+    for name, im in canvases:
+        if im.mode == "RGBA":
+            palette = im.quantize(64, method=Image.Quantize.FASTOCTREE)
+            out.append((f"{name} palette", Image.open(io.BytesIO(_png(palette)))))  # read back: P with tRNS
+    return out
+
+
 def test_a_box_read_inside_the_white_outside_equals_the_whole_read_and_the_plain_rule(photos):
     used = 0
-    for name, im in transparent_canvases(photos):
+    canvases = transparent_canvases(photos)
+    for name, im in canvases + as_palette(canvases):
         view = to_rgb(im)
         window = content._white_outside(view)
         used += window is not None
         whole = view.copy()  # a copy keeps the pixels and info, not the box outside which it is white
         assert imaging.white_outside(whole) is None
         assert content.content_box(view) == content.content_box(whole), name
+        if window is not None:  # the margin and the transparent border taken without reading them: as read
+            assert content._margin(content._pixels(whole)) == content._WHITE_MARGIN, name
+            assert content._transparent_border(view.info[ALPHA_INFO]), name
         found, expected = content._find_box(content._pixels(view), None, window), plain_find_box(view)
         assert (found is None) == (expected is None), name
         if found is not None:
             assert found[0] == tuple(int(v) for v in expected[0]), name
         # and through the decoder, from a PNG file, as the index reads it
         assert content.content_box(decode_image(_png(im))) == content.content_box(whole), name
-    assert used >= 10  # most of these are read inside their window
+    assert used >= 20  # most of these are read inside their window, palette images too
 
 
 def test_only_the_composite_itself_claims_a_white_outside(photos):

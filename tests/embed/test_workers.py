@@ -71,6 +71,19 @@ class HangingHash(PHash):
         return super().preprocess(image)
 
 
+class UnsendableHash(PHash):
+    """phash, except that a decoding worker's input for a BAD_SIZE image cannot be pickled."""
+
+    def __init__(self):
+        super().__init__()
+        self.parent = os.getpid()
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        if image.size == BAD_SIZE and os.getpid() != self.parent:
+            return np.array([lambda: None], dtype=object)
+        return super().preprocess(image)
+
+
 @pytest.fixture
 def folder_with_bad_image(tmp_path, photos):
     images = {f"img-{i:02d}.png": photos["coffee"].resize((40 + i, 40 + i)) for i in range(12)}
@@ -118,6 +131,27 @@ def test_an_item_that_hangs_a_worker_is_skipped_after_the_timeout(folder_with_ba
     assert time.monotonic() - started < 60
     assert [(s.id, s.reason) for s in emb.skipped] == [("img-05b.png", "decoding took longer than 5 s: stopped")]
     assert len(emb.ids) == 12
+
+
+def test_a_result_that_cannot_be_sent_skips_that_item_only(folder_with_bad_image):
+    # a worker sends a task's results together: the one that cannot be pickled is found and skipped alone
+    emb = embed_source(open_source(str(folder_with_bad_image)), UnsendableHash(), workers=2)
+    assert [s.id for s in emb.skipped] == ["img-05b.png"]
+    assert emb.skipped[0].reason.startswith("decoding failed: the result cannot be sent")
+    reference = embed_source(open_source(str(folder_with_bad_image)), PHash(), workers=0)
+    np.testing.assert_array_equal(emb.vectors, reference.vectors[[i != "img-05b.png" for i in reference.ids]])
+
+
+def test_results_of_items_slower_than_the_hold_arrive_before_the_task_ends(folder_with_bad_image):
+    # a hung item is charged the timeout only if every result before it was delivered: the results held by
+    # the worker go out once an item has run HOLD_S
+    items = list(open_source(str(folder_with_bad_image)).iter_items())
+    bad = [it.id for it in items].index("img-05b.png")
+    with Decoder(HangingHash(), workers=1, chunk_size=len(items), limits=InputLimits(decode_timeout_s=3)) as decoder:
+        out = list(decoder.decode(items))
+    assert [d.item.id for d in out if d.reason] == ["img-05b.png"]
+    assert out[bad].reason == "decoding took longer than 3 s: stopped"
+    assert all(d.array is not None for i, d in enumerate(out) if i != bad)
 
 
 def test_a_slow_consumer_does_not_make_workers_time_out(folder_with_bad_image):

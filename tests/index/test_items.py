@@ -39,13 +39,16 @@ def test_a_real_index_reads_its_items_by_key_as_the_shard_scan_does(corpus_index
     boxes = content_boxes(corpus_index, keys[:40])
     assert boxes and all(boxes[k].to_dict() == by_table[k]["content_box"] for k in boxes)
     assert rows_by_key(corpus_index, [], ["id"]) == {}
-    # by row: the table's rows are the shards' rows in order, and a loaded index's row keys those of ids.parquet
-    with ItemTable(corpus_index, manifest.items_file) as table:
-        assert table.read(range(len(keys))[::-1], ["key"])["key"] == keys[::-1]
-        assert table.rows_of(keys) == {k: i for i, k in enumerate(keys)}
+    # by row: the table's rows are the index rows (ids.parquet's keys), then the other shard rows in order, and
+    # a loaded index's row keys are those of ids.parquet
     import pyarrow.parquet as pq
 
     ids = pq.read_table(corpus_index / manifest.ids_file)["key"].to_pylist()
+    in_order = ids + [k for k in keys if k not in set(ids)]
+    with ItemTable(corpus_index, manifest.items_file) as table:
+        assert table.n_indexed == len(ids)
+        assert table.read(range(len(keys))[::-1], ["key"])["key"] == in_order[::-1]
+        assert table.rows_of(keys) == {k: i for i, k in enumerate(in_order)}
     loaded = load_index(corpus_index, load_faiss=False).keys
     rows = np.array([[len(ids) - 1, 0], [1, 1]])
     assert list(loaded) == ids and loaded[rows].tolist() == [[ids[-1], ids[0]], [ids[1], ids[1]]]
@@ -72,12 +75,15 @@ def test_shared_hashes_and_awkward_text_are_looked_up_right(tmp_path, monkeypatc
     keys = all_keys(tmp_path)
     assert n == len(keys) == 20
     table = ItemTable(tmp_path, "items.rows")
-    assert table.rows_of(keys) == {k: i for i, k in enumerate(keys)}
+    # each shard's rows 0, 1 and 4 are indexed: they come first, the skipped and low-information ones after
+    in_order = [k for i, k in enumerate(keys) if i % 5 in (0, 1, 4)] + [k for i, k in enumerate(keys)
+                                                                         if i % 5 in (2, 3)]
+    assert table.n_indexed == 12 and table.rows_of(keys) == {k: i for i, k in enumerate(in_order)}
     asked = keys + ["src/nope", None]
     got = rows_by_key(tmp_path, asked, COLUMNS, items_file="items.rows")
     assert got == rows_by_key(tmp_path, asked, COLUMNS, items_file=None)
     assert [got[k]["caption"] for k in keys[15:]] == awkward
-    assert table.read(np.array([19, 0, 19]), ["id", "label"]) == {"id": ["im19.png", "im0.png", "im19.png"],
+    assert table.read(np.array([11, 0, 11]), ["id", "label"]) == {"id": ["im19.png", "im0.png", "im19.png"],
                                                                    "label": [awkward[0], "cat", awkward[0]]}
     assert check_items(tmp_path, "items.rows", shard_paths(tmp_path)) == len(keys)
     # a table of other shards, or of the shards in another order, is not this index's
@@ -126,3 +132,155 @@ def test_check_refuses_an_item_table_that_does_not_match_its_shards(tmp_path):
     (tmp_path / "i" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexDamagedError, match="key index that is not that of its keys"):
         check_index(tmp_path / "i")
+
+
+def _index_with_gaps(root, rng, n_shards=4, per_shard=40):
+    """A finished flat index whose shards have skipped and low-information items scattered, in runs, and at
+    the very first and last rows; returns the shards' indexed keys in order."""
+    from overlap_audit.index.finish import finish_index
+    from overlap_audit.index.shards import shard_path, write_shard
+
+    info = info_for("hamming")
+    (root / "shards").mkdir(parents=True)
+    indexed = []
+    for s in range(n_shards):
+        n = per_shard
+        kind = rng.choice(["ok", "low", "skip"], size=n, p=[0.6, 0.25, 0.15])
+        if s == 0:
+            kind[:3] = "skip"
+        if s == n_shards - 1:
+            kind[-2:] = "low"
+        keys = [f"src/{s}/im{i}.png" for i in range(n)]
+        vectors = [None if k == "skip" else rng.integers(0, 256, info.dim // 8, dtype=np.uint8) for k in kind]
+        write_shard(shard_path(root, s), info, keys=keys, sources=["src"] * n, ids=[k[4:] for k in keys],
+                    captions=[None] * n, labels=[None] * n, vectors=vectors, low_information=list(kind == "low"),
+                    reasons=["cannot decode" if k == "skip" else None for k in kind], copies=[None] * n)
+        indexed += [key for key, k in zip(keys, kind) if k == "ok"]
+    finish_index(root, info, [{"kind": "vectors", "name": "src"}], per_shard, "cpu", 0.0, index_type="flat")
+    return indexed
+
+
+def test_row_keys_come_from_the_item_table_and_equal_the_ids_in_row_order(tmp_path):
+    """Index rows read by row from the item table (records skipped over where items are not indexed) are
+    the keys ids.parquet lists, for a batch in any order and shape, one row, and every row in turn."""
+    import pyarrow.parquet as pq
+
+    indexed = _index_with_gaps(tmp_path / "i", np.random.default_rng(5))
+    manifest = load_manifest(tmp_path / "i")
+    assert manifest.n_given > manifest.n_indexed == len(indexed)
+    assert pq.read_table(tmp_path / "i" / manifest.ids_file)["key"].to_pylist() == indexed
+    keys = load_index(tmp_path / "i", load_faiss=False).keys
+    assert keys._table is not None  # read from the item table, not from ids.parquet
+    rows = np.random.default_rng(0).integers(0, len(indexed), (30, 7))
+    assert keys[rows].tolist() == [[indexed[r] for r in line] for line in rows]
+    assert list(keys) == indexed and len(keys) == len(indexed)
+    assert keys[0] == indexed[0] and keys[-1] == indexed[-1] and keys[np.int64(3)] == indexed[3]
+    with pytest.raises(IndexError):
+        keys[np.array([len(indexed)])]
+    assert check_index(tmp_path / "i").n_indexed == len(indexed)
+
+
+@pytest.fixture
+def at_scale(monkeypatch):
+    """Open-time checks as an index beyond the small sizes gets them: sizes only, nothing checksummed."""
+    from overlap_audit.index import integrity
+
+    monkeypatch.setattr(integrity, "SMALL_INDEX", 0)
+    monkeypatch.setattr(integrity, "SMALL_FILE", 0)
+
+
+def _one_line(exc) -> str:
+    text = str(exc.value)
+    assert "\n" not in text
+    return text
+
+
+def test_an_item_table_changed_after_indexing_is_refused_never_a_wrong_key(tmp_path, at_scale):
+    """Two records' keys exchanged in items.rows (the same size, so opening passes): asking for either row is
+    a one-line IndexDamagedError naming items.rows; the other rows still read right; check refuses it."""
+    indexed = _index_with_gaps(tmp_path / "i", np.random.default_rng(6))
+    table = tmp_path / "i" / "items.rows"
+    data = table.read_bytes()
+    a, b = indexed[10].encode(), indexed[11].encode()
+    assert len(a) == len(b) and data.count(a) == data.count(b) == 1
+    table.write_bytes(data.replace(a, b"\x01" * len(a)).replace(b, a).replace(b"\x01" * len(a), b))
+    keys = load_index(tmp_path / "i", load_faiss=False).keys
+    assert keys[np.arange(10)].tolist() == indexed[:10]
+    for row in (10, 11):
+        with pytest.raises(IndexDamagedError, match=r"items\.rows is damaged: .* does not place there") as exc:
+            keys[np.array([0, row])]
+        assert _one_line(exc).endswith("--resume`")
+    with pytest.raises(IndexDamagedError):
+        check_index(tmp_path / "i")
+
+
+def test_an_item_table_cut_short_or_bytes_overwritten_is_refused(tmp_path, at_scale):
+    indexed = _index_with_gaps(tmp_path / "i", np.random.default_rng(7))
+    table = tmp_path / "i" / "items.rows"
+    data = table.read_bytes()
+    table.write_bytes(data[:-100])
+    with pytest.raises(IndexDamagedError, match=r"items\.rows is \d+ bytes where the manifest records"):
+        load_index(tmp_path / "i", load_faiss=False)
+    header = data.index(b"\n") + 1
+    table.write_bytes(data[:header] + bytes(len(data) - header))  # every record zeroed
+    keys = load_index(tmp_path / "i", load_faiss=False).keys
+    with pytest.raises(IndexDamagedError, match="holds no key") as exc:
+        keys[np.array([len(indexed) - 1])]
+    _one_line(exc)
+
+
+def test_ids_parquet_is_not_read_to_open_an_index_with_an_item_table(tmp_path, at_scale):
+    """ids.parquet damaged in place (its size kept): a report's keys do not come from it, so they stay right;
+    ``check`` refuses the file; with the small-index checks (the default here) opening refuses it too."""
+    indexed = _index_with_gaps(tmp_path / "i", np.random.default_rng(9))
+    ids = tmp_path / "i" / "ids.parquet"
+    data = bytearray(ids.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 16] = bytes(16)
+    ids.write_bytes(bytes(data))
+    assert list(load_index(tmp_path / "i", load_faiss=False).keys) == indexed
+    with pytest.raises(IndexDamagedError, match="ids.parquet does not have the checksum"):
+        check_index(tmp_path / "i")
+
+
+def test_a_small_index_is_checksummed_whole_when_opened(tmp_path):
+    _index_with_gaps(tmp_path / "i", np.random.default_rng(9))
+    ids = tmp_path / "i" / "ids.parquet"
+    data = bytearray(ids.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    ids.write_bytes(bytes(data))
+    with pytest.raises(IndexDamagedError, match="ids.parquet does not have the checksum"):
+        load_index(tmp_path / "i", load_faiss=False)
+
+
+def test_an_item_table_in_shard_order_is_read_as_an_earlier_layout(tmp_path):
+    """A table written by the development layout that kept records in shard order (``overlap_audit.items/1``):
+    row keys come from ids.parquet and items from the shards, with the same answers."""
+    from overlap_audit.index.manifest import checksum_file
+
+    indexed = _index_with_gaps(tmp_path / "i", np.random.default_rng(3))
+    keys = all_keys(tmp_path / "i")
+    want = rows_by_key(tmp_path / "i", keys, COLUMNS)
+    table = tmp_path / "i" / "items.rows"
+    data = table.read_bytes()
+    table.write_bytes(data.replace(b'"overlap_audit.items/2"', b'"overlap_audit.items/1"', 1))
+    manifest = json.loads((tmp_path / "i" / "manifest.json").read_text())
+    manifest["files"]["items.rows"]["xxh3_64"] = checksum_file(table)
+    (tmp_path / "i" / "manifest.json").write_text(json.dumps(manifest))
+    loaded = load_index(tmp_path / "i", load_faiss=False).keys
+    assert loaded._table is None and list(loaded) == indexed
+    assert rows_by_key(tmp_path / "i", keys, COLUMNS) == want
+
+
+def test_offsets_changed_after_indexing_are_refused_never_read_through(tmp_path, at_scale):
+    """items.offsets.npy overwritten in place: offsets past the file or out of order are refused before any
+    record is read through them; offsets in order but one record off give keys the key index refuses."""
+    indexed = _index_with_gaps(tmp_path / "i", np.random.default_rng(4))
+    offsets_file = tmp_path / "i" / "items.offsets.npy"
+    offsets = np.load(offsets_file)
+    for damaged, what in ((offsets + np.uint64(1 << 40), "offsets point outside"),
+                          (offsets[::-1].copy(), "offsets point outside"),
+                          (np.concatenate([offsets[1:], offsets[-1:]]), "does not place there")):
+        np.save(offsets_file, damaged)
+        with pytest.raises(IndexDamagedError, match=what) as exc:  # when opened, or when the rows are read
+            load_index(tmp_path / "i", load_faiss=False).keys[np.arange(len(indexed))]
+        _one_line(exc)
