@@ -161,7 +161,6 @@ def _branch(a, b) -> str:
 
 def profile(path: Path, top: int) -> None:
     import numpy as np
-    from PIL import Image
     from threadpoolctl import threadpool_limits
 
     from overlap_audit.decide import photo, rule, verify
@@ -183,29 +182,16 @@ def profile(path: Path, top: int) -> None:
 
     def prepare_photo(image, box):  # ``photo.prepare_photo``, its three parts timed
         t = clock()
-        w, h = image.size
-        f = min(1.0, photo.KEEP / max(w, h))
-        grey = image.convert("L")
-        if f < 1.0:
-            grey = grey.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BOX)
-        g = np.asarray(grey)
-        still = np.ones(g.shape, bool)
-        across, down = g[:, 1:] == g[:, :-1], g[1:] == g[:-1]
-        still[:, 1:] &= across
-        still[:, :-1] &= across
-        still[1:] &= down
-        still[:-1] &= down
+        grey, flat = photo.grey_view(image)
         t1 = clock()
         pair = verify.prepare(image, box)
         t2 = clock()
-        grey01 = g.astype(np.float32) / 255.0
-        gw, gh = photo._grid(grey01.shape[1] / grey01.shape[0], photo.FINE)
-        texture = float(photo._band(photo._resize(grey01, gw, gh), 1.0).std())
+        texture = photo.view_texture(grey)
         t3 = clock()
         total["prepare: greyscale view, flat share"] += t1 - t
         total["prepare: verify.prepare (trim, 256 px view)"] += t2 - t1
         total["prepare: texture"] += t3 - t2
-        return photo.PhotoPrepared(grey01, pair, pair.trimmed, float(still.mean()), texture)
+        return photo.PhotoPrepared(grey, pair, pair.trimmed, flat, texture)
 
     with threadpool_limits(limits=1):
         for desc, pairs in runs:

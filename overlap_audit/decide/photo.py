@@ -251,6 +251,13 @@ class PhotoVerification:
 
 def prepare_photo(image: Image.Image, box: ContentBox | None = None) -> PhotoPrepared:
     """The views ``verify_photo`` compares (``box``: the image's recorded content box, ``verify.prepare``)."""
+    grey, flat = grey_view(image)
+    pair = prepare(image, box)  # its content box is the one trimming found: not searched again
+    return PhotoPrepared(grey, pair, pair.trimmed, flat, view_texture(grey))
+
+
+def grey_view(image: Image.Image) -> tuple[np.ndarray, float]:
+    """``prepare_photo``'s greyscale view (float32 in [0, 1], at most ``KEEP`` px) and its flat share."""
     w, h = image.size
     f = min(1.0, KEEP / max(w, h))
     grey = image.convert("L")
@@ -264,11 +271,13 @@ def prepare_photo(image: Image.Image, box: ContentBox | None = None) -> PhotoPre
     still[:, :-1] &= across
     still[1:] &= down
     still[:-1] &= down
-    pair = prepare(image, box)  # its content box is the one trimming found: not searched again
-    grey01 = g.astype(np.float32) / 255.0
-    gw, gh = _grid(grey01.shape[1] / grey01.shape[0], FINE)
-    texture = float(_band(_resize(grey01, gw, gh), 1.0).std())
-    return PhotoPrepared(grey01, pair, pair.trimmed, float(still.mean()), texture)
+    return g.astype(np.float32) / 255.0, float(still.mean())
+
+
+def view_texture(grey: np.ndarray) -> float:
+    """The band-passed standard deviation of a greyscale view on the fine grid (``PhotoPrepared.texture``)."""
+    gw, gh = _grid(grey.shape[1] / grey.shape[0], FINE)
+    return float(_band(_resize(grey, gw, gh), 1.0).std())
 
 
 def _grid(aspect: float, size: int) -> tuple[int, int]:
