@@ -206,7 +206,7 @@ def _embedded(corpus, source, match_settings, cache_dir, *, views: bool = False,
 def _view_similarity(det, copies, a: int, sources, b: int) -> float:
     """The similarity a report's search gives copy ``a`` and corpus item ``b``: the most similar of the copy's
     views (its vector; its whole image where trimmed; its centre crops) against the item's (its vector and its
-    corpus views), as ``match.best_view`` and ``index.search.with_views`` take them."""
+    corpus views), as ``match.merge_views`` and ``index.search.with_views`` take them."""
     query = [copies.vectors[a:a + 1]]
     if copies.whole_rows is not None:
         hit = np.flatnonzero(np.asarray(copies.whole_rows) == a)

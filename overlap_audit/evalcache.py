@@ -41,7 +41,7 @@ from .values import Embeddings, Neighbors, Skipped
 __all__ = ["CACHE_FORMAT", "CacheKey", "cacheable", "default_cache_dir", "index_identity", "load_cached",
            "save_cached", "set_key"]
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: a query's neighbours are merged over its views (``match.merge_views``)
 _log = logging.getLogger(__name__)
 
 

@@ -154,12 +154,12 @@ def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, object]], setting
             whole = search(corpus.index, [emb.ids[r] for r in emb.whole_rows], emb.whole_vectors, k=settings.k,
                            device=settings.device, exact_stream=settings.exact, ray_address=settings.ray_address,
                            min_similarity=floor, progress=settings.progress)
-            neighbors = best_view(neighbors, whole, emb.whole_rows)
+            neighbors = merge_views(neighbors, whole, emb.whole_rows)
         for c, area in enumerate(crops if emb.crop_vectors is not None else ()):
             crop = search(corpus.index, emb.ids, emb.crop_vectors[:, c], k=settings.k, device=settings.device,
                           exact_stream=settings.exact, ray_address=settings.ray_address, min_similarity=floor,
                           progress=settings.progress)
-            neighbors = best_view(neighbors, crop, np.arange(len(emb.ids)), view_tag(area))
+            neighbors = merge_views(neighbors, crop, np.arange(len(emb.ids)), view_tag(area))
         if key is not None:
             save_cached(cache_dir, key, emb, neighbors, floor)
         out[name] = EvalMatch(name, emb, neighbors, seconds={"embed": embedded - started,
@@ -171,8 +171,8 @@ def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, object]], setting
 
 def at_least(neighbors: Neighbors, min_similarity: float | None) -> Neighbors:
     """The neighbours at least ``min_similarity`` similar (the others: id None, similarity NaN), as a search
-    with that floor gives them: a query left with none is counted under its trimmed view, as ``best_view``
-    counts a query whose views both found none."""
+    with that floor gives them: a query left with none is counted under its trimmed view, as ``merge_views``
+    counts a query whose views all found none."""
     if min_similarity is None:
         return neighbors
     sims = neighbors.similarities
@@ -186,17 +186,36 @@ def at_least(neighbors: Neighbors, min_similarity: float | None) -> Neighbors:
     return Neighbors(neighbors.query_ids, ids, np.where(cut, np.nan, sims).astype(np.float32), views=views)
 
 
-def best_view(trimmed: Neighbors, whole: Neighbors, rows, name: str = "whole") -> Neighbors:
-    """Per query, the neighbours of the view whose nearest item is more similar: ``trimmed`` has every query
-    (its content box, or the best of the views merged into it so far), ``whole`` the queries ``rows`` in
-    another view (their whole image, or a centre crop: ``name``). A tie keeps the first."""
-    ids, sims = trimmed.ids.copy(), trimmed.similarities.copy()
+def merge_views(trimmed: Neighbors, other: Neighbors, rows, name: str = "whole") -> Neighbors:
+    """Per query, the k most similar corpus items over its views, each item once at its highest similarity:
+    ``trimmed`` has every query (its content box, or the views merged into it so far), ``other`` the queries
+    ``rows`` in another view (their whole image, or a centre crop: ``name``). A query's view is the one its
+    nearest item came through; a tie keeps the earlier (the item and view of ``trimmed``). Merging the lists,
+    rather than keeping the list of the view with the better nearest item, keeps a source that is second in
+    one view and first in none among the items verification judges."""
+    k = trimmed.k
     views = list(trimmed.views) if trimmed.views is not None else ["trimmed"] * len(trimmed.query_ids)
-    if trimmed.k:
-        a = np.nan_to_num(sims[rows, 0], nan=-np.inf)
-        b = np.nan_to_num(whole.similarities[:, 0], nan=-np.inf)
-        for j in np.nonzero(b > a)[0]:
-            r = int(rows[j])
-            ids[r], sims[r] = whole.ids[j], whole.similarities[j]
-            views[r] = name
+    ids, sims = trimmed.ids.copy(), trimmed.similarities.copy()
+    if not k or not len(rows):
+        return Neighbors(trimmed.query_ids, ids, sims, views=views)
+    rows = np.asarray(rows)
+    both_ids = np.concatenate([ids[rows], other.ids], axis=1)
+    both = np.nan_to_num(np.concatenate([sims[rows], other.similarities], axis=1), nan=-np.inf)
+    both[np.equal(both_ids, None)] = -np.inf
+    # most similar first; among equals the earlier list's, then the earlier rank (a stable sort)
+    order = np.argsort(-both, axis=1, kind="stable")
+    both_ids, both = np.take_along_axis(both_ids, order, axis=1), np.take_along_axis(both, order, axis=1)
+    # an item already listed (more similar, or as similar and earlier) is dropped
+    same = both_ids[:, :, None] == both_ids[:, None, :]
+    seen = np.tril(same, k=-1).any(axis=2) & np.isfinite(both)
+    both[seen] = -np.inf
+    keep = np.argsort(-both, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(both, keep, axis=1)
+    found = np.isfinite(top)
+    ids[rows] = np.where(found, np.take_along_axis(both_ids, keep, axis=1), None)
+    sims[rows] = np.where(found, top, np.nan).astype(sims.dtype)
+    came = np.nan_to_num(other.similarities[:, 0], nan=-np.inf) > np.nan_to_num(trimmed.similarities[rows, 0],
+                                                                                 nan=-np.inf)
+    for j in np.flatnonzero(came):
+        views[int(rows[j])] = name
     return Neighbors(trimmed.query_ids, ids, sims, views=views)

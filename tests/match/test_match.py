@@ -109,10 +109,10 @@ def test_settings_are_checked_when_made(tmp_path):
         StatsSettings(correction="sidak")
 
 
-def test_best_view_takes_the_more_similar_view_per_query():
+def test_merge_views_keeps_each_item_once_at_its_best_similarity_over_the_views():
     import numpy as np
 
-    from overlap_audit.match import best_view
+    from overlap_audit.match import merge_views
     from overlap_audit.values import Neighbors
 
     ids = ["a", "b", "c", "d"]
@@ -120,15 +120,36 @@ def test_best_view_takes_the_more_similar_view_per_query():
                         np.array([[0.9, 0.8], [0.5, 0.4], [0.7, 0.6], [np.nan, np.nan]], np.float32))
     # whole views of the queries whose content box was trimmed: b (better), c (a tie), d (no trimmed match)
     rows = np.array([1, 2, 3])
-    whole = Neighbors(["b", "c", "d"], np.array([["k9", "k8"], ["k7", "k6"], ["k2", "k1"]], dtype=object),
-                      np.array([[0.95, 0.3], [0.7, 0.2], [0.6, 0.5]], np.float32))
-    got = best_view(trimmed, whole, rows)
+    whole = Neighbors(["b", "c", "d"], np.array([["k9", "k4"], ["k7", "k6"], ["k2", "k1"]], dtype=object),
+                      np.array([[0.95, 0.45], [0.7, 0.65], [0.6, 0.5]], np.float32))
+    got = merge_views(trimmed, whole, rows)
     assert got.views == ["trimmed", "whole", "trimmed", "whole"]
-    assert list(got.ids[1]) == ["k9", "k8"] and got.similarities[1, 0] == np.float32(0.95)
-    assert list(got.ids[2]) == ["k5", "k6"]  # a tie keeps the trimmed view
+    # b: k9 from the whole view first, then k3 (0.5) before k4 (0.45 at best)
+    assert list(got.ids[1]) == ["k9", "k3"] and list(got.similarities[1]) == [np.float32(0.95), np.float32(0.5)]
+    # c: a tie at the top keeps the trimmed view's item first; k6 once, at the whole view's 0.65
+    assert list(got.ids[2]) == ["k5", "k7"] and list(got.similarities[2]) == [np.float32(0.7), np.float32(0.7)]
     assert list(got.ids[3]) == ["k2", "k1"] and got.similarities[3, 0] == np.float32(0.6)
     assert list(got.ids[0]) == ["k1", "k2"] and got.query_ids == ids
     assert list(trimmed.ids[1]) == ["k3", "k4"]  # the inputs are not changed
+
+
+def test_merge_views_finds_a_source_second_in_one_view_and_first_in_none():
+    import numpy as np
+
+    from overlap_audit.match import merge_views
+    from overlap_audit.values import Neighbors
+
+    trimmed = Neighbors(["q"], np.array([["x", "src", "y"]], dtype=object), np.array([[0.80, 0.78, 0.6]], np.float32))
+    crop = Neighbors(["q"], np.array([["z", "w", "src"]], dtype=object), np.array([[0.82, 0.7, 0.79]], np.float32))
+    got = merge_views(trimmed, crop, np.array([0]), "view80")
+    assert got.views == ["view80"]
+    assert list(got.ids[0]) == ["z", "x", "src"]
+    assert got.similarities[0, 2] == np.float32(0.79)  # its best view's similarity
+    # and where the corpus has fewer items than k, the empty places stay empty
+    short = Neighbors(["q"], np.array([["x", None]], dtype=object), np.array([[0.8, np.nan]], np.float32))
+    got = merge_views(short, Neighbors(["q"], np.array([["x", None]], dtype=object),
+                                       np.array([[0.9, np.nan]], np.float32)), np.array([0]), "view80")
+    assert list(got.ids[0]) == ["x", None] and np.isnan(got.similarities[0, 1]) and got.views == ["view80"]
 
 
 def test_a_mih_index_answers_the_decisions_floor_by_radius_as_flat_search_does(tmp_path, corpus_dir, index_dir,
