@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Protocol, runtime_checkable
 
@@ -9,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ..content import RULE_VERSION
+from ..settings import Turn
 from ..values import DetectorInfo, Metric
 
 # How an image is normalised before a detector sees it (``settings.CONTENT_MODES``): "trim" embeds its content box (uniform or transparent
@@ -136,10 +138,35 @@ def centre_crop(image: Image.Image, area: float) -> Image.Image:
     return image.crop((left, top, left + cw, top + ch))
 
 
-def prepare_views(detector, image: Image.Image, areas: tuple[float, ...]):
-    """``prepare``'s input and box, plus the input of the centre crop at each of ``areas`` of what the
-    detector embeds (the content box of a trimming detector, else the whole image): a copy that is a crop of
-    its source is nearer to a crop of it than to the whole."""
+# a turned view is taken from the image reduced (by an integer factor) to about this long side: the detectors'
+# inputs are far smaller, and turning a large image costs its every pixel
+TURN_SIDE = 512
+
+
+def turned_crop(image: Image.Image, angle: float) -> Image.Image:
+    """``image`` turned by ``angle`` degrees (counter-clockwise) about its centre, cut to the largest centred
+    rectangle of its own shape inside the turned image (no corner filled in): a copy turned by a few degrees
+    is nearer to its source turned back than to it as it is."""
+    w, h = image.size
+    f = max(1, max(w, h) // TURN_SIDE)
+    if f > 1:
+        image = image.reduce(f)
+        w, h = image.size
+    t = math.radians(abs(float(angle)))
+    # a corner (±s w / 2, ±s h / 2) of the cut lies inside the turned w x h rectangle while
+    # s <= 1 / (cos t + max(w / h, h / w) sin t)
+    side = 1.0 / (math.cos(t) + max(w / h, h / w) * math.sin(t))
+    turned = image.rotate(float(angle), resample=Image.Resampling.BILINEAR, expand=False)
+    cw, ch = max(1, math.floor(w * side)), max(1, math.floor(h * side))
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return turned.crop((left, top, left + cw, top + ch))
+
+
+def prepare_views(detector, image: Image.Image, areas: tuple):
+    """``prepare``'s input and box, plus the input of each view in ``areas`` of what the detector embeds (the
+    content box of a trimming detector, else the whole image): an area is the centre crop holding that
+    fraction of it (a copy that is a crop of its source is nearer to a crop of it than to the whole); a
+    ``settings.Turn`` is it turned (``turned_crop``)."""
     if getattr(detector, "content", "whole") == "trim":
         from ..content import trim
 
@@ -149,5 +176,6 @@ def prepare_views(detector, image: Image.Image, areas: tuple[float, ...]):
     mode = getattr(detector, "preprocess_mode", None)
     if areas and mode is not None and view.mode != mode:
         view = view.convert(mode)
-    crops = tuple(detector.preprocess(centre_crop(view, a)) for a in areas)
+    crops = tuple(detector.preprocess(turned_crop(view, a.angle) if isinstance(a, Turn) else centre_crop(view, a))
+                  for a in areas)
     return detector.preprocess(view), box, crops

@@ -213,7 +213,7 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
                    "n_low_information": m.n_low_information, "index_type": m.index_type, "created": m.created,
                    "search": ("exact (streamed shards)" if exact else
                               "exact (flat index)" if m.index_type == "flat" else f"approximate ({m.index_type})")
-                   + views_line(m.views, match.query_views),
+                   + views_line(m.views, match.query_views, match.query_turns),
                    "views": list(m.views),
                    "recall": ({"exact": True, "note": "streamed"} if exact else m.extra.get("recall", {}))},
             datasets=datasets, k=match.k, alpha=st.alpha, ci_level=st.ci_level, correction=st.correction,

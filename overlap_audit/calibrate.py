@@ -362,7 +362,7 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
         views = tuple(corpus.manifest.views)
         embedded_copies, copies_cached = _embedded(
             corpus, MemorySource(tuple(copies), tag), match_settings, cache_dir, views=match_settings.views,
-            crops=tuple(match_settings.query_views) if views else ())
+            crops=match_settings.query_crops() if views else ())
         embedded_sources, sources_cached = _embedded(corpus, MemorySource(tuple(sources), tag), match_settings,
                                                      cache_dir, crops=views)
         copy_row = {ident: r for r, ident in enumerate(embedded_copies.ids)}

@@ -23,7 +23,7 @@ from .evalcache import cacheable, index_identity, load_cached, save_cached, set_
 from .errors import IndexDirError, SourceError, param
 from .index import CorpusIndex, IndexManifest, check_detector, load_index, search, view_tag
 from .outputs import check_output_apart
-from .settings import MatchSettings
+from .settings import MatchSettings, Turn
 from .sources import as_source, source_location
 from .values import Embeddings, Neighbors, Skipped
 
@@ -142,7 +142,7 @@ def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, object]], setting
                                       seconds={"embed": time.perf_counter() - started, "search": 0.0})
                 continue
         # query views pay only beside corpus views (alone they find no more: BENCHMARKS.md, "Corpus views")
-        crops = tuple(settings.query_views) if corpus.manifest.views else ()
+        crops = settings.query_crops() if corpus.manifest.views else ()
         emb = embed_source(source, corpus.detector, batch_size=settings.batch_size, workers=settings.workers,
                            max_pixels=settings.max_pixels, progress=settings.progress, scorer=scorers.get(name),
                            views=settings.views, limits=settings.limits, crops=crops)
@@ -159,7 +159,8 @@ def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, object]], setting
             crop = search(corpus.index, emb.ids, emb.crop_vectors[:, c], k=settings.k, device=settings.device,
                           exact_stream=settings.exact, ray_address=settings.ray_address, min_similarity=floor,
                           progress=settings.progress)
-            neighbors = merge_views(neighbors, crop, np.arange(len(emb.ids)), view_tag(area))
+            neighbors = merge_views(neighbors, crop, np.arange(len(emb.ids)),
+                                    area.tag if isinstance(area, Turn) else view_tag(area))
         if key is not None:
             save_cached(cache_dir, key, emb, neighbors, floor)
         out[name] = EvalMatch(name, emb, neighbors, seconds={"embed": embedded - started,

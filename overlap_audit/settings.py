@@ -78,6 +78,19 @@ class IndexSettings:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """A query view: the query turned by ``angle`` degrees (counter-clockwise) about its centre, cut to the
+    largest centred rectangle of its own shape that the turned image fills (``detectors.base.turned_crop``)."""
+
+    angle: float
+
+    @property
+    def tag(self) -> str:
+        """Its name in reports: ``turn+3`` for 3 degrees counter-clockwise."""
+        return f"turn{self.angle:+g}"
+
+
+@dataclass(frozen=True)
 class MatchSettings:
     """How evaluation sets are embedded and searched against the corpus (``match.match_eval_sets``).
 
@@ -97,11 +110,21 @@ class MatchSettings:
     exact: bool = False
     ray_address: str | None = None
     views: bool = True  # a trimming detector also searches the whole image of each trimmed query
-    # against an index with corpus views, each query's centre crop at these fractions of its area is searched too
-    query_views: tuple[float, ...] = (0.8,)
+    # against an index with corpus views, each query's centre crop at these fractions of its area is searched too,
+    # and the query turned by each of these angles both ways (degrees; its centre, clear of the turned corners):
+    # an App. C copy is often a crop of its source, and turned by a few degrees (BENCHMARKS.md, "Corpus views")
+    query_views: tuple[float, ...] = (0.9, 0.8, 0.7)
+    query_turns: tuple[float, ...] = (3.0, 5.0)
     limits: InputLimits = field(default_factory=InputLimits)
 
+    def query_crops(self) -> tuple:
+        """The views of each query searched beside an index with corpus views, as ``detectors.base.prepare_views``
+        takes them: each centre crop's area, then each turn both ways (``Turn``)."""
+        return tuple(self.query_views) + tuple(Turn(s * float(a)) for a in self.query_turns for s in (-1, 1))
+
     def __post_init__(self) -> None:
+        if any(not 0 < float(a) <= 15 for a in self.query_turns):
+            raise SettingsError(f"{param('query_turns', self.query_turns)}: each turn must lie in (0, 15] degrees")
         if self.ray_address and not self.exact:
             raise SettingsError(f"{param('ray_address', self.ray_address)} runs the exact stream over the corpus "
                                 f"shards on a Ray cluster: give {param('exact', True)} with it")

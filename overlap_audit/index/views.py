@@ -54,14 +54,16 @@ def view_tag(area: float) -> str:
     return f"view{round(float(area) * 100):d}"
 
 
-def views_line(views: tuple[float, ...], query_views: tuple[float, ...]) -> str:
+def views_line(views: tuple[float, ...], query_views: tuple[float, ...], query_turns: tuple[float, ...] = ()) -> str:
     """How a report's search used views, as a clause ("" for an index without them)."""
     if not views:
         return ""
     def pct(areas):
         return ", ".join(f"{round(a * 100)}%" for a in areas)
+    turns = ", ".join(f"±{a:g}°" for a in query_turns)
     return (f"; corpus views: centre {pct(views)} of each item's area"
-            + (f"; query views: centre {pct(query_views)}" if query_views else ""))
+            + (f"; query views: centre {pct(query_views)}" if query_views else "")
+            + (f"; query turned {turns}" if query_turns else ""))
 
 
 def view_index_name(index_file: str, area: float) -> str:

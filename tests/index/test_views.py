@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from overlap_audit.demos.synthetic import bundled_photos
 from overlap_audit.detectors import get_detector
@@ -164,19 +165,44 @@ def test_queries_search_their_centre_view_against_an_index_with_views(photo_inde
         w, h = im.size
         im.crop((int(w * .1), int(h * .06), int(w * .94), int(h * .9))).save(tmp_path / "ev" / f"{name}.png")
     got = {}
-    for which, settings in (("with", MatchSettings(workers=0)), ("plain", MatchSettings(workers=0, query_views=())),
+    for which, settings in (("with", MatchSettings(workers=0)),
+                            ("plain", MatchSettings(workers=0, query_views=(), query_turns=())),
                             ("without", MatchSettings(workers=0))):
         index = root / ("without" if which == "without" else "with")
         m = match_eval_sets(open_corpus(index, settings), [("ev", str(tmp_path / "ev"))], settings)["ev"]
         got[which] = m
-    assert got["with"].embeddings.crop_vectors.shape == (2, 1, 8)  # one centre view of each query
+    crops = MatchSettings().query_crops()
+    assert got["with"].embeddings.crop_vectors.shape == (2, len(crops), 8)  # each query's centre crops and turns
     assert got["without"].embeddings.crop_vectors is None  # no query views without corpus views
     assert got["plain"].embeddings.crop_vectors is None
     for which in ("with", "plain"):
         assert list(got[which].neighbors.ids[:, 0]) == ["camera.png", "moon.png"]
     # the best of the views is kept, never a worse one
     assert (got["with"].neighbors.similarities[:, 0] >= got["plain"].neighbors.similarities[:, 0]).all()
-    assert set(got["with"].neighbors.views) <= {"trimmed", "whole", "view80"}
+    assert set(got["with"].neighbors.views) <= {"trimmed", "whole", "view90", "view80", "view70", "turn-3", "turn+3",
+                                                "turn-5", "turn+5"}
+
+
+def test_a_turned_copy_is_nearer_through_the_query_turned_back(photo_indexes, tmp_path):
+    """A copy turned by 4 degrees: the query's turned views find its source more similar than its plain views
+    do, and the report names the view it came through."""
+    from overlap_audit.match import match_eval_sets, open_corpus
+    from overlap_audit.settings import MatchSettings
+
+    root, photos = photo_indexes[0], photo_indexes[1]
+    (tmp_path / "ev").mkdir()
+    for name in ("moon", "camera"):
+        im = photos[name].convert("RGB")
+        w, h = im.size
+        turned = im.rotate(4, resample=Image.Resampling.BICUBIC, expand=False)
+        turned.crop((int(w * .08), int(h * .08), int(w * .92), int(h * .92))).save(tmp_path / "ev" / f"{name}.png")
+    got = {}
+    for which, settings in (("turns", MatchSettings(workers=0)), ("none", MatchSettings(workers=0, query_turns=()))):
+        got[which] = match_eval_sets(open_corpus(root / "with", settings), [("ev", str(tmp_path / "ev"))],
+                                     settings)["ev"].neighbors
+    assert list(got["turns"].ids[:, 0]) == ["camera.png", "moon.png"]
+    assert (got["turns"].similarities[:, 0] > got["none"].similarities[:, 0]).all()
+    assert set(got["turns"].views) <= {"turn-3", "turn-5"}  # turned back: clockwise
 
 
 def test_index_command_refuses_views_and_no_views(tmp_path):
@@ -242,3 +268,27 @@ def test_a_mih_index_answers_its_views_by_radius_search_as_flat_search_does(tmp_
         np.testing.assert_array_equal(got.ids, want.ids)
     assert len(answered) == 4  # the primary tables and the view's, at each floor
     check_index(tmp_path / "mih")
+
+
+@pytest.mark.parametrize("size", [(300, 100), (100, 300), (64, 64), (2000, 1200)])
+def test_a_turned_view_keeps_its_shape_and_no_filled_corner(size):
+    from overlap_audit.detectors.base import turned_crop
+
+    image = Image.new("L", size, 200)
+    for angle in (-5.0, 3.0, 15.0):
+        got = turned_crop(image, angle)
+        a = np.asarray(got)
+        assert a.min() == a.max() == 200  # nothing of the black the turn fills the corners with
+        assert got.width / got.height == pytest.approx(size[0] / size[1], rel=0.05)
+        assert got.width >= 0.5 * min(size[0], 512 * size[0] / max(size))  # the largest cut, not a sliver
+
+
+def test_query_turns_are_checked():
+    from overlap_audit.errors import SettingsError
+    from overlap_audit.settings import MatchSettings, Turn
+
+    for bad in ((0.0,), (20.0,), (-3.0,)):
+        with pytest.raises(SettingsError, match="query_turns"):
+            MatchSettings(query_turns=bad)
+    assert MatchSettings(query_views=(0.8,), query_turns=(4.0,)).query_crops() == (0.8, Turn(-4.0), Turn(4.0))
+    assert Turn(-3.0).tag == "turn-3" and Turn(2.5).tag == "turn+2.5"
