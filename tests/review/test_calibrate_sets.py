@@ -129,7 +129,7 @@ def test_a_positive_pair_is_as_similar_as_a_reports_search_finds_it(tmp_path):
         found = match_eval_sets(corpus, [("q", str(tmp_path / f"q{n}"))], settings)["q"].neighbors
         det = corpus.detector
         copies = embed_source(as_source(str(tmp_path / f"q{n}"), name="q"), det, workers=0, views=True,
-                              crops=settings.query_views)
+                              crops=settings.query_crops())
         sources = embed_source(as_source(str(tmp_path / f"c{n}"), name="c"), det, workers=0, crops=m.views)
         assert _view_similarity(det, copies, 0, sources, 0) == pytest.approx(float(found.similarities[0, 0]))
         primary.append(float(det.similarity(copies.vectors[:1], sources.vectors[:1])[0, 0]))
