@@ -203,19 +203,22 @@ def _embedded(corpus, source, match_settings, cache_dir, *, views: bool = False,
     return emb, False
 
 
-def _view_similarity(det, copies, a: int, sources, b: int) -> float:
+def _view_similarity(det, copies, a: int, sources, b: int, cut: float = 0.0) -> float:
     """The similarity a report's search gives copy ``a`` and corpus item ``b``: the most similar of the copy's
-    views (its vector; its whole image where trimmed; its centre crops) against the item's (its vector and its
-    corpus views), as ``match.merge_views`` and ``index.search.with_views`` take them."""
+    views (its vector; its whole image where trimmed; its centre crops and turns, less ``cut``:
+    ``match.view_cut``) against the item's (its vector and its corpus views), as ``match.merge_views`` and
+    ``index.search.with_views`` take them."""
     query = [copies.vectors[a:a + 1]]
     if copies.whole_rows is not None:
         hit = np.flatnonzero(np.asarray(copies.whole_rows) == a)
         if len(hit):
             query.append(copies.whole_vectors[hit[0]:hit[0] + 1])
+    item = np.concatenate([sources.vectors[b:b + 1]] + ([sources.crop_vectors[b]] if sources.crop_vectors is not None
+                                                        else []))
+    best = float(np.max(det.similarity(np.concatenate(query), item)))
     if copies.crop_vectors is not None:
-        query.append(copies.crop_vectors[a])
-    item = [sources.vectors[b:b + 1]] + ([sources.crop_vectors[b]] if sources.crop_vectors is not None else [])
-    return float(np.max(det.similarity(np.concatenate(query), np.concatenate(item))))
+        best = max(best, float(np.float32(np.max(det.similarity(copies.crop_vectors[a], item))) - np.float32(cut)))
+    return best
 
 
 def _png(image) -> bytes:
@@ -254,7 +257,7 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
     from .errors import ThresholdError, param
     from .imaging import ImageRejected, decode_image
     from .index import corpus_items
-    from .match import match_eval_sets
+    from .match import match_eval_sets, view_cut
     from .sources import as_source, fetch_items
     from .sources.memory import MemorySource
     from .values import RawItem
@@ -370,7 +373,7 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
         pairs, pos_low = [], []
         for j in range(n_pos):
             a, b = copy_row.get(f"c{j}"), source_row.get(f"s{j}")
-            sim = (_view_similarity(det, embedded_copies, a, embedded_sources, b)
+            sim = (_view_similarity(det, embedded_copies, a, embedded_sources, b, view_cut(match_settings, det))
                    if a is not None and b is not None else float("nan"))
             pairs.append((copies[j], sources[j], sim))
             pos_low.append(a is None or bool(embedded_copies.low_information[a]))

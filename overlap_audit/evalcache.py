@@ -104,6 +104,7 @@ def set_key(source, identity: dict, settings: MatchSettings, purpose: str | None
         "match": {"detector": settings.detector, "device": settings.device, "k": settings.k,
                   "exact": settings.exact, "views": settings.views, "query_views": list(settings.query_views),
                   "query_turns": list(settings.query_turns),
+                  "view_discount": settings.view_discount,
                   "max_pixels": settings.max_pixels,
                   "limits": asdict(limits)},
         "set": source.name, "items": items, **({"purpose": purpose} if purpose is not None else {}),

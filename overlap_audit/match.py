@@ -155,10 +155,12 @@ def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, object]], setting
                            device=settings.device, exact_stream=settings.exact, ray_address=settings.ray_address,
                            min_similarity=floor, progress=settings.progress)
             neighbors = merge_views(neighbors, whole, emb.whole_rows)
+        cut = view_cut(settings, corpus.detector)
         for c, area in enumerate(crops if emb.crop_vectors is not None else ()):
             crop = search(corpus.index, emb.ids, emb.crop_vectors[:, c], k=settings.k, device=settings.device,
                           exact_stream=settings.exact, ray_address=settings.ray_address, min_similarity=floor,
                           progress=settings.progress)
+            crop = Neighbors(crop.query_ids, crop.ids, (crop.similarities - np.float32(cut)).astype(np.float32))
             neighbors = merge_views(neighbors, crop, np.arange(len(emb.ids)),
                                     area.tag if isinstance(area, Turn) else view_tag(area))
         if key is not None:
@@ -168,6 +170,14 @@ def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, object]], setting
         _log.debug("%s: %d item(s) embedded in %.2f s, searched in %.2f s", name, len(emb) + len(emb.skipped),
                    *out[name].seconds.values())
     return out
+
+
+def view_cut(settings: MatchSettings, detector) -> np.float32:
+    """How much less similar a match through a query view (a centre crop or a turn) counts than the detector
+    finds it: ``MatchSettings.view_discount`` of the gap between a perfect match and the detector's threshold.
+    Searching many views of each query raises an unrelated image's best similarity; the discount keeps the
+    threshold and verification's grade where they were measured."""
+    return np.float32(float(settings.view_discount) * (1.0 - float(detector.info.default_threshold)))
 
 
 def at_least(neighbors: Neighbors, min_similarity: float | None) -> Neighbors:

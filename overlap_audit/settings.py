@@ -113,8 +113,12 @@ class MatchSettings:
     # against an index with corpus views, each query's centre crop at these fractions of its area is searched too,
     # and the query turned by each of these angles both ways (degrees; its centre, clear of the turned corners):
     # an App. C copy is often a crop of its source, and turned by a few degrees (BENCHMARKS.md, "Corpus views")
-    query_views: tuple[float, ...] = (0.9, 0.8, 0.7)
+    query_views: tuple[float, ...] = (0.9, 0.8)
     query_turns: tuple[float, ...] = (3.0, 5.0)
+    # a match through one of those views counts as less similar by this share of (1 - the detector's threshold)
+    # (phash: about one bit of 64): the best of many views of an unrelated image lies higher than one view's (two
+    # tiles of one brick wall in the synthetic demo, one bit apart, through a turned view)
+    view_discount: float = 0.12
     limits: InputLimits = field(default_factory=InputLimits)
 
     def query_crops(self) -> tuple:
@@ -123,6 +127,9 @@ class MatchSettings:
         return tuple(self.query_views) + tuple(Turn(s * float(a)) for a in self.query_turns for s in (-1, 1))
 
     def __post_init__(self) -> None:
+        if not 0 <= float(self.view_discount) <= 1:
+            raise SettingsError(f"{param('view_discount', self.view_discount)} must lie in [0, 1] (a share of the "
+                                f"gap between a perfect match and the detector's threshold)")
         if any(not 0 < float(a) <= 15 for a in self.query_turns):
             raise SettingsError(f"{param('query_turns', self.query_turns)}: each turn must lie in (0, 15] degrees")
         if self.ray_address and not self.exact:

@@ -64,7 +64,7 @@ def threshold_line(rep, threshold: float | None, thresholds_file: str | None) ->
 @click.option("--views", "views", type=float, multiple=True, metavar="AREA",
               help="Corpus views: also index each item's centre crop holding this fraction of its area (repeat for "
                    "several), so a copy that is a crop of it is found; reports then search each query's centre "
-                   "90%, 80% and 70% and the query turned by 3 and 5 degrees both ways too (measured in "
+                   "90% and 80% and the query turned by 3 and 5 degrees both ways too (measured in "
                    "BENCHMARKS.md, Corpus views). Default: the detector's (phash: 0.7; others: none).")
 @click.option("--no-views", is_flag=True, help="Index no corpus views (one vector per item).")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS|local",

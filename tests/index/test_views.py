@@ -197,12 +197,17 @@ def test_a_turned_copy_is_nearer_through_the_query_turned_back(photo_indexes, tm
         turned = im.rotate(4, resample=Image.Resampling.BICUBIC, expand=False)
         turned.crop((int(w * .08), int(h * .08), int(w * .92), int(h * .92))).save(tmp_path / "ev" / f"{name}.png")
     got = {}
-    for which, settings in (("turns", MatchSettings(workers=0)), ("none", MatchSettings(workers=0, query_turns=()))):
+    for which, settings in (("turns", MatchSettings(workers=0)), ("none", MatchSettings(workers=0, query_turns=())),
+                            ("raw", MatchSettings(workers=0, view_discount=0.0))):
         got[which] = match_eval_sets(open_corpus(root / "with", settings), [("ev", str(tmp_path / "ev"))],
                                      settings)["ev"].neighbors
     assert list(got["turns"].ids[:, 0]) == ["camera.png", "moon.png"]
     assert (got["turns"].similarities[:, 0] > got["none"].similarities[:, 0]).all()
     assert set(got["turns"].views) <= {"turn-3", "turn-5"}  # turned back: clockwise
+    # a match through a view counts view_discount of the gap to phash's threshold (9 of 64 bits) less
+    assert got["raw"].views == got["turns"].views
+    np.testing.assert_allclose(got["raw"].similarities[:, 0] - got["turns"].similarities[:, 0], 0.12 * 9 / 64,
+                               atol=1e-6)
 
 
 def test_index_command_refuses_views_and_no_views(tmp_path):
@@ -290,5 +295,7 @@ def test_query_turns_are_checked():
     for bad in ((0.0,), (20.0,), (-3.0,)):
         with pytest.raises(SettingsError, match="query_turns"):
             MatchSettings(query_turns=bad)
+    with pytest.raises(SettingsError, match="view_discount"):
+        MatchSettings(view_discount=1.5)
     assert MatchSettings(query_views=(0.8,), query_turns=(4.0,)).query_crops() == (0.8, Turn(-4.0), Turn(4.0))
     assert Turn(-3.0).tag == "turn-3" and Turn(2.5).tag == "turn+2.5"

@@ -109,7 +109,7 @@ def test_a_positive_pair_is_as_similar_as_a_reports_search_finds_it(tmp_path):
     from overlap_audit.demos.synthetic import bundled_photos
     from overlap_audit.embed import embed_source
     from overlap_audit.index import build_index
-    from overlap_audit.match import match_eval_sets, open_corpus
+    from overlap_audit.match import match_eval_sets, open_corpus, view_cut
     from overlap_audit.settings import IndexSettings
     from overlap_audit.sources import as_source
 
@@ -131,7 +131,8 @@ def test_a_positive_pair_is_as_similar_as_a_reports_search_finds_it(tmp_path):
         copies = embed_source(as_source(str(tmp_path / f"q{n}"), name="q"), det, workers=0, views=True,
                               crops=settings.query_crops())
         sources = embed_source(as_source(str(tmp_path / f"c{n}"), name="c"), det, workers=0, crops=m.views)
-        assert _view_similarity(det, copies, 0, sources, 0) == pytest.approx(float(found.similarities[0, 0]))
+        assert _view_similarity(det, copies, 0, sources, 0, view_cut(settings, det)) == pytest.approx(
+            float(found.similarities[0, 0]))
         primary.append(float(det.similarity(copies.vectors[:1], sources.vectors[:1])[0, 0]))
         searched.append(float(found.similarities[0, 0]))
     assert any(p < s for p, s in zip(primary, searched))  # the views matter for these copies
