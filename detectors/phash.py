@@ -21,6 +21,8 @@ of the hashed coefficients within a hair of the median. The split never counts s
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.fft
 from PIL import Image
@@ -70,9 +72,10 @@ class PHash(DetectorBase):
                          ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """``preprocess(image)`` (the same array) and the inputs of its centre crops, resampled with the Lanczos
         filter from the box-reduced grey image the first one is resampled from (PIL's ``reducing_gap`` step,
-        taken once), each over its crop's box: one reduction instead of one per view. A crop's input then
-        differs slightly from ``preprocess`` of the crop (its reduction blocks line up with the image's, and
-        the filter reads past the crop's edge); an image too small to be reduced gives the plain crops'."""
+        taken once), each over its crop's box within the reduced pixels that box touches: one reduction instead
+        of one per view. A crop's input then differs slightly from ``preprocess`` of the crop (its reduction
+        blocks line up with the image's, not the crop's, and the filter may read up to a reduced pixel beyond
+        the crop's edge); an image too small to be reduced gives the plain crops'."""
         grey = image if image.mode == "L" else image.convert("L")
         size, (w, h) = self.image_size, grey.size
         gap = self.reducing_gap
@@ -84,8 +87,13 @@ class PHash(DetectorBase):
         reduced = grey.reduce((fx, fy))
 
         def lanczos(box: tuple[int, int, int, int]) -> np.ndarray:
-            scaled = (box[0] / fx, box[1] / fy, box[2] / fx, box[3] / fy)
-            return np.asarray(reduced.resize((size, size), Image.Resampling.LANCZOS, box=scaled))
+            # the reduced pixels the box touches, so that the filter reads nothing beyond them (as it reads
+            # nothing beyond a cropped image's edge)
+            left, top, right, bottom = box[0] / fx, box[1] / fy, box[2] / fx, box[3] / fy
+            outer = (math.floor(left), math.floor(top), math.ceil(right), math.ceil(bottom))
+            part = reduced if outer == (0, 0, *reduced.size) else reduced.crop(outer)
+            inner = (left - outer[0], top - outer[1], right - outer[0], bottom - outer[1])
+            return np.asarray(part.resize((size, size), Image.Resampling.LANCZOS, box=inner))
 
         return lanczos((0, 0, w, h)), tuple(lanczos(centre_box((w, h), a)) for a in areas)
 

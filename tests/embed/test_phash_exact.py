@@ -2,6 +2,8 @@
 (the second axis only on the rows kept), uint8 inputs, and one grey conversion and one reduction for a view and
 its centre crops."""
 
+import math
+
 import numpy as np
 import pytest
 import scipy.fft
@@ -64,8 +66,8 @@ def test_the_input_is_the_grey_resize_as_uint8(photos):
 
 def plain_crop_input(det: PHash, grey: Image.Image, area: float) -> np.ndarray:
     """A corpus view's crop input by its rule, step by step: the factors PIL's resize reduces the whole image by
-    (``reducing_gap``), the image reduced by them, and the Lanczos filter over the crop's box in reduced pixels;
-    an image too small to be reduced: the crop itself resized."""
+    (``reducing_gap``), the image reduced by them, cut to the reduced pixels the crop's box touches, and the
+    Lanczos filter over the box in them; an image too small to be reduced: the crop itself resized."""
     w, h = grey.size
     fx, fy = max(1, int(w / 32 / 3.0)), max(1, int(h / 32 / 3.0))
     crop = centre_crop(grey, area)
@@ -73,7 +75,9 @@ def plain_crop_input(det: PHash, grey: Image.Image, area: float) -> np.ndarray:
         return det.preprocess(crop)
     left, top = (w - crop.width) // 2, (h - crop.height) // 2
     box = (left / fx, top / fy, (left + crop.width) / fx, (top + crop.height) / fy)
-    return np.asarray(grey.reduce((fx, fy)).resize((32, 32), Image.Resampling.LANCZOS, box=box))
+    cut = (math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3]))
+    inner = (box[0] - cut[0], box[1] - cut[1], box[2] - cut[0], box[3] - cut[1])
+    return np.asarray(grey.reduce((fx, fy)).crop(cut).resize((32, 32), Image.Resampling.LANCZOS, box=inner))
 
 
 def test_views_from_one_grey_conversion_and_one_reduction(photos):
