@@ -24,8 +24,9 @@ least of ``--repeats``.
 It also prints where one worker's time goes (decode, EXIF orientation, RGB conversion, content box,
 the detector's preprocessing), each as a multiple of the decoding time, measured in this process.
 
-``--digest`` prints a checksum of every shard's vectors, low-information flags and content boxes: equal
-digests before and after a change mean the change left every embedding as it was.
+``--digest`` prints a checksum of every shard's vectors, low-information flags and content boxes, and one of
+the corpus views' vectors: equal digests before and after a change mean the change left every embedding as it
+was.
 
 ``--baseline DIR`` also times `index` with the code of another checkout (DIR, e.g. a git worktree of the commit
 before a change) in each repeat, right after this code's run, in a fresh process that imports the package from
@@ -138,7 +139,6 @@ def stages(files: list[str], min_size: int, n: int = 300) -> dict[str, float]:
 
     from overlap_audit.content import content_box
     from overlap_audit.detectors import get_detector
-    from overlap_audit.detectors.base import centre_crop
     from overlap_audit.imaging import to_rgb
     from overlap_audit.index.views import index_views
 
@@ -162,9 +162,7 @@ def stages(files: list[str], min_size: int, n: int = 300) -> dict[str, float]:
         view = rgb.crop(box.box) if box.trimmed else rgb
         if views and det.preprocess_mode:
             view = view.convert(det.preprocess_mode)
-        det.preprocess(view)
-        for area in views:
-            det.preprocess(centre_crop(view, area))
+        det.preprocess_views(view, views)
         t5 = time.process_time()
         for key, a, b in zip(spent, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
             spent[key] += b - a
@@ -225,18 +223,23 @@ def baseline_index(code: Path, folder: Path, one: Path, out: Path, workers: int)
 
 
 def digest(index_dir: Path) -> str:
-    """xxh3 of every shard's vectors, low-information flags and content boxes, in row order."""
+    """xxh3 of every shard's vectors, low-information flags and content boxes, in row order; then, apart, xxh3
+    of the corpus views' vectors (``views/``)."""
     import pyarrow.parquet as pq
     import xxhash
 
     from overlap_audit.index.shards import shard_paths
+    from overlap_audit.index.views import view_shard_path
 
-    h = xxhash.xxh3_64()
+    h, v = xxhash.xxh3_64(), xxhash.xxh3_64()
     for path in shard_paths(index_dir):
         t = pq.read_table(path, columns=["key", "vector", "low_information", "content_box", "skip_reason"])
         for column in t.column_names:
             h.update(repr(t[column].to_pylist()).encode())
-    return h.hexdigest()
+        views = view_shard_path(path)
+        if views.exists():
+            v.update(np.load(views).tobytes())
+    return f"{h.hexdigest()} (views {v.hexdigest()})"
 
 
 def main() -> None:
