@@ -45,9 +45,6 @@ class Detector(Protocol):
 
     def preprocess(self, image: Image.Image) -> np.ndarray: ...
 
-    def preprocess_views(self, image: Image.Image, areas: tuple[float, ...]
-                         ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]: ...
-
     def embed(self, batch: np.ndarray) -> np.ndarray: ...
 
     def low_information(self, batch: np.ndarray) -> np.ndarray: ...
@@ -89,12 +86,6 @@ class DetectorBase(ABC):
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """One RGB image -> the array ``embed`` takes (runs in decoding workers)."""
 
-    def preprocess_views(self, image: Image.Image, areas: tuple[float, ...]
-                         ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        """``preprocess(image)`` and the input of the centre crop of ``image`` at each of ``areas``
-        (``centre_crop``); a detector may share work between them."""
-        return self.preprocess(image), tuple(self.preprocess(centre_crop(image, a)) for a in areas)
-
     @abstractmethod
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """A stacked batch of preprocessed arrays -> float32 [N, D] unit vectors or uint8 packed bits."""
@@ -135,19 +126,14 @@ def prepare(detector, image: Image.Image):
     return detector.preprocess(view), box
 
 
-def centre_box(size: tuple[int, int], area: float) -> tuple[int, int, int, int]:
-    """The box (left, top, right, bottom) of the centred crop of an image of ``size`` holding the fraction
-    ``area`` of its area (each side scaled by its square root), at least one pixel a side."""
-    w, h = size
+def centre_crop(image: Image.Image, area: float) -> Image.Image:
+    """The centred crop of ``image`` holding the fraction ``area`` of its area (each side scaled by its
+    square root), at least one pixel a side."""
+    w, h = image.size
     side = float(area) ** 0.5
     cw, ch = max(1, round(w * side)), max(1, round(h * side))
     left, top = (w - cw) // 2, (h - ch) // 2
-    return left, top, left + cw, top + ch
-
-
-def centre_crop(image: Image.Image, area: float) -> Image.Image:
-    """The centred crop of ``image`` holding the fraction ``area`` of its area (``centre_box``)."""
-    return image.crop(centre_box(image.size, area))
+    return image.crop((left, top, left + cw, top + ch))
 
 
 def prepare_views(detector, image: Image.Image, areas: tuple[float, ...]):
@@ -163,5 +149,5 @@ def prepare_views(detector, image: Image.Image, areas: tuple[float, ...]):
     mode = getattr(detector, "preprocess_mode", None)
     if areas and mode is not None and view.mode != mode:
         view = view.convert(mode)
-    array, crops = detector.preprocess_views(view, areas)
-    return array, box, crops
+    crops = tuple(detector.preprocess(centre_crop(view, a)) for a in areas)
+    return detector.preprocess(view), box, crops

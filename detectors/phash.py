@@ -21,13 +21,11 @@ of the hashed coefficients within a hair of the median. The split never counts s
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import scipy.fft
 from PIL import Image
 
-from .base import DetectorBase, centre_box
+from .base import DetectorBase
 
 # Default thresholds, as similarity = 1 - Hamming/bits: the benchmark's threshold for 99% precision
 # (benchmarks/bench_detectors.py; BENCHMARKS.md, "Detector benchmark": 0.8438 = at most 10 differing bits for
@@ -40,8 +38,7 @@ _DEFAULT_THRESHOLD = {8: 1 - 9 / 64, 16: 1 - 43 / 256}
 class PHash(DetectorBase):
     """DCT perceptual hash with ``hash_size``² bits."""
 
-    # 2: a corpus view's centre crop is resampled from the view's own reduction (``preprocess_views``)
-    version = "2"
+    version = "1"
     metric = "hamming"
     preprocess_mode = "L"
 
@@ -67,35 +64,6 @@ class PHash(DetectorBase):
         grey = grey.resize((self.image_size, self.image_size), Image.Resampling.LANCZOS,
                            reducing_gap=self.reducing_gap)
         return np.asarray(grey)
-
-    def preprocess_views(self, image: Image.Image, areas: tuple[float, ...]
-                         ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        """``preprocess(image)`` (the same array) and the inputs of its centre crops, resampled with the Lanczos
-        filter from the box-reduced grey image the first one is resampled from (PIL's ``reducing_gap`` step,
-        taken once), each over its crop's box within the reduced pixels that box touches: one reduction instead
-        of one per view. A crop's input then differs slightly from ``preprocess`` of the crop (its reduction
-        blocks line up with the image's, not the crop's, and the filter may read up to a reduced pixel beyond
-        the crop's edge); an image too small to be reduced gives the plain crops'."""
-        grey = image if image.mode == "L" else image.convert("L")
-        size, (w, h) = self.image_size, grey.size
-        gap = self.reducing_gap
-        fx, fy = (int(w / size / gap) or 1, int(h / size / gap) or 1) if gap else (1, 1)
-        if not areas or (fx == 1 and fy == 1):
-            return super().preprocess_views(grey, areas)
-        # Image.resize's own steps with reducing_gap (the whole image reduced by these factors, then resampled
-        # over the image's extent in reduced pixels): the first array is preprocess's
-        reduced = grey.reduce((fx, fy))
-
-        def lanczos(box: tuple[int, int, int, int]) -> np.ndarray:
-            # the reduced pixels the box touches, so that the filter reads nothing beyond them (as it reads
-            # nothing beyond a cropped image's edge)
-            left, top, right, bottom = box[0] / fx, box[1] / fy, box[2] / fx, box[3] / fy
-            outer = (math.floor(left), math.floor(top), math.ceil(right), math.ceil(bottom))
-            part = reduced if outer == (0, 0, *reduced.size) else reduced.crop(outer)
-            inner = (left - outer[0], top - outer[1], right - outer[0], bottom - outer[1])
-            return np.asarray(part.resize((size, size), Image.Resampling.LANCZOS, box=inner))
-
-        return lanczos((0, 0, w, h)), tuple(lanczos(centre_box((w, h), a)) for a in areas)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """Hash a batch [N, S, S] into packed bits uint8 [N, bits/8]."""

@@ -33,7 +33,7 @@ def built(corpus_index):
 def test_manifest_describes_the_index(built):
     out, m = built
     data = json.loads((out / "manifest.json").read_text())
-    assert data["detector"] == {"spec": "phash", "name": "phash", "version": "2+trim3", "dim": 64,
+    assert data["detector"] == {"spec": "phash", "name": "phash", "version": "1+trim3", "dim": 64,
                                 "metric": "hamming", "default_threshold": 1 - 9 / 64, "content": "trim"}
     assert data["counts"]["given"] == 124 and data["counts"]["embedded"] == 120 and data["counts"]["skipped"] == 4
     assert {s["id"] for s in data["skipped"]} == {"broken/zero.png", "broken/truncated.png", "broken/notes.jpg",
@@ -110,8 +110,8 @@ def test_detector_mismatch_is_refused(built):
     with pytest.raises(IndexMismatchError, match="dimension 64"):
         check_detector(m, get_detector("phash256").info, str(out))
     newer = get_detector("phash")
-    newer.version = "3"
-    with pytest.raises(IndexMismatchError, match=r"version '2\+trim3'.*'3\+trim3'"):
+    newer.version = "2"
+    with pytest.raises(IndexMismatchError, match=r"version '1\+trim3'.*'2\+trim3'"):
         check_detector(m, newer.info, str(out))
 
 
@@ -120,12 +120,12 @@ def test_an_index_built_without_content_normalisation_is_refused(built):
     "whole" cannot be searched with the (default) trimming detector, and the message says why."""
     out, _ = built
     m = load_manifest(out)
-    old = dataclasses.replace(m, detector=dataclasses.replace(m.detector, version="2", content=None))
-    with pytest.raises(IndexMismatchError, match=r"version '2' \(installed: '2\+trim3', i\.e\. no content "
+    old = dataclasses.replace(m, detector=dataclasses.replace(m.detector, version="1", content=None))
+    with pytest.raises(IndexMismatchError, match=r"version '1' \(installed: '1\+trim3', i\.e\. no content "
                                                  r"normalisation where this detector uses content 'trim'\)"):
         check_detector(old, get_detector("phash").info, str(out))
     whole = get_detector("phash", content="whole")
-    assert whole.info.version == "2" and whole.info.content == "whole"
+    assert whole.info.version == "1" and whole.info.content == "whole"
     with pytest.raises(IndexMismatchError, match="content 'trim' where this detector uses content 'whole'"):
         check_detector(m, whole.info, str(out))
     check_detector(old, whole.info, str(out))  # the same embeddings as before content normalisation: accepted
