@@ -24,8 +24,9 @@ least of ``--repeats``.
 It also prints where one worker's time goes (decode, EXIF orientation, RGB conversion, content box,
 the detector's preprocessing), each as a multiple of the decoding time, measured in this process.
 
-``--digest`` prints a checksum of every shard's vectors, low-information flags and content boxes: equal
-digests before and after a change mean the change left every embedding as it was.
+``--digest`` prints a checksum of every shard's vectors, low-information flags and content boxes, and one of
+the corpus views' vectors: equal digests before and after a change mean the change left every embedding as it
+was.
 
 ``--baseline DIR`` also times `index` with the code of another checkout (DIR, e.g. a git worktree of the commit
 before a change) in each repeat, right after this code's run, in a fresh process that imports the package from
@@ -225,18 +226,23 @@ def baseline_index(code: Path, folder: Path, one: Path, out: Path, workers: int)
 
 
 def digest(index_dir: Path) -> str:
-    """xxh3 of every shard's vectors, low-information flags and content boxes, in row order."""
+    """xxh3 of every shard's vectors, low-information flags and content boxes, in row order; then, apart, xxh3
+    of the corpus views' vectors (``views/``)."""
     import pyarrow.parquet as pq
     import xxhash
 
     from overlap_audit.index.shards import shard_paths
+    from overlap_audit.index.views import view_shard_path
 
-    h = xxhash.xxh3_64()
+    h, v = xxhash.xxh3_64(), xxhash.xxh3_64()
     for path in shard_paths(index_dir):
         t = pq.read_table(path, columns=["key", "vector", "low_information", "content_box", "skip_reason"])
         for column in t.column_names:
             h.update(repr(t[column].to_pylist()).encode())
-    return h.hexdigest()
+        views = view_shard_path(path)
+        if views.exists():
+            v.update(np.load(views).tobytes())
+    return f"{h.hexdigest()} (views {v.hexdigest()})"
 
 
 def main() -> None:
