@@ -20,7 +20,9 @@ The Overlap ids of the cached report must equal those of the first (checked).
 With ``--baseline CHECKOUT`` (another version of the package, e.g. a detached ``git worktree`` of main) each
 report runs in a process of its own, the baseline's code and this one's taking turns within each round
 (baseline first, then this), so that both meet the same load; the ratios are printed for each code, and the
-thresholds and Overlap ids of the two must be the same (checked).
+thresholds and Overlap ids of the two must be the same (checked). Each report also gets an estimate of what it
+would take on idle cores (``_Demand``), in all and per phase: on a shared machine the wall time says how busy
+the machine was more than how well the report's work overlaps.
 """
 
 from __future__ import annotations
@@ -85,8 +87,8 @@ class _Demand:
     them want a core (state R: running or waiting for one); the CPU time of an interval in which n threads
     wanted a core would have taken 1 / min(n, CORES) of it on idle cores. On a shared machine the wall time
     follows the share of the CPU the kernel gives the run, whatever its threads could do at once; this
-    follows what they could do at once (the report's pipelining) and is measured against the wall time on
-    an idle machine whenever one is (BENCHMARKS.md)."""
+    follows what they could do at once (the report's pipelining). A model: it takes two busy cores to be
+    twice as fast as one (BENCHMARKS.md)."""
 
     def __init__(self, pid: int, interval: float = 0.02) -> None:
         import threading
@@ -182,7 +184,14 @@ def _report_in(checkout: Path | None, demo: Path, out: Path, cache: Path, verify
     if child.returncode or not lines:
         raise SystemExit(f"a report with {checkout or 'this code'} failed:\n{stderr[-3000:]}")
     res = json.loads(lines[-1][len("RESULT "):])
-    return res | {"idle_estimate": demand.between(res["started"], res["started"] + res["seconds"])}
+    at, phases = res["started"], {}
+    for phase, seconds in res["phases"].items():  # in the order the report ran them, each from the last
+        if phase == "total" or ":" in phase:
+            continue
+        phases[phase] = demand.between(at, at + seconds)
+        at += seconds
+    return res | {"idle_estimate": demand.between(res["started"], res["started"] + res["seconds"]),
+                  "idle_phases": phases}
 
 
 def _summary(runs: dict[str, list[dict]]) -> dict:
@@ -190,7 +199,9 @@ def _summary(runs: dict[str, list[dict]]) -> dict:
     med = {k: statistics.median(x["seconds"] for x in v) for k, v in runs.items()}
     cpu = {k: statistics.median(x["cpu"] for x in v) for k, v in runs.items()}
     idle = {k: statistics.median(x["idle_estimate"] for x in v) for k, v in runs.items()}
-    return {"seconds": med, "cpu_seconds": cpu, "idle_estimate": idle,
+    phases = {k: {p: statistics.median(x["idle_phases"].get(p, 0.0) for x in v) for p in v[0]["idle_phases"]}
+              for k, v in runs.items()}
+    return {"seconds": med, "cpu_seconds": cpu, "idle_estimate": idle, "idle_phases": phases,
             "idle_ratio": {when: idle[f"verify:{when}"] / idle[f"no_verify:{when}"] for when in ("first", "second")},
             "idle_ratios": {when: [b["idle_estimate"] / a["idle_estimate"]
                                    for a, b in zip(runs[f"no_verify:{when}"], runs[f"verify:{when}"])]
@@ -256,6 +267,10 @@ def _against(args) -> dict:
                   f"[{o['idle_ratio'][when]:.2f}] | "
                   + ", ".join(f"{a:.2f} ({b:.2f}) [{c:.2f}]" for a, b, c in
                               zip(o["ratios"][when], o["cpu_ratios"][when], o["idle_ratios"][when])) + " |")
+    for code, _ in codes:
+        for key in ("no_verify:first", "verify:first"):
+            print(f"idle estimate per phase, {code} {key} (medians): " + ", ".join(
+                f"{p} {v:.1f}" for p, v in out[code]["idle_phases"][key].items()))
     print(f"load average {out['load']['min']:.1f}-{out['load']['max']:.1f}; {out['n_verified']} pairs verified; "
           f"thresholds {out['thresholds']}; Overlap {out['n_overlap']}; the same decisions in every report of "
           f"both codes: {same}")
