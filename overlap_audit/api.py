@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,9 +18,9 @@ import numpy as np
 
 from . import __version__
 from .atomic import atomic_write, create_temporary
-from .calibrate import calibrate_sets, lowest_threshold
+from .calibrate import calibrate_sets, fixed_threshold, lowest_threshold
 from .decide.edge import UNIFORM_STD, edge_flags, measure_overlap
-from .decide.rule import DECISION_VERSION, DecisionRule, VerifySettings, check_decision_version
+from .decide.rule import DECISION_VERSION, DecisionRule, VerifySettings, check_decision_version, verification_pool
 from .decide.points import OperatingPoints, load_points
 from .decide.split import resolve_thresholds, threshold_origins
 from .evalcache import default_cache_dir
@@ -173,18 +174,38 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
         phases.seconds[f"search:{name}"] = round(m.seconds["search"], 3)
     phases.done("match", f"{sum(m.cached for m in matches.values())} of {len(matches)} set(s) from the cache")
     calibrations = {}
-    if to_calibrate:
-        calibrations = calibrate_sets(corpus, index_dir, {n: matches[n] for n in to_calibrate}, dict(evals),
-                                      lambda t: DecisionRule.for_detector(det, t, settings.verify),
-                                      settings.calibrate, match, cache_dir=settings.cache_dir)
-        for n, c in calibrations.items():
-            cut[n] = c.used
-            origins[n] = "calibrated" if c.threshold is not None else "default"
-        phases.done("calibrate")
-    rule = DecisionRule.for_detector(det, cut, settings.verify, points.verify)
-    decision = rule.decide({n: (m.embeddings, m.neighbors) for n, m in matches.items()}, index_dir=index_dir,
-                           eval_sources=dict(evals), max_pixels=match.max_pixels, workers=match.workers,
-                           progress=match.progress, cache_dir=settings.cache_dir)
+    matched = {n: (m.embeddings, m.neighbors) for n, m in matches.items()}
+    deciding = dict(index_dir=index_dir, eval_sources=dict(evals), max_pixels=match.max_pixels,
+                    workers=match.workers, progress=match.progress, cache_dir=settings.cache_dir)
+    # one pool of verification workers for calibration's pairs and the report's own
+    with verification_pool(match.workers if settings.verify is not None else 0) as pool, \
+            ThreadPoolExecutor(1, thread_name_prefix="decide") as beside:
+        fixed = {n: fixed_threshold(det.default_threshold, verifying=settings.verify is not None)
+                 for n in to_calibrate}
+        ahead = ahead_rule = None
+        if pool is not None and to_calibrate and None not in fixed.values():
+            # calibration cannot move these thresholds (with verification it only estimates the decision's
+            # precision and recall at the default): the report's pairs are judged meanwhile, by another thread
+            # over the same workers, while this one makes, embeds and searches calibration's images
+            ahead_rule = DecisionRule.for_detector(det, cut | fixed, settings.verify, points.verify)
+            ahead = beside.submit(ahead_rule.decide, matched, pool=pool, **deciding)
+        if to_calibrate:
+            try:
+                calibrations = calibrate_sets(corpus, index_dir, {n: matches[n] for n in to_calibrate},
+                                              dict(evals), lambda t: DecisionRule.for_detector(det, t, settings.verify),
+                                              settings.calibrate, match, cache_dir=settings.cache_dir, pool=pool)
+            except BaseException:
+                if pool is not None:
+                    pool.cancel()  # the report's own judging stops as well
+                raise
+            for n, c in calibrations.items():
+                cut[n] = c.used
+                origins[n] = "calibrated" if c.threshold is not None else "default"
+            phases.done("calibrate")
+        rule = DecisionRule.for_detector(det, cut, settings.verify, points.verify)
+        decision = ahead.result() if ahead is not None else None
+        if decision is None or ahead_rule != rule:  # (the rules differ nowhere ``fixed_threshold`` holds)
+            decision = rule.decide(matched, pool=pool, **deciding)
     splits = _with_neighbor_boxes(decision.splits, index_dir) if det.content == "trim" else decision.splits
     skipped = {n: m.skipped for n, m in matches.items()}
     _check_not_empty(splits, skipped)

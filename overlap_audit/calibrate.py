@@ -36,6 +36,14 @@ def lowest_threshold(default: float, *, verifying: bool = False) -> float:
     return float(default) if verifying else first_stage_threshold(default, CALIBRATION_RELAX)
 
 
+def fixed_threshold(default: float | None, *, verifying: bool) -> float | None:
+    """The threshold a set's calibration ends at whatever it measures, where it has only one to choose from
+    (with verification: the detector's default, ``lowest_threshold``); None where it chooses."""
+    if default is None or lowest_threshold(default, verifying=verifying) < float(default):
+        return None
+    return float(default)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """The chosen threshold and the precision/recall curve it came from."""
@@ -230,7 +238,7 @@ def _png(image) -> bytes:
 
 
 def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, settings, match_settings, *,
-                   cache_dir: str | os.PathLike | None = None) -> dict[str, SetCalibration]:
+                   cache_dir: str | os.PathLike | None = None, pool=None) -> dict[str, SetCalibration]:
     """Each evaluation set's threshold (``decide.calibrate_set.pick_threshold``) and what the decision does at
     it with known copies and known non-copies.
 
@@ -240,7 +248,8 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
     ``MatchSettings`` (the negatives are searched as the set's own images were); with ``cache_dir`` the
     generated images' embeddings and the transposes' neighbours (``evalcache``) and the pairs' comparisons
     (``decide.verdicts``) are kept there between reports, keyed by the generated images' bytes (the copies and
-    transposes are seeded, so their bytes repeat). A set's sample is drawn with
+    transposes are seeded, so their bytes repeat); with ``pool`` (``decide.rule.verification_pool``) the pairs
+    are judged over its workers. A set's sample is drawn with
     ``np.random.default_rng([seed, crc32(name)])`` among its examples that are not low-information: the
     ``positives`` first, each with one App. C copy (``augment.appc_copy``) compared with its image by the
     detector (through the views a report's search compares, ``_view_similarity``) and, with verification, judged by the rule; the ``negatives`` (a superset of those images) each
@@ -336,7 +345,7 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
                 name, [(by_id[neg.embeddings.ids[neg_rows[r]]], items[str(neg.neighbors.ids[neg_rows[r], 0])],
                         float(neg_sims[r])) for r in todo],
                 max_pixels=match_settings.max_pixels, workers=match_settings.workers, cache_dir=cache_dir,
-                progress=match_settings.progress, desc=f"verify {name} (calibration negatives)")
+                progress=match_settings.progress, desc=f"verify {name} (calibration negatives)", pool=pool)
             for r, p in zip(todo, judged_neg):
                 verdicts[r] = p.verdict
 
@@ -386,7 +395,7 @@ def calibrate_sets(corpus, index_dir, matches: dict, evals: dict, rule_for, sett
                                                low_information=[pos_low[j] for j in todo],
                                                max_pixels=match_settings.max_pixels, workers=match_settings.workers,
                                                cache_dir=cache_dir, progress=match_settings.progress,
-                                               desc=f"verify {name} (calibration positives)")):
+                                               desc=f"verify {name} (calibration positives)", pool=pool)):
             pos_verdicts[j] = p.verdict
         positive_overlap = np.asarray(rule.overlap(name, pos_sims, pos_verdicts, pos_low), bool)
         out[name] = SetCalibration(name, chosen, float(used), float(lower), upper, settings.target_precision,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -194,18 +194,20 @@ class DecisionRule:
 
     def decide(self, matches: Mapping[str, tuple[Embeddings, Neighbors]], *, index_dir: str | os.PathLike | None,
                eval_sources: Mapping[str, object], max_pixels: int | None = None, workers: int | None = None,
-               progress: bool = False, cache_dir: str | os.PathLike | None = None) -> Decision:
+               progress: bool = False, cache_dir: str | os.PathLike | None = None,
+               pool: VerifyPool | None = None) -> Decision:
         """Split each evaluation set's (embeddings, neighbours) into Overlap / Clean. Verification reads the
         pairs' images back: the corpus items from ``index_dir``, the examples from ``eval_sources`` (name ->
         spec or in-memory source); ``max_pixels`` caps their decoding; the pairs are judged over ``workers``
-        processes (None: one per CPU, at most 8; 0: in this process); with ``cache_dir`` the comparisons of
-        an earlier run there are reused (``verdicts``), and new ones stored."""
+        processes (None: one per CPU, at most 8; 0: in this process), or over ``pool``'s
+        (``verification_pool``) when it is given; with ``cache_dir`` the comparisons of an earlier run there
+        are reused (``verdicts``), and new ones stored."""
         splits = {n: split(n, emb, nb, self.thresholds[n]) for n, (emb, nb) in matches.items()}
         if self.verify is None:
             return Decision(splits)
         splits, unreadable, changed, cached, pairs = _verify_splits(
             self, splits, index_dir, eval_sources, max_pixels=max_pixels, workers=workers, progress=progress,
-            cache_dir=cache_dir)
+            cache_dir=cache_dir, pool=pool)
         record = self.verify.to_dict()
         # each dataset's counts under its own settings (a thresholds file that ``threshold`` wrote)
         counted = {n: self.verify_for(n).to_dict({n: sp}, unreadable, changed, cached, pairs)["datasets"][n]
@@ -273,11 +275,11 @@ class DecisionRule:
     def judge_pairs(self, dataset: str, pairs: Sequence[tuple[RawItem | None, RawItem | None, float]], *,
                     low_information=None, max_pixels: int | None = None, workers: int | None = None,
                     progress: bool = False, cache_dir: str | os.PathLike | None = None,
-                    desc: str = "verify") -> list[PairJudgement]:
+                    desc: str = "verify", pool: VerifyPool | None = None) -> list[PairJudgement]:
         """Verify each (evaluation item, corpus item, similarity) pair, whatever its similarity (so that its
         verdict serves other thresholds too), and decide it at ``dataset``'s threshold (``overlap``). Without
-        verification no pair is judged. Low-information pairs are not judged and never Overlap. ``cache_dir``:
-        as for ``decide``; ``desc`` labels the progress bar."""
+        verification no pair is judged. Low-information pairs are not judged and never Overlap. ``cache_dir``
+        and ``pool``: as for ``decide``; ``desc`` labels the progress bar."""
         from ..limits import DEFAULT_MAX_PIXELS
 
         low = (np.zeros(len(pairs), bool) if low_information is None else np.asarray(low_information, bool))
@@ -293,7 +295,7 @@ class DecisionRule:
                                           verify.near(float(pairs[i][2])))))
                 else:
                     judged[i] = (float("nan"), None, False, False)
-            found, _ = _judge_all([p for _, p in todo], workers, progress, cache_dir, desc)
+            found, _ = _judge_all([p for _, p in todo], workers, progress, cache_dir, desc, pool)
             judged.update(zip([i for i, _ in todo], found))
         sims = [float(s) for _, _, s in pairs]
         verdicts = [judged[i][1] if i in judged else None for i in range(len(pairs))]
@@ -531,14 +533,70 @@ def _pool(workers: int):
     from ..embed import default_start_method
 
     # as the decoding workers start (fork on Linux): in milliseconds, with the comparison's modules already
-    # imported, and without importing the caller's __main__ again. Forked workers (started at the first task,
-    # inside this block) inherit the limit set here; others set it themselves: threadpoolctl's first call in a
-    # process takes a tenth of a second, paid again by each worker of each judging run
+    # imported, and without importing the caller's __main__ again. Forked workers inherit the limit set here
+    # (threadpoolctl's first call in a process takes a tenth of a second, paid again by each worker of each
+    # pool); others set it themselves. Forked ones are all started here, so that the caller's own limit is
+    # back before it goes on (a report's calibration works beside its pool, ``verification_pool``)
     method = default_start_method()
-    with threadpool_limits(limits=1), ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context(method),
-            initializer=None if method == "fork" else _one_blas_thread) as pool:
+    with threadpool_limits(limits=1):
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+                                   initializer=None if method == "fork" else _one_blas_thread)
+        if method == "fork":
+            pool.submit(int).result()  # a forking pool starts every worker at its first task
+    with pool:
         yield pool
+
+
+class VerifyPool:
+    """Worker processes that judge the pairs of several judging runs (``verification_pool``), which may be
+    given pairs from more than one thread at once: each run keeps only a few tasks queued, so that another's
+    tasks are not left waiting behind all of its own."""
+
+    def __init__(self, executor, workers: int) -> None:
+        self.executor = executor
+        self.workers = workers
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Take no more tasks: those queued are dropped, and a run waiting for them stops (CancelledError)."""
+        self.cancelled = True
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def submit(self, task: list):
+        """``_compare_task(task)`` in a worker: its future."""
+        from concurrent.futures import CancelledError
+
+        if self.cancelled:
+            raise CancelledError("the verification pool was cancelled")
+        try:
+            return self.executor.submit(_compare_task, task)
+        except RuntimeError:  # shut down between the check and the call
+            if self.cancelled:
+                raise CancelledError("the verification pool was cancelled") from None
+            raise
+
+
+@contextlib.contextmanager
+def verification_pool(workers: int | None) -> Iterator[VerifyPool | None]:
+    """One pool of ``workers`` processes (None: one per CPU, at most 8) for all the judging runs of a report
+    (``DecisionRule.decide``'s and ``judge_pairs``'s ``pool``): calibration's pairs and the report's own can
+    be judged at once, from two threads, without more processes than CPUs. None where ``workers`` is 0 or 1
+    (the pairs are judged in the calling process). Leaving the block on an error drops the queued tasks."""
+    workers = _worker_count(workers)
+    if workers <= 1:
+        yield None
+        return
+    with _pool(workers) as executor:
+        pool = VerifyPool(executor, workers)
+        try:
+            yield pool
+        except BaseException:
+            pool.cancel()
+            raise
+
+
+def _worker_count(workers: int | None) -> int:
+    return min(8, os.cpu_count() or 1) if workers is None else workers
 
 
 def _tasks(todo: list[tuple[int, _Pair, str, str]]) -> list[list[tuple[int, _Pair, str, str]]]:
@@ -556,18 +614,18 @@ def _tasks(todo: list[tuple[int, _Pair, str, str]]) -> list[list[tuple[int, _Pai
 
 
 def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool,
-               cache_dir: str | os.PathLike | None = None,
-               desc: str = "verify") -> tuple[list[tuple[float, bool | None, bool]], list[bool]]:
-    """``_judge`` of every pair, over ``workers`` processes (None: one per CPU, at most 8; 0: here), with a
-    progress bar labelled ``desc``; with ``cache_dir``, comparisons stored there by an earlier run are used
-    (``verdicts``), and new ones stored. Returns the outcomes and, per pair, whether its comparison came from the cache."""
+               cache_dir: str | os.PathLike | None = None, desc: str = "verify",
+               pool: VerifyPool | None = None) -> tuple[list[tuple[float, bool | None, bool]], list[bool]]:
+    """``_judge`` of every pair, over ``workers`` processes (None: one per CPU, at most 8; 0: here) or over
+    ``pool``'s, with a progress bar labelled ``desc``; with ``cache_dir``, comparisons stored there by an
+    earlier run are used (``verdicts``), and new ones stored. Returns the outcomes and, per pair, whether its
+    comparison came from the cache."""
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
     from .verdicts import VerdictCache, comparison_key, fingerprint
 
-    if workers is None:
-        workers = min(8, os.cpu_count() or 1)
+    workers = _worker_count(workers)
     out: list = [(float("nan"), None, False, False)] * len(pairs)
     from_cache = [False] * len(pairs)
     todo: list[tuple[int, _Pair, str, str]] = []
@@ -602,19 +660,15 @@ def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool,
         bar.update(len(task))
 
     try:
-        if workers <= 1 or len(todo) < VERIFY_PARALLEL_FROM:
+        if pool is not None and tasks:
+            _over(pool, tasks, take)
+        elif workers <= 1 or len(todo) < VERIFY_PARALLEL_FROM:
             with threadpool_limits(limits=1):  # a pair's matrices are small: BLAS threads only wait
                 for task in tasks:
                     take(task, _compare_task([(p, e, c) for _, p, e, c in task]))
         else:
-            from concurrent.futures import FIRST_COMPLETED, wait
-
-            with _pool(workers) as pool:
-                running = {pool.submit(_compare_task, [(p, e, c) for _, p, e, c in task]): task for task in tasks}
-                while running:
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        take(running.pop(future), future.result())
+            with _pool(workers) as executor:
+                _over(VerifyPool(executor, workers), tasks, take)
         if cache is not None:
             cache.put(new)
     finally:
@@ -624,9 +678,43 @@ def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool,
     return out, from_cache
 
 
+# Tasks a judging run keeps queued per worker of its pool: enough that no worker waits for the next (the main
+# process hands out the next as one ends), few enough that another run's tasks are taken soon
+QUEUED_PER_WORKER = 2
+
+
+def _over(pool: VerifyPool, tasks: list, take) -> None:
+    """``_compare_task`` of each task over ``pool``, ``take(task, comparisons)`` as each ends; at most
+    ``QUEUED_PER_WORKER`` tasks per worker are queued at a time."""
+    from concurrent.futures import FIRST_COMPLETED, CancelledError, wait
+
+    waiting = iter(tasks)
+    running: dict = {}
+
+    def feed() -> None:
+        for task in waiting:
+            running[pool.submit([(p, e, c) for _, p, e, c in task])] = task
+            if len(running) >= QUEUED_PER_WORKER * pool.workers:
+                return
+
+    try:
+        feed()
+        while running:
+            # with a timeout: a future the pool's shutdown cancelled never counts as done for ``wait``
+            done, _ = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
+            if pool.cancelled:
+                raise CancelledError("the verification pool was cancelled")
+            for future in done:
+                take(running.pop(future), future.result())
+            feed()
+    finally:
+        for future in running:  # an error: the tasks not started are not left to the pool
+            future.cancel()
+
+
 def _verify_splits(rule: DecisionRule, splits: dict[str, Split], index_dir, eval_sources: Mapping[str, object], *,
                    max_pixels: int | None = None, workers: int | None = None, progress: bool = False,
-                   cache_dir: str | os.PathLike | None = None
+                   cache_dir: str | os.PathLike | None = None, pool: VerifyPool | None = None
                    ) -> tuple[dict[str, Split], dict, dict, dict, dict]:
     """Decide each split by ``rule.choose``, comparing in rounds the pairs it asks for (first every candidate's
     nearest pair, then the next neighbour of the examples still undecided). Returns the splits with
@@ -684,7 +772,7 @@ def _verify_splits(rule: DecisionRule, splits: dict[str, Split], index_dir, eval
                                    accept[name][(i, j)], settings.near(sim), sp.boxes[i] if sp.boxes else None,
                                    boxes.get(key)))
                 where.append((name, i, j))
-        found, from_cache = _judge_all(pairs, workers, progress, cache_dir)
+        found, from_cache = _judge_all(pairs, workers, progress, cache_dir, pool=pool)
         for (name, i, j), outcome, hit in zip(where, found, from_cache):
             judged[name][(i, j)] = outcome
             n_pairs[name] += 1
