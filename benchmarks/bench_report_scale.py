@@ -44,6 +44,8 @@ import numpy as np
 
 SHARD = 100_000
 PARTS = ("open", "keys", "boxes", "matches", "items")  # a report's time outside the search, in its order
+CACHE_FILES_UNDER = 4 << 30  # larger files are not read ahead of the warm run (at 10^8 they outgrow the cache)
+DONE = "shards.done"  # beside the shards of a size written whole: ``--keep`` leaves them for the next run
 
 
 def key_of(i: int) -> str:
@@ -88,7 +90,7 @@ def finish(root: Path) -> float:
     from overlap_audit.values import DetectorInfo
 
     for p in root.iterdir():  # another code's finished files: this code writes its own
-        if p.name != SHARD_DIR:
+        if p.name not in (SHARD_DIR, DONE):
             p.unlink()
     info = DetectorInfo(spec="vectors", name="vectors", version="1", dim=64, metric="hamming",
                         default_threshold=0.85)
@@ -96,6 +98,13 @@ def finish(root: Path) -> float:
     finish_index(root, info, [{"kind": "vectors", "name": "laion"}], SHARD, "cpu", 0.0, index_type="flat")
     assert (root / MANIFEST).exists()
     return time.perf_counter() - t
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (ru_maxrss, KiB on Linux) in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def evict(root: Path) -> None:
@@ -208,16 +217,19 @@ def measure(root: Path, code: str, args) -> dict:
         return json.loads(r.stdout.strip().splitlines()[-1])
 
     finished = call("--finish")
+    if args.finish_only:
+        return {"finish_s": finished["finish_s"], "finish_peak_mb": finished["peak_mb"]}
     evict(root)
     cold = call("--cold")
     for p in root.rglob("*"):  # back into the page cache, as the warm process expects (without mapping them)
-        if p.is_file():
+        if p.is_file() and p.stat().st_size < CACHE_FILES_UNDER:
             with open(p, "rb", buffering=0) as fh:
                 while fh.read(8 << 20):
                     pass
     warm = call()
     size = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
-    return {"finish_s": finished["finish_s"], "cold": cold, "warm": warm, "bytes_beside_shards": size}
+    return {"finish_s": finished["finish_s"], "finish_peak_mb": finished["peak_mb"], "cold": cold, "warm": warm,
+            "bytes_beside_shards": size}
 
 
 def main() -> None:
@@ -230,13 +242,18 @@ def main() -> None:
     ap.add_argument("--baseline", default=None, help="another overlap-audit checkout, measured on the same shards")
     ap.add_argument("--work-dir", default=None, help="where the synthetic indexes go (default: a temporary folder)")
     ap.add_argument("--json", default=None, help="append results to this JSON-lines file")
+    ap.add_argument("--baseline-max", type=float, default=1e7,
+                    help="measure the baseline up to this size only (the previous code's finish held every key)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep each size's shards in --work-dir, and reuse shards a previous run kept")
+    ap.add_argument("--finish-only", action="store_true", help="time the finish (and its peak memory) only")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--finish", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         root = Path(args.child)
-        result = ({"finish_s": finish(root)} if args.finish
+        result = ({"finish_s": finish(root), "peak_mb": peak_rss_mb()} if args.finish
                   else child(root, args.examples, args.k, args.key_rows, args.repeats, args.cold))
         print(json.dumps(result))
         return
@@ -256,11 +273,23 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
     for size in args.sizes:
         n = int(size)
         root = work_dir / f"n{n}"
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
-        wrote = write_shards(root, n)
+        if args.keep and (root / DONE).exists():
+            wrote = float((root / DONE).read_text())
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            wrote = write_shards(root, n)
+            (root / DONE).write_text(str(wrote))
         rates = disk_rates(root)
-        results = {name: measure(root, code, args) for name, code in codes.items()}
+        results = {name: measure(root, code, args) for name, code in codes.items()
+                   if name == "this" or n <= args.baseline_max}
+        if args.finish_only:
+            for name, res in results.items():
+                print(f"| {n:,} | {name} | finish {res['finish_s']:.0f} s, peak RSS {res['finish_peak_mb']:.0f} MB |",
+                      flush=True)
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
+            continue
         for name, res in results.items():
             for cache in ("cold", "warm"):
                 r = res[cache]
@@ -275,12 +304,14 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
             print(f"| {n:,} | | | same answers as the baseline: {same} | | | | | | | | |")
         print(f"| {n:,} | | | disk: {rates['seq_mb_s']:.0f} MB/s sequential, {rates['random_4k_per_s']:.0f} "
               f"random 4 KiB reads/s; shards written in {wrote:.0f} s; finish "
-              + ", ".join(f"{k} {v['finish_s']:.0f} s ({v['bytes_beside_shards'] / n:.0f} B/item beside the shards)"
+              + ", ".join(f"{k} {v['finish_s']:.0f} s, peak RSS {v['finish_peak_mb']:.0f} MB "
+                          f"({v['bytes_beside_shards'] / n:.0f} B/item beside the shards)"
                           for k, v in results.items()) + " | | | | | | | | |", flush=True)
         if args.json:
             with open(args.json, "a") as fh:
                 fh.write(json.dumps({"n": n, "disk": rates, "shards_s": wrote, **results}) + "\n")
-        shutil.rmtree(root, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -664,8 +664,11 @@ class KeysByRow:
         span_of = np.cumsum(new_span) - 1
         span_first = first[new_span]
         span_last = np.maximum.reduceat(last, np.flatnonzero(new_span))
+        import xxhash
+
         keys: list = [None] * len(rows)
-        key_at = self._key_at
+        hashes = [0] * len(rows)
+        key_at, digest, escape = self._key_at, xxhash.xxh3_64_intdigest, b"\\"
         try:
             with open(self.path, "rb") as fh:
                 fd, pread = fh.fileno(), os.pread
@@ -674,15 +677,21 @@ class KeysByRow:
             end = (last - span_first[span_of]).tolist()
             for i, span, a, b in zip(order.tolist(), span_of.tolist(), begin, end):
                 field = spans[span][a:b].split(b"\0", key_at + 1)[key_at]
-                if field[:1] == b"v":
-                    keys[i] = field[1:].decode("utf-8", "surrogatepass")
+                if field[:1] != b"v":
+                    continue
+                body = field[1:]
+                if escape in body:  # the stored text is escaped; the hash is of the key's own bytes
+                    keys[i] = _unescape(body.decode("utf-8", "surrogatepass"))
+                    hashes[i] = digest(keys[i].encode("utf-8", "surrogatepass"))
+                else:  # the bytes stored are the key's: hashed as they are
+                    keys[i] = body.decode("utf-8", "surrogatepass")
+                    hashes[i] = digest(body)
         except (OSError, IndexError, ValueError):  # a record cut short, bytes that are not UTF-8
             raise self._damaged("an index row's record cannot be read (the table changed since it was "
                                 "indexed)") from None
         if None in keys:
             raise self._damaged("an index row's record holds no key (the table changed since it was indexed)")
-        keys = [_unescape(k) for k in keys]
-        wrong = np.flatnonzero(key_hashes(keys) != recorded)
+        wrong = np.flatnonzero(np.array(hashes, np.uint64) != recorded)
         if wrong.size:
             raise self._damaged(f"the record of index row {int(rows[wrong[0]])} holds key {keys[wrong[0]]!r}, "
                                 "whose hash the offsets do not place there (the table changed since it was "
