@@ -23,9 +23,13 @@ cache just before it (``posix_fadvise(DONTNEED)`` on each file; dropping the who
 (every file read once first; the parts interleaved, each the best of ``--repeats``); each process first makes
 each call with no keys, so imports are not counted as lookups. The disk's sequential read rate and random 4 KiB read rate are measured on the same
 machine in the same run, on the shards evicted the same way. ``--baseline PATH`` also measures the code at PATH
-(another checkout of overlap-audit) on the same shards, finished by that code.
+(another checkout of overlap-audit) on the same shards, finished by that code (up to ``--baseline-max`` items).
+Each finish runs in its own process, whose peak resident memory is reported beside its seconds. Files larger than
+``CACHE_FILES_UNDER`` are not read ahead of the warm process (at 10^8 the item table outgrows the page cache):
+there "warm" is the best of the repeats, whose pages the first repeat brought in. ``--keep`` keeps each size's
+shards and reuses those a previous run kept (a 10^8 corpus takes most of an hour to write on 2 cores).
 
-    python benchmarks/bench_report_scale.py --sizes 1e5 1e6 1e7 [--baseline /path/to/main] [--work-dir DIR]
+    python benchmarks/bench_report_scale.py --sizes 1e5 1e6 1e7 1e8 [--baseline /path/to/main] [--work-dir DIR]
 """
 
 from __future__ import annotations

@@ -56,7 +56,6 @@ _ESCAPED = re.compile(r"\\(.)", re.S)
 _SIDE_FILES = ("offsets", "keys", "buckets")
 _TWO = struct.Struct("<QQ")
 _FOUR = struct.Struct("<QQQQ")
-_SPAN_GAP = 4096  # records closer than this are read together by ``KeysByRow``
 _PASS_ENTRIES = 1 << 23  # key-index entries sorted at once when writing (128 MB), whatever the corpus size
 _CHUNK_ROWS = 1 << 21  # rows of a side file read at once when writing or checking
 _U8 = np.dtype("<u8")
@@ -603,15 +602,15 @@ def _same_bytes(fh, other: Path) -> bool:
 
 class KeysByRow:
     """The keys of index rows (record r of the item table is index row r), read a batch of rows at a time: the
-    records' places gathered from the memory-mapped offsets with numpy, the records read with one ``pread``
-    each (those less than a page apart together, in file order) and their keys cut out, each key confirmed
-    against the hash stored beside its offset, so a table replaced or damaged after indexing is an
-    IndexDamagedError, never a wrong key. Opening reads the header line and the offsets file's header only.
+    records' places gathered from the memory-mapped offsets with numpy, each record's key cut out of the
+    memory-mapped table and confirmed against the hash stored beside its offset, so a table replaced or damaged
+    after indexing is an IndexDamagedError, never a wrong key. Opening reads the header line and the offsets
+    file's header only (and maps both files).
 
-    The records are read, not mapped: on the 2-core VM of BENCHMARKS.md a first touch of a mapped page cost
-    about 20 µs and a ``pread`` about 6 (cutting the keys out with Arrow cost more than this loop, in fresh
-    memory); the offsets are mapped, where neighbouring rows share pages, and a row's hash lies beside its
-    offset, so a key costs one page of one side file where confirming it in the key index cost two more."""
+    Both files are mapped (the table with ``MADV_RANDOM``, so a record read from disk brings in its own page, not
+    a readahead window): on the 2-core VM of BENCHMARKS.md, 50,000 records scattered over a cached 10^7-row table
+    cost 0.05 s of CPU sliced from the map and 0.13 s read with one ``pread`` each; and a row's hash lies beside
+    its offset, so a key touches one page of one side file, where confirming it in the key index took two more."""
 
     def __init__(self, index_dir: str | os.PathLike, items_file: str, n_indexed: int) -> None:
         path = Path(index_dir) / items_file
@@ -621,6 +620,9 @@ class KeysByRow:
                 header = json.loads(fh.readline())
                 self._start = fh.tell()
                 self._size = os.fstat(fh.fileno()).st_size
+                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            if hasattr(self._map, "madvise"):
+                self._map.madvise(mmap.MADV_RANDOM)
             # a plain array over the map: numpy's memmap class costs more per gather than the gather
             offsets = np.asarray(np.load(path.parent / side_files(items_file)["offsets"], mmap_mode="r",
                                          allow_pickle=False))
@@ -656,27 +658,14 @@ class KeysByRow:
         starts, ends, recorded = here[:, 0], after, here[:, 1]
         if np.any(starts < self._start) or np.any(ends < starts) or np.any(ends > self._size):
             raise self._damaged("its offsets point outside its records (the table changed since it was indexed)")
-        order = np.argsort(starts, kind="stable")
-        first, last = starts[order].astype(np.int64), ends[order].astype(np.int64)
-        # records less than a page apart are read in one span (a small corpus's keys share their pages)
-        new_span = np.ones(len(first), bool)
-        new_span[1:] = first[1:] - np.maximum.accumulate(last)[:-1] >= _SPAN_GAP
-        span_of = np.cumsum(new_span) - 1
-        span_first = first[new_span]
-        span_last = np.maximum.reduceat(last, np.flatnonzero(new_span))
         import xxhash
 
         keys: list = [None] * len(rows)
         hashes = [0] * len(rows)
-        key_at, digest, escape = self._key_at, xxhash.xxh3_64_intdigest, b"\\"
+        key_at, digest, escape, table = self._key_at, xxhash.xxh3_64_intdigest, b"\\", self._map
         try:
-            with open(self.path, "rb") as fh:
-                fd, pread = fh.fileno(), os.pread
-                spans = [pread(fd, b - a, a) for a, b in zip(span_first.tolist(), span_last.tolist())]
-            begin = (first - span_first[span_of]).tolist()
-            end = (last - span_first[span_of]).tolist()
-            for i, span, a, b in zip(order.tolist(), span_of.tolist(), begin, end):
-                field = spans[span][a:b].split(b"\0", key_at + 1)[key_at]
+            for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
+                field = table[a:b].split(b"\0", key_at + 1)[key_at]
                 if field[:1] != b"v":
                     continue
                 body = field[1:]
