@@ -184,6 +184,7 @@ def child(root: Path, examples: int, k: int, key_rows: int, repeats: int, cold: 
             "boxes": lambda: content_boxes(root, matched), "matches": lambda: corpus_metadata(root, neighbours),
             "items": lambda: corpus_items(root, matched)}
     out: dict = {name: float("inf") for name in work}
+    out.update({f"{name}_cpu": float("inf") for name in work})
     out["keys_first"] = first_keys
     for _ in range(1 if cold else repeats):  # the parts interleaved, so a burst of load spreads over them all
         for name, fn in work.items():
@@ -193,9 +194,10 @@ def child(root: Path, examples: int, k: int, key_rows: int, repeats: int, cold: 
                 opened = load_index(root, load_faiss=False)
                 if cold:
                     evict(root)
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             got = fn()
             out[name] = min(out[name], time.perf_counter() - t)
+            out[f"{name}_cpu"] = min(out[f"{name}_cpu"], time.process_time() - cpu)
             if name == "keys":
                 assert len(got) == len(rows) and all(isinstance(key, str) for key in got)
                 out["answer_keys"] = [got[:20].tolist(), hashlib.sha256("\n".join(got).encode()).hexdigest()]
@@ -271,8 +273,8 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
     print(f"# {os.cpu_count()} CPUs; {args.examples} examples x k={args.k}; keys of {args.key_rows} rows; "
           f"warm: best of {args.repeats}; cold: files evicted with posix_fadvise")
     print("| corpus | code | cache | open s | keys s | boxes s | matches s | items s | outside the search s | "
-          "ratio to first size | µs per key | keys, first call s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "ratio to first size | CPU s | CPU ratio | µs per key | keys, first call s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     first: dict = {}
     for size in args.sizes:
         n = int(size)
@@ -298,19 +300,22 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
             for cache in ("cold", "warm"):
                 r = res[cache]
                 total = sum(r[p] for p in PARTS)
+                cpu = sum(r[f"{p}_cpu"] for p in PARTS)
                 base = first.setdefault((name, cache), total)
+                cpu_base = first.setdefault((name, cache, "cpu"), cpu)
                 print(f"| {n:,} | {name} | {cache} | " + " | ".join(f"{r[p]:.3f}" for p in PARTS)
-                      + f" | {total:.3f} | {total / base:.2f} | {r['keys'] / args.key_rows * 1e6:.2f} "
+                      + f" | {total:.3f} | {total / base:.2f} | {cpu:.3f} | {cpu / cpu_base:.2f} "
+                      f"| {r['keys'] / args.key_rows * 1e6:.2f} "
                       f"| {r['keys_first']:.3f} |", flush=True)
         if len(results) == 2:
             same = all(results["this"][c][a] == results["baseline"][c][a] for c in ("warm", "cold")
                        for a in ("answer", "answer_matches", "answer_keys"))
-            print(f"| {n:,} | | | same answers as the baseline: {same} | | | | | | | | |")
+            print(f"| {n:,} | | | same answers as the baseline: {same} | | | | | | | | | | |")
         print(f"| {n:,} | | | disk: {rates['seq_mb_s']:.0f} MB/s sequential, {rates['random_4k_per_s']:.0f} "
               f"random 4 KiB reads/s; shards written in {wrote:.0f} s; finish "
               + ", ".join(f"{k} {v['finish_s']:.0f} s, peak RSS {v['finish_peak_mb']:.0f} MB "
                           f"({v['bytes_beside_shards'] / n:.0f} B/item beside the shards)"
-                          for k, v in results.items()) + " | | | | | | | | |", flush=True)
+                          for k, v in results.items()) + " | | | | | | | | | | |", flush=True)
         if args.json:
             with open(args.json, "a") as fh:
                 fh.write(json.dumps({"n": n, "disk": rates, "shards_s": wrote, **results}) + "\n")

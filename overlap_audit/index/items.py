@@ -56,6 +56,8 @@ _ESCAPED = re.compile(r"\\(.)", re.S)
 _SIDE_FILES = ("offsets", "keys", "buckets")
 _TWO = struct.Struct("<QQ")
 _FOUR = struct.Struct("<QQQQ")
+_SPAN_GAP = 4096  # records closer than this are read in one span by ``KeysByRow``
+_DENSE = 4  # ... where the spans are at most a quarter of the records (else they are sliced from the map)
 _PASS_ENTRIES = 1 << 23  # key-index entries sorted at once when writing (128 MB), whatever the corpus size
 _CHUNK_ROWS = 1 << 21  # rows of a side file read at once when writing or checking
 _U8 = np.dtype("<u8")
@@ -647,6 +649,26 @@ class KeysByRow:
     def __len__(self) -> int:
         return self.n_indexed
 
+    def _spans(self, starts: np.ndarray, ends: np.ndarray):
+        """Where the records asked lie close together (a small corpus, or many rows asked of it): the spans that
+        hold them, read with one ``pread`` each, and each record's (span, start, end) in it; else None (scattered
+        records are sliced from the map, one page fault each)."""
+        order = np.argsort(starts, kind="stable")
+        first, last = starts[order].astype(np.int64), ends[order].astype(np.int64)
+        new_span = np.ones(len(first), bool)
+        new_span[1:] = first[1:] - np.maximum.accumulate(last)[:-1] >= _SPAN_GAP
+        if new_span.sum() * _DENSE > len(first):
+            return None
+        span_of = np.cumsum(new_span) - 1
+        span_first = first[new_span]
+        span_last = np.maximum.reduceat(last, np.flatnonzero(new_span))
+        with open(self.path, "rb") as fh:
+            fd, pread = fh.fileno(), os.pread
+            spans = [pread(fd, b - a, a) for a, b in zip(span_first.tolist(), span_last.tolist())]
+        place = np.empty((len(first), 3), np.int64)
+        place[order] = np.stack([span_of, first - span_first[span_of], last - span_first[span_of]], 1)
+        return spans, place.tolist()
+
     def keys(self, rows) -> list[str]:
         """The key of each index row in ``rows`` (a 1-d integer array), in order."""
         rows = np.asarray(rows, np.int64)
@@ -662,10 +684,17 @@ class KeysByRow:
 
         keys: list = [None] * len(rows)
         hashes = [0] * len(rows)
-        key_at, digest, escape, table = self._key_at, xxhash.xxh3_64_intdigest, b"\\", self._map
+        key_at, digest, escape = self._key_at, xxhash.xxh3_64_intdigest, b"\\"
         try:
-            for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
-                field = table[a:b].split(b"\0", key_at + 1)[key_at]
+            dense = self._spans(starts, ends)
+            if dense is None:
+                table = self._map
+                records = (table[a:b] for a, b in zip(starts.tolist(), ends.tolist()))
+            else:
+                spans, place = dense
+                records = (spans[span][a:b] for span, a, b in place)
+            for i, record in enumerate(records):
+                field = record.split(b"\0", key_at + 1)[key_at]
                 if field[:1] != b"v":
                     continue
                 body = field[1:]
