@@ -88,6 +88,10 @@ def check_files(index_dir: str | os.PathLike, manifest: IndexManifest, *, full: 
                 raise _damaged(path, f"{name} does not have the checksum the manifest records (its content "
                                      "changed)", name)
             checked += size
+    if full and is_item_table(path, manifest.items_file):  # a table of another format: refused, so rebuilt
+        from .items import ItemTable
+
+        ItemTable(path, manifest.items_file).close()
     shard_rows = sum(rec.rows or 0 for name, rec in manifest.files.items() if name in recorded)
     if shard_rows != manifest.n_given:
         raise _damaged(path, f"its shards hold {shard_rows} items where the manifest counts {manifest.n_given}")

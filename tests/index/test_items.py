@@ -308,10 +308,15 @@ def test_an_item_table_of_the_previous_format_is_refused_in_one_line(tmp_path, a
                                        xxh3_64=checksum_file(tmp_path / "i" / name))
     (tmp_path / "i" / "manifest.json").write_text(json.dumps(manifest))
     for read in (lambda: load_index(tmp_path / "i", load_faiss=False),
-                 lambda: rows_by_key(tmp_path / "i", indexed[:3], ["id"])):
+                 lambda: rows_by_key(tmp_path / "i", indexed[:3], ["id"]), lambda: check_index(tmp_path / "i")):
         with pytest.raises(IndexDamagedError, match=r"items\.rows is damaged: .*rebuild the index") as exc:
             read()
         _one_line(exc)
+    # the rebuild the message names: `index --resume` finds the table refused and finishes the index again
+    from overlap_audit.index.build import _resume_complete
+    from overlap_audit.settings import IndexSettings
+
+    assert _resume_complete(tmp_path / "i", IndexSettings(), lambda *a, **k: "finished again") == "finished again"
 
 
 def _reference_key_index(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
