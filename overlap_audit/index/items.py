@@ -57,7 +57,9 @@ _SIDE_FILES = ("offsets", "keys", "buckets")
 _TWO = struct.Struct("<QQ")
 _FOUR = struct.Struct("<QQQQ")
 _SPAN_GAP = 4096  # records closer than this are read in one span by ``KeysByRow``
-_DENSE = 4  # ... where the spans are at most a quarter of the records (else they are sliced from the map)
+# ... where that merges a tenth of them or more: else each record is sliced from the map (a pread per record cost
+# 2.5x the CPU of a page fault into a cached table; cold, a page fault per record costs one small read, as a pread)
+_MERGED = 0.9
 _PASS_ENTRIES = 1 << 23  # key-index entries sorted at once when writing (128 MB), whatever the corpus size
 _CHUNK_ROWS = 1 << 21  # rows of a side file read at once when writing or checking
 _U8 = np.dtype("<u8")
@@ -652,12 +654,13 @@ class KeysByRow:
     def _spans(self, starts: np.ndarray, ends: np.ndarray):
         """Where the records asked lie close together (a small corpus, or many rows asked of it): the spans that
         hold them, read with one ``pread`` each, and each record's (span, start, end) in it; else None (scattered
-        records are sliced from the map, one page fault each)."""
+        records are sliced from the map, one page fault each: faulting in page by page where records share pages
+        would be one small read each when the table is not cached)."""
         order = np.argsort(starts, kind="stable")
         first, last = starts[order].astype(np.int64), ends[order].astype(np.int64)
         new_span = np.ones(len(first), bool)
         new_span[1:] = first[1:] - np.maximum.accumulate(last)[:-1] >= _SPAN_GAP
-        if new_span.sum() * _DENSE > len(first):
+        if new_span.sum() > _MERGED * len(first):
             return None
         span_of = np.cumsum(new_span) - 1
         span_first = first[new_span]
