@@ -606,8 +606,9 @@ def _same_bytes(fh, other: Path) -> bool:
 
 class KeysByRow:
     """The keys of index rows (record r of the item table is index row r), read a batch of rows at a time: the
-    records' places gathered from the memory-mapped offsets with numpy, each record's key cut out of the
-    memory-mapped table and confirmed against the hash stored beside its offset, so a table replaced or damaged
+    records' places gathered from the memory-mapped offsets with numpy, the records read (those close together
+    in spans, one ``pread`` each; scattered ones sliced from the memory-mapped table), each record's key cut out
+    and confirmed against the hash stored beside its offset, so a table replaced or damaged
     after indexing is an IndexDamagedError, never a wrong key. Opening reads the header line and the offsets
     file's header only (and maps both files).
 
