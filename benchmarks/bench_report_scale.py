@@ -56,8 +56,10 @@ def key_of(i: int) -> str:
     return f"laion/{i // 10_000:05d}/{i:09d}.jpg"
 
 
-def write_shards(root: Path, n: int) -> float:
-    """Shards of n items with every column a trimming detector's index has; returns the seconds spent."""
+def write_shards(root: Path, n: int, only: range | None = None) -> float:
+    """Shards of n items with every column a trimming detector's index has (only the shards numbered in ``only``,
+    if given: each shard is seeded by its number, so two processes can write one corpus); returns the seconds
+    spent."""
     from overlap_audit.content import ContentBox
     from overlap_audit.index.manifest import SHARD_DIR
     from overlap_audit.index.shards import ItemBytes, shard_path, write_shard
@@ -65,9 +67,11 @@ def write_shards(root: Path, n: int) -> float:
 
     info = DetectorInfo(spec="vectors", name="vectors", version="1", dim=64, metric="hamming",
                         default_threshold=0.85)
-    (root / SHARD_DIR).mkdir(parents=True)
+    (root / SHARD_DIR).mkdir(parents=True, exist_ok=only is not None)
     t = time.perf_counter()
     for s, start in enumerate(range(0, n, SHARD)):
+        if only is not None and s not in only:
+            continue
         stop = min(start + SHARD, n)
         rng = np.random.default_rng(s)
         m = stop - start
