@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 SHARD = 100_000
+SHARD_DIR = "shards"  # overlap_audit.index.manifest.SHARD_DIR, not imported here: the parent runs any code
 PARTS = ("open", "keys", "boxes", "matches", "items")  # a report's time outside the search, in its order
 CACHE_FILES_UNDER = 4 << 30  # larger files are not read ahead of the warm run (at 10^8 they outgrow the cache)
 DONE = "shards.done"  # beside the shards of a size written whole: ``--keep`` leaves them for the next run
@@ -98,7 +99,7 @@ def finish(root: Path) -> float:
     from overlap_audit.values import DetectorInfo
 
     for p in root.iterdir():  # another code's finished files: this code writes its own
-        if p.name not in (SHARD_DIR, DONE):
+        if p.name not in (SHARD_DIR, DONE) and not p.name.startswith("finished."):
             p.unlink()
     info = DetectorInfo(spec="vectors", name="vectors", version="1", dim=64, metric="hamming",
                         default_threshold=0.85)
@@ -214,7 +215,22 @@ def child(root: Path, examples: int, k: int, key_rows: int, repeats: int, cold: 
     return out
 
 
-def measure(root: Path, code: str, args) -> dict:
+def code_root(root: Path, name: str) -> Path:
+    """The index directory a code finishes: its own, beside the shared shards (hard links), so each code's
+    finished files stay while the other's are measured."""
+    if name == "this":
+        return root
+    own = root.with_name(f"{root.name}-{name}")
+    (own / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    for p in (root / SHARD_DIR).iterdir():
+        if not (own / SHARD_DIR / p.name).exists():
+            os.link(p, own / SHARD_DIR / p.name)
+    return own
+
+
+def measure(root: Path, name: str, code: str, args) -> dict:
+    """Finish ``root``'s shards with ``code`` (unless ``--keep`` finds them finished by it already); returns the
+    finish's seconds and peak memory and a function that measures one cold and one warm process."""
     env = dict(os.environ, PYTHONPATH=code, OMP_NUM_THREADS="1")
 
     def call(*extra: str) -> dict:
@@ -226,20 +242,36 @@ def measure(root: Path, code: str, args) -> dict:
             raise RuntimeError(r.stderr.strip()[-2000:])
         return json.loads(r.stdout.strip().splitlines()[-1])
 
-    finished = call("--finish")
-    if args.finish_only:
-        return {"finish_s": finished["finish_s"], "finish_peak_mb": finished["peak_mb"]}
-    evict(root)
-    cold = call("--cold")
-    for p in root.rglob("*"):  # back into the page cache, as the warm process expects (without mapping them)
-        if p.is_file() and p.stat().st_size < CACHE_FILES_UNDER:
-            with open(p, "rb", buffering=0) as fh:
-                while fh.read(8 << 20):
-                    pass
-    warm = call()
-    size = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
-    return {"finish_s": finished["finish_s"], "finish_peak_mb": finished["peak_mb"], "cold": cold, "warm": warm,
-            "bytes_beside_shards": size}
+    marker = root / f"finished.{name}"
+    if args.keep and marker.exists():
+        finished = json.loads(marker.read_text())
+    else:
+        finished = call("--finish")
+        marker.write_text(json.dumps(finished))
+
+    def once() -> dict:
+        evict(root)
+        cold = call("--cold")
+        for p in root.rglob("*"):  # back into the page cache, as the warm process expects (without mapping them)
+            if p.is_file() and p.stat().st_size < CACHE_FILES_UNDER:
+                with open(p, "rb", buffering=0) as fh:
+                    while fh.read(8 << 20):
+                        pass
+        return {"cold": cold, "warm": call()}
+
+    size = sum(p.stat().st_size for p in root.iterdir() if p.is_file() and not p.name.startswith(("finished.",
+                                                                                                     DONE)))
+    return {"finish_s": finished["finish_s"], "finish_peak_mb": finished["peak_mb"], "bytes_beside_shards": size,
+            "once": once}
+
+
+def median_runs(runs: list[dict]) -> dict:
+    """Each part's median over the runs (the answers of the first)."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, float):
+            out[key] = float(np.median([r[key] for r in runs]))
+    return out
 
 
 def main() -> None:
@@ -257,6 +289,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true",
                     help="keep each size's shards in --work-dir, and reuse shards a previous run kept")
     ap.add_argument("--finish-only", action="store_true", help="time the finish (and its peak memory) only")
+    ap.add_argument("--runs", type=int, default=3,
+                    help="cold and warm processes per code, the codes interleaved; each part's median is reported")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--finish", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
@@ -275,7 +309,8 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
     here = str(Path(__file__).resolve().parent.parent)
     codes = {"this": here, **({"baseline": str(Path(args.baseline).resolve())} if args.baseline else {})}
     print(f"# {os.cpu_count()} CPUs; {args.examples} examples x k={args.k}; keys of {args.key_rows} rows; "
-          f"warm: best of {args.repeats}; cold: files evicted with posix_fadvise")
+          f"warm: best of {args.repeats}; cold: files evicted with posix_fadvise; "
+          f"each part the median of {args.runs} processes per code, the codes interleaved")
     print("| corpus | code | cache | open s | keys s | boxes s | matches s | items s | outside the search s | "
           "ratio to first size | CPU s | CPU ratio | µs per key | keys, first call s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -291,14 +326,23 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
             wrote = write_shards(root, n)
             (root / DONE).write_text(str(wrote))
         rates = disk_rates(root)
-        results = {name: measure(root, code, args) for name, code in codes.items()
+        results = {name: measure(code_root(root, name), name, code, args) for name, code in codes.items()
                    if name == "this" or n <= args.baseline_max}
+        if not args.finish_only:  # the codes interleaved, run after run; each part's median over the runs
+            runs: dict = {name: [] for name in results}
+            for _ in range(args.runs):
+                for name, res in results.items():
+                    runs[name].append(res["once"]())
+            for name, res in results.items():
+                del res["once"]
+                res.update({cache: median_runs([r[cache] for r in runs[name]]) for cache in ("cold", "warm")})
         if args.finish_only:
             for name, res in results.items():
                 print(f"| {n:,} | {name} | finish {res['finish_s']:.0f} s, peak RSS {res['finish_peak_mb']:.0f} MB |",
                       flush=True)
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
+                shutil.rmtree(code_root(root, "baseline"), ignore_errors=True)
             continue
         for name, res in results.items():
             for cache in ("cold", "warm"):
@@ -322,9 +366,11 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
                           for k, v in results.items()) + " | | | | | | | | | | |", flush=True)
         if args.json:
             with open(args.json, "a") as fh:
-                fh.write(json.dumps({"n": n, "disk": rates, "shards_s": wrote, **results}) + "\n")
+                kept = {name: {k: v for k, v in res.items() if k != "once"} for name, res in results.items()}
+                fh.write(json.dumps({"n": n, "disk": rates, "shards_s": wrote, **kept}) + "\n")
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(root.with_name(f"{root.name}-baseline"), ignore_errors=True)
 
 
 if __name__ == "__main__":
