@@ -23,9 +23,13 @@ cache just before it (``posix_fadvise(DONTNEED)`` on each file; dropping the who
 (every file read once first; the parts interleaved, each the best of ``--repeats``); each process first makes
 each call with no keys, so imports are not counted as lookups. The disk's sequential read rate and random 4 KiB read rate are measured on the same
 machine in the same run, on the shards evicted the same way. ``--baseline PATH`` also measures the code at PATH
-(another checkout of overlap-audit) on the same shards, finished by that code.
+(another checkout of overlap-audit) on the same shards, finished by that code (up to ``--baseline-max`` items).
+Each finish runs in its own process, whose peak resident memory is reported beside its seconds. Files larger than
+``CACHE_FILES_UNDER`` are not read ahead of the warm process (at 10^8 the item table outgrows the page cache):
+there "warm" is the best of the repeats, whose pages the first repeat brought in. ``--keep`` keeps each size's
+shards and reuses those a previous run kept (a 10^8 corpus takes most of an hour to write on 2 cores).
 
-    python benchmarks/bench_report_scale.py --sizes 1e5 1e6 1e7 [--baseline /path/to/main] [--work-dir DIR]
+    python benchmarks/bench_report_scale.py --sizes 1e5 1e6 1e7 1e8 [--baseline /path/to/main] [--work-dir DIR]
 """
 
 from __future__ import annotations
@@ -43,15 +47,20 @@ from pathlib import Path
 import numpy as np
 
 SHARD = 100_000
+SHARD_DIR = "shards"  # overlap_audit.index.manifest.SHARD_DIR, not imported here: the parent runs any code
 PARTS = ("open", "keys", "boxes", "matches", "items")  # a report's time outside the search, in its order
+CACHE_FILES_UNDER = 4 << 30  # larger files are not read ahead of the warm run (at 10^8 they outgrow the cache)
+DONE = "shards.done"  # beside the shards of a size written whole: ``--keep`` leaves them for the next run
 
 
 def key_of(i: int) -> str:
     return f"laion/{i // 10_000:05d}/{i:09d}.jpg"
 
 
-def write_shards(root: Path, n: int) -> float:
-    """Shards of n items with every column a trimming detector's index has; returns the seconds spent."""
+def write_shards(root: Path, n: int, only: range | None = None) -> float:
+    """Shards of n items with every column a trimming detector's index has (only the shards numbered in ``only``,
+    if given: each shard is seeded by its number, so two processes can write one corpus); returns the seconds
+    spent."""
     from overlap_audit.content import ContentBox
     from overlap_audit.index.manifest import SHARD_DIR
     from overlap_audit.index.shards import ItemBytes, shard_path, write_shard
@@ -59,9 +68,11 @@ def write_shards(root: Path, n: int) -> float:
 
     info = DetectorInfo(spec="vectors", name="vectors", version="1", dim=64, metric="hamming",
                         default_threshold=0.85)
-    (root / SHARD_DIR).mkdir(parents=True)
+    (root / SHARD_DIR).mkdir(parents=True, exist_ok=only is not None)
     t = time.perf_counter()
     for s, start in enumerate(range(0, n, SHARD)):
+        if only is not None and s not in only:
+            continue
         stop = min(start + SHARD, n)
         rng = np.random.default_rng(s)
         m = stop - start
@@ -88,7 +99,7 @@ def finish(root: Path) -> float:
     from overlap_audit.values import DetectorInfo
 
     for p in root.iterdir():  # another code's finished files: this code writes its own
-        if p.name != SHARD_DIR:
+        if p.name not in (SHARD_DIR, DONE) and not p.name.startswith("finished."):
             p.unlink()
     info = DetectorInfo(spec="vectors", name="vectors", version="1", dim=64, metric="hamming",
                         default_threshold=0.85)
@@ -96,6 +107,13 @@ def finish(root: Path) -> float:
     finish_index(root, info, [{"kind": "vectors", "name": "laion"}], SHARD, "cpu", 0.0, index_type="flat")
     assert (root / MANIFEST).exists()
     return time.perf_counter() - t
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (ru_maxrss, KiB on Linux) in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def evict(root: Path) -> None:
@@ -171,6 +189,7 @@ def child(root: Path, examples: int, k: int, key_rows: int, repeats: int, cold: 
             "boxes": lambda: content_boxes(root, matched), "matches": lambda: corpus_metadata(root, neighbours),
             "items": lambda: corpus_items(root, matched)}
     out: dict = {name: float("inf") for name in work}
+    out.update({f"{name}_cpu": float("inf") for name in work})
     out["keys_first"] = first_keys
     for _ in range(1 if cold else repeats):  # the parts interleaved, so a burst of load spreads over them all
         for name, fn in work.items():
@@ -180,9 +199,10 @@ def child(root: Path, examples: int, k: int, key_rows: int, repeats: int, cold: 
                 opened = load_index(root, load_faiss=False)
                 if cold:
                     evict(root)
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             got = fn()
             out[name] = min(out[name], time.perf_counter() - t)
+            out[f"{name}_cpu"] = min(out[f"{name}_cpu"], time.process_time() - cpu)
             if name == "keys":
                 assert len(got) == len(rows) and all(isinstance(key, str) for key in got)
                 out["answer_keys"] = [got[:20].tolist(), hashlib.sha256("\n".join(got).encode()).hexdigest()]
@@ -195,7 +215,22 @@ def child(root: Path, examples: int, k: int, key_rows: int, repeats: int, cold: 
     return out
 
 
-def measure(root: Path, code: str, args) -> dict:
+def code_root(root: Path, name: str) -> Path:
+    """The index directory a code finishes: its own, beside the shared shards (hard links), so each code's
+    finished files stay while the other's are measured."""
+    if name == "this":
+        return root
+    own = root.with_name(f"{root.name}-{name}")
+    (own / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    for p in (root / SHARD_DIR).iterdir():
+        if not (own / SHARD_DIR / p.name).exists():
+            os.link(p, own / SHARD_DIR / p.name)
+    return own
+
+
+def measure(root: Path, name: str, code: str, args) -> dict:
+    """Finish ``root``'s shards with ``code`` (unless ``--keep`` finds them finished by it already); returns the
+    finish's seconds and peak memory and a function that measures one cold and one warm process."""
     env = dict(os.environ, PYTHONPATH=code, OMP_NUM_THREADS="1")
 
     def call(*extra: str) -> dict:
@@ -207,17 +242,36 @@ def measure(root: Path, code: str, args) -> dict:
             raise RuntimeError(r.stderr.strip()[-2000:])
         return json.loads(r.stdout.strip().splitlines()[-1])
 
-    finished = call("--finish")
-    evict(root)
-    cold = call("--cold")
-    for p in root.rglob("*"):  # back into the page cache, as the warm process expects (without mapping them)
-        if p.is_file():
-            with open(p, "rb", buffering=0) as fh:
-                while fh.read(8 << 20):
-                    pass
-    warm = call()
-    size = sum(p.stat().st_size for p in root.iterdir() if p.is_file())
-    return {"finish_s": finished["finish_s"], "cold": cold, "warm": warm, "bytes_beside_shards": size}
+    marker = root / f"finished.{name}"
+    if args.keep and marker.exists():
+        finished = json.loads(marker.read_text())
+    else:
+        finished = call("--finish")
+        marker.write_text(json.dumps(finished))
+
+    def once() -> dict:
+        evict(root)
+        cold = call("--cold")
+        for p in root.rglob("*"):  # back into the page cache, as the warm process expects (without mapping them)
+            if p.is_file() and p.stat().st_size < CACHE_FILES_UNDER:
+                with open(p, "rb", buffering=0) as fh:
+                    while fh.read(8 << 20):
+                        pass
+        return {"cold": cold, "warm": call()}
+
+    size = sum(p.stat().st_size for p in root.iterdir() if p.is_file() and not p.name.startswith(("finished.",
+                                                                                                     DONE)))
+    return {"finish_s": finished["finish_s"], "finish_peak_mb": finished["peak_mb"], "bytes_beside_shards": size,
+            "once": once}
+
+
+def median_runs(runs: list[dict]) -> dict:
+    """Each part's median over the runs (the answers of the first)."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, float):
+            out[key] = float(np.median([r[key] for r in runs]))
+    return out
 
 
 def main() -> None:
@@ -230,13 +284,20 @@ def main() -> None:
     ap.add_argument("--baseline", default=None, help="another overlap-audit checkout, measured on the same shards")
     ap.add_argument("--work-dir", default=None, help="where the synthetic indexes go (default: a temporary folder)")
     ap.add_argument("--json", default=None, help="append results to this JSON-lines file")
+    ap.add_argument("--baseline-max", type=float, default=1e7,
+                    help="measure the baseline up to this size only (the previous code's finish held every key)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep each size's shards in --work-dir, and reuse shards a previous run kept")
+    ap.add_argument("--finish-only", action="store_true", help="time the finish (and its peak memory) only")
+    ap.add_argument("--runs", type=int, default=3,
+                    help="cold and warm processes per code, the codes interleaved; each part's median is reported")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--finish", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         root = Path(args.child)
-        result = ({"finish_s": finish(root)} if args.finish
+        result = ({"finish_s": finish(root), "peak_mb": peak_rss_mb()} if args.finish
                   else child(root, args.examples, args.k, args.key_rows, args.repeats, args.cold))
         print(json.dumps(result))
         return
@@ -248,39 +309,68 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
     here = str(Path(__file__).resolve().parent.parent)
     codes = {"this": here, **({"baseline": str(Path(args.baseline).resolve())} if args.baseline else {})}
     print(f"# {os.cpu_count()} CPUs; {args.examples} examples x k={args.k}; keys of {args.key_rows} rows; "
-          f"warm: best of {args.repeats}; cold: files evicted with posix_fadvise")
+          f"warm: best of {args.repeats}; cold: files evicted with posix_fadvise; "
+          f"each part the median of {args.runs} processes per code, the codes interleaved")
     print("| corpus | code | cache | open s | keys s | boxes s | matches s | items s | outside the search s | "
-          "ratio to first size | µs per key | keys, first call s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "ratio to first size | CPU s | CPU ratio | µs per key | keys, first call s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     first: dict = {}
     for size in args.sizes:
         n = int(size)
         root = work_dir / f"n{n}"
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
-        wrote = write_shards(root, n)
+        if args.keep and (root / DONE).exists():
+            wrote = float((root / DONE).read_text())
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            wrote = write_shards(root, n)
+            (root / DONE).write_text(str(wrote))
         rates = disk_rates(root)
-        results = {name: measure(root, code, args) for name, code in codes.items()}
+        results = {name: measure(code_root(root, name), name, code, args) for name, code in codes.items()
+                   if name == "this" or n <= args.baseline_max}
+        if not args.finish_only:  # the codes interleaved, run after run; each part's median over the runs
+            runs: dict = {name: [] for name in results}
+            for _ in range(args.runs):
+                for name, res in results.items():
+                    runs[name].append(res["once"]())
+            for name, res in results.items():
+                del res["once"]
+                res.update({cache: median_runs([r[cache] for r in runs[name]]) for cache in ("cold", "warm")})
+        if args.finish_only:
+            for name, res in results.items():
+                print(f"| {n:,} | {name} | finish {res['finish_s']:.0f} s, peak RSS {res['finish_peak_mb']:.0f} MB |",
+                      flush=True)
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
+                shutil.rmtree(code_root(root, "baseline"), ignore_errors=True)
+            continue
         for name, res in results.items():
             for cache in ("cold", "warm"):
                 r = res[cache]
                 total = sum(r[p] for p in PARTS)
+                cpu = sum(r[f"{p}_cpu"] for p in PARTS)
                 base = first.setdefault((name, cache), total)
+                cpu_base = first.setdefault((name, cache, "cpu"), cpu)
                 print(f"| {n:,} | {name} | {cache} | " + " | ".join(f"{r[p]:.3f}" for p in PARTS)
-                      + f" | {total:.3f} | {total / base:.2f} | {r['keys'] / args.key_rows * 1e6:.2f} "
+                      + f" | {total:.3f} | {total / base:.2f} | {cpu:.3f} | {cpu / cpu_base:.2f} "
+                      f"| {r['keys'] / args.key_rows * 1e6:.2f} "
                       f"| {r['keys_first']:.3f} |", flush=True)
         if len(results) == 2:
             same = all(results["this"][c][a] == results["baseline"][c][a] for c in ("warm", "cold")
                        for a in ("answer", "answer_matches", "answer_keys"))
-            print(f"| {n:,} | | | same answers as the baseline: {same} | | | | | | | | |")
+            print(f"| {n:,} | | | same answers as the baseline: {same} | | | | | | | | | | |")
         print(f"| {n:,} | | | disk: {rates['seq_mb_s']:.0f} MB/s sequential, {rates['random_4k_per_s']:.0f} "
               f"random 4 KiB reads/s; shards written in {wrote:.0f} s; finish "
-              + ", ".join(f"{k} {v['finish_s']:.0f} s ({v['bytes_beside_shards'] / n:.0f} B/item beside the shards)"
-                          for k, v in results.items()) + " | | | | | | | | |", flush=True)
+              + ", ".join(f"{k} {v['finish_s']:.0f} s, peak RSS {v['finish_peak_mb']:.0f} MB "
+                          f"({v['bytes_beside_shards'] / n:.0f} B/item beside the shards)"
+                          for k, v in results.items()) + " | | | | | | | | | | |", flush=True)
         if args.json:
             with open(args.json, "a") as fh:
-                fh.write(json.dumps({"n": n, "disk": rates, "shards_s": wrote, **results}) + "\n")
-        shutil.rmtree(root, ignore_errors=True)
+                kept = {name: {k: v for k, v in res.items() if k != "once"} for name, res in results.items()}
+                fh.write(json.dumps({"n": n, "disk": rates, "shards_s": wrote, **kept}) + "\n")
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(root.with_name(f"{root.name}-baseline"), ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -36,9 +36,10 @@ RECALL_K = 10
 
 @dataclass
 class _ShardScan:
-    """What the finishing pass learns from the shards before building an index."""
+    """What the finishing pass learns from the shards before building an index (nothing per item but the
+    skipped ones and the recall copies)."""
 
-    keys: list[str] = field(default_factory=list)
+    indexed: int = 0
     given: int = 0
     embedded: int = 0
     low: int = 0
@@ -49,23 +50,35 @@ class _ShardScan:
     shard_rows: list[int] = field(default_factory=list)
 
 
-def _scan_shards(out: Path, info: DetectorInfo) -> _ShardScan:
+def _scan_shards(out: Path, info: DetectorInfo, ids_file: str) -> _ShardScan:
+    """Read the shards one at a time, writing the index rows' keys to ``ids_file`` (atomically) as they come."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     scan = _ShardScan()
-    for path in shard_paths(out):
-        shard = read_shard(path, info)
-        scan.shard_rows.append(len(shard.keys))
-        scan.given += len(shard.keys)
-        scan.skipped += shard.skipped
-        embedded = sum(r is None for r in shard.reasons)
-        scan.embedded += embedded
-        scan.low += embedded - int(shard.usable.sum())
-        first = len(scan.keys)
-        scan.keys += [k for k, m in zip(shard.keys, shard.usable) if m]
-        usable_row = np.cumsum(shard.usable) - 1 + first
-        for j in np.nonzero(shard.has_query)[0]:
-            scan.query_vectors.append(shard.query_vectors[j:j + 1].copy())
-            scan.query_rows.append(int(usable_row[j]))
-            scan.query_crc.append(zlib.crc32(shard.keys[j].encode("utf-8", "surrogatepass")))
+    schema = pa.schema([("key", pa.string())])
+
+    def write(tmp: str) -> None:
+        with pq.ParquetWriter(tmp, schema) as ids:
+            for path in shard_paths(out):
+                shard = read_shard(path, info)
+                scan.shard_rows.append(len(shard.keys))
+                scan.given += len(shard.keys)
+                scan.skipped += shard.skipped
+                embedded = sum(r is None for r in shard.reasons)
+                scan.embedded += embedded
+                scan.low += embedded - int(shard.usable.sum())
+                keys = [k for k, m in zip(shard.keys, shard.usable) if m]
+                if keys:
+                    ids.write_table(pa.table({"key": pa.array(keys, pa.string())}, schema=schema))
+                usable_row = np.cumsum(shard.usable) - 1 + scan.indexed
+                scan.indexed += len(keys)
+                for j in np.nonzero(shard.has_query)[0]:
+                    scan.query_vectors.append(shard.query_vectors[j:j + 1].copy())
+                    scan.query_rows.append(int(usable_row[j]))
+                    scan.query_crc.append(zlib.crc32(shard.keys[j].encode("utf-8", "surrogatepass")))
+
+    atomic_write(out / ids_file, write)
     return scan
 
 
@@ -116,17 +129,19 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
     the manifest that switches to it (the last write), then remove the generation it replaced. With
     ``views`` (areas) the shards' view vectors get an index each too (``views.build_view_indexes``)."""
     import faiss
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     started = time.monotonic()
     generation = 1 if previous is None else previous.generation + 1
     names = GenerationFiles.of(generation)
-    scan = _scan_shards(out, info)
-    if len(set(scan.keys)) != len(scan.keys):  # ids are unique per source already; guards a hand-edited dir
+    scan = _scan_shards(out, info, names.ids)
+    # the shards' rows, addressable by row and key: a report reads its matched items without scanning shards
+    items = write_items(out, names.items, shard_paths(out))
+    if items.repeated:  # ids are unique per source already; guards a hand-edited dir
+        for name in (names.ids, names.items, *side_files(names.items).values()):
+            (out / name).unlink(missing_ok=True)
         raise IndexDirError(f"{out}: the shards hold repeated keys; rebuild the index in a new directory")
-    plan = choose_index(index_type, len(scan.keys), info, memory_budget)
-    index = _build_faiss(out, info, plan, len(scan.keys), names.vectors)
+    plan = choose_index(index_type, scan.indexed, info, memory_budget)
+    index = _build_faiss(out, info, plan, scan.indexed, names.vectors)
     writer = faiss.write_index_binary if info.metric == "hamming" else faiss.write_index
     atomic_write(out / names.index, lambda tmp: writer(index, tmp))
     tables = None
@@ -137,10 +152,7 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
         codes = faiss.vector_to_array(index.xb).reshape(-1, index.code_size)
         table_set = build_mih(codes, plan.params["substrings"])
         write_mih(out / tables, table_set)
-    atomic_write(out / names.ids, lambda tmp: pq.write_table(pa.table({"key": pa.array(scan.keys, pa.string())}),
-                                                              tmp))
-    # the shards' rows, addressable by row and key: a report reads its matched items without scanning shards
-    n_items = write_items(out, names.items, shard_paths(out))
+    n_items = items.rows
     build_seconds = time.monotonic() - started
     vectors_file = names.vectors if (out / names.vectors).exists() and plan.index_type == "ivfpq" else None
     recall = {"exact": True, "note": "flat index: exact search"}
@@ -149,16 +161,16 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
     files = {f"{SHARD_DIR}/{path.name}": file_record(path, rows)
              for path, rows in zip(shard_paths(out), scan.shard_rows)}
     files[names.index] = file_record(out / names.index, int(index.ntotal))
-    files[names.ids] = file_record(out / names.ids, len(scan.keys))
+    files[names.ids] = file_record(out / names.ids, scan.indexed)
     if vectors_file is not None:
-        files[vectors_file] = file_record(out / vectors_file, len(scan.keys))
+        files[vectors_file] = file_record(out / vectors_file, scan.indexed)
     if tables is not None:
-        files[tables] = file_record(out / tables, len(scan.keys))
+        files[tables] = file_record(out / tables, scan.indexed)
     files[names.items] = file_record(out / names.items, n_items)
     for side in side_files(names.items).values():
         files[side] = file_record(out / side)
     if views:
-        files.update(build_view_indexes(out, info, views, names.index, len(scan.keys),
+        files.update(build_view_indexes(out, info, views, names.index, scan.indexed,
                                         plan.params["substrings"] if plan.index_type == "mih" else None))
     superseded = []
     if previous is not None:
@@ -177,7 +189,7 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
         sources=sources,
         n_given=scan.given,
         n_embedded=scan.embedded,
-        n_indexed=len(scan.keys),
+        n_indexed=scan.indexed,
         n_low_information=scan.low,
         n_skipped=len(scan.skipped),
         skipped=scan.skipped,
@@ -216,7 +228,7 @@ def _measure_recall(out: Path, info: DetectorInfo, index, plan: IndexPlan, scan:
     queries = np.concatenate(scan.query_vectors)
     order = np.argsort(np.array(scan.query_crc, dtype=np.int64), kind="stable")[:RECALL_QUERIES]
     queries, source_rows = queries[order], np.array(scan.query_rows, dtype=np.int64)[order]
-    k = min(RECALL_K, len(scan.keys))
+    k = min(RECALL_K, scan.indexed)
     exact_sims, exact_rows = stream_search(queries, iter_shard_vectors(out, info), k, info.metric, info.dim)
     # Tie-aware: a returned neighbour counts when its (exact) similarity reaches the exact k-th one, so
     # equally similar items (common with Hamming distances) are interchangeable.

@@ -7,7 +7,8 @@ Every reader checks what it loads (``check_files``), at a cost that does not gro
 whole (the FAISS index when it is loaded: the checksum adds one pass over bytes in memory, xxh3 at several
 GB/s), of the index's own files up to ``SMALL_FILE`` bytes, and of every file of an index up to ``SMALL_INDEX``
 bytes in all. The rest check what they give as they are read: shards their vectors
-(``shards.read_shard_vectors``), the item table each row's key against its key index (``items.KeysByRow``).
+(``shards.read_shard_vectors``), the item table each row's key against the hash beside its offset
+(``items.KeysByRow``).
 ``check_index`` checks every checksum, then holds
 the index to the shards (``check_against_shards``): the ids in row order, and a sample of vectors, so a
 manifest edited to match damaged files does not pass.
@@ -87,6 +88,10 @@ def check_files(index_dir: str | os.PathLike, manifest: IndexManifest, *, full: 
                 raise _damaged(path, f"{name} does not have the checksum the manifest records (its content "
                                      "changed)", name)
             checked += size
+    if full and is_item_table(path, manifest.items_file):  # a table of another format: refused, so rebuilt
+        from .items import ItemTable
+
+        ItemTable(path, manifest.items_file).close()
     shard_rows = sum(rec.rows or 0 for name, rec in manifest.files.items() if name in recorded)
     if shard_rows != manifest.n_given:
         raise _damaged(path, f"its shards hold {shard_rows} items where the manifest counts {manifest.n_given}")
@@ -165,11 +170,6 @@ def read_id_column(path: Path, manifest: IndexManifest):
     return keys
 
 
-def read_ids(path: Path, manifest: IndexManifest) -> np.ndarray:
-    """The corpus key of each index row (ids.parquet), as Python strings."""
-    return np.array(read_id_column(path, manifest).to_pylist(), dtype=object)
-
-
 @dataclass(frozen=True)
 class CheckResult:
     """An index directory whose every file was checked."""
@@ -207,23 +207,45 @@ def _stored_vectors(index, rows: np.ndarray) -> np.ndarray | None:
     return np.stack([index.reconstruct(int(r)) for r in rows])
 
 
-def check_against_shards(index_dir: str | os.PathLike, manifest: IndexManifest, index, keys: np.ndarray) -> int:
+def _ids_in_blocks(path: Path, manifest: IndexManifest):
+    """ids.parquet's keys a row group at a time (a damaged file is IndexDamagedError)."""
+    import pyarrow.parquet as pq
+
+    try:
+        with pq.ParquetFile(path / manifest.ids_file) as ids:
+            for batch in ids.iter_batches(columns=["key"]):
+                yield batch.column(0).to_pylist()
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
+        raise _damaged(path, f"cannot read {manifest.ids_file} ({type(exc).__name__})") from None
+
+
+def check_against_shards(index_dir: str | os.PathLike, manifest: IndexManifest, index) -> int:
     """Hold the index to its shards (each read whole, checking its own vectors): ids.parquet's keys are the
-    shards' indexed keys in row order, and a sample of rows (``SAMPLE_ROWS``) has the shards' vectors in the
-    FAISS index and in vectors.npy; returns the rows compared. The first mismatch raises IndexDamagedError."""
+    shards' indexed keys in row order (both read a block at a time), and a sample of rows (``SAMPLE_ROWS``) has
+    the shards' vectors in the FAISS index and in vectors.npy; returns the rows compared. The first mismatch
+    raises IndexDamagedError."""
     from .shards import iter_shard_vectors, read_shard, shard_paths
 
     path = Path(index_dir)
     info = manifest.detector
-    shard_keys = []
+    ids, held, row = _ids_in_blocks(path, manifest), [], 0
     for p in shard_paths(path):
         rows = read_shard(p, info)
-        shard_keys += [k for k, m in zip(rows.keys, rows.usable) if m]
-    if len(shard_keys) != len(keys) or any(a != b for a, b in zip(shard_keys, keys)):
-        first = next((i for i, (a, b) in enumerate(zip(shard_keys, keys)) if a != b), min(len(keys), len(shard_keys)))
-        raise _damaged(path, f"{manifest.ids_file} does not list the shards' items in index order (row {first})",
+        for key in (k for k, m in zip(rows.keys, rows.usable) if m):
+            while not held:
+                held = next(ids, None)
+                if held is None:
+                    break
+                held.reverse()  # popped from the end
+            if held is None or held.pop() != key:
+                raise _damaged(path, f"{manifest.ids_file} does not list the shards' items in index order (row "
+                                     f"{row})", manifest.ids_file)
+            row += 1
+    if held or next(ids, None):
+        raise _damaged(path, f"{manifest.ids_file} does not list the shards' items in index order (row {row})",
                        manifest.ids_file)
-    sample = _sample_rows(len(keys))
+    n = row
+    sample = _sample_rows(n)
     parts = []
     for first, vectors in iter_shard_vectors(path, info):  # every shard read: each checks its own vectors
         local = sample[(sample >= first) & (sample < first + len(vectors))] - first
@@ -275,7 +297,7 @@ def check_index(index_dir: str | os.PathLike) -> CheckResult:
     n_files, n_bytes = check_files(path, manifest, full=True)
     index = read_faiss_index(path, manifest)
     check_faiss(path, manifest, index)
-    check_against_shards(path, manifest, index, read_ids(path, manifest))
+    check_against_shards(path, manifest, index)
     if is_item_table(path, manifest.items_file):  # an item table of an earlier layout is not read, only checksummed
         from .items import check_items
         from .shards import shard_paths

@@ -10,8 +10,9 @@ Written when an index is finished, beside the FAISS index of the same generation
   field is empty for null, else ``v`` followed by the value as text with ``\\`` and NUL escaped (``\\\\``, ``\\0``); a struct column is one field
   for the struct's validity followed by one per child. Records are built column-wise by Arrow compute: no
   Python work per row but hashing its key.
-- ``items.offsets.npy``: uint64 [n + 1], record r is bytes ``offsets[r]:offsets[r + 1]`` of ``items.rows``.
-- ``items.keys.npy``: uint64 [n, 2], (xxh3-64 of the key, row) sorted by hash.
+- ``items.offsets.npy``: uint64 [n + 1, 2], (where record r starts in ``items.rows``, the xxh3-64 of its key);
+  record r is bytes ``offsets[r, 0]:offsets[r + 1, 0]`` (the last row's hash is 0).
+- ``items.keys.npy``: uint64 [n, 2], (xxh3-64 of the key, row) sorted by hash (rows in order among equal hashes).
 - ``items.buckets.npy``: uint64 [2^B + 1], the entries of ``items.keys.npy`` whose hash's top B bits are b
   lie at ``buckets[b]:buckets[b + 1]``; B is chosen so that a bucket holds 2-4 entries on average.
 
@@ -21,9 +22,14 @@ may share a hash): four small reads per key at any corpus size, where a binary s
 columnar buffers touched one page per step and per column once the corpus outgrew the pages its lookups
 shared.
 
-Index rows are read back a batch at a time (``KeysByRow``, the search's rows to keys): the offsets and records
-memory-mapped and gathered with numpy, each key confirmed against the key index, so the cost per key is the
-same at any corpus size and nothing is read whole when an index is opened.
+Index rows are read back a batch at a time (``KeysByRow``, the search's rows to keys): the offsets gathered from
+their memory map with numpy, the records read, each key confirmed against the hash stored beside its offset (one
+page of one side file per key), so nothing is read whole when an index is opened.
+
+Writing streams: the shards are read one at a time, the offsets and hashes go to files as they are made, and the
+key index is sorted a range of hashes at a time (``_PASS_ENTRIES``), so the memory a finish needs does not grow
+with the corpus. Keys held by more than one index row are found on the way: equal hashes are neighbours in the
+sorted key index, and each such pair's records are compared.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import os
 import re
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +50,28 @@ from ..errors import IndexDamagedError
 
 ROWS_SUFFIX = ".rows"
 VECTOR_COLUMNS = ("vector", "query_vector")  # read from the shards (or the FAISS index), never from here
-_FORMAT = "overlap_audit.items/2"  # /1 (records in shard order, never released) is read as an earlier layout
+_FORMAT = "overlap_audit.items/3"  # /1 (records in shard order, never released) is read as an earlier layout
 _SEP = "\x00"
 _ESCAPED = re.compile(r"\\(.)", re.S)
 _SIDE_FILES = ("offsets", "keys", "buckets")
 _TWO = struct.Struct("<QQ")
-_SPAN_GAP = 4096  # records closer than this are read together by ``KeysByRow``
+_FOUR = struct.Struct("<QQQQ")
+_SPAN_GAP = 4096  # records closer than this are read in one span by ``KeysByRow``
+# ... where that merges a tenth of them or more: else each record is sliced from the map (a pread per record cost
+# 2.5x the CPU of a page fault into a cached table; cold, a page fault per record costs one small read, as a pread)
+_MERGED = 0.9
+_PASS_ENTRIES = 1 << 23  # key-index entries sorted at once when writing (128 MB), whatever the corpus size
+_CHUNK_ROWS = 1 << 21  # rows of a side file read at once when writing or checking
+_U8 = np.dtype("<u8")
+
+
+@dataclass(frozen=True)
+class WrittenItems:
+    """An item table as written: its rows, its index rows, and the keys more than one index row holds."""
+
+    rows: int
+    indexed: int
+    repeated: tuple[str, ...]
 
 
 def side_files(items_file: str) -> dict[str, str]:
@@ -198,10 +221,133 @@ def _header(layout: list[dict], n: int, indexed: int, width: int = 0) -> bytes:
     return (text.ljust(width - 1) + "\n").encode()
 
 
-def write_items(index_dir: str | os.PathLike, items_file: str, paths: list[Path]) -> int:
-    """Write the item table of the shards ``paths`` (in shard order) and its side files, each atomically;
-    returns its rows."""
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """The .npy header of a C-ordered little-endian uint64 array of ``shape``."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<u8", "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def _chunks(fh, first: int, rows: int, width: int):
+    """Blocks of a uint64 [rows, width] array stored from byte ``first`` of an open file: (row, block)."""
+    for row in range(0, rows, _CHUNK_ROWS):
+        count = min(_CHUNK_ROWS, rows - row)
+        fh.seek(first + 8 * width * row)
+        block = np.frombuffer(fh.read(8 * width * count), _U8)
+        if len(block) != width * count:
+            raise ValueError("a side file is shorter than its header says")
+        yield row, block.reshape(count, width)
+
+
+def _write_rows(out: Path, items_file: str, paths: list[Path], layout: list[dict], n: int, width: int) -> int:
+    """Write ``items.rows`` and ``items.offsets.npy``, one shard at a time; returns the index rows."""
     import shutil
+    import tempfile
+
+    names = side_files(items_file)
+    with tempfile.TemporaryFile(dir=out) as rest, tempfile.TemporaryFile(dir=out) as pairs, \
+            tempfile.TemporaryFile(dir=out) as rest_pairs:
+        # index rows go straight to the table; the rest wait in temporary files and follow them
+        state = {}
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                fh.write(_header(layout, n, n, width))
+                at, row, rest_at = width, 0, 0
+                for _, table in _shard_tables(paths):
+                    indexed = _indexed(table)
+                    shard_hashes = key_hashes(table["key"].to_pylist())
+                    (bounds, data), (rest_bounds, rest_data) = _parts(encode_records(table, layout), indexed)
+                    pairs.write(np.stack([at + bounds[:-1].astype(np.uint64), shard_hashes[indexed]], 1)
+                                .astype(_U8).tobytes())
+                    rest_pairs.write(np.stack([rest_at + rest_bounds[:-1].astype(np.uint64),
+                                               shard_hashes[~indexed]], 1).astype(_U8).tobytes())
+                    fh.write(data)
+                    rest.write(rest_data)
+                    at += int(bounds[-1])
+                    rest_at += int(rest_bounds[-1])
+                    row += len(bounds) - 1
+                rest.seek(0)
+                shutil.copyfileobj(rest, fh, 1 << 22)
+                fh.seek(0)
+                fh.write(_header(layout, n, row, width))
+            state.update(at=at, rest_at=rest_at, indexed=row)
+
+        atomic_write(out / items_file, write)
+
+        def write_offsets(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                fh.write(_npy_header((n + 1, 2)))
+                pairs.seek(0)
+                shutil.copyfileobj(pairs, fh, 1 << 22)
+                for _, block in _chunks(rest_pairs, 0, n - state["indexed"], 2):
+                    block = block.copy()
+                    block[:, 0] += np.uint64(state["at"])
+                    fh.write(block.tobytes())
+                fh.write(np.array([state["at"] + state["rest_at"], 0], _U8).tobytes())
+
+        atomic_write(out / names["offsets"], write_offsets)
+    return state["indexed"]
+
+
+def _sort_key_index(offsets_path: Path, n: int, n_indexed: int, keys_fh, buckets_fh) -> list[tuple[int, int]]:
+    """Write the key index of the hashes in ``offsets_path`` (its .npy data, headers included) to ``keys_fh``
+    and its bucket directory to ``buckets_fh``: the (hash, row) entries spread over temporary files by their
+    hash's top bits, then each range sorted on its own. Returns the (hash, row) of every index row whose hash
+    another index row shares."""
+    import tempfile
+
+    bits = bucket_bits(n)
+    range_bits = min(bits, max(0, int(np.ceil(np.log2(max(n, 1) / _PASS_ENTRIES)))))
+    per_range = 1 << (bits - range_bits)
+    keys_fh.write(_npy_header((n, 2)))
+    buckets_fh.write(_npy_header(((1 << bits) + 1,)))
+    buckets_fh.write(np.zeros(1, _U8).tobytes())
+    same: list[tuple[int, int]] = []
+    with open(offsets_path, "rb") as fh:
+        first, _ = _npy_data(fh, offsets_path.name)
+        ranges = [tempfile.TemporaryFile(dir=offsets_path.parent) for _ in range(1 << range_bits)]
+        try:
+            for row, block in _chunks(fh, first, n, 2):  # spread by range, rows in order within each
+                hashes = block[:, 1]
+                entries = np.stack([hashes, np.arange(row, row + len(block), dtype=_U8)], 1)
+                if range_bits == 0:
+                    ranges[0].write(entries.tobytes())
+                    continue
+                which = (hashes >> np.uint64(64 - range_bits)).astype(np.int64)
+                order = np.argsort(which, kind="stable")
+                cuts = np.searchsorted(which[order], np.arange(1, 1 << range_bits))
+                for r, part in enumerate(np.split(entries[order], cuts)):
+                    if len(part):
+                        ranges[r].write(part.tobytes())
+            done = 0
+            for r, spill in enumerate(ranges):
+                spill.seek(0)
+                entries = np.frombuffer(spill.read(), _U8).reshape(-1, 2)
+                spill.close()
+                entries = entries[np.argsort(entries[:, 0], kind="stable")]
+                keys_fh.write(entries.tobytes())
+                local = (entries[:, 0] >> np.uint64(64 - bits)).astype(np.int64) - r * per_range
+                counts = np.bincount(local, minlength=per_range)
+                buckets_fh.write((done + np.cumsum(counts)).astype(_U8).tobytes())
+                # equal hashes lie side by side, index rows (the smaller rows) first in each run
+                index_entries = entries[entries[:, 1] < np.uint64(n_indexed)]
+                tie = np.flatnonzero(index_entries[1:, 0] == index_entries[:-1, 0])
+                if tie.size:
+                    both = np.unique(np.concatenate([tie, tie + 1]))
+                    same += [(int(h), int(r)) for h, r in index_entries[both]]
+                done += len(entries)
+        finally:
+            for spill in ranges:
+                spill.close()
+    return same
+
+
+def write_items(index_dir: str | os.PathLike, items_file: str, paths: list[Path]) -> WrittenItems:
+    """Write the item table of the shards ``paths`` (in shard order) and its side files, each atomically, one
+    shard at a time; returns its rows, its index rows and the keys that more than one index row holds."""
     import tempfile
 
     import pyarrow.parquet as pq
@@ -210,54 +356,35 @@ def write_items(index_dir: str | os.PathLike, items_file: str, paths: list[Path]
     layout = _layout(pq.read_schema(p) for p in paths) if paths else [{"name": "key", "type": "string"}]
     n = sum(pq.read_metadata(p).num_rows for p in paths)
     width = len(_header(layout, n, n))
-    offsets = np.empty(n + 1, np.uint64)
-    hashes = np.empty(n, np.uint64)
-
-    def write(tmp: str) -> None:
-        # index rows go straight to the table; the rest wait in a temporary file and follow them
-        with open(tmp, "wb") as fh, tempfile.TemporaryFile(dir=out) as rest:
-            fh.write(_header(layout, n, n, width))
-            at, row, rest_at, rest_offsets, rest_hashes = width, 0, 0, [], []
-            for _, table in _shard_tables(paths):
-                indexed = _indexed(table)
-                records = encode_records(table, layout)
-                shard_hashes = key_hashes(table["key"].to_pylist())
-                (bounds, data), (rest_bounds, rest_data) = _parts(records, indexed)
-                k = len(bounds) - 1
-                offsets[row:row + k] = at + bounds[:-1]
-                hashes[row:row + k] = shard_hashes[indexed]
-                fh.write(data)
-                at += int(bounds[-1])
-                row += k
-                rest_offsets.append(rest_at + rest_bounds[:-1])
-                rest_hashes.append(shard_hashes[~indexed])
-                rest.write(rest_data)
-                rest_at += int(rest_bounds[-1])
-            rest.seek(0)
-            shutil.copyfileobj(rest, fh, 1 << 22)
-            if n > row:
-                offsets[row:n] = at + np.concatenate(rest_offsets).astype(np.uint64)
-                hashes[row:n] = np.concatenate(rest_hashes)
-            offsets[n] = at + rest_at
-            fh.seek(0)
-            fh.write(_header(layout, n, row, width))
-
-    atomic_write(out / items_file, write)
-    entries, buckets = key_index(hashes)
+    n_indexed = _write_rows(out, items_file, paths, layout, n, width)
     names = side_files(items_file)
-    atomic_write(out / names["offsets"], _npy(offsets))
-    atomic_write(out / names["keys"], _npy(entries))
-    atomic_write(out / names["buckets"], _npy(buckets))
-    return n
+    with tempfile.TemporaryFile(dir=out) as buckets:
+        same: list = []
 
+        def write_keys(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                same.extend(_sort_key_index(out / names["offsets"], n, n_indexed, fh, buckets))
 
-def key_index(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(hash, row) sorted by hash, and the bucket directory over the hashes' top bits."""
-    order = np.argsort(hashes, kind="stable")
-    entries = np.stack([hashes[order], order.astype(np.uint64)], axis=1)
-    bits = bucket_bits(len(hashes))
-    counts = np.bincount((entries[:, 0] >> np.uint64(64 - bits)).astype(np.int64), minlength=1 << bits)
-    return entries, np.concatenate([[0], np.cumsum(counts)]).astype(np.uint64)
+        atomic_write(out / names["keys"], write_keys)
+
+        def write_buckets(tmp: str) -> None:
+            import shutil
+
+            buckets.seek(0)
+            with open(tmp, "wb") as fh:
+                shutil.copyfileobj(buckets, fh, 1 << 22)
+
+        atomic_write(out / names["buckets"], write_buckets)
+    repeated: set[str] = set()
+    if same:  # index rows that share a hash: the same key twice, or (rarely) two keys
+        seen: dict[tuple[int, str], int] = {}
+        with ItemTable(out, items_file) as table:
+            key_at = table._columns["key"][0]
+            for h, r in same:
+                key = _unescape(table._record(r)[key_at][1:])
+                if seen.setdefault((h, key), r) != r:
+                    repeated.add(key)
+    return WrittenItems(n, n_indexed, tuple(sorted(repeated)))
 
 
 def _unescape(text: str) -> str:
@@ -304,7 +431,7 @@ class ItemTable:
         self._offsets_fd, self._entries_fd, self._buckets_fd = (fh.fileno() for fh in side.values())
         self._fd = self._rows_fh.fileno()
         n_buckets = buckets_shape[0] - 1 if len(buckets_shape) == 1 else 0
-        if not ok or offsets_shape != (self.n_rows + 1,) or len(entries_shape) != 2 or entries_shape[1] != 2 \
+        if not ok or offsets_shape != (self.n_rows + 1, 2) or len(entries_shape) != 2 or entries_shape[1] != 2 \
                 or n_buckets < 2 or n_buckets & (n_buckets - 1):
             self.close()
             raise self._damaged("its files do not have the shapes its header records")
@@ -358,7 +485,7 @@ class ItemTable:
     def _record(self, row: int) -> list[str]:
         if not 0 <= row < self.n_rows:
             raise self._damaged(f"row {row} asked of an item table of {self.n_rows} rows")
-        a, b = _TWO.unpack(self._pread(self._offsets_fd, 16, self._offsets_at + 8 * row))
+        a, _, b, _ = _FOUR.unpack(self._pread(self._offsets_fd, 32, self._offsets_at + 16 * row))
         fields = self._pread(self._fd, b - a, a).decode("utf-8", "surrogatepass").split(_SEP)
         if len(fields) != self._n_fields:
             raise self._damaged(f"a record at byte {a} holds {len(fields)} fields where it should hold "
@@ -424,69 +551,86 @@ class ItemTable:
 
 def check_items(index_dir: str | os.PathLike, items_file: str, paths: list[Path]) -> int:
     """Hold the item table to the shards ``paths``: every record the encoding of its shard row (each shard read
-    once), the index rows' first, in order, then the others, the offsets, and the key index and its buckets
-    those of the keys in that order. Returns the rows compared; the first mismatch raises IndexDamagedError."""
+    once), the index rows' first, in order, then the others, the offsets and the hashes beside them, and the key
+    index and its buckets those of the keys in that order (sorted again, as written). Returns the rows compared;
+    the first mismatch raises IndexDamagedError."""
+    import tempfile
+
     path = Path(index_dir)
     with ItemTable(path, items_file) as table:  # the header and the side files' shapes
         damaged, n_rows, n_indexed = table._damaged, table.n_rows, table.n_indexed
-    side = {part: np.load(path / name, mmap_mode="r") for part, name in side_files(items_file).items()}
-    offsets = side["offsets"]
+    names = side_files(items_file)
+    offsets = np.load(path / names["offsets"], mmap_mode="r")
     with open(path / items_file, "rb") as fh:
         layout = json.loads(fh.readline())["columns"]
         stored_bytes = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     row, rest_row = 0, n_indexed
-    hashes, rest_hashes = [], []
     for shard, want in _shard_tables(paths):
         indexed = _indexed(want)
         parts = _parts(encode_records(want, layout), indexed)
-        for (bounds, data), first, end in zip(parts, (row, rest_row), (n_indexed, n_rows)):
+        hashes = key_hashes(want["key"].to_pylist())
+        for (bounds, data), first, end, mask in zip(parts, (row, rest_row), (n_indexed, n_rows), (indexed, ~indexed)):
             k = len(bounds) - 1
             if first + k > end:
                 raise damaged(f"holds {n_indexed} index rows and {n_rows} rows where the shards hold more")
-            stored = np.asarray(offsets[first:first + k + 1], np.int64)
+            stored = np.asarray(offsets[first:first + k + 1, 0], np.int64)
             start = int(stored[0])
-            if not np.array_equal(stored - start, bounds) or stored_bytes[start:start + len(data)] != data:
+            if not np.array_equal(stored - start, bounds) or stored_bytes[start:start + len(data)] != data \
+                    or not np.array_equal(offsets[first:first + k, 1], hashes[mask]):
                 which = "other" if first >= n_indexed else "index"
                 raise damaged(f"does not hold the rows of {shard.name} (its {which} rows at table rows "
                               f"{first}..{first + k - 1})")
-        keys = key_hashes(want["key"].to_pylist())
-        hashes.append(keys[indexed])
-        rest_hashes.append(keys[~indexed])
         row += int(indexed.sum())
         rest_row += int((~indexed).sum())
-    if row != n_indexed or rest_row != n_rows or len(stored_bytes) != int(offsets[-1]):
+    if row != n_indexed or rest_row != n_rows or len(stored_bytes) != int(offsets[-1, 0]):
         raise damaged(f"holds {n_indexed} index rows and {n_rows} rows where the shards hold {row} and "
                       f"{rest_row}")
-    entries, buckets = key_index(np.concatenate(hashes + rest_hashes) if paths else np.zeros(0, np.uint64))
-    if not np.array_equal(entries, side["keys"]) or not np.array_equal(buckets, side["buckets"]):
-        raise damaged("has a key index that is not that of its keys")
+    with tempfile.TemporaryFile(dir=path) as keys, tempfile.TemporaryFile(dir=path) as buckets:
+        _sort_key_index(path / names["offsets"], n_rows, n_indexed, keys, buckets)
+        if not all(_same_bytes(fh, path / names[part]) for fh, part in ((keys, "keys"), (buckets, "buckets"))):
+            raise damaged("has a key index that is not that of its keys")
     return rest_row
+
+
+def _same_bytes(fh, other: Path) -> bool:
+    """Whether an open file holds the bytes of the file ``other``."""
+    fh.seek(0)
+    with open(other, "rb") as theirs:
+        while True:
+            a, b = fh.read(1 << 22), theirs.read(1 << 22)
+            if a != b:
+                return False
+            if not a:
+                return True
 
 
 class KeysByRow:
     """The keys of index rows (record r of the item table is index row r), read a batch of rows at a time: the
-    records' places gathered from the memory-mapped offsets with numpy, the records read with one ``pread``
-    each (those less than a page apart together, in file order) and their keys cut out, each key confirmed
-    against the key index (its hash's bucket must hold it at that row), so a table replaced or damaged after
-    indexing is an IndexDamagedError, never a wrong key.
-    Opening reads the header line and the side files' headers only.
+    records' places gathered from the memory-mapped offsets with numpy, the records read (those close together
+    in spans, one ``pread`` each; scattered ones sliced from the memory-mapped table), each record's key cut out
+    and confirmed against the hash stored beside its offset, so a table replaced or damaged
+    after indexing is an IndexDamagedError, never a wrong key. Opening reads the header line and the offsets
+    file's header only (and maps both files).
 
-    The records are read, not mapped: on the 2-core VM of BENCHMARKS.md a first touch of a mapped page cost
-    about 20 µs and a ``pread`` about 6 (cutting the keys out with Arrow cost more than this loop, in fresh
-    memory); the side files are mapped, where neighbouring keys share pages."""
+    Both files are mapped (the table with ``MADV_RANDOM``, so a record read from disk brings in its own page, not
+    a readahead window): on the 2-core VM of BENCHMARKS.md, 50,000 records scattered over a cached 10^7-row table
+    cost 0.05 s of CPU sliced from the map and 0.13 s read with one ``pread`` each; and a row's hash lies beside
+    its offset, so a key touches one page of one side file, where confirming it in the key index took two more."""
 
     def __init__(self, index_dir: str | os.PathLike, items_file: str, n_indexed: int) -> None:
         path = Path(index_dir) / items_file
         self.path = path
-        names = side_files(items_file)
         try:
             with open(path, "rb") as fh:
                 header = json.loads(fh.readline())
                 self._start = fh.tell()
                 self._size = os.fstat(fh.fileno()).st_size
-            # plain arrays over the maps: numpy's memmap class costs more per gather than the gather
-            side = [np.asarray(np.load(path.parent / names[part], mmap_mode="r", allow_pickle=False))
-                    for part in _SIDE_FILES]
+                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            if hasattr(self._map, "madvise"):
+                self._map.madvise(mmap.MADV_RANDOM)
+            # a plain array over the map: numpy's memmap class costs more per gather than the gather
+            offsets = np.asarray(np.load(path.parent / side_files(items_file)["offsets"], mmap_mode="r",
+                                         allow_pickle=False))
             n_rows, indexed = int(header["rows"]), int(header["indexed"])
             columns = header["columns"]
             width = [1 + len(col.get("fields", [])) if col["type"] == "struct" else 1 for col in columns]
@@ -494,14 +638,11 @@ class KeysByRow:
             ok = header.get("format") == _FORMAT
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise self._damaged(f"cannot read the item table ({exc})") from None
-        self._offsets, self._entries, self._buckets = side
-        n_buckets = len(self._buckets) - 1
-        if not ok or any(a.dtype != np.dtype("<u8") for a in side) or self._offsets.shape != (n_rows + 1,) \
-                or self._entries.ndim != 2 or self._entries.shape[1] != 2 or n_buckets < 2 \
-                or n_buckets & (n_buckets - 1) or indexed != n_indexed or n_indexed > n_rows:
+        if not ok or offsets.dtype != _U8 or offsets.shape != (n_rows + 1, 2) or indexed != n_indexed \
+                or n_indexed > n_rows:
             raise self._damaged(f"its files do not have the shapes its header records, or it holds {indexed} "
                                 f"index rows where the manifest counts {n_indexed}")
-        self._shift = np.uint64(64 - (n_buckets.bit_length() - 1))
+        self._offsets = offsets
         self.n_indexed = n_indexed
 
     def _damaged(self, what: str) -> IndexDamagedError:
@@ -511,6 +652,27 @@ class KeysByRow:
     def __len__(self) -> int:
         return self.n_indexed
 
+    def _spans(self, starts: np.ndarray, ends: np.ndarray):
+        """Where the records asked lie close together (a small corpus, or many rows asked of it): the spans that
+        hold them, read with one ``pread`` each, and each record's (span, start, end) in it; else None (scattered
+        records are sliced from the map, one page fault each: faulting in page by page where records share pages
+        would be one small read each when the table is not cached)."""
+        order = np.argsort(starts, kind="stable")
+        first, last = starts[order].astype(np.int64), ends[order].astype(np.int64)
+        new_span = np.ones(len(first), bool)
+        new_span[1:] = first[1:] - np.maximum.accumulate(last)[:-1] >= _SPAN_GAP
+        if new_span.sum() > _MERGED * len(first):
+            return None
+        span_of = np.cumsum(new_span) - 1
+        span_first = first[new_span]
+        span_last = np.maximum.reduceat(last, np.flatnonzero(new_span))
+        with open(self.path, "rb") as fh:
+            fd, pread = fh.fileno(), os.pread
+            spans = [pread(fd, b - a, a) for a, b in zip(span_first.tolist(), span_last.tolist())]
+        place = np.empty((len(first), 3), np.int64)
+        place[order] = np.stack([span_of, first - span_first[span_of], last - span_first[span_of]], 1)
+        return spans, place.tolist()
+
     def keys(self, rows) -> list[str]:
         """The key of each index row in ``rows`` (a 1-d integer array), in order."""
         rows = np.asarray(rows, np.int64)
@@ -518,55 +680,42 @@ class KeysByRow:
             return []
         if rows.min() < 0 or rows.max() >= self.n_indexed:
             raise IndexError(f"index rows must lie in [0, {self.n_indexed})")
-        starts, ends = self._offsets[rows], self._offsets[rows + 1]
+        here, after = self._offsets[rows], self._offsets[rows + 1, 0]
+        starts, ends, recorded = here[:, 0], after, here[:, 1]
         if np.any(starts < self._start) or np.any(ends < starts) or np.any(ends > self._size):
             raise self._damaged("its offsets point outside its records (the table changed since it was indexed)")
-        order = np.argsort(starts, kind="stable")
-        first, last = starts[order].astype(np.int64), ends[order].astype(np.int64)
-        # records less than a page apart are read in one span (a small corpus's keys share their pages)
-        new_span = np.ones(len(first), bool)
-        new_span[1:] = first[1:] - np.maximum.accumulate(last)[:-1] >= _SPAN_GAP
-        span_of = np.cumsum(new_span) - 1
-        span_first = first[new_span]
-        span_last = np.maximum.reduceat(last, np.flatnonzero(new_span))
+        import xxhash
+
         keys: list = [None] * len(rows)
-        key_at = self._key_at
+        hashes = [0] * len(rows)
+        key_at, digest, escape = self._key_at, xxhash.xxh3_64_intdigest, b"\\"
         try:
-            with open(self.path, "rb") as fh:
-                fd, pread = fh.fileno(), os.pread
-                spans = [pread(fd, b - a, a) for a, b in zip(span_first.tolist(), span_last.tolist())]
-            begin = (first - span_first[span_of]).tolist()
-            end = (last - span_first[span_of]).tolist()
-            for i, span, a, b in zip(order.tolist(), span_of.tolist(), begin, end):
-                field = spans[span][a:b].split(b"\0", key_at + 1)[key_at]
-                if field[:1] == b"v":
-                    keys[i] = field[1:].decode("utf-8", "surrogatepass")
+            dense = self._spans(starts, ends)
+            if dense is None:
+                table = self._map
+                records = (table[a:b] for a, b in zip(starts.tolist(), ends.tolist()))
+            else:
+                spans, place = dense
+                records = (spans[span][a:b] for span, a, b in place)
+            for i, record in enumerate(records):
+                field = record.split(b"\0", key_at + 1)[key_at]
+                if field[:1] != b"v":
+                    continue
+                body = field[1:]
+                if escape in body:  # the stored text is escaped; the hash is of the key's own bytes
+                    keys[i] = _unescape(body.decode("utf-8", "surrogatepass"))
+                    hashes[i] = digest(keys[i].encode("utf-8", "surrogatepass"))
+                else:  # the bytes stored are the key's: hashed as they are
+                    keys[i] = body.decode("utf-8", "surrogatepass")
+                    hashes[i] = digest(body)
         except (OSError, IndexError, ValueError):  # a record cut short, bytes that are not UTF-8
             raise self._damaged("an index row's record cannot be read (the table changed since it was "
                                 "indexed)") from None
         if None in keys:
             raise self._damaged("an index row's record holds no key (the table changed since it was indexed)")
-        keys = [_unescape(k) for k in keys]
-        self._confirm(keys, rows)
+        wrong = np.flatnonzero(np.array(hashes, np.uint64) != recorded)
+        if wrong.size:
+            raise self._damaged(f"the record of index row {int(rows[wrong[0]])} holds key {keys[wrong[0]]!r}, "
+                                "whose hash the offsets do not place there (the table changed since it was "
+                                "indexed)")
         return keys
-
-    def _confirm(self, keys: list[str], rows: np.ndarray) -> None:
-        """Refuse keys whose bucket in the key index does not hold (their hash, their row)."""
-        hashes = key_hashes(keys)
-        bucket = (hashes >> self._shift).astype(np.int64)
-        lo, hi = self._buckets[bucket].astype(np.int64), self._buckets[bucket + 1].astype(np.int64)
-        if np.any(hi > len(self._entries)) or np.any(lo > hi):
-            raise self._damaged("its bucket directory points past its key index")
-        at = rows.astype(np.uint64)
-        found = np.zeros(len(keys), bool)
-        todo = np.flatnonzero(lo < hi)
-        step = 0
-        while todo.size:  # a bucket holds 2-4 entries on average: a few vectorised passes
-            entries = self._entries[lo[todo] + step]
-            found[todo] |= (entries[:, 0] == hashes[todo]) & (entries[:, 1] == at[todo])
-            step += 1
-            todo = todo[~found[todo] & (lo[todo] + step < hi[todo])]
-        if not found.all():
-            first = int(np.flatnonzero(~found)[0])
-            raise self._damaged(f"the record of index row {int(rows[first])} holds key {keys[first]!r}, which its "
-                                "key index does not place there (the table changed since it was indexed)")

@@ -71,9 +71,9 @@ def test_shared_hashes_and_awkward_text_are_looked_up_right(tmp_path, monkeypatc
     write_shard(shard_path(tmp_path, 3), info, **rows)
     real = items_module.key_hashes
     monkeypatch.setattr(items_module, "key_hashes", lambda keys: real(keys) % np.uint64(3) << np.uint64(62))
-    n = write_items(tmp_path, "items.rows", shard_paths(tmp_path))
+    written = write_items(tmp_path, "items.rows", shard_paths(tmp_path))
     keys = all_keys(tmp_path)
-    assert n == len(keys) == 20
+    assert written.rows == len(keys) == 20 and written.indexed == 12 and written.repeated == ()
     table = ItemTable(tmp_path, "items.rows")
     # each shard's rows 0, 1 and 4 are indexed: they come first, the skipped and low-information ones after
     in_order = [k for i, k in enumerate(keys) if i % 5 in (0, 1, 4)] + [k for i, k in enumerate(keys)
@@ -207,7 +207,7 @@ def test_an_item_table_changed_after_indexing_is_refused_never_a_wrong_key(tmp_p
     keys = load_index(tmp_path / "i", load_faiss=False).keys
     assert keys[np.arange(10)].tolist() == indexed[:10]
     for row in (10, 11):
-        with pytest.raises(IndexDamagedError, match=r"items\.rows is damaged: .* does not place there") as exc:
+        with pytest.raises(IndexDamagedError, match=r"items\.rows is damaged: .* do not place there") as exc:
             keys[np.array([0, row])]
         assert _one_line(exc).endswith("--resume`")
     with pytest.raises(IndexDamagedError):
@@ -262,7 +262,7 @@ def test_an_item_table_in_shard_order_is_read_as_an_earlier_layout(tmp_path):
     want = rows_by_key(tmp_path / "i", keys, COLUMNS)
     table = tmp_path / "i" / "items.rows"
     data = table.read_bytes()
-    table.write_bytes(data.replace(b'"overlap_audit.items/2"', b'"overlap_audit.items/1"', 1))
+    table.write_bytes(data.replace(b'"overlap_audit.items/3"', b'"overlap_audit.items/1"', 1))
     manifest = json.loads((tmp_path / "i" / "manifest.json").read_text())
     manifest["files"]["items.rows"]["xxh3_64"] = checksum_file(table)
     (tmp_path / "i" / "manifest.json").write_text(json.dumps(manifest))
@@ -273,14 +273,124 @@ def test_an_item_table_in_shard_order_is_read_as_an_earlier_layout(tmp_path):
 
 def test_offsets_changed_after_indexing_are_refused_never_read_through(tmp_path, at_scale):
     """items.offsets.npy overwritten in place: offsets past the file or out of order are refused before any
-    record is read through them; offsets in order but one record off give keys the key index refuses."""
+    record is read through them; offsets in order but one record off give keys whose recorded hashes refuse them."""
     indexed = _index_with_gaps(tmp_path / "i", np.random.default_rng(4))
     offsets_file = tmp_path / "i" / "items.offsets.npy"
     offsets = np.load(offsets_file)
-    for damaged, what in ((offsets + np.uint64(1 << 40), "offsets point outside"),
-                          (offsets[::-1].copy(), "offsets point outside"),
-                          (np.concatenate([offsets[1:], offsets[-1:]]), "does not place there")):
+    assert offsets.shape == (load_manifest(tmp_path / "i").n_given + 1, 2)
+    shifted = offsets.copy()
+    shifted[:, 0] += np.uint64(1 << 40)
+    reversed_ = offsets.copy()
+    reversed_[:, 0] = offsets[::-1, 0]
+    one_off = offsets.copy()
+    one_off[:-1, 0] = offsets[1:, 0]
+    for damaged, what in ((shifted, "offsets point outside"), (reversed_, "offsets point outside"),
+                          (one_off, "do not place there")):
         np.save(offsets_file, damaged)
         with pytest.raises(IndexDamagedError, match=what) as exc:  # when opened, or when the rows are read
             load_index(tmp_path / "i", load_faiss=False).keys[np.arange(len(indexed))]
         _one_line(exc)
+
+
+def test_an_item_table_of_the_previous_format_is_refused_in_one_line(tmp_path, at_scale):
+    """A table whose header names the format before this one (offsets without their keys' hashes): reading
+    row keys or items by key is the one-line damaged error that says to rebuild, never a wrong answer."""
+    from overlap_audit.index.manifest import checksum_file
+
+    indexed = _index_with_gaps(tmp_path / "i", np.random.default_rng(8))
+    table = tmp_path / "i" / "items.rows"
+    table.write_bytes(table.read_bytes().replace(b'"overlap_audit.items/3"', b'"overlap_audit.items/2"', 1))
+    offsets_file = tmp_path / "i" / "items.offsets.npy"
+    np.save(offsets_file, np.ascontiguousarray(np.load(offsets_file)[:, 0]))
+    manifest = json.loads((tmp_path / "i" / "manifest.json").read_text())
+    for name in ("items.rows", "items.offsets.npy"):
+        manifest["files"][name].update(size=(tmp_path / "i" / name).stat().st_size,
+                                       xxh3_64=checksum_file(tmp_path / "i" / name))
+    (tmp_path / "i" / "manifest.json").write_text(json.dumps(manifest))
+    for read in (lambda: load_index(tmp_path / "i", load_faiss=False),
+                 lambda: rows_by_key(tmp_path / "i", indexed[:3], ["id"]), lambda: check_index(tmp_path / "i")):
+        with pytest.raises(IndexDamagedError, match=r"items\.rows is damaged: .*rebuild the index") as exc:
+            read()
+        _one_line(exc)
+    # the rebuild the message names: `index --resume` finds the table refused and finishes the index again
+    from overlap_audit.index.build import _resume_complete
+    from overlap_audit.settings import IndexSettings
+
+    assert _resume_complete(tmp_path / "i", IndexSettings(), lambda *a, **k: "finished again") == "finished again"
+
+
+def _reference_key_index(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The key index as one in-memory sort makes it: (hash, row) by hash, rows in order among equal hashes, and
+    the bucket directory over the hashes' top bits."""
+    order = np.argsort(hashes, kind="stable")
+    entries = np.stack([hashes[order], order.astype(np.uint64)], axis=1)
+    bits = items_module.bucket_bits(len(hashes))
+    counts = np.bincount((entries[:, 0] >> np.uint64(64 - bits)).astype(np.int64), minlength=1 << bits)
+    return entries, np.concatenate([[0], np.cumsum(counts)]).astype(np.uint64)
+
+
+@pytest.mark.parametrize("pass_entries", [1 << 23, 7])
+def test_the_key_index_sorted_a_range_at_a_time_equals_one_sort(tmp_path, monkeypatch, pass_entries):
+    """Written with the sort spread over ranges of hashes (a few entries per pass, as at 10^8 items) or in one
+    pass, the key index and its buckets are those of one in-memory sort of the table's keys' hashes (with
+    hashes that collide often), the offsets file holds each row's hash, and ``check`` passes."""
+    real = items_module.key_hashes
+    monkeypatch.setattr(items_module, "key_hashes", lambda keys: real(keys) % np.uint64(5) << np.uint64(61)
+                        | real(keys) % np.uint64(2))
+    monkeypatch.setattr(items_module, "_PASS_ENTRIES", pass_entries)
+    monkeypatch.setattr(items_module, "_CHUNK_ROWS", 13)
+    _index_with_gaps(tmp_path / "i", np.random.default_rng(2), n_shards=5)
+    manifest = load_manifest(tmp_path / "i")
+    with ItemTable(tmp_path / "i", manifest.items_file) as table:
+        in_order = table.read(range(table.n_rows), ["key"])["key"]
+    offsets = np.load(tmp_path / "i" / "items.offsets.npy")
+    assert offsets[:-1, 1].tolist() == items_module.key_hashes(in_order).tolist() and offsets[-1, 1] == 0
+    entries, buckets = _reference_key_index(items_module.key_hashes(in_order))
+    assert np.array_equal(np.load(tmp_path / "i" / "items.keys.npy"), entries)
+    assert np.array_equal(np.load(tmp_path / "i" / "items.buckets.npy"), buckets)
+    assert check_index(tmp_path / "i").n_indexed == manifest.n_indexed
+    with ItemTable(tmp_path / "i", manifest.items_file) as table:
+        assert table.rows_of(in_order) == {k: i for i, k in enumerate(in_order)}
+
+
+def _shards_with_a_repeat(root, repeat_in: str):
+    """Three shards of 30 items; shard 2's fifth key repeats shard 0's third, in an indexed row or a skipped one."""
+    from overlap_audit.index.shards import shard_path, write_shard
+
+    info = info_for("hamming")
+    (root / "shards").mkdir(parents=True)
+    rng = np.random.default_rng(11)
+    for s in range(3):
+        keys = [f"src/{s}/im{i}.png" for i in range(30)]
+        reasons = [None] * 30
+        if s == 2:
+            keys[4] = "src/0/im2.png"
+            if repeat_in == "skipped":
+                reasons[4] = "cannot decode"
+        vectors = [None if r else rng.integers(0, 256, info.dim // 8, dtype=np.uint8) for r in reasons]
+        write_shard(shard_path(root, s), info, keys=keys, sources=["src"] * 30, ids=[k[4:] for k in keys],
+                    captions=[None] * 30, labels=[None] * 30, vectors=vectors, low_information=[False] * 30,
+                    reasons=reasons, copies=[None] * 30)
+    return info
+
+
+def test_a_key_repeated_in_index_rows_is_refused_and_leaves_no_files(tmp_path, monkeypatch):
+    """The same key in two index rows: finishing refuses it as it always did (a repeat found through the
+    sorted hashes and confirmed by the keys), and leaves nothing beside the shards; hashes shared by different
+    keys are no repeat; a repeated key whose second row is skipped is not an index row's and passes."""
+    from overlap_audit.errors import IndexDirError
+    from overlap_audit.index.finish import finish_index
+
+    real = items_module.key_hashes
+    monkeypatch.setattr(items_module, "key_hashes", lambda keys: real(keys) % np.uint64(4) << np.uint64(62))
+    for repeat_in in ("indexed", "skipped"):
+        root = tmp_path / repeat_in
+        info = _shards_with_a_repeat(root, repeat_in)
+        run = lambda: finish_index(root, info, [{"kind": "vectors", "name": "src"}], 30, "cpu", 0.0,  # noqa: E731
+                                   index_type="flat")
+        if repeat_in == "indexed":
+            with pytest.raises(IndexDirError, match="the shards hold repeated keys; rebuild the index"):
+                run()
+            assert sorted(p.name for p in root.iterdir()) == ["shards"]
+        else:
+            assert run().n_indexed == 89
