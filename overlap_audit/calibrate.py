@@ -213,9 +213,11 @@ def _embedded(corpus, source, match_settings, cache_dir, *, views: bool = False,
 
 def _view_similarity(det, copies, a: int, sources, b: int, cut: float = 0.0) -> float:
     """The similarity a report's search gives copy ``a`` and corpus item ``b``: the most similar of the copy's
-    views (its vector; its whole image where trimmed; its centre crops and turns, less ``cut``:
-    ``match.view_cut``) against the item's (its vector and its corpus views), as ``match.merge_views`` and
-    ``index.search.with_views`` take them."""
+    views (its vector; its whole image where trimmed; where not, its centre crops and turns, less ``cut``:
+    ``match.view_cut``, ``match.viewed_rows``) against the item's (its vector and its corpus views), as
+    ``match.merge_views`` and ``index.search.with_views`` take them."""
+    from .match import viewed_rows
+
     query = [copies.vectors[a:a + 1]]
     if copies.whole_rows is not None:
         hit = np.flatnonzero(np.asarray(copies.whole_rows) == a)
@@ -224,7 +226,7 @@ def _view_similarity(det, copies, a: int, sources, b: int, cut: float = 0.0) -> 
     item = np.concatenate([sources.vectors[b:b + 1]] + ([sources.crop_vectors[b]] if sources.crop_vectors is not None
                                                         else []))
     best = float(np.max(det.similarity(np.concatenate(query), item)))
-    if copies.crop_vectors is not None:
+    if copies.crop_vectors is not None and a in viewed_rows(copies):
         best = max(best, float(np.float32(np.max(det.similarity(copies.crop_vectors[a], item))) - np.float32(cut)))
     return best
 

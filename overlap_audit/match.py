@@ -156,13 +156,13 @@ def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, object]], setting
                            min_similarity=floor, progress=settings.progress)
             neighbors = merge_views(neighbors, whole, emb.whole_rows)
         cut = view_cut(settings, corpus.detector)
-        for c, area in enumerate(crops if emb.crop_vectors is not None else ()):
-            crop = search(corpus.index, emb.ids, emb.crop_vectors[:, c], k=settings.k, device=settings.device,
-                          exact_stream=settings.exact, ray_address=settings.ray_address, min_similarity=floor,
-                          progress=settings.progress)
+        rows = viewed_rows(emb)
+        for c, area in enumerate(crops if emb.crop_vectors is not None and len(rows) else ()):
+            crop = search(corpus.index, [emb.ids[r] for r in rows], emb.crop_vectors[rows, c], k=settings.k,
+                          device=settings.device, exact_stream=settings.exact, ray_address=settings.ray_address,
+                          min_similarity=floor, progress=settings.progress)
             crop = Neighbors(crop.query_ids, crop.ids, (crop.similarities - np.float32(cut)).astype(np.float32))
-            neighbors = merge_views(neighbors, crop, np.arange(len(emb.ids)),
-                                    area.tag if isinstance(area, Turn) else view_tag(area))
+            neighbors = merge_views(neighbors, crop, rows, area.tag if isinstance(area, Turn) else view_tag(area))
         if key is not None:
             save_cached(cache_dir, key, emb, neighbors, floor)
         out[name] = EvalMatch(name, emb, neighbors, seconds={"embed": embedded - started,
@@ -170,6 +170,17 @@ def match_eval_sets(corpus: Corpus, evals: Iterable[tuple[str, object]], setting
         _log.debug("%s: %d item(s) embedded in %.2f s, searched in %.2f s", name, len(emb) + len(emb.skipped),
                    *out[name].seconds.values())
     return out
+
+
+def viewed_rows(emb: Embeddings) -> np.ndarray:
+    """The rows whose query views (centre crops, turns) are searched: those whose content box was not trimmed.
+    A query with a margin shows its whole content, which its content box already holds whatever was cropped
+    around it; its crops and turns only add look-alikes (on the clip-art development set they found no copy
+    that its content box did not, BENCHMARKS.md "Corpus views")."""
+    trimmed = np.zeros(len(emb.ids), bool)
+    for r, box in enumerate(emb.boxes or ()):
+        trimmed[r] = box is not None and bool(box.trimmed)
+    return np.flatnonzero(~trimmed)
 
 
 def view_cut(settings: MatchSettings, detector) -> np.float32:

@@ -207,3 +207,38 @@ def test_a_mih_index_answers_the_decisions_floor_by_radius_as_flat_search_does(t
     lowest = lowest_threshold(phash.default_threshold, verifying=True)
     assert radii[-1] == hash_radius(first_stage_threshold(lowest, relax_for(phash)), 64) and len(radii) > n_radius
     assert rep["mih"].dataset("val").stats == rep["flat"].dataset("val").stats
+
+
+def test_query_views_are_searched_only_for_queries_without_a_margin(tmp_path):
+    """A drawing with a margin is searched by its content box (and whole image), never by crops or turns; a
+    photograph without one by all its views."""
+    import numpy as np
+    from PIL import Image
+
+    from overlap_audit.demos.synthetic import bundled_photos
+    from overlap_audit.index import build_index
+    from overlap_audit.match import match_eval_sets, open_corpus, viewed_rows
+    from overlap_audit.settings import IndexSettings, MatchSettings
+
+    photos = bundled_photos()
+    (tmp_path / "c").mkdir()
+    (tmp_path / "q").mkdir()
+    names = sorted(photos)[:4]
+    for name in names:
+        photos[name].convert("RGB").save(tmp_path / "c" / f"{name}.png")
+    photo = photos[names[0]].convert("RGB")
+    photo.rotate(4, resample=Image.Resampling.BICUBIC).save(tmp_path / "q" / "photo.png")
+    canvas = Image.new("RGB", (photo.width + 80, photo.height + 80), "white")
+    canvas.paste(photos[names[1]].convert("RGB").rotate(4, resample=Image.Resampling.BICUBIC, fillcolor="white"),
+                 (40, 40))
+    canvas.save(tmp_path / "q" / "margin.png")
+    build_index([str(tmp_path / "c")], tmp_path / "i", IndexSettings(workers=0))
+    settings = MatchSettings(workers=0)
+    m = match_eval_sets(open_corpus(tmp_path / "i", settings), [("q", str(tmp_path / "q"))], settings)["q"]
+    row = {ident: r for r, ident in enumerate(m.embeddings.ids)}
+    assert m.embeddings.boxes[row["margin.png"]].trimmed and not m.embeddings.boxes[row["photo.png"]].trimmed
+    assert list(viewed_rows(m.embeddings)) == [row["photo.png"]]
+    assert m.neighbors.views[row["margin.png"]] in {"trimmed", "whole"}
+    assert m.embeddings.crop_vectors.shape[1] == len(settings.query_crops())
+    assert m.neighbors.ids[row["photo.png"], 0] == f"{names[0]}.png"
+    assert np.isfinite(m.neighbors.similarities[:, :len(names)]).all()  # k = 5 over a corpus of 4
