@@ -166,7 +166,9 @@ def prepare_views(detector, image: Image.Image, areas: tuple):
     """``prepare``'s input and box, plus the input of each view in ``areas`` of what the detector embeds (the
     content box of a trimming detector, else the whole image): an area is the centre crop holding that
     fraction of it (a copy that is a crop of its source is nearer to a crop of it than to the whole); a
-    ``settings.Turn`` is it turned (``turned_crop``)."""
+    ``settings.Turn`` is it turned (``turned_crop``), except where trimming found a margin: a turn is a query
+    view, and a query with a margin is searched without its views (``match.viewed_rows``), so the input
+    stands in for its turns instead of being turned for nothing."""
     if getattr(detector, "content", "whole") == "trim":
         from ..content import trim
 
@@ -176,6 +178,9 @@ def prepare_views(detector, image: Image.Image, areas: tuple):
     mode = getattr(detector, "preprocess_mode", None)
     if areas and mode is not None and view.mode != mode:
         view = view.convert(mode)
-    crops = tuple(detector.preprocess(turned_crop(view, a.angle) if isinstance(a, Turn) else centre_crop(view, a))
+    own = detector.preprocess(view)
+    margin = box is not None and box.trimmed
+    crops = tuple(own if margin and isinstance(a, Turn) else
+                  detector.preprocess(turned_crop(view, a.angle) if isinstance(a, Turn) else centre_crop(view, a))
                   for a in areas)
-    return detector.preprocess(view), box, crops
+    return own, box, crops

@@ -240,5 +240,11 @@ def test_query_views_are_searched_only_for_queries_without_a_margin(tmp_path):
     assert list(viewed_rows(m.embeddings)) == [row["photo.png"]]
     assert m.neighbors.views[row["margin.png"]] in {"trimmed", "whole"}
     assert m.embeddings.crop_vectors.shape[1] == len(settings.query_crops())
+    # the drawing's turns are not taken (never searched): its own vector stands in for them
+    turns = [c for c, view in enumerate(settings.query_crops()) if not isinstance(view, float)]
+    margin = m.embeddings.crop_vectors[row["margin.png"]]
+    assert all((margin[c] == m.embeddings.vectors[row["margin.png"]]).all() for c in turns)
+    assert not all((m.embeddings.crop_vectors[row["photo.png"]][c] == m.embeddings.vectors[row["photo.png"]]).all()
+                   for c in turns)
     assert m.neighbors.ids[row["photo.png"], 0] == f"{names[0]}.png"
     assert np.isfinite(m.neighbors.similarities[:, :len(names)]).all()  # k = 5 over a corpus of 4
