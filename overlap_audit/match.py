@@ -187,8 +187,12 @@ def view_cut(settings: MatchSettings, detector) -> np.float32:
     """How much less similar a match through a query view (a centre crop or a turn) counts than the detector
     finds it: ``MatchSettings.view_discount`` of the gap between a perfect match and the detector's threshold.
     Searching many views of each query raises an unrelated image's best similarity; the discount keeps the
-    threshold and verification's grade where they were measured."""
-    return np.float32(float(settings.view_discount) * (1.0 - float(detector.info.default_threshold)))
+    threshold and verification's grade where they were measured. A detector without a default threshold (a
+    checkpoint not yet calibrated) has no gap to scale: no discount."""
+    threshold = detector.info.default_threshold
+    if threshold is None:
+        return np.float32(0.0)
+    return np.float32(float(settings.view_discount) * (1.0 - float(threshold)))
 
 
 def at_least(neighbors: Neighbors, min_similarity: float | None) -> Neighbors:

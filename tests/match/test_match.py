@@ -248,3 +248,19 @@ def test_query_views_are_searched_only_for_queries_without_a_margin(tmp_path):
                    for c in turns)
     assert m.neighbors.ids[row["photo.png"], 0] == f"{names[0]}.png"
     assert np.isfinite(m.neighbors.similarities[:, :len(names)]).all()  # k = 5 over a corpus of 4
+
+
+def test_view_cut_scales_the_gap_to_the_detectors_threshold():
+    from types import SimpleNamespace
+
+    from overlap_audit.match import view_cut
+    from overlap_audit.settings import MatchSettings
+
+    def det(t):
+        return SimpleNamespace(info=SimpleNamespace(default_threshold=t))
+
+    from overlap_audit.detectors import get_detector
+
+    assert view_cut(MatchSettings(), get_detector("phash")) == np.float32(0.12 * 9 / 64)  # phash: 9 of 64 bits
+    assert view_cut(MatchSettings(view_discount=0.5), det(0.98)) == np.float32(0.5 * (1 - 0.98))
+    assert view_cut(MatchSettings(), det(None)) == 0  # an uncalibrated checkpoint: nothing to scale
