@@ -22,14 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM), memory-mapped pages included."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+# run as a script from this folder: the sibling that measures peak memory the same way (VmHWM)
+from bench_hash_scale import peak_rss_mb
 
 
 def blocks(n: int, block: int, timing: dict):
