@@ -146,12 +146,10 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
     atomic_write(out / names.index, lambda tmp: writer(index, tmp))
     tables = None
     if plan.index_type == "mih":  # the multi-index hash tables beside the flat index they answer for
-        from .mih import build_mih, tables_name, write_mih
+        from .mih import flat_codes, tables_name, write_mih
 
         tables = tables_name(names.index)
-        codes = faiss.vector_to_array(index.xb).reshape(-1, index.code_size)
-        table_set = build_mih(codes, plan.params["substrings"])
-        write_mih(out / tables, table_set)
+        write_mih(out / tables, flat_codes(index), plan.params["substrings"])
     n_items = items.rows
     build_seconds = time.monotonic() - started
     vectors_file = names.vectors if (out / names.vectors).exists() and plan.index_type == "ivfpq" else None

@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,8 +123,24 @@ def tables_pay(n: int, m: int, radius: int) -> bool:
     return LOOKUP_COST * lookups + candidates < SCAN_COST * n
 
 
-def build_mih(codes: np.ndarray, m: int) -> MultiIndexHash:
-    """Multi-index hash tables of m substrings over the codes (row i = codes[i])."""
+@dataclass(frozen=True, eq=False)
+class Table:
+    """One substring's table: the codes sorted by it, their rows, the directory (see ``MultiIndexHash``)."""
+
+    shift: int
+    width: int
+    codes: np.ndarray
+    rows: np.ndarray
+    starts: np.ndarray
+
+
+def _row_dtype(n: int) -> np.dtype:
+    return np.dtype(np.uint32 if n <= 1 << 32 else np.int64)
+
+
+def iter_tables(codes: np.ndarray, m: int) -> Iterator[Table]:
+    """The m substrings' tables over the codes (row i = codes[i]), one at a time: a caller that writes each
+    before asking for the next holds one table, not m."""
     words = as_words(codes)
     n = len(words)
     widths = substring_widths(m)
@@ -131,7 +148,6 @@ def build_mih(codes: np.ndarray, m: int) -> MultiIndexHash:
         raise IndexDirError(f"{m} substrings are {max(widths)} bits wide; use at least "
                             f"{math.ceil(BITS / MAX_SUBSTRING_BITS)} so a directory stays under 2^{MAX_SUBSTRING_BITS}")
     row_bits = max(1, int(n - 1).bit_length())
-    shifts, out_codes, out_rows, out_starts = [], [], [], []
     shift = 0
     for width in widths:
         mask = np.uint64((1 << width) - 1)
@@ -141,23 +157,36 @@ def build_mih(codes: np.ndarray, m: int) -> MultiIndexHash:
             packed = (sub << np.uint64(row_bits)) | np.arange(n, dtype=np.uint64)
             del sub
             packed.sort()
-            order = packed & np.uint64((1 << row_bits) - 1)
+            order = (packed & np.uint64((1 << row_bits) - 1)).view(np.int64)  # rows < 2^63: a view, no copy
             counts = np.bincount((packed >> np.uint64(row_bits)).astype(np.int64), minlength=1 << width)
             del packed
         else:
             order = np.argsort(sub, kind="stable")
             counts = np.bincount(sub.astype(np.int64), minlength=1 << width)
             del sub
-        order = order.astype(np.intp)
         starts = np.zeros((1 << width) + 1, np.int64)
         np.cumsum(counts, out=starts[1:])
-        out_codes.append(words[order])
-        out_rows.append(order.astype(np.uint32 if n <= 1 << 32 else np.int64))
-        out_starts.append(starts)
-        shifts.append(shift)
-        shift += width
+        table = Table(shift, width, words[order], order.astype(_row_dtype(n)), starts)
         del order, counts
-    return MultiIndexHash(tuple(shifts), widths, tuple(out_codes), tuple(out_rows), tuple(out_starts))
+        yield table
+        del table
+        shift += width
+
+
+def flat_codes(index) -> np.ndarray:
+    """A FAISS binary flat index's codes as [n, code_size] uint8, a view of the index's own memory (no copy:
+    10^8 codes are 800 MB); valid while the index lives."""
+    import faiss
+
+    return faiss.rev_swig_ptr(index.xb.data(), index.xb.size()).reshape(-1, index.code_size)
+
+
+def build_mih(codes: np.ndarray, m: int) -> MultiIndexHash:
+    """Multi-index hash tables of m substrings over the codes (row i = codes[i]), in memory."""
+    tables = list(iter_tables(codes, m))
+    return MultiIndexHash(tuple(t.shift for t in tables), tuple(t.width for t in tables),
+                          tuple(t.codes for t in tables), tuple(t.rows for t in tables),
+                          tuple(t.starts for t in tables))
 
 
 @functools.lru_cache(maxsize=64)
@@ -259,24 +288,33 @@ def tables_name(index_file: str) -> str:
     return stem + ".mih"
 
 
-def write_mih(path: str | os.PathLike, mih: MultiIndexHash) -> None:
-    """Write the tables to one file (atomically): a JSON layout, then the raw arrays."""
-    arrays, offset = [], _HEADER
-    for group in ("codes", "rows", "starts"):
-        for i, a in enumerate(getattr(mih, group)):
-            arrays.append({"name": f"{group}{i}", "dtype": a.dtype.str, "length": len(a), "offset": offset})
-            offset += -(-a.nbytes // 64) * 64
-    layout = json.dumps({"format": 1, "n": len(mih), "shifts": list(mih.shifts), "widths": list(mih.widths),
-                         "arrays": arrays}).encode()
+def write_mih(path: str | os.PathLike, codes: np.ndarray, m: int) -> None:
+    """Build the m substrings' tables over the codes and write them to one file (atomically): a JSON layout,
+    then the raw arrays. Each table is written as soon as it is built, so the build holds one table at a time
+    (at 10^8 codes a table is 1.2 GB)."""
+    n = len(as_words(codes))
+    widths = substring_widths(m)
+    sizes = {"codes": (np.dtype(np.uint64), [n] * m), "rows": (_row_dtype(n), [n] * m),
+             "starts": (np.dtype(np.int64), [(1 << w) + 1 for w in widths])}
+    arrays, offset = {}, _HEADER
+    for group, (dtype, lengths) in sizes.items():
+        for i, length in enumerate(lengths):
+            arrays[f"{group}{i}"] = {"name": f"{group}{i}", "dtype": dtype.str, "length": length, "offset": offset}
+            offset += -(-length * dtype.itemsize // 64) * 64
+    shifts = [sum(widths[:i]) for i in range(m)]
+    layout = json.dumps({"format": 1, "n": n, "shifts": shifts, "widths": list(widths),
+                         "arrays": list(arrays.values())}).encode()
     if len(_MAGIC) + len(layout) + 1 > _HEADER:
         raise IndexDirError("multi-index hash layout does not fit its header")
 
     def write(tmp):
         with open(tmp, "wb") as fh:
             fh.write((_MAGIC + layout + b"\n").ljust(_HEADER, b" "))
-            for spec, a in zip(arrays, (a for g in (mih.codes, mih.rows, mih.starts) for a in g)):
-                fh.seek(spec["offset"])
-                fh.write(np.ascontiguousarray(a).tobytes())
+            for i, table in enumerate(iter_tables(codes, m)):
+                for group in ("codes", "rows", "starts"):
+                    fh.seek(arrays[f"{group}{i}"]["offset"])
+                    fh.write(memoryview(np.ascontiguousarray(getattr(table, group))).cast("B"))
+                del table
             fh.truncate(offset)
 
     atomic_write(Path(path), write)

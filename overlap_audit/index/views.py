@@ -145,11 +145,10 @@ def build_view_indexes(out: Path, info: DetectorInfo, areas: tuple[float, ...], 
         atomic_write(out / name, lambda tmp, index=index: writer(index, tmp))
         files[name] = file_record(out / name, int(index.ntotal))
         if substrings is not None:
-            from .mih import build_mih, write_mih
+            from .mih import flat_codes, write_mih
 
             tables = view_tables_name(index_file, area)
-            codes = faiss.vector_to_array(index.xb).reshape(-1, index.code_size)
-            write_mih(out / tables, build_mih(codes, substrings))
+            write_mih(out / tables, flat_codes(index), substrings)
             files[tables] = file_record(out / tables, int(index.ntotal))
     return files
 

@@ -6,7 +6,7 @@ import pytest
 
 from overlap_audit.errors import IndexDamagedError, IndexDirError
 from overlap_audit.index.ann import MIH_MIN_ITEMS, choose_index, hash_radius, new_index
-from overlap_audit.index.mih import (as_words, build_mih, choose_substrings, radius_search, read_mih, table_radii,
+from overlap_audit.index.mih import (as_words, build_mih, choose_substrings, flat_codes, radius_search, read_mih, table_radii,
                                      tables_name, write_mih)
 from overlap_audit.index.search import search_rows
 from overlap_audit.values import DetectorInfo
@@ -116,9 +116,13 @@ def test_tables_round_trip_and_damage(tmp_path, uniform):
     mih = build_mih(corpus, 3)
     path = tmp_path / tables_name("index.g2.faiss")
     assert path.name == "index.g2.mih"
-    write_mih(path, mih)
+    write_mih(path, corpus, 3)  # built again, one table at a time, straight to the file
     back = read_mih(path)
-    assert len(back) == len(corpus) and back.widths == mih.widths
+    assert len(back) == len(corpus) and back.widths == mih.widths and back.shifts == mih.shifts
+    for group in ("codes", "rows", "starts"):
+        for got, want in zip(getattr(back, group), getattr(mih, group), strict=True):
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(radius_search(back, queries, 5, 9)[1], radius_search(mih, queries, 5, 9)[1])
     data = path.read_bytes()
     (tmp_path / "short.mih").write_bytes(data[:len(data) // 2])
@@ -136,7 +140,8 @@ def test_mih_search_rows_equals_flat_within_the_radius(tmp_path, request, data):
     plan = choose_index("mih", len(corpus), PHASH, None)
     index = new_index(plan, PHASH)
     index.add(codes)
-    write_mih(tmp_path / "index.mih", build_mih(codes, plan.params["substrings"]))
+    write_mih(tmp_path / "index.mih", flat_codes(index), plan.params["substrings"])
+    np.testing.assert_array_equal(flat_codes(index), codes)
     for min_similarity in (1 - 9 / 64, 1 - 18 / 64, 1.0):
         flat = search_rows(index, "flat", {}, as_codes(queries), 5, PHASH, tmp_path, min_similarity=min_similarity)
         mih = search_rows(index, "mih", plan.params, as_codes(queries), 5, PHASH, tmp_path,
