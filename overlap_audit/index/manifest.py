@@ -15,8 +15,8 @@ An index directory holds:
 - ``progress.json``: the settings of the run (checked on resume);
 - ``manifest.json``: detector, sources, counts, the first ``SKIPPED_SAMPLE`` skipped items, the index type
   and parameters, a generation number, and the size, xxh3-64 checksum and row count of every file above;
-  written last, so its presence means the index is complete. Its size grows with the number of shards, never
-  with the number of items: every skipped item is in the shards and the item table (``load.skipped_items``).
+  written last, so its presence means the index is complete. It lists no item but those few: every skipped
+  item is in the shards and the item table (``load.skipped_items``).
 
 The last three data files belong to a generation: generation 1 uses the names above, generation g > 1
 ``index.gG.faiss``, ``ids.gG.parquet``, ``vectors.gG.npy``. Rebuilding the index writes the next
