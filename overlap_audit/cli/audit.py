@@ -94,10 +94,11 @@ def index(sources, out_dir, detector, content, batch_size, workers, device, resu
           "low-information not indexed")
     if m.n_indexed == 0:
         echo("warning: the index holds no items; a report against it would have nothing to compare", err=True)
-    for s in m.skipped[:20]:
+    for s in m.skipped_sample:
         echo(f"  skipped {terminal(s.source)}:{terminal(s.id)}: {terminal(s.reason)}")
-    if m.n_skipped > 20:
-        echo(f"  ... and {m.n_skipped - 20} more (listed in {out_dir}/manifest.json)")
+    if m.n_skipped > len(m.skipped_sample):
+        echo(f"  ... and {m.n_skipped - len(m.skipped_sample)} more (all with their reasons in the skip_reason "
+             f"column of {out_dir}/shards/*.parquet, or overlap_audit.index.skipped_items)")
 
 
 @click.command(cls=Command, epilog=example("overlap-audit check laion-index"))

@@ -164,8 +164,8 @@ def fetch_real_demo_data(cache_dir: str | os.PathLike | None = None, *,
                          debs_dir: str | os.PathLike | None = None) -> RealDemoData:
     """Fetch (or reuse) openclipart-png and tuxpaint-stamps-default and prepare the evaluation set.
 
-    Index ``corpus`` as it is: its one 231-megapixel PNG is skipped as a decompression bomb and listed in
-    the index manifest.
+    Index ``corpus`` as it is: its one 231-megapixel PNG is skipped as a decompression bomb and recorded so
+    in the index (``index.skipped_items``).
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     corpus_root = fetch_debian_package(CORPUS_PACKAGE, cache, debs_dir=debs_dir) / CORPUS_SUBDIR
@@ -200,8 +200,8 @@ class RealDemoResult:
     corpus_skipped: list[tuple[str, str]]  # (id, reason) of every corpus image that was not indexed
 
     def summary(self) -> str:
-        lines = [f"corpus: {self.data.corpus} ({self.n_corpus_skipped} images skipped, listed in "
-                 f"{self.index_dir}/manifest.json)"]
+        lines = [f"corpus: {self.data.corpus} ({self.n_corpus_skipped} images skipped, in the skip_reason "
+                 f"column of {self.index_dir}/shards/*.parquet)"]
         lines += [f"  skipped {i}: {r}" for i, r in self.corpus_skipped[:20]]
         if len(self.corpus_skipped) > 20:
             lines.append(f"  … and {len(self.corpus_skipped) - 20} more")
@@ -251,7 +251,7 @@ def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | 
     import json
 
     from ..api import ReportSettings, build_index, run_report
-    from ..index import load_index
+    from ..index import load_index, skipped_items
     from ..settings import IndexSettings, MatchSettings, ZeroShotSettings
     from ..report import check_report_dir
 
@@ -270,7 +270,6 @@ def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | 
         resume = index_dir.exists() and any(index_dir.iterdir())
         build_index([str(data.corpus)], index_dir, IndexSettings(detector=detector, workers=workers, resume=resume),
                     progress=progress)
-    corpus = load_index(index_dir, load_faiss=False)
     classes = sorted(p.name for p in data.eval.iterdir() if p.is_dir())
     _mkdir(out)
     classnames = out / "classnames.json"
@@ -280,6 +279,6 @@ def run_real_demo(out_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | 
     report = run_report(index_dir, [("tuxpaint", str(data.eval))],
                         ReportSettings(report_dir, zero_shot=zero_shot, gallery=gallery,
                                        match=MatchSettings(detector=detector, workers=workers, progress=progress)))
-    skipped = [(s.id, s.reason) for s in corpus.manifest.skipped]
+    skipped = [(s.id, s.reason) for s in skipped_items(index_dir)]
     return RealDemoResult(data=data, index_dir=index_dir, report_dir=report_dir, report=report,
                           n_corpus_skipped=len(skipped), corpus_skipped=skipped)

@@ -23,7 +23,8 @@ from ..values import DetectorInfo, Skipped
 from .ann import SHORTLISTS, IndexPlan, calibrate_probes, choose_index, new_index
 from .integrity import stale_generation_files
 from .items import side_files, write_items
-from .manifest import MANIFEST, PROGRESS, SHARD_DIR, GenerationFiles, IndexManifest, file_record, load_manifest
+from .manifest import (MANIFEST, PROGRESS, SHARD_DIR, SKIPPED_SAMPLE, GenerationFiles, IndexManifest, file_record,
+                       load_manifest)
 from .search import rerank_candidates, search_index, search_rows, stream_search
 from .shards import iter_shard_vectors, read_shard, shard_paths, vector_width
 from .views import build_view_indexes, view_index_name, view_tables_name
@@ -37,13 +38,14 @@ RECALL_K = 10
 @dataclass
 class _ShardScan:
     """What the finishing pass learns from the shards before building an index (nothing per item but the
-    skipped ones and the recall copies)."""
+    recall copies: of the skipped items, their count and the first ``SKIPPED_SAMPLE``)."""
 
     indexed: int = 0
     given: int = 0
     embedded: int = 0
     low: int = 0
-    skipped: list[Skipped] = field(default_factory=list)
+    skipped: int = 0
+    skipped_sample: list[Skipped] = field(default_factory=list)
     query_vectors: list[np.ndarray] = field(default_factory=list)
     query_rows: list[int] = field(default_factory=list)
     query_crc: list[int] = field(default_factory=list)
@@ -64,7 +66,9 @@ def _scan_shards(out: Path, info: DetectorInfo, ids_file: str) -> _ShardScan:
                 shard = read_shard(path, info)
                 scan.shard_rows.append(len(shard.keys))
                 scan.given += len(shard.keys)
-                scan.skipped += shard.skipped
+                if len(scan.skipped_sample) < SKIPPED_SAMPLE:
+                    scan.skipped_sample += shard.skipped[:SKIPPED_SAMPLE - len(scan.skipped_sample)]
+                scan.skipped += sum(r is not None for r in shard.reasons)
                 embedded = sum(r is None for r in shard.reasons)
                 scan.embedded += embedded
                 scan.low += embedded - int(shard.usable.sum())
@@ -189,8 +193,8 @@ def finish_index(out: Path, info: DetectorInfo, sources: list[dict], shard_size:
         n_embedded=scan.embedded,
         n_indexed=scan.indexed,
         n_low_information=scan.low,
-        n_skipped=len(scan.skipped),
-        skipped=scan.skipped,
+        n_skipped=scan.skipped,
+        skipped_sample=scan.skipped_sample,
         shard_size=shard_size,
         n_shards=len(scan.shard_rows),
         index_type=plan.index_type,

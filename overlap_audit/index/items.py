@@ -39,7 +39,7 @@ import mmap
 import os
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +62,7 @@ _SPAN_GAP = 4096  # records closer than this are read in one span by ``KeysByRow
 _MERGED = 0.9
 _PASS_ENTRIES = 1 << 23  # key-index entries sorted at once when writing (128 MB), whatever the corpus size
 _CHUNK_ROWS = 1 << 21  # rows of a side file read at once when writing or checking
+_REST_BLOCK = 1 << 16  # records read at once by ``ItemTable.unindexed``
 _U8 = np.dtype("<u8")
 
 
@@ -511,6 +512,35 @@ class ItemTable:
         columns = list(columns)
         records = self.records(rows)
         return {c: [self._value(f, c) for f in records] for c in columns}
+
+    def unindexed(self, columns: Iterable[str], block: int = _REST_BLOCK) -> Iterator[dict]:
+        """``{column: value}`` of each row that is not an index row (skipped or low-information), in shard order:
+        the records read ``block`` rows at a time (they follow the index rows, side by side), each key confirmed
+        against the hash stored beside its offset."""
+        columns = list(columns)
+        key_at = self._columns["key"][0]
+        for first in range(self.n_indexed, self.n_rows, block):
+            count = min(block, self.n_rows - first)
+            here = np.frombuffer(self._pread(self._offsets_fd, 16 * (count + 1), self._offsets_at + 16 * first),
+                                 _U8).reshape(-1, 2)
+            bounds = here[:, 0].astype(np.int64)
+            if np.any(np.diff(bounds) < 0):
+                raise self._damaged(f"its offsets of rows {first}..{first + count} are not in order")
+            start = int(bounds[0])
+            data = self._pread(self._fd, int(bounds[-1]) - start, start)
+            records = [data[a:b].decode("utf-8", "surrogatepass").split(_SEP)
+                       for a, b in zip((bounds[:-1] - start).tolist(), (bounds[1:] - start).tolist())]
+            bad = [f for f in records if len(f) != self._n_fields or not f[key_at]]
+            if bad:
+                raise self._damaged(f"a record of rows {first}..{first + count - 1} holds {len(bad[0])} fields "
+                                    f"where it should hold {self._n_fields}, or no key")
+            keys = [_unescape(f[key_at][1:]) for f in records]
+            differs = np.flatnonzero(key_hashes(keys) != here[:-1, 1])
+            if differs.size:
+                raise self._damaged(f"row {first + int(differs[0])} holds a key whose hash is not the one beside "
+                                    "its offset (the table changed since it was indexed)")
+            for fields in records:
+                yield {c: self._value(fields, c) for c in columns}
 
     def _candidates(self, key: str, wanted: int) -> list[int]:
         """The table rows of the stored entries in ``key``'s bucket with its hash ``wanted``: one if the table

@@ -1,5 +1,6 @@
-"""Opening an index for reading: the FAISS index with each row's key (``load_index``), and the corpus
-items behind keys, read back from the sources the manifest records (``corpus_items``).
+"""Opening an index for reading: the FAISS index with each row's key (``load_index``), the corpus items
+behind keys, read back from the sources the manifest records (``corpus_items``), and the items the index
+skipped (``skipped_items``).
 
 ``corpus_items`` is the one place corpus items are read back (verification, the gallery, pairs): each item
 is read at the location its shard recorded (a tar member's offset and size, a Parquet row group and row;
@@ -18,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import OverlapAuditError
+from ..errors import IndexDamagedError, OverlapAuditError
 from ..limits import DEFAULT_LIMITS, ReadRefused, read_file
 from ..sources import SOURCE_KINDS, Source, fetch_items, readback_problem
-from ..values import ItemLocation, RawItem
+from ..values import ItemLocation, RawItem, Skipped
 from .integrity import check_faiss, check_files, read_faiss_index, read_id_column
-from .items import KeysByRow, is_item_table
-from .manifest import VECTORS_FILE, IndexManifest, checksum_bytes, load_manifest
+from .items import ItemTable, KeysByRow, is_item_table
+from .manifest import REPAIR, VECTORS_FILE, IndexManifest, checksum_bytes, load_manifest
 from .shards import ItemBytes, rows_by_key
 from .views import read_view_indexes, view_index_name
 
@@ -114,6 +115,28 @@ def load_index(index_dir: str | os.PathLike, *, load_faiss: bool = True) -> Corp
         check_faiss(path, manifest, index)
         views = read_view_indexes(path, manifest.detector, manifest.views, manifest.index_file, manifest.n_indexed)
     return CorpusIndex(path, manifest, index, RowKeys(path, manifest, by_row), views)
+
+
+def skipped_items(index_dir: str | os.PathLike) -> list[Skipped]:
+    """Every corpus item the index skipped, with its reason, in shard order (the manifest holds their count and
+    the first few): the item table's rows that are not index rows, read back, each key confirmed against its
+    hash, so the cost grows with the skipped and low-information items, never with the indexed ones."""
+    path = Path(index_dir)
+    manifest = load_manifest(path)
+    check_files(path, manifest)
+    if manifest.items_file is None:
+        raise IndexDamagedError(f"{path} is damaged: its manifest names no item table; {REPAIR}")
+    with ItemTable(path, manifest.items_file) as table:
+        if (table.n_rows, table.n_indexed) != (manifest.n_given, manifest.n_indexed):
+            raise IndexDamagedError(f"{path} is damaged: {manifest.items_file} holds {table.n_rows} rows, "
+                                    f"{table.n_indexed} indexed, where the manifest counts {manifest.n_given} and "
+                                    f"{manifest.n_indexed}; {REPAIR}", manifest.items_file)
+        out = [Skipped(row["source"], row["id"], row["skip_reason"])
+               for row in table.unindexed(["source", "id", "skip_reason"]) if row["skip_reason"] is not None]
+    if len(out) != manifest.n_skipped:
+        raise IndexDamagedError(f"{path} is damaged: {manifest.items_file} holds {len(out)} skipped items where "
+                                f"the manifest counts {manifest.n_skipped}; {REPAIR}", manifest.items_file)
+    return out
 
 
 def _recorded_source(entry: dict | None, name: str) -> Source | None:

@@ -13,9 +13,10 @@ An index directory holds:
 - with corpus views (``overlap_audit.index.views``): ``views/shard-NNNNNN.npy`` beside each shard and one
   FAISS index per view (``index.view70.faiss``);
 - ``progress.json``: the settings of the run (checked on resume);
-- ``manifest.json``: detector, sources, counts, skipped items, the index type and parameters, a
-  generation number, and the size, xxh3-64 checksum and row count of every file above; written last, so
-  its presence means the index is complete.
+- ``manifest.json``: detector, sources, counts, the first ``SKIPPED_SAMPLE`` skipped items, the index type
+  and parameters, a generation number, and the size, xxh3-64 checksum and row count of every file above;
+  written last, so its presence means the index is complete. It lists no item but those few: every skipped
+  item is in the shards and the item table (``load.skipped_items``).
 
 The last three data files belong to a generation: generation 1 uses the names above, generation g > 1
 ``index.gG.faiss``, ``ids.gG.parquet``, ``vectors.gG.npy``. Rebuilding the index writes the next
@@ -49,7 +50,8 @@ ITEMS_FILE = "items.rows"
 # the files of a generation after the first (``GenerationFiles``): what a builder may leave behind when killed
 GENERATION_FILE_RE = re.compile(
     r"^(index|ids|vectors|items)\.g(\d+)\.(?:view\d+\.)?(faiss|parquet|npy|mih|rows|(?:offsets|keys|buckets)\.npy)$")
-FORMAT = 2
+FORMAT = 3
+SKIPPED_SAMPLE = 20  # skipped items the manifest lists, to show
 _HASH_BLOCK = 4 << 20
 REPAIR = ("repair it with `overlap-audit index ... --resume` (the same command that built it), "
           "or rebuild it in a new directory")
@@ -122,7 +124,7 @@ class IndexManifest:
     n_indexed: int
     n_low_information: int
     n_skipped: int
-    skipped: list[Skipped]
+    skipped_sample: list[Skipped]  # the first SKIPPED_SAMPLE, in shard order (all: ``load.skipped_items``)
     shard_size: int
     n_shards: int
     index_type: str
@@ -153,7 +155,7 @@ class IndexManifest:
                 "low_information": self.n_low_information,
                 "skipped": self.n_skipped,
             },
-            "skipped": [s.to_dict() for s in self.skipped],
+            "skipped_sample": [s.to_dict() for s in self.skipped_sample],
             "shard_size": self.shard_size,
             "n_shards": self.n_shards,
             "index_type": self.index_type,
@@ -185,7 +187,7 @@ class IndexManifest:
             n_indexed=int(c["indexed"]),
             n_low_information=int(c["low_information"]),
             n_skipped=int(c["skipped"]),
-            skipped=[Skipped.from_dict(s) for s in d["skipped"]],
+            skipped_sample=[Skipped.from_dict(s) for s in d["skipped_sample"]],
             shard_size=int(d["shard_size"]),
             n_shards=int(d["n_shards"]),
             index_type=d["index_type"],

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from overlap_audit.demos.realdata import fetch_real_demo_data
+from overlap_audit.index import skipped_items
 
 from ..helpers import huge_png_header, png_bytes
 
@@ -82,7 +83,9 @@ def test_demo_real_end_to_end(debs, tmp_path):
     page = (out / "report" / "report.html").read_text(encoding="utf-8")
     assert "Stamp number 0 &lt;b&gt;" in page and "Stamp number 0 <b>" not in page
     manifest = json.loads((out / "index" / "manifest.json").read_text(encoding="utf-8"))
-    assert any(s["id"] == "electronics/microchip.png" for s in manifest["skipped"])
+    assert any(s["id"] == "electronics/microchip.png" for s in manifest["skipped_sample"])
+    assert any(s.id == "electronics/microchip.png" and "decompression bomb" in s.reason
+               for s in skipped_items(out / "index"))
 
 
 def test_relative_paths_and_missing_debs(debs, tmp_path, monkeypatch):

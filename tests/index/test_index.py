@@ -12,7 +12,7 @@ import pytest
 from overlap_audit.detectors import get_detector
 from overlap_audit.embed import embed_source
 from overlap_audit.errors import IndexDirError, IndexMismatchError, ResumeError
-from overlap_audit.index import build_index, check_detector, load_index, load_manifest, search
+from overlap_audit.index import build_index, check_detector, load_index, load_manifest, search, skipped_items
 from overlap_audit.settings import IndexSettings
 from overlap_audit.sources import open_source
 
@@ -36,8 +36,8 @@ def test_manifest_describes_the_index(built):
     assert data["detector"] == {"spec": "phash", "name": "phash", "version": "1+trim3", "dim": 64,
                                 "metric": "hamming", "default_threshold": 1 - 9 / 64, "content": "trim"}
     assert data["counts"]["given"] == 124 and data["counts"]["embedded"] == 120 and data["counts"]["skipped"] == 4
-    assert {s["id"] for s in data["skipped"]} == {"broken/zero.png", "broken/truncated.png", "broken/notes.jpg",
-                                                  "broken/bomb.png"}
+    broken = {"broken/zero.png", "broken/truncated.png", "broken/notes.jpg", "broken/bomb.png"}
+    assert "skipped" not in data and {s["id"] for s in data["skipped_sample"]} == broken  # all four: under 20
     assert data["index_type"] == "flat" and data["extra"]["faiss_index"] == "IndexBinaryFlat" and data["n_shards"] == 3
     assert data["extra"]["recall"]["exact"] is True and "auto" in data["extra"]["index_choice"]
     assert data["package_version"] and data["created"] and data["complete"] is True
@@ -256,12 +256,19 @@ def test_an_index_of_another_format_is_refused_with_one_line(tmp_path, built):
     import shutil
 
     out, _ = built
-    for name, edit in (("old", lambda d: d.pop("format")), ("newer", lambda d: d.update(format=99))):
+
+    def format_2(d):  # the previous format: every skipped item listed in the manifest
+        d.update(format=2, skipped=d.pop("skipped_sample"))
+
+    for name, edit, found in (("none", lambda d: d.pop("format"), "none"), ("old", format_2, "2"),
+                              ("newer", lambda d: d.update(format=99), "99")):
         copy = tmp_path / name
         shutil.copytree(out, copy)
         data = json.loads((copy / "manifest.json").read_text())
         edit(data)
         (copy / "manifest.json").write_text(json.dumps(data))
-        with pytest.raises(IndexDirError, match="rebuild it") as exc:
-            load_index(copy)
-        assert "\n" not in str(exc.value)
+        for read in (load_index, skipped_items):
+            with pytest.raises(IndexDirError, match=f"index of format {found}, .* reads format 3 only: rebuild it") \
+                    as exc:
+                read(copy)
+            assert "\n" not in str(exc.value)
