@@ -120,7 +120,7 @@ def test_report_refuses_an_index_of_another_detector_version(tmp_path, index_dir
     root, _, _ = eval_set
     result = CliRunner().invoke(main, ["report", str(copy), "--eval", f"val={root}", "--predictions",
                                        str(predictions), "--out", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "detector version '0' (installed: '1+trim3')" in result.output
+    assert result.exit_code == 2 and "detector version '0' (installed: '1+trim4')" in result.output
 
 
 def test_missing_predictions_are_named(tmp_path, index_dir, eval_set):

@@ -30,7 +30,7 @@ def test_registered_lazily_with_its_identity(det):
     assert "pdq" in list_detectors()
     assert isinstance(det, Detector)
     info = det.info
-    assert (info.name, info.dim, info.metric, info.version) == ("pdq", 256, "hamming", "1+trim3")  # trims by default
+    assert (info.name, info.dim, info.metric, info.version) == ("pdq", 256, "hamming", "1+trim4")  # trims by default
     assert info.default_threshold == pytest.approx(1 - 59 / 256)
     code = ("import sys, overlap_audit.detectors as d\n"
             "assert 'pdqhash' not in sys.modules and 'overlap_audit.detectors.pdq' not in sys.modules\n"

@@ -295,3 +295,44 @@ def test_a_drawing_on_a_transparent_canvas_is_trimmed_despite_a_faint_reflection
     # the same pixels made opaque: a faint gradient below the drawing, not a flat canvas
     assert not content_box(Image.fromarray(np.asarray(to_rgb(reflected)))).trimmed  # pixels only, no alpha kept
     assert content_box(to_rgb(reflected)).box == expected(at)  # decoded (composited), it keeps its alpha
+
+
+@pytest.mark.parametrize("peak", [56, 63])
+def test_a_soft_drop_shadow_on_a_transparent_canvas_is_not_content(peak):
+    """The same drawing on a transparent canvas with and without a soft drop shadow (black, at most ``peak``
+    of 255 opaque, wider than the drawing and falling below it) trims to the same box: the drawing's. The
+    shadow's darker part composites on white to grey that would count as content in an opaque image."""
+    at = (70, 50)
+    bare = on_canvas(drawing(), (300, 260), at, (0, 0, 0, 0))
+    shadow = Image.new("L", bare.size, 0)
+    ImageDraw.Draw(shadow).ellipse((at[0] - 25, at[1] + 70, at[0] + 150, at[1] + 115), fill=peak)
+    shadow = shadow.filter(ImageFilter.GaussianBlur(5))
+    shadowed = Image.new("RGBA", bare.size, (0, 0, 0, 0))
+    shadowed.putalpha(shadow)
+    shadowed.alpha_composite(bare)
+    grey = np.asarray(to_rgb(shadowed).convert("L")).copy()
+    grey[at[1]:at[1] + DRAWING_SIZE[1], at[0]:at[0] + DRAWING_SIZE[0]] = 255
+    assert grey.min() < 255 - 48  # outside the drawing the shadow is darker than a margin's faint tail
+    assert content_box(bare).box == expected(at)
+    assert content_box(shadowed).box == expected(at)
+    assert content_box(to_rgb(shadowed)).box == expected(at)  # decoded (composited), it keeps its alpha
+    # an opaque part of the drawing is never cut, however thin: a stroke reaching below the drawing
+    ImageDraw.Draw(shadowed).line((at[0] + 60, at[1] + 90, at[0] + 60, at[1] + 120), fill=(0, 0, 0, 255), width=2)
+    assert content_box(shadowed).box == (at[0], at[1], at[0] + DRAWING_SIZE[0], at[1] + 121)
+
+
+def test_a_later_pass_reads_the_alpha_of_its_own_crop():
+    """A drawing on a noisy grey backdrop (a photograph's kind of border: uniform within the tolerance, not
+    flat) pasted on a transparent canvas: the first pass cuts the transparent canvas; the second finds the
+    backdrop's border but must keep it, since the backdrop is opaque and not flat. It reads the alpha band
+    cropped to the first box; a band resized to the crop would put transparency into the backdrop's outer part
+    and cut it. Decoded (composited on white, its alpha kept) or not, the box is the backdrop's."""
+    at = (40, 30)
+    rng = np.random.default_rng(0)
+    noise = np.clip(128 + rng.normal(0, 3, (150, 200, 3)), 0, 255).astype(np.uint8)
+    backdrop = Image.fromarray(np.concatenate([noise, np.full((150, 200, 1), 255, np.uint8)], axis=2), "RGBA")
+    backdrop.alpha_composite(drawing(), at)
+    im = Image.new("RGBA", (400, 300), (0, 0, 0, 0))
+    im.paste(backdrop, (120, 90))
+    assert content_box(im).box == (120, 90, 320, 240)
+    assert content_box(to_rgb(im)).box == (120, 90, 320, 240)

@@ -99,12 +99,12 @@ def test_an_index_from_before_content_normalisation_is_refused(audit, tmp_path):
                                   "--content", "trim", "--workers", "0", "--quiet"])
     assert r.exit_code == 0, r.output
     manifest = json.loads((index_dir / "manifest.json").read_text())
-    assert manifest["detector"]["version"] == "1+trim3"
+    assert manifest["detector"]["version"] == "1+trim4"
     # the index as a manifest written before content normalisation existed describes its detector
     del manifest["detector"]["content"]
     manifest["detector"]["version"] = "1"
     (index_dir / "manifest.json").write_text(json.dumps(manifest))
     r = CliRunner().invoke(main, ["report", str(index_dir), "--eval", f"val={eval_dir}", "--predictions",
                                   str(preds), "--out", str(tmp_path / "r"), "--workers", "0", "--quiet"])
-    assert r.exit_code == 2 and "version '1' (installed: '1+trim3', i.e. no content normalisation" in r.output, \
+    assert r.exit_code == 2 and "version '1' (installed: '1+trim4', i.e. no content normalisation" in r.output, \
         r.output

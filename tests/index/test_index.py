@@ -33,7 +33,7 @@ def built(corpus_index):
 def test_manifest_describes_the_index(built):
     out, m = built
     data = json.loads((out / "manifest.json").read_text())
-    assert data["detector"] == {"spec": "phash", "name": "phash", "version": "1+trim3", "dim": 64,
+    assert data["detector"] == {"spec": "phash", "name": "phash", "version": "1+trim4", "dim": 64,
                                 "metric": "hamming", "default_threshold": 1 - 9 / 64, "content": "trim"}
     assert data["counts"]["given"] == 124 and data["counts"]["embedded"] == 120 and data["counts"]["skipped"] == 4
     broken = {"broken/zero.png", "broken/truncated.png", "broken/notes.jpg", "broken/bomb.png"}
@@ -111,7 +111,7 @@ def test_detector_mismatch_is_refused(built):
         check_detector(m, get_detector("phash256").info, str(out))
     newer = get_detector("phash")
     newer.version = "2"
-    with pytest.raises(IndexMismatchError, match=r"version '1\+trim3'.*'2\+trim3'"):
+    with pytest.raises(IndexMismatchError, match=r"version '1\+trim4'.*'2\+trim4'"):
         check_detector(m, newer.info, str(out))
 
 
@@ -121,7 +121,7 @@ def test_an_index_built_without_content_normalisation_is_refused(built):
     out, _ = built
     m = load_manifest(out)
     old = dataclasses.replace(m, detector=dataclasses.replace(m.detector, version="1", content=None))
-    with pytest.raises(IndexMismatchError, match=r"version '1' \(installed: '1\+trim3', i\.e\. no content "
+    with pytest.raises(IndexMismatchError, match=r"version '1' \(installed: '1\+trim4', i\.e\. no content "
                                                  r"normalisation where this detector uses content 'trim'\)"):
         check_detector(old, get_detector("phash").info, str(out))
     whole = get_detector("phash", content="whole")
