@@ -177,9 +177,11 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
     matched = {n: (m.embeddings, m.neighbors) for n, m in matches.items()}
     deciding = dict(index_dir=index_dir, eval_sources=dict(evals), max_pixels=match.max_pixels,
                     workers=match.workers, progress=match.progress, cache_dir=settings.cache_dir)
-    # one pool of verification workers for calibration's pairs and the report's own
-    with verification_pool(match.workers if settings.verify is not None else 0) as pool, \
-            ThreadPoolExecutor(1, thread_name_prefix="decide") as beside:
+    # one pool of verification workers for calibration's pairs and the report's own, started at the first pair
+    # not in the cache; entered after the thread beside, so that on an error (an interrupt) the pool is cancelled,
+    # which stops the judging in that thread, before the thread is waited for
+    with ThreadPoolExecutor(1, thread_name_prefix="decide") as beside, \
+            verification_pool(match.workers if settings.verify is not None else 0) as pool:
         fixed = {n: fixed_threshold(det.default_threshold, verifying=settings.verify is not None)
                  for n in to_calibrate}
         ahead = ahead_rule = None
@@ -190,14 +192,9 @@ def _run_report(index_dir, evals: list, settings: ReportSettings) -> Report:
             ahead_rule = DecisionRule.for_detector(det, cut | fixed, settings.verify, points.verify)
             ahead = beside.submit(ahead_rule.decide, matched, pool=pool, **deciding)
         if to_calibrate:
-            try:
-                calibrations = calibrate_sets(corpus, index_dir, {n: matches[n] for n in to_calibrate},
-                                              dict(evals), lambda t: DecisionRule.for_detector(det, t, settings.verify),
-                                              settings.calibrate, match, cache_dir=settings.cache_dir, pool=pool)
-            except BaseException:
-                if pool is not None:
-                    pool.cancel()  # the report's own judging stops as well
-                raise
+            calibrations = calibrate_sets(corpus, index_dir, {n: matches[n] for n in to_calibrate},
+                                          dict(evals), lambda t: DecisionRule.for_detector(det, t, settings.verify),
+                                          settings.calibrate, match, cache_dir=settings.cache_dir, pool=pool)
             for n, c in calibrations.items():
                 cut[n] = c.used
                 origins[n] = "calibrated" if c.threshold is not None else "default"

@@ -83,3 +83,20 @@ def write_predictions(path: Path, dataset: str, ids: list[str], correct: list[in
     lines = ["dataset,id,correct"] + [f"{dataset},{i},{c}" for i, c in zip(ids, correct)]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def report_decisions(out_dir: Path) -> tuple[dict, list[dict]]:
+    """What a report decided: its report.json without what changes from run to run (when it ran, how long
+    each phase took, what came from the caches) and its splits.parquet rows."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    report = json.loads((Path(out_dir) / "report.json").read_text())
+    for key in ("created", "timings"):
+        report.pop(key, None)
+    for d in ((report.get("verify") or {}).get("datasets") or {}).values():
+        d.pop("n_cached", None)
+    for d in ((report.get("calibration") or {}).get("datasets") or {}).values():
+        d.pop("seconds", None)
+    return report, pq.read_table(Path(out_dir) / "splits.parquet").to_pylist()

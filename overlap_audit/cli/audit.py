@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from ..settings import (CONTENT_MODES, CORRECTIONS, INDEX_TYPES, CalibrationSettings, IndexSettings, MatchSettings,
                         StatsSettings, ZeroShotSettings)
 from . import options
-from .base import Command, echo, echo_report, example
+from .base import Command, echo, echo_report, example, interrupted
 
 
 # the VerifySettings fields a thresholds file may set per dataset, as the commands name them
@@ -84,10 +82,9 @@ def index(sources, out_dir, detector, content, batch_size, workers, device, resu
                              index_type=index_type, memory_budget=memory_budget, ray_address=ray_address,
                              views=() if no_views else (tuple(views) or None))
     try:
-        m = build_index(list(sources), out_dir, settings, progress=not quiet)
+        m = build_index(list(sources), out_dir, settings, progress=options.progress(quiet))
     except KeyboardInterrupt:
-        echo("\ninterrupted: run the same command with --resume to continue", err=True)
-        sys.exit(130)
+        interrupted("run the same command with --resume to continue")
     echo(f"index: {m.index_type} ({m.extra.get('index_choice', '')}); {recall_line(m.extra.get('recall', {}))}")
     echo(f"indexed {m.n_indexed} of {m.n_given} items with {m.detector.spec} into {out_dir} "
           f"({m.index_type}{views_line(m.views, ())}); {m.n_skipped} skipped, {m.n_low_information} "
@@ -213,12 +210,15 @@ def report(index_dir, evals, predictions, model, classnames, templates, model_ba
     settings = ReportSettings(
         **cache, calibrate=CalibrationSettings(**target) if calibrate else None, out_dir=out_dir, predictions=predictions, zero_shot=zero_shot, gallery=gallery, verify=verification,
         corpus_matches=corpus_matches, ignore_extra_sets=ignore_extra_sets, match=MatchSettings(detector=detector, device=device, k=k, batch_size=batch_size, workers=workers,
-                            max_pixels=max_pixels, progress=not quiet, exact=exact or bool(ray_address),
+                            max_pixels=max_pixels, progress=options.progress(quiet), exact=exact or bool(ray_address),
                             ray_address=ray_address),
         stats=StatsSettings(threshold=threshold, thresholds=thresholds, alpha=alpha, ci_level=ci_level,
                             correction=correction, precision=precision, recall=recall,
                             detector_error=detector_error))
-    rep = run_report(index_dir, parsed, settings)
+    try:
+        rep = run_report(index_dir, parsed, settings)
+    except KeyboardInterrupt:
+        interrupted(f"no report written (an earlier one in {out_dir} is left whole); run the same command again")
     extra = ", predictions.parquet" if rep.model else ""
     n_matches = rep.corpus_matches_table().num_rows
     after = (f"report written to {out_dir}/ (report.json, report.md, report.html, splits.parquet, "
@@ -300,7 +300,7 @@ def pairs(index_dir, evals, around, n_pairs, out_dir, verify, verify_from, verif
     if (verify_from is not None or verify_threshold is not None) and not verify:
         raise click.UsageError("--verify-from and --verify-threshold do not go with --no-verify")
     match = MatchSettings(detector=detector, device=device, k=1, batch_size=batch_size, workers=workers,
-                          max_pixels=max_pixels, progress=not quiet)
+                          max_pixels=max_pixels, progress=options.progress(quiet))
     given = {} if verify_threshold is None else {"threshold": verify_threshold}
     cache = options.cache_setting(cache_dir, no_cache) or {"cache_dir": default_cache_dir()}
     sheet = review_pairs(index_dir, [parse_eval_spec(e) for e in evals], out_dir, around=around, n=n_pairs,

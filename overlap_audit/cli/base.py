@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import NoReturn
 
 import click
 
@@ -69,6 +70,12 @@ class _FileHandler(logging.FileHandler):
 def _configure_logging(quiet: bool, verbose: bool = False, log_file: str | None = None) -> None:
     """The ``overlap_audit`` logger: INFO messages to stderr (DEBUG with --verbose, only warnings with
     --quiet); with --log-file, every message (DEBUG included) with its time to that file as well."""
+    root = logging.getLogger()
+    if not root.handlers:
+        # a library's logging.basicConfig() (scipy's boschloo_exact logs through the root logger, which calls it)
+        # adds a stderr handler to a root without one, and our records reach it too: every debug line of a
+        # --log-file run printed on stderr a second time, --quiet or not
+        root.addHandler(logging.NullHandler())
     log = logging.getLogger("overlap_audit")
     echo = next((h for h in log.handlers if isinstance(h, _EchoHandler)), None)
     if echo is None:
@@ -90,6 +97,13 @@ def _fail(message: str, status: int = 2) -> None:
     """One line ``error: ...`` on stderr, then exit."""
     echo("error: " + " ".join(str(message).split("\n")), err=True)
     sys.exit(status)
+
+
+def interrupted(hint: str = "") -> NoReturn:
+    """A run stopped by Ctrl-C (SIGINT): one line on stderr (after a newline, which ends a progress bar's
+    line), then exit status 130, as a shell reports a command SIGINT ended."""
+    echo("\ninterrupted" + (f": {hint}" if hint else ""), err=True)
+    sys.exit(130)
 
 
 def _message(exc: Exception) -> str:
@@ -143,7 +157,9 @@ class Group(click.Group):
         except click.ClickException as exc:
             where = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) is not None else ""
             _fail(exc.format_message() + where, exc.exit_code)
-        except click.Abort:
+        except click.Abort as exc:
+            if isinstance(exc.__cause__, KeyboardInterrupt):  # click's conversion of a Ctrl-C outside a command
+                interrupted()
             _fail("aborted", 1)
         sys.exit(rv if isinstance(rv, int) else 0)
 

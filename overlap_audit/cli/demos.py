@@ -40,7 +40,7 @@ def demo_real(out_dir, cache_dir, debs_dir, model, templates, detector, workers,
     from ..demos.realdata import run_real_demo
 
     result = run_real_demo(out_dir, cache_dir=cache_dir, debs_dir=debs_dir, model=model, templates=templates,
-                           detector=detector, workers=workers, progress=not quiet, gallery=gallery)
+                           detector=detector, workers=workers, progress=options.progress(quiet), gallery=gallery)
     echo_report(result.report, before=(result.summary(),),
                  after=(f"report in {result.report_dir}/ (report.html, report.json, report.md, splits.parquet, "
                         "predictions.parquet)",))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from ..settings import DEFAULT_GALLERY, DEVICES, IndexSettings, StatsSettings
@@ -31,7 +33,8 @@ batch_size = click.option("--batch-size", type=click.IntRange(min=1), default=In
 max_pixels = click.option("--max-pixels", type=click.IntRange(min=1), default=IndexSettings.max_pixels,
                           show_default=True,
                           help="Images larger than this are skipped as decompression bombs (the default is PIL's).")
-quiet = click.option("--quiet", is_flag=True, help="No progress bar, and no informational messages on stderr.")
+quiet = click.option("--quiet", is_flag=True, help="No progress bar (there is one only when stderr is a terminal), "
+                     "and no informational messages on stderr.")
 seed = click.option("--seed", type=int, default=0, show_default=True)
 ci_level = click.option("--ci-level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=StatsSettings.ci_level,
                         show_default=True, help="Confidence level of the Clopper–Pearson intervals.")
@@ -74,3 +77,10 @@ def cache_setting(cache_dir: str | None, no_cache: bool) -> dict:
     if no_cache and cache_dir:
         raise click.UsageError("--cache-dir does not go with --no-cache")
     return {"cache_dir": None} if no_cache else {"cache_dir": cache_dir} if cache_dir else {}
+
+
+def progress(quiet: bool) -> bool:
+    """Whether a command draws progress bars: unless --quiet, and only on a terminal. In a file or a pipe a
+    bar's redraws are noise, and two bars at once (a report's calibration and its own pairs, judged in two
+    threads) move the cursor between their lines with escape sequences."""
+    return not quiet and sys.stderr.isatty()

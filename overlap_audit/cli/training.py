@@ -71,7 +71,7 @@ def train_detector(sources, out_dir, arch, dim, input_size, batch_size, steps, l
                       strength=strength, seed=seed, max_images=max_images, input_mode=input_mode, schedule=schedule,
                       hard_negatives=hard_negatives, mine_every=mine_every, global_weight=global_weight,
                       same_picture=same_picture, trim=trim, edit_p=edit_p, init=init)
-    last = train(list(sources), out_dir, cfg, device=device, resume=resume, workers=workers, progress=not quiet)
+    last = train(list(sources), out_dir, cfg, device=device, resume=resume, workers=workers, progress=options.progress(quiet))
     echo(f"trained to step {last.get('step')}: loss {last.get('loss', float('nan')):.4f}, proxy accuracy "
           f"{last.get('proxy_accuracy', float('nan')):.3f}; weights in {out_dir}/model.pt "
           f"(use --detector clipdup:{out_dir})")
@@ -104,7 +104,7 @@ def pretrain_clip(sources, out_dir, steps, batch_size, lr, image_size, caption_f
     cfg = Pretrain(steps=steps, batch_size=batch_size, lr=lr, seed=seed, caption_from=caption_from,
                       max_items=max_items)
     r = pretrain(list(sources), out_dir, cfg, SmallClipNetConfig(image_size=image_size), device=device, resume=resume,
-                 threads=threads, workers=workers, progress=not quiet)
+                 threads=threads, workers=workers, progress=options.progress(quiet))
     echo(f"trained to step {r.step} on {r.n_pairs} image-caption pairs ({r.n_skipped} skipped) in "
           f"{r.seconds:.0f} s: loss {r.loss:.4f}, in-batch accuracy {r.accuracy:.3f}, temperature "
           f"{r.temperature:.4f}; weights in {out_dir}/model.pt")

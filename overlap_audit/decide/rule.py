@@ -17,6 +17,7 @@ the item verified, else the nearest. Low-information examples are never Overlap 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,6 +31,8 @@ from ..values import Embeddings, Neighbors, RawItem, Split
 from .split import split
 from .photo import PhotoVerification, prepare_photo, verify_photo
 from .verify import KEEP as PAIR_KEEP, VERIFY_THRESHOLD
+
+_log = logging.getLogger(__name__)
 
 # the first stage proposes pairs at a relaxed threshold: a distance from 1 RELAX times the detector's,
 # 1 - RELAX * (1 - t); a detector may declare its own (``verify_relax``, detectors/base.py). On the clip-art
@@ -522,9 +525,32 @@ def _one_blas_thread() -> None:
     threadpool_limits(limits=1)
 
 
-@contextlib.contextmanager
-def _pool(workers: int):
-    """``workers`` processes for ``_compare_task``, each running BLAS on one thread (``_one_blas_thread``)."""
+def _worker_started(one_blas_thread: bool) -> None:
+    """A verification worker's start: an interrupt is the parent's to handle (a terminal's Ctrl-C reaches every
+    process of its group, and a worker's KeyboardInterrupt would print its traceback and break the pool); with
+    ``one_blas_thread``, ``_one_blas_thread`` (a forked worker inherits the limit instead)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if one_blas_thread:
+        _one_blas_thread()
+
+
+def _comparison_imports() -> None:
+    """Import here what a comparison imports on its first use. Workers may be forked while another thread is
+    importing one of these modules (a report's pool starts at its first pair, ``VerifyPool``): a forked worker
+    would wait forever for that import's lock."""
+    import pyarrow  # noqa: F401 - a content box reads an image's pixels through its Arrow export
+    import scipy.fft  # noqa: F401
+    import scipy.ndimage  # noqa: F401
+    from PIL import Image
+
+    Image.init()  # the image plugins, which decoding imports on first use
+
+
+def _start_workers(workers: int):
+    """A ``ProcessPoolExecutor`` of ``workers`` processes for ``_compare_task``, each running BLAS on one thread
+    (``_one_blas_thread``) and leaving interrupts to this process (``_worker_started``)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -535,42 +561,70 @@ def _pool(workers: int):
     # as the decoding workers start (fork on Linux): in milliseconds, with the comparison's modules already
     # imported, and without importing the caller's __main__ again. Forked workers inherit the limit set here
     # (threadpoolctl's first call in a process takes a tenth of a second, paid again by each worker of each
-    # pool); others set it themselves. Forked ones are all started here, so that the caller's own limit is
-    # back before it goes on (a report's calibration works beside its pool, ``verification_pool``)
+    # pool); others set it themselves. Forked ones are all started here, so that this process's own limit is
+    # back within the milliseconds the forks take (a report's calibration may be working in another thread)
     method = default_start_method()
+    if method == "fork":
+        _comparison_imports()
     with threadpool_limits(limits=1):
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
-                                   initializer=None if method == "fork" else _one_blas_thread)
-        if method == "fork":
-            pool.submit(int).result()  # a forking pool starts every worker at its first task
-    with pool:
-        yield pool
+        executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+                                       initializer=_worker_started, initargs=(method != "fork",))
+        try:
+            if method == "fork":
+                executor.submit(int).result()  # a forking pool starts every worker at its first task
+        except BaseException:
+            executor.shutdown(wait=True, cancel_futures=True)
+            raise
+    _log.debug("verification: %d worker processes started (%s)", workers, method)
+    return executor
 
 
 class VerifyPool:
     """Worker processes that judge the pairs of several judging runs (``verification_pool``), which may be
     given pairs from more than one thread at once: each run keeps only a few tasks queued, so that another's
-    tasks are not left waiting behind all of its own."""
+    tasks are not left waiting behind all of its own. The processes start at the first task: a run whose
+    comparisons all come from the cache (``verdicts``) starts none."""
 
-    def __init__(self, executor, workers: int) -> None:
-        self.executor = executor
+    def __init__(self, workers: int) -> None:
+        import threading
+
         self.workers = workers
         self.cancelled = False
+        self._executor = None
+        self._lock = threading.Lock()  # one start, and none once cancelled or closed
+
+    @property
+    def started(self) -> bool:
+        """Whether the worker processes were started."""
+        return self._executor is not None
 
     def cancel(self) -> None:
-        """Take no more tasks: those queued are dropped, and a run waiting for them stops (CancelledError)."""
+        """Take no more tasks: a run waiting for its tasks stops (CancelledError), dropping those not started
+        (``_over``)."""
         self.cancelled = True
-        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """Take no more tasks (a run waiting for its tasks stops, as after ``cancel``), drop those queued, and
+        wait for the worker processes (if started) to end."""
+        with self._lock:
+            self.cancelled = True
+            executor = self._executor
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, task: list):
-        """``_compare_task(task)`` in a worker: its future."""
+        """``_compare_task(task)`` in a worker (started at the first task): its future."""
         from concurrent.futures import CancelledError
 
-        if self.cancelled:
-            raise CancelledError("the verification pool was cancelled")
+        with self._lock:
+            if self.cancelled:
+                raise CancelledError("the verification pool was cancelled")
+            if self._executor is None:
+                self._executor = _start_workers(self.workers)
+            executor = self._executor
         try:
-            return self.executor.submit(_compare_task, task)
-        except RuntimeError:  # shut down between the check and the call
+            return executor.submit(_compare_task, task)
+        except RuntimeError:  # closed between the check and the call
             if self.cancelled:
                 raise CancelledError("the verification pool was cancelled") from None
             raise
@@ -581,18 +635,18 @@ def verification_pool(workers: int | None) -> Iterator[VerifyPool | None]:
     """One pool of ``workers`` processes (None: one per CPU, at most 8) for all the judging runs of a report
     (``DecisionRule.decide``'s and ``judge_pairs``'s ``pool``): calibration's pairs and the report's own can
     be judged at once, from two threads, without more processes than CPUs. None where ``workers`` is 0 or 1
-    (the pairs are judged in the calling process). Leaving the block on an error drops the queued tasks."""
+    (the pairs are judged in the calling process). The processes start with the first pair to compare
+    (``VerifyPool``). Leaving the block, on an error (an interrupt) too, stops the runs still waiting on the
+    pool, drops the queued tasks and waits for the processes to end."""
     workers = _worker_count(workers)
     if workers <= 1:
         yield None
         return
-    with _pool(workers) as executor:
-        pool = VerifyPool(executor, workers)
-        try:
-            yield pool
-        except BaseException:
-            pool.cancel()
-            raise
+    pool = VerifyPool(workers)
+    try:
+        yield pool
+    finally:
+        pool.close()
 
 
 def _worker_count(workers: int | None) -> int:
@@ -667,8 +721,8 @@ def _judge_all(pairs: list[_Pair], workers: int | None, progress: bool,
                 for task in tasks:
                     take(task, _compare_task([(p, e, c) for _, p, e, c in task]))
         else:
-            with _pool(workers) as executor:
-                _over(VerifyPool(executor, workers), tasks, take)
+            with verification_pool(workers) as own:
+                _over(own, tasks, take)
         if cache is not None:
             cache.put(new)
     finally:

@@ -93,7 +93,9 @@ def test_an_interrupted_report_leaves_the_earlier_one_whole(small, tmp_path, mon
 
     monkeypatch.setattr(html, "render_html", killed)
     result = run(report_args(small, out, "--k", "2"))
-    assert result.exit_code == 1 and result.output.strip() == "error: aborted"
+    assert result.exit_code == 130
+    assert result.output.strip() == (f"interrupted: no report written (an earlier one in {out} is left whole); "
+                                     "run the same command again")
     assert {p: (out / p).read_bytes() for p in os.listdir(out)} == before
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
 

@@ -14,10 +14,11 @@ def test_the_verification_workers_run_blas_on_one_thread():
     one thread whether they inherit the limit (fork) or set it themselves; the caller keeps its own."""
     from threadpoolctl import threadpool_info
 
-    from overlap_audit.decide.rule import _pool
+    from overlap_audit.decide.rule import _comparison_imports, _start_workers
 
+    _comparison_imports()  # as starting the workers does: scipy's BLAS is loaded before the count
     before = [d["num_threads"] for d in threadpool_info() if d.get("user_api") == "blas"]
-    with _pool(2) as pool:
+    with _start_workers(2) as pool:
         found = list(pool.map(_blas_threads, range(4)))
     assert found and all(n == [1] * len(n) and n for n in found)
     assert [d["num_threads"] for d in threadpool_info() if d.get("user_api") == "blas"] == before
@@ -48,6 +49,20 @@ def _tile_pairs(tile_sets) -> list:
     return pairs
 
 
+def _children() -> set[int]:
+    """This process's child processes that are still running (not zombies waiting to be reaped)."""
+    import psutil
+
+    out = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.add(p.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 def test_two_judging_runs_share_one_pool_from_two_threads(tile_sets):
     """A report's calibration and its own pairs are judged at once over one pool (``verification_pool``):
     each run, from its own thread, gets every pair's outcome as ``_judge`` gives it alone."""
@@ -60,11 +75,15 @@ def test_two_judging_runs_share_one_pool_from_two_threads(tile_sets):
     assert sum(a[1] is True for a in alone) >= 8  # the resized copies are found
     first, second = pairs[:20], pairs[20:]
     found: dict = {}
+    before = _children()  # (processes of other tests' fixtures)
     with verification_pool(2) as pool:
+        assert not pool.started and _children() == before  # the processes start with the first pair
         beside = threading.Thread(target=lambda: found.setdefault("first", _judge_all(first, None, False, pool=pool)))
         beside.start()
         found["second"] = _judge_all(second, None, False, pool=pool)
         beside.join(timeout=300)
+        assert pool.started and len(_children() - before) == 2
+    assert _children() == before  # the block ends when the workers have
     assert found["first"][0] + found["second"][0] == alone
     assert not any(found["first"][1]) and not any(found["second"][1])
 
@@ -141,3 +160,92 @@ def test_a_report_judges_its_pairs_beside_calibration_and_decides_as_one_process
     calibration, verify, threshold, rows = out[2]
     assert calibration["datasets"]["val"]["used"] == threshold == default
     assert verify["val"]["n_pairs"] > 0 and sum(r["overlap"] for r in rows) > 0
+
+
+def test_a_warm_report_starts_no_verification_workers(tmp_path, corpus_index, eval_set, caplog):
+    """Run again with every comparison in the cache (``verdicts``), a report starts no verification worker
+    process (``VerifyPool`` starts them at the first pair to compare: seen both in its debug line and in
+    this process's children) and decides as the first run did."""
+    import logging
+    import threading
+    import time
+
+    import pandas as pd
+
+    from overlap_audit.api import ReportSettings, run_report
+    from overlap_audit.settings import CalibrationSettings, MatchSettings
+
+    from ..helpers import report_decisions
+
+    root, planted, clean = eval_set
+    predictions = pd.DataFrame({"dataset": "val", "id": planted + clean, "correct": 1})
+    caplog.set_level(logging.DEBUG, logger="overlap_audit.decide.rule")
+
+    def run(out: str) -> tuple[int, set, tuple]:
+        caplog.clear()
+        seen: set = set()
+        done = threading.Event()
+        before = _children()  # (processes of other tests' fixtures)
+
+        def watch() -> None:  # the children alive at any moment of the run (a pool lives for all of it)
+            while not done.is_set():
+                seen.update(_children() - before)
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            run_report(corpus_index, [("val", str(root))],
+                       ReportSettings(tmp_path / out, predictions=predictions, cache_dir=tmp_path / "cache",
+                                      calibrate=CalibrationSettings(positives=8, negatives=12, seed=3),
+                                      match=MatchSettings(workers=2)))
+        finally:
+            done.set()
+            watcher.join()
+        starts = sum("worker processes started" in r.getMessage() for r in caplog.records)
+        return starts, seen, report_decisions(tmp_path / out)
+
+    cold_starts, cold_children, cold = run("cold")
+    warm_starts, warm_children, warm = run("warm")
+    assert cold_starts == 1 and cold_children  # one pool, for the report's pairs and calibration's
+    assert warm_starts == 0 and not warm_children
+    assert warm == cold
+    assert warm[0]["verify"]["datasets"]["val"]["n_pairs"] > 0
+
+
+def test_the_workers_need_no_import_that_another_thread_may_hold(tmp_path, tile_sets):
+    """Workers are forked while another thread may be importing (a report's pool starts at its first pair,
+    beside calibration): once ``_comparison_imports`` has run, comparing pairs of every kind (a photograph
+    and its resized copy, two photographs, a featureless image) imports no module, so no forked worker
+    waits for an import lock another thread held at the fork. In a fresh interpreter, which has imported
+    only the rule."""
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    corpus, other = tile_sets
+    files = {"a.png": corpus[0][1], "a-small.png": corpus[0][1].resize((80, 80)), "b.jpg": other[0][1].convert("RGB"),
+             "c.png": other[1][1], "white.png": Image.new("RGB", (50, 50), "white")}
+    for name, im in files.items():
+        im.save(tmp_path / name)
+    code = f"""
+import json, sys
+from pathlib import Path
+from overlap_audit.decide import rule
+read = lambda name: (Path({str(tmp_path)!r}) / name).read_bytes()
+pairs = [rule._Pair(read(a), None, read(b), None, 10 ** 8, 0.8144, 0.83)
+         for a, b in [("a-small.png", "a.png"), ("b.jpg", "c.png"), ("white.png", "c.png")]]
+rule._comparison_imports()
+before = set(sys.modules)
+outcomes = rule._compare_task([(p, str(i), "c" + str(i)) for i, p in enumerate(pairs)])
+print(json.dumps([sorted(set(sys.modules) - before), [rule._outcome(p, o) for p, o in zip(pairs, outcomes)]]))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    imported, outcomes = json.loads(r.stdout)
+    # each kind of comparison ran: the copy verified, both photographs compared as such, the featureless
+    # image by the drawing comparison
+    assert [o[1] for o in outcomes][0] is True and [(o[2], o[3]) for o in outcomes] == [(True, True)] * 2 + [(True, False)]
+    assert imported == []
