@@ -577,8 +577,15 @@ def _alpha(image: Image.Image) -> Image.Image | None:
     """The alpha band of an image with transparency (or of the transparent image it was composited from:
     ``imaging.ALPHA_INFO``), else None."""
     kept = image.info.get(ALPHA_INFO)
-    if isinstance(kept, Image.Image):  # resized with the image (a thumbnail keeps its info): resized too
-        return kept if kept.size == image.size else kept.resize(image.size, Image.Resampling.BOX)
+    if isinstance(kept, Image.Image):
+        if kept.size == image.size:
+            return kept
+        (kw, kh), (w, h) = kept.size, image.size
+        if abs(kw * h - kh * w) <= kw + kh:  # resized with the image (a thumbnail keeps its info): resized too
+            return kept.resize(image.size, Image.Resampling.BOX)
+        # a crop (or another image made from the composited one) keeps its info too, but not its alpha: the band
+        # is another shape's, so its pixels say all there is
+        return None
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         return image.getchannel("A")
     if image.mode == "P" and "transparency" in image.info:

@@ -336,3 +336,17 @@ def test_a_later_pass_reads_the_alpha_of_its_own_crop():
     im.paste(backdrop, (120, 90))
     assert content_box(im).box == (120, 90, 320, 240)
     assert content_box(to_rgb(im)).box == (120, 90, 320, 240)
+
+
+def test_a_crop_of_a_composited_drawing_does_not_take_its_transparency():
+    """PIL copies an image's info into a crop, the kept alpha band of a composited drawing included; a crop of
+    another shape is judged by its pixels alone, like the same pixels in a fresh image."""
+    im = on_canvas(drawing(), (300, 220), (70, 50), (0, 0, 0, 0))
+    shadow = Image.new("L", im.size, 0)
+    ImageDraw.Draw(shadow).ellipse((40, 120, 240, 170), fill=60)
+    shadowed = Image.new("RGBA", im.size, (0, 0, 0, 0))
+    shadowed.putalpha(shadow.filter(ImageFilter.GaussianBlur(4)))
+    shadowed.alpha_composite(im)
+    crop = to_rgb(shadowed).crop((30, 0, 300, 220))
+    fresh = Image.fromarray(np.asarray(crop))
+    assert content_box(crop) == content_box(fresh)

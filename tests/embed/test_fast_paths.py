@@ -109,7 +109,7 @@ def _fixtures(photos) -> list[tuple[str, Image.Image]]:
 
 def _plain_box(image: Image.Image) -> content.ContentBox:
     """The rule's passes with nothing carried from one pass to the next: each pass maps its own view, and
-    its alpha band is the crop's own (``_alpha`` of the cropped image, as the rule has it)."""
+    its alpha band is the image's cropped to the pass's view; then step 5 (``_without_faint``)."""
     width, height = image.size
     view = content._analysis_view(image)
     box = content._one_pass(content._pixels(view), lambda: view, lambda: content._alpha(image))
@@ -118,12 +118,14 @@ def _plain_box(image: Image.Image) -> content.ContentBox:
             break
         crop = image.crop(box.box)
         crop_view = content._analysis_view(crop)
-        inner = content._one_pass(content._pixels(crop_view), lambda: crop_view, lambda: content._alpha(crop))
+        alpha = content._alpha(image)
+        crop_alpha = None if alpha is None else alpha.crop(box.box)
+        inner = content._one_pass(content._pixels(crop_view), lambda: crop_view, lambda: crop_alpha)
         if not inner.trimmed:
             break
         box = content.ContentBox(box.left + inner.left, box.top + inner.top, box.left + inner.right,
                                  box.top + inner.bottom, width, height, True)
-    return box
+    return content._without_faint(image, box)
 
 
 def test_content_boxes_equal_the_plain_passes_on_real_images(photos, monkeypatch):
