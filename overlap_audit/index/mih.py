@@ -178,6 +178,8 @@ def flat_codes(index) -> np.ndarray:
     10^8 codes are 800 MB); valid while the index lives."""
     import faiss
 
+    if index.ntotal == 0:  # no buffer to view (FAISS hands back an empty float array for a null pointer)
+        return np.zeros((0, index.code_size), np.uint8)
     return faiss.rev_swig_ptr(index.xb.data(), index.xb.size()).reshape(-1, index.code_size)
 
 

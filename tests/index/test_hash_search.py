@@ -196,3 +196,18 @@ def test_an_index_built_as_mih_checks_and_answers_as_flat(tmp_path):
     want = search(load_index(tmp_path / "f"), ids, queries, k=5, device="cpu", min_similarity=1 - 9 / 64)
     assert np.array_equal(got.ids, want.ids) and got.ids[0, 0] == "k0"
     assert np.allclose(got.similarities, want.similarities, equal_nan=True)
+
+
+def test_tables_of_an_empty_flat_index(tmp_path):
+    """An index with nothing indexed (every item skipped) still gets its (empty) tables, which search finds
+    nothing in."""
+    import faiss
+
+    empty = faiss.IndexBinaryFlat(64)
+    codes = flat_codes(empty)
+    assert codes.shape == (0, 8) and codes.dtype == np.uint8
+    write_mih(tmp_path / "index.mih", codes, 3)
+    back = read_mih(tmp_path / "index.mih")
+    assert len(back) == 0
+    dist, rows = radius_search(back, np.zeros((2, 8), np.uint8), 5, 9)
+    assert (rows < 0).all()
