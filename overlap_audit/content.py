@@ -39,12 +39,17 @@ transparent margin is a white one):
    quadrants (the black surround of a fundus photograph, a synthetic phantom, a logo; 51 before: skies,
    walls, the moon's backdrop), while pad and letterbox copies and clip art are trimmed as before. A photograph that is exactly flat at its edge (a blown-out
    white sky, a night sky JPEG has flattened to black) is still taken for a canvas: a known limit.
-5. On a transparent canvas the box is shrunk to the bounding box of its pixels at least ``SHADOW_ALPHA`` (a
-   quarter) opaque: a soft drop shadow or glow composites on white to grey that step 3 counts as content, and
-   one copy of a drawing has it where another lacks it or draws it wider (the clip-art development set
-   through the whole default audit: 52 of 53 copies found against 50, no look-alike). An opaque image keeps its shadow in the box: composited copies of
-   a shadowed drawing are trimmed alike, but a composited copy and a transparent one of it are not (a known
-   limit).
+5. On a transparent canvas the box is shrunk to the bounding box of its pixels at least ``SHADOW_ALPHA``
+   (48 of 255) opaque. A pixel less opaque composites on white to within 48 grey levels of it, so it is never
+   a strong pixel of step 3 (3 x 16 on a clean white margin), only a faint one; step 3 still counts rows where
+   faint pixels are more than 2%, which is what a soft drop shadow or glow is: one copy of a drawing has it
+   where another lacks it or draws it wider (the clip-art development set through the whole default audit:
+   52 of 53 copies found against 50, no look-alike). What step 5 cuts is faint content only: a translucent
+   fill or a thin stroke at least 48 opaque stays; a stroke thin enough to fade under 48 when the image is
+   reduced (a 1-px line at a reduction of more than 5x) is cut, as step 3 would not count it strong either.
+   An opaque image keeps its shadow in the box: composited copies of a shadowed drawing are trimmed alike, but
+   a composited copy and a transparent one of it are not (a known limit; calibration's App. C copies are
+   such composited copies).
 
 Not trimmed (``trimmed=False``, the box is the whole image):
 - an image with no margin (content touches the sides, or the border is not uniform: a photograph);
@@ -116,9 +121,9 @@ THIN_FLAT_TOLERANCE = 5
 # a band too thin to judge is canvas-coloured when every channel of its border colour is within this of 0 or 255
 CANVAS_COLOUR_TOLERANCE = 24
 ALPHA_CLEAR = 16  # a pixel with alpha at most this is transparent
-# on a transparent canvas a pixel under this opacity (a quarter) is not content: the faint part of a soft drop
-# shadow or glow, which one copy of a drawing has and another lacks or draws wider (step 5)
-SHADOW_ALPHA = 64
+# on a transparent canvas a pixel under this opacity is not content (step 5): it composites on white within the
+# strong tolerance of a white margin (STRONG_FACTOR x BASE_TOLERANCE), as the faint part of a soft drop shadow does
+SHADOW_ALPHA = 48
 
 _TOP, _BOTTOM, _LEFT, _RIGHT = range(4)
 
@@ -275,7 +280,13 @@ def trim(image: Image.Image) -> tuple[Image.Image, ContentBox]:
     box. An image with nothing to trim comes back whole (converted to RGB)."""
     box = content_box(image)
     rgb = to_rgb(image)
-    return (rgb.crop(box.box) if box.trimmed else rgb), box
+    if not box.trimmed:
+        return rgb, box
+    view = rgb.crop(box.box)
+    alpha = _alpha(rgb)
+    if alpha is not None:  # the crop keeps the image's info; its kept alpha band is the crop's own
+        view.info[ALPHA_INFO] = alpha.crop(box.box)
+    return view, box
 
 
 def _analysis_view(image: Image.Image) -> Image.Image:

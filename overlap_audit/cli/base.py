@@ -63,6 +63,15 @@ class _EchoHandler(logging.Handler):
             self.handleError(record)
 
 
+class _OthersWarnings(_EchoHandler):
+    """Other libraries' warnings on stderr, as logging's last-resort handler prints them for a root logger without
+    handlers; the ``overlap_audit`` records are left to its own handlers."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.addFilter(lambda record: not record.name.startswith("overlap_audit"))
+
+
 class _FileHandler(logging.FileHandler):
     """The --log-file handler (one per run: the previous one is closed when a command starts again)."""
 
@@ -74,8 +83,9 @@ def _configure_logging(quiet: bool, verbose: bool = False, log_file: str | None 
     if not root.handlers:
         # a library's logging.basicConfig() (scipy's boschloo_exact logs through the root logger, which calls it)
         # adds a stderr handler to a root without one, and our records reach it too: every debug line of a
-        # --log-file run printed on stderr a second time, --quiet or not
-        root.addHandler(logging.NullHandler())
+        # --log-file run printed on stderr a second time, --quiet or not. A handler of our own keeps it from
+        # doing so and still shows other libraries' warnings, as the last-resort handler did
+        root.addHandler(_OthersWarnings())
     log = logging.getLogger("overlap_audit")
     echo = next((h for h in log.handlers if isinstance(h, _EchoHandler)), None)
     if echo is None:
@@ -100,9 +110,9 @@ def _fail(message: str, status: int = 2) -> None:
 
 
 def interrupted(hint: str = "") -> NoReturn:
-    """A run stopped by Ctrl-C (SIGINT): one line on stderr (after a newline, which ends a progress bar's
-    line), then exit status 130, as a shell reports a command SIGINT ended."""
-    echo("\ninterrupted" + (f": {hint}" if hint else ""), err=True)
+    """A run stopped by Ctrl-C (SIGINT): one line on stderr (on a terminal after a newline, which ends a
+    progress bar's line), then exit status 130, as a shell reports a command SIGINT ended."""
+    echo(("\n" if sys.stderr.isatty() else "") + "interrupted" + (f": {hint}" if hint else ""), err=True)
     sys.exit(130)
 
 
@@ -137,6 +147,8 @@ class Command(click.Command):
                                                  " ".join(sys.argv[1:]))
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # before click turns it into an Abort, echoing a blank line
+            interrupted()
         except (OverlapAuditError, OSError) as exc:
             if _debug(ctx):
                 raise
