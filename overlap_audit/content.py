@@ -44,7 +44,7 @@ transparent margin is a white one):
    a strong pixel of step 3 (3 x 16 on a clean white margin), only a faint one; step 3 still counts rows where
    faint pixels are more than 2%, which is what a soft drop shadow or glow is: one copy of a drawing has it
    where another lacks it or draws it wider (the clip-art development set through the whole default audit:
-   52 of 53 copies found against 50, no look-alike). What step 5 cuts is faint content only: a translucent
+   51 of 53 copies found against 50, no look-alike). What step 5 cuts is faint content only: a translucent
    fill or a thin stroke at least 48 opaque stays; a stroke thin enough to fade under 48 when the image is
    reduced (a 1-px line at a reduction of more than 5x) is cut, as step 3 would not count it strong either.
    An opaque image keeps its shadow in the box: composited copies of a shadowed drawing are trimmed alike, but
