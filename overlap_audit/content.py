@@ -207,6 +207,8 @@ def _without_faint(image: Image.Image, box: ContentBox, transparent_border: bool
     if alpha is None or not (transparent_border or _transparent_border(alpha)):
         return box
     a = _pixels(alpha if alpha.mode == "L" else alpha.convert("L"))[box.top:box.bottom, box.left:box.right, 0]
+    if min(a[0].max(), a[-1].max(), a[:, 0].max(), a[:, -1].max()) >= SHADOW_ALPHA:
+        return box  # each outer line of the box holds an opaque enough pixel: the box is already their bounds
     opaque = a >= SHADOW_ALPHA
     rows, cols = np.flatnonzero(opaque.any(axis=1)), np.flatnonzero(opaque.any(axis=0))
     if not len(rows):
