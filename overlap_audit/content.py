@@ -185,13 +185,18 @@ def content_box(image: Image.Image) -> ContentBox:
     view = _analysis_view(image)
     pixels = _pixels(view)
     window = _white_outside(view)
-    box = _one_pass(pixels, lambda: view, lambda: _alpha(image), window)
+    found: dict = {}
+    box = _one_pass(pixels, lambda: view, lambda: _alpha(image), window, found)
     for _ in range(MAX_PASSES - 1):
         if not box.trimmed:
             break
+        crop = pixels[box.top:box.bottom, box.left:box.right]
+        if _settled(crop, found):
+            break
         # the next pass reads the box's pixels in place; PIL crops its view only for the canvas test
-        inner = _one_pass(pixels[box.top:box.bottom, box.left:box.right], functools.partial(view.crop, box.box),
-                          functools.partial(_cropped_alpha, image, box.box))
+        found = {}
+        inner = _one_pass(crop, functools.partial(view.crop, box.box),
+                          functools.partial(_cropped_alpha, image, box.box), found=found)
         if not inner.trimmed:
             break
         box = ContentBox(box.left + inner.left, box.top + inner.top, box.left + inner.right,
@@ -223,10 +228,28 @@ def _without_faint(image: Image.Image, box: ContentBox, transparent_border: bool
     return ContentBox(left, top, right, bottom, box.width, box.height, True)
 
 
+def _settled(crop: np.ndarray, found: dict) -> bool:
+    """Whether another pass over ``crop`` (the box a pass found, its pixels) can only keep it whole, so need not
+    run. It can when that pass's margin (from the box's outer lines) has the border colour and tolerance of the
+    pass that found the box and each of its margin sides is an edge of the box whose line holds a strong pixel
+    (``found["strong"]``): under the same colour and tolerance that line is content again, so no side moves; or
+    when the box's outer lines are no margin at all."""
+    if "margin" not in found or min(crop.shape[:2]) < 3:
+        return False
+    again = _margin(crop)
+    if again is None:
+        return True
+    before = found["margin"]
+    return (again.fill == before.fill and again.tolerance == before.tolerance
+            and again.sides <= found["strong"])
+
+
 def _one_pass(pixels: np.ndarray, view: Callable[[], Image.Image], alpha: Callable[[], Image.Image | None],
-              window: tuple[int, int, int, int] | None = None) -> ContentBox:
+              window: tuple[int, int, int, int] | None = None, found: dict | None = None) -> ContentBox:
     """One pass of the rule on a view's ``pixels`` (``_pixels``); ``view`` and ``alpha`` give the view and its
-    alpha band, for the canvas test (made only when a box is found); ``window``: ``_white_outside``."""
+    alpha band, for the canvas test (made only when a box is found); ``window``: ``_white_outside``. Where it
+    trims, ``found`` (if given) gets the margin the box was found against and the sides whose edge line holds a
+    strong pixel (``_settled``)."""
     height, width = pixels.shape[:2]
     judged: dict[tuple[int, int, int, int], bool] = {}  # outer parts of bands: canvas or not
     judge = None
@@ -249,10 +272,10 @@ def _one_pass(pixels: np.ndarray, view: Callable[[], Image.Image], alpha: Callab
             return not judged[outer]
 
         judge = picture
-    found = _find_box(pixels, judge, window) if min(width, height) >= 3 else None
-    if found is None:
+    box_found = _find_box(pixels, judge, window) if min(width, height) >= 3 else None
+    if box_found is None:
         return ContentBox.whole(width, height)
-    (top, bottom, left, right), margin = found
+    (top, bottom, left, right), margin, strong_edges = box_found
     # the cheap reasons to keep the image whole first: the canvas test (and the alpha band it reads) is then
     # needed only for a box that would be used
     if (right - left < MIN_SIDE or bottom - top < MIN_SIDE
@@ -262,6 +285,8 @@ def _one_pass(pixels: np.ndarray, view: Callable[[], Image.Image], alpha: Callab
         return ContentBox.whole(width, height)
     if not _is_canvas(view(), alpha(), margin, (left, top, right, bottom), judged, transparent_border()):
         return ContentBox.whole(width, height)
+    if found is not None:
+        found.update(margin=margin, strong=strong_edges)
     return ContentBox(left, top, right, bottom, width, height, True)
 
 
@@ -490,9 +515,11 @@ def _white_outside(view: Image.Image) -> tuple[int, int, int, int] | None:
 
 
 def _find_box(pixels: np.ndarray, picture: Callable[[_Margin, int, int], bool] | None = None,
-              window: tuple[int, int, int, int] | None = None) -> tuple[tuple[int, int, int, int], _Margin] | None:
-    """(top, bottom, left, right) of the content of ``pixels`` ([H, W, K]: ``_pixels``) and the margin it was
-    found against, or None when there is no margin to trim or no content at all.
+              window: tuple[int, int, int, int] | None = None
+              ) -> tuple[tuple[int, int, int, int], _Margin, frozenset[int]] | None:
+    """(top, bottom, left, right) of the content of ``pixels`` ([H, W, K]: ``_pixels``), the margin it was
+    found against and the margin sides whose edge line (the box's outer line there) holds a strong pixel, or
+    None when there is no margin to trim or no content at all.
 
     A line (row or column) is content when it holds a pixel beyond the strong tolerance, or more than
     ``FAINT_FRACTION`` of its pixels beyond the tolerance; a margin side's edge of the box is its first
@@ -523,15 +550,23 @@ def _find_box(pixels: np.ndarray, picture: Callable[[_Margin, int, int], bool] |
         if not strong_rows.any():
             return None  # nothing stands out clearly from the margin (or nothing at all): blank
         faint = beyond.flags(inner, beyond.faint)
+        strong_cols = strong.any(axis=0)
         rows = strong_rows | (np.count_nonzero(faint, axis=1) > row_limit)
-        cols = strong.any(axis=0) | (np.count_nonzero(faint, axis=0) > col_limit)
-        return (top + int(np.argmax(rows)) if _TOP in sides else 0,
-                bottom - int(np.argmax(rows[::-1])) if _BOTTOM in sides else height,
-                left + int(np.argmax(cols)) if _LEFT in sides else 0,
-                right - int(np.argmax(cols[::-1])) if _RIGHT in sides else width), margin
+        cols = strong_cols | (np.count_nonzero(faint, axis=0) > col_limit)
+        first_row, last_row = int(np.argmax(rows)), len(rows) - 1 - int(np.argmax(rows[::-1]))
+        first_col, last_col = int(np.argmax(cols)), len(cols) - 1 - int(np.argmax(cols[::-1]))
+        # a strong pixel lies in a content row and column, so within the box: the edge lines' flags are the box's
+        edge_strong = {_TOP: strong_rows[first_row], _BOTTOM: strong_rows[last_row],
+                       _LEFT: strong_cols[first_col], _RIGHT: strong_cols[last_col]}
+        return ((top + first_row if _TOP in sides else 0,
+                 top + last_row + 1 if _BOTTOM in sides else height,
+                 left + first_col if _LEFT in sides else 0,
+                 left + last_col + 1 if _RIGHT in sides else width), margin,
+                frozenset(side for side in sides if edge_strong[side]))
     edges = {_TOP: 0, _BOTTOM: height, _LEFT: 0, _RIGHT: width}
     extra = np.zeros(width, dtype=np.intp)  # per column: faint pixels in the rows above and below the box
     strong = False
+    strong_edges = set()
     for side in (_TOP, _BOTTOM, _LEFT, _RIGHT):
         if side not in sides:
             continue
@@ -546,12 +581,14 @@ def _find_box(pixels: np.ndarray, picture: Callable[[_Margin, int, int], bool] |
         edges[side], strong_here = found
         edges[side] += offset
         strong = strong or strong_here
+        if strong_here:
+            strong_edges.add(side)
         depth = edges[side] if side in (_TOP, _LEFT) else (height if side == _BOTTOM else width) - edges[side]
         if picture is not None and picture(margin, side, depth):
             return None  # the canvas test would keep the image whole whatever the other sides
     if not strong and not beyond.flags(inner, beyond.strong).any():
         return None  # the first content lines held only faint pixels, and nothing anywhere is strong
-    return (edges[_TOP], edges[_BOTTOM], edges[_LEFT], edges[_RIGHT]), margin
+    return (edges[_TOP], edges[_BOTTOM], edges[_LEFT], edges[_RIGHT]), margin, frozenset(strong_edges)
 
 
 def _scan(pixels: np.ndarray, side: int, beyond: _Beyond, limit: float, extra: np.ndarray
