@@ -603,14 +603,22 @@ class VerifyPool:
         (``_over``)."""
         self.cancelled = True
 
-    def close(self) -> None:
+    def close(self, stop: bool = False) -> None:
         """Take no more tasks (a run waiting for its tasks stops, as after ``cancel``), drop those queued, and
-        wait for the worker processes (if started) to end."""
+        wait for the worker processes (if started) to end; with ``stop`` (an interrupt, an error) end them
+        first instead of waiting for the tasks they are running (a task holds every pair of one corpus image,
+        which may be many)."""
         with self._lock:
             self.cancelled = True
             executor = self._executor
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        if executor is None:
+            return
+        if stop:
+            # the executor has no call for this; its processes are its own (a dict since Python 3.2)
+            for process in list((getattr(executor, "_processes", None) or {}).values()):
+                if process.is_alive():
+                    process.terminate()
+        executor.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, task: list):
         """``_compare_task(task)`` in a worker (started at the first task): its future."""
@@ -636,8 +644,8 @@ def verification_pool(workers: int | None) -> Iterator[VerifyPool | None]:
     (``DecisionRule.decide``'s and ``judge_pairs``'s ``pool``): calibration's pairs and the report's own can
     be judged at once, from two threads, without more processes than CPUs. None where ``workers`` is 0 or 1
     (the pairs are judged in the calling process). The processes start with the first pair to compare
-    (``VerifyPool``). Leaving the block, on an error (an interrupt) too, stops the runs still waiting on the
-    pool, drops the queued tasks and waits for the processes to end."""
+    (``VerifyPool``). Leaving the block stops the runs still waiting on the pool, drops the queued tasks and
+    waits for the processes to end; on an error (an interrupt) it ends them without waiting for their tasks."""
     workers = _worker_count(workers)
     if workers <= 1:
         yield None
@@ -645,8 +653,10 @@ def verification_pool(workers: int | None) -> Iterator[VerifyPool | None]:
     pool = VerifyPool(workers)
     try:
         yield pool
-    finally:
-        pool.close()
+    except BaseException:
+        pool.close(stop=True)
+        raise
+    pool.close()
 
 
 def _worker_count(workers: int | None) -> int:

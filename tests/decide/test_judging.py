@@ -249,3 +249,38 @@ print(json.dumps([sorted(set(sys.modules) - before), [rule._outcome(p, o) for p,
     # image by the drawing comparison
     assert [o[1] for o in outcomes][0] is True and [(o[2], o[3]) for o in outcomes] == [(True, True)] * 2 + [(True, False)]
     assert imported == []
+
+
+def test_an_interrupt_ends_the_workers_without_waiting_for_their_task():
+    """Leaving the pool on an interrupt ends its worker processes at once, not after the task they are running
+    (one task holds every pair of one corpus image: here 3,000 pairs, a minute or more of comparisons); leaving
+    it normally waits for the task."""
+    import io
+    import time
+
+    import numpy as np
+    import psutil
+    import pytest
+    from PIL import Image
+
+    from overlap_audit.decide.rule import _Pair, verification_pool
+
+    def png(seed: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (400, 400, 3), dtype=np.uint8)).save(buf, "PNG")
+        return buf.getvalue()
+
+    pair = _Pair(png(1), None, png(2), None, 10**8, 0.5, 0.5)
+    task = [(pair, f"e{i}", "c") for i in range(3000)]  # 3,000 queries whose nearest item is one corpus image
+    started = None
+    with pytest.raises(KeyboardInterrupt):
+        with verification_pool(2) as pool:
+            future = pool.submit(task)
+            workers = psutil.Process().children()
+            assert workers  # the processes started with the first task
+            time.sleep(1.0)  # the task is running
+            assert not future.done()
+            started = time.monotonic()
+            raise KeyboardInterrupt
+    assert time.monotonic() - started < 30  # a bound on a hang only: the task alone takes a minute or more
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
