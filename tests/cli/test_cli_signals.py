@@ -121,17 +121,22 @@ def test_progress_bars_only_on_a_terminal(tmp_path, corpus_dir):
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 
+def _python(*lines: str) -> subprocess.CompletedProcess:
+    """``lines`` run as a script by a fresh interpreter with this checkout's package."""
+    return subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True, env=ENV,
+                          timeout=60)
+
+
 def test_ctrl_c_in_any_command_is_one_line_and_status_130():
     """A command stopped by Ctrl-C outside index and report (here one that raises KeyboardInterrupt, as Python
     does on SIGINT) prints exactly one line, with no blank line before it on a pipe, and exits 130."""
-    script = ("import click\n"
-              "from overlap_audit.cli.base import Group\n"
-              "@click.group(cls=Group)\n"
-              "def cli():\n    pass\n"
-              "@cli.command()\n"
-              "def stop():\n    raise KeyboardInterrupt\n"
-              "cli(['stop'], prog_name='overlap-audit')\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=60)
+    done = _python("import click",
+                   "from overlap_audit.cli.base import Group",
+                   "@click.group(cls=Group)",
+                   "def cli(): pass",
+                   "@cli.command()",
+                   "def stop(): raise KeyboardInterrupt",
+                   "cli(['stop'], prog_name='overlap-audit')")
     assert done.returncode == 130, done.stderr
     assert done.stderr == "interrupted\n" and done.stdout == ""
 
@@ -139,13 +144,12 @@ def test_ctrl_c_in_any_command_is_one_line_and_status_130():
 def test_other_libraries_warnings_still_reach_stderr_and_no_library_doubles_our_log():
     """With the CLI's logging set up, a warning another library logs is shown (as Python's last-resort handler
     would), a library's logging.basicConfig() adds no second stderr handler, and our own records appear once."""
-    script = ("import logging\n"
-              "from overlap_audit.cli.base import _configure_logging\n"
-              "_configure_logging(quiet=False)\n"
-              "logging.getLogger('somelib').warning('somelib warns')\n"
-              "logging.basicConfig(level=logging.DEBUG)\n"
-              "logging.getLogger('somelib').info('somelib chatter')\n"
-              "logging.getLogger('overlap_audit.x').info('our line')\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=60)
+    done = _python("import logging",
+                   "from overlap_audit.cli.base import _configure_logging",
+                   "_configure_logging(quiet=False)",
+                   "logging.getLogger('somelib').warning('somelib warns')",
+                   "logging.basicConfig(level=logging.DEBUG)",
+                   "logging.getLogger('somelib').info('somelib chatter')",
+                   "logging.getLogger('overlap_audit.x').info('our line')")
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == ["somelib warns", "our line"]
