@@ -57,9 +57,11 @@ _SIDE_FILES = ("offsets", "keys", "buckets")
 _TWO = struct.Struct("<QQ")
 _FOUR = struct.Struct("<QQQQ")
 _SPAN_GAP = 4096  # records closer than this are read in one span by ``KeysByRow``
-# ... where that merges a tenth of them or more: else each record is sliced from the map (a pread per record cost
-# 2.5x the CPU of a page fault into a cached table; cold, a page fault per record costs one small read, as a pread)
-_MERGED = 0.9
+# ... where a span holds this many records or more, this many bytes apart or less on average; the others are
+# sliced from the memory-mapped table (warm, a pread costs twice a slice, and copies the bytes between the
+# records it holds; cold, a page fault per record costs one small read, as a pread)
+_SPAN_RECORDS = 8
+_SPAN_BYTES = 1024
 _PASS_ENTRIES = 1 << 23  # key-index entries sorted at once when writing (128 MB), whatever the corpus size
 _CHUNK_ROWS = 1 << 21  # rows of a side file read at once when writing or checking
 _REST_BLOCK = 1 << 16  # records read at once by ``ItemTable.unindexed``
@@ -682,26 +684,34 @@ class KeysByRow:
     def __len__(self) -> int:
         return self.n_indexed
 
-    def _spans(self, starts: np.ndarray, ends: np.ndarray):
-        """Where the records asked lie close together (a small corpus, or many rows asked of it): the spans that
-        hold them, read with one ``pread`` each, and each record's (span, start, end) in it; else None (scattered
-        records are sliced from the map, one page fault each: faulting in page by page where records share pages
-        would be one small read each when the table is not cached)."""
+    def _records(self, starts: np.ndarray, ends: np.ndarray) -> list[bytes]:
+        """The records ``starts[i]:ends[i]`` of the table, in order. Where records lie close together (a small
+        corpus, or many rows asked of it) the span that holds them is read with one ``pread`` when it holds
+        ``_SPAN_RECORDS`` or more, ``_SPAN_BYTES`` apart or less on average; every other record is sliced from
+        the map, one page fault each (faulting in page by page where records share pages would be one small
+        read each when the table is not cached; a span of a few records read on its own costs a system call
+        where a slice of a cached page costs none)."""
         order = np.argsort(starts, kind="stable")
         first, last = starts[order].astype(np.int64), ends[order].astype(np.int64)
         new_span = np.ones(len(first), bool)
         new_span[1:] = first[1:] - np.maximum.accumulate(last)[:-1] >= _SPAN_GAP
-        if new_span.sum() > _MERGED * len(first):
-            return None
+        heads = np.flatnonzero(new_span)
+        held = np.diff(np.append(heads, len(first)))  # records per span
+        table = self._map
+        span_last = np.maximum.reduceat(last, heads)
+        read = (held >= _SPAN_RECORDS) & (span_last - first[heads] <= held * _SPAN_BYTES)
+        if not read.any():
+            return [table[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
         span_of = np.cumsum(new_span) - 1
-        span_first = first[new_span]
-        span_last = np.maximum.reduceat(last, np.flatnonzero(new_span))
+        base = np.where(read, first[heads], 0)  # a span read on its own, or the map
+        data: list = [table] * len(heads)
         with open(self.path, "rb") as fh:
             fd, pread = fh.fileno(), os.pread
-            spans = [pread(fd, b - a, a) for a, b in zip(span_first.tolist(), span_last.tolist())]
+            for at in np.flatnonzero(read).tolist():
+                data[at] = pread(fd, int(span_last[at] - base[at]), int(base[at]))
         place = np.empty((len(first), 3), np.int64)
-        place[order] = np.stack([span_of, first - span_first[span_of], last - span_first[span_of]], 1)
-        return spans, place.tolist()
+        place[order] = np.stack([span_of, first - base[span_of], last - base[span_of]], 1)
+        return [data[at][a:b] for at, a, b in place.tolist()]
 
     def keys(self, rows) -> list[str]:
         """The key of each index row in ``rows`` (a 1-d integer array), in order."""
@@ -720,13 +730,7 @@ class KeysByRow:
         hashes = [0] * len(rows)
         key_at, digest, escape = self._key_at, xxhash.xxh3_64_intdigest, b"\\"
         try:
-            dense = self._spans(starts, ends)
-            if dense is None:
-                table = self._map
-                records = (table[a:b] for a, b in zip(starts.tolist(), ends.tolist()))
-            else:
-                spans, place = dense
-                records = (spans[span][a:b] for span, a, b in place)
+            records = self._records(starts, ends)
             for i, record in enumerate(records):
                 field = record.split(b"\0", key_at + 1)[key_at]
                 if field[:1] != b"v":
