@@ -248,7 +248,7 @@ def digest(index_dir: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--png", type=int, default=2000, help="openclipart-png drawings")
-    ap.add_argument("--jpeg", type=int, default=1000, help="JPEG photo crops")
+    ap.add_argument("--jpeg", type=int, default=1000, help="JPEG photo crops (0: none)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--cache", default=None, help="default: the project's cache folder")
@@ -264,8 +264,11 @@ def main() -> None:
     cache = cache_dir(args.cache)
     work = Path(tempfile.mkdtemp(prefix="bench-index-speed-"))
     try:
-        corpora = {"PNG (openclipart-png)": png_corpus(cache, args.png, work),
-                   "JPEG (photo crops)": jpeg_corpus(cache, args.jpeg)}
+        if args.png < 1:
+            ap.error("--png must be at least 1 (the one-image run that measures start-up is one of them)")
+        corpora = {"PNG (openclipart-png)": png_corpus(cache, args.png, work)}
+        if args.jpeg > 0:  # --jpeg 0: the PNGs only
+            corpora["JPEG (photo crops)"] = jpeg_corpus(cache, args.jpeg)
         one = work / "one"
         one.mkdir()
         shutil.copyfile(sorted(corpora["PNG (openclipart-png)"].iterdir())[0], one / "0.png")

@@ -57,11 +57,6 @@ _SIDE_FILES = ("offsets", "keys", "buckets")
 _TWO = struct.Struct("<QQ")
 _FOUR = struct.Struct("<QQQQ")
 _SPAN_GAP = 4096  # records closer than this are read in one span by ``KeysByRow``
-# ... where a span holds this many records or more, this many bytes apart or less on average; the others are
-# sliced from the memory-mapped table (warm, a pread costs twice a slice, and copies the bytes between the
-# records it holds; cold, a page fault per record costs one small read, as a pread)
-_SPAN_RECORDS = 8
-_SPAN_BYTES = 1024
 _PASS_ENTRIES = 1 << 23  # key-index entries sorted at once when writing (128 MB), whatever the corpus size
 _CHUNK_ROWS = 1 << 21  # rows of a side file read at once when writing or checking
 _REST_BLOCK = 1 << 16  # records read at once by ``ItemTable.unindexed``
@@ -639,15 +634,10 @@ def _same_bytes(fh, other: Path) -> bool:
 class KeysByRow:
     """The keys of index rows (record r of the item table is index row r), read a batch of rows at a time: the
     records' places gathered from the memory-mapped offsets with numpy, the records read (those close together
-    in spans, one ``pread`` each; scattered ones sliced from the memory-mapped table), each record's key cut out
-    and confirmed against the hash stored beside its offset, so a table replaced or damaged
-    after indexing is an IndexDamagedError, never a wrong key. Opening reads the header line and the offsets
-    file's header only (and maps both files).
-
-    Both files are mapped (the table with ``MADV_RANDOM``, so a record read from disk brings in its own page, not
-    a readahead window): on the 2-core VM of BENCHMARKS.md, 50,000 records scattered over a cached 10^7-row table
-    cost 0.05 s of CPU sliced from the map and 0.13 s read with one ``pread`` each; and a row's hash lies beside
-    its offset, so a key touches one page of one side file, where confirming it in the key index took two more."""
+    in spans; ``_records``), each record's key cut out and confirmed against the hash stored beside its offset,
+    so a table replaced or damaged after indexing is an IndexDamagedError, never a wrong key. Opening reads the
+    header line and the offsets file's header only (and maps the offsets: a row's hash lies beside its offset,
+    so a key touches one page of one side file, where confirming it in the key index took two more)."""
 
     def __init__(self, index_dir: str | os.PathLike, items_file: str, n_indexed: int) -> None:
         path = Path(index_dir) / items_file
@@ -657,9 +647,6 @@ class KeysByRow:
                 header = json.loads(fh.readline())
                 self._start = fh.tell()
                 self._size = os.fstat(fh.fileno()).st_size
-                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            if hasattr(self._map, "madvise"):
-                self._map.madvise(mmap.MADV_RANDOM)
             # a plain array over the map: numpy's memmap class costs more per gather than the gather
             offsets = np.asarray(np.load(path.parent / side_files(items_file)["offsets"], mmap_mode="r",
                                          allow_pickle=False))
@@ -685,33 +672,24 @@ class KeysByRow:
         return self.n_indexed
 
     def _records(self, starts: np.ndarray, ends: np.ndarray) -> list[bytes]:
-        """The records ``starts[i]:ends[i]`` of the table, in order. Where records lie close together (a small
-        corpus, or many rows asked of it) the span that holds them is read with one ``pread`` when it holds
-        ``_SPAN_RECORDS`` or more, ``_SPAN_BYTES`` apart or less on average; every other record is sliced from
-        the map, one page fault each (faulting in page by page where records share pages would be one small
-        read each when the table is not cached; a span of a few records read on its own costs a system call
-        where a slice of a cached page costs none)."""
+        """The records ``starts[i]:ends[i]`` of the table, in order, read with one ``pread`` per span of records
+        less than ``_SPAN_GAP`` apart (a small corpus, or many rows asked of it, in a few large reads; scattered
+        records one small read each). Not sliced from a memory map: on the 2-core VM of BENCHMARKS.md, 50,000
+        records scattered over a 10^7-row table cost 3.4 s cold and 0.17 s cached as page faults into a fresh
+        map (what a report's one call meets) against 1.3 s and 0.13 s read with ``pread``."""
         order = np.argsort(starts, kind="stable")
         first, last = starts[order].astype(np.int64), ends[order].astype(np.int64)
         new_span = np.ones(len(first), bool)
         new_span[1:] = first[1:] - np.maximum.accumulate(last)[:-1] >= _SPAN_GAP
         heads = np.flatnonzero(new_span)
-        held = np.diff(np.append(heads, len(first)))  # records per span
-        table = self._map
-        span_last = np.maximum.reduceat(last, heads)
-        read = (held >= _SPAN_RECORDS) & (span_last - first[heads] <= held * _SPAN_BYTES)
-        if not read.any():
-            return [table[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
         span_of = np.cumsum(new_span) - 1
-        base = np.where(read, first[heads], 0)  # a span read on its own, or the map
-        data: list = [table] * len(heads)
+        span_first, span_last = first[heads], np.maximum.reduceat(last, heads)
         with open(self.path, "rb") as fh:
             fd, pread = fh.fileno(), os.pread
-            for at in np.flatnonzero(read).tolist():
-                data[at] = pread(fd, int(span_last[at] - base[at]), int(base[at]))
+            spans = [pread(fd, b - a, a) for a, b in zip(span_first.tolist(), span_last.tolist())]
         place = np.empty((len(first), 3), np.int64)
-        place[order] = np.stack([span_of, first - base[span_of], last - base[span_of]], 1)
-        return [data[at][a:b] for at, a, b in place.tolist()]
+        place[order] = np.stack([span_of, first - span_first[span_of], last - span_first[span_of]], 1)
+        return [spans[at][a:b] for at, a, b in place.tolist()]
 
     def keys(self, rows) -> list[str]:
         """The key of each index row in ``rows`` (a 1-d integer array), in order."""
