@@ -55,6 +55,26 @@ def test_a_real_index_reads_its_items_by_key_as_the_shard_scan_does(corpus_index
     assert loaded[np.zeros((0,), np.int64)].shape == (0,) and loaded[np.int64(2)] == ids[2]
 
 
+def test_lookups_by_key_read_by_threads_equal_the_shard_scan(corpus_index, monkeypatch):
+    """Where the first keys' reads were slow (forced here) the rest are looked up by several threads: every key
+    reads the same columns as the shard scan gives, unknown keys and None absent."""
+    import os
+    import threading
+
+    monkeypatch.setattr(items_module, "_PROBE_READS", 8)  # two keys in the caller's thread
+    monkeypatch.setattr(items_module, "_READERS", 3)
+    monkeypatch.setattr(items_module, "_SLOW_READ_S", -1.0)
+    keys = all_keys(corpus_index)
+    asked = [*keys[::-1], "nope", None]
+    readers = set()
+    real_pread = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: readers.add(threading.get_ident()) or real_pread(fd, n, at))
+    by_table = rows_by_key(corpus_index, asked, COLUMNS)
+    assert len(readers) > 1  # read by other threads too
+    assert by_table == rows_by_key(corpus_index, asked, COLUMNS, items_file=None)
+    assert len(by_table) == len(keys) and "nope" not in by_table
+
+
 def test_shared_hashes_and_awkward_text_are_looked_up_right(tmp_path, monkeypatch):
     """A key hash that collides often (every key in one of three buckets' worth of hashes), and text with the
     record separator, backslashes, non-ASCII and empty strings: each key still finds its own row and reads
@@ -203,6 +223,31 @@ def test_row_keys_read_in_one_span_in_several_or_one_read_each_are_the_same(tmp_
     assert len(reads) == {1 << 30: 1, 0: distinct}.get(gap, len(reads))
     if gap == 20:  # the run's adjacent records share a span, scattered ones (a record or more apart) do not
         assert 1 < len(reads) < distinct - 20
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_row_keys_read_by_threads_where_reads_are_slow_are_the_same(tmp_path, monkeypatch, slow):
+    """Where the first spans' reads were slow (a table on disk) the rest are read by several threads, else
+    one after another: the keys are the ids in row order either way."""
+    import os
+    import threading
+
+    from overlap_audit.index import items as items_module
+
+    indexed = _index_with_gaps(tmp_path / "i", np.random.default_rng(9))
+    monkeypatch.setattr(items_module, "_SPAN_GAP", 0)  # every record its own read
+    monkeypatch.setattr(items_module, "_PROBE_READS", 3)
+    monkeypatch.setattr(items_module, "_READERS", 4)
+    monkeypatch.setattr(items_module, "_SLOW_READ_S", -1.0 if slow else float("inf"))
+    keys = load_index(tmp_path / "i", load_faiss=False).keys
+    readers = []
+    real_pread = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: readers.append(threading.get_ident()) or real_pread(fd, n, at))
+    rows = np.random.default_rng(2).permutation(len(indexed))[:40]
+    assert keys[rows].tolist() == [indexed[r] for r in rows]
+    assert len(readers) == 40
+    assert set(readers[:3]) == {threading.get_ident()}  # the probe, in the caller's thread
+    assert (len(set(readers)) > 1) == slow  # read by other threads too
 
 
 @pytest.fixture
