@@ -57,12 +57,14 @@ _SIDE_FILES = ("offsets", "keys", "buckets")
 _TWO = struct.Struct("<QQ")
 _FOUR = struct.Struct("<QQQQ")
 _SPAN_GAP = 4096  # records closer than this are read in one span by ``KeysByRow``
-# Reads of many records (row keys, lookups by key) start with this many reads one after another; where they took
-# longer than _SLOW_READ_S each on average (the table is read from the disk, not the page cache) the rest are read
-# by _READERS threads at once: on the 2-core VM of BENCHMARKS.md 50,000 records scattered over a 10^8-row table
-# on disk took 5.9 s one after another and 0.9 s by 16 threads (cached, threads would make 0.055 s 0.19 s)
+# Reads of many records (row keys and their offsets, lookups by key) start with this many reads one after another,
+# timed in two halves; where both took longer than _SLOW_READ_S a read on average (the table is read from the disk,
+# not the page cache: a cached read takes a few µs, one from the disk of BENCHMARKS.md's VM 60-160 µs, and a small
+# table warms up within the first few hundred reads through the kernel's readahead) the rest are read by _READERS
+# threads at once: 50,000 records scattered over a 10^8-row table on disk took 5.9 s one after another and 0.9 s
+# by 16 threads (cached, threads would make 0.055 s 0.19 s)
 _PROBE_READS = 256
-_SLOW_READ_S = 20e-6
+_SLOW_READ_S = 40e-6
 _READERS = 16
 _PASS_ENTRIES = 1 << 23  # key-index entries sorted at once when writing (128 MB), whatever the corpus size
 _CHUNK_ROWS = 1 << 21  # rows of a side file read at once when writing or checking
@@ -647,28 +649,43 @@ def _same_bytes(fh, other: Path) -> bool:
                 return True
 
 
-def _probe_then_threads(work: Callable[[list], list], items: list, probe: int, slow_s: float) -> list:
-    """``work`` (a list of items -> one result each) over ``items``, the results in order: the first ``probe``
-    items in this thread, timed; the rest too where those took at most ``slow_s`` each on average (the files are
-    in the page cache), else in runs by ``_READERS`` threads at once (a positioned read releases the GIL while
-    the disk works, and the disk serves many reads at a time)."""
+def _probe_then_threads(work: Callable, items, probe: int, slow_s: float,
+                        join: Callable[[list], object] = lambda parts: [x for part in parts for x in part],
+                        slow_work: Callable | None = None):
+    """``work`` (a sequence of items -> one result each) over ``items``, the results joined in order by ``join``:
+    the first ``probe`` items in this thread, in two halves, timed; the rest too where either half took at most
+    ``slow_s`` an item on average (the files are in the page cache, or came into it), else by ``slow_work``
+    (default ``work``) in runs by ``_READERS`` threads at once (a positioned read releases the GIL while the
+    disk works, and the disk serves many reads at a time)."""
     import time
 
+    half = probe // 2
     started = time.perf_counter()
-    out = work(items[:probe])
+    parts = [work(items[:half])]
+    halfway = time.perf_counter()
+    parts.append(work(items[half:probe]))
+    ended = time.perf_counter()
     rest = items[probe:]
-    if not rest:
-        return out
-    if time.perf_counter() - started <= slow_s * len(out):
-        return out + work(rest)
+    if not len(rest):
+        return join(parts)
+    if min(halfway - started, ended - halfway) <= slow_s * max(1, half):
+        return join([*parts, work(rest)])
     from concurrent.futures import ThreadPoolExecutor
 
     size = -(-len(rest) // _READERS)
     runs = [rest[i:i + size] for i in range(0, len(rest), size)]
     with ThreadPoolExecutor(len(runs), thread_name_prefix="overlap-audit-read") as pool:
-        for done in pool.map(work, runs):
-            out += done
-    return out
+        parts += pool.map(slow_work or work, runs)
+    return join(parts)
+
+
+def _spans(first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Byte ranges ``first[i]:last[i]`` (int64, ``first`` ascending) merged where less than ``_SPAN_GAP`` apart:
+    each range's span, and each span's first and last byte."""
+    new_span = np.ones(len(first), bool)
+    new_span[1:] = first[1:] - np.maximum.accumulate(last)[:-1] >= _SPAN_GAP
+    heads = np.flatnonzero(new_span)
+    return np.cumsum(new_span) - 1, first[heads], np.maximum.reduceat(last, heads)
 
 
 def _read_spans(fd: int, spans: list[tuple[int, int]]) -> list[bytes]:
@@ -695,8 +712,10 @@ class KeysByRow:
                 self._start = fh.tell()
                 self._size = os.fstat(fh.fileno()).st_size
             # a plain array over the map: numpy's memmap class costs more per gather than the gather
-            offsets = np.asarray(np.load(path.parent / side_files(items_file)["offsets"], mmap_mode="r",
-                                         allow_pickle=False))
+            self._offsets_path = path.parent / side_files(items_file)["offsets"]
+            mapped = np.load(self._offsets_path, mmap_mode="r", allow_pickle=False)
+            self._offsets_at = int(mapped.offset)
+            offsets = np.asarray(mapped)
             n_rows, indexed = int(header["rows"]), int(header["indexed"])
             columns = header["columns"]
             width = [1 + len(col.get("fields", [])) if col["type"] == "struct" else 1 for col in columns]
@@ -718,6 +737,27 @@ class KeysByRow:
     def __len__(self) -> int:
         return self.n_indexed
 
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        """[len(rows), 3] uint64: each row's record start, key hash and record end (``offsets[r]``, then
+        ``offsets[r + 1, 0]``), gathered from the mapped offsets; where the first rows' pages came from the
+        disk, the rest read by threads with positioned reads (``_probe_then_threads``: numpy gathers holding the
+        GIL, so page faults would wait for one read at a time)."""
+        offsets = self._offsets
+
+        def from_map(run: np.ndarray) -> np.ndarray:
+            return np.column_stack([offsets[run], offsets[run + 1, 0]])
+
+        def by_reads(run: np.ndarray) -> np.ndarray:
+            at, pread = self._offsets_at, os.pread
+            data = b"".join(pread(fd, 32, at + 16 * r) for r in run.tolist())
+            if len(data) != 32 * len(run):
+                raise self._damaged("its offsets file came back short (it changed since it was indexed)")
+            return np.frombuffer(data, _U8).reshape(-1, 4)[:, :3]
+
+        with open(self._offsets_path, "rb") as fh:
+            fd = fh.fileno()
+            return _probe_then_threads(from_map, rows, _PROBE_READS, _SLOW_READ_S, np.concatenate, by_reads)
+
     def _records(self, starts: np.ndarray, ends: np.ndarray) -> list[bytes]:
         """The records ``starts[i]:ends[i]`` of the table, in order, read with one ``pread`` per span of records
         less than ``_SPAN_GAP`` apart (a small corpus, or many rows asked of it, in a few large reads; scattered
@@ -726,11 +766,7 @@ class KeysByRow:
         map (what a report's one call meets) against 1.3 s and 0.13 s read with ``pread``."""
         order = np.argsort(starts, kind="stable")
         first, last = starts[order].astype(np.int64), ends[order].astype(np.int64)
-        new_span = np.ones(len(first), bool)
-        new_span[1:] = first[1:] - np.maximum.accumulate(last)[:-1] >= _SPAN_GAP
-        heads = np.flatnonzero(new_span)
-        span_of = np.cumsum(new_span) - 1
-        span_first, span_last = first[heads], np.maximum.reduceat(last, heads)
+        span_of, span_first, span_last = _spans(first, last)
         with open(self.path, "rb") as fh:
             spans = _read_spans(fh.fileno(), list(zip(span_first.tolist(), span_last.tolist())))
         place = np.empty((len(first), 3), np.int64)
@@ -744,8 +780,8 @@ class KeysByRow:
             return []
         if rows.min() < 0 or rows.max() >= self.n_indexed:
             raise IndexError(f"index rows must lie in [0, {self.n_indexed})")
-        here, after = self._offsets[rows], self._offsets[rows + 1, 0]
-        starts, ends, recorded = here[:, 0], after, here[:, 1]
+        placed = self._gather(rows)
+        starts, recorded, ends = placed[:, 0], placed[:, 1], placed[:, 2]
         if np.any(starts < self._start) or np.any(ends < starts) or np.any(ends > self._size):
             raise self._damaged("its offsets point outside its records (the table changed since it was indexed)")
         import xxhash
