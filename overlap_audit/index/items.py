@@ -57,6 +57,7 @@ _SIDE_FILES = ("offsets", "keys", "buckets")
 _TWO = struct.Struct("<QQ")
 _FOUR = struct.Struct("<QQQQ")
 _SPAN_GAP = 4096  # records closer than this are read in one span by ``KeysByRow``
+_SPAN_MAX = 16 << 20  # ... which starts its records within one block of this many bytes
 # Reads of many records (row keys and their offsets, lookups by key) start with this many reads one after another,
 # timed in two halves; where both took longer than _SLOW_READ_S a read on average (the table is read from the disk,
 # not the page cache: a cached read takes a few µs, one from the disk of BENCHMARKS.md's VM 60-160 µs, and a small
@@ -651,12 +652,17 @@ def _same_bytes(fh, other: Path) -> bool:
                 return True
 
 
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
 def _probe_then_threads(work: Callable, items, probe: int, slow_s: float,
-                        join: Callable[[list], object] = lambda parts: [x for part in parts for x in part],
+                        join: Callable[[list], object] | None = None,
                         slow_work: Callable | None = None, fds: Iterable[int] = ()):
-    """``work`` (a sequence of items -> one result each) over ``items``, the results joined in order by ``join``:
-    the first ``probe`` items in this thread, in two halves, timed; the rest too where either half took at most
-    ``slow_s`` an item on average (the files are in the page cache, or came into it), else by ``slow_work``
+    """``work`` (a sequence of items -> one result each) over ``items``, the results joined in order by ``join``
+    (default: into one list): the first ``probe`` items in this thread, in two halves, timed; the rest too where
+    either half took at most ``slow_s`` an item on average (the files are in the page cache, or came into it), else by ``slow_work``
     (default ``work``) in runs by ``_READERS`` threads at once (a positioned read releases the GIL while the
     disk works, and the disk serves many reads at a time), the files ``fds`` read from then told that their
     reads are random (no readahead: a small read from a cold file otherwise reads a window around it; 50,000
@@ -670,6 +676,7 @@ def _probe_then_threads(work: Callable, items, probe: int, slow_s: float,
     parts.append(work(items[half:probe]))
     ended = time.perf_counter()
     rest = items[probe:]
+    join = join or _joined
     if not len(rest):
         return join(parts)
     if min(halfway - started, ended - halfway) <= slow_s * max(1, half):
@@ -685,11 +692,20 @@ def _probe_then_threads(work: Callable, items, probe: int, slow_s: float,
     return join(parts)
 
 
+def _joined(parts: list[list]) -> list:
+    out = parts[0]
+    for part in parts[1:]:
+        out.extend(part)
+    return out
+
+
 def _spans(first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Byte ranges ``first[i]:last[i]`` (int64, ``first`` ascending) merged where less than ``_SPAN_GAP`` apart:
-    each range's span, and each span's first and last byte."""
+    """Byte ranges ``first[i]:last[i]`` (int64, ``first`` ascending) merged where less than ``_SPAN_GAP`` apart and
+    starting in the same ``_SPAN_MAX`` bytes of the file (one read is never much larger, however many rows are
+    asked: Linux reads at most 2 GiB at once): each range's span, and each span's first and last byte."""
     new_span = np.ones(len(first), bool)
     new_span[1:] = first[1:] - np.maximum.accumulate(last)[:-1] >= _SPAN_GAP
+    new_span[1:] |= first[1:] // _SPAN_MAX != first[:-1] // _SPAN_MAX  # a span starts in one block of the file
     heads = np.flatnonzero(new_span)
     return np.cumsum(new_span) - 1, first[heads], np.maximum.reduceat(last, heads)
 
@@ -710,18 +726,31 @@ class KeysByRow:
     so a key touches one page of one side file, where confirming it in the key index took two more)."""
 
     def __init__(self, index_dir: str | os.PathLike, items_file: str, n_indexed: int) -> None:
+        import weakref
+
         path = Path(index_dir) / items_file
         self.path = path
+        # both files stay open (and the offsets mapped) for as long as this object lives: a later generation
+        # that replaces or removes them (``index --resume``) leaves the files this index was opened with
+        fds: list[int] = []
+        weakref.finalize(self, _close_all, fds)
         try:
-            with open(path, "rb") as fh:
+            fds.append(os.open(path, os.O_RDONLY))
+            self._fd = fds[0]
+            with open(fds[0], "rb", closefd=False) as fh:
                 header = json.loads(fh.readline())
                 self._start = fh.tell()
-                self._size = os.fstat(fh.fileno()).st_size
+            self._size = os.fstat(self._fd).st_size
+            fds.append(os.open(path.parent / side_files(items_file)["offsets"], os.O_RDONLY))
+            self._offsets_fd = fds[1]
+            with open(fds[1], "rb", closefd=False) as fh:
+                self._offsets_at, shape = _npy_data(fh, items_file)
+            count = int(np.prod(shape))
+            if len(shape) != 2 or os.fstat(self._offsets_fd).st_size < self._offsets_at + 8 * count:
+                raise ValueError("its offsets file is shorter than its header says")
             # a plain array over the map: numpy's memmap class costs more per gather than the gather
-            self._offsets_path = path.parent / side_files(items_file)["offsets"]
-            mapped = np.load(self._offsets_path, mmap_mode="r", allow_pickle=False)
-            self._offsets_at = int(mapped.offset)
-            offsets = np.asarray(mapped)
+            offsets = np.frombuffer(mmap.mmap(self._offsets_fd, 0, access=mmap.ACCESS_READ), _U8, count,
+                                    self._offsets_at).reshape(shape)
             n_rows, indexed = int(header["rows"]), int(header["indexed"])
             columns = header["columns"]
             width = [1 + len(col.get("fields", [])) if col["type"] == "struct" else 1 for col in columns]
@@ -754,15 +783,14 @@ class KeysByRow:
             return np.column_stack([offsets[run], offsets[run + 1, 0]])
 
         def by_reads(run: np.ndarray) -> np.ndarray:
-            at, pread = self._offsets_at, os.pread
+            fd, at, pread = self._offsets_fd, self._offsets_at, os.pread
             data = b"".join(pread(fd, 32, at + 16 * r) for r in run.tolist())
             if len(data) != 32 * len(run):
                 raise self._damaged("its offsets file came back short (it changed since it was indexed)")
             return np.frombuffer(data, _U8).reshape(-1, 4)[:, :3]
 
-        with open(self._offsets_path, "rb") as fh:
-            fd = fh.fileno()
-            return _probe_then_threads(from_map, rows, _PROBE_READS, _SLOW_READ_S, np.concatenate, by_reads, [fd])
+        return _probe_then_threads(from_map, rows, _PROBE_READS, _SLOW_READ_S, np.concatenate, by_reads,
+                                   [self._offsets_fd])
 
     def _records(self, starts: np.ndarray, ends: np.ndarray) -> list[bytes]:
         """The records ``starts[i]:ends[i]`` of the table, in order, read with one ``pread`` per span of records
@@ -773,8 +801,9 @@ class KeysByRow:
         order = np.argsort(starts, kind="stable")
         first, last = starts[order].astype(np.int64), ends[order].astype(np.int64)
         span_of, span_first, span_last = _spans(first, last)
-        with open(self.path, "rb") as fh:
-            spans = _read_spans(fh.fileno(), list(zip(span_first.tolist(), span_last.tolist())))
+        spans = _read_spans(self._fd, list(zip(span_first.tolist(), span_last.tolist())))
+        if sum(map(len, spans)) != int((span_last - span_first).sum()):  # a read comes back short, never long
+            raise self._damaged("a read of its records came back short (the table changed since it was indexed)")
         place = np.empty((len(first), 3), np.int64)
         place[order] = np.stack([span_of, first - span_first[span_of], last - span_first[span_of]], 1)
         return [spans[at][a:b] for at, a, b in place.tolist()]

@@ -252,6 +252,52 @@ def test_row_keys_read_by_threads_where_reads_are_slow_are_the_same(tmp_path, mo
     assert threading.get_ident() in readers
 
 
+def test_row_keys_are_read_in_spans_of_bounded_size(tmp_path, monkeypatch):
+    """Every row asked (one span by distance) is read in spans that start within one block of ``_SPAN_MAX``
+    bytes: many reads, none much larger than a block, the same keys."""
+    import os
+
+    indexed = _index_with_gaps(tmp_path / "i", np.random.default_rng(10))
+    monkeypatch.setattr(items_module, "_SPAN_MAX", 256)
+    keys = load_index(tmp_path / "i", load_faiss=False).keys
+    reads = []
+    real_pread = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: reads.append(n) or real_pread(fd, n, at))
+    rows = np.arange(len(indexed))[::-1]
+    assert keys[rows].tolist() == indexed[::-1]
+    assert len(reads) > 4 and max(reads) < 256 + 200  # a block, and the last record that starts in it
+
+
+def test_a_loaded_index_reads_its_row_keys_after_its_files_are_replaced(tmp_path):
+    """The item table and its offsets stay open from loading: removed, or replaced by another generation's
+    files, the loaded index still reads its own keys."""
+    indexed = _index_with_gaps(tmp_path / "i", np.random.default_rng(11))
+    keys = load_index(tmp_path / "i", load_faiss=False).keys
+    table, offsets = tmp_path / "i" / "items.rows", tmp_path / "i" / "items.offsets.npy"
+    table.unlink()
+    offsets.unlink()
+    offsets.write_bytes(b"not an offsets file")
+    rows = np.random.default_rng(3).integers(0, len(indexed), 50)
+    assert keys[rows].tolist() == [indexed[r] for r in rows]
+
+
+def test_damage_found_by_a_reading_thread_is_one_line(tmp_path, monkeypatch, at_scale):
+    """Lookups by key made by threads (forced) in a table whose bucket directory was overwritten after
+    indexing: the thread's IndexDamagedError reaches the caller, in one line."""
+    _index_with_gaps(tmp_path / "i", np.random.default_rng(12))
+    buckets = tmp_path / "i" / "items.buckets.npy"
+    data = bytearray(buckets.read_bytes())
+    header = data.index(b"\n") + 1  # the .npy header ends with its first newline
+    data[header:] = (np.arange((len(data) - header) // 8, dtype="<u8") * 1000).tobytes()
+    buckets.write_bytes(bytes(data))
+    monkeypatch.setattr(items_module, "_PROBE_READS", 4)
+    monkeypatch.setattr(items_module, "_SLOW_READ_S", -1.0)
+    keys = [f"src/{s}/im{i}.png" for s in range(3) for i in range(40)]
+    with pytest.raises(IndexDamagedError, match=r"items\.rows is damaged: bucket \d+ ends at entry") as exc:
+        rows_by_key(tmp_path / "i", keys, ["id"])
+    _one_line(exc)
+
+
 @pytest.fixture
 def at_scale(monkeypatch):
     """Open-time checks as an index beyond the small sizes gets them: sizes only, nothing checksummed."""
