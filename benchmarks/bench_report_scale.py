@@ -27,7 +27,8 @@ machine in the same run, on the shards evicted the same way. ``--baseline PATH``
 Each finish runs in its own process, whose peak resident memory is reported beside its seconds. Files larger than
 ``CACHE_FILES_UNDER`` are not read ahead of the warm process (at 10^8 the item table outgrows the page cache):
 there "warm" is the best of the repeats, whose pages the first repeat brought in. ``--keep`` keeps each size's
-shards and reuses those a previous run kept (a 10^8 corpus takes most of an hour to write on 2 cores).
+shards and reuses those a previous run kept (a 10^8 corpus takes about 7 minutes to write with
+``--write-workers 2`` on 2 idle cores, and 30 GB of disk).
 
     python benchmarks/bench_report_scale.py --sizes 1e5 1e6 1e7 1e8 [--baseline /path/to/main] [--work-dir DIR]
 """
@@ -89,6 +90,22 @@ def write_shards(root: Path, n: int, only: range | None = None) -> float:
                     captions=[f"a picture number {i}" for i in range(start, stop)], labels=[None] * m,
                     vectors=list(codes), low_information=[False] * m, reasons=[None] * m, copies=[None] * m,
                     boxes=boxes, fingerprints=prints)
+    return time.perf_counter() - t
+
+
+def write_in_processes(root: Path, n: int, workers: int) -> float:
+    """``write_shards`` of n items by ``workers`` processes, shard s written by process s mod ``workers`` (the same
+    shards as one process writes); returns the wall seconds."""
+    if workers <= 1:
+        return write_shards(root, n)
+    from concurrent.futures import ProcessPoolExecutor
+
+    (root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    shards = -(-n // SHARD)
+    t = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(write_shards, [root] * workers, [n] * workers,
+                      [range(k, shards, workers) for k in range(workers)]))
     return time.perf_counter() - t
 
 
@@ -288,6 +305,8 @@ def main() -> None:
                     help="measure the baseline up to this size only (the previous code's finish held every key)")
     ap.add_argument("--keep", action="store_true",
                     help="keep each size's shards in --work-dir, and reuse shards a previous run kept")
+    ap.add_argument("--write-workers", type=int, default=1,
+                    help="processes that write a size's shards (each shard is seeded by its number: the same shards)")
     ap.add_argument("--finish-only", action="store_true", help="time the finish (and its peak memory) only")
     ap.add_argument("--runs", type=int, default=3,
                     help="cold and warm processes per code, the codes interleaved; each part's median is reported")
@@ -323,7 +342,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> None:
         else:
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir(parents=True)
-            wrote = write_shards(root, n)
+            wrote = write_in_processes(root, n, args.write_workers)
             (root / DONE).write_text(str(wrote))
         rates = disk_rates(root)
         results = {name: measure(code_root(root, name), name, code, args) for name, code in codes.items()
